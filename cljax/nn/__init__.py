@@ -1,0 +1,7 @@
+"""Flax linen models exposed as :data:`cljax.types.LogitsFn`."""
+from cljax.nn.cnn import CNN
+from cljax.nn.heads import select_head
+from cljax.nn.mlp import MLP
+from cljax.nn.model import Model, as_model
+
+__all__ = ["CNN", "MLP", "Model", "as_model", "select_head"]

@@ -1,0 +1,37 @@
+"""A small CNN for 32×32 colour images (CIFAR-10/100 splits), flax linen.
+
+Two conv blocks (3×3 convs, ReLU, 2×2 max-pool) and a dense layer, the "reduced" CNN commonly used
+for split CIFAR in task-incremental learning; output heads as in :mod:`cljax.nn.heads`.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+
+from cljax.nn.heads import select_head
+
+
+class CNN(nn.Module):
+    """Conv(c)×2 → pool per entry of ``channels`` → Dense(hidden) → Dense(num_heads * num_outputs)."""
+
+    num_outputs: int
+    num_heads: int = 1
+    channels: Sequence[int] = (32, 64)
+    hidden: int = 256
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, task=None, *, train: bool = False):
+        if x.ndim != 4:
+            raise ValueError(f"CNN expects images [B, H, W, C]; got shape {x.shape}")
+        for c in self.channels:
+            x = nn.relu(nn.Conv(c, (3, 3))(x))
+            x = nn.relu(nn.Conv(c, (3, 3))(x))
+            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(nn.Dense(self.hidden)(x))
+        if self.dropout > 0:
+            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = nn.Dense(self.num_heads * self.num_outputs)(x)
+        return select_head(x, task, self.num_heads)

@@ -1,0 +1,93 @@
+"""Input checks shared by every public function. Each raises with the argument's name and what
+was expected. They inspect shapes, dtypes and tree structure (static under ``jit``); value checks
+(label range, NaN) run only on concrete arrays, since a traced value cannot raise.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_concrete(x: Any) -> bool:
+    """True when ``x`` holds values (not a tracer under jit/vmap/grad)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_batch(batch: Any, *, name: str = "batch", require_y: bool = True,
+                num_classes: int | None = None) -> None:
+    """A dict with ``x`` ([B, ...]), int ``y`` ([B]) and optional int ``task`` ([B])."""
+    if not hasattr(batch, "keys") or "x" not in batch:
+        raise TypeError(f"{name} must be a dict with keys 'x', 'y' (and optional 'task'); "
+                        f"got {type(batch).__name__}" +
+                        (f" with keys {sorted(batch.keys())}" if hasattr(batch, "keys") else ""))
+    x = batch["x"]
+    if jnp.ndim(x) < 1:
+        raise ValueError(f"{name}['x'] must have a leading example axis; got shape {jnp.shape(x)}")
+    n = jnp.shape(x)[0]
+    for key in (("y", "task") if require_y else ("task",)):
+        if key not in batch:
+            if key == "y":
+                raise KeyError(f"{name} has no 'y' (int labels [B]); keys are {sorted(batch.keys())}")
+            continue
+        v = batch[key]
+        if jnp.shape(v) != (n,):
+            raise ValueError(f"{name}['{key}'] must have shape ({n},) to match {name}['x'] with "
+                             f"{n} examples; got {jnp.shape(v)}")
+        if not jnp.issubdtype(jnp.asarray(v).dtype, jnp.integer):
+            raise TypeError(f"{name}['{key}'] must be an integer array; got {jnp.asarray(v).dtype}")
+    if require_y and num_classes is not None and is_concrete(batch["y"]) and n:
+        y = np.asarray(batch["y"])
+        if y.min() < 0 or y.max() >= num_classes:
+            raise ValueError(f"{name}['y'] must lie in [0, {num_classes}); got labels in "
+                             f"[{y.min()}, {y.max()}]")
+
+
+def check_labels_in_range(y: Any, num_classes: int, *, name: str = "batch['y']") -> None:
+    """Labels in ``[0, num_classes)`` (skipped for traced values)."""
+    if is_concrete(y) and jnp.size(y):
+        y = np.asarray(y)
+        if y.min() < 0 or y.max() >= num_classes:
+            raise ValueError(f"{name} must lie in [0, {num_classes}) (the logits have "
+                             f"{num_classes} classes); got labels in [{y.min()}, {y.max()}]")
+
+
+def check_finite(tree: Any, *, name: str) -> None:
+    """No NaN/inf in a concrete pytree (skipped for traced values)."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if is_concrete(leaf) and jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.inexact):
+            if not bool(jnp.all(jnp.isfinite(leaf))):
+                raise FloatingPointError(
+                    f"{name}{jax.tree_util.keystr(path)} contains NaN or inf values")
+
+
+def check_same_structure(tree: Any, reference: Any, *, name: str, reference_name: str = "params",
+                         check_shapes: bool = True) -> None:
+    """``tree`` has ``reference``'s pytree structure (and leaf shapes)."""
+    s_tree, s_ref = jax.tree.structure(tree), jax.tree.structure(reference)
+    if s_tree != s_ref:
+        raise ValueError(f"{name} must have the pytree structure of {reference_name}; got\n"
+                         f"  {s_tree}\nexpected\n  {s_ref}")
+    if check_shapes:
+        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(tree),
+                                jax.tree.leaves(reference)):
+            if jnp.shape(a) != jnp.shape(b):
+                raise ValueError(f"{name}{jax.tree_util.keystr(path)} has shape {jnp.shape(a)}; "
+                                 f"{reference_name} has {jnp.shape(b)} there")
+
+
+def check_nonnegative(value: Any, *, name: str) -> None:
+    """A concrete scalar/array hyperparameter ≥ 0 (skipped for traced values)."""
+    if is_concrete(value) and bool(np.any(np.asarray(value) < 0)):
+        raise ValueError(f"{name} must be >= 0; got {value}")
+
+
+def check_positive_int(value: Any, *, name: str) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}")
+
+
+__all__ = ["is_concrete", "check_batch", "check_labels_in_range", "check_finite",
+           "check_same_structure", "check_nonnegative", "check_positive_int"]
