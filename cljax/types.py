@@ -11,7 +11,7 @@ Everything that flows between cljax's pieces is a pytree or an array:
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 
@@ -23,4 +23,24 @@ Batch = Mapping[str, Array]
 LogitsFn = Callable[[Params, Batch], Array]
 LossFn = Callable[[Params], Array]
 
-__all__ = ["Array", "PRNGKey", "Params", "Importance", "Batch", "LogitsFn", "LossFn"]
+
+
+class KFACFactors(NamedTuple):
+    """Kronecker factors of one dense or conv layer (Martens & Grosse 2015; Grosse & Martens 2016).
+
+    Flax layout: a dense layer computes ``s = a @ W + b`` with ``W: [in, out]``. With the bias folded
+    in, ``W̄ = [W; b]: [in+1, out]`` and ``ā = [a, 1]``:
+
+    * ``A = E[ā āᵀ]``: ``[in+1, in+1]`` (bias last; ``[in, in]`` for a layer without bias);
+    * ``G = E[g gᵀ]``: ``[out, out]``, ``g = ∂ log p(y|x) / ∂s``.
+
+    The Fisher block is approximated as ``F ≈ A ⊗ G`` in the sense that, for a change ΔW̄,
+    ``vec(ΔW̄)ᵀ F vec(ΔW̄) ≈ tr(ΔW̄ᵀ A ΔW̄ G)``. For a conv layer with kernel ``[kh, kw, cin, cout]``,
+    ``in = kh·kw·cin`` (patches in the kernel's row-major order) and G averages over spatial positions.
+    """
+
+    A: Array
+    G: Array
+
+
+__all__ = ["Array", "KFACFactors", "PRNGKey", "Params", "Importance", "Batch", "LogitsFn", "LossFn"]
