@@ -1,0 +1,11 @@
+"""Data: tfds sources, task streams (split / permuted / rotated) and CL scenarios."""
+from cljax.data.scenarios import SCENARIOS, Scenario, make_scenario
+from cljax.data.sources import ArrayDataset, load_split, resolve_data_dir
+from cljax.data.streams import (NORMALISATION, STREAM_KINDS, TaskArrays, TaskStream, load_stream,
+                                mirzadeh_rotation_angles, permutations, permuted_tasks,
+                                rotate_images, rotated_tasks, split_tasks)
+
+__all__ = ["ArrayDataset", "load_split", "resolve_data_dir", "TaskArrays", "TaskStream",
+           "NORMALISATION", "STREAM_KINDS", "split_tasks", "permuted_tasks", "rotated_tasks",
+           "permutations", "rotate_images", "mirzadeh_rotation_angles", "load_stream",
+           "SCENARIOS", "Scenario", "make_scenario"]

@@ -1,0 +1,53 @@
+"""The three continual-learning scenarios of van de Ven & Tolias 2019.
+
+* ``task`` (Task-IL): the task id is given; one output head per task (``num_heads = T``) over the
+  task's ``k`` classes; labels are within-task (0..k-1).
+* ``domain`` (Domain-IL): the task id is hidden; one shared ``k``-way head; within-task labels.
+* ``class`` (Class-IL): the task id is hidden; one shared head over every class of the stream;
+  labels are class identities (all classes active at all times).
+
+A scenario is a label table ``[T, k]`` mapping (task, within-task label) to the model's target,
+plus the head layout. The model receives ``batch['task']`` in every scenario; single-head models
+ignore it.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from cljax.data.streams import TaskStream
+
+SCENARIOS = ("task", "domain", "class")
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    name: str
+    num_heads: int
+    num_outputs: int
+    label_table: np.ndarray  # int32 [T, k]: target of (task t, within-task label)
+
+
+def make_scenario(stream: TaskStream, name: str) -> Scenario:
+    """Heads and label table of scenario ``name`` ('task', 'domain' or 'class') for ``stream``."""
+    if name not in SCENARIOS:
+        raise ValueError(f"scenario must be one of {SCENARIOS}; got {name!r}")
+    sizes = {len(c) for c in stream.classes}
+    k = max(sizes)
+    if name in ("task", "domain") and len(sizes) > 1:
+        raise ValueError(f"the {name!r} scenario needs the same number of classes in every task; "
+                         f"{stream.name} has tasks of sizes {sorted(sizes)}")
+    T = stream.num_tasks
+    if name == "class":
+        identities = sorted({c for cls in stream.classes for c in cls})
+        rank = {c: i for i, c in enumerate(identities)}
+        table = np.zeros((T, k), dtype=np.int32)
+        for t, cls in enumerate(stream.classes):
+            table[t, :len(cls)] = [rank[c] for c in cls]
+        return Scenario(name, 1, len(identities), table)
+    table = np.tile(np.arange(k, dtype=np.int32), (T, 1))
+    return Scenario(name, T if name == "task" else 1, k, table)
+
+
+__all__ = ["SCENARIOS", "Scenario", "make_scenario"]

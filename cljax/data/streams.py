@@ -1,0 +1,221 @@
+"""Task streams: split, permuted and rotated versions of an image-classification dataset.
+
+A stream is stored as arrays with a leading task axis, padded to the largest task, so every task
+has the same shapes and nothing recompiles when training moves from one task to the next:
+
+* ``x``: ``uint8 [T, N, *input_shape]`` (raw pixels; normalised when a batch is drawn),
+* ``y``: ``int32 [T, N]``, the label *within* the task (0..k-1),
+* ``n``: ``int32 [T]``, how many of the ``N`` rows of each task are real examples.
+
+``classes[t]`` names the class identities of task t (the original labels for a split stream,
+``10·t + digit`` for permuted/rotated streams, whose tasks hold new classes in class-IL).
+Scenarios (:mod:`cljax.data.scenarios`) decide what label the model sees.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from cljax.data.sources import ArrayDataset, load_split
+
+# Per-channel (mean, std) applied after scaling pixels to [0, 1].
+NORMALISATION = {
+    # van de Ven & Tolias 2019 feed MNIST pixels in [0, 1] without standardisation.
+    "mnist": ((0.0,), (1.0,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+class TaskArrays(NamedTuple):
+    """Stacked per-task examples of one split (a pytree: pass it into jitted functions)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    n: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskStream:
+    """A sequence of tasks: train and test arrays plus what each task's classes are."""
+
+    name: str
+    train: TaskArrays
+    test: TaskArrays
+    classes: tuple[tuple[int, ...], ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[2:])
+
+    def __post_init__(self):
+        for split in ("train", "test"):
+            arr = getattr(self, split)
+            if arr.x.shape[:2] != arr.y.shape or arr.n.shape != (len(self.classes),):
+                raise ValueError(f"{split} arrays disagree: x {arr.x.shape}, y {arr.y.shape}, "
+                                 f"n {arr.n.shape} for {len(self.classes)} tasks")
+
+
+def _stack_tasks(parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> TaskArrays:
+    n = np.array([len(y) for _, y in parts], dtype=np.int32)
+    if n.min() == 0:
+        raise ValueError(f"every task needs at least one example; counts are {n.tolist()}")
+    width = int(n.max())
+    x = np.zeros((len(parts), width) + parts[0][0].shape[1:], dtype=parts[0][0].dtype)
+    y = np.zeros((len(parts), width), dtype=np.int32)
+    for t, (xt, yt) in enumerate(parts):
+        x[t, :len(yt)] = xt
+        y[t, :len(yt)] = yt
+    return TaskArrays(x, y, n)
+
+
+def _limit(x: np.ndarray, y: np.ndarray, limit: int | None):
+    return (x, y) if limit is None else (x[:limit], y[:limit])
+
+
+def split_tasks(train: ArrayDataset, test: ArrayDataset, *,
+                tasks: Sequence[Sequence[int]] | None = None, name: str = "split",
+                normalisation=((0.0,), (1.0,)), max_train_per_task: int | None = None,
+                max_test_per_task: int | None = None) -> TaskStream:
+    """Split a dataset by class (Zenke et al. 2017; van de Ven & Tolias 2019).
+
+    ``tasks`` partitions (a subset of) the classes, e.g. ``[[0, 1], [2, 3], ...]``; the default
+    is consecutive pairs (5×2 for MNIST). Task t's within-task label is the class's position in
+    ``tasks[t]``.
+    """
+    if tasks is None:
+        if train.num_classes % 2:
+            raise ValueError(f"default split is into pairs; {train.num_classes} classes is odd: "
+                             "pass tasks=")
+        tasks = [[c, c + 1] for c in range(0, train.num_classes, 2)]
+    tasks = [tuple(int(c) for c in t) for t in tasks]
+    flat = [c for t in tasks for c in t]
+    if not tasks or any(len(t) == 0 for t in tasks):
+        raise ValueError(f"tasks must be a non-empty list of non-empty class lists; got {tasks}")
+    if len(set(flat)) != len(flat):
+        raise ValueError(f"tasks must not share classes; got {tasks}")
+    if min(flat) < 0 or max(flat) >= train.num_classes:
+        raise ValueError(f"tasks name classes outside [0, {train.num_classes}): {tasks}")
+
+    def build(data: ArrayDataset, limit):
+        parts = []
+        for t in tasks:
+            lookup = np.full(data.num_classes, -1, dtype=np.int32)
+            lookup[list(t)] = np.arange(len(t))
+            keep = lookup[data.labels] >= 0
+            parts.append(_limit(data.images[keep], lookup[data.labels[keep]], limit))
+        return _stack_tasks(parts)
+
+    return TaskStream(name, build(train, max_train_per_task), build(test, max_test_per_task),
+                      tuple(tasks), *normalisation)
+
+
+def _pad_images(images: np.ndarray, pad_to: int | None) -> np.ndarray:
+    if pad_to is None:
+        return images
+    h, w = images.shape[1:3]
+    if pad_to < max(h, w):
+        raise ValueError(f"pad_to={pad_to} is smaller than the images ({h}×{w})")
+    top, left = (pad_to - h) // 2, (pad_to - w) // 2
+    return np.pad(images, ((0, 0), (top, pad_to - h - top), (left, pad_to - w - left), (0, 0)))
+
+
+def permutations(num_tasks: int, dim: int, *, seed: int, permute_first: bool = True) -> np.ndarray:
+    """One fixed pixel permutation per task, ``int [num_tasks, dim]``, reproducible from ``seed``.
+
+    With ``permute_first=False`` task 0 keeps the identity (the original images), as in Zenke et
+    al. 2017; van de Ven & Tolias 2019 permute every task, the first included.
+    """
+    rng = np.random.default_rng(seed)
+    perms = np.stack([rng.permutation(dim) for _ in range(num_tasks)])
+    if not permute_first:
+        perms[0] = np.arange(dim)
+    return perms
+
+
+def permuted_tasks(train: ArrayDataset, test: ArrayDataset, *, num_tasks: int = 10,
+                   seed: int = 0, pad_to: int | None = 32, permute_first: bool = True,
+                   name: str = "permuted", normalisation=((0.0,), (1.0,)),
+                   max_train_per_task: int | None = None,
+                   max_test_per_task: int | None = None) -> TaskStream:
+    """Permuted tasks (Goodfellow et al. 2013; protocol of van de Ven & Tolias 2019).
+
+    Images are zero-padded to ``pad_to``×``pad_to`` (32 in van de Ven's protocol; None keeps the
+    size), flattened, and task t applies permutation t to the pixels. ``x`` is stored flat
+    ``[T, N, pad_to²·C]``. Every task has all classes; class identities are ``t·C + label``.
+    """
+    if num_tasks < 1:
+        raise ValueError(f"num_tasks must be >= 1; got {num_tasks}")
+    flat_train = _pad_images(train.images, pad_to).reshape(len(train.labels), -1)
+    flat_test = _pad_images(test.images, pad_to).reshape(len(test.labels), -1)
+    perms = permutations(num_tasks, flat_train.shape[1], seed=seed, permute_first=permute_first)
+    tr = _stack_tasks([_limit(flat_train[:, p], train.labels, max_train_per_task) for p in perms])
+    te = _stack_tasks([_limit(flat_test[:, p], test.labels, max_test_per_task) for p in perms])
+    k = train.num_classes
+    classes = tuple(tuple(range(t * k, (t + 1) * k)) for t in range(num_tasks))
+    return TaskStream(name, tr, te, classes, *normalisation)
+
+
+def rotate_images(images: np.ndarray, angle: float) -> np.ndarray:
+    """Rotate ``uint8 [N, H, W, C]`` images by ``angle`` degrees (counter-clockwise) about their
+    centre, bilinear, zero outside, same size."""
+    from scipy import ndimage
+
+    out = ndimage.rotate(images.astype(np.float32), angle, axes=(2, 1), reshape=False, order=1,
+                         mode="constant", cval=0.0)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def mirzadeh_rotation_angles(num_tasks: int, *, seed: int = 0) -> np.ndarray:
+    """Angles of Mirzadeh et al. 2020's rotated MNIST: task t (1-based) is rotated by
+    (t−1)·10° − U(0, 10)°, one draw per task."""
+    rng = np.random.default_rng(seed)
+    return np.array([(t * 10.0) - rng.uniform(0.0, 10.0) for t in range(num_tasks)])
+
+
+def rotated_tasks(train: ArrayDataset, test: ArrayDataset, *, angles: Sequence[float],
+                  name: str = "rotated", normalisation=((0.0,), (1.0,)),
+                  max_train_per_task: int | None = None,
+                  max_test_per_task: int | None = None) -> TaskStream:
+    """One task per angle: all images rotated by ``angles[t]`` degrees. Class identities are
+    ``t·C + label``, as for permuted tasks."""
+    angles = [float(a) for a in angles]
+    if not angles or not all(np.isfinite(angles)):
+        raise ValueError(f"angles must be a non-empty list of finite degrees; got {angles}")
+    tr = _stack_tasks([_limit(rotate_images(train.images[:max_train_per_task], a),
+                              train.labels[:max_train_per_task], None) for a in angles])
+    te = _stack_tasks([_limit(rotate_images(test.images[:max_test_per_task], a),
+                              test.labels[:max_test_per_task], None) for a in angles])
+    k = train.num_classes
+    classes = tuple(tuple(range(t * k, (t + 1) * k)) for t in range(len(angles)))
+    return TaskStream(name, tr, te, classes, *normalisation)
+
+
+STREAM_KINDS = ("split", "permuted", "rotated")
+
+
+def load_stream(dataset: str, kind: str, *, data_dir: str | os.PathLike | None = None,
+                **options) -> TaskStream:
+    """Load ``dataset`` from tfds and build a ``kind`` stream ('split', 'permuted', 'rotated');
+    ``options`` go to :func:`split_tasks`, :func:`permuted_tasks` or :func:`rotated_tasks`."""
+    builders = {"split": split_tasks, "permuted": permuted_tasks, "rotated": rotated_tasks}
+    if kind not in builders:
+        raise ValueError(f"stream kind must be one of {STREAM_KINDS}; got {kind!r}")
+    train = load_split(dataset, "train", data_dir=data_dir)
+    test = load_split(dataset, "test", data_dir=data_dir)
+    options.setdefault("normalisation", NORMALISATION.get(dataset, ((0.0,), (1.0,))))
+    return builders[kind](train, test, name=f"{kind}_{dataset}", **options)
+
+
+__all__ = ["TaskArrays", "TaskStream", "NORMALISATION", "STREAM_KINDS", "split_tasks",
+           "permuted_tasks", "rotated_tasks", "permutations", "rotate_images",
+           "mirzadeh_rotation_angles", "load_stream"]

@@ -1,0 +1,75 @@
+"""What a continual-learning method is to the trainer: a few pure functions, no class hierarchy.
+
+A :class:`Method` supplies
+
+* ``transform(hparams)``: an optax ``GradientTransformation`` chained *before* the base optimizer
+  (so it acts on the loss gradient, as EWC / SI / MAS penalties do in their papers). ``hparams``
+  is a dict of scalar arrays carried in the training state, so λ-like hyperparameters can be a
+  vmapped axis and changing them never recompiles;
+* ``sample_tasks(key, task, batch_size)``: which task each training example is drawn from
+  (the current task for fine-tuning; every task seen so far for joint training / replay);
+* ``extra_loss(params, batch, method_state_of_opt, key)``: a loss term added to the task loss
+  (distillation, replay), or None;
+* ``end_task(ctx)``: the task-boundary update, a pure function of a :class:`BoundaryContext`
+  returning the new transform state (estimate importance, consolidate, update bases).
+
+The trainer never branches on a method's name.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from cljax.types import Array, Batch, LogitsFn, Params, PRNGKey
+
+
+class BoundaryContext(NamedTuple):
+    """Everything a task-boundary function may use.
+
+    ``sample_batch(task, key, size)`` draws ``size`` training examples of ``task`` (a traced int)
+    as a model-ready batch; ``size`` must be a Python int.
+    """
+
+    params: Params
+    transform_state: Any
+    hparams: Mapping[str, Array]
+    task: Array
+    key: PRNGKey
+    logits_fn: LogitsFn
+    sample_batch: Callable[[Array, PRNGKey, int], Batch]
+
+
+class Method(NamedTuple):
+    name: str
+    transform: Callable[[Mapping[str, Array]], optax.GradientTransformation]
+    sample_tasks: Callable[[PRNGKey, Array, int], Array]
+    end_task: Callable[[BoundaryContext], Any]
+    extra_loss: Callable[..., Array] | None = None
+    default_hparams: Mapping[str, float] = {}
+
+
+def current_task_only(key: PRNGKey, task: Array, batch_size: int) -> Array:
+    """Every example from the current task (sequential fine-tuning)."""
+    del key
+    return jnp.full((batch_size,), task, dtype=jnp.int32)
+
+
+def all_tasks_so_far(key: PRNGKey, task: Array, batch_size: int) -> Array:
+    """Each example from a task drawn uniformly among 0..task (joint training on the tasks seen)."""
+    return jax.random.randint(key, (batch_size,), 0, task + 1, dtype=jnp.int32)
+
+
+def no_transform(hparams: Mapping[str, Array]) -> optax.GradientTransformation:
+    del hparams
+    return optax.identity()
+
+
+def keep_state(ctx: BoundaryContext) -> Any:
+    return ctx.transform_state
+
+
+__all__ = ["BoundaryContext", "Method", "current_task_only", "all_tasks_so_far", "no_transform",
+           "keep_state"]

@@ -1,0 +1,296 @@
+"""Jitted, scanned, vmapped training over a task stream.
+
+* :func:`make_trainer` turns a model, a :class:`~cljax.methods.Method` and a base optax optimizer
+  into pure functions: ``init``, ``fit`` (all steps of a task in one ``lax.scan``, batches drawn on
+  device with ``fold_in`` keys), ``evaluate`` (every task's test set, in chunks) and ``end_task``.
+* :func:`run_stream` runs them over a stream for many runs at once: seeds (and, for methods with
+  hyperparameters, hyperparameter values) are a ``jax.vmap`` axis, so R runs are one compiled
+  program. The task index is a traced argument: one compilation serves every task.
+
+Randomness: run r has its own key; step s of the run uses ``fold_in(key_r, s)``, so results do not
+depend on how the steps are split into calls, nor on which other runs share the vmapped program.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from cljax.data.scenarios import Scenario
+from cljax.data.streams import TaskArrays, TaskStream
+from cljax.methods.base import BoundaryContext, Method
+from cljax.nn.model import Model
+from cljax.types import Array, Batch, Params, PRNGKey
+from cljax.validation import check_positive_int
+
+
+class TrainState(NamedTuple):
+    """One run's whole state (a pytree; vmapped runs stack it along a leading axis)."""
+
+    params: Params
+    opt_state: Any          # (method transform state, base optimizer state)
+    hparams: Mapping[str, Array]
+    step: Array             # global step counter over the stream (int32)
+    key: PRNGKey            # the run's key; step s uses fold_in(key, s)
+
+
+class StreamData(NamedTuple):
+    """A stream under one scenario, as device arrays ready for jitted functions."""
+
+    train: TaskArrays
+    test: TaskArrays         # padded so N is a multiple of the evaluation chunk
+    label_table: Array       # int32 [T, k]
+    mean: Array              # float32 [C]
+    std: Array               # float32 [C]
+
+
+def prepare_data(stream: TaskStream, scenario: Scenario, *, eval_chunk: int = 1000) -> StreamData:
+    """Move ``stream`` to the device with ``scenario``'s labels; pad test sets to ``eval_chunk``."""
+    check_positive_int(eval_chunk, name="eval_chunk")
+    if scenario.label_table.shape[0] != stream.num_tasks:
+        raise ValueError(f"scenario has {scenario.label_table.shape[0]} tasks; stream "
+                         f"{stream.name} has {stream.num_tasks}")
+    test = stream.test
+    chunk = min(eval_chunk, test.x.shape[1])
+    pad = -test.x.shape[1] % chunk
+    if pad:
+        test = TaskArrays(np.pad(test.x, [(0, 0), (0, pad)] + [(0, 0)] * (test.x.ndim - 2)),
+                          np.pad(test.y, [(0, 0), (0, pad)]), test.n)
+    return StreamData(jax.device_put(stream.train), jax.device_put(test),
+                      jnp.asarray(scenario.label_table, jnp.int32),
+                      jnp.asarray(stream.mean, jnp.float32), jnp.asarray(stream.std, jnp.float32))
+
+
+def make_batch(data: StreamData, arrays: TaskArrays, tasks: Array, idx: Array) -> Batch:
+    """Gather examples ``idx`` of ``tasks`` (both ``[B]``): normalised ``x``, scenario ``y``, ``task``."""
+    x = (arrays.x[tasks, idx].astype(jnp.float32) / 255.0 - data.mean) / data.std
+    y = data.label_table[tasks, arrays.y[tasks, idx]]
+    return {"x": x, "y": y, "task": tasks}
+
+
+def cross_entropy(logits: Array, labels: Array) -> Array:
+    """Mean softmax cross-entropy with integer labels."""
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def sample_task_batch(data: StreamData, task: Array, key: PRNGKey, size: int) -> Batch:
+    """``size`` training examples of ``task``, uniformly with replacement."""
+    tasks = jnp.full((size,), task, dtype=jnp.int32)
+    idx = jax.random.randint(key, (size,), 0, data.train.n[task])
+    return make_batch(data, data.train, tasks, idx)
+
+
+class Trainer(NamedTuple):
+    """Pure functions of one run (not jitted, not vmapped: :func:`run_stream` does both)."""
+
+    init: Callable[[PRNGKey, Mapping[str, Array]], TrainState]
+    fit: Callable[..., tuple[TrainState, Array]]
+    evaluate: Callable[[Params, StreamData], tuple[Array, Array]]
+    end_task: Callable[[TrainState, StreamData, Array], TrainState]
+
+
+def make_trainer(model: Model, method: Method, *, optimizer: optax.GradientTransformation,
+                 batch_size: int, input_shape: Sequence[int], eval_chunk: int = 1000,
+                 reset_optimizer: bool = False) -> Trainer:
+    """Build the per-run training functions.
+
+    Args:
+      model: the network (:func:`cljax.nn.as_model`).
+      method: the CL method; its transform is chained *before* ``optimizer``.
+      optimizer: the base optax optimizer (Adam in the van de Ven protocols).
+      batch_size: examples per step.
+      input_shape: shape of one example (``stream.input_shape``).
+      eval_chunk: test examples per evaluation chunk (bounds memory).
+      reset_optimizer: re-initialise the base optimizer's state at each task boundary.
+    """
+    check_positive_int(batch_size, name="batch_size")
+    check_positive_int(eval_chunk, name="eval_chunk")
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(f"optimizer must be an optax.GradientTransformation; got {type(optimizer)}")
+
+    def tx(hparams):
+        return optax.chain(method.transform(hparams), optimizer)
+
+    def init(key: PRNGKey, hparams: Mapping[str, Array]) -> TrainState:
+        k_init, k_run = jax.random.split(key)
+        dummy = {"x": jnp.zeros((1, *input_shape), jnp.float32), "task": jnp.zeros((1,), jnp.int32)}
+        params = model.init(k_init, dummy)
+        hparams = {k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()}
+        return TrainState(params, tx(hparams).init(params), hparams, jnp.zeros((), jnp.int32), k_run)
+
+    def loss_fn(params, batch, state, key):
+        k_drop, k_extra = jax.random.split(key)
+        loss = cross_entropy(model.train_logits_fn(params, batch, k_drop), batch["y"])
+        if method.extra_loss is not None:
+            loss = loss + method.extra_loss(params, batch, state.opt_state[0], state.hparams,
+                                            k_extra)
+        return loss
+
+    def train_step(state: TrainState, data: StreamData, task: Array):
+        key = jax.random.fold_in(state.key, state.step)
+        k_task, k_idx, k_loss = jax.random.split(key, 3)
+        tasks = method.sample_tasks(k_task, task, batch_size)
+        idx = jax.random.randint(k_idx, (batch_size,), 0, data.train.n[tasks])
+        batch = make_batch(data, data.train, tasks, idx)
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, state, k_loss)
+        updates, opt_state = tx(state.hparams).update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return state._replace(params=params, opt_state=opt_state, step=state.step + 1), loss
+
+    def fit(state: TrainState, data: StreamData, task: Array, num_steps: int):
+        """``num_steps`` (static) steps on ``task`` in one ``lax.scan``; returns the per-step losses."""
+        return jax.lax.scan(lambda s, _: train_step(s, data, task), state, None, length=num_steps)
+
+    def evaluate(params: Params, data: StreamData) -> tuple[Array, Array]:
+        """Accuracy and mean loss on every task's test set, ``[T]`` each."""
+        test = data.test
+        T, N = test.y.shape
+        chunk = min(eval_chunk, N)
+
+        def one_task(t):
+            def one_chunk(carry, c):
+                idx = c * chunk + jnp.arange(chunk)
+                batch = make_batch(data, test, jnp.full((chunk,), t, jnp.int32), idx)
+                logits = model.logits_fn(params, batch)
+                valid = idx < test.n[t]
+                nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
+                correct = jnp.argmax(logits, -1) == batch["y"]
+                return (carry[0] + jnp.sum(correct * valid), carry[1] + jnp.sum(nll * valid)), None
+
+            zero = jnp.zeros((), jnp.float32)
+            (hits, nll), _ = jax.lax.scan(one_chunk, (zero, zero), jnp.arange(N // chunk))
+            return hits / test.n[t], nll / test.n[t]
+
+        return jax.lax.map(one_task, jnp.arange(T))
+
+    def end_task(state: TrainState, data: StreamData, task: Array) -> TrainState:
+        key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), 1 << 30)
+        ctx = BoundaryContext(state.params, state.opt_state[0], state.hparams, task, key,
+                              model.logits_fn,
+                              lambda t, k, size: sample_task_batch(data, t, k, size))
+        base_state = (optimizer.init(state.params) if reset_optimizer else state.opt_state[1])
+        return state._replace(opt_state=(method.end_task(ctx), base_state))
+
+    return Trainer(init, fit, evaluate, end_task)
+
+
+class StreamResult(NamedTuple):
+    """Outcome of :func:`run_stream` for R runs over T tasks (numpy arrays).
+
+    ``accuracy[r, i, j]`` is run r's test accuracy on task j after training task i (the R matrix
+    of Lopez-Paz & Ranzato 2017); ``loss`` likewise with the mean test loss; ``init_accuracy[r, j]``
+    and ``init_loss`` are those of the random initialisation (FWT's baseline b_j).
+    """
+
+    accuracy: np.ndarray
+    loss: np.ndarray
+    init_accuracy: np.ndarray
+    init_loss: np.ndarray
+    train_loss: np.ndarray            # [R, T, steps]
+    task_params: Any                  # pytree [R, T, ...] of θ*_t, or None
+    final_state: TrainState
+    timings: dict
+
+
+def _steps_per_call(num_steps: int, requested: int | None) -> int:
+    if requested is None or requested >= num_steps:
+        return num_steps
+    return max(d for d in range(1, requested + 1) if num_steps % d == 0)
+
+
+def run_stream(trainer: Trainer, data: StreamData, *, num_steps: int,
+               keys: Array, hparams: Mapping[str, Any] | None = None,
+               keep_params: bool = False, steps_per_call: int | None = None,
+               progress: Callable[[int, int, int], None] | None = None) -> StreamResult:
+    """Train R runs over every task of ``data`` and evaluate all tasks after each.
+
+    Args:
+      trainer: from :func:`make_trainer`.
+      data: from :func:`prepare_data`.
+      num_steps: training steps per task.
+      keys: ``[R]`` PRNG keys, one per run (``jax.random.split(jax.random.key(seed), R)``).
+      hparams: the method's hyperparameters, each a scalar (shared) or an ``[R]`` array (one value
+        per run: a vmapped sweep).
+      keep_params: also return θ*_t after every task (for the curvature analysis).
+      steps_per_call: split each task's scan into calls of this many steps (for a progress bar;
+        the results are identical). Rounded down to a divisor of ``num_steps``.
+      progress: called as ``progress(task, steps_done, num_steps)`` after each call.
+    """
+    check_positive_int(num_steps, name="num_steps")
+    keys = jnp.asarray(keys)
+    if keys.ndim != 1 or not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        raise ValueError(f"keys must be a 1-D array of typed PRNG keys (jax.random.split("
+                         f"jax.random.key(seed), R)); got dtype {keys.dtype}, shape {keys.shape}")
+    R = keys.shape[0]
+    hp = {}
+    for name, value in (hparams or {}).items():
+        value = jnp.asarray(value, jnp.float32)
+        if value.ndim == 0:
+            value = jnp.full((R,), value)
+        if value.shape != (R,):
+            raise ValueError(f"hparams[{name!r}] must be a scalar or have shape ({R},) (one value "
+                             f"per run); got {value.shape}")
+        if not bool(jnp.all(jnp.isfinite(value))):
+            raise ValueError(f"hparams[{name!r}] must be finite; got {value}")
+        hp[name] = value
+    chunk = _steps_per_call(num_steps, steps_per_call)
+    T = data.train.n.shape[0]
+
+    timings = {}
+    t0 = time.perf_counter()
+    init = jax.jit(jax.vmap(trainer.init))
+    fit = jax.jit(jax.vmap(trainer.fit, in_axes=(0, None, None, None)), static_argnums=3)
+    evaluate = jax.jit(jax.vmap(trainer.evaluate, in_axes=(0, None)))
+    end_task = jax.jit(jax.vmap(trainer.end_task, in_axes=(0, None, None)))
+    state = init(keys, hp)
+    task0 = jnp.zeros((), jnp.int32)
+    fit_c = fit.lower(state, data, task0, chunk).compile()
+    eval_c = evaluate.lower(state.params, data).compile()
+    end_c = end_task.lower(state, data, task0).compile()
+    jax.block_until_ready(state)
+    timings["compile_seconds"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    init_acc, init_loss = jax.device_get(eval_c(state.params, data))
+    accs, losses, train_losses, kept = [], [], [], []
+    task_seconds = []
+    for t in range(T):
+        t_start = time.perf_counter()
+        task = jnp.asarray(t, jnp.int32)
+        task_losses = []
+        for done in range(chunk, num_steps + 1, chunk):
+            state, step_losses = fit_c(state, data, task)
+            step_losses = np.asarray(step_losses)
+            if not np.all(np.isfinite(step_losses)):
+                run, step = np.argwhere(~np.isfinite(step_losses))[0]
+                raise FloatingPointError(
+                    f"training loss became non-finite at task {t}, step {done - chunk + step} "
+                    f"(run {run}); lower the learning rate or the method's strength")
+            task_losses.append(step_losses)
+            if progress is not None:
+                progress(t, done, num_steps)
+        acc, loss = jax.device_get(eval_c(state.params, data))
+        accs.append(acc)
+        losses.append(loss)
+        train_losses.append(np.concatenate(task_losses, axis=1))
+        if keep_params:
+            kept.append(state.params)
+        state = end_c(state, data, task)
+        jax.block_until_ready(state)
+        task_seconds.append(time.perf_counter() - t_start)
+    timings["run_seconds"] = time.perf_counter() - t0
+    timings["task_seconds"] = task_seconds
+    task_params = (jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *kept) if keep_params
+                   else None)
+    return StreamResult(np.stack(accs, 1), np.stack(losses, 1), np.asarray(init_acc),
+                        np.asarray(init_loss), np.stack(train_losses, 1), task_params, state,
+                        timings)
+
+
+__all__ = ["TrainState", "StreamData", "StreamResult", "Trainer", "prepare_data", "make_batch",
+           "cross_entropy", "sample_task_batch", "make_trainer", "run_stream"]
