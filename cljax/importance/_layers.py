@@ -1,0 +1,524 @@
+"""Private engine shared by every estimator in :mod:`cljax.importance`.
+
+Every estimator here is a reduction of *per-example parameter gradients along output directions*:
+for example n and a direction u_{n,k} in logit space (k = 1..K), the per-example gradient is
+J_nᵀ u_{n,k} (J_n = ∂ logits_n / ∂θ). The public estimators only choose the directions:
+
+* empirical Fisher: u = p − e_y (the gradient of −log p(y|x) w.r.t. the logits), K = 1;
+* true Fisher: u_s = (p − e_{ŷ_s}) / √S with ŷ_s ~ p(·|x), K = S;
+* exact Fisher: u_c = √p_c (p − e_c), K = C, so Σ_c u_c u_cᵀ = diag(p) − ppᵀ (the softmax-CE
+  output Hessian; the result is the GGN diagonal);
+* MAS: u = 2 f(x) (the gradient of ‖f(x)‖² w.r.t. f), K = 1, reduced with |·| instead of (·)²;
+* K-FAC: the layer-output cotangents g themselves (A = E[āāᵀ], G = E[ggᵀ]).
+
+**Fast path (recognised layers).** For flax linen ``nn.Dense`` and ``nn.Conv`` (exactly those
+classes, ``feature_group_count == 1``, padding ``SAME``/``VALID``/explicit, default
+``dot_general``/``conv_general_dilated``, no ``mask``, kernel and bias used by no other layer),
+one forward pass per chunk runs under ``flax.linen.intercept_methods``: each such layer's input is
+recorded and a zero perturbation ε is added to its output. One ``jax.vjp`` w.r.t. the
+perturbations then yields, for every direction, the per-example output cotangents g_n of every
+layer (each example's loss depends only on its own ε_n), back-propagated only as far as the
+lowest layer's output — no weight gradients are formed. A dense layer's per-example weight
+gradient is the outer product a_n g_nᵀ, so Σ_n (a_n g_nᵀ)² = (a²)ᵀ(g²) and Σ_n |a_n g_nᵀ| =
+|a|ᵀ|g| are single matmuls; for the exact Fisher Σ_c (a g_cᵀ)² = a²(Σ_c g_c²)ᵀ, so the C directions
+are summed before the matmul. A conv layer (im2col patches a_{n,p}, positions p) has per-example
+gradient Σ_p a_{n,p} g_{n,p}ᵀ — a sum inside the square/abs — so it uses a per-example contraction.
+A Dense applied to inputs with extra middle axes ([B, T, in]) is treated like a conv with T
+positions.
+
+**Fallback.** Parameters that belong to no recognised layer (plain-function models, LayerNorm,
+Embed, shared kernels, custom modules, …) get per-example gradients from ``vmap`` over examples
+of a ``vjp`` restricted to those parameters. Dispatch is automatic and per parameter; pass
+``implementation="vmap"`` to force the fallback for everything (used by the tests to check the
+two against each other). Requirement for both: ``logits_fn`` treats examples independently (no
+batch statistics), and a recognised layer's kernel is not also used outside that layer.
+
+**Chunks.** The N examples are padded to a multiple of ``chunk_size`` by repeating example 0 with
+weight 0 (its directions are multiplied by 0, and its activations are masked in K-FAC's A), then
+processed by ``lax.scan`` over chunks inside one ``jit``; memory is bounded by one chunk. Results
+are sums divided by the true N, i.e. means over examples.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.linen.linear import canonicalize_padding
+
+from cljax import validation
+from cljax.types import Array, Batch, LogitsFn, Params
+
+KINDS = ("empirical", "true", "exact", "mas", "kfac_true", "kfac_empirical")
+IMPLEMENTATIONS = ("auto", "vmap")
+
+
+# ----------------------------------------------------------------------------------------------
+# Layer discovery
+# ----------------------------------------------------------------------------------------------
+
+def _key_str(k: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def path_name(path: Sequence[Any]) -> str:
+    """'/'-joined name of a key path, e.g. ('Dense_0', 'kernel') -> 'Dense_0/kernel'."""
+    return "/".join(_key_str(k) for k in path)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    name: str                      # '/'-joined path of the layer's params (kernel's parent)
+    kind: str                      # "dense" | "conv"
+    kernel_index: int              # index of the kernel among the params' leaves
+    bias_index: int | None
+    kernel_shape: tuple[int, ...]
+    # conv only
+    strides: tuple[int, ...] = ()
+    padding: Any = None
+    input_dilation: tuple[int, ...] = ()
+    kernel_dilation: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    layers: tuple[LayerSpec, ...]
+    call_to_layer: tuple[int | None, ...]   # for every Dense/Conv call in order
+    fallback_indices: tuple[int, ...]       # param leaves served by the vmap fallback
+    num_leaves: int
+
+
+def _is_candidate(ctx: Any) -> bool:
+    return ctx.method_name == "__call__" and type(ctx.module) in (nn.Dense, nn.Conv)
+
+
+def _tuple(v: Any, n: int) -> tuple[int, ...]:
+    if v is None:
+        return (1,) * n
+    if isinstance(v, int):
+        return (v,) * n
+    return tuple(int(i) for i in v)
+
+
+def _layer_input(args: tuple, kwargs: dict) -> Any:
+    return args[0] if args else kwargs.get("inputs")
+
+
+def discover(logits_fn: LogitsFn, params: Params, chunk_batch: Batch,
+             implementation: str) -> Plan:
+    """Trace ``logits_fn`` abstractly once and decide which layers take the fast path."""
+    leaves = jax.tree.leaves(params)
+    n_leaves = len(leaves)
+    calls: list[dict | None] = []
+    batch_size = jax.tree.leaves(chunk_batch["x"])[0].shape[0]
+
+    def traced(p: Params, b: Batch) -> Array:
+        ids = {id(leaf): i for i, leaf in enumerate(jax.tree.leaves(p))}
+
+        def interceptor(next_fun, args, kwargs, ctx):
+            if not _is_candidate(ctx):
+                return next_fun(*args, **kwargs)
+            out = next_fun(*args, **kwargs)
+            calls.append(_describe_call(ctx, _layer_input(args, kwargs), out, ids, batch_size))
+            return out
+
+        if implementation == "vmap":
+            return logits_fn(p, b)
+        with nn.intercept_methods(interceptor):
+            return logits_fn(p, b)
+
+    try:
+        out = jax.eval_shape(traced, params, chunk_batch)
+    except Exception as e:  # noqa: BLE001 - re-raised with context
+        raise ValueError(
+            "calling logits_fn(params, batch) failed; params must be the pytree logits_fn "
+            f"expects (e.g. model.init(key, batch)) and batch must fit the model: "
+            f"{type(e).__name__}: {e}") from e
+    if not hasattr(out, "shape") or len(out.shape) != 2 or out.shape[0] != batch_size:
+        raise ValueError(f"logits_fn(params, batch) must return logits [B, C] with B = {batch_size};"
+                         f" got {getattr(out, 'shape', type(out))}")
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(f"logits_fn must return floating-point logits; got {out.dtype}")
+
+    # A kernel/bias used by more than one call is not layer-local: send it to the fallback.
+    use_count: dict[int, int] = {}
+    for c in calls:
+        if c is not None:
+            for i in (c["spec"].kernel_index, c["spec"].bias_index):
+                if i is not None:
+                    use_count[i] = use_count.get(i, 0) + 1
+    layers: list[LayerSpec] = []
+    call_to_layer: list[int | None] = []
+    names: set[str] = set()
+    for c in calls:
+        spec = None if c is None else c["spec"]
+        if spec is not None and all(use_count.get(i, 0) == 1
+                                    for i in (spec.kernel_index, spec.bias_index) if i is not None) \
+                and spec.name not in names:
+            names.add(spec.name)
+            call_to_layer.append(len(layers))
+            layers.append(spec)
+        else:
+            call_to_layer.append(None)
+    covered = {i for s in layers for i in (s.kernel_index, s.bias_index) if i is not None}
+    fallback = tuple(i for i in range(n_leaves) if i not in covered)
+    return Plan(tuple(layers), tuple(call_to_layer), fallback, n_leaves)
+
+
+def _describe_call(ctx: Any, x: Any, out: Any, ids: dict, batch_size: int) -> dict | None:
+    """A LayerSpec for a recognisable Dense/Conv call, else None."""
+    m = ctx.module
+    try:
+        v = m.variables["params"]
+        kernel = v["kernel"]
+        bias = v.get("bias") if m.use_bias else None
+    except Exception:  # noqa: BLE001
+        return None
+    k_idx = ids.get(id(kernel))
+    b_idx = ids.get(id(bias)) if bias is not None else None
+    if k_idx is None or (m.use_bias and b_idx is None):
+        return None
+    if not hasattr(x, "shape") or not hasattr(out, "shape") or x.ndim < 2 or out.ndim < 2:
+        return None
+    if x.shape[0] != batch_size or out.shape[0] != batch_size:
+        return None
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        return None
+    path = tuple(m.scope.path) if m.scope is not None else ()
+    name = "/".join(path)
+    kshape = tuple(kernel.shape)
+    if type(m) is nn.Dense:
+        if m.dot_general is not None or m.dot_general_cls is not None or kernel.ndim != 2:
+            return None
+        if x.shape[-1] != kshape[0] or out.shape[-1] != kshape[1] or x.shape[:-1] != out.shape[:-1]:
+            return None
+        spec = LayerSpec(name, "dense", k_idx, b_idx, kshape)
+    else:  # nn.Conv
+        nd = kernel.ndim - 2
+        if (m.feature_group_count != 1 or m.mask is not None or m.conv_general_dilated is not None
+                or m.conv_general_dilated_cls is not None or x.ndim != nd + 2 or nd < 1 or nd > 3):
+            return None
+        if isinstance(m.padding, str) and m.padding not in ("SAME", "VALID"):
+            return None
+        try:
+            padding = canonicalize_padding(m.padding, nd)
+        except Exception:  # noqa: BLE001
+            return None
+        if not isinstance(padding, str):
+            padding = tuple(tuple(int(a) for a in pr) for pr in padding)
+        spec = LayerSpec(name, "conv", k_idx, b_idx, kshape, strides=_tuple(m.strides, nd),
+                         padding=padding, input_dilation=_tuple(m.input_dilation, nd),
+                         kernel_dilation=_tuple(m.kernel_dilation, nd))
+        try:  # the im2col patches must reproduce the conv's output positions
+            pshape = jax.eval_shape(lambda a: conv_patches(a, spec), x).shape
+        except Exception:  # noqa: BLE001
+            return None
+        if pshape != (batch_size, math.prod(out.shape[1:-1]), math.prod(kshape[:-1])):
+            return None
+    return {"spec": spec}
+
+
+# ----------------------------------------------------------------------------------------------
+# Capture and per-layer reductions
+# ----------------------------------------------------------------------------------------------
+
+def conv_patches(x: Array, spec: LayerSpec) -> Array:
+    """im2col: [B, *S, cin] -> [B, P, kh·kw·cin], features in the kernel's row-major order."""
+    nd = len(spec.kernel_shape) - 2
+    sp = "HWD"[:nd]
+    dn = ("N" + sp + "C", sp + "IO", "N" + sp + "C")
+    padding = spec.padding if isinstance(spec.padding, str) else list(spec.padding)
+    p = jax.lax.conv_general_dilated_patches(
+        x, filter_shape=spec.kernel_shape[:nd], window_strides=spec.strides, padding=padding,
+        lhs_dilation=spec.input_dilation, rhs_dilation=spec.kernel_dilation,
+        dimension_numbers=dn)
+    b = p.shape[0]
+    positions = math.prod(p.shape[1:-1])
+    cin = spec.kernel_shape[-2]
+    ksize = math.prod(spec.kernel_shape[:nd])
+    # conv_general_dilated_patches orders features as (cin, *kernel spatial); reorder.
+    p = p.reshape(b, positions, cin, ksize).swapaxes(-1, -2)
+    return p.reshape(b, positions, ksize * cin)
+
+
+def _layer_inputs_3d(a: Array, spec: LayerSpec) -> Array:
+    """Layer input as [B, P, in]."""
+    if spec.kind == "conv":
+        return conv_patches(a, spec)
+    return a.reshape(a.shape[0], -1, a.shape[-1])
+
+
+def forward_with_capture(logits_fn: LogitsFn, params: Params, batch: Batch, plan: Plan,
+                         perturbations: Sequence[Array]) -> tuple[Array, list[Array]]:
+    """logits_fn with ε_l added to recognised layer outputs; also returns their inputs."""
+    inputs: list[Any] = [None] * len(plan.layers)
+    counter = [0]
+
+    def interceptor(next_fun, args, kwargs, ctx):
+        if not _is_candidate(ctx):
+            return next_fun(*args, **kwargs)
+        i = counter[0]
+        counter[0] += 1
+        out = next_fun(*args, **kwargs)
+        j = plan.call_to_layer[i] if i < len(plan.call_to_layer) else None
+        if j is None:
+            return out
+        inputs[j] = _layer_input(args, kwargs)
+        return out + perturbations[j].astype(out.dtype)
+
+    with nn.intercept_methods(interceptor):
+        logits = logits_fn(params, batch)
+    if counter[0] != len(plan.call_to_layer) or any(a is None for a in inputs):
+        raise RuntimeError("logits_fn called its layers differently from the discovery trace; "
+                           "pass implementation='vmap'")
+    return logits, inputs
+
+
+def _per_example_fallback(logits_fn: LogitsFn, params: Params, batch: Batch, dirs: Array,
+                          indices: tuple[int, ...]) -> list[Array]:
+    """Per-example gradients [K, B, *leaf] of the leaves `indices` along dirs [K, B, C]."""
+    leaves, treedef = jax.tree.flatten(params)
+    sub = [leaves[i] for i in indices]
+
+    def one(example: Batch, u: Array) -> list[Array]:
+        def f(s: list[Array]) -> Array:
+            full = list(leaves)
+            for i, v in zip(indices, s):
+                full[i] = v
+            ex = jax.tree.map(lambda v: v[None], example)
+            return logits_fn(jax.tree.unflatten(treedef, full), ex)[0]
+
+        _, vjp = jax.vjp(f, sub)
+        return jax.vmap(lambda d: vjp(d)[0])(u)  # list of [K, *leaf]
+
+    per_ex = jax.vmap(one, in_axes=(0, 1))(batch, dirs)  # list of [B, K, *leaf]
+    return [g.swapaxes(0, 1) for g in per_ex]
+
+
+def _directions(kind: str, logits: Array, batch: Batch, w: Array, gidx: Array, key: Any,
+                num_samples: int) -> Array:
+    """Output-space directions [K, B, C], already multiplied by the example weights."""
+    logits = jax.lax.stop_gradient(logits)
+    c = logits.shape[-1]
+    p = jax.nn.softmax(logits, axis=-1)
+    if kind in ("empirical", "kfac_empirical"):
+        u = (p - jax.nn.one_hot(batch["y"], c, dtype=p.dtype))[None]
+    elif kind in ("true", "kfac_true"):
+        def draw(i: Array, lg: Array) -> Array:
+            return jax.random.categorical(jax.random.fold_in(key, i), lg, shape=(num_samples,))
+        ys = jax.vmap(draw)(gidx, logits).T  # [S, B], keyed by global example index
+        u = (p[None] - jax.nn.one_hot(ys, c, dtype=p.dtype)) / jnp.sqrt(
+            jnp.asarray(num_samples, p.dtype))
+    elif kind == "exact":
+        eye = jnp.eye(c, dtype=p.dtype)
+        u = jnp.sqrt(p).T[:, :, None] * (p[None, :, :] - eye[:, None, :])  # [C, B, C]
+    elif kind == "mas":
+        u = (2.0 * logits)[None]
+    else:  # pragma: no cover
+        raise ValueError(kind)
+    return u * w[None, :, None].astype(u.dtype)
+
+
+def _chunk_contribution(kind: str, logits_fn: LogitsFn, params: Params, plan: Plan,
+                        batch: Batch, w: Array, gidx: Array, key: Any, num_samples: int):
+    """Sums (not yet divided by N) over one chunk, plus finiteness / label-range flags."""
+    leaves = jax.tree.leaves(params)
+    specs = plan.layers
+    if specs:
+        zeros = None
+
+        def fwd(eps):
+            return forward_with_capture(logits_fn, params, batch, plan, eps)
+
+        # Output shapes of the recognised layers, from an abstract forward.
+        def out_shapes():
+            shapes: list[Any] = [None] * len(specs)
+            counter = [0]
+
+            def icpt(next_fun, args, kwargs, ctx):
+                if not _is_candidate(ctx):
+                    return next_fun(*args, **kwargs)
+                i = counter[0]
+                counter[0] += 1
+                out = next_fun(*args, **kwargs)
+                j = plan.call_to_layer[i]
+                if j is not None:
+                    shapes[j] = jax.ShapeDtypeStruct(out.shape, out.dtype)
+                return out
+
+            def run(p, b):
+                with nn.intercept_methods(icpt):
+                    return logits_fn(p, b)
+            jax.eval_shape(run, params, batch)
+            return shapes
+
+        zeros = [jnp.zeros(s.shape, s.dtype) for s in out_shapes()]
+        logits, vjp_fn, inputs = jax.vjp(fwd, zeros, has_aux=True)
+    else:
+        logits = logits_fn(params, batch)
+        inputs, vjp_fn = [], None
+
+    finite = jnp.all(jnp.isfinite(logits) | (w[:, None] == 0))
+    out: dict[str, Any] = {"finite": finite}
+    if "y" in batch:
+        c = logits.shape[-1]
+        y = batch["y"]
+        out["labels_ok"] = jnp.all(((y >= 0) & (y < c)) | (w == 0))
+    dirs = _directions(kind, logits, batch, w, gidx, key, num_samples)  # [K, B, C]
+
+    cots = jax.vmap(lambda d: vjp_fn(d)[0])(dirs) if specs else []  # per layer [K, B, *out]
+
+    if kind.startswith("kfac"):
+        factors = {}
+        for spec, a, g in zip(specs, inputs, cots):
+            a3 = _layer_inputs_3d(a, spec)  # [B, P, in]
+            positions = a3.shape[1]
+            if spec.bias_index is not None:
+                a3 = jnp.concatenate([a3, jnp.ones(a3.shape[:-1] + (1,), a3.dtype)], axis=-1)
+            a3 = a3 * w[:, None, None].astype(a3.dtype)
+            af = a3.reshape(-1, a3.shape[-1])
+            gf = g.reshape(-1, g.shape[-1])
+            factors[spec.name] = (af.T @ af, (gf.T @ gf) / positions)
+        out["factors"] = factors
+        return out
+
+    sums: list[Any] = [None] * plan.num_leaves
+    use_abs = kind == "mas"
+    for spec, a, g in zip(specs, inputs, cots):
+        a3 = _layer_inputs_3d(a, spec)                           # [B, P, in]
+        k, b = g.shape[0], g.shape[1]
+        g4 = g.reshape(k, b, -1, g.shape[-1])                     # [K, B, P, out]
+        dt = jnp.result_type(a3.dtype, g4.dtype)
+        if a3.shape[1] == 1:
+            a2, g3 = a3[:, 0], g4[:, :, 0]
+            if use_abs:  # K == 1: Σ_n |a_n| |g_n|ᵀ
+                gk = jnp.abs(g3[0])
+                kern = jnp.abs(a2).T @ gk
+                bias = jnp.sum(gk, axis=0)
+            else:        # Σ_k Σ_n (a_n g_nkᵀ)² = (a²)ᵀ Σ_k g_k²
+                gk = jnp.sum(g3 * g3, axis=0)
+                kern = (a2 * a2).T @ gk
+                bias = jnp.sum(gk, axis=0)
+        else:
+            def per_dir(acc, gd):  # gd [B, P, out]
+                pe = jnp.einsum("bpi,bpo->bio", a3, gd)
+                pb = jnp.sum(gd, axis=1)
+                if use_abs:
+                    return (acc[0] + jnp.sum(jnp.abs(pe), 0), acc[1] + jnp.sum(jnp.abs(pb), 0)), None
+                return (acc[0] + jnp.sum(pe * pe, 0), acc[1] + jnp.sum(pb * pb, 0)), None
+            init = (jnp.zeros((a3.shape[-1], g4.shape[-1]), dt), jnp.zeros((g4.shape[-1],), dt))
+            (kern, bias), _ = jax.lax.scan(per_dir, init, g4)
+        sums[spec.kernel_index] = kern.reshape(spec.kernel_shape)
+        if spec.bias_index is not None:
+            sums[spec.bias_index] = bias.reshape(leaves[spec.bias_index].shape)
+
+    if plan.fallback_indices:
+        pe = _per_example_fallback(logits_fn, params, batch, dirs, plan.fallback_indices)
+        for i, g in zip(plan.fallback_indices, pe):
+            sums[i] = jnp.sum(jnp.abs(g), axis=(0, 1)) if use_abs else jnp.sum(g * g, axis=(0, 1))
+    out["sums"] = sums
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Whole-dataset driver
+# ----------------------------------------------------------------------------------------------
+
+@functools.partial(jax.jit, static_argnames=("logits_fn", "kind", "num_samples", "chunk_size",
+                                             "implementation"))
+def _estimate_jit(logits_fn: LogitsFn, params: Params, batch: Batch, key: Any, *, kind: str,
+                  num_samples: int, chunk_size: int | None, implementation: str):
+    n = batch["x"].shape[0]
+    c = n if chunk_size is None else min(chunk_size, n)
+    nc = -(-n // c)
+    n_pad = nc * c
+    if n_pad != n:
+        idx = jnp.concatenate([jnp.arange(n), jnp.zeros(n_pad - n, jnp.int32)])
+        batch = jax.tree.map(lambda v: jnp.take(v, idx, axis=0), batch)
+    chunks = jax.tree.map(lambda v: v.reshape((nc, c) + v.shape[1:]), batch)
+    w = (jnp.arange(n_pad) < n).reshape(nc, c)
+    gidx = jnp.arange(n_pad).reshape(nc, c)
+    chunk0 = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape[1:], v.dtype), chunks)
+    plan = discover(logits_fn, params, chunk0, implementation)
+    if kind.startswith("kfac") and not plan.layers:
+        raise ValueError("kfac_factors found no recognised layer (flax nn.Dense / nn.Conv) in "
+                         "logits_fn; K-FAC needs layer structure")
+
+    def body(carry, xs):
+        b, wc, gc = xs
+        contrib = _chunk_contribution(kind, logits_fn, params, plan, b, wc, gc, key, num_samples)
+        return jax.tree.map(jnp.add, carry, contrib_numeric(contrib)), flags(contrib)
+
+    def contrib_numeric(cn):
+        return cn["factors"] if kind.startswith("kfac") else cn["sums"]
+
+    def flags(cn):
+        return {k: v for k, v in cn.items() if k in ("finite", "labels_ok")}
+
+    first = jax.eval_shape(lambda xs: contrib_numeric(_chunk_contribution(
+        kind, logits_fn, params, plan, *xs, key, num_samples)),
+        jax.tree.map(lambda v: v[0], (chunks, w, gidx)))
+    init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), first)
+    total, fl = jax.lax.scan(body, init, (chunks, w, gidx))
+    fl = jax.tree.map(jnp.all, fl)
+    total = jax.tree.map(lambda t: t / n, total)
+    if kind.startswith("kfac"):
+        return total, fl
+    leaves, treedef = jax.tree.flatten(params)
+    result = jax.tree.unflatten(treedef, [t.astype(l.dtype) for t, l in zip(total, leaves)])
+    return result, fl
+
+
+def estimate(kind: str, logits_fn: LogitsFn, params: Params, batch: Batch, key: Any = None, *,
+             num_samples: int = 1, chunk_size: int | None = None, implementation: str = "auto",
+             require_y: bool, fn_name: str):
+    """Validate, run the jitted driver, then raise on concrete bad values (labels, NaN)."""
+    if not callable(logits_fn):
+        raise TypeError(f"{fn_name}: logits_fn must be callable logits_fn(params, batch) -> "
+                        f"logits[B, C]; got {type(logits_fn).__name__}")
+    validation.check_batch(batch, require_y=require_y)
+    n = int(jnp.shape(batch["x"])[0])
+    if n == 0:
+        raise ValueError(f"{fn_name}: batch['x'] has no examples")
+    batch = {k: v for k, v in batch.items() if k in ("x", "y", "task")} if require_y else \
+        {k: v for k, v in batch.items() if k in ("x", "task")}
+    for k, v in batch.items():
+        if jnp.ndim(v) < 1 or jnp.shape(v)[0] != n:
+            raise ValueError(f"{fn_name}: batch['{k}'] must have a leading axis of {n} examples "
+                             f"(like batch['x']); got shape {jnp.shape(v)}")
+    if chunk_size is not None:
+        validation.check_positive_int(chunk_size, name="chunk_size")
+    validation.check_positive_int(num_samples, name="num_samples")
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}; got {implementation!r}")
+    if kind in ("true", "kfac_true"):
+        if key is None or not hasattr(key, "dtype"):
+            raise TypeError(f"{fn_name}: key must be a jax PRNG key (jax.random.key(0) or "
+                            f"jax.random.PRNGKey(0)); got {type(key).__name__}")
+    else:
+        key = None
+    leaves = jax.tree.leaves(params)
+    if not leaves:
+        raise ValueError(f"{fn_name}: params has no array leaves")
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if not jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating):
+            raise TypeError(f"{fn_name}: params{jax.tree_util.keystr(path)} must be floating "
+                            f"point; got {jnp.asarray(leaf).dtype}")
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    result, fl = _estimate_jit(logits_fn, params, batch, key, kind=kind, num_samples=num_samples,
+                               chunk_size=chunk_size, implementation=implementation)
+    if "labels_ok" in fl and validation.is_concrete(fl["labels_ok"]) and not bool(fl["labels_ok"]):
+        y = np.asarray(batch["y"])
+        raise ValueError(f"{fn_name}: batch['y'] must lie in [0, C) where C is the number of "
+                         f"logits; got labels in [{y.min()}, {y.max()}]")
+    if validation.is_concrete(fl["finite"]) and not bool(fl["finite"]):
+        raise FloatingPointError(f"{fn_name}: logits_fn(params, batch) returned NaN or inf logits")
+    return result

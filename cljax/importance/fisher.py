@@ -1,0 +1,80 @@
+"""Diagonal Fisher information estimators (true, exact, empirical).
+
+For softmax cross-entropy with p = softmax(f(x; θ)) and g_y = ∂ log p(y|x) / ∂θ (one example):
+
+* true Fisher (Kirkpatrick et al. 2017, PNAS, the F of EWC's eq. 3; Martens 2020 "New insights and
+  perspectives on the natural gradient method", §5 for the names):
+  F_i = E_{x~D} E_{y~p_θ(·|x)} [g_{y,i}²], the inner expectation by Monte Carlo;
+* exact Fisher: the inner expectation in closed form, Σ_y p(y|x) g_{y,i}² — equal to the diagonal
+  of the generalised Gauss–Newton matrix Jᵀ(diag(p) − ppᵀ)J for softmax CE (Martens 2020, §9.2);
+* empirical Fisher: y = the dataset label (Kunstner et al. 2019 explain its bias).
+
+**Scale.** Every estimator returns the **mean over the examples of ``batch`` of per-example squared
+gradients**, (1/N) Σ_n g_{n,i}², never the square of a minibatch-mean gradient (≈ F/B) nor that
+times B. Multiply by N for the sum-over-data Fisher of a Laplace approximation.
+
+Computation: see :mod:`cljax.importance._layers` — chunks of ``chunk_size`` examples inside one
+``jit`` (``lax.scan``), N padded to a multiple of ``chunk_size`` with zero-weighted copies of the
+first example (no divisibility requirement); flax ``nn.Dense`` / ``nn.Conv`` layers take a fast
+path (captured layer inputs and output cotangents), all other parameters a ``vmap``-over-examples
+fallback. ``implementation="vmap"`` forces the fallback everywhere.
+"""
+from __future__ import annotations
+
+from cljax.importance._layers import estimate
+from cljax.types import Batch, Importance, LogitsFn, Params, PRNGKey
+
+
+def empirical_fisher_diagonal(logits_fn: LogitsFn, params: Params, batch: Batch, *,
+                              chunk_size: int | None = None,
+                              implementation: str = "auto") -> Importance:
+    """Empirical Fisher diagonal: (1/N) Σ_n (∂ log p(y_n|x_n) / ∂θ)², y_n = the dataset label.
+
+    Args:
+      logits_fn: ``logits_fn(params, batch) -> logits[B, C]``; must treat examples independently.
+      params: the pytree ``logits_fn`` expects.
+      batch: dict with ``x`` [N, ...], int labels ``y`` [N] in [0, C), optional ``task`` [N].
+      chunk_size: examples per chunk (memory bound); ``None`` = all N at once. N need not be a
+        multiple: the last chunk is padded with zero-weight examples.
+      implementation: ``"auto"`` (fast layer path where recognised) or ``"vmap"`` (fallback only).
+
+    Returns:
+      A pytree like ``params`` (same shapes/dtypes): the per-example mean of squared gradients.
+    """
+    return estimate("empirical", logits_fn, params, batch, chunk_size=chunk_size,
+                    implementation=implementation, require_y=True,
+                    fn_name="empirical_fisher_diagonal")
+
+
+def true_fisher_diagonal(logits_fn: LogitsFn, params: Params, batch: Batch, key: PRNGKey, *,
+                         num_samples: int = 1, chunk_size: int | None = None,
+                         implementation: str = "auto") -> Importance:
+    """True (model) Fisher diagonal by Monte Carlo: (1/N) Σ_n (1/S) Σ_s (∂ log p(ŷ_ns|x_n)/∂θ)².
+
+    ŷ_ns ~ softmax(logits_n), ``num_samples`` = S draws per example (not the argmax label). The
+    draw for example n uses ``jax.random.fold_in(key, n)`` (n = its index in ``batch``), so the
+    result does not depend on ``chunk_size``. ``batch['y']`` is not used. Unbiased for
+    :func:`exact_fisher_diagonal`, with variance O(1/(N·S)). Same scale and arguments as
+    :func:`empirical_fisher_diagonal` (mean over examples).
+    """
+    return estimate("true", logits_fn, params, batch, key, num_samples=num_samples,
+                    chunk_size=chunk_size, implementation=implementation, require_y=False,
+                    fn_name="true_fisher_diagonal")
+
+
+def exact_fisher_diagonal(logits_fn: LogitsFn, params: Params, batch: Batch, *,
+                          chunk_size: int | None = None,
+                          implementation: str = "auto") -> Importance:
+    """Exact Fisher diagonal (1/N) Σ_n Σ_y p(y|x_n) (∂ log p(y|x_n)/∂θ)² — the GGN diagonal.
+
+    The expectation over y is computed in closed form with C output directions √p_y (p − e_y),
+    back-propagated (as layer-output cotangents only) through the layers above each weight; for a
+    dense layer the C squared outer products are summed before one matmul. ``batch['y']`` is not
+    used. Same scale and arguments as :func:`empirical_fisher_diagonal` (mean over examples).
+    """
+    return estimate("exact", logits_fn, params, batch, chunk_size=chunk_size,
+                    implementation=implementation, require_y=False,
+                    fn_name="exact_fisher_diagonal")
+
+
+__all__ = ["empirical_fisher_diagonal", "true_fisher_diagonal", "exact_fisher_diagonal"]
