@@ -1,0 +1,298 @@
+"""Hessian- and generalised-Gauss–Newton-vector products, for one batch or a whole task.
+
+* :func:`hvp` — ``H v`` for any scalar ``loss_fn(params)`` by forward-over-reverse differentiation,
+  ``jvp(grad(loss_fn))`` (Pearlmutter 1994; the form recommended by the JAX autodiff cookbook).
+  It costs about 2–3 gradient evaluations and never builds ``H``.
+* :func:`ggn_vp` — ``G v = Jᵀ H_out J v`` (Schraudolph 2002; Martens 2020), with ``J`` the Jacobian of
+  the logits w.r.t. the params and, for softmax cross-entropy, ``H_out = diag(p) − p pᵀ`` per
+  example; a **mean over examples**. ``G`` is positive semi-definite and equals the Hessian when the
+  logits are linear in the params (it drops the term Σ_c ∂ℓ/∂z_c ∇²z_c).
+
+Whole-task versions (:func:`task_loss`, :func:`task_value_and_grad`, :func:`task_hvp`,
+:func:`task_ggn_vp`, :func:`make_task_matvec`) split the task's examples into chunks of
+``chunk_size`` and accumulate over them with ``lax.scan`` inside one compiled program, so memory is
+bounded by the chunk, not by the task. When ``chunk_size`` does not divide ``N`` the last chunk is
+padded with zero-weight examples. Optional per-example ``weights`` (≥ 0) turn every "mean over
+examples" into ``Σ_n w_n ℓ_n / Σ_n w_n``; a 0/1 mask selects the valid examples of a padded task.
+
+The task loss ℓ is the mean per-example loss (softmax cross-entropy with the integer labels
+``batch['y']`` unless ``per_example_loss`` is given). All products are exact, with the same scale
+as ℓ (curvature of the mean, not of the sum).
+"""
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cljax.types import Array, Batch, LogitsFn, LossFn, Params
+from cljax.validation import (check_batch, check_finite, check_positive_int,
+                              check_same_structure, is_concrete)
+
+PerExampleLoss = Callable[[Array, Batch], Array]
+Matvec = Callable[[Params], Params]
+
+
+# --------------------------------------------------------------------------------------------
+# losses
+# --------------------------------------------------------------------------------------------
+
+def softmax_cross_entropy(logits: Array, batch: Batch) -> Array:
+    """Per-example softmax cross-entropy ``−log softmax(logits)[y]`` → ``[B]`` (the default loss)."""
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    y = jnp.asarray(batch["y"]).astype(jnp.int32)
+    return -jnp.take_along_axis(logp, y[:, None], axis=-1)[:, 0]
+
+
+def _check_v(v: Params, params: Params) -> Params:
+    check_same_structure(v, params, name="v")
+    check_finite(v, name="v")
+    # jvp needs tangents with the primals' dtypes.
+    return jax.tree.map(lambda a, p: jnp.asarray(a, jnp.result_type(p)), v, params)
+
+
+def _check_callable(fn, name: str) -> None:
+    if not callable(fn):
+        raise TypeError(f"{name} must be callable; got {type(fn).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# single-batch products
+# --------------------------------------------------------------------------------------------
+
+def hvp(loss_fn: LossFn, params: Params, v: Params) -> Params:
+    """Hessian-vector product ``∇²loss_fn(params) · v`` by forward-over-reverse (``jvp(grad)``).
+
+    Args:
+      loss_fn: scalar function of the params, ``loss_fn(params) -> []``.
+      params: the point at which the Hessian is taken (pytree).
+      v: a pytree with ``params``' structure and shapes (cast to the params' dtypes).
+    Returns:
+      ``H v`` with ``params``' structure.
+    """
+    _check_callable(loss_fn, "loss_fn")
+    check_finite(params, name="params")
+    v = _check_v(v, params)
+    return jax.jvp(jax.grad(loss_fn), (params,), (v,))[1]
+
+
+def _output_hessian_product(logits: Array, u: Array, batch: Batch,
+                            per_example_loss: PerExampleLoss | None) -> Array:
+    """Per-example ``H_out u`` with ``H_out = ∂²ℓ_n/∂z²`` (closed form for softmax CE)."""
+    if per_example_loss is None:
+        p = jax.nn.softmax(logits, axis=-1)
+        return p * u - p * jnp.sum(p * u, axis=-1, keepdims=True)
+    grad_z = jax.grad(lambda z: jnp.sum(per_example_loss(z, batch)))
+    return jax.jvp(grad_z, (logits,), (u,))[1]
+
+
+def _ggn_weighted_sum(logits_fn: LogitsFn, params: Params, batch: Batch, w: Array, v: Params,
+                      per_example_loss: PerExampleLoss | None) -> Params:
+    """``Σ_n w_n J_nᵀ H_out,n J_n v`` (one linearisation, then its transpose)."""
+    f = lambda p: logits_fn(p, batch)
+    logits, f_jvp = jax.linearize(f, params)
+    jv = f_jvp(v)
+    u = _output_hessian_product(logits, jv, batch, per_example_loss)
+    u = u * w.astype(u.dtype).reshape((-1,) + (1,) * (u.ndim - 1))
+    (gv,) = jax.linear_transpose(f_jvp, params)(u)
+    return gv
+
+
+def ggn_vp(logits_fn: LogitsFn, params: Params, batch: Batch, v: Params, *,
+           per_example_loss: PerExampleLoss | None = None) -> Params:
+    """Generalised Gauss–Newton-vector product ``G v = (1/B) Σ_n J_nᵀ H_out,n J_n v``.
+
+    ``J_n = ∂ logits_n / ∂θ`` and, for softmax cross-entropy, ``H_out,n = diag(p_n) − p_n p_nᵀ``
+    (Schraudolph 2002; Martens 2020 §8). ``G`` is PSD and equals the Hessian of the mean loss when
+    the logits are linear in the params. With ``per_example_loss`` the output Hessian is that
+    loss's Hessian w.r.t. the logits (computed by ``jvp(grad)``).
+
+    Args:
+      logits_fn: ``logits_fn(params, batch) -> logits[B, C]``.
+      params: pytree.
+      batch: dict with ``x``, ``y`` (int ``[B]``) and optional ``task``.
+      v: pytree with ``params``' structure and shapes.
+    Returns:
+      ``G v``, a mean over the batch's examples, with ``params``' structure.
+    """
+    _check_callable(logits_fn, "logits_fn")
+    check_batch(batch, require_y=per_example_loss is None)
+    check_finite(params, name="params")
+    v = _check_v(v, params)
+    n = jnp.shape(batch["x"])[0]
+    w = jnp.ones((n,), jnp.result_type(*jax.tree.leaves(params)))
+    gv = _ggn_weighted_sum(logits_fn, params, batch, w, v, per_example_loss)
+    return jax.tree.map(lambda g: g / n, gv)
+
+
+# --------------------------------------------------------------------------------------------
+# chunked whole-task products
+# --------------------------------------------------------------------------------------------
+
+def chunk_batch(batch: Batch, chunk_size: int | None, weights: Array | None = None
+                ) -> tuple[Batch, Array]:
+    """Reshape a task's arrays to ``[num_chunks, chunk_size, ...]`` (zero-padded) plus weights.
+
+    Returns ``(chunks, w)`` with ``w: [num_chunks, chunk_size]`` equal to ``weights`` (default 1)
+    on real examples and 0 on padding. ``chunk_size=None`` means one chunk of all ``N`` examples.
+    """
+    n = int(jnp.shape(batch["x"])[0])
+    if n == 0:
+        raise ValueError("batch must contain at least one example; got 0")
+    if chunk_size is None:
+        chunk_size = n
+    check_positive_int(chunk_size, name="chunk_size")
+    chunk_size = min(int(chunk_size), n)
+    num_chunks = -(-n // chunk_size)
+    pad = num_chunks * chunk_size - n
+    if weights is None:
+        weights = jnp.ones((n,), jnp.float32)
+    weights = jnp.asarray(weights)
+    if weights.shape != (n,):
+        raise ValueError(f"weights must have shape ({n},) (one per example); got {weights.shape}")
+    if not jnp.issubdtype(weights.dtype, jnp.floating):
+        weights = weights.astype(jnp.float32)
+    if is_concrete(weights):
+        w_np = np.asarray(weights)
+        if not np.all(np.isfinite(w_np)) or np.any(w_np < 0):
+            raise ValueError("weights must be finite and >= 0")
+        if not np.any(w_np > 0):
+            raise ValueError("weights must have at least one positive entry")
+
+    def reshape(a):
+        a = jnp.asarray(a)
+        a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
+        return a.reshape((num_chunks, chunk_size) + a.shape[1:])
+
+    chunks = {k: reshape(a) for k, a in batch.items()}
+    return chunks, reshape(weights)
+
+
+def _prepare(logits_fn, params, batch, chunk_size, weights, per_example_loss):
+    _check_callable(logits_fn, "logits_fn")
+    if per_example_loss is not None:
+        _check_callable(per_example_loss, "per_example_loss")
+    check_batch(batch, require_y=per_example_loss is None)
+    check_finite(params, name="params")
+    chunks, w = chunk_batch(batch, chunk_size, weights)
+    dtype = jnp.result_type(*jax.tree.leaves(params))
+    return chunks, w.astype(dtype)
+
+
+def _chunk_loss_sum(logits_fn, per_example_loss):
+    loss = softmax_cross_entropy if per_example_loss is None else per_example_loss
+
+    def f(params, chunk, w):
+        return jnp.sum(w * loss(logits_fn(params, chunk), chunk).astype(w.dtype))
+
+    return f
+
+
+def _scan_sum(body, chunks, w, init):
+    """``Σ_chunks body(chunk, w_chunk)`` with a ``lax.scan`` (memory bounded by one chunk)."""
+
+    def step(acc, xs):
+        chunk, wc = xs
+        return jax.tree.map(jnp.add, acc, body(chunk, wc)), None
+
+    total, _ = jax.lax.scan(step, init, (chunks, w))
+    return total
+
+
+def _zeros_like(tree):
+    return jax.tree.map(jnp.zeros_like, tree)
+
+
+def task_loss(logits_fn: LogitsFn, params: Params, batch: Batch, *, chunk_size: int | None = None,
+              weights: Array | None = None, per_example_loss: PerExampleLoss | None = None
+              ) -> Array:
+    """The task loss ℓ(θ) = Σ_n w_n ℓ_n(θ) / Σ_n w_n over all of ``batch``, in chunks.
+
+    ``ℓ_n`` is softmax cross-entropy unless ``per_example_loss(logits, batch) -> [B]`` is given;
+    with the default weights this is the mean over the task's examples.
+    """
+    chunks, w = _prepare(logits_fn, params, batch, chunk_size, weights, per_example_loss)
+    f = _chunk_loss_sum(logits_fn, per_example_loss)
+    total = _scan_sum(lambda c, wc: f(params, c, wc), chunks, w, jnp.zeros((), w.dtype))
+    return total / jnp.sum(w)
+
+
+def task_value_and_grad(logits_fn: LogitsFn, params: Params, batch: Batch, *,
+                        chunk_size: int | None = None, weights: Array | None = None,
+                        per_example_loss: PerExampleLoss | None = None) -> tuple[Array, Params]:
+    """``(ℓ(θ), ∇ℓ(θ))`` over the whole task, accumulated chunk by chunk (see :func:`task_loss`)."""
+    chunks, w = _prepare(logits_fn, params, batch, chunk_size, weights, per_example_loss)
+    f = jax.value_and_grad(_chunk_loss_sum(logits_fn, per_example_loss))
+    init = (jnp.zeros((), w.dtype), _zeros_like(params))
+    val, grad = _scan_sum(lambda c, wc: f(params, c, wc), chunks, w, init)
+    wsum = jnp.sum(w)
+    return val / wsum, jax.tree.map(lambda g: g / wsum, grad)
+
+
+def task_hvp(logits_fn: LogitsFn, params: Params, batch: Batch, v: Params, *,
+             chunk_size: int | None = None, weights: Array | None = None,
+             per_example_loss: PerExampleLoss | None = None) -> Params:
+    """``∇²ℓ(θ) v`` for the whole-task loss of :func:`task_loss`: one ``jvp(grad)`` per chunk,
+    summed inside a ``lax.scan`` (memory bounded by the chunk)."""
+    chunks, w = _prepare(logits_fn, params, batch, chunk_size, weights, per_example_loss)
+    v = _check_v(v, params)
+    g = jax.grad(_chunk_loss_sum(logits_fn, per_example_loss))
+    body = lambda c, wc: jax.jvp(lambda p: g(p, c, wc), (params,), (v,))[1]
+    total = _scan_sum(body, chunks, w, _zeros_like(params))
+    wsum = jnp.sum(w)
+    return jax.tree.map(lambda t: t / wsum, total)
+
+
+def task_ggn_vp(logits_fn: LogitsFn, params: Params, batch: Batch, v: Params, *,
+                chunk_size: int | None = None, weights: Array | None = None,
+                per_example_loss: PerExampleLoss | None = None) -> Params:
+    """GGN-vector product (:func:`ggn_vp`) of the whole-task loss, accumulated over chunks."""
+    chunks, w = _prepare(logits_fn, params, batch, chunk_size, weights, per_example_loss)
+    v = _check_v(v, params)
+    body = lambda c, wc: _ggn_weighted_sum(logits_fn, params, c, wc, v, per_example_loss)
+    total = _scan_sum(body, chunks, w, _zeros_like(params))
+    wsum = jnp.sum(w)
+    return jax.tree.map(lambda t: t / wsum, total)
+
+
+def make_task_loss(logits_fn: LogitsFn, batch: Batch, *, chunk_size: int | None = None,
+                   weights: Array | None = None,
+                   per_example_loss: PerExampleLoss | None = None) -> LossFn:
+    """``params -> ℓ(params)`` over the whole task (a :data:`LossFn` for :func:`hvp` and
+    :func:`cljax.curvature.top_eigenvalues`). For large tasks prefer :func:`make_task_matvec`,
+    whose Hessian products keep memory bounded by the chunk."""
+    _check_callable(logits_fn, "logits_fn")
+    check_batch(batch, require_y=per_example_loss is None)
+    chunk_batch(batch, chunk_size, weights)  # validates chunk_size / weights now
+
+    def loss(params: Params) -> Array:
+        return task_loss(logits_fn, params, batch, chunk_size=chunk_size, weights=weights,
+                         per_example_loss=per_example_loss)
+
+    return loss
+
+
+def make_task_matvec(logits_fn: LogitsFn, params: Params, batch: Batch, *,
+                     curvature: Literal["hessian", "ggn"] = "hessian",
+                     chunk_size: int | None = None, weights: Array | None = None,
+                     per_example_loss: PerExampleLoss | None = None) -> Matvec:
+    """``v -> H v`` (``curvature="hessian"``) or ``v -> G v`` (``"ggn"``) of the whole-task loss at
+    ``params``, chunked; the matvec that :func:`cljax.curvature.top_eigenvalues_matvec`,
+    :func:`cljax.curvature.hutchinson_trace` and :func:`cljax.curvature.spectral_density` take."""
+    if curvature not in ("hessian", "ggn"):
+        raise ValueError(f"curvature must be 'hessian' or 'ggn'; got {curvature!r}")
+    _prepare(logits_fn, params, batch, chunk_size, weights, per_example_loss)
+    product = task_hvp if curvature == "hessian" else task_ggn_vp
+
+    def matvec(v: Params) -> Params:
+        return product(logits_fn, params, batch, v, chunk_size=chunk_size, weights=weights,
+                       per_example_loss=per_example_loss)
+
+    return matvec
+
+
+__all__ = ["softmax_cross_entropy", "hvp", "ggn_vp", "chunk_batch", "task_loss",
+           "task_value_and_grad", "task_hvp", "task_ggn_vp", "make_task_loss", "make_task_matvec",
+           "PerExampleLoss", "Matvec"]
