@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax.types import Array, Batch, LogitsFn, LossFn, Params
-from cljax.validation import (check_batch, check_finite, check_positive_int,
-                              check_same_structure, is_concrete)
+from cljax.validation import (check_batch, check_positive_int, check_same_structure,
+                              is_concrete)
 
 PerExampleLoss = Callable[[Array, Batch], Array]
 Matvec = Callable[[Params], Params]
@@ -44,6 +44,21 @@ def softmax_cross_entropy(logits: Array, batch: Batch) -> Array:
     logp = jax.nn.log_softmax(logits, axis=-1)
     y = jnp.asarray(batch["y"]).astype(jnp.int32)
     return -jnp.take_along_axis(logp, y[:, None], axis=-1)[:, 0]
+
+
+def check_finite(tree, *, name: str) -> None:
+    """No NaN/inf in the concrete leaves of ``tree`` (traced leaves are skipped).
+
+    Like :func:`cljax.validation.check_finite`, but the test runs in numpy so it also works on
+    concrete arrays closed over inside a ``jit`` / ``lax`` trace (where a ``jnp`` op would be
+    staged and could not be turned into a Python bool).
+    """
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if is_concrete(leaf):
+            a = np.asarray(leaf)
+            if np.issubdtype(a.dtype, np.inexact) and not np.all(np.isfinite(a)):
+                raise FloatingPointError(
+                    f"{name}{jax.tree_util.keystr(path)} contains NaN or inf values")
 
 
 def _check_v(v: Params, params: Params) -> Params:

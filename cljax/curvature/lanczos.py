@@ -25,9 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from cljax.curvature.hvp import hvp
+from cljax.curvature.hvp import check_finite, hvp
 from cljax.types import Array, LossFn, Params, PRNGKey
-from cljax.validation import check_finite, check_positive_int
+from cljax.validation import check_positive_int
 
 Which = Literal["largest", "magnitude"]
 
@@ -225,13 +225,13 @@ def _top_eigen(matvec_p: Callable[[Any, Params], Params], operand: Any, params_l
         m = stop
         alphas = np.asarray(state.alphas[:m], np.float64)
         betas = np.asarray(state.betas[:m], np.float64)
+        if not (np.all(np.isfinite(alphas)) and np.all(np.isfinite(betas))):
+            raise FloatingPointError("Lanczos produced NaN/inf coefficients: the matvec returned "
+                                     "non-finite values (check params and data)")
         t = np.diag(alphas) + np.diag(betas[:-1], 1) + np.diag(betas[:-1], -1)
         theta, s = np.linalg.eigh(t)
         sel = _select(theta, k, which)
         residuals = np.abs(betas[-1] * s[-1, sel])
-        if not np.all(np.isfinite(theta)):
-            raise FloatingPointError("Lanczos produced NaN/inf Ritz values: the matvec returned "
-                                     "non-finite values (check params and data)")
         scale = np.maximum(np.abs(theta[sel]), np.finfo(np.float64).tiny)
         converged = bool(m == dim or (tol is not None and np.all(residuals <= tol * scale)))
         if converged or m >= num_iters:
