@@ -252,3 +252,86 @@ def test_bad_inputs_raise():
         consolidate(optax.adam(1e-3).init(params), params, imp)
     with pytest.raises(ValueError, match="set_strength"):
         set_strength(optax.adam(1e-3).init(params), 1.0)
+
+
+# ------------------------------------------------------------------------------------------
+# One optax-style harness over every transform of cljax.transforms (cf. optax contrib tests).
+# ------------------------------------------------------------------------------------------
+
+from cljax import transforms as T  # noqa: E402
+from cljax.nn import MLP, as_model  # noqa: E402
+from cljax.types import KFACFactors  # noqa: E402
+
+
+def _mlp_params():
+    model = as_model(MLP((5,), 3))
+    return model.init(jax.random.PRNGKey(0), {"x": jnp.ones((2, 4))})
+
+
+def _fake_factors(params):
+    out = {}
+    for name, node in params.items():
+        n = node["kernel"].shape[0] + 1
+        m = node["kernel"].shape[1]
+        out[name] = KFACFactors(2.0 * jnp.eye(n), 0.5 * jnp.eye(m))
+    return out
+
+
+_imp = lambda p: jax.tree.map(lambda x: jnp.abs(x) + 0.1, p)
+
+HARNESS = {
+    "quadratic_penalty": (lambda: T.quadratic_penalty(strength=2.0),
+                          lambda s, p: T.consolidate(s, p, _imp(p), mode="online", decay=0.9)),
+    "quadratic_penalty_slots": (lambda: T.quadratic_penalty(strength=2.0, num_slots=3),
+                                lambda s, p: T.consolidate(s, p, _imp(p), mode="multi_task")),
+    "ewc": (lambda: T.ewc(1e-3, strength=2.0, max_tasks=2),
+            lambda s, p: T.consolidate(s, p, _imp(p), mode="multi_task")),
+    "online_ewc": (lambda: T.online_ewc(1e-3, strength=2.0),
+                   lambda s, p: T.consolidate(s, p, None, mode="replace")),
+    "kfac_penalty": (lambda: T.kfac_penalty(strength=2.0),
+                     lambda s, p: T.kfac_consolidate(s, p, _fake_factors(p))),
+    "kfac_ewc_slots": (lambda: T.kfac_ewc(1e-3, strength=2.0, num_slots=2),
+                       lambda s, p: T.kfac_consolidate(s, p, _fake_factors(p), mode="multi_task")),
+    "ncl_preconditioner": (lambda: T.ncl_preconditioner(strength=2.0, damping=0.5),
+                           lambda s, p: T.ncl_consolidate(s, p, _imp(p), decay=0.8)),
+    "ncl": (lambda: T.ncl(1e-2, strength=2.0, damping=0.5, momentum=0.9),
+            lambda s, p: T.ncl_consolidate(s, p, _imp(p))),
+    "ncl_kfac_preconditioner": (lambda: T.ncl_kfac_preconditioner(strength=2.0, damping=0.5),
+                                lambda s, p: T.ncl_kfac_consolidate(s, p, _fake_factors(p))),
+    "ncl_kfac": (lambda: T.ncl_kfac(1e-2, strength=2.0, damping=0.5),
+                 lambda s, p: T.ncl_kfac_consolidate(s, p, _fake_factors(p), decay=0.5)),
+}
+
+
+def _avals(tree):
+    return jax.tree.map(lambda x: (x.shape, x.dtype, getattr(x, "weak_type", False)), tree)
+
+
+@pytest.mark.parametrize("name", sorted(HARNESS))
+def test_harness_jit_pytree_state_no_recompile(name):
+    make, boundary = HARNESS[name]
+    tx = make()
+    assert isinstance(tx, optax.GradientTransformation)
+    params = _mlp_params()
+    grads = jax.tree.map(jnp.ones_like, params)
+    state = jax.jit(tx.init)(params)
+    assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(state))
+    update = jax.jit(tx.update)
+    updates, new_state = update(grads, state, params)
+    assert _avals(updates) == _avals(params)
+    assert _avals(new_state) == _avals(state)
+    with pytest.raises(ValueError, match="params"):
+        tx.update(grads, state)
+    # task boundary (eager and jitted) and a new λ keep every leaf's aval: no recompilation
+    s1 = boundary(new_state, jax.tree.map(lambda x: x + 0.1, params))
+    s2 = jax.jit(boundary)(s1, params)
+    s3 = T.set_strength(s2, 7.0)
+    for s in (s1, s2, s3):
+        assert _avals(s) == _avals(state)
+        out, _ = update(grads, s, params)
+        assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(out))
+    assert update._cache_size() == 1
+    # the boundary changed the step
+    base, _ = update(grads, state, jax.tree.map(lambda x: x + 1.0, params))
+    after, _ = update(grads, s2, jax.tree.map(lambda x: x + 1.0, params))
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(base), jax.tree.leaves(after)))
