@@ -43,7 +43,7 @@ def load_split(name: str, split: str, *, data_dir: str | os.PathLike | None = No
         source = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
     except tfds.core.registered.DatasetNotFoundError as e:
         raise ValueError(f"unknown tfds dataset {name!r}") from e
-    except (AssertionError, FileNotFoundError, OSError, RuntimeError, ValueError) as e:
+    except (AssertionError, FileNotFoundError, KeyError, OSError, RuntimeError, ValueError) as e:
         where = data_dir or os.path.expanduser("~/tensorflow_datasets")
         raise FileNotFoundError(
             f"tfds dataset {name!r} (split {split!r}) is not prepared under {where!r}"

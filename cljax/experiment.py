@@ -1,0 +1,159 @@
+"""Run a configured CL experiment end to end: data → vmapped training over seeds → metrics.
+
+A config is a plain dict (see ``experiments/configs/*.py``, each with ``get_config()``). The keys:
+
+``dataset`` (tfds name), ``stream`` ('split' | 'permuted' | 'rotated'), ``stream_options`` (kwargs
+of the stream builder), ``scenarios`` (subset of 'task', 'domain', 'class'), ``model``
+(``{'kind': 'mlp', 'widths': [...], 'dropout': p}`` or ``{'kind': 'cnn', ...}``), ``optimizer``
+(``{'name': 'adam' | 'sgd', 'learning_rate': ..., ...}``), ``steps`` (per task), ``batch_size``,
+``method``, ``hparams`` (the method's, scalars), ``seeds``, ``seed``, ``eval_chunk``,
+``reset_optimizer``, ``data_dir``.
+"""
+from __future__ import annotations
+
+import copy
+import platform
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+import optax
+
+from cljax import metrics
+from cljax.data import SCENARIOS, load_stream, make_scenario
+from cljax.methods import get_method
+from cljax.nn import CNN, MLP, as_model
+from cljax.training import make_trainer, prepare_data, run_stream
+
+REQUIRED_KEYS = ("dataset", "stream", "scenarios", "model", "optimizer", "steps", "batch_size",
+                 "method", "seeds")
+
+
+def validate_config(config: dict) -> dict:
+    """Check a config's keys and values; return a normalised deep copy."""
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict; got {type(config).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in config]
+    if missing:
+        raise KeyError(f"config is missing {missing}")
+    cfg = copy.deepcopy(config)
+    cfg.setdefault("stream_options", {})
+    cfg.setdefault("hparams", {})
+    cfg.setdefault("seed", 0)
+    cfg.setdefault("eval_chunk", 1000)
+    cfg.setdefault("reset_optimizer", False)
+    cfg.setdefault("data_dir", None)
+    if isinstance(cfg["scenarios"], str):
+        cfg["scenarios"] = [s.strip() for s in cfg["scenarios"].split(",")]
+    cfg["scenarios"] = list(cfg["scenarios"])
+    bad = [s for s in cfg["scenarios"] if s not in SCENARIOS]
+    if bad or not cfg["scenarios"]:
+        raise ValueError(f"scenarios must be a non-empty subset of {SCENARIOS}; got {cfg['scenarios']}")
+    for key in ("steps", "batch_size", "seeds"):
+        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
+            raise ValueError(f"config[{key!r}] must be a positive int; got {cfg[key]!r}")
+    get_method(cfg["method"])  # raises on an unknown method
+    if cfg["model"].get("kind") not in ("mlp", "cnn"):
+        raise ValueError(f"config['model']['kind'] must be 'mlp' or 'cnn'; got {cfg['model'].get('kind')!r}")
+    make_optimizer(cfg["optimizer"])
+    return cfg
+
+
+def make_optimizer(spec: dict) -> optax.GradientTransformation:
+    """An optax optimizer from ``{'name': 'adam'|'sgd', 'learning_rate': lr, ...}``."""
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    lr = spec.pop("learning_rate", None)
+    if not isinstance(lr, (int, float)) or lr <= 0:
+        raise ValueError(f"optimizer learning_rate must be a positive number; got {lr!r}")
+    if name == "adam":
+        return optax.adam(lr, **spec)
+    if name == "sgd":
+        return optax.sgd(lr, **spec)
+    raise ValueError(f"optimizer name must be 'adam' or 'sgd'; got {name!r}")
+
+
+def make_model(spec: dict, *, num_outputs: int, num_heads: int):
+    spec = dict(spec)
+    kind = spec.pop("kind")
+    module = (MLP(tuple(spec.pop("widths")), num_outputs, num_heads=num_heads, **spec)
+              if kind == "mlp" else CNN(num_outputs, num_heads=num_heads, **spec))
+    return as_model(module)
+
+
+def versions() -> dict:
+    import flax
+    return {"python": sys.version.split()[0], "platform": platform.platform(),
+            "jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__")
+            else jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
+            "numpy": np.__version__, "devices": [str(d) for d in jax.devices()]}
+
+
+def summarise(R: np.ndarray, b: np.ndarray) -> dict:
+    """Every metric of :mod:`cljax.metrics` as ``{'mean', 'sem', 'per_run'}`` over runs."""
+    out = {}
+    for name, per_run in metrics.all_metrics(R, b).items():
+        mean, sem = metrics.mean_and_sem(per_run)
+        out[name] = {"mean": mean, "sem": sem, "per_run": np.asarray(per_run).tolist()}
+    return out
+
+
+def run_experiment(config: dict, *, progress_factory: Callable | None = None,
+                   log: Callable[[str], None] = print) -> dict:
+    """Run every scenario of ``config``; return the results dict written to ``results.json``."""
+    cfg = validate_config(config)
+    t0 = time.perf_counter()
+    stream = load_stream(cfg["dataset"], cfg["stream"], data_dir=cfg["data_dir"],
+                         **cfg["stream_options"])
+    load_seconds = time.perf_counter() - t0
+    log(f"loaded {stream.name}: {stream.num_tasks} tasks, train sizes {stream.train.n.tolist()} "
+        f"({load_seconds:.1f} s)")
+    method = get_method(cfg["method"])
+    hparams = {**method.default_hparams, **cfg["hparams"]}
+    keys = jax.random.split(jax.random.key(cfg["seed"]), cfg["seeds"])
+    results = {"config": cfg, "versions": versions(), "stream": {
+        "name": stream.name, "num_tasks": stream.num_tasks, "classes": stream.classes,
+        "train_sizes": stream.train.n.tolist(), "test_sizes": stream.test.n.tolist()},
+        "load_seconds": load_seconds, "scenarios": {}}
+    for name in cfg["scenarios"]:
+        scenario = make_scenario(stream, name)
+        model = make_model(cfg["model"], num_outputs=scenario.num_outputs,
+                           num_heads=scenario.num_heads)
+        trainer = make_trainer(model, method, optimizer=make_optimizer(cfg["optimizer"]),
+                               batch_size=cfg["batch_size"], input_shape=stream.input_shape,
+                               eval_chunk=cfg["eval_chunk"],
+                               reset_optimizer=cfg["reset_optimizer"])
+        data = prepare_data(stream, scenario, eval_chunk=cfg["eval_chunk"])
+        bar = progress_factory(name, stream.num_tasks * cfg["steps"]) if progress_factory else None
+        callback = None
+        if bar is not None:
+            last = {"t": -1, "done": 0}
+
+            def callback(task, done, total, bar=bar, last=last):
+                delta = done - (last["done"] if last["t"] == task else 0)
+                last.update(t=task, done=done)
+                bar.set_description(f"{name}-IL task {task + 1}/{stream.num_tasks}")
+                bar.update(delta)
+        res = run_stream(trainer, data, num_steps=cfg["steps"], keys=keys, hparams=hparams,
+                         steps_per_call=250 if bar is not None else None, progress=callback)
+        if bar is not None:
+            bar.close()
+        summary = summarise(res.accuracy, res.init_accuracy)
+        log(f"{name}-IL: ACC {100 * summary['acc']['mean']:.2f} ± {100 * summary['acc']['sem']:.2f}"
+            f" over {cfg['seeds']} seed(s); compile {res.timings['compile_seconds']:.1f} s, "
+            f"train+eval {res.timings['run_seconds']:.1f} s")
+        results["scenarios"][name] = {
+            "num_heads": scenario.num_heads, "num_outputs": scenario.num_outputs,
+            "accuracy": res.accuracy.tolist(), "loss": res.loss.tolist(),
+            "init_accuracy": res.init_accuracy.tolist(), "init_loss": res.init_loss.tolist(),
+            "final_train_loss": res.train_loss[:, :, -50:].mean(-1).tolist(),
+            "metrics": summary, "loss_metrics": summarise(res.loss, res.init_loss),
+            "timings": res.timings}
+    results["total_seconds"] = time.perf_counter() - t0
+    return results
+
+
+__all__ = ["validate_config", "make_optimizer", "make_model", "run_experiment", "summarise",
+           "versions"]

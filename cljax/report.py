@@ -1,0 +1,116 @@
+"""Write an experiment's outputs: ``results.json``, ``report.md`` and the plots."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import numpy as np
+
+METRIC_NAMES = {"acc": "ACC", "bwt": "BWT", "fwt": "FWT", "forgetting": "Forgetting (max)",
+                "forgetting_from_first": "Forgetting (first)", "plasticity": "Plasticity"}
+
+
+def _pct(entry: dict) -> str:
+    return f"{100 * entry['mean']:.2f} ± {100 * entry['sem']:.2f}"
+
+
+def markdown_report(results: dict) -> str:
+    """Tables of every metric (mean ± SEM over seeds, in %) and the mean accuracy matrices."""
+    cfg = results["config"]
+    lines = [f"# {results['stream']['name']} — method `{cfg['method']}`", "",
+             f"{cfg['seeds']} seed(s), {cfg['steps']} steps/task, batch {cfg['batch_size']}, "
+             f"model {cfg['model']}, optimizer {cfg['optimizer']}, hparams {cfg['hparams']}.", "",
+             "Accuracy metrics in % (mean ± SEM over seeds):", "",
+             "| scenario | " + " | ".join(METRIC_NAMES.values()) + " |",
+             "|---" * (len(METRIC_NAMES) + 1) + "|"]
+    for name, sc in results["scenarios"].items():
+        m = sc["metrics"]
+        lines.append(f"| {name}-IL | " + " | ".join(_pct(m[k]) if k in m else "–"
+                                                   for k in METRIC_NAMES) + " |")
+    for name, sc in results["scenarios"].items():
+        R = 100 * np.mean(sc["accuracy"], axis=0)
+        T = R.shape[0]
+        lines += ["", f"## {name}-IL: accuracy matrix (row = after task i, column = task j, %)", "",
+                  "| after \\ on | " + " | ".join(f"T{j + 1}" for j in range(T)) + " |",
+                  "|---" * (T + 1) + "|"]
+        lines += [f"| T{i + 1} | " + " | ".join(f"{R[i, j]:.2f}" for j in range(T)) + " |"
+                  for i in range(T)]
+        t = sc["timings"]
+        lines += ["", f"Compile {t['compile_seconds']:.1f} s; training + evaluation "
+                  f"{t['run_seconds']:.1f} s for {cfg['seeds']} vmapped seed(s)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_accuracy_matrices(results: dict, path: str | os.PathLike) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scs = results["scenarios"]
+    fig, axes = plt.subplots(1, len(scs), figsize=(4.2 * len(scs), 3.8), squeeze=False)
+    for ax, (name, sc) in zip(axes[0], scs.items()):
+        R = 100 * np.mean(sc["accuracy"], axis=0)
+        T = R.shape[0]
+        im = ax.imshow(R, vmin=0, vmax=100, cmap="viridis")
+        for i in range(T):
+            for j in range(T):
+                ax.text(j, i, f"{R[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if R[i, j] < 60 else "black")
+        ax.set_xticks(range(T), [f"T{j + 1}" for j in range(T)])
+        ax.set_yticks(range(T), [f"T{i + 1}" for i in range(T)])
+        ax.set_xlabel("evaluated on task")
+        ax.set_ylabel("after training task")
+        ax.set_title(f"{name}-IL")
+    fig.colorbar(im, ax=axes[0].tolist(), label="test accuracy (%)")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_task_curves(results: dict, path: str | os.PathLike) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scs = results["scenarios"]
+    fig, axes = plt.subplots(1, len(scs), figsize=(4.5 * len(scs), 3.6), squeeze=False)
+    for ax, (name, sc) in zip(axes[0], scs.items()):
+        acc = 100 * np.asarray(sc["accuracy"])
+        mean, T = acc.mean(0), acc.shape[-1]
+        sem = acc.std(0, ddof=1) / np.sqrt(acc.shape[0]) if acc.shape[0] > 1 else 0 * mean
+        x = np.arange(1, T + 1)
+        for j in range(T):
+            ax.errorbar(x[j:], mean[j:, j], yerr=sem[j:, j], marker="o", ms=3, capsize=2,
+                        label=f"task {j + 1}")
+        ax.set_xticks(x)
+        ax.set_xlabel("after training task")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylim(0, 101)
+        ax.set_title(f"{name}-IL")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(results: dict, workdir: str | os.PathLike) -> pathlib.Path:
+    """Write results.json, report.md, accuracy_matrix.png and task_curves.png into ``workdir``."""
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
+    (workdir / "report.md").write_text(markdown_report(results))
+    plot_accuracy_matrices(results, workdir / "accuracy_matrix.png")
+    plot_task_curves(results, workdir / "task_curves.png")
+    return workdir
+
+
+def _json_default(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+__all__ = ["markdown_report", "plot_accuracy_matrices", "plot_task_curves", "write_outputs"]

@@ -1,0 +1,26 @@
+"""Permuted MNIST, protocol of van de Ven & Tolias 2019.
+
+10 tasks; images zero-padded to 32×32 then permuted (every task, the first included), MLP
+1024-1000-1000 ReLU, Adam lr 1e-4, 5000 iterations per task, batch 128. Task-IL and Domain-IL
+(Class-IL with 100 outputs is available via --scenarios class).
+
+    cljax run experiments/configs/permuted_mnist.py --method none --seeds 3
+"""
+
+
+def get_config() -> dict:
+    return {
+        "dataset": "mnist",
+        "stream": "permuted",
+        "stream_options": {"num_tasks": 10, "seed": 0, "pad_to": 32, "permute_first": True},
+        "scenarios": ["task", "domain"],
+        "model": {"kind": "mlp", "widths": [1000, 1000]},
+        "optimizer": {"name": "adam", "learning_rate": 1e-4, "b1": 0.9, "b2": 0.999},
+        "steps": 5000,
+        "batch_size": 128,
+        "method": "none",
+        "hparams": {},
+        "seeds": 1,
+        "seed": 0,
+        "eval_chunk": 1000,
+    }
