@@ -39,7 +39,7 @@ def _state(opt_state):
 def test_penalty_first_in_chain_equals_grad_of_explicit_loss_through_adam(x64):
     key = jax.random.PRNGKey(0)
     params = _params(key, jnp.float64)
-    tx = ewc(1e-2, strength=3.0, max_tasks=2)
+    tx = ewc(1e-2, strength=3.0)
     state = tx.init(params)
     state = consolidate(state, jax.tree.map(lambda p: p + 0.3, params),
                         _importance(jax.random.PRNGKey(1), params), mode="multi_task")
@@ -73,10 +73,12 @@ def test_update_adds_gradient_of_penalty_loss(x64):
 def test_penalty_is_exactly_zero_before_first_consolidate():
     params = _params(jax.random.PRNGKey(0))
     g = _importance(jax.random.PRNGKey(5), params)
-    for tx in (quadratic_penalty(strength=1e8), quadratic_penalty(strength=1e8, num_slots=4)):
+    for tx in (quadratic_penalty(strength=1e8), ewc(1e-3, strength=1e8)):
         state = tx.init(params)
         moved = jax.tree.map(lambda p: p + 10.0, params)
         updates, _ = jax.jit(tx.update)(g, state, moved)
+        if not isinstance(state, QuadraticPenaltyState):  # through adam: same as plain adam
+            g, _ = jax.jit(optax.adam(1e-3).update)(g, state[1], moved)
         for u, v in zip(jax.tree.leaves(updates), jax.tree.leaves(g)):
             assert np.array_equal(np.asarray(u), np.asarray(v))
         assert float(penalty_loss(state, moved)) == 0.0
@@ -100,9 +102,8 @@ def test_online_ewc_decay_one_equals_summed_importance(x64):
     gamma = 0.3
     decayed = consolidate(consolidate(tx.init(params), th1, f1, mode="online", decay=gamma),
                           th2, f2, mode="online", decay=gamma)
-    _close(decayed.importance, jax.tree.map(lambda a, b: (gamma * a + b)[None], f1, f2),
-           rtol=1e-13)
-    _close(decayed.anchors, jax.tree.map(lambda p: p[None], th2))
+    _close(decayed.importance, jax.tree.map(lambda a, b: gamma * a + b, f1, f2), rtol=1e-13)
+    _close(decayed.anchor, th2)
 
 
 def test_multi_task_ewc_equals_sum_of_per_task_penalties(x64):
@@ -110,7 +111,10 @@ def test_multi_task_ewc_equals_sum_of_per_task_penalties(x64):
     tasks = [(jax.tree.map(lambda p, s=s: p + s, params),
               _importance(jax.random.PRNGKey(10 + i), params))
              for i, s in enumerate((0.1, -0.3, 0.7))]
-    tx = quadratic_penalty(strength=4.0, num_slots=4)
+    # one task with zero importance in a whole leaf, and anchors far apart
+    tasks[1][1]["scale"] = jnp.zeros(())
+    tasks[2] = (jax.tree.map(lambda p: p + 50.0, tasks[2][0]), tasks[2][1])
+    tx = quadratic_penalty(strength=4.0)
     state = tx.init(params)
     for anchor, imp in tasks:
         state = consolidate(state, anchor, imp, mode="multi_task")
@@ -149,7 +153,7 @@ def test_consolidate_and_set_strength_on_chain_state():
 
 def test_vmap_over_strength_matches_separate_calls_and_never_recompiles():
     params = _params(jax.random.PRNGKey(0))
-    tx = ewc(1e-2, strength=1.0, max_tasks=3)
+    tx = ewc(1e-2, strength=1.0)
     imp = _importance(jax.random.PRNGKey(1), params)
     anchor = jax.tree.map(lambda p: p - 1.0, params)
     grads = jax.grad(_task_loss)(params)
@@ -195,7 +199,7 @@ def test_online_consolidate_under_jit_with_traced_decay_no_recompile():
     for d in (1.0, 0.5, 0.9):
         s = cons(s, params, imp, d)
     assert cons._cache_size() == 1
-    _close(s.importance, jax.tree.map(lambda f: ((1.0 * 0.5 + 1) * 0.9 + 1) * f[None], imp),
+    _close(s.importance, jax.tree.map(lambda f: ((1.0 * 0.5 + 1) * 0.9 + 1) * f, imp),
            rtol=1e-6)
     jupd = jax.jit(tx.update)
     jupd(params, tx.init(params), params)
@@ -203,27 +207,11 @@ def test_online_consolidate_under_jit_with_traced_decay_no_recompile():
     assert jupd._cache_size() == 1
 
 
-def test_multi_task_overflow():
-    params = _params(jax.random.PRNGKey(0))
-    imp = _importance(jax.random.PRNGKey(1), params)
-    tx = quadratic_penalty(strength=1.0, num_slots=1)
-    s = consolidate(tx.init(params), params, imp, mode="multi_task")
-    with pytest.raises(ValueError, match="num_slots"):
-        consolidate(s, params, imp, mode="multi_task")
-    # under jit the extra write is dropped (documented)
-    s2 = jax.jit(lambda s: consolidate(s, jax.tree.map(jnp.zeros_like, params), imp,
-                                       mode="multi_task"))(s)
-    _close(s2.anchors, s.anchors)
-    assert int(s2.count) == 2
-
-
 def test_bad_inputs_raise():
     params = _params(jax.random.PRNGKey(0))
     imp = _importance(jax.random.PRNGKey(1), params)
     with pytest.raises(ValueError, match="strength"):
         quadratic_penalty(strength=-1.0)
-    with pytest.raises(ValueError, match="num_slots"):
-        quadratic_penalty(strength=1.0, num_slots=0)
     tx = quadratic_penalty(strength=1.0)
     state = tx.init(params)
     with pytest.raises(ValueError, match="params"):
@@ -242,8 +230,8 @@ def test_bad_inputs_raise():
         consolidate(state, params, bad_shape)
     with pytest.raises(ValueError, match="mode"):
         consolidate(state, params, imp, mode="sum")
-    with pytest.raises(ValueError, match="num_slots"):
-        consolidate(quadratic_penalty(num_slots=3).init(params), params, imp, mode="online")
+    with pytest.raises(ValueError, match=r"importance\['scale'\] has negative"):
+        consolidate(state, params, dict(imp, scale=-jnp.ones(())), mode="multi_task")
     with pytest.raises(ValueError, match="strength"):
         set_strength(state, -2.0)
     with pytest.raises(ValueError, match="strength"):
@@ -282,9 +270,9 @@ _imp = lambda p: jax.tree.map(lambda x: jnp.abs(x) + 0.1, p)
 HARNESS = {
     "quadratic_penalty": (lambda: T.quadratic_penalty(strength=2.0),
                           lambda s, p: T.consolidate(s, p, _imp(p), mode="online", decay=0.9)),
-    "quadratic_penalty_slots": (lambda: T.quadratic_penalty(strength=2.0, num_slots=3),
+    "quadratic_penalty_multi": (lambda: T.quadratic_penalty(strength=2.0),
                                 lambda s, p: T.consolidate(s, p, _imp(p), mode="multi_task")),
-    "ewc": (lambda: T.ewc(1e-3, strength=2.0, max_tasks=2),
+    "ewc": (lambda: T.ewc(1e-3, strength=2.0),
             lambda s, p: T.consolidate(s, p, _imp(p), mode="multi_task")),
     "online_ewc": (lambda: T.online_ewc(1e-3, strength=2.0),
                    lambda s, p: T.consolidate(s, p, None, mode="replace")),

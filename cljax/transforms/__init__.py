@@ -6,20 +6,17 @@
 
 Every transform keeps its hyperparameters (λ, damping) as arrays in its state, and task
 boundaries are pure functions returning a new state, so one compiled training step serves the
-whole task stream and a ``vmap`` over λ values. Recommended chains:
+whole task stream and a ``vmap`` over λ values. Recommended chain → task boundary, per method:
 
-==================  ==========================================================  =========================================
-method              chain                                                       task boundary
-==================  ==========================================================  =========================================
-EWC (multi-task)    ``ewc(lr, strength=λ, max_tasks=T)``                        ``consolidate(s, θ, F, mode="multi_task")``
-online EWC          ``online_ewc(lr, strength=λ)``                              ``consolidate(s, θ, F, mode="online", decay=γ)``
-SI                  ``online_ewc(lr, strength=c)``                              ``consolidate(s, θ, Ω_SI, mode="online")``
-MAS                 ``online_ewc(lr, strength=λ)``                              ``consolidate(s, θ, Ω_MAS, mode="online")``
-L2                  ``online_ewc(lr, strength=λ)``                              ``consolidate(s, θ, None, mode="replace")``
-K-FAC Laplace       ``kfac_ewc(lr, strength=λ)``                                ``kfac_consolidate(s, θ, factors)``
-NCL diagonal        ``ncl(lr, strength=s, damping=d)``                          ``ncl_consolidate(s, θ, F)``
-NCL K-FAC           ``ncl_kfac(lr, strength=s, damping=d)``                     ``ncl_kfac_consolidate(s, θ, factors)``
-==================  ==========================================================  =========================================
+- EWC (multi-task): ``ewc(lr, strength=λ)`` → ``consolidate(s, θ, F, mode="multi_task")``
+- online EWC: ``online_ewc(lr, strength=λ)`` → ``consolidate(s, θ, F, mode="online", decay=γ)``
+- SI: ``online_ewc(lr, strength=c)`` → ``consolidate(s, θ, Ω_SI, mode="online")``
+- MAS: ``online_ewc(lr, strength=λ)`` → ``consolidate(s, θ, Ω_MAS, mode="online")``
+- L2: ``online_ewc(lr, strength=λ)`` → ``consolidate(s, θ, None, mode="replace")``
+- K-FAC Laplace: ``kfac_ewc(lr, strength=λ)`` → ``kfac_consolidate(s, θ, factors)``
+  (``kfac_ewc(..., num_slots=T)`` with ``mode="multi_task"`` for exact per-task penalties)
+- NCL diagonal: ``ncl(lr, strength=s, damping=d)`` → ``ncl_consolidate(s, θ, F)``
+- NCL K-FAC: ``ncl_kfac(lr, strength=s, damping=d)`` → ``ncl_kfac_consolidate(s, θ, factors)``
 
 (``ewc``/``online_ewc``/``kfac_ewc`` = penalty, then ``optax.adam``; ``ncl``/``ncl_kfac`` =
 preconditioner, then ``optax.sgd``.) Boundary functions and :func:`set_strength` /
