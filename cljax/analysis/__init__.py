@@ -1,0 +1,22 @@
+"""Analyses on a finished continual-learning run: per-task flatness (λ_max) and the curvature
+bound on forgetting (seed 000 eq. 19–20; Mirzadeh et al. 2020). Plots live in
+:mod:`cljax.analysis.plots` (imported lazily: matplotlib is only needed to draw)."""
+from cljax.analysis.bound import (ForgettingBound, forgetting_bound, pearson, spearman,
+                                  summarize, to_json)
+from cljax.analysis.flatness import FlatnessResult, flatness, stack_task_data
+
+
+def plot_bound(*args, **kwargs):
+    """See :func:`cljax.analysis.plots.plot_bound`."""
+    from cljax.analysis.plots import plot_bound as f
+    return f(*args, **kwargs)
+
+
+def plot_flatness(*args, **kwargs):
+    """See :func:`cljax.analysis.plots.plot_flatness`."""
+    from cljax.analysis.plots import plot_flatness as f
+    return f(*args, **kwargs)
+
+
+__all__ = ["flatness", "FlatnessResult", "forgetting_bound", "ForgettingBound", "summarize",
+           "pearson", "spearman", "to_json", "stack_task_data", "plot_bound", "plot_flatness"]
