@@ -1,0 +1,20 @@
+"""Tiny synthetic datasets and streams for the foundation tests."""
+import numpy as np
+
+from cljax.data import ArrayDataset, split_tasks
+
+
+def tiny_dataset(n=64, size=6, channels=1, num_classes=4, seed=0) -> ArrayDataset:
+    """Random uint8 images whose label is a bright pixel row (easily learnable)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_classes, n).astype(np.int32)
+    images = rng.integers(0, 60, (n, size, size, channels))
+    rows, cols = labels % size, (labels // size) * 2
+    images[np.arange(n), rows, cols] = 255
+    images[np.arange(n), rows, cols + 1] = 255
+    return ArrayDataset(images.astype(np.uint8), labels, num_classes)
+
+
+def tiny_split_stream(**kw):
+    train, test = tiny_dataset(seed=0), tiny_dataset(n=40, seed=1)
+    return split_tasks(train, test, tasks=[[0, 1], [2, 3]], **kw)

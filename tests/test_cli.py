@@ -1,0 +1,47 @@
+import json
+
+import pytest
+import tensorflow_datasets as tfds
+
+from cljax import cli
+from cljax.experiment import validate_config
+
+
+def test_end_to_end_on_mock_mnist(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    with tfds.testing.mock_data(num_examples=200):
+        code = cli.main(["run", "experiments/configs/split_mnist.py", "--steps", "6", "--seeds",
+                         "2", "--scenarios", "task,class", "--workdir", str(workdir),
+                         "--no-progress", "--set", "model.widths=[16]", "--set", "eval_chunk=64"])
+    assert code == 0
+    for name in ("results.json", "report.md", "accuracy_matrix.png", "task_curves.png"):
+        assert (workdir / name).stat().st_size > 0
+    results = json.loads((workdir / "results.json").read_text())
+    assert set(results["scenarios"]) == {"task", "class"}
+    acc = results["scenarios"]["class"]["accuracy"]
+    assert len(acc) == 2 and len(acc[0]) == 5 and len(acc[0][0]) == 5
+    assert results["config"]["model"]["widths"] == [16]
+    assert {"acc", "bwt", "fwt", "forgetting", "forgetting_from_first"} <= set(
+        results["scenarios"]["task"]["metrics"])
+    assert "jax" in results["versions"]
+    assert "| task-IL |" in (workdir / "report.md").read_text()
+
+
+def test_overrides_and_config_validation():
+    cfg = cli.load_config("experiments/configs/split_mnist.py")
+    cli.apply_override(cfg, "optimizer.learning_rate=3e-4")
+    assert cfg["optimizer"]["learning_rate"] == 3e-4
+    with pytest.raises(KeyError, match="no key"):
+        cli.apply_override(cfg, "lerning_rate=1")
+    with pytest.raises(ValueError, match="key=value"):
+        cli.apply_override(cfg, "steps")
+    with pytest.raises(ValueError, match="scenarios"):
+        validate_config({**cfg, "scenarios": ["task", "instance"]})
+    with pytest.raises(ValueError, match="unknown method"):
+        validate_config({**cfg, "method": "magic"})
+    with pytest.raises(ValueError, match="steps"):
+        validate_config({**cfg, "steps": 0})
+    with pytest.raises(ValueError, match="learning_rate"):
+        validate_config({**cfg, "optimizer": {"name": "adam", "learning_rate": -1}})
+    with pytest.raises(FileNotFoundError):
+        cli.load_config("experiments/configs/nope.py")

@@ -1,0 +1,117 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cljax.data import make_scenario, split_tasks
+from cljax.methods import all_tasks_so_far, get_method, joint, none
+from cljax.nn import MLP, as_model
+from cljax.training import make_trainer, prepare_data, run_stream
+from helpers import tiny_dataset, tiny_split_stream
+
+
+def _setup(scenario="task", method=none, optimizer=None, stream=None, model=None):
+    s = stream or tiny_split_stream()
+    sc = make_scenario(s, scenario)
+    model = model or as_model(MLP((16,), sc.num_outputs, num_heads=sc.num_heads))
+    tr = make_trainer(model, method, optimizer=optimizer or optax.adam(1e-2), batch_size=8,
+                      input_shape=s.input_shape, eval_chunk=16)
+    return tr, prepare_data(s, sc, eval_chunk=16)
+
+
+def test_training_learns_the_tiny_tasks():
+    tr, data = _setup()
+    res = run_stream(tr, data, num_steps=60, keys=jax.random.split(jax.random.key(0), 1))
+    assert res.accuracy.shape == (1, 2, 2)
+    assert res.accuracy[0, 0, 0] > 0.9 and res.accuracy[0, 1, 1] > 0.9
+    assert res.train_loss.shape == (1, 2, 60)
+    assert res.train_loss[0, 0, -10:].mean() < res.train_loss[0, 0, :10].mean()
+
+
+def test_vmapped_seeds_equal_separate_runs():
+    tr, data = _setup(scenario="class")
+    keys = jax.random.split(jax.random.key(1), 3)
+    together = run_stream(tr, data, num_steps=20, keys=keys)
+    for r in range(3):
+        alone = run_stream(tr, data, num_steps=20, keys=keys[r:r + 1])
+        np.testing.assert_allclose(together.accuracy[r], alone.accuracy[0], atol=1e-6)
+        np.testing.assert_allclose(together.loss[r], alone.loss[0], rtol=1e-4, atol=1e-5)
+        for a, b in zip(jax.tree.leaves(together.final_state.params),
+                        jax.tree.leaves(alone.final_state.params)):
+            np.testing.assert_allclose(a[r], b[0], rtol=1e-4, atol=1e-5)
+    # different seeds really differ
+    assert not np.allclose(together.train_loss[0], together.train_loss[1])
+
+
+def test_splitting_steps_into_calls_changes_nothing():
+    tr, data = _setup()
+    keys = jax.random.split(jax.random.key(2), 2)
+    seen = []
+    one = run_stream(tr, data, num_steps=24, keys=keys)
+    split = run_stream(tr, data, num_steps=24, keys=keys, steps_per_call=8,
+                       progress=lambda t, done, total: seen.append((t, done, total)))
+    np.testing.assert_allclose(one.train_loss, split.train_loss, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(one.accuracy, split.accuracy)
+    assert seen == [(t, d, 24) for t in range(2) for d in (8, 16, 24)]
+
+
+def test_no_recompilation_across_tasks():
+    traces = []
+    base = as_model(MLP((8,), 2, num_heads=4))
+
+    def counting_train_logits(params, batch, key):
+        traces.append(1)
+        return base.train_logits_fn(params, batch, key)
+
+    model = base._replace(train_logits_fn=counting_train_logits)
+    ds = tiny_dataset(num_classes=8, n=96)
+    s = split_tasks(ds, ds, tasks=[[0, 1], [2, 3], [4, 5], [6, 7]])
+    tr, data = _setup(stream=s, model=model)
+    res = run_stream(tr, data, num_steps=5, keys=jax.random.split(jax.random.key(0), 2))
+    assert res.accuracy.shape == (2, 4, 4)
+    assert len(traces) == 1  # the step was traced once for all four tasks
+
+
+def test_keep_params_stacks_task_solutions():
+    tr, data = _setup()
+    res = run_stream(tr, data, num_steps=5, keys=jax.random.split(jax.random.key(0), 2),
+                     keep_params=True)
+    for kept, final in zip(jax.tree.leaves(res.task_params),
+                           jax.tree.leaves(res.final_state.params)):
+        assert kept.shape == (2, 2) + final.shape[1:]
+        np.testing.assert_array_equal(kept[:, -1], final)
+
+
+def test_joint_draws_from_every_task_seen():
+    tasks = all_tasks_so_far(jax.random.key(0), jnp.asarray(2), 3000)
+    counts = np.bincount(np.asarray(tasks), minlength=4)
+    assert counts[3] == 0 and np.all(np.abs(counts[:3] / 3000 - 1 / 3) < 0.04)
+    tr, data = _setup(scenario="class", method=joint)
+    res = run_stream(tr, data, num_steps=80, keys=jax.random.split(jax.random.key(0), 1))
+    assert res.accuracy[0, -1].min() > 0.8  # joint keeps task 0
+
+
+def test_non_finite_loss_stops_with_task_and_step():
+    tr, data = _setup(optimizer=optax.scale(jnp.nan))
+    with pytest.raises(FloatingPointError, match=r"task 0, step 1 "):
+        run_stream(tr, data, num_steps=4, keys=jax.random.split(jax.random.key(0), 1))
+
+
+def test_bad_arguments_raise():
+    tr, data = _setup()
+    keys = jax.random.split(jax.random.key(0), 2)
+    with pytest.raises(ValueError, match="hparams\\['lam'\\] must be a scalar or have shape"):
+        run_stream(tr, data, num_steps=2, keys=keys, hparams={"lam": [1.0, 2.0, 3.0]})
+    with pytest.raises(ValueError, match="keys must be"):
+        run_stream(tr, data, num_steps=2, keys=jnp.zeros((2, 2), jnp.uint32))
+    with pytest.raises(ValueError, match="num_steps"):
+        run_stream(tr, data, num_steps=0, keys=keys)
+    with pytest.raises(ValueError, match="batch_size"):
+        make_trainer(as_model(MLP((4,), 2)), none, optimizer=optax.adam(1e-3), batch_size=0,
+                     input_shape=(6, 6, 1))
+    with pytest.raises(TypeError, match="optimizer"):
+        make_trainer(as_model(MLP((4,), 2)), none, optimizer="adam", batch_size=4,
+                     input_shape=(6, 6, 1))
+    with pytest.raises(ValueError, match="unknown method"):
+        get_method("ewc++")
