@@ -463,12 +463,18 @@ def _estimate_jit(logits_fn: LogitsFn, params: Params, batch: Batch, key: Any, *
     def flags(cn):
         return {k: v for k, v in cn.items() if k in ("finite", "labels_ok")}
 
-    first = jax.eval_shape(lambda xs: contrib_numeric(_chunk_contribution(
-        kind, logits_fn, params, plan, *xs, key, num_samples)),
-        jax.tree.map(lambda v: v[0], (chunks, w, gidx)))
-    init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), first)
-    total, fl = jax.lax.scan(body, init, (chunks, w, gidx))
-    fl = jax.tree.map(jnp.all, fl)
+    if nc == 1:  # one chunk: no loop to compile
+        contrib = _chunk_contribution(kind, logits_fn, params, plan,
+                                      *jax.tree.map(lambda v: v[0], (chunks, w, gidx)),
+                                      key, num_samples)
+        total, fl = contrib_numeric(contrib), flags(contrib)
+    else:
+        first = jax.eval_shape(lambda xs: contrib_numeric(_chunk_contribution(
+            kind, logits_fn, params, plan, *xs, key, num_samples)),
+            jax.tree.map(lambda v: v[0], (chunks, w, gidx)))
+        init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), first)
+        total, fl = jax.lax.scan(body, init, (chunks, w, gidx))
+        fl = jax.tree.map(jnp.all, fl)
     total = jax.tree.map(lambda t: t / n, total)
     if kind.startswith("kfac"):
         return total, fl
@@ -484,7 +490,7 @@ def estimate(kind: str, logits_fn: LogitsFn, params: Params, batch: Batch, key: 
     if not callable(logits_fn):
         raise TypeError(f"{fn_name}: logits_fn must be callable logits_fn(params, batch) -> "
                         f"logits[B, C]; got {type(logits_fn).__name__}")
-    validation.check_batch(batch, require_y=require_y)
+    validation.check_batch(batch, require_y=require_y or (hasattr(batch, "keys") and "y" in batch))
     n = int(jnp.shape(batch["x"])[0])
     if n == 0:
         raise ValueError(f"{fn_name}: batch['x'] has no examples")
