@@ -11,7 +11,7 @@ from cljax.importance import (empirical_fisher_diagonal, exact_fisher_diagonal,
 from cljax.importance import _layers
 import importance_helpers as H
 
-PROBLEMS = {"mlp": H.mlp_problem, "mlp_multihead": functools.partial(H.mlp_problem, heads=2),
+PROBLEMS = {"mlp_multihead": functools.partial(H.mlp_problem, heads=2),
             "cnn": H.cnn_problem, "mixed": H.mixed_problem, "plain": H.plain_problem}
 
 
@@ -21,21 +21,17 @@ def _unpack(problem):
 
 
 @pytest.mark.parametrize("name", list(PROBLEMS))
-def test_empirical_matches_per_example_loop(x64, name):
+def test_empirical_and_exact_match_oracles(x64, name):
+    """Empirical vs a per-example loop over jax.grad; exact vs an explicit p-weighted class sum."""
     f, params, batch = _unpack(PROBLEMS[name]())
     got = empirical_fisher_diagonal(f, params, batch, chunk_size=3)
     assert H.rel_err(got, H.oracle_empirical(f, params, batch)) < 1e-6
-
-
-@pytest.mark.parametrize("name", list(PROBLEMS))
-def test_exact_matches_sum_over_classes(x64, name):
-    f, params, batch = _unpack(PROBLEMS[name]())
-    got = exact_fisher_diagonal(f, params, batch, chunk_size=2)
+    got = exact_fisher_diagonal(f, params, batch, chunk_size=3)
     assert H.rel_err(got, H.oracle_exact(f, params, batch)) < 1e-6
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "mixed"])
-@pytest.mark.parametrize("estimator", ["empirical", "exact", "true"])
+@pytest.mark.parametrize("name,estimator", [("mixed", "empirical"), ("mixed", "exact"),
+                                            ("cnn", "true")])
 def test_fast_path_matches_vmap_fallback(x64, name, estimator):
     f, params, batch = _unpack(PROBLEMS[name]())
     fn = {"empirical": empirical_fisher_diagonal, "exact": exact_fisher_diagonal,
@@ -94,25 +90,24 @@ def test_true_fisher_samples_from_the_model_not_the_labels(x64):
     assert H.rel_err(a, b) == 0.0 and H.rel_err(a, c) > 1e-3
 
 
-@pytest.mark.parametrize("chunk", [1, 3, 4, None])
-def test_chunking_and_order_invariance(x64, chunk):
+def test_chunking_and_order_invariance(x64):
     f, params, batch = _unpack(H.mlp_problem(n=7, heads=2))
     ref_e = H.oracle_empirical(f, params, batch)
     perm = np.random.RandomState(0).permutation(7)
     shuffled = {k: v[perm] for k, v in batch.items()}
-    for b in (batch, shuffled):
-        assert H.rel_err(empirical_fisher_diagonal(f, params, b, chunk_size=chunk), ref_e) < 1e-10
+    for chunk in (1, 3, None):   # 3 does not divide 7: padded with zero-weight examples
+        for b in (batch, shuffled):
+            got = empirical_fisher_diagonal(f, params, b, chunk_size=chunk)
+            assert H.rel_err(got, ref_e) < 1e-10
     # true Fisher draws with fold_in(key, example index): invariant to chunking
     t_ref = true_fisher_diagonal(f, params, batch, jax.random.PRNGKey(5), num_samples=3)
-    t = true_fisher_diagonal(f, params, batch, jax.random.PRNGKey(5), num_samples=3,
-                             chunk_size=chunk)
+    t = true_fisher_diagonal(f, params, batch, jax.random.PRNGKey(5), num_samples=3, chunk_size=3)
     assert H.rel_err(t, t_ref) < 1e-10
 
 
 def test_outputs_nonnegative_same_structure_and_dtype():
     f, params, batch = _unpack(H.cnn_problem(dtype=jnp.float32))
-    for r in (empirical_fisher_diagonal(f, params, batch),
-              exact_fisher_diagonal(f, params, batch, chunk_size=2),
+    for r in (exact_fisher_diagonal(f, params, batch, chunk_size=2),
               true_fisher_diagonal(f, params, batch, jax.random.PRNGKey(0))):
         assert jax.tree.structure(r) == jax.tree.structure(params)
         for a, p in zip(jax.tree.leaves(r), jax.tree.leaves(params)):
@@ -124,7 +119,7 @@ def test_multihead_only_active_head_gets_importance(x64):
     model, params, batch = H.mlp_problem(n=6, classes=3, heads=3)
     batch = {**batch, "task": jnp.array([0, 2, 0, 2, 0, 2])}
     for fn in (empirical_fisher_diagonal, exact_fisher_diagonal):
-        r = fn(model.logits_fn, params, batch)
+        r = fn(model.logits_fn, params, batch, chunk_size=3)
         kern = r["Dense_2"]["kernel"].reshape(-1, 3, 3)   # [in, head, class]
         bias = r["Dense_2"]["bias"].reshape(3, 3)
         assert float(jnp.max(kern[:, 1])) == 0.0 and float(jnp.max(bias[1])) == 0.0
