@@ -10,26 +10,33 @@ from cljax.curvature import softmax_cross_entropy
 from cljax.nn import MLP, as_model
 
 
-def tiny_mlp(key, *, n=7, d=5, hidden=4, classes=3, num_heads=1, scale=1.0):
-    """MLP d-hidden-classes (flax), random float64 params and a batch of ``n`` examples."""
+def _rng(seed):
+    return np.random.default_rng(seed)
+
+
+def tiny_mlp(seed, *, n=7, d=5, hidden=4, classes=3, num_heads=1, scale=1.0):
+    """MLP d-hidden-classes (flax) with random params and a batch of ``n`` examples, float64
+    inside the ``x64`` fixture. Data and params come from numpy (no PRNG compilation)."""
     model = as_model(MLP((hidden,), classes, num_heads=num_heads))
-    kx, ky, kp, kt = jax.random.split(key, 4)
-    batch = {"x": jax.random.normal(kx, (n, d), float),
-             "y": jax.random.randint(ky, (n,), 0, classes)}
+    rng = _rng(seed)
+    batch = {"x": jnp.asarray(rng.normal(size=(n, d)), float),
+             "y": jnp.asarray(rng.integers(0, classes, n))}
     if num_heads > 1:
-        batch["task"] = jax.random.randint(kt, (n,), 0, num_heads)
-    params = jax.jit(model.init)(kp, batch)
-    params = jax.tree.map(lambda p: scale * p.astype(float), params)
+        batch["task"] = jnp.asarray(rng.integers(0, num_heads, n))
+    shapes = jax.eval_shape(model.init, jax.random.key(0), batch)
+    params = jax.tree.map(
+        lambda s: jnp.asarray(scale * rng.normal(size=s.shape) / np.sqrt(s.shape[0]), float),
+        shapes)
     return model.logits_fn, params, batch
 
 
-def linear_model(key, *, n=6, d=4, classes=3):
+def linear_model(seed, *, n=6, d=4, classes=3):
     """Logits linear in the params: ``x @ W + b``."""
-    kx, ky, kw = jax.random.split(key, 3)
-    params = {"w": jax.random.normal(kw, (d, classes), float) * 0.5,
+    rng = _rng(seed)
+    params = {"w": jnp.asarray(rng.normal(size=(d, classes)) * 0.5, float),
               "b": jnp.zeros((classes,), float)}
-    batch = {"x": jax.random.normal(kx, (n, d), float),
-             "y": jax.random.randint(ky, (n,), 0, classes)}
+    batch = {"x": jnp.asarray(rng.normal(size=(n, d)), float),
+             "y": jnp.asarray(rng.integers(0, classes, n))}
     return (lambda p, b: b["x"] @ p["w"] + p["b"]), params, batch
 
 
@@ -56,9 +63,9 @@ def flat_vec(tree):
     return np.asarray(ravel_pytree(tree)[0])
 
 
-def random_like(key, params):
+def random_like(seed, params):
     flat, unravel = ravel_pytree(params)
-    return unravel(jax.random.normal(key, flat.shape, flat.dtype))
+    return unravel(jnp.asarray(_rng(seed).normal(size=flat.shape), flat.dtype))
 
 
 def quadratic_loss(a):
@@ -67,7 +74,7 @@ def quadratic_loss(a):
     return lambda p: 0.5 * p["w"] @ a @ p["w"]
 
 
-def symmetric_with_spectrum(key, eigenvalues):
+def symmetric_with_spectrum(seed, eigenvalues):
     d = len(eigenvalues)
-    q, _ = np.linalg.qr(np.asarray(jax.random.normal(key, (d, d), float)))
-    return (q * np.asarray(eigenvalues)) @ q.T
+    q, _ = np.linalg.qr(_rng(seed).normal(size=(d, d)))
+    return (q * np.asarray(eigenvalues, float)) @ q.T

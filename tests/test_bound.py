@@ -14,11 +14,11 @@ from curvature_helpers import mean_ce, tiny_mlp
 
 def _least_squares_tasks(key, num_tasks=3, n=12, d=4, c=2):
     """Linear model, squared error: ℓ_t(W) = mean ½‖x W − target‖², θ*_t = least squares."""
-    keys = jax.random.split(key, 2 * num_tasks)
+    rng = np.random.default_rng(key)
     data, thetas = [], []
     for t in range(num_tasks):
-        x = np.asarray(jax.random.normal(keys[2 * t], (n, d), float)) * (1 + t)
-        target = np.asarray(jax.random.normal(keys[2 * t + 1], (n, c), float))
+        x = rng.normal(size=(n, d)) * (1 + t)
+        target = rng.normal(size=(n, c))
         data.append({"x": jnp.asarray(x), "target": jnp.asarray(target)})
         thetas.append(np.linalg.lstsq(x, target, rcond=None)[0])
     params = {"w": jnp.asarray(np.stack(thetas))}
@@ -29,7 +29,7 @@ def _least_squares_tasks(key, num_tasks=3, n=12, d=4, c=2):
 
 
 def test_exact_on_quadratic_loss(x64):
-    logits_fn, params, data, sq, lam = _least_squares_tasks(jax.random.key(0))
+    logits_fn, params, data, sq, lam = _least_squares_tasks(0)
     res = analysis.forgetting_bound(logits_fn, params, data, jax.random.key(1), num_iters=8,
                                     tol=1e-10, per_example_loss=sq, chunk_size=5)
     np.testing.assert_allclose(res.lambda_max, lam, rtol=1e-8)
@@ -55,19 +55,19 @@ def test_exact_on_quadratic_loss(x64):
 def _perturbed_mlp(key, eps):
     logits_fn, params, _ = tiny_mlp(key)
     flat, unravel = ravel_pytree(params)
-    d = jax.random.normal(jax.random.key(7), flat.shape, float)
+    rng = np.random.default_rng(7)
+    d = jnp.asarray(rng.normal(size=flat.shape), float)
     thetas = [unravel(flat + t * eps * d) for t in range(3)]
     stack = jax.tree.map(lambda *p: jnp.stack(p), *thetas)
     data = []
     for t, n in enumerate((9, 6, 7)):
-        kx, ky = jax.random.split(jax.random.key(100 + t))
-        data.append({"x": jax.random.normal(kx, (n, 5), float),
-                     "y": jax.random.randint(ky, (n,), 0, 3)})
+        data.append({"x": jnp.asarray(rng.normal(size=(n, 5)), float),
+                     "y": jnp.asarray(rng.integers(0, 3, n))})
     return logits_fn, thetas, stack, data
 
 
 def test_tiny_mlp_against_dense_oracles(x64, tmp_path):
-    logits_fn, thetas, stack, data = _perturbed_mlp(jax.random.key(3), eps=1e-3)
+    logits_fn, thetas, stack, data = _perturbed_mlp(3, eps=1e-3)
     res = analysis.forgetting_bound(logits_fn, stack, data, jax.random.key(4), num_iters=39,
                                     tol=1e-10, chunk_size=4)
     _, unravel = ravel_pytree(thetas[0])
@@ -120,7 +120,7 @@ def test_summary_statistics():
 
 
 def test_validation_errors(x64):
-    logits_fn, thetas, stack, data = _perturbed_mlp(jax.random.key(3), eps=1e-2)
+    logits_fn, thetas, stack, data = _perturbed_mlp(3, eps=1e-2)
     key = jax.random.key(0)
     with pytest.raises(ValueError, match="task_data has 2 tasks but params_per_task has 3"):
         analysis.forgetting_bound(logits_fn, stack, data[:2], key)

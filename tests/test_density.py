@@ -10,7 +10,7 @@ from curvature_helpers import dense_hessian, mean_ce, symmetric_with_spectrum, t
 
 def test_density_integrates_to_one_and_sits_on_eigenvalues(x64):
     spectrum = np.array([-3.0] * 5 + [0.0] * 20 + [2.0] * 10 + [10.0] * 5)
-    a = jnp.asarray(symmetric_with_spectrum(jax.random.key(0), spectrum))
+    a = jnp.asarray(symmetric_with_spectrum(0, spectrum))
     params = {"w": jnp.zeros(spectrum.size)}
     grid, density = cv.spectral_density(lambda v: {"w": a @ v["w"]}, params, jax.random.key(1),
                                         num_iters=12, num_runs=20, grid=4000, sigma=0.2)
@@ -25,7 +25,7 @@ def test_density_integrates_to_one_and_sits_on_eigenvalues(x64):
 
 
 def test_density_of_mlp_hessian(x64):
-    logits_fn, params, batch = tiny_mlp(jax.random.key(2), n=8)
+    logits_fn, params, batch = tiny_mlp(2, n=8)
     loss = mean_ce(logits_fn, batch)
     evals = np.linalg.eigvalsh(dense_hessian(loss, params))
     grid, density = cv.spectral_density(lambda v: cv.hvp(loss, params, v), params,

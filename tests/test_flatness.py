@@ -10,13 +10,14 @@ from curvature_helpers import mean_ce, tiny_mlp
 
 
 def _tasks(num_heads=1):
-    logits_fn, p0, _ = tiny_mlp(jax.random.key(0), num_heads=num_heads)
-    _, p1, _ = tiny_mlp(jax.random.key(1), num_heads=num_heads)
+    logits_fn, p0, _ = tiny_mlp(0, num_heads=num_heads)
+    _, p1, _ = tiny_mlp(1, num_heads=num_heads)
     stack = jax.tree.map(lambda a, b: jnp.stack([a, b]), p0, p1)
     data = []
     for t, n in enumerate((8, 5)):
-        kx, ky = jax.random.split(jax.random.key(50 + t))
-        b = {"x": jax.random.normal(kx, (n, 5), float), "y": jax.random.randint(ky, (n,), 0, 3)}
+        rng = np.random.default_rng(50 + t)
+        b = {"x": jnp.asarray(rng.normal(size=(n, 5)), float),
+             "y": jnp.asarray(rng.integers(0, 3, n))}
         if num_heads > 1:
             b["task"] = jnp.full((n,), t)
         data.append(b)

@@ -17,7 +17,7 @@ def _top(evals, k, which):
 
 @pytest.mark.parametrize("which", ["largest", "magnitude"])
 def test_top_eigenvalues_mlp_hessian(x64, which):
-    logits_fn, params, batch = tiny_mlp(jax.random.key(0), n=8)
+    logits_fn, params, batch = tiny_mlp(0, n=8)
     loss = mean_ce(logits_fn, batch)
     h = dense_hessian(loss, params)
     evals = np.linalg.eigvalsh(h)
@@ -37,7 +37,7 @@ def test_top_eigenvalues_mlp_hessian(x64, which):
 @pytest.mark.parametrize("which", ["largest", "magnitude"])
 def test_negative_eigenvalue_of_larger_magnitude(x64, which):
     spectrum = [-7.0, 5.0, 3.0, 2.5, 2.0, 1.0, 0.5, 0.25, -0.5, -1.0, 0.1, 0.0]
-    a = symmetric_with_spectrum(jax.random.key(2), spectrum)
+    a = symmetric_with_spectrum(2, spectrum)
     params = {"w": jnp.zeros(len(spectrum))}
     res = cv.top_eigenvalues(quadratic_loss(a), params, jax.random.key(3), k=5,
                              num_iters=len(spectrum), tol=1e-12, which=which)
@@ -48,7 +48,7 @@ def test_negative_eigenvalue_of_larger_magnitude(x64, which):
 
 def test_early_stopping_on_well_separated_spectrum(x64):
     spectrum = np.concatenate([[100.0, 50.0], np.linspace(0, 1, 198)])
-    a = symmetric_with_spectrum(jax.random.key(4), spectrum)
+    a = symmetric_with_spectrum(4, spectrum)
     params = {"w": jnp.zeros(spectrum.size)}
     res = cv.top_eigenvalues(quadratic_loss(a), params, jax.random.key(5), k=1, num_iters=60,
                              tol=1e-6)
@@ -62,7 +62,7 @@ def test_early_stopping_on_well_separated_spectrum(x64):
 
 
 def test_lanczos_basis_orthonormal_and_tridiagonal(x64):
-    logits_fn, params, batch = tiny_mlp(jax.random.key(6), n=8)
+    logits_fn, params, batch = tiny_mlp(6, n=8)
     loss = mean_ce(logits_fn, batch)
     h = dense_hessian(loss, params)
     m = 30
@@ -78,7 +78,7 @@ def test_lanczos_basis_orthonormal_and_tridiagonal(x64):
 def test_lanczos_restarts_after_breakdown(x64):
     # 3 distinct eigenvalues: the Krylov space is invariant after 3 steps, Lanczos must restart
     spectrum = [4.0] * 3 + [2.0] * 3 + [-1.0] * 2
-    a = symmetric_with_spectrum(jax.random.key(8), spectrum)
+    a = symmetric_with_spectrum(8, spectrum)
     params = {"w": jnp.zeros(8)}
     res = cv.lanczos(lambda v: {"w": jnp.asarray(a) @ v["w"]}, params, jax.random.key(9),
                      num_iters=8, return_basis=True)
@@ -90,7 +90,7 @@ def test_lanczos_restarts_after_breakdown(x64):
 
 
 def test_lanczos_jit_equals_eager(x64):
-    a = symmetric_with_spectrum(jax.random.key(10), np.linspace(-1, 3, 10))
+    a = symmetric_with_spectrum(10, np.linspace(-1, 3, 10))
     mv = lambda v: {"w": jnp.asarray(a) @ v["w"]}
     params = {"w": jnp.zeros(10)}
     f = lambda key: cv.lanczos(mv, params, key, num_iters=6)
@@ -100,7 +100,7 @@ def test_lanczos_jit_equals_eager(x64):
 
 
 def test_top_eigenvalues_of_chunked_ggn_matvec(x64):
-    logits_fn, params, batch = tiny_mlp(jax.random.key(12), n=10)
+    logits_fn, params, batch = tiny_mlp(12, n=10)
     g = dense_ggn(logits_fn, params, batch)
     mv = cv.make_task_matvec(logits_fn, params, batch, curvature="ggn", chunk_size=4)
     res = cv.top_eigenvalues_matvec(mv, params, jax.random.key(13), k=3, num_iters=30,

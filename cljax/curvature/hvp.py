@@ -21,6 +21,7 @@ as ℓ (curvature of the mean, not of the sum).
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Literal
 
 import jax
@@ -90,6 +91,11 @@ def hvp(loss_fn: LossFn, params: Params, v: Params) -> Params:
     _check_callable(loss_fn, "loss_fn")
     check_finite(params, name="params")
     v = _check_v(v, params)
+    return _hvp_jit(loss_fn, params, v)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _hvp_jit(loss_fn, params, v):
     return jax.jvp(jax.grad(loss_fn), (params,), (v,))[1]
 
 
@@ -136,6 +142,11 @@ def ggn_vp(logits_fn: LogitsFn, params: Params, batch: Batch, v: Params, *,
     check_batch(batch, require_y=per_example_loss is None)
     check_finite(params, name="params")
     v = _check_v(v, params)
+    return _ggn_vp_jit(logits_fn, per_example_loss, params, batch, v)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _ggn_vp_jit(logits_fn, per_example_loss, params, batch, v):
     n = jnp.shape(batch["x"])[0]
     w = jnp.ones((n,), jnp.result_type(*jax.tree.leaves(params)))
     gv = _ggn_weighted_sum(logits_fn, params, batch, w, v, per_example_loss)
@@ -186,11 +197,7 @@ def chunk_batch(batch: Batch, chunk_size: int | None, weights: Array | None = No
 
 
 def _prepare(logits_fn, params, batch, chunk_size, weights, per_example_loss):
-    _check_callable(logits_fn, "logits_fn")
-    if per_example_loss is not None:
-        _check_callable(per_example_loss, "per_example_loss")
-    check_batch(batch, require_y=per_example_loss is None)
-    check_finite(params, name="params")
+    """Chunk ``batch`` and cast the weights to the params' dtype (inputs already validated)."""
     chunks, w = chunk_batch(batch, chunk_size, weights)
     dtype = jnp.result_type(*jax.tree.leaves(params))
     return chunks, w.astype(dtype)
@@ -220,24 +227,44 @@ def _zeros_like(tree):
     return jax.tree.map(jnp.zeros_like, tree)
 
 
-def task_loss(logits_fn: LogitsFn, params: Params, batch: Batch, *, chunk_size: int | None = None,
-              weights: Array | None = None, per_example_loss: PerExampleLoss | None = None
-              ) -> Array:
-    """The task loss ℓ(θ) = Σ_n w_n ℓ_n(θ) / Σ_n w_n over all of ``batch``, in chunks.
+def _validate_task(logits_fn, params, batch, chunk_size, weights, per_example_loss) -> None:
+    """Eager checks of the whole-task functions' inputs (shapes, structure, concrete values)."""
+    _check_callable(logits_fn, "logits_fn")
+    if per_example_loss is not None:
+        _check_callable(per_example_loss, "per_example_loss")
+    check_batch(batch, require_y=per_example_loss is None)
+    check_finite(params, name="params")
+    check_finite(batch, name="batch")
+    if chunk_size is not None:
+        check_positive_int(chunk_size, name="chunk_size")
+    n = int(jnp.shape(batch["x"])[0])
+    if n == 0:
+        raise ValueError("batch must contain at least one example; got 0")
+    if weights is not None:
+        if jnp.shape(weights) != (n,):
+            raise ValueError(f"weights must have shape ({n},) (one per example); got "
+                             f"{jnp.shape(weights)}")
+        if is_concrete(weights):
+            w_np = np.asarray(weights)
+            if not np.all(np.isfinite(w_np)) or np.any(w_np < 0):
+                raise ValueError("weights must be finite and >= 0")
+            if not np.any(w_np > 0):
+                raise ValueError("weights must have at least one positive entry")
 
-    ``ℓ_n`` is softmax cross-entropy unless ``per_example_loss(logits, batch) -> [B]`` is given;
-    with the default weights this is the mean over the task's examples.
-    """
+
+_STATIC = (0, 1, 2)  # logits_fn, chunk_size, per_example_loss
+
+
+@functools.partial(jax.jit, static_argnums=_STATIC)
+def _task_loss_jit(logits_fn, chunk_size, per_example_loss, params, batch, weights):
     chunks, w = _prepare(logits_fn, params, batch, chunk_size, weights, per_example_loss)
     f = _chunk_loss_sum(logits_fn, per_example_loss)
     total = _scan_sum(lambda c, wc: f(params, c, wc), chunks, w, jnp.zeros((), w.dtype))
     return total / jnp.sum(w)
 
 
-def task_value_and_grad(logits_fn: LogitsFn, params: Params, batch: Batch, *,
-                        chunk_size: int | None = None, weights: Array | None = None,
-                        per_example_loss: PerExampleLoss | None = None) -> tuple[Array, Params]:
-    """``(ℓ(θ), ∇ℓ(θ))`` over the whole task, accumulated chunk by chunk (see :func:`task_loss`)."""
+@functools.partial(jax.jit, static_argnums=_STATIC)
+def _task_value_and_grad_jit(logits_fn, chunk_size, per_example_loss, params, batch, weights):
     chunks, w = _prepare(logits_fn, params, batch, chunk_size, weights, per_example_loss)
     f = jax.value_and_grad(_chunk_loss_sum(logits_fn, per_example_loss))
     init = (jnp.zeros((), w.dtype), _zeros_like(params))
@@ -246,13 +273,9 @@ def task_value_and_grad(logits_fn: LogitsFn, params: Params, batch: Batch, *,
     return val / wsum, jax.tree.map(lambda g: g / wsum, grad)
 
 
-def task_hvp(logits_fn: LogitsFn, params: Params, batch: Batch, v: Params, *,
-             chunk_size: int | None = None, weights: Array | None = None,
-             per_example_loss: PerExampleLoss | None = None) -> Params:
-    """``∇²ℓ(θ) v`` for the whole-task loss of :func:`task_loss`: one ``jvp(grad)`` per chunk,
-    summed inside a ``lax.scan`` (memory bounded by the chunk)."""
+@functools.partial(jax.jit, static_argnums=_STATIC)
+def _task_hvp_jit(logits_fn, chunk_size, per_example_loss, params, batch, weights, v):
     chunks, w = _prepare(logits_fn, params, batch, chunk_size, weights, per_example_loss)
-    v = _check_v(v, params)
     g = jax.grad(_chunk_loss_sum(logits_fn, per_example_loss))
     body = lambda c, wc: jax.jvp(lambda p: g(p, c, wc), (params,), (v,))[1]
     total = _scan_sum(body, chunks, w, _zeros_like(params))
@@ -260,16 +283,55 @@ def task_hvp(logits_fn: LogitsFn, params: Params, batch: Batch, v: Params, *,
     return jax.tree.map(lambda t: t / wsum, total)
 
 
-def task_ggn_vp(logits_fn: LogitsFn, params: Params, batch: Batch, v: Params, *,
-                chunk_size: int | None = None, weights: Array | None = None,
-                per_example_loss: PerExampleLoss | None = None) -> Params:
-    """GGN-vector product (:func:`ggn_vp`) of the whole-task loss, accumulated over chunks."""
+@functools.partial(jax.jit, static_argnums=_STATIC)
+def _task_ggn_vp_jit(logits_fn, chunk_size, per_example_loss, params, batch, weights, v):
     chunks, w = _prepare(logits_fn, params, batch, chunk_size, weights, per_example_loss)
-    v = _check_v(v, params)
     body = lambda c, wc: _ggn_weighted_sum(logits_fn, params, c, wc, v, per_example_loss)
     total = _scan_sum(body, chunks, w, _zeros_like(params))
     wsum = jnp.sum(w)
     return jax.tree.map(lambda t: t / wsum, total)
+
+
+def task_loss(logits_fn: LogitsFn, params: Params, batch: Batch, *, chunk_size: int | None = None,
+              weights: Array | None = None, per_example_loss: PerExampleLoss | None = None
+              ) -> Array:
+    """The task loss ℓ(θ) = Σ_n w_n ℓ_n(θ) / Σ_n w_n over all of ``batch``, in chunks.
+
+    ``ℓ_n`` is softmax cross-entropy unless ``per_example_loss(logits, batch) -> [B]`` is given;
+    with the default weights this is the mean over the task's examples. Compiled once per
+    (``logits_fn``, ``chunk_size``, ``per_example_loss``, shapes); jit-able.
+    """
+    _validate_task(logits_fn, params, batch, chunk_size, weights, per_example_loss)
+    return _task_loss_jit(logits_fn, chunk_size, per_example_loss, params, dict(batch), weights)
+
+
+def task_value_and_grad(logits_fn: LogitsFn, params: Params, batch: Batch, *,
+                        chunk_size: int | None = None, weights: Array | None = None,
+                        per_example_loss: PerExampleLoss | None = None) -> tuple[Array, Params]:
+    """``(ℓ(θ), ∇ℓ(θ))`` over the whole task, accumulated chunk by chunk (see :func:`task_loss`)."""
+    _validate_task(logits_fn, params, batch, chunk_size, weights, per_example_loss)
+    return _task_value_and_grad_jit(logits_fn, chunk_size, per_example_loss, params, dict(batch),
+                                    weights)
+
+
+def task_hvp(logits_fn: LogitsFn, params: Params, batch: Batch, v: Params, *,
+             chunk_size: int | None = None, weights: Array | None = None,
+             per_example_loss: PerExampleLoss | None = None) -> Params:
+    """``∇²ℓ(θ) v`` for the whole-task loss of :func:`task_loss`: one ``jvp(grad)`` per chunk,
+    summed inside a ``lax.scan`` (memory bounded by the chunk)."""
+    _validate_task(logits_fn, params, batch, chunk_size, weights, per_example_loss)
+    v = _check_v(v, params)
+    return _task_hvp_jit(logits_fn, chunk_size, per_example_loss, params, dict(batch), weights, v)
+
+
+def task_ggn_vp(logits_fn: LogitsFn, params: Params, batch: Batch, v: Params, *,
+                chunk_size: int | None = None, weights: Array | None = None,
+                per_example_loss: PerExampleLoss | None = None) -> Params:
+    """GGN-vector product (:func:`ggn_vp`) of the whole-task loss, accumulated over chunks."""
+    _validate_task(logits_fn, params, batch, chunk_size, weights, per_example_loss)
+    v = _check_v(v, params)
+    return _task_ggn_vp_jit(logits_fn, chunk_size, per_example_loss, params, dict(batch),
+                            weights, v)
 
 
 def make_task_loss(logits_fn: LogitsFn, batch: Batch, *, chunk_size: int | None = None,
@@ -280,7 +342,8 @@ def make_task_loss(logits_fn: LogitsFn, batch: Batch, *, chunk_size: int | None 
     whose Hessian products keep memory bounded by the chunk."""
     _check_callable(logits_fn, "logits_fn")
     check_batch(batch, require_y=per_example_loss is None)
-    chunk_batch(batch, chunk_size, weights)  # validates chunk_size / weights now
+    if chunk_size is not None:
+        check_positive_int(chunk_size, name="chunk_size")
 
     def loss(params: Params) -> Array:
         return task_loss(logits_fn, params, batch, chunk_size=chunk_size, weights=weights,
@@ -298,7 +361,7 @@ def make_task_matvec(logits_fn: LogitsFn, params: Params, batch: Batch, *,
     :func:`cljax.curvature.hutchinson_trace` and :func:`cljax.curvature.spectral_density` take."""
     if curvature not in ("hessian", "ggn"):
         raise ValueError(f"curvature must be 'hessian' or 'ggn'; got {curvature!r}")
-    _prepare(logits_fn, params, batch, chunk_size, weights, per_example_loss)
+    _validate_task(logits_fn, params, batch, chunk_size, weights, per_example_loss)
     product = task_hvp if curvature == "hessian" else task_ggn_vp
 
     def matvec(v: Params) -> Params:

@@ -18,6 +18,8 @@ basis costs ``(num_iters + 1) × D`` floats of memory.
 """
 from __future__ import annotations
 
+import functools
+import weakref
 from typing import Any, Callable, Literal, NamedTuple
 
 import jax
@@ -77,13 +79,23 @@ def _orthogonalise(basis: Array, w: Array) -> Array:
 
 
 def _init_state(key: PRNGKey, dim: int, num_iters: int, dtype) -> _State:
-    v0 = jax.random.normal(key, (dim,), dtype)
-    v0 = v0 / jnp.linalg.norm(v0)
+    u = jax.random.normal(key, (dim + 1,), dtype)
+    v0 = u[:dim] / jnp.linalg.norm(u[:dim])
     basis = jnp.zeros((num_iters + 1, dim), dtype).at[0].set(v0)
-    return _State(basis, jnp.zeros((num_iters,), dtype), jnp.zeros((num_iters,), dtype))
+    # betas[-1] is only written by the last step; until then it carries the restart seed
+    betas = jnp.zeros((num_iters,), dtype).at[-1].set(u[dim])
+    return _State(basis, jnp.zeros((num_iters,), dtype), betas)
 
 
-def _step(matvec_flat: Callable[[Array], Array], key: PRNGKey, i, state: _State) -> _State:
+def _restart_vector(dim: int, i, seed, dtype) -> Array:
+    """A pseudo-random vector for restarting after a breakdown (a cheap sine hash of the index,
+    the step and the run's seed; it is orthogonalised against the basis before use)."""
+    j = jnp.arange(1, dim + 1, dtype=jnp.float32)
+    h = jnp.sin(j * 12.9898 + (i + 1).astype(jnp.float32) * 78.233 + seed.astype(jnp.float32))
+    return (jnp.mod(h * 43758.5453, 1.0) - 0.5).astype(dtype)
+
+
+def _step(matvec_flat: Callable[[Array], Array], seed: Array, i, state: _State) -> _State:
     basis, alphas, betas = state
     dim = basis.shape[1]
     dtype = basis.dtype
@@ -97,8 +109,7 @@ def _step(matvec_flat: Callable[[Array], Array], key: PRNGKey, i, state: _State)
     beta = jnp.linalg.norm(w)
     scale = jnp.maximum(jnp.linalg.norm(av), jnp.finfo(dtype).tiny)
     breakdown = beta <= 10.0 * np.sqrt(dim) * jnp.finfo(dtype).eps * scale
-    r = jax.random.normal(jax.random.fold_in(key, i), (dim,), dtype)
-    r = _orthogonalise(basis, r)
+    r = _orthogonalise(basis, _restart_vector(dim, i, seed, dtype))
     r = r / jnp.maximum(jnp.linalg.norm(r), jnp.finfo(dtype).tiny)
     v_next = jnp.where(breakdown, r, w / jnp.where(breakdown, 1.0, beta))
     beta = jnp.where(breakdown, 0.0, beta)
@@ -158,10 +169,16 @@ def lanczos(matvec: Callable[[Params], Params], params_like: Params, key: PRNGKe
     _check_key(key)
     flat, unravel = _flat_info(params_like)
     _check_num_iters(num_iters, flat.size)
+    return _lanczos_jit(matvec, num_iters, return_basis, params_like, key)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _lanczos_jit(matvec, num_iters, return_basis, params_like, key):
+    flat, unravel = ravel_pytree(params_like)
     mv = _flat_matvec(matvec, unravel)
-    k_start, k_restart = jax.random.split(key)
-    state = _init_state(k_start, flat.size, num_iters, flat.dtype)
-    state = jax.lax.fori_loop(0, num_iters, lambda i, s: _step(mv, k_restart, i, s), state)
+    state = _init_state(key, flat.size, num_iters, flat.dtype)
+    seed = state.betas[-1]
+    state = jax.lax.fori_loop(0, num_iters, lambda i, s: _step(mv, seed, i, s), state)
     basis = jax.vmap(unravel)(state.basis[:num_iters]) if return_basis else None
     return LanczosResult(state.alphas, state.betas[:num_iters - 1], basis)
 
@@ -190,13 +207,30 @@ def _check_which(which: Any) -> None:
 
 # One compiled "extend the Lanczos run from iteration start to stop" per matvec function; the
 # operand (params, data, ...) is a traced argument so a new point / task does not recompile.
-def _extend(matvec_p, operand, template, key, state: _State, start, stop) -> _State:
+def _extend(matvec_p, operand, template, seed, state: _State, start, stop) -> _State:
     _, unravel = ravel_pytree(template)
     mv = lambda x: ravel_pytree(matvec_p(operand, unravel(x)))[0]
-    return jax.lax.fori_loop(start, stop, lambda i, s: _step(mv, key, i, s), state)
+    return jax.lax.fori_loop(start, stop, lambda i, s: _step(mv, seed, i, s), state)
 
 
 _extend_jit = jax.jit(_extend, static_argnums=(0,))
+_init_state_jit = jax.jit(_init_state, static_argnums=(1, 2, 3))
+
+
+_WRAPPERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _cached_wrapper(fn, kind: str):
+    """``(operand, v) -> A v`` for a user function, the same object for the same ``fn`` so that
+    repeated calls hit the compilation cache of the Lanczos block."""
+    try:
+        cache = _WRAPPERS.setdefault(fn, {})
+    except TypeError:  # not weak-referenceable
+        cache = {}
+    if kind not in cache:
+        cache[kind] = ((lambda _, v: fn(v)) if kind == "matvec"
+                       else (lambda p, v: hvp(fn, p, v)))
+    return cache[kind]
 
 
 def _top_eigen(matvec_p: Callable[[Any, Params], Params], operand: Any, params_like: Params,
@@ -214,14 +248,14 @@ def _top_eigen(matvec_p: Callable[[Any, Params], Params], operand: Any, params_l
         raise ValueError(f"tol must be None or a finite number >= 0; got {tol}")
     check_positive_int(check_every, name="check_every")
 
-    k_start, k_restart = jax.random.split(key)
-    state = _init_state(k_start, dim, num_iters, flat.dtype)
+    state = _init_state_jit(key, dim, num_iters, flat.dtype)
+    seed = state.betas[-1]
     template = jax.tree.map(jnp.zeros_like, params_like)
     m = 0
     converged = False
     while True:
         stop = min(max(m + check_every, k), num_iters)
-        state = _extend_jit(matvec_p, operand, template, k_restart, state, m, stop)
+        state = _extend_jit(matvec_p, operand, template, seed, state, m, stop)
         m = stop
         alphas = np.asarray(state.alphas[:m], np.float64)
         betas = np.asarray(state.betas[:m], np.float64)
@@ -270,7 +304,8 @@ def top_eigenvalues_matvec(matvec: Callable[[Params], Params], params_like: Para
     """
     if not callable(matvec):
         raise TypeError(f"matvec must be callable; got {type(matvec).__name__}")
-    return _top_eigen(lambda _, v: matvec(v), None, params_like, key, k=k, num_iters=num_iters,
+    return _top_eigen(_cached_wrapper(matvec, "matvec"), None, params_like, key, k=k,
+                      num_iters=num_iters,
                       tol=tol, which=which, return_eigenvectors=return_eigenvectors,
                       check_every=check_every)
 
@@ -288,7 +323,7 @@ def top_eigenvalues(loss_fn: LossFn, params: Params, key: PRNGKey, *, k: int = 1
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable; got {type(loss_fn).__name__}")
     check_finite(params, name="params")
-    return _top_eigen(lambda p, v: hvp(loss_fn, p, v), params, params, key, k=k,
+    return _top_eigen(_cached_wrapper(loss_fn, "hvp"), params, params, key, k=k,
                       num_iters=num_iters, tol=tol, which=which,
                       return_eigenvectors=return_eigenvectors, check_every=check_every)
 

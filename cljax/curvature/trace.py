@@ -6,6 +6,7 @@ Hessians by Yao et al. 2020 (PyHessian) as a flatness measure alongside λ_max.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -44,7 +45,13 @@ def hutchinson_trace(matvec: Callable[[Params], Params], params_like: Params, ke
         raise TypeError(f"matvec must be callable; got {type(matvec).__name__}")
     _check_key(key)
     check_positive_int(num_samples, name="num_samples")
-    flat, unravel = _flat_info(params_like)
+    _flat_info(params_like)
+    return _hutchinson_jit(matvec, num_samples, params_like, key)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _hutchinson_jit(matvec, num_samples, params_like, key):
+    flat, unravel = ravel_pytree(params_like)
 
     def probe(k):
         v = jax.random.rademacher(k, flat.shape, flat.dtype)
