@@ -267,26 +267,18 @@ def _fake_factors(params):
 
 _imp = lambda p: jax.tree.map(lambda x: jnp.abs(x) + 0.1, p)
 
-HARNESS = {
+HARNESS = {  # every transform, once bare and once inside its default chain
     "quadratic_penalty": (lambda: T.quadratic_penalty(strength=2.0),
                           lambda s, p: T.consolidate(s, p, _imp(p), mode="online", decay=0.9)),
-    "quadratic_penalty_multi": (lambda: T.quadratic_penalty(strength=2.0),
-                                lambda s, p: T.consolidate(s, p, _imp(p), mode="multi_task")),
-    "ewc": (lambda: T.ewc(1e-3, strength=2.0),
-            lambda s, p: T.consolidate(s, p, _imp(p), mode="multi_task")),
-    "online_ewc": (lambda: T.online_ewc(1e-3, strength=2.0),
-                   lambda s, p: T.consolidate(s, p, None, mode="replace")),
+    "ewc_multi_task": (lambda: T.ewc(1e-3, strength=2.0),
+                       lambda s, p: T.consolidate(s, p, _imp(p), mode="multi_task")),
     "kfac_penalty": (lambda: T.kfac_penalty(strength=2.0),
                      lambda s, p: T.kfac_consolidate(s, p, _fake_factors(p))),
     "kfac_ewc_slots": (lambda: T.kfac_ewc(1e-3, strength=2.0, num_slots=2),
                        lambda s, p: T.kfac_consolidate(s, p, _fake_factors(p), mode="multi_task")),
     "ncl_preconditioner": (lambda: T.ncl_preconditioner(strength=2.0, damping=0.5),
                            lambda s, p: T.ncl_consolidate(s, p, _imp(p), decay=0.8)),
-    "ncl": (lambda: T.ncl(1e-2, strength=2.0, damping=0.5, momentum=0.9),
-            lambda s, p: T.ncl_consolidate(s, p, _imp(p))),
-    "ncl_kfac_preconditioner": (lambda: T.ncl_kfac_preconditioner(strength=2.0, damping=0.5),
-                                lambda s, p: T.ncl_kfac_consolidate(s, p, _fake_factors(p))),
-    "ncl_kfac": (lambda: T.ncl_kfac(1e-2, strength=2.0, damping=0.5),
+    "ncl_kfac": (lambda: T.ncl_kfac(1e-2, strength=2.0, damping=0.5, momentum=0.9),
                  lambda s, p: T.ncl_kfac_consolidate(s, p, _fake_factors(p), decay=0.5)),
 }
 

@@ -4,8 +4,9 @@ overcoming catastrophic forgetting", NeurIPS) as an optax transform.
 For every tracked layer l with flax kernel ``W: [in, out]`` (conv: ``[kh, kw, cin, out]``, rows in
 the kernel's row-major order) and bias ``b: [out]``, let ``W̄ = [W; b]: [in+1, out]`` and
 ``ΔW̄ = W̄ − W̄*``. With the layer's ``KFACFactors(A, G)`` (layout of :class:`cljax.types.KFACFactors`,
-``A: [in+1, in+1]``, ``G: [out, out]``) the penalty is (Ritter et al. 2018, eq. 7 with the
-Kronecker-factored Hessian of their eq. 9)::
+``A: [in+1, in+1]``, ``G: [out, out]``) the penalty is the Laplace (Gaussian prior) term of
+Ritter et al. 2018 with the Kronecker-factored block-diagonal Hessian (REFERENCES.md
+"KFAC-Laplace penalty")::
 
     (λ/2) Σ_s Σ_l tr(ΔW̄_{s,l}ᵀ A_{s,l} ΔW̄_{s,l} G_{s,l})
         = (λ/2) Σ_s Σ_l vec(ΔW̄)ᵀ (A ⊗ G) vec(ΔW̄)      (vec = row-major flatten of [in+1, out])
@@ -205,7 +206,7 @@ class KFACPenaltyState(NamedTuple):
 def kfac_penalty(*, strength: float | Array = 1.0, num_slots: int = 1, layers: Any = None
                  ) -> optax.GradientTransformation:
     """Add ``λ Σ_s A_s ΔW̄_s G_s`` per layer: the gradient of the K-FAC Laplace penalty
-    ``(λ/2) Σ_s Σ_l tr(ΔW̄ᵀ A ΔW̄ G)`` (Ritter et al. 2018, eq. 7/9; module docstring).
+    ``(λ/2) Σ_s Σ_l tr(ΔW̄ᵀ A ΔW̄ G)`` (Ritter et al. 2018; module docstring).
 
     Args:
       strength: λ ≥ 0, an array in the state (:func:`cljax.transforms.set_strength`).

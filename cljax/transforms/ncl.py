@@ -106,7 +106,7 @@ def _check_positive_damping(damping: Any) -> None:
 
 def ncl_preconditioner(*, strength: float | Array = 1.0, damping: float | Array = 1.0
                        ) -> optax.GradientTransformation:
-    """Diagonal NCL direction ``Λ⁻¹ g + (θ − μ)``, Λ = s Ω + d (Kao et al. 2021, eq. 15-16).
+    """Diagonal NCL direction ``Λ⁻¹ g + (θ − μ)``, Λ = s Ω + d (Kao et al. 2021; REFERENCES.md "NCL").
 
     Args:
       strength: s ≥ 0, scale of the accumulated importance in Λ (array in the state).
@@ -223,7 +223,7 @@ def _damped_inverses(a: Array, g: Array, strength: Array, damping: Array) -> tup
 
 def ncl_kfac_preconditioner(*, strength: float | Array = 1.0, damping: float | Array = 1.0,
                             layers: Any = None) -> optax.GradientTransformation:
-    """K-FAC NCL direction ``Λ⁻¹ g + (θ − μ)`` (Kao et al. 2021, eq. 15-16; Λ per layer as in
+    """K-FAC NCL direction ``Λ⁻¹ g + (θ − μ)`` (Kao et al. 2021; Λ per layer as in
     the module docstring: ``A_d⁻¹ ∇W̄ G_d⁻¹`` for each factor layer, ``∇/d`` elsewhere).
 
     Args:

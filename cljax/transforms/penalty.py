@@ -13,7 +13,7 @@ method          task boundary (:func:`consolidate`)
 EWC             ``mode="multi_task"``: one penalty per past task, Σ_s Ω_s (θ − θ*_s)²
                 (Kirkpatrick et al. 2017, PNAS, eq. 3 summed over past tasks)
 online EWC      ``mode="online", decay=γ``: Ω ← γΩ + Ω_t, θ* ← θ*_t
-                (Schwarz et al. 2018, ICML, eq. 8)
+                (Schwarz et al. 2018, ICML, "online EWC")
 SI              ``mode="online", decay=1``: Ω ← Ω + Ω_t, θ* ← θ*_t (Zenke et al. 2017,
                 ICML, eq. 4-5: the per-task Ω^μ are summed and the anchor is the last θ)
 MAS             ``mode="online", decay=1`` (accumulate, as SI; Aljundi et al. 2018, ECCV)
@@ -200,8 +200,8 @@ class QuadraticPenaltyState(NamedTuple):
 def quadratic_penalty(*, strength: float | Array = 1.0) -> optax.GradientTransformation:
     """Add ``λ Ω ⊙ (θ − a)``, the gradient of ``(λ/2) Σ_i Ω_i (θ_i − a_i)²``, to the updates.
 
-    EWC (Kirkpatrick et al. 2017, eq. 3), online EWC (Schwarz et al. 2018, eq. 8), SI (Zenke et
-    al. 2017, eq. 4), MAS (Aljundi et al. 2018, eq. 5) and L2 share this transform; see the
+    EWC (Kirkpatrick et al. 2017, eq. 3), online EWC (Schwarz et al. 2018), SI (Zenke et al.
+    2017, eq. 4), MAS (Aljundi et al. 2018) and L2 share this transform; see the
     module docstring for the consolidation mode of each and for where to put it in a chain.
 
     Args:
@@ -292,8 +292,7 @@ def consolidate(state: Any, params: Params, importance: Importance | None, *,
       params: θ*_t, the parameters at the end of task t.
       importance: Ω_t ≥ 0 with params' structure and shapes (diagonal Fisher, SI, MAS...), a
         *mean over examples*; ``None`` means Ω_t = 1 everywhere (L2).
-      mode: ``"online"``: Ω ← decay·Ω + Ω_t, anchor ← θ*_t (online EWC, Schwarz et al. 2018
-        eq. 8; with ``decay=1`` the accumulation used for SI and MAS). ``"multi_task"``: add the
+      mode: ``"online"``: Ω ← decay·Ω + Ω_t, anchor ← θ*_t (online EWC, Schwarz et al. 2018; with ``decay=1`` the accumulation used for SI and MAS). ``"multi_task"``: add the
         separate penalty Ω_t (θ − θ*_t)² (EWC, Kirkpatrick et al. 2017), folded exactly into
         (Ω, anchor, offset) as in the module docstring. ``"replace"``: Ω ← Ω_t, anchor ← θ*_t
         (L2 with ``importance=None``).
