@@ -72,9 +72,17 @@ class _State(NamedTuple):
     betas: Array   # [m]; betas[i] couples rows i and i + 1
 
 
-def _orthogonalise(basis: Array, w: Array) -> Array:
-    for _ in range(2):  # classical Gram–Schmidt twice
-        w = w - basis.T @ (basis @ w)
+def _orthogonalise(basis: Array, w: Array, num_rows) -> Array:
+    """Project ``w`` off the first ``num_rows`` rows of ``basis`` (modified Gram–Schmidt, run
+    twice: "twice is enough"). Only the filled rows are read, so a step costs O(i·D), not
+    O(num_iters·D)."""
+
+    def one(j, w):
+        v = basis[j]
+        return w - jnp.vdot(v, w) * v
+
+    for _ in range(2):
+        w = jax.lax.fori_loop(0, num_rows, one, w)
     return w
 
 
@@ -105,13 +113,16 @@ def _step(matvec_flat: Callable[[Array], Array], seed: Array, i, state: _State) 
     beta_prev = jnp.where(i > 0, betas[i - 1], 0.0)
     v_prev = jnp.where(i > 0, basis[jnp.maximum(i - 1, 0)], 0.0)
     w = av - alpha * v - beta_prev * v_prev
-    w = _orthogonalise(basis, w)
+    w = _orthogonalise(basis, w, i + 1)
     beta = jnp.linalg.norm(w)
     scale = jnp.maximum(jnp.linalg.norm(av), jnp.finfo(dtype).tiny)
     breakdown = beta <= 10.0 * np.sqrt(dim) * jnp.finfo(dtype).eps * scale
-    r = _orthogonalise(basis, _restart_vector(dim, i, seed, dtype))
-    r = r / jnp.maximum(jnp.linalg.norm(r), jnp.finfo(dtype).tiny)
-    v_next = jnp.where(breakdown, r, w / jnp.where(breakdown, 1.0, beta))
+
+    def restart(_):
+        r = _orthogonalise(basis, _restart_vector(dim, i, seed, dtype), i + 1)
+        return r / jnp.maximum(jnp.linalg.norm(r), jnp.finfo(dtype).tiny)
+
+    v_next = jax.lax.cond(breakdown, restart, lambda w: w / beta, w)
     beta = jnp.where(breakdown, 0.0, beta)
     return _State(basis.at[i + 1].set(v_next), alphas.at[i].set(alpha), betas.at[i].set(beta))
 
@@ -213,7 +224,7 @@ def _extend(matvec_p, operand, template, seed, state: _State, start, stop) -> _S
     return jax.lax.fori_loop(start, stop, lambda i, s: _step(mv, seed, i, s), state)
 
 
-_extend_jit = jax.jit(_extend, static_argnums=(0,))
+_extend_jit = jax.jit(_extend, static_argnums=(0,), donate_argnums=(4,))
 _init_state_jit = jax.jit(_init_state, static_argnums=(1, 2, 3))
 
 
