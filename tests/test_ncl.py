@@ -261,7 +261,9 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="importance"):
         ncl_consolidate(st, params, {"scale": params["scale"]})
     with pytest.raises(ValueError, match="decay"):
-        ncl_consolidate(st, params, params, decay=1.5)
+        ncl_consolidate(st, params, jax.tree.map(jnp.abs, params), decay=1.5)
+    with pytest.raises(ValueError, match="negative"):
+        ncl_consolidate(st, params, jax.tree.map(lambda p: -jnp.abs(p) - 1, params))
     with pytest.raises(ValueError, match="damping"):
         set_damping(st, -1.0)
     ktx = ncl_kfac_preconditioner()
@@ -275,5 +277,5 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="layers"):
         ncl_kfac_preconditioner(layers=["Dense_3"]).init(params)
     with pytest.raises(ValueError, match="NCLDiagState"):
-        ncl_consolidate(kst, params, params)
+        ncl_consolidate(kst, params, jax.tree.map(jnp.abs, params))
     assert isinstance(st, NCLDiagState) and isinstance(kst, NCLKFACState)

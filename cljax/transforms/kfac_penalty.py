@@ -3,10 +3,10 @@ overcoming catastrophic forgetting", NeurIPS) as an optax transform.
 
 For every tracked layer l with flax kernel ``W: [in, out]`` (conv: ``[kh, kw, cin, out]``, rows in
 the kernel's row-major order) and bias ``b: [out]``, let ``W̄ = [W; b]: [in+1, out]`` and
-``ΔW̄ = W̄ − W̄*``. With the layer's ``KFACFactors(A, G)`` (layout of :class:`cljax.types.KFACFactors`,
-``A: [in+1, in+1]``, ``G: [out, out]``) the penalty is the Laplace (Gaussian prior) term of
-Ritter et al. 2018 with the Kronecker-factored block-diagonal Hessian (REFERENCES.md
-"KFAC-Laplace penalty")::
+``ΔW̄ = W̄ − W̄*``. With the layer's ``KFACFactors(A, G)`` (layout of
+:class:`cljax.types.KFACFactors`, ``A: [in+1, in+1]``, ``G: [out, out]``) the penalty is the
+Laplace (Gaussian prior) term of Ritter et al. 2018 with the Kronecker-factored block-diagonal
+Hessian (REFERENCES.md "KFAC-Laplace penalty")::
 
     (λ/2) Σ_s Σ_l tr(ΔW̄_{s,l}ᵀ A_{s,l} ΔW̄_{s,l} G_{s,l})
         = (λ/2) Σ_s Σ_l vec(ΔW̄)ᵀ (A ⊗ G) vec(ΔW̄)      (vec = row-major flatten of [in+1, out])
@@ -189,7 +189,8 @@ class KFACPenaltyState(NamedTuple):
 
     Attributes:
       anchors: params' structure, leaves ``[num_slots, *shape]``.
-      factors: {layer name: KFACFactors(A ``[num_slots, in+1, in+1]``, G ``[num_slots, out, out]``)},
+      factors: {layer name: KFACFactors(A ``[num_slots, in+1, in+1]``,
+        G ``[num_slots, out, out]``)},
         zeros before the first consolidation (so the penalty is exactly zero).
       count: int32 number of consolidations. strength: λ.
     """

@@ -52,8 +52,9 @@ import optax
 
 from cljax.transforms.kfac_penalty import (_check_factors, _kfac_layers, _layer_get,
                                            _layer_set, _pack, _unpack, nearest_kronecker_sum)
-from cljax.transforms.penalty import (_NO_PARAMS, _check_decay, _check_scalar_like, _float_dtype,
-                                      _register_strength_state, _replace_one, _replace_states)
+from cljax.transforms.penalty import (_NO_PARAMS, _check_decay, _check_importance_values,
+                                      _check_scalar_like, _float_dtype, _register_strength_state,
+                                      _replace_one, _replace_states)
 from cljax.types import Array, Importance, KFACFactors, Params
 from cljax.validation import check_nonnegative, check_same_structure
 
@@ -100,13 +101,13 @@ class NCLDiagState(NamedTuple):
         return self._replace(damping=value)._refresh()
 
 
-def _check_positive_damping(damping: Any) -> None:
+def _check_damping(damping: Any) -> None:
     check_nonnegative(damping, name="damping")
 
 
 def ncl_preconditioner(*, strength: float | Array = 1.0, damping: float | Array = 1.0
                        ) -> optax.GradientTransformation:
-    """Diagonal NCL direction ``Λ⁻¹ g + (θ − μ)``, Λ = s Ω + d (Kao et al. 2021; REFERENCES.md "NCL").
+    """Diagonal NCL direction ``Λ⁻¹ g + (θ − μ)``, Λ = s Ω + d (Kao et al. 2021).
 
     Args:
       strength: s ≥ 0, scale of the accumulated importance in Λ (array in the state).
@@ -117,7 +118,7 @@ def ncl_preconditioner(*, strength: float | Array = 1.0, damping: float | Array 
     ``update(updates, state, params)`` requires ``params``.
     """
     check_nonnegative(strength, name="strength")
-    _check_positive_damping(damping)
+    _check_damping(damping)
 
     def init_fn(params: Params) -> NCLDiagState:
         dt = _float_dtype()
@@ -133,8 +134,9 @@ def ncl_preconditioner(*, strength: float | Array = 1.0, damping: float | Array 
         check_same_structure(params, state.mean, name="params",
                              reference_name="the params the state was initialised with")
         on = _active(state.count, _float_dtype())
-        out = jax.tree.map(lambda g, p, m, v: (v * g + on.astype(g.dtype) * (p - m)).astype(g.dtype),
-                           updates, params, state.mean, state.inverse)
+        out = jax.tree.map(
+            lambda g, p, m, v: (v * g + on.astype(g.dtype) * (p - m)).astype(g.dtype),
+            updates, params, state.mean, state.inverse)
         return out, state
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -156,6 +158,7 @@ def ncl_consolidate(state: Any, params: Params, importance: Importance, *,
         check_same_structure(params, s.mean, name="params",
                              reference_name="the params the state was initialised with")
         check_same_structure(importance, s.mean, name="importance")
+        _check_importance_values(importance)
         prec = jax.tree.map(lambda o, f: jnp.asarray(decay, o.dtype) * o + jnp.asarray(f, o.dtype),
                             s.precision, importance)
         mean = jax.tree.map(lambda m, p: jnp.asarray(p, m.dtype), s.mean, params)
@@ -235,7 +238,7 @@ def ncl_kfac_preconditioner(*, strength: float | Array = 1.0, damping: float | A
     plus μ. ``update(updates, state, params)`` requires ``params``.
     """
     check_nonnegative(strength, name="strength")
-    _check_positive_damping(damping)
+    _check_damping(damping)
 
     def init_fn(params: Params) -> NCLKFACState:
         dt = _float_dtype()
@@ -313,7 +316,7 @@ def ncl_kfac_consolidate(state: Any, params: Params, factors: Mapping[str, KFACF
 def set_damping(state: Any, value: Any) -> Any:
     """Return ``state`` with NCL's damping d replaced (and Λ⁻¹ recomputed) in every NCL state
     inside it; ``value`` has the stored damping's shape (scalar, or [K] for a vmapped state)."""
-    _check_positive_damping(value)
+    _check_damping(value)
 
     def fn(s: Any) -> Any:
         _check_scalar_like(value, s.damping, name="damping")

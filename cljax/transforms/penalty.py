@@ -227,8 +227,9 @@ def quadratic_penalty(*, strength: float | Array = 1.0) -> optax.GradientTransfo
         check_same_structure(params, state.anchor, name="params",
                              reference_name="the params the state was initialised with")
         lam = state.strength
-        out = jax.tree.map(lambda g, p, a, o: g + (lam.astype(g.dtype) * (o * (p - a))).astype(g.dtype),
-                           updates, params, state.anchor, state.importance)
+        out = jax.tree.map(
+            lambda g, p, a, o: g + (lam.astype(g.dtype) * (o * (p - a))).astype(g.dtype),
+            updates, params, state.anchor, state.importance)
         return out, state
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -292,7 +293,8 @@ def consolidate(state: Any, params: Params, importance: Importance | None, *,
       params: θ*_t, the parameters at the end of task t.
       importance: Ω_t ≥ 0 with params' structure and shapes (diagonal Fisher, SI, MAS...), a
         *mean over examples*; ``None`` means Ω_t = 1 everywhere (L2).
-      mode: ``"online"``: Ω ← decay·Ω + Ω_t, anchor ← θ*_t (online EWC, Schwarz et al. 2018; with ``decay=1`` the accumulation used for SI and MAS). ``"multi_task"``: add the
+      mode: ``"online"``: Ω ← decay·Ω + Ω_t, anchor ← θ*_t (online EWC, Schwarz et al. 2018;
+        with ``decay=1`` the accumulation used for SI and MAS). ``"multi_task"``: add the
         separate penalty Ω_t (θ − θ*_t)² (EWC, Kirkpatrick et al. 2017), folded exactly into
         (Ω, anchor, offset) as in the module docstring. ``"replace"``: Ω ← Ω_t, anchor ← θ*_t
         (L2 with ``importance=None``).
