@@ -374,9 +374,8 @@ def _chunk_contribution(kind: str, logits_fn: LogitsFn, params: Params, plan: Pl
         out["labels_ok"] = jnp.all(((y >= 0) & (y < c)) | (w == 0))
     dirs = _directions(kind, logits, batch, w, gidx, key, num_samples)  # [K, B, C]
 
-    cots = jax.vmap(lambda d: vjp_fn(d)[0])(dirs) if specs else []  # per layer [K, B, *out]
-
     if kind.startswith("kfac"):
+        cots = jax.vmap(lambda d: vjp_fn(d)[0])(dirs) if specs else []  # [K, B, *out]
         factors = {}
         for spec, a, g in zip(specs, inputs, cots):
             a3 = _layer_inputs_3d(a, spec)  # [B, P, in]
@@ -392,33 +391,40 @@ def _chunk_contribution(kind: str, logits_fn: LogitsFn, params: Params, plan: Pl
 
     sums: list[Any] = [None] * plan.num_leaves
     use_abs = kind == "mas"
-    for spec, a, g in zip(specs, inputs, cots):
-        a3 = _layer_inputs_3d(a, spec)                           # [B, P, in]
-        k, b = g.shape[0], g.shape[1]
-        g4 = g.reshape(k, b, -1, g.shape[-1])                     # [K, B, P, out]
-        dt = jnp.result_type(a3.dtype, g4.dtype)
-        if a3.shape[1] == 1:
-            a2, g3 = a3[:, 0], g4[:, :, 0]
-            if use_abs:  # K == 1: Σ_n |a_n| |g_n|ᵀ
-                gk = jnp.abs(g3[0])
-                kern = jnp.abs(a2).T @ gk
-                bias = jnp.sum(gk, axis=0)
-            else:        # Σ_k Σ_n (a_n g_nkᵀ)² = (a²)ᵀ Σ_k g_k²
-                gk = jnp.sum(g3 * g3, axis=0)
-                kern = (a2 * a2).T @ gk
-                bias = jnp.sum(gk, axis=0)
-        else:
-            def per_dir(acc, gd):  # gd [B, P, out]
-                pe = jnp.einsum("bpi,bpo->bio", a3, gd)
-                pb = jnp.sum(gd, axis=1)
-                if use_abs:
-                    return (acc[0] + jnp.sum(jnp.abs(pe), 0), acc[1] + jnp.sum(jnp.abs(pb), 0)), None
-                return (acc[0] + jnp.sum(pe * pe, 0), acc[1] + jnp.sum(pb * pb, 0)), None
-            init = (jnp.zeros((a3.shape[-1], g4.shape[-1]), dt), jnp.zeros((g4.shape[-1],), dt))
-            (kern, bias), _ = jax.lax.scan(per_dir, init, g4)
-        sums[spec.kernel_index] = kern.reshape(spec.kernel_shape)
-        if spec.bias_index is not None:
-            sums[spec.bias_index] = bias.reshape(leaves[spec.bias_index].shape)
+    fn = jnp.abs if use_abs else jnp.square
+    a3s = [_layer_inputs_3d(a, spec) for spec, a in zip(specs, inputs)]  # [B, P, in]
+
+    def direction_terms(gs: list[Array]) -> list[Any]:
+        """One direction's contribution: dense → f(g) [B, out] (the matmul with f(a) comes
+        after summing directions); conv/positions → Σ_n f(Σ_p a g ᵀ) and Σ_n f(Σ_p g)."""
+        terms = []
+        for a3, g in zip(a3s, gs):
+            g3 = g.reshape(g.shape[0], -1, g.shape[-1])       # [B, P, out]
+            if a3.shape[1] == 1:
+                terms.append(fn(g3[:, 0]))
+            else:
+                pe = jnp.einsum("bpi,bpo->bio", a3, g3)
+                terms.append((jnp.sum(fn(pe), 0), jnp.sum(fn(jnp.sum(g3, 1)), 0)))
+        return terms
+
+    if specs:
+        if dirs.shape[0] == 1:
+            acc = direction_terms(vjp_fn(dirs[0])[0])
+        else:  # directions one at a time: [B, width] working set, accumulated in the carry
+            shapes = jax.eval_shape(lambda d: direction_terms(vjp_fn(d)[0]), dirs[0])
+            init = jax.tree.map(lambda sd: jnp.zeros(sd.shape, sd.dtype), shapes)
+            acc, _ = jax.lax.scan(
+                lambda c, d: (jax.tree.map(jnp.add, c, direction_terms(vjp_fn(d)[0])), None),
+                init, dirs)
+        for spec, a3, term in zip(specs, a3s, acc):
+            if a3.shape[1] == 1:   # Σ_k Σ_n f(a_n g_nkᵀ) = f(a)ᵀ Σ_k f(g_k)  (f = square or abs)
+                kern = fn(a3[:, 0]).T @ term
+                bias = jnp.sum(term, axis=0)
+            else:
+                kern, bias = term
+            sums[spec.kernel_index] = kern.reshape(spec.kernel_shape)
+            if spec.bias_index is not None:
+                sums[spec.bias_index] = bias.reshape(leaves[spec.bias_index].shape)
 
     if plan.fallback_indices:
         pe = _per_example_fallback(logits_fn, params, batch, dirs, plan.fallback_indices)

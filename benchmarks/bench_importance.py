@@ -1,0 +1,140 @@
+"""Time the importance estimators against a jitted value_and_grad over the same examples.
+
+Run:  python benchmarks/bench_importance.py [--n 10000] [--chunk 500] [--repeats 3]
+
+Prints one JSON object per line: for each model (MLP 784-400-400-10 on N MNIST training images;
+CNN(10) on random CIFAR-10-shaped data) and estimator, the wall time after compilation (best of
+``--repeats``, ``block_until_ready``), its ratio to a jitted ``value_and_grad`` of the mean loss
+over the same examples in the same chunks (``lax.scan``), and XLA's temp-buffer size of the
+compiled program (``compiled.memory_analysis().temp_size_in_bytes``: the working memory beyond
+inputs/outputs). The last line gives the process peak RSS (``resource.getrusage`` ru_maxrss).
+MNIST comes from tfds (``TFDS_DATA_DIR``, default /work/shared/tfds); with ``--random-mnist``
+random data of the same shape is used instead.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from cljax.importance import _layers
+from cljax.nn import CNN, MLP, as_model
+
+
+def load_mnist(n: int, random: bool) -> dict:
+    if random:
+        rng = np.random.RandomState(0)
+        return {"x": rng.rand(n, 28, 28, 1).astype(np.float32),
+                "y": rng.randint(0, 10, n).astype(np.int32)}
+    import tensorflow_datasets as tfds
+    data_dir = os.environ.get("TFDS_DATA_DIR", "/work/shared/tfds")
+    src = tfds.data_source("mnist", split="train", data_dir=data_dir)
+    ex = src.__getitems__(list(range(n))) if hasattr(src, "__getitems__") else [src[i] for i in range(n)]
+    return {"x": np.stack([e["image"] for e in ex]).astype(np.float32) / 255.0,
+            "y": np.array([e["label"] for e in ex], np.int32)}
+
+
+def make_value_and_grad(logits_fn, chunk: int):
+    """Mean softmax-CE loss and its gradient over N examples, in chunks inside one jit."""
+
+    @jax.jit
+    def vg(params, batch):
+        n = batch["x"].shape[0]
+        chunks = jax.tree.map(lambda v: v.reshape((n // chunk, chunk) + v.shape[1:]), batch)
+
+        def body(carry, b):
+            def loss(p):
+                lg = logits_fn(p, b)
+                return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(lg, b["y"])) / n
+            l, g = jax.value_and_grad(loss)(params)
+            return jax.tree.map(jnp.add, carry, (l, g)), None
+
+        init = (jnp.zeros(()), jax.tree.map(jnp.zeros_like, params))
+        return jax.lax.scan(body, init, chunks)[0]
+
+    return vg
+
+
+def best_time(fn, repeats: int) -> float:
+    jax.block_until_ready(fn())  # compile + warm up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def temp_bytes(jitted, *args, **kwargs) -> int | None:
+    try:
+        return int(jitted.lower(*args, **kwargs).compile().memory_analysis().temp_size_in_bytes)
+    except Exception:  # noqa: BLE001 - not every backend reports it
+        return None
+
+
+def bench_model(label: str, model, params, batch, chunk: int, repeats: int, vmap_kinds):
+    f = model.logits_fn
+    key = jax.random.PRNGKey(0)
+    vg = make_value_and_grad(f, chunk)
+    t_vg = best_time(lambda: vg(params, batch), repeats)
+    n = int(batch["x"].shape[0])
+    common = {"model": label, "n": n, "chunk_size": chunk, "dtype": "float32",
+              "device": jax.devices()[0].device_kind, "cpus": os.cpu_count()}
+    print(json.dumps({**common, "estimator": "value_and_grad (baseline)", "seconds": t_vg,
+                      "ratio": 1.0, "xla_temp_bytes": temp_bytes(vg, params, batch)}), flush=True)
+    runs = [(k, "auto") for k in ("empirical", "true", "exact", "mas", "kfac_true")]
+    runs += [(k, "vmap") for k in vmap_kinds]
+    for kind, impl in runs:
+        kw = dict(kind=kind, num_samples=1, chunk_size=chunk, implementation=impl)
+        k = key if kind in ("true", "kfac_true") else None
+        fn = functools.partial(_layers._estimate_jit, f, params, batch, k, **kw)
+        t = best_time(fn, repeats)
+        print(json.dumps({**common, "estimator": kind, "implementation": impl, "seconds": t,
+                          "ratio": t / t_vg,
+                          "xla_temp_bytes": temp_bytes(_layers._estimate_jit, f, params, batch,
+                                                       k, **kw)}), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=10_000)
+    ap.add_argument("--chunk", type=int, default=500)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cnn-n", type=int, default=1000)
+    ap.add_argument("--cnn-chunk", type=int, default=250)
+    ap.add_argument("--random-mnist", action="store_true")
+    ap.add_argument("--skip-cnn", action="store_true")
+    args = ap.parse_args()
+    print(json.dumps({"jax": jax.__version__, "platform": platform.platform(),
+                      "backend": jax.default_backend()}), flush=True)
+
+    data = load_mnist(args.n, args.random_mnist)
+    batch = {"x": jnp.asarray(data["x"]), "y": jnp.asarray(data["y"])}
+    mlp = as_model(MLP((400, 400), 10))
+    params = mlp.init(jax.random.PRNGKey(0), batch)
+    bench_model("MLP 784-400-400-10 / MNIST", mlp, params, batch, args.chunk, args.repeats,
+                vmap_kinds=("empirical", "mas"))
+
+    if not args.skip_cnn:
+        rng = np.random.RandomState(1)
+        cb = {"x": jnp.asarray(rng.rand(args.cnn_n, 32, 32, 3), jnp.float32),
+              "y": jnp.asarray(rng.randint(0, 10, args.cnn_n), jnp.int32)}
+        cnn = as_model(CNN(10))
+        cparams = cnn.init(jax.random.PRNGKey(0), cb)
+        bench_model("CNN(10) / CIFAR-10 shapes (random)", cnn, cparams, cb, args.cnn_chunk,
+                    args.repeats, vmap_kinds=("empirical",))
+    print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}),
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()
