@@ -30,7 +30,7 @@ def _dense(logits_fn, params, batch):
     return np.linalg.eigvalsh(np.asarray(h))
 
 
-@pytest.mark.parametrize("num_heads", [1, 2])
+@pytest.mark.parametrize("num_heads", [1, pytest.param(2, marks=pytest.mark.slow)])
 def test_flatness_matches_dense_eigenvalues(x64, num_heads):
     logits_fn, thetas, stack, data = _tasks(num_heads)
     res = analysis.flatness(logits_fn, stack, data, jax.random.key(2), k=3,
