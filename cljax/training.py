@@ -33,7 +33,7 @@ class TrainState(NamedTuple):
     """One run's whole state (a pytree; vmapped runs stack it along a leading axis)."""
 
     params: Params
-    opt_state: Any          # (method transform state, base optimizer state)
+    opt_state: Any          # state of method.make_optimizer(hparams, optimizer)
     hparams: Mapping[str, Array]
     step: Array             # global step counter over the stream (int32)
     key: PRNGKey            # the run's key; step s uses fold_in(key, s)
@@ -101,12 +101,14 @@ def make_trainer(model: Model, method: Method, *, optimizer: optax.GradientTrans
 
     Args:
       model: the network (:func:`cljax.nn.as_model`).
-      method: the CL method; its transform is chained *before* ``optimizer``.
+      method: the CL method; it builds the update rule around ``optimizer``.
       optimizer: the base optax optimizer (Adam in the van de Ven protocols).
       batch_size: examples per step.
       input_shape: shape of one example (``stream.input_shape``).
       eval_chunk: test examples per evaluation chunk (bounds memory).
-      reset_optimizer: re-initialise the base optimizer's state at each task boundary.
+      reset_optimizer: re-initialise the whole optimizer state at each task boundary, *before*
+        the method's boundary function (which then sees fresh statistics, but its own state
+        re-initialised too: use only with methods that keep no state, e.g. none / joint).
     """
     check_positive_int(batch_size, name="batch_size")
     check_positive_int(eval_chunk, name="eval_chunk")
@@ -114,7 +116,7 @@ def make_trainer(model: Model, method: Method, *, optimizer: optax.GradientTrans
         raise TypeError(f"optimizer must be an optax.GradientTransformation; got {type(optimizer)}")
 
     def tx(hparams):
-        return optax.chain(method.transform(hparams), optimizer)
+        return method.make_optimizer(hparams, optimizer)
 
     def init(key: PRNGKey, hparams: Mapping[str, Array]) -> TrainState:
         k_init, k_run = jax.random.split(key)
@@ -127,8 +129,7 @@ def make_trainer(model: Model, method: Method, *, optimizer: optax.GradientTrans
         k_drop, k_extra = jax.random.split(key)
         loss = cross_entropy(model.train_logits_fn(params, batch, k_drop), batch["y"])
         if method.extra_loss is not None:
-            loss = loss + method.extra_loss(params, batch, state.opt_state[0], state.hparams,
-                                            k_extra)
+            loss = loss + method.extra_loss(params, batch, state.opt_state, state.hparams, k_extra)
         return loss
 
     def train_step(state: TrainState, data: StreamData, task: Array):
@@ -170,11 +171,11 @@ def make_trainer(model: Model, method: Method, *, optimizer: optax.GradientTrans
 
     def end_task(state: TrainState, data: StreamData, task: Array) -> TrainState:
         key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), 1 << 30)
-        ctx = BoundaryContext(state.params, state.opt_state[0], state.hparams, task, key,
+        opt_state = (tx(state.hparams).init(state.params) if reset_optimizer else state.opt_state)
+        ctx = BoundaryContext(state.params, opt_state, state.hparams, task, key,
                               model.logits_fn,
                               lambda t, k, size: sample_task_batch(data, t, k, size))
-        base_state = (optimizer.init(state.params) if reset_optimizer else state.opt_state[1])
-        return state._replace(opt_state=(method.end_task(ctx), base_state))
+        return state._replace(opt_state=method.end_task(ctx))
 
     return Trainer(init, fit, evaluate, end_task)
 

@@ -1,17 +1,30 @@
-"""CL methods as small recipes for :func:`cljax.training.run_stream` (see :mod:`.base`)."""
-from cljax.methods.base import (BoundaryContext, Method, all_tasks_so_far, current_task_only,
-                                keep_state, no_transform)
+"""CL methods as small recipes for :func:`cljax.training.run_stream` (see :mod:`.base`).
+
+``get_method(name, **options)`` builds a registered method; ``options`` are its static settings
+(e.g. ``fisher="true"``, ``num_examples=2048``); hyperparameters such as λ live in ``hparams``.
+"""
+from cljax.methods.base import (BoundaryContext, Method, all_tasks_so_far, base_only,
+                                current_task_only, get_hparam, keep_state)
 from cljax.methods.baselines import joint, none
+from cljax.methods.natural import kfac_ewc, ncl, ncl_kfac
+from cljax.methods.penalties import ewc, l2, mas, online_ewc, si
 
-METHODS = {"none": none, "joint": joint}
+METHODS = {
+    "none": lambda: none, "joint": lambda: joint, "ewc": ewc, "online_ewc": online_ewc,
+    "si": si, "mas": mas, "l2": l2, "kfac_ewc": kfac_ewc, "ncl": ncl, "ncl_kfac": ncl_kfac,
+}
 
 
-def get_method(name: str) -> Method:
-    """The method registered as ``name``."""
+def get_method(name: str, **options) -> Method:
+    """The method registered as ``name``, built with its static ``options``."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; available: {sorted(METHODS)}")
-    return METHODS[name]
+    try:
+        return METHODS[name](**options)
+    except TypeError as e:
+        raise TypeError(f"bad options {options} for method {name!r}: {e}") from e
 
 
 __all__ = ["BoundaryContext", "Method", "METHODS", "get_method", "all_tasks_so_far",
-           "current_task_only", "keep_state", "no_transform", "none", "joint"]
+           "current_task_only", "keep_state", "base_only", "get_hparam", "none", "joint", "ewc",
+           "online_ewc", "si", "mas", "l2", "kfac_ewc", "ncl", "ncl_kfac"]

@@ -2,16 +2,18 @@
 
 A :class:`Method` supplies
 
-* ``transform(hparams)``: an optax ``GradientTransformation`` chained *before* the base optimizer
-  (so it acts on the loss gradient, as EWC / SI / MAS penalties do in their papers). ``hparams``
-  is a dict of scalar arrays carried in the training state, so λ-like hyperparameters can be a
-  vmapped axis and changing them never recompiles;
+* ``make_optimizer(hparams, base)``: the whole optax update rule built around the base optimizer,
+  usually ``optax.chain(penalty, base)`` (a transform chained *before* the base optimizer acts on
+  the loss gradient, as EWC / SI / MAS penalties do in their papers; SI wraps the chain to see
+  the task gradient and the applied update). ``hparams`` is a dict of scalar arrays carried in
+  the training state, so λ-like hyperparameters can be a vmapped axis and changing them never
+  recompiles;
 * ``sample_tasks(key, task, batch_size)``: which task each training example is drawn from
   (the current task for fine-tuning; every task seen so far for joint training / replay);
-* ``extra_loss(params, batch, method_state_of_opt, key)``: a loss term added to the task loss
+* ``extra_loss(params, batch, opt_state, hparams, key)``: a loss term added to the task loss
   (distillation, replay), or None;
 * ``end_task(ctx)``: the task-boundary update, a pure function of a :class:`BoundaryContext`
-  returning the new transform state (estimate importance, consolidate, update bases).
+  returning the new optimizer state (estimate importance, consolidate, update bases).
 
 The trainer never branches on a method's name.
 """
@@ -34,7 +36,7 @@ class BoundaryContext(NamedTuple):
     """
 
     params: Params
-    transform_state: Any
+    opt_state: Any
     hparams: Mapping[str, Array]
     task: Array
     key: PRNGKey
@@ -44,7 +46,8 @@ class BoundaryContext(NamedTuple):
 
 class Method(NamedTuple):
     name: str
-    transform: Callable[[Mapping[str, Array]], optax.GradientTransformation]
+    make_optimizer: Callable[[Mapping[str, Array], optax.GradientTransformation],
+                             optax.GradientTransformation]
     sample_tasks: Callable[[PRNGKey, Array, int], Array]
     end_task: Callable[[BoundaryContext], Any]
     extra_loss: Callable[..., Array] | None = None
@@ -62,14 +65,25 @@ def all_tasks_so_far(key: PRNGKey, task: Array, batch_size: int) -> Array:
     return jax.random.randint(key, (batch_size,), 0, task + 1, dtype=jnp.int32)
 
 
-def no_transform(hparams: Mapping[str, Array]) -> optax.GradientTransformation:
+def base_only(hparams: Mapping[str, Array],
+              base: optax.GradientTransformation) -> optax.GradientTransformation:
+    """The base optimizer alone (no CL transform)."""
     del hparams
-    return optax.identity()
+    return base
 
 
 def keep_state(ctx: BoundaryContext) -> Any:
-    return ctx.transform_state
+    """A task boundary that changes nothing."""
+    return ctx.opt_state
 
 
-__all__ = ["BoundaryContext", "Method", "current_task_only", "all_tasks_so_far", "no_transform",
-           "keep_state"]
+def get_hparam(hparams: Mapping[str, Array], name: str, method: str) -> Array:
+    """``hparams[name]`` with an error naming the method when it is missing."""
+    if name not in hparams:
+        raise KeyError(f"method {method!r} needs the hyperparameter {name!r}; got "
+                       f"{sorted(hparams)} (set it in the config's 'hparams' or with --sweep)")
+    return hparams[name]
+
+
+__all__ = ["BoundaryContext", "Method", "current_task_only", "all_tasks_so_far", "base_only",
+           "keep_state", "get_hparam"]

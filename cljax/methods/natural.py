@@ -1,0 +1,89 @@
+"""K-FAC Laplace (Ritter et al. 2018) and NCL (Kao et al. 2021) as recipes for ``run_stream``.
+
+* ``kfac_ewc``: the K-FAC Laplace penalty (λ/2) Σ_layers tr(ΔW̄ᵀ A ΔW̄ G) chained before the
+  base optimizer; at each boundary the task's factors (true Fisher, sampled labels) are merged
+  into the running ones by :func:`cljax.transforms.kfac_consolidate` in ``"online"`` mode (the
+  nearest Kronecker product of γ·A⊗G + A_t⊗G_t, see that module).
+* ``ncl`` / ``ncl_kfac``: the NCL preconditioner Λ⁻¹∇ℓ + (θ − μ) followed by SGD (Adam would
+  undo the preconditioning), Λ = s·ΣF + d·I with a diagonal Fisher or K-FAC factors; the base
+  optimizer of the config is *replaced* by SGD with hyperparameter ``learning_rate`` (and static
+  ``momentum``). Inverses are formed once per boundary, inside ``end_task``.
+
+Hyperparameters (arrays, vmappable): ``strength``, ``decay`` (kfac_ewc), ``damping`` and
+``learning_rate`` (NCL).
+"""
+from __future__ import annotations
+
+import jax
+import optax
+
+from cljax import importance as imp
+from cljax import transforms
+from cljax.methods.base import Method, current_task_only, get_hparam
+from cljax.methods.penalties import _check_options, fisher_on_task
+
+
+def _kfac_on_task(ctx, num_examples, chunk_size):
+    k_data, k_labels = jax.random.split(ctx.key)
+    batch = ctx.sample_batch(ctx.task, k_data, num_examples)
+    return imp.kfac_factors(ctx.logits_fn, ctx.params, batch, k_labels, fisher="true",
+                            chunk_size=chunk_size)
+
+
+def kfac_ewc(*, num_examples: int = 1024, chunk_size: int = 256) -> Method:
+    """K-FAC Laplace penalty (Ritter et al. 2018) before the base optimizer."""
+    _check_options("true", num_examples, chunk_size)
+
+    def make_optimizer(hparams, base):
+        return optax.chain(transforms.kfac_penalty(
+            strength=get_hparam(hparams, "strength", "kfac_ewc")), base)
+
+    def end_task(ctx):
+        factors = _kfac_on_task(ctx, num_examples, chunk_size)
+        return transforms.kfac_consolidate(ctx.opt_state, ctx.params, factors, mode="online",
+                                           decay=get_hparam(ctx.hparams, "decay", "kfac_ewc"))
+
+    return Method("kfac_ewc", make_optimizer, current_task_only, end_task,
+                  default_hparams={"strength": 1e4, "decay": 1.0})
+
+
+def ncl(*, fisher: str = "exact", num_examples: int = 1024, chunk_size: int = 256,
+        momentum: float | None = 0.9) -> Method:
+    """Diagonal NCL (Kao et al. 2021): θ ← θ − η[Λ⁻¹∇ℓ_t + (θ − μ)], Λ = s·ΣF + d·I, with SGD."""
+    _check_options(fisher, num_examples, chunk_size)
+
+    def make_optimizer(hparams, base):
+        del base
+        return transforms.ncl(get_hparam(hparams, "learning_rate", "ncl"),
+                              strength=get_hparam(hparams, "strength", "ncl"),
+                              damping=get_hparam(hparams, "damping", "ncl"), momentum=momentum)
+
+    def end_task(ctx):
+        F = fisher_on_task(ctx, fisher=fisher, num_examples=num_examples, chunk_size=chunk_size)
+        return transforms.ncl_consolidate(ctx.opt_state, ctx.params, F)
+
+    return Method("ncl", make_optimizer, current_task_only, end_task,
+                  default_hparams={"strength": 1e3, "damping": 1.0, "learning_rate": 0.05})
+
+
+def ncl_kfac(*, num_examples: int = 1024, chunk_size: int = 256,
+             momentum: float | None = 0.9) -> Method:
+    """K-FAC NCL (Kao et al. 2021): Λ per layer from K-FAC factors, then SGD."""
+    _check_options("true", num_examples, chunk_size)
+
+    def make_optimizer(hparams, base):
+        del base
+        return transforms.ncl_kfac(get_hparam(hparams, "learning_rate", "ncl_kfac"),
+                                   strength=get_hparam(hparams, "strength", "ncl_kfac"),
+                                   damping=get_hparam(hparams, "damping", "ncl_kfac"),
+                                   momentum=momentum)
+
+    def end_task(ctx):
+        factors = _kfac_on_task(ctx, num_examples, chunk_size)
+        return transforms.ncl_kfac_consolidate(ctx.opt_state, ctx.params, factors)
+
+    return Method("ncl_kfac", make_optimizer, current_task_only, end_task,
+                  default_hparams={"strength": 1e3, "damping": 1.0, "learning_rate": 0.05})
+
+
+__all__ = ["kfac_ewc", "ncl", "ncl_kfac"]
