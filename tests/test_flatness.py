@@ -95,8 +95,10 @@ def test_validation_errors(x64):
 
 def test_plot_flatness(tmp_path):
     from cljax.analysis import plots
+    result = analysis.FlatnessResult(*(np.ones((3,)),) * 8)
     path = plots.plot_flatness({"naive": np.array([3.0, 5.0, 8.0]),
-                                "stable": {"lambda_max": [1.0, 1.2, 1.1]}},
+                                "stable": {"lambda_max": [1.0, 1.2, 1.1]},
+                                "result": result, "list": [2.0, 2.5, 3.0]},
                                tmp_path / "flatness.png", log_scale=True)
     assert (tmp_path / "flatness.png").stat().st_size > 1000 and path.endswith("flatness.png")
     with pytest.raises(ValueError, match="runs"):

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax.curvature.hvp import (PerExampleLoss, _chunk_loss_sum, _prepare, _scan_sum,
-                                 check_finite, task_ggn_vp, task_hvp, task_loss)
+                                 check_finite, task_ggn_vp, task_hvp, task_value_and_grad)
 from cljax.curvature.lanczos import _check_key, _top_eigen
 from cljax.curvature.trace import hutchinson_trace
 from cljax.types import Array, Batch, LogitsFn, Params, PRNGKey
@@ -237,9 +237,7 @@ def flatness(logits_fn: LogitsFn, params_per_task: Params, task_data: TaskData, 
 
     @jax.jit
     def loss_and_grad_norm(params, batch, w):
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        loss = task_loss(logits_fn, params, batch, weights=w, **opts)
-        grad, _ = grad_and_hvp(logits_fn, params, batch, zeros, weights=w, **opts)
+        loss, grad = task_value_and_grad(logits_fn, params, batch, weights=w, **opts)
         return loss, jnp.sqrt(sum(jnp.vdot(g, g) for g in jax.tree.leaves(grad)))
 
     @jax.jit

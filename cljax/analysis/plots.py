@@ -88,8 +88,10 @@ def plot_flatness(runs: Mapping[str, Any], path: str | os.PathLike = "flatness.p
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.0))
     for label, res in runs.items():
-        lam = (np.asarray(res, float) if isinstance(res, (list, tuple, np.ndarray))
-               else _get(res, "lambda_max"))
+        if isinstance(res, Mapping) or hasattr(res, "lambda_max"):
+            lam = _get(res, "lambda_max")
+        else:
+            lam = np.asarray(res, float)
         if lam.ndim != 1:
             raise ValueError(f"runs[{label!r}]: λ_max must be 1-D (one per task); got {lam.shape}")
         ax.plot(np.arange(1, lam.size + 1), lam, marker="o", label=str(label))
