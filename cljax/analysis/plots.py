@@ -95,6 +95,8 @@ def plot_flatness(runs: Mapping[str, Any], path: str | os.PathLike = "flatness.p
         if lam.ndim != 1:
             raise ValueError(f"runs[{label!r}]: λ_max must be 1-D (one per task); got {lam.shape}")
         ax.plot(np.arange(1, lam.size + 1), lam, marker="o", label=str(label))
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("task t")
     ax.set_ylabel("λ_max of ∇²ℓ_t at θ*_t")
     if log_scale:
