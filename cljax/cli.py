@@ -3,6 +3,8 @@
 Examples::
 
     cljax run experiments/configs/split_mnist.py --method joint --seeds 3
+    cljax run experiments/configs/split_mnist.py --method ewc --scenarios task \
+        --sweep strength=1e2,1e3,1e4,1e5 --seeds 2
     cljax run experiments/configs/split_mnist.py --scenarios task,class --steps 500 \
         --set optimizer.learning_rate=3e-4 --workdir runs/quick
 """
@@ -51,6 +53,20 @@ def apply_override(config: dict, assignment: str) -> None:
     node[leaf] = _parse_value(value)
 
 
+def parse_sweep(spec: str) -> tuple[str, list[float]]:
+    """``"strength=1e2,1e3"`` → ``("strength", [100.0, 1000.0])``."""
+    if "=" not in spec:
+        raise ValueError(f"--sweep expects name=v1,v2,...; got {spec!r}")
+    name, text = spec.split("=", 1)
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise ValueError(f"--sweep {name}: values must be numbers; got {text!r}") from e
+    if not values:
+        raise ValueError(f"--sweep {name}: no values given")
+    return name.strip(), values
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cljax", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", dest="data_dir", help="tfds data dir (default: $TFDS_DATA_DIR)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override any config entry, dotted for nested keys (repeatable)")
+    run.add_argument("--sweep", action="append", default=[], metavar="NAME=V1,V2,...",
+                     help="sweep a method hyperparameter; all values × seeds run as one vmapped "
+                          "program (repeat for a grid)")
     run.add_argument("--workdir", help="output directory (default: runs/<config>_<method>)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -79,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
             config[key] = value
     for assignment in args.set:
         apply_override(config, assignment)
+    for spec in args.sweep:
+        name, values = parse_sweep(spec)
+        config.setdefault("sweep", {})[name] = values
     workdir = args.workdir or f"runs/{pathlib.Path(args.config).stem}_{config['method']}"
 
     from cljax.experiment import run_experiment  # deferred: imports JAX

@@ -6,12 +6,15 @@ A config is a plain dict (see ``experiments/configs/*.py``, each with ``get_conf
 of the stream builder), ``scenarios`` (subset of 'task', 'domain', 'class'), ``model``
 (``{'kind': 'mlp', 'widths': [...], 'dropout': p}`` or ``{'kind': 'cnn', ...}``), ``optimizer``
 (``{'name': 'adam' | 'sgd', 'learning_rate': ..., ...}``), ``steps`` (per task), ``batch_size``,
-``method``, ``hparams`` (the method's, scalars), ``seeds``, ``seed``, ``eval_chunk``,
+``method``, ``method_options`` (the method's static settings, e.g. ``{"fisher": "true"}``),
+``hparams`` (the method's hyperparameters, scalars), ``sweep`` (``{name: [values]}``: every
+combination × every seed runs as one vmapped program), ``seeds``, ``seed``, ``eval_chunk``,
 ``reset_optimizer``, ``data_dir``.
 """
 from __future__ import annotations
 
 import copy
+import itertools
 import platform
 import sys
 import time
@@ -41,6 +44,8 @@ def validate_config(config: dict) -> dict:
     cfg = copy.deepcopy(config)
     cfg.setdefault("stream_options", {})
     cfg.setdefault("hparams", {})
+    cfg.setdefault("method_options", {})
+    cfg.setdefault("sweep", {})
     cfg.setdefault("seed", 0)
     cfg.setdefault("eval_chunk", 1000)
     cfg.setdefault("reset_optimizer", False)
@@ -54,7 +59,24 @@ def validate_config(config: dict) -> dict:
     for key in ("steps", "batch_size", "seeds"):
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
             raise ValueError(f"config[{key!r}] must be a positive int; got {cfg[key]!r}")
-    get_method(cfg["method"])  # raises on an unknown method
+    method = get_method(cfg["method"], **cfg["method_options"])  # raises on unknown names
+    known = set(method.default_hparams)
+    for source in ("hparams", "sweep"):
+        unknown = set(cfg[source]) - known
+        if unknown:
+            raise ValueError(f"config[{source!r}] names {sorted(unknown)}, which method "
+                             f"{cfg['method']!r} does not take; its hyperparameters are "
+                             f"{sorted(known) or 'none'}")
+    for name, values in cfg["sweep"].items():
+        if not isinstance(values, (list, tuple)) or not values:
+            raise ValueError(f"config['sweep'][{name!r}] must be a non-empty list; got {values!r}")
+        for v in values:
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v) or v < 0:
+                raise ValueError(f"config['sweep'][{name!r}] values must be finite numbers >= 0;"
+                                 f" got {v!r}")
+    for name, v in cfg["hparams"].items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v) or v < 0:
+            raise ValueError(f"config['hparams'][{name!r}] must be a finite number >= 0; got {v!r}")
     if cfg["model"].get("kind") not in ("mlp", "cnn"):
         raise ValueError(f"config['model']['kind'] must be 'mlp' or 'cnn'; got {cfg['model'].get('kind')!r}")
     make_optimizer(cfg["optimizer"])
@@ -91,6 +113,13 @@ def versions() -> dict:
             "numpy": np.__version__, "devices": [str(d) for d in jax.devices()]}
 
 
+def sweep_grid(hparams: dict, sweep: dict) -> list[dict]:
+    """Every combination of the swept values, each merged over the fixed ``hparams``."""
+    names = sorted(sweep)
+    return [{**hparams, **dict(zip(names, combo))}
+            for combo in itertools.product(*(sweep[n] for n in names))]
+
+
 def summarise(R: np.ndarray, b: np.ndarray) -> dict:
     """Every metric of :mod:`cljax.metrics` as ``{'mean', 'sem', 'per_run'}`` over runs."""
     out = {}
@@ -110,9 +139,13 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
     load_seconds = time.perf_counter() - t0
     log(f"loaded {stream.name}: {stream.num_tasks} tasks, train sizes {stream.train.n.tolist()} "
         f"({load_seconds:.1f} s)")
-    method = get_method(cfg["method"])
-    hparams = {**method.default_hparams, **cfg["hparams"]}
-    keys = jax.random.split(jax.random.key(cfg["seed"]), cfg["seeds"])
+    method = get_method(cfg["method"], **cfg["method_options"])
+    grid = sweep_grid({**method.default_hparams, **cfg["hparams"]}, cfg["sweep"])
+    S, G = cfg["seeds"], len(grid)
+    # run g*S + s = grid point g with seed s: every point sees the same seeds
+    keys = jax.random.split(jax.random.key(cfg["seed"]), S)
+    keys = jax.numpy.concatenate([keys] * G)
+    hparams = {name: np.repeat([point[name] for point in grid], S) for name in grid[0]}
     results = {"config": cfg, "versions": versions(), "stream": {
         "name": stream.name, "num_tasks": stream.num_tasks, "classes": stream.classes,
         "train_sizes": stream.train.n.tolist(), "test_sizes": stream.test.n.tolist()},
@@ -140,20 +173,32 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
                          steps_per_call=250 if bar is not None else None, progress=callback)
         if bar is not None:
             bar.close()
-        summary = summarise(res.accuracy, res.init_accuracy)
-        log(f"{name}-IL: ACC {100 * summary['acc']['mean']:.2f} ± {100 * summary['acc']['sem']:.2f}"
-            f" over {cfg['seeds']} seed(s); compile {res.timings['compile_seconds']:.1f} s, "
+        points = []
+        for g, point in enumerate(grid):
+            runs = slice(g * S, (g + 1) * S)
+            summary = summarise(res.accuracy[runs], res.init_accuracy[runs])
+            log(f"{name}-IL {point}: ACC {100 * summary['acc']['mean']:.2f} ± "
+                f"{100 * summary['acc']['sem']:.2f} over {S} seed(s)")
+            points.append({
+                "hparams": point,
+                "accuracy": res.accuracy[runs].tolist(), "loss": res.loss[runs].tolist(),
+                "init_accuracy": res.init_accuracy[runs].tolist(),
+                "init_loss": res.init_loss[runs].tolist(),
+                "final_train_loss": res.train_loss[runs, :, -50:].mean(-1).tolist(),
+                "metrics": summary,
+                "loss_metrics": summarise(res.loss[runs], res.init_loss[runs])})
+        log(f"{name}-IL: {G * S} vmapped run(s); compile {res.timings['compile_seconds']:.1f} s, "
             f"train+eval {res.timings['run_seconds']:.1f} s")
-        results["scenarios"][name] = {
-            "num_heads": scenario.num_heads, "num_outputs": scenario.num_outputs,
-            "accuracy": res.accuracy.tolist(), "loss": res.loss.tolist(),
-            "init_accuracy": res.init_accuracy.tolist(), "init_loss": res.init_loss.tolist(),
-            "final_train_loss": res.train_loss[:, :, -50:].mean(-1).tolist(),
-            "metrics": summary, "loss_metrics": summarise(res.loss, res.init_loss),
-            "timings": res.timings}
+        best = max(range(G), key=lambda g: points[g]["metrics"]["acc"]["mean"])
+        entry = {"num_heads": scenario.num_heads, "num_outputs": scenario.num_outputs,
+                 **points[best], "timings": res.timings}
+        if cfg["sweep"]:
+            entry["best_hparams"] = points[best]["hparams"]
+            entry["sweep"] = points
+        results["scenarios"][name] = entry
     results["total_seconds"] = time.perf_counter() - t0
     return results
 
 
 __all__ = ["validate_config", "make_optimizer", "make_model", "run_experiment", "summarise",
-           "versions"]
+           "sweep_grid", "versions"]

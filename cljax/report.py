@@ -29,9 +29,20 @@ def markdown_report(results: dict) -> str:
         lines.append(f"| {name}-IL | " + " | ".join(_pct(m[k]) if k in m else "–"
                                                    for k in METRIC_NAMES) + " |")
     for name, sc in results["scenarios"].items():
+        if "sweep" not in sc:
+            continue
+        lines += ["", f"## {name}-IL sweep (every point × {cfg['seeds']} seed(s) in one vmapped "
+                  f"program; best by ACC: {sc['best_hparams']})", "",
+                  "| hparams | ACC | BWT | Plasticity | Forgetting (max) |", "|---|---|---|---|---|"]
+        for p in sc["sweep"]:
+            m = p["metrics"]
+            lines.append(f"| {p['hparams']} | {_pct(m['acc'])} | {_pct(m['bwt'])} | "
+                         f"{_pct(m['plasticity'])} | {_pct(m['forgetting'])} |")
+    for name, sc in results["scenarios"].items():
         R = 100 * np.mean(sc["accuracy"], axis=0)
         T = R.shape[0]
-        lines += ["", f"## {name}-IL: accuracy matrix (row = after task i, column = task j, %)", "",
+        best = f" at {sc['best_hparams']}" if "sweep" in sc else ""
+        lines += ["", f"## {name}-IL: accuracy matrix{best} (row = after task i, column = task j, %)", "",
                   "| after \\ on | " + " | ".join(f"T{j + 1}" for j in range(T)) + " |",
                   "|---" * (T + 1) + "|"]
         lines += [f"| T{i + 1} | " + " | ".join(f"{R[i, j]:.2f}" for j in range(T)) + " |"
@@ -94,14 +105,51 @@ def plot_task_curves(results: dict, path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
+def plot_stability_plasticity(results: dict, path: str | os.PathLike) -> None:
+    """ACC, BWT and plasticity (mean R[t, t]) against the swept hyperparameter, per scenario."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    swept = sorted(results["config"]["sweep"])
+    scs = {n: sc for n, sc in results["scenarios"].items() if "sweep" in sc}
+    fig, axes = plt.subplots(1, len(scs), figsize=(4.8 * len(scs), 3.8), squeeze=False)
+    for ax, (name, sc) in zip(axes[0], scs.items()):
+        pts = sc["sweep"]
+        if len(swept) == 1:
+            x = np.array([p["hparams"][swept[0]] for p in pts], dtype=float)
+            xlabel = swept[0]
+        else:
+            x = np.arange(len(pts), dtype=float)
+            xlabel = "grid point (" + ", ".join(swept) + ")"
+        for key, label in (("acc", "ACC"), ("bwt", "BWT"), ("plasticity", "plasticity R[t,t]")):
+            mean = np.array([100 * p["metrics"][key]["mean"] for p in pts])
+            sem = np.array([100 * p["metrics"][key]["sem"] for p in pts])
+            ax.errorbar(x, mean, yerr=sem, marker="o", ms=3, capsize=2, label=label)
+        if len(swept) == 1 and np.all(x > 0) and x.max() / x.min() > 20:
+            ax.set_xscale("log")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("%")
+        ax.set_title(f"{name}-IL: stability–plasticity")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def write_outputs(results: dict, workdir: str | os.PathLike) -> pathlib.Path:
-    """Write results.json, report.md, accuracy_matrix.png and task_curves.png into ``workdir``."""
+    """Write results.json, report.md, accuracy_matrix.png and task_curves.png into ``workdir``
+    (and stability_plasticity.png after a sweep)."""
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
     (workdir / "report.md").write_text(markdown_report(results))
     plot_accuracy_matrices(results, workdir / "accuracy_matrix.png")
     plot_task_curves(results, workdir / "task_curves.png")
+    if results["config"].get("sweep"):
+        plot_stability_plasticity(results, workdir / "stability_plasticity.png")
     return workdir
 
 
@@ -113,4 +161,5 @@ def _json_default(obj):
     raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
-__all__ = ["markdown_report", "plot_accuracy_matrices", "plot_task_curves", "write_outputs"]
+__all__ = ["markdown_report", "plot_accuracy_matrices", "plot_task_curves",
+           "plot_stability_plasticity", "write_outputs"]

@@ -45,3 +45,33 @@ def test_overrides_and_config_validation():
         validate_config({**cfg, "optimizer": {"name": "adam", "learning_rate": -1}})
     with pytest.raises(FileNotFoundError):
         cli.load_config("experiments/configs/nope.py")
+
+
+def test_sweep_runs_every_value_and_plots(tmp_path):
+    workdir = tmp_path / "sweep"
+    with tfds.testing.mock_data(num_examples=200):
+        code = cli.main(["run", "experiments/configs/split_mnist.py", "--method", "ewc",
+                         "--steps", "4", "--seeds", "2", "--scenarios", "task", "--workdir",
+                         str(workdir), "--no-progress", "--sweep", "strength=0,1e3",
+                         "--set", "model.widths=[8]", "--set", "eval_chunk=64",
+                         "--set", "method_options={'num_examples': 16, 'chunk_size': 8}"])
+    assert code == 0
+    results = json.loads((workdir / "results.json").read_text())
+    sweep = results["scenarios"]["task"]["sweep"]
+    assert [p["hparams"]["strength"] for p in sweep] == [0.0, 1e3]
+    assert all(len(p["accuracy"]) == 2 for p in sweep)
+    assert (workdir / "stability_plasticity.png").stat().st_size > 0
+    assert "sweep" in (workdir / "report.md").read_text()
+
+
+def test_sweep_and_hparam_validation():
+    cfg = cli.load_config("experiments/configs/split_mnist.py")
+    assert cli.parse_sweep("strength=1e2,1e3") == ("strength", [100.0, 1000.0])
+    with pytest.raises(ValueError, match="numbers"):
+        cli.parse_sweep("strength=big")
+    with pytest.raises(ValueError, match="does not take"):
+        validate_config({**cfg, "method": "ewc", "sweep": {"lambda": [1.0]}})
+    with pytest.raises(ValueError, match=">= 0"):
+        validate_config({**cfg, "method": "ewc", "hparams": {"strength": -1.0}})
+    with pytest.raises(ValueError, match="non-empty list"):
+        validate_config({**cfg, "method": "ewc", "sweep": {"strength": []}})
