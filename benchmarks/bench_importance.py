@@ -97,7 +97,8 @@ def bench_model(label: str, model, params, batch, chunk: int, repeats: int, vmap
         kw = dict(kind=kind, num_samples=1, chunk_size=chunk, implementation=impl)
         k = key if kind in ("true", "kfac_true") else None
         fn = functools.partial(_layers._estimate_jit, f, params, batch, k, **kw)
-        t = best_time(fn, repeats)
+        # the vmap(grad) fallback is ~100x slower: time it once after the warm-up run
+        t = best_time(fn, repeats if impl == "auto" else 1)
         print(json.dumps({**common, "estimator": kind, "implementation": impl, "seconds": t,
                           "ratio": t / t_vg,
                           "xla_temp_bytes": temp_bytes(_layers._estimate_jit, f, params, batch,

@@ -380,12 +380,14 @@ def _chunk_contribution(kind: str, logits_fn: LogitsFn, params: Params, plan: Pl
         for spec, a, g in zip(specs, inputs, cots):
             a3 = _layer_inputs_3d(a, spec)  # [B, P, in]
             positions = a3.shape[1]
-            if spec.bias_index is not None:
-                a3 = jnp.concatenate([a3, jnp.ones(a3.shape[:-1] + (1,), a3.dtype)], axis=-1)
-            a3 = a3 * w[:, None, None].astype(a3.dtype)
             af = a3.reshape(-1, a3.shape[-1])
+            wf = jnp.repeat(w.astype(af.dtype), positions)          # 0/1 example weights
+            aa = (af * wf[:, None]).T @ af                          # Σ w a aᵀ (w² = w)
+            if spec.bias_index is not None:  # ā = [a, 1]: border with Σ w a and Σ w
+                col = (wf @ af)[:, None]
+                aa = jnp.block([[aa, col], [col.T, jnp.sum(wf).reshape(1, 1)]])
             gf = g.reshape(-1, g.shape[-1])
-            factors[spec.name] = (af.T @ af, (gf.T @ gf) / positions)
+            factors[spec.name] = (aa, (gf.T @ gf) / positions)
         out["factors"] = factors
         return out
 
@@ -500,8 +502,8 @@ def estimate(kind: str, logits_fn: LogitsFn, params: Params, batch: Batch, key: 
     n = int(jnp.shape(batch["x"])[0])
     if n == 0:
         raise ValueError(f"{fn_name}: batch['x'] has no examples")
-    batch = {k: v for k, v in batch.items() if k in ("x", "y", "task")} if require_y else \
-        {k: v for k, v in batch.items() if k in ("x", "task")}
+    # labels are dropped where unused (true/exact/MAS); every other key is chunked with x
+    batch = {k: v for k, v in batch.items() if require_y or k != "y"}
     for k, v in batch.items():
         if jnp.ndim(v) < 1 or jnp.shape(v)[0] != n:
             raise ValueError(f"{fn_name}: batch['{k}'] must have a leading axis of {n} examples "

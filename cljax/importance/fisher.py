@@ -2,11 +2,11 @@
 
 For softmax cross-entropy with p = softmax(f(x; θ)) and g_y = ∂ log p(y|x) / ∂θ (one example):
 
-* true Fisher (Kirkpatrick et al. 2017, PNAS, the F of EWC's eq. 3; Martens 2020 "New insights and
-  perspectives on the natural gradient method", §5 for the names):
+* true Fisher (Kirkpatrick et al. 2017, PNAS, the F_i of EWC's penalty, eq. 3; Martens 2020 "New
+  insights and perspectives on the natural gradient method" for the names):
   F_i = E_{x~D} E_{y~p_θ(·|x)} [g_{y,i}²], the inner expectation by Monte Carlo;
 * exact Fisher: the inner expectation in closed form, Σ_y p(y|x) g_{y,i}² — equal to the diagonal
-  of the generalised Gauss–Newton matrix Jᵀ(diag(p) − ppᵀ)J for softmax CE (Martens 2020, §9.2);
+  of the generalised Gauss–Newton matrix Jᵀ(diag(p) − ppᵀ)J for softmax CE (Martens 2020);
 * empirical Fisher: y = the dataset label (Kunstner et al. 2019 explain its bias).
 
 **Scale.** Every estimator returns the **mean over the examples of ``batch`` of per-example squared

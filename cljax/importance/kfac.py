@@ -1,7 +1,7 @@
 """K-FAC Kronecker factors per layer and products with them.
 
 Martens & Grosse 2015 (ICML), "Optimizing neural networks with Kronecker-factored approximate
-curvature", §3 eq. (1)–(3): for a dense layer s = ā W̄ (flax layout: W̄ = [W; b] is [in+1, out],
+curvature", §3: for a dense layer s = ā W̄ (flax layout: W̄ = [W; b] is [in+1, out],
 ā = [a, 1]) the Fisher block is approximated by A ⊗ G with
 
     A = E[ā āᵀ]  ([in+1, in+1]; [in, in] without bias),   G = E[g gᵀ]  ([out, out]),
@@ -11,7 +11,8 @@ g = ∂ log p(y|x) / ∂s, y sampled from the model (``fisher="true"``) or the d
 vec(ΔW̄)ᵀ (A ⊗ G) vec(ΔW̄) = tr(ΔW̄ᵀ A ΔW̄ G) (row-major vec), the matrix-vector product is A ΔW̄ G
 and (A ⊗ G + λI)⁻¹ is applied through the eigendecompositions of A and G.
 
-**Conv layers** (KFC, Grosse & Martens 2016, ICML, §3.1 eq. 15–16, assumptions IAD/SH/SUD): with
+**Conv layers** (KFC, Grosse & Martens 2016, ICML, §3, their Ω and Γ under the IAD/SH/SUD
+assumptions): with
 im2col patches ā_{n,t} ([kh·kw·cin (+1)], the kernel's row-major order, t over the T output
 positions) and output cotangents g_{n,t},
 
@@ -51,7 +52,7 @@ FISHER_TYPES = ("true", "empirical")
 def kfac_factors(logits_fn: LogitsFn, params: Params, batch: Batch, key: PRNGKey | None = None, *,
                  fisher: str = "true", num_samples: int = 1, chunk_size: int | None = None
                  ) -> dict[str, KFACFactors]:
-    """K-FAC factors {layer name: KFACFactors(A, G)} (Martens & Grosse 2015 eq. 1–3; KFC for conv).
+    """K-FAC factors {layer name: KFACFactors(A, G)} (Martens & Grosse 2015 §3; KFC for conv).
 
     Args:
       logits_fn: ``logits_fn(params, batch) -> logits[B, C]`` built from flax Dense/Conv layers.

@@ -1,6 +1,6 @@
 """Synaptic Intelligence (Zenke, Poole & Ganguli 2017, ICML): path integral and importance.
 
-During task μ every step accumulates, per parameter (paper eq. 3 discretised, §4):
+During task μ every step accumulates, per parameter (the path integral of §3, discretised):
 
     ω_i^μ ← ω_i^μ − g_i · Δθ_i,
 
@@ -67,7 +67,7 @@ def _check_same(tree: Any, ref: Any, name: str, ref_name: str) -> None:
 
 
 def track_path_integral() -> optax.GradientTransformationExtraArgs:
-    """SI path integral as the last link of an optax chain (Zenke et al. 2017, eq. 3).
+    """SI path integral as the last link of an optax chain (Zenke et al. 2017, §3).
 
     ``update(updates, state, params=None, *, task_grads)``: ``updates`` are the final updates Δθ
     (returned unchanged), ``task_grads`` the gradient of the unregularised task loss at the step's
@@ -92,7 +92,7 @@ def track_path_integral() -> optax.GradientTransformationExtraArgs:
 
 
 def with_path_integral(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
-    """Wrap ``inner`` so its state also tracks SI's ω (Zenke et al. 2017, eq. 3).
+    """Wrap ``inner`` so its state also tracks SI's ω (Zenke et al. 2017, §3).
 
     The gradient passed to ``update`` feeds ω (pass the task-loss gradient and put penalties inside
     ``inner``); the update ``inner`` returns is Δθ. Extra args are forwarded to ``inner``.
