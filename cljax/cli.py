@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sweep", action="append", default=[], metavar="NAME=V1,V2,...",
                      help="sweep a method hyperparameter; all values × seeds run as one vmapped "
                           "program (repeat for a grid)")
+    run.add_argument("--analysis", choices=["flatness"],
+                     help="after training: λ_max per task and the forgetting bound")
     run.add_argument("--workdir", help="output directory (default: runs/<config>_<method>)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -92,10 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = load_config(args.config)
-    for key in ("method", "seeds", "seed", "steps", "batch_size", "scenarios", "data_dir"):
+    for key in ("method", "seeds", "seed", "steps", "batch_size", "scenarios", "data_dir",
+                "analysis"):
         value = getattr(args, key)
         if value is not None:
             config[key] = value
+    if args.steps is not None:
+        config["epochs"] = None  # an explicit step count wins over epochs
     for assignment in args.set:
         apply_override(config, assignment)
     for spec in args.sweep:
@@ -115,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = run_experiment(config, progress_factory=progress_factory)
     out = write_outputs(results, workdir)
-    print(f"wrote {out}/results.json, report.md, accuracy_matrix.png, task_curves.png")
+    print(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} in {out}")
     print((out / "report.md").read_text())
     return 0
 

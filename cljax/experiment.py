@@ -9,7 +9,11 @@ of the stream builder), ``scenarios`` (subset of 'task', 'domain', 'class'), ``m
 ``method``, ``method_options`` (the method's static settings, e.g. ``{"fisher": "true"}``),
 ``hparams`` (the method's hyperparameters, scalars), ``sweep`` (``{name: [values]}``: every
 combination × every seed runs as one vmapped program), ``seeds``, ``seed``, ``eval_chunk``,
-``reset_optimizer``, ``data_dir``.
+``reset_optimizer``, ``data_dir``, ``epochs`` (if set, replaces ``steps``: epochs over the
+largest task's training set), ``analysis`` (None or ``"flatness"``: keep θ*_t and report
+λ_max per task and the forgetting bound, see :mod:`cljax.analysis`), ``analysis_options``, and
+``regimes`` (``{name: {dotted.key: value}}``: run the experiment once per regime, e.g. Mirzadeh
+et al.'s "naive" and "stable" training regimes, and report them side by side).
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from cljax import metrics
 from cljax.data import SCENARIOS, load_stream, make_scenario
 from cljax.methods import get_method
 from cljax.nn import CNN, MLP, as_model
-from cljax.training import make_trainer, prepare_data, run_stream
+from cljax.training import make_batch, make_trainer, prepare_data, run_stream
 
 REQUIRED_KEYS = ("dataset", "stream", "scenarios", "model", "optimizer", "steps", "batch_size",
                  "method", "seeds")
@@ -50,6 +54,12 @@ def validate_config(config: dict) -> dict:
     cfg.setdefault("eval_chunk", 1000)
     cfg.setdefault("reset_optimizer", False)
     cfg.setdefault("data_dir", None)
+    cfg.setdefault("epochs", None)
+    cfg.setdefault("analysis", None)
+    cfg.setdefault("analysis_options", {})
+    cfg.setdefault("regimes", {})
+    if cfg["analysis"] not in (None, "flatness"):
+        raise ValueError(f"config['analysis'] must be None or 'flatness'; got {cfg['analysis']!r}")
     if isinstance(cfg["scenarios"], str):
         cfg["scenarios"] = [s.strip() for s in cfg["scenarios"].split(",")]
     cfg["scenarios"] = list(cfg["scenarios"])
@@ -79,17 +89,31 @@ def validate_config(config: dict) -> dict:
             raise ValueError(f"config['hparams'][{name!r}] must be a finite number >= 0; got {v!r}")
     if cfg["model"].get("kind") not in ("mlp", "cnn"):
         raise ValueError(f"config['model']['kind'] must be 'mlp' or 'cnn'; got {cfg['model'].get('kind')!r}")
-    make_optimizer(cfg["optimizer"])
+    make_optimizer(cfg["optimizer"], steps_per_task=cfg["steps"])
     return cfg
 
 
-def make_optimizer(spec: dict) -> optax.GradientTransformation:
-    """An optax optimizer from ``{'name': 'adam'|'sgd', 'learning_rate': lr, ...}``."""
+def make_optimizer(spec: dict, *, steps_per_task: int) -> optax.GradientTransformation:
+    """An optax optimizer from ``{'name': 'adam'|'sgd', 'learning_rate': lr, ...}``.
+
+    ``task_decay: γ`` (with optional ``min_learning_rate``) decays the learning rate per task,
+    lr·γ^t floored at the minimum (Mirzadeh et al. 2020): a schedule of the optimizer's step
+    count, so nothing recompiles between tasks. Other keys go to the optax constructor.
+    """
     spec = dict(spec)
     name = spec.pop("name", None)
     lr = spec.pop("learning_rate", None)
     if not isinstance(lr, (int, float)) or lr <= 0:
         raise ValueError(f"optimizer learning_rate must be a positive number; got {lr!r}")
+    decay = spec.pop("task_decay", None)
+    floor = spec.pop("min_learning_rate", 0.0)
+    if decay is not None:
+        if not isinstance(decay, (int, float)) or not 0 < decay <= 1:
+            raise ValueError(f"optimizer task_decay must be in (0, 1]; got {decay!r}")
+        base_lr = lr
+
+        def lr(count):  # noqa: F811 — the schedule replaces the constant
+            return jax.numpy.maximum(base_lr * decay ** (count // steps_per_task), floor)
     if name == "adam":
         return optax.adam(lr, **spec)
     if name == "sgd":
@@ -129,16 +153,76 @@ def summarise(R: np.ndarray, b: np.ndarray) -> dict:
     return out
 
 
+def task_eval_data(data) -> dict:
+    """Every task's whole test set as model-ready stacked arrays ``x [T, N, ...]``, ``y``, ``task``
+    (rows past ``data.test.n[t]`` are padding)."""
+    T, N = data.test.y.shape
+    tasks = jax.numpy.repeat(jax.numpy.arange(T, dtype=jax.numpy.int32), N)
+    idx = jax.numpy.tile(jax.numpy.arange(N, dtype=jax.numpy.int32), T)
+    flat = make_batch(data, data.test, tasks, idx)
+    return {k: v.reshape((T, N) + v.shape[1:]) for k, v in flat.items()}
+
+
+def flatness_analysis(model, data, task_params, *, runs, seed: int, log=print,
+                      max_seeds: int = 1, num_iters: int = 50, tol: float = 1e-3,
+                      chunk_size: int = 1000, curvature: str = "hessian") -> dict:
+    """λ_max per task and the forgetting bound (seed 000 eq. 19–20) for the first ``max_seeds``
+    of ``runs``, on each task's test set (the data of the accuracy matrix)."""
+    from cljax import analysis
+
+    task_data = task_eval_data(data)
+    counts = [int(c) for c in np.asarray(data.test.n)]
+    out = []
+    for r in list(runs)[:max_seeds]:
+        params_r = jax.tree.map(lambda p: p[r], task_params)
+        key = jax.random.fold_in(jax.random.key(seed), r)
+        t0 = time.perf_counter()
+        flat = analysis.flatness(model.logits_fn, params_r, task_data, key, num_iters=num_iters,
+                                 tol=tol, chunk_size=chunk_size, counts=counts,
+                                 curvature=curvature)
+        bound = analysis.forgetting_bound(model.logits_fn, params_r, task_data,
+                                          lambda_max=flat.lambda_max, chunk_size=chunk_size,
+                                          counts=counts, curvature=curvature)
+        seconds = time.perf_counter() - t0
+        log(f"  run {r}: λ_max per task {np.round(flat.lambda_max, 3).tolist()}; bound holds for "
+            f"{bound.summary['frac_measured_le_bound']:.2f} of pairs ({seconds:.1f} s)")
+        out.append({"run": r, "flatness": analysis.to_json(flat),
+                    "bound": analysis.to_json(bound), "seconds": seconds})
+    return {"curvature": curvature, "data": "test set of each task", "runs": out}
+
+
 def run_experiment(config: dict, *, progress_factory: Callable | None = None,
                    log: Callable[[str], None] = print) -> dict:
-    """Run every scenario of ``config``; return the results dict written to ``results.json``."""
+    """Run every scenario of ``config`` (and every regime); return the results dict written to
+    ``results.json``."""
     cfg = validate_config(config)
+    if cfg["regimes"]:
+        out = {"config": cfg, "versions": versions(), "regimes": {}}
+        for regime, overrides in cfg["regimes"].items():
+            sub = copy.deepcopy({k: v for k, v in cfg.items() if k != "regimes"})
+            for dotted, value in overrides.items():
+                *parents, leaf = dotted.split(".")
+                node = sub
+                for part in parents:
+                    node = node[part]
+                node[leaf] = value
+            log(f"regime {regime}: {overrides}")
+            out["regimes"][regime] = run_experiment(sub, progress_factory=progress_factory,
+                                                    log=log)
+        return out
     t0 = time.perf_counter()
     stream = load_stream(cfg["dataset"], cfg["stream"], data_dir=cfg["data_dir"],
                          **cfg["stream_options"])
     load_seconds = time.perf_counter() - t0
     log(f"loaded {stream.name}: {stream.num_tasks} tasks, train sizes {stream.train.n.tolist()} "
         f"({load_seconds:.1f} s)")
+    if cfg["epochs"] is not None:
+        if not isinstance(cfg["epochs"], (int, float)) or cfg["epochs"] <= 0:
+            raise ValueError(f"config['epochs'] must be a positive number; got {cfg['epochs']!r}")
+        cfg["steps"] = max(1, int(np.ceil(cfg["epochs"] * int(stream.train.n.max())
+                                          / cfg["batch_size"])))
+        log(f"{cfg['epochs']} epoch(s) of {int(stream.train.n.max())} examples at batch "
+            f"{cfg['batch_size']} = {cfg['steps']} steps per task")
     method = get_method(cfg["method"], **cfg["method_options"])
     grid = sweep_grid({**method.default_hparams, **cfg["hparams"]}, cfg["sweep"])
     S, G = cfg["seeds"], len(grid)
@@ -146,7 +230,7 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
     keys = jax.random.split(jax.random.key(cfg["seed"]), S)
     keys = jax.numpy.concatenate([keys] * G)
     hparams = {name: np.repeat([point[name] for point in grid], S) for name in grid[0]}
-    results = {"config": cfg, "versions": versions(), "stream": {
+    results = {"config": copy.deepcopy(cfg), "versions": versions(), "stream": {
         "name": stream.name, "num_tasks": stream.num_tasks, "classes": stream.classes,
         "train_sizes": stream.train.n.tolist(), "test_sizes": stream.test.n.tolist()},
         "load_seconds": load_seconds, "scenarios": {}}
@@ -154,7 +238,8 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
         scenario = make_scenario(stream, name)
         model = make_model(cfg["model"], num_outputs=scenario.num_outputs,
                            num_heads=scenario.num_heads)
-        trainer = make_trainer(model, method, optimizer=make_optimizer(cfg["optimizer"]),
+        trainer = make_trainer(model, method, optimizer=make_optimizer(
+                                   cfg["optimizer"], steps_per_task=cfg["steps"]),
                                batch_size=cfg["batch_size"], input_shape=stream.input_shape,
                                eval_chunk=cfg["eval_chunk"],
                                reset_optimizer=cfg["reset_optimizer"])
@@ -170,7 +255,8 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
                 bar.set_description(f"{name}-IL task {task + 1}/{stream.num_tasks}")
                 bar.update(delta)
         res = run_stream(trainer, data, num_steps=cfg["steps"], keys=keys, hparams=hparams,
-                         steps_per_call=250 if bar is not None else None, progress=callback)
+                         steps_per_call=250 if bar is not None else None, progress=callback,
+                         keep_params=cfg["analysis"] == "flatness")
         if bar is not None:
             bar.close()
         points = []
@@ -195,10 +281,15 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
         if cfg["sweep"]:
             entry["best_hparams"] = points[best]["hparams"]
             entry["sweep"] = points
+        if cfg["analysis"] == "flatness":
+            entry["analysis"] = flatness_analysis(model, data, res.task_params,
+                                                  runs=range(best * S, best * S + S),
+                                                  seed=cfg["seed"], log=log,
+                                                  **cfg["analysis_options"])
         results["scenarios"][name] = entry
     results["total_seconds"] = time.perf_counter() - t0
     return results
 
 
 __all__ = ["validate_config", "make_optimizer", "make_model", "run_experiment", "summarise",
-           "sweep_grid", "versions"]
+           "sweep_grid", "versions", "task_eval_data", "flatness_analysis"]

@@ -15,8 +15,43 @@ def _pct(entry: dict) -> str:
     return f"{100 * entry['mean']:.2f} ± {100 * entry['sem']:.2f}"
 
 
+def _analysis_section(name: str, analysis: dict) -> list[str]:
+    lines = ["", f"## {name}-IL: flatness and the forgetting bound ({analysis['curvature']} of "
+             f"each task's mean test loss at θ*_t; seed 000 eq. 19–20)"]
+    for run in analysis["runs"]:
+        flat, bound = run["flatness"], run["bound"]
+        T = len(flat["lambda_max"])
+        s = bound["summary"]
+        final = s["final_forgetting"] + [float("nan")]
+        lines += ["", f"Run {run['run']} ({run['seconds']:.1f} s):", "",
+                  "| task | λ_max(H_t) | ‖∇ℓ_t(θ*_t)‖ | HVPs | ℓ_t(θ*_t) | forgetting ℓ_t(θ*_T) − ℓ_t(θ*_t) |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| T{t + 1} | {flat['lambda_max'][t]:.4g} | {flat['grad_norm'][t]:.3g} | "
+                  f"{flat['num_matvecs'][t]} | {flat['loss'][t]:.4g} | {final[t]:.4g} |"
+                  for t in range(T)]
+        lines += ["", "| pair (i, j) | measured ℓ_i(θ*_j) − ℓ_i(θ*_i) | ½ΔθᵀH_iΔθ | "
+                  "½λ_max‖Δθ‖² | measured ≤ bound |", "|---|---|---|---|---|"]
+        for i, j, m, q, b in zip(bound["pair_i"], bound["pair_j"], bound["measured"],
+                                 bound["quadratic"], bound["bound"]):
+            lines.append(f"| ({i + 1}, {j + 1}) | {m:.4g} | {q:.4g} | {b:.4g} | "
+                         f"{'yes' if m <= b else 'no'} |")
+        lines += ["", f"The bound holds for {100 * s['frac_measured_le_bound']:.0f} % of "
+                  f"{s['num_pairs']} pairs; median measured/bound "
+                  f"{s['median_ratio_measured_to_bound']:.3g}, measured/quadratic "
+                  f"{s['median_ratio_measured_to_quadratic']:.3g}; Spearman(λ_max, final "
+                  f"forgetting) = {s['spearman_lambda_max_forgetting']:.3g}."]
+    return lines
+
+
 def markdown_report(results: dict) -> str:
-    """Tables of every metric (mean ± SEM over seeds, in %) and the mean accuracy matrices."""
+    """Tables of every metric (mean ± SEM over seeds, in %) and the mean accuracy matrices
+    (one section per regime when the config has regimes)."""
+    if "regimes" in results:
+        parts = [f"# Regimes: {', '.join(results['regimes'])}", ""]
+        for regime, sub in results["regimes"].items():
+            text = markdown_report(sub).replace("\n## ", "\n### ")
+            parts.append(f"## Regime `{regime}`: " + text.removeprefix("# "))
+        return "\n".join(parts)
     cfg = results["config"]
     lines = [f"# {results['stream']['name']} — method `{cfg['method']}`", "",
              f"{cfg['seeds']} seed(s), {cfg['steps']} steps/task, batch {cfg['batch_size']}, "
@@ -47,6 +82,8 @@ def markdown_report(results: dict) -> str:
                   "|---" * (T + 1) + "|"]
         lines += [f"| T{i + 1} | " + " | ".join(f"{R[i, j]:.2f}" for j in range(T)) + " |"
                   for i in range(T)]
+        if "analysis" in sc:
+            lines += _analysis_section(name, sc["analysis"])
         t = sc["timings"]
         lines += ["", f"Compile {t['compile_seconds']:.1f} s; training + evaluation "
                   f"{t['run_seconds']:.1f} s for {cfg['seeds']} vmapped seed(s)."]
@@ -146,11 +183,46 @@ def write_outputs(results: dict, workdir: str | os.PathLike) -> pathlib.Path:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
     (workdir / "report.md").write_text(markdown_report(results))
+    if "regimes" in results:
+        for regime, sub in results["regimes"].items():
+            write_outputs(sub, workdir / regime)
+        write_analysis_plots(results, workdir)
+        return workdir
+    write_analysis_plots(results, workdir)
     plot_accuracy_matrices(results, workdir / "accuracy_matrix.png")
     plot_task_curves(results, workdir / "task_curves.png")
     if results["config"].get("sweep"):
         plot_stability_plasticity(results, workdir / "stability_plasticity.png")
     return workdir
+
+
+def _analysed(results: dict):
+    """(label, scenario results) of every analysed scenario, across regimes."""
+    if "regimes" in results:
+        for regime, sub in results["regimes"].items():
+            for label, sc in _analysed(sub):
+                yield f"{regime} {label}", sc
+        return
+    for name, sc in results["scenarios"].items():
+        if "analysis" in sc:
+            yield f"{name}-IL", sc
+
+
+def write_analysis_plots(results: dict, workdir: pathlib.Path) -> None:
+    """flatness.png (λ_max per task, a line per scenario/regime and analysed run) and bound.png
+    (measured vs estimate vs bound; bound_<label>.png for each when there are several)."""
+    found = list(_analysed(results))
+    if not found:
+        return
+    from cljax.analysis import plot_bound, plot_flatness
+
+    lines = {f"{label} (run {run['run']})": run["flatness"]
+             for label, sc in found for run in sc["analysis"]["runs"]}
+    plot_flatness(lines, workdir / "flatness.png", title="λ_max of each task's loss at θ*_t")
+    for label, sc in found:
+        run = sc["analysis"]["runs"][0]
+        name = "bound.png" if len(found) == 1 else f"bound_{label.replace(' ', '_')}.png"
+        plot_bound(run["bound"], workdir / name, title=f"{label}, run {run['run']}")
 
 
 def _json_default(obj):
@@ -162,4 +234,4 @@ def _json_default(obj):
 
 
 __all__ = ["markdown_report", "plot_accuracy_matrices", "plot_task_curves",
-           "plot_stability_plasticity", "write_outputs"]
+           "plot_stability_plasticity", "write_analysis_plots", "write_outputs"]
