@@ -30,8 +30,8 @@ def plot_bound(result: Any, path: str | os.PathLike = "bound.png", *,
                title: str | None = None) -> str:
     """Log-log scatter of the measured loss increase ℓ_i(θ*_j) − ℓ_i(θ*_i) (x) against the
     quadratic estimate ½ΔθᵀH_iΔθ and the bound ½λ_max‖Δθ‖² (y), one point per pair i < j, with
-    the line y = x: points above it over-estimate forgetting (seed 000 eq. 19–20). Pairs with a
-    non-positive value cannot be drawn on log axes; their number is given in the legend.
+    the line y = x: points above it over-estimate forgetting (seed 000 eq. 19–20). Log axes when
+    every value is positive, symlog otherwise (negative forgetting stays visible).
 
     Args:
       result: a :class:`cljax.analysis.ForgettingBound` or its ``to_json`` dict.
@@ -42,20 +42,25 @@ def plot_bound(result: Any, path: str | os.PathLike = "bound.png", *,
     plt = _pyplot()
     measured, quad, bound = (_get(result, k) for k in ("measured", "quadratic", "bound"))
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    lo, hi = np.inf, -np.inf
+    finite = np.isfinite(measured) & np.isfinite(quad) & np.isfinite(bound)
+    # log axes when every value is positive; otherwise symlog (a loss can *decrease* when a later
+    # task helps an earlier one, and those pairs must stay visible)
+    positive = bool(np.all(measured[finite] > 0) and np.all(quad[finite] > 0))
     for values, label, marker in ((quad, "quadratic ½ΔθᵀHΔθ", "o"),
                                   (bound, "bound ½λ_max‖Δθ‖²", "^")):
-        ok = (measured > 0) & (values > 0) & np.isfinite(measured) & np.isfinite(values)
-        dropped = int((~ok).sum())
-        ax.scatter(measured[ok], values[ok], marker=marker, alpha=0.75,
-                   label=label + (f" ({dropped} non-positive pairs not shown)" if dropped else ""))
-        if ok.any():
-            lo = min(lo, measured[ok].min(), values[ok].min())
-            hi = max(hi, measured[ok].max(), values[ok].max())
-    if np.isfinite(lo):
+        ax.scatter(measured[finite], values[finite], marker=marker, alpha=0.75, label=label)
+    if finite.any():
+        allv = np.concatenate([measured[finite], quad[finite], bound[finite]])
+        lo, hi = allv.min(), allv.max()
         ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = measured")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        if positive:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        else:
+            nonzero = np.abs(allv[allv != 0])
+            thresh = float(nonzero.min()) if nonzero.size else 1.0
+            ax.set_xscale("symlog", linthresh=thresh)
+            ax.set_yscale("symlog", linthresh=thresh)
     summary = result["summary"] if isinstance(result, Mapping) else result.summary
     frac = summary.get("frac_measured_le_bound") if summary else None
     ax.set_xlabel("measured forgetting ℓ_i(θ*_j) − ℓ_i(θ*_i)")
