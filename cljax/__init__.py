@@ -1,4 +1,31 @@
-"""cljax: continual learning in JAX."""
-from cljax import nn, types
+"""cljax: continual learning in JAX.
 
-__all__ = ["nn", "types"]
+Subpackages (each a namespace of pure functions on pytrees):
+
+* :mod:`cljax.importance` — diagonal Fisher (empirical / true / exact), MAS, K-FAC factors, SI.
+* :mod:`cljax.curvature` — Hessian / GGN-vector products, Lanczos, Hutchinson, spectral density.
+* :mod:`cljax.transforms` — optax transforms: quadratic penalty (EWC, online EWC, SI, MAS, L2),
+  K-FAC Laplace penalty, NCL.
+* :mod:`cljax.methods` — CL methods as recipes for :func:`cljax.training.run_stream`.
+* :mod:`cljax.data`, :mod:`cljax.nn`, :mod:`cljax.training`, :mod:`cljax.metrics`,
+  :mod:`cljax.analysis` — streams, models, jitted/vmapped training, metrics, flatness and the
+  forgetting bound.
+"""
+from cljax import (analysis, curvature, data, importance, methods, metrics, nn, training,
+                   transforms, types)
+from cljax.importance import (empirical_fisher_diagonal, exact_fisher_diagonal, kfac_factors,
+                              mas_importance, si_importance, track_path_integral,
+                              true_fisher_diagonal, with_path_integral)
+from cljax.training import make_trainer, prepare_data, run_stream
+from cljax.transforms import consolidate, quadratic_penalty
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "analysis", "curvature", "data", "importance", "methods", "metrics", "nn", "training",
+    "transforms", "types",
+    "empirical_fisher_diagonal", "true_fisher_diagonal", "exact_fisher_diagonal",
+    "mas_importance", "kfac_factors", "track_path_integral", "with_path_integral",
+    "si_importance", "quadratic_penalty", "consolidate", "make_trainer", "prepare_data",
+    "run_stream",
+]

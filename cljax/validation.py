@@ -58,7 +58,8 @@ def check_finite(tree: Any, *, name: str) -> None:
     """No NaN/inf in a concrete pytree (skipped for traced values)."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
         if is_concrete(leaf) and jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.inexact):
-            if not bool(jnp.all(jnp.isfinite(leaf))):
+            # numpy, not jnp: inside a trace a jnp op on a closed-over array is staged, not run
+            if not np.all(np.isfinite(np.asarray(leaf))):
                 raise FloatingPointError(
                     f"{name}{jax.tree_util.keystr(path)} contains NaN or inf values")
 
