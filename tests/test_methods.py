@@ -1,0 +1,128 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cljax import importance, transforms
+from cljax.data import make_scenario, split_tasks
+from cljax.methods import METHODS, get_method
+from cljax.nn import MLP, as_model
+from cljax.training import make_trainer, prepare_data, run_stream
+from helpers import tiny_dataset
+
+SMALL = {"num_examples": 16, "chunk_size": 8}
+PENALTY_METHODS = ["ewc", "online_ewc", "si", "mas", "l2", "kfac_ewc"]
+
+
+def _build(name, model=None, scenario="task", **options):
+    ds = tiny_dataset(num_classes=6, n=90)
+    s = split_tasks(ds, tiny_dataset(num_classes=6, n=45, seed=1), tasks=[[0, 1], [2, 3], [4, 5]])
+    sc = make_scenario(s, scenario)
+    model = model or as_model(MLP((12,), sc.num_outputs, num_heads=sc.num_heads))
+    if name not in ("none", "joint", "l2", "si"):
+        options = {**SMALL, **options}
+    method = get_method(name, **options)
+    tr = make_trainer(model, method, optimizer=optax.adam(1e-2), batch_size=8,
+                      input_shape=s.input_shape, eval_chunk=16)
+    return method, tr, prepare_data(s, sc, eval_chunk=16)
+
+
+@pytest.mark.parametrize("name", PENALTY_METHODS)
+def test_zero_strength_reproduces_fine_tuning(name):
+    keys = jax.random.split(jax.random.key(3), 1)
+    _, tr0, data = _build("none")
+    base = run_stream(tr0, data, num_steps=12, keys=keys)
+    method, tr, data = _build(name)
+    res = run_stream(tr, data, num_steps=12, keys=keys,
+                     hparams={**method.default_hparams, "strength": 0.0})
+    np.testing.assert_allclose(res.train_loss, base.train_loss, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(res.accuracy, base.accuracy, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["ewc", "si"])
+def test_vmapped_strength_sweep_equals_separate_runs(name):
+    method, tr, data = _build(name)
+    keys = jax.random.split(jax.random.key(0), 2)
+    strengths = np.array([1.0, 1.0, 50.0, 50.0])
+    both = run_stream(tr, data, num_steps=10, keys=jnp.concatenate([keys, keys]),
+                      hparams={**method.default_hparams, "strength": strengths})
+    for r, lam in enumerate(strengths):
+        alone = run_stream(tr, data, num_steps=10, keys=keys[r % 2:r % 2 + 1],
+                           hparams={**method.default_hparams, "strength": lam})
+        np.testing.assert_allclose(both.train_loss[r], alone.train_loss[0], rtol=2e-4, atol=1e-5)
+    assert not np.allclose(both.train_loss[0, -1], both.train_loss[2, -1])  # λ matters
+
+
+def test_no_recompilation_across_tasks_and_strengths():
+    traces = []
+    base = as_model(MLP((12,), 2, num_heads=3))
+
+    def counting(params, batch, key):
+        traces.append(1)
+        return base.train_logits_fn(params, batch, key)
+
+    method, tr, data = _build("online_ewc", model=base._replace(train_logits_fn=counting))
+    run_stream(tr, data, num_steps=4, keys=jax.random.split(jax.random.key(0), 3),
+               hparams={"strength": np.array([0.0, 1.0, 1e3]), "decay": 0.9})
+    assert len(traces) == 1
+
+
+def test_ewc_boundary_stores_the_fisher_of_the_finished_task():
+    method, tr, data = _build("ewc")
+    state = tr.init(jax.random.key(0), method.default_hparams)
+    state, _ = tr.fit(state, data, jnp.asarray(0), 15)
+    after = tr.end_task(state, data, jnp.asarray(0))
+    # rebuild the boundary's sample and Fisher independently
+    key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), 1 << 30)
+    k_data, _ = jax.random.split(key)
+    idx = jax.random.randint(k_data, (16,), 0, data.train.n[0])
+    from cljax.training import make_batch
+    batch = make_batch(data, data.train, jnp.zeros(16, jnp.int32), idx)
+    model = as_model(MLP((12,), 2, num_heads=3))
+    F = importance.exact_fisher_diagonal(model.logits_fn, state.params, batch, chunk_size=8)
+    penalty = after.opt_state[0]
+    assert isinstance(penalty, transforms.QuadraticPenaltyState)
+    for got, want in zip(jax.tree.leaves(penalty.importance), jax.tree.leaves(F)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-8)
+    # the penalty is zero at the anchor and positive away from it
+    assert float(transforms.penalty_loss(after.opt_state, state.params)) == pytest.approx(0.0)
+    moved = jax.tree.map(lambda p: p + 0.1, state.params)
+    assert float(transforms.penalty_loss(after.opt_state, moved)) > 0
+
+
+def test_si_importance_is_nonnegative_and_path_integral_resets():
+    method, tr, data = _build("si")
+    state = tr.init(jax.random.key(0), method.default_hparams)
+    state, _ = tr.fit(state, data, jnp.asarray(0), 15)
+    omega = importance.get_path_integral(state.opt_state)
+    assert any(float(jnp.abs(w).sum()) > 0 for w in jax.tree.leaves(omega))
+    after = tr.end_task(state, data, jnp.asarray(0))
+    assert all(float(jnp.abs(w).sum()) == 0
+               for w in jax.tree.leaves(importance.get_path_integral(after.opt_state)))
+    start, wrapped = after.opt_state
+    for a, b in zip(jax.tree.leaves(start.params), jax.tree.leaves(state.params)):
+        np.testing.assert_array_equal(a, b)
+    (penalty,) = [s for s in jax.tree.leaves(
+        wrapped, is_leaf=lambda n: isinstance(n, transforms.QuadraticPenaltyState))
+        if isinstance(s, transforms.QuadraticPenaltyState)]
+    leaves = jax.tree.leaves(penalty.importance)
+    assert all(float(l.min()) >= 0 for l in leaves) and any(float(l.max()) > 0 for l in leaves)
+
+
+def test_every_registered_method_runs_a_stream():
+    for name in METHODS:
+        method, tr, data = _build(name)
+        res = run_stream(tr, data, num_steps=3, keys=jax.random.split(jax.random.key(0), 1),
+                         hparams=method.default_hparams)
+        assert res.accuracy.shape == (1, 3, 3) and np.all(np.isfinite(res.loss)), name
+
+
+def test_method_errors():
+    with pytest.raises(ValueError, match="fisher"):
+        get_method("ewc", fisher="argmax")
+    with pytest.raises(TypeError, match="bad options"):
+        get_method("ewc", lam=1.0)
+    method, tr, data = _build("ewc")
+    with pytest.raises(KeyError, match="strength"):
+        tr.init(jax.random.key(0), {})
