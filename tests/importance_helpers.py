@@ -85,6 +85,22 @@ def mixed_problem(n=4, seed=0, dtype=jnp.float64):
     return model, random_params(model, batch, seed, dtype), batch
 
 
+class Shared(nn.Module):
+    """One Dense applied twice (weight sharing): its kernel is not layer-local → fallback."""
+
+    @nn.compact
+    def __call__(self, x, task=None):
+        d = nn.Dense(x.shape[-1])
+        h = nn.tanh(d(nn.tanh(d(x))))
+        return nn.Dense(3)(h)
+
+
+def shared_problem(n=5, seed=0, dtype=jnp.float64):
+    model = as_model(Shared())
+    batch = _data(seed, n, (4,), 3, 1, dtype)
+    return model, random_params(model, batch, seed, dtype), batch
+
+
 def plain_logits_fn(params, batch):
     """A non-flax model: tanh MLP over a dict of arrays."""
     h = jnp.tanh(batch["x"] @ params["w1"] + params["b1"])

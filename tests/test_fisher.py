@@ -51,6 +51,11 @@ def test_dispatch_uses_fast_path_for_flax_layers_and_fallback_for_the_rest(x64):
         "LayerNorm_0/bias", "LayerNorm_0/scale", "scale"]
     plain = _layers.discover(H.plain_logits_fn, H.plain_problem()[1], H.plain_problem()[2], "auto")
     assert plain.layers == () and len(plain.fallback_indices) == 5
+    model, params, batch = H.shared_problem()
+    plan = _layers.discover(model.logits_fn, params, batch, "auto")
+    assert [s.name for s in plan.layers] == ["Dense_1"] and len(plan.fallback_indices) == 2
+    got = empirical_fisher_diagonal(model.logits_fn, params, batch)
+    assert H.rel_err(got, H.oracle_empirical(model.logits_fn, params, batch)) < 1e-6
 
 
 def test_exact_equals_diagonal_of_dense_ggn(x64):
