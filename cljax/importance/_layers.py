@@ -333,8 +333,6 @@ def _chunk_contribution(kind: str, logits_fn: LogitsFn, params: Params, plan: Pl
     leaves = jax.tree.leaves(params)
     specs = plan.layers
     if specs:
-        zeros = None
-
         def fwd(eps):
             return forward_with_capture(logits_fn, params, batch, plan, eps)
 
