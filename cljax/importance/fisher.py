@@ -18,6 +18,11 @@ Computation: see :mod:`cljax.importance._layers` — chunks of ``chunk_size`` ex
 first example (no divisibility requirement); flax ``nn.Dense`` / ``nn.Conv`` layers take a fast
 path (captured layer inputs and output cotangents), all other parameters a ``vmap``-over-examples
 fallback. ``implementation="vmap"`` forces the fallback everywhere.
+
+Compilation: ``logits_fn`` is a static argument of the internal ``jit`` (hashed by identity), so
+reuse one function object (e.g. ``model.logits_fn``) — a new lambda per call recompiles. A new
+batch or new params of the same shapes never recompile; the estimators also work inside a
+user's ``jit`` (value checks — labels, NaN — then only run on concrete inputs).
 """
 from __future__ import annotations
 
