@@ -40,7 +40,7 @@ def test_zero_strength_reproduces_fine_tuning(name):
     np.testing.assert_allclose(res.accuracy, base.accuracy, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["ewc", "si"])
+@pytest.mark.parametrize("name", ["ewc", pytest.param("si", marks=pytest.mark.slow)])
 def test_vmapped_strength_sweep_equals_separate_runs(name):
     method, tr, data = _build(name)
     keys = jax.random.split(jax.random.key(0), 2)
@@ -110,8 +110,11 @@ def test_si_importance_is_nonnegative_and_path_integral_resets():
     assert all(float(l.min()) >= 0 for l in leaves) and any(float(l.max()) > 0 for l in leaves)
 
 
-def test_every_registered_method_runs_a_stream():
-    for name in METHODS:
+@pytest.mark.parametrize("name", ["ncl", "ncl_kfac"] + [
+    pytest.param(n, marks=pytest.mark.slow) for n in METHODS if n not in ("ncl", "ncl_kfac")])
+def test_every_registered_method_runs_a_stream(name):
+    # the penalty methods are also run by test_zero_strength_reproduces_fine_tuning
+    if True:
         method, tr, data = _build(name)
         res = run_stream(tr, data, num_steps=3, keys=jax.random.split(jax.random.key(0), 1),
                          hparams=method.default_hparams)
