@@ -18,7 +18,7 @@ run ncl        ncl_grid   --scenarios task --seeds 1 --set "hparams={'strength':
     --sweep damping=1e-3,1e-2,1e-1 --sweep learning_rate=5e-4,5e-3,5e-2
 best=$(python -c "import json; print(json.load(open('runs/final_ncl_grid/results.json'))['scenarios']['task']['best_hparams'])")
 run ncl        ncl        $T --set "hparams=$best"
-run kfac_ewc   kfac_ewc   $T --set "hparams={'strength':KFAC_STRENGTH,'decay':1.0}"
+run kfac_ewc   kfac_ewc   $T --set "hparams={'strength':1e4,'decay':1.0}"
 DC="--scenarios domain,class --seeds 2"
 run ewc        ewc_dc        $DC --sweep strength=1e3,1e5,1e7
 run online_ewc online_ewc_dc $DC --sweep strength=1e3,1e5,1e7
