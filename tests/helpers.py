@@ -18,3 +18,13 @@ def tiny_dataset(n=64, size=6, channels=1, num_classes=4, seed=0) -> ArrayDatase
 def tiny_split_stream(**kw):
     train, test = tiny_dataset(seed=0), tiny_dataset(n=40, seed=1)
     return split_tasks(train, test, tasks=[[0, 1], [2, 3]], **kw)
+
+
+def assert_trees_close(a, b, **kw):
+    """``np.testing.assert_allclose`` leaf by leaf over two pytrees of the same structure."""
+    import jax
+
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(la) == len(lb), f"trees have {len(la)} and {len(lb)} leaves"
+    for x, y in zip(la, lb):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **kw)

@@ -8,6 +8,7 @@ import pytest
 from cljax.transforms import (KFACPenaltyState, kfac_consolidate, kfac_ewc, kfac_penalty,
                               kfac_penalty_loss, nearest_kronecker_sum, set_strength)
 from cljax.types import KFACFactors
+from helpers import assert_trees_close
 
 
 def _params(key, dtype=jnp.float64):
@@ -58,11 +59,6 @@ def _dense_penalty(params, anchor, factors, lam):
     return 0.5 * lam * total
 
 
-def _close(a, b, **kw):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **kw)
-
-
 def _zeros(params):
     return jax.tree.map(jnp.zeros_like, params)
 
@@ -91,8 +87,8 @@ def test_penalty_equals_dense_kron_form_and_gradient(x64):
                                _dense_penalty(params, anchor, fac, lam), rtol=1e-12)
     updates, _ = jax.jit(tx.update)(_zeros(params), state, params)
     dense_grad = jax.jit(jax.grad(_dense_penalty))(params, anchor, fac, lam)
-    _close(updates, dense_grad, rtol=1e-11, atol=1e-13)
-    _close(updates, jax.jit(jax.grad(kfac_penalty_loss, 1))(state, params), rtol=1e-11,
+    assert_trees_close(updates, dense_grad, rtol=1e-11, atol=1e-13)
+    assert_trees_close(updates, jax.jit(jax.grad(kfac_penalty_loss, 1))(state, params), rtol=1e-11,
            atol=1e-13)
     # parameters outside factor layers get zero penalty
     assert np.all(np.asarray(updates["LayerNorm_0"]["scale"]) == 0.0)
@@ -118,7 +114,7 @@ def test_first_in_chain_equals_grad_of_explicit_loss_through_adam(x64):
     p, q = params, params
     for _ in range(4):
         p, state, q, ref_state = both(p, state, q, ref_state)
-    _close(p, q, rtol=1e-11, atol=1e-12)
+    assert_trees_close(p, q, rtol=1e-11, atol=1e-12)
 
 
 def test_multi_task_equals_sum_of_per_task_penalties(x64):
@@ -134,7 +130,7 @@ def test_multi_task_equals_sum_of_per_task_penalties(x64):
     updates, _ = tx.update(_zeros(params), state, params)
     expected_grad = jax.tree.map(lambda *g: sum(g), *[
         jax.grad(_dense_penalty)(params, a, f, 1.5) for a, f in tasks])
-    _close(updates, expected_grad, rtol=1e-11, atol=1e-13)
+    assert_trees_close(updates, expected_grad, rtol=1e-11, atol=1e-13)
     with pytest.raises(ValueError, match="num_slots"):
         kfac_consolidate(state, params, tasks[0][1], mode="multi_task")
 
@@ -159,7 +155,7 @@ def test_online_and_sum_modes(x64):
     s = kfac_consolidate(kfac_consolidate(tx.init(params), params, f1, mode="sum"),
                          params, f2, mode="sum")
     for k in f1:
-        _close(s.factors[k], KFACFactors((f1[k].A + f2[k].A)[None], (f1[k].G + f2[k].G)[None]),
+        assert_trees_close(s.factors[k], KFACFactors((f1[k].A + f2[k].A)[None], (f1[k].G + f2[k].G)[None]),
                rtol=1e-14)
 
 
@@ -175,7 +171,7 @@ def test_vmap_over_strength_and_no_recompile():
     lams = jnp.array([0.0, 1.0, 100.0])
     batched = jax.vmap(step, in_axes=(0, None))(jax.vmap(make)(lams), params)
     for k, lam in enumerate(lams):
-        _close(jax.tree.map(lambda x: x[k], batched), step(make(lam), params), rtol=1e-5)
+        assert_trees_close(jax.tree.map(lambda x: x[k], batched), step(make(lam), params), rtol=1e-5)
     n = step._cache_size()
     state = tx.init(params)
     step(state, params)

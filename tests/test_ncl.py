@@ -9,6 +9,7 @@ from cljax.transforms import (NCLDiagState, NCLKFACState, ncl, ncl_consolidate, 
                               ncl_kfac_consolidate, ncl_kfac_preconditioner, ncl_preconditioner,
                               nearest_kronecker_sum, set_damping, set_strength)
 from cljax.types import KFACFactors
+from helpers import assert_trees_close
 
 
 def _params(key, dtype=jnp.float32):
@@ -34,11 +35,6 @@ def _unflat(vec, like):
 def _spd(key, n, dtype=jnp.float64):
     m = jax.random.normal(key, (n, n), dtype)
     return m @ m.T / n + 0.1 * jnp.eye(n, dtype=dtype)
-
-
-def _close(a, b, **kw):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **kw)
 
 
 def _quadratic(key, params):
@@ -84,7 +80,7 @@ def test_diag_identity_precision_is_sgd_plus_pull(x64):
     tx = ncl(0.1, strength=0.0, damping=1.0)  # Λ = 0·Ω + 1·I = I
     state = ncl_consolidate(tx.init(params), mu, jax.tree.map(jnp.ones_like, params))
     updates, _ = tx.update(g, state, params)
-    _close(updates, jax.tree.map(lambda gg, p, m: -0.1 * (gg + p - m), g, params, mu), rtol=1e-14)
+    assert_trees_close(updates, jax.tree.map(lambda gg, p, m: -0.1 * (gg + p - m), g, params, mu), rtol=1e-14)
 
 
 def test_diag_before_first_consolidation_is_plain_gradient():
@@ -103,11 +99,11 @@ def test_diag_consolidate_accumulates_with_decay(x64):
     tx = ncl_preconditioner(strength=2.0, damping=0.5)
     s = ncl_consolidate(ncl_consolidate(tx.init(params), params, f1, decay=0.5), params, f2,
                         decay=0.5)
-    _close(s.precision, jax.tree.map(lambda a, b: 0.5 * a + b, f1, f2), rtol=1e-14)
-    _close(s.inverse, jax.tree.map(lambda a, b: 1 / (2.0 * (0.5 * a + b) + 0.5), f1, f2),
+    assert_trees_close(s.precision, jax.tree.map(lambda a, b: 0.5 * a + b, f1, f2), rtol=1e-14)
+    assert_trees_close(s.inverse, jax.tree.map(lambda a, b: 1 / (2.0 * (0.5 * a + b) + 0.5), f1, f2),
            rtol=1e-14)
     s2 = set_damping(set_strength(s, 4.0), 0.1)
-    _close(s2.inverse, jax.tree.map(lambda a, b: 1 / (4.0 * (0.5 * a + b) + 0.1), f1, f2),
+    assert_trees_close(s2.inverse, jax.tree.map(lambda a, b: 1 / (4.0 * (0.5 * a + b) + 0.1), f1, f2),
            rtol=1e-14)
 
 
@@ -124,7 +120,7 @@ def test_diag_vmap_over_strength_and_no_recompile():
     lams = jnp.array([0.0, 1.0, 10.0])
     batched = jax.vmap(step, in_axes=(0, None))(jax.vmap(make)(lams), params)
     for k, lam in enumerate(lams):
-        _close(jax.tree.map(lambda x: x[k], batched), step(make(float(lam)), params), rtol=1e-6)
+        assert_trees_close(jax.tree.map(lambda x: x[k], batched), step(make(float(lam)), params), rtol=1e-6)
     n = step._cache_size()
     state = tx.init(params)
     step(state, params)
@@ -168,7 +164,7 @@ def test_kfac_step_matches_closed_form_dense_kron(x64):
     tx = ncl_kfac_preconditioner(strength=s, damping=d)
     state = jax.jit(ncl_kfac_consolidate)(tx.init(params), mu, fac)
     updates, _ = jax.jit(tx.update)(g, state, params)
-    _close(updates, _kfac_closed_form(fac["Dense_0"], s, d, g, params, mu), rtol=1e-10)
+    assert_trees_close(updates, _kfac_closed_form(fac["Dense_0"], s, d, g, params, mu), rtol=1e-10)
 
 
 def test_kfac_trajectory_on_quadratic(x64):
@@ -184,7 +180,7 @@ def test_kfac_trajectory_on_quadratic(x64):
         p = optax.apply_updates(p, updates)
         step = _kfac_closed_form(fac["Dense_0"], s, d, jax.grad(loss)(ref), ref, mu)
         ref = jax.tree.map(lambda x, u: x - lr * u, ref, step)
-    _close(p, ref, rtol=1e-10)
+    assert_trees_close(p, ref, rtol=1e-10)
 
 
 def test_kfac_identity_precision_is_sgd_plus_pull(x64):
@@ -195,11 +191,11 @@ def test_kfac_identity_precision_is_sgd_plus_pull(x64):
     zero = {"Dense_0": KFACFactors(jnp.zeros((4, 4)), jnp.zeros((2, 2)))}
     state = ncl_kfac_consolidate(tx.init(params), mu, zero)  # Λ = 0 + 1·I
     updates, _ = tx.update(g, state, params)
-    _close(updates, jax.tree.map(lambda gg, p, m: -0.1 * (gg + p - m), g, params, mu),
+    assert_trees_close(updates, jax.tree.map(lambda gg, p, m: -0.1 * (gg + p - m), g, params, mu),
            rtol=1e-13, atol=1e-14)
     # before any consolidation: plain SGD
     updates, _ = tx.update(g, tx.init(params), params)
-    _close(updates, jax.tree.map(lambda gg: -0.1 * gg, g), rtol=1e-14)
+    assert_trees_close(updates, jax.tree.map(lambda gg: -0.1 * gg, g), rtol=1e-14)
 
 
 def test_kfac_consolidate_uses_nearest_kronecker_sum(x64):
@@ -207,7 +203,7 @@ def test_kfac_consolidate_uses_nearest_kronecker_sum(x64):
     fac2 = {"Dense_0": KFACFactors(_spd(keys[2], 4), _spd(keys[3], 2))}
     tx = ncl_kfac_preconditioner(strength=1.0, damping=0.1)
     s = ncl_kfac_consolidate(tx.init(params), params, fac)
-    _close(s.factors["Dense_0"], fac["Dense_0"], rtol=1e-12)
+    assert_trees_close(s.factors["Dense_0"], fac["Dense_0"], rtol=1e-12)
     s = ncl_kfac_consolidate(s, params, fac2, decay=0.7)
     x, y = nearest_kronecker_sum(0.7 * fac["Dense_0"].A, fac["Dense_0"].G, fac2["Dense_0"].A,
                                  fac2["Dense_0"].G)
@@ -233,7 +229,7 @@ def test_kfac_vmap_over_strength_and_no_recompile():
     lams = jnp.array([0.0, 1.0, 10.0])
     batched = jax.vmap(step, in_axes=(0, None))(jax.vmap(make)(lams), params)
     for k, lam in enumerate(lams):
-        _close(jax.tree.map(lambda x: x[k], batched), step(make(float(lam)), params),
+        assert_trees_close(jax.tree.map(lambda x: x[k], batched), step(make(float(lam)), params),
                rtol=1e-4, atol=1e-5)
     n = step._cache_size()
     state = tx.init(params)

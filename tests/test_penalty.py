@@ -27,11 +27,6 @@ def _task_loss(params):
             + jnp.sum((params["Dense_0"]["bias"] - 1.0) ** 2) + params["scale"] ** 4)
 
 
-def _close(a, b, **kw):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **kw)
-
-
 def _state(opt_state):
     return [s for s in opt_state if isinstance(s, QuadraticPenaltyState)][0]
 
@@ -56,7 +51,7 @@ def test_penalty_first_in_chain_equals_grad_of_explicit_loss_through_adam(x64):
         total = lambda p: _task_loss(p) + penalty_loss(pen_state, p)
         ref_updates, ref_state = ref_tx.update(jax.grad(total)(p_ref), ref_state, p_ref)
         p_ref = optax.apply_updates(p_ref, ref_updates)
-    _close(params, p_ref, rtol=1e-12, atol=1e-12)
+    assert_trees_close(params, p_ref, rtol=1e-12, atol=1e-12)
 
 
 def test_update_adds_gradient_of_penalty_loss(x64):
@@ -67,7 +62,7 @@ def test_update_adds_gradient_of_penalty_loss(x64):
     theta = jax.tree.map(lambda p: p + 1.0, params)
     zeros = jax.tree.map(jnp.zeros_like, params)
     updates, _ = tx.update(zeros, state, theta)
-    _close(updates, jax.grad(lambda p: penalty_loss(state, p))(theta), rtol=1e-12)
+    assert_trees_close(updates, jax.grad(lambda p: penalty_loss(state, p))(theta), rtol=1e-12)
 
 
 def test_penalty_is_exactly_zero_before_first_consolidate():
@@ -95,15 +90,15 @@ def test_online_ewc_decay_one_equals_summed_importance(x64):
     summed = consolidate(tx.init(params), th2, jax.tree.map(jnp.add, f1, f2), mode="replace")
     theta = _params(jax.random.PRNGKey(9), jnp.float64)
     g = jax.tree.map(jnp.zeros_like, params)
-    _close(tx.update(g, online, theta)[0], tx.update(g, summed, theta)[0], rtol=1e-13)
+    assert_trees_close(tx.update(g, online, theta)[0], tx.update(g, summed, theta)[0], rtol=1e-13)
     np.testing.assert_allclose(penalty_loss(online, theta), penalty_loss(summed, theta),
                                rtol=1e-13)
     # γ < 1: Ω = γ Ω_1 + Ω_2 (Schwarz et al. 2018)
     gamma = 0.3
     decayed = consolidate(consolidate(tx.init(params), th1, f1, mode="online", decay=gamma),
                           th2, f2, mode="online", decay=gamma)
-    _close(decayed.importance, jax.tree.map(lambda a, b: gamma * a + b, f1, f2), rtol=1e-13)
-    _close(decayed.anchor, th2)
+    assert_trees_close(decayed.importance, jax.tree.map(lambda a, b: gamma * a + b, f1, f2), rtol=1e-13)
+    assert_trees_close(decayed.anchor, th2)
 
 
 def test_multi_task_ewc_equals_sum_of_per_task_penalties(x64):
@@ -126,7 +121,7 @@ def test_multi_task_ewc_equals_sum_of_per_task_penalties(x64):
     np.testing.assert_allclose(penalty_loss(state, theta), expected_loss, rtol=1e-13)
     g = jax.tree.map(jnp.zeros_like, params)
     expected = jax.tree.map(lambda *u: sum(u), *[single.update(g, s, theta)[0] for s in per_task])
-    _close(tx.update(g, state, theta)[0], expected, rtol=1e-13)
+    assert_trees_close(tx.update(g, state, theta)[0], expected, rtol=1e-13)
 
 
 def test_l2_replace_with_uniform_importance():
@@ -137,7 +132,7 @@ def test_l2_replace_with_uniform_importance():
     n = sum(p.size for p in jax.tree.leaves(params))
     np.testing.assert_allclose(penalty_loss(state, theta), 0.5 / 2 * 4.0 * n, rtol=1e-6)
     updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), state, theta)
-    _close(updates, jax.tree.map(lambda p: jnp.full_like(p, 1.0), params), rtol=1e-6)
+    assert_trees_close(updates, jax.tree.map(lambda p: jnp.full_like(p, 1.0), params), rtol=1e-6)
 
 
 def test_consolidate_and_set_strength_on_chain_state():
@@ -175,7 +170,7 @@ def test_vmap_over_strength_matches_separate_calls_and_never_recompiles():
     batched_params, _ = jax.jit(jax.vmap(step, in_axes=(0, None)))(states, params)
     for k, lam in enumerate(lams):
         p_k, _ = jstep(make(float(lam)), params)
-        _close(jax.tree.map(lambda x: x[k], batched_params), p_k, rtol=1e-6, atol=1e-7)
+        assert_trees_close(jax.tree.map(lambda x: x[k], batched_params), p_k, rtol=1e-6, atol=1e-7)
     # no recompilation: new λ (python float, numpy scalar, jax array), more consolidations
     n_traces = len(traces)
     state = tx.init(params)
@@ -199,7 +194,7 @@ def test_online_consolidate_under_jit_with_traced_decay_no_recompile():
     for d in (1.0, 0.5, 0.9):
         s = cons(s, params, imp, d)
     assert cons._cache_size() == 1
-    _close(s.importance, jax.tree.map(lambda f: ((1.0 * 0.5 + 1) * 0.9 + 1) * f, imp),
+    assert_trees_close(s.importance, jax.tree.map(lambda f: ((1.0 * 0.5 + 1) * 0.9 + 1) * f, imp),
            rtol=1e-6)
     jupd = jax.jit(tx.update)
     jupd(params, tx.init(params), params)
@@ -249,6 +244,7 @@ def test_bad_inputs_raise():
 from cljax import transforms as T  # noqa: E402
 from cljax.nn import MLP, as_model  # noqa: E402
 from cljax.types import KFACFactors  # noqa: E402
+from helpers import assert_trees_close
 
 
 def _mlp_params():
