@@ -130,11 +130,13 @@ def make_model(spec: dict, *, num_outputs: int, num_heads: int):
 
 
 def versions() -> dict:
-    import flax
+    """Versions of Python, the platform and the numerical stack, and the devices used."""
+    from importlib.metadata import version
+
     return {"python": sys.version.split()[0], "platform": platform.platform(),
-            "jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__")
-            else jax.__version__, "flax": flax.__version__, "optax": optax.__version__,
-            "numpy": np.__version__, "devices": [str(d) for d in jax.devices()]}
+            **{name: version(name) for name in ("jax", "jaxlib", "flax", "optax", "numpy",
+                                                 "tensorflow-datasets")},
+            "devices": [str(d) for d in jax.devices()]}
 
 
 def sweep_grid(hparams: dict, sweep: dict) -> list[dict]:
