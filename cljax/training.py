@@ -152,6 +152,10 @@ def make_trainer(model: Model, method: Method, *, optimizer: optax.GradientTrans
         test = data.test
         T, N = test.y.shape
         chunk = min(eval_chunk, N)
+        if N % chunk:
+            raise ValueError(f"the test arrays hold {N} examples per task, not a multiple of "
+                             f"eval_chunk={chunk}: pass the same eval_chunk to prepare_data and "
+                             "make_trainer")
 
         def one_task(t):
             def one_chunk(carry, c):

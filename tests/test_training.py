@@ -115,3 +115,9 @@ def test_bad_arguments_raise():
                      input_shape=(6, 6, 1))
     with pytest.raises(ValueError, match="unknown method"):
         get_method("ewc++")
+    s = tiny_split_stream()
+    sc = make_scenario(s, "task")
+    mismatched = make_trainer(as_model(MLP((4,), 2, num_heads=2)), none, batch_size=4,
+                              optimizer=optax.adam(1e-3), input_shape=s.input_shape, eval_chunk=7)
+    with pytest.raises(ValueError, match="same eval_chunk"):
+        run_stream(mismatched, prepare_data(s, sc, eval_chunk=16), num_steps=2, keys=keys)
