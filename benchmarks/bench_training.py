@@ -6,7 +6,9 @@ Prints JSON lines:
 * ``one_seed_stream``: wall time of one seed over 5 tasks × ``--steps`` steps, evaluation included,
   compilation excluded (reported separately);
 * ``vmap_vs_sequential``: ``--seeds`` seeds as one vmapped program vs the same seeds run one after
-  another (each compiled once beforehand).
+  another (each compiled once beforehand);
+* ``compute_floor``: a bare jitted ``value_and_grad`` of the same model and batch size, and the
+  machine's matmul throughput: what one step cannot go below.
 
     python benchmarks/bench_training.py --steps 2000 --seeds 8 --vmap-steps 500
 """
@@ -63,6 +65,30 @@ def main():
     print(json.dumps({"bench": "scan_vs_loop", "device": device, "steps": n,
                       "scan_steps_per_s": n / best_scan, "loop_steps_per_s": n / best_loop,
                       "speedup": best_loop / best_scan, "ms_per_step_scan": 1e3 * best_scan / n}))
+
+    # compute floor: a bare jitted value_and_grad call, and matmul throughput
+    batch = {"x": jax.random.uniform(jax.random.key(0), (128, *stream.input_shape)),
+             "y": jnp.zeros(128, jnp.int32), "task": jnp.zeros(128, jnp.int32)}
+    vg = jax.jit(jax.value_and_grad(
+        lambda p: optax.softmax_cross_entropy_with_integer_labels(
+            model.logits_fn(p, batch), batch["y"]).mean()))
+
+    def per_call_ms(f, *a, n=200):
+        jax.block_until_ready(f(*a))
+        t0 = time.perf_counter()
+        for _ in range(n):
+            out = f(*a)
+        jax.block_until_ready(out)
+        return 1e3 * (time.perf_counter() - t0) / n
+
+    a = jax.random.normal(jax.random.key(1), (1024, 1024))
+    mm_ms = per_call_ms(jax.jit(lambda m: m @ m), a, n=50)
+    n_params = sum(p.size for p in jax.tree.leaves(state.params))
+    vg_ms = per_call_ms(vg, state.params)
+    print(json.dumps({"bench": "compute_floor", "device": device,
+                      "value_and_grad_ms": vg_ms,
+                      "approx_gflops_per_step": 3 * 2 * 128 * n_params / 1e9,
+                      "matmul_1024_gflop_per_s": 2 * 1024 ** 3 / mm_ms / 1e6}))
 
     # one seed end to end
     keys = jax.random.split(jax.random.key(0), args.seeds)
