@@ -9,7 +9,8 @@ import sys
 PUBLISHED = {  # van de Ven & Tolias 2019 (Task / Domain / Class); MAS and L2 from Hsu et al. 2018
     "none": (87.19, 59.21, 19.90), "joint": (99.66, 98.42, 97.94), "ewc": (98.64, 63.95, 20.01),
     "online_ewc": (99.12, 64.32, 19.96), "si": (99.09, 65.36, 19.99), "mas": (99.22, None, None),
-    "l2": (98.18, None, None), "kfac_ewc": (None, None, None), "ncl": (None, None, None)}
+    "l2": (98.18, None, None), "kfac_ewc": (None, None, None), "ncl": (None, None, None),
+    "ncl_d0.1": (None, None, None), "ncl_d0.01": (None, None, None)}
 
 
 def fmt(entry):
