@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax.types import Array, Batch, LogitsFn, LossFn, Params
-from cljax.validation import (check_batch, check_positive_int, check_same_structure,
+from cljax.validation import (check_batch, check_finite, check_positive_int, check_same_structure,
                               is_concrete)
 
 PerExampleLoss = Callable[[Array, Batch], Array]
@@ -47,19 +47,14 @@ def softmax_cross_entropy(logits: Array, batch: Batch) -> Array:
     return -jnp.take_along_axis(logp, y[:, None], axis=-1)[:, 0]
 
 
-def check_finite(tree, *, name: str) -> None:
-    """No NaN/inf in the concrete leaves of ``tree`` (traced leaves are skipped).
-
-    Like :func:`cljax.validation.check_finite`, but the test runs in numpy so it also works on
-    concrete arrays closed over inside a ``jit`` / ``lax`` trace (where a ``jnp`` op would be
-    staged and could not be turned into a Python bool).
-    """
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        if is_concrete(leaf):
-            a = np.asarray(leaf)
-            if np.issubdtype(a.dtype, np.inexact) and not np.all(np.isfinite(a)):
-                raise FloatingPointError(
-                    f"{name}{jax.tree_util.keystr(path)} contains NaN or inf values")
+def _check_weight_values(weights) -> None:
+    """Concrete per-example weights must be finite, >= 0 and not all zero."""
+    if is_concrete(weights):
+        w_np = np.asarray(weights)
+        if not np.all(np.isfinite(w_np)) or np.any(w_np < 0):
+            raise ValueError("weights must be finite and >= 0")
+        if not np.any(w_np > 0):
+            raise ValueError("weights must have at least one positive entry")
 
 
 def _check_v(v: Params, params: Params) -> Params:
@@ -180,12 +175,7 @@ def chunk_batch(batch: Batch, chunk_size: int | None, weights: Array | None = No
         raise ValueError(f"weights must have shape ({n},) (one per example); got {weights.shape}")
     if not jnp.issubdtype(weights.dtype, jnp.floating):
         weights = weights.astype(jnp.float32)
-    if is_concrete(weights):
-        w_np = np.asarray(weights)
-        if not np.all(np.isfinite(w_np)) or np.any(w_np < 0):
-            raise ValueError("weights must be finite and >= 0")
-        if not np.any(w_np > 0):
-            raise ValueError("weights must have at least one positive entry")
+    _check_weight_values(weights)
 
     def reshape(a):
         a = jnp.asarray(a)
@@ -244,12 +234,7 @@ def _validate_task(logits_fn, params, batch, chunk_size, weights, per_example_lo
         if jnp.shape(weights) != (n,):
             raise ValueError(f"weights must have shape ({n},) (one per example); got "
                              f"{jnp.shape(weights)}")
-        if is_concrete(weights):
-            w_np = np.asarray(weights)
-            if not np.all(np.isfinite(w_np)) or np.any(w_np < 0):
-                raise ValueError("weights must be finite and >= 0")
-            if not np.any(w_np > 0):
-                raise ValueError("weights must have at least one positive entry")
+        _check_weight_values(weights)
 
 
 _STATIC = (0, 1, 2)  # logits_fn, chunk_size, per_example_loss

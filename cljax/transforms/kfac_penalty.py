@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cljax.transforms.penalty import (_NO_PARAMS, _check_decay, _float_dtype, _find_one,
+from cljax.transforms.penalty import (_NO_PARAMS, check_decay_for_mode, _float_dtype, _find_one,
                                       _register_strength_state, _replace_one)
 from cljax.types import Array, KFACFactors, Params
 from cljax.validation import check_nonnegative, check_same_structure, is_concrete
@@ -309,12 +309,9 @@ def kfac_consolidate(state: Any, params: Params, factors: Mapping[str, KFACFacto
         ``"replace"``; see the module docstring.
       decay: γ ∈ (0, 1], only for ``"online"``: γ A⊗G + A_t⊗G_t.
     """
-    _check_decay(decay)
     if mode not in ("online", "sum", "multi_task", "replace"):
         raise ValueError(f"mode must be 'online', 'sum', 'multi_task' or 'replace'; got {mode!r}")
-    if mode != "online" and not (is_concrete(decay) and np.all(np.asarray(decay) == 1.0)):
-        raise ValueError(f"decay is only used by mode='online'; got decay={decay} with "
-                         f"mode={mode!r}")
+    check_decay_for_mode(decay, mode)
     return _replace_one(state, KFACPenaltyState,
                         lambda s: _consolidate_one(s, params, factors, mode, decay),
                         what="kfac_consolidate")

@@ -283,6 +283,14 @@ def _consolidate_one(state: QuadraticPenaltyState, params: Params, importance: I
                           count=state.count + 1)
 
 
+def check_decay_for_mode(decay: Any, mode: str) -> None:
+    """γ ∈ (0, 1], and γ ≠ 1 only with ``mode="online"`` (shared by the penalty families)."""
+    _check_decay(decay)
+    if mode != "online" and not (is_concrete(decay) and np.all(np.asarray(decay) == 1.0)):
+        raise ValueError(f"decay is only used by mode='online'; got decay={decay} with "
+                         f"mode={mode!r}")
+
+
 def consolidate(state: Any, params: Params, importance: Importance | None, *,
                 mode: ConsolidateMode = "online", decay: float | Array = 1.0) -> Any:
     """Task boundary: fold task t's (θ*_t, Ω_t) into the penalty; returns a new state.
@@ -303,10 +311,7 @@ def consolidate(state: Any, params: Params, importance: Importance | None, *,
     The function is pure and shape-preserving: it may run inside ``jit``/``vmap`` and the
     training step never recompiles after it.
     """
-    _check_decay(decay)
-    if mode != "online" and not (is_concrete(decay) and np.all(np.asarray(decay) == 1.0)):
-        raise ValueError(f"decay is only used by mode='online'; got decay={decay} with "
-                         f"mode={mode!r}")
+    check_decay_for_mode(decay, mode)
     return _replace_one(state, QuadraticPenaltyState,
                         lambda s: _consolidate_one(s, params, importance, mode, decay),
                         what="consolidate")
