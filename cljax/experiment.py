@@ -155,6 +155,14 @@ def summarise(R: np.ndarray, b: np.ndarray) -> dict:
     return out
 
 
+def summarise_finite(R: np.ndarray, b: np.ndarray) -> dict:
+    """:func:`summarise` over the runs given (the finite ones); NaN metrics if there are none."""
+    if R.shape[0] == 0:
+        names = metrics.all_metrics(np.zeros((1,) + R.shape[1:]), np.zeros((1,) + b.shape[1:]))
+        return {n: {"mean": float("nan"), "sem": float("nan"), "per_run": []} for n in names}
+    return summarise(R, b)
+
+
 def task_eval_data(data) -> dict:
     """Every task's whole test set as model-ready stacked arrays ``x [T, N, ...]``, ``y``, ``task``
     (rows past ``data.test.n[t]`` are padding)."""
@@ -258,15 +266,20 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
                 bar.update(delta)
         res = run_stream(trainer, data, num_steps=cfg["steps"], keys=keys, hparams=hparams,
                          steps_per_call=250 if bar is not None else None, progress=callback,
-                         keep_params=cfg["analysis"] == "flatness")
+                         keep_params=cfg["analysis"] == "flatness", on_nonfinite="mark")
         if bar is not None:
             bar.close()
         points = []
         for g, point in enumerate(grid):
             runs = slice(g * S, (g + 1) * S)
-            summary = summarise(res.accuracy[runs], res.init_accuracy[runs])
+            gone = [{"seed": s, "task": int(res.diverged[g * S + s, 0]),
+                     "step": int(res.diverged[g * S + s, 1])}
+                    for s in range(S) if res.diverged[g * S + s, 0] >= 0]
+            ok = np.flatnonzero(res.diverged[runs, 0] < 0)
+            summary = summarise_finite(res.accuracy[runs][ok], res.init_accuracy[runs][ok])
             log(f"{name}-IL {point}: ACC {100 * summary['acc']['mean']:.2f} ± "
-                f"{100 * summary['acc']['sem']:.2f} over {S} seed(s)")
+                f"{100 * summary['acc']['sem']:.2f} over {len(ok)} seed(s)"
+                + (f"; DIVERGED (non-finite loss): {gone}" if gone else ""))
             points.append({
                 "hparams": point,
                 "accuracy": res.accuracy[runs].tolist(), "loss": res.loss[runs].tolist(),
@@ -274,10 +287,14 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
                 "init_loss": res.init_loss[runs].tolist(),
                 "final_train_loss": res.train_loss[runs, :, -50:].mean(-1).tolist(),
                 "metrics": summary,
-                "loss_metrics": summarise(res.loss[runs], res.init_loss[runs])})
+                "loss_metrics": summarise_finite(res.loss[runs][ok], res.init_loss[runs][ok]),
+                "diverged": gone})
         log(f"{name}-IL: {G * S} vmapped run(s); compile {res.timings['compile_seconds']:.1f} s, "
             f"train+eval {res.timings['run_seconds']:.1f} s")
-        best = max(range(G), key=lambda g: points[g]["metrics"]["acc"]["mean"])
+        # Best: fewest diverged runs first (an unstable point is never preferred), then ACC.
+        best = max(range(G), key=lambda g: (-len(points[g]["diverged"]),
+                                            np.nan_to_num(points[g]["metrics"]["acc"]["mean"],
+                                                          nan=-np.inf)))
         entry = {"num_heads": scenario.num_heads, "num_outputs": scenario.num_outputs,
                  **points[best], "timings": res.timings}
         if cfg["sweep"]:
@@ -294,4 +311,5 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
 
 
 __all__ = ["validate_config", "make_optimizer", "make_model", "run_experiment", "summarise",
+           "summarise_finite",
            "sweep_grid", "versions", "task_eval_data", "flatness_analysis"]

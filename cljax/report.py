@@ -43,6 +43,14 @@ def _analysis_section(name: str, analysis: dict) -> list[str]:
     return lines
 
 
+def _diverged(gone: list, seeds: int) -> str:
+    """``"k/S (seed s: task t, step n; ...)"``, or ``"0"``."""
+    if not gone:
+        return "0"
+    where = "; ".join(f"seed {g['seed']}: task {g['task'] + 1}, step {g['step']}" for g in gone)
+    return f"{len(gone)}/{seeds} ({where})"
+
+
 def markdown_report(results: dict) -> str:
     """Tables of every metric (mean ± SEM over seeds, in %) and the mean accuracy matrices
     (one section per regime when the config has regimes)."""
@@ -68,13 +76,20 @@ def markdown_report(results: dict) -> str:
             continue
         lines += ["", f"## {name}-IL sweep (every point × {cfg['seeds']} seed(s) in one vmapped "
                   f"program; best by ACC: {sc['best_hparams']})", "",
-                  "| hparams | ACC | BWT | Plasticity | Forgetting (max) |", "|---|---|---|---|---|"]
+                  "| hparams | ACC | BWT | Plasticity | Forgetting (max) | diverged runs |",
+                  "|---|---|---|---|---|---|"]
         for p in sc["sweep"]:
             m = p["metrics"]
             lines.append(f"| {p['hparams']} | {_pct(m['acc'])} | {_pct(m['bwt'])} | "
-                         f"{_pct(m['plasticity'])} | {_pct(m['forgetting'])} |")
+                         f"{_pct(m['plasticity'])} | {_pct(m['forgetting'])} | "
+                         f"{_diverged(p.get('diverged', []), cfg['seeds'])} |")
     for name, sc in results["scenarios"].items():
-        R = 100 * np.mean(sc["accuracy"], axis=0)
+        if sc.get("diverged"):
+            lines += ["", f"**{name}-IL: {_diverged(sc['diverged'], cfg['seeds'])} run(s) "
+                      "diverged (non-finite training loss); the metrics above are over the "
+                      "others.**"]
+    for name, sc in results["scenarios"].items():
+        R = 100 * np.nanmean(sc["accuracy"], axis=0)
         T = R.shape[0]
         best = f" at {sc['best_hparams']}" if "sweep" in sc else ""
         lines += ["", f"## {name}-IL: accuracy matrix{best} (row = after task i, column = task j, %)", "",
@@ -98,7 +113,7 @@ def plot_accuracy_matrices(results: dict, path: str | os.PathLike) -> None:
     scs = results["scenarios"]
     fig, axes = plt.subplots(1, len(scs), figsize=(4.2 * len(scs), 3.8), squeeze=False)
     for ax, (name, sc) in zip(axes[0], scs.items()):
-        R = 100 * np.mean(sc["accuracy"], axis=0)
+        R = 100 * np.nanmean(sc["accuracy"], axis=0)
         T = R.shape[0]
         im = ax.imshow(R, vmin=0, vmax=100, cmap="viridis")
         for i in range(T):
@@ -124,6 +139,7 @@ def plot_task_curves(results: dict, path: str | os.PathLike) -> None:
     fig, axes = plt.subplots(1, len(scs), figsize=(4.5 * len(scs), 3.6), squeeze=False)
     for ax, (name, sc) in zip(axes[0], scs.items()):
         acc = 100 * np.asarray(sc["accuracy"])
+        acc = acc[~np.isnan(acc).any(axis=(1, 2))]  # diverged runs are NaN
         mean, T = acc.mean(0), acc.shape[-1]
         sem = acc.std(0, ddof=1) / np.sqrt(acc.shape[0]) if acc.shape[0] > 1 else 0 * mean
         x = np.arange(1, T + 1)

@@ -200,6 +200,7 @@ class StreamResult(NamedTuple):
     task_params: Any                  # pytree [R, T, ...] of θ*_t, or None
     final_state: TrainState
     timings: dict
+    diverged: np.ndarray | None = None  # [R, 2] (task, step) of the first non-finite loss, or -1
 
 
 def _steps_per_call(num_steps: int, requested: int | None) -> int:
@@ -211,7 +212,8 @@ def _steps_per_call(num_steps: int, requested: int | None) -> int:
 def run_stream(trainer: Trainer, data: StreamData, *, num_steps: int,
                keys: Array, hparams: Mapping[str, Any] | None = None,
                keep_params: bool = False, steps_per_call: int | None = None,
-               progress: Callable[[int, int, int], None] | None = None) -> StreamResult:
+               progress: Callable[[int, int, int], None] | None = None,
+               on_nonfinite: str = "raise") -> StreamResult:
     """Train R runs over every task of ``data`` and evaluate all tasks after each.
 
     Args:
@@ -225,8 +227,15 @@ def run_stream(trainer: Trainer, data: StreamData, *, num_steps: int,
       steps_per_call: split each task's scan into calls of this many steps (for a progress bar;
         the results are identical). Rounded down to a divisor of ``num_steps``.
       progress: called as ``progress(task, steps_done, num_steps)`` after each call.
+      on_nonfinite: what a non-finite training loss does: ``"raise"`` (FloatingPointError naming
+        task, step and run) or ``"mark"`` (the other runs go on; the run's task and step are
+        recorded in ``diverged`` and its accuracies and losses from that task on are NaN: one
+        unstable point of a sweep does not stop the others). Runs are independent under vmap,
+        so a diverged run cannot contaminate the others.
     """
     check_positive_int(num_steps, name="num_steps")
+    if on_nonfinite not in ("raise", "mark"):
+        raise ValueError(f"on_nonfinite must be 'raise' or 'mark'; got {on_nonfinite!r}")
     keys = jnp.asarray(keys)
     if keys.ndim != 1 or not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
         raise ValueError(f"keys must be a 1-D array of typed PRNG keys (jax.random.split("
@@ -264,6 +273,7 @@ def run_stream(trainer: Trainer, data: StreamData, *, num_steps: int,
     init_acc, init_loss = jax.device_get(eval_c(state.params, data))
     accs, losses, train_losses, kept = [], [], [], []
     task_seconds = []
+    diverged = np.full((R, 2), -1, dtype=np.int64)
     for t in range(T):
         t_start = time.perf_counter()
         task = jnp.asarray(t, jnp.int32)
@@ -271,15 +281,21 @@ def run_stream(trainer: Trainer, data: StreamData, *, num_steps: int,
         for done in range(chunk, num_steps + 1, chunk):
             state, step_losses = fit_c(state, data, task)
             step_losses = np.asarray(step_losses)
-            if not np.all(np.isfinite(step_losses)):
-                run, step = np.argwhere(~np.isfinite(step_losses))[0]
+            bad = ~np.isfinite(step_losses)
+            if on_nonfinite == "raise" and bad.any():
+                run, step = np.argwhere(bad)[0]
                 raise FloatingPointError(
                     f"training loss became non-finite at task {t}, step {done - chunk + step} "
                     f"(run {run}); lower the learning rate or the method's strength")
+            for run in np.flatnonzero(bad.any(axis=1) & (diverged[:, 0] < 0)):
+                diverged[run] = (t, done - chunk + int(np.argmax(bad[run])))
             task_losses.append(step_losses)
             if progress is not None:
                 progress(t, done, num_steps)
         acc, loss = jax.device_get(eval_c(state.params, data))
+        gone = diverged[:, 0] >= 0
+        acc = np.where(gone[:, None], np.nan, acc)
+        loss = np.where(gone[:, None], np.nan, loss)
         accs.append(acc)
         losses.append(loss)
         train_losses.append(np.concatenate(task_losses, axis=1))
@@ -294,7 +310,7 @@ def run_stream(trainer: Trainer, data: StreamData, *, num_steps: int,
                    else None)
     return StreamResult(np.stack(accs, 1), np.stack(losses, 1), np.asarray(init_acc),
                         np.asarray(init_loss), np.stack(train_losses, 1), task_params, state,
-                        timings)
+                        timings, diverged)
 
 
 __all__ = ["TrainState", "StreamData", "StreamResult", "Trainer", "prepare_data", "make_batch",

@@ -75,3 +75,21 @@ def test_sweep_and_hparam_validation():
         validate_config({**cfg, "method": "ewc", "hparams": {"strength": -1.0}})
     with pytest.raises(ValueError, match="non-empty list"):
         validate_config({**cfg, "method": "ewc", "sweep": {"strength": []}})
+
+
+def test_a_diverging_sweep_point_is_reported_and_never_chosen(tmp_path):
+    workdir = tmp_path / "unstable"
+    with tfds.testing.mock_data(num_examples=200):
+        code = cli.main(["run", "experiments/configs/split_mnist.py", "--method", "ncl",
+                         "--steps", "4", "--seeds", "2", "--scenarios", "task", "--workdir",
+                         str(workdir), "--no-progress", "--sweep", "learning_rate=1e-3,1e30",
+                         "--set", "model.widths=[8]", "--set", "eval_chunk=64",
+                         "--set", "method_options={'num_examples': 16, 'chunk_size': 8}"])
+    assert code == 0
+    results = json.loads((workdir / "results.json").read_text())
+    sc = results["scenarios"]["task"]
+    stable, unstable = sc["sweep"]
+    assert stable["diverged"] == [] and len(unstable["diverged"]) == 2
+    assert unstable["diverged"][0]["task"] == 0
+    assert sc["best_hparams"]["learning_rate"] == 1e-3
+    assert "2/2 (seed 0: task 1, step" in (workdir / "report.md").read_text()

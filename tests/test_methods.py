@@ -110,6 +110,37 @@ def test_si_importance_is_nonnegative_and_path_integral_resets():
     assert all(float(l.min()) >= 0 for l in leaves) and any(float(l.max()) > 0 for l in leaves)
 
 
+def test_kfac_ewc_modes_combine_the_tasks_factors_as_documented():
+    def two_tasks(**options):
+        method, tr, data = _build("kfac_ewc", **options)
+        state = tr.init(jax.random.key(0), {"strength": 10.0, "decay": 1.0})
+        for t in range(2):
+            state, _ = tr.fit(state, data, jnp.asarray(t), 6)
+            state = tr.end_task(state, data, jnp.asarray(t))
+        return state.opt_state[0]
+
+    per_task = two_tasks(mode="multi_task", num_slots=3)
+    summed = two_tasks(mode="sum")
+    online = two_tasks()
+    assert int(per_task.count) == 2
+    for name, f in per_task.factors.items():
+        assert float(jnp.abs(f.A[2]).max()) == 0.0 and float(jnp.abs(f.A[1]).max()) > 0
+        # task 1 trained under the same penalty in both modes, so the factors agree
+        np.testing.assert_allclose(summed.factors[name].A[0], f.A[0] + f.A[1], rtol=1e-5,
+                                   atol=1e-7)
+        np.testing.assert_allclose(summed.factors[name].G[0], f.G[0] + f.G[1], rtol=1e-5,
+                                   atol=1e-7)
+        x, y = transforms.nearest_kronecker_sum(f.A[0], f.G[0], f.A[1], f.G[1])
+        np.testing.assert_allclose(jnp.kron(online.factors[name].A[0], online.factors[name].G[0]),
+                                   jnp.kron(x, y), rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="num_slots must be a positive int"):
+        get_method("kfac_ewc", mode="multi_task")
+    with pytest.raises(ValueError, match="num_slots must be None or 1"):
+        get_method("kfac_ewc", mode="sum", num_slots=3)
+    with pytest.raises(ValueError, match="mode must be"):
+        get_method("kfac_ewc", mode="replace")
+
+
 @pytest.mark.parametrize("name", ["ncl", "ncl_kfac"] + [
     pytest.param(n, marks=pytest.mark.slow) for n in METHODS if n not in ("ncl", "ncl_kfac")])
 def test_every_registered_method_runs_a_stream(name):

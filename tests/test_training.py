@@ -98,6 +98,34 @@ def test_non_finite_loss_stops_with_task_and_step():
         run_stream(tr, data, num_steps=4, keys=jax.random.split(jax.random.key(0), 1))
 
 
+def _boost_method():
+    """SGD scaled by hparam ``boost``: a huge boost makes a run diverge, the others train."""
+    from cljax.methods import Method, current_task_only, keep_state
+    return Method("boost", lambda h, base: optax.chain(base, optax.scale(h["boost"])),
+                  current_task_only, keep_state)
+
+
+def test_marked_divergence_leaves_the_other_runs_untouched():
+    tr, data = _setup(method=_boost_method(), optimizer=optax.sgd(0.5))
+    keys = jax.random.split(jax.random.key(3), 3)
+    boost = jnp.asarray([1.0, 1e30, 0.5])
+    res = run_stream(tr, data, num_steps=6, keys=keys, hparams={"boost": boost},
+                     on_nonfinite="mark")
+    assert res.diverged.tolist() == [[-1, -1], [0, 1], [-1, -1]]
+    assert np.all(np.isnan(res.accuracy[1])) and np.all(np.isnan(res.loss[1]))
+    for r in (0, 2):
+        alone = run_stream(tr, data, num_steps=6, keys=keys[r:r + 1],
+                           hparams={"boost": boost[r:r + 1]})
+        assert alone.diverged.tolist() == [[-1, -1]]
+        np.testing.assert_allclose(res.accuracy[r], alone.accuracy[0], atol=1e-6)
+        np.testing.assert_allclose(res.train_loss[r], alone.train_loss[0], rtol=1e-5)
+    with pytest.raises(FloatingPointError, match=r"task 0, step 1 \(run 1\)"):
+        run_stream(tr, data, num_steps=6, keys=keys, hparams={"boost": boost})
+    with pytest.raises(ValueError, match="on_nonfinite"):
+        run_stream(tr, data, num_steps=6, keys=keys, hparams={"boost": boost},
+                   on_nonfinite="ignore")
+
+
 def test_bad_arguments_raise():
     tr, data = _setup()
     keys = jax.random.split(jax.random.key(0), 2)

@@ -30,18 +30,36 @@ def _kfac_on_task(ctx, num_examples, chunk_size):
                             chunk_size=chunk_size)
 
 
-def kfac_ewc(*, num_examples: int = 1024, chunk_size: int = 256) -> Method:
-    """K-FAC Laplace penalty (Ritter et al. 2018) before the base optimizer."""
+def kfac_ewc(*, mode: str = "online", num_slots: int | None = None, num_examples: int = 1024,
+             chunk_size: int = 256) -> Method:
+    """K-FAC Laplace penalty (Ritter et al. 2018) before the base optimizer.
+
+    ``mode`` is how the tasks' factors are combined (:func:`cljax.transforms.kfac_consolidate`):
+    ``"online"`` (nearest Kronecker product of the decayed sum, one slot), ``"sum"`` (factor
+    sums, one slot) or ``"multi_task"`` (one exact slot per past task; ``num_slots`` = the
+    number of tasks that will be consolidated, i.e. the stream's length, is then required).
+    """
     _check_options("true", num_examples, chunk_size)
+    if mode not in ("online", "sum", "multi_task"):
+        raise ValueError(f"mode must be 'online', 'sum' or 'multi_task'; got {mode!r}")
+    if mode == "multi_task":
+        if not isinstance(num_slots, int) or isinstance(num_slots, bool) or num_slots < 1:
+            raise ValueError("mode='multi_task' keeps one slot per task: num_slots must be a "
+                             f"positive int (the number of tasks); got {num_slots!r}")
+    elif num_slots not in (None, 1):
+        raise ValueError(f"mode={mode!r} keeps one set of factors; num_slots must be None or 1, "
+                         f"got {num_slots!r}")
+    slots = num_slots if mode == "multi_task" else 1
 
     def make_optimizer(hparams, base):
         return optax.chain(transforms.kfac_penalty(
-            strength=get_hparam(hparams, "strength", "kfac_ewc")), base)
+            strength=get_hparam(hparams, "strength", "kfac_ewc"), num_slots=slots), base)
 
     def end_task(ctx):
         factors = _kfac_on_task(ctx, num_examples, chunk_size)
-        return transforms.kfac_consolidate(ctx.opt_state, ctx.params, factors, mode="online",
-                                           decay=get_hparam(ctx.hparams, "decay", "kfac_ewc"))
+        decay = get_hparam(ctx.hparams, "decay", "kfac_ewc") if mode == "online" else 1.0
+        return transforms.kfac_consolidate(ctx.opt_state, ctx.params, factors, mode=mode,
+                                           decay=decay)
 
     return Method("kfac_ewc", make_optimizer, current_task_only, end_task,
                   default_hparams={"strength": 1e4, "decay": 1.0})
