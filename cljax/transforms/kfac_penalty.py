@@ -214,8 +214,9 @@ def kfac_penalty(*, strength: float | Array = 1.0, num_slots: int = 1, layers: A
       num_slots: 1, or ``max_tasks`` for ``mode="multi_task"`` consolidation.
       layers: names of the layers to track; default all dense/conv layers.
 
-    ``update(updates, state, params)`` requires ``params``. Per step and slot: two matmuls per
-    layer (``[in+1]² × out`` and ``(in+1) × out²`` multiply-adds).
+    ``update(updates, state, params)`` requires ``params``. Per step and filled slot: two matmuls
+    per layer (``[in+1]² × out`` and ``(in+1) × out²`` multiply-adds); with ``num_slots > 1``
+    the empty slots cost nothing (a loop over the ``count`` filled ones).
     """
     check_nonnegative(strength, name="strength")
     if not isinstance(num_slots, (int, np.integer)) or isinstance(num_slots, bool) or num_slots < 1:
@@ -242,11 +243,15 @@ def kfac_penalty(*, strength: float | Array = 1.0, num_slots: int = 1, layers: A
         out = updates
         for name, f in state.factors.items():
             g_node = _layer_get(updates, name)
-            d = _pack(_layer_get(params, name))[None] - _pack(_layer_get(state.anchors, name), 1)
+            w = _pack(_layer_get(params, name))
+            anchor = _pack(_layer_get(state.anchors, name), 1)
             if num_slots == 1:
-                grad = f.A[0] @ d[0] @ f.G[0]
-            else:
-                grad = jnp.sum(f.A @ d @ f.G, axis=0)
+                grad = f.A[0] @ (w - anchor[0]) @ f.G[0]
+            else:  # only the filled slots: a loop of `count` products, not num_slots
+                grad = jax.lax.fori_loop(
+                    0, jnp.minimum(state.count, num_slots),
+                    lambda i, acc, f=f, w=w, anchor=anchor: acc + f.A[i] @ (w - anchor[i]) @ f.G[i],
+                    jnp.zeros_like(w))
             grad = state.strength.astype(grad.dtype) * grad
             add = _unpack(grad, g_node)
             out = _layer_set(out, name, {k: g_node[k] + add[k] for k in add})
