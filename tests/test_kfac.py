@@ -33,6 +33,26 @@ def test_dense_factors_match_brute_force(x64, fisher):
         assert H.rel_err(got[name].A, a) < 1e-6 and H.rel_err(got[name].G, g) < 1e-6
 
 
+def test_exact_factors_weight_every_class_by_its_probability(x64):
+    model, params, batch = H.mlp_problem(n=5)
+    got = kfac_factors(model.logits_fn, params, batch, fisher="exact", chunk_size=2)
+    p = jax.nn.softmax(model.logits_fn(params, batch))
+    n, c = p.shape
+    for name in got:
+        want_g = 0.0
+        for y in range(c):
+            names, q = H.mlp_layer_quantities(params, batch, jnp.full((n,), y))
+            l = names.index(name)
+            want_g = want_g + sum(p[i, y] * jnp.outer(q[i][l][1], q[i][l][1]) for i in range(n)) / n
+        want_a = H.oracle_kfac_mlp(params, batch, batch["y"])[name][0]
+        assert H.rel_err(got[name].A, want_a) < 1e-6 and H.rel_err(got[name].G, want_g) < 1e-6
+    # many sampled labels converge to it
+    sampled = kfac_factors(model.logits_fn, params, batch, jax.random.PRNGKey(0), fisher="true",
+                           num_samples=4000)
+    for name in got:
+        assert H.rel_err(sampled[name].G, got[name].G) < 0.1
+
+
 def test_conv_factors_match_brute_force_kfc(x64):
     model, params, batch = H.cnn_problem(n=3)
     got = kfac_factors(model.logits_fn, params, batch, fisher="empirical", chunk_size=2)
@@ -127,7 +147,7 @@ def test_bad_inputs_raise():
     model, params, batch = H.mlp_problem(dtype=jnp.float32)
     f = model.logits_fn
     with pytest.raises(ValueError, match="fisher"):
-        kfac_factors(f, params, batch, jax.random.PRNGKey(0), fisher="exact")
+        kfac_factors(f, params, batch, jax.random.PRNGKey(0), fisher="argmax")
     with pytest.raises(TypeError, match="key"):
         kfac_factors(f, params, batch)
     with pytest.raises(ValueError, match="num_samples"):

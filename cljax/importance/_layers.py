@@ -54,7 +54,7 @@ from flax.linen.linear import canonicalize_padding
 from cljax import validation
 from cljax.types import Array, Batch, LogitsFn, Params
 
-KINDS = ("empirical", "true", "exact", "mas", "kfac_true", "kfac_empirical")
+KINDS = ("empirical", "true", "exact", "mas", "kfac_true", "kfac_empirical", "kfac_exact")
 IMPLEMENTATIONS = ("auto", "vmap")
 
 
@@ -317,7 +317,7 @@ def _directions(kind: str, logits: Array, batch: Batch, w: Array, gidx: Array, k
         ys = jax.vmap(draw)(gidx, logits).T  # [S, B], keyed by global example index
         u = (p[None] - jax.nn.one_hot(ys, c, dtype=p.dtype)) / jnp.sqrt(
             jnp.asarray(num_samples, p.dtype))
-    elif kind == "exact":
+    elif kind in ("exact", "kfac_exact"):
         eye = jnp.eye(c, dtype=p.dtype)
         u = jnp.sqrt(p).T[:, :, None] * (p[None, :, :] - eye[:, None, :])  # [C, B, C]
     elif kind == "mas":

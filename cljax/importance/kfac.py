@@ -6,8 +6,9 @@ curvature", §3: for a dense layer s = ā W̄ (flax layout: W̄ = [W; b] is [in+
 
     A = E[ā āᵀ]  ([in+1, in+1]; [in, in] without bias),   G = E[g gᵀ]  ([out, out]),
 
-g = ∂ log p(y|x) / ∂s, y sampled from the model (``fisher="true"``) or the dataset label
-(``fisher="empirical"``). In this layout the quadratic form is
+g = ∂ log p(y|x) / ∂s, y sampled from the model (``fisher="true"``), every class y weighted by
+p(y|x) (``fisher="exact"``: G = E_x Σ_y p(y|x) g_y g_yᵀ, the expectation the sampled labels
+estimate; C backward passes) or the dataset label (``fisher="empirical"``). In this layout the quadratic form is
 vec(ΔW̄)ᵀ (A ⊗ G) vec(ΔW̄) = tr(ΔW̄ᵀ A ΔW̄ G) (row-major vec), the matrix-vector product is A ΔW̄ G
 and (A ⊗ G + λI)⁻¹ is applied through the eigendecompositions of A and G.
 
@@ -46,7 +47,7 @@ from cljax import validation
 from cljax.importance._layers import estimate, path_name
 from cljax.types import Array, Batch, KFACFactors, LogitsFn, Params, PRNGKey
 
-FISHER_TYPES = ("true", "empirical")
+FISHER_TYPES = ("true", "exact", "empirical")
 
 
 def kfac_factors(logits_fn: LogitsFn, params: Params, batch: Batch, key: PRNGKey | None = None, *,
@@ -60,8 +61,10 @@ def kfac_factors(logits_fn: LogitsFn, params: Params, batch: Batch, key: PRNGKey
       batch: dict with ``x`` [N, ...], ``y`` [N] (needed for ``fisher="empirical"``), optional
         ``task``.
       key: PRNG key for sampling y ~ p(·|x) (``fisher="true"``; draw n uses ``fold_in(key, n)``).
-      fisher: ``"true"`` (sampled labels, ``num_samples`` per example, G averaged over them) or
-        ``"empirical"`` (dataset labels).
+      fisher: ``"true"`` (sampled labels, ``num_samples`` per example, G averaged over them),
+        ``"exact"`` (every class, weighted by its probability: no sampling noise, which matters
+        for a confident model whose sampled label is almost never wrong) or ``"empirical"``
+        (dataset labels).
       chunk_size: examples per chunk inside ``jit``; ``None`` = all N; padded with zero weights.
 
     Returns:

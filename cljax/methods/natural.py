@@ -1,9 +1,10 @@
 """K-FAC Laplace (Ritter et al. 2018) and NCL (Kao et al. 2021) as recipes for ``run_stream``.
 
 * ``kfac_ewc``: the K-FAC Laplace penalty (λ/2) Σ_layers tr(ΔW̄ᵀ A ΔW̄ G) chained before the
-  base optimizer; at each boundary the task's factors (true Fisher, sampled labels) are merged
-  into the running ones by :func:`cljax.transforms.kfac_consolidate` in ``"online"`` mode (the
-  nearest Kronecker product of γ·A⊗G + A_t⊗G_t, see that module).
+  base optimizer; at each boundary the task's factors (exact Fisher by default: every class
+  weighted by its probability) are combined with the earlier ones by
+  :func:`cljax.transforms.kfac_consolidate` (``mode``: ``"online"`` nearest Kronecker product of
+  γ·A⊗G + A_t⊗G_t, ``"sum"`` of factors, or ``"multi_task"`` exact per-task slots).
 * ``ncl`` / ``ncl_kfac``: the NCL preconditioner Λ⁻¹∇ℓ + (θ − μ) followed by SGD (Adam would
   undo the preconditioning), Λ = s·ΣF + d·I with a diagonal Fisher or K-FAC factors; the base
   optimizer of the config is *replaced* by SGD with hyperparameter ``learning_rate`` (and static
@@ -23,23 +24,36 @@ from cljax.methods.base import Method, current_task_only, get_hparam
 from cljax.methods.penalties import _check_options, fisher_on_task
 
 
-def _kfac_on_task(ctx, num_examples, chunk_size):
+KFAC_FISHERS = ("exact", "true", "empirical")
+
+
+def _check_kfac_options(fisher, num_examples, chunk_size):
+    if fisher not in KFAC_FISHERS:
+        raise ValueError(f"fisher must be one of {KFAC_FISHERS}; got {fisher!r}")
+    _check_options("true", num_examples, chunk_size)
+
+
+def _kfac_on_task(ctx, fisher, num_examples, chunk_size):
     k_data, k_labels = jax.random.split(ctx.key)
     batch = ctx.sample_batch(ctx.task, k_data, num_examples)
-    return imp.kfac_factors(ctx.logits_fn, ctx.params, batch, k_labels, fisher="true",
+    return imp.kfac_factors(ctx.logits_fn, ctx.params, batch, k_labels, fisher=fisher,
                             chunk_size=chunk_size)
 
 
-def kfac_ewc(*, mode: str = "online", num_slots: int | None = None, num_examples: int = 1024,
-             chunk_size: int = 256) -> Method:
+def kfac_ewc(*, mode: str = "online", num_slots: int | None = None, fisher: str = "exact",
+             num_examples: int = 1024, chunk_size: int = 256) -> Method:
     """K-FAC Laplace penalty (Ritter et al. 2018) before the base optimizer.
 
     ``mode`` is how the tasks' factors are combined (:func:`cljax.transforms.kfac_consolidate`):
     ``"online"`` (nearest Kronecker product of the decayed sum, one slot), ``"sum"`` (factor
     sums, one slot) or ``"multi_task"`` (one exact slot per past task; ``num_slots`` = the
     number of tasks that will be consolidated, i.e. the stream's length, is then required).
+    ``fisher`` selects the factors' labels (:func:`cljax.importance.kfac_factors`): ``"exact"``
+    (default, every class weighted by p(y|x), like EWC's diagonal) or ``"true"`` (one sampled
+    label per example: on a confident model G then rests on the few examples whose sampled label
+    was wrong, and the penalty varies from run to run).
     """
-    _check_options("true", num_examples, chunk_size)
+    _check_kfac_options(fisher, num_examples, chunk_size)
     if mode not in ("online", "sum", "multi_task"):
         raise ValueError(f"mode must be 'online', 'sum' or 'multi_task'; got {mode!r}")
     if mode == "multi_task":
@@ -56,7 +70,7 @@ def kfac_ewc(*, mode: str = "online", num_slots: int | None = None, num_examples
             strength=get_hparam(hparams, "strength", "kfac_ewc"), num_slots=slots), base)
 
     def end_task(ctx):
-        factors = _kfac_on_task(ctx, num_examples, chunk_size)
+        factors = _kfac_on_task(ctx, fisher, num_examples, chunk_size)
         decay = get_hparam(ctx.hparams, "decay", "kfac_ewc") if mode == "online" else 1.0
         return transforms.kfac_consolidate(ctx.opt_state, ctx.params, factors, mode=mode,
                                            decay=decay)
@@ -84,10 +98,11 @@ def ncl(*, fisher: str = "exact", num_examples: int = 1024, chunk_size: int = 25
                   default_hparams={"strength": 1e3, "damping": 1.0, "learning_rate": 0.05})
 
 
-def ncl_kfac(*, num_examples: int = 1024, chunk_size: int = 256,
+def ncl_kfac(*, fisher: str = "exact", num_examples: int = 1024, chunk_size: int = 256,
              momentum: float | None = 0.9) -> Method:
-    """K-FAC NCL (Kao et al. 2021): Λ per layer from K-FAC factors, then SGD."""
-    _check_options("true", num_examples, chunk_size)
+    """K-FAC NCL (Kao et al. 2021): Λ per layer from K-FAC factors (``fisher`` as in
+    :func:`kfac_ewc`), then SGD."""
+    _check_kfac_options(fisher, num_examples, chunk_size)
 
     def make_optimizer(hparams, base):
         del base
@@ -97,7 +112,7 @@ def ncl_kfac(*, num_examples: int = 1024, chunk_size: int = 256,
                                    momentum=momentum)
 
     def end_task(ctx):
-        factors = _kfac_on_task(ctx, num_examples, chunk_size)
+        factors = _kfac_on_task(ctx, fisher, num_examples, chunk_size)
         return transforms.ncl_kfac_consolidate(ctx.opt_state, ctx.params, factors)
 
     return Method("ncl_kfac", make_optimizer, current_task_only, end_task,
