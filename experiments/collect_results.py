@@ -1,4 +1,5 @@
-"""Print the Split MNIST result tables (markdown) from runs/final_*/results.json.
+"""Print the result tables (markdown): Split MNIST from runs/final_*/results.json, Permuted MNIST
+from runs/perm_*/results.json.
 
     python experiments/collect_results.py [runs_dir]
 """
@@ -9,8 +10,9 @@ import sys
 PUBLISHED = {  # van de Ven & Tolias 2019 (Task / Domain / Class); MAS and L2 from Hsu et al. 2018
     "none": (87.19, 59.21, 19.90), "joint": (99.66, 98.42, 97.94), "ewc": (98.64, 63.95, 20.01),
     "online_ewc": (99.12, 64.32, 19.96), "si": (99.09, 65.36, 19.99), "mas": (99.22, None, None),
-    "l2": (98.18, None, None), "kfac_ewc": (None, None, None), "ncl": (None, None, None),
+    "l2": (98.18, None, None), "kfac_ewc": (None, None, None), "kfac_ewc_true": (None, None, None), "ncl": (None, None, None),
     "ncl_d0.1": (None, None, None), "ncl_d0.01": (None, None, None)}
+PERMUTED = {"none": 78.51, "ewc": 94.31, "online_ewc": 94.42, "si": 95.33}  # Domain-IL, same paper
 
 
 def fmt(entry):
@@ -50,6 +52,21 @@ def main(root="runs"):
             acc, bwt = fmt(sc)
             print(f"| {method} | {scenario}-IL | {sc.get('best_hparams', sc['hparams'])} | "
                   f"{r['config']['seeds']} | {acc} | {bwt} | {PUBLISHED[method][col]} |")
+
+
+    perm = [(m, root / f"perm_{m}" / "results.json") for m in PERMUTED]
+    if any(p.exists() for _, p in perm):
+        print()
+        print("| method | hparams | seeds | Domain-IL ACC | BWT | published | wall (train+eval) |")
+        print("|---|---|---|---|---|---|---|")
+    for method, path in perm:
+        if not path.exists():
+            continue
+        r = json.loads(path.read_text())
+        sc = r["scenarios"]["domain"]
+        acc, bwt = fmt(sc)
+        print(f"| {method} | {sc['hparams']} | {r['config']['seeds']} | {acc} | {bwt} | "
+              f"{PERMUTED[method]} | {sc['timings']['run_seconds'] / 60:.0f} min |")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,14 @@ run ncl        ncl_d0.1   --scenarios task --seeds 3 \
     --set "hparams={'strength':1e3,'damping':0.1,'learning_rate':5e-3}"
 run ncl        ncl_d0.01  --scenarios task --seeds 3 \
     --set "hparams={'strength':1e3,'damping':0.01,'learning_rate':5e-4}"
-run kfac_ewc   kfac_ewc   --scenarios task --seeds 3 --set "hparams={'strength':1e4,'decay':1.0}"
-# Not yet run (CPU time): Domain-/Class-IL for EWC, online EWC and SI, e.g.
-#   run ewc ewc_dc --scenarios domain,class --seeds 2 --sweep strength=1e3,1e5,1e7
+# K-FAC EWC: exact-Fisher factors (default) merged online (nearest Kronecker product).
+run kfac_ewc   kfac_ewc   $T --set "hparams={'strength':1e5,'decay':1.0}"
+# The earlier K-FAC row, factors from one sampled label per example (fisher='true'):
+run kfac_ewc   kfac_ewc_true --scenarios task --seeds 3 --set "hparams={'strength':1e4,'decay':1.0}" \
+    --set "method_options={'fisher':'true'}"
+# Domain-IL and Class-IL for EWC, online EWC and SI: a 3-point sweep × 3 seeds per method, one
+# vmapped program per scenario; the table reports the best point of each.
+DC="--scenarios domain,class --seeds 3"
+run ewc        ewc_dc        $DC --sweep strength=1e5,1e7,1e9
+run si         si_dc         $DC --set "hparams={'xi':0.1}" --sweep strength=1e2,1e3,1e4
+run online_ewc online_ewc_dc $DC --set "hparams={'decay':1.0}" --sweep strength=1e5,1e7,1e9

@@ -10,4 +10,9 @@ run si         --seeds 1 --sweep strength=1,10,100,1000
 run mas        --seeds 1 --sweep strength=0.1,1,10,100
 run l2         --seeds 1 --sweep strength=1e-2,1e-1,1,10
 run ncl        --seeds 1 --sweep strength=1e2,1e3,1e4,1e5
-run kfac_ewc   --seeds 1 --sweep strength=1e2,1e3,1e4,1e5
+# K-FAC EWC (a later --workdir wins): factors from one sampled label per example, online and
+# summed factors, then the exact-Fisher factors (the default since) over 2 seeds.
+run kfac_ewc   --seeds 1 --sweep strength=1e2,1e3,1e4,1e5 --set "method_options={'fisher':'true'}"
+run kfac_ewc   --seeds 1 --sweep strength=1e2,1e3,1e4,1e5 --workdir runs/sweep_kfac_ewc_sum \
+    --set "method_options={'fisher':'true','mode':'sum'}"
+run kfac_ewc   --seeds 2 --sweep strength=1e3,1e4,1e5 --workdir runs/sweep_kfac_ewc_exact
