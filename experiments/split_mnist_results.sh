@@ -30,5 +30,5 @@ run kfac_ewc   kfac_ewc_true --scenarios task --seeds 3 --set "hparams={'strengt
 # vmapped program per scenario; the table reports the best point of each.
 DC="--scenarios domain,class --seeds 3"
 run ewc        ewc_dc        $DC --sweep strength=1e5,1e7,1e9
-run si         si_dc         $DC --set "hparams={'xi':0.1}" --sweep strength=1e2,1e3,1e4
-run online_ewc online_ewc_dc $DC --set "hparams={'decay':1.0}" --sweep strength=1e5,1e7,1e9
+run si         si_dc         $DC --set "hparams={'xi':0.1}" --sweep strength=1e3,1e4,1e5
+run online_ewc online_ewc_dc $DC --set "hparams={'decay':1.0}" --sweep strength=1e7,1e9
