@@ -41,8 +41,9 @@ def main(root="runs"):
     paths = [root / f"final_{m}_dc" / "results.json" for m in ("ewc", "online_ewc", "si")]
     if any(p.exists() for p in paths):
         print()
-        print("| method | scenario | best hparams (of the sweep) | seeds | ACC | BWT | published |")
-        print("|---|---|---|---|---|---|---|")
+        print("| method | scenario | best hparams (of the sweep) | seeds | ACC | BWT | published "
+              "| every point: strength → ACC |")
+        print("|---|---|---|---|---|---|---|---|")
     for method, path in zip(("ewc", "online_ewc", "si"), paths):
         if not path.exists():
             continue
@@ -50,8 +51,10 @@ def main(root="runs"):
         for col, scenario in ((1, "domain"), (2, "class")):
             sc = r["scenarios"][scenario]
             acc, bwt = fmt(sc)
+            points = ", ".join(f"{p['hparams']['strength']:.0e}: {100 * p['metrics']['acc']['mean']:.2f}"
+                               for p in sc.get("sweep", []))
             print(f"| {method} | {scenario}-IL | {sc.get('best_hparams', sc['hparams'])} | "
-                  f"{r['config']['seeds']} | {acc} | {bwt} | {PUBLISHED[method][col]} |")
+                  f"{r['config']['seeds']} | {acc} | {bwt} | {PUBLISHED[method][col]} | {points} |")
 
 
     perm = [(m, root / f"perm_{m}" / "results.json") for m in PERMUTED]
