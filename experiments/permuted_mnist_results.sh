@@ -3,7 +3,7 @@
 # 5000 it/task, batch 128), 3 seeds of each method as one vmapped program.
 # Strengths: the values tuned for this protocol in van de Ven's current code (param_values.py:
 # EWC λ 100, SI c 10 for permMNIST), whose Fisher (exact, 'all' labels, per-example mean) is on
-# our scale. No λ sweep here: one 3-seed run costs ≈ 25 min on a 2-core CPU.
+# our scale. No λ sweep here: one 3-seed run takes ≈ 35 min on a 2-core CPU (SI, measured).
 # Outputs in runs/perm_<name>/; `python experiments/collect_results.py` prints the table.
 set -euo pipefail
 run() { cljax run experiments/configs/permuted_mnist.py --no-progress --scenarios domain \
