@@ -47,16 +47,21 @@ def test_overrides_and_config_validation():
         cli.load_config("experiments/configs/nope.py")
 
 
-def test_sweep_runs_every_value_and_plots(tmp_path):
-    workdir = tmp_path / "sweep"
+def _tiny_sweep(workdir, method, sweep):
+    """`cljax run` of a 2-seed, 4-step Task-IL sweep on mock MNIST; returns results.json."""
     with tfds.testing.mock_data(num_examples=200):
-        code = cli.main(["run", "experiments/configs/split_mnist.py", "--method", "ewc",
+        code = cli.main(["run", "experiments/configs/split_mnist.py", "--method", method,
                          "--steps", "4", "--seeds", "2", "--scenarios", "task", "--workdir",
-                         str(workdir), "--no-progress", "--sweep", "strength=0,1e3",
+                         str(workdir), "--no-progress", "--sweep", sweep,
                          "--set", "model.widths=[8]", "--set", "eval_chunk=64",
                          "--set", "method_options={'num_examples': 16, 'chunk_size': 8}"])
     assert code == 0
-    results = json.loads((workdir / "results.json").read_text())
+    return json.loads((workdir / "results.json").read_text())
+
+
+def test_sweep_runs_every_value_and_plots(tmp_path):
+    workdir = tmp_path / "sweep"
+    results = _tiny_sweep(workdir, "ewc", "strength=0,1e3")
     sweep = results["scenarios"]["task"]["sweep"]
     assert [p["hparams"]["strength"] for p in sweep] == [0.0, 1e3]
     assert all(len(p["accuracy"]) == 2 for p in sweep)
@@ -79,14 +84,7 @@ def test_sweep_and_hparam_validation():
 
 def test_a_diverging_sweep_point_is_reported_and_never_chosen(tmp_path):
     workdir = tmp_path / "unstable"
-    with tfds.testing.mock_data(num_examples=200):
-        code = cli.main(["run", "experiments/configs/split_mnist.py", "--method", "ncl",
-                         "--steps", "4", "--seeds", "2", "--scenarios", "task", "--workdir",
-                         str(workdir), "--no-progress", "--sweep", "learning_rate=1e-3,1e30",
-                         "--set", "model.widths=[8]", "--set", "eval_chunk=64",
-                         "--set", "method_options={'num_examples': 16, 'chunk_size': 8}"])
-    assert code == 0
-    results = json.loads((workdir / "results.json").read_text())
+    results = _tiny_sweep(workdir, "ncl", "learning_rate=1e-3,1e30")
     sc = results["scenarios"]["task"]
     stable, unstable = sc["sweep"]
     assert stable["diverged"] == [] and len(unstable["diverged"]) == 2

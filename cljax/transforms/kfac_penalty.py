@@ -216,7 +216,8 @@ def kfac_penalty(*, strength: float | Array = 1.0, num_slots: int = 1, layers: A
 
     ``update(updates, state, params)`` requires ``params``. Per step and filled slot: two matmuls
     per layer (``[in+1]² × out`` and ``(in+1) × out²`` multiply-adds); with ``num_slots > 1``
-    the empty slots cost nothing (a loop over the ``count`` filled ones).
+    the products run in a loop over the ``count`` filled slots only, so unfilled slots add no
+    matmuls (not benchmarked separately).
     """
     check_nonnegative(strength, name="strength")
     if not isinstance(num_slots, (int, np.integer)) or isinstance(num_slots, bool) or num_slots < 1:
