@@ -138,7 +138,11 @@ def make_trainer(model: Model, method: Method, *, optimizer: optax.GradientTrans
         tasks = method.sample_tasks(k_task, task, batch_size)
         idx = jax.random.randint(k_idx, (batch_size,), 0, data.train.n[tasks])
         batch = make_batch(data, data.train, tasks, idx)
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, state, k_loss)
+        if method.value_and_grad is None:
+            loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, state, k_loss)
+        else:
+            loss, grads = method.value_and_grad(lambda p: loss_fn(p, batch, state, k_loss),
+                                                state.opt_state, state.params)
         updates, opt_state = tx(state.hparams).update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return state._replace(params=params, opt_state=opt_state, step=state.step + 1), loss

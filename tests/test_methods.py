@@ -145,11 +145,22 @@ def test_kfac_ewc_modes_combine_the_tasks_factors_as_documented():
     pytest.param(n, marks=pytest.mark.slow) for n in METHODS if n not in ("ncl", "ncl_kfac")])
 def test_every_registered_method_runs_a_stream(name):
     # the penalty methods are also run by test_zero_strength_reproduces_fine_tuning
-    if True:
-        method, tr, data = _build(name)
-        res = run_stream(tr, data, num_steps=3, keys=jax.random.split(jax.random.key(0), 1),
-                         hparams=method.default_hparams)
-        assert res.accuracy.shape == (1, 3, 3) and np.all(np.isfinite(res.loss)), name
+    method, tr, data = _build(name)
+    res = run_stream(tr, data, num_steps=3, keys=jax.random.split(jax.random.key(0), 1),
+                     hparams=method.default_hparams)
+    assert res.accuracy.shape == (1, 3, 3) and np.all(np.isfinite(res.loss)), name
+
+
+def test_ncl_kfac_fused_gradient_matches_the_transform_path():
+    keys = jax.random.split(jax.random.key(2), 2)
+    runs = {}
+    for fused in (True, False):
+        method, tr, data = _build("ncl_kfac", fused_gradient=fused)
+        assert (method.value_and_grad is not None) == fused
+        runs[fused] = run_stream(tr, data, num_steps=8, keys=keys,
+                                 hparams={**method.default_hparams, "strength": np.array([1.0, 30.0])})
+    np.testing.assert_allclose(runs[True].train_loss, runs[False].train_loss, rtol=2e-4, atol=1e-5)
+    np.testing.assert_allclose(runs[True].accuracy, runs[False].accuracy, atol=1e-6)
 
 
 def test_method_errors():

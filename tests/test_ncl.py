@@ -5,9 +5,11 @@ import numpy as np
 import optax
 import pytest
 
+from cljax.nn import MLP, as_model
 from cljax.transforms import (NCLDiagState, NCLKFACState, ncl, ncl_consolidate, ncl_kfac,
-                              ncl_kfac_consolidate, ncl_kfac_preconditioner, ncl_preconditioner,
-                              nearest_kronecker_sum, set_damping, set_strength)
+                              ncl_kfac_consolidate, ncl_kfac_preconditioner,
+                              ncl_kfac_value_and_grad, ncl_preconditioner, nearest_kronecker_sum,
+                              set_damping, set_strength)
 from cljax.types import KFACFactors
 from helpers import assert_trees_close
 
@@ -242,6 +244,48 @@ def test_kfac_vmap_over_strength_and_no_recompile():
     assert step._cache_size() == n
 
 
+def test_kfac_fused_gradient_equals_preconditioning_the_gradient(x64):
+    """ncl_kfac_value_and_grad + preconditioned_gradients=True gives the same trajectory as
+    jax.grad + the transform, before and after consolidations (vmapped over strength)."""
+    model = as_model(MLP((7, 6), 3))
+    kx, ky, kp = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.normal(kx, (10, 5), jnp.float64)
+    y = jax.random.randint(ky, (10,), 0, 3)
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), model.init(kp, {"x": x}))
+
+    def loss(p):
+        logp = jax.nn.log_softmax(model.logits_fn(p, {"x": x}))
+        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], 1))
+
+    def factors(seed):
+        out = {}
+        for i, (name, node) in enumerate(params.items()):
+            n, m = node["kernel"].shape[0] + 1, node["kernel"].shape[1]
+            k1, k2 = jax.random.split(jax.random.PRNGKey(seed + i))
+            out[name] = KFACFactors(_spd(k1, n), _spd(k2, m))
+        return out
+
+    def trajectory(fused, strength):
+        tx = ncl_kfac(0.05, strength=strength, damping=0.3, momentum=0.9,
+                      preconditioned_gradients=fused)
+        p, state = params, tx.init(params)
+        for t in range(2):
+            for _ in range(3):
+                g = (ncl_kfac_value_and_grad(lambda q: loss(q), state, p)[1] if fused
+                     else jax.grad(loss)(p))
+                updates, state = tx.update(g, state, p)
+                p = optax.apply_updates(p, updates)
+            state = ncl_kfac_consolidate(state, p, factors(10 * t))
+        return p
+
+    for lam in (0.5, 4.0):
+        assert_trees_close(trajectory(True, lam), trajectory(False, lam), rtol=1e-9, atol=1e-12)
+    strengths = jnp.array([0.5, 4.0])
+    batched = jax.jit(jax.vmap(lambda s: trajectory(True, s)))(strengths)
+    assert_trees_close(jax.tree.map(lambda a: a[1], batched), trajectory(False, 4.0), rtol=1e-9,
+                       atol=1e-12)
+
+
 def test_bad_inputs_raise():
     params, fac, _ = _kfac_setup(jnp.float32)
     with pytest.raises(ValueError, match="strength"):
@@ -274,4 +318,8 @@ def test_bad_inputs_raise():
         ncl_kfac_preconditioner(layers=["Dense_3"]).init(params)
     with pytest.raises(ValueError, match="NCLDiagState"):
         ncl_consolidate(kst, params, jax.tree.map(jnp.abs, params))
+    with pytest.raises(ValueError, match="NCLKFACState"):
+        ncl_kfac_value_and_grad(lambda p: jnp.sum(p["scale"]), st, params)
+    with pytest.raises(TypeError, match="preconditioned_gradients"):
+        ncl_kfac_preconditioner(preconditioned_gradients="yes")
     assert isinstance(st, NCLDiagState) and isinstance(kst, NCLKFACState)

@@ -13,7 +13,10 @@ A :class:`Method` supplies
 * ``extra_loss(params, batch, opt_state, hparams, key)``: a loss term added to the task loss
   (distillation, replay), or None;
 * ``end_task(ctx)``: the task-boundary update, a pure function of a :class:`BoundaryContext`
-  returning the new optimizer state (estimate importance, consolidate, update bases).
+  returning the new optimizer state (estimate importance, consolidate, update bases);
+* ``value_and_grad(loss, opt_state, params)``: how the step's loss and the gradient handed to the
+  optimizer are computed, or None for ``jax.value_and_grad(loss)(params)`` (NCL K-FAC
+  preconditions inside the backward pass: :func:`cljax.transforms.ncl_kfac_value_and_grad`).
 
 The trainer never branches on a method's name.
 """
@@ -52,6 +55,8 @@ class Method(NamedTuple):
     end_task: Callable[[BoundaryContext], Any]
     extra_loss: Callable[..., Array] | None = None
     default_hparams: Mapping[str, float] = {}
+    value_and_grad: Callable[[Callable[[Params], Array], Any, Params],
+                             tuple[Array, Params]] | None = None
 
 
 def current_task_only(key: PRNGKey, task: Array, batch_size: int) -> Array:

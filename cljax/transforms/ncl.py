@@ -44,16 +44,17 @@ N(θ_0, d⁻¹I) instead, consolidate at the initial parameters with zero import
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from cljax.transforms.kfac_gradient import kfac_preconditioned_value_and_grad
 from cljax.transforms.kfac_penalty import (_check_factors, _kfac_layers, _layer_get,
                                            _layer_set, _pack, _unpack, nearest_kronecker_sum)
 from cljax.transforms.penalty import (_NO_PARAMS, _check_decay, _check_importance_values,
-                                      _check_scalar_like, _float_dtype, _register_strength_state,
+                                      _check_scalar_like, _find_one, _float_dtype, _register_strength_state,
                                       _replace_one, _replace_states)
 from cljax.types import Array, Importance, KFACFactors, Params
 from cljax.validation import check_nonnegative, check_same_structure
@@ -225,7 +226,8 @@ def _damped_inverses(a: Array, g: Array, strength: Array, damping: Array) -> tup
 
 
 def ncl_kfac_preconditioner(*, strength: float | Array = 1.0, damping: float | Array = 1.0,
-                            layers: Any = None) -> optax.GradientTransformation:
+                            layers: Any = None, preconditioned_gradients: bool = False
+                            ) -> optax.GradientTransformation:
     """K-FAC NCL direction ``Λ⁻¹ g + (θ − μ)`` (Kao et al. 2021; Λ per layer as in
     the module docstring: ``A_d⁻¹ ∇W̄ G_d⁻¹`` for each factor layer, ``∇/d`` elsewhere).
 
@@ -233,12 +235,18 @@ def ncl_kfac_preconditioner(*, strength: float | Array = 1.0, damping: float | A
       strength: s ≥ 0 (array in the state). damping: d > 0 (array in the state).
       layers: names of the layers to precondition ("Dense_0", or "/"-joined paths for nested
         modules); default: every params node holding a ``kernel`` of rank ≥ 2 (dense, conv).
+      preconditioned_gradients: the incoming updates are already Λ⁻¹∇ℓ, computed by
+        :func:`ncl_kfac_value_and_grad` inside the backward pass (cheaper: see
+        :mod:`cljax.transforms.kfac_gradient`); the transform then only adds the pull (θ − μ).
 
     Memory: two ``[in+1, in+1]`` and two ``[out, out]`` matrices per layer (factors and inverses),
     plus μ. ``update(updates, state, params)`` requires ``params``.
     """
     check_nonnegative(strength, name="strength")
     _check_damping(damping)
+    if not isinstance(preconditioned_gradients, bool):
+        raise TypeError("preconditioned_gradients must be a bool; got "
+                        f"{type(preconditioned_gradients).__name__}")
 
     def init_fn(params: Params) -> NCLKFACState:
         dt = _float_dtype()
@@ -259,9 +267,12 @@ def ncl_kfac_preconditioner(*, strength: float | Array = 1.0, damping: float | A
         check_same_structure(params, state.mean, name="params",
                              reference_name="the params the state was initialised with")
         on = state.count > 0
+        pull = on.astype(_float_dtype())
+        if preconditioned_gradients:
+            return jax.tree.map(lambda g, p, m: (g + pull.astype(g.dtype) * (p - m)).astype(g.dtype),
+                                updates, params, state.mean), state
         # Parameters outside factor layers: Λ = d I after the first task, identity before.
         other = jnp.where(on, 1.0 / state.damping, 1.0)
-        pull = on.astype(_float_dtype())
         out = jax.tree.map(lambda g, p, m: (other.astype(g.dtype) * g
                                             + pull.astype(g.dtype) * (p - m)).astype(g.dtype),
                            updates, params, state.mean)
@@ -274,6 +285,27 @@ def ncl_kfac_preconditioner(*, strength: float | Array = 1.0, damping: float | A
         return out, state
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def ncl_kfac_value_and_grad(fun: Callable[..., Array], opt_state: Any, params: Params,
+                            *args: Any) -> tuple[Array, Params]:
+    """``fun(params, *args)`` and Λ⁻¹∇fun with the K-FAC NCL precision held in ``opt_state``,
+    computed inside the backward pass (:func:`cljax.transforms.kfac_preconditioned_value_and_grad`).
+
+    Feed the result to ``ncl_kfac(..., preconditioned_gradients=True)``; together they give the
+    same step as ``jax.grad`` followed by ``ncl_kfac(...)``, for ≈ 40 % of the preconditioner's
+    multiply-adds at batch 128 on a 784-400-400-10 MLP. Before the first consolidation Λ⁻¹ = I.
+
+    Args:
+      fun: scalar loss of ``(params, *args)`` built from flax linen modules.
+      opt_state: an :class:`NCLKFACState` or an optimizer state containing exactly one.
+      params: the current parameters.
+    """
+    s = _find_one(opt_state, NCLKFACState, what="ncl_kfac_value_and_grad")
+    check_same_structure(params, s.mean, name="params",
+                         reference_name="the params the state was initialised with")
+    other = jnp.where(s.count > 0, 1.0 / s.damping, 1.0)
+    return kfac_preconditioned_value_and_grad(fun, params, s.inverse, *args, other_scale=other)
 
 
 def ncl_kfac_consolidate(state: Any, params: Params, factors: Mapping[str, KFACFactors], *,
@@ -337,12 +369,15 @@ def ncl(learning_rate: optax.ScalarOrSchedule, *, strength: float | Array = 1.0,
 
 
 def ncl_kfac(learning_rate: optax.ScalarOrSchedule, *, strength: float | Array = 1.0,
-             damping: float | Array = 1.0, momentum: float | None = None, layers: Any = None
-             ) -> optax.GradientTransformation:
-    """K-FAC NCL: ``optax.chain(ncl_kfac_preconditioner(...), optax.sgd(lr, momentum))``."""
-    return optax.chain(ncl_kfac_preconditioner(strength=strength, damping=damping, layers=layers),
+             damping: float | Array = 1.0, momentum: float | None = None, layers: Any = None,
+             preconditioned_gradients: bool = False) -> optax.GradientTransformation:
+    """K-FAC NCL: ``optax.chain(ncl_kfac_preconditioner(...), optax.sgd(lr, momentum))``; with
+    ``preconditioned_gradients=True`` it expects the gradients of :func:`ncl_kfac_value_and_grad`."""
+    return optax.chain(ncl_kfac_preconditioner(strength=strength, damping=damping, layers=layers,
+                                               preconditioned_gradients=preconditioned_gradients),
                        optax.sgd(learning_rate, momentum=momentum))
 
 
 __all__ = ["NCLDiagState", "NCLKFACState", "ncl_preconditioner", "ncl_consolidate",
-           "ncl_kfac_preconditioner", "ncl_kfac_consolidate", "set_damping", "ncl", "ncl_kfac"]
+           "ncl_kfac_preconditioner", "ncl_kfac_consolidate", "ncl_kfac_value_and_grad",
+           "set_damping", "ncl", "ncl_kfac"]

@@ -1,0 +1,165 @@
+"""K-FAC-preconditioned gradients formed inside the backward pass (the rank-B trick).
+
+A dense layer's batch gradient is ∇W̄ = āᵀδ, with ā = [x, 1]: [R, in+1] the layer's inputs (R rows:
+batch × any middle axes) and δ: [R, out] its output cotangents. Its K-FAC preconditioned form is
+
+    A⁻¹ ∇W̄ G⁻¹ = (ā A⁻ᵀ)ᵀ (δ G⁻¹)                    (Martens & Grosse 2015, eq. for Δ = A⁻¹∇G⁻¹)
+
+which costs R·((in+1)² + out² + (in+1)·out) multiply-adds instead of the gradient's R·(in+1)·out
+plus the dense product's (in+1)²·out + (in+1)·out². For R < (in+1)·out·(in+1+out) /
+((in+1)² + out²) — e.g. R < 479 for a 784→400 layer — the rank form is cheaper; on the
+784-400-400-10 MLP at batch 128 it removes ≈ 60 % of the preconditioner's flops. An optax transform
+sees only the gradient, so this is a replacement for ``jax.value_and_grad``:
+:func:`kfac_preconditioned_value_and_grad` runs ``fun`` under ``flax.linen.intercept_methods``
+and replaces each tracked ``nn.Dense`` call by an identical forward whose custom VJP returns the
+preconditioned weight cotangent (the input cotangent is the usual δWᵀ, so layers below are
+unaffected). Each call picks the cheaper of the rank and dense forms from its static shapes.
+
+Preconditioning is linear, so a layer called several times (shared weights, replay or
+distillation terms calling the model again) gets the sum of its calls' preconditioned
+contributions, which is the preconditioned total gradient. Tracked layers that are never called
+as a recognisable ``nn.Dense`` (conv layers, custom dot_general, non-flax models) are
+preconditioned after the backward pass with the dense product; parameters outside tracked layers
+are scaled by ``other_scale``. Requirement: a tracked Dense's kernel and bias are used only through
+that Dense's ``__call__`` (a contribution from any other use would not be preconditioned).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from cljax.transforms.kfac_penalty import (_check_factors, _kfac_layers, _layer_get, _layer_set,
+                                           _pack, _unpack)
+from cljax.types import Array, KFACFactors, Params
+
+
+def _rank_form_is_cheaper(rows: int, n: int, m: int) -> bool:
+    """Multiply-adds of (āA⁻ᵀ)ᵀ(δG⁻¹) vs A⁻¹(āᵀδ)G⁻¹ for an [n, m] layer and R rows."""
+    return rows * (n * n + m * m + n * m) < rows * n * m + n * n * m + n * m * m
+
+
+def _dense_forward(x: Array, kernel: Array, bias: Array | None, precision: Any) -> Array:
+    """flax ``nn.Dense``'s computation after dtype promotion."""
+    y = lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
+    if bias is not None:
+        y = y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+    return y
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _dense(x: Array, kernel: Array, bias: Array | None, a_inv: Array, g_inv: Array,
+           precision: Any) -> Array:
+    return _dense_forward(x, kernel, bias, precision)
+
+
+def _dense_fwd(x, kernel, bias, a_inv, g_inv, precision):
+    return _dense_forward(x, kernel, bias, precision), (x, kernel, bias, a_inv, g_inv)
+
+
+def _dense_bwd(precision, res, dy):
+    x, kernel, bias, a_inv, g_inv = res
+    dx = lax.dot_general(dy, kernel, (((dy.ndim - 1,), (1,)), ((), ())), precision=precision)
+    nin, m = kernel.shape
+    xr = x.reshape(-1, nin)
+    dr = dy.reshape(-1, m)
+    ct = a_inv.dtype
+    xr, dr = xr.astype(ct), dr.astype(ct)
+    if _rank_form_is_cheaper(xr.shape[0], a_inv.shape[0], m):
+        # rows of ā A⁻ᵀ: x A⁻¹[:, :in]ᵀ (+ A⁻¹[:, in] for the bias's constant input 1)
+        xa = jnp.matmul(xr, a_inv[:, :nin].T, precision=precision)
+        if bias is not None:
+            xa = xa + a_inv[:, nin]
+        w = jnp.matmul(xa.T, jnp.matmul(dr, g_inv, precision=precision), precision=precision)
+    else:
+        abar = xr if bias is None else jnp.concatenate([xr, jnp.ones_like(xr[:, :1])], axis=1)
+        grad = jnp.matmul(abar.T, dr, precision=precision)
+        w = jnp.matmul(jnp.matmul(a_inv, grad, precision=precision), g_inv, precision=precision)
+    dk = w[:nin].astype(kernel.dtype)
+    db = None if bias is None else w[nin].astype(bias.dtype)
+    return dx, dk, db, jnp.zeros_like(a_inv), jnp.zeros_like(g_inv)
+
+
+_dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+def _interceptable(module: nn.Module, n: int, m: int) -> bool:
+    """A plain ``nn.Dense`` whose kernel is the tracked layer's ``[n - bias, m]``."""
+    if type(module) is not nn.Dense or module.dot_general is not None \
+            or module.dot_general_cls is not None:
+        return False
+    try:
+        kernel = module.variables["params"]["kernel"]
+    except Exception:  # noqa: BLE001 - an unbound or odd module is simply not intercepted
+        return False
+    return tuple(kernel.shape) == (n - int(module.use_bias), m)
+
+
+def kfac_preconditioned_value_and_grad(
+        fun: Callable[..., Array], params: Params, inverses: Mapping[str, KFACFactors], *args: Any,
+        other_scale: float | Array = 1.0) -> tuple[Array, Params]:
+    """``fun(params, *args)`` and its gradient with every tracked layer's block preconditioned,
+    ``A⁻¹ ∇W̄ G⁻¹``, and every other parameter's gradient multiplied by ``other_scale``.
+
+    Args:
+      fun: scalar loss of ``(params, *args)`` built from flax linen modules.
+      params: the parameters (a pytree with the layers named in ``inverses``).
+      inverses: {layer name: KFACFactors(A⁻¹ [in+1, in+1], G⁻¹ [out, out])} in the
+        :class:`cljax.types.KFACFactors` layout (e.g. ``NCLKFACState.inverse``).
+      other_scale: multiplier for the gradients of parameters outside those layers.
+
+    Returns ``(value, preconditioned gradient)``, the gradient with ``params``' structure; equal
+    (to rounding) to applying the preconditioner to ``jax.grad(fun)(params, *args)``.
+    """
+    if not callable(fun):
+        raise TypeError(f"fun must be a callable loss(params, *args); got {type(fun).__name__}")
+    shapes = _kfac_layers(params)
+    _check_factors(inverses, {k: (v[0], v[1]) for k, v in shapes.items()})
+    other = jnp.asarray(other_scale)
+    if not jnp.issubdtype(other.dtype, jnp.floating) or other.ndim != 0:
+        raise ValueError(f"other_scale must be a float scalar; got dtype {other.dtype}, "
+                         f"shape {other.shape}")
+    seen: set[str] = set()
+
+    def interceptor(next_fun, call_args, kwargs, ctx):
+        module = ctx.module
+        if ctx.method_name != "__call__" or module.scope is None:
+            return next_fun(*call_args, **kwargs)
+        name = "/".join(module.scope.path)
+        if name not in inverses:
+            return next_fun(*call_args, **kwargs)
+        n, m = shapes[name][0], shapes[name][1]
+        if not _interceptable(module, n, m):
+            return next_fun(*call_args, **kwargs)
+        x = call_args[0] if call_args else kwargs["inputs"]
+        v = module.variables["params"]
+        x, kernel, bias = module.promote_dtype(x, v["kernel"], v.get("bias") if module.use_bias
+                                               else None, dtype=module.dtype)
+        seen.add(name)
+        a_inv, g_inv = inverses[name]
+        return _dense(x, kernel, bias, a_inv, g_inv, module.precision)
+
+    def wrapped(p: Params) -> Array:
+        with nn.intercept_methods(interceptor):
+            out = fun(p, *args)
+        if jnp.shape(out) != () or not jnp.issubdtype(jnp.result_type(out), jnp.floating):
+            raise ValueError(f"fun must return a float scalar loss; got shape {jnp.shape(out)}, "
+                             f"dtype {jnp.result_type(out)}")
+        return out
+
+    value, grads = jax.value_and_grad(wrapped)(params)
+    out = jax.tree.map(lambda g: (other.astype(g.dtype) * g).astype(g.dtype), grads)
+    for name, (a_inv, g_inv) in inverses.items():
+        node = _layer_get(grads, name)
+        w = _pack(node)
+        if name not in seen:  # never called as an interceptable Dense: dense product afterwards
+            w = a_inv @ w @ g_inv
+        out = _layer_set(out, name, _unpack(w, node))
+    return value, out
+
+
+__all__ = ["kfac_preconditioned_value_and_grad"]
