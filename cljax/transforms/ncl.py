@@ -35,6 +35,11 @@ task-boundary cost; nothing recompiles; both can be ``vmap`` axes).
   blocks, nearest-Kronecker sum over tasks), the factored form is standard K-FAC practice, and it
   halves the per-step cost. It adds √(sd)(π A⊗I + I⊗G/π) to Λ, i.e. slightly more damping.
   Parameters not in any factor layer get the prior precision only: Λ = d I.
+  **Faster path:** the two per-step matmuls cost Σ_l (in+1)²·out + (in+1)·out² whatever the
+  batch; :func:`ncl_kfac_value_and_grad` instead forms A_d⁻¹∇W̄G_d⁻¹ = (āA_d⁻ᵀ)ᵀ(δG_d⁻¹) inside
+  the backward pass from each Dense layer's inputs ā and output cotangents δ (B rows), which is
+  cheaper for B below ≈ (in+1)·out·(in+1+out)/((in+1)² + out²); chain it with
+  ``ncl_kfac(..., preconditioned_gradients=True)`` (the ``ncl_kfac`` method does by default).
 
 **Boundaries.** :func:`ncl_consolidate` / :func:`ncl_kfac_consolidate` (pure) set μ ← θ*_t, add
 the task's curvature and compute the inverse ONCE; ``update`` only multiplies. Before the first
