@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from cljax._linalg import eigh
 from cljax.curvature.hvp import check_finite, hvp
 from cljax.types import Array, LossFn, Params, PRNGKey
 from cljax.validation import check_positive_int
@@ -202,7 +203,7 @@ def tridiagonal_eigh(alphas: Array, betas: Array) -> tuple[Array, Array]:
     if alphas.ndim != 1 or betas.shape != (max(alphas.shape[0] - 1, 0),):
         raise ValueError(f"alphas must be [m] and betas [m-1]; got {alphas.shape}, {betas.shape}")
     t = jnp.diag(alphas) + jnp.diag(betas, 1) + jnp.diag(betas, -1)
-    return jnp.linalg.eigh(t)
+    return eigh(t)
 
 
 def _select(theta: np.ndarray, k: int, which: str) -> np.ndarray:

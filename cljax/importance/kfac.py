@@ -44,6 +44,7 @@ import jax
 import jax.numpy as jnp
 
 from cljax import validation
+from cljax._linalg import eigh
 from cljax.importance._layers import estimate, path_name
 from cljax.types import Array, Batch, KFACFactors, LogitsFn, Params, PRNGKey
 
@@ -165,8 +166,8 @@ def kfac_damped_inverse_matvec(factors: Mapping[str, KFACFactors], params_like: 
     blocks, leaves, treedef = _layer_blocks(factors, params_like, "params_like")
     mats = []
     for _, a, g, _, _, w in blocks:
-        la, qa = jnp.linalg.eigh(a)
-        lg, qg = jnp.linalg.eigh(g)
+        la, qa = eigh(a)
+        lg, qg = eigh(g)
         la, lg = jnp.maximum(la, 0), jnp.maximum(lg, 0)  # PSD up to round-off
         mats.append(qa @ ((qa.T @ w @ qg) / (la[:, None] * lg[None, :] + damping)) @ qg.T)
     return _scatter(blocks, leaves, treedef, mats, lambda v: jnp.asarray(v) / damping)

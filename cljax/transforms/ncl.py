@@ -55,6 +55,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from cljax._linalg import eigh
 from cljax.transforms.kfac_gradient import kfac_preconditioned_value_and_grad
 from cljax.transforms.kfac_penalty import (_check_factors, _kfac_layers, _layer_get,
                                            _layer_set, _pack, _unpack, nearest_kronecker_sum)
@@ -214,7 +215,7 @@ class NCLKFACState(NamedTuple):
 def _spd_inverse(m: Array) -> Array:
     """Inverse of a symmetric positive definite matrix through its eigendecomposition."""
     m = 0.5 * (m + m.T)
-    w, u = jnp.linalg.eigh(m)
+    w, u = eigh(m)
     return (u / w) @ u.T
 
 
