@@ -2,11 +2,12 @@
 
 With jax 0.10.2 on the CPU, a *batched* ``jnp.linalg.eigh`` (what ``vmap`` over runs or seeds makes
 of it) splits the batch over the intra-op thread pool and blocks the calling thread until the
-pieces finish; with other kernels of the same program holding the pool's threads (a second
-eigh, a matmul), the program can deadlock: every thread waits, no CPU is used, the step never
-returns. Measured here: a jitted ``vmap`` (4 runs) of four damped K-FAC inverses (785², 400²,
-401², 400²) hung within 4 to 11 calls, and a vmapped NCL K-FAC sweep hung in its first task
-boundary (native stacks: two ``lapack_ssyevd_ffi`` → ``ParallelBatchMap`` → ``BlockingCounter::Wait``).
+pieces finish; next to other kernels of the same program the program can deadlock: every thread
+waits, no CPU is used, the step never returns. Measured here: a jitted ``vmap`` (4 runs) of four
+damped K-FAC inverses (785², 400², 401², 400²) hung within 4 to 11 calls, and still hung with the
+four eigh calls serialised by ``lax.optimization_barrier``; one batched eigh alone did not (200
+calls). A vmapped NCL K-FAC sweep hung at a task boundary (native stacks: two
+``lapack_ssyevd_ffi`` → ``ParallelBatchMap`` → ``BlockingCounter::Wait``, all other threads idle).
 
 :func:`eigh` gives the same result, but on the CPU its batching rule loops over the batch with
 ``lax.map``, so each LAPACK call sees one matrix and runs inline; the same jitted ``vmap`` then ran

@@ -10,8 +10,9 @@ import sys
 PUBLISHED = {  # van de Ven & Tolias 2019 (Task / Domain / Class); MAS and L2 from Hsu et al. 2018
     "none": (87.19, 59.21, 19.90), "joint": (99.66, 98.42, 97.94), "ewc": (98.64, 63.95, 20.01),
     "online_ewc": (99.12, 64.32, 19.96), "si": (99.09, 65.36, 19.99), "mas": (99.22, None, None),
-    "l2": (98.18, None, None), "kfac_ewc": (None, None, None), "kfac_ewc_true": (None, None, None), "ncl": (None, None, None),
-    "ncl_d0.1": (None, None, None), "ncl_d0.01": (None, None, None)}
+    "l2": (98.18, None, None), "kfac_ewc": (None, None, None), "kfac_ewc_true": (None, None, None),
+    "ncl": (None, None, None), "ncl_d0.1": (None, None, None), "ncl_d0.01": (None, None, None),
+    "ncl_kfac": (None, None, None)}
 PERMUTED = {"none": 78.51, "ewc": 94.31, "online_ewc": 94.42, "si": 95.33}  # Domain-IL, same paper
 
 
@@ -55,7 +56,6 @@ def main(root="runs"):
                                for p in sc.get("sweep", []))
             print(f"| {method} | {scenario}-IL | {sc.get('best_hparams', sc['hparams'])} | "
                   f"{r['config']['seeds']} | {acc} | {bwt} | {PUBLISHED[method][col]} | {points} |")
-
 
     perm = [(m, root / f"perm_{m}" / "results.json") for m in PERMUTED]
     if any(p.exists() for _, p in perm):

@@ -19,8 +19,10 @@ run l2         l2         $T --set "hparams={'strength':0.1}"
 # points are run one by one at η/d = 0.05 with a weaker pull each.
 run ncl        ncl_d0.1   --scenarios task --seeds 3 \
     --set "hparams={'strength':1e3,'damping':0.1,'learning_rate':5e-3}"
-run ncl        ncl_d0.01  --scenarios task --seeds 3 \
-    --set "hparams={'strength':1e3,'damping':0.01,'learning_rate':5e-4}"
+run ncl        ncl_d0.01  $T --set "hparams={'strength':1e3,'damping':0.01,'learning_rate':5e-4}"
+# K-FAC NCL (exact-Fisher factors, fused preconditioned gradient), same η and d; s from
+# split_mnist_sweeps.sh.
+run ncl_kfac   ncl_kfac   $T --set "hparams={'strength':1e2,'damping':0.01,'learning_rate':5e-4}"
 # K-FAC EWC: exact-Fisher factors (default) merged online (nearest Kronecker product).
 run kfac_ewc   kfac_ewc   $T --set "hparams={'strength':1e5,'decay':1.0}"
 # The earlier K-FAC row, factors from one sampled label per example (fisher='true'):

@@ -10,6 +10,8 @@ run si         --seeds 1 --sweep strength=1,10,100,1000
 run mas        --seeds 1 --sweep strength=0.1,1,10,100
 run l2         --seeds 1 --sweep strength=1e-2,1e-1,1,10
 run ncl        --seeds 1 --sweep strength=1e2,1e3,1e4,1e5
+run ncl_kfac   --seeds 1 --sweep strength=1e2,1e3,1e4,1e5 \
+    --set "hparams={'damping':0.01,'learning_rate':5e-4}"
 # K-FAC EWC (a later --workdir wins): factors from one sampled label per example, online and
 # summed factors, then the exact-Fisher factors (the default since) over 2 seeds.
 run kfac_ewc   --seeds 1 --sweep strength=1e2,1e3,1e4,1e5 --set "method_options={'fisher':'true'}"

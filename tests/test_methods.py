@@ -157,8 +157,8 @@ def test_ncl_kfac_fused_gradient_matches_the_transform_path():
     for fused in (True, False):
         method, tr, data = _build("ncl_kfac", fused_gradient=fused)
         assert (method.value_and_grad is not None) == fused
-        runs[fused] = run_stream(tr, data, num_steps=8, keys=keys,
-                                 hparams={**method.default_hparams, "strength": np.array([1.0, 30.0])})
+        hparams = {**method.default_hparams, "strength": np.array([1.0, 30.0])}
+        runs[fused] = run_stream(tr, data, num_steps=8, keys=keys, hparams=hparams)
     np.testing.assert_allclose(runs[True].train_loss, runs[False].train_loss, rtol=2e-4, atol=1e-5)
     np.testing.assert_allclose(runs[True].accuracy, runs[False].accuracy, atol=1e-6)
 

@@ -1,9 +1,10 @@
 """K-FAC-preconditioned gradients formed inside the backward pass (the rank-B trick).
 
 A dense layer's batch gradient is ∇W̄ = āᵀδ, with ā = [x, 1]: [R, in+1] the layer's inputs (R rows:
-batch × any middle axes) and δ: [R, out] its output cotangents. Its K-FAC preconditioned form is
+batch × any middle axes) and δ: [R, out] its output cotangents. Its K-FAC preconditioned form
+((A ⊗ G)⁻¹ vec ∇W̄ = vec(A⁻¹ ∇W̄ G⁻¹), Martens & Grosse 2015; A, G symmetric) is
 
-    A⁻¹ ∇W̄ G⁻¹ = (ā A⁻ᵀ)ᵀ (δ G⁻¹)                    (Martens & Grosse 2015, eq. for Δ = A⁻¹∇G⁻¹)
+    A⁻¹ ∇W̄ G⁻¹ = (ā A⁻ᵀ)ᵀ (δ G⁻¹)
 
 which costs R·((in+1)² + out² + (in+1)·out) multiply-adds instead of the gradient's R·(in+1)·out
 plus the dense product's (in+1)²·out + (in+1)·out². For R < (in+1)·out·(in+1+out) /

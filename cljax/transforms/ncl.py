@@ -60,8 +60,8 @@ from cljax.transforms.kfac_gradient import kfac_preconditioned_value_and_grad
 from cljax.transforms.kfac_penalty import (_check_factors, _kfac_layers, _layer_get,
                                            _layer_set, _pack, _unpack, nearest_kronecker_sum)
 from cljax.transforms.penalty import (_NO_PARAMS, _check_decay, _check_importance_values,
-                                      _check_scalar_like, _find_one, _float_dtype, _register_strength_state,
-                                      _replace_one, _replace_states)
+                                      _check_scalar_like, _find_one, _float_dtype,
+                                      _register_strength_state, _replace_one, _replace_states)
 from cljax.types import Array, Importance, KFACFactors, Params
 from cljax.validation import check_nonnegative, check_same_structure
 
@@ -275,8 +275,9 @@ def ncl_kfac_preconditioner(*, strength: float | Array = 1.0, damping: float | A
         on = state.count > 0
         pull = on.astype(_float_dtype())
         if preconditioned_gradients:
-            return jax.tree.map(lambda g, p, m: (g + pull.astype(g.dtype) * (p - m)).astype(g.dtype),
-                                updates, params, state.mean), state
+            out = jax.tree.map(lambda g, p, m: (g + pull.astype(g.dtype) * (p - m)).astype(g.dtype),
+                               updates, params, state.mean)
+            return out, state
         # Parameters outside factor layers: Λ = d I after the first task, identity before.
         other = jnp.where(on, 1.0 / state.damping, 1.0)
         out = jax.tree.map(lambda g, p, m: (other.astype(g.dtype) * g
@@ -378,7 +379,7 @@ def ncl_kfac(learning_rate: optax.ScalarOrSchedule, *, strength: float | Array =
              damping: float | Array = 1.0, momentum: float | None = None, layers: Any = None,
              preconditioned_gradients: bool = False) -> optax.GradientTransformation:
     """K-FAC NCL: ``optax.chain(ncl_kfac_preconditioner(...), optax.sgd(lr, momentum))``; with
-    ``preconditioned_gradients=True`` it expects the gradients of :func:`ncl_kfac_value_and_grad`."""
+    ``preconditioned_gradients=True`` it expects gradients from :func:`ncl_kfac_value_and_grad`."""
     return optax.chain(ncl_kfac_preconditioner(strength=strength, damping=damping, layers=layers,
                                                preconditioned_gradients=preconditioned_gradients),
                        optax.sgd(learning_rate, momentum=momentum))
