@@ -32,20 +32,20 @@ def _setup(batch=6):
     kx, ky, kp = jax.random.split(jax.random.PRNGKey(0), 3)
     x = jax.random.normal(kx, (batch, 6, 6, 1))
     y = jax.random.randint(ky, (batch,), 0, 4)
-    params = net.init(kp, x)["params"]
+    params = jax.jit(net.init)(kp, x)["params"]
 
     def loss(p, x, y):
         logits = net.apply({"params": p}, x)
         return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
 
+    rng = np.random.default_rng(0)
     inverses = {}
-    for i, (name, (n, m, _)) in enumerate(_kfac_layers(params).items()):
-        ka, kg = jax.random.split(jax.random.PRNGKey(10 + i))
-        a = jax.random.normal(ka, (n, n))
-        g = jax.random.normal(kg, (m, m))
+    for name, (n, m, _) in _kfac_layers(params).items():
+        a, g = rng.normal(size=(n, n)), rng.normal(size=(m, m))
         # not symmetric on purpose: the result must be A⁻¹ ∇W̄ G⁻¹, not a transpose of it
-        inverses[name] = KFACFactors(a @ a.T / n + 0.3 * jnp.eye(n) + 0.05 * a,
-                                     g @ g.T / m + 0.3 * jnp.eye(m) + 0.05 * g)
+        inverses[name] = KFACFactors(
+            jnp.asarray(a @ a.T / n + 0.3 * np.eye(n) + 0.05 * a, jnp.float32),
+            jnp.asarray(g @ g.T / m + 0.3 * np.eye(m) + 0.05 * g, jnp.float32))
     return loss, params, inverses, x, y
 
 
@@ -79,24 +79,26 @@ def test_matches_dense_kronecker_oracle(x64, monkeypatch, form):
     calls = []
     dense = kfac_gradient._dense
     monkeypatch.setattr(kfac_gradient, "_dense", lambda *a: calls.append(a[1].shape) or dense(*a))
-    value, got = kfac_preconditioned_value_and_grad(loss, params, inverses, x, y, other_scale=0.7)
+    value, got = jax.jit(lambda p, inv: kfac_preconditioned_value_and_grad(
+        loss, p, inv, x, y, other_scale=0.7))(params, inverses)
     # every Dense call went through the custom VJP (the shared layer twice); the conv did not
     assert sorted(calls) == sorted([(54, 8), (16, 5), (5, 5), (5, 5), (5, 4)])
-    ref_value, ref = _oracle(loss, params, inverses, x, y, 0.7)
+    ref_value, ref = jax.jit(lambda p, inv: _oracle(loss, p, inv, x, y, 0.7))(params, inverses)
     np.testing.assert_allclose(value, ref_value, rtol=1e-12)
     assert_trees_close(got, ref, rtol=1e-9, atol=1e-12)
 
 
 def test_subset_of_layers_and_identity_is_plain_gradient():
     loss, params, inverses, x, y = _setup()
-    plain = jax.grad(loss)(params, x, y)
+    plain = jax.jit(jax.grad(loss))(params, x, y)
     eye = {k: KFACFactors(jnp.eye(a.shape[0]), jnp.eye(g.shape[0])) for k, (a, g) in
            inverses.items()}
-    _, got = kfac_preconditioned_value_and_grad(loss, params, eye, x, y)
-    assert_trees_close(got, plain, rtol=1e-5, atol=1e-6)
+    fused = jax.jit(lambda inv, s: kfac_preconditioned_value_and_grad(
+        loss, params, inv, x, y, other_scale=s)[1])
+    assert_trees_close(fused(eye, 1.0), plain, rtol=1e-5, atol=1e-6)
     sub = {"wide": inverses["wide"]}
-    _, got = kfac_preconditioned_value_and_grad(loss, params, sub, x, y, other_scale=2.0)
-    _, ref = _oracle(loss, params, sub, x, y, 2.0)
+    got = fused(sub, 2.0)
+    _, ref = jax.jit(lambda inv: _oracle(loss, params, inv, x, y, 2.0))(sub)
     assert_trees_close(got, ref, rtol=1e-4, atol=1e-6)
 
 

@@ -278,12 +278,12 @@ def test_kfac_fused_gradient_equals_preconditioning_the_gradient(x64):
             state = ncl_kfac_consolidate(state, p, factors(10 * t))
         return p
 
+    fused = jax.jit(lambda s: trajectory(True, s))
+    plain = jax.jit(lambda s: trajectory(False, s))
     for lam in (0.5, 4.0):
-        assert_trees_close(trajectory(True, lam), trajectory(False, lam), rtol=1e-9, atol=1e-12)
-    strengths = jnp.array([0.5, 4.0])
-    batched = jax.jit(jax.vmap(lambda s: trajectory(True, s)))(strengths)
-    assert_trees_close(jax.tree.map(lambda a: a[1], batched), trajectory(False, 4.0), rtol=1e-9,
-                       atol=1e-12)
+        assert_trees_close(fused(lam), plain(lam), rtol=1e-9, atol=1e-12)
+    batched = jax.jit(jax.vmap(fused))(jnp.array([0.5, 4.0]))
+    assert_trees_close(jax.tree.map(lambda a: a[1], batched), plain(4.0), rtol=1e-9, atol=1e-12)
 
 
 def test_bad_inputs_raise():
