@@ -5,7 +5,8 @@ step is ``value_and_grad`` of the mean cross-entropy + optimizer update + ``appl
 ``--steps`` steps run inside one ``lax.scan`` (compiled once, excluded from timing) so that
 per-step dispatch does not count. The optimizers are timed in many short interleaved rounds and
 each one's best round is kept: on a shared 2-core VM, long rounds (500–2000 steps, 4–8 rounds)
-gave ratios that moved by ±0.3 between back-to-back runs, 30 rounds of 100 steps by ±0.05.
+gave ratios that moved by ±0.3 between back-to-back runs, 30 rounds of 100 steps by ≤ 0.07
+(0.15 for the fused NCL K-FAC step).
 
 Prints one JSON object per line (one per optimizer, then a summary with the ratios)::
 
