@@ -52,8 +52,9 @@ def main(root="runs"):
         for col, scenario in ((1, "domain"), (2, "class")):
             sc = r["scenarios"][scenario]
             acc, bwt = fmt(sc)
-            points = ", ".join(f"{p['hparams']['strength']:.0e}: {100 * p['metrics']['acc']['mean']:.2f}"
-                               for p in sc.get("sweep", []))
+            points = ", ".join(
+                f"{p['hparams']['strength']:.0e}: {100 * p['metrics']['acc']['mean']:.2f}"
+                for p in sc.get("sweep", []))
             print(f"| {method} | {scenario}-IL | {sc.get('best_hparams', sc['hparams'])} | "
                   f"{r['config']['seeds']} | {acc} | {bwt} | {PUBLISHED[method][col]} | {points} |")
 
