@@ -11,7 +11,8 @@ J_nᵀ u_{n,k} (J_n = ∂ logits_n / ∂θ). The public estimators only choose t
 * MAS: u = 2 f(x) (the gradient of ‖f(x)‖² w.r.t. f), K = 1, reduced with |·| instead of (·)²;
 * K-FAC: the layer-output cotangents g themselves (A = E[āāᵀ], G = E[ggᵀ]).
 
-**Fast path (recognised layers).** For flax linen ``nn.Dense`` and ``nn.Conv`` (exactly those
+**Fast path (recognised layers).** For flax linen ``nn.Dense`` and ``nn.Conv`` and
+:class:`cljax.nn.Conv` (``nn.Conv`` with the loop-friendly CPU convolution; exactly those
 classes, ``feature_group_count == 1``, padding ``SAME``/``VALID``/explicit, default
 ``dot_general``/``conv_general_dilated``, no ``mask``, kernel and bias used by no other layer),
 one forward pass per chunk runs under ``flax.linen.intercept_methods``: each such layer's input is
@@ -22,7 +23,10 @@ lowest layer's output — no weight gradients are formed. A dense layer's per-ex
 gradient is the outer product a_n g_nᵀ, so Σ_n (a_n g_nᵀ)² = (a²)ᵀ(g²) and Σ_n |a_n g_nᵀ| =
 |a|ᵀ|g| are single matmuls; for the exact Fisher Σ_c (a g_cᵀ)² = a²(Σ_c g_c²)ᵀ, so the C directions
 are summed before the matmul. A conv layer (im2col patches a_{n,p}, positions p) has per-example
-gradient Σ_p a_{n,p} g_{n,p}ᵀ — a sum inside the square/abs — so it uses a per-example contraction.
+gradient Σ_p a_{n,p} g_{n,p}ᵀ — a sum inside the square/abs — so it uses a per-example contraction;
+the K directions of one example (exact Fisher: the C classes) share the captured patches and
+their cotangents are back-propagated as one batch (``vmap`` over directions, groups of at most
+16), so that the K contractions are one batched matmul [B, in, P] @ [B, P, K·out].
 A Dense applied to inputs with extra middle axes ([B, T, in]) is treated like a conv with T
 positions.
 
@@ -52,7 +56,14 @@ import numpy as np
 from flax.linen.linear import canonicalize_padding
 
 from cljax import validation
+from cljax.nn.conv import Conv as FastConv
+from cljax.nn.conv import conv_general_dilated as fast_conv_general_dilated
+from cljax.nn.conv import im2col
 from cljax.types import Array, Batch, LogitsFn, Params
+
+# Output directions (exact Fisher: the C classes; true Fisher: the samples) back-propagated together
+# as one batch; more are processed in groups of at most this many, one group after the other.
+_DIRECTION_GROUP = 16
 
 KINDS = ("empirical", "true", "exact", "mas", "kfac_true", "kfac_empirical", "kfac_exact")
 IMPLEMENTATIONS = ("auto", "vmap")
@@ -96,8 +107,12 @@ class Plan:
     num_leaves: int
 
 
+_CONV_TYPES = (nn.Conv, FastConv)
+_CONV_FUNCTIONS = (None, fast_conv_general_dilated, jax.lax.conv_general_dilated)
+
+
 def _is_candidate(ctx: Any) -> bool:
-    return ctx.method_name == "__call__" and type(ctx.module) in (nn.Dense, nn.Conv)
+    return ctx.method_name == "__call__" and type(ctx.module) in (nn.Dense,) + _CONV_TYPES
 
 
 def _tuple(v: Any, n: int) -> tuple[int, ...]:
@@ -201,9 +216,10 @@ def _describe_call(ctx: Any, x: Any, out: Any, ids: dict, batch_size: int) -> di
         if x.shape[-1] != kshape[0] or out.shape[-1] != kshape[1] or x.shape[:-1] != out.shape[:-1]:
             return None
         spec = LayerSpec(name, "dense", k_idx, b_idx, kshape)
-    else:  # nn.Conv
+    else:  # nn.Conv or cljax.nn.Conv (an nn.Conv with the canonical CPU convolution)
         nd = kernel.ndim - 2
-        if (m.feature_group_count != 1 or m.mask is not None or m.conv_general_dilated is not None
+        if (m.feature_group_count != 1 or m.mask is not None
+                or not any(m.conv_general_dilated is f for f in _CONV_FUNCTIONS)
                 or m.conv_general_dilated_cls is not None or x.ndim != nd + 2 or nd < 1 or nd > 3):
             return None
         if isinstance(m.padding, str) and m.padding not in ("SAME", "VALID"):
@@ -231,8 +247,21 @@ def _describe_call(ctx: Any, x: Any, out: Any, ids: dict, batch_size: int) -> di
 # ----------------------------------------------------------------------------------------------
 
 def conv_patches(x: Array, spec: LayerSpec) -> Array:
-    """im2col: [B, *S, cin] -> [B, P, kh·kw·cin], features in the kernel's row-major order."""
+    """im2col: [B, *S, cin] -> [B, P, kh·kw·cin], features in the kernel's row-major order.
+
+    Built from strided slices (:func:`cljax.nn.conv.im2col`: no convolution op, so it stays fast
+    inside the chunk loop on the CPU); with input dilation, ``lax.conv_general_dilated_patches``.
+    """
     nd = len(spec.kernel_shape) - 2
+    if all(d == 1 for d in spec.input_dilation):
+        if isinstance(spec.padding, str):
+            k_eff = [1 + d * (k - 1) for k, d in zip(spec.kernel_shape[:nd], spec.kernel_dilation)]
+            pads = jax.lax.padtype_to_pads(x.shape[1:-1], k_eff, spec.strides, spec.padding)
+        else:
+            pads = spec.padding
+        p = im2col(x, spec.kernel_shape[:nd], strides=spec.strides, padding=pads,
+                   kernel_dilation=spec.kernel_dilation)
+        return p.reshape(p.shape[0], -1, p.shape[-1])
     sp = "HWD"[:nd]
     dn = ("N" + sp + "C", sp + "IO", "N" + sp + "C")
     padding = spec.padding if isinstance(spec.padding, str) else list(spec.padding)
@@ -395,27 +424,38 @@ def _chunk_contribution(kind: str, logits_fn: LogitsFn, params: Params, plan: Pl
     a3s = [_layer_inputs_3d(a, spec) for spec, a in zip(specs, inputs)]  # [B, P, in]
 
     def direction_terms(gs: list[Array]) -> list[Any]:
-        """One direction's contribution: dense → f(g) [B, out] (the matmul with f(a) comes
-        after summing directions); conv/positions → Σ_n f(Σ_p a g ᵀ) and Σ_n f(Σ_p g)."""
+        """A group of K directions' contribution (cotangents [K, B, *out]): dense → Σ_k f(g_k)
+        [B, out] (the matmul with f(a) comes after summing directions); conv/positions →
+        Σ_k Σ_n f(Σ_p a g_kᵀ) and Σ_k Σ_n f(Σ_p g_k). The K directions of a conv share one
+        batched matmul over positions ([B, in, P] @ [B, P, K·out]), the GGN's per-class
+        structure: the patches are captured once and every class's cotangents reuse them."""
         terms = []
         for a3, g in zip(a3s, gs):
-            g3 = g.reshape(g.shape[0], -1, g.shape[-1])       # [B, P, out]
+            k, b = g.shape[:2]
+            g3 = g.reshape(k, b, -1, g.shape[-1])              # [K, B, P, out]
             if a3.shape[1] == 1:
-                terms.append(fn(g3[:, 0]))
+                terms.append(jnp.sum(fn(g3[:, :, 0]), 0))
             else:
-                pe = jnp.einsum("bpi,bpo->bio", a3, g3)
-                terms.append((jnp.sum(fn(pe), 0), jnp.sum(fn(jnp.sum(g3, 1)), 0)))
+                out = g3.shape[-1]
+                gk = jnp.moveaxis(g3, 0, 2).reshape(b, g3.shape[2], k * out)   # [B, P, K·out]
+                pe = jnp.einsum("bpi,bpn->bin", a3, gk).reshape(b, a3.shape[-1], k, out)
+                terms.append((jnp.sum(fn(pe), (0, 2)), jnp.sum(fn(jnp.sum(g3, 2)), (0, 1))))
         return terms
 
+    def group_terms(d: Array) -> list[Any]:   # d: [K, B, C]
+        return direction_terms(jax.vmap(lambda u: vjp_fn(u)[0])(d))
+
     if specs:
-        if dirs.shape[0] == 1:
-            acc = direction_terms(vjp_fn(dirs[0])[0])
-        else:  # directions one at a time: [B, width] working set, accumulated in the carry
-            shapes = jax.eval_shape(lambda d: direction_terms(vjp_fn(d)[0]), dirs[0])
+        k_all = dirs.shape[0]
+        group = max(g for g in range(1, min(k_all, _DIRECTION_GROUP) + 1) if k_all % g == 0)
+        if group == k_all:   # all directions batched into one backward pass
+            acc = group_terms(dirs)
+        else:  # groups of directions one after the other, accumulated in the carry
+            groups = dirs.reshape((k_all // group, group) + dirs.shape[1:])
+            shapes = jax.eval_shape(group_terms, groups[0])
             init = jax.tree.map(lambda sd: jnp.zeros(sd.shape, sd.dtype), shapes)
             acc, _ = jax.lax.scan(
-                lambda c, d: (jax.tree.map(jnp.add, c, direction_terms(vjp_fn(d)[0])), None),
-                init, dirs)
+                lambda c, d: (jax.tree.map(jnp.add, c, group_terms(d)), None), init, groups)
         for spec, a3, term in zip(specs, a3s, acc):
             if a3.shape[1] == 1:   # Σ_k Σ_n f(a_n g_nkᵀ) = f(a)ᵀ Σ_k f(g_k)  (f = square or abs)
                 kern = fn(a3[:, 0]).T @ term
@@ -455,7 +495,7 @@ def _estimate_jit(logits_fn: LogitsFn, params: Params, batch: Batch, key: Any, *
     chunk0 = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape[1:], v.dtype), chunks)
     plan = discover(logits_fn, params, chunk0, implementation)
     if kind.startswith("kfac") and not plan.layers:
-        raise ValueError("kfac_factors found no recognised layer (flax nn.Dense / nn.Conv) in "
+        raise ValueError("kfac_factors found no recognised layer (flax nn.Dense / nn.Conv / cljax.nn.Conv) in "
                          "logits_fn; K-FAC needs layer structure")
 
     def body(carry, xs):
