@@ -217,16 +217,80 @@ def _check_which(which: Any) -> None:
                          f"'magnitude' (largest |λ|); got {which!r}")
 
 
-# One compiled "extend the Lanczos run from iteration start to stop" per matvec function; the
-# operand (params, data, ...) is a traced argument so a new point / task does not recompile.
-def _extend(matvec_p, operand, template, seed, state: _State, start, stop) -> _State:
-    _, unravel = ravel_pytree(template)
+def _ritz_on_device(state: _State, m, k: int, which: str):
+    """Ritz pairs of the leading ``m × m`` block of T (``m`` traced), on device.
+
+    T is embedded in the full ``num_iters × num_iters`` matrix with its unfilled rows decoupled
+    (β = 0) and set to a sentinel below the block's Gershgorin interval; Ritz vectors whose weight
+    on the first ``m`` rows is < 1/2 belong to the sentinel block and are never selected.
+    Returns ``(theta_sel [k], s_sel [n, k], residuals [k])``."""
+    alphas, betas = state.alphas, state.betas
+    n = alphas.shape[0]
+    j = jnp.arange(n)
+    filled = j < m
+    b = jnp.where(j < m - 1, betas, 0.0)
+    b_prev = jnp.concatenate([jnp.zeros((1,), b.dtype), b[:-1]])
+    lower = jnp.min(jnp.where(filled, alphas - jnp.abs(b) - jnp.abs(b_prev), jnp.inf))
+    sentinel = lower - 1.0 - jnp.abs(lower)
+    diag = jnp.where(filled, alphas, sentinel)
+    t = jnp.diag(diag) + jnp.diag(b[:-1], 1) + jnp.diag(b[:-1], -1)
+    theta, s = eigh(t)
+    valid = jnp.sum(jnp.where(filled[:, None], s * s, 0.0), axis=0) > 0.5
+    score = theta if which == "largest" else jnp.abs(theta)
+    score = jnp.where(valid, score, -jnp.inf)
+    sel = jnp.argsort(-score, stable=True)[:k]
+    s_sel = s[:, sel]
+    beta_m = betas[jnp.maximum(m - 1, 0)]
+    residuals = jnp.abs(beta_m * s_sel[jnp.maximum(m - 1, 0)])
+    return theta[sel], s_sel, residuals
+
+
+def _top_eigen_device(matvec_p, operand, params_like, key, *, k: int, num_iters: int,
+                      tol: float | None, which: str, return_eigenvectors: bool,
+                      check_every: int):
+    """The whole stopping loop on device: ``lax.while_loop`` over blocks of ``check_every``
+    Lanczos steps, the Ritz residual test after each block (no host round trip)."""
+    flat, unravel = ravel_pytree(params_like)
+    dim = flat.size
     mv = lambda x: ravel_pytree(matvec_p(operand, unravel(x)))[0]
-    return jax.lax.fori_loop(start, stop, lambda i, s: _step(mv, seed, i, s), state)
+    state = _init_state(key, dim, num_iters, flat.dtype)
+    seed = state.betas[-1]
+    tiny = jnp.finfo(flat.dtype).tiny
+
+    def test(st, m):
+        theta, s_sel, res = _ritz_on_device(st, m, k, which)
+        finite = jnp.all(jnp.isfinite(jnp.where(jnp.arange(num_iters) < m, st.alphas, 0.0)))
+        finite &= jnp.all(jnp.isfinite(jnp.where(jnp.arange(num_iters) < m, st.betas, 0.0)))
+        conv = m == dim
+        if tol is not None:
+            conv |= jnp.all(res <= tol * jnp.maximum(jnp.abs(theta), tiny))
+        return theta, s_sel, res, conv, finite
+
+    def cond(carry):
+        m, _, done = carry
+        return ~done
+
+    def body(carry):
+        m, st, _ = carry
+        stop = jnp.minimum(jnp.maximum(m + check_every, k), num_iters)
+        st = jax.lax.fori_loop(m, stop, lambda i, s: _step(mv, seed, i, s), st)
+        _, _, _, conv, finite = test(st, stop)
+        return stop, st, conv | ~finite | (stop >= num_iters)
+
+    m, state, _ = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state,
+                                                  jnp.zeros((), bool)))
+    theta, s_sel, res, conv, finite = test(state, m)
+    vectors = None
+    if return_eigenvectors:
+        y = state.basis[:num_iters].T @ s_sel.astype(flat.dtype)     # [D, k]
+        y = y / jnp.linalg.norm(y, axis=0, keepdims=True)
+        vectors = jax.vmap(unravel)(y.T)
+    return theta.astype(flat.dtype), vectors, res.astype(flat.dtype), m, conv, finite
 
 
-_extend_jit = jax.jit(_extend, static_argnums=(0,), donate_argnums=(4,))
-_init_state_jit = jax.jit(_init_state, static_argnums=(1, 2, 3))
+_top_eigen_jit = jax.jit(_top_eigen_device, static_argnums=(0,),
+                         static_argnames=("k", "num_iters", "tol", "which",
+                                          "return_eigenvectors", "check_every"))
 
 
 _WRAPPERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -234,7 +298,7 @@ _WRAPPERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def _cached_wrapper(fn, kind: str):
     """``(operand, v) -> A v`` for a user function, the same object for the same ``fn`` so that
-    repeated calls hit the compilation cache of the Lanczos block."""
+    repeated calls hit the compilation cache of the Lanczos program."""
     try:
         cache = _WRAPPERS.setdefault(fn, {})
     except TypeError:  # not weak-referenceable
@@ -259,36 +323,15 @@ def _top_eigen(matvec_p: Callable[[Any, Params], Params], operand: Any, params_l
     if tol is not None and (not np.isfinite(tol) or tol < 0):
         raise ValueError(f"tol must be None or a finite number >= 0; got {tol}")
     check_positive_int(check_every, name="check_every")
-
-    state = _init_state_jit(key, dim, num_iters, flat.dtype)
-    seed = state.betas[-1]
     template = jax.tree.map(jnp.zeros_like, params_like)
-    m = 0
-    converged = False
-    while True:
-        stop = min(max(m + check_every, k), num_iters)
-        state = _extend_jit(matvec_p, operand, template, seed, state, m, stop)
-        m = stop
-        alphas = np.asarray(state.alphas[:m], np.float64)
-        betas = np.asarray(state.betas[:m], np.float64)
-        if not (np.all(np.isfinite(alphas)) and np.all(np.isfinite(betas))):
-            raise FloatingPointError("Lanczos produced NaN/inf coefficients: the matvec returned "
-                                     "non-finite values (check params and data)")
-        t = np.diag(alphas) + np.diag(betas[:-1], 1) + np.diag(betas[:-1], -1)
-        theta, s = np.linalg.eigh(t)
-        sel = _select(theta, k, which)
-        residuals = np.abs(betas[-1] * s[-1, sel])
-        scale = np.maximum(np.abs(theta[sel]), np.finfo(np.float64).tiny)
-        converged = bool(m == dim or (tol is not None and np.all(residuals <= tol * scale)))
-        if converged or m >= num_iters:
-            break
-    eigenvalues = jnp.asarray(theta[sel], flat.dtype)
-    vectors = None
-    if return_eigenvectors:
-        y = state.basis[:m].T @ jnp.asarray(s[:, sel], flat.dtype)  # [D, k]
-        y = y / jnp.linalg.norm(y, axis=0, keepdims=True)
-        vectors = jax.vmap(unravel)(y.T)
-    return EigenResult(eigenvalues, vectors, jnp.asarray(residuals, flat.dtype), m, converged)
+    theta, vectors, res, m, conv, finite = _top_eigen_jit(
+        matvec_p, operand, template, key, k=k, num_iters=num_iters,
+        tol=None if tol is None else float(tol), which=which,
+        return_eigenvectors=return_eigenvectors, check_every=check_every)
+    if not bool(finite):
+        raise FloatingPointError("Lanczos produced NaN/inf coefficients: the matvec returned "
+                                 "non-finite values (check params and data)")
+    return EigenResult(theta, vectors, res, int(m), bool(conv))
 
 
 def top_eigenvalues_matvec(matvec: Callable[[Params], Params], params_like: Params,
@@ -311,8 +354,11 @@ def top_eigenvalues_matvec(matvec: Callable[[Params], Params], params_like: Para
     ``T_m`` are computed and the run stops when every selected Ritz value satisfies
     ``β_m |e_mᵀ s_i| ≤ tol · |θ_i|`` (residual norm; a bound on its absolute error, and the
     actual error is typically much smaller, ~residual²/gap), or after ``num_iters`` iterations.
-    ``tol=None`` always runs ``num_iters``. The block loop runs on the host (one compiled block
-    per call), so this function itself is not jit-able; use :func:`lanczos` inside ``jit``.
+    ``tol=None`` always runs ``num_iters``. The whole run — blocks, Ritz values, the stopping
+    test — is one compiled ``lax.while_loop`` on the device (one program per matvec function and
+    shapes; no host round trip until the result), so the wall time is that of the HVPs plus the
+    O(m·D) reorthogonalisation. The function returns Python ``int`` / ``bool`` fields, so it is
+    not itself jit-able; use :func:`lanczos` inside ``jit``.
     """
     if not callable(matvec):
         raise TypeError(f"matvec must be callable; got {type(matvec).__name__}")
