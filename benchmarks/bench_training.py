@@ -38,13 +38,12 @@ def main():
     stream = load_stream("mnist", "split")
     sc = make_scenario(stream, args.scenario)
     model = as_model(MLP((400, 400), sc.num_outputs, num_heads=sc.num_heads))
-    trainer = make_trainer(model, none, optimizer=optax.adam(1e-3), batch_size=128,
-                           input_shape=stream.input_shape)
+    trainer = make_trainer(model, none, optimizer=optax.adam(1e-3), batch_size=128)
     data = prepare_data(stream, sc)
     device = str(jax.devices()[0])
 
     # scan vs Python loop of jitted steps (same step function, 1 seed)
-    state = trainer.init(jax.random.key(0), {})
+    state = trainer.init(jax.random.key(0), {}, data)
     task = jnp.asarray(0, jnp.int32)
     n = 1000
     scan = jax.jit(trainer.fit, static_argnums=3)

@@ -250,7 +250,7 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
                            num_heads=scenario.num_heads)
         trainer = make_trainer(model, method, optimizer=make_optimizer(
                                    cfg["optimizer"], steps_per_task=cfg["steps"]),
-                               batch_size=cfg["batch_size"], input_shape=stream.input_shape,
+                               batch_size=cfg["batch_size"],
                                eval_chunk=cfg["eval_chunk"],
                                reset_optimizer=cfg["reset_optimizer"])
         data = prepare_data(stream, scenario, eval_chunk=cfg["eval_chunk"])

@@ -23,7 +23,8 @@ import optax
 
 from cljax.data.scenarios import Scenario
 from cljax.data.streams import TaskArrays, TaskStream
-from cljax.methods.base import BoundaryContext, Method
+from cljax.methods.base import (BatchContext, BoundaryContext, LossContext, Method,
+                                PredictContext, Rows, StepInfo, StreamSpec)
 from cljax.nn.model import Model
 from cljax.types import Array, Batch, Params, PRNGKey
 from cljax.validation import check_positive_int
@@ -34,6 +35,7 @@ class TrainState(NamedTuple):
 
     params: Params
     opt_state: Any          # state of method.make_optimizer(hparams, optimizer)
+    mstate: Any             # the method's own state (Method.init): memories, anchors, ...
     hparams: Mapping[str, Array]
     step: Array             # global step counter over the stream (int32)
     key: PRNGKey            # the run's key; step s uses fold_in(key, s)
@@ -66,16 +68,26 @@ def prepare_data(stream: TaskStream, scenario: Scenario, *, eval_chunk: int = 10
                       jnp.asarray(stream.mean, jnp.float32), jnp.asarray(stream.std, jnp.float32))
 
 
+def gather_rows(arrays: TaskArrays, tasks: Array, idx: Array) -> Rows:
+    """Examples ``idx`` of ``tasks`` (both ``[B]``) as stored: ``x``, within-task ``label``, ``task``."""
+    return {"x": arrays.x[tasks, idx], "label": arrays.y[tasks, idx], "task": tasks}
+
+
+def to_batch(data: StreamData, rows: Rows) -> Batch:
+    """Model-ready batch of ``rows``: ``x`` normalised (uint8 pixels scaled to [0, 1] first),
+    ``y`` the scenario's target of (task, label), ``task``; other keys of ``rows`` are kept."""
+    x = rows["x"].astype(jnp.float32)
+    if rows["x"].dtype == jnp.uint8:
+        x = x / 255.0
+    out = {k: v for k, v in rows.items() if k not in ("x", "label")}
+    out.update(x=(x - data.mean) / data.std, y=data.label_table[rows["task"], rows["label"]],
+               task=rows["task"])
+    return out
+
+
 def make_batch(data: StreamData, arrays: TaskArrays, tasks: Array, idx: Array) -> Batch:
     """Gather examples ``idx`` of ``tasks`` (both ``[B]``): normalised ``x``, scenario ``y``, ``task``."""
-    x = (arrays.x[tasks, idx].astype(jnp.float32) / 255.0 - data.mean) / data.std
-    y = data.label_table[tasks, arrays.y[tasks, idx]]
-    return {"x": x, "y": y, "task": tasks}
-
-
-def cross_entropy(logits: Array, labels: Array) -> Array:
-    """Mean softmax cross-entropy with integer labels."""
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+    return to_batch(data, gather_rows(arrays, tasks, idx))
 
 
 def sample_task_batch(data: StreamData, task: Array, key: PRNGKey, size: int) -> Batch:
@@ -85,74 +97,111 @@ def sample_task_batch(data: StreamData, task: Array, key: PRNGKey, size: int) ->
     return make_batch(data, data.train, tasks, idx)
 
 
+def stream_spec(model: Model, data: StreamData) -> StreamSpec:
+    """The :class:`~cljax.methods.StreamSpec` of ``data`` under ``model`` (shapes only)."""
+    T, N = data.train.y.shape
+    example_shape = tuple(data.train.x.shape[2:])
+    dummy = {"x": jax.ShapeDtypeStruct((1, *example_shape), jnp.float32),
+             "task": jax.ShapeDtypeStruct((1,), jnp.int32)}
+    params = jax.eval_shape(model.init, jax.random.key(0), dummy)
+    logits = jax.eval_shape(model.logits_fn, params, dummy)
+    heads = getattr(model.module, "num_heads", 1)
+    return StreamSpec(example_shape, data.train.x.dtype, int(T), int(data.label_table.shape[1]),
+                      int(logits.shape[-1]), int(heads), data.label_table)
+
+
 class Trainer(NamedTuple):
     """Pure functions of one run (not jitted, not vmapped: :func:`run_stream` does both)."""
 
-    init: Callable[[PRNGKey, Mapping[str, Array]], TrainState]
+    init: Callable[[PRNGKey, Mapping[str, Array], StreamData], TrainState]
     fit: Callable[..., tuple[TrainState, Array]]
-    evaluate: Callable[[Params, StreamData], tuple[Array, Array]]
+    evaluate: Callable[[Params, Any, StreamData], tuple[Array, Array]]
     end_task: Callable[[TrainState, StreamData, Array], TrainState]
 
 
 def make_trainer(model: Model, method: Method, *, optimizer: optax.GradientTransformation,
-                 batch_size: int, input_shape: Sequence[int], eval_chunk: int = 1000,
+                 batch_size: int, eval_chunk: int = 1000,
                  reset_optimizer: bool = False) -> Trainer:
-    """Build the per-run training functions.
+    """Build the per-run training functions (the step of :mod:`cljax.methods.base`).
 
     Args:
       model: the network (:func:`cljax.nn.as_model`).
       method: the CL method; it builds the update rule around ``optimizer``.
       optimizer: the base optax optimizer (Adam in the van de Ven protocols).
-      batch_size: examples per step.
-      input_shape: shape of one example (``stream.input_shape``).
+      batch_size: current-task examples per step (a method may add memory examples).
       eval_chunk: test examples per evaluation chunk (bounds memory).
-      reset_optimizer: re-initialise the whole optimizer state at each task boundary, *before*
-        the method's boundary function (which then sees fresh statistics, but its own state
-        re-initialised too: use only with methods that keep no state, e.g. none / joint).
+      reset_optimizer: re-initialise the optimizer state at each task boundary, before the
+        method's boundary function (the method state is kept).
     """
     check_positive_int(batch_size, name="batch_size")
     check_positive_int(eval_chunk, name="eval_chunk")
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(f"optimizer must be an optax.GradientTransformation; got {type(optimizer)}")
+    if not isinstance(method, Method):
+        raise TypeError(f"method must be a cljax.methods.Method; got {type(method).__name__}")
+    for name in method.requires:
+        if getattr(model, name, None) is None:
+            raise ValueError(f"method {method.name!r} needs the model's {name} (a flax module "
+                             f"whose __call__ takes output='features'|'all_heads', e.g. "
+                             f"cljax.nn.MLP); this model has none")
 
     def tx(hparams):
-        return method.make_optimizer(hparams, optimizer)
+        return optax.with_extra_args_support(method.make_optimizer(hparams, optimizer))
 
-    def init(key: PRNGKey, hparams: Mapping[str, Array]) -> TrainState:
+    def init(key: PRNGKey, hparams: Mapping[str, Array], data: StreamData) -> TrainState:
         k_init, k_run = jax.random.split(key)
-        dummy = {"x": jnp.zeros((1, *input_shape), jnp.float32), "task": jnp.zeros((1,), jnp.int32)}
+        spec = stream_spec(model, data)
+        dummy = {"x": jnp.zeros((1, *spec.example_shape), jnp.float32),
+                 "task": jnp.zeros((1,), jnp.int32)}
         params = model.init(k_init, dummy)
         hparams = {k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()}
-        return TrainState(params, tx(hparams).init(params), hparams, jnp.zeros((), jnp.int32), k_run)
+        mstate = method.init(params, jax.random.fold_in(key, 2), hparams, spec)
+        return TrainState(params, tx(hparams).init(params), mstate, hparams,
+                          jnp.zeros((), jnp.int32), k_run)
 
-    def loss_fn(params, batch, state, key):
-        k_drop, k_extra = jax.random.split(key)
-        loss = cross_entropy(model.train_logits_fn(params, batch, k_drop), batch["y"])
-        if method.extra_loss is not None:
-            loss = loss + method.extra_loss(params, batch, state.opt_state, state.hparams, k_extra)
-        return loss
+    def rows_of_task(data: StreamData, task: Array) -> Rows:
+        N = data.train.y.shape[1]
+        return gather_rows(data.train, jnp.full((N,), task, jnp.int32), jnp.arange(N))
 
     def train_step(state: TrainState, data: StreamData, task: Array):
+        spec = stream_spec(model, data)
         key = jax.random.fold_in(state.key, state.step)
         k_task, k_idx, k_loss = jax.random.split(key, 3)
-        tasks = method.sample_tasks(k_task, task, batch_size)
-        idx = jax.random.randint(k_idx, (batch_size,), 0, data.train.n[tasks])
-        batch = make_batch(data, data.train, tasks, idx)
+        k_opt, k_after = jax.random.split(jax.random.fold_in(key, 3))
+
+        def draw(k, tasks):
+            idx = jax.random.randint(k, tasks.shape, 0, data.train.n[tasks])
+            return gather_rows(data.train, tasks, idx)
+
+        bctx = BatchContext(k_task, k_idx, task, batch_size, state.hparams, spec, draw,
+                            lambda t: rows_of_task(data, t), lambda t: data.train.n[t])
+        rows = method.batch(bctx, state.mstate)
+        batch = to_batch(data, rows)
+        lctx = LossContext(model, k_loss, state.hparams, task, spec, lambda r: to_batch(data, r))
+
+        def loss_fn(p):
+            return method.loss(p, batch, state.mstate, lctx)
+
         if method.value_and_grad is None:
-            loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, state, k_loss)
+            (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         else:
-            loss, grads = method.value_and_grad(lambda p: loss_fn(p, batch, state, k_loss),
-                                                state.opt_state, state.params)
-        updates, opt_state = tx(state.hparams).update(grads, state.opt_state, state.params)
+            (loss, aux), grads = method.value_and_grad(loss_fn, state.params, state.mstate, lctx)
+        extra = method.optimizer_args(state.params, batch, state.mstate, lctx._replace(key=k_opt))
+        updates, opt_state = tx(state.hparams).update(grads, state.opt_state, state.params,
+                                                      **extra)
         params = optax.apply_updates(state.params, updates)
-        return state._replace(params=params, opt_state=opt_state, step=state.step + 1), loss
+        mstate = method.after_step(state.mstate, StepInfo(rows, batch, aux, grads, updates, params,
+                                                          task, k_after, state.hparams, spec))
+        return state._replace(params=params, opt_state=opt_state, mstate=mstate,
+                              step=state.step + 1), loss
 
     def fit(state: TrainState, data: StreamData, task: Array, num_steps: int):
         """``num_steps`` (static) steps on ``task`` in one ``lax.scan``; returns the per-step losses."""
         return jax.lax.scan(lambda s, _: train_step(s, data, task), state, None, length=num_steps)
 
-    def evaluate(params: Params, data: StreamData) -> tuple[Array, Array]:
-        """Accuracy and mean loss on every task's test set, ``[T]`` each."""
+    def evaluate(params: Params, mstate: Any, data: StreamData) -> tuple[Array, Array]:
+        """Accuracy and mean loss on every task's test set, ``[T]`` each (through the method's
+        ``predict`` hook; the model's logits by default)."""
         test = data.test
         T, N = test.y.shape
         chunk = min(eval_chunk, N)
@@ -160,12 +209,18 @@ def make_trainer(model: Model, method: Method, *, optimizer: optax.GradientTrans
             raise ValueError(f"the test arrays hold {N} examples per task, not a multiple of "
                              f"eval_chunk={chunk}: pass the same eval_chunk to prepare_data and "
                              "make_trainer")
+        pctx = PredictContext(model, stream_spec(model, data))
+
+        def predict(batch):
+            if method.predict is None:
+                return model.logits_fn(params, batch)
+            return method.predict(params, mstate, batch, pctx)
 
         def one_task(t):
             def one_chunk(carry, c):
                 idx = c * chunk + jnp.arange(chunk)
                 batch = make_batch(data, test, jnp.full((chunk,), t, jnp.int32), idx)
-                logits = model.logits_fn(params, batch)
+                logits = predict(batch)
                 valid = idx < test.n[t]
                 nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
                 correct = jnp.argmax(logits, -1) == batch["y"]
@@ -180,10 +235,13 @@ def make_trainer(model: Model, method: Method, *, optimizer: optax.GradientTrans
     def end_task(state: TrainState, data: StreamData, task: Array) -> TrainState:
         key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), 1 << 30)
         opt_state = (tx(state.hparams).init(state.params) if reset_optimizer else state.opt_state)
-        ctx = BoundaryContext(state.params, opt_state, state.hparams, task, key,
-                              model.logits_fn,
-                              lambda t, k, size: sample_task_batch(data, t, k, size))
-        return state._replace(opt_state=method.end_task(ctx))
+        ctx = BoundaryContext(state.params, opt_state, state.mstate, state.hparams, task, key,
+                              model, stream_spec(model, data),
+                              lambda t, k, size: sample_task_batch(data, t, k, size),
+                              lambda t: rows_of_task(data, t), lambda t: data.train.n[t],
+                              lambda r: to_batch(data, r))
+        params, opt_state, mstate = method.end_task(ctx)
+        return state._replace(params=params, opt_state=opt_state, mstate=mstate)
 
     return Trainer(init, fit, evaluate, end_task)
 
@@ -261,20 +319,20 @@ def run_stream(trainer: Trainer, data: StreamData, *, num_steps: int,
 
     timings = {}
     t0 = time.perf_counter()
-    init = jax.jit(jax.vmap(trainer.init))
+    init = jax.jit(jax.vmap(trainer.init, in_axes=(0, 0, None)))
     fit = jax.jit(jax.vmap(trainer.fit, in_axes=(0, None, None, None)), static_argnums=3)
-    evaluate = jax.jit(jax.vmap(trainer.evaluate, in_axes=(0, None)))
+    evaluate = jax.jit(jax.vmap(trainer.evaluate, in_axes=(0, 0, None)))
     end_task = jax.jit(jax.vmap(trainer.end_task, in_axes=(0, None, None)))
-    state = init(keys, hp)
+    state = init(keys, hp, data)
     task0 = jnp.zeros((), jnp.int32)
     fit_c = fit.lower(state, data, task0, chunk).compile()
-    eval_c = evaluate.lower(state.params, data).compile()
+    eval_c = evaluate.lower(state.params, state.mstate, data).compile()
     end_c = end_task.lower(state, data, task0).compile()
     jax.block_until_ready(state)
     timings["compile_seconds"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    init_acc, init_loss = jax.device_get(eval_c(state.params, data))
+    init_acc, init_loss = jax.device_get(eval_c(state.params, state.mstate, data))
     accs, losses, train_losses, kept = [], [], [], []
     task_seconds = []
     diverged = np.full((R, 2), -1, dtype=np.int64)
@@ -296,7 +354,7 @@ def run_stream(trainer: Trainer, data: StreamData, *, num_steps: int,
             task_losses.append(step_losses)
             if progress is not None:
                 progress(t, done, num_steps)
-        acc, loss = jax.device_get(eval_c(state.params, data))
+        acc, loss = jax.device_get(eval_c(state.params, state.mstate, data))
         gone = diverged[:, 0] >= 0
         acc = np.where(gone[:, None], np.nan, acc)
         loss = np.where(gone[:, None], np.nan, loss)
@@ -317,5 +375,6 @@ def run_stream(trainer: Trainer, data: StreamData, *, num_steps: int,
                         timings, diverged)
 
 
-__all__ = ["TrainState", "StreamData", "StreamResult", "Trainer", "prepare_data", "make_batch",
-           "cross_entropy", "sample_task_batch", "make_trainer", "run_stream"]
+__all__ = ["TrainState", "StreamData", "StreamResult", "Trainer", "prepare_data", "gather_rows",
+           "to_batch", "make_batch", "sample_task_batch", "stream_spec", "make_trainer",
+           "run_stream"]

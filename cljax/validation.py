@@ -79,10 +79,45 @@ def check_same_structure(tree: Any, reference: Any, *, name: str, reference_name
                                  f"{reference_name} has {jnp.shape(b)} there")
 
 
+def _numeric(value: Any, name: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value)
+    except Exception as e:  # noqa: BLE001 - report what was passed, whatever it is
+        raise TypeError(f"{name} must be a number or an array of numbers; got {value!r}") from e
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise TypeError(f"{name} must be a number or an array of numbers; got {value!r} "
+                        f"({type(value).__name__})")
+    return arr
+
+
 def check_nonnegative(value: Any, *, name: str) -> None:
-    """A concrete scalar/array hyperparameter ≥ 0 (skipped for traced values)."""
-    if is_concrete(value) and bool(np.any(np.asarray(value) < 0)):
-        raise ValueError(f"{name} must be >= 0; got {value}")
+    """A concrete scalar/array hyperparameter that is a finite number ≥ 0 (NaN and inf fail;
+    skipped for traced values)."""
+    if is_concrete(value):
+        arr = _numeric(value, name)
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name} must be finite; got {value}")
+        if np.any(arr < 0):
+            raise ValueError(f"{name} must be >= 0; got {value}")
+
+
+def check_positive(value: Any, *, name: str) -> None:
+    """A concrete scalar/array that is a finite number > 0 (skipped for traced values)."""
+    if is_concrete(value):
+        arr = _numeric(value, name)
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name} must be finite; got {value}")
+        if np.any(arr <= 0):
+            raise ValueError(f"{name} must be > 0; got {value}")
+
+
+def check_in_unit_interval(value: Any, *, name: str, closed_left: bool = False) -> None:
+    """A concrete scalar/array in (0, 1] (or [0, 1] with ``closed_left``); NaN fails."""
+    if is_concrete(value):
+        arr = _numeric(value, name)
+        low_ok = arr >= 0 if closed_left else arr > 0
+        if not np.all(low_ok & (arr <= 1)):
+            raise ValueError(f"{name} must lie in {'[' if closed_left else '('}0, 1]; got {value}")
 
 
 def check_positive_int(value: Any, *, name: str) -> None:
@@ -91,4 +126,5 @@ def check_positive_int(value: Any, *, name: str) -> None:
 
 
 __all__ = ["is_concrete", "check_batch", "check_labels_in_range", "check_finite",
-           "check_same_structure", "check_nonnegative", "check_positive_int"]
+           "check_same_structure", "check_nonnegative", "check_positive", "check_in_unit_interval",
+           "check_positive_int"]

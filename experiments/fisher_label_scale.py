@@ -44,8 +44,7 @@ def main(argv=None) -> dict:
     scenario = make_scenario(stream, "task")
     model = make_model({"kind": "mlp", "widths": [400, 400]},
                        num_outputs=scenario.num_outputs, num_heads=scenario.num_heads)
-    trainer = make_trainer(model, get_method("none"), optimizer=optax.adam(1e-3), batch_size=128,
-                           input_shape=stream.input_shape, eval_chunk=1000)
+    trainer = make_trainer(model, get_method("none"), optimizer=optax.adam(1e-3), batch_size=128, eval_chunk=1000)
     data = prepare_data(stream, scenario, eval_chunk=1000)
     res = run_stream(trainer, data, num_steps=args.steps, keep_params=True,
                      keys=jax.random.split(jax.random.key(args.seed), 1))

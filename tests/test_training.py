@@ -5,7 +5,7 @@ import optax
 import pytest
 
 from cljax.data import make_scenario, split_tasks
-from cljax.methods import all_tasks_so_far, get_method, joint, none
+from cljax.methods import Method, get_method, joint, none
 from cljax.nn import MLP, as_model
 from cljax.training import make_trainer, prepare_data, run_stream
 from helpers import tiny_dataset, tiny_split_stream
@@ -16,7 +16,7 @@ def _setup(scenario="task", method=none, optimizer=None, stream=None, model=None
     sc = make_scenario(s, scenario)
     model = model or as_model(MLP((16,), sc.num_outputs, num_heads=sc.num_heads))
     tr = make_trainer(model, method, optimizer=optimizer or optax.adam(1e-2), batch_size=8,
-                      input_shape=s.input_shape, eval_chunk=16)
+                      eval_chunk=16)
     return tr, prepare_data(s, sc, eval_chunk=16)
 
 
@@ -84,7 +84,10 @@ def test_keep_params_stacks_task_solutions():
 
 
 def test_joint_draws_from_every_task_seen():
-    tasks = all_tasks_so_far(jax.random.key(0), jnp.asarray(2), 3000)
+    from cljax.methods import BatchContext, all_tasks_batch
+    ctx = BatchContext(jax.random.key(0), jax.random.key(1), jnp.asarray(2), 3000, {}, None,
+                       lambda k, tasks: {"task": tasks}, None, None)
+    tasks = all_tasks_batch(ctx, ())["task"]
     counts = np.bincount(np.asarray(tasks), minlength=4)
     assert counts[3] == 0 and np.all(np.abs(counts[:3] / 3000 - 1 / 3) < 0.04)
     tr, data = _setup(scenario="class", method=joint)
@@ -100,9 +103,7 @@ def test_non_finite_loss_stops_with_task_and_step():
 
 def _boost_method():
     """SGD scaled by hparam ``boost``: a huge boost makes a run diverge, the others train."""
-    from cljax.methods import Method, current_task_only, keep_state
-    return Method("boost", lambda h, base: optax.chain(base, optax.scale(h["boost"])),
-                  current_task_only, keep_state)
+    return Method("boost", make_optimizer=lambda h, base: optax.chain(base, optax.scale(h["boost"])))
 
 
 def test_marked_divergence_leaves_the_other_runs_untouched():
@@ -136,16 +137,14 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="num_steps"):
         run_stream(tr, data, num_steps=0, keys=keys)
     with pytest.raises(ValueError, match="batch_size"):
-        make_trainer(as_model(MLP((4,), 2)), none, optimizer=optax.adam(1e-3), batch_size=0,
-                     input_shape=(6, 6, 1))
+        make_trainer(as_model(MLP((4,), 2)), none, optimizer=optax.adam(1e-3), batch_size=0)
     with pytest.raises(TypeError, match="optimizer"):
-        make_trainer(as_model(MLP((4,), 2)), none, optimizer="adam", batch_size=4,
-                     input_shape=(6, 6, 1))
+        make_trainer(as_model(MLP((4,), 2)), none, optimizer="adam", batch_size=4)
     with pytest.raises(ValueError, match="unknown method"):
         get_method("ewc++")
     s = tiny_split_stream()
     sc = make_scenario(s, "task")
     mismatched = make_trainer(as_model(MLP((4,), 2, num_heads=2)), none, batch_size=4,
-                              optimizer=optax.adam(1e-3), input_shape=s.input_shape, eval_chunk=7)
+                              optimizer=optax.adam(1e-3), eval_chunk=7)
     with pytest.raises(ValueError, match="same eval_chunk"):
         run_stream(mismatched, prepare_data(s, sc, eval_chunk=16), num_steps=2, keys=keys)

@@ -57,7 +57,12 @@ class WithPathIntegralState(NamedTuple):
     path_integral: PathIntegralState
 
 
-def _accumulate(omega: Params, grads: Params, updates: Params) -> Params:
+def accumulate_path_integral(omega: Params, grads: Params, updates: Params) -> Params:
+    """One step of SI's path integral, ω ← ω − g·Δθ (Zenke et al. 2017, §3), in ω's dtypes.
+
+    ``grads`` is the task-loss gradient at the step's parameters and ``updates`` the update
+    actually applied (Δθ); all three share the params' structure.
+    """
     return jax.tree.map(lambda w, g, u: (w - g.astype(w.dtype) * u.astype(w.dtype)).astype(w.dtype),
                         omega, grads, updates)
 
@@ -86,7 +91,7 @@ def track_path_integral() -> optax.GradientTransformationExtraArgs:
                              "tx.update(grads, state, params, task_grads=task_grads)")
         _check_same(task_grads, state.omega, "task_grads", "params")
         _check_same(updates, state.omega, "updates", "params")
-        return updates, PathIntegralState(_accumulate(state.omega, task_grads, updates))
+        return updates, PathIntegralState(accumulate_path_integral(state.omega, task_grads, updates))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -106,7 +111,7 @@ def with_path_integral(inner: optax.GradientTransformation) -> optax.GradientTra
     def update_fn(grads, state, params=None, **extra_args):
         _check_same(grads, state.path_integral.omega, "grads", "params")
         updates, inner_state = inner.update(grads, state.inner_state, params, **extra_args)
-        omega = _accumulate(state.path_integral.omega, grads, updates)
+        omega = accumulate_path_integral(state.path_integral.omega, grads, updates)
         return updates, WithPathIntegralState(inner_state, PathIntegralState(omega))
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -173,5 +178,6 @@ def si_importance(omega: Params, delta_params: Params, *, xi: float = 0.1,
     return jax.tree.map(one, omega, delta_params)
 
 
-__all__ = ["PathIntegralState", "WithPathIntegralState", "track_path_integral",
+__all__ = ["PathIntegralState", "WithPathIntegralState", "accumulate_path_integral",
+           "track_path_integral",
            "with_path_integral", "reset_path_integral", "get_path_integral", "si_importance"]

@@ -3,8 +3,10 @@
 ``get_method(name, **options)`` builds a registered method; ``options`` are its static settings
 (e.g. ``fisher="true"``, ``num_examples=2048``); hyperparameters such as λ live in ``hparams``.
 """
-from cljax.methods.base import (BoundaryContext, Method, all_tasks_so_far, base_only,
-                                current_task_only, get_hparam, keep_state)
+from cljax.methods.base import (BatchContext, BoundaryContext, LossContext, Method,
+                                PredictContext, StepInfo, StreamSpec, all_tasks_batch, base_only,
+                                cross_entropy, current_task_batch, get_hparam, keep_after_step,
+                                keep_state, no_optimizer_args, no_state, task_loss)
 from cljax.methods.baselines import joint, none
 from cljax.methods.natural import kfac_ewc, ncl, ncl_kfac
 from cljax.methods.penalties import ewc, l2, mas, online_ewc, si
@@ -25,6 +27,8 @@ def get_method(name: str, **options) -> Method:
         raise TypeError(f"bad options {options} for method {name!r}: {e}") from e
 
 
-__all__ = ["BoundaryContext", "Method", "METHODS", "get_method", "all_tasks_so_far",
-           "current_task_only", "keep_state", "base_only", "get_hparam", "none", "joint", "ewc",
+__all__ = ["Method", "StreamSpec", "BatchContext", "LossContext", "StepInfo", "BoundaryContext",
+           "PredictContext", "METHODS", "get_method", "no_state", "current_task_batch",
+           "all_tasks_batch", "cross_entropy", "task_loss", "no_optimizer_args",
+           "keep_after_step", "keep_state", "base_only", "get_hparam", "none", "joint", "ewc",
            "online_ewc", "si", "mas", "l2", "kfac_ewc", "ncl", "ncl_kfac"]

@@ -1,24 +1,38 @@
 """What a continual-learning method is to the trainer: a few pure functions, no class hierarchy.
 
-A :class:`Method` supplies
+A :class:`Method` is a NamedTuple of hooks; :func:`cljax.training.make_trainer` calls them and
+never names a method. Every hook has a default, so a method states only what it changes. One
+training step, with the hooks in the order the trainer calls them::
 
-* ``make_optimizer(hparams, base)``: the whole optax update rule built around the base optimizer,
-  usually ``optax.chain(penalty, base)`` (a transform chained *before* the base optimizer acts on
-  the loss gradient, as EWC / SI / MAS penalties do in their papers; SI wraps the chain to see
-  the task gradient and the applied update). ``hparams`` is a dict of scalar arrays carried in
-  the training state, so λ-like hyperparameters can be a vmapped axis and changing them never
-  recompiles;
-* ``sample_tasks(key, task, batch_size)``: which task each training example is drawn from
-  (the current task for fine-tuning; every task seen so far for joint training / replay);
-* ``extra_loss(params, batch, opt_state, hparams, key)``: a loss term added to the task loss
-  (distillation, replay), or None;
-* ``end_task(ctx)``: the task-boundary update, a pure function of a :class:`BoundaryContext`
-  returning the new optimizer state (estimate importance, consolidate, update bases);
-* ``value_and_grad(loss, opt_state, params)``: how the step's loss and the gradient handed to the
-  optimizer are computed, or None for ``jax.value_and_grad(loss)(params)`` (NCL K-FAC
-  preconditions inside the backward pass: :func:`cljax.transforms.ncl_kfac_value_and_grad`).
+    rows   = batch(BatchContext, mstate)                  # which examples: current (+ memory)
+    batch  = to_batch(rows)                               # normalised x, scenario labels y
+    (loss, aux), grads = value_and_grad(loss)(params, batch, mstate, LossContext)
+    extra  = optimizer_args(params, batch, mstate, LossContext)      # e.g. a memory gradient
+    tx     = make_optimizer(hparams, base)                # rebuilt every step from hparams
+    updates, opt_state = tx.update(grads, opt_state, params, **extra)
+    params = params + updates
+    mstate = after_step(mstate, StepInfo)                 # reservoir insertion, path integrals
 
-The trainer never branches on a method's name.
+and at the end of each task ``(params, opt_state, mstate) = end_task(BoundaryContext)``;
+evaluation calls ``predict(params, mstate, batch, PredictContext)`` (default: the model's logits).
+
+* ``mstate`` — the method's own state (anchors and importances, a replay memory, the previous
+  model, exemplar means…): any pytree, built by ``init(params, key, hparams, spec)`` with shapes
+  fixed for the whole stream (memories preallocated with a fill count), so one compilation serves
+  every task and runs ``vmap``. It lives in :class:`cljax.training.TrainState` beside the
+  optimizer state, so ``reset_optimizer`` never touches it.
+* ``hparams`` — a dict of float arrays (one value per run under ``vmap``: a sweep is one
+  program), the single source of truth for λ-like hyperparameters. ``make_optimizer`` reads them
+  as closure arguments of optax factories; boundary functions read them from the context.
+* ``rows`` — examples as stored: ``x`` in the stream's storage dtype (uint8 pixels, or float
+  features), ``label`` the label *within its task* and ``task``, plus anything the method adds
+  (loss weights, stored logits). A replay memory stores rows, not indices into the stream.
+* ``spec`` (:class:`StreamSpec`) — what a method may need to size its state: example shape and
+  storage dtype, number of tasks, classes per task, number of outputs and heads, label table.
+
+Randomness: every hook gets its key from the context; the trainer derives them from the run's
+key and the step counter (``fold_in``), so a run's results do not depend on how steps are split
+into calls or on which other runs share the vmapped program.
 """
 from __future__ import annotations
 
@@ -28,61 +42,196 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cljax.types import Array, Batch, LogitsFn, Params, PRNGKey
+from cljax.nn.model import Model
+from cljax.types import Array, Batch, Params, PRNGKey
+
+Rows = Mapping[str, Array]
+Hparams = Mapping[str, Array]
+
+
+class StreamSpec(NamedTuple):
+    """Static description of the stream and model a method runs on (for sizing its state).
+
+    ``label_table`` (int32 ``[T, k]``, the scenario's target of (task, within-task label)) is an
+    array and may be traced; everything else is a Python value.
+    """
+
+    example_shape: tuple[int, ...]
+    storage_dtype: Any
+    num_tasks: int
+    classes_per_task: int
+    num_outputs: int          # width of the model's logits
+    num_heads: int            # 1 for a single-head model
+    label_table: Array
+
+
+class BatchContext(NamedTuple):
+    """What ``Method.batch`` may use.
+
+    ``draw(key, tasks)`` returns one training example of each entry of ``tasks`` (``int [n]``),
+    drawn uniformly with replacement, as rows; ``task_rows(task)`` returns the whole stored task
+    (rows ``[N, ...]``, of which the first ``count(task)`` are real). ``key`` is for the method's
+    own choices (which tasks, which memory slots); ``data_key`` is the key the default recipes
+    hand to ``draw`` for the current task's examples.
+    """
+
+    key: PRNGKey
+    data_key: PRNGKey
+    task: Array
+    batch_size: int
+    hparams: Hparams
+    spec: StreamSpec
+    draw: Callable[[PRNGKey, Array], Rows]
+    task_rows: Callable[[Array], Rows]
+    count: Callable[[Array], Array]
+
+
+class LossContext(NamedTuple):
+    """What ``Method.loss`` / ``optimizer_args`` / ``value_and_grad`` may use."""
+
+    model: Model
+    key: PRNGKey
+    hparams: Hparams
+    task: Array
+    spec: StreamSpec
+    to_batch: Callable[[Rows], Batch]
+
+
+class StepInfo(NamedTuple):
+    """What ``Method.after_step`` sees of the step just taken."""
+
+    rows: Rows
+    batch: Batch
+    aux: Any
+    grads: Params           # the gradient handed to the optimizer
+    updates: Params         # the update applied (Δθ)
+    params: Params          # the parameters after the step
+    task: Array
+    key: PRNGKey
+    hparams: Hparams
+    spec: StreamSpec
 
 
 class BoundaryContext(NamedTuple):
     """Everything a task-boundary function may use.
 
     ``sample_batch(task, key, size)`` draws ``size`` training examples of ``task`` (a traced int)
-    as a model-ready batch; ``size`` must be a Python int.
+    as a model-ready batch; ``size`` must be a Python int. ``task_rows`` / ``count`` /
+    ``to_batch`` as in :class:`BatchContext` / :class:`LossContext`.
     """
 
     params: Params
     opt_state: Any
-    hparams: Mapping[str, Array]
+    mstate: Any
+    hparams: Hparams
     task: Array
     key: PRNGKey
-    logits_fn: LogitsFn
+    model: Model
+    spec: StreamSpec
     sample_batch: Callable[[Array, PRNGKey, int], Batch]
+    task_rows: Callable[[Array], Rows]
+    count: Callable[[Array], Array]
+    to_batch: Callable[[Rows], Batch]
+
+    @property
+    def logits_fn(self):
+        return self.model.logits_fn
 
 
-class Method(NamedTuple):
-    name: str
-    make_optimizer: Callable[[Mapping[str, Array], optax.GradientTransformation],
-                             optax.GradientTransformation]
-    sample_tasks: Callable[[PRNGKey, Array, int], Array]
-    end_task: Callable[[BoundaryContext], Any]
-    extra_loss: Callable[..., Array] | None = None
-    default_hparams: Mapping[str, float] = {}
-    value_and_grad: Callable[[Callable[[Params], Array], Any, Params],
-                             tuple[Array, Params]] | None = None
+class PredictContext(NamedTuple):
+    """What ``Method.predict`` may use at evaluation."""
+
+    model: Model
+    spec: StreamSpec
 
 
-def current_task_only(key: PRNGKey, task: Array, batch_size: int) -> Array:
-    """Every example from the current task (sequential fine-tuning)."""
-    del key
-    return jnp.full((batch_size,), task, dtype=jnp.int32)
+# --------------------------------------------------------------------------------------------
+# Default hooks.
+# --------------------------------------------------------------------------------------------
+
+def no_state(params: Params, key: PRNGKey, hparams: Hparams, spec: StreamSpec) -> tuple:
+    """A method without state of its own."""
+    del params, key, hparams, spec
+    return ()
 
 
-def all_tasks_so_far(key: PRNGKey, task: Array, batch_size: int) -> Array:
-    """Each example from a task drawn uniformly among 0..task (joint training on the tasks seen)."""
-    return jax.random.randint(key, (batch_size,), 0, task + 1, dtype=jnp.int32)
+def current_task_batch(ctx: BatchContext, mstate: Any) -> Rows:
+    """``batch_size`` examples of the current task (sequential fine-tuning)."""
+    del mstate
+    tasks = jnp.full((ctx.batch_size,), ctx.task, dtype=jnp.int32)
+    return ctx.draw(ctx.data_key, tasks)
 
 
-def base_only(hparams: Mapping[str, Array],
-              base: optax.GradientTransformation) -> optax.GradientTransformation:
+def all_tasks_batch(ctx: BatchContext, mstate: Any) -> Rows:
+    """Each example from a task drawn uniformly among 0..task (joint training on the whole
+    stored data of the tasks seen: the upper bound, not a bounded memory)."""
+    del mstate
+    tasks = jax.random.randint(ctx.key, (ctx.batch_size,), 0, ctx.task + 1, dtype=jnp.int32)
+    return ctx.draw(ctx.data_key, tasks)
+
+
+def cross_entropy(logits: Array, labels: Array) -> Array:
+    """Mean softmax cross-entropy with integer labels."""
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def task_loss(params: Params, batch: Batch, mstate: Any, ctx: LossContext) -> tuple[Array, dict]:
+    """Mean cross-entropy of the model (train mode: dropout from the first half of the key)."""
+    del mstate
+    k_drop, _ = jax.random.split(ctx.key)
+    return cross_entropy(ctx.model.train_logits_fn(params, batch, k_drop), batch["y"]), {}
+
+
+def no_optimizer_args(params: Params, batch: Batch, mstate: Any, ctx: LossContext) -> dict:
+    """No extra arguments for the optimizer."""
+    del params, batch, mstate, ctx
+    return {}
+
+
+def keep_after_step(mstate: Any, info: StepInfo) -> Any:
+    """A step that leaves the method state as it is."""
+    del info
+    return mstate
+
+
+def keep_state(ctx: BoundaryContext) -> tuple[Params, Any, Any]:
+    """A task boundary that changes nothing."""
+    return ctx.params, ctx.opt_state, ctx.mstate
+
+
+def base_only(hparams: Hparams, base: optax.GradientTransformation
+              ) -> optax.GradientTransformation:
     """The base optimizer alone (no CL transform)."""
     del hparams
     return base
 
 
-def keep_state(ctx: BoundaryContext) -> Any:
-    """A task boundary that changes nothing."""
-    return ctx.opt_state
+class Method(NamedTuple):
+    """A CL method: a name and the hooks of the module docstring (each with a default).
+
+    ``value_and_grad(loss, params, mstate, ctx)``, when given, replaces
+    ``jax.value_and_grad(loss, has_aux=True)(params)`` (``loss(params) -> (loss, aux)``): NCL
+    K-FAC preconditions inside the backward pass. ``predict`` None means the model's
+    ``logits_fn``. ``requires`` names the :class:`cljax.nn.Model` functions the method calls
+    beyond the logits (``"features_fn"``, ``"all_heads_fn"``), checked when the trainer is built.
+    """
+
+    name: str
+    make_optimizer: Callable[[Hparams, optax.GradientTransformation],
+                             optax.GradientTransformation] = base_only
+    init: Callable[[Params, PRNGKey, Hparams, StreamSpec], Any] = no_state
+    batch: Callable[[BatchContext, Any], Rows] = current_task_batch
+    loss: Callable[[Params, Batch, Any, LossContext], tuple[Array, Any]] = task_loss
+    optimizer_args: Callable[[Params, Batch, Any, LossContext], dict] = no_optimizer_args
+    after_step: Callable[[Any, StepInfo], Any] = keep_after_step
+    end_task: Callable[[BoundaryContext], tuple[Params, Any, Any]] = keep_state
+    predict: Callable[[Params, Any, Batch, PredictContext], Array] | None = None
+    value_and_grad: Callable[..., tuple[tuple[Array, Any], Params]] | None = None
+    default_hparams: Mapping[str, float] = {}
+    requires: tuple[str, ...] = ()
 
 
-def get_hparam(hparams: Mapping[str, Array], name: str, method: str) -> Array:
+def get_hparam(hparams: Hparams, name: str, method: str) -> Array:
     """``hparams[name]`` with an error naming the method when it is missing."""
     if name not in hparams:
         raise KeyError(f"method {method!r} needs the hyperparameter {name!r}; got "
@@ -90,5 +239,7 @@ def get_hparam(hparams: Mapping[str, Array], name: str, method: str) -> Array:
     return hparams[name]
 
 
-__all__ = ["BoundaryContext", "Method", "current_task_only", "all_tasks_so_far", "base_only",
-           "keep_state", "get_hparam"]
+__all__ = ["Method", "StreamSpec", "BatchContext", "LossContext", "StepInfo", "BoundaryContext",
+           "PredictContext", "Rows", "Hparams", "no_state", "current_task_batch",
+           "all_tasks_batch", "cross_entropy", "task_loss", "no_optimizer_args",
+           "keep_after_step", "keep_state", "base_only", "get_hparam"]

@@ -20,17 +20,11 @@ import optax
 
 from cljax import importance as imp
 from cljax import transforms
-from cljax.methods.base import Method, current_task_only, get_hparam
-from cljax.methods.penalties import _check_options, fisher_on_task
+from cljax.methods.base import Method, get_hparam
+from cljax.methods.penalties import check_estimator_options, fisher_on_task
 
 
 KFAC_FISHERS = ("exact", "true", "empirical")
-
-
-def _check_kfac_options(fisher, num_examples, chunk_size):
-    if fisher not in KFAC_FISHERS:
-        raise ValueError(f"fisher must be one of {KFAC_FISHERS}; got {fisher!r}")
-    _check_options("true", num_examples, chunk_size)
 
 
 def _kfac_on_task(ctx, fisher, num_examples, chunk_size):
@@ -53,7 +47,7 @@ def kfac_ewc(*, mode: str = "online", num_slots: int | None = None, fisher: str 
     label per example: on a confident model G then rests on the few examples whose sampled label
     was wrong, and the penalty varies from run to run).
     """
-    _check_kfac_options(fisher, num_examples, chunk_size)
+    check_estimator_options(fisher, num_examples, chunk_size, KFAC_FISHERS)
     if mode not in ("online", "sum", "multi_task"):
         raise ValueError(f"mode must be 'online', 'sum' or 'multi_task'; got {mode!r}")
     if mode == "multi_task":
@@ -67,34 +61,44 @@ def kfac_ewc(*, mode: str = "online", num_slots: int | None = None, fisher: str 
 
     def make_optimizer(hparams, base):
         return optax.chain(transforms.kfac_penalty(
-            strength=get_hparam(hparams, "strength", "kfac_ewc"), num_slots=slots), base)
+            strength=get_hparam(hparams, "strength", "kfac_ewc")), base)
 
     def end_task(ctx):
         factors = _kfac_on_task(ctx, fisher, num_examples, chunk_size)
         decay = get_hparam(ctx.hparams, "decay", "kfac_ewc") if mode == "online" else 1.0
-        return transforms.kfac_consolidate(ctx.opt_state, ctx.params, factors, mode=mode,
-                                           decay=decay)
+        return ctx.params, ctx.opt_state, transforms.kfac_consolidate(
+            ctx.mstate, ctx.params, factors, mode=mode, decay=decay)
 
-    return Method("kfac_ewc", make_optimizer, current_task_only, end_task,
+    return Method("kfac_ewc", make_optimizer=make_optimizer,
+                  init=lambda params, key, hparams, spec: transforms.init_kfac_penalty(
+                      params, num_slots=slots),
+                  optimizer_args=lambda p, b, m, c: {"kfac_penalty_state": m},
+                  end_task=end_task,
                   default_hparams={"strength": 1e5, "decay": 1.0})  # Split MNIST Task-IL best
+
+
+def _ncl_hparams(hparams, name):
+    return dict(strength=get_hparam(hparams, "strength", name),
+                damping=get_hparam(hparams, "damping", name))
 
 
 def ncl(*, fisher: str = "exact", num_examples: int = 1024, chunk_size: int = 256,
         momentum: float | None = 0.9) -> Method:
     """Diagonal NCL (Kao et al. 2021): θ ← θ − η[Λ⁻¹∇ℓ_t + (θ − μ)], Λ = s·ΣF + d·I, with SGD."""
-    _check_options(fisher, num_examples, chunk_size)
+    check_estimator_options(fisher, num_examples, chunk_size)
 
     def make_optimizer(hparams, base):
         del base
-        return transforms.ncl(get_hparam(hparams, "learning_rate", "ncl"),
-                              strength=get_hparam(hparams, "strength", "ncl"),
-                              damping=get_hparam(hparams, "damping", "ncl"), momentum=momentum)
+        return transforms.ncl(get_hparam(hparams, "learning_rate", "ncl"), momentum=momentum)
 
     def end_task(ctx):
         F = fisher_on_task(ctx, fisher=fisher, num_examples=num_examples, chunk_size=chunk_size)
-        return transforms.ncl_consolidate(ctx.opt_state, ctx.params, F)
+        return ctx.params, ctx.opt_state, transforms.ncl_consolidate(
+            ctx.mstate, ctx.params, F, **_ncl_hparams(ctx.hparams, "ncl"))
 
-    return Method("ncl", make_optimizer, current_task_only, end_task,
+    return Method("ncl", make_optimizer=make_optimizer,
+                  init=lambda params, key, hparams, spec: transforms.init_ncl(params),
+                  optimizer_args=lambda p, b, m, c: {"ncl_state": m}, end_task=end_task,
                   default_hparams={"strength": 1e3, "damping": 1.0, "learning_rate": 0.05})
 
 
@@ -107,24 +111,29 @@ def ncl_kfac(*, fisher: str = "exact", num_examples: int = 1024, chunk_size: int
     layer's inputs and output cotangents (:func:`cljax.transforms.ncl_kfac_value_and_grad`),
     ≈ 2× faster than preconditioning the finished gradient (False; same step to rounding).
     """
-    _check_kfac_options(fisher, num_examples, chunk_size)
+    check_estimator_options(fisher, num_examples, chunk_size, KFAC_FISHERS)
     if not isinstance(fused_gradient, bool):
         raise TypeError(f"fused_gradient must be a bool; got {type(fused_gradient).__name__}")
 
     def make_optimizer(hparams, base):
         del base
         return transforms.ncl_kfac(get_hparam(hparams, "learning_rate", "ncl_kfac"),
-                                   strength=get_hparam(hparams, "strength", "ncl_kfac"),
-                                   damping=get_hparam(hparams, "damping", "ncl_kfac"),
                                    momentum=momentum, preconditioned_gradients=fused_gradient)
 
     def end_task(ctx):
         factors = _kfac_on_task(ctx, fisher, num_examples, chunk_size)
-        return transforms.ncl_kfac_consolidate(ctx.opt_state, ctx.params, factors)
+        return ctx.params, ctx.opt_state, transforms.ncl_kfac_consolidate(
+            ctx.mstate, ctx.params, factors, **_ncl_hparams(ctx.hparams, "ncl_kfac"))
 
-    return Method("ncl_kfac", make_optimizer, current_task_only, end_task,
+    def value_and_grad(loss, params, mstate, ctx):
+        del ctx
+        return transforms.ncl_kfac_value_and_grad(loss, mstate, params, has_aux=True)
+
+    return Method("ncl_kfac", make_optimizer=make_optimizer,
+                  init=lambda params, key, hparams, spec: transforms.init_ncl_kfac(params),
+                  optimizer_args=lambda p, b, m, c: {"ncl_state": m}, end_task=end_task,
                   default_hparams={"strength": 1e3, "damping": 1.0, "learning_rate": 0.05},
-                  value_and_grad=transforms.ncl_kfac_value_and_grad if fused_gradient else None)
+                  value_and_grad=value_and_grad if fused_gradient else None)
 
 
 __all__ = ["kfac_ewc", "ncl", "ncl_kfac"]

@@ -25,7 +25,7 @@ per-example quantity; the task loss is a mean over the batch.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,17 +33,18 @@ import optax
 
 from cljax import importance as imp
 from cljax import transforms
-from cljax.methods.base import (BoundaryContext, Method, base_only, current_task_only,
-                                get_hparam)
-from cljax.types import Array, Params
+from cljax.methods.base import BoundaryContext, Method, StepInfo, get_hparam
+from cljax.types import Params
 from cljax.validation import check_positive_int
 
 FISHERS = ("exact", "true", "empirical")
 
 
-def _check_options(fisher: str, num_examples: int, chunk_size: int) -> None:
-    if fisher not in FISHERS:
-        raise ValueError(f"fisher must be one of {FISHERS}; got {fisher!r}")
+def check_estimator_options(fisher: str, num_examples: int, chunk_size: int,
+                            fishers: tuple[str, ...] = FISHERS) -> None:
+    """The static options shared by the methods that estimate a curvature at a boundary."""
+    if fisher not in fishers:
+        raise ValueError(f"fisher must be one of {fishers}; got {fisher!r}")
     check_positive_int(num_examples, name="num_examples")
     check_positive_int(chunk_size, name="chunk_size")
 
@@ -61,97 +62,112 @@ def fisher_on_task(ctx: BoundaryContext, *, fisher: str, num_examples: int,
     return imp.empirical_fisher_diagonal(ctx.logits_fn, ctx.params, batch, chunk_size=chunk_size)
 
 
-def _with_penalty(hparams, base, name):
-    return optax.chain(transforms.quadratic_penalty(strength=get_hparam(hparams, "strength", name)),
-                       base)
+def _penalty_optimizer(name: str):
+    def make_optimizer(hparams, base):
+        return optax.chain(transforms.quadratic_penalty(
+            strength=get_hparam(hparams, "strength", name)), base)
+    return make_optimizer
+
+
+def _penalty_state(params, key, hparams, spec):
+    del key, hparams, spec
+    return transforms.init_penalty(params)
+
+
+def _penalty_args(params, batch, mstate, ctx):
+    del params, batch, ctx
+    return {"penalty_state": mstate}
+
+
+def penalty_method(name: str, importance_fn: Callable[[BoundaryContext], Any], *, mode: str,
+                   defaults: dict, decay: str | None = None) -> Method:
+    """A quadratic-penalty method: ``λ Ω ⊙ (θ − θ*)`` before the base optimizer, the penalty in
+    the method state, and at each boundary ``consolidate(penalty, θ*_t, importance_fn(ctx),
+    mode=mode, decay=hparams[decay] or 1)`` (:func:`cljax.transforms.consolidate`)."""
+
+    def end_task(ctx):
+        gamma = get_hparam(ctx.hparams, decay, name) if decay else 1.0
+        penalty = transforms.consolidate(ctx.mstate, ctx.params, importance_fn(ctx), mode=mode,
+                                         decay=gamma)
+        return ctx.params, ctx.opt_state, penalty
+
+    return Method(name, make_optimizer=_penalty_optimizer(name), init=_penalty_state,
+                  optimizer_args=_penalty_args, end_task=end_task, default_hparams=defaults)
 
 
 def ewc(*, fisher: str = "exact", num_examples: int = 1024, chunk_size: int = 256) -> Method:
     """EWC (Kirkpatrick et al. 2017, eq. 3): (λ/2) Σ_{past j} Σ_i F_{j,i} (θ_i − θ*_{j,i})²."""
-    _check_options(fisher, num_examples, chunk_size)
-
-    def end_task(ctx):
-        F = fisher_on_task(ctx, fisher=fisher, num_examples=num_examples, chunk_size=chunk_size)
-        return transforms.consolidate(ctx.opt_state, ctx.params, F, mode="multi_task")
-
-    return Method("ewc", lambda h, b: _with_penalty(h, b, "ewc"), current_task_only, end_task,
-                  default_hparams={"strength": 1e4})
+    check_estimator_options(fisher, num_examples, chunk_size)
+    return penalty_method("ewc", lambda ctx: fisher_on_task(
+        ctx, fisher=fisher, num_examples=num_examples, chunk_size=chunk_size),
+        mode="multi_task", defaults={"strength": 1e4})
 
 
 def online_ewc(*, fisher: str = "exact", num_examples: int = 1024,
                chunk_size: int = 256) -> Method:
     """Online EWC (Schwarz et al. 2018): F̂_t = γF̂_{t−1} + F_t, penalty anchored at θ*_{t}."""
-    _check_options(fisher, num_examples, chunk_size)
-
-    def end_task(ctx):
-        F = fisher_on_task(ctx, fisher=fisher, num_examples=num_examples, chunk_size=chunk_size)
-        return transforms.consolidate(ctx.opt_state, ctx.params, F, mode="online",
-                                      decay=get_hparam(ctx.hparams, "decay", "online_ewc"))
-
-    return Method("online_ewc", lambda h, b: _with_penalty(h, b, "online_ewc"), current_task_only,
-                  end_task, default_hparams={"strength": 1e4, "decay": 1.0})
+    check_estimator_options(fisher, num_examples, chunk_size)
+    return penalty_method("online_ewc", lambda ctx: fisher_on_task(
+        ctx, fisher=fisher, num_examples=num_examples, chunk_size=chunk_size),
+        mode="online", decay="decay", defaults={"strength": 1e4, "decay": 1.0})
 
 
 def mas(*, num_examples: int = 1024, chunk_size: int = 256) -> Method:
     """MAS (Aljundi et al. 2018, eq. 2–4), importances accumulated (summed) over tasks."""
-    _check_options("exact", num_examples, chunk_size)
+    check_estimator_options("exact", num_examples, chunk_size)
 
-    def end_task(ctx):
+    def omega(ctx):
         batch = ctx.sample_batch(ctx.task, ctx.key, num_examples)
-        omega = imp.mas_importance(ctx.logits_fn, ctx.params, batch, chunk_size=chunk_size)
-        return transforms.consolidate(ctx.opt_state, ctx.params, omega, mode="online")
+        return imp.mas_importance(ctx.logits_fn, ctx.params, batch, chunk_size=chunk_size)
 
-    return Method("mas", lambda h, b: _with_penalty(h, b, "mas"), current_task_only, end_task,
-                  default_hparams={"strength": 1.0})
+    return penalty_method("mas", omega, mode="online", defaults={"strength": 1.0})
 
 
 def l2() -> Method:
     """L2 to the previous task's solution: Ω = 1 (the baseline of Hsu et al. 2018)."""
-
-    def end_task(ctx):
-        return transforms.consolidate(ctx.opt_state, ctx.params, None, mode="replace")
-
-    return Method("l2", lambda h, b: _with_penalty(h, b, "l2"), current_task_only, end_task,
-                  default_hparams={"strength": 1e-2})
+    return penalty_method("l2", lambda ctx: None, mode="replace", defaults={"strength": 1e-2})
 
 
-class TaskStartState(NamedTuple):
-    """θ at the start of the current task (SI's Δθ reference)."""
+class SIState(NamedTuple):
+    """SI's method state: the penalty, the running path integral ω, θ at the task's start."""
 
-    params: Params
-
-
-def _remember_start() -> optax.GradientTransformation:
-    """A pass-through transform whose state holds the parameters at the start of the task."""
-    return optax.GradientTransformation(lambda params: TaskStartState(params),
-                                        lambda updates, state, params=None: (updates, state))
+    penalty: transforms.QuadraticPenaltyState
+    omega: Params
+    start: Params
 
 
 def si(*, clip_negative: bool = True) -> Method:
-    """SI (Zenke et al. 2017, eq. 4–5) with the path integral accumulated inside the jitted step.
+    """SI (Zenke et al. 2017, eq. 4–5) with the path integral accumulated after every step.
 
-    The optimizer is ``with_path_integral(chain(quadratic_penalty, base))`` plus the task-start
-    parameters: ω receives the *unregularised task gradient* (the gradient entering the chain,
-    as in the authors' code) and the update actually applied (after the penalty and Adam). At a
-    boundary Ω ← Ω + max(ω/(Δθ² + ξ), 0), ω ← 0 (see :func:`cljax.importance.si_importance`).
+    The optimizer is ``chain(quadratic_penalty, base)``; ω ← ω − g·Δθ receives the
+    *unregularised task gradient* g (the gradient entering the chain, as in the authors' code)
+    and the update actually applied Δθ (after the penalty and Adam). At a boundary
+    Ω ← Ω + max(ω/(Δθ² + ξ), 0), ω ← 0 (see :func:`cljax.importance.si_importance`).
     """
 
-    def make_optimizer(hparams, base):
-        inner = optax.chain(transforms.quadratic_penalty(
-            strength=get_hparam(hparams, "strength", "si")), base)
-        return optax.chain(_remember_start(), imp.with_path_integral(inner))
+    def init(params, key, hparams, spec):
+        del key, hparams, spec
+        return SIState(transforms.init_penalty(params), jax.tree.map(jnp.zeros_like, params),
+                       jax.tree.map(jnp.array, params))
+
+    def after_step(mstate: SIState, info: StepInfo) -> SIState:
+        return mstate._replace(omega=imp.accumulate_path_integral(mstate.omega, info.grads,
+                                                                  info.updates))
 
     def end_task(ctx):
-        start, wrapped = ctx.opt_state
-        omega = imp.get_path_integral(wrapped)
-        delta = jax.tree.map(jnp.subtract, ctx.params, start.params)
-        contribution = imp.si_importance(omega, delta, xi=get_hparam(ctx.hparams, "xi", "si"),
+        s = ctx.mstate
+        delta = jax.tree.map(jnp.subtract, ctx.params, s.start)
+        contribution = imp.si_importance(s.omega, delta, xi=get_hparam(ctx.hparams, "xi", "si"),
                                          clip_negative=clip_negative)
-        wrapped = transforms.consolidate(wrapped, ctx.params, contribution, mode="online")
-        return (TaskStartState(ctx.params), imp.reset_path_integral(wrapped))
+        penalty = transforms.consolidate(s.penalty, ctx.params, contribution, mode="online")
+        return ctx.params, ctx.opt_state, SIState(penalty, jax.tree.map(jnp.zeros_like, s.omega),
+                                                  ctx.params)
 
-    return Method("si", make_optimizer, current_task_only, end_task,
+    return Method("si", make_optimizer=_penalty_optimizer("si"), init=init,
+                  optimizer_args=lambda p, b, m, c: {"penalty_state": m.penalty},
+                  after_step=after_step, end_task=end_task,
                   default_hparams={"strength": 1.0, "xi": 0.1})
 
 
-__all__ = ["FISHERS", "fisher_on_task", "ewc", "online_ewc", "mas", "l2", "si", "TaskStartState"]
+__all__ = ["FISHERS", "check_estimator_options", "fisher_on_task", "penalty_method", "ewc",
+           "online_ewc", "mas", "l2", "si", "SIState"]

@@ -32,3 +32,18 @@ def select_head(logits: Array, task: Array | None, num_heads: int) -> Array:
             f"batch['task'] must have shape {logits.shape[:1]} (one id per example); got {task.shape}")
     per_head = logits.reshape(logits.shape[0], num_heads, -1)
     return jnp.take_along_axis(per_head, task[:, None, None].astype(jnp.int32), axis=1)[:, 0]
+
+
+def head_output(logits: Array, task: Array | None, num_heads: int, output: str = "logits"
+                ) -> Array:
+    """The model output ``output`` from the output layer's ``logits[B, num_heads * C]``:
+    ``"logits"`` (each example's head, :func:`select_head`) or ``"all_heads"``
+    (``[B, num_heads, C]``, every head's logits)."""
+    if output == "logits":
+        return select_head(logits, task, num_heads)
+    if output == "all_heads":
+        if logits.shape[-1] % num_heads:
+            raise ValueError(
+                f"logits width {logits.shape[-1]} is not divisible by num_heads={num_heads}")
+        return logits.reshape(logits.shape[0], num_heads, -1)
+    raise ValueError(f"output must be 'logits', 'all_heads' or 'features'; got {output!r}")

@@ -1,23 +1,25 @@
 """Multi-layer perceptron (flax linen) with optional per-task heads.
 
 The architecture of the MNIST protocols in van de Ven & Tolias 2019 (784-400-400 ReLU, or
-1024-1000-1000 for permuted MNIST) and Mirzadeh et al. 2020 (784-100-100, optional dropout).
+1024-1000-1000 for permuted MNIST) and Mirzadeh et al. 2020 (784-100-100, optional dropout), and
+of the fully connected part of van de Ven et al. 2022's CIFAR-100 model (on frozen conv features).
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import flax.linen as nn
-import jax.numpy as jnp
 
-from cljax.nn.heads import select_head
+from cljax.nn.heads import head_output
 
 
 class MLP(nn.Module):
     """ReLU MLP: flatten → [Dense(w) → ReLU → Dropout]* → Dense(num_heads * num_outputs) → head.
 
     Layers are flax ``Dense`` named ``Dense_0 … Dense_L`` (the last is the output layer), so the
-    layer-wise fast paths of :mod:`cljax.importance` recognise them.
+    layer-wise fast paths of :mod:`cljax.importance` recognise them. ``output``: ``"logits"``
+    (each example's head), ``"all_heads"`` (``[B, num_heads, num_outputs]``) or ``"features"``
+    (the last hidden layer's activations, what the output layer reads).
     """
 
     widths: Sequence[int]
@@ -26,12 +28,26 @@ class MLP(nn.Module):
     dropout: float = 0.0
     use_bias: bool = True
 
+    def __post_init__(self):
+        widths = tuple(self.widths)
+        if any(not isinstance(w, int) or isinstance(w, bool) or w < 1 for w in widths):
+            raise ValueError(f"MLP widths must be positive ints; got {list(self.widths)}")
+        for name in ("num_outputs", "num_heads"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"MLP {name} must be a positive int; got {v!r}")
+        if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
+            raise ValueError(f"MLP dropout must be a rate in [0, 1); got {self.dropout!r}")
+        super().__post_init__()
+
     @nn.compact
-    def __call__(self, x, task=None, *, train: bool = False):
+    def __call__(self, x, task=None, *, train: bool = False, output: str = "logits"):
         x = x.reshape(x.shape[0], -1)
         for width in self.widths:
             x = nn.relu(nn.Dense(width, use_bias=self.use_bias)(x))
             if self.dropout > 0:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        if output == "features":
+            return x
         x = nn.Dense(self.num_heads * self.num_outputs, use_bias=self.use_bias)(x)
-        return select_head(x, task, self.num_heads)
+        return head_output(x, task, self.num_heads, output)

@@ -1,17 +1,24 @@
 """Turn a flax module into the pure functions the rest of cljax consumes.
 
 ``Model.logits_fn(params, batch)`` is the :data:`cljax.types.LogitsFn` (evaluation mode: no
-dropout); ``Model.train_logits_fn(params, batch, key)`` is the same with dropout active.
+dropout); ``Model.train_logits_fn(params, batch, key)`` is the same with dropout active. Modules
+whose ``__call__`` takes an ``output`` keyword (:class:`cljax.nn.MLP`, :class:`cljax.nn.CNN`)
+also give ``features_fn(params, batch)`` — the representation the output layer reads (iCaRL's
+nearest-mean classifier works there) — and ``all_heads_fn(params, batch) -> [B, H, C]``, every
+task head's logits (LwF distils the old heads); for other modules both are None, and methods
+that need them say so.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable, NamedTuple
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from cljax.types import Array, Batch, LogitsFn, Params, PRNGKey
+
+OUTPUTS = ("logits", "all_heads", "features")
 
 
 class Model(NamedTuple):
@@ -19,10 +26,20 @@ class Model(NamedTuple):
     init: Callable[[PRNGKey, Batch], Params]
     logits_fn: LogitsFn
     train_logits_fn: Callable[[Params, Batch, PRNGKey], Array]
+    features_fn: Callable[[Params, Batch], Array] | None = None
+    all_heads_fn: Callable[[Params, Batch], Array] | None = None
+
+
+def _takes_output(module: nn.Module) -> bool:
+    try:
+        return "output" in inspect.signature(type(module).__call__).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def as_model(module: nn.Module) -> Model:
-    """Wrap a flax module whose ``__call__(x, task=None, *, train=False)`` returns logits."""
+    """Wrap a flax module whose ``__call__(x, task=None, *, train=False)`` returns logits
+    (and, optionally, takes ``output='logits'|'all_heads'|'features'``)."""
 
     def init(key: PRNGKey, batch: Batch) -> Params:
         return module.init(key, jnp.asarray(batch["x"]), batch.get("task"))["params"]
@@ -34,7 +51,16 @@ def as_model(module: nn.Module) -> Model:
         return module.apply({"params": params}, batch["x"], batch.get("task"), train=True,
                             rngs={"dropout": key})
 
-    return Model(module, init, logits_fn, train_logits_fn)
+    if not _takes_output(module):
+        return Model(module, init, logits_fn, train_logits_fn)
+
+    def features_fn(params: Params, batch: Batch) -> Array:
+        return module.apply({"params": params}, batch["x"], batch.get("task"), output="features")
+
+    def all_heads_fn(params: Params, batch: Batch) -> Array:
+        return module.apply({"params": params}, batch["x"], batch.get("task"), output="all_heads")
+
+    return Model(module, init, logits_fn, train_logits_fn, features_fn, all_heads_fn)
 
 
-__all__ = ["Model", "as_model"]
+__all__ = ["Model", "as_model", "OUTPUTS"]

@@ -101,8 +101,8 @@ def _interceptable(module: nn.Module, n: int, m: int) -> bool:
 
 
 def kfac_preconditioned_value_and_grad(
-        fun: Callable[..., Array], params: Params, inverses: Mapping[str, KFACFactors], *args: Any,
-        other_scale: float | Array = 1.0) -> tuple[Array, Params]:
+        fun: Callable[..., Any], params: Params, inverses: Mapping[str, KFACFactors], *args: Any,
+        other_scale: float | Array = 1.0, has_aux: bool = False) -> tuple[Any, Params]:
     """``fun(params, *args)`` and its gradient with every tracked layer's block preconditioned,
     ``A⁻¹ ∇W̄ G⁻¹``, and every other parameter's gradient multiplied by ``other_scale``.
 
@@ -112,6 +112,8 @@ def kfac_preconditioned_value_and_grad(
       inverses: {layer name: KFACFactors(A⁻¹ [in+1, in+1], G⁻¹ [out, out])} in the
         :class:`cljax.types.KFACFactors` layout (e.g. ``NCLKFACState.inverse``).
       other_scale: multiplier for the gradients of parameters outside those layers.
+      has_aux: ``fun`` returns ``(loss, aux)`` (as ``jax.value_and_grad``'s ``has_aux``); the
+        value returned is then that pair.
 
     Returns ``(value, preconditioned gradient)``, the gradient with ``params``' structure; equal
     (to rounding) to applying the preconditioner to ``jax.grad(fun)(params, *args)``.
@@ -144,15 +146,16 @@ def kfac_preconditioned_value_and_grad(
         a_inv, g_inv = inverses[name]
         return _dense(x, kernel, bias, a_inv, g_inv, module.precision)
 
-    def wrapped(p: Params) -> Array:
+    def wrapped(p: Params) -> Any:
         with nn.intercept_methods(interceptor):
-            out = fun(p, *args)
+            result = fun(p, *args)
+        out = result[0] if has_aux else result
         if jnp.shape(out) != () or not jnp.issubdtype(jnp.result_type(out), jnp.floating):
-            raise ValueError(f"fun must return a float scalar loss; got shape {jnp.shape(out)}, "
-                             f"dtype {jnp.result_type(out)}")
-        return out
+            raise ValueError(f"fun must return a float scalar loss{' (and aux)' if has_aux else ''};"
+                             f" got shape {jnp.shape(out)}, dtype {jnp.result_type(out)}")
+        return result
 
-    value, grads = jax.value_and_grad(wrapped)(params)
+    value, grads = jax.value_and_grad(wrapped, has_aux=has_aux)(params)
     out = jax.tree.map(lambda g: (other.astype(g.dtype) * g).astype(g.dtype), grads)
     for name, (a_inv, g_inv) in inverses.items():
         node = _layer_get(grads, name)

@@ -45,10 +45,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cljax.transforms.penalty import (_NO_PARAMS, check_decay_for_mode, _float_dtype, _find_one,
-                                      _register_strength_state, _replace_one)
+from cljax.transforms.common import NO_PARAMS, check_decay_for_mode, float_dtype, require_state
 from cljax.types import Array, KFACFactors, Params
-from cljax.validation import check_nonnegative, check_same_structure, is_concrete
+from cljax.validation import check_finite, check_nonnegative, check_same_structure, is_concrete
 
 KFACMode = Literal["online", "sum", "multi_task", "replace"]
 
@@ -183,82 +182,94 @@ def nearest_kronecker_sum(a1: Array, g1: Array, a2: Array, g2: Array) -> tuple[A
 # The transform.
 # --------------------------------------------------------------------------------------------
 
-@_register_strength_state
 class KFACPenaltyState(NamedTuple):
-    """State of :func:`kfac_penalty`.
+    """What past tasks leave for :func:`kfac_penalty` (held by the caller, like
+    :class:`cljax.transforms.QuadraticPenaltyState`).
 
     Attributes:
       anchors: params' structure, leaves ``[num_slots, *shape]``.
       factors: {layer name: KFACFactors(A ``[num_slots, in+1, in+1]``,
         G ``[num_slots, out, out]``)},
         zeros before the first consolidation (so the penalty is exactly zero).
-      count: int32 number of consolidations. strength: λ.
+      count: int32 number of consolidations.
     """
 
     anchors: Params
     factors: dict
     count: Array
-    strength: Array
-
-    def _with_strength(self, value: Array) -> "KFACPenaltyState":
-        return self._replace(strength=value)
 
 
-def kfac_penalty(*, strength: float | Array = 1.0, num_slots: int = 1, layers: Any = None
-                 ) -> optax.GradientTransformation:
+def init_kfac_penalty(params: Params, *, num_slots: int = 1, layers: Any = None
+                      ) -> KFACPenaltyState:
+    """The empty K-FAC penalty for ``params``.
+
+    Args:
+      num_slots: 1, or ``max_tasks`` for ``mode="multi_task"`` consolidation.
+      layers: names of the layers to track; default all dense/conv layers.
+    """
+    if not isinstance(num_slots, (int, np.integer)) or isinstance(num_slots, bool) or num_slots < 1:
+        raise ValueError(f"num_slots must be a positive int; got {num_slots!r}")
+    num_slots = int(num_slots)
+    shapes = _kfac_layers(params, layers)
+    factors = {}
+    for name, (n, m, _) in shapes.items():
+        dt = _layer_get(params, name)["kernel"].dtype
+        factors[name] = KFACFactors(jnp.zeros((num_slots, n, n), dt),
+                                    jnp.zeros((num_slots, m, m), dt))
+    anchors = jax.tree.map(
+        lambda p: jnp.array(jnp.broadcast_to(p, (num_slots,) + jnp.shape(p))), params)
+    return KFACPenaltyState(anchors, factors, jnp.zeros((), jnp.int32))
+
+
+def kfac_penalty(*, strength: float | Array = 1.0) -> optax.GradientTransformationExtraArgs:
     """Add ``λ Σ_s A_s ΔW̄_s G_s`` per layer: the gradient of the K-FAC Laplace penalty
     ``(λ/2) Σ_s Σ_l tr(ΔW̄ᵀ A ΔW̄ G)`` (Ritter et al. 2018; module docstring).
 
     Args:
-      strength: λ ≥ 0, an array in the state (:func:`cljax.transforms.set_strength`).
-      num_slots: 1, or ``max_tasks`` for ``mode="multi_task"`` consolidation.
-      layers: names of the layers to track; default all dense/conv layers.
+      strength: λ ≥ 0 (a float or an array, e.g. traced from the run's hyperparameters).
 
-    ``update(updates, state, params)`` requires ``params``. Per step and filled slot: two matmuls
-    per layer (``[in+1]² × out`` and ``(in+1) × out²`` multiply-adds); with ``num_slots > 1``
-    the products run in a loop over the ``count`` filled slots only, so unfilled slots add no
-    matmuls (not benchmarked separately).
+    ``update(updates, state, params, *, kfac_penalty_state)`` requires ``params`` and the
+    :class:`KFACPenaltyState` (:func:`init_kfac_penalty`); the transform's own state is empty.
+    Per step and filled slot: two matmuls per layer (``[in+1]² × out`` and ``(in+1) × out²``
+    multiply-adds); with ``num_slots > 1`` the products run in a loop over the ``count`` filled
+    slots only, so unfilled slots add no matmuls (not benchmarked separately).
     """
     check_nonnegative(strength, name="strength")
-    if not isinstance(num_slots, (int, np.integer)) or isinstance(num_slots, bool) or num_slots < 1:
-        raise ValueError(f"num_slots must be a positive int; got {num_slots!r}")
-    num_slots = int(num_slots)
 
-    def init_fn(params: Params) -> KFACPenaltyState:
-        shapes = _kfac_layers(params, layers)
-        factors = {}
-        for name, (n, m, _) in shapes.items():
-            dt = _layer_get(params, name)["kernel"].dtype
-            factors[name] = KFACFactors(jnp.zeros((num_slots, n, n), dt),
-                                        jnp.zeros((num_slots, m, m), dt))
-        anchors = jax.tree.map(
-            lambda p: jnp.array(jnp.broadcast_to(p, (num_slots,) + jnp.shape(p))), params)
-        return KFACPenaltyState(anchors, factors, jnp.zeros((), jnp.int32),
-                                jnp.asarray(strength, _float_dtype()))
+    def init_fn(params: Params) -> optax.EmptyState:
+        del params
+        return optax.EmptyState()
 
-    def update_fn(updates: Any, state: KFACPenaltyState, params: Params | None = None
-                  ) -> tuple[Any, KFACPenaltyState]:
+    def update_fn(updates: Any, state: optax.EmptyState, params: Params | None = None, *,
+                  kfac_penalty_state: KFACPenaltyState | None = None, **extra: Any
+                  ) -> tuple[Any, optax.EmptyState]:
+        del extra
         if params is None:
-            raise ValueError(_NO_PARAMS.format(name="kfac_penalty"))
-        _check_params(state, params)
+            raise ValueError(NO_PARAMS.format(name="kfac_penalty"))
+        pstate = kfac_penalty_state
+        require_state(pstate, KFACPenaltyState, arg="kfac_penalty_state",
+                      fn="kfac_penalty.update")
+        _check_params(pstate, params)
+        lam = jnp.asarray(strength, float_dtype())
         out = updates
-        for name, f in state.factors.items():
+        for name, f in pstate.factors.items():
+            num_slots = f.A.shape[0]
             g_node = _layer_get(updates, name)
             w = _pack(_layer_get(params, name))
-            anchor = _pack(_layer_get(state.anchors, name), 1)
+            anchor = _pack(_layer_get(pstate.anchors, name), 1)
             if num_slots == 1:
                 grad = f.A[0] @ (w - anchor[0]) @ f.G[0]
             else:  # only the filled slots: a loop of `count` products, not num_slots
                 grad = jax.lax.fori_loop(
-                    0, jnp.minimum(state.count, num_slots),
+                    0, jnp.minimum(pstate.count, num_slots),
                     lambda i, acc, f=f, w=w, anchor=anchor: acc + f.A[i] @ (w - anchor[i]) @ f.G[i],
                     jnp.zeros_like(w))
-            grad = state.strength.astype(grad.dtype) * grad
+            grad = lam.astype(grad.dtype) * grad
             add = _unpack(grad, g_node)
             out = _layer_set(out, name, {k: g_node[k] + add[k] for k in add})
         return out, state
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def _check_params(state: KFACPenaltyState, params: Params) -> None:
@@ -302,45 +313,54 @@ def _consolidate_one(s: KFACPenaltyState, params: Params, factors: Mapping[str, 
     return s._replace(anchors=anchors, factors=new_f, count=s.count + 1)
 
 
-def kfac_consolidate(state: Any, params: Params, factors: Mapping[str, KFACFactors], *,
-                     mode: KFACMode = "online", decay: float | Array = 1.0) -> Any:
+def kfac_consolidate(state: KFACPenaltyState, params: Params, factors: Mapping[str, KFACFactors],
+                     *, mode: KFACMode = "online", decay: float | Array = 1.0
+                     ) -> KFACPenaltyState:
     """Task boundary for :func:`kfac_penalty`; returns a new state (pure, shape-preserving).
 
     Args:
-      state: a :class:`KFACPenaltyState` or an optimizer state containing exactly one.
-      params: θ*_t (the new anchor).
+      state: the :class:`KFACPenaltyState` so far (:func:`init_kfac_penalty` before task 1).
+      params: θ*_t (the new anchor; finite).
       factors: {layer name: KFACFactors(A_t, G_t)} of task t (mean over examples, layout of
-        :class:`cljax.types.KFACFactors`); tracked layers it omits get no curvature from task t.
+        :class:`cljax.types.KFACFactors`, finite); tracked layers it omits get no curvature
+        from task t.
       mode: ``"online"`` (nearest-Kronecker sum, default), ``"sum"``, ``"multi_task"``,
         ``"replace"``; see the module docstring.
       decay: γ ∈ (0, 1], only for ``"online"``: γ A⊗G + A_t⊗G_t.
     """
+    if not isinstance(state, KFACPenaltyState):
+        raise TypeError(f"state must be a KFACPenaltyState (init_kfac_penalty(params)); got "
+                        f"{type(state).__name__}")
     if mode not in ("online", "sum", "multi_task", "replace"):
         raise ValueError(f"mode must be 'online', 'sum', 'multi_task' or 'replace'; got {mode!r}")
     check_decay_for_mode(decay, mode)
-    return _replace_one(state, KFACPenaltyState,
-                        lambda s: _consolidate_one(s, params, factors, mode, decay),
-                        what="kfac_consolidate")
+    check_finite(params, name="params")
+    check_finite(factors, name="factors")
+    return _consolidate_one(state, params, factors, mode, decay)
 
 
-def kfac_penalty_loss(state: Any, params: Params) -> Array:
-    """``(λ/2) Σ_s Σ_l tr(ΔW̄ᵀ A ΔW̄ G)`` for the (unique) K-FAC penalty state in ``state``."""
-    s = _find_one(state, KFACPenaltyState, what="kfac_penalty_loss")
-    _check_params(s, params)
-    total = jnp.zeros((), s.strength.dtype)
-    for name, f in s.factors.items():
-        d = _pack(_layer_get(params, name))[None] - _pack(_layer_get(s.anchors, name), 1)
+def kfac_penalty_loss(state: KFACPenaltyState, params: Params, *,
+                      strength: float | Array = 1.0) -> Array:
+    """``(λ/2) Σ_s Σ_l tr(ΔW̄ᵀ A ΔW̄ G)`` of a :class:`KFACPenaltyState` at ``params``."""
+    if not isinstance(state, KFACPenaltyState):
+        raise TypeError(f"state must be a KFACPenaltyState; got {type(state).__name__}")
+    check_nonnegative(strength, name="strength")
+    _check_params(state, params)
+    total = jnp.zeros((), float_dtype())
+    for name, f in state.factors.items():
+        d = _pack(_layer_get(params, name))[None] - _pack(_layer_get(state.anchors, name), 1)
         total = total + jnp.sum((f.A @ d @ f.G) * d)
-    return 0.5 * s.strength * total
+    return 0.5 * jnp.asarray(strength, total.dtype) * total
 
 
 def kfac_ewc(learning_rate: optax.ScalarOrSchedule, *, strength: float | Array = 1.0,
-             num_slots: int = 1, layers: Any = None, b1: float = 0.9, b2: float = 0.999,
-             eps: float = 1e-8) -> optax.GradientTransformation:
-    """K-FAC Laplace penalty + Adam: ``chain(kfac_penalty(...), adam(lr))`` (penalty first)."""
-    return optax.chain(kfac_penalty(strength=strength, num_slots=num_slots, layers=layers),
+             b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+             ) -> optax.GradientTransformationExtraArgs:
+    """K-FAC Laplace penalty + Adam: ``chain(kfac_penalty(...), adam(lr))`` (penalty first);
+    ``update`` takes ``kfac_penalty_state=``."""
+    return optax.chain(kfac_penalty(strength=strength),
                        optax.adam(learning_rate, b1=b1, b2=b2, eps=eps))
 
 
-__all__ = ["KFACPenaltyState", "kfac_penalty", "kfac_consolidate", "kfac_penalty_loss",
-           "nearest_kronecker_sum", "kfac_ewc"]
+__all__ = ["KFACPenaltyState", "init_kfac_penalty", "kfac_penalty", "kfac_consolidate",
+           "kfac_penalty_loss", "nearest_kronecker_sum", "kfac_ewc"]

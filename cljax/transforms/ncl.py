@@ -14,9 +14,15 @@ preconditioning, so NCL is a (momentum-)SGD method.
 **Precision.** Λ = s · Σ_t F_t + d · I, with F_t the task-t curvature (a *mean over examples*, as
 cljax's estimators return), ``strength`` s (the Laplace precision of a task with N examples is
 N·F_t, so s plays the role of N and is tuned like EWC's λ) and ``damping`` d, the precision of the
-isotropic Gaussian prior (and the numerical damping). Both are arrays in the state: change them
-with :func:`cljax.transforms.set_strength` / :func:`set_damping` (this recomputes the inverse, a
-task-boundary cost; nothing recompiles; both can be ``vmap`` axes).
+isotropic Gaussian prior (and the numerical damping). Both define the prior, so they are
+arguments of the boundary functions, which form Λ⁻¹ once per task (they may be traced arrays:
+nothing recompiles, and both can be ``vmap`` axes). The prior itself (:class:`NCLDiagState`,
+:class:`NCLKFACState`) is data the caller holds beside the optimizer state and hands to the
+transform as the optax extra argument ``ncl_state``::
+
+    tx = ncl(lr, momentum=0.9)                                   # preconditioner, then SGD
+    updates, opt_state = tx.update(grads, opt_state, params, ncl_state=prior)
+    prior = ncl_consolidate(prior, params, fisher, strength=s, damping=d)   # task boundary
 
 * Diagonal (:func:`ncl_preconditioner`): F_t = importance pytree (e.g. diagonal Fisher);
   Λ⁻¹ = 1 / (s Ω + d) elementwise, Ω = Σ_t γ^{T-t} F_t.
@@ -59,157 +65,129 @@ from cljax._linalg import eigh
 from cljax.transforms.kfac_gradient import kfac_preconditioned_value_and_grad
 from cljax.transforms.kfac_penalty import (_check_factors, _kfac_layers, _layer_get,
                                            _layer_set, _pack, _unpack, nearest_kronecker_sum)
-from cljax.transforms.penalty import (_NO_PARAMS, _check_decay, _check_importance_values,
-                                      _check_scalar_like, _find_one, _float_dtype,
-                                      _register_strength_state, _replace_one, _replace_states)
+from cljax.transforms.common import (NO_PARAMS, check_decay, check_importance_values,
+                                     float_dtype, require_state)
 from cljax.types import Array, Importance, KFACFactors, Params
-from cljax.validation import check_nonnegative, check_same_structure
+from cljax.validation import check_finite, check_nonnegative, check_positive, check_same_structure
 
 
 def _active(count: Array, dtype: Any) -> Array:
     return (count > 0).astype(dtype)
 
 
+def _check_prior_hparams(strength: Any, damping: Any) -> None:
+    check_nonnegative(strength, name="strength")
+    check_positive(damping, name="damping")
+
+
 # --------------------------------------------------------------------------------------------
 # Diagonal NCL.
 # --------------------------------------------------------------------------------------------
 
-@_register_strength_state
 class NCLDiagState(NamedTuple):
-    """State of :func:`ncl_preconditioner`.
+    """The prior of :func:`ncl_preconditioner`.
 
     Attributes:
       mean: μ, the parameters at the end of the last consolidated task.
       precision: Ω = Σ_t γ^{T-t} F_t, the unscaled data precision (params' structure).
-      inverse: Λ⁻¹ = 1 / (s Ω + d) (ones before the first consolidation), computed at boundaries.
+      inverse: Λ⁻¹ = 1 / (s Ω + d) (ones before the first consolidation), formed at boundaries.
       count: int32 number of consolidations.
-      strength: s. damping: d.
     """
 
     mean: Params
     precision: Importance
     inverse: Params
     count: Array
-    strength: Array
-    damping: Array
-
-    def _refresh(self) -> "NCLDiagState":
-        on = self.count > 0
-        inv = jax.tree.map(
-            lambda o: jnp.where(on, 1.0 / (self.strength.astype(o.dtype) * o
-                                           + self.damping.astype(o.dtype)), jnp.ones_like(o)),
-            self.precision)
-        return self._replace(inverse=inv)
-
-    def _with_strength(self, value: Array) -> "NCLDiagState":
-        return self._replace(strength=value)._refresh()
-
-    def _with_damping(self, value: Array) -> "NCLDiagState":
-        return self._replace(damping=value)._refresh()
 
 
-def _check_damping(damping: Any) -> None:
-    check_nonnegative(damping, name="damping")
+def init_ncl(params: Params) -> NCLDiagState:
+    """The empty diagonal NCL prior (no past task: the direction is the plain gradient)."""
+    return NCLDiagState(jax.tree.map(jnp.array, params), jax.tree.map(jnp.zeros_like, params),
+                        jax.tree.map(jnp.ones_like, params), jnp.zeros((), jnp.int32))
 
 
-def ncl_preconditioner(*, strength: float | Array = 1.0, damping: float | Array = 1.0
-                       ) -> optax.GradientTransformation:
+def ncl_preconditioner() -> optax.GradientTransformationExtraArgs:
     """Diagonal NCL direction ``Λ⁻¹ g + (θ − μ)``, Λ = s Ω + d (Kao et al. 2021).
 
-    Args:
-      strength: s ≥ 0, scale of the accumulated importance in Λ (array in the state).
-      damping: d ≥ 0, prior precision / damping (array in the state). With d = 0, coordinates
-        with zero importance get an infinite step: use d > 0.
-
-    Chain before the step: ``optax.chain(ncl_preconditioner(...), optax.sgd(lr))``.
-    ``update(updates, state, params)`` requires ``params``.
+    ``update(updates, state, params, *, ncl_state)`` requires ``params`` and the
+    :class:`NCLDiagState` prior (:func:`init_ncl`, :func:`ncl_consolidate`); the transform's own
+    state is empty. Chain before the step: ``optax.chain(ncl_preconditioner(), optax.sgd(lr))``.
     """
-    check_nonnegative(strength, name="strength")
-    _check_damping(damping)
 
-    def init_fn(params: Params) -> NCLDiagState:
-        dt = _float_dtype()
-        return NCLDiagState(jax.tree.map(jnp.array, params),
-                            jax.tree.map(jnp.zeros_like, params),
-                            jax.tree.map(jnp.ones_like, params), jnp.zeros((), jnp.int32),
-                            jnp.asarray(strength, dt), jnp.asarray(damping, dt))
+    def init_fn(params: Params) -> optax.EmptyState:
+        del params
+        return optax.EmptyState()
 
-    def update_fn(updates: Any, state: NCLDiagState, params: Params | None = None
-                  ) -> tuple[Any, NCLDiagState]:
+    def update_fn(updates: Any, state: optax.EmptyState, params: Params | None = None, *,
+                  ncl_state: NCLDiagState | None = None, **extra: Any
+                  ) -> tuple[Any, optax.EmptyState]:
+        del extra
         if params is None:
-            raise ValueError(_NO_PARAMS.format(name="ncl_preconditioner"))
-        check_same_structure(params, state.mean, name="params",
-                             reference_name="the params the state was initialised with")
-        on = _active(state.count, _float_dtype())
+            raise ValueError(NO_PARAMS.format(name="ncl_preconditioner"))
+        require_state(ncl_state, NCLDiagState, arg="ncl_state", fn="ncl_preconditioner.update")
+        check_same_structure(params, ncl_state.mean, name="params",
+                             reference_name="ncl_state.mean")
+        on = _active(ncl_state.count, float_dtype())
         out = jax.tree.map(
             lambda g, p, m, v: (v * g + on.astype(g.dtype) * (p - m)).astype(g.dtype),
-            updates, params, state.mean, state.inverse)
+            updates, params, ncl_state.mean, ncl_state.inverse)
         return out, state
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def ncl_consolidate(state: Any, params: Params, importance: Importance, *,
-                    decay: float | Array = 1.0) -> Any:
+def ncl_consolidate(state: NCLDiagState, params: Params, importance: Importance, *,
+                    strength: float | Array, damping: float | Array,
+                    decay: float | Array = 1.0) -> NCLDiagState:
     """Task boundary for diagonal NCL: Ω ← γΩ + F_t, μ ← θ*_t, Λ⁻¹ ← 1/(sΩ + d).
 
     Args:
-      state: an :class:`NCLDiagState` or an optimizer state containing exactly one.
-      params: θ*_t, the new prior mean.
-      importance: F_t with params' structure (diagonal Fisher, mean over examples).
+      state: the :class:`NCLDiagState` so far (:func:`init_ncl` before task 1).
+      params: θ*_t, the new prior mean (finite).
+      importance: F_t with params' structure (diagonal Fisher, mean over examples; finite, ≥ 0).
+      strength: s ≥ 0, the scale of the accumulated importance in Λ.
+      damping: d > 0, the prior precision / damping (d = 0 would give coordinates without
+        importance an infinite step).
       decay: γ ∈ (0, 1], down-weights older tasks (1: the exact Laplace sum).
     """
-    _check_decay(decay)
-
-    def fn(s: NCLDiagState) -> NCLDiagState:
-        check_same_structure(params, s.mean, name="params",
-                             reference_name="the params the state was initialised with")
-        check_same_structure(importance, s.mean, name="importance")
-        _check_importance_values(importance)
-        prec = jax.tree.map(lambda o, f: jnp.asarray(decay, o.dtype) * o + jnp.asarray(f, o.dtype),
-                            s.precision, importance)
-        mean = jax.tree.map(lambda m, p: jnp.asarray(p, m.dtype), s.mean, params)
-        return s._replace(mean=mean, precision=prec, count=s.count + 1)._refresh()
-
-    return _replace_one(state, NCLDiagState, fn, what="ncl_consolidate")
+    if not isinstance(state, NCLDiagState):
+        raise TypeError(f"state must be an NCLDiagState (init_ncl(params)); got "
+                        f"{type(state).__name__}")
+    check_decay(decay)
+    _check_prior_hparams(strength, damping)
+    check_finite(params, name="params")
+    check_same_structure(params, state.mean, name="params", reference_name="state.mean")
+    check_same_structure(importance, state.mean, name="importance")
+    check_importance_values(importance)
+    dt = float_dtype()
+    s_, d_ = jnp.asarray(strength, dt), jnp.asarray(damping, dt)
+    prec = jax.tree.map(lambda o, f: jnp.asarray(decay, o.dtype) * o + jnp.asarray(f, o.dtype),
+                        state.precision, importance)
+    mean = jax.tree.map(lambda m, p: jnp.asarray(p, m.dtype), state.mean, params)
+    inv = jax.tree.map(lambda o: 1.0 / (s_.astype(o.dtype) * o + d_.astype(o.dtype)), prec)
+    return NCLDiagState(mean, prec, inv, state.count + 1)
 
 
 # --------------------------------------------------------------------------------------------
 # K-FAC NCL.
 # --------------------------------------------------------------------------------------------
 
-@_register_strength_state
 class NCLKFACState(NamedTuple):
-    """State of :func:`ncl_kfac_preconditioner`.
+    """The prior of :func:`ncl_kfac_preconditioner`.
 
     Attributes:
       mean: μ.
       factors: {layer: KFACFactors(A, G)}, the nearest-Kronecker sum of the past tasks' factors.
       inverse: {layer: KFACFactors(A_d⁻¹, G_d⁻¹)}, damped inverses (identity before task 1).
-      count, strength, damping: as :class:`NCLDiagState`.
+      other: float scalar, Λ⁻¹ of the parameters outside factor layers (1/d; 1 before task 1).
+      count: int32 number of consolidations.
     """
 
     mean: Params
     factors: dict
     inverse: dict
+    other: Array
     count: Array
-    strength: Array
-    damping: Array
-
-    def _refresh(self) -> "NCLKFACState":
-        on = self.count > 0
-        inv = {}
-        for name, f in self.factors.items():
-            a_inv, g_inv = _damped_inverses(f.A, f.G, self.strength, self.damping)
-            inv[name] = KFACFactors(jnp.where(on, a_inv, jnp.eye(f.A.shape[0], dtype=f.A.dtype)),
-                                    jnp.where(on, g_inv, jnp.eye(f.G.shape[0], dtype=f.G.dtype)))
-        return self._replace(inverse=inv)
-
-    def _with_strength(self, value: Array) -> "NCLKFACState":
-        return self._replace(strength=value)._refresh()
-
-    def _with_damping(self, value: Array) -> "NCLKFACState":
-        return self._replace(damping=value)._refresh()
 
 
 def _spd_inverse(m: Array) -> Array:
@@ -231,160 +209,156 @@ def _damped_inverses(a: Array, g: Array, strength: Array, damping: Array) -> tup
     return _spd_inverse(a_d), _spd_inverse(g_d)
 
 
-def ncl_kfac_preconditioner(*, strength: float | Array = 1.0, damping: float | Array = 1.0,
-                            layers: Any = None, preconditioned_gradients: bool = False
-                            ) -> optax.GradientTransformation:
+def init_ncl_kfac(params: Params, *, layers: Any = None) -> NCLKFACState:
+    """The empty K-FAC NCL prior (identity inverses: task 1 trains with the plain gradient).
+
+    Args:
+      layers: names of the layers to precondition ("Dense_0", or "/"-joined paths for nested
+        modules); default: every params node holding a ``kernel`` of rank ≥ 2 (dense, conv).
+    """
+    shapes = _kfac_layers(params, layers)
+    factors, inverse = {}, {}
+    for name, (n, m, _) in shapes.items():
+        pdt = _layer_get(params, name)["kernel"].dtype
+        factors[name] = KFACFactors(jnp.zeros((n, n), pdt), jnp.zeros((m, m), pdt))
+        inverse[name] = KFACFactors(jnp.eye(n, dtype=pdt), jnp.eye(m, dtype=pdt))
+    return NCLKFACState(jax.tree.map(jnp.array, params), factors, inverse,
+                        jnp.ones((), float_dtype()), jnp.zeros((), jnp.int32))
+
+
+def ncl_kfac_preconditioner(*, preconditioned_gradients: bool = False
+                            ) -> optax.GradientTransformationExtraArgs:
     """K-FAC NCL direction ``Λ⁻¹ g + (θ − μ)`` (Kao et al. 2021; Λ per layer as in
     the module docstring: ``A_d⁻¹ ∇W̄ G_d⁻¹`` for each factor layer, ``∇/d`` elsewhere).
 
     Args:
-      strength: s ≥ 0 (array in the state). damping: d > 0 (array in the state).
-      layers: names of the layers to precondition ("Dense_0", or "/"-joined paths for nested
-        modules); default: every params node holding a ``kernel`` of rank ≥ 2 (dense, conv).
       preconditioned_gradients: the incoming updates are already Λ⁻¹∇ℓ, computed by
         :func:`ncl_kfac_value_and_grad` inside the backward pass (cheaper: see
         :mod:`cljax.transforms.kfac_gradient`); the transform then only adds the pull (θ − μ).
 
-    Memory: two ``[in+1, in+1]`` and two ``[out, out]`` matrices per layer (factors and inverses),
-    plus μ. ``update(updates, state, params)`` requires ``params``.
+    ``update(updates, state, params, *, ncl_state)`` requires ``params`` and the
+    :class:`NCLKFACState` prior (:func:`init_ncl_kfac`, :func:`ncl_kfac_consolidate`). Memory of
+    the prior: two ``[in+1, in+1]`` and two ``[out, out]`` matrices per layer (factors and
+    inverses), plus μ.
     """
-    check_nonnegative(strength, name="strength")
-    _check_damping(damping)
     if not isinstance(preconditioned_gradients, bool):
         raise TypeError("preconditioned_gradients must be a bool; got "
                         f"{type(preconditioned_gradients).__name__}")
 
-    def init_fn(params: Params) -> NCLKFACState:
-        dt = _float_dtype()
-        shapes = _kfac_layers(params, layers)
-        factors, inverse = {}, {}
-        for name, (n, m, _) in shapes.items():
-            pdt = _layer_get(params, name)["kernel"].dtype
-            factors[name] = KFACFactors(jnp.zeros((n, n), pdt), jnp.zeros((m, m), pdt))
-            inverse[name] = KFACFactors(jnp.eye(n, dtype=pdt), jnp.eye(m, dtype=pdt))
-        return NCLKFACState(jax.tree.map(jnp.array, params), factors, inverse,
-                            jnp.zeros((), jnp.int32), jnp.asarray(strength, dt),
-                            jnp.asarray(damping, dt))
+    def init_fn(params: Params) -> optax.EmptyState:
+        del params
+        return optax.EmptyState()
 
-    def update_fn(updates: Any, state: NCLKFACState, params: Params | None = None
-                  ) -> tuple[Any, NCLKFACState]:
+    def update_fn(updates: Any, state: optax.EmptyState, params: Params | None = None, *,
+                  ncl_state: NCLKFACState | None = None, **extra: Any
+                  ) -> tuple[Any, optax.EmptyState]:
+        del extra
         if params is None:
-            raise ValueError(_NO_PARAMS.format(name="ncl_kfac_preconditioner"))
-        check_same_structure(params, state.mean, name="params",
-                             reference_name="the params the state was initialised with")
-        on = state.count > 0
-        pull = on.astype(_float_dtype())
+            raise ValueError(NO_PARAMS.format(name="ncl_kfac_preconditioner"))
+        prior = ncl_state
+        require_state(prior, NCLKFACState, arg="ncl_state", fn="ncl_kfac_preconditioner.update")
+        check_same_structure(params, prior.mean, name="params", reference_name="ncl_state.mean")
+        pull = (prior.count > 0).astype(float_dtype())
         if preconditioned_gradients:
             out = jax.tree.map(lambda g, p, m: (g + pull.astype(g.dtype) * (p - m)).astype(g.dtype),
-                               updates, params, state.mean)
+                               updates, params, prior.mean)
             return out, state
         # Parameters outside factor layers: Λ = d I after the first task, identity before.
-        other = jnp.where(on, 1.0 / state.damping, 1.0)
+        other = prior.other
         out = jax.tree.map(lambda g, p, m: (other.astype(g.dtype) * g
                                             + pull.astype(g.dtype) * (p - m)).astype(g.dtype),
-                           updates, params, state.mean)
-        for name, inv in state.inverse.items():
+                           updates, params, prior.mean)
+        for name, inv in prior.inverse.items():
             g_node = _layer_get(updates, name)
             d = inv.A @ _pack(g_node) @ inv.G
-            pm = _pack(_layer_get(params, name)) - _pack(_layer_get(state.mean, name))
+            pm = _pack(_layer_get(params, name)) - _pack(_layer_get(prior.mean, name))
             new = _unpack(d + pull.astype(d.dtype) * pm, g_node)
             out = _layer_set(out, name, new)
         return out, state
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def ncl_kfac_value_and_grad(fun: Callable[..., Array], opt_state: Any, params: Params,
-                            *args: Any) -> tuple[Array, Params]:
-    """``fun(params, *args)`` and Λ⁻¹∇fun with the K-FAC NCL precision held in ``opt_state``,
-    computed inside the backward pass (:func:`cljax.transforms.kfac_preconditioned_value_and_grad`).
+def ncl_kfac_value_and_grad(fun: Callable[..., Any], ncl_state: NCLKFACState, params: Params,
+                            *args: Any, has_aux: bool = False) -> tuple[Any, Params]:
+    """``fun(params, *args)`` and Λ⁻¹∇fun with the K-FAC NCL prior ``ncl_state``, computed
+    inside the backward pass (:func:`cljax.transforms.kfac_preconditioned_value_and_grad`).
 
     Feed the result to ``ncl_kfac(..., preconditioned_gradients=True)``; together they give the
     same step as ``jax.grad`` followed by ``ncl_kfac(...)``, for ≈ 40 % of the preconditioner's
     multiply-adds at batch 128 on a 784-400-400-10 MLP. Before the first consolidation Λ⁻¹ = I.
 
     Args:
-      fun: scalar loss of ``(params, *args)`` built from flax linen modules.
-      opt_state: an :class:`NCLKFACState` or an optimizer state containing exactly one.
+      fun: scalar loss of ``(params, *args)`` built from flax linen modules (with
+        ``has_aux``: returns ``(loss, aux)``, and the value returned is that pair).
+      ncl_state: the :class:`NCLKFACState` prior.
       params: the current parameters.
     """
-    s = _find_one(opt_state, NCLKFACState, what="ncl_kfac_value_and_grad")
-    check_same_structure(params, s.mean, name="params",
-                         reference_name="the params the state was initialised with")
-    other = jnp.where(s.count > 0, 1.0 / s.damping, 1.0)
-    return kfac_preconditioned_value_and_grad(fun, params, s.inverse, *args, other_scale=other)
+    require_state(ncl_state, NCLKFACState, arg="ncl_state", fn="ncl_kfac_value_and_grad")
+    check_same_structure(params, ncl_state.mean, name="params", reference_name="ncl_state.mean")
+    return kfac_preconditioned_value_and_grad(fun, params, ncl_state.inverse, *args,
+                                              other_scale=ncl_state.other, has_aux=has_aux)
 
 
-def ncl_kfac_consolidate(state: Any, params: Params, factors: Mapping[str, KFACFactors], *,
-                         decay: float | Array = 1.0) -> Any:
+def ncl_kfac_consolidate(state: NCLKFACState, params: Params,
+                         factors: Mapping[str, KFACFactors], *, strength: float | Array,
+                         damping: float | Array, decay: float | Array = 1.0) -> NCLKFACState:
     """Task boundary for K-FAC NCL: per layer A⊗G ← nearest-Kronecker(γ A⊗G + A_t⊗G_t),
     μ ← θ*_t, and the damped inverses are recomputed (two eigendecompositions per layer).
 
     Args:
-      state: an :class:`NCLKFACState` or an optimizer state containing exactly one.
-      params: θ*_t.
-      factors: {layer name: KFACFactors(A_t, G_t)} in :class:`cljax.types.KFACFactors` layout;
-        layers the state tracks but ``factors`` omits get F_t = 0 for this task.
+      state: the :class:`NCLKFACState` so far (:func:`init_ncl_kfac` before task 1).
+      params: θ*_t (finite).
+      factors: {layer name: KFACFactors(A_t, G_t)} in :class:`cljax.types.KFACFactors` layout
+        (finite); layers the state tracks but ``factors`` omits get F_t = 0 for this task.
+      strength: s ≥ 0. damping: d > 0 (see the module docstring for the factored damping).
       decay: γ ∈ (0, 1].
     """
-    _check_decay(decay)
-
-    def fn(s: NCLKFACState) -> NCLKFACState:
-        check_same_structure(params, s.mean, name="params",
-                             reference_name="the params the state was initialised with")
-        _check_factors(factors, {k: (f.A.shape[0], f.G.shape[0]) for k, f in s.factors.items()})
-        new_f = {}
-        for name, f in s.factors.items():
-            dec = jnp.asarray(decay, f.A.dtype)
-            if name in factors:
-                a_t = jnp.asarray(factors[name][0], f.A.dtype)
-                g_t = jnp.asarray(factors[name][1], f.G.dtype)
-                new_f[name] = KFACFactors(*nearest_kronecker_sum(dec * f.A, f.G, a_t, g_t))
-            else:
-                new_f[name] = KFACFactors(dec * f.A, f.G)
-        mean = jax.tree.map(lambda m, p: jnp.asarray(p, m.dtype), s.mean, params)
-        return s._replace(mean=mean, factors=new_f, count=s.count + 1)._refresh()
-
-    return _replace_one(state, NCLKFACState, fn, what="ncl_kfac_consolidate")
+    if not isinstance(state, NCLKFACState):
+        raise TypeError(f"state must be an NCLKFACState (init_ncl_kfac(params)); got "
+                        f"{type(state).__name__}")
+    check_decay(decay)
+    _check_prior_hparams(strength, damping)
+    check_finite(params, name="params")
+    check_finite(factors, name="factors")
+    check_same_structure(params, state.mean, name="params", reference_name="state.mean")
+    _check_factors(factors, {k: (f.A.shape[0], f.G.shape[0]) for k, f in state.factors.items()})
+    dt = float_dtype()
+    s_, d_ = jnp.asarray(strength, dt), jnp.asarray(damping, dt)
+    new_f, inv = {}, {}
+    for name, f in state.factors.items():
+        dec = jnp.asarray(decay, f.A.dtype)
+        if name in factors:
+            a_t = jnp.asarray(factors[name][0], f.A.dtype)
+            g_t = jnp.asarray(factors[name][1], f.G.dtype)
+            new_f[name] = KFACFactors(*nearest_kronecker_sum(dec * f.A, f.G, a_t, g_t))
+        else:
+            new_f[name] = KFACFactors(dec * f.A, f.G)
+        inv[name] = KFACFactors(*_damped_inverses(new_f[name].A, new_f[name].G, s_, d_))
+    mean = jax.tree.map(lambda m, p: jnp.asarray(p, m.dtype), state.mean, params)
+    return NCLKFACState(mean, new_f, inv, 1.0 / d_, state.count + 1)
 
 
 # --------------------------------------------------------------------------------------------
-# Hyperparameters and default chains.
+# Default chains.
 # --------------------------------------------------------------------------------------------
 
-def set_damping(state: Any, value: Any) -> Any:
-    """Return ``state`` with NCL's damping d replaced (and Λ⁻¹ recomputed) in every NCL state
-    inside it; ``value`` has the stored damping's shape (scalar, or [K] for a vmapped state)."""
-    _check_damping(value)
-
-    def fn(s: Any) -> Any:
-        _check_scalar_like(value, s.damping, name="damping")
-        return s._with_damping(jnp.asarray(value, dtype=s.damping.dtype))
-
-    new, n = _replace_states(state, (NCLDiagState, NCLKFACState), fn)
-    if n == 0:
-        raise ValueError(f"set_damping: no NCL state found in a {type(state).__name__}")
-    return new
+def ncl(learning_rate: optax.ScalarOrSchedule, *, momentum: float | None = None
+        ) -> optax.GradientTransformationExtraArgs:
+    """Diagonal NCL: ``optax.chain(ncl_preconditioner(), optax.sgd(lr, momentum))``; ``update``
+    takes ``ncl_state=``."""
+    return optax.chain(ncl_preconditioner(), optax.sgd(learning_rate, momentum=momentum))
 
 
-def ncl(learning_rate: optax.ScalarOrSchedule, *, strength: float | Array = 1.0,
-        damping: float | Array = 1.0, momentum: float | None = None
-        ) -> optax.GradientTransformation:
-    """Diagonal NCL: ``optax.chain(ncl_preconditioner(...), optax.sgd(lr, momentum))``."""
-    return optax.chain(ncl_preconditioner(strength=strength, damping=damping),
-                       optax.sgd(learning_rate, momentum=momentum))
-
-
-def ncl_kfac(learning_rate: optax.ScalarOrSchedule, *, strength: float | Array = 1.0,
-             damping: float | Array = 1.0, momentum: float | None = None, layers: Any = None,
-             preconditioned_gradients: bool = False) -> optax.GradientTransformation:
+def ncl_kfac(learning_rate: optax.ScalarOrSchedule, *, momentum: float | None = None,
+             preconditioned_gradients: bool = False) -> optax.GradientTransformationExtraArgs:
     """K-FAC NCL: ``optax.chain(ncl_kfac_preconditioner(...), optax.sgd(lr, momentum))``; with
-    ``preconditioned_gradients=True`` it expects gradients from :func:`ncl_kfac_value_and_grad`."""
-    return optax.chain(ncl_kfac_preconditioner(strength=strength, damping=damping, layers=layers,
-                                               preconditioned_gradients=preconditioned_gradients),
+    ``preconditioned_gradients=True`` it expects gradients from :func:`ncl_kfac_value_and_grad`;
+    ``update`` takes ``ncl_state=``."""
+    return optax.chain(ncl_kfac_preconditioner(preconditioned_gradients=preconditioned_gradients),
                        optax.sgd(learning_rate, momentum=momentum))
 
 
-__all__ = ["NCLDiagState", "NCLKFACState", "ncl_preconditioner", "ncl_consolidate",
-           "ncl_kfac_preconditioner", "ncl_kfac_consolidate", "ncl_kfac_value_and_grad",
-           "set_damping", "ncl", "ncl_kfac"]
+__all__ = ["NCLDiagState", "NCLKFACState", "init_ncl", "init_ncl_kfac", "ncl_preconditioner",
+           "ncl_consolidate", "ncl_kfac_preconditioner", "ncl_kfac_consolidate",
+           "ncl_kfac_value_and_grad", "ncl", "ncl_kfac"]

@@ -2,8 +2,10 @@
 
 Run once at commit 45a5439 (before the method protocol was widened, issue 10) with
 ``python tests/golden/record_method_matrices.py``; the output ``method_matrices.npz`` is what
-``tests/test_methods.py::test_matrices_unchanged_by_the_protocol_change`` compares against. It
-is kept so the recording is reproducible from that commit; it does not run against later code.
+``tests/test_methods.py::test_matrices_unchanged_by_the_protocol_change`` compares against, bit
+for bit. At 45a5439 ``make_trainer`` also took ``input_shape=stream.input_shape`` (the only
+difference of the recording run); ``build`` is shared with the test, ``main`` must not be rerun
+on later code (it would overwrite the reference).
 """
 import pathlib
 import sys
@@ -49,8 +51,7 @@ def build(method, scenario, reset_optimizer):
     sc = make_scenario(stream, scenario)
     model = as_model(MLP((12,), sc.num_outputs, num_heads=sc.num_heads))
     trainer = make_trainer(model, method, optimizer=optax.adam(1e-2), batch_size=8,
-                           input_shape=stream.input_shape, eval_chunk=16,
-                           reset_optimizer=reset_optimizer)
+                           eval_chunk=16, reset_optimizer=reset_optimizer)
     return trainer, prepare_data(stream, sc, eval_chunk=16)
 
 
