@@ -115,6 +115,7 @@ def main() -> None:
     ap.add_argument("--random-mnist", action="store_true")
     ap.add_argument("--skip-cnn", action="store_true")
     ap.add_argument("--skip-mlp", action="store_true")
+    ap.add_argument("--no-vmap", action="store_true", help="skip the vmap(grad) fallback runs")
     args = ap.parse_args()
     print(json.dumps({"jax": jax.__version__, "platform": platform.platform(),
                       "backend": jax.default_backend()}), flush=True)
@@ -125,7 +126,7 @@ def main() -> None:
         mlp = as_model(MLP((400, 400), 10))
         params = mlp.init(jax.random.PRNGKey(0), batch)
         bench_model("MLP 784-400-400-10 / MNIST", mlp, params, batch, args.chunk, args.repeats,
-                    vmap_kinds=("empirical", "mas"))
+                    vmap_kinds=() if args.no_vmap else ("empirical", "mas"))
 
     if not args.skip_cnn:
         rng = np.random.RandomState(1)
@@ -134,7 +135,7 @@ def main() -> None:
         cnn = as_model(CNN(10))
         cparams = cnn.init(jax.random.PRNGKey(0), cb)
         bench_model("CNN(10) / CIFAR-10 shapes (random)", cnn, cparams, cb, args.cnn_chunk,
-                    args.repeats, vmap_kinds=("empirical",))
+                    args.repeats, vmap_kinds=() if args.no_vmap else ("empirical",))
     print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}),
           flush=True)
 

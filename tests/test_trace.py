@@ -47,7 +47,7 @@ def test_validation_errors():
                             num_samples=2)
 
 
-def _rms_errors(a, budgets, keys):
+def _rms_errors(a, budgets, keys, sketch="random"):
     """RMS error over `keys` of Hutchinson and Hutch++ at each matvec budget."""
     params = {"w": jnp.zeros(a.shape[0])}
     mv = lambda v: {"w": jnp.asarray(a) @ v["w"]}
@@ -55,7 +55,8 @@ def _rms_errors(a, budgets, keys):
     out = {"hutchinson": [], "hutchpp": []}
     for m in budgets:
         h = jax.vmap(lambda k: cv.hutchinson_trace(mv, params, k, num_samples=m).trace)(keys)
-        p = jax.vmap(lambda k: cv.hutchpp_trace(mv, params, k, num_matvecs=m).trace)(keys)
+        p = jax.vmap(lambda k: cv.hutchpp_trace(mv, params, k, num_matvecs=m,
+                                                sketch=sketch).trace)(keys)
         out["hutchinson"].append(float(np.sqrt(np.mean((np.asarray(h) - exact) ** 2))))
         out["hutchpp"].append(float(np.sqrt(np.mean((np.asarray(p) - exact) ** 2))))
     return out
@@ -67,6 +68,8 @@ def test_hutchpp_error_falls_faster_than_hutchinson_on_decaying_spectrum(x64):
     a = symmetric_with_spectrum(7, spectrum)
     keys = jax.random.split(jax.random.key(8), 24)
     err = _rms_errors(a, (12, 48), keys)
+    kry = _rms_errors(a, (12,), keys, sketch="krylov")["hutchpp"][0]
+    assert kry < err["hutchpp"][0]        # the Krylov sketch beats the random one
     # Hutchinson ~ 1/√m (×½ for 4× the budget); Hutch++ ~ 1/m or better here (≤ ¼)
     assert err["hutchpp"][1] < err["hutchinson"][1] / 5
     assert err["hutchpp"][1] / err["hutchpp"][0] < 0.3
@@ -84,6 +87,11 @@ def test_hutchpp_exact_when_sketch_spans_the_range_and_stderr(x64):
     np.testing.assert_allclose(est.trace, 8.0, rtol=1e-10)
     assert est.samples.shape == (3,)
     np.testing.assert_allclose(est.stderr, np.std(est.samples, ddof=1) / np.sqrt(3), atol=1e-12)
+    # Krylov sketch: 4 Lanczos vectors span the start vector and A's range; tr(QᵀAQ) = Σ α
+    kry = cv.hutchpp_trace(lambda v: {"w": jnp.asarray(a) @ v["w"]}, params, jax.random.key(2),
+                           num_matvecs=6, sketch_size=4, sketch="krylov")
+    np.testing.assert_allclose(kry.trace, 8.0, rtol=1e-10)
+    assert kry.samples.shape == (2,)
 
 
 def test_hutchpp_validation_errors():
@@ -97,3 +105,5 @@ def test_hutchpp_validation_errors():
         cv.hutchpp_trace(lambda v: v, params, key, num_matvecs=20, sketch_size=5)
     with pytest.raises(TypeError, match="matvec"):
         cv.hutchpp_trace(None, params, key, num_matvecs=6)
+    with pytest.raises(ValueError, match="sketch must be"):
+        cv.hutchpp_trace(lambda v: v, params, key, num_matvecs=6, sketch="power")

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from cljax.curvature.lanczos import _check_key, _flat_info
+from cljax.curvature.lanczos import _check_key, _flat_info, _lanczos_jit
 from cljax.types import Array, Params, PRNGKey
 from cljax.validation import check_positive_int
 
@@ -75,7 +75,8 @@ def _hutchinson_jit(matvec, num_samples, params_like, key):
 
 
 def hutchpp_trace(matvec: Callable[[Params], Params], params_like: Params, key: PRNGKey, *,
-                  num_matvecs: int, sketch_size: int | None = None) -> TraceEstimate:
+                  num_matvecs: int, sketch_size: int | None = None,
+                  sketch: str = "random") -> TraceEstimate:
     """Estimate ``tr(A)`` with Hutch++ (Meyer et al. 2021, Algorithm 1) in ``num_matvecs`` products.
 
     With ``s = sketch_size`` (default ``num_matvecs // 3``) and ``n = num_matvecs − 2s``: Rademacher
@@ -88,7 +89,14 @@ def hutchpp_trace(matvec: Callable[[Params], Params], params_like: Params, key: 
       params_like: pytree giving the structure, shapes and dtype of the vectors.
       key: PRNG key for the sketch and the probes.
       num_matvecs: total products ``>= 3`` (static).
-      sketch_size: columns of the sketch, ``1 <= s``, ``2s < num_matvecs``, ``s <= D``.
+      sketch_size: columns of the sketch, ``1 <= s``, ``2s < num_matvecs``, ``s <= D``
+        (``s < num_matvecs`` for ``sketch="krylov"``, default ``num_matvecs // 2`` there).
+      sketch: ``"random"`` — Hutch++ as published (Q = qr(A S), then s products for tr(QᵀAQ));
+        ``"krylov"`` — Q = the basis of s Lanczos iterations from a random start
+        (:func:`cljax.curvature.lanczos`, full reorthogonalisation), whose tridiagonal T = QᵀAQ
+        gives tr(QᵀAQ) = Σ αᵢ with no further product, so ``num_matvecs − s`` products go to
+        the probes; the Krylov space also captures the top eigenvectors far better than one
+        random sketch of the same size (the "Krylov-aware" variant of Chen & Hallman 2023).
     Returns:
       :class:`TraceEstimate` with ``samples [n] = t₁ + g_iᵀ P A P g_i`` (their mean is the
       estimate) and ``stderr`` = their standard deviation / √n: the sampling error of the
@@ -103,30 +111,39 @@ def hutchpp_trace(matvec: Callable[[Params], Params], params_like: Params, key: 
         raise ValueError(f"num_matvecs must be >= 3 (sketch, its trace, one probe); got "
                          f"{num_matvecs}")
     flat, _ = _flat_info(params_like)
+    if sketch not in ("random", "krylov"):
+        raise ValueError(f"sketch must be 'random' or 'krylov'; got {sketch!r}")
+    per_column = 2 if sketch == "random" else 1
     if sketch_size is None:
-        sketch_size = num_matvecs // 3
+        sketch_size = num_matvecs // (per_column + 1)
     check_positive_int(sketch_size, name="sketch_size")
-    if 2 * sketch_size >= num_matvecs:
-        raise ValueError(f"sketch_size must leave at least one probe: 2 * sketch_size < "
-                         f"num_matvecs ({num_matvecs}); got {sketch_size}")
+    if per_column * sketch_size >= num_matvecs:
+        raise ValueError(f"sketch_size must leave at least one probe: {per_column} * sketch_size"
+                         f" < num_matvecs ({num_matvecs}); got {sketch_size}")
     if sketch_size > flat.size:
         raise ValueError(f"sketch_size must be <= the dimension of params_like ({flat.size}); "
                          f"got {sketch_size}")
-    return _hutchpp_jit(matvec, num_matvecs, sketch_size, params_like, key)
+    return _hutchpp_jit(matvec, num_matvecs, sketch_size, sketch, params_like, key)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _hutchpp_jit(matvec, num_matvecs, sketch_size, params_like, key):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _hutchpp_jit(matvec, num_matvecs, sketch_size, sketch, params_like, key):
     flat, unravel = ravel_pytree(params_like)
     dtype = flat.dtype
     mv = lambda v: ravel_pytree(matvec(unravel(v)))[0].astype(dtype)
     k_s, k_g = jax.random.split(key)
-    s = jax.random.rademacher(k_s, (sketch_size, flat.size), dtype)
-    y = jax.lax.map(mv, s)                                   # [s, D] = (A S)ᵀ
-    q = jnp.linalg.qr(y.T)[0].T                              # [s, D], orthonormal rows
-    aq = jax.lax.map(mv, q)
-    t1 = jnp.sum(q * aq)                                     # tr(Qᵀ A Q)
-    n = num_matvecs - 2 * sketch_size
+    if sketch == "random":
+        s = jax.random.rademacher(k_s, (sketch_size, flat.size), dtype)
+        y = jax.lax.map(mv, s)                               # [s, D] = (A S)ᵀ
+        q = jnp.linalg.qr(y.T)[0].T                          # [s, D], orthonormal rows
+        aq = jax.lax.map(mv, q)
+        t1 = jnp.sum(q * aq)                                 # tr(Qᵀ A Q)
+        n = num_matvecs - 2 * sketch_size
+    else:
+        res = _lanczos_jit(matvec, sketch_size, True, params_like, k_s)
+        q = jax.vmap(lambda t: ravel_pytree(t)[0])(res.basis).astype(dtype)   # [s, D]
+        t1 = jnp.sum(res.alphas).astype(dtype)               # tr(Qᵀ A Q) = tr(T)
+        n = num_matvecs - sketch_size
 
     def probe(k):
         g = jax.random.rademacher(k, flat.shape, dtype)
