@@ -21,7 +21,9 @@ training split, chunks of ``--chunk-size``):
 * ``trace``: Hutchinson with ``--trace-probes`` Rademacher probes against Hutch++ with a quarter
   and a third of those products: estimates, standard errors (Hutch++'s is that of its
   Hutchinson part given the sketch) and times (target: Hutch++'s standard error <= that of the
-  plain probes with <= 1/3 of the HVPs).
+  plain probes with <= 1/3 of the HVPs); for the Hessian also ``ggn_split_trace`` (exact GGN
+  trace from the exact Fisher diagonal + ``--trace-probes // 7`` Hutchinson probes of H − G), its
+  time in HVP-equivalents (wall / one HVP).
 
 Timings: after compilation, ``block_until_ready``, best of ``--repeats``. CPU timings on a shared
 machine fluctuate; compare the ratios measured in the same run.
@@ -189,6 +191,20 @@ def main():
                     rec[f"{tag}_stderr"] = float(e.stderr)
                     rec[f"{tag}_s"] = best_time(hpp, jax.random.key(5), repeats=1)
                     rec[f"{tag}_stderr_over_hutchinson"] = float(e.stderr / est.stderr)
+            if curvature == "hessian":
+                q = max(1, p // 7)     # each probe of H − G costs one HVP and one GGN-vp
+                gs = lambda k: cv.ggn_split_trace(lf, params, batch, k, num_samples=q,
+                                                  chunk_size=c)
+                e = gs(jax.random.key(6))
+                t_gs = time.perf_counter()
+                jax.block_until_ready(gs(jax.random.key(6)).trace)
+                t_gs = time.perf_counter() - t_gs
+                rec.update({f"ggn_split_{q}_trace": float(e.trace),
+                            f"ggn_split_{q}_stderr": float(e.stderr),
+                            f"ggn_split_{q}_s": t_gs,
+                            f"ggn_split_{q}_s_over_hutchinson": t_gs / t_h,
+                            f"ggn_split_{q}_hvp_equivalents": t_gs / t_hvp,
+                            f"ggn_split_{q}_stderr_over_hutchinson": float(e.stderr / est.stderr)})
             emit(rec)
 
 

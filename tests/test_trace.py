@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from cljax import curvature as cv
-from curvature_helpers import dense_hessian, mean_ce, symmetric_with_spectrum, tiny_mlp
+from cljax.importance import exact_fisher_diagonal
+from curvature_helpers import (dense_ggn, dense_hessian, mean_ce, symmetric_with_spectrum,
+                               tiny_mlp)
 
 
 def test_hutchinson_within_three_standard_errors(x64):
@@ -107,3 +109,20 @@ def test_hutchpp_validation_errors():
         cv.hutchpp_trace(None, params, key, num_matvecs=6)
     with pytest.raises(ValueError, match="sketch must be"):
         cv.hutchpp_trace(lambda v: v, params, key, num_matvecs=6, sketch="power")
+
+
+def test_ggn_split_trace(x64):
+    logits_fn, params, batch = tiny_mlp(0, n=8)
+    h = dense_hessian(mean_ce(logits_fn, batch), params)
+    g = dense_ggn(logits_fn, params, batch)
+    # the exact part: Σ of the exact Fisher diagonal is tr(GGN)
+    diag = exact_fisher_diagonal(logits_fn, params, batch)
+    np.testing.assert_allclose(sum(np.sum(d) for d in jax.tree.leaves(diag)), np.trace(g),
+                               rtol=1e-10)
+    est = cv.ggn_split_trace(logits_fn, params, batch, jax.random.key(3), num_samples=100,
+                             chunk_size=3)
+    assert abs(est.trace - np.trace(h)) <= 3 * est.stderr
+    # the probes see only R = H − G: their spread is that of vᵀ(H − G)v
+    r = h - g
+    np.testing.assert_allclose(np.var(est.samples, ddof=1),
+                               2 * (np.sum(r * r) - np.sum(np.diag(r) ** 2)), rtol=0.5)

@@ -1,4 +1,5 @@
-"""Curvature tools: Hessian / GGN-vector products, Lanczos, Hutchinson and Hutch++ traces, spectral density.
+"""Curvature tools: Hessian / GGN-vector products, Lanczos, traces (Hutchinson, Hutch++, GGN split),
+spectral density.
 
 See REFERENCES.md "Curvature and the forgetting bound". Every product is of the *mean* task loss.
 """
@@ -9,12 +10,14 @@ from cljax.curvature.hvp import (chunk_batch, ggn_vp, hvp, make_task_loss, make_
                                  task_value_and_grad)
 from cljax.curvature.lanczos import (EigenResult, LanczosResult, lanczos, top_eigenvalues,
                                      top_eigenvalues_matvec, tridiagonal_eigh)
-from cljax.curvature.trace import TraceEstimate, hutchinson_trace, hutchpp_trace
+from cljax.curvature.trace import (TraceEstimate, ggn_split_trace, hutchinson_trace,
+                                   hutchpp_trace)
 
 __all__ = [
     "hvp", "ggn_vp", "softmax_cross_entropy", "chunk_batch", "task_loss", "task_value_and_grad",
     "task_hvp", "task_ggn_vp", "make_task_loss", "make_task_matvec",
     "lanczos", "tridiagonal_eigh", "top_eigenvalues", "top_eigenvalues_matvec", "LanczosResult",
-    "EigenResult", "hutchinson_trace", "hutchpp_trace", "TraceEstimate", "spectral_density", "slq_nodes_weights",
+    "EigenResult", "hutchinson_trace", "hutchpp_trace", "ggn_split_trace",
+    "TraceEstimate", "spectral_density", "slq_nodes_weights",
     "gaussian_density", "SpectralDensity",
 ]
