@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from cljax.curvature.hvp import make_task_matvec
+from cljax.curvature.hvp import make_task_matvec, task_ggn_vp, task_hvp
 from cljax.curvature.lanczos import _check_key, _flat_info, _lanczos_jit
 from cljax.importance import exact_fisher_diagonal
 from cljax.types import Array, Batch, LogitsFn, Params, PRNGKey
@@ -184,14 +184,25 @@ def ggn_split_trace(logits_fn: LogitsFn, params: Params, batch: Batch, key: PRNG
     """
     _check_key(key)
     check_positive_int(num_samples, name="num_samples")
-    hess = make_task_matvec(logits_fn, params, batch, curvature="hessian", chunk_size=chunk_size)
-    ggn = make_task_matvec(logits_fn, params, batch, curvature="ggn", chunk_size=chunk_size)
+    make_task_matvec(logits_fn, params, batch, chunk_size=chunk_size)   # validates the inputs
+    if chunk_size is not None:
+        chunk_size = min(int(chunk_size), int(jnp.shape(batch["x"])[0]))
+    return _ggn_split_jit(logits_fn, num_samples, chunk_size, params, dict(batch), key)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _ggn_split_jit(logits_fn, num_samples, chunk_size, params, batch, key):
     diag = exact_fisher_diagonal(logits_fn, params, batch, chunk_size=chunk_size)
     tr_g = sum(jnp.sum(d) for d in jax.tree.leaves(diag))
-    rest = _hutchinson_jit(lambda v: jax.tree.map(jnp.subtract, hess(v), ggn(v)), num_samples,
-                           params, key)
-    samples = tr_g + rest.samples
-    return TraceEstimate(jnp.mean(samples), rest.stderr, samples)
+
+    def rest(v):
+        h = task_hvp(logits_fn, params, batch, v, chunk_size=chunk_size)
+        g = task_ggn_vp(logits_fn, params, batch, v, chunk_size=chunk_size)
+        return jax.tree.map(jnp.subtract, h, g)
+
+    est = _hutchinson_jit(rest, num_samples, params, key)
+    samples = tr_g.astype(est.samples.dtype) + est.samples
+    return TraceEstimate(jnp.mean(samples), est.stderr, samples)
 
 
 __all__ = ["TraceEstimate", "hutchinson_trace", "hutchpp_trace", "ggn_split_trace"]
