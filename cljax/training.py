@@ -16,6 +16,7 @@ import math
 import time
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +25,7 @@ import optax
 from cljax.data.scenarios import Scenario
 from cljax.data.streams import TaskArrays, TaskStream
 from cljax.methods.base import (BatchContext, BoundaryContext, LossContext, Method,
-                                PredictContext, Rows, StepInfo, StreamSpec)
+                                PredictContext, Rows, StepInfo, StreamSpec, check_hparams)
 from cljax.nn.model import Model
 from cljax.types import Array, Batch, Params, PRNGKey
 from cljax.validation import check_positive_int
@@ -41,14 +42,17 @@ class TrainState(NamedTuple):
     key: PRNGKey            # the run's key; step s uses fold_in(key, s)
 
 
-class StreamData(NamedTuple):
-    """A stream under one scenario, as device arrays ready for jitted functions."""
+@flax.struct.dataclass
+class StreamData:
+    """A stream under one scenario, as device arrays ready for jitted functions (a pytree;
+    ``train_counts``, the real examples per task, is static)."""
 
     train: TaskArrays
     test: TaskArrays         # padded so N is a multiple of the evaluation chunk
     label_table: Array       # int32 [T, k]
     mean: Array              # float32 [C]
     std: Array               # float32 [C]
+    train_counts: tuple[int, ...] = flax.struct.field(pytree_node=False, default=())
 
 
 def prepare_data(stream: TaskStream, scenario: Scenario, *, eval_chunk: int = 1000) -> StreamData:
@@ -65,7 +69,8 @@ def prepare_data(stream: TaskStream, scenario: Scenario, *, eval_chunk: int = 10
                           np.pad(test.y, [(0, 0), (0, pad)]), test.n)
     return StreamData(jax.device_put(stream.train), jax.device_put(test),
                       jnp.asarray(scenario.label_table, jnp.int32),
-                      jnp.asarray(stream.mean, jnp.float32), jnp.asarray(stream.std, jnp.float32))
+                      jnp.asarray(stream.mean, jnp.float32), jnp.asarray(stream.std, jnp.float32),
+                      tuple(int(n) for n in stream.train.n))
 
 
 def gather_rows(arrays: TaskArrays, tasks: Array, idx: Array) -> Rows:
@@ -106,8 +111,11 @@ def stream_spec(model: Model, data: StreamData) -> StreamSpec:
     params = jax.eval_shape(model.init, jax.random.key(0), dummy)
     logits = jax.eval_shape(model.logits_fn, params, dummy)
     heads = getattr(model.module, "num_heads", 1)
+    features = (None if model.features_fn is None
+                else int(jax.eval_shape(model.features_fn, params, dummy).shape[-1]))
     return StreamSpec(example_shape, data.train.x.dtype, int(T), int(data.label_table.shape[1]),
-                      int(logits.shape[-1]), int(heads), data.label_table)
+                      int(logits.shape[-1]), int(heads), data.label_table, data.train_counts,
+                      features)
 
 
 class Trainer(NamedTuple):
@@ -117,6 +125,7 @@ class Trainer(NamedTuple):
     fit: Callable[..., tuple[TrainState, Array]]
     evaluate: Callable[[Params, Any, StreamData], tuple[Array, Array]]
     end_task: Callable[[TrainState, StreamData, Array], TrainState]
+    method: Method | None = None
 
 
 def make_trainer(model: Model, method: Method, *, optimizer: optax.GradientTransformation,
@@ -243,7 +252,7 @@ def make_trainer(model: Model, method: Method, *, optimizer: optax.GradientTrans
         params, opt_state, mstate = method.end_task(ctx)
         return state._replace(params=params, opt_state=opt_state, mstate=mstate)
 
-    return Trainer(init, fit, evaluate, end_task)
+    return Trainer(init, fit, evaluate, end_task, method)
 
 
 class StreamResult(NamedTuple):
@@ -285,7 +294,8 @@ def run_stream(trainer: Trainer, data: StreamData, *, num_steps: int,
       keys: ``[R]`` PRNG keys, one per run (``jax.random.split(jax.random.key(seed), R)``).
       hparams: the method's hyperparameters, each a scalar (shared) or an ``[R]`` array (one value
         per run: a vmapped sweep).
-      keep_params: also return θ*_t after every task (for the curvature analysis).
+      keep_params: also return θ*_t after every task (after its boundary; for the curvature
+        analysis).
       steps_per_call: split each task's scan into calls of this many steps (for a progress bar;
         the results are identical). Rounded down to a divisor of ``num_steps``.
       progress: called as ``progress(task, steps_done, num_steps)`` after each call.
@@ -314,6 +324,9 @@ def run_stream(trainer: Trainer, data: StreamData, *, num_steps: int,
         if not bool(jnp.all(jnp.isfinite(value))):
             raise ValueError(f"hparams[{name!r}] must be finite; got {value}")
         hp[name] = value
+    method = getattr(trainer, "method", None)
+    if method is not None:
+        check_hparams(method, {k: np.asarray(v) for k, v in hp.items()})
     chunk = _steps_per_call(num_steps, steps_per_call)
     T = data.train.n.shape[0]
 
@@ -354,6 +367,9 @@ def run_stream(trainer: Trainer, data: StreamData, *, num_steps: int,
             task_losses.append(step_losses)
             if progress is not None:
                 progress(t, done, num_steps)
+        # the boundary first: a method's task ends with it (exemplar means, pruning), and the
+        # accuracy matrix is that of the model the task leaves behind
+        state = end_c(state, data, task)
         acc, loss = jax.device_get(eval_c(state.params, state.mstate, data))
         gone = diverged[:, 0] >= 0
         acc = np.where(gone[:, None], np.nan, acc)
@@ -363,8 +379,6 @@ def run_stream(trainer: Trainer, data: StreamData, *, num_steps: int,
         train_losses.append(np.concatenate(task_losses, axis=1))
         if keep_params:
             kept.append(state.params)
-        state = end_c(state, data, task)
-        jax.block_until_ready(state)
         task_seconds.append(time.perf_counter() - t_start)
     timings["run_seconds"] = time.perf_counter() - t0
     timings["task_seconds"] = task_seconds

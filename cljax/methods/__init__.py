@@ -6,14 +6,16 @@
 from cljax.methods.base import (BatchContext, BoundaryContext, LossContext, Method,
                                 PredictContext, StepInfo, StreamSpec, all_tasks_batch, base_only,
                                 cross_entropy, current_task_batch, get_hparam, keep_after_step,
-                                keep_state, no_optimizer_args, no_state, task_loss)
+                                keep_state, no_optimizer_args, no_state, task_loss, check_hparams)
 from cljax.methods.baselines import joint, none
 from cljax.methods.natural import kfac_ewc, ncl, ncl_kfac
 from cljax.methods.penalties import ewc, l2, mas, online_ewc, si
+from cljax.methods.rehearsal import agem, derpp, er, gem, icarl, lwf
 
 METHODS = {
     "none": lambda: none, "joint": lambda: joint, "ewc": ewc, "online_ewc": online_ewc,
     "si": si, "mas": mas, "l2": l2, "kfac_ewc": kfac_ewc, "ncl": ncl, "ncl_kfac": ncl_kfac,
+    "er": er, "agem": agem, "gem": gem, "lwf": lwf, "derpp": derpp, "icarl": icarl,
 }
 
 
@@ -31,4 +33,5 @@ __all__ = ["Method", "StreamSpec", "BatchContext", "LossContext", "StepInfo", "B
            "PredictContext", "METHODS", "get_method", "no_state", "current_task_batch",
            "all_tasks_batch", "cross_entropy", "task_loss", "no_optimizer_args",
            "keep_after_step", "keep_state", "base_only", "get_hparam", "none", "joint", "ewc",
-           "online_ewc", "si", "mas", "l2", "kfac_ewc", "ncl", "ncl_kfac"]
+           "online_ewc", "si", "mas", "l2", "kfac_ewc", "ncl", "ncl_kfac", "er", "agem", "gem",
+           "lwf", "derpp", "icarl", "check_hparams"]

@@ -53,7 +53,8 @@ class StreamSpec(NamedTuple):
     """Static description of the stream and model a method runs on (for sizing its state).
 
     ``label_table`` (int32 ``[T, k]``, the scenario's target of (task, within-task label)) is an
-    array and may be traced; everything else is a Python value.
+    array and may be traced; everything else is a Python value. A class of the stream is a
+    (task, within-task label) pair, numbered ``task · classes_per_task + label``.
     """
 
     example_shape: tuple[int, ...]
@@ -63,6 +64,13 @@ class StreamSpec(NamedTuple):
     num_outputs: int          # width of the model's logits
     num_heads: int            # 1 for a single-head model
     label_table: Array
+    train_counts: tuple[int, ...] = ()   # real training examples of each task
+    feature_dim: int | None = None       # width of Model.features_fn's output, if it has one
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of the stream (task, within-task label) pairs: ``num_tasks × classes_per_task``."""
+        return self.num_tasks * self.classes_per_task
 
 
 class BatchContext(NamedTuple):
@@ -213,7 +221,9 @@ class Method(NamedTuple):
     ``jax.value_and_grad(loss, has_aux=True)(params)`` (``loss(params) -> (loss, aux)``): NCL
     K-FAC preconditions inside the backward pass. ``predict`` None means the model's
     ``logits_fn``. ``requires`` names the :class:`cljax.nn.Model` functions the method calls
-    beyond the logits (``"features_fn"``, ``"all_heads_fn"``), checked when the trainer is built.
+    beyond the logits (``"features_fn"``, ``"all_heads_fn"``, ``"apply_fn"``), checked when the
+    trainer is built. ``hparam_domains`` maps a hyperparameter to "positive" or "unit_interval"
+    (default "nonnegative"); :func:`cljax.training.run_stream` checks the values given.
     """
 
     name: str
@@ -229,6 +239,25 @@ class Method(NamedTuple):
     value_and_grad: Callable[..., tuple[tuple[Array, Any], Params]] | None = None
     default_hparams: Mapping[str, float] = {}
     requires: tuple[str, ...] = ()
+    hparam_domains: Mapping[str, str] = {}
+
+
+HPARAM_DOMAINS = ("nonnegative", "positive", "unit_interval")
+
+
+def check_hparams(method: "Method", hparams: Mapping[str, Any]) -> None:
+    """Concrete hyperparameter values lie in their declared domains (``Method.hparam_domains``:
+    "nonnegative" (the default), "positive" or "unit_interval" (0, 1]), finite everywhere."""
+    from cljax.validation import check_in_unit_interval, check_nonnegative, check_positive
+
+    checks = {"nonnegative": check_nonnegative, "positive": check_positive,
+              "unit_interval": check_in_unit_interval}
+    for name, value in hparams.items():
+        domain = method.hparam_domains.get(name, "nonnegative")
+        if domain not in checks:
+            raise ValueError(f"method {method.name!r} declares hyperparameter {name!r} with "
+                             f"domain {domain!r}; domains are {HPARAM_DOMAINS}")
+        checks[domain](value, name=f"hparams[{name!r}] of method {method.name!r}")
 
 
 def get_hparam(hparams: Hparams, name: str, method: str) -> Array:
@@ -242,4 +271,5 @@ def get_hparam(hparams: Hparams, name: str, method: str) -> Array:
 __all__ = ["Method", "StreamSpec", "BatchContext", "LossContext", "StepInfo", "BoundaryContext",
            "PredictContext", "Rows", "Hparams", "no_state", "current_task_batch",
            "all_tasks_batch", "cross_entropy", "task_loss", "no_optimizer_args",
-           "keep_after_step", "keep_state", "base_only", "get_hparam"]
+           "keep_after_step", "keep_state", "base_only", "get_hparam", "check_hparams",
+           "HPARAM_DOMAINS"]

@@ -5,8 +5,9 @@ dropout); ``Model.train_logits_fn(params, batch, key)`` is the same with dropout
 whose ``__call__`` takes an ``output`` keyword (:class:`cljax.nn.MLP`, :class:`cljax.nn.CNN`)
 also give ``features_fn(params, batch)`` — the representation the output layer reads (iCaRL's
 nearest-mean classifier works there) — and ``all_heads_fn(params, batch) -> [B, H, C]``, every
-task head's logits (LwF distils the old heads); for other modules both are None, and methods
-that need them say so.
+task head's logits (LwF distils the old heads), and ``apply_fn(params, batch, key=None,
+output=...)`` for any output in train mode; for other modules these are None, and methods that
+need them say so.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class Model(NamedTuple):
     train_logits_fn: Callable[[Params, Batch, PRNGKey], Array]
     features_fn: Callable[[Params, Batch], Array] | None = None
     all_heads_fn: Callable[[Params, Batch], Array] | None = None
+    apply_fn: Callable[..., Array] | None = None   # (params, batch, key=None, output=...)
 
 
 def _takes_output(module: nn.Module) -> bool:
@@ -60,7 +62,15 @@ def as_model(module: nn.Module) -> Model:
     def all_heads_fn(params: Params, batch: Batch) -> Array:
         return module.apply({"params": params}, batch["x"], batch.get("task"), output="all_heads")
 
-    return Model(module, init, logits_fn, train_logits_fn, features_fn, all_heads_fn)
+    def apply_fn(params: Params, batch: Batch, key: PRNGKey | None = None,
+                 output: str = "logits") -> Array:
+        """Any ``output``; train mode (dropout) when ``key`` is given."""
+        if key is None:
+            return module.apply({"params": params}, batch["x"], batch.get("task"), output=output)
+        return module.apply({"params": params}, batch["x"], batch.get("task"), train=True,
+                            output=output, rngs={"dropout": key})
+
+    return Model(module, init, logits_fn, train_logits_fn, features_fn, all_heads_fn, apply_fn)
 
 
 __all__ = ["Model", "as_model", "OUTPUTS"]

@@ -40,6 +40,8 @@ from cljax.transforms.ncl import (NCLDiagState, NCLKFACState, init_ncl, init_ncl
                                   ncl_preconditioner)
 from cljax.transforms.penalty import (QuadraticPenaltyState, consolidate, ewc, init_penalty,
                                       penalty_loss, quadratic_penalty)
+from cljax.transforms.projection import (agem_project, agem_projection, gem_dual, gem_project,
+                                         gem_projection)
 
 __all__ = [
     # quadratic penalty (EWC, online EWC, SI, MAS, L2)
@@ -52,4 +54,6 @@ __all__ = [
     "NCLDiagState", "NCLKFACState", "init_ncl", "init_ncl_kfac", "ncl_preconditioner",
     "ncl_consolidate", "ncl_kfac_preconditioner", "ncl_kfac_consolidate",
     "ncl_kfac_value_and_grad", "ncl", "ncl_kfac", "kfac_preconditioned_value_and_grad",
+    # gradient projections (A-GEM, GEM)
+    "agem_project", "agem_projection", "gem_dual", "gem_project", "gem_projection",
 ]

@@ -1,0 +1,554 @@
+"""Rehearsal methods — ER, A-GEM, GEM, LwF, DER++, iCaRL — as recipes on the method protocol.
+
+Each keeps what it needs in its method state (a :class:`cljax.memory.ReplayMemory`, the previous
+model, exemplar means) with shapes fixed for the stream, draws memory examples in its ``batch``
+hook, and never needs the trainer to know its name. Memories (static options, shared by the
+methods that store examples; :mod:`cljax.memory`):
+
+* ``memory="per_class"`` (default): ``per_class`` examples of each class stored at the end of its
+  task, chosen at random without replacement (van de Ven et al. 2022, "budget 100 per class");
+* ``memory="class_balanced"``: a total ``capacity`` shared equally by the classes seen;
+* ``memory="reservoir"``: reservoir sampling of every training example seen, ``capacity`` slots
+  (default ``per_class`` × the stream's classes, the same budget).
+
+Loss weighting follows van de Ven et al.'s code (GMvandeVen/continual-learning) where they have
+the method: with t the number of tasks seen (1-based), ER minimises (1/t)·ℓ_current +
+(1 − 1/t)·ℓ_memory over a memory batch as large as the current batch; A-GEM projects the current
+gradient against the memory batch's; LwF adds distillation with temperature 2 (cross-entropy
+with the previous model's softened outputs, no T² factor) summed over the previous heads in
+Task-IL, times (t − 1) for a shared within-task head (Domain-IL), once for a head over all
+classes (Class-IL); iCaRL uses a binary cross-entropy over the classes seen whose old-class
+targets are the previous model's sigmoid(logits / T), herding exemplars and nearest-mean-of-
+exemplars prediction. DER++ (Buzzega et al. 2020) and GEM (Lopez-Paz & Ranzato 2017) follow
+their papers' code (mammoth, GradientEpisodicMemory): see each function.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from cljax import memory as mem
+from cljax.memory import ReplayMemory
+from cljax.methods.base import (BatchContext, BoundaryContext, LossContext, Method,
+                                PredictContext, StepInfo, StreamSpec, cross_entropy,
+                                current_task_batch, get_hparam)
+from cljax.transforms import agem_projection, gem_projection
+from cljax.types import Array, Batch, Params
+from cljax.validation import check_positive_int
+
+MEMORY_KINDS = ("per_class", "class_balanced", "reservoir")
+CORE_KEYS = ("x", "label", "task")
+
+
+# --------------------------------------------------------------------------------------------
+# Memory plans shared by the methods.
+# --------------------------------------------------------------------------------------------
+
+class MemoryPlan(NamedTuple):
+    """Static description of a method's memory: its kind and budget (validated)."""
+
+    kind: str
+    per_class: int | None
+    capacity: int | None
+
+    def build(self, spec: StreamSpec, *, logits: bool = False
+              ) -> tuple[ReplayMemory, mem.ClassBudget | None]:
+        """The empty memory and (for the class modes) its budget, for ``spec``'s stream."""
+        classes = spec.num_classes
+        if self.kind == "reservoir":
+            budget = None
+            capacity = self.capacity if self.capacity is not None else self.per_class * classes
+        else:
+            budget = mem.class_budget(classes_per_task=spec.classes_per_task, num_classes=classes,
+                                      per_class=self.per_class if self.kind == "per_class"
+                                      else None,
+                                      capacity=self.capacity if self.kind == "class_balanced"
+                                      else None)
+            capacity = budget.memory_capacity()
+        total = sum(spec.train_counts)
+        if spec.train_counts and capacity > total:
+            raise ValueError(f"the memory ({capacity} examples: memory={self.kind!r}, "
+                             f"per_class={self.per_class}, capacity={self.capacity}) is larger "
+                             f"than the stream ({total} training examples); lower the budget")
+        memory = mem.init_memory(capacity, spec.example_shape, spec.storage_dtype,
+                                 logits_dim=spec.num_outputs if logits else None)
+        return memory, budget
+
+
+def memory_plan(memory: str, per_class: int | None, capacity: int | None) -> MemoryPlan:
+    """Validate a method's memory options (see the module docstring)."""
+    if memory not in MEMORY_KINDS:
+        raise ValueError(f"memory must be one of {MEMORY_KINDS}; got {memory!r}")
+    if per_class is not None and (not isinstance(per_class, int) or isinstance(per_class, bool)
+                                  or per_class < 0):
+        raise ValueError(f"per_class must be an int >= 0 (examples kept per class); got "
+                         f"{per_class!r}")
+    if capacity is not None and (not isinstance(capacity, int) or isinstance(capacity, bool)
+                                 or capacity < 0):
+        raise ValueError(f"capacity must be an int >= 0 (examples in the memory); got "
+                         f"{capacity!r}")
+    if memory == "per_class" and capacity is not None:
+        raise ValueError("memory='per_class' is sized by per_class; capacity is for "
+                         "memory='class_balanced' or 'reservoir'")
+    if memory == "class_balanced" and capacity is None:
+        raise ValueError("memory='class_balanced' needs capacity (the total shared by the "
+                         "classes seen)")
+    if memory == "per_class" and per_class is None:
+        raise ValueError("memory='per_class' needs per_class")
+    if memory == "reservoir" and capacity is None and per_class is None:
+        raise ValueError("memory='reservoir' needs capacity (or per_class: per_class × classes)")
+    return MemoryPlan(memory, per_class, capacity)
+
+
+def _is_empty(plan: MemoryPlan) -> bool:
+    """A memory of no examples: the method is then exactly fine-tuning."""
+    return (plan.kind == "per_class" and plan.per_class == 0) or plan.capacity == 0 or (
+        plan.kind == "reservoir" and plan.capacity is None and plan.per_class == 0)
+
+
+def core_rows(rows: dict) -> dict:
+    """The stored part of rows (``x``, ``label``, ``task``), without what a method added."""
+    return {k: rows[k] for k in CORE_KEYS}
+
+
+def store_finished_task(memory: ReplayMemory, plan: MemoryPlan, ctx: BoundaryContext,
+                        key: Array, **kwargs: Any) -> ReplayMemory:
+    """At a task boundary: the class modes store the finished task's examples; reservoir
+    memories were filled during the task and are returned unchanged."""
+    if plan.kind == "reservoir" or memory.capacity == 0:
+        return memory
+    _, budget = plan.build(ctx.spec)
+    return mem.store_task(memory, budget, ctx.task_rows(ctx.task), ctx.count(ctx.task), ctx.task,
+                          key, **kwargs)
+
+
+def _masked_mean(values: Array, ok: Array) -> Array:
+    okf = ok.astype(values.dtype)
+    return jnp.sum(values * okf) / jnp.maximum(jnp.sum(okf), 1.0)
+
+
+def _per_example_ce(logits: Array, labels: Array) -> Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def with_memory_rows(ctx: BatchContext, memory: ReplayMemory, size: int) -> dict:
+    """Current-task rows (as fine-tuning draws them) plus ``size`` memory rows drawn with
+    ``ctx.key`` under ``"memory"`` (raw, converted by the loss with ``ctx.to_batch``) and their
+    validity ``"memory_ok"``."""
+    rows = dict(current_task_batch(ctx, None))
+    rows["memory"], rows["memory_ok"] = mem.sample_memory(memory, ctx.key, size)
+    return rows
+
+
+def _memory_loss(params: Params, batch: Batch, ctx: LossContext, key: Array,
+                 name: str = "memory") -> tuple[Array, Array]:
+    """Mean cross-entropy of the model on the memory rows ``batch[name]`` (masked), and the
+    logits."""
+    mb = ctx.to_batch(batch[name])
+    logits = ctx.model.train_logits_fn(params, mb, key)
+    return _masked_mean(_per_example_ce(logits, mb["y"]), batch[name + "_ok"]), logits
+
+
+def _current_loss(params: Params, batch: Batch, ctx: LossContext) -> tuple[Array, Array, Array]:
+    """Fine-tuning's loss on the current rows (same key use, so the same numbers) and the key
+    left for the memory terms."""
+    k_cur, k_rest = jax.random.split(ctx.key)
+    logits = ctx.model.train_logits_fn(params, batch, k_cur)
+    return cross_entropy(logits, batch["y"]), logits, k_rest
+
+
+def _init_memory_state(plan: MemoryPlan, logits: bool = False):
+    def init(params, key, hparams, spec):
+        del params, key, hparams
+        return plan.build(spec, logits=logits)[0]
+    return init
+
+
+def _memory_size(memory_batch_size: int | None, ctx: BatchContext) -> int:
+    return ctx.batch_size if memory_batch_size is None else memory_batch_size
+
+
+def _check_batch_size(memory_batch_size: int | None) -> None:
+    if memory_batch_size is not None:
+        check_positive_int(memory_batch_size, name="memory_batch_size")
+
+
+# --------------------------------------------------------------------------------------------
+# ER
+# --------------------------------------------------------------------------------------------
+
+def er(*, memory: str = "per_class", per_class: int | None = 100, capacity: int | None = None,
+       memory_batch_size: int | None = None) -> Method:
+    """Experience replay: each step trains on the current batch and a memory batch (as large as
+    the current batch unless ``memory_batch_size``), loss (1/t)·ℓ_current + (1 − 1/t)·ℓ_memory
+    with t the number of tasks seen (van de Ven et al. 2022's weighting; with a reservoir memory
+    ℓ_memory enters from task 2 on). A memory of 0 examples is fine-tuning, exactly."""
+    plan = memory_plan(memory, per_class, capacity)
+    _check_batch_size(memory_batch_size)
+    if _is_empty(plan):
+        return Method("er")
+
+    def batch(ctx, memory_state):
+        return with_memory_rows(ctx, memory_state, _memory_size(memory_batch_size, ctx))
+
+    def loss(params, batch, memory_state, ctx):
+        del memory_state
+        ce_cur, _, k_mem = _current_loss(params, batch, ctx)
+        ce_mem, _ = _memory_loss(params, batch, ctx, k_mem)
+        rnt = 1.0 / (ctx.task + 1).astype(jnp.float32)
+        return rnt * ce_cur + (1.0 - rnt) * ce_mem, {}
+
+    def after_step(memory_state, info: StepInfo):
+        if plan.kind != "reservoir":
+            return memory_state
+        return mem.reservoir_add(memory_state, core_rows(info.rows), info.key)
+
+    def end_task(ctx):
+        return ctx.params, ctx.opt_state, store_finished_task(ctx.mstate, plan, ctx, ctx.key)
+
+    return Method("er", init=_init_memory_state(plan), batch=batch, loss=loss,
+                  after_step=after_step, end_task=end_task)
+
+
+# --------------------------------------------------------------------------------------------
+# A-GEM
+# --------------------------------------------------------------------------------------------
+
+def agem(*, memory: str = "per_class", per_class: int | None = 100, capacity: int | None = None,
+         memory_batch_size: int | None = None, eps: float = 1e-7) -> Method:
+    """A-GEM (Chaudhry et al. 2019): the current-task gradient, projected when it points against
+    the gradient of a memory batch (:func:`cljax.transforms.agem_projection`, first in the chain,
+    then the base optimizer — Adam in van de Ven et al.'s protocol)."""
+    plan = memory_plan(memory, per_class, capacity)
+    _check_batch_size(memory_batch_size)
+    if _is_empty(plan):
+        return Method("agem")
+
+    def batch(ctx, memory_state):
+        return with_memory_rows(ctx, memory_state, _memory_size(memory_batch_size, ctx))
+
+    def loss(params, batch, memory_state, ctx):
+        del memory_state
+        return _current_loss(params, batch, ctx)[0], {}
+
+    def optimizer_args(params, batch, memory_state, ctx):
+        del memory_state
+        grads = jax.grad(lambda p: _memory_loss(p, batch, ctx, ctx.key)[0])(params)
+        return {"reference_grads": grads}
+
+    def after_step(memory_state, info):
+        if plan.kind != "reservoir":
+            return memory_state
+        return mem.reservoir_add(memory_state, core_rows(info.rows), info.key)
+
+    def end_task(ctx):
+        return ctx.params, ctx.opt_state, store_finished_task(ctx.mstate, plan, ctx, ctx.key)
+
+    return Method("agem", make_optimizer=lambda h, base: optax.chain(agem_projection(eps=eps), base),
+                  init=_init_memory_state(plan), batch=batch, loss=loss,
+                  optimizer_args=optimizer_args, after_step=after_step, end_task=end_task)
+
+
+# --------------------------------------------------------------------------------------------
+# GEM
+# --------------------------------------------------------------------------------------------
+
+def gem(*, per_class: int = 100, eps: float = 1e-3, num_sweeps: int = 100) -> Method:
+    """GEM (Lopez-Paz & Ranzato 2017): every step, the gradient of the loss on each past task's
+    whole memory (a per-class memory, whose slots are grouped by task), and the current gradient
+    projected by the dual QP of :func:`cljax.transforms.gem_projection` (hyperparameter
+    ``margin``, γ; 0.5 in GEM's experiments) before the base optimizer. Cost per step: one
+    backward pass over the whole memory, ≈ memory size / batch size plain steps."""
+    plan = memory_plan("per_class", per_class, None)
+    if _is_empty(plan):
+        return Method("gem", default_hparams={"margin": 0.5})
+
+    def optimizer_args(params, batch, memory_state: ReplayMemory, ctx: LossContext):
+        del batch
+        T = ctx.spec.num_tasks
+        per_task = memory_state.capacity // T
+
+        def block(a):
+            return a.reshape((T, per_task) + a.shape[1:])
+
+        rows = {k: block(getattr(memory_state, k)) for k in CORE_KEYS}
+        ok = block(memory_state.valid)
+        keys = jax.random.split(ctx.key, T)
+
+        def task_grad(rows_t, ok_t, key):
+            def f(p):
+                b = ctx.to_batch(rows_t)
+                logits = ctx.model.train_logits_fn(p, b, key)
+                return _masked_mean(_per_example_ce(logits, b["y"]), ok_t)
+            return jax.grad(f)(params)
+
+        grads = jax.vmap(task_grad)(rows, ok, keys)
+        mask = (jnp.arange(T) < ctx.task) & jnp.any(ok, axis=1)
+        return {"reference_grads": grads, "reference_mask": mask}
+
+    def make_optimizer(hparams, base):
+        return optax.chain(gem_projection(margin=get_hparam(hparams, "margin", "gem"), eps=eps,
+                                          num_sweeps=num_sweeps), base)
+
+    def end_task(ctx):
+        return ctx.params, ctx.opt_state, store_finished_task(ctx.mstate, plan, ctx, ctx.key)
+
+    return Method("gem", make_optimizer=make_optimizer, init=_init_memory_state(plan),
+                  optimizer_args=optimizer_args, end_task=end_task,
+                  default_hparams={"margin": 0.5})
+
+
+# --------------------------------------------------------------------------------------------
+# LwF
+# --------------------------------------------------------------------------------------------
+
+class PreviousModel(NamedTuple):
+    """The parameters at the end of the last task and the number of tasks finished."""
+
+    params: Params
+    count: Array
+
+
+def soft_cross_entropy(logits: Array, teacher_logits: Array, temperature: Array) -> Array:
+    """Distillation loss of Hinton et al. 2015 as in LwF's code: per example
+    −Σ_c softmax(teacher/T)_c · log_softmax(logits/T)_c (no T² factor)."""
+    target = jax.nn.softmax(teacher_logits / temperature, axis=-1)
+    return -jnp.sum(target * jax.nn.log_softmax(logits / temperature, axis=-1), axis=-1)
+
+
+def _previous_model_init(params, key, hparams, spec):
+    del key, hparams, spec
+    return PreviousModel(jax.tree.map(jnp.array, params), jnp.zeros((), jnp.int32))
+
+
+def _remember_model(ctx: BoundaryContext) -> PreviousModel:
+    return PreviousModel(ctx.params, ctx.mstate.count + 1)
+
+
+def lwf() -> Method:
+    """Learning without Forgetting (Li & Hoiem 2017): cross-entropy on the current task plus
+    ``strength`` × distillation (temperature ``temperature``, default 2) of the previous model's
+    outputs on the current inputs, for every previous head; the previous parameters live in the
+    method state. Weighting as van de Ven et al. (module docstring): with ``strength`` 0 this is
+    fine-tuning, exactly."""
+
+    def loss(params, batch, prev: PreviousModel, ctx: LossContext):
+        T = get_hparam(ctx.hparams, "temperature", "lwf")
+        k_cur, _ = jax.random.split(ctx.key)
+        heads = ctx.model.apply_fn(params, batch, k_cur, output="all_heads")     # [B, H, C]
+        H = heads.shape[1]
+        if H == 1:
+            logits = heads[:, 0]
+        else:
+            logits = jnp.take_along_axis(heads, batch["task"][:, None, None].astype(jnp.int32),
+                                         axis=1)[:, 0]
+        ce = cross_entropy(logits, batch["y"])
+        old = jax.lax.stop_gradient(ctx.model.apply_fn(prev.params, batch, output="all_heads"))
+        kd = jnp.mean(soft_cross_entropy(heads, old, T), axis=0)                # [H]
+        if H > 1:   # Task-IL: every previous head
+            distill = jnp.sum(jnp.where(jnp.arange(H) < prev.count, kd, 0.0))
+        elif ctx.spec.num_outputs > ctx.spec.classes_per_task:   # Class-IL: once
+            distill = jnp.where(prev.count > 0, kd[0], 0.0)
+        else:   # Domain-IL: a shared within-task head stands for every previous task
+            distill = prev.count.astype(kd.dtype) * kd[0]
+        return ce + get_hparam(ctx.hparams, "strength", "lwf") * distill, {}
+
+    def end_task(ctx):
+        return ctx.params, ctx.opt_state, _remember_model(ctx)
+
+    return Method("lwf", init=_previous_model_init, loss=loss, end_task=end_task,
+                  default_hparams={"strength": 1.0, "temperature": 2.0},
+                  hparam_domains={"temperature": "positive"}, requires=("apply_fn",))
+
+
+# --------------------------------------------------------------------------------------------
+# DER++
+# --------------------------------------------------------------------------------------------
+
+def derpp(*, memory: str = "reservoir", per_class: int | None = 100, capacity: int | None = None,
+          memory_batch_size: int | None = None) -> Method:
+    """DER++ (Buzzega et al. 2020, eq. 6): ℓ_current + α·MSE(logits on memory x, the logits stored
+    with them) + β·CE(memory labels), the two terms on two independent memory batches (as
+    mammoth's ``derpp.py``) of ``memory_batch_size`` (default: the batch size); the memory is a
+    reservoir over the stream storing each example with the logits the model gave it (before
+    the step). Hyperparameters ``alpha``, ``beta``; with both 0 this is fine-tuning to rounding
+    (≤ 1e-7 relative here, not bit for bit: the zero-weighted terms change the compiled step's
+    expression graph, and XLA:CPU's fused multiply-adds round differently — adding β·Σθ with
+    β = 0 to a loss moves a 6-step trajectory by 3e-8)."""
+    plan = memory_plan(memory, per_class, capacity)
+    _check_batch_size(memory_batch_size)
+    if plan.kind != "reservoir":
+        raise ValueError("DER++ stores logits as it trains: it needs memory='reservoir'")
+
+    def batch(ctx, memory_state):
+        size = _memory_size(memory_batch_size, ctx)
+        rows = with_memory_rows(ctx, memory_state, size)
+        m2, ok2 = mem.sample_memory(memory_state, jax.random.fold_in(ctx.key, 1), size)
+        rows["memory2"], rows["memory2_ok"] = m2, ok2
+        return rows
+
+    def loss(params, batch, memory_state, ctx):
+        del memory_state
+        ce_cur, logits, k_mem = _current_loss(params, batch, ctx)
+        k1, k2 = jax.random.split(k_mem)
+        m1 = ctx.to_batch(batch["memory"])
+        z1 = ctx.model.train_logits_fn(params, m1, k1)
+        ok1 = batch["memory_ok"]
+        mse = _masked_mean(jnp.mean(jnp.square(z1 - m1["logits"]), axis=-1), ok1)
+        ce2, _ = _memory_loss(params, batch, ctx, k2, name="memory2")
+        total = (ce_cur + get_hparam(ctx.hparams, "alpha", "derpp") * mse
+                 + get_hparam(ctx.hparams, "beta", "derpp") * ce2)
+        return total, {"logits": logits}
+
+    def after_step(memory_state, info):
+        return mem.reservoir_add(memory_state, core_rows(info.rows), info.key,
+                                 logits=jax.lax.stop_gradient(info.aux["logits"]))
+
+    return Method("derpp", init=_init_memory_state(plan, logits=True), batch=batch, loss=loss,
+                  after_step=after_step, default_hparams={"alpha": 0.5, "beta": 0.5})
+
+
+# --------------------------------------------------------------------------------------------
+# iCaRL
+# --------------------------------------------------------------------------------------------
+
+class ICaRLState(NamedTuple):
+    """iCaRL's method state: exemplars, the previous model, the exemplar class means."""
+
+    memory: ReplayMemory
+    previous: PreviousModel
+    means: Array         # [C, D] normalised class means of the exemplars' features
+    has_mean: Array      # bool [C]
+
+
+def normalise(f: Array) -> Array:
+    """Rows scaled to unit L2 norm (zero rows stay zero)."""
+    n = jnp.linalg.norm(f, axis=-1, keepdims=True)
+    return f / jnp.maximum(n, jnp.finfo(f.dtype).tiny)
+
+
+def herding_order(features: Array, members: Array, size: int) -> tuple[Array, Array]:
+    """iCaRL's herding (Rebuffi et al. 2017, Algorithm 4): the first ``size`` examples of the
+    ``members`` rows in the order that keeps the running mean of their (L2-normalised)
+    ``features`` closest to the class mean; returns ``(indices [size], ok [size])``, ok False
+    where the class has no example left."""
+    f = normalise(features)
+    mf = members.astype(f.dtype)
+    mu = normalise(jnp.sum(f * mf[:, None], 0, keepdims=True) / jnp.maximum(jnp.sum(mf), 1))[0]
+
+    def pick(k, carry):
+        acc, taken, order, ok = carry
+        cand = (acc[None] + f) / (k + 1).astype(f.dtype)
+        dist = jnp.sum(jnp.square(cand - mu[None]), axis=-1)
+        free = members & ~taken
+        dist = jnp.where(free, dist, jnp.inf)
+        i = jnp.argmin(dist)
+        good = free[i]
+        return (acc + jnp.where(good, f[i], 0.0), taken.at[i].set(taken[i] | good),
+                order.at[k].set(i), ok.at[k].set(good))
+
+    init = (jnp.zeros(f.shape[1], f.dtype), jnp.zeros(members.shape, bool),
+            jnp.zeros((size,), jnp.int32), jnp.zeros((size,), bool))
+    _, _, order, ok = jax.lax.fori_loop(0, size, pick, init)
+    return order, ok
+
+
+def exemplar_means(features: Array, classes: Array, valid: Array, num_classes: int
+                   ) -> tuple[Array, Array]:
+    """Normalised mean of the normalised ``features`` of each class (iCaRL's μ_y), ``[C, D]``, and
+    which classes have exemplars."""
+    f = normalise(features) * valid[:, None].astype(features.dtype)
+    sums = jax.ops.segment_sum(f, classes, num_segments=num_classes)
+    counts = jax.ops.segment_sum(valid.astype(jnp.int32), classes, num_segments=num_classes)
+    return normalise(sums / jnp.maximum(counts, 1)[:, None].astype(f.dtype)), counts > 0
+
+
+def _classes_of_tasks(spec: StreamSpec, up_to: Array) -> Array:
+    """bool [num_outputs]: the targets of the tasks < ``up_to``."""
+    lt = spec.label_table
+    tasks = jnp.broadcast_to(jnp.arange(lt.shape[0])[:, None], lt.shape)
+    return jnp.zeros((spec.num_outputs,), bool).at[lt.reshape(-1)].max(
+        (tasks < up_to).reshape(-1))
+
+
+NME_FLOOR = -5.0   # score of a class without exemplars: below every −‖f − μ‖² ∈ [−4, 0]
+
+
+def icarl(*, memory: str = "per_class", per_class: int | None = 100,
+          capacity: int | None = None) -> Method:
+    """iCaRL (Rebuffi et al. 2017) as in van de Ven et al.'s Class-IL code: each batch is drawn
+    uniformly from the current task's data and the exemplars; the loss is a binary cross-entropy
+    over the classes seen so far, with the previous model's sigmoid(logits / T) as the old
+    classes' targets (``temperature`` T, default 2); exemplars chosen by herding on normalised
+    features; prediction by the nearest mean of exemplars (through the ``predict`` hook), whose
+    score is −‖f − μ_c‖² (classes without exemplars score −5). For single-head models (Class-IL);
+    ``memory="class_balanced"`` gives iCaRL's own fixed total memory."""
+    plan = memory_plan(memory, per_class, capacity)
+    if plan.kind == "reservoir":
+        raise ValueError("iCaRL chooses its exemplars by herding at task ends: memory must be "
+                         "'per_class' or 'class_balanced'")
+    if _is_empty(plan):
+        raise ValueError("iCaRL needs exemplars: per_class / capacity must be > 0")
+
+    def init(params, key, hparams, spec):
+        if spec.num_heads != 1:
+            raise ValueError(f"iCaRL is a class-incremental method for a single-head model; the "
+                             f"model has {spec.num_heads} heads (use the 'class' scenario)")
+        return ICaRLState(plan.build(spec)[0], _previous_model_init(params, key, hparams, spec),
+                          jnp.zeros((spec.num_outputs, spec.feature_dim), jnp.float32),
+                          jnp.zeros((spec.num_outputs,), bool))
+
+    def batch(ctx: BatchContext, s: ICaRLState):
+        cur = current_task_batch(ctx, None)
+        k_mem, k_pick = jax.random.split(ctx.key)
+        mrows, ok = mem.sample_memory(s.memory, k_mem, ctx.batch_size)
+        n_mem = mem.num_stored(s.memory).astype(jnp.float32)
+        p_mem = n_mem / (n_mem + ctx.count(ctx.task).astype(jnp.float32))
+        use = ok & (jax.random.uniform(k_pick, (ctx.batch_size,)) < p_mem)
+        return {k: jnp.where(use.reshape((-1,) + (1,) * (cur[k].ndim - 1)), mrows[k], cur[k])
+                for k in CORE_KEYS}
+
+    def loss(params, batch, s: ICaRLState, ctx: LossContext):
+        T = get_hparam(ctx.hparams, "temperature", "icarl")
+        k_cur, _ = jax.random.split(ctx.key)
+        logits = ctx.model.train_logits_fn(params, batch, k_cur)
+        seen = _classes_of_tasks(ctx.spec, ctx.task + 1)
+        old = _classes_of_tasks(ctx.spec, ctx.task) & (s.previous.count > 0)
+        teacher = jax.nn.sigmoid(jax.lax.stop_gradient(
+            ctx.model.logits_fn(s.previous.params, batch)) / T)
+        target = jax.nn.one_hot(batch["y"], logits.shape[-1], dtype=logits.dtype)
+        target = jnp.where(old[None], teacher, target)
+        bce = optax.sigmoid_binary_cross_entropy(logits, target)
+        return jnp.mean(jnp.sum(jnp.where(seen[None], bce, 0.0), axis=-1)), {}
+
+    def end_task(ctx: BoundaryContext):
+        s: ICaRLState = ctx.mstate
+        rows = ctx.task_rows(ctx.task)
+        feats = ctx.model.features_fn(ctx.params, ctx.to_batch(rows))
+        memory_state = store_finished_task(
+            s.memory, plan, ctx, ctx.key,
+            select=lambda r, members, size, key: herding_order(feats, members, size))
+        mb = ctx.to_batch(core_rows({"x": memory_state.x, "label": memory_state.label,
+                                     "task": memory_state.task}))
+        means, has = exemplar_means(ctx.model.features_fn(ctx.params, mb), mb["y"],
+                                    memory_state.valid, ctx.spec.num_outputs)
+        previous = PreviousModel(ctx.params, s.previous.count + 1)
+        return ctx.params, ctx.opt_state, ICaRLState(memory_state, previous, means, has)
+
+    def predict(params, s: ICaRLState, batch, ctx: PredictContext):
+        f = normalise(ctx.model.features_fn(params, batch))
+        d2 = jnp.sum(jnp.square(f[:, None, :] - s.means[None]), axis=-1)
+        return jnp.where(s.has_mean[None], -d2, NME_FLOOR)
+
+    return Method("icarl", init=init, batch=batch, loss=loss, end_task=end_task,
+                  predict=predict, default_hparams={"temperature": 2.0},
+                  hparam_domains={"temperature": "positive"}, requires=("features_fn",))
+
+
+__all__ = ["MEMORY_KINDS", "MemoryPlan", "memory_plan", "core_rows", "store_finished_task",
+           "with_memory_rows", "er", "agem", "gem", "lwf", "derpp", "icarl", "PreviousModel",
+           "soft_cross_entropy", "ICaRLState", "normalise", "herding_order", "exemplar_means",
+           "NME_FLOOR"]

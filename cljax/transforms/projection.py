@@ -1,0 +1,152 @@
+"""Gradient projections against reference gradients: A-GEM and GEM, as optax transforms.
+
+Both keep the update from increasing the loss on stored examples of past tasks (to first order)
+by projecting the gradient g before the optimizer sees it; the reference gradients come from a
+replay memory and are handed to ``update`` as optax extra arguments, so the transforms keep no
+state and go FIRST in a chain (``optax.chain(agem_projection(), optax.adam(lr))``).
+
+* **A-GEM** (Chaudhry et al. 2019, eq. 11): one reference gradient g_ref (of the loss on a
+  memory batch); if gᵀg_ref < 0, g̃ = g − (gᵀg_ref / (g_refᵀg_ref + ε)) g_ref, else g̃ = g.
+  ε = 1e-7 as in van de Ven et al.'s code (the paper has none); it only guards g_ref = 0.
+* **GEM** (Lopez-Paz & Ranzato 2017, eq. 10–13): one reference gradient g_k per past task k.
+  If some gᵀg_k < 0, g̃ = g + Gᵀv with v the solution of the dual QP
+
+      min_v ½ vᵀ(GGᵀ + εI)v + (Gg)ᵀv   subject to   v ≥ γ
+
+  (γ = ``margin``, the paper's "small constant added to v*", 0.5 in its experiments; ε = 1e-3
+  as in its code), solved inside ``jit`` by cyclic projected coordinate descent with a fixed
+  number of sweeps (exact per-coordinate minimisation; the QP has one variable per past task).
+  With γ = ε = 0 the KKT conditions give g̃ᵀg_k = λ_k ≥ 0 for every past task. Tolerance: with
+  the default 100 sweeps, on random problems of up to 20 tasks in float32 (tests), every
+  constraint g̃ᵀg_k ≥ −1e-5·‖g̃‖‖g_k‖ holds. With one past task, γ = 0 and the same ε, GEM is
+  exactly A-GEM.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from cljax.types import Array, Params
+from cljax.validation import check_nonnegative, check_positive_int, check_same_structure
+
+
+def _vdot(a: Params, b: Params) -> Array:
+    return sum(jnp.vdot(x.astype(jnp.float32), y.astype(jnp.float32))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def agem_project(grads: Params, reference: Params, *, eps: float | Array = 1e-7) -> Params:
+    """A-GEM's projection (Chaudhry et al. 2019, eq. 11) of ``grads`` against ``reference``."""
+    check_same_structure(reference, grads, name="reference_grads", reference_name="the updates")
+    dot = _vdot(grads, reference)
+    sq = _vdot(reference, reference)
+    coef = jnp.where(dot < 0, dot / (sq + eps), 0.0)
+    return jax.tree.map(lambda g, r: (g - coef.astype(g.dtype) * r.astype(g.dtype)).astype(g.dtype),
+                        grads, reference)
+
+
+def agem_projection(*, eps: float | Array = 1e-7) -> optax.GradientTransformationExtraArgs:
+    """A-GEM as a stateless transform: ``update(updates, state, params=None, *,
+    reference_grads)`` returns :func:`agem_project` of the updates (put it first in the chain)."""
+    check_nonnegative(eps, name="eps")
+
+    def init_fn(params: Params) -> optax.EmptyState:
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None, *, reference_grads=None, **extra):
+        del params, extra
+        if reference_grads is None:
+            raise ValueError("agem_projection.update needs the extra argument reference_grads= "
+                             "(the gradient of the loss on a memory batch)")
+        return agem_project(updates, reference_grads, eps=eps), state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def gem_dual(gram: Array, linear: Array, mask: Array, *, margin: float | Array = 0.0,
+             eps: float | Array = 1e-3, num_sweeps: int = 100) -> Array:
+    """v ≥ γ minimising ½ vᵀ(Q + εI)v + pᵀv over the rows where ``mask`` holds (others v = 0).
+
+    Args:
+      gram: Q = GGᵀ, ``[T, T]``. linear: p = Gg, ``[T]``. mask: bool ``[T]``, the past tasks.
+      margin: γ ≥ 0, the lower bound of v. eps: ε ≥ 0 added to Q's diagonal.
+      num_sweeps: cyclic coordinate-descent sweeps (each minimises exactly over one v_k).
+    """
+    check_positive_int(num_sweeps, name="num_sweeps")
+    t = gram.shape[0]
+    q = 0.5 * (gram + gram.T) + eps * jnp.eye(t, dtype=gram.dtype)
+    lower = jnp.where(mask, margin, 0.0).astype(gram.dtype)
+    diag = jnp.diag(q)
+    safe = jnp.where(diag > 0, diag, 1.0)
+
+    def coordinate(k, v):
+        r = q[k] @ v + linear[k]
+        new = jnp.maximum(lower[k], v[k] - r / safe[k])
+        new = jnp.where(mask[k] & (diag[k] > 0), new, jnp.where(mask[k], lower[k], 0.0))
+        return v.at[k].set(new)
+
+    def sweep(_, v):
+        return jax.lax.fori_loop(0, t, coordinate, v)
+
+    return jax.lax.fori_loop(0, num_sweeps, sweep, lower)
+
+
+def gem_project(grads: Params, references: Params, mask: Array, *, margin: float | Array = 0.5,
+                eps: float | Array = 1e-3, num_sweeps: int = 100) -> Params:
+    """GEM's projection (Lopez-Paz & Ranzato 2017) of ``grads`` against per-task references.
+
+    ``references`` has the params' structure with a leading task axis ``[T, ...]``; ``mask``
+    (bool ``[T]``) marks the past tasks whose constraint applies. If every constraint already
+    holds (gᵀg_k ≥ 0), ``grads`` is returned unchanged.
+    """
+    leaves_g = jax.tree.leaves(grads)
+    leaves_r = jax.tree.leaves(references)
+    if jax.tree.structure(grads) != jax.tree.structure(references):
+        raise ValueError("reference_grads must have the updates' pytree structure with a leading "
+                         "task axis")
+    t = mask.shape[0]
+    for g, r in zip(leaves_g, leaves_r):
+        if r.shape != (t,) + g.shape:
+            raise ValueError(f"reference_grads leaves must have a leading task axis, shape "
+                             f"({t}, *leaf shape); got {r.shape} for a leaf of shape {g.shape}")
+    flat_r = [r.reshape(t, -1).astype(jnp.float32) for r in leaves_r]
+    flat_g = [g.reshape(-1).astype(jnp.float32) for g in leaves_g]
+    gram = sum(r @ r.T for r in flat_r)
+    linear = sum(r @ g for r, g in zip(flat_r, flat_g))
+    violated = jnp.any(mask & (linear < 0))
+    v = gem_dual(gram, linear, mask, margin=margin, eps=eps, num_sweeps=num_sweeps)
+    v = jnp.where(violated, v, 0.0)
+    return jax.tree.map(
+        lambda g, r: (g + jnp.tensordot(v, r.astype(jnp.float32), axes=1).astype(g.dtype)
+                      ).astype(g.dtype), grads, references)
+
+
+def gem_projection(*, margin: float | Array = 0.5, eps: float | Array = 1e-3,
+                   num_sweeps: int = 100) -> optax.GradientTransformationExtraArgs:
+    """GEM as a stateless transform: ``update(updates, state, params=None, *, reference_grads,
+    reference_mask)`` returns :func:`gem_project` of the updates (put it first in the chain)."""
+    check_nonnegative(margin, name="margin")
+    check_nonnegative(eps, name="eps")
+    check_positive_int(num_sweeps, name="num_sweeps")
+
+    def init_fn(params: Params) -> optax.EmptyState:
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None, *, reference_grads=None, reference_mask=None,
+                  **extra: Any):
+        del params, extra
+        if reference_grads is None or reference_mask is None:
+            raise ValueError("gem_projection.update needs the extra arguments reference_grads= "
+                             "(one gradient per past task, stacked) and reference_mask=")
+        return gem_project(updates, reference_grads, reference_mask, margin=margin, eps=eps,
+                           num_sweeps=num_sweeps), state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+__all__ = ["agem_project", "agem_projection", "gem_dual", "gem_project", "gem_projection"]

@@ -1,0 +1,210 @@
+"""Tests for cljax.methods.rehearsal: ER, A-GEM, GEM, LwF, DER++, iCaRL on the method protocol."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cljax.data import make_scenario, split_tasks
+from cljax.methods import get_method
+from cljax.methods.rehearsal import exemplar_means, herding_order, normalise
+from cljax.nn import MLP, as_model
+from cljax.training import make_trainer, prepare_data, run_stream
+from helpers import tiny_dataset
+
+KEYS = jax.random.split(jax.random.key(5), 2)
+
+
+def _stream():
+    return split_tasks(tiny_dataset(num_classes=6, n=90), tiny_dataset(num_classes=6, n=45, seed=1),
+                       tasks=[[0, 1], [2, 3], [4, 5]])
+
+
+def _build(name, scenario="class", model=None, **options):
+    s = _stream()
+    sc = make_scenario(s, scenario)
+    model = model or as_model(MLP((12,), sc.num_outputs, num_heads=sc.num_heads))
+    method = get_method(name, **options)
+    tr = make_trainer(model, method, optimizer=optax.adam(1e-2), batch_size=8, eval_chunk=16)
+    return method, tr, prepare_data(s, sc, eval_chunk=16)
+
+
+def _run(name, steps=6, scenario="class", hparams=None, keys=KEYS, **options):
+    method, tr, data = _build(name, scenario, **options)
+    return run_stream(tr, data, num_steps=steps, keys=keys,
+                      hparams={**method.default_hparams, **(hparams or {})})
+
+
+@functools.lru_cache(maxsize=None)
+def _fine_tuning(scenario):
+    return _run("none", scenario=scenario)
+
+
+@pytest.mark.parametrize("name,scenario,options,hparams", [
+    ("er", "class", {"per_class": 0}, {}),
+    pytest.param("er", "task", {"memory": "reservoir", "capacity": 0}, {},
+                 marks=pytest.mark.slow),
+    ("lwf", "task", {}, {"strength": 0.0}),
+    pytest.param("lwf", "domain", {}, {"strength": 0.0}, marks=pytest.mark.slow),
+    ("derpp", "class", {"capacity": 12}, {"alpha": 0.0, "beta": 0.0}),
+])
+def test_switched_off_methods_reproduce_fine_tuning_exactly(name, scenario, options, hparams):
+    base = _fine_tuning(scenario)
+    res = _run(name, scenario=scenario, hparams=hparams, **options)
+    if name == "derpp":   # to rounding: see the derpp docstring (XLA:CPU's fused multiply-adds)
+        np.testing.assert_allclose(res.train_loss, base.train_loss, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(res.accuracy, base.accuracy, atol=1e-6)
+        return
+    np.testing.assert_array_equal(res.train_loss, base.train_loss)
+    np.testing.assert_array_equal(res.accuracy, base.accuracy)
+
+
+SWEEPS = [("er", {"per_class": 4}, None),
+          ("agem", {"per_class": 4}, None),
+          ("gem", {"per_class": 4}, ("margin", [0.0, 2.0])),
+          ("lwf", {}, ("strength", [0.0, 3.0])),
+          ("derpp", {"capacity": 12}, ("alpha", [0.0, 1.0])),
+          ("icarl", {"per_class": 4}, ("temperature", [1.0, 4.0]))]
+
+
+def _counting_model(traces):
+    base = as_model(MLP((12,), 6))
+
+    def counting(params, batch, key):
+        traces.append(1)
+        return base.train_logits_fn(params, batch, key)
+
+    def counting_apply(params, batch, key=None, output="logits"):
+        traces.append(1)
+        return base.apply_fn(params, batch, key, output)
+
+    return base._replace(train_logits_fn=counting, apply_fn=counting_apply)
+
+
+@pytest.mark.parametrize("name,options,sweep", SWEEPS)
+def test_no_recompilation_across_tasks(name, options, sweep):
+    """The step is traced once for the whole stream (the model's train logits are called at
+    most 3 times per step: current rows and up to two memory batches)."""
+    traces = []
+    method, tr, data = _build(name, model=_counting_model(traces), **options)
+    run_stream(tr, data, num_steps=3, keys=KEYS, hparams=method.default_hparams)
+    assert 1 <= len(traces) <= 3, f"{name}: the model's train logits were traced {len(traces)} times"
+
+
+@pytest.mark.parametrize("name,options,sweep", [
+    p if p[0] in ("derpp", "icarl") else pytest.param(*p, marks=pytest.mark.slow) for p in SWEEPS])
+def test_vmapped_runs_equal_separate_runs(name, options, sweep):
+    """Runs vmapped together (seeds, or the points of a hyperparameter sweep) equal the same runs
+    alone."""
+    method, tr, data = _build(name, **options)
+    hp = dict(method.default_hparams)
+    keys = jnp.concatenate([KEYS[:1], KEYS[:1]]) if sweep else KEYS
+    if sweep:
+        hp[sweep[0]] = np.asarray(sweep[1], np.float32)
+    both = run_stream(tr, data, num_steps=5, keys=keys, hparams=hp)
+    for r in range(2):
+        one = {k: (np.asarray(v)[r:r + 1] if np.ndim(v) else v) for k, v in hp.items()}
+        alone = run_stream(tr, data, num_steps=5, keys=keys[r:r + 1], hparams=one)
+        np.testing.assert_allclose(both.train_loss[r], alone.train_loss[0], rtol=2e-5, atol=1e-6)
+        np.testing.assert_allclose(both.accuracy[r], alone.accuracy[0], atol=1e-6)
+    if sweep and name != "gem":   # the swept value matters (GEM's margin may not, on 5 steps)
+        assert not np.allclose(both.train_loss[0], both.train_loss[1])
+
+
+def test_herding_selects_the_running_mean_closest_to_the_class_mean():
+    rng = np.random.default_rng(0)
+    f = jnp.asarray(rng.normal(size=(9, 3)), jnp.float32)
+    members = jnp.asarray([1, 1, 0, 1, 1, 1, 0, 1, 1], bool)
+    order, ok = herding_order(f, members, 4)
+    fn = np.asarray(normalise(f))
+    idx = np.flatnonzero(np.asarray(members))
+    mu = fn[idx].mean(0)
+    mu /= np.linalg.norm(mu)
+    chosen = []
+    for k in range(4):   # brute force: try every remaining member
+        dists = {i: np.sum(((fn[chosen].sum(0) if chosen else 0) + fn[i]) / (k + 1) - mu) ** 2
+                 for i in idx if i not in chosen}
+        dists = {i: np.sum((((fn[chosen].sum(0) if chosen else 0) + fn[i]) / (k + 1) - mu) ** 2)
+                 for i in idx if i not in chosen}
+        chosen.append(min(dists, key=dists.get))
+    assert np.asarray(order).tolist() == chosen and bool(ok.all())
+    # more picks than members: the tail is marked, nothing is chosen twice
+    order, ok = herding_order(f, members, 9)
+    assert np.asarray(ok).tolist() == [True] * 7 + [False] * 2
+    assert len(set(np.asarray(order)[:7].tolist())) == 7
+
+
+def test_exemplar_means_oracle():
+    rng = np.random.default_rng(1)
+    f = rng.normal(size=(7, 4)).astype(np.float32)
+    classes = np.array([0, 2, 2, 0, 1, 2, 1])
+    valid = np.array([1, 1, 1, 0, 1, 1, 0], bool)
+    means, has = exemplar_means(jnp.asarray(f), jnp.asarray(classes), jnp.asarray(valid), 4)
+    fn = f / np.linalg.norm(f, axis=1, keepdims=True)
+    for c in range(4):
+        sel = valid & (classes == c)
+        assert bool(has[c]) == sel.any()
+        if sel.any():
+            m = fn[sel].mean(0)
+            np.testing.assert_allclose(means[c], m / np.linalg.norm(m), rtol=1e-5, atol=1e-6)
+
+
+def test_icarl_predicts_by_the_nearest_exemplar_mean():
+    method, tr, data = _build("icarl", per_class=4)
+    res = run_stream(tr, data, num_steps=8, keys=KEYS[:1], hparams=method.default_hparams)
+    s = res.final_state.mstate
+    state = jax.tree.map(lambda x: x[0], res.final_state)
+    model = as_model(MLP((12,), 6))
+    from cljax.training import make_batch
+    batch = make_batch(data, data.test, jnp.zeros(16, jnp.int32), jnp.arange(16))
+    f = normalise(model.features_fn(state.params, batch))
+    d2 = jnp.sum((f[:, None] - s.means[0][None]) ** 2, -1)
+    np.testing.assert_array_equal(jnp.argmin(d2, -1), jnp.argmax(method.predict(
+        state.params, state.mstate, batch, type("C", (), {"model": model})()), -1))
+    assert int(s.memory.valid[0].sum()) == 4 * 6 and bool(s.has_mean[0].all())
+    assert np.all(np.isfinite(res.loss))
+
+
+def test_er_memory_stores_the_budget_and_agem_projects():
+    method, tr, data = _build("er", per_class=4)
+    res = run_stream(tr, data, num_steps=4, keys=KEYS[:1])
+    m = jax.tree.map(lambda x: x[0], res.final_state.mstate)
+    cls = np.asarray(m.task * 2 + m.label)[np.asarray(m.valid)]
+    assert np.bincount(cls, minlength=6).tolist() == [4] * 6
+    # A-GEM's reference gradient comes from the memory batch and is handed to the projection
+    method, tr, data = _build("agem", per_class=4)
+    state = tr.init(KEYS[0], {}, data)
+    for t in range(2):
+        state, _ = tr.fit(state, data, jnp.asarray(t), 3)
+        state = tr.end_task(state, data, jnp.asarray(t))
+    assert int(state.mstate.valid.sum()) == 2 * 2 * 4
+
+
+def test_rehearsal_bad_inputs():
+    with pytest.raises(ValueError, match="memory must be"):
+        get_method("er", memory="fifo")
+    with pytest.raises(ValueError, match="per_class"):
+        get_method("er", per_class=-1)
+    with pytest.raises(ValueError, match="class_balanced' needs capacity"):
+        get_method("er", memory="class_balanced", per_class=None)
+    with pytest.raises(ValueError, match="reservoir"):
+        get_method("derpp", memory="per_class")
+    method, tr, data = _build("er", memory="class_balanced", per_class=None, capacity=5)
+    with pytest.raises(ValueError, match="capacity 5 cannot hold one example of each of the "
+                                         "stream's 6 classes"):
+        run_stream(tr, data, num_steps=2, keys=KEYS[:1])
+    method, tr, data = _build("er", per_class=1000)
+    with pytest.raises(ValueError, match="larger than the stream"):
+        run_stream(tr, data, num_steps=2, keys=KEYS[:1])
+    method, tr, data = _build("lwf")
+    with pytest.raises(ValueError, match="temperature.*> 0"):
+        run_stream(tr, data, num_steps=2, keys=KEYS[:1], hparams={"strength": 1.0,
+                                                                   "temperature": 0.0})
+    plain = as_model(MLP((4,), 6))._replace(features_fn=None)
+    with pytest.raises(ValueError, match="icarl.*features_fn"):
+        _build("icarl", model=plain)
+    method, tr, data = _build("icarl", scenario="task")
+    with pytest.raises(ValueError, match="single-head"):
+        run_stream(tr, data, num_steps=2, keys=KEYS[:1], hparams=method.default_hparams)
