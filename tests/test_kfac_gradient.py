@@ -27,12 +27,16 @@ class Net(nn.Module):
         return nn.Dense(4, use_bias=False, name="head")(h)
 
 
+_NET = Net()
+_INIT = jax.jit(_NET.init)  # one compilation per input dtype for the whole module
+
+
 def _setup(batch=6):
-    net = Net()
+    net = _NET
     kx, ky, kp = jax.random.split(jax.random.PRNGKey(0), 3)
     x = jax.random.normal(kx, (batch, 6, 6, 1))
     y = jax.random.randint(ky, (batch,), 0, 4)
-    params = jax.jit(net.init)(kp, x)["params"]
+    params = _INIT(kp, x)["params"]
 
     def loss(p, x, y):
         logits = net.apply({"params": p}, x)
@@ -116,6 +120,30 @@ def test_jit_and_vmap_equal_eager_and_loop():
         alone = kfac_preconditioned_value_and_grad(
             loss, params, jax.tree.map(lambda a: a[r], invs), x, y, other_scale=scales[r])
         assert_trees_close(jax.tree.map(lambda a: a[r], batched), alone, rtol=1e-5, atol=1e-6)
+
+
+def test_has_aux_returns_value_and_aux_and_the_same_gradient():
+    loss, params, inverses, x, y = _setup()
+
+    def loss_aux(p, x, y):
+        # the aux calls the model again: that forward gets no cotangent, so no contribution
+        return loss(p, x, y), {"logits": _NET.apply({"params": p}, x), "y": y}
+
+    @jax.jit
+    def run(p, inv):
+        return (kfac_preconditioned_value_and_grad(loss, p, inv, x, y, other_scale=0.7),
+                kfac_preconditioned_value_and_grad(loss_aux, p, inv, x, y, other_scale=0.7,
+                                                   has_aux=True))
+
+    (value, grads), ((value_aux, aux), grads_aux) = run(params, inverses)
+    np.testing.assert_allclose(value_aux, value, rtol=1e-6)
+    np.testing.assert_allclose(value, loss(params, x, y), rtol=1e-5)
+    assert_trees_close(grads_aux, grads, rtol=1e-6, atol=1e-7)
+    assert_trees_close(aux["logits"], _NET.apply({"params": params}, x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(aux["y"], y)
+    with pytest.raises(ValueError, match=r"float scalar loss \(and aux\)"):
+        kfac_preconditioned_value_and_grad(lambda p, x, y: (jnp.ones(3) * loss(p, x, y), {}),
+                                           params, inverses, x, y, has_aux=True)
 
 
 def test_rank_form_choice_follows_multiply_adds():

@@ -1,4 +1,8 @@
-"""Tests for cljax.transforms.ncl (NCL preconditioner, diagonal and K-FAC)."""
+"""Tests for cljax.transforms.ncl (NCL preconditioner, diagonal and K-FAC).
+
+The prior (:class:`NCLDiagState` / :class:`NCLKFACState`) is passed to ``update`` as the optax
+extra argument ``ncl_state``; strength and damping are arguments of the boundary functions.
+"""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,10 +10,10 @@ import optax
 import pytest
 
 from cljax.nn import MLP, as_model
-from cljax.transforms import (NCLDiagState, NCLKFACState, ncl, ncl_consolidate, ncl_kfac,
+from cljax.transforms import (NCLDiagState, NCLKFACState, init_ncl, init_ncl_kfac,
+                              init_penalty, ncl, ncl_consolidate, ncl_kfac,
                               ncl_kfac_consolidate, ncl_kfac_preconditioner,
-                              ncl_kfac_value_and_grad, ncl_preconditioner, nearest_kronecker_sum,
-                              set_damping, set_strength)
+                              ncl_kfac_value_and_grad, ncl_preconditioner, nearest_kronecker_sum)
 from cljax.types import KFACFactors
 from helpers import assert_trees_close
 
@@ -23,15 +27,6 @@ def _params(key, dtype=jnp.float32):
 
 def _flat(tree):
     return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
-
-
-def _unflat(vec, like):
-    leaves, tdef = jax.tree.flatten(like)
-    out, i = [], 0
-    for leaf in leaves:
-        out.append(vec[i:i + leaf.size].reshape(leaf.shape))
-        i += leaf.size
-    return tdef.unflatten(out)
 
 
 def _spd(key, n, dtype=jnp.float64):
@@ -49,6 +44,10 @@ def _quadratic(key, params):
     return loss, h, c
 
 
+def _update(tx, g, params, prior):
+    return tx.update(g, tx.init(params), params, ncl_state=prior)[0]
+
+
 # ---------------------------------------------------------------- diagonal
 
 
@@ -58,19 +57,19 @@ def test_diag_step_matches_closed_form_on_quadratic(x64):
     omega = jax.tree.map(lambda p: jnp.abs(p) + 0.5, _params(jax.random.PRNGKey(2), jnp.float64))
     mu = _params(jax.random.PRNGKey(3), jnp.float64)
     s, d, lr = 3.0, 0.2, 0.05
-    tx = ncl(lr, strength=s, damping=d)
-    state = ncl_consolidate(tx.init(params), mu, omega)
+    tx = ncl(lr)
+    prior = ncl_consolidate(init_ncl(params), mu, omega, strength=s, damping=d)
     lam = s * _flat(omega) + d
     theta = _flat(params)
-    p = params
+    p, opt_state = params, tx.init(params)
 
     @jax.jit
-    def step(p, state):
-        updates, state = tx.update(jax.grad(loss)(p), state, p)
-        return optax.apply_updates(p, updates), state
+    def step(p, opt_state):
+        updates, opt_state = tx.update(jax.grad(loss)(p), opt_state, p, ncl_state=prior)
+        return optax.apply_updates(p, updates), opt_state
 
     for _ in range(4):
-        p, state = step(p, state)
+        p, opt_state = step(p, opt_state)
         theta = theta - lr * (h @ (theta - c) / lam + (theta - _flat(mu)))
     np.testing.assert_allclose(_flat(p), theta, rtol=1e-12)
 
@@ -79,17 +78,23 @@ def test_diag_identity_precision_is_sgd_plus_pull(x64):
     params = _params(jax.random.PRNGKey(0), jnp.float64)
     mu = _params(jax.random.PRNGKey(3), jnp.float64)
     g = _params(jax.random.PRNGKey(4), jnp.float64)
-    tx = ncl(0.1, strength=0.0, damping=1.0)  # Λ = 0·Ω + 1·I = I
-    state = ncl_consolidate(tx.init(params), mu, jax.tree.map(jnp.ones_like, params))
-    updates, _ = tx.update(g, state, params)
-    assert_trees_close(updates, jax.tree.map(lambda gg, p, m: -0.1 * (gg + p - m), g, params, mu), rtol=1e-14)
+    tx = ncl(0.1)
+    # Λ = 0·Ω + 1·I = I
+    prior = ncl_consolidate(init_ncl(params), mu, jax.tree.map(jnp.ones_like, params),
+                            strength=0.0, damping=1.0)
+    updates = _update(tx, g, params, prior)
+    assert_trees_close(updates, jax.tree.map(lambda gg, p, m: -0.1 * (gg + p - m), g, params, mu),
+                       rtol=1e-14)
 
 
 def test_diag_before_first_consolidation_is_plain_gradient():
     params = _params(jax.random.PRNGKey(0))
     g = _params(jax.random.PRNGKey(4))
-    tx = ncl_preconditioner(strength=5.0, damping=0.01)
-    updates, _ = tx.update(g, tx.init(params), jax.tree.map(lambda p: p + 3.0, params))
+    tx = ncl_preconditioner()
+    assert tx.init(params) == optax.EmptyState()
+    prior = init_ncl(params)
+    assert isinstance(prior, NCLDiagState) and int(prior.count) == 0
+    updates = _update(tx, g, jax.tree.map(lambda p: p + 3.0, params), prior)
     for u, v in zip(jax.tree.leaves(updates), jax.tree.leaves(g)):
         assert np.array_equal(np.asarray(u), np.asarray(v))
 
@@ -98,38 +103,46 @@ def test_diag_consolidate_accumulates_with_decay(x64):
     params = _params(jax.random.PRNGKey(0), jnp.float64)
     f1 = jax.tree.map(jnp.abs, _params(jax.random.PRNGKey(1), jnp.float64))
     f2 = jax.tree.map(jnp.abs, _params(jax.random.PRNGKey(2), jnp.float64))
-    tx = ncl_preconditioner(strength=2.0, damping=0.5)
-    s = ncl_consolidate(ncl_consolidate(tx.init(params), params, f1, decay=0.5), params, f2,
-                        decay=0.5)
+    mu = _params(jax.random.PRNGKey(3), jnp.float64)
+    p0 = init_ncl(params)
+    s = ncl_consolidate(ncl_consolidate(p0, params, f1, strength=2.0, damping=0.5, decay=0.5),
+                        mu, f2, strength=2.0, damping=0.5, decay=0.5)
+    assert int(s.count) == 2 and int(p0.count) == 0
+    assert_trees_close(s.mean, mu)
     assert_trees_close(s.precision, jax.tree.map(lambda a, b: 0.5 * a + b, f1, f2), rtol=1e-14)
-    assert_trees_close(s.inverse, jax.tree.map(lambda a, b: 1 / (2.0 * (0.5 * a + b) + 0.5), f1, f2),
-           rtol=1e-14)
-    s2 = set_damping(set_strength(s, 4.0), 0.1)
-    assert_trees_close(s2.inverse, jax.tree.map(lambda a, b: 1 / (4.0 * (0.5 * a + b) + 0.1), f1, f2),
-           rtol=1e-14)
+    assert_trees_close(s.inverse, jax.tree.map(lambda a, b: 1 / (2.0 * (0.5 * a + b) + 0.5),
+                                               f1, f2), rtol=1e-14)
+    # strength and damping are boundary arguments: they shape Λ⁻¹ of this boundary only; the
+    # stored precision is unscaled, so a later boundary with other (s, d) uses the same Ω
+    s2 = ncl_consolidate(ncl_consolidate(p0, params, f1, strength=9.0, damping=3.0, decay=0.5),
+                         mu, f2, strength=4.0, damping=0.1, decay=0.5)
+    assert_trees_close(s2.precision, s.precision, rtol=1e-14)
+    assert_trees_close(s2.inverse, jax.tree.map(lambda a, b: 1 / (4.0 * (0.5 * a + b) + 0.1),
+                                                f1, f2), rtol=1e-14)
 
 
 def test_diag_vmap_over_strength_and_no_recompile():
     params = _params(jax.random.PRNGKey(0))
     omega = jax.tree.map(jnp.abs, _params(jax.random.PRNGKey(1)))
     g = _params(jax.random.PRNGKey(2))
-    tx = ncl(0.1, damping=0.5)
+    tx = ncl(0.1)
 
     def make(lam):
-        return ncl_consolidate(set_strength(tx.init(params), lam), params, omega)
+        return ncl_consolidate(init_ncl(params), params, omega, strength=lam, damping=0.5)
 
-    step = jax.jit(lambda state, p: tx.update(g, state, p)[0])
+    step = jax.jit(lambda prior, p: _update(tx, g, p, prior))
     lams = jnp.array([0.0, 1.0, 10.0])
     batched = jax.vmap(step, in_axes=(0, None))(jax.vmap(make)(lams), params)
     for k, lam in enumerate(lams):
-        assert_trees_close(jax.tree.map(lambda x: x[k], batched), step(make(float(lam)), params), rtol=1e-6)
+        assert_trees_close(jax.tree.map(lambda x: x[k], batched), step(make(float(lam)), params),
+                           rtol=1e-6)
     n = step._cache_size()
-    state = tx.init(params)
-    step(state, params)
+    prior = init_ncl(params)
+    step(prior, params)
     for lam in (2.0, np.float32(3.0), 7):
-        state = ncl_consolidate(set_damping(set_strength(state, lam), lam / 10), params, omega)
-        step(state, params)
-    assert step._cache_size() == n
+        prior = ncl_consolidate(prior, params, omega, strength=lam, damping=lam / 10)
+        step(prior, params)
+    assert step._cache_size() == n == 1
 
 
 # ---------------------------------------------------------------- K-FAC
@@ -163,10 +176,16 @@ def test_kfac_step_matches_closed_form_dense_kron(x64):
     mu = _params(jax.random.PRNGKey(11), jnp.float64)
     g = _params(jax.random.PRNGKey(12), jnp.float64)
     s, d = 2.0, 0.3
-    tx = ncl_kfac_preconditioner(strength=s, damping=d)
-    state = jax.jit(ncl_kfac_consolidate)(tx.init(params), mu, fac)
-    updates, _ = jax.jit(tx.update)(g, state, params)
+    tx = ncl_kfac_preconditioner()
+    prior = jax.jit(lambda st, m, f: ncl_kfac_consolidate(st, m, f, strength=s, damping=d))(
+        init_ncl_kfac(params), mu, fac)
+    np.testing.assert_allclose(prior.other, 1 / d, rtol=1e-14)
+    updates = jax.jit(lambda g, p, pr: _update(tx, g, p, pr))(g, params, prior)
     assert_trees_close(updates, _kfac_closed_form(fac["Dense_0"], s, d, g, params, mu), rtol=1e-10)
+    # eager == jit
+    eager = ncl_kfac_consolidate(init_ncl_kfac(params), mu, fac, strength=s, damping=d)
+    assert_trees_close(eager, prior, rtol=1e-12, atol=1e-14)
+    assert_trees_close(_update(tx, g, params, eager), updates, rtol=1e-12, atol=1e-14)
 
 
 def test_kfac_trajectory_on_quadratic(x64):
@@ -174,11 +193,12 @@ def test_kfac_trajectory_on_quadratic(x64):
     loss, h, c = _quadratic(jax.random.PRNGKey(1), params)
     mu = _params(jax.random.PRNGKey(11), jnp.float64)
     s, d, lr = 1.5, 0.4, 0.1
-    tx = ncl_kfac(lr, strength=s, damping=d)
-    state = ncl_kfac_consolidate(tx.init(params), mu, fac)
+    tx = ncl_kfac(lr)
+    prior = ncl_kfac_consolidate(init_ncl_kfac(params), mu, fac, strength=s, damping=d)
+    opt_state = tx.init(params)
     p, ref = params, params
     for _ in range(3):
-        updates, state = tx.update(jax.grad(loss)(p), state, p)
+        updates, opt_state = tx.update(jax.grad(loss)(p), opt_state, p, ncl_state=prior)
         p = optax.apply_updates(p, updates)
         step = _kfac_closed_form(fac["Dense_0"], s, d, jax.grad(loss)(ref), ref, mu)
         ref = jax.tree.map(lambda x, u: x - lr * u, ref, step)
@@ -189,24 +209,44 @@ def test_kfac_identity_precision_is_sgd_plus_pull(x64):
     params, fac, _ = _kfac_setup()
     mu = _params(jax.random.PRNGKey(11), jnp.float64)
     g = _params(jax.random.PRNGKey(12), jnp.float64)
-    tx = ncl_kfac(0.1, strength=1.0, damping=1.0)
+    tx = ncl_kfac(0.1)
     zero = {"Dense_0": KFACFactors(jnp.zeros((4, 4)), jnp.zeros((2, 2)))}
-    state = ncl_kfac_consolidate(tx.init(params), mu, zero)  # Λ = 0 + 1·I
-    updates, _ = tx.update(g, state, params)
+    prior = ncl_kfac_consolidate(init_ncl_kfac(params), mu, zero, strength=1.0,
+                                 damping=1.0)  # Λ = 0 + 1·I
+    assert float(prior.other) == 1.0
+    updates = _update(tx, g, params, prior)
     assert_trees_close(updates, jax.tree.map(lambda gg, p, m: -0.1 * (gg + p - m), g, params, mu),
-           rtol=1e-13, atol=1e-14)
-    # before any consolidation: plain SGD
-    updates, _ = tx.update(g, tx.init(params), params)
+                       rtol=1e-13, atol=1e-14)
+    # before any consolidation: plain SGD (identity inverses, other = 1, no pull)
+    empty = init_ncl_kfac(params)
+    assert isinstance(empty, NCLKFACState) and float(empty.other) == 1.0
+    updates = _update(tx, g, params, empty)
     assert_trees_close(updates, jax.tree.map(lambda gg: -0.1 * gg, g), rtol=1e-14)
+
+
+def test_kfac_other_is_inverse_damping_after_consolidation(x64):
+    """Parameters outside factor layers get Λ⁻¹ = 1/d after the first boundary (NCLKFACState.other)."""
+    params, fac, _ = _kfac_setup()
+    g = _params(jax.random.PRNGKey(12), jnp.float64)
+    tx = ncl_kfac_preconditioner()
+    empty = init_ncl_kfac(params)
+    prior = empty
+    for d in (0.25, 4.0):
+        prior = ncl_kfac_consolidate(prior, params, fac, strength=1.0, damping=d)
+        np.testing.assert_allclose(prior.other, 1 / d, rtol=1e-14)
+        np.testing.assert_allclose(_update(tx, g, params, prior)["scale"], g["scale"] / d,
+                                   rtol=1e-14)
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), prior) == \
+        jax.tree.map(lambda x: (x.shape, x.dtype), empty)
 
 
 def test_kfac_consolidate_uses_nearest_kronecker_sum(x64):
     params, fac, keys = _kfac_setup()
     fac2 = {"Dense_0": KFACFactors(_spd(keys[2], 4), _spd(keys[3], 2))}
-    tx = ncl_kfac_preconditioner(strength=1.0, damping=0.1)
-    s = ncl_kfac_consolidate(tx.init(params), params, fac)
+    hp = dict(strength=1.0, damping=0.1)
+    s = ncl_kfac_consolidate(init_ncl_kfac(params), params, fac, **hp)
     assert_trees_close(s.factors["Dense_0"], fac["Dense_0"], rtol=1e-12)
-    s = ncl_kfac_consolidate(s, params, fac2, decay=0.7)
+    s = ncl_kfac_consolidate(s, params, fac2, decay=0.7, **hp)
     x, y = nearest_kronecker_sum(0.7 * fac["Dense_0"].A, fac["Dense_0"].G, fac2["Dense_0"].A,
                                  fac2["Dense_0"].G)
     np.testing.assert_allclose(jnp.kron(*s.factors["Dense_0"]), jnp.kron(x, y), rtol=1e-10)
@@ -221,32 +261,31 @@ def test_kfac_vmap_over_strength_and_no_recompile():
     params, fac, _ = _kfac_setup(jnp.float32)
     fac = {"Dense_0": KFACFactors(*(jnp.asarray(m, jnp.float32) for m in fac["Dense_0"]))}
     g = _params(jax.random.PRNGKey(2))
-    tx = ncl_kfac(0.1, damping=0.5)
+    tx = ncl_kfac(0.1)
 
     @jax.jit
     def make(lam):
-        return ncl_kfac_consolidate(set_strength(tx.init(params), lam), params, fac)
+        return ncl_kfac_consolidate(init_ncl_kfac(params), params, fac, strength=lam,
+                                    damping=0.5)
 
-    step = jax.jit(lambda state, p: tx.update(g, state, p)[0])
+    step = jax.jit(lambda prior, p: _update(tx, g, p, prior))
     lams = jnp.array([0.0, 1.0, 10.0])
     batched = jax.vmap(step, in_axes=(0, None))(jax.vmap(make)(lams), params)
     for k, lam in enumerate(lams):
-        assert_trees_close(jax.tree.map(lambda x: x[k], batched), step(make(float(lam)), params),
-               rtol=1e-4, atol=1e-5)
+        assert_trees_close(jax.tree.map(lambda x: x[k], batched), step(make(lam), params),
+                           rtol=1e-4, atol=1e-5)
     n = step._cache_size()
-    state = tx.init(params)
-    step(state, params)
-    boundary = jax.jit(lambda st, lam: ncl_kfac_consolidate(
-        set_damping(set_strength(st, lam), lam / 10), params, fac))
+    prior = init_ncl_kfac(params)
+    step(prior, params)
+    boundary = jax.jit(lambda st, lam: ncl_kfac_consolidate(st, params, fac, strength=lam,
+                                                            damping=lam / 10))
     for lam in (2.0, 3.0):
-        state = boundary(state, lam)
-        step(state, params)
-    assert step._cache_size() == n
+        prior = boundary(prior, lam)
+        step(prior, params)
+    assert step._cache_size() == n == 1 and boundary._cache_size() == 1
 
 
-def test_kfac_fused_gradient_equals_preconditioning_the_gradient(x64):
-    """ncl_kfac_value_and_grad + preconditioned_gradients=True gives the same trajectory as
-    jax.grad + the transform, before and after consolidations (vmapped over strength)."""
+def _mlp_problem():
     model = as_model(MLP((7, 6), 3))
     kx, ky, kp = jax.random.split(jax.random.PRNGKey(0), 3)
     x = jax.random.normal(kx, (10, 5), jnp.float64)
@@ -265,61 +304,205 @@ def test_kfac_fused_gradient_equals_preconditioning_the_gradient(x64):
             out[name] = KFACFactors(_spd(k1, n), _spd(k2, m))
         return out
 
-    def trajectory(fused, strength):
-        tx = ncl_kfac(0.05, strength=strength, damping=0.3, momentum=0.9,
-                      preconditioned_gradients=fused)
-        p, state = params, tx.init(params)
-        for t in range(2):
-            for _ in range(3):
-                g = (ncl_kfac_value_and_grad(lambda q: loss(q), state, p)[1] if fused
-                     else jax.grad(loss)(p))
-                updates, state = tx.update(g, state, p)
-                p = optax.apply_updates(p, updates)
-            state = ncl_kfac_consolidate(state, p, factors(10 * t))
-        return p
+    return model, x, params, loss, factors
 
-    fused = jax.jit(lambda s: trajectory(True, s))
+
+def test_kfac_fused_gradient_equals_preconditioning_the_gradient(x64):
+    """ncl_kfac_value_and_grad (with has_aux) + preconditioned_gradients=True gives the same
+    trajectory, losses and aux as jax.value_and_grad + the transform, before and after
+    consolidations, vmapped over a traced strength."""
+    model, x, params, loss, factors = _mlp_problem()
+
+    def loss_aux(q):
+        logits = model.logits_fn(q, {"x": x})
+        return loss(q), {"logits": logits}
+
+    def trajectory(fused, strength):
+        tx = ncl_kfac(0.05, momentum=0.9, preconditioned_gradients=fused)
+        p, opt_state, prior = params, tx.init(params), init_ncl_kfac(params)
+        values, logits = [], []
+
+        def step(carry, _):
+            p, opt_state = carry
+            if fused:
+                (v, aux), g = ncl_kfac_value_and_grad(loss_aux, prior, p, has_aux=True)
+            else:
+                (v, aux), g = jax.value_and_grad(loss_aux, has_aux=True)(p)
+            updates, opt_state = tx.update(g, opt_state, p, ncl_state=prior)
+            return (optax.apply_updates(p, updates), opt_state), (v, aux["logits"])
+
+        for t in range(2):   # two tasks of three steps; the second under the first's prior
+            (p, opt_state), (v, lg) = jax.lax.scan(step, (p, opt_state), None, length=3)
+            values.append(v)
+            logits.append(lg)
+            prior = ncl_kfac_consolidate(prior, p, factors(10 * t), strength=strength,
+                                         damping=0.3)
+        return p, jnp.concatenate(values), jnp.concatenate(logits)
+
+    # the fused path vmapped over a traced strength == the plain path called once per strength
+    lams = jnp.array([0.5, 4.0])
+    batched = jax.jit(jax.vmap(lambda s: trajectory(True, s)))(lams)
     plain = jax.jit(lambda s: trajectory(False, s))
-    for lam in (0.5, 4.0):
-        assert_trees_close(fused(lam), plain(lam), rtol=1e-9, atol=1e-12)
-    batched = jax.jit(jax.vmap(fused))(jnp.array([0.5, 4.0]))
-    assert_trees_close(jax.tree.map(lambda a: a[1], batched), plain(4.0), rtol=1e-9, atol=1e-12)
+    for k, lam in enumerate(lams):
+        assert_trees_close(jax.tree.map(lambda a: a[k], batched), plain(lam), rtol=1e-9,
+                           atol=1e-12)
+    assert plain._cache_size() == 1
+
+
+def test_kfac_value_and_grad_has_aux(x64):
+    """has_aux returns ((loss, aux), grad) with the same preconditioned gradient as without."""
+    params, fac, _ = _kfac_setup()
+    xin = jax.random.normal(jax.random.PRNGKey(5), (4, 3), jnp.float64)
+
+    def loss_aux(p, scale):
+        h = jnp.tanh(xin @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"])
+        return scale * (jnp.sum(h ** 2) + jnp.sum(p["scale"] ** 3)), {"h": h, "n": jnp.int32(4)}
+
+    @jax.jit
+    def run(p, prior):
+        plain = ncl_kfac_value_and_grad(lambda q, s: loss_aux(q, s)[0], prior, p, 2.0)
+        with_aux = ncl_kfac_value_and_grad(loss_aux, prior, p, 2.0, has_aux=True)
+        pre = _update(ncl_kfac_preconditioner(), jax.grad(lambda q: loss_aux(q, 2.0)[0])(p),
+                      p, prior)
+        return plain, with_aux, pre
+
+    for prior in (init_ncl_kfac(params),
+                  ncl_kfac_consolidate(init_ncl_kfac(params), params, fac, strength=2.0,
+                                       damping=0.3)):
+        (value, g), ((value_aux, aux), g_aux), pre = run(params, prior)
+        np.testing.assert_allclose(value_aux, value, rtol=1e-14)
+        np.testing.assert_allclose(value, loss_aux(params, 2.0)[0], rtol=1e-14)
+        assert_trees_close(g_aux, g, rtol=1e-14, atol=1e-15)
+        assert_trees_close(aux["h"], loss_aux(params, 2.0)[1]["h"], rtol=1e-14)
+        assert int(aux["n"]) == 4
+        assert_trees_close(g_aux, pre, rtol=1e-10, atol=1e-13)   # pull is 0: params == mean
+    with pytest.raises(ValueError, match="float scalar loss"):
+        ncl_kfac_value_and_grad(lambda q: (jnp.ones(2) * jnp.sum(q["scale"]), None),
+                                init_ncl_kfac(params), params, has_aux=True)
 
 
 def test_bad_inputs_raise():
     params, fac, _ = _kfac_setup(jnp.float32)
-    with pytest.raises(ValueError, match="strength"):
-        ncl_preconditioner(strength=-1.0)
-    with pytest.raises(ValueError, match="damping"):
-        ncl_preconditioner(damping=-1.0)
-    with pytest.raises(ValueError, match="damping"):
-        ncl_kfac_preconditioner(damping=-0.1)
     tx = ncl_preconditioner()
-    st = tx.init(params)
+    st = init_ncl(params)
+    hp = dict(strength=1.0, damping=0.5)
     with pytest.raises(ValueError, match="params"):
-        tx.update(params, st, None)
+        tx.update(params, tx.init(params), None, ncl_state=st)
+    with pytest.raises(ValueError, match="params"):
+        tx.update(params, tx.init(params), {"scale": params["scale"]}, ncl_state=st)
     with pytest.raises(ValueError, match="importance"):
-        ncl_consolidate(st, params, {"scale": params["scale"]})
-    with pytest.raises(ValueError, match="decay"):
-        ncl_consolidate(st, params, jax.tree.map(jnp.abs, params), decay=1.5)
-    with pytest.raises(ValueError, match="negative"):
-        ncl_consolidate(st, params, jax.tree.map(lambda p: -jnp.abs(p) - 1, params))
-    with pytest.raises(ValueError, match="damping"):
-        set_damping(st, -1.0)
-    ktx = ncl_kfac_preconditioner()
-    kst = ktx.init(params)
+        ncl_consolidate(st, params, {"scale": params["scale"]}, **hp)
     with pytest.raises(ValueError, match="params"):
-        ktx.update(params, kst, None)
+        ncl_consolidate(st, {"scale": params["scale"]}, jax.tree.map(jnp.abs, params), **hp)
+    with pytest.raises(ValueError, match="decay"):
+        ncl_consolidate(st, params, jax.tree.map(jnp.abs, params), decay=1.5, **hp)
+    with pytest.raises(ValueError, match="negative"):
+        ncl_consolidate(st, params, jax.tree.map(lambda p: -jnp.abs(p) - 1, params), **hp)
+    with pytest.raises(TypeError, match="strength"):    # required keyword arguments
+        ncl_consolidate(st, params, jax.tree.map(jnp.abs, params))
+    with pytest.raises(TypeError, match="damping"):
+        ncl_kfac_consolidate(init_ncl_kfac(params), params, fac, strength=1.0)
+    ktx = ncl_kfac_preconditioner()
+    kst = init_ncl_kfac(params)
+    with pytest.raises(ValueError, match="params"):
+        ktx.update(params, ktx.init(params), None, ncl_state=kst)
     with pytest.raises(ValueError, match="Dense_7"):
-        ncl_kfac_consolidate(kst, params, {"Dense_7": fac["Dense_0"]})
+        ncl_kfac_consolidate(kst, params, {"Dense_7": fac["Dense_0"]}, **hp)
     with pytest.raises(ValueError, match=r"factors\['Dense_0'\]"):
-        ncl_kfac_consolidate(kst, params, {"Dense_0": KFACFactors(jnp.eye(3), jnp.eye(2))})
+        ncl_kfac_consolidate(kst, params, {"Dense_0": KFACFactors(jnp.eye(3), jnp.eye(2))}, **hp)
+    with pytest.raises(TypeError, match="factors"):
+        ncl_kfac_consolidate(kst, params, [fac["Dense_0"]], **hp)
+    with pytest.raises(ValueError, match="decay"):
+        ncl_kfac_consolidate(kst, params, fac, decay=0.0, **hp)
     with pytest.raises(ValueError, match="layers"):
-        ncl_kfac_preconditioner(layers=["Dense_3"]).init(params)
-    with pytest.raises(ValueError, match="NCLDiagState"):
-        ncl_consolidate(kst, params, jax.tree.map(jnp.abs, params))
-    with pytest.raises(ValueError, match="NCLKFACState"):
-        ncl_kfac_value_and_grad(lambda p: jnp.sum(p["scale"]), st, params)
+        init_ncl_kfac(params, layers=["Dense_3"])
+    assert list(init_ncl_kfac(params, layers="Dense_0").inverse) == ["Dense_0"]
     with pytest.raises(TypeError, match="preconditioned_gradients"):
         ncl_kfac_preconditioner(preconditioned_gradients="yes")
-    assert isinstance(st, NCLDiagState) and isinstance(kst, NCLKFACState)
+    with pytest.raises(TypeError, match="preconditioned_gradients"):
+        ncl_kfac(0.1, preconditioned_gradients=1)
+
+
+def test_missing_or_wrong_state_raises():
+    params, fac, _ = _kfac_setup(jnp.float32)
+    st, kst = init_ncl(params), init_ncl_kfac(params)
+    imp = jax.tree.map(jnp.abs, params)
+    cases = [(ncl_preconditioner(), "NCLDiagState", kst), (ncl(0.1), "NCLDiagState", kst),
+             (ncl_kfac_preconditioner(), "NCLKFACState", st),
+             (ncl_kfac(0.1, preconditioned_gradients=True), "NCLKFACState", st)]
+    for tx, cls, wrong in cases:
+        opt_state = tx.init(params)
+        with pytest.raises(ValueError, match="ncl_state="):
+            tx.update(params, opt_state, params)
+        with pytest.raises(ValueError, match="ncl_state="):
+            tx.update(params, opt_state, params, penalty_state=init_penalty(params))
+        with pytest.raises(TypeError, match=f"ncl_state must be an? {cls}"):
+            tx.update(params, opt_state, params, ncl_state=wrong)
+    for wrong in (kst, init_penalty(params), ncl(0.1).init(params)):
+        with pytest.raises(TypeError, match="NCLDiagState"):
+            ncl_consolidate(wrong, params, imp, strength=1.0, damping=0.5)
+    for wrong in (st, init_penalty(params), ncl_kfac(0.1).init(params)):
+        with pytest.raises(TypeError, match="NCLKFACState"):
+            ncl_kfac_consolidate(wrong, params, fac, strength=1.0, damping=0.5)
+    with pytest.raises(TypeError, match="NCLKFACState"):
+        ncl_kfac_value_and_grad(lambda p: jnp.sum(p["scale"]), st, params)
+    with pytest.raises(ValueError, match="ncl_state="):
+        ncl_kfac_value_and_grad(lambda p: jnp.sum(p["scale"]), None, params)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_hyperparameters_importance_factors_params_rejected(bad):
+    params, fac, _ = _kfac_setup(jnp.float32)
+    fac = jax.tree.map(lambda m: m.astype(jnp.float32), fac)
+    st, kst = init_ncl(params), init_ncl_kfac(params)
+    imp = jax.tree.map(jnp.abs, params)
+    boundaries = [lambda **kw: ncl_consolidate(st, params, imp, **kw),
+                  lambda **kw: ncl_kfac_consolidate(kst, params, fac, **kw)]
+    for cons in boundaries:
+        for b in (bad, -bad, np.float32(bad), jnp.asarray(bad)):
+            with pytest.raises(ValueError, match="strength"):
+                cons(strength=b, damping=0.5)
+            with pytest.raises(ValueError, match="damping"):
+                cons(strength=1.0, damping=b)
+            with pytest.raises(ValueError, match="decay"):
+                cons(strength=1.0, damping=0.5, decay=b)
+    hp = dict(strength=1.0, damping=0.5)
+    with pytest.raises(FloatingPointError, match=r"importance\['scale'\]"):
+        ncl_consolidate(st, params, dict(imp, scale=imp["scale"].at[1].set(bad)), **hp)
+    bad_params = dict(params, scale=params["scale"].at[0].set(bad))
+    with pytest.raises(FloatingPointError, match=r"params\['scale'\]"):
+        ncl_consolidate(st, bad_params, imp, **hp)
+    with pytest.raises(FloatingPointError, match=r"params\['scale'\]"):
+        ncl_kfac_consolidate(kst, bad_params, fac, **hp)
+    bad_fac = {"Dense_0": KFACFactors(fac["Dense_0"].A.at[0, 3].set(bad), fac["Dense_0"].G)}
+    with pytest.raises(FloatingPointError, match=r"factors\['Dense_0'\]"):
+        ncl_kfac_consolidate(kst, params, bad_fac, **hp)
+
+
+@pytest.mark.parametrize("damping", [0.0, -0.1, np.float32(0.0), jnp.zeros(())])
+def test_damping_must_be_positive_and_strength_nonnegative(damping):
+    params, fac, _ = _kfac_setup(jnp.float32)
+    fac = jax.tree.map(lambda m: m.astype(jnp.float32), fac)
+    imp = jax.tree.map(jnp.abs, params)
+    with pytest.raises(ValueError, match="damping must be > 0"):
+        ncl_consolidate(init_ncl(params), params, imp, strength=1.0, damping=damping)
+    with pytest.raises(ValueError, match="damping must be > 0"):
+        ncl_kfac_consolidate(init_ncl_kfac(params), params, fac, strength=1.0, damping=damping)
+    with pytest.raises(ValueError, match="strength must be >= 0"):
+        ncl_consolidate(init_ncl(params), params, imp, strength=-1.0, damping=0.5)
+    with pytest.raises(ValueError, match="strength must be >= 0"):
+        ncl_kfac_consolidate(init_ncl_kfac(params), params, fac, strength=-1.0, damping=0.5)
+
+
+def test_non_numeric_hyperparameters_are_type_errors():
+    params, fac, _ = _kfac_setup(jnp.float32)
+    fac = jax.tree.map(lambda m: m.astype(jnp.float32), fac)
+    imp = jax.tree.map(jnp.abs, params)
+    for cons in (lambda **kw: ncl_consolidate(init_ncl(params), params, imp, **kw),
+                 lambda **kw: ncl_kfac_consolidate(init_ncl_kfac(params), params, fac, **kw)):
+        with pytest.raises(TypeError, match="strength"):
+            cons(strength="abc", damping=0.5)
+        with pytest.raises(TypeError, match="damping"):
+            cons(strength=1.0, damping="abc")
+        with pytest.raises(TypeError, match="decay"):
+            cons(strength=1.0, damping=0.5, decay="abc")

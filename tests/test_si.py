@@ -5,9 +5,9 @@ import numpy as np
 import optax
 import pytest
 
-from cljax.importance import (PathIntegralState, WithPathIntegralState, get_path_integral,
-                              reset_path_integral, si_importance, track_path_integral,
-                              with_path_integral)
+from cljax.importance import (PathIntegralState, WithPathIntegralState,
+                              accumulate_path_integral, get_path_integral, reset_path_integral,
+                              si_importance, track_path_integral, with_path_integral)
 
 # numpy float64 constants: jnp converts them to float64 inside the x64 fixture
 H_DIAG = {"a": np.array([0.5, 1.0, 2.0]), "b": np.array([[0.2, 1.5]])}
@@ -142,3 +142,25 @@ def test_si_end_to_end_importance_on_quadratic(x64):
                        closed_form_omega(lr, steps), H_DIAG, C, THETA0)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(exp)):
         np.testing.assert_allclose(a, b, rtol=1e-10)
+
+
+def test_accumulate_path_integral_is_omega_minus_grad_times_update(x64):
+    """The public step ω ← ω − g·Δθ, elementwise, in ω's dtypes; the optax forms use it."""
+    rng = np.random.default_rng(0)
+    omega = {"a": jnp.asarray(rng.normal(size=3), jnp.float32),
+             "b": jnp.asarray(rng.normal(size=(1, 2)))}
+    grads = {"a": jnp.asarray(rng.normal(size=3)), "b": jnp.asarray(rng.normal(size=(1, 2)))}
+    updates = {"a": jnp.asarray(rng.normal(size=3)), "b": jnp.asarray(rng.normal(size=(1, 2)))}
+    got = accumulate_path_integral(omega, grads, updates)
+    assert got["a"].dtype == jnp.float32 and got["b"].dtype == jnp.float64
+    np.testing.assert_allclose(got["a"], np.asarray(omega["a"]) - np.asarray(grads["a"]) *
+                               np.asarray(updates["a"]), rtol=1e-6)
+    np.testing.assert_allclose(got["b"], omega["b"] - grads["b"] * updates["b"], rtol=1e-15)
+    jitted = jax.jit(accumulate_path_integral)(omega, grads, updates)
+    for a, b in zip(jax.tree.leaves(jitted), jax.tree.leaves(got)):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    # track_path_integral is exactly this step
+    tx = track_path_integral()
+    _, state = tx.update(updates, PathIntegralState(omega), None, task_grads=grads)
+    for a, b in zip(jax.tree.leaves(state.omega), jax.tree.leaves(got)):
+        np.testing.assert_array_equal(a, b)
