@@ -90,31 +90,43 @@ def _numeric(value: Any, name: str) -> np.ndarray:
     return arr
 
 
-def check_nonnegative(value: Any, *, name: str) -> None:
+def _check_scalar(value: Any, name: str, scalar: bool) -> None:
+    if scalar and jnp.ndim(value) != 0:
+        raise ValueError(f"{name} must be a scalar (one value; under vmap, one per run); got "
+                         f"shape {jnp.shape(value)}")
+
+
+def check_nonnegative(value: Any, *, name: str, scalar: bool = False) -> None:
     """A concrete scalar/array hyperparameter that is a finite number ≥ 0 (NaN and inf fail;
-    skipped for traced values)."""
+    skipped for traced values); with ``scalar``, also of shape ``()``."""
     if is_concrete(value):
         arr = _numeric(value, name)
+        _check_scalar(arr, name, scalar)
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{name} must be finite; got {value}")
         if np.any(arr < 0):
             raise ValueError(f"{name} must be >= 0; got {value}")
 
 
-def check_positive(value: Any, *, name: str) -> None:
-    """A concrete scalar/array that is a finite number > 0 (skipped for traced values)."""
+def check_positive(value: Any, *, name: str, scalar: bool = False) -> None:
+    """A concrete scalar/array that is a finite number > 0 (skipped for traced values); with
+    ``scalar``, also of shape ``()``."""
     if is_concrete(value):
         arr = _numeric(value, name)
+        _check_scalar(arr, name, scalar)
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{name} must be finite; got {value}")
         if np.any(arr <= 0):
             raise ValueError(f"{name} must be > 0; got {value}")
 
 
-def check_in_unit_interval(value: Any, *, name: str, closed_left: bool = False) -> None:
-    """A concrete scalar/array in (0, 1] (or [0, 1] with ``closed_left``); NaN fails."""
+def check_in_unit_interval(value: Any, *, name: str, closed_left: bool = False,
+                           scalar: bool = False) -> None:
+    """A concrete scalar/array in (0, 1] (or [0, 1] with ``closed_left``); NaN fails; with
+    ``scalar``, also of shape ``()``."""
     if is_concrete(value):
         arr = _numeric(value, name)
+        _check_scalar(arr, name, scalar)
         low_ok = arr >= 0 if closed_left else arr > 0
         if not np.all(low_ok & (arr <= 1)):
             raise ValueError(f"{name} must lie in {'[' if closed_left else '('}0, 1]; got {value}")

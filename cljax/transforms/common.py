@@ -21,7 +21,7 @@ def float_dtype() -> Any:
 
 def check_decay(decay: Any) -> None:
     """γ ∈ (0, 1] for concrete values (shared by the penalty and NCL families)."""
-    check_in_unit_interval(decay, name="decay")
+    check_in_unit_interval(decay, name="decay", scalar=True)
 
 
 def check_importance_values(importance: Importance, *, name: str = "importance") -> None:

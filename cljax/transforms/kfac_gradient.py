@@ -149,6 +149,9 @@ def kfac_preconditioned_value_and_grad(
     def wrapped(p: Params) -> Any:
         with nn.intercept_methods(interceptor):
             result = fun(p, *args)
+        if has_aux and not (isinstance(result, tuple) and len(result) == 2):
+            raise ValueError("with has_aux=True, fun must return a pair (loss, aux); got "
+                             f"{type(result).__name__}")
         out = result[0] if has_aux else result
         if jnp.shape(out) != () or not jnp.issubdtype(jnp.result_type(out), jnp.floating):
             raise ValueError(f"fun must return a float scalar loss{' (and aux)' if has_aux else ''};"

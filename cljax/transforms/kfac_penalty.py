@@ -234,7 +234,7 @@ def kfac_penalty(*, strength: float | Array = 1.0) -> optax.GradientTransformati
     multiply-adds); with ``num_slots > 1`` the products run in a loop over the ``count`` filled
     slots only, so unfilled slots add no matmuls (not benchmarked separately).
     """
-    check_nonnegative(strength, name="strength")
+    check_nonnegative(strength, name="strength", scalar=True)
 
     def init_fn(params: Params) -> optax.EmptyState:
         del params
@@ -344,7 +344,7 @@ def kfac_penalty_loss(state: KFACPenaltyState, params: Params, *,
     """``(λ/2) Σ_s Σ_l tr(ΔW̄ᵀ A ΔW̄ G)`` of a :class:`KFACPenaltyState` at ``params``."""
     if not isinstance(state, KFACPenaltyState):
         raise TypeError(f"state must be a KFACPenaltyState; got {type(state).__name__}")
-    check_nonnegative(strength, name="strength")
+    check_nonnegative(strength, name="strength", scalar=True)
     _check_params(state, params)
     total = jnp.zeros((), float_dtype())
     for name, f in state.factors.items():

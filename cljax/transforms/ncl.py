@@ -76,8 +76,8 @@ def _active(count: Array, dtype: Any) -> Array:
 
 
 def _check_prior_hparams(strength: Any, damping: Any) -> None:
-    check_nonnegative(strength, name="strength")
-    check_positive(damping, name="damping")
+    check_nonnegative(strength, name="strength", scalar=True)
+    check_positive(damping, name="damping", scalar=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ def quadratic_penalty(*, strength: float | Array = 1.0) -> optax.GradientTransfo
       :class:`QuadraticPenaltyState`; the transform's own state is empty. Per step: one fused
       multiply-add per parameter.
     """
-    check_nonnegative(strength, name="strength")
+    check_nonnegative(strength, name="strength", scalar=True)
 
     def init_fn(params: Params) -> optax.EmptyState:
         del params
@@ -211,7 +211,7 @@ def penalty_loss(state: QuadraticPenaltyState, params: Params, *,
     """
     if not isinstance(state, QuadraticPenaltyState):
         raise TypeError(f"state must be a QuadraticPenaltyState; got {type(state).__name__}")
-    check_nonnegative(strength, name="strength")
+    check_nonnegative(strength, name="strength", scalar=True)
     check_same_structure(params, state.anchor, name="params", reference_name="state.anchor")
     terms = jax.tree.map(lambda p, a, o: jnp.sum(o * (p - a) ** 2).astype(state.offset.dtype),
                          params, state.anchor, state.importance)
