@@ -11,60 +11,10 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import ast
-import importlib.util
 import pathlib
 import sys
 
-
-def load_config(path: str) -> dict:
-    """Import a config file and call its ``get_config()``."""
-    p = pathlib.Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"config file {path!r} does not exist")
-    spec = importlib.util.spec_from_file_location(f"cljax_config_{p.stem}", p)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise AttributeError(f"config file {path!r} defines no get_config()")
-    return module.get_config()
-
-
-def _parse_value(text: str):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def apply_override(config: dict, assignment: str) -> None:
-    """Apply ``dotted.key=value`` (value parsed as a Python literal, else a string)."""
-    if "=" not in assignment:
-        raise ValueError(f"--set expects key=value; got {assignment!r}")
-    key, value = assignment.split("=", 1)
-    *parents, leaf = key.strip().split(".")
-    node = config
-    for part in parents:
-        if not isinstance(node.get(part), dict):
-            raise KeyError(f"--set {key}: {part!r} is not a section of the config")
-        node = node[part]
-    if leaf not in node and parents == []:
-        raise KeyError(f"--set {key}: the config has no key {leaf!r}; keys are {sorted(node)}")
-    node[leaf] = _parse_value(value)
-
-
-def parse_sweep(spec: str) -> tuple[str, list[float]]:
-    """``"strength=1e2,1e3"`` → ``("strength", [100.0, 1000.0])``."""
-    if "=" not in spec:
-        raise ValueError(f"--sweep expects name=v1,v2,...; got {spec!r}")
-    name, text = spec.split("=", 1)
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as e:
-        raise ValueError(f"--sweep {name}: values must be numbers; got {text!r}") from e
-    if not values:
-        raise ValueError(f"--sweep {name}: no values given")
-    return name.strip(), values
+from cljax.config import apply_assignment, load_config, parse_sweep
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps is not None:
         config["epochs"] = None  # an explicit step count wins over epochs
     for assignment in args.set:
-        apply_override(config, assignment)
+        apply_assignment(config, assignment)
     for spec in args.sweep:
         name, values = parse_sweep(spec)
         config.setdefault("sweep", {})[name] = values
@@ -118,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         def progress_factory(name, total):
             return tqdm(total=total, unit="step", desc=f"{name}-IL", leave=False, file=sys.stderr)
 
-    results = run_experiment(config, progress_factory=progress_factory)
+    results = run_experiment(config, progress_factory=progress_factory,
+                             on_scenario=lambda partial: write_outputs(partial, workdir))
     out = write_outputs(results, workdir)
     print(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} in {out}")
     print((out / "report.md").read_text())

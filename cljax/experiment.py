@@ -1,19 +1,27 @@
-"""Run a configured CL experiment end to end: data → vmapped training over seeds → metrics.
+"""Run a configured CL experiment end to end: build → run → summarise.
 
 A config is a plain dict (see ``experiments/configs/*.py``, each with ``get_config()``). The keys:
 
 ``dataset`` (tfds name), ``stream`` ('split' | 'permuted' | 'rotated'), ``stream_options`` (kwargs
-of the stream builder), ``scenarios`` (subset of 'task', 'domain', 'class'), ``model``
-(``{'kind': 'mlp', 'widths': [...], 'dropout': p}`` or ``{'kind': 'cnn', ...}``), ``optimizer``
-(``{'name': 'adam' | 'sgd', 'learning_rate': ..., ...}``), ``steps`` (per task), ``batch_size``,
-``method``, ``method_options`` (the method's static settings, e.g. ``{"fisher": "true"}``),
-``hparams`` (the method's hyperparameters, scalars), ``sweep`` (``{name: [values]}``: every
-combination × every seed runs as one vmapped program), ``seeds``, ``seed``, ``eval_chunk``,
-``reset_optimizer``, ``data_dir``, ``epochs`` (if set, replaces ``steps``: epochs over the
-largest task's training set), ``analysis`` (None or ``"flatness"``: keep θ*_t and report
-λ_max per task and the forgetting bound, see :mod:`cljax.analysis`), ``analysis_options``, and
-``regimes`` (``{name: {dotted.key: value}}``: run the experiment once per regime, e.g. Mirzadeh
-et al.'s "naive" and "stable" training regimes, and report them side by side).
+of the stream builder), ``features`` (None, or ``{"pretrain": {...}, "cache_dir": ...}``: replace
+every image by the features of a frozen encoder pre-trained once and cached,
+:mod:`cljax.pretrain`), ``scenarios`` (subset of 'task', 'domain', 'class'), ``model``
+(``{'kind': <a name of MODELS>, ...its keyword arguments}``), ``optimizer`` (``{'name': <any
+optax optimizer, e.g. 'adam', 'sgd', 'adamw'>, 'learning_rate': ..., ...its keyword arguments}``,
+plus ``task_decay`` / ``min_learning_rate``), ``steps`` (per task), ``batch_size``, ``method``,
+``method_options`` (the method's static settings, e.g. ``{"fisher": "true"}``,
+``{"per_class": 100}``), ``hparams`` (the method's hyperparameters, scalars), ``sweep``
+(``{name: [values]}``: every combination × every seed runs as one vmapped program), ``seeds``,
+``seed``, ``eval_chunk``, ``reset_optimizer``, ``data_dir``, ``epochs`` (if set, replaces
+``steps``: epochs over the largest task's training set), ``analysis`` (None or ``"flatness"``:
+keep θ*_t and report λ_max per task and the forgetting bound, see :mod:`cljax.analysis`),
+``analysis_options``, and ``regimes`` (``{name: {dotted.key: value}}``: run the experiment once
+per regime, e.g. Mirzadeh et al.'s "naive" and "stable" training regimes, and report them side
+by side).
+
+The three stages are public: :func:`build_scenario` (stream, scenario, model, method, trainer
+and device data), :func:`run_scenario` (the vmapped runs) and :func:`summarise_scenario` (the
+results entry); :func:`run_experiment` chains them over the config's scenarios.
 """
 from __future__ import annotations
 
@@ -22,20 +30,38 @@ import itertools
 import platform
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
 import optax
 
 from cljax import metrics
-from cljax.data import SCENARIOS, load_stream, make_scenario
-from cljax.methods import get_method
-from cljax.nn import CNN, MLP, as_model
-from cljax.training import make_batch, make_trainer, prepare_data, run_stream
+from cljax.config import apply_override
+from cljax.data import SCENARIOS, TaskStream, load_stream, make_scenario
+from cljax.methods import Method, get_method
+from cljax.nn import CNN, MLP, AlexNet, ResNet18, as_model
+from cljax.nn.model import Model
+from cljax.training import (StreamData, StreamResult, Trainer, make_batch, make_trainer,
+                            prepare_data, run_stream)
 
 REQUIRED_KEYS = ("dataset", "stream", "scenarios", "model", "optimizer", "steps", "batch_size",
                  "method", "seeds")
+
+MODELS: dict[str, Callable[..., Any]] = {"mlp": MLP, "cnn": CNN, "alexnet": AlexNet,
+                                          "resnet18": ResNet18}
+"""Model kinds of the config's ``model`` entry: flax modules built as
+``MODELS[kind](num_outputs=..., num_heads=..., **rest)`` (lists become tuples)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Config validation (overrides: cljax.config.apply_override)
+# --------------------------------------------------------------------------------------------
+
+def _positive_number(value: Any, what: str) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value) \
+            or value <= 0:
+        raise ValueError(f"{what} must be a positive finite number; got {value!r}")
 
 
 def validate_config(config: dict) -> dict:
@@ -46,18 +72,12 @@ def validate_config(config: dict) -> dict:
     if missing:
         raise KeyError(f"config is missing {missing}")
     cfg = copy.deepcopy(config)
-    cfg.setdefault("stream_options", {})
-    cfg.setdefault("hparams", {})
-    cfg.setdefault("method_options", {})
-    cfg.setdefault("sweep", {})
-    cfg.setdefault("seed", 0)
-    cfg.setdefault("eval_chunk", 1000)
-    cfg.setdefault("reset_optimizer", False)
-    cfg.setdefault("data_dir", None)
-    cfg.setdefault("epochs", None)
-    cfg.setdefault("analysis", None)
-    cfg.setdefault("analysis_options", {})
-    cfg.setdefault("regimes", {})
+    for key, default in (("stream_options", {}), ("hparams", {}), ("method_options", {}),
+                         ("sweep", {}), ("seed", 0), ("eval_chunk", 1000),
+                         ("reset_optimizer", False), ("data_dir", None), ("epochs", None),
+                         ("analysis", None), ("analysis_options", {}), ("regimes", {}),
+                         ("features", None)):
+        cfg.setdefault(key, default)
     if cfg["analysis"] not in (None, "flatness"):
         raise ValueError(f"config['analysis'] must be None or 'flatness'; got {cfg['analysis']!r}")
     if isinstance(cfg["scenarios"], str):
@@ -66,9 +86,11 @@ def validate_config(config: dict) -> dict:
     bad = [s for s in cfg["scenarios"] if s not in SCENARIOS]
     if bad or not cfg["scenarios"]:
         raise ValueError(f"scenarios must be a non-empty subset of {SCENARIOS}; got {cfg['scenarios']}")
-    for key in ("steps", "batch_size", "seeds"):
+    for key in ("steps", "batch_size", "seeds", "eval_chunk"):
         if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
             raise ValueError(f"config[{key!r}] must be a positive int; got {cfg[key]!r}")
+    if cfg["epochs"] is not None:
+        _positive_number(cfg["epochs"], "config['epochs']")
     method = get_method(cfg["method"], **cfg["method_options"])  # raises on unknown names
     known = set(method.default_hparams)
     for source in ("hparams", "sweep"):
@@ -87,24 +109,58 @@ def validate_config(config: dict) -> dict:
     for name, v in cfg["hparams"].items():
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v) or v < 0:
             raise ValueError(f"config['hparams'][{name!r}] must be a finite number >= 0; got {v!r}")
-    if cfg["model"].get("kind") not in ("mlp", "cnn"):
-        raise ValueError(f"config['model']['kind'] must be 'mlp' or 'cnn'; got {cfg['model'].get('kind')!r}")
+    make_model(cfg["model"], num_outputs=2, num_heads=1)      # raises on bad models
     make_optimizer(cfg["optimizer"], steps_per_task=cfg["steps"])
+    if cfg["features"] is not None:
+        _features_config(cfg["features"])
     return cfg
 
 
-def make_optimizer(spec: dict, *, steps_per_task: int) -> optax.GradientTransformation:
-    """An optax optimizer from ``{'name': 'adam'|'sgd', 'learning_rate': lr, ...}``.
+# --------------------------------------------------------------------------------------------
+# Registries: models and optimizers by name
+# --------------------------------------------------------------------------------------------
 
+def _hashable(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    return value
+
+
+def make_model(spec: dict, *, num_outputs: int, num_heads: int) -> Model:
+    """The :class:`cljax.nn.Model` of ``{'kind': <MODELS name>, ...keyword arguments}``."""
+    if not isinstance(spec, dict) or "kind" not in spec:
+        raise ValueError(f"config['model'] must be a dict with 'kind' (one of {sorted(MODELS)}); "
+                         f"got {spec!r}")
+    spec = dict(spec)
+    kind = spec.pop("kind")
+    if kind not in MODELS:
+        raise ValueError(f"config['model']['kind'] must be one of {sorted(MODELS)}; got {kind!r}")
+    kwargs = {k: _hashable(v) for k, v in spec.items()}
+    try:
+        module = MODELS[kind](num_outputs=num_outputs, num_heads=num_heads, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"config['model'] {spec}: bad arguments for {kind!r}: {e}") from e
+    return as_model(module)
+
+
+def make_optimizer(spec: dict, *, steps_per_task: int) -> optax.GradientTransformation:
+    """An optax optimizer from ``{'name': <optax alias>, 'learning_rate': lr, ...kwargs}``.
+
+    ``name`` is any optax optimizer alias (``adam``, ``sgd``, ``adamw``, ``rmsprop``, …).
     ``task_decay: γ`` (with optional ``min_learning_rate``) decays the learning rate per task,
     lr·γ^t floored at the minimum (Mirzadeh et al. 2020): a schedule of the optimizer's step
     count, so nothing recompiles between tasks. Other keys go to the optax constructor.
     """
+    if not isinstance(spec, dict):
+        raise ValueError(f"config['optimizer'] must be a dict; got {spec!r}")
     spec = dict(spec)
     name = spec.pop("name", None)
+    factory = getattr(optax, name, None) if isinstance(name, str) else None
+    if not callable(factory) or name.startswith("_") or isinstance(factory, type):
+        raise ValueError(f"optimizer name must be an optax optimizer (e.g. 'adam', 'sgd', "
+                         f"'adamw'); got {name!r}")
     lr = spec.pop("learning_rate", None)
-    if not isinstance(lr, (int, float)) or lr <= 0:
-        raise ValueError(f"optimizer learning_rate must be a positive number; got {lr!r}")
+    _positive_number(lr, "optimizer learning_rate")
     decay = spec.pop("task_decay", None)
     floor = spec.pop("min_learning_rate", 0.0)
     if decay is not None:
@@ -114,19 +170,13 @@ def make_optimizer(spec: dict, *, steps_per_task: int) -> optax.GradientTransfor
 
         def lr(count):  # noqa: F811 — the schedule replaces the constant
             return jax.numpy.maximum(base_lr * decay ** (count // steps_per_task), floor)
-    if name == "adam":
-        return optax.adam(lr, **spec)
-    if name == "sgd":
-        return optax.sgd(lr, **spec)
-    raise ValueError(f"optimizer name must be 'adam' or 'sgd'; got {name!r}")
-
-
-def make_model(spec: dict, *, num_outputs: int, num_heads: int):
-    spec = dict(spec)
-    kind = spec.pop("kind")
-    module = (MLP(tuple(spec.pop("widths")), num_outputs, num_heads=num_heads, **spec)
-              if kind == "mlp" else CNN(num_outputs, num_heads=num_heads, **spec))
-    return as_model(module)
+    try:
+        tx = factory(lr, **spec)
+    except TypeError as e:
+        raise ValueError(f"config['optimizer']: bad arguments for optax.{name}: {e}") from e
+    if not isinstance(tx, optax.GradientTransformation):
+        raise ValueError(f"optax.{name} is not an optimizer (it returned {type(tx).__name__})")
+    return tx
 
 
 def versions() -> dict:
@@ -201,115 +251,201 @@ def flatness_analysis(model, data, task_params, *, runs, seed: int, log=print,
     return {"curvature": curvature, "data": "test set of each task", "runs": out}
 
 
+def _features_config(spec: Any):
+    """Validate ``config['features']``: ``{"pretrain": {PretrainConfig fields}, "cache_dir"}``."""
+    from cljax.pretrain import PretrainConfig
+
+    if not isinstance(spec, dict) or set(spec) - {"pretrain", "cache_dir"}:
+        raise ValueError("config['features'] must be None or a dict with 'pretrain' (the "
+                         "pre-training settings) and 'cache_dir'; got " + repr(spec))
+    try:
+        return PretrainConfig(**{k: _hashable(v) for k, v in spec.get("pretrain", {}).items()})
+    except TypeError as e:
+        raise ValueError(f"config['features']['pretrain']: {e}") from e
+
+
+def load_experiment_stream(cfg: dict, *, log: Callable[[str], None] = print
+                           ) -> tuple[TaskStream, dict]:
+    """The config's task stream (encoded by the cached pre-trained encoder when
+    ``cfg['features']`` is set) and a dict of what loading it took."""
+    t0 = time.perf_counter()
+    stream = load_stream(cfg["dataset"], cfg["stream"], data_dir=cfg["data_dir"],
+                         **cfg["stream_options"])
+    info = {"load_seconds": time.perf_counter() - t0}
+    log(f"loaded {stream.name}: {stream.num_tasks} tasks, train sizes {stream.train.n.tolist()} "
+        f"({info['load_seconds']:.1f} s)")
+    if cfg["features"] is not None:
+        from cljax.pretrain import encode_stream, pretrained_encoder
+
+        pre = _features_config(cfg["features"])
+        t1 = time.perf_counter()
+        variables, report = pretrained_encoder(pre, cache_dir=cfg["features"].get(
+            "cache_dir", "runs/cache"), data_dir=cfg["data_dir"], log=log)
+        stream = encode_stream(stream, variables, dataset=cfg["dataset"], channels=pre.channels,
+                               depth=pre.depth)
+        info.update(pretrain=report, encode_seconds=time.perf_counter() - t1)
+        log(f"encoded with the frozen encoder (pre-training held-out accuracy "
+            f"{100 * report['holdout_accuracy']:.2f} %): features {stream.input_shape}")
+    return stream, info
+
+
+class ScenarioSetup(NamedTuple):
+    """What :func:`build_scenario` builds for one scenario."""
+
+    name: str
+    scenario: Any
+    model: Model
+    method: Method
+    trainer: Trainer
+    data: StreamData
+
+
+class SweepPlan(NamedTuple):
+    """The vmapped runs of a config: run g·S + s = grid point g with seed s."""
+
+    grid: list[dict]
+    seeds: int
+    keys: Any
+    hparams: dict
+
+
+def plan_runs(cfg: dict, method: Method) -> SweepPlan:
+    """Every sweep point × every seed as one batch of runs (every point sees the same seeds)."""
+    grid = sweep_grid({**method.default_hparams, **cfg["hparams"]}, cfg["sweep"])
+    S, G = cfg["seeds"], len(grid)
+    keys = jax.random.split(jax.random.key(cfg["seed"]), S)
+    keys = jax.numpy.concatenate([keys] * G)
+    hparams = {name: np.repeat([point[name] for point in grid], S) for name in grid[0]}
+    return SweepPlan(grid, S, keys, hparams)
+
+
+def build_scenario(cfg: dict, stream: TaskStream, name: str) -> ScenarioSetup:
+    """Stage 1 (build): scenario, model, method, trainer and device data of scenario ``name``."""
+    scenario = make_scenario(stream, name)
+    model = make_model(cfg["model"], num_outputs=scenario.num_outputs,
+                       num_heads=scenario.num_heads)
+    method = get_method(cfg["method"], **cfg["method_options"])
+    trainer = make_trainer(model, method, optimizer=make_optimizer(
+        cfg["optimizer"], steps_per_task=cfg["steps"]), batch_size=cfg["batch_size"],
+        eval_chunk=cfg["eval_chunk"], reset_optimizer=cfg["reset_optimizer"])
+    data = prepare_data(stream, scenario, eval_chunk=cfg["eval_chunk"])
+    return ScenarioSetup(name, scenario, model, method, trainer, data)
+
+
+def run_scenario(cfg: dict, setup: ScenarioSetup, plan: SweepPlan, *,
+                 progress_factory: Callable | None = None) -> StreamResult:
+    """Stage 2 (run): every run of ``plan`` over the stream, as one vmapped program."""
+    T = setup.data.train.n.shape[0]
+    bar = progress_factory(setup.name, T * cfg["steps"]) if progress_factory else None
+    callback = None
+    if bar is not None:
+        last = {"t": -1, "done": 0}
+
+        def callback(task, done, total):
+            delta = done - (last["done"] if last["t"] == task else 0)
+            last.update(t=task, done=done)
+            bar.set_description(f"{setup.name}-IL task {task + 1}/{T}")
+            bar.update(delta)
+    try:
+        return run_stream(setup.trainer, setup.data, num_steps=cfg["steps"], keys=plan.keys,
+                          hparams=plan.hparams, steps_per_call=250 if bar is not None else None,
+                          progress=callback, keep_params=cfg["analysis"] == "flatness",
+                          on_nonfinite="mark")
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def summarise_scenario(cfg: dict, setup: ScenarioSetup, plan: SweepPlan, res: StreamResult, *,
+                       log: Callable[[str], None] = print) -> dict:
+    """Stage 3 (summarise): the results entry of one scenario — per sweep point the matrices
+    and metrics (mean ± SEM over the seeds that did not diverge), the best point, the analysis."""
+    S, G = plan.seeds, len(plan.grid)
+    points = []
+    for g, point in enumerate(plan.grid):
+        runs = slice(g * S, (g + 1) * S)
+        gone = [{"seed": s, "task": int(res.diverged[g * S + s, 0]),
+                 "step": int(res.diverged[g * S + s, 1])}
+                for s in range(S) if res.diverged[g * S + s, 0] >= 0]
+        ok = np.flatnonzero(res.diverged[runs, 0] < 0)
+        summary = summarise_finite(res.accuracy[runs][ok], res.init_accuracy[runs][ok])
+        log(f"{setup.name}-IL {point}: ACC {100 * summary['acc']['mean']:.2f} ± "
+            f"{100 * summary['acc']['sem']:.2f} over {len(ok)} seed(s)"
+            + (f"; DIVERGED (non-finite loss): {gone}" if gone else ""))
+        points.append({
+            "hparams": point,
+            "accuracy": res.accuracy[runs].tolist(), "loss": res.loss[runs].tolist(),
+            "init_accuracy": res.init_accuracy[runs].tolist(),
+            "init_loss": res.init_loss[runs].tolist(),
+            "final_train_loss": res.train_loss[runs, :, -50:].mean(-1).tolist(),
+            "metrics": summary,
+            "loss_metrics": summarise_finite(res.loss[runs][ok], res.init_loss[runs][ok]),
+            "diverged": gone})
+    log(f"{setup.name}-IL: {G * S} vmapped run(s); compile "
+        f"{res.timings['compile_seconds']:.1f} s, train+eval {res.timings['run_seconds']:.1f} s")
+    # Best: fewest diverged runs first (an unstable point is never preferred), then ACC.
+    best = max(range(G), key=lambda g: (-len(points[g]["diverged"]),
+                                        np.nan_to_num(points[g]["metrics"]["acc"]["mean"],
+                                                      nan=-np.inf)))
+    entry = {"num_heads": setup.scenario.num_heads, "num_outputs": setup.scenario.num_outputs,
+             **points[best], "timings": res.timings}
+    if cfg["sweep"]:
+        entry["best_hparams"] = points[best]["hparams"]
+        entry["sweep"] = points
+    if cfg["analysis"] == "flatness":
+        entry["analysis"] = flatness_analysis(setup.model, setup.data, res.task_params,
+                                              runs=range(best * S, best * S + S),
+                                              seed=cfg["seed"], log=log,
+                                              **cfg["analysis_options"])
+    return entry
+
+
 def run_experiment(config: dict, *, progress_factory: Callable | None = None,
-                   log: Callable[[str], None] = print) -> dict:
+                   log: Callable[[str], None] = print,
+                   on_scenario: Callable[[dict], None] | None = None) -> dict:
     """Run every scenario of ``config`` (and every regime); return the results dict written to
-    ``results.json``."""
+    ``results.json``. ``on_scenario(results)`` is called after each finished scenario with the
+    results so far (the CLI writes them out)."""
     cfg = validate_config(config)
     if cfg["regimes"]:
         out = {"config": cfg, "versions": versions(), "regimes": {}}
         for regime, overrides in cfg["regimes"].items():
             sub = copy.deepcopy({k: v for k, v in cfg.items() if k != "regimes"})
             for dotted, value in overrides.items():
-                *parents, leaf = dotted.split(".")
-                node = sub
-                for part in parents:
-                    node = node[part]
-                node[leaf] = value
+                apply_override(sub, dotted, value)
             log(f"regime {regime}: {overrides}")
+
+            def partial(results, regime=regime):
+                if on_scenario is not None:
+                    on_scenario({**out, "regimes": {**out["regimes"], regime: results}})
+
             out["regimes"][regime] = run_experiment(sub, progress_factory=progress_factory,
-                                                    log=log)
+                                                    log=log, on_scenario=partial)
         return out
     t0 = time.perf_counter()
-    stream = load_stream(cfg["dataset"], cfg["stream"], data_dir=cfg["data_dir"],
-                         **cfg["stream_options"])
-    load_seconds = time.perf_counter() - t0
-    log(f"loaded {stream.name}: {stream.num_tasks} tasks, train sizes {stream.train.n.tolist()} "
-        f"({load_seconds:.1f} s)")
+    stream, load_info = load_experiment_stream(cfg, log=log)
     if cfg["epochs"] is not None:
-        if not isinstance(cfg["epochs"], (int, float)) or cfg["epochs"] <= 0:
-            raise ValueError(f"config['epochs'] must be a positive number; got {cfg['epochs']!r}")
         cfg["steps"] = max(1, int(np.ceil(cfg["epochs"] * int(stream.train.n.max())
                                           / cfg["batch_size"])))
         log(f"{cfg['epochs']} epoch(s) of {int(stream.train.n.max())} examples at batch "
             f"{cfg['batch_size']} = {cfg['steps']} steps per task")
     method = get_method(cfg["method"], **cfg["method_options"])
-    grid = sweep_grid({**method.default_hparams, **cfg["hparams"]}, cfg["sweep"])
-    S, G = cfg["seeds"], len(grid)
-    # run g*S + s = grid point g with seed s: every point sees the same seeds
-    keys = jax.random.split(jax.random.key(cfg["seed"]), S)
-    keys = jax.numpy.concatenate([keys] * G)
-    hparams = {name: np.repeat([point[name] for point in grid], S) for name in grid[0]}
+    plan = plan_runs(cfg, method)
     results = {"config": copy.deepcopy(cfg), "versions": versions(), "stream": {
         "name": stream.name, "num_tasks": stream.num_tasks, "classes": stream.classes,
         "train_sizes": stream.train.n.tolist(), "test_sizes": stream.test.n.tolist()},
-        "load_seconds": load_seconds, "scenarios": {}}
+        **load_info, "scenarios": {}}
     for name in cfg["scenarios"]:
-        scenario = make_scenario(stream, name)
-        model = make_model(cfg["model"], num_outputs=scenario.num_outputs,
-                           num_heads=scenario.num_heads)
-        trainer = make_trainer(model, method, optimizer=make_optimizer(
-                                   cfg["optimizer"], steps_per_task=cfg["steps"]),
-                               batch_size=cfg["batch_size"],
-                               eval_chunk=cfg["eval_chunk"],
-                               reset_optimizer=cfg["reset_optimizer"])
-        data = prepare_data(stream, scenario, eval_chunk=cfg["eval_chunk"])
-        bar = progress_factory(name, stream.num_tasks * cfg["steps"]) if progress_factory else None
-        callback = None
-        if bar is not None:
-            last = {"t": -1, "done": 0}
-
-            def callback(task, done, total, bar=bar, last=last):
-                delta = done - (last["done"] if last["t"] == task else 0)
-                last.update(t=task, done=done)
-                bar.set_description(f"{name}-IL task {task + 1}/{stream.num_tasks}")
-                bar.update(delta)
-        res = run_stream(trainer, data, num_steps=cfg["steps"], keys=keys, hparams=hparams,
-                         steps_per_call=250 if bar is not None else None, progress=callback,
-                         keep_params=cfg["analysis"] == "flatness", on_nonfinite="mark")
-        if bar is not None:
-            bar.close()
-        points = []
-        for g, point in enumerate(grid):
-            runs = slice(g * S, (g + 1) * S)
-            gone = [{"seed": s, "task": int(res.diverged[g * S + s, 0]),
-                     "step": int(res.diverged[g * S + s, 1])}
-                    for s in range(S) if res.diverged[g * S + s, 0] >= 0]
-            ok = np.flatnonzero(res.diverged[runs, 0] < 0)
-            summary = summarise_finite(res.accuracy[runs][ok], res.init_accuracy[runs][ok])
-            log(f"{name}-IL {point}: ACC {100 * summary['acc']['mean']:.2f} ± "
-                f"{100 * summary['acc']['sem']:.2f} over {len(ok)} seed(s)"
-                + (f"; DIVERGED (non-finite loss): {gone}" if gone else ""))
-            points.append({
-                "hparams": point,
-                "accuracy": res.accuracy[runs].tolist(), "loss": res.loss[runs].tolist(),
-                "init_accuracy": res.init_accuracy[runs].tolist(),
-                "init_loss": res.init_loss[runs].tolist(),
-                "final_train_loss": res.train_loss[runs, :, -50:].mean(-1).tolist(),
-                "metrics": summary,
-                "loss_metrics": summarise_finite(res.loss[runs][ok], res.init_loss[runs][ok]),
-                "diverged": gone})
-        log(f"{name}-IL: {G * S} vmapped run(s); compile {res.timings['compile_seconds']:.1f} s, "
-            f"train+eval {res.timings['run_seconds']:.1f} s")
-        # Best: fewest diverged runs first (an unstable point is never preferred), then ACC.
-        best = max(range(G), key=lambda g: (-len(points[g]["diverged"]),
-                                            np.nan_to_num(points[g]["metrics"]["acc"]["mean"],
-                                                          nan=-np.inf)))
-        entry = {"num_heads": scenario.num_heads, "num_outputs": scenario.num_outputs,
-                 **points[best], "timings": res.timings}
-        if cfg["sweep"]:
-            entry["best_hparams"] = points[best]["hparams"]
-            entry["sweep"] = points
-        if cfg["analysis"] == "flatness":
-            entry["analysis"] = flatness_analysis(model, data, res.task_params,
-                                                  runs=range(best * S, best * S + S),
-                                                  seed=cfg["seed"], log=log,
-                                                  **cfg["analysis_options"])
-        results["scenarios"][name] = entry
-    results["total_seconds"] = time.perf_counter() - t0
+        setup = build_scenario(cfg, stream, name)
+        res = run_scenario(cfg, setup, plan, progress_factory=progress_factory)
+        results["scenarios"][name] = summarise_scenario(cfg, setup, plan, res, log=log)
+        results["total_seconds"] = time.perf_counter() - t0
+        if on_scenario is not None:
+            on_scenario(results)
     return results
 
 
-__all__ = ["validate_config", "make_optimizer", "make_model", "run_experiment", "summarise",
-           "summarise_finite",
+__all__ = ["MODELS", "apply_override", "validate_config", "make_optimizer", "make_model",
+           "load_experiment_stream", "ScenarioSetup", "SweepPlan", "plan_runs", "build_scenario",
+           "run_scenario", "summarise_scenario", "run_experiment", "summarise", "summarise_finite",
            "sweep_grid", "versions", "task_eval_data", "flatness_analysis"]

@@ -4,6 +4,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from cljax import cli
+from cljax.config import apply_assignment
 from cljax.experiment import validate_config
 
 
@@ -29,12 +30,12 @@ def test_end_to_end_on_mock_mnist(tmp_path, capsys):
 
 def test_overrides_and_config_validation():
     cfg = cli.load_config("experiments/configs/split_mnist.py")
-    cli.apply_override(cfg, "optimizer.learning_rate=3e-4")
+    apply_assignment(cfg, "optimizer.learning_rate=3e-4")
     assert cfg["optimizer"]["learning_rate"] == 3e-4
     with pytest.raises(KeyError, match="no key"):
-        cli.apply_override(cfg, "lerning_rate=1")
+        apply_assignment(cfg, "lerning_rate=1")
     with pytest.raises(ValueError, match="key=value"):
-        cli.apply_override(cfg, "steps")
+        apply_assignment(cfg, "steps")
     with pytest.raises(ValueError, match="scenarios"):
         validate_config({**cfg, "scenarios": ["task", "instance"]})
     with pytest.raises(ValueError, match="unknown method"):
