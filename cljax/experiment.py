@@ -402,10 +402,16 @@ def summarise_scenario(cfg: dict, setup: ScenarioSetup, plan: SweepPlan, res: St
 
 def run_experiment(config: dict, *, progress_factory: Callable | None = None,
                    log: Callable[[str], None] = print,
-                   on_scenario: Callable[[dict], None] | None = None) -> dict:
+                   on_scenario: Callable[[dict], None] | None = None,
+                   checkpoint_dir: str | None = None, resume: bool = False,
+                   checkpoint_every: int | None = None) -> dict:
     """Run every scenario of ``config`` (and every regime); return the results dict written to
     ``results.json``. ``on_scenario(results)`` is called after each finished scenario with the
-    results so far (the CLI writes them out)."""
+    results so far (the CLI writes them out). ``checkpoint_dir`` / ``resume`` /
+    ``checkpoint_every`` (steps): checkpoints of the whole training state (see
+    :mod:`cljax.checkpoint`)."""
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume=True needs checkpoint_dir")
     cfg = validate_config(config)
     if cfg["regimes"]:
         out = {"config": cfg, "versions": versions(), "regimes": {}}
