@@ -17,10 +17,21 @@ train step. For each model it times, **interleaved in ``--rounds`` rounds** with
   ``--threads`` threads (only when ``torch`` is importable; it is not a dependency).
 
 Prints one JSON object per line; the last line per model has the ratios.
+
+``--layer`` instead compares ways to write one 3×3 conv (``--layer-shape B,H,Cin,Cout``, default
+128,32,32,32, SAME), forward + the gradients w.r.t. input and kernel, jitted alone and per step
+inside a ``lax.scan`` of ``--scan`` steps (and the scan fully unrolled): ``native``
+(``lax.conv_general_dilated``, what ``nn.Conv`` does), ``canonical`` (:data:`canonical_conv_p`,
+what ``cljax.nn.Conv`` does on the CPU), ``im2col`` (patches from 9 shifted slices, one matmul),
+``split`` (3 column shifts concatenated, one matmul to 3·Cout, 3 row-shifted sums) and
+``custom_vjp`` (native forward; input gradient a canonical conv, kernel gradient im2col ᵀ @ g —
+fast, but a ``custom_vjp`` has no forward-mode derivative, so no HVPs). XLA options are compared
+by running the same command under ``XLA_FLAGS=...`` (e.g. ``--xla_cpu_use_onednn=true``).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -213,6 +224,92 @@ def bench_model(name: str, args, torch_ok: bool):
     emit(record)
 
 
+def _layer_variants():
+    from jax import lax
+
+    from cljax.nn.conv import canonical_conv
+
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def native(x, w):
+        return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
+
+    def patches(x, kh, kw):
+        h, wd = x.shape[1:3]
+        xp = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
+        return jnp.concatenate([xp[:, i:i + h, j:j + wd, :] for i in range(kh)
+                                for j in range(kw)], -1)
+
+    def im2col(x, w):
+        kh, kw, ci, co = w.shape
+        return jnp.einsum("bhwk,ko->bhwo", patches(x, kh, kw), w.reshape(-1, co))
+
+    def split(x, w):
+        kh, kw, ci, co = w.shape
+        h, wd = x.shape[1:3]
+        xp = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
+        q = jnp.concatenate([xp[:, :, j:j + wd, :] for j in range(kw)], -1)
+        wa = w.reshape(kh, kw * ci, co).transpose(1, 0, 2).reshape(kw * ci, kh * co)
+        z = jnp.einsum("bhwk,kn->bhwn", q, wa)
+        return sum(z[:, i:i + h, :, i * co:(i + 1) * co] for i in range(kh))
+
+    @jax.custom_vjp
+    def hybrid(x, w):
+        return native(x, w)
+
+    def hybrid_fwd(x, w):
+        return native(x, w), (x, w)
+
+    def hybrid_bwd(res, g):
+        x, w = res
+        kh, kw, ci, co = w.shape
+        dx = lax.conv_general_dilated(g, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2), (1, 1),
+                                      "SAME", dimension_numbers=dn)
+        dw = (patches(x, kh, kw).reshape(-1, kh * kw * ci).T @ g.reshape(-1, co)).reshape(w.shape)
+        return dx, dw
+
+    hybrid.defvjp(hybrid_fwd, hybrid_bwd)
+    return {"native": native, "canonical": lambda x, w: canonical_conv(x, w, padding="SAME"),
+            "im2col": im2col, "split": split, "custom_vjp": hybrid}
+
+
+def bench_layer(args):
+    b, h, ci, co = (int(v) for v in args.layer_shape.split(","))
+    x = jax.random.normal(jax.random.key(0), (b, h, h, ci))
+    w = jax.random.normal(jax.random.key(1), (3, 3, ci, co)) * 0.1
+    runs, per_call = {}, {}
+    for name, conv in _layer_variants().items():
+        grad = jax.grad(lambda x, w: jnp.sum(conv(x, w) ** 2), (0, 1))
+
+        def loop(x, w, unroll=1, grad=grad):
+            def body(c, _):
+                gx, gw = grad(x + c, w)
+                return c + 1e-9 * jnp.mean(gx) + 1e-9 * jnp.mean(gw), None
+            return jax.lax.scan(body, 0.0, None, length=args.scan, unroll=unroll)[0]
+
+        runs[f"{name}_jit"] = jax.jit(grad)
+        per_call[f"{name}_jit"] = 1
+        if name != "native" or args.native_scan:
+            runs[f"{name}_scan"] = jax.jit(loop)
+            per_call[f"{name}_scan"] = args.scan
+        if name == "native":
+            runs["native_scan_unrolled"] = jax.jit(functools.partial(loop, unroll=args.scan))
+            per_call["native_scan_unrolled"] = args.scan
+    for f in runs.values():
+        jax.block_until_ready(f(x, w))
+    best = {k: float("inf") for k in runs}
+    for _ in range(args.rounds):
+        for k, f in runs.items():
+            t = time.perf_counter()
+            jax.block_until_ready(f(x, w))
+            best[k] = min(best[k], (time.perf_counter() - t) / per_call[k])
+    base = best["native_jit"]
+    emit({"bench": "conv_layer", "shape": [b, h, h, ci, co], "kernel": [3, 3],
+          "xla_flags": os.environ.get("XLA_FLAGS", ""), "scan_length": args.scan,
+          **{f"{k}_ms": 1e3 * v for k, v in best.items()},
+          **{f"{k}_over_native_jit": v / base for k, v in best.items()}})
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="cnn,alexnet,resnet")
@@ -222,6 +319,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--native-scan", action="store_true")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--layer", action="store_true", help="compare conv formulations on one layer")
+    ap.add_argument("--layer-shape", default="128,32,32,32", help="B,H,Cin,Cout")
     args = ap.parse_args()
     try:
         if args.no_torch:
@@ -233,6 +332,9 @@ def main():
     emit({"bench": "setup", "backend": jax.default_backend(), "jax": jax.__version__,
           "torch": torch_version, "cpu_count": os.cpu_count(), "torch_threads": args.threads,
           "python": platform.python_version(), "machine": platform.machine()})
+    if args.layer:
+        bench_layer(args)
+        return
     for name in args.models.split(","):
         bench_model(name, args, torch_version is not None)
 

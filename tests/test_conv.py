@@ -206,3 +206,16 @@ def test_no_slow_convolution_in_estimator_hvp_and_evaluation_loops():
         hlo = lowered.compile().as_text()
         assert "convolution(" in hlo, name
         assert conv_mod.noncanonical_convolutions(hlo) == [], name
+
+
+def test_max_pool_equals_flax_max_pool(x64):
+    x = jax.random.normal(jax.random.key(5), (2, 9, 8, 3), jnp.float64)
+    for k in (1, 2, 3):
+        np.testing.assert_array_equal(conv_mod.max_pool(x, k),
+                                      nn.max_pool(x, (k, k), strides=(k, k)))
+    # no ties: the same gradient
+    g = [jax.grad(lambda x: jnp.sum(jnp.sin(f(x))))(x) for f in
+         (lambda x: conv_mod.max_pool(x, 2), lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)))]
+    np.testing.assert_allclose(g[0], g[1], atol=1e-12)
+    with pytest.raises(ValueError, match="window"):
+        conv_mod.max_pool(x, 0)

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import flax.linen as nn
 
-from cljax.nn.conv import Conv
+from cljax.nn.conv import Conv, max_pool
 from cljax.nn.heads import select_head
 from cljax.nn.resnet import BatchStatNorm
 
@@ -42,7 +42,7 @@ class AlexNet(nn.Module):
             x = nn.relu(BatchStatNorm()(x))
             if p > 0:
                 x = nn.Dropout(p, deterministic=not train)(x)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = max_pool(x, 2)
         x = x.reshape(x.shape[0], -1)
         for h in self.hidden:
             x = nn.relu(BatchStatNorm()(nn.Dense(h, use_bias=False)(x)))

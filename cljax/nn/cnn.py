@@ -3,7 +3,8 @@
 Two conv blocks (3×3 convs, ReLU, 2×2 max-pool) and a dense layer, the "reduced" CNN commonly used
 for split CIFAR in task-incremental learning; output heads as in :mod:`cljax.nn.heads`. The convs are
 :class:`cljax.nn.conv.Conv` (``nn.Conv``'s parameters and outputs, fast inside ``lax.scan`` on the
-CPU); parameter names are those of ``nn.Conv`` (``Conv_0`` … ``Conv_3``).
+CPU); parameter names are those of ``nn.Conv`` (``Conv_0`` … ``Conv_3``); pooling is
+:func:`cljax.nn.conv.max_pool` (``nn.max_pool``'s values, a faster gradient on the CPU).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Sequence
 
 import flax.linen as nn
 
-from cljax.nn.conv import Conv
+from cljax.nn.conv import Conv, max_pool
 from cljax.nn.heads import select_head
 
 
@@ -31,7 +32,7 @@ class CNN(nn.Module):
         for c in self.channels:
             x = nn.relu(Conv(c, (3, 3))(x))
             x = nn.relu(Conv(c, (3, 3))(x))
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = max_pool(x, 2)
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(self.hidden)(x))
         if self.dropout > 0:

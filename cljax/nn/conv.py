@@ -254,6 +254,33 @@ class Conv(nn.Conv):
     conv_general_dilated: Any = conv_general_dilated
 
 
+def max_pool(x: Array, window: int) -> Array:
+    """Non-overlapping ``window × window`` max pooling of ``x [N, H, W, C]`` (stride = window,
+    ``VALID``: trailing rows / columns that do not fill a window are dropped, as PyTorch's
+    ``MaxPool2d(window)``), as an elementwise maximum of the window's strided slices.
+
+    Equal in value to ``flax.linen.max_pool(x, (window, window), strides=(window, window))``;
+    its gradient is elementwise selects instead of XLA's select-and-scatter, which made the
+    CIFAR CNN's training step 1.3× faster on the CPU (``benchmarks/bench_conv.py``). Ties (equal
+    maxima in a window) share the gradient equally instead of giving it to one element.
+    """
+    x = jnp.asarray(x)
+    if x.ndim != 4:
+        raise ValueError(f"max_pool expects [N, H, W, C]; got shape {x.shape}")
+    if not isinstance(window, (int, np.integer)) or window < 1:
+        raise ValueError(f"window must be a positive int; got {window!r}")
+    h, w = (x.shape[1] // window) * window, (x.shape[2] // window) * window
+    if h == 0 or w == 0:
+        raise ValueError(f"window {window} is larger than the image {x.shape[1:3]}")
+    x = x[:, :h, :w]
+    out = None
+    for i in range(window):
+        for j in range(window):
+            s = x[:, i::window, j::window]
+            out = s if out is None else jnp.maximum(out, s)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # im2col and an HLO guard
 # ----------------------------------------------------------------------------------------------
@@ -301,4 +328,4 @@ def noncanonical_convolutions(hlo_text: str) -> list[str]:
 
 
 __all__ = ["Conv", "canonical_conv", "canonical_conv_p", "conv_general_dilated", "im2col",
-           "noncanonical_convolutions", "use_canonical_conv"]
+           "max_pool", "noncanonical_convolutions", "use_canonical_conv"]
