@@ -195,6 +195,16 @@ def bench_model(name: str, args, torch_ok: bool):
             nfit_j = jax.jit(nfit, static_argnums=1)
             runs["native_scan"] = lambda: jax.block_until_ready(nfit_j(nstate, 1))
             per_call["native_scan"] = 1
+    if name == "cnn":   # evaluation: logits of 4 chunks in a lax.map vs one chunk alone
+        lf = as_model(module).logits_fn
+        xs = (data_x[:4 * args.batch].astype(jnp.float32) / 255.0 - 0.5).reshape(
+            (4, args.batch) + data_x.shape[1:])
+        ev_one = jax.jit(lambda p, x: jnp.argmax(lf(p, {"x": x}), -1))
+        ev_map = jax.jit(lambda p, xs: jax.lax.map(lambda x: jnp.argmax(lf(p, {"x": x}), -1),
+                                                   xs))
+        runs["eval_chunk_jit"] = lambda: jax.block_until_ready(ev_one(state[0], xs[0]))
+        runs["eval_chunk_in_map"] = lambda: jax.block_until_ready(ev_map(state[0], xs))
+        per_call.update({"eval_chunk_jit": 1, "eval_chunk_in_map": 4})
     if torch_ok:
         for cl in (False, True):
             fn = torch_step_fn(name, classes, args.batch, args.threads, cl)
@@ -219,6 +229,8 @@ def bench_model(name: str, args, torch_ok: bool):
         if k in best:
             record[f"jit_over_{k}"] = best["jit"] / best[k]
             record[f"vmap_scan_over_{k}"] = best["vmap_scan"] / best[k]
+    if "eval_chunk_jit" in best:
+        record["eval_map_over_jit"] = best["eval_chunk_in_map"] / best["eval_chunk_jit"]
     if "native_jit" in best:
         record["native_jit_over_jit"] = best["native_jit"] / best["jit"]
     emit(record)
@@ -279,7 +291,7 @@ def bench_layer(args):
     w = jax.random.normal(jax.random.key(1), (3, 3, ci, co)) * 0.1
     runs, per_call = {}, {}
     for name, conv in _layer_variants().items():
-        grad = jax.grad(lambda x, w: jnp.sum(conv(x, w) ** 2), (0, 1))
+        grad = jax.grad(lambda x, w, conv=conv: jnp.sum(conv(x, w) ** 2), (0, 1))
 
         def loop(x, w, unroll=1, grad=grad):
             def body(c, _):

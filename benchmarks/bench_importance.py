@@ -118,6 +118,35 @@ def bench_model(label: str, model, params, batch, chunk: int, repeats: int, vmap
                           "xla_temp_bytes": mem}), flush=True)
 
 
+def chunk_loop_check(model, params, chunk: int, repeats: int) -> None:
+    """Per-chunk time of an estimator over 4 chunks (a lax.scan) against one chunk (no loop),
+    interleaved: the conv slow path inside loops would show here as a ratio >> 1."""
+    rng = np.random.RandomState(2)
+    mk = lambda n: {"x": jnp.asarray(rng.rand(n, 32, 32, 3), jnp.float32),
+                    "y": jnp.asarray(rng.randint(0, 10, n), jnp.int32)}
+    one, four = mk(chunk), mk(4 * chunk)
+    fns = {}
+    for kind in ("empirical", "exact"):
+        for tag, b in (("one", one), ("four", four)):
+            fns[(kind, tag)] = functools.partial(
+                _layers._estimate_jit, model.logits_fn, params, b, None, kind=kind,
+                num_samples=1, chunk_size=chunk, implementation="auto")
+    for fn in fns.values():
+        jax.block_until_ready(fn())
+    best = {k: float("inf") for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            jax.block_until_ready(fn())
+            best[k] = min(best[k], (time.perf_counter() - t) / (4 if k[1] == "four" else 1))
+    for kind in ("empirical", "exact"):
+        print(json.dumps({"check": "chunk_loop", "estimator": kind, "chunk_size": chunk,
+                          "one_chunk_s": best[(kind, "one")],
+                          "per_chunk_in_scan_s": best[(kind, "four")],
+                          "scan_over_one": best[(kind, "four")] / best[(kind, "one")]}),
+              flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=10_000)
@@ -129,6 +158,8 @@ def main() -> None:
     ap.add_argument("--skip-cnn", action="store_true")
     ap.add_argument("--skip-mlp", action="store_true")
     ap.add_argument("--no-vmap", action="store_true", help="skip the vmap(grad) fallback runs")
+    ap.add_argument("--loop-check", action="store_true",
+                    help="CNN: an estimator's chunk loop against one chunk (per chunk)")
     args = ap.parse_args()
     print(json.dumps({"jax": jax.__version__, "platform": platform.platform(),
                       "backend": jax.default_backend()}), flush=True)
@@ -149,6 +180,8 @@ def main() -> None:
         cparams = cnn.init(jax.random.PRNGKey(0), cb)
         bench_model("CNN(10) / CIFAR-10 shapes (random)", cnn, cparams, cb, args.cnn_chunk,
                     args.repeats, vmap_kinds=() if args.no_vmap else ("empirical",))
+    if not args.skip_cnn and args.loop_check:
+        chunk_loop_check(cnn, cparams, args.cnn_chunk, args.repeats)
     print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}),
           flush=True)
 
