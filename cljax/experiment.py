@@ -27,6 +27,9 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
+import os
+import pathlib
 import platform
 import sys
 import time
@@ -37,6 +40,7 @@ import numpy as np
 import optax
 
 from cljax import metrics
+from cljax.checkpoint import Checkpointer
 from cljax.config import apply_override
 from cljax.data import SCENARIOS, TaskStream, load_stream, make_scenario
 from cljax.methods import Method, get_method
@@ -251,6 +255,14 @@ def flatness_analysis(model, data, task_params, *, runs, seed: int, log=print,
     return {"curvature": curvature, "data": "test set of each task", "runs": out}
 
 
+def _to_builtin(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
 def _features_config(spec: Any):
     """Validate ``config['features']``: ``{"pretrain": {PretrainConfig fields}, "cache_dir"}``."""
     from cljax.pretrain import PretrainConfig
@@ -333,8 +345,10 @@ def build_scenario(cfg: dict, stream: TaskStream, name: str) -> ScenarioSetup:
 
 
 def run_scenario(cfg: dict, setup: ScenarioSetup, plan: SweepPlan, *,
-                 progress_factory: Callable | None = None) -> StreamResult:
-    """Stage 2 (run): every run of ``plan`` over the stream, as one vmapped program."""
+                 progress_factory: Callable | None = None, checkpoint: Any = None,
+                 checkpoint_every: int | None = None, resume: bool = False) -> StreamResult:
+    """Stage 2 (run): every run of ``plan`` over the stream, as one vmapped program
+    (checkpointed by ``checkpoint``, a :class:`cljax.checkpoint.Checkpointer`, if given)."""
     T = setup.data.train.n.shape[0]
     bar = progress_factory(setup.name, T * cfg["steps"]) if progress_factory else None
     callback = None
@@ -350,7 +364,8 @@ def run_scenario(cfg: dict, setup: ScenarioSetup, plan: SweepPlan, *,
         return run_stream(setup.trainer, setup.data, num_steps=cfg["steps"], keys=plan.keys,
                           hparams=plan.hparams, steps_per_call=250 if bar is not None else None,
                           progress=callback, keep_params=cfg["analysis"] == "flatness",
-                          on_nonfinite="mark")
+                          on_nonfinite="mark", checkpoint=checkpoint,
+                          checkpoint_every=checkpoint_every, resume=resume)
     finally:
         if bar is not None:
             bar.close()
@@ -425,8 +440,11 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
                 if on_scenario is not None:
                     on_scenario({**out, "regimes": {**out["regimes"], regime: results}})
 
-            out["regimes"][regime] = run_experiment(sub, progress_factory=progress_factory,
-                                                    log=log, on_scenario=partial)
+            out["regimes"][regime] = run_experiment(
+                sub, progress_factory=progress_factory, log=log, on_scenario=partial,
+                checkpoint_dir=None if checkpoint_dir is None else
+                str(pathlib.Path(checkpoint_dir) / regime),
+                resume=resume, checkpoint_every=checkpoint_every)
         return out
     t0 = time.perf_counter()
     stream, load_info = load_experiment_stream(cfg, log=log)
@@ -442,9 +460,22 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
         "train_sizes": stream.train.n.tolist(), "test_sizes": stream.test.n.tolist()},
         **load_info, "scenarios": {}}
     for name in cfg["scenarios"]:
+        where = None if checkpoint_dir is None else pathlib.Path(checkpoint_dir) / name
+        finished = None if where is None else where / "result.json"
+        if resume and finished is not None and finished.is_file():
+            results["scenarios"][name] = json.loads(finished.read_text())
+            log(f"{name}-IL: finished before this resumed run; its results are reused")
+            continue
         setup = build_scenario(cfg, stream, name)
-        res = run_scenario(cfg, setup, plan, progress_factory=progress_factory)
-        results["scenarios"][name] = summarise_scenario(cfg, setup, plan, res, log=log)
+        ckpt = None if where is None else Checkpointer(where / "state", log=log)
+        res = run_scenario(cfg, setup, plan, progress_factory=progress_factory, checkpoint=ckpt,
+                           checkpoint_every=checkpoint_every, resume=resume)
+        entry = summarise_scenario(cfg, setup, plan, res, log=log)
+        if finished is not None:
+            tmp = finished.with_suffix(".tmp")
+            tmp.write_text(json.dumps(entry, default=_to_builtin))
+            os.replace(tmp, finished)
+        results["scenarios"][name] = entry
         results["total_seconds"] = time.perf_counter() - t0
         if on_scenario is not None:
             on_scenario(results)

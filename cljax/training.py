@@ -28,7 +28,7 @@ from cljax.methods.base import (BatchContext, BoundaryContext, LossContext, Meth
                                 PredictContext, Rows, StepInfo, StreamSpec, check_hparams)
 from cljax.nn.model import Model
 from cljax.types import Array, Batch, Params, PRNGKey
-from cljax.validation import check_positive_int
+from cljax.validation import check_positive, check_positive_int
 
 
 class TrainState(NamedTuple):
@@ -274,17 +274,70 @@ class StreamResult(NamedTuple):
     diverged: np.ndarray | None = None  # [R, 2] (task, step) of the first non-finite loss, or -1
 
 
+RUNS = ("auto", "vmap", "map")
+
+
+def runs_transform(runs: str) -> Callable:
+    """How the R runs of :func:`run_stream` share one program: ``"vmap"`` (batched: every array
+    gets a leading run axis), ``"map"`` (``lax.map``: a loop over runs, each computed exactly as
+    a lone run, so run r's results do not depend on R, bit for bit), ``"auto"``: ``"map"`` on
+    the CPU, where batching runs gains nothing (BENCHMARKS.md: 8 vmapped seeds took 0.98× the
+    time of 8 sequential ones) and XLA's batched matmuls round differently from R = 1, and
+    ``"vmap"`` on accelerators."""
+    if runs not in RUNS:
+        raise ValueError(f"runs must be one of {RUNS}; got {runs!r}")
+    if runs == "auto":
+        runs = "map" if jax.default_backend() == "cpu" else "vmap"
+
+    def transform(fn: Callable, in_axes: tuple, static: tuple = ()) -> Callable:
+        if runs == "vmap":
+            return jax.vmap(fn, in_axes=tuple(None if i in static else a
+                                              for i, a in enumerate(in_axes)))
+
+        def mapped(*args):
+            batched = [a for i, (a, ax) in enumerate(zip(args, in_axes))
+                       if ax == 0 and i not in static]
+
+            def one(xs):
+                it = iter(xs)
+                full = [next(it) if (ax == 0 and i not in static) else a
+                        for i, (a, ax) in enumerate(zip(args, in_axes))]
+                return fn(*full)
+
+            return jax.lax.map(one, batched)
+
+        return mapped
+
+    return transform
+
+
 def _steps_per_call(num_steps: int, requested: int | None) -> int:
     if requested is None or requested >= num_steps:
         return num_steps
     return max(d for d in range(1, requested + 1) if num_steps % d == 0)
 
 
+DIVERGENCE_FACTOR = 100.0
+"""Default of ``run_stream``'s ``divergence_factor``: a run whose training loss exceeds 100× its
+first loss has diverged. The first loss of a fresh network is ≈ ln C (cross-entropy at chance,
+0.7–4.6 for 2–100 classes), and a learning run stays within a few times that even when a new
+Class-IL task meets confidently wrong predictions (≈ 5–15× here); 100× ln C needs logit gaps of
+hundreds, which only a blow-up produces (Adam at lr 1e6 reaches 1e20 after a few steps)."""
+
+
+def _position_meta(task: int, done: int, task_seconds: list, num_steps: int, runs: int) -> dict:
+    return {"task": task, "done": done, "task_seconds": task_seconds, "num_steps": num_steps,
+            "runs": runs}
+
+
 def run_stream(trainer: Trainer, data: StreamData, *, num_steps: int,
                keys: Array, hparams: Mapping[str, Any] | None = None,
                keep_params: bool = False, steps_per_call: int | None = None,
                progress: Callable[[int, int, int], None] | None = None,
-               on_nonfinite: str = "raise") -> StreamResult:
+               on_nonfinite: str = "raise", runs: str = "auto",
+               divergence_factor: float | None = DIVERGENCE_FACTOR,
+               checkpoint: Any = None, checkpoint_every: int | None = None,
+               resume: bool = False) -> StreamResult:
     """Train R runs over every task of ``data`` and evaluate all tasks after each.
 
     Args:
@@ -299,15 +352,37 @@ def run_stream(trainer: Trainer, data: StreamData, *, num_steps: int,
       steps_per_call: split each task's scan into calls of this many steps (for a progress bar;
         the results are identical). Rounded down to a divisor of ``num_steps``.
       progress: called as ``progress(task, steps_done, num_steps)`` after each call.
-      on_nonfinite: what a non-finite training loss does: ``"raise"`` (FloatingPointError naming
-        task, step and run) or ``"mark"`` (the other runs go on; the run's task and step are
-        recorded in ``diverged`` and its accuracies and losses from that task on are NaN: one
-        unstable point of a sweep does not stop the others). Runs are independent under vmap,
-        so a diverged run cannot contaminate the others.
+      on_nonfinite: what a diverged run does: ``"raise"`` (FloatingPointError naming task, step
+        and run) or ``"mark"`` (the other runs go on; the run's task and step are recorded in
+        ``diverged`` and its accuracies and losses from that task on are NaN: one unstable point
+        of a sweep does not stop the others). Runs are independent, so a diverged run cannot
+        contaminate the others.
+      runs: how the runs share the program (:func:`runs_transform`: ``"auto"``, ``"vmap"``,
+        ``"map"``).
+      divergence_factor: a run has diverged when its training loss is non-finite or exceeds
+        this multiple of its first training loss (:data:`DIVERGENCE_FACTOR`); None: only a
+        non-finite loss counts.
+      checkpoint: a :class:`cljax.checkpoint.Checkpointer`: the whole state and the results so far
+        are saved after every task and every ``checkpoint_every`` steps (rounded down to a
+        divisor of ``num_steps``; it also bounds the steps per call), and when the run is
+        interrupted (KeyboardInterrupt, i.e. SIGINT, or SIGTERM turned into one), before the
+        interruption propagates.
+      resume: continue from the checkpoint's latest complete state (none: start afresh); the
+        result is bit-identical to an uninterrupted run with the same arguments.
     """
     check_positive_int(num_steps, name="num_steps")
     if on_nonfinite not in ("raise", "mark"):
         raise ValueError(f"on_nonfinite must be 'raise' or 'mark'; got {on_nonfinite!r}")
+    if divergence_factor is not None:
+        check_positive(divergence_factor, name="divergence_factor", scalar=True)
+        if not divergence_factor > 1:
+            raise ValueError(f"divergence_factor must be > 1 (a multiple of the first loss); got "
+                             f"{divergence_factor}")
+    if checkpoint_every is not None:
+        check_positive_int(checkpoint_every, name="checkpoint_every")
+    if (checkpoint_every is not None or resume) and checkpoint is None:
+        raise ValueError("checkpoint_every and resume need a checkpoint (a "
+                         "cljax.checkpoint.Checkpointer)")
     keys = jnp.asarray(keys)
     if keys.ndim != 1 or not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
         raise ValueError(f"keys must be a 1-D array of typed PRNG keys (jax.random.split("
@@ -327,15 +402,18 @@ def run_stream(trainer: Trainer, data: StreamData, *, num_steps: int,
     method = getattr(trainer, "method", None)
     if method is not None:
         check_hparams(method, {k: np.asarray(v) for k, v in hp.items()})
-    chunk = _steps_per_call(num_steps, steps_per_call)
+    requested = [c for c in (steps_per_call, checkpoint_every) if c is not None]
+    chunk = _steps_per_call(num_steps, min(requested) if requested else None)
+    every = None if checkpoint_every is None else _steps_per_call(num_steps, checkpoint_every)
     T = data.train.n.shape[0]
 
     timings = {}
     t0 = time.perf_counter()
-    init = jax.jit(jax.vmap(trainer.init, in_axes=(0, 0, None)))
-    fit = jax.jit(jax.vmap(trainer.fit, in_axes=(0, None, None, None)), static_argnums=3)
-    evaluate = jax.jit(jax.vmap(trainer.evaluate, in_axes=(0, 0, None)))
-    end_task = jax.jit(jax.vmap(trainer.end_task, in_axes=(0, None, None)))
+    over_runs = runs_transform(runs)
+    init = jax.jit(over_runs(trainer.init, (0, 0, None)))
+    fit = jax.jit(over_runs(trainer.fit, (0, None, None, None), static=(3,)), static_argnums=3)
+    evaluate = jax.jit(over_runs(trainer.evaluate, (0, 0, None)))
+    end_task = jax.jit(over_runs(trainer.end_task, (0, None, None)))
     state = init(keys, hp, data)
     task0 = jnp.zeros((), jnp.int32)
     fit_c = fit.lower(state, data, task0, chunk).compile()
@@ -345,50 +423,95 @@ def run_stream(trainer: Trainer, data: StreamData, *, num_steps: int,
     timings["compile_seconds"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    init_acc, init_loss = jax.device_get(eval_c(state.params, state.mstate, data))
-    accs, losses, train_losses, kept = [], [], [], []
-    task_seconds = []
-    diverged = np.full((R, 2), -1, dtype=np.int64)
-    for t in range(T):
-        t_start = time.perf_counter()
-        task = jnp.asarray(t, jnp.int32)
-        task_losses = []
-        for done in range(chunk, num_steps + 1, chunk):
-            state, step_losses = fit_c(state, data, task)
-            step_losses = np.asarray(step_losses)
-            bad = ~np.isfinite(step_losses)
-            if on_nonfinite == "raise" and bad.any():
-                run, step = np.argwhere(bad)[0]
-                raise FloatingPointError(
-                    f"training loss became non-finite at task {t}, step {done - chunk + step} "
-                    f"(run {run}); lower the learning rate or the method's strength")
-            for run in np.flatnonzero(bad.any(axis=1) & (diverged[:, 0] < 0)):
-                diverged[run] = (t, done - chunk + int(np.argmax(bad[run])))
-            task_losses.append(step_losses)
-            if progress is not None:
-                progress(t, done, num_steps)
-        # the boundary first: a method's task ends with it (exemplar means, pruning), and the
-        # accuracy matrix is that of the model the task leaves behind
-        state = end_c(state, data, task)
-        acc, loss = jax.device_get(eval_c(state.params, state.mstate, data))
-        gone = diverged[:, 0] >= 0
-        acc = np.where(gone[:, None], np.nan, acc)
-        loss = np.where(gone[:, None], np.nan, loss)
-        accs.append(acc)
-        losses.append(loss)
-        train_losses.append(np.concatenate(task_losses, axis=1))
-        if keep_params:
-            kept.append(state.params)
-        task_seconds.append(time.perf_counter() - t_start)
+    nan = np.float32(np.nan)
+    rec = {"accuracy": np.full((R, T, T), nan), "loss": np.full((R, T, T), nan),
+           "train_loss": np.full((R, T, num_steps), nan),
+           "init_accuracy": np.zeros((R, T), np.float32), "init_loss": np.zeros((R, T), np.float32),
+           "first_loss": np.full((R,), nan), "diverged": np.full((R, 2), -1, np.int64),
+           "kept": (jax.tree.map(lambda p: np.zeros((p.shape[0], T) + p.shape[1:], p.dtype),
+                                 state.params) if keep_params else ())}
+    start_task, start_done, task_seconds = 0, 0, []
+    meta = checkpoint.latest_meta() if resume else None
+    if meta is not None and (meta.get("num_steps") != num_steps or meta.get("runs") != R):
+        raise ValueError(f"the checkpoint in {checkpoint.directory} is of a run with "
+                         f"{meta.get('runs')} runs and {meta.get('num_steps')} steps per task; "
+                         f"this one has {R} and {num_steps}")
+    restored = checkpoint.restore_latest({"state": state, "record": rec}) if resume else None
+    if restored is not None:
+        payload, meta = restored
+        state = payload["state"]
+        rec = jax.tree.map(np.array, payload["record"])
+        start_task, start_done = int(meta["task"]), int(meta["done"])
+        task_seconds = list(meta["task_seconds"])
+    else:
+        acc0, loss0 = jax.device_get(eval_c(state.params, state.mstate, data))
+        rec["init_accuracy"][:], rec["init_loss"][:] = acc0, loss0
+    position = (state, start_task, start_done)   # the latest consistent (state, task, steps)
+    saved = [start_task * num_steps + start_done if restored is not None else -1]
+
+    def save(state, task, done, index):
+        if checkpoint is not None and index > saved[0]:
+            checkpoint.save(index, {"state": state, "record": rec},
+                            _position_meta(task, done, task_seconds, num_steps, R))
+            saved[0] = index
+
+    try:
+        for t in range(start_task, T):
+            t_start = time.perf_counter()
+            task = jnp.asarray(t, jnp.int32)
+            first = start_done if t == start_task else 0
+            for done in range(first + chunk, num_steps + 1, chunk):
+                state, step_losses = fit_c(state, data, task)
+                step_losses = np.asarray(step_losses)
+                rec["train_loss"][:, t, done - chunk:done] = step_losses
+                if t == 0 and done == chunk:
+                    rec["first_loss"][:] = step_losses[:, 0]
+                bad = ~np.isfinite(step_losses)
+                if divergence_factor is not None:
+                    with np.errstate(invalid="ignore"):
+                        bad |= step_losses > divergence_factor * rec["first_loss"][:, None]
+                if on_nonfinite == "raise" and bad.any():
+                    run, step = np.argwhere(bad)[0]
+                    value = step_losses[run, step]
+                    raise FloatingPointError(
+                        f"training diverged at task {t}, step {done - chunk + step} (run {run}): "
+                        f"loss {value:.4g}" + ("" if not np.isfinite(value) else
+                                               f" > {divergence_factor:g} × the first loss "
+                                               f"{rec['first_loss'][run]:.4g}")
+                        + "; lower the learning rate or the method's strength")
+                for run in np.flatnonzero(bad.any(axis=1) & (rec["diverged"][:, 0] < 0)):
+                    rec["diverged"][run] = (t, done - chunk + int(np.argmax(bad[run])))
+                position = (state, t, done)
+                if every is not None and done % every == 0 and done < num_steps:
+                    save(state, t, done, t * num_steps + done)
+                if progress is not None:
+                    progress(t, done, num_steps)
+            # the boundary first: a method's task ends with it (exemplar means, pruning), and the
+            # accuracy matrix is that of the model the task leaves behind
+            state = end_c(state, data, task)
+            acc, loss = jax.device_get(eval_c(state.params, state.mstate, data))
+            gone = rec["diverged"][:, 0] >= 0
+            rec["accuracy"][:, t] = np.where(gone[:, None], np.nan, acc)
+            rec["loss"][:, t] = np.where(gone[:, None], np.nan, loss)
+            if keep_params:
+                jax.tree.map(lambda k, p: k.__setitem__((slice(None), t), np.asarray(p)),
+                             rec["kept"], state.params)
+            task_seconds.append(time.perf_counter() - t_start)
+            position = (state, t + 1, 0)
+            save(state, t + 1, 0, (t + 1) * num_steps)
+    except KeyboardInterrupt:
+        if checkpoint is not None:
+            s_, t_, d_ = position
+            if 0 < d_ < num_steps or (d_ == 0 and t_ > 0):
+                save(s_, t_, d_, t_ * num_steps + d_)
+        raise
     timings["run_seconds"] = time.perf_counter() - t0
     timings["task_seconds"] = task_seconds
-    task_params = (jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *kept) if keep_params
-                   else None)
-    return StreamResult(np.stack(accs, 1), np.stack(losses, 1), np.asarray(init_acc),
-                        np.asarray(init_loss), np.stack(train_losses, 1), task_params, state,
-                        timings, diverged)
+    task_params = jax.tree.map(jnp.asarray, rec["kept"]) if keep_params else None
+    return StreamResult(rec["accuracy"], rec["loss"], rec["init_accuracy"], rec["init_loss"],
+                        rec["train_loss"], task_params, state, timings, rec["diverged"])
 
 
 __all__ = ["TrainState", "StreamData", "StreamResult", "Trainer", "prepare_data", "gather_rows",
            "to_batch", "make_batch", "sample_task_batch", "stream_spec", "make_trainer",
-           "run_stream"]
+           "run_stream", "runs_transform", "RUNS", "DIVERGENCE_FACTOR"]

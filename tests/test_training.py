@@ -148,3 +148,51 @@ def test_bad_arguments_raise():
                               optimizer=optax.adam(1e-3), eval_chunk=7)
     with pytest.raises(ValueError, match="same eval_chunk"):
         run_stream(mismatched, prepare_data(s, sc, eval_chunk=16), num_steps=2, keys=keys)
+
+
+def test_a_run_does_not_depend_on_the_runs_beside_it():
+    """Seed s's results are bit-identical whatever the number of runs in the program
+    (``runs="map"``, the CPU default); vmapped runs match them to rounding."""
+    tr, data = _setup(scenario="class")
+    keys = jax.random.split(jax.random.key(4), 3)
+    alone = run_stream(tr, data, num_steps=12, keys=keys[:1], runs="map")
+    for R in (2, 3):
+        together = run_stream(tr, data, num_steps=12, keys=keys[:R], runs="map")
+        np.testing.assert_array_equal(together.train_loss[0], alone.train_loss[0])
+        np.testing.assert_array_equal(together.loss[0], alone.loss[0])
+    vmapped = run_stream(tr, data, num_steps=12, keys=keys, runs="vmap")
+    np.testing.assert_allclose(vmapped.train_loss[0], alone.train_loss[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="runs must be"):
+        run_stream(tr, data, num_steps=2, keys=keys, runs="pmap")
+
+
+_TWO_PROCESS_SCRIPT = """
+import sys, jax, numpy as np, optax
+sys.path.insert(0, {tests!r})
+from helpers import tiny_split_stream
+from cljax.data import make_scenario
+from cljax.methods import get_method
+from cljax.nn import MLP, as_model
+from cljax.training import make_trainer, prepare_data, run_stream
+s = tiny_split_stream(); sc = make_scenario(s, "task")
+m = get_method("ewc", num_examples=16, chunk_size=8)
+tr = make_trainer(as_model(MLP((16,), sc.num_outputs, num_heads=sc.num_heads)), m,
+                  optimizer=optax.adam(1e-2), batch_size=8, eval_chunk=16)
+res = run_stream(tr, prepare_data(s, sc, eval_chunk=16), num_steps=8,
+                 keys=jax.random.split(jax.random.key(1), 2), hparams=m.default_hparams)
+np.save({out!r}, np.concatenate([res.train_loss.ravel(), res.loss.ravel(), res.accuracy.ravel()]))
+"""
+
+
+def test_same_config_and_seed_are_bit_identical_across_processes(tmp_path):
+    import pathlib
+    import subprocess
+    import sys
+    tests = str(pathlib.Path(__file__).parent)
+    outs = []
+    for i in range(2):
+        out = str(tmp_path / f"run{i}.npy")
+        subprocess.run([sys.executable, "-c", _TWO_PROCESS_SCRIPT.format(tests=tests, out=out)],
+                       check=True, capture_output=True)
+        outs.append(np.load(out))
+    np.testing.assert_array_equal(outs[0], outs[1])

@@ -1,0 +1,94 @@
+"""Tests for cljax.checkpoint and run_stream's checkpoint / resume."""
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cljax.checkpoint import Checkpointer, CheckpointError
+from cljax.data import make_scenario
+from cljax.methods import get_method
+from cljax.nn import MLP, as_model
+from cljax.training import make_trainer, prepare_data, run_stream
+from helpers import tiny_split_stream
+
+
+def test_checkpointer_round_trip_keys_and_fallback_on_damage(tmp_path):
+    c = Checkpointer(tmp_path / "c", log=lambda m: None)
+    assert c.restore_latest({"a": jnp.ones(2)}) is None
+    old = {"a": jnp.arange(3.0), "k": jax.random.split(jax.random.key(0), 2), "e": ()}
+    new = {"a": jnp.arange(3.0) + 1, "k": jax.random.split(jax.random.key(1), 2), "e": ()}
+    c.save(1, old, {"i": 1})
+    c.save(2, new, {"i": 2})
+    payload, meta = c.restore_latest(old)
+    assert meta == {"i": 2}
+    np.testing.assert_array_equal(payload["a"], new["a"])
+    np.testing.assert_array_equal(jax.random.key_data(payload["k"]), jax.random.key_data(new["k"]))
+    for root, _, files in os.walk(tmp_path / "c" / "2"):     # damage the newest checkpoint
+        for f in files:
+            p = pathlib.Path(root) / f
+            p.write_bytes(p.read_bytes()[: max(1, p.stat().st_size // 3)])
+    seen = []
+    c.log = seen.append
+    payload, meta = c.restore_latest(old)
+    assert meta == {"i": 1} and "cannot be restored" in seen[0] and "/2" in seen[0]
+    for root, _, files in os.walk(tmp_path / "c" / "1"):
+        for f in files:
+            (pathlib.Path(root) / f).write_bytes(b"")
+    with pytest.raises(CheckpointError, match="no checkpoint could be restored"):
+        c.restore_latest(old)
+    with pytest.raises(CheckpointError):   # a template of another structure is refused too
+        Checkpointer(tmp_path / "d", log=lambda m: None).save(1, old, {}) or \
+            Checkpointer(tmp_path / "d", log=lambda m: None).restore_latest({"b": jnp.ones(7)})
+
+
+def _setup(method="si", **options):
+    s = tiny_split_stream()
+    sc = make_scenario(s, "task")
+    m = get_method(method, **options)
+    tr = make_trainer(as_model(MLP((16,), sc.num_outputs, num_heads=sc.num_heads)), m,
+                      optimizer=optax.adam(1e-2), batch_size=8, eval_chunk=16)
+    return m, tr, prepare_data(s, sc, eval_chunk=16)
+
+
+def _fields(res):
+    return [res.accuracy, res.loss, res.train_loss, res.init_accuracy, res.diverged,
+            *jax.tree.leaves(res.final_state.params), *jax.tree.leaves(res.final_state.mstate),
+            *jax.tree.leaves(res.task_params)]
+
+
+@pytest.mark.parametrize("stop_at", [(0, 4), (1, 0), (1, 8)])
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, stop_at):
+    """KeyboardInterrupt (what SIGINT raises, and the CLI turns SIGTERM into) at a task's step
+    or between tasks; resume continues from the checkpoint saved then, bit for bit."""
+    m, tr, data = _setup()
+    keys = jax.random.split(jax.random.key(2), 2)
+    kw = dict(num_steps=12, keys=keys, hparams=m.default_hparams, keep_params=True,
+              checkpoint_every=4)
+    full = run_stream(tr, data, checkpoint=Checkpointer(tmp_path / "full"), **kw)
+
+    def stop(task, done, total):
+        if (task, done) == stop_at or (stop_at[1] == 0 and task == stop_at[0]):
+            raise KeyboardInterrupt
+
+    ckpt = Checkpointer(tmp_path / "run", log=lambda msg: None)
+    with pytest.raises(KeyboardInterrupt):
+        run_stream(tr, data, checkpoint=ckpt, progress=stop, **kw)
+    assert ckpt.steps()
+    resumed = run_stream(tr, data, checkpoint=ckpt, resume=True, **kw)
+    for a, b in zip(_fields(full), _fields(resumed)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_resume_refuses_another_run_and_needs_a_checkpoint(tmp_path):
+    m, tr, data = _setup("none")
+    keys = jax.random.split(jax.random.key(0), 2)
+    ckpt = Checkpointer(tmp_path / "c")
+    run_stream(tr, data, num_steps=4, keys=keys, checkpoint=ckpt)
+    with pytest.raises(ValueError, match="4 steps per task; this one has 2 and 8"):
+        run_stream(tr, data, num_steps=8, keys=keys, checkpoint=ckpt, resume=True)
+    with pytest.raises(ValueError, match="need a checkpoint"):
+        run_stream(tr, data, num_steps=4, keys=keys, resume=True)
