@@ -48,3 +48,50 @@ def test_bad_inputs():
         metrics.forward_transfer(R, b[:2])
     with pytest.raises(ValueError, match="at least 2 tasks"):
         metrics.backward_transfer(np.ones((1, 1)))
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros((0, 0)), "at least one task"),          # was an IndexError
+    (np.zeros((3, 0, 0)), "at least one task"),
+    (np.zeros((2, 3)), "square"),
+    (np.zeros(3), "square"),
+    (np.array([[0.5, 1.2], [0.3, 0.9]]), r"outside \[0, 1\]"),
+    (np.array([[0.5, -0.1], [0.3, 0.9]]), r"outside \[0, 1\]"),
+    (100 * R, "not %"),                                 # percentages are caught
+    (np.array([[np.inf, 0.0], [0.0, 0.0]]), "NaN or inf"),
+    ([["a", "b"], ["c", "d"]], "array of numbers"),
+])
+def test_bad_matrices_name_the_argument(bad, match):
+    for fn in (metrics.average_accuracy, metrics.plasticity, metrics.all_metrics):
+        kwargs = {} if fn is not metrics.all_metrics else {"kind": "accuracy"}
+        with pytest.raises(ValueError, match=match) as info:
+            fn(bad, **kwargs)
+        assert str(info.value).startswith("R ")
+
+
+def test_bad_baselines():
+    with pytest.raises(ValueError, match=r"b must have shape \(3,\)"):
+        metrics.forward_transfer(R, np.ones((3, 1)))
+    with pytest.raises(ValueError, match=r"b holds accuracies outside \[0, 1\]"):
+        metrics.forward_transfer(R, b * 100)
+    with pytest.raises(ValueError, match="b contains NaN"):
+        metrics.forward_transfer(R, np.array([0.1, np.nan, 0.2]))
+    with pytest.raises(ValueError, match=r"b must have shape \(2, 3\)"):
+        metrics.all_metrics(np.stack([R, R]), b, kind="accuracy")
+
+
+def test_loss_matrices_and_kinds():
+    L = 3 * R  # per-task test losses: > 1 is fine, forgetting is an increase
+    assert metrics.average_accuracy(L, kind="loss") == pytest.approx(3 * metrics.average_accuracy(R))
+    assert set(metrics.all_metrics(L, 3 * b, kind="loss")) >= {"acc", "bwt", "fwt"}
+    with pytest.raises(ValueError, match="negative losses"):
+        metrics.all_metrics(-L, kind="loss")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        metrics.average_accuracy(R, kind="percent")
+    # kind=None (what a caller passing both kinds through one function uses): shapes and
+    # finiteness only
+    assert metrics.all_metrics(L)["acc"] == pytest.approx(metrics.average_accuracy(L, kind="loss"))
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.all_metrics(np.full((2, 2), np.nan))
+    with pytest.raises(ValueError, match="values contains NaN"):
+        metrics.mean_and_sem([1.0, np.nan])
