@@ -1,18 +1,46 @@
 """Write an experiment's outputs: ``results.json``, ``report.md`` and the plots."""
 from __future__ import annotations
 
-import json
+import io
+import math
 import os
 import pathlib
 
 import numpy as np
 
+from cljax.workdir import write_bytes_atomic, write_json_atomic, write_text_atomic
+
 METRIC_NAMES = {"acc": "ACC", "bwt": "BWT", "fwt": "FWT", "forgetting": "Forgetting (max)",
                 "forgetting_from_first": "Forgetting (first)", "plasticity": "Plasticity"}
 
 
+def _finite(x) -> bool:
+    return isinstance(x, (int, float, np.number)) and math.isfinite(x)
+
+
+def _f(x, spec: str = ".4g") -> str:
+    """``x`` formatted, or "–" for a missing / non-finite value (``null`` in results.json)."""
+    return format(x, spec) if _finite(x) else "–"
+
+
 def _pct(entry: dict) -> str:
-    return f"{100 * entry['mean']:.2f} ± {100 * entry['sem']:.2f}"
+    mean, sem = entry.get("mean"), entry.get("sem")
+    if not _finite(mean):
+        return "–"
+    return f"{100 * mean:.2f} ± {_f(100 * sem if _finite(sem) else None, '.2f')}"
+
+
+def _floats(values) -> np.ndarray:
+    """A nested list / array as floats, ``None`` (JSON's null) as NaN."""
+    return np.asarray(values, dtype=float)
+
+
+def _mean_over_runs(values) -> np.ndarray:
+    """Mean over the leading (runs) axis ignoring NaN (diverged runs); NaN where every run is."""
+    a = _floats(values)
+    ok = ~np.isnan(a)
+    count = ok.sum(0)
+    return np.where(count > 0, np.where(ok, a, 0).sum(0) / np.maximum(count, 1), np.nan)
 
 
 def _analysis_section(name: str, analysis: dict) -> list[str]:
@@ -22,24 +50,25 @@ def _analysis_section(name: str, analysis: dict) -> list[str]:
         flat, bound = run["flatness"], run["bound"]
         T = len(flat["lambda_max"])
         s = bound["summary"]
-        final = s["final_forgetting"] + [float("nan")]
+        final = list(s["final_forgetting"]) + [None]
         lines += ["", f"Run {run['run']} ({run['seconds']:.1f} s):", "",
                   "| task | λ_max(H_t) | ‖∇ℓ_t(θ*_t)‖ | HVPs | ℓ_t(θ*_t) | forgetting ℓ_t(θ*_T) − ℓ_t(θ*_t) |",
                   "|---|---|---|---|---|---|"]
-        lines += [f"| T{t + 1} | {flat['lambda_max'][t]:.4g} | {flat['grad_norm'][t]:.3g} | "
-                  f"{flat['num_matvecs'][t]} | {flat['loss'][t]:.4g} | {final[t]:.4g} |"
+        lines += [f"| T{t + 1} | {_f(flat['lambda_max'][t])} | {_f(flat['grad_norm'][t], '.3g')} "
+                  f"| {flat['num_matvecs'][t]} | {_f(flat['loss'][t])} | {_f(final[t])} |"
                   for t in range(T)]
         lines += ["", "| pair (i, j) | measured ℓ_i(θ*_j) − ℓ_i(θ*_i) | ½ΔθᵀH_iΔθ | "
                   "½λ_max‖Δθ‖² | measured ≤ bound |", "|---|---|---|---|---|"]
         for i, j, m, q, b in zip(bound["pair_i"], bound["pair_j"], bound["measured"],
                                  bound["quadratic"], bound["bound"]):
-            lines.append(f"| ({i + 1}, {j + 1}) | {m:.4g} | {q:.4g} | {b:.4g} | "
-                         f"{'yes' if m <= b else 'no'} |")
-        lines += ["", f"The bound holds for {100 * s['frac_measured_le_bound']:.0f} % of "
-                  f"{s['num_pairs']} pairs; median measured/bound "
-                  f"{s['median_ratio_measured_to_bound']:.3g}, measured/quadratic "
-                  f"{s['median_ratio_measured_to_quadratic']:.3g}; Spearman(λ_max, final "
-                  f"forgetting) = {s['spearman_lambda_max_forgetting']:.3g}."]
+            holds = ("yes" if m <= b else "no") if _finite(m) and _finite(b) else "–"
+            lines.append(f"| ({i + 1}, {j + 1}) | {_f(m)} | {_f(q)} | {_f(b)} | {holds} |")
+        frac = s["frac_measured_le_bound"]
+        lines += ["", f"The bound holds for {_f(100 * frac if _finite(frac) else None, '.0f')} % "
+                  f"of {s['num_pairs']} pairs; median measured/bound "
+                  f"{_f(s['median_ratio_measured_to_bound'], '.3g')}, measured/quadratic "
+                  f"{_f(s['median_ratio_measured_to_quadratic'], '.3g')}; Spearman(λ_max, final "
+                  f"forgetting) = {_f(s['spearman_lambda_max_forgetting'], '.3g')}."]
     return lines
 
 
@@ -86,48 +115,57 @@ def markdown_report(results: dict) -> str:
     for name, sc in results["scenarios"].items():
         if sc.get("diverged"):
             lines += ["", f"**{name}-IL: {_diverged(sc['diverged'], cfg['seeds'])} run(s) "
-                      "diverged (non-finite training loss); the metrics above are over the "
-                      "others.**"]
+                      "diverged (training loss non-finite or far above its initial value); the "
+                      "metrics above are over the others.**"]
     for name, sc in results["scenarios"].items():
-        R = 100 * np.nanmean(sc["accuracy"], axis=0)
+        R = 100 * _mean_over_runs(sc["accuracy"])
         T = R.shape[0]
         best = f" at {sc['best_hparams']}" if "sweep" in sc else ""
         lines += ["", f"## {name}-IL: accuracy matrix{best} (row = after task i, column = task j, %)", "",
                   "| after \\ on | " + " | ".join(f"T{j + 1}" for j in range(T)) + " |",
                   "|---" * (T + 1) + "|"]
-        lines += [f"| T{i + 1} | " + " | ".join(f"{R[i, j]:.2f}" for j in range(T)) + " |"
+        lines += [f"| T{i + 1} | " + " | ".join(_f(R[i, j], ".2f") for j in range(T)) + " |"
                   for i in range(T)]
         if "analysis" in sc:
             lines += _analysis_section(name, sc["analysis"])
         t = sc["timings"]
-        lines += ["", f"Compile {t['compile_seconds']:.1f} s; training + evaluation "
-                  f"{t['run_seconds']:.1f} s for {cfg['seeds']} vmapped seed(s)."]
+        lines += ["", f"Compile {_f(t['compile_seconds'], '.1f')} s; training + evaluation "
+                  f"{_f(t['run_seconds'], '.1f')} s for {cfg['seeds']} vmapped seed(s)."]
     return "\n".join(lines) + "\n"
 
 
 def plot_accuracy_matrices(results: dict, path: str | os.PathLike) -> None:
+    """accuracy_matrix.png: :func:`accuracy_matrix_figure` saved atomically."""
+    _save(accuracy_matrix_figure(results), path)
+
+
+def accuracy_matrix_figure(results: dict):
+    """Heatmaps of the mean accuracy matrix (over the runs that did not diverge), one panel per
+    scenario, with a shared colour bar; a matplotlib Figure (Agg)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     scs = results["scenarios"]
-    fig, axes = plt.subplots(1, len(scs), figsize=(4.2 * len(scs), 3.8), squeeze=False)
+    # constrained layout: room for each panel's y-label and the shared colour bar (without it
+    # every y-label but the first runs into the panel on its left)
+    fig, axes = plt.subplots(1, len(scs), figsize=(4.2 * len(scs) + 0.8, 3.8), squeeze=False,
+                             layout="constrained")
     for ax, (name, sc) in zip(axes[0], scs.items()):
-        R = 100 * np.nanmean(sc["accuracy"], axis=0)
+        R = 100 * _mean_over_runs(sc["accuracy"])
         T = R.shape[0]
         im = ax.imshow(R, vmin=0, vmax=100, cmap="viridis")
         for i in range(T):
             for j in range(T):
-                ax.text(j, i, f"{R[i, j]:.0f}", ha="center", va="center", fontsize=7,
-                        color="white" if R[i, j] < 60 else "black")
+                ax.text(j, i, _f(R[i, j], ".0f"), ha="center", va="center", fontsize=7,
+                        color="white" if R[i, j] < 60 else "black")  # NaN: black on blank
         ax.set_xticks(range(T), [f"T{j + 1}" for j in range(T)])
         ax.set_yticks(range(T), [f"T{i + 1}" for i in range(T)])
         ax.set_xlabel("evaluated on task")
         ax.set_ylabel("after training task")
         ax.set_title(f"{name}-IL")
     fig.colorbar(im, ax=axes[0].tolist(), label="test accuracy (%)")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def plot_task_curves(results: dict, path: str | os.PathLike) -> None:
@@ -138,9 +176,15 @@ def plot_task_curves(results: dict, path: str | os.PathLike) -> None:
     scs = results["scenarios"]
     fig, axes = plt.subplots(1, len(scs), figsize=(4.5 * len(scs), 3.6), squeeze=False)
     for ax, (name, sc) in zip(axes[0], scs.items()):
-        acc = 100 * np.asarray(sc["accuracy"])
+        acc = 100 * _floats(sc["accuracy"])
+        T = acc.shape[-1]
         acc = acc[~np.isnan(acc).any(axis=(1, 2))]  # diverged runs are NaN
-        mean, T = acc.mean(0), acc.shape[-1]
+        ax.set_title(f"{name}-IL")
+        if acc.shape[0] == 0:
+            ax.text(0.5, 0.5, "every run diverged", ha="center", va="center",
+                    transform=ax.transAxes)
+            continue
+        mean = acc.mean(0)
         sem = acc.std(0, ddof=1) / np.sqrt(acc.shape[0]) if acc.shape[0] > 1 else 0 * mean
         x = np.arange(1, T + 1)
         for j in range(T):
@@ -150,12 +194,11 @@ def plot_task_curves(results: dict, path: str | os.PathLike) -> None:
         ax.set_xlabel("after training task")
         ax.set_ylabel("test accuracy (%)")
         ax.set_ylim(0, 101)
-        ax.set_title(f"{name}-IL")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="lower left")
+    if axes[0][-1].get_legend_handles_labels()[0]:
+        axes[0][-1].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_stability_plasticity(results: dict, path: str | os.PathLike) -> None:
@@ -176,8 +219,10 @@ def plot_stability_plasticity(results: dict, path: str | os.PathLike) -> None:
             x = np.arange(len(pts), dtype=float)
             xlabel = "grid point (" + ", ".join(swept) + ")"
         for key, label in (("acc", "ACC"), ("bwt", "BWT"), ("plasticity", "plasticity R[t,t]")):
-            mean = np.array([100 * p["metrics"][key]["mean"] for p in pts])
-            sem = np.array([100 * p["metrics"][key]["sem"] for p in pts])
+            if not all(key in p["metrics"] for p in pts):
+                continue  # BWT needs 2 tasks
+            mean = 100 * _floats([p["metrics"][key]["mean"] for p in pts])
+            sem = 100 * _floats([p["metrics"][key]["sem"] for p in pts])
             ax.errorbar(x, mean, yerr=sem, marker="o", ms=3, capsize=2, label=label)
         if len(swept) == 1 and np.all(x > 0) and x.max() / x.min() > 20:
             ax.set_xscale("log")
@@ -188,17 +233,52 @@ def plot_stability_plasticity(results: dict, path: str | os.PathLike) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
+
+
+def _save(fig, path: str | os.PathLike, dpi: int = 120) -> None:
+    """Save ``fig`` as a PNG atomically (rendered in memory, then temp file + rename)."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def write_outputs(results: dict, workdir: str | os.PathLike) -> pathlib.Path:
     """Write results.json, report.md, accuracy_matrix.png and task_curves.png into ``workdir``
-    (and stability_plasticity.png after a sweep)."""
+    (and stability_plasticity.png after a sweep, flatness.png / bound.png after an analysis;
+    with regimes, one sub-directory per regime). Every file is written atomically (temp file in
+    ``workdir`` + ``os.replace``), so calling this again after each finished scenario (the
+    CLI's ``on_scenario``) replaces the outputs whole: a reader, or a run killed mid-write,
+    sees the previous version or the new one, never a torn file.
+
+    ``results.json`` is strict JSON (RFC 8259; Python's ``json.loads`` and every other parser
+    read it). Schema, in short::
+
+        config         the validated config (every default filled in)
+        versions       python, platform, jax, jaxlib, flax, optax, numpy, tfds, devices
+        stream         name, num_tasks, classes, train_sizes, test_sizes
+        load_seconds, total_seconds, (pretrain, encode_seconds with config.features)
+        scenarios.<task|domain|class>:
+          num_heads, num_outputs, hparams (of the reported point)
+          accuracy [S][T][T], loss [S][T][T]   row i = after task i, column j = task j; S seeds
+          init_accuracy [S][T], init_loss [S][T], final_train_loss [S][T]
+          metrics / loss_metrics   {acc, bwt, fwt, forgetting, ...: {mean, sem, per_run}}
+                                   over the runs that did not diverge
+          diverged [{seed, task, step}], timings {compile_seconds, run_seconds, ...}
+          best_hparams, sweep [{hparams, accuracy, ..., metrics, diverged}]   after a sweep
+          analysis {curvature, data, runs [{run, flatness, bound, seconds}]}   --analysis
+        regimes.<name>: the same, per regime (instead of stream / scenarios)
+
+    A missing or non-finite value is ``null``: a diverged run's accuracies and losses, a metric
+    with no finite run, an infinite loss; there are never bare ``NaN`` / ``Infinity`` tokens.
+    """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
-    (workdir / "report.md").write_text(markdown_report(results))
+    write_json_atomic(workdir / "results.json", results)
+    write_text_atomic(workdir / "report.md", markdown_report(results))
     if "regimes" in results:
         for regime, sub in results["regimes"].items():
             write_outputs(sub, workdir / regime)
@@ -241,13 +321,5 @@ def write_analysis_plots(results: dict, workdir: pathlib.Path) -> None:
         plot_bound(run["bound"], workdir / name, title=f"{label}, run {run['run']}")
 
 
-def _json_default(obj):
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
-
-
-__all__ = ["markdown_report", "plot_accuracy_matrices", "plot_task_curves",
+__all__ = ["markdown_report", "accuracy_matrix_figure", "plot_accuracy_matrices", "plot_task_curves",
            "plot_stability_plasticity", "write_analysis_plots", "write_outputs"]

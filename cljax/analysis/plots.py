@@ -26,12 +26,105 @@ def _get(result: Any, name: str) -> np.ndarray:
     return np.asarray(value, float)
 
 
+def _decade(x: float, up: bool = False) -> int:
+    """The power of ten at or below ``x`` (at or above it with ``up``), robust to rounding."""
+    e = np.log10(x)
+    return int(np.ceil(e - 1e-9) if up else np.floor(e + 1e-9))
+
+
+def symlog_ticks(values, *, max_labels: int = 6, small_quantile: float = 0.1,
+                 max_decades: int = 5) -> dict:
+    """Settings of a readable symlog axis for ``values`` (some ≤ 0): ``linthresh`` a power of
+    ten from the data (the ``small_quantile`` of the non-zero magnitudes, but at most
+    ``max_decades`` below the largest, so values near zero sit in the linear part instead of
+    stretching the axis over many empty decades), the labelled ticks (0 and every ``stride``-th
+    decade, at most ~``max_labels`` of them, never crowding 0), unlabelled minor ticks at the
+    other decades, and limits at the decades beyond the data.
+
+    Returns ``{"linthresh", "major", "minor", "limits"}`` (``linthresh`` None when every value
+    is 0 or non-finite: use a linear axis).
+    """
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    nonzero = np.abs(v[v != 0])
+    if nonzero.size == 0:
+        return {"linthresh": None, "major": [0.0], "minor": [], "limits": (-1.0, 1.0)}
+    top = float(nonzero.max())
+    k_lin = _decade(max(float(np.quantile(nonzero, small_quantile)), top * 10.0 ** -max_decades))
+    lin = 10.0 ** k_lin
+    neg = -float(v.min()) if v.min() < 0 else 0.0
+    pos = float(v.max()) if v.max() > 0 else 0.0
+    k_neg = max(_decade(neg, up=True), k_lin) if neg > 0 else None
+    k_pos = max(_decade(pos, up=True), k_lin) if pos > 0 else None
+    n = sum(k - k_lin + 1 for k in (k_neg, k_pos) if k is not None)
+    stride = max(1, int(np.ceil(n / max(max_labels - 1, 1))))
+    # Labels every stride-th decade counted from each side's outer end (the limit is labelled).
+    # With stride 1, ±linthresh is one decade-width from 0 (linscale 1), as far as the next
+    # decade; with stride > 1 no label comes closer to 0 than one stride, so none crowd 0.
+    nearest = k_lin + stride - 1  # decade k sits 1 + (k - k_lin) decade-widths from 0
+    major, minor = [0.0], []
+    for sign, k_max in ((-1.0, k_neg), (1.0, k_pos)):
+        if k_max is None:
+            continue
+        for k in range(k_lin, k_max + 1):
+            labelled = (k_max - k) % stride == 0 and (k >= nearest or k == k_max)
+            (major if labelled else minor).append(sign * 10.0 ** k)
+    limits = (-10.0 ** k_neg if k_neg is not None else -0.5 * lin,
+              10.0 ** k_pos if k_pos is not None else 0.5 * lin)
+    return {"linthresh": lin, "major": sorted(major), "minor": sorted(minor), "limits": limits}
+
+
+def _scale_axis(ax, which: str, values: np.ndarray) -> float | None:
+    """Log when every finite value is positive, else a readable symlog (:func:`symlog_ticks`);
+    returns the symlog's linthresh (None for a log or linear axis)."""
+    from matplotlib.ticker import FixedLocator, NullFormatter
+
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return None
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    set_scale, set_lim = ((ax.set_xscale, ax.set_xlim) if which == "x"
+                          else (ax.set_yscale, ax.set_ylim))
+    if np.all(v > 0):
+        set_scale("log")
+        return None
+    ticks = symlog_ticks(v, max_labels=6 if which == "x" else 8)
+    if ticks["linthresh"] is None:
+        return None
+    set_scale("symlog", linthresh=ticks["linthresh"], linscale=1.0)
+    axis.set_major_locator(FixedLocator(ticks["major"]))
+    axis.set_minor_locator(FixedLocator(ticks["minor"]))
+    axis.set_minor_formatter(NullFormatter())
+    set_lim(*ticks["limits"])
+    return ticks["linthresh"]
+
+
+def _diagonal(x: np.ndarray, y: np.ndarray, x_lin: float | None, y_lin: float | None
+              ) -> np.ndarray:
+    """Points of the line y = x over the data's range, dense enough to draw it on log / symlog
+    axes; on a log y axis only where x is in its own log range (a straight line there, no kink
+    at x's linear threshold)."""
+    lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+    if y_lin is None and np.all(y > 0):  # log y: the positive part
+        lo = max(float(y.min()), x_lin or 0.0, float(x[x > 0].min()) if np.any(x > 0) else hi)
+        return np.geomspace(lo, hi, 100) if 0 < lo < hi else np.array([])
+    small = max(abs(lo), abs(hi)) * 1e-9
+    pts = [np.linspace(lo, hi, 400)]
+    if hi > small:
+        pts.append(np.geomspace(max(small, lo), hi, 400))
+    if lo < -small:
+        pts.append(-np.geomspace(small, -lo, 400))
+    t = np.unique(np.concatenate(pts))
+    return t[(t >= lo) & (t <= hi)]
+
+
 def plot_bound(result: Any, path: str | os.PathLike = "bound.png", *,
                title: str | None = None) -> str:
     """Log-log scatter of the measured loss increase ℓ_i(θ*_j) − ℓ_i(θ*_i) (x) against the
     quadratic estimate ½ΔθᵀH_iΔθ and the bound ½λ_max‖Δθ‖² (y), one point per pair i < j, with
-    the line y = x: points above it over-estimate forgetting (seed 000 eq. 19–20). Log axes when
-    every value is positive, symlog otherwise (negative forgetting stays visible).
+    the line y = x: points above it over-estimate forgetting (seed 000 eq. 19–20). Each axis is
+    log when its values are all positive, else symlog (negative forgetting stays visible) with
+    the linear threshold and the ticks chosen from the data (:func:`symlog_ticks`).
 
     Args:
       result: a :class:`cljax.analysis.ForgettingBound` or its ``to_json`` dict.
@@ -39,28 +132,33 @@ def plot_bound(result: Any, path: str | os.PathLike = "bound.png", *,
     Returns:
       the path written.
     """
+    _save(bound_figure(result, title=title), path)
+    return str(path)
+
+
+def bound_figure(result: Any, *, title: str | None = None):
+    """The figure of :func:`plot_bound` (a matplotlib Figure, Agg), not saved."""
     plt = _pyplot()
     measured, quad, bound = (_get(result, k) for k in ("measured", "quadratic", "bound"))
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     finite = np.isfinite(measured) & np.isfinite(quad) & np.isfinite(bound)
-    # log axes when every value is positive; otherwise symlog (a loss can *decrease* when a later
-    # task helps an earlier one, and those pairs must stay visible)
-    positive = bool(np.all(measured[finite] > 0) and np.all(quad[finite] > 0))
     for values, label, marker in ((quad, "quadratic ½ΔθᵀHΔθ", "o"),
                                   (bound, "bound ½λ_max‖Δθ‖²", "^")):
         ax.scatter(measured[finite], values[finite], marker=marker, alpha=0.75, label=label)
     if finite.any():
-        allv = np.concatenate([measured[finite], quad[finite], bound[finite]])
-        lo, hi = allv.min(), allv.max()
-        ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = measured")
-        if positive:
-            ax.set_xscale("log")
-            ax.set_yscale("log")
+        # each axis log when its values are all positive; otherwise symlog (a loss can
+        # *decrease* when a later task helps an earlier one, and those pairs must stay visible)
+        x, y = measured[finite], np.concatenate([quad[finite], bound[finite]])
+        if np.any(x <= 0) and np.any(y <= 0):  # both symlog: one scale, so y = x is straight
+            both = np.concatenate([x, y])
+            diag = _diagonal(x, y, _scale_axis(ax, "x", both), _scale_axis(ax, "y", both))
         else:
-            nonzero = np.abs(allv[allv != 0])
-            thresh = float(nonzero.min()) if nonzero.size else 1.0
-            ax.set_xscale("symlog", linthresh=thresh)
-            ax.set_yscale("symlog", linthresh=thresh)
+            diag = _diagonal(x, y, _scale_axis(ax, "x", x), _scale_axis(ax, "y", y))
+        if diag.size:
+            xlim, ylim = ax.get_xlim(), ax.get_ylim()
+            ax.plot(diag, diag, "k--", lw=1, label="y = measured")
+            ax.set_xlim(xlim)
+            ax.set_ylim(ylim)
     summary = result["summary"] if isinstance(result, Mapping) else result.summary
     frac = summary.get("frac_measured_le_bound") if summary else None
     ax.set_xlabel("measured forgetting ℓ_i(θ*_j) − ℓ_i(θ*_i)")
@@ -70,9 +168,19 @@ def plot_bound(result: Any, path: str | os.PathLike = "bound.png", *,
                             if frac is not None else "")), fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return str(path)
+    return fig
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    """PNG, atomically (rendered in memory, then temp file + rename)."""
+    import io
+
+    from cljax.workdir import write_bytes_atomic
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    _pyplot().close(fig)
+    write_bytes_atomic(path, buf.getvalue())
 
 
 def plot_flatness(runs: Mapping[str, Any], path: str | os.PathLike = "flatness.png", *,
@@ -109,9 +217,8 @@ def plot_flatness(runs: Mapping[str, Any], path: str | os.PathLike = "flatness.p
     ax.set_title(title or "sharpness of each task's solution", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
     return str(path)
 
 
-__all__ = ["plot_bound", "plot_flatness"]
+__all__ = ["bound_figure", "plot_bound", "plot_flatness", "symlog_ticks"]
