@@ -393,12 +393,13 @@ def derpp(*, memory: str = "reservoir", per_class: int | None = 100, capacity: i
     def loss(params, batch, memory_state, ctx):
         del memory_state
         ce_cur, logits, k_mem = _current_loss(params, batch, ctx)
-        k1, k2 = jax.random.split(k_mem)
-        m1 = ctx.to_batch(batch["memory"])
-        z1 = ctx.model.train_logits_fn(params, m1, k1)
-        ok1 = batch["memory_ok"]
-        mse = _masked_mean(jnp.mean(jnp.square(z1 - m1["logits"]), axis=-1), ok1)
-        ce2, _ = _memory_loss(params, batch, ctx, k2, name="memory2")
+        m1, m2 = ctx.to_batch(batch["memory"]), ctx.to_batch(batch["memory2"])
+        n = m1["y"].shape[0]
+        both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), m1, m2)   # one forward
+        z = ctx.model.train_logits_fn(params, both, k_mem)
+        mse = _masked_mean(jnp.mean(jnp.square(z[:n] - m1["logits"]), axis=-1),
+                           batch["memory_ok"])
+        ce2 = _masked_mean(_per_example_ce(z[n:], m2["y"]), batch["memory2_ok"])
         total = (ce_cur + get_hparam(ctx.hparams, "alpha", "derpp") * mse
                  + get_hparam(ctx.hparams, "beta", "derpp") * ce2)
         return total, {"logits": logits}
