@@ -7,14 +7,42 @@ Examples::
         --sweep strength=1e2,1e3,1e4,1e5 --seeds 2
     cljax run experiments/configs/split_mnist.py --scenarios task,class --steps 500 \
         --set optimizer.learning_rate=3e-4 --workdir runs/quick
+
+Before any data is loaded the config (with every override) is validated and the work directory
+is created and checked (:mod:`cljax.workdir`). An error the user can fix — a bad config path,
+``--set`` / ``--sweep``, an unknown method, model or optimizer, an invalid value, missing or
+corrupt data, an unusable work directory — prints one line ``cljax: error: …`` naming the option
+and what it expects, and exits with status 2 (``--debug`` shows the traceback instead).
+Exit status: 0 done; 2 such an error (argparse's usage errors too); 3 every run diverged (the
+results are still written).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import pathlib
 import sys
+import traceback
+from typing import Callable, NamedTuple
 
 from cljax.config import apply_assignment, load_config, parse_sweep
+
+EXIT_USAGE = 2
+EXIT_ALL_DIVERGED = 3
+
+
+class UsageError(Exception):
+    """An error the user can fix; the CLI prints its message as one line and exits 2."""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,40 +51,239 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a CL experiment from a config file")
     run.add_argument("config", help="a Python file in experiments/configs/ with get_config()")
     run.add_argument("--method", help="CL method (none, joint, ...)")
-    run.add_argument("--seeds", type=int, help="number of seeds, run as one vmapped program")
+    run.add_argument("--seeds", type=_positive_int,
+                     help="number of seeds, run as one vmapped program")
     run.add_argument("--seed", type=int, help="base seed")
-    run.add_argument("--steps", type=int, help="training steps per task")
-    run.add_argument("--batch-size", type=int, dest="batch_size")
+    run.add_argument("--steps", type=_positive_int, help="training steps per task")
+    run.add_argument("--batch-size", type=_positive_int, dest="batch_size")
     run.add_argument("--scenarios", help="comma-separated subset of task,domain,class")
     run.add_argument("--data-dir", dest="data_dir", help="tfds data dir (default: $TFDS_DATA_DIR)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override any config entry, dotted for nested keys (repeatable)")
     run.add_argument("--sweep", action="append", default=[], metavar="NAME=V1,V2,...",
                      help="sweep a method hyperparameter; all values × seeds run as one vmapped "
-                          "program (repeat for a grid)")
+                          "program (one --sweep per name; repeat for a grid)")
     run.add_argument("--analysis", choices=["flatness"],
                      help="after training: λ_max per task and the forgetting bound")
-    run.add_argument("--workdir", help="output directory (default: runs/<config>_<method>)")
+    run.add_argument("--workdir", help="output directory (default: runs/<config>_<method>); "
+                                       "must be empty, or see --resume / --overwrite")
+    again = run.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the run saved in --workdir (same config and options) from "
+                            "its last complete checkpoint")
+    again.add_argument("--overwrite", action="store_true",
+                       help="delete the contents of --workdir (an earlier cljax run) first")
+    run.add_argument("--checkpoint-every", type=_positive_int, dest="checkpoint_every",
+                     metavar="STEPS", help="also checkpoint every STEPS steps within a task "
+                                           "(default: after every task only)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--debug", action="store_true",
+                     help="on an error, show the full traceback instead of one line")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    config = load_config(args.config)
-    for key in ("method", "seeds", "seed", "steps", "batch_size", "scenarios", "data_dir",
-                "analysis"):
+# --------------------------------------------------------------------------------------------
+# Errors as one line
+# --------------------------------------------------------------------------------------------
+
+def _message(e: BaseException, drop_prefix: str | None = None) -> str:
+    """The message of ``e`` on one line (a KeyError's without its quotes), without a leading
+    ``drop_prefix`` (what the label in front of it already says)."""
+    if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str):
+        text = e.args[0]
+    else:
+        text = str(e)
+    text = " ".join(text.split()) or type(e).__name__
+    if drop_prefix and text.startswith(drop_prefix) and len(text) > len(drop_prefix):
+        text = text[len(drop_prefix):]
+    return text
+
+
+# Exceptions of the run stage shown as one line: missing or corrupt data (the message says how
+# to fix it), and a config the validation could not see through or a file that could not be
+# written (with a pointer to --debug, in case it is a bug). Anything else is a bug and keeps its
+# traceback.
+def _data_errors() -> tuple[type, ...]:
+    from cljax.data.sources import CorruptDataError
+
+    return (CorruptDataError, FileNotFoundError)
+
+
+_RUN_STAGE_ERRORS = (ValueError, TypeError, KeyError, OSError)
+
+
+# --------------------------------------------------------------------------------------------
+# Config: file, options, overrides — validated, each error blamed on what caused it
+# --------------------------------------------------------------------------------------------
+
+_DIRECT_OPTIONS = (("method", "--method"), ("seeds", "--seeds"), ("seed", "--seed"),
+                   ("steps", "--steps"), ("batch_size", "--batch-size"),
+                   ("scenarios", "--scenarios"), ("data_dir", "--data-dir"),
+                   ("analysis", "--analysis"))
+
+
+class Override(NamedTuple):
+    """One option that changes the config."""
+
+    label: str                    # names the option in messages, e.g. "--set steps=5"
+    apply: Callable[[dict], None]  # applies it to a config in place
+    echo: str | None = None       # how its errors' messages start when they repeat the label
+
+
+def _load(path: str) -> dict:
+    if not pathlib.Path(path).is_file():
+        raise UsageError(f"config {path!r} is not a file; expected a Python file defining "
+                         "get_config(), e.g. experiments/configs/split_mnist.py")
+    try:
+        config = load_config(path)
+    except Exception as e:  # the user's code: any error in it is theirs
+        raise UsageError(f"config {path!r} failed to load: {type(e).__name__}: "
+                         f"{_message(e)}") from e
+    if not isinstance(config, dict):
+        raise UsageError(f"config {path!r}: get_config() must return a dict; got "
+                         f"{type(config).__name__}")
+    return config
+
+
+def _overrides(args: argparse.Namespace) -> list[Override]:
+    """Every option that changes the config, in the order applied, each with its label."""
+    out: list[Override] = []
+    for key, option in _DIRECT_OPTIONS:
         value = getattr(args, key)
-        if value is not None:
-            config[key] = value
-    if args.steps is not None:
-        config["epochs"] = None  # an explicit step count wins over epochs
+        if value is None:
+            continue
+
+        def apply(cfg, key=key, value=value):
+            cfg[key] = value
+            if key == "steps":
+                cfg["epochs"] = None  # an explicit step count wins over epochs
+        out.append(Override(f"{option} {value}", apply))
     for assignment in args.set:
-        apply_assignment(config, assignment)
+        # apply_override's messages start with the key, which the label already names
+        out.append(Override(f"--set {assignment}",
+                            lambda cfg, a=assignment: apply_assignment(cfg, a),
+                            echo=assignment.split("=", 1)[0].strip() + ": "))
+    swept: dict[str, str] = {}
     for spec in args.sweep:
-        name, values = parse_sweep(spec)
-        config.setdefault("sweep", {})[name] = values
-    workdir = args.workdir or f"runs/{pathlib.Path(args.config).stem}_{config['method']}"
+        label = f"--sweep {spec}"
+        try:
+            name, values = parse_sweep(spec)
+        except ValueError as e:
+            prefix = f"--sweep {spec.split('=', 1)[0].strip()}: "
+            raise UsageError(f"{label}: {_message(e, prefix)}") from e
+        if name in swept:
+            raise UsageError(
+                f"{label}: {name!r} is already swept by --sweep {swept[name]}; give each "
+                f"hyperparameter one --sweep with all its values, e.g. --sweep "
+                f"{name}=v1,v2,v3 (repeat --sweep only for different names, to make a grid)")
+        swept[name] = spec
+
+        def apply(cfg, name=name, values=values):
+            sweep = cfg.get("sweep")
+            cfg["sweep"] = {**(sweep if isinstance(sweep, dict) else {}), name: values}
+        out.append(Override(label, apply))
+    return out
+
+
+def _apply(base: dict, overrides: list[Override], skip: int | None = None) -> dict:
+    cfg = copy.deepcopy(base)
+    for i, o in enumerate(overrides):
+        if i == skip:
+            continue
+        try:
+            o.apply(cfg)
+        except (KeyError, ValueError, TypeError) as e:
+            raise UsageError(f"{o.label}: {_message(e, o.echo)}") from e
+    return cfg
+
+
+def _validate(cfg: dict) -> dict:
+    """``validate_config`` of the config and of each of its regimes (so that a bad regime
+    override fails now, not after the first regime has trained)."""
+    from cljax.config import apply_override
+    from cljax.experiment import validate_config
+
+    valid = validate_config(cfg)
+    for regime, overrides in (valid.get("regimes") or {}).items():
+        sub = copy.deepcopy({k: v for k, v in valid.items() if k != "regimes"})
+        try:
+            for dotted, value in overrides.items():
+                apply_override(sub, dotted, value)
+            validate_config(sub)
+        except Exception as e:
+            raise ValueError(f"regime {regime!r} ({overrides}): {_message(e)}") from e
+    return valid
+
+
+def _error_of(cfg: dict) -> str | None:
+    try:
+        _validate(cfg)
+    except Exception as e:
+        return _message(e)
+    return None
+
+
+def _blame(base: dict, overrides: list[Override], error: str, path: str) -> str:
+    """What to name in the message of a validation ``error``: the config file, or the option
+    that caused it (the one that alone reproduces it, else the one without which the config is
+    valid), or the combination of options."""
+    if _error_of(base) == error:
+        return f"config {path!r}"
+    for o in overrides:
+        try:
+            if _error_of(_apply(base, [o])) == error:
+                return o.label
+        except UsageError:
+            pass
+    for i, o in enumerate(overrides):
+        try:
+            if _error_of(_apply(base, overrides, skip=i)) is None:
+                return o.label
+        except UsageError:
+            pass
+    return "the options " + ", ".join(o.label for o in overrides)
+
+
+def resolve_config(args: argparse.Namespace) -> tuple[dict, dict]:
+    """(the config with every override applied, its validated normalised copy); a
+    :class:`UsageError` naming the config file or the option at fault otherwise."""
+    base = _load(args.config)
+    overrides = _overrides(args)
+    config = _apply(base, overrides)
+    try:
+        return config, _validate(config)
+    except Exception as e:  # validation builds the user's model / optimizer: any error is theirs
+        message = _message(e)
+        raise UsageError(f"{_blame(base, overrides, message, args.config)}: {message}") from e
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+def _run_counts(results: dict) -> tuple[int, int]:
+    """(runs, diverged runs) over every scenario, sweep point and regime of ``results``."""
+    if "regimes" in results:
+        counts = [_run_counts(sub) for sub in results["regimes"].values()]
+        return sum(c[0] for c in counts), sum(c[1] for c in counts)
+    seeds = int(results["config"]["seeds"])
+    total = gone = 0
+    for sc in results.get("scenarios", {}).values():
+        for point in sc.get("sweep") or [sc]:
+            total += seeds
+            gone += len(point.get("diverged") or [])
+    return total, gone
+
+
+def _run(args: argparse.Namespace) -> int:
+    config, valid = resolve_config(args)
+    from cljax.workdir import CHECKPOINT_DIR, prepare_workdir
+
+    workdir = args.workdir or f"runs/{pathlib.Path(args.config).stem}_{valid['method']}"
+    prepared = prepare_workdir(workdir, valid, resume=args.resume, overwrite=args.overwrite)
+    workdir = prepared["path"]
+    if args.resume and not prepared["resume"]:
+        print(f"nothing to resume in {workdir}: starting a fresh run", file=sys.stderr)
 
     from cljax.experiment import run_experiment  # deferred: imports JAX
     from cljax.report import write_outputs
@@ -68,12 +295,40 @@ def main(argv: list[str] | None = None) -> int:
         def progress_factory(name, total):
             return tqdm(total=total, unit="step", desc=f"{name}-IL", leave=False, file=sys.stderr)
 
-    results = run_experiment(config, progress_factory=progress_factory,
-                             on_scenario=lambda partial: write_outputs(partial, workdir))
-    out = write_outputs(results, workdir)
-    print(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} in {out}")
+    try:
+        results = run_experiment(config, progress_factory=progress_factory,
+                                 on_scenario=lambda partial: write_outputs(partial, workdir),
+                                 checkpoint_dir=str(workdir / CHECKPOINT_DIR),
+                                 resume=prepared["resume"],
+                                 checkpoint_every=args.checkpoint_every)
+        out = write_outputs(results, workdir)
+    except _data_errors() as e:
+        raise UsageError(_message(e)) from e
+    except _RUN_STAGE_ERRORS as e:
+        raise UsageError(f"{_message(e)} (--debug shows the traceback)") from e
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
+    print(f"wrote {', '.join(names)} in {out}")
     print((out / "report.md").read_text())
+    total, gone = _run_counts(results)
+    if total and gone == total:
+        print(f"cljax: error: every run diverged ({gone}/{total}); see {out / 'report.md'}: "
+              "lower the learning rate or the method's strength", file=sys.stderr)
+        return EXIT_ALL_DIVERGED
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # argparse's own errors exit 2 with the usage
+    from cljax.workdir import WorkdirError
+
+    try:
+        return _run(args)
+    except (UsageError, WorkdirError) as e:
+        if args.debug:
+            traceback.print_exc()  # the whole chain: where the original error was raised
+        else:
+            print(f"cljax: error: {_message(e)}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

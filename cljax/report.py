@@ -321,5 +321,6 @@ def write_analysis_plots(results: dict, workdir: pathlib.Path) -> None:
         plot_bound(run["bound"], workdir / name, title=f"{label}, run {run['run']}")
 
 
-__all__ = ["markdown_report", "accuracy_matrix_figure", "plot_accuracy_matrices", "plot_task_curves",
+__all__ = ["markdown_report", "accuracy_matrix_figure", "plot_accuracy_matrices",
+           "plot_task_curves",
            "plot_stability_plasticity", "write_analysis_plots", "write_outputs"]

@@ -1,4 +1,5 @@
 import json
+import pathlib
 
 import pytest
 import tensorflow_datasets as tfds
@@ -15,9 +16,11 @@ def test_end_to_end_on_mock_mnist(tmp_path, capsys):
                          "2", "--scenarios", "task,class", "--workdir", str(workdir),
                          "--no-progress", "--set", "model.widths=[16]", "--set", "eval_chunk=64"])
     assert code == 0
-    for name in ("results.json", "report.md", "accuracy_matrix.png", "task_curves.png"):
+    for name in ("results.json", "report.md", "accuracy_matrix.png", "task_curves.png",
+                 "config.json"):
         assert (workdir / name).stat().st_size > 0
-    results = json.loads((workdir / "results.json").read_text())
+    results = json.loads((workdir / "results.json").read_text(),
+                         parse_constant=lambda token: pytest.fail(f"non-strict JSON: {token}"))
     assert set(results["scenarios"]) == {"task", "class"}
     acc = results["scenarios"]["class"]["accuracy"]
     assert len(acc) == 2 and len(acc[0]) == 5 and len(acc[0][0]) == 5
@@ -92,3 +95,211 @@ def test_a_diverging_sweep_point_is_reported_and_never_chosen(tmp_path):
     assert unstable["diverged"][0]["task"] == 0
     assert sc["best_hparams"]["learning_rate"] == 1e-3
     assert "2/2 (seed 0: task 1, step" in (workdir / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: one line, exit status 2, nothing run
+# ---------------------------------------------------------------------------------------------
+
+CONFIG = "experiments/configs/split_mnist.py"
+
+
+@pytest.fixture
+def fake_run(monkeypatch):
+    """Replace run_experiment by a recorder returning synthetic results (no data, no JAX
+    training): the CLI's own logic is what is tested."""
+    import cljax.experiment
+    from test_report import synthetic_results
+
+    calls = []
+
+    def run_experiment(config, **kwargs):
+        calls.append({"config": config, **kwargs})
+        results = fake_run.results or synthetic_results(("task",))
+        kwargs["on_scenario"](results)
+        return results
+    fake_run.results = None
+    monkeypatch.setattr(cljax.experiment, "run_experiment", run_experiment)
+    fake_run.calls = calls
+    return fake_run
+
+
+def _one_line_error(capsys, argv) -> str:
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cljax: error: "), err
+    return lines[0].removeprefix("cljax: error: ")
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--set", "lerning_rate=1"], "--set lerning_rate=1: the config has no key 'lerning_rate'"),
+    (["--set", "steps"], "--set steps: --set expects key=value"),
+    (["--set", "model.sizes.x=1"], "--set model.sizes.x=1: 'sizes' is not a section"),
+    (["--method", "magic"], "--method magic: unknown method 'magic'; available: ["),
+    (["--scenarios", "task,instance"], "--scenarios task,instance: scenarios must be"),
+    (["--set", "model.dropout=1.5"], "--set model.dropout=1.5: MLP dropout must be a rate in "
+                                     "[0, 1); got 1.5"),
+    (["--set", "model.widths=[0]"], "--set model.widths=[0]: MLP widths must be positive ints"),
+    (["--set", "model.kind=transformer"], "--set model.kind=transformer: config['model']"
+                                          "['kind'] must be one of ['alexnet', 'cnn'"),
+    (["--set", "optimizer.name=adamx"], "--set optimizer.name=adamx: optimizer name must be "
+                                        "an optax optimizer"),
+    (["--set", "optimizer.learning_rate=-1"], "--set optimizer.learning_rate=-1: optimizer "
+                                              "learning_rate must be a positive finite number"),
+    (["--sweep", "strength=1"], "--sweep strength=1: config['sweep'] names ['strength'], which "
+                                "method 'none' does not take"),
+    (["--method", "ewc", "--sweep", "lambda=1"], "--sweep lambda=1: config['sweep'] names "
+                                                 "['lambda'], which method 'ewc' does not take"),
+    (["--sweep", "strength=big"], "--sweep strength=big: values must be numbers; got 'big'"),
+    (["--method", "ewc", "--sweep", "strength=1,2", "--sweep", "strength=3"],
+     "--sweep strength=3: 'strength' is already swept by --sweep strength=1,2; give each "
+     "hyperparameter one --sweep with all its values"),
+    (["--workdir", "/proc/x"], "--workdir '/proc/x': cannot create the directory"),
+])
+def test_user_errors_are_one_line_naming_the_option(tmp_path, capsys, fake_run, args, expected):
+    argv = ["run", CONFIG, "--no-progress", "--workdir", str(tmp_path / "w"), *args]
+    message = _one_line_error(capsys, argv)
+    assert message.startswith(expected), message
+    assert fake_run.calls == []  # nothing loaded or trained
+    if "--workdir" not in args:
+        assert not (tmp_path / "w").exists()  # checked before the work directory is made
+
+
+def test_config_file_errors(tmp_path, capsys):
+    assert _one_line_error(capsys, ["run", "nope.py"]).startswith(
+        "config 'nope.py' is not a file; expected a Python file defining get_config()")
+    for body, expected in [("def get_config(:\n", "failed to load: SyntaxError"),
+                           ("X = 1\n", "failed to load: AttributeError: config file"),
+                           ("def get_config():\n    return 1 / 0\n",
+                            "failed to load: ZeroDivisionError: division by zero"),
+                           ("def get_config():\n    return [1]\n",
+                            "get_config() must return a dict; got list")]:
+        path = tmp_path / "cfg.py"
+        path.write_text(body)
+        assert expected in _one_line_error(capsys, ["run", str(path)])
+
+
+def test_a_bad_regime_fails_before_anything_runs(tmp_path, capsys, fake_run):
+    path = tmp_path / "regimes.py"
+    base = str(pathlib.Path(CONFIG).resolve())
+    path.write_text(
+        "import importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('base', {base!r})\n"
+        "base = importlib.util.module_from_spec(spec); spec.loader.exec_module(base)\n"
+        "def get_config():\n"
+        "    cfg = base.get_config()\n"
+        "    cfg['regimes'] = {'naive': {}, 'stable': {'model.dropout': 1.5}}\n"
+        "    return cfg\n")
+    message = _one_line_error(capsys, ["run", str(path), "--workdir", str(tmp_path / "w")])
+    assert message.startswith(f"config {str(path)!r}: regime 'stable' ({{'model.dropout': 1.5}})"
+                              ": MLP dropout must be a rate in [0, 1)"), message
+    assert fake_run.calls == [] and not (tmp_path / "w").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path, capsys):
+    code = cli.main(["run", CONFIG, "--set", "model.dropout=1.5", "--debug",
+                     "--workdir", str(tmp_path / "w")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback (most recent call last)" in err
+    assert "ValueError: MLP dropout must be a rate in [0, 1)" in err
+
+
+def test_argparse_errors_are_argparse_s(capsys):
+    for argv in (["run", CONFIG, "--steps", "0"], ["run", CONFIG, "--resume", "--overwrite"],
+                 ["run", CONFIG, "--checkpoint-every", "x"]):
+        with pytest.raises(SystemExit) as info:
+            cli.main(argv)
+        assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --steps: expected a positive integer; got '0'" in err
+    assert "argument --overwrite: not allowed with argument --resume" in err
+
+
+def test_missing_data_is_one_line(tmp_path, capsys):
+    message = _one_line_error(capsys, ["run", CONFIG, "--no-progress", "--data-dir",
+                                       str(tmp_path / "nodata"), "--workdir",
+                                       str(tmp_path / "w")])
+    assert message.startswith(f"tfds dataset 'mnist' (split 'train') is not prepared under "
+                              f"{str(tmp_path / 'nodata')!r}"), message
+    assert "tfds build mnist --file_format=array_record" in message
+    # the same command works again once the data is there: the directory holds only config.json
+    assert [p.name for p in (tmp_path / "w").iterdir()] == ["config.json"]
+
+
+def test_run_stage_errors(tmp_path, capsys, monkeypatch):
+    import cljax.experiment
+    from cljax.data.sources import CorruptDataError
+
+    def corrupt(config, **kwargs):
+        raise CorruptDataError("tfds dataset 'mnist' (split 'train', data dir '/d') is corrupt")
+    monkeypatch.setattr(cljax.experiment, "run_experiment", corrupt)
+    argv = ["run", CONFIG, "--no-progress", "--overwrite", "--workdir", str(tmp_path / "w")]
+    assert "is corrupt" in _one_line_error(capsys, argv)
+
+    def interrupted(config, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cljax.experiment, "run_experiment", interrupted)
+    with pytest.raises(KeyboardInterrupt):  # not swallowed: the caller handles SIGINT
+        cli.main(argv)
+
+    def bug(config, **kwargs):
+        raise ZeroDivisionError("a bug")
+    monkeypatch.setattr(cljax.experiment, "run_experiment", bug)
+    with pytest.raises(ZeroDivisionError):  # a bug keeps its traceback
+        cli.main(argv)
+
+
+# ---------------------------------------------------------------------------------------------
+# The work directory: checked first; --overwrite, --resume, --checkpoint-every
+# ---------------------------------------------------------------------------------------------
+
+def test_workdir_reuse_needs_overwrite_or_resume(tmp_path, capsys, fake_run):
+    workdir = tmp_path / "run"
+    argv = ["run", CONFIG, "--no-progress", "--method", "ewc", "--workdir", str(workdir)]
+    assert cli.main(argv) == 0
+    call = fake_run.calls[-1]
+    assert call["checkpoint_dir"] == str(workdir / "checkpoints")
+    assert call["resume"] is False and call["checkpoint_every"] is None
+    assert call["config"]["method"] == "ewc"
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["method"] == "ewc" and saved["eval_chunk"] == 1000  # validated, defaults in
+    capsys.readouterr()
+
+    # the same command again: refused before anything runs
+    message = _one_line_error(capsys, argv)
+    assert "is not empty (it holds an earlier cljax run" in message
+    assert "--resume" in message and "--overwrite" in message and len(fake_run.calls) == 1
+
+    # a stale file of an earlier run never survives --overwrite, nor is listed as written
+    (workdir / "stability_plasticity.png").write_bytes(b"stale")
+    assert cli.main(argv + ["--overwrite"]) == 0
+    out = capsys.readouterr().out
+    assert not (workdir / "stability_plasticity.png").exists()
+    assert "stability_plasticity.png" not in out
+    assert out.startswith("wrote accuracy_matrix.png, config.json, report.md, results.json, "
+                          "task_curves.png in ")
+
+    # --resume with the same config continues; --checkpoint-every is passed on
+    assert cli.main(argv + ["--resume", "--checkpoint-every", "5"]) == 0
+    assert fake_run.calls[-1]["resume"] is True and fake_run.calls[-1]["checkpoint_every"] == 5
+
+    # --resume with another config is refused, naming the differing keys
+    message = _one_line_error(capsys, argv + ["--resume", "--steps", "7",
+                                              "--set", "model.widths=[16]"])
+    assert "holds a run of a different config (differing keys: model.widths, steps)" in message
+    assert len(fake_run.calls) == 3
+
+
+def test_every_run_diverged_exits_non_zero(tmp_path, capsys, fake_run):
+    from test_report import synthetic_results
+
+    fake_run.results = synthetic_results(("task",), diverged={"task": [0, 1]})
+    code = cli.main(["run", CONFIG, "--no-progress", "--workdir", str(tmp_path / "w")])
+    assert code == cli.EXIT_ALL_DIVERGED != 0
+    assert "cljax: error: every run diverged (2/2)" in capsys.readouterr().err
+    assert (tmp_path / "w" / "results.json").exists()  # the results are still written
+    fake_run.results = synthetic_results(("task",), diverged={"task": [0]})
+    assert cli.main(["run", CONFIG, "--no-progress", "--overwrite",
+                     "--workdir", str(tmp_path / "w")]) == 0

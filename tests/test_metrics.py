@@ -82,7 +82,8 @@ def test_bad_baselines():
 
 def test_loss_matrices_and_kinds():
     L = 3 * R  # per-task test losses: > 1 is fine, forgetting is an increase
-    assert metrics.average_accuracy(L, kind="loss") == pytest.approx(3 * metrics.average_accuracy(R))
+    assert metrics.average_accuracy(L, kind="loss") == pytest.approx(
+        3 * metrics.average_accuracy(R))
     assert set(metrics.all_metrics(L, 3 * b, kind="loss")) >= {"acc", "bwt", "fwt"}
     with pytest.raises(ValueError, match="negative losses"):
         metrics.all_metrics(-L, kind="loss")
