@@ -19,6 +19,7 @@ results are still written).
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import pathlib
 import sys
@@ -145,6 +146,20 @@ def _load(path: str) -> dict:
     return config
 
 
+def _set(cfg: dict, assignment: str) -> None:
+    """``--set key=value``; a value that opens a list / dict / tuple must be a whole Python
+    literal (else the config would silently get the text as a string)."""
+    text = assignment.split("=", 1)[1].strip() if "=" in assignment else ""
+    if text[:1] in ("[", "{", "("):
+        try:
+            ast.literal_eval(text)
+        except (ValueError, SyntaxError) as e:
+            raise ValueError(f"{text!r} is not a Python literal ({type(e).__name__}: {e}); "
+                             "write numbers, quoted strings, lists and dicts, e.g. "
+                             "hparams=\"{'strength': 1e3}\"") from e
+    apply_assignment(cfg, assignment)
+
+
 def _overrides(args: argparse.Namespace) -> list[Override]:
     """Every option that changes the config, in the order applied, each with its label."""
     out: list[Override] = []
@@ -161,7 +176,7 @@ def _overrides(args: argparse.Namespace) -> list[Override]:
     for assignment in args.set:
         # apply_override's messages start with the key, which the label already names
         out.append(Override(f"--set {assignment}",
-                            lambda cfg, a=assignment: apply_assignment(cfg, a),
+                            lambda cfg, a=assignment: _set(cfg, a),
                             echo=assignment.split("=", 1)[0].strip() + ": "))
     swept: dict[str, str] = {}
     for spec in args.sweep:

@@ -137,6 +137,14 @@ def _one_line_error(capsys, argv) -> str:
     (["--set", "lerning_rate=1"], "--set lerning_rate=1: the config has no key 'lerning_rate'"),
     (["--set", "steps"], "--set steps: --set expects key=value"),
     (["--set", "model.sizes.x=1"], "--set model.sizes.x=1: 'sizes' is not a section"),
+    (["--method", "ewc", "--set", "hparams={'strength': float('nan')}"],
+     "--set hparams={'strength': float('nan')}: \"{'strength': float('nan')}\" is not a "
+     "Python literal"),
+    (["--method", "ewc", "--set", "hparams={'strength': 'abc'}"],
+     "--set hparams={'strength': 'abc'}: config['hparams']['strength'] must be a finite number"),
+    (["--method", "ewc", "--sweep", "strength=1,nan"], "--sweep strength=1,nan: "
+                                                       "config['sweep']['strength'] values must "
+                                                       "be finite numbers >= 0; got nan"),
     (["--method", "magic"], "--method magic: unknown method 'magic'; available: ["),
     (["--scenarios", "task,instance"], "--scenarios task,instance: scenarios must be"),
     (["--set", "model.dropout=1.5"], "--set model.dropout=1.5: MLP dropout must be a rate in "
