@@ -48,8 +48,9 @@ def from_savable(tree: Any, template: Any) -> Any:
     return jax.tree.map(back, tree, template)
 
 
-class CheckpointError(RuntimeError):
-    """No checkpoint of the directory could be restored."""
+class CheckpointError(ValueError):
+    """No checkpoint of the directory could be restored (every one is damaged or belongs to
+    another run)."""
 
 
 class Checkpointer:

@@ -14,7 +14,9 @@ is created and checked (:mod:`cljax.workdir`). An error the user can fix — a b
 corrupt data, an unusable work directory — prints one line ``cljax: error: …`` naming the option
 and what it expects, and exits with status 2 (``--debug`` shows the traceback instead).
 Exit status: 0 done; 2 such an error (argparse's usage errors too); 3 every run diverged (the
-results are still written).
+results are still written); 130 interrupted by SIGINT or SIGTERM (the unfinished scenario's
+state is checkpointed in ``<workdir>/checkpoints`` and the finished ones are written: rerun the
+same command with ``--resume``).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import argparse
 import ast
 import copy
 import pathlib
+import signal
 import sys
 import traceback
 from typing import Callable, NamedTuple
@@ -30,6 +33,13 @@ from cljax.config import apply_assignment, load_config, parse_sweep
 
 EXIT_USAGE = 2
 EXIT_ALL_DIVERGED = 3
+EXIT_INTERRUPTED = 130   # 128 + SIGINT, the shell's convention
+
+
+def _terminate(signum, frame):
+    """SIGTERM handler: raise KeyboardInterrupt, so a terminated run checkpoints and stops as
+    one interrupted with Ctrl-C does."""
+    raise KeyboardInterrupt
 
 
 class UsageError(Exception):
@@ -310,6 +320,7 @@ def _run(args: argparse.Namespace) -> int:
         def progress_factory(name, total):
             return tqdm(total=total, unit="step", desc=f"{name}-IL", leave=False, file=sys.stderr)
 
+    previous = signal.signal(signal.SIGTERM, _terminate)   # SIGTERM: like SIGINT (Ctrl-C)
     try:
         results = run_experiment(config, progress_factory=progress_factory,
                                  on_scenario=lambda partial: write_outputs(partial, workdir),
@@ -317,10 +328,17 @@ def _run(args: argparse.Namespace) -> int:
                                  resume=prepared["resume"],
                                  checkpoint_every=args.checkpoint_every)
         out = write_outputs(results, workdir)
+    except KeyboardInterrupt:
+        print(f"cljax: interrupted: the state of the unfinished scenario is checkpointed in "
+              f"{workdir / CHECKPOINT_DIR} and the finished scenarios' results are in {workdir};"
+              f" run the same command with --resume to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except _data_errors() as e:
         raise UsageError(_message(e)) from e
     except _RUN_STAGE_ERRORS as e:
         raise UsageError(f"{_message(e)} (--debug shows the traceback)") from e
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     names = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
     print(f"wrote {', '.join(names)} in {out}")
     print((out / "report.md").read_text())

@@ -76,6 +76,9 @@ def validate_config(config: dict) -> dict:
     if missing:
         raise KeyError(f"config is missing {missing}")
     cfg = copy.deepcopy(config)
+    for key in ("hparams", "method_options", "sweep", "stream_options", "model", "optimizer"):
+        if key in cfg and not isinstance(cfg[key], dict):
+            raise ValueError(f"config[{key!r}] must be a dict; got {cfg[key]!r}")
     for key, default in (("stream_options", {}), ("hparams", {}), ("method_options", {}),
                          ("sweep", {}), ("seed", 0), ("eval_chunk", 1000),
                          ("reset_optimizer", False), ("data_dir", None), ("epochs", None),
@@ -200,21 +203,21 @@ def sweep_grid(hparams: dict, sweep: dict) -> list[dict]:
             for combo in itertools.product(*(sweep[n] for n in names))]
 
 
-def summarise(R: np.ndarray, b: np.ndarray) -> dict:
+def summarise(R: np.ndarray, b: np.ndarray, *, kind: str | None = None) -> dict:
     """Every metric of :mod:`cljax.metrics` as ``{'mean', 'sem', 'per_run'}`` over runs."""
     out = {}
-    for name, per_run in metrics.all_metrics(R, b).items():
+    for name, per_run in metrics.all_metrics(R, b, kind=kind).items():
         mean, sem = metrics.mean_and_sem(per_run)
         out[name] = {"mean": mean, "sem": sem, "per_run": np.asarray(per_run).tolist()}
     return out
 
 
-def summarise_finite(R: np.ndarray, b: np.ndarray) -> dict:
+def summarise_finite(R: np.ndarray, b: np.ndarray, *, kind: str | None = None) -> dict:
     """:func:`summarise` over the runs given (the finite ones); NaN metrics if there are none."""
     if R.shape[0] == 0:
         names = metrics.all_metrics(np.zeros((1,) + R.shape[1:]), np.zeros((1,) + b.shape[1:]))
         return {n: {"mean": float("nan"), "sem": float("nan"), "per_run": []} for n in names}
-    return summarise(R, b)
+    return summarise(R, b, kind=kind)
 
 
 def task_eval_data(data) -> dict:
@@ -383,7 +386,8 @@ def summarise_scenario(cfg: dict, setup: ScenarioSetup, plan: SweepPlan, res: St
                  "step": int(res.diverged[g * S + s, 1])}
                 for s in range(S) if res.diverged[g * S + s, 0] >= 0]
         ok = np.flatnonzero(res.diverged[runs, 0] < 0)
-        summary = summarise_finite(res.accuracy[runs][ok], res.init_accuracy[runs][ok])
+        summary = summarise_finite(res.accuracy[runs][ok], res.init_accuracy[runs][ok],
+                                   kind="accuracy")
         log(f"{setup.name}-IL {point}: ACC {100 * summary['acc']['mean']:.2f} ± "
             f"{100 * summary['acc']['sem']:.2f} over {len(ok)} seed(s)"
             + (f"; DIVERGED (non-finite loss): {gone}" if gone else ""))
@@ -394,7 +398,8 @@ def summarise_scenario(cfg: dict, setup: ScenarioSetup, plan: SweepPlan, res: St
             "init_loss": res.init_loss[runs].tolist(),
             "final_train_loss": res.train_loss[runs, :, -50:].mean(-1).tolist(),
             "metrics": summary,
-            "loss_metrics": summarise_finite(res.loss[runs][ok], res.init_loss[runs][ok]),
+            "loss_metrics": summarise_finite(res.loss[runs][ok], res.init_loss[runs][ok],
+                                             kind="loss"),
             "diverged": gone})
     log(f"{setup.name}-IL: {G * S} vmapped run(s); compile "
         f"{res.timings['compile_seconds']:.1f} s, train+eval {res.timings['run_seconds']:.1f} s")
