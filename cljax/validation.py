@@ -1,11 +1,20 @@
 """Input checks shared by every public function. Each raises with the argument's name and what
 was expected. They inspect shapes, dtypes and tree structure (static under ``jit``); value checks
 (label range, NaN) run only on concrete arrays, since a traced value cannot raise.
+
+The shape, structure and finiteness tests are chex's (``chex.assert_shape``,
+``chex.assert_trees_all_equal_structs`` / ``assert_trees_all_equal_shapes``,
+``chex.assert_tree_all_finite``); each chex ``AssertionError`` is re-raised as this layer's
+exception (``ValueError`` for shapes and structure, ``FloatingPointError`` for NaN / inf) with a
+message naming the argument and the offending leaf path, the chex error kept as its
+``__cause__``. Like every chex assertion they are switched off by ``chex.disable_asserts()``
+(chex's switch for stripping checks from code that is known good); they are on by default.
 """
 from __future__ import annotations
 
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,9 +42,11 @@ def check_batch(batch: Any, *, name: str = "batch", require_y: bool = True,
                 raise KeyError(f"{name} has no 'y' (int labels [B]); keys are {sorted(batch.keys())}")
             continue
         v = batch[key]
-        if jnp.shape(v) != (n,):
+        try:
+            chex.assert_shape([_shaped(v)], [(n,)])
+        except AssertionError as e:
             raise ValueError(f"{name}['{key}'] must have shape ({n},) to match {name}['x'] with "
-                             f"{n} examples; got {jnp.shape(v)}")
+                             f"{n} examples; got {jnp.shape(v)}") from e
         if not jnp.issubdtype(jnp.asarray(v).dtype, jnp.integer):
             raise TypeError(f"{name}['{key}'] must be an integer array; got {jnp.asarray(v).dtype}")
     if require_y and num_classes is not None and is_concrete(batch["y"]) and n:
@@ -54,29 +65,60 @@ def check_labels_in_range(y: Any, num_classes: int, *, name: str = "batch['y']")
                              f"{num_classes} classes); got labels in [{y.min()}, {y.max()}]")
 
 
+def _shaped(x: Any) -> Any:
+    """``x`` itself when it has a ``.shape`` (arrays, tracers), else ``np.asarray(x)`` (Python
+    scalars and lists, which chex would read as shape ``()`` or as several inputs)."""
+    return x if hasattr(x, "shape") else np.asarray(x)
+
+
+def _shape_struct(x: Any) -> jax.ShapeDtypeStruct:
+    """A leaf's shape as a ``ShapeDtypeStruct`` (what chex's shape comparator reads)."""
+    return jax.ShapeDtypeStruct(jnp.shape(x), np.float32)
+
+
 def check_finite(tree: Any, *, name: str) -> None:
-    """No NaN/inf in a concrete pytree (skipped for traced values)."""
+    """No NaN/inf in a concrete pytree (skipped for traced values): ``chex.assert_tree_all_finite``
+    over the concrete floating-point leaves, re-raised as ``FloatingPointError`` naming the first
+    offending leaf (``name`` plus its key path)."""
+    concrete = []
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        if is_concrete(leaf) and jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.inexact):
+        dtype = leaf.dtype if hasattr(leaf, "dtype") else np.result_type(leaf)  # no copy
+        if is_concrete(leaf) and jnp.issubdtype(dtype, jnp.inexact):
             # numpy, not jnp: inside a trace a jnp op on a closed-over array is staged, not run
-            if not np.all(np.isfinite(np.asarray(leaf))):
-                raise FloatingPointError(
-                    f"{name}{jax.tree_util.keystr(path)} contains NaN or inf values")
+            concrete.append((path, np.asarray(leaf)))
+    if not concrete:
+        return
+    try:
+        chex.assert_tree_all_finite([leaf for _, leaf in concrete])
+    except AssertionError as e:
+        path = next(p for p, leaf in concrete if not np.all(np.isfinite(leaf)))
+        raise FloatingPointError(
+            f"{name}{jax.tree_util.keystr(path)} contains NaN or inf values") from e
 
 
 def check_same_structure(tree: Any, reference: Any, *, name: str, reference_name: str = "params",
                          check_shapes: bool = True) -> None:
-    """``tree`` has ``reference``'s pytree structure (and leaf shapes)."""
-    s_tree, s_ref = jax.tree.structure(tree), jax.tree.structure(reference)
-    if s_tree != s_ref:
+    """``tree`` has ``reference``'s pytree structure (``chex.assert_trees_all_equal_structs``)
+    and, with ``check_shapes``, its leaf shapes (``chex.assert_trees_all_equal_shapes``); both
+    static, so they also hold under ``jit``. ``ValueError`` names the first differing leaf."""
+    try:
+        chex.assert_trees_all_equal_structs(tree, reference)
+    except AssertionError as e:
         raise ValueError(f"{name} must have the pytree structure of {reference_name}; got\n"
-                         f"  {s_tree}\nexpected\n  {s_ref}")
+                         f"  {jax.tree.structure(tree)}\nexpected\n  "
+                         f"{jax.tree.structure(reference)}") from e
     if check_shapes:
-        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(tree),
-                                jax.tree.leaves(reference)):
-            if jnp.shape(a) != jnp.shape(b):
-                raise ValueError(f"{name}{jax.tree_util.keystr(path)} has shape {jnp.shape(a)}; "
-                                 f"{reference_name} has {jnp.shape(b)} there")
+        try:
+            chex.assert_trees_all_equal_shapes(jax.tree.map(_shape_struct, tree),
+                                               jax.tree.map(_shape_struct, reference))
+        except AssertionError as e:
+            for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(tree),
+                                    jax.tree.leaves(reference)):
+                if jnp.shape(a) != jnp.shape(b):
+                    raise ValueError(f"{name}{jax.tree_util.keystr(path)} has shape "
+                                     f"{jnp.shape(a)}; {reference_name} has {jnp.shape(b)} "
+                                     f"there") from e
+            raise ValueError(f"{name} must have the leaf shapes of {reference_name}: {e}") from e
 
 
 def _numeric(value: Any, name: str) -> np.ndarray:
@@ -91,9 +133,12 @@ def _numeric(value: Any, name: str) -> np.ndarray:
 
 
 def _check_scalar(value: Any, name: str, scalar: bool) -> None:
-    if scalar and jnp.ndim(value) != 0:
-        raise ValueError(f"{name} must be a scalar (one value; under vmap, one per run); got "
-                         f"shape {jnp.shape(value)}")
+    if scalar:
+        try:
+            chex.assert_shape([_shaped(value)], [()])
+        except AssertionError as e:
+            raise ValueError(f"{name} must be a scalar (one value; under vmap, one per run); "
+                             f"got shape {jnp.shape(value)}") from e
 
 
 def check_nonnegative(value: Any, *, name: str, scalar: bool = False) -> None:
