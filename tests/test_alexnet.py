@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from cljax.nn import AlexNet, as_model
 
@@ -18,6 +19,7 @@ def test_gpm_alexnet_structure():
     assert sum(1 for k in params if k.startswith("BatchStatNorm")) == 5
 
 
+@pytest.mark.slow
 def test_dropout_only_in_training_and_heads():
     model = as_model(AlexNet(3, num_heads=2, channels=(4, 4, 8), hidden=(16, 16)))
     rng = np.random.default_rng(0)

@@ -66,9 +66,9 @@ def _rms_errors(a, budgets, keys, sketch="random"):
 
 def test_hutchpp_error_falls_faster_than_hutchinson_on_decaying_spectrum(x64):
     # PSD, known trace, polynomially decaying spectrum λ_i = i^-2 (Meyer et al. 2021, §5)
-    spectrum = 1.0 / np.arange(1, 201) ** 2
+    spectrum = 1.0 / np.arange(1, 121) ** 2
     a = symmetric_with_spectrum(7, spectrum)
-    keys = jax.random.split(jax.random.key(8), 24)
+    keys = jax.random.split(jax.random.key(8), 16)
     err = _rms_errors(a, (12, 48), keys)
     kry = _rms_errors(a, (12,), keys, sketch="krylov")["hutchpp"][0]
     assert kry < err["hutchpp"][0]        # the Krylov sketch beats the random one
