@@ -34,7 +34,7 @@ def test_agem_projection_oracle_and_constraint():
         if gv @ rv >= 0:
             np.testing.assert_array_equal(out, gv)        # the constraint holds: unchanged
         else:
-            np.testing.assert_allclose(out, gv - (gv @ rv) / (rv @ rv + 1e-7) * rv, rtol=1e-5,
+            np.testing.assert_allclose(out, gv - (gv @ rv) / (rv @ rv) * rv, rtol=1e-5,
                                        atol=1e-6)
             assert out @ rv >= -1e-6 * np.linalg.norm(out) * np.linalg.norm(rv)
 

@@ -594,12 +594,6 @@ def test_agem_project_leaves_no_conflict(shapes, dtype, seed, g_scale, ref_scale
         assert _agem_conflict_left(g, ref) >= -1e-5
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG cljax/transforms/projection.py:46 agem_project: the absolute eps=1e-7 added to "
-    "g_ref·g_ref leaves part of the conflict when ‖g_ref‖² is not >> 1e-7: g̃ᵀg_ref = "
-    "gᵀg_ref·eps/(‖g_ref‖²+eps), below -1e-5‖g‖‖g_ref‖ for ‖g_ref‖ < ~0.1 (‖g_ref‖ = 0.01 "
-    "leaves cos(g̃, g_ref) ≈ -1e-3; ‖g_ref‖ = 3e-4 ≈ -0.5); the docstring says eps 'only "
-    "guards g_ref = 0'"))
 @_settings(10)
 @given(shapes=TREE_SHAPES, seed=st.integers(0, 2 ** 16), ref_scale=st.floats(1e-4, 2e-2),
        mix=st.floats(0.5, 1.0))

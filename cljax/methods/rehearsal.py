@@ -218,7 +218,7 @@ def er(*, memory: str = "per_class", per_class: int | None = 100, capacity: int 
 # --------------------------------------------------------------------------------------------
 
 def agem(*, memory: str = "per_class", per_class: int | None = 100, capacity: int | None = None,
-         memory_batch_size: int | None = None, eps: float = 1e-7) -> Method:
+         memory_batch_size: int | None = None, eps: float = 0.0) -> Method:
     """A-GEM (Chaudhry et al. 2019): the current-task gradient, projected when it points against
     the gradient of a memory batch (:func:`cljax.transforms.agem_projection`, first in the chain,
     then the base optimizer — Adam in van de Ven et al.'s protocol)."""

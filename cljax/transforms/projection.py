@@ -7,14 +7,18 @@ state and go FIRST in a chain (``optax.chain(agem_projection(), optax.adam(lr))`
 
 * **A-GEM** (Chaudhry et al. 2019, eq. 11): one reference gradient g_ref (of the loss on a
   memory batch); if gᵀg_ref < 0, g̃ = g − (gᵀg_ref / (g_refᵀg_ref + ε)) g_ref, else g̃ = g.
-  ε = 1e-7 as in van de Ven et al.'s code (the paper has none); it only guards g_ref = 0.
+  Default ε = 0 (the paper's projection; g_ref = 0 is guarded, it then leaves g as it is), so
+  g̃ᵀg_ref = 0 up to rounding. van de Ven et al.'s code adds ε = 1e-7, which leaves
+  g̃ᵀg_ref = gᵀg_ref·ε/(‖g_ref‖² + ε): a visible conflict once ‖g_ref‖ < 0.1 (cosine −1e-3 at
+  ‖g_ref‖ = 0.01), common for a memory batch's gradient late in a task.
 * **GEM** (Lopez-Paz & Ranzato 2017, eq. 10–13): one reference gradient g_k per past task k.
   If some gᵀg_k < 0, g̃ = g + Gᵀv with v the solution of the dual QP
 
       min_v ½ vᵀ(GGᵀ + εI)v + (Gg)ᵀv   subject to   v ≥ γ
 
   (γ = ``margin``, the paper's "small constant added to v*", 0.5 in its experiments; ε = 1e-3
-  as in its code), solved inside ``jit`` by cyclic projected coordinate descent with a fixed
+  as in its code — absolute, so it damps v when the ‖g_k‖² are not ≫ ε: pass ``eps=0`` for the
+  exact projection), solved inside ``jit`` by cyclic projected coordinate descent with a fixed
   number of sweeps (exact per-coordinate minimisation; the QP has one variable per past task).
   With γ = ε = 0 the KKT conditions give g̃ᵀg_k = λ_k ≥ 0 for every past task. Tolerance: with
   the default 100 sweeps, on random problems of up to 20 tasks in float32 (tests), every
@@ -38,17 +42,18 @@ def _vdot(a: Params, b: Params) -> Array:
                for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
-def agem_project(grads: Params, reference: Params, *, eps: float | Array = 1e-7) -> Params:
-    """A-GEM's projection (Chaudhry et al. 2019, eq. 11) of ``grads`` against ``reference``."""
+def agem_project(grads: Params, reference: Params, *, eps: float | Array = 0.0) -> Params:
+    """A-GEM's projection (Chaudhry et al. 2019, eq. 11) of ``grads`` against ``reference``
+    (``eps``: the module docstring)."""
     check_same_structure(reference, grads, name="reference_grads", reference_name="the updates")
     dot = _vdot(grads, reference)
-    sq = _vdot(reference, reference)
-    coef = jnp.where(dot < 0, dot / (sq + eps), 0.0)
+    denom = _vdot(reference, reference) + eps
+    coef = jnp.where((dot < 0) & (denom > 0), dot / jnp.where(denom > 0, denom, 1.0), 0.0)
     return jax.tree.map(lambda g, r: (g - coef.astype(g.dtype) * r.astype(g.dtype)).astype(g.dtype),
                         grads, reference)
 
 
-def agem_projection(*, eps: float | Array = 1e-7) -> optax.GradientTransformationExtraArgs:
+def agem_projection(*, eps: float | Array = 0.0) -> optax.GradientTransformationExtraArgs:
     """A-GEM as a stateless transform: ``update(updates, state, params=None, *,
     reference_grads)`` returns :func:`agem_project` of the updates (put it first in the chain)."""
     check_nonnegative(eps, name="eps")
