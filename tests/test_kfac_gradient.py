@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cljax.transforms import kfac_gradient, kfac_preconditioned_value_and_grad
-from cljax.transforms.kfac_penalty import _kfac_layers
+from cljax.layers import param_layers
 from cljax.types import KFACFactors
 from helpers import assert_trees_close
 
@@ -44,7 +44,7 @@ def _setup(batch=6):
 
     rng = np.random.default_rng(0)
     inverses = {}
-    for name, (n, m, _) in _kfac_layers(params).items():
+    for name, (n, m, _) in param_layers(params).items():
         a, g = rng.normal(size=(n, n)), rng.normal(size=(m, m))
         # not symmetric on purpose: the result must be A⁻¹ ∇W̄ G⁻¹, not a transpose of it
         inverses[name] = KFACFactors(

@@ -34,8 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cljax.transforms.kfac_penalty import (_check_factors, _kfac_layers, _layer_get, _layer_set,
-                                           _pack, _unpack)
+from cljax.layers import check_factors, get_layer, pack, param_layers, set_layer, unpack
 from cljax.types import Array, KFACFactors, Params
 
 
@@ -120,8 +119,8 @@ def kfac_preconditioned_value_and_grad(
     """
     if not callable(fun):
         raise TypeError(f"fun must be a callable loss(params, *args); got {type(fun).__name__}")
-    shapes = _kfac_layers(params)
-    _check_factors(inverses, {k: (v[0], v[1]) for k, v in shapes.items()})
+    shapes = param_layers(params)
+    check_factors(inverses, {k: (v[0], v[1]) for k, v in shapes.items()})
     other = jnp.asarray(other_scale)
     if not jnp.issubdtype(other.dtype, jnp.floating) or other.ndim != 0:
         raise ValueError(f"other_scale must be a float scalar; got dtype {other.dtype}, "
@@ -161,11 +160,11 @@ def kfac_preconditioned_value_and_grad(
     value, grads = jax.value_and_grad(wrapped, has_aux=has_aux)(params)
     out = jax.tree.map(lambda g: (other.astype(g.dtype) * g).astype(g.dtype), grads)
     for name, (a_inv, g_inv) in inverses.items():
-        node = _layer_get(grads, name)
-        w = _pack(node)
+        node = get_layer(grads, name)
+        w = pack(node)
         if name not in seen:  # never called as an interceptable Dense: dense product afterwards
             w = a_inv @ w @ g_inv
-        out = _layer_set(out, name, _unpack(w, node))
+        out = set_layer(out, name, unpack(w, node))
     return value, out
 
 

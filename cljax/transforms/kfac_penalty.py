@@ -45,101 +45,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cljax.layers import check_factors, get_layer, pack, param_layers, set_layer, unpack
 from cljax.transforms.common import NO_PARAMS, check_decay_for_mode, float_dtype, require_state
 from cljax.types import Array, KFACFactors, Params
 from cljax.validation import check_finite, check_nonnegative, check_same_structure, is_concrete
 
 KFACMode = Literal["online", "sum", "multi_task", "replace"]
-
-
-# --------------------------------------------------------------------------------------------
-# Layer helpers (shared with cljax.transforms.ncl).
-# --------------------------------------------------------------------------------------------
-
-def _is_layer(node: Any) -> bool:
-    if not isinstance(node, Mapping) or "kernel" not in node:
-        return False
-    k = node["kernel"]
-    if jnp.ndim(k) < 2:
-        return False
-    return "bias" not in node or jnp.shape(node["bias"]) == (jnp.shape(k)[-1],)
-
-
-def _kfac_layers(params: Params, layers: Any = None) -> dict[str, tuple[int, int, bool]]:
-    """{name: (in (+1 with bias), out, has_bias)} for the factor layers of ``params``."""
-    found: dict[str, tuple[int, int, bool]] = {}
-
-    def walk(node: Any, path: tuple[str, ...]) -> None:
-        if _is_layer(node):
-            k = node["kernel"]
-            n = int(np.prod(jnp.shape(k)[:-1])) + ("bias" in node)
-            found["/".join(path)] = (n, int(jnp.shape(k)[-1]), "bias" in node)
-        elif isinstance(node, Mapping):
-            for key, v in node.items():
-                walk(v, path + (str(key),))
-
-    walk(params, ())
-    if layers is None:
-        return found
-    layers = [layers] if isinstance(layers, str) else list(layers)
-    missing = [n for n in layers if n not in found]
-    if missing:
-        raise ValueError(f"layers names {missing} that are not dense/conv layers of params; "
-                         f"available: {sorted(found)}")
-    return {n: found[n] for n in layers}
-
-
-def _layer_get(tree: Any, name: str) -> Any:
-    node = tree
-    for key in name.split("/"):
-        node = node[key]
-    return node
-
-
-def _layer_set(tree: Any, name: str, new: Mapping[str, Any]) -> Any:
-    """Copy of ``tree`` with the entries of ``new`` written into the node at ``name``."""
-    def rec(node: Any, keys: list[str]) -> Any:
-        if not keys:
-            return type(node)({**node, **new})
-        return type(node)({**node, keys[0]: rec(node[keys[0]], keys[1:])})
-    return rec(tree, name.split("/"))
-
-
-def _pack(node: Mapping[str, Array], lead: int = 0) -> Array:
-    """``[W; b]`` as ``[..., in(+1), out]`` (``lead`` leading batch axes kept)."""
-    k = node["kernel"]
-    m = k.shape[-1]
-    w = k.reshape(k.shape[:lead] + (-1, m))
-    if "bias" in node:
-        w = jnp.concatenate([w, node["bias"][..., None, :]], axis=-2)
-    return w
-
-
-def _unpack(w: Array, like: Mapping[str, Array]) -> dict[str, Array]:
-    k = like["kernel"]
-    if "bias" in like:
-        return {"kernel": w[:-1].reshape(k.shape).astype(k.dtype),
-                "bias": w[-1].astype(like["bias"].dtype)}
-    return {"kernel": w.reshape(k.shape).astype(k.dtype)}
-
-
-def _check_factors(factors: Any, shapes: Mapping[str, tuple[int, int]]) -> None:
-    """``factors``: {name: KFACFactors(A [n, n], G [m, m])} naming only tracked layers."""
-    if not isinstance(factors, Mapping):
-        raise TypeError(f"factors must be a dict {{layer name: KFACFactors(A, G)}}; got "
-                        f"{type(factors).__name__}")
-    unknown = [k for k in factors if k not in shapes]
-    if unknown:
-        raise ValueError(f"factors names layers {unknown} that are not tracked factor layers of "
-                         f"params; tracked: {sorted(shapes)}")
-    for name, f in factors.items():
-        if not isinstance(f, tuple) or len(f) != 2:
-            raise TypeError(f"factors[{name!r}] must be KFACFactors(A, G); got {type(f).__name__}")
-        n, m = shapes[name]
-        if jnp.shape(f[0]) != (n, n) or jnp.shape(f[1]) != (m, m):
-            raise ValueError(f"factors[{name!r}] must have A: {(n, n)} and G: {(m, m)} "
-                             f"(A over [inputs, 1 for the bias], G over outputs); got "
-                             f"A: {jnp.shape(f[0])}, G: {jnp.shape(f[1])}")
 
 
 def nearest_kronecker_sum(a1: Array, g1: Array, a2: Array, g2: Array) -> tuple[Array, Array]:
@@ -210,10 +121,10 @@ def init_kfac_penalty(params: Params, *, num_slots: int = 1, layers: Any = None
     if not isinstance(num_slots, (int, np.integer)) or isinstance(num_slots, bool) or num_slots < 1:
         raise ValueError(f"num_slots must be a positive int; got {num_slots!r}")
     num_slots = int(num_slots)
-    shapes = _kfac_layers(params, layers)
+    shapes = param_layers(params, layers)
     factors = {}
     for name, (n, m, _) in shapes.items():
-        dt = _layer_get(params, name)["kernel"].dtype
+        dt = get_layer(params, name)["kernel"].dtype
         factors[name] = KFACFactors(jnp.zeros((num_slots, n, n), dt),
                                     jnp.zeros((num_slots, m, m), dt))
     anchors = jax.tree.map(
@@ -254,9 +165,9 @@ def kfac_penalty(*, strength: float | Array = 1.0) -> optax.GradientTransformati
         out = updates
         for name, f in pstate.factors.items():
             num_slots = f.A.shape[0]
-            g_node = _layer_get(updates, name)
-            w = _pack(_layer_get(params, name))
-            anchor = _pack(_layer_get(pstate.anchors, name), 1)
+            g_node = get_layer(updates, name)
+            w = pack(get_layer(params, name))
+            anchor = pack(get_layer(pstate.anchors, name), 1)
             if num_slots == 1:
                 grad = f.A[0] @ (w - anchor[0]) @ f.G[0]
             else:  # only the filled slots: a loop of `count` products, not num_slots
@@ -265,8 +176,8 @@ def kfac_penalty(*, strength: float | Array = 1.0) -> optax.GradientTransformati
                     lambda i, acc, f=f, w=w, anchor=anchor: acc + f.A[i] @ (w - anchor[i]) @ f.G[i],
                     jnp.zeros_like(w))
             grad = lam.astype(grad.dtype) * grad
-            add = _unpack(grad, g_node)
-            out = _layer_set(out, name, {k: g_node[k] + add[k] for k in add})
+            add = unpack(grad, g_node)
+            out = set_layer(out, name, {k: g_node[k] + add[k] for k in add})
         return out, state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -280,7 +191,7 @@ def _check_params(state: KFACPenaltyState, params: Params) -> None:
 def _consolidate_one(s: KFACPenaltyState, params: Params, factors: Mapping[str, KFACFactors],
                      mode: str, decay: Any) -> KFACPenaltyState:
     _check_params(s, params)
-    _check_factors(factors, {k: (f.A.shape[-1], f.G.shape[-1]) for k, f in s.factors.items()})
+    check_factors(factors, {k: (f.A.shape[-1], f.G.shape[-1]) for k, f in s.factors.items()})
     num_slots = next(iter(s.factors.values())).A.shape[0] if s.factors else 1
     if mode in ("online", "sum", "replace") and num_slots != 1:
         raise ValueError(f"mode={mode!r} keeps one set of factors; the state has "
@@ -348,7 +259,7 @@ def kfac_penalty_loss(state: KFACPenaltyState, params: Params, *,
     _check_params(state, params)
     total = jnp.zeros((), float_dtype())
     for name, f in state.factors.items():
-        d = _pack(_layer_get(params, name))[None] - _pack(_layer_get(state.anchors, name), 1)
+        d = pack(get_layer(params, name))[None] - pack(get_layer(state.anchors, name), 1)
         total = total + jnp.sum((f.A @ d @ f.G) * d)
     return 0.5 * jnp.asarray(strength, total.dtype) * total
 

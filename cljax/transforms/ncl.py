@@ -62,9 +62,9 @@ import jax.numpy as jnp
 import optax
 
 from cljax._linalg import eigh
+from cljax.layers import check_factors, get_layer, pack, param_layers, set_layer, unpack
 from cljax.transforms.kfac_gradient import kfac_preconditioned_value_and_grad
-from cljax.transforms.kfac_penalty import (_check_factors, _kfac_layers, _layer_get,
-                                           _layer_set, _pack, _unpack, nearest_kronecker_sum)
+from cljax.transforms.kfac_penalty import nearest_kronecker_sum
 from cljax.transforms.common import (NO_PARAMS, check_decay, check_importance_values,
                                      float_dtype, require_state)
 from cljax.types import Array, Importance, KFACFactors, Params
@@ -216,10 +216,10 @@ def init_ncl_kfac(params: Params, *, layers: Any = None) -> NCLKFACState:
       layers: names of the layers to precondition ("Dense_0", or "/"-joined paths for nested
         modules); default: every params node holding a ``kernel`` of rank ≥ 2 (dense, conv).
     """
-    shapes = _kfac_layers(params, layers)
+    shapes = param_layers(params, layers)
     factors, inverse = {}, {}
     for name, (n, m, _) in shapes.items():
-        pdt = _layer_get(params, name)["kernel"].dtype
+        pdt = get_layer(params, name)["kernel"].dtype
         factors[name] = KFACFactors(jnp.zeros((n, n), pdt), jnp.zeros((m, m), pdt))
         inverse[name] = KFACFactors(jnp.eye(n, dtype=pdt), jnp.eye(m, dtype=pdt))
     return NCLKFACState(jax.tree.map(jnp.array, params), factors, inverse,
@@ -269,11 +269,11 @@ def ncl_kfac_preconditioner(*, preconditioned_gradients: bool = False
                                             + pull.astype(g.dtype) * (p - m)).astype(g.dtype),
                            updates, params, prior.mean)
         for name, inv in prior.inverse.items():
-            g_node = _layer_get(updates, name)
-            d = inv.A @ _pack(g_node) @ inv.G
-            pm = _pack(_layer_get(params, name)) - _pack(_layer_get(prior.mean, name))
-            new = _unpack(d + pull.astype(d.dtype) * pm, g_node)
-            out = _layer_set(out, name, new)
+            g_node = get_layer(updates, name)
+            d = inv.A @ pack(g_node) @ inv.G
+            pm = pack(get_layer(params, name)) - pack(get_layer(prior.mean, name))
+            new = unpack(d + pull.astype(d.dtype) * pm, g_node)
+            out = set_layer(out, name, new)
         return out, state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -322,7 +322,7 @@ def ncl_kfac_consolidate(state: NCLKFACState, params: Params,
     check_finite(params, name="params")
     check_finite(factors, name="factors")
     check_same_structure(params, state.mean, name="params", reference_name="state.mean")
-    _check_factors(factors, {k: (f.A.shape[0], f.G.shape[0]) for k, f in state.factors.items()})
+    check_factors(factors, {k: (f.A.shape[0], f.G.shape[0]) for k, f in state.factors.items()})
     dt = float_dtype()
     s_, d_ = jnp.asarray(strength, dt), jnp.asarray(damping, dt)
     new_f, inv = {}, {}
