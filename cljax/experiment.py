@@ -337,9 +337,11 @@ def plan_runs(cfg: dict, method: Method) -> SweepPlan:
 def build_scenario(cfg: dict, stream: TaskStream, name: str) -> ScenarioSetup:
     """Stage 1 (build): scenario, model, method, trainer and device data of scenario ``name``."""
     scenario = make_scenario(stream, name)
-    model = make_model(cfg["model"], num_outputs=scenario.num_outputs,
-                       num_heads=scenario.num_heads)
     method = get_method(cfg["method"], **cfg["method_options"])
+    spec = dict(cfg["model"])
+    if method.model_options is not None:   # architecture the method needs (RGO's FEL)
+        spec.update(method.model_options(stream.num_tasks))
+    model = make_model(spec, num_outputs=scenario.num_outputs, num_heads=scenario.num_heads)
     trainer = make_trainer(model, method, optimizer=make_optimizer(
         cfg["optimizer"], steps_per_task=cfg["steps"]), batch_size=cfg["batch_size"],
         eval_chunk=cfg["eval_chunk"], reset_optimizer=cfg["reset_optimizer"])

@@ -7,14 +7,19 @@ A *layer* is a params node holding a ``kernel`` of rank ≥ 2 whose optional ``b
 ``rows = prod(kernel.shape[:-1]) (+ 1 with a bias)``: a conv's kernel rows in row-major
 (kh, kw, cin) order, the im2col patch order. K-FAC factors (A over the rows, G over the outputs),
 the NCL preconditioner, the fused K-FAC gradient and the gradient projections (RGO, GPM) act on
-this matrix.
+this matrix, and :func:`capture_rows` records, during any forward pass, the rows it multiplies
+(layer inputs, im2col patches for convs, a 1 for the bias).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+import math
+from typing import Any, Callable, Mapping, NamedTuple
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.linen.linear import canonicalize_padding
 
 from cljax.types import Array, Params
 
@@ -118,5 +123,86 @@ def check_factors(factors: Any, shapes: Mapping[str, tuple[int, int]], *,
                              f"A: {jnp.shape(f[0])}, G: {jnp.shape(f[1])}")
 
 
+# --------------------------------------------------------------------------------------------
+# Capturing layer inputs
+# --------------------------------------------------------------------------------------------
+
+def _conv_types() -> tuple[type, ...]:
+    from cljax.nn.conv import Conv as FastConv   # deferred: cljax.nn imports this module's users
+    return (nn.Conv, FastConv)
+
+
+def layer_rows(module: nn.Module, x: Array) -> Array:
+    """The rows a recognised layer's ``W̄`` multiplies, ``[B, P, rows]``: a Dense's inputs (P = the
+    middle axes, 1 for ``[B, in]``), a Conv's im2col patches (P = output positions), with a 1
+    appended for the bias."""
+    if type(module) is nn.Dense:
+        a = x.reshape(x.shape[0], -1, x.shape[-1])
+        bias = module.use_bias
+    else:
+        from cljax.nn.conv import im2col
+
+        nd = x.ndim - 2
+        ks = tuple(module.kernel_size)
+        strides = (1,) * nd if module.strides is None else (
+            (module.strides,) * nd if isinstance(module.strides, int) else tuple(module.strides))
+        kd = (1,) * nd if module.kernel_dilation is None else (
+            (module.kernel_dilation,) * nd if isinstance(module.kernel_dilation, int)
+            else tuple(module.kernel_dilation))
+        padding = canonicalize_padding(module.padding, nd)
+        if isinstance(padding, str):
+            k_eff = [1 + d * (k - 1) for k, d in zip(ks, kd)]
+            padding = jax.lax.padtype_to_pads(x.shape[1:-1], k_eff, strides, padding)
+        p = im2col(x, ks, strides=strides, padding=padding, kernel_dilation=kd)
+        a = p.reshape(p.shape[0], -1, p.shape[-1])
+        bias = module.use_bias
+    if bias:
+        a = jnp.concatenate([a, jnp.ones(a.shape[:-1] + (1,), a.dtype)], axis=-1)
+    return a
+
+
+def is_recognised(module: nn.Module) -> bool:
+    """A flax module whose calls :func:`capture_rows` records (Dense, Conv without groups, masks
+    or input dilation)."""
+    if type(module) is nn.Dense:
+        return True
+    if type(module) in _conv_types():
+        return (module.feature_group_count == 1 and module.mask is None
+                and not any(d != 1 for d in np.atleast_1d(module.input_dilation or 1)))
+    return False
+
+
+def capture_rows(fn: Callable[..., Any], *args: Any, layers: Any = None, **kwargs: Any
+                 ) -> tuple[Any, dict[str, list[Array]]]:
+    """Run ``fn(*args, **kwargs)`` (built from flax linen modules) and capture the rows
+    (:func:`layer_rows`, ``[B, P, rows]``) every recognised layer call multiplies its ``W̄`` with:
+    ``(output, {layer name: [rows of each call, in call order]})``. Recognised: ``nn.Dense``,
+    ``nn.Conv`` and :class:`cljax.nn.Conv` without groups, masks or input dilation; ``layers``
+    restricts the names. The captured rows are part of the traced computation (differentiable,
+    usable inside ``jit``); names are the modules' scope paths, those of the params tree."""
+    wanted = None if layers is None else set([layers] if isinstance(layers, str) else layers)
+    captured: dict[str, list[Array]] = {}
+
+    def interceptor(next_fun, call_args, call_kwargs, ctx):
+        module = ctx.module
+        if ctx.method_name == "__call__" and module.scope is not None and is_recognised(module):
+            name = "/".join(module.scope.path)
+            if wanted is None or name in wanted:
+                x = call_args[0] if call_args else call_kwargs["inputs"]
+                captured.setdefault(name, []).append(layer_rows(module, jnp.asarray(x)))
+        return next_fun(*call_args, **call_kwargs)
+
+    with nn.intercept_methods(interceptor):
+        out = fn(*args, **kwargs)
+    return out, captured
+
+
+def mean_rows(captured: Mapping[str, list[Array]]) -> dict[str, Array]:
+    """Each layer's mean row over its calls, examples and positions, ``[rows]`` (RGO's per-step
+    mean input)."""
+    return {name: jnp.mean(jnp.concatenate([r.reshape(-1, r.shape[-1]) for r in rows]), axis=0)
+            for name, rows in captured.items()}
+
+
 __all__ = ["LayerShape", "is_layer", "param_layers", "get_layer", "set_layer", "pack", "unpack",
-           "check_factors"]
+           "check_factors", "is_recognised", "layer_rows", "capture_rows", "mean_rows"]

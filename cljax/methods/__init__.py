@@ -10,12 +10,14 @@ from cljax.methods.base import (BatchContext, BoundaryContext, LossContext, Meth
 from cljax.methods.baselines import joint, none
 from cljax.methods.natural import kfac_ewc, ncl, ncl_kfac
 from cljax.methods.penalties import ewc, l2, mas, online_ewc, si
+from cljax.methods.projection import gpm, ogd, rgo, rgo2
 from cljax.methods.rehearsal import agem, derpp, er, gem, icarl, lwf
 
 METHODS = {
     "none": lambda: none, "joint": lambda: joint, "ewc": ewc, "online_ewc": online_ewc,
     "si": si, "mas": mas, "l2": l2, "kfac_ewc": kfac_ewc, "ncl": ncl, "ncl_kfac": ncl_kfac,
     "er": er, "agem": agem, "gem": gem, "lwf": lwf, "derpp": derpp, "icarl": icarl,
+    "rgo": rgo, "rgo2": rgo2, "gpm": gpm, "ogd": ogd,
 }
 
 
@@ -34,4 +36,4 @@ __all__ = ["Method", "StreamSpec", "BatchContext", "LossContext", "StepInfo", "B
            "all_tasks_batch", "cross_entropy", "task_loss", "no_optimizer_args",
            "keep_after_step", "keep_state", "base_only", "get_hparam", "none", "joint", "ewc",
            "online_ewc", "si", "mas", "l2", "kfac_ewc", "ncl", "ncl_kfac", "er", "agem", "gem",
-           "lwf", "derpp", "icarl", "check_hparams"]
+           "lwf", "derpp", "icarl", "rgo", "rgo2", "gpm", "ogd", "check_hparams"]

@@ -224,6 +224,8 @@ class Method(NamedTuple):
     beyond the logits (``"features_fn"``, ``"all_heads_fn"``, ``"apply_fn"``), checked when the
     trainer is built. ``hparam_domains`` maps a hyperparameter to "positive" or "unit_interval"
     (default "nonnegative"); :func:`cljax.training.run_stream` checks the values given.
+    ``model_options(num_tasks)`` — architecture the method needs — gives keyword arguments the
+    experiment runner merges into the model's config (RGO: its feature encoding layer).
     """
 
     name: str
@@ -240,6 +242,7 @@ class Method(NamedTuple):
     default_hparams: Mapping[str, float] = {}
     requires: tuple[str, ...] = ()
     hparam_domains: Mapping[str, str] = {}
+    model_options: Callable[[int], Mapping[str, Any]] | None = None
 
 
 HPARAM_DOMAINS = ("nonnegative", "positive", "unit_interval")

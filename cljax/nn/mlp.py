@@ -10,6 +10,7 @@ from typing import Sequence
 
 import flax.linen as nn
 
+from cljax.nn.fel import FeatureEncoding
 from cljax.nn.heads import head_output
 
 
@@ -19,7 +20,9 @@ class MLP(nn.Module):
     Layers are flax ``Dense`` named ``Dense_0 … Dense_L`` (the last is the output layer), so the
     layer-wise fast paths of :mod:`cljax.importance` recognise them. ``output``: ``"logits"``
     (each example's head), ``"all_heads"`` (``[B, num_heads, num_outputs]``) or ``"features"``
-    (the last hidden layer's activations, what the output layer reads).
+    (the last hidden layer's activations, what the output layer reads). ``feature_encoding``
+    = T > 0 puts RGO's feature encoding layer (:class:`cljax.nn.fel.FeatureEncoding`, T task
+    permutations drawn from ``fel_seed``) after every hidden layer; it needs ``task``.
     """
 
     widths: Sequence[int]
@@ -27,6 +30,8 @@ class MLP(nn.Module):
     num_heads: int = 1
     dropout: float = 0.0
     use_bias: bool = True
+    feature_encoding: int = 0
+    fel_seed: int = 0
 
     def __post_init__(self):
         widths = tuple(self.widths)
@@ -38,6 +43,10 @@ class MLP(nn.Module):
                 raise ValueError(f"MLP {name} must be a positive int; got {v!r}")
         if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
             raise ValueError(f"MLP dropout must be a rate in [0, 1); got {self.dropout!r}")
+        if (not isinstance(self.feature_encoding, int) or isinstance(self.feature_encoding, bool)
+                or self.feature_encoding < 0):
+            raise ValueError(f"MLP feature_encoding must be an int >= 0 (the number of tasks, 0: "
+                             f"off); got {self.feature_encoding!r}")
         super().__post_init__()
 
     @nn.compact
@@ -45,6 +54,8 @@ class MLP(nn.Module):
         x = x.reshape(x.shape[0], -1)
         for width in self.widths:
             x = nn.relu(nn.Dense(width, use_bias=self.use_bias)(x))
+            if self.feature_encoding:
+                x = FeatureEncoding(self.feature_encoding, self.fel_seed)(x, task)
             if self.dropout > 0:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
         if output == "features":

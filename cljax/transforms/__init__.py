@@ -6,6 +6,8 @@
 * :mod:`cljax.transforms.kfac_gradient`: K-FAC-preconditioned gradients formed inside the
   backward pass (the rank-B trick NCL K-FAC uses to stay cheap).
 * :mod:`cljax.transforms.projection`: gradient projections against a reference (A-GEM, GEM).
+* :mod:`cljax.transforms.rgo`, :mod:`~cljax.transforms.gpm`, :mod:`~cljax.transforms.ogd`:
+  RGO's recursive projection, GPM's per-layer bases, OGD's gradient store.
 
 What past tasks leave behind (anchors, importances, priors) is a NamedTuple the caller holds
 beside the optimizer state and passes to ``update`` as an optax extra argument; hyperparameters
@@ -40,8 +42,12 @@ from cljax.transforms.ncl import (NCLDiagState, NCLKFACState, init_ncl, init_ncl
                                   ncl_preconditioner)
 from cljax.transforms.penalty import (QuadraticPenaltyState, consolidate, ewc, init_penalty,
                                       penalty_loss, quadratic_penalty)
+from cljax.transforms.gpm import GPMState, gpm_project, gpm_projection, gpm_update, init_gpm
+from cljax.transforms.ogd import OGDState, init_ogd, ogd_add, ogd_project, ogd_projection
 from cljax.transforms.projection import (agem_project, agem_projection, gem_dual, gem_project,
                                          gem_projection)
+from cljax.transforms.rgo import (RGOState, init_rgo, rgo_accumulate, rgo_consolidate,
+                                  rgo_projection, rgo_value_and_grad)
 
 __all__ = [
     # quadratic penalty (EWC, online EWC, SI, MAS, L2)
@@ -54,6 +60,9 @@ __all__ = [
     "NCLDiagState", "NCLKFACState", "init_ncl", "init_ncl_kfac", "ncl_preconditioner",
     "ncl_consolidate", "ncl_kfac_preconditioner", "ncl_kfac_consolidate",
     "ncl_kfac_value_and_grad", "ncl", "ncl_kfac", "kfac_preconditioned_value_and_grad",
-    # gradient projections (A-GEM, GEM)
+    # gradient projections (A-GEM, GEM, RGO, GPM, OGD)
     "agem_project", "agem_projection", "gem_dual", "gem_project", "gem_projection",
+    "RGOState", "init_rgo", "rgo_accumulate", "rgo_consolidate", "rgo_projection",
+    "rgo_value_and_grad", "GPMState", "init_gpm", "gpm_update", "gpm_project", "gpm_projection",
+    "OGDState", "init_ogd", "ogd_add", "ogd_project", "ogd_projection",
 ]

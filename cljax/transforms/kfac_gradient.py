@@ -34,7 +34,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cljax.layers import check_factors, get_layer, pack, param_layers, set_layer, unpack
+from cljax.layers import (check_factors, get_layer, is_recognised, layer_rows, pack, param_layers,
+                          set_layer, unpack)
 from cljax.types import Array, KFACFactors, Params
 
 
@@ -101,7 +102,8 @@ def _interceptable(module: nn.Module, n: int, m: int) -> bool:
 
 def kfac_preconditioned_value_and_grad(
         fun: Callable[..., Any], params: Params, inverses: Mapping[str, KFACFactors], *args: Any,
-        other_scale: float | Array = 1.0, has_aux: bool = False) -> tuple[Any, Params]:
+        other_scale: float | Array = 1.0, has_aux: bool = False, capture_rows: bool = False
+        ) -> tuple[Any, ...]:
     """``fun(params, *args)`` and its gradient with every tracked layer's block preconditioned,
     ``A⁻¹ ∇W̄ G⁻¹``, and every other parameter's gradient multiplied by ``other_scale``.
 
@@ -113,9 +115,13 @@ def kfac_preconditioned_value_and_grad(
       other_scale: multiplier for the gradients of parameters outside those layers.
       has_aux: ``fun`` returns ``(loss, aux)`` (as ``jax.value_and_grad``'s ``has_aux``); the
         value returned is then that pair.
+      capture_rows: also return the rows every recognised layer call multiplied its ``W̄`` with
+        (:func:`cljax.layers.capture_rows`'s dict; this function's interceptor runs first, so a
+        capture inside ``fun`` would not see the Dense calls it replaces).
 
-    Returns ``(value, preconditioned gradient)``, the gradient with ``params``' structure; equal
-    (to rounding) to applying the preconditioner to ``jax.grad(fun)(params, *args)``.
+    Returns ``(value, preconditioned gradient)`` (``(value, gradient, rows)`` with
+    ``capture_rows``), the gradient with ``params``' structure; equal (to rounding) to applying
+    the preconditioner to ``jax.grad(fun)(params, *args)``.
     """
     if not callable(fun):
         raise TypeError(f"fun must be a callable loss(params, *args); got {type(fun).__name__}")
@@ -126,12 +132,16 @@ def kfac_preconditioned_value_and_grad(
         raise ValueError(f"other_scale must be a float scalar; got dtype {other.dtype}, "
                          f"shape {other.shape}")
     seen: set[str] = set()
+    captured: dict[str, list[Array]] = {}
 
     def interceptor(next_fun, call_args, kwargs, ctx):
         module = ctx.module
         if ctx.method_name != "__call__" or module.scope is None:
             return next_fun(*call_args, **kwargs)
         name = "/".join(module.scope.path)
+        if capture_rows and is_recognised(module):
+            x_in = call_args[0] if call_args else kwargs["inputs"]
+            captured.setdefault(name, []).append(layer_rows(module, jnp.asarray(x_in)))
         if name not in inverses:
             return next_fun(*call_args, **kwargs)
         n, m = shapes[name][0], shapes[name][1]
@@ -146,6 +156,7 @@ def kfac_preconditioned_value_and_grad(
         return _dense(x, kernel, bias, a_inv, g_inv, module.precision)
 
     def wrapped(p: Params) -> Any:
+        captured.clear()
         with nn.intercept_methods(interceptor):
             result = fun(p, *args)
         if has_aux and not (isinstance(result, tuple) and len(result) == 2):
@@ -155,9 +166,16 @@ def kfac_preconditioned_value_and_grad(
         if jnp.shape(out) != () or not jnp.issubdtype(jnp.result_type(out), jnp.floating):
             raise ValueError(f"fun must return a float scalar loss{' (and aux)' if has_aux else ''};"
                              f" got shape {jnp.shape(out)}, dtype {jnp.result_type(out)}")
-        return result
+        if not capture_rows:
+            return result
+        aux = result[1] if has_aux else None
+        return out, (aux, dict(captured))
 
-    value, grads = jax.value_and_grad(wrapped, has_aux=has_aux)(params)
+    value, grads = jax.value_and_grad(wrapped, has_aux=has_aux or capture_rows)(params)
+    rows = None
+    if capture_rows:
+        loss, (aux, rows) = value
+        value = (loss, aux) if has_aux else loss
     out = jax.tree.map(lambda g: (other.astype(g.dtype) * g).astype(g.dtype), grads)
     for name, (a_inv, g_inv) in inverses.items():
         node = get_layer(grads, name)
@@ -165,7 +183,7 @@ def kfac_preconditioned_value_and_grad(
         if name not in seen:  # never called as an interceptable Dense: dense product afterwards
             w = a_inv @ w @ g_inv
         out = set_layer(out, name, unpack(w, node))
-    return value, out
+    return (value, out, rows) if capture_rows else (value, out)
 
 
 __all__ = ["kfac_preconditioned_value_and_grad"]

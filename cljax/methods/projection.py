@@ -1,0 +1,138 @@
+"""Gradient-projection methods — RGO, RGO-2, GPM, OGD — as recipes on the method protocol.
+
+Each keeps its per-layer (RGO, GPM) or parameter-space (OGD) matrices in the method state with
+shapes fixed for the stream and hands them to its optax transform (first in the chain, before the
+base optimizer: plain SGD in their papers) as an extra argument:
+
+* :func:`rgo` (Liu & Liu 2022): per-step mean layer inputs update H̄⁻¹ recursively (in
+  ``after_step``), the projection P = dim/tr(H̄⁻¹)·H̄⁻¹ is frozen at each boundary and multiplies
+  the weight gradients inside the backward pass; the model gets RGO's feature encoding layer
+  (``model_options``: :class:`cljax.nn.fel.FeatureEncoding` after each hidden layer);
+  :func:`rgo2` is the same without it. See :mod:`cljax.transforms.rgo` for our reading.
+* :func:`gpm` (Saha et al. 2021): at each boundary the layer inputs of ``num_examples`` examples
+  of the task grow per-layer bases (energy thresholds per layer, + ``threshold_increment`` per
+  task); gradients lose their component in the bases' span.
+* :func:`ogd` (Farajtabar et al. 2020, OGD-GTL): at each boundary the gradients of the true
+  class's logit at ``per_task`` examples are orthonormalised into a store; gradients lose their
+  component in its span.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from cljax.layers import capture_rows, mean_rows
+from cljax.methods.base import Method, cross_entropy, get_hparam, task_loss
+from cljax.transforms.gpm import gpm_projection, gpm_update, init_gpm
+from cljax.transforms.ogd import init_ogd, ogd_add, ogd_projection
+from cljax.transforms.rgo import (init_rgo, rgo_accumulate, rgo_consolidate, rgo_projection,
+                                  rgo_value_and_grad)
+from cljax.validation import check_in_unit_interval, check_positive_int
+
+
+def _loss_with_rows(params, batch, mstate, ctx):
+    """Fine-tuning's loss (same key use) and each layer's mean row of the forward pass."""
+    del mstate
+    k_drop, _ = jax.random.split(ctx.key)
+    logits, rows = capture_rows(ctx.model.train_logits_fn, params, batch, k_drop)
+    return cross_entropy(logits, batch["y"]), {"rows": mean_rows(rows)}
+
+
+def rgo(*, feature_encoding: bool = True, fused_gradient: bool = True) -> Method:
+    """RGO (Liu & Liu 2022, ICLR): recursive gradient optimisation, hyperparameter ``alpha``
+    (α of H̄ = Σ H + αI, 1 in the paper). ``fused_gradient`` (default) forms P∇W̄ inside the
+    backward pass (:func:`cljax.transforms.rgo_value_and_grad`); False projects the finished
+    gradient (:func:`cljax.transforms.rgo_projection`), the same step to rounding."""
+    if not isinstance(fused_gradient, bool) or not isinstance(feature_encoding, bool):
+        raise TypeError("feature_encoding and fused_gradient must be bools")
+    name = "rgo" if feature_encoding else "rgo2"
+
+    def init(params, key, hparams, spec):
+        del key, spec
+        return init_rgo(params, alpha=get_hparam(hparams, "alpha", name))
+
+    def value_and_grad(loss, params, mstate, ctx):
+        del ctx   # the fused path captures the rows itself (its interceptor runs first)
+        (value, _), grads, rows = rgo_value_and_grad(loss, mstate, params, has_aux=True)
+        return (value, {"rows": rows}), grads
+
+    return Method(
+        name,
+        make_optimizer=(lambda h, base: base) if fused_gradient else
+        (lambda h, base: optax.chain(rgo_projection(), base)),
+        init=init, loss=task_loss if fused_gradient else _loss_with_rows,
+        optimizer_args=(lambda p, b, m, c: {}) if fused_gradient else
+        (lambda p, b, m, c: {"rgo_state": m}),
+        after_step=lambda mstate, info: rgo_accumulate(mstate, info.aux["rows"]),
+        end_task=lambda ctx: (ctx.params, ctx.opt_state, rgo_consolidate(ctx.mstate)),
+        value_and_grad=value_and_grad if fused_gradient else None,
+        default_hparams={"alpha": 1.0}, hparam_domains={"alpha": "positive"},
+        model_options=lambda num_tasks: {"feature_encoding": num_tasks if feature_encoding
+                                         else 0})
+
+
+def rgo2(*, fused_gradient: bool = True) -> Method:
+    """RGO-2: RGO without the feature encoding layer (Liu & Liu 2022)."""
+    return rgo(feature_encoding=False, fused_gradient=fused_gradient)
+
+
+def gpm(*, thresholds: Sequence[float] = (0.95, 0.99, 0.99), threshold_increment: float = 0.0,
+        num_examples: int = 300) -> Method:
+    """GPM (Saha et al. 2021): ``thresholds`` per layer in order (one value: every layer; the
+    paper's permuted MNIST: 0.95, 0.99, 0.99), plus ``threshold_increment`` × task (their CIFAR
+    schedule: 0.97 + 0.003·t), capped at 1; ``num_examples`` examples of each task build its
+    representation matrices (300 for MNIST, 125 for CIFAR)."""
+    thresholds = tuple(float(t) for t in thresholds)
+    for i, t in enumerate(thresholds):
+        check_in_unit_interval(t, name=f"thresholds[{i}]")
+    if not thresholds:
+        raise ValueError("thresholds must name at least one value")
+    check_in_unit_interval(threshold_increment, name="threshold_increment", closed_left=True)
+    check_positive_int(num_examples, name="num_examples")
+
+    def per_layer(names, task):
+        if len(thresholds) not in (1, len(names)):
+            raise ValueError(f"gpm has {len(thresholds)} thresholds for the model's "
+                             f"{len(names)} layers {names}: give one, or one per layer")
+        values = thresholds * len(names) if len(thresholds) == 1 else thresholds
+        return {n: jnp.minimum(v + threshold_increment * task, 1.0) for n, v in zip(names, values)}
+
+    def end_task(ctx):
+        batch = ctx.sample_batch(ctx.task, ctx.key, num_examples)
+        _, rows = capture_rows(ctx.model.logits_fn, ctx.params, batch)
+        reps = {n: jnp.concatenate([r.reshape(-1, r.shape[-1]) for r in rs])
+                for n, rs in rows.items() if n in ctx.mstate.bases}
+        new = gpm_update(ctx.mstate, reps, per_layer(list(ctx.mstate.bases), ctx.task))
+        return ctx.params, ctx.opt_state, new
+
+    return Method("gpm", make_optimizer=lambda h, base: optax.chain(gpm_projection(), base),
+                  init=lambda params, key, hparams, spec: init_gpm(params),
+                  optimizer_args=lambda p, b, m, c: {"gpm_state": m}, end_task=end_task)
+
+
+def ogd(*, per_task: int = 200) -> Method:
+    """OGD-GTL (Farajtabar et al. 2020): at each boundary the gradients of the true class's logit
+    at ``per_task`` examples of the task (drawn uniformly) join the store of
+    ``per_task × number of tasks`` directions (never exhausted)."""
+    check_positive_int(per_task, name="per_task")
+
+    def end_task(ctx):
+        batch = ctx.sample_batch(ctx.task, ctx.key, per_task)
+
+        def true_logit(params, example):
+            one = jax.tree.map(lambda x: x[None], example)
+            return ctx.model.logits_fn(params, one)[0, example["y"]]
+
+        grads = jax.vmap(jax.grad(true_logit), in_axes=(None, 0))(ctx.params, batch)
+        return ctx.params, ctx.opt_state, ogd_add(ctx.mstate, grads)
+
+    return Method("ogd", make_optimizer=lambda h, base: optax.chain(ogd_projection(), base),
+                  init=lambda params, key, hparams, spec: init_ogd(
+                      params, capacity=per_task * spec.num_tasks),
+                  optimizer_args=lambda p, b, m, c: {"ogd_state": m}, end_task=end_task)
+
+
+__all__ = ["rgo", "rgo2", "gpm", "ogd"]

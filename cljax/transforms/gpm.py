@@ -1,0 +1,145 @@
+"""Gradient Projection Memory (GPM; Saha, Garg & Roy 2021, ICLR) as an optax transform.
+
+For every recognised layer l (:mod:`cljax.layers`: rows = the layer's inputs, im2col patches for
+a conv, + 1 for a bias) GPM keeps an orthonormal basis M_l of the past tasks' input
+representations and removes its span from the weight gradient (input side, their eq. 9):
+∇W̄_l ← ∇W̄_l − M_l M_lᵀ ∇W̄_l, so the layer's response to past inputs is (to first order) kept.
+
+The basis grows at each task boundary from a representation matrix R_l (``[rows, m]``: the
+rows of m examples of the finished task; 300 for MNIST, 125 for CIFAR in the paper) with the
+energy threshold ε_l (their eq. 5–8):
+
+* first task: R = U Σ Vᵀ; keep the k first left singular vectors, k the smallest with
+  Σ_{i<k} σ_i² ≥ ε_l ‖R‖²_F;
+* later tasks: the residual R̂ = R − M Mᵀ R; R̂ = Û Σ̂ V̂ᵀ; add the k first columns of Û, k the
+  smallest with ‖M Mᵀ R‖²_F + Σ_{i<k} σ̂_i² ≥ ε_l ‖R‖²_F (none if the old basis already holds ε).
+
+Fixed shapes: each basis is a ``[rows, rows]`` matrix whose first ``size`` columns are the basis
+(the rest zero), so nothing recompiles as it grows. It cannot outgrow its capacity: the residual
+is orthogonal to M, so at most rows − size new directions exist; the new columns are
+re-orthogonalised against M once, and k is capped at rows − size (when the basis is full the
+layer's gradient is zero). The singular vectors come from the eigendecomposition of R̂R̂ᵀ
+(``[rows, rows]``, :func:`cljax._linalg.eigh`, safe under ``vmap`` on the CPU).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from cljax._linalg import eigh
+from cljax.layers import get_layer, pack, param_layers, set_layer, unpack
+from cljax.transforms.common import require_state
+from cljax.types import Array, Params
+from cljax.validation import check_finite, check_in_unit_interval
+
+
+class GPMState(NamedTuple):
+    """GPM's per-layer bases.
+
+    Attributes:
+      bases: {layer: ``[rows, rows]``}, the first ``sizes[layer]`` columns orthonormal.
+      sizes: {layer: int32}, the basis sizes.
+      count: int32, tasks consolidated.
+    """
+
+    bases: dict
+    sizes: dict
+    count: Array
+
+
+def init_gpm(params: Params, *, layers: Any = None) -> GPMState:
+    """Empty bases for every recognised layer of ``params`` (or those named)."""
+    bases, sizes = {}, {}
+    for name, shape in param_layers(params, layers).items():
+        dt = get_layer(params, name)["kernel"].dtype
+        bases[name] = jnp.zeros((shape.rows, shape.rows), dt)
+        sizes[name] = jnp.zeros((), jnp.int32)
+    return GPMState(bases, sizes, jnp.zeros((), jnp.int32))
+
+
+def grow_basis(basis: Array, size: Array, representation: Array, threshold: Array
+               ) -> tuple[Array, Array]:
+    """One layer's basis update (module docstring) from ``representation`` ``[m, rows]``
+    (one example's rows per row); returns ``(basis, size)``."""
+    n = basis.shape[0]
+    r = representation.astype(basis.dtype).T                       # [rows, m]
+    cols = jnp.arange(n)
+    m = basis * (cols < size)[None, :]
+    total = jnp.sum(r * r)
+    resid = r - m @ (m.T @ r)
+    kept = total - jnp.sum(resid * resid)                           # ‖M Mᵀ R‖²
+    w, u = eigh(resid @ resid.T)                                    # ascending
+    w, u = jnp.maximum(w[::-1], 0.0), u[:, ::-1]
+    energy = kept + jnp.cumsum(w)
+    enough = energy >= threshold * total
+    need = jnp.where(kept >= threshold * total, 0, jnp.argmax(enough) + 1)
+    need = jnp.where(jnp.any(enough) | (kept >= threshold * total), need, n)
+    k = jnp.minimum(need, n - size).astype(jnp.int32)
+    u = u - m @ (m.T @ u)                                           # re-orthogonalise once
+    u = u / jnp.maximum(jnp.linalg.norm(u, axis=0, keepdims=True), jnp.finfo(u.dtype).tiny)
+    src = jnp.clip(cols - size, 0, n - 1)
+    new = (cols >= size) & (cols < size + k)
+    out = jnp.where(new[None, :], u[:, src], m)
+    return out, size + k
+
+
+def gpm_update(state: GPMState, representations: Mapping[str, Array],
+               thresholds: Mapping[str, Any] | Any) -> GPMState:
+    """Task boundary: grow every layer's basis from its representation matrix.
+
+    Args:
+      state: the :class:`GPMState` so far.
+      representations: {layer: ``[m, rows]``}, the rows of m examples of the finished task
+        (:func:`cljax.layers.capture_rows` of a forward pass; a conv contributes every
+        position of every example).
+      thresholds: ε ∈ (0, 1], one for all layers or {layer: ε}.
+    """
+    if not isinstance(state, GPMState):
+        raise TypeError(f"state must be a GPMState (init_gpm(params)); got {type(state).__name__}")
+    missing = [k for k in state.bases if k not in representations]
+    if missing:
+        raise ValueError(f"representations lacks layers {missing}; got {sorted(representations)}")
+    check_finite(representations, name="representations")
+    bases, sizes = {}, {}
+    for name, basis in state.bases.items():
+        eps = thresholds[name] if isinstance(thresholds, Mapping) else thresholds
+        check_in_unit_interval(eps, name=f"thresholds[{name!r}]", scalar=True)
+        rep = jnp.asarray(representations[name])
+        if rep.ndim != 2 or rep.shape[1] != basis.shape[0]:
+            raise ValueError(f"representations[{name!r}] must have shape [m, {basis.shape[0]}]; "
+                             f"got {rep.shape}")
+        bases[name], sizes[name] = grow_basis(basis, state.sizes[name], rep,
+                                              jnp.asarray(eps, basis.dtype))
+    return GPMState(bases, sizes, state.count + 1)
+
+
+def gpm_project(updates: Params, state: GPMState) -> Params:
+    """∇W̄ − M Mᵀ ∇W̄ for every layer of ``state`` (other parameters unchanged)."""
+    out = updates
+    for name, basis in state.bases.items():
+        node = get_layer(updates, name)
+        g = pack(node)
+        out = set_layer(out, name, unpack(g - basis @ (basis.T @ g), node))
+    return out
+
+
+def gpm_projection() -> optax.GradientTransformationExtraArgs:
+    """GPM's projection of the updates against the bases of ``gpm_state=`` (put it first in the
+    chain, before the step: plain SGD in the paper)."""
+
+    def init_fn(params: Params) -> optax.EmptyState:
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None, *, gpm_state: GPMState | None = None, **extra):
+        del params, extra
+        require_state(gpm_state, GPMState, arg="gpm_state", fn="gpm_projection.update")
+        return gpm_project(updates, gpm_state), state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+__all__ = ["GPMState", "init_gpm", "grow_basis", "gpm_update", "gpm_project", "gpm_projection"]

@@ -1,0 +1,146 @@
+"""Recursive gradient optimization (RGO; Liu & Liu 2022, ICLR) as an optax transform.
+
+**Our reading of the algorithm** (the paper's Algorithm 1 is not in our copy; REFERENCES.md
+"RGO" lists what the text says). RGO minimises the recursive least loss
+F_k = ½ (θ − θ*)ᵀ (Σ_{j<k} H_j)(θ − θ*) subject to ∇L_k = 0 with the update θ ← θ − η P ∇L_k,
+P symmetric positive definite with tr(P) = dim(P) (Theorem 1: the expected learning rate is
+kept); minimising the bound ½ n_k η σ_max(P H̄) L_k(θ*_{k−1}) (eq. 8) gives
+P = dim(H̄)/tr(H̄⁻¹) · H̄⁻¹ (eq. 10). Per layer (Theorem 3, under the feature encoding layer's
+decorrelation, :mod:`cljax.nn.fel`) the curvature is taken on the layer's inputs and the
+extractors of a layer share one projection, which we implement as:
+
+* for every recognised layer l (:mod:`cljax.layers`: dense, conv; rows = inputs + 1 for the
+  bias, im2col patches for a conv) H̄_l = αI + Σ_s ā_s ā_sᵀ over the training steps s of the
+  past tasks, ā_s the step's mean row (mean layer input over the batch and positions, α = 1,
+  eq. 13 with the layer-input second moment — the K-FAC A factor — as the practical H);
+* H̄_l⁻¹ is maintained recursively, as recursive least squares (appendix B.1): at every step,
+  Q ← Q − Q ā āᵀ Q / (1 + āᵀ Q ā) (Sherman–Morrison), Q₀ = I/α, so memory is two
+  ``[rows, rows]`` matrices per layer whatever the number of tasks;
+* the projection used while training task k is frozen at the end of task k − 1:
+  P_l = rows / tr(Q) · Q (eq. 10; before any past task Q = I/α and P = I: plain SGD);
+* the weight gradient ∇W̄_l [rows, out] is left-multiplied by P_l (input side); parameters
+  outside recognised layers are left as they are.
+
+:func:`rgo_value_and_grad` forms P∇W̄ inside the backward pass (the rank-B form of
+:mod:`cljax.transforms.kfac_gradient`, with G = I), cheaper than :func:`rgo_projection` on the
+finished gradient for small batches; both give the same step to rounding.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from cljax.layers import get_layer, mean_rows, pack, param_layers, set_layer, unpack
+from cljax.transforms.common import require_state
+from cljax.transforms.kfac_gradient import kfac_preconditioned_value_and_grad
+from cljax.types import Array, KFACFactors, Params
+from cljax.validation import check_finite, check_positive
+
+
+class RGOState(NamedTuple):
+    """RGO's per-layer matrices.
+
+    Attributes:
+      running: {layer: Q = (αI + Σ ā āᵀ)⁻¹} over every step so far (past tasks and the current).
+      projection: {layer: P}, the projection of the current task (frozen at its start).
+      count: int32, tasks consolidated.
+    """
+
+    running: dict
+    projection: dict
+    count: Array
+
+
+def init_rgo(params: Params, *, alpha: float | Array = 1.0, layers: Any = None) -> RGOState:
+    """Q = I/α and P = I for every recognised layer of ``params`` (or those named)."""
+    check_positive(alpha, name="alpha", scalar=True)
+    running, projection = {}, {}
+    for name, shape in param_layers(params, layers).items():
+        dt = get_layer(params, name)["kernel"].dtype
+        eye = jnp.eye(shape.rows, dtype=dt)
+        running[name] = eye / jnp.asarray(alpha, dt)
+        projection[name] = eye
+    return RGOState(running, projection, jnp.zeros((), jnp.int32))
+
+
+def sherman_morrison(q: Array, a: Array) -> Array:
+    """(Q⁻¹ + a aᵀ)⁻¹ = Q − Q a aᵀ Q / (1 + aᵀ Q a) for symmetric Q (kept symmetric)."""
+    qa = q @ a
+    out = q - jnp.outer(qa, qa) / (1.0 + a @ qa)
+    return 0.5 * (out + out.T)
+
+
+def rgo_accumulate(state: RGOState, rows: Mapping[str, Array]) -> RGOState:
+    """One step of the recursion: Q_l ← (Q_l⁻¹ + ā_l ā_lᵀ)⁻¹ for the step's mean rows ``rows``
+    (``{layer: [rows]}``, e.g. :func:`cljax.layers.mean_rows` of the step's forward pass)."""
+    if not isinstance(state, RGOState):
+        raise TypeError(f"state must be an RGOState (init_rgo(params)); got {type(state).__name__}")
+    missing = [k for k in state.running if k not in rows]
+    if missing:
+        raise ValueError(f"rows lacks the mean rows of layers {missing} (got {sorted(rows)}); "
+                         "every tracked layer must be called in the step")
+    running = {}
+    for name, q in state.running.items():
+        a = jnp.asarray(rows[name], q.dtype)
+        if a.shape != (q.shape[0],):
+            raise ValueError(f"rows[{name!r}] must have shape ({q.shape[0]},); got {a.shape}")
+        running[name] = sherman_morrison(q, a)
+    return state._replace(running=running)
+
+
+def normalised_projection(q: Array) -> Array:
+    """P = dim / tr(Q) · Q (Liu & Liu 2022, eq. 10): tr(P) = dim(P) (Theorem 1)."""
+    return (q.shape[0] / jnp.trace(q)) * q
+
+
+def rgo_consolidate(state: RGOState) -> RGOState:
+    """Task boundary: the projection of the next task from every step so far, P = dim/tr(Q)·Q."""
+    if not isinstance(state, RGOState):
+        raise TypeError(f"state must be an RGOState (init_rgo(params)); got {type(state).__name__}")
+    check_finite(state.running, name="state.running")
+    return state._replace(projection={k: normalised_projection(q)
+                                      for k, q in state.running.items()},
+                          count=state.count + 1)
+
+
+def rgo_projection() -> optax.GradientTransformationExtraArgs:
+    """``P_l ∇W̄_l`` for every layer of the :class:`RGOState` given as ``rgo_state=`` (other
+    parameters unchanged); put it first in the chain, before the step (SGD in the paper)."""
+
+    def init_fn(params: Params) -> optax.EmptyState:
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None, *, rgo_state: RGOState | None = None, **extra):
+        del params, extra
+        require_state(rgo_state, RGOState, arg="rgo_state", fn="rgo_projection.update")
+        out = updates
+        for name, p in rgo_state.projection.items():
+            node = get_layer(updates, name)
+            out = set_layer(out, name, unpack(p @ pack(node), node))
+        return out, state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def rgo_value_and_grad(fun: Callable[..., Any], rgo_state: RGOState, params: Params, *args: Any,
+                       has_aux: bool = False) -> tuple[Any, Params, dict]:
+    """``fun(params, *args)``, its gradient with every tracked layer's weight gradient projected,
+    P∇W̄, formed inside the backward pass (rank-B form; convs and untracked layers after it),
+    and each layer's mean row of the forward pass (:func:`cljax.layers.mean_rows`, for
+    :func:`rgo_accumulate`). Feed the gradient to the base optimizer directly (not through
+    :func:`rgo_projection`)."""
+    require_state(rgo_state, RGOState, arg="rgo_state", fn="rgo_value_and_grad")
+    shapes = param_layers(params)
+    inverses = {name: KFACFactors(p, jnp.eye(shapes[name].out, dtype=p.dtype))
+                for name, p in rgo_state.projection.items()}
+    value, grads, rows = kfac_preconditioned_value_and_grad(
+        fun, params, inverses, *args, other_scale=1.0, has_aux=has_aux, capture_rows=True)
+    return value, grads, mean_rows(rows)
+
+
+__all__ = ["RGOState", "init_rgo", "sherman_morrison", "rgo_accumulate", "normalised_projection",
+           "rgo_consolidate", "rgo_projection", "rgo_value_and_grad"]
