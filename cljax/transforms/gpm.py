@@ -53,7 +53,11 @@ class GPMState(NamedTuple):
 def init_gpm(params: Params, *, layers: Any = None) -> GPMState:
     """Empty bases for every recognised layer of ``params`` (or those named)."""
     bases, sizes = {}, {}
-    for name, shape in param_layers(params, layers).items():
+    found = param_layers(params, layers)
+    if not found:
+        raise ValueError("init_gpm: params hold no dense/conv layer (a node with a 'kernel' of rank "
+                         ">= 2) to project; these methods need layer structure")
+    for name, shape in found.items():
         dt = get_layer(params, name)["kernel"].dtype
         bases[name] = jnp.zeros((shape.rows, shape.rows), dt)
         sizes[name] = jnp.zeros((), jnp.int32)

@@ -58,7 +58,11 @@ def init_rgo(params: Params, *, alpha: float | Array = 1.0, layers: Any = None) 
     """Q = I/α and P = I for every recognised layer of ``params`` (or those named)."""
     check_positive(alpha, name="alpha", scalar=True)
     running, projection = {}, {}
-    for name, shape in param_layers(params, layers).items():
+    found = param_layers(params, layers)
+    if not found:
+        raise ValueError("init_rgo: params hold no dense/conv layer (a node with a 'kernel' of rank "
+                         ">= 2) to project; these methods need layer structure")
+    for name, shape in found.items():
         dt = get_layer(params, name)["kernel"].dtype
         eye = jnp.eye(shape.rows, dtype=dt)
         running[name] = eye / jnp.asarray(alpha, dt)

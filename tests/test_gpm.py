@@ -1,0 +1,101 @@
+"""Tests for cljax.transforms.gpm and cljax.transforms.ogd (GPM, OGD)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cljax.transforms import (GPMState, gpm_project, gpm_projection, gpm_update, init_gpm,
+                              init_ogd, ogd_add, ogd_project, ogd_projection)
+from cljax.transforms.gpm import grow_basis
+
+
+def _params(rows=7, out=3):
+    return {"Dense_0": {"kernel": jnp.zeros((rows, out))}}
+
+
+def _energy_kept(basis, size, rep):
+    m = np.asarray(basis)[:, :int(size)]
+    r = np.asarray(rep).T
+    return np.sum((m @ (m.T @ r)) ** 2) / np.sum(r ** 2)
+
+
+def test_basis_keeps_the_threshold_energy_and_is_orthonormal():
+    rng = np.random.default_rng(0)
+    state = init_gpm(_params())
+    low_rank = lambda: rng.normal(size=(40, 3)) @ rng.normal(size=(3, 7)) + 0.05 * rng.normal(size=(40, 7))  # noqa: E731
+    reps = [low_rank(), low_rank(), rng.normal(size=(40, 7))]
+    for t, rep in enumerate(reps):
+        state = gpm_update(state, {"Dense_0": jnp.asarray(rep, jnp.float32)}, 0.97)
+        basis, size = state.bases["Dense_0"], state.sizes["Dense_0"]
+        m = np.asarray(basis)[:, :int(size)]
+        np.testing.assert_allclose(m.T @ m, np.eye(int(size)), atol=1e-5)
+        assert np.all(np.asarray(basis)[:, int(size):] == 0)
+        for seen in reps[:t + 1]:        # every past task's energy is kept (the basis only grows)
+            assert _energy_kept(basis, size, seen) >= 0.97 - 1e-4
+        if t == 0:
+            assert int(size) <= 4                                          # a low-rank task
+    assert int(state.sizes["Dense_0"]) <= 7                                # never past capacity
+    # the smallest basis: with one vector fewer the threshold is missed
+    b0, s0 = grow_basis(jnp.zeros((7, 7)), jnp.asarray(0), jnp.asarray(reps[0], jnp.float32),
+                        jnp.asarray(0.97))
+    assert _energy_kept(b0, int(s0) - 1, reps[0]) < 0.97
+
+
+def test_projected_gradient_is_orthogonal_to_the_basis():
+    rng = np.random.default_rng(1)
+    state = gpm_update(init_gpm(_params()), {"Dense_0": jnp.asarray(rng.normal(size=(20, 7)))},
+                       0.9)
+    g = {"Dense_0": {"kernel": jnp.asarray(rng.normal(size=(7, 3)), jnp.float32)}}
+    out = gpm_project(g, state)["Dense_0"]["kernel"]
+    m = np.asarray(state.bases["Dense_0"])[:, :int(state.sizes["Dense_0"])]
+    rel = np.abs(m.T @ np.asarray(out)).max() / np.abs(np.asarray(g["Dense_0"]["kernel"])).max()
+    assert rel < 1e-6
+    tx = optax.chain(gpm_projection(), optax.sgd(1.0))
+    u, _ = jax.jit(tx.update)(g, tx.init(g), None, gpm_state=state)
+    np.testing.assert_allclose(-np.asarray(u["Dense_0"]["kernel"]), out, rtol=1e-6, atol=1e-7)
+
+
+def test_gpm_bad_inputs():
+    state = init_gpm(_params())
+    rep = {"Dense_0": jnp.ones((4, 7))}
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="thresholds"):
+            gpm_update(state, rep, bad)
+    with pytest.raises(ValueError, match="lacks layers"):
+        gpm_update(state, {}, 0.9)
+    with pytest.raises(ValueError, match=r"\[m, 7\]"):
+        gpm_update(state, {"Dense_0": jnp.ones((4, 6))}, 0.9)
+    with pytest.raises(TypeError, match="GPMState"):
+        gpm_update({}, rep, 0.9)
+    with pytest.raises(ValueError, match="gpm_state"):
+        gpm_projection().update(_params(), optax.EmptyState(), None)
+    assert isinstance(state, GPMState)
+
+
+def test_ogd_store_is_orthonormal_and_projection_orthogonal():
+    rng = np.random.default_rng(2)
+    params = {"a": jnp.zeros((3, 4)), "b": jnp.zeros(5)}
+    state = init_ogd(params, capacity=6)
+    dirs = {"a": jnp.asarray(rng.normal(size=(4, 3, 4)), jnp.float32),
+            "b": jnp.asarray(rng.normal(size=(4, 5)), jnp.float32)}
+    dirs["a"] = dirs["a"].at[3].set(2 * dirs["a"][0])          # a direction already in the span
+    dirs["b"] = dirs["b"].at[3].set(2 * dirs["b"][0])
+    state = jax.jit(ogd_add)(state, dirs)
+    assert int(state.size) == 3 and int(state.dropped) == 0
+    flat = np.concatenate([np.asarray(state.basis["a"]).reshape(6, -1),
+                           np.asarray(state.basis["b"])], axis=1)[:3]
+    np.testing.assert_allclose(flat @ flat.T, np.eye(3), atol=1e-5)
+    g = {"a": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
+         "b": jnp.asarray(rng.normal(size=5), jnp.float32)}
+    out = ogd_project(g, state)
+    v = np.concatenate([np.asarray(out["a"]).ravel(), np.asarray(out["b"])])
+    gv = np.concatenate([np.asarray(g["a"]).ravel(), np.asarray(g["b"])])
+    assert np.abs(flat @ v).max() / np.linalg.norm(gv) < 1e-6
+    tx = optax.chain(ogd_projection(), optax.sgd(1.0))
+    u, _ = tx.update(g, tx.init(g), None, ogd_state=state)
+    np.testing.assert_allclose(-np.asarray(u["b"]), np.asarray(out["b"]), rtol=1e-6)
+    with pytest.raises(ValueError, match="capacity"):
+        ogd_add(state, dirs)                                   # 3 + 4 > 6: eager calls raise
+    with pytest.raises(ValueError, match="capacity"):
+        init_ogd(params, capacity=0)

@@ -1,0 +1,76 @@
+"""Tests for cljax.methods.projection: RGO, RGO-2, GPM, OGD on the method protocol."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cljax.data import make_scenario, permuted_tasks
+from cljax.methods import get_method
+from cljax.nn import MLP, as_model
+from cljax.training import make_trainer, prepare_data, run_stream
+from helpers import tiny_dataset
+
+KEYS = jax.random.split(jax.random.key(1), 2)
+OPTIONS = {"rgo": {}, "rgo2": {}, "gpm": {"thresholds": (0.97,), "num_examples": 40},
+           "ogd": {"per_task": 10}}
+
+
+def _build(name, traces=None, **options):
+    s = permuted_tasks(tiny_dataset(num_classes=4, n=120), tiny_dataset(num_classes=4, n=40, seed=1),
+                       num_tasks=3, pad_to=None)
+    sc = make_scenario(s, "domain")
+    method = get_method(name, **{**OPTIONS[name], **options})
+    extra = method.model_options(3) if method.model_options else {}
+    model = as_model(MLP((16,), sc.num_outputs, use_bias=False, **extra))
+    if traces is not None:
+        base = model
+
+        def counting(params, batch, key):
+            traces.append(1)
+            return base.train_logits_fn(params, batch, key)
+
+        model = model._replace(train_logits_fn=counting)
+    tr = make_trainer(model, method, optimizer=optax.sgd(0.1), batch_size=8, eval_chunk=40)
+    return method, tr, prepare_data(s, sc, eval_chunk=40)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONS))
+def test_one_compilation_for_the_stream(name):
+    traces = []
+    method, tr, data = _build(name, traces)
+    res = run_stream(tr, data, num_steps=4, keys=KEYS, hparams=method.default_hparams)
+    assert len(traces) == 1 and np.all(np.isfinite(res.loss))
+
+
+def test_rgo_alpha_sweep_vmapped_equals_separate_runs_and_fused_equals_plain():
+    method, tr, data = _build("rgo")
+    keys = jnp.concatenate([KEYS[:1], KEYS[:1]])
+    both = run_stream(tr, data, num_steps=6, keys=keys, hparams={"alpha": np.array([1.0, 0.1])},
+                      runs="vmap")
+    for r, alpha in enumerate((1.0, 0.1)):
+        alone = run_stream(tr, data, num_steps=6, keys=keys[r:r + 1], hparams={"alpha": alpha})
+        np.testing.assert_allclose(both.train_loss[r], alone.train_loss[0], rtol=2e-5, atol=1e-6)
+    assert not np.allclose(both.train_loss[0], both.train_loss[1])
+    m2, tr2, _ = _build("rgo", fused_gradient=False)
+    plain = run_stream(tr2, data, num_steps=6, keys=keys[:1], hparams={"alpha": 1.0})
+    np.testing.assert_allclose(plain.train_loss, both.train_loss[:1], rtol=1e-4, atol=1e-5)
+    state = jax.tree.map(lambda x: x[0], both.final_state.mstate)
+    assert int(state.count) == 3
+    for p in state.projection.values():
+        np.testing.assert_allclose(np.trace(np.asarray(p)), p.shape[0], rtol=1e-4)
+
+
+def test_projection_method_errors():
+    with pytest.raises(ValueError, match="thresholds"):
+        get_method("gpm", thresholds=(1.2,))
+    with pytest.raises(ValueError, match="per_task"):
+        get_method("ogd", per_task=0)
+    method, tr, data = _build("gpm", thresholds=(0.9, 0.9, 0.9))
+    with pytest.raises(ValueError, match="3 thresholds for the model's 2 layers"):
+        run_stream(tr, data, num_steps=2, keys=KEYS[:1])
+    from cljax.transforms import init_gpm, init_rgo
+    with pytest.raises(ValueError, match="no dense/conv layer"):
+        init_rgo({"w": jnp.ones(3)})
+    with pytest.raises(ValueError, match="no dense/conv layer"):
+        init_gpm({"w": jnp.ones(3)})

@@ -1,0 +1,147 @@
+"""Tests for cljax.transforms.rgo and cljax.nn.fel (RGO, Liu & Liu 2022)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cljax.layers import capture_rows, mean_rows
+from cljax.nn import MLP, as_model
+from cljax.nn.fel import FeatureEncoding, task_permutations
+from cljax.transforms import (RGOState, init_rgo, rgo_accumulate, rgo_consolidate,
+                              rgo_projection, rgo_value_and_grad)
+from cljax.transforms.rgo import normalised_projection, sherman_morrison
+from helpers import assert_trees_close
+
+
+def test_recursive_inverse_equals_the_direct_inverse(x64):
+    rng = np.random.default_rng(0)
+    n, alpha = 6, 1.0
+    rows = rng.normal(size=(40, n))
+    params = {"Dense_0": {"kernel": jnp.zeros((n - 1, 3)), "bias": jnp.zeros(3)}}
+    state = init_rgo(params, alpha=alpha)
+    for r in rows:
+        state = rgo_accumulate(state, {"Dense_0": jnp.asarray(r)})
+    direct = np.linalg.inv(alpha * np.eye(n) + rows.T @ rows)
+    np.testing.assert_allclose(state.running["Dense_0"], direct, rtol=1e-8, atol=1e-10)
+    state = rgo_consolidate(state)
+    p = np.asarray(state.projection["Dense_0"])
+    np.testing.assert_allclose(np.trace(p), n, rtol=1e-12)               # Theorem 1
+    np.testing.assert_allclose(p, p.T, atol=1e-14)
+    assert np.linalg.eigvalsh(p).min() > 0                                # SPD
+    np.testing.assert_allclose(p, n / np.trace(direct) * direct, rtol=1e-8)
+    np.testing.assert_allclose(sherman_morrison(jnp.eye(2), jnp.array([1.0, 0.0])),
+                               np.diag([0.5, 1.0]))
+
+
+def _toy(key):
+    model = as_model(MLP((), 1, use_bias=True))                 # linear regression y = xW + b
+    params = model.init(key, {"x": jnp.ones((1, 4))})
+    return model, params
+
+
+def test_no_past_task_is_plain_sgd_and_fused_equals_transform():
+    model, params = _toy(jax.random.key(0))
+    state = init_rgo(params)
+    assert all(np.array_equal(p, np.eye(p.shape[0])) for p in state.projection.values())
+    x = jax.random.normal(jax.random.key(1), (8, 4))
+    y = jax.random.normal(jax.random.key(2), (8, 1))
+    loss = lambda p: jnp.mean((model.logits_fn(p, {"x": x}) - y) ** 2)    # noqa: E731
+    g = jax.grad(loss)(params)
+    projected, _ = rgo_projection().update(g, optax.EmptyState(), params, rgo_state=state)
+    assert_trees_close(projected, g, rtol=0, atol=0)
+    # after a task: the fused backward-pass projection equals projecting the finished gradient
+    for i in range(20):
+        xi = jax.random.normal(jax.random.fold_in(jax.random.key(3), i), (8, 4))
+        _, rows = capture_rows(model.logits_fn, params, {"x": xi})
+        state = rgo_accumulate(state, mean_rows(rows))
+    state = rgo_consolidate(state)
+    value, fused, rows = rgo_value_and_grad(loss, state, params)
+    plain, _ = rgo_projection().update(g, optax.EmptyState(), params, rgo_state=state)
+    assert_trees_close(fused, plain, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(value, loss(params), rtol=1e-6)
+    np.testing.assert_allclose(rows["Dense_0"][:4], x.mean(0), rtol=1e-6)  # the mean rows
+
+
+def test_two_task_regression_forgets_far_less_than_sgd():
+    """Two linear regressions whose (nonnegative, like pixels or ReLU features) inputs scatter
+    around different means: RGO's projection, built from per-step mean inputs, keeps task 1's
+    fit while learning task 2; SGD does not."""
+    rng = np.random.default_rng(0)
+    means = np.abs(rng.normal(size=(2, 6))) + np.array([[1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1]])
+    w1, w2 = rng.normal(size=(6, 1)), rng.normal(size=(6, 1))
+
+    def data(t, n):
+        z = means[t] * (1 + 0.2 * rng.normal(size=(n, 6)))
+        return jnp.asarray(z, jnp.float32), jnp.asarray(z @ (w1 if t == 0 else w2), jnp.float32)
+
+    (x1, y1), (x2, y2) = data(0, 256), data(1, 256)
+    model = as_model(MLP((), 1, use_bias=False))
+    params0 = model.init(jax.random.key(0), {"x": x1[:1]})
+    mse = lambda p, x, y: jnp.mean((model.logits_fn(p, {"x": x}) - y) ** 2)   # noqa: E731
+    tx = optax.sgd(0.05)
+
+    def train(params, x, y, state, use_rgo):
+        opt = tx.init(params)
+        for i in range(300):
+            b = slice((16 * i) % 240, (16 * i) % 240 + 16)
+            if use_rgo:
+                _, g, rows = rgo_value_and_grad(mse, state, params, x[b], y[b])
+                state = rgo_accumulate(state, rows)
+            else:
+                g = jax.grad(mse)(params, x[b], y[b])
+            u, opt = tx.update(g, opt, params)
+            params = optax.apply_updates(params, u)
+        return params, state
+
+    forgetting = {}
+    for use_rgo in (False, True):
+        state = init_rgo(params0)
+        p1, state = train(params0, x1, y1, state, use_rgo)
+        state = rgo_consolidate(state)
+        p2, _ = train(p1, x2, y2, state, use_rgo)
+        forgetting[use_rgo] = float(mse(p2, x1, y1) - mse(p1, x1, y1))
+        assert float(mse(p2, x2, y2)) < 0.5 * float(mse(p1, x2, y2))      # task 2 is learnt
+    assert forgetting[True] < 0.2 * forgetting[False], forgetting
+
+
+def test_feature_encoding_layer():
+    perms = np.asarray(task_permutations(5, 7, seed=3))
+    for p in perms:
+        assert sorted(p.tolist()) == list(range(7))                      # a bijection per task
+    assert len({tuple(p) for p in perms}) == 5                            # different across tasks
+    np.testing.assert_array_equal(perms, task_permutations(5, 7, seed=3))  # the same every call
+    fel = FeatureEncoding(5, seed=3)
+    x = jnp.arange(14.0).reshape(2, 7)
+    variables = fel.init(jax.random.key(0), x, jnp.array([0, 4]))
+    assert variables == {} or not jax.tree.leaves(variables)              # no parameters
+    out = fel.apply(variables, x, jnp.array([0, 4]))
+    np.testing.assert_array_equal(out[0], x[0][perms[0]])
+    np.testing.assert_array_equal(out[1], x[1][perms[4]])
+    g = jax.grad(lambda v: jnp.sum(fel.apply(variables, v, jnp.array([1, 2])) * jnp.arange(7.0)))(x)
+    np.testing.assert_array_equal(g[0][perms[1]], np.arange(7.0))         # gradients flow
+    model = as_model(MLP((6,), 2, feature_encoding=3))
+    p = model.init(jax.random.key(0), {"x": jnp.ones((2, 4)), "task": jnp.zeros(2, jnp.int32)})
+    assert set(p) == {"Dense_0", "Dense_1"}
+    with pytest.raises(ValueError, match="task"):
+        model.logits_fn(p, {"x": jnp.ones((2, 4))})
+
+
+def test_rgo_bad_inputs():
+    params = {"Dense_0": {"kernel": jnp.zeros((3, 2)), "bias": jnp.zeros(2)}}
+    with pytest.raises(ValueError, match="alpha"):
+        init_rgo(params, alpha=0.0)
+    s = init_rgo(params)
+    with pytest.raises(ValueError, match="lacks the mean rows"):
+        rgo_accumulate(s, {})
+    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+        rgo_accumulate(s, {"Dense_0": jnp.ones(3)})
+    with pytest.raises(TypeError, match="RGOState"):
+        rgo_consolidate({})
+    with pytest.raises(ValueError, match="rgo_state"):
+        rgo_projection().update(params, optax.EmptyState(), params)
+    with pytest.raises(FloatingPointError, match="running"):
+        rgo_consolidate(RGOState({"Dense_0": jnp.full((4, 4), jnp.nan)}, s.projection, s.count))
+    with pytest.raises(ValueError, match="feature_encoding"):
+        MLP((4,), 2, feature_encoding=-1)
+    assert normalised_projection(2 * jnp.eye(3)).trace() == pytest.approx(3.0)
