@@ -16,7 +16,7 @@ from typing import Sequence
 import flax.linen as nn
 
 from cljax.nn.conv import Conv, max_pool
-from cljax.nn.heads import select_head
+from cljax.nn.heads import head_output
 from cljax.nn.resnet import BatchStatNorm
 
 
@@ -32,7 +32,7 @@ class AlexNet(nn.Module):
     dropout: float = 0.5
 
     @nn.compact
-    def __call__(self, x, task=None, *, train: bool = False):
+    def __call__(self, x, task=None, *, train: bool = False, output: str = "logits"):
         if x.ndim != 4:
             raise ValueError(f"AlexNet expects images [B, H, W, C]; got shape {x.shape}")
         if not len(self.channels) == len(self.kernels) == len(self.conv_dropout):
@@ -48,8 +48,10 @@ class AlexNet(nn.Module):
             x = nn.relu(BatchStatNorm()(nn.Dense(h, use_bias=False)(x)))
             if self.dropout > 0:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        if output == "features":
+            return x
         x = nn.Dense(self.num_heads * self.num_outputs, use_bias=False)(x)
-        return select_head(x, task, self.num_heads)
+        return head_output(x, task, self.num_heads, output)
 
 
 __all__ = ["AlexNet"]

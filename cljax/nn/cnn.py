@@ -13,11 +13,12 @@ from typing import Sequence
 import flax.linen as nn
 
 from cljax.nn.conv import Conv, max_pool
-from cljax.nn.heads import select_head
+from cljax.nn.heads import head_output
 
 
 class CNN(nn.Module):
-    """Conv(c)×2 → pool per entry of ``channels`` → Dense(hidden) → Dense(num_heads * num_outputs)."""
+    """Conv(c)×2 → pool per entry of ``channels`` → Dense(hidden) → Dense(num_heads * num_outputs);
+    ``output`` as :class:`cljax.nn.MLP`'s (``"features"``: the hidden layer's activations)."""
 
     num_outputs: int
     num_heads: int = 1
@@ -25,8 +26,19 @@ class CNN(nn.Module):
     hidden: int = 256
     dropout: float = 0.0
 
+    def __post_init__(self):
+        for name in ("num_outputs", "num_heads", "hidden"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"CNN {name} must be a positive int; got {v!r}")
+        if any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in self.channels):
+            raise ValueError(f"CNN channels must be positive ints; got {list(self.channels)}")
+        if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
+            raise ValueError(f"CNN dropout must be a rate in [0, 1); got {self.dropout!r}")
+        super().__post_init__()
+
     @nn.compact
-    def __call__(self, x, task=None, *, train: bool = False):
+    def __call__(self, x, task=None, *, train: bool = False, output: str = "logits"):
         if x.ndim != 4:
             raise ValueError(f"CNN expects images [B, H, W, C]; got shape {x.shape}")
         for c in self.channels:
@@ -37,5 +49,7 @@ class CNN(nn.Module):
         x = nn.relu(nn.Dense(self.hidden)(x))
         if self.dropout > 0:
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        if output == "features":
+            return x
         x = nn.Dense(self.num_heads * self.num_outputs)(x)
-        return select_head(x, task, self.num_heads)
+        return head_output(x, task, self.num_heads, output)

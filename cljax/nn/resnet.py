@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from cljax.nn.conv import Conv
-from cljax.nn.heads import select_head
+from cljax.nn.heads import head_output
 
 
 class BatchStatNorm(nn.Module):
@@ -95,7 +95,7 @@ class ResNet18(nn.Module):
     stem_stride: int = 1
 
     @nn.compact
-    def __call__(self, x, task=None, *, train: bool = False):
+    def __call__(self, x, task=None, *, train: bool = False, output: str = "logits"):
         if x.ndim != 4:
             raise ValueError(f"ResNet18 expects images [B, H, W, C]; got shape {x.shape}")
         x = Conv(self.nf, (3, 3), strides=self.stem_stride, padding=_PAD1, use_bias=False)(x)
@@ -105,8 +105,10 @@ class ResNet18(nn.Module):
                 stride = 2 if stage > 0 and b == 0 else 1
                 x = BasicBlock(self.nf * 2 ** stage, stride)(x)
         x = jnp.mean(x, axis=(1, 2))          # avg_pool2d(out, 4) on 32×32 inputs
+        if output == "features":
+            return x
         x = nn.Dense(self.num_heads * self.num_outputs)(x)
-        return select_head(x, task, self.num_heads)
+        return head_output(x, task, self.num_heads, output)
 
 
 __all__ = ["BatchStatNorm", "BasicBlock", "ResNet18"]
