@@ -16,6 +16,7 @@ from typing import Sequence
 import flax.linen as nn
 
 from cljax.nn.conv import Conv, max_pool
+from cljax.nn.fel import FeatureEncoding
 from cljax.nn.heads import head_output
 from cljax.nn.resnet import BatchStatNorm
 
@@ -30,6 +31,8 @@ class AlexNet(nn.Module):
     hidden: Sequence[int] = (2048, 2048)
     conv_dropout: Sequence[float] = (0.2, 0.2, 0.5)
     dropout: float = 0.5
+    feature_encoding: int = 0      # > 0: RGO's FEL (T task permutations) after every layer
+    fel_seed: int = 0
 
     @nn.compact
     def __call__(self, x, task=None, *, train: bool = False, output: str = "logits"):
@@ -40,18 +43,24 @@ class AlexNet(nn.Module):
         for c, k, p in zip(self.channels, self.kernels, self.conv_dropout):
             x = Conv(c, (k, k), padding="VALID", use_bias=False)(x)
             x = nn.relu(BatchStatNorm()(x))
+            x = self._encode(x, task)
             if p > 0:
                 x = nn.Dropout(p, deterministic=not train)(x)
             x = max_pool(x, 2)
         x = x.reshape(x.shape[0], -1)
         for h in self.hidden:
-            x = nn.relu(BatchStatNorm()(nn.Dense(h, use_bias=False)(x)))
+            x = self._encode(nn.relu(BatchStatNorm()(nn.Dense(h, use_bias=False)(x))), task)
             if self.dropout > 0:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
         if output == "features":
             return x
         x = nn.Dense(self.num_heads * self.num_outputs, use_bias=False)(x)
         return head_output(x, task, self.num_heads, output)
+
+
+    def _encode(self, x, task):
+        return FeatureEncoding(self.feature_encoding, self.fel_seed)(x, task) \
+            if self.feature_encoding else x
 
 
 __all__ = ["AlexNet"]

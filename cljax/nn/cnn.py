@@ -13,6 +13,7 @@ from typing import Sequence
 import flax.linen as nn
 
 from cljax.nn.conv import Conv, max_pool
+from cljax.nn.fel import FeatureEncoding
 from cljax.nn.heads import head_output
 
 
@@ -25,6 +26,8 @@ class CNN(nn.Module):
     channels: Sequence[int] = (32, 64)
     hidden: int = 256
     dropout: float = 0.0
+    feature_encoding: int = 0      # > 0: RGO's FEL (T task permutations) after every layer
+    fel_seed: int = 0
 
     def __post_init__(self):
         for name in ("num_outputs", "num_heads", "hidden"):
@@ -42,14 +45,18 @@ class CNN(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"CNN expects images [B, H, W, C]; got shape {x.shape}")
         for c in self.channels:
-            x = nn.relu(Conv(c, (3, 3))(x))
-            x = nn.relu(Conv(c, (3, 3))(x))
+            x = self._encode(nn.relu(Conv(c, (3, 3))(x)), task)
+            x = self._encode(nn.relu(Conv(c, (3, 3))(x)), task)
             x = max_pool(x, 2)
         x = x.reshape(x.shape[0], -1)
-        x = nn.relu(nn.Dense(self.hidden)(x))
+        x = self._encode(nn.relu(nn.Dense(self.hidden)(x)), task)
         if self.dropout > 0:
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
         if output == "features":
             return x
         x = nn.Dense(self.num_heads * self.num_outputs)(x)
         return head_output(x, task, self.num_heads, output)
+
+    def _encode(self, x, task):
+        return FeatureEncoding(self.feature_encoding, self.fel_seed)(x, task) \
+            if self.feature_encoding else x

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from cljax.nn.conv import Conv
+from cljax.nn.fel import FeatureEncoding
 from cljax.nn.heads import head_output
 
 
@@ -93,6 +94,8 @@ class ResNet18(nn.Module):
     nf: int = 20
     num_blocks: Sequence[int] = (2, 2, 2, 2)
     stem_stride: int = 1
+    feature_encoding: int = 0      # > 0: RGO's FEL (T task permutations) after the stem and blocks
+    fel_seed: int = 0
 
     @nn.compact
     def __call__(self, x, task=None, *, train: bool = False, output: str = "logits"):
@@ -100,15 +103,21 @@ class ResNet18(nn.Module):
             raise ValueError(f"ResNet18 expects images [B, H, W, C]; got shape {x.shape}")
         x = Conv(self.nf, (3, 3), strides=self.stem_stride, padding=_PAD1, use_bias=False)(x)
         x = nn.relu(BatchStatNorm()(x))
+        x = self._encode(x, task)
         for stage, blocks in enumerate(self.num_blocks):
             for b in range(blocks):
                 stride = 2 if stage > 0 and b == 0 else 1
-                x = BasicBlock(self.nf * 2 ** stage, stride)(x)
+                x = self._encode(BasicBlock(self.nf * 2 ** stage, stride)(x), task)
         x = jnp.mean(x, axis=(1, 2))          # avg_pool2d(out, 4) on 32×32 inputs
         if output == "features":
             return x
         x = nn.Dense(self.num_heads * self.num_outputs)(x)
         return head_output(x, task, self.num_heads, output)
+
+
+    def _encode(self, x, task):
+        return FeatureEncoding(self.feature_encoding, self.fel_seed)(x, task) \
+            if self.feature_encoding else x
 
 
 __all__ = ["BatchStatNorm", "BasicBlock", "ResNet18"]
