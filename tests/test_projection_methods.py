@@ -74,3 +74,13 @@ def test_projection_method_errors():
         init_rgo({"w": jnp.ones(3)})
     with pytest.raises(ValueError, match="no dense/conv layer"):
         init_gpm({"w": jnp.ones(3)})
+
+
+def test_gpm_fused_equals_projecting_the_finished_gradient():
+    keys = KEYS[:1]
+    runs = []
+    for fused in (True, False):
+        method, tr, data = _build("gpm", fused_gradient=fused)
+        runs.append(run_stream(tr, data, num_steps=6, keys=keys))
+    np.testing.assert_allclose(runs[0].train_loss, runs[1].train_loss, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(runs[0].accuracy, runs[1].accuracy, atol=1e-6)

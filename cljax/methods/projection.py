@@ -26,7 +26,7 @@ import optax
 
 from cljax.layers import capture_rows, mean_rows
 from cljax.methods.base import Method, cross_entropy, get_hparam, task_loss
-from cljax.transforms.gpm import gpm_projection, gpm_update, init_gpm
+from cljax.transforms.gpm import gpm_projection, gpm_update, gpm_value_and_grad, init_gpm
 from cljax.transforms.ogd import init_ogd, ogd_add, ogd_projection
 from cljax.transforms.rgo import (init_rgo, rgo_accumulate, rgo_consolidate, rgo_projection,
                                   rgo_value_and_grad)
@@ -80,11 +80,14 @@ def rgo2(*, fused_gradient: bool = True) -> Method:
 
 
 def gpm(*, thresholds: Sequence[float] = (0.95, 0.99, 0.99), threshold_increment: float = 0.0,
-        num_examples: int = 300) -> Method:
+        num_examples: int = 300, fused_gradient: bool = True) -> Method:
     """GPM (Saha et al. 2021): ``thresholds`` per layer in order (one value: every layer; the
     paper's permuted MNIST: 0.95, 0.99, 0.99), plus ``threshold_increment`` × task (their CIFAR
     schedule: 0.97 + 0.003·t), capped at 1; ``num_examples`` examples of each task build its
-    representation matrices (300 for MNIST, 125 for CIFAR)."""
+    representation matrices (300 for MNIST, 125 for CIFAR). ``fused_gradient`` (default): the
+    projection inside the backward pass (:func:`cljax.transforms.gpm_value_and_grad`)."""
+    if not isinstance(fused_gradient, bool):
+        raise TypeError(f"fused_gradient must be a bool; got {type(fused_gradient).__name__}")
     thresholds = tuple(float(t) for t in thresholds)
     for i, t in enumerate(thresholds):
         check_in_unit_interval(t, name=f"thresholds[{i}]")
@@ -108,9 +111,16 @@ def gpm(*, thresholds: Sequence[float] = (0.95, 0.99, 0.99), threshold_increment
         new = gpm_update(ctx.mstate, reps, per_layer(list(ctx.mstate.bases), ctx.task))
         return ctx.params, ctx.opt_state, new
 
-    return Method("gpm", make_optimizer=lambda h, base: optax.chain(gpm_projection(), base),
+    def value_and_grad(loss, params, mstate, ctx):
+        del ctx
+        return gpm_value_and_grad(loss, mstate, params, has_aux=True)
+
+    return Method("gpm", make_optimizer=(lambda h, base: base) if fused_gradient else
+                  (lambda h, base: optax.chain(gpm_projection(), base)),
                   init=lambda params, key, hparams, spec: init_gpm(params),
-                  optimizer_args=lambda p, b, m, c: {"gpm_state": m}, end_task=end_task)
+                  optimizer_args=(lambda p, b, m, c: {}) if fused_gradient else
+                  (lambda p, b, m, c: {"gpm_state": m}), end_task=end_task,
+                  value_and_grad=value_and_grad if fused_gradient else None)
 
 
 def ogd(*, per_task: int = 200) -> Method:

@@ -42,7 +42,8 @@ from cljax.transforms.ncl import (NCLDiagState, NCLKFACState, init_ncl, init_ncl
                                   ncl_preconditioner)
 from cljax.transforms.penalty import (QuadraticPenaltyState, consolidate, ewc, init_penalty,
                                       penalty_loss, quadratic_penalty)
-from cljax.transforms.gpm import GPMState, gpm_project, gpm_projection, gpm_update, init_gpm
+from cljax.transforms.gpm import (GPMState, gpm_project, gpm_projection, gpm_update,
+                                  gpm_value_and_grad, init_gpm)
 from cljax.transforms.ogd import OGDState, init_ogd, ogd_add, ogd_project, ogd_projection
 from cljax.transforms.projection import (agem_project, agem_projection, gem_dual, gem_project,
                                          gem_projection)
@@ -63,6 +64,6 @@ __all__ = [
     # gradient projections (A-GEM, GEM, RGO, GPM, OGD)
     "agem_project", "agem_projection", "gem_dual", "gem_project", "gem_projection",
     "RGOState", "init_rgo", "rgo_accumulate", "rgo_consolidate", "rgo_projection",
-    "rgo_value_and_grad", "GPMState", "init_gpm", "gpm_update", "gpm_project", "gpm_projection",
+    "rgo_value_and_grad", "GPMState", "init_gpm", "gpm_update", "gpm_project", "gpm_projection", "gpm_value_and_grad",
     "OGDState", "init_ogd", "ogd_add", "ogd_project", "ogd_projection",
 ]

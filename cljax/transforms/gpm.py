@@ -23,7 +23,7 @@ layer's gradient is zero). The singular vectors come from the eigendecomposition
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +32,8 @@ import optax
 from cljax._linalg import eigh
 from cljax.layers import get_layer, pack, param_layers, set_layer, unpack
 from cljax.transforms.common import require_state
-from cljax.types import Array, Params
+from cljax.transforms.kfac_gradient import kfac_preconditioned_value_and_grad
+from cljax.types import Array, KFACFactors, Params
 from cljax.validation import check_finite, check_in_unit_interval
 
 
@@ -42,17 +43,20 @@ class GPMState(NamedTuple):
     Attributes:
       bases: {layer: ``[rows, rows]``}, the first ``sizes[layer]`` columns orthonormal.
       sizes: {layer: int32}, the basis sizes.
+      projectors: {layer: I − M Mᵀ}, formed at the boundary (so a step never multiplies two
+        ``[rows, rows]`` matrices).
       count: int32, tasks consolidated.
     """
 
     bases: dict
     sizes: dict
+    projectors: dict
     count: Array
 
 
 def init_gpm(params: Params, *, layers: Any = None) -> GPMState:
     """Empty bases for every recognised layer of ``params`` (or those named)."""
-    bases, sizes = {}, {}
+    bases, sizes, projectors = {}, {}, {}
     found = param_layers(params, layers)
     if not found:
         raise ValueError("init_gpm: params hold no dense/conv layer (a node with a 'kernel' of rank "
@@ -61,7 +65,8 @@ def init_gpm(params: Params, *, layers: Any = None) -> GPMState:
         dt = get_layer(params, name)["kernel"].dtype
         bases[name] = jnp.zeros((shape.rows, shape.rows), dt)
         sizes[name] = jnp.zeros((), jnp.int32)
-    return GPMState(bases, sizes, jnp.zeros((), jnp.int32))
+        projectors[name] = jnp.eye(shape.rows, dtype=dt)
+    return GPMState(bases, sizes, projectors, jnp.zeros((), jnp.int32))
 
 
 def grow_basis(basis: Array, size: Array, representation: Array, threshold: Array
@@ -107,7 +112,7 @@ def gpm_update(state: GPMState, representations: Mapping[str, Array],
     if missing:
         raise ValueError(f"representations lacks layers {missing}; got {sorted(representations)}")
     check_finite(representations, name="representations")
-    bases, sizes = {}, {}
+    bases, sizes, projectors = {}, {}, {}
     for name, basis in state.bases.items():
         eps = thresholds[name] if isinstance(thresholds, Mapping) else thresholds
         check_in_unit_interval(eps, name=f"thresholds[{name!r}]", scalar=True)
@@ -117,17 +122,32 @@ def gpm_update(state: GPMState, representations: Mapping[str, Array],
                              f"got {rep.shape}")
         bases[name], sizes[name] = grow_basis(basis, state.sizes[name], rep,
                                               jnp.asarray(eps, basis.dtype))
-    return GPMState(bases, sizes, state.count + 1)
+        m = bases[name]
+        projectors[name] = jnp.eye(m.shape[0], dtype=m.dtype) - m @ m.T
+    return GPMState(bases, sizes, projectors, state.count + 1)
 
 
 def gpm_project(updates: Params, state: GPMState) -> Params:
-    """∇W̄ − M Mᵀ ∇W̄ for every layer of ``state`` (other parameters unchanged)."""
+    """(I − M Mᵀ) ∇W̄ for every layer of ``state`` (other parameters unchanged)."""
     out = updates
-    for name, basis in state.bases.items():
+    for name, proj in state.projectors.items():
         node = get_layer(updates, name)
-        g = pack(node)
-        out = set_layer(out, name, unpack(g - basis @ (basis.T @ g), node))
+        out = set_layer(out, name, unpack(proj @ pack(node), node))
     return out
+
+
+def gpm_value_and_grad(fun: Callable[..., Any], gpm_state: GPMState, params: Params, *args: Any,
+                       has_aux: bool = False) -> tuple[Any, Params]:
+    """``fun(params, *args)`` and its gradient with GPM's projection (I − M Mᵀ)∇W̄ formed inside
+    the backward pass (the rank-B form of :mod:`cljax.transforms.kfac_gradient` with G = I:
+    B·rows² instead of rows²·out multiply-adds per layer); feed it to the base optimizer
+    directly (not through :func:`gpm_projection`)."""
+    require_state(gpm_state, GPMState, arg="gpm_state", fn="gpm_value_and_grad")
+    shapes = param_layers(params)
+    inverses = {name: KFACFactors(p, jnp.eye(shapes[name].out, dtype=p.dtype))
+                for name, p in gpm_state.projectors.items()}
+    return kfac_preconditioned_value_and_grad(fun, params, inverses, *args, other_scale=1.0,
+                                              has_aux=has_aux)
 
 
 def gpm_projection() -> optax.GradientTransformationExtraArgs:
@@ -146,4 +166,5 @@ def gpm_projection() -> optax.GradientTransformationExtraArgs:
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-__all__ = ["GPMState", "init_gpm", "grow_basis", "gpm_update", "gpm_project", "gpm_projection"]
+__all__ = ["GPMState", "init_gpm", "grow_basis", "gpm_update", "gpm_project", "gpm_projection",
+           "gpm_value_and_grad"]

@@ -71,10 +71,10 @@ def init_rgo(params: Params, *, alpha: float | Array = 1.0, layers: Any = None) 
 
 
 def sherman_morrison(q: Array, a: Array) -> Array:
-    """(Q⁻¹ + a aᵀ)⁻¹ = Q − Q a aᵀ Q / (1 + aᵀ Q a) for symmetric Q (kept symmetric)."""
+    """(Q⁻¹ + a aᵀ)⁻¹ = Q − (Qa)(Qa)ᵀ / (1 + aᵀ Q a) for symmetric Q (the update is a symmetric
+    outer product, so Q stays symmetric; :func:`rgo_consolidate` symmetrises once per task)."""
     qa = q @ a
-    out = q - jnp.outer(qa, qa) / (1.0 + a @ qa)
-    return 0.5 * (out + out.T)
+    return q - jnp.outer(qa, qa / (1.0 + a @ qa))
 
 
 def rgo_accumulate(state: RGOState, rows: Mapping[str, Array]) -> RGOState:
@@ -105,8 +105,9 @@ def rgo_consolidate(state: RGOState) -> RGOState:
     if not isinstance(state, RGOState):
         raise TypeError(f"state must be an RGOState (init_rgo(params)); got {type(state).__name__}")
     check_finite(state.running, name="state.running")
-    return state._replace(projection={k: normalised_projection(q)
-                                      for k, q in state.running.items()},
+    running = {k: 0.5 * (q + q.T) for k, q in state.running.items()}
+    return state._replace(running=running,
+                          projection={k: normalised_projection(q) for k, q in running.items()},
                           count=state.count + 1)
 
 
