@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Permuted MNIST in GPM's protocol (experiments/configs/permuted_mnist_gpm.py: 10 tasks, MLP
+# 784-100-100-10 without biases, shared head, SGD 0.01, batch 10, 5 epochs of 54,000 images),
+# the gradient-projection methods next to EWC, A-GEM, ER and multitask (joint), 5 seeds each.
+# Outputs in runs/projection/pmnist_<method>/; experiments/collect_projection.py prints the table.
+set -euo pipefail
+export TFDS_DATA_DIR=${TFDS_DATA_DIR:-../shared/tfds}
+run() { cljax run experiments/configs/permuted_mnist_gpm.py --no-progress --seeds 5 "$@"; }
+out=runs/projection
+run --method none --workdir $out/pmnist_none
+run --method joint --workdir $out/pmnist_joint
+run --method gpm --workdir $out/pmnist_gpm
+run --method rgo --workdir $out/pmnist_rgo
+run --method rgo2 --workdir $out/pmnist_rgo2
+# memories: 25 examples per class = 250 per task (A-GEM's paper: 250 per task)
+run --method agem --set "method_options={'per_class': 25}" --workdir $out/pmnist_agem
+run --method er --set "method_options={'per_class': 25}" --workdir $out/pmnist_er
+run --method ewc --set "hparams={'strength': 1e3}" --workdir $out/pmnist_ewc
+# OGD's store of 200 gradients per task (2000 × 89,610 floats) makes a step ≈ 250× SGD's on
+# this CPU (BENCHMARKS.md): one seed, one epoch per task
+run --method ogd --seeds 1 --set epochs=1 --workdir $out/pmnist_ogd
