@@ -9,6 +9,14 @@ in the task). Restoring it and continuing gives the same arrays, bit for bit, as
 never interrupted: every step's randomness is ``fold_in(run key, step)`` and the compiled
 program is the same.
 
+**Sharded runs** (:func:`cljax.training.run_stream` with ``devices=`` / ``mesh=``): the state is
+saved as the R real runs' arrays, gathered from the devices (the dummy runs that pad R to a
+multiple of the device count are not saved), so a checkpoint written on 4 devices resumes on 1
+and one written on 1 resumes on 4: ``run_stream`` re-pads the restored state for its mesh and
+shards it again (``tests/test_sharding.py``). Gathering costs host memory equal to the state of
+all runs; on several hosts every host gathers it (``process_allgather``) — written for, but not
+tested on, a multi-host cluster.
+
 Orbax writes each checkpoint into a temporary directory and renames it when complete, so a
 checkpoint is either whole or absent; :meth:`Checkpointer.restore_latest` also reads the payload
 back completely before returning it, and a checkpoint that cannot be read (truncated, corrupt, a
@@ -32,11 +40,21 @@ def _is_key(x: Any) -> bool:
     return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
+def _host(x: Any) -> np.ndarray:
+    """``x`` as a host numpy array: a sharded array is gathered (from every host where this one
+    does not address all its shards: ``process_allgather``)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
 def to_savable(tree: Any) -> Any:
     """``tree`` with typed PRNG keys replaced by their raw ``uint32`` data and every leaf as a
-    host numpy array (what orbax stores)."""
-    return jax.tree.map(lambda x: np.asarray(jax.random.key_data(x)) if _is_key(x)
-                        else np.asarray(x), tree)
+    host numpy array (what orbax stores; sharded arrays are gathered whole, so a checkpoint
+    does not depend on the devices it was written from)."""
+    return jax.tree.map(lambda x: _host(jax.random.key_data(x)) if _is_key(x)
+                        else _host(x), tree)
 
 
 def from_savable(tree: Any, template: Any) -> Any:
