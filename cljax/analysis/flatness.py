@@ -30,7 +30,7 @@ import numpy as np
 
 from cljax.curvature.hvp import (PerExampleLoss, _chunk_loss_sum, _prepare, _scan_sum,
                                  check_finite, task_ggn_vp, task_hvp, task_value_and_grad)
-from cljax.curvature.lanczos import _check_key, _top_eigen
+from cljax.curvature.lanczos import check_key, top_eigen
 from cljax.curvature.trace import hutchinson_trace
 from cljax.types import Array, Batch, LogitsFn, Params, PRNGKey
 from cljax.validation import check_batch, check_positive_int
@@ -163,7 +163,7 @@ def _validate_common(logits_fn, params_per_task, task_data, key, counts, chunk_s
         raise TypeError(f"per_example_loss must be callable; got "
                         f"{type(per_example_loss).__name__}")
     if key is not None:
-        _check_key(key)
+        check_key(key)
     if chunk_size is not None:
         check_positive_int(chunk_size, name="chunk_size")
     num_tasks = num_tasks_of(params_per_task)
@@ -249,7 +249,7 @@ def flatness(logits_fn: LogitsFn, params_per_task: Params, task_data: TaskData, 
     for t in range(num_tasks):
         params, batch, w = task_slice(params_per_task, t), task_slice(stacked, t), weights[t]
         kt = jax.random.fold_in(key, t)
-        eig = _top_eigen(matvec, (params, batch, w), params, kt, k=k, num_iters=num_iters,
+        eig = top_eigen(matvec, (params, batch, w), params, kt, k=k, num_iters=num_iters,
                          tol=tol, which="largest", return_eigenvectors=False,
                          check_every=check_every)
         tops.append(np.asarray(eig.eigenvalues))

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cljax.curvature.lanczos import _check_key, _check_num_iters, _flat_info, lanczos, tridiagonal_eigh
+from cljax.curvature.lanczos import check_key, check_num_iters, flat_info, lanczos, tridiagonal_eigh
 from cljax.types import Array, Params, PRNGKey
 from cljax.validation import check_positive_int
 
@@ -38,10 +38,10 @@ def slq_nodes_weights(matvec: Callable[[Params], Params], params_like: Params, k
     run's weights sum to 1."""
     if not callable(matvec):
         raise TypeError(f"matvec must be callable; got {type(matvec).__name__}")
-    _check_key(key)
+    check_key(key)
     check_positive_int(num_runs, name="num_runs")
-    flat, _ = _flat_info(params_like)
-    _check_num_iters(num_iters, flat.size)
+    flat, _ = flat_info(params_like)
+    check_num_iters(num_iters, flat.size)
 
     def run(k):
         res = lanczos(matvec, params_like, k, num_iters=num_iters)

@@ -132,7 +132,9 @@ def _flat_matvec(matvec: Callable[[Params], Params], unravel) -> Callable[[Array
     return lambda x: ravel_pytree(matvec(unravel(x)))[0]
 
 
-def _flat_info(params_like: Params, name: str = "params_like"):
+def flat_info(params_like: Params, name: str = "params_like"):
+    """``params_like`` raveled to one vector and its unravel function, checked non-empty and
+    finite (shared by the curvature tools)."""
     leaves = jax.tree.leaves(params_like)
     if not leaves:
         raise ValueError(f"{name} has no array leaves")
@@ -142,14 +144,16 @@ def _flat_info(params_like: Params, name: str = "params_like"):
     return flat, unravel
 
 
-def _check_num_iters(num_iters: Any, dim: int) -> None:
+def check_num_iters(num_iters: Any, dim: int) -> None:
+    """A positive number of Lanczos iterations no larger than the dimension."""
     check_positive_int(num_iters, name="num_iters")
     if num_iters > dim:
         raise ValueError(f"num_iters must be <= the dimension of params_like ({dim}); "
                          f"got {num_iters}")
 
 
-def _check_key(key: Any) -> None:
+def check_key(key: Any) -> None:
+    """A typed PRNG key or a raw uint32[2] one."""
     k = jnp.asarray(key) if not isinstance(key, jax.Array) else key
     if not (jnp.issubdtype(k.dtype, jax.dtypes.prng_key) or
             (k.dtype == jnp.uint32 and k.shape == (2,))):
@@ -178,14 +182,15 @@ def lanczos(matvec: Callable[[Params], Params], params_like: Params, key: PRNGKe
     """
     if not callable(matvec):
         raise TypeError(f"matvec must be callable; got {type(matvec).__name__}")
-    _check_key(key)
-    flat, unravel = _flat_info(params_like)
-    _check_num_iters(num_iters, flat.size)
-    return _lanczos_jit(matvec, num_iters, return_basis, params_like, key)
+    check_key(key)
+    flat, unravel = flat_info(params_like)
+    check_num_iters(num_iters, flat.size)
+    return lanczos_jit(matvec, num_iters, return_basis, params_like, key)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _lanczos_jit(matvec, num_iters, return_basis, params_like, key):
+def lanczos_jit(matvec, num_iters, return_basis, params_like, key):
+    """The jitted body of :func:`lanczos` (``num_iters`` steps with full reorthogonalisation)."""
     flat, unravel = ravel_pytree(params_like)
     mv = _flat_matvec(matvec, unravel)
     state = _init_state(key, flat.size, num_iters, flat.dtype)
@@ -309,14 +314,16 @@ def _cached_wrapper(fn, kind: str):
     return cache[kind]
 
 
-def _top_eigen(matvec_p: Callable[[Any, Params], Params], operand: Any, params_like: Params,
+def top_eigen(matvec_p: Callable[[Any, Params], Params], operand: Any, params_like: Params,
                key: PRNGKey, *, k: int, num_iters: int, tol: float | None, which: str,
                return_eigenvectors: bool, check_every: int) -> EigenResult:
-    _check_key(key)
-    flat, unravel = _flat_info(params_like)
+    """Top-k eigenpairs of the operator ``matvec_p(operand, v)`` by Lanczos with the stopping
+    test on device (the engine of :func:`top_eigenvalues_matvec` and the flatness analysis)."""
+    check_key(key)
+    flat, unravel = flat_info(params_like)
     dim = flat.size
     check_positive_int(k, name="k")
-    _check_num_iters(num_iters, dim)
+    check_num_iters(num_iters, dim)
     if k > num_iters:
         raise ValueError(f"k must be <= num_iters ({num_iters}); got {k}")
     _check_which(which)
@@ -362,7 +369,7 @@ def top_eigenvalues_matvec(matvec: Callable[[Params], Params], params_like: Para
     """
     if not callable(matvec):
         raise TypeError(f"matvec must be callable; got {type(matvec).__name__}")
-    return _top_eigen(_cached_wrapper(matvec, "matvec"), None, params_like, key, k=k,
+    return top_eigen(_cached_wrapper(matvec, "matvec"), None, params_like, key, k=k,
                       num_iters=num_iters,
                       tol=tol, which=which, return_eigenvectors=return_eigenvectors,
                       check_every=check_every)
@@ -381,10 +388,11 @@ def top_eigenvalues(loss_fn: LossFn, params: Params, key: PRNGKey, *, k: int = 1
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable; got {type(loss_fn).__name__}")
     check_finite(params, name="params")
-    return _top_eigen(_cached_wrapper(loss_fn, "hvp"), params, params, key, k=k,
+    return top_eigen(_cached_wrapper(loss_fn, "hvp"), params, params, key, k=k,
                       num_iters=num_iters, tol=tol, which=which,
                       return_eigenvectors=return_eigenvectors, check_every=check_every)
 
 
 __all__ = ["LanczosResult", "EigenResult", "lanczos", "tridiagonal_eigh",
-           "top_eigenvalues", "top_eigenvalues_matvec"]
+           "top_eigenvalues", "top_eigenvalues_matvec", "check_key", "check_num_iters",
+           "flat_info", "lanczos_jit", "top_eigen"]

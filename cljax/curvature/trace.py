@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from cljax.curvature.hvp import make_task_matvec, task_ggn_vp, task_hvp
-from cljax.curvature.lanczos import _check_key, _flat_info, _lanczos_jit
+from cljax.curvature.lanczos import check_key, flat_info, lanczos_jit
 from cljax.importance import exact_fisher_diagonal
 from cljax.types import Array, Batch, LogitsFn, Params, PRNGKey
 from cljax.validation import check_positive_int
@@ -52,9 +52,9 @@ def hutchinson_trace(matvec: Callable[[Params], Params], params_like: Params, ke
     """
     if not callable(matvec):
         raise TypeError(f"matvec must be callable; got {type(matvec).__name__}")
-    _check_key(key)
+    check_key(key)
     check_positive_int(num_samples, name="num_samples")
-    _flat_info(params_like)
+    flat_info(params_like)
     return _hutchinson_jit(matvec, num_samples, params_like, key)
 
 
@@ -107,12 +107,12 @@ def hutchpp_trace(matvec: Callable[[Params], Params], params_like: Params, key: 
     """
     if not callable(matvec):
         raise TypeError(f"matvec must be callable; got {type(matvec).__name__}")
-    _check_key(key)
+    check_key(key)
     check_positive_int(num_matvecs, name="num_matvecs")
     if num_matvecs < 3:
         raise ValueError(f"num_matvecs must be >= 3 (sketch, its trace, one probe); got "
                          f"{num_matvecs}")
-    flat, _ = _flat_info(params_like)
+    flat, _ = flat_info(params_like)
     if sketch not in ("random", "krylov"):
         raise ValueError(f"sketch must be 'random' or 'krylov'; got {sketch!r}")
     per_column = 2 if sketch == "random" else 1
@@ -142,7 +142,7 @@ def _hutchpp_jit(matvec, num_matvecs, sketch_size, sketch, params_like, key):
         t1 = jnp.sum(q * aq)                                 # tr(Qᵀ A Q)
         n = num_matvecs - 2 * sketch_size
     else:
-        res = _lanczos_jit(matvec, sketch_size, True, params_like, k_s)
+        res = lanczos_jit(matvec, sketch_size, True, params_like, k_s)
         q = jax.vmap(lambda t: ravel_pytree(t)[0])(res.basis).astype(dtype)   # [s, D]
         t1 = jnp.sum(res.alphas).astype(dtype)               # tr(Qᵀ A Q) = tr(T)
         n = num_matvecs - sketch_size
@@ -182,7 +182,7 @@ def ggn_split_trace(logits_fn: LogitsFn, params: Params, batch: Batch, key: PRNG
       :class:`TraceEstimate` with ``samples [num_samples] = tr(G) + vᵀRv`` (the mean is the
       estimate; ``stderr`` their standard deviation / √n, the error of the R part only).
     """
-    _check_key(key)
+    check_key(key)
     check_positive_int(num_samples, name="num_samples")
     make_task_matvec(logits_fn, params, batch, chunk_size=chunk_size)   # validates the inputs
     if chunk_size is not None:
