@@ -133,8 +133,8 @@ def _flat_matvec(matvec: Callable[[Params], Params], unravel) -> Callable[[Array
 
 
 def flat_info(params_like: Params, name: str = "params_like"):
-    """``params_like`` raveled to one vector and its unravel function, checked non-empty and
-    finite (shared by the curvature tools)."""
+    """``params_like`` raveled to one vector and its unravel function, checked to be non-empty
+    and floating point (shared by the curvature tools)."""
     leaves = jax.tree.leaves(params_like)
     if not leaves:
         raise ValueError(f"{name} has no array leaves")
