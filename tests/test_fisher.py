@@ -185,3 +185,19 @@ def test_bad_inputs_raise(fn):
             call(f, params, batch, num_samples=0)
         with pytest.raises(TypeError, match="key"):
             true_fisher_diagonal(f, params, batch, None)
+
+
+def test_out_of_range_labels_inside_jit_poison_the_estimate():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from cljax.importance import empirical_fisher_diagonal
+    from cljax.nn import MLP, as_model
+    model = as_model(MLP((4,), 3))
+    batch = {"x": jnp.ones((6, 5)), "y": jnp.array([0, 1, 2, 1, 0, 7])}
+    params = model.init(jax.random.key(0), batch)
+    out = jax.jit(lambda p, b: empirical_fisher_diagonal(model.logits_fn, p, b))(params, batch)
+    assert all(np.all(np.isnan(np.asarray(x))) for x in jax.tree.leaves(out))
+    ok = dict(batch, y=jnp.array([0, 1, 2, 1, 0, 2]))
+    good = jax.jit(lambda p, b: empirical_fisher_diagonal(model.logits_fn, p, b))(params, ok)
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(good))

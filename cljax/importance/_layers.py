@@ -571,6 +571,12 @@ def estimate(kind: str, logits_fn: LogitsFn, params: Params, batch: Batch, key: 
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
     result, fl = _estimate_jit(logits_fn, params, batch, key, kind=kind, num_samples=num_samples,
                                chunk_size=chunk_size, implementation=implementation)
+    if "labels_ok" in fl and not validation.is_concrete(fl["labels_ok"]):
+        # traced (inside jit / vmap): nothing can be raised, so an out-of-range label poisons
+        # the estimate with NaN instead of silently dropping terms (a consolidation with NaN
+        # importance is refused, a training run turning NaN is marked diverged)
+        result = jax.tree.map(lambda r: jnp.where(fl["labels_ok"], r, jnp.nan).astype(r.dtype)
+                              if jnp.issubdtype(r.dtype, jnp.floating) else r, result)
     if "labels_ok" in fl and validation.is_concrete(fl["labels_ok"]) and not bool(fl["labels_ok"]):
         y = np.asarray(batch["y"])
         raise ValueError(f"{fn_name}: batch['y'] must lie in [0, C) where C is the number of "

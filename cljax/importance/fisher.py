@@ -45,6 +45,10 @@ def empirical_fisher_diagonal(logits_fn: LogitsFn, params: Params, batch: Batch,
 
     Returns:
       A pytree like ``params`` (same shapes/dtypes): the per-example mean of squared gradients.
+
+    Raises ``ValueError`` for labels outside [0, C) when the labels are concrete; inside ``jit``
+    / ``vmap`` (traced labels, nothing can be raised) the whole estimate is NaN instead, never a
+    silently wrong sum.
     """
     return estimate("empirical", logits_fn, params, batch, chunk_size=chunk_size,
                     implementation=implementation, require_y=True,
