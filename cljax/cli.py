@@ -7,6 +7,10 @@ Examples::
         --sweep strength=1e2,1e3,1e4,1e5 --seeds 2
     cljax run experiments/configs/split_mnist.py --scenarios task,class --steps 500 \
         --set optimizer.learning_rate=3e-4 --workdir runs/quick
+    cljax run experiments/configs/split_mnist.py --method ewc --seeds 8 --devices 4
+
+``--devices N`` shards the runs over the first N devices (default: all; see README "Several
+devices and hosts").
 
 Before any data is loaded the config (with every override) is validated and the work directory
 is created and checked (:mod:`cljax.workdir`). An error the user can fix — a bad config path,
@@ -87,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-every", type=_positive_int, dest="checkpoint_every",
                      metavar="STEPS", help="also checkpoint every STEPS steps within a task "
                                            "(default: after every task only)")
+    run.add_argument("--devices", type=_positive_int, metavar="N",
+                     help="shard the runs (seeds × sweep points) over the first N devices "
+                          "(default: all local devices; 1: the one-device path)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--debug", action="store_true",
                      help="on an error, show the full traceback instead of one line")
@@ -326,7 +333,8 @@ def _run(args: argparse.Namespace) -> int:
                                  on_scenario=lambda partial: write_outputs(partial, workdir),
                                  checkpoint_dir=str(workdir / CHECKPOINT_DIR),
                                  resume=prepared["resume"],
-                                 checkpoint_every=args.checkpoint_every)
+                                 checkpoint_every=args.checkpoint_every,
+                                 devices=args.devices)
         out = write_outputs(results, workdir)
     except KeyboardInterrupt:
         print(f"cljax: interrupted: the state of the unfinished scenario is checkpointed in "

@@ -19,6 +19,15 @@ keep θ*_t and report λ_max per task and the forgetting bound, see :mod:`cljax.
 per regime, e.g. Mirzadeh et al.'s "naive" and "stable" training regimes, and report them side
 by side).
 
+Scale-out keys, optional (absent: the defaults, and the config is unchanged): ``data_placement``
+(``"auto"`` | ``"device"`` | ``"host"``: the whole stream on the device, or kept on the host and
+fed in chunks, :mod:`cljax.data.pipeline`; ``"auto"`` chooses by size), ``device_memory_cap``
+(bytes; the cap ``"auto"`` compares the stream with, default half the device's memory) and
+``batch_devices`` (devices per run along the mesh's batch axis, default 1). The devices
+themselves are not part of the config: :func:`run_experiment`'s ``devices`` (``cljax run
+--devices N``; default all of them) shards the runs over a :func:`cljax.sharding.make_mesh`
+mesh when there are several.
+
 The three stages are public: :func:`build_scenario` (stream, scenario, model, method, trainer
 and device data), :func:`run_scenario` (the vmapped runs) and :func:`summarise_scenario` (the
 results entry); :func:`run_experiment` chains them over the config's scenarios.
@@ -116,11 +125,51 @@ def validate_config(config: dict) -> dict:
     for name, v in cfg["hparams"].items():
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v) or v < 0:
             raise ValueError(f"config['hparams'][{name!r}] must be a finite number >= 0; got {v!r}")
+    scale_options(cfg)                                        # raises on bad scale-out keys
     make_model(cfg["model"], num_outputs=2, num_heads=1)      # raises on bad models
     make_optimizer(cfg["optimizer"], steps_per_task=cfg["steps"])
     if cfg["features"] is not None:
         _features_config(cfg["features"])
     return cfg
+
+
+def scale_options(cfg: dict) -> dict:
+    """The config's optional scale-out keys with their defaults (``data_placement``,
+    ``device_memory_cap``, ``batch_devices``), validated; the config itself is not changed."""
+    from cljax.data.pipeline import PLACEMENTS
+
+    out = {"data_placement": cfg.get("data_placement", "auto"),
+           "device_memory_cap": cfg.get("device_memory_cap"),
+           "batch_devices": cfg.get("batch_devices", 1)}
+    if out["data_placement"] not in PLACEMENTS:
+        raise ValueError(f"config['data_placement'] must be one of {PLACEMENTS}; got "
+                         f"{out['data_placement']!r}")
+    cap = out["device_memory_cap"]
+    if cap is not None and (not isinstance(cap, (int, float)) or isinstance(cap, bool)
+                            or not np.isfinite(cap) or cap < 1):
+        raise ValueError(f"config['device_memory_cap'] must be None or a positive number of "
+                         f"bytes; got {cap!r}")
+    out["device_memory_cap"] = None if cap is None else int(cap)
+    b = out["batch_devices"]
+    if not isinstance(b, int) or isinstance(b, bool) or b < 1:
+        raise ValueError(f"config['batch_devices'] must be a positive int; got {b!r}")
+    return out
+
+
+def experiment_mesh(cfg: dict, devices: int | None = None):
+    """The :func:`cljax.sharding.make_mesh` mesh of ``devices`` (None: all of
+    ``jax.devices()``) with the config's ``batch_devices``, or None for one device (the
+    one-device path, unchanged)."""
+    from cljax import sharding
+
+    batch = scale_options(cfg)["batch_devices"]
+    count = len(sharding.resolve_devices(devices))
+    if count == 1 and batch == 1:
+        return None
+    if count % batch:
+        raise ValueError(f"config['batch_devices']={batch} must divide the number of devices "
+                         f"({count}; --devices)")
+    return sharding.make_mesh(count, batch=batch)
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,8 +383,11 @@ def plan_runs(cfg: dict, method: Method) -> SweepPlan:
     return SweepPlan(grid, S, keys, hparams)
 
 
-def build_scenario(cfg: dict, stream: TaskStream, name: str) -> ScenarioSetup:
-    """Stage 1 (build): scenario, model, method, trainer and device data of scenario ``name``."""
+def build_scenario(cfg: dict, stream: TaskStream, name: str, *, mesh: Any = None
+                   ) -> ScenarioSetup:
+    """Stage 1 (build): scenario, model, method, trainer and device data of scenario ``name``
+    (replicated on ``mesh``'s devices when given; kept on the host when the config's
+    ``data_placement`` says so or the stream is larger than ``device_memory_cap``)."""
     scenario = make_scenario(stream, name)
     method = get_method(cfg["method"], **cfg["method_options"])
     spec = dict(cfg["model"])
@@ -345,15 +397,24 @@ def build_scenario(cfg: dict, stream: TaskStream, name: str) -> ScenarioSetup:
     trainer = make_trainer(model, method, optimizer=make_optimizer(
         cfg["optimizer"], steps_per_task=cfg["steps"]), batch_size=cfg["batch_size"],
         eval_chunk=cfg["eval_chunk"], reset_optimizer=cfg["reset_optimizer"])
-    data = prepare_data(stream, scenario, eval_chunk=cfg["eval_chunk"])
+    scale = scale_options(cfg)
+    data = prepare_data(stream, scenario, eval_chunk=cfg["eval_chunk"],
+                        placement=scale["data_placement"], memory_cap=scale["device_memory_cap"],
+                        mesh=mesh)
+    if data.host is not None and cfg["analysis"] == "flatness":
+        raise ValueError("the flatness analysis needs every task's test set on the device, and "
+                         "this stream is kept on the host (config['data_placement'] / "
+                         "device_memory_cap): set data_placement='device' or drop the analysis")
     return ScenarioSetup(name, scenario, model, method, trainer, data)
 
 
 def run_scenario(cfg: dict, setup: ScenarioSetup, plan: SweepPlan, *,
                  progress_factory: Callable | None = None, checkpoint: Any = None,
-                 checkpoint_every: int | None = None, resume: bool = False) -> StreamResult:
+                 checkpoint_every: int | None = None, resume: bool = False,
+                 mesh: Any = None) -> StreamResult:
     """Stage 2 (run): every run of ``plan`` over the stream, as one vmapped program
-    (checkpointed by ``checkpoint``, a :class:`cljax.checkpoint.Checkpointer`, if given)."""
+    (checkpointed by ``checkpoint``, a :class:`cljax.checkpoint.Checkpointer`, if given; the
+    runs sharded over ``mesh``, :func:`experiment_mesh`, if given)."""
     T = setup.data.train.n.shape[0]
     bar = progress_factory(setup.name, T * cfg["steps"]) if progress_factory else None
     callback = None
@@ -370,7 +431,7 @@ def run_scenario(cfg: dict, setup: ScenarioSetup, plan: SweepPlan, *,
                           hparams=plan.hparams, steps_per_call=250 if bar is not None else None,
                           progress=callback, keep_params=cfg["analysis"] == "flatness",
                           on_nonfinite="mark", checkpoint=checkpoint,
-                          checkpoint_every=checkpoint_every, resume=resume)
+                          checkpoint_every=checkpoint_every, resume=resume, mesh=mesh)
     finally:
         if bar is not None:
             bar.close()
@@ -426,12 +487,13 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
                    log: Callable[[str], None] = print,
                    on_scenario: Callable[[dict], None] | None = None,
                    checkpoint_dir: str | None = None, resume: bool = False,
-                   checkpoint_every: int | None = None) -> dict:
+                   checkpoint_every: int | None = None, devices: int | None = None) -> dict:
     """Run every scenario of ``config`` (and every regime); return the results dict written to
     ``results.json``. ``on_scenario(results)`` is called after each finished scenario with the
     results so far (the CLI writes them out). ``checkpoint_dir`` / ``resume`` /
     ``checkpoint_every`` (steps): checkpoints of the whole training state (see
-    :mod:`cljax.checkpoint`)."""
+    :mod:`cljax.checkpoint`; they resume on any device count). ``devices``: how many of
+    ``jax.devices()`` the runs are sharded over (None: all; one device: the one-device path)."""
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
     cfg = validate_config(config)
@@ -451,8 +513,11 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
                 sub, progress_factory=progress_factory, log=log, on_scenario=partial,
                 checkpoint_dir=None if checkpoint_dir is None else
                 str(pathlib.Path(checkpoint_dir) / regime),
-                resume=resume, checkpoint_every=checkpoint_every)
+                resume=resume, checkpoint_every=checkpoint_every, devices=devices)
         return out
+    mesh = experiment_mesh(cfg, devices)
+    if mesh is not None:
+        log(f"devices: {mesh.devices.size} ({dict(mesh.shape)}: runs × batch)")
     t0 = time.perf_counter()
     stream, load_info = load_experiment_stream(cfg, log=log)
     if cfg["epochs"] is not None:
@@ -473,10 +538,10 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
             results["scenarios"][name] = json.loads(finished.read_text())
             log(f"{name}-IL: finished before this resumed run; its results are reused")
             continue
-        setup = build_scenario(cfg, stream, name)
+        setup = build_scenario(cfg, stream, name, mesh=mesh)
         ckpt = None if where is None else Checkpointer(where / "state", log=log)
         res = run_scenario(cfg, setup, plan, progress_factory=progress_factory, checkpoint=ckpt,
-                           checkpoint_every=checkpoint_every, resume=resume)
+                           checkpoint_every=checkpoint_every, resume=resume, mesh=mesh)
         entry = summarise_scenario(cfg, setup, plan, res, log=log)
         if finished is not None:
             tmp = finished.with_suffix(".tmp")
@@ -489,7 +554,7 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
     return results
 
 
-__all__ = ["MODELS", "apply_override", "validate_config", "make_optimizer", "make_model",
+__all__ = ["MODELS", "apply_override", "validate_config", "scale_options", "experiment_mesh", "make_optimizer", "make_model",
            "load_experiment_stream", "ScenarioSetup", "SweepPlan", "plan_runs", "build_scenario",
            "run_scenario", "summarise_scenario", "run_experiment", "summarise", "summarise_finite",
            "sweep_grid", "versions", "task_eval_data", "flatness_analysis"]

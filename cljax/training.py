@@ -788,13 +788,18 @@ def run_stream(trainer: Trainer, data: StreamData, *, num_steps: int,
             rows = fut.result()
             if done + chunk <= num_steps:   # the next call's rows, while this one trains
                 fut = pool.submit(fetch_rows, plan_c(state, data, task, offset_next))
-            state, (step_losses, ok) = fitr_c(state, data, task, rows)
+            new, (step_losses, ok) = fitr_c(state, data, task, rows)
             if not np.all(host_array(ok)):
-                raise RuntimeError(
-                    f"task {t}, steps {done - chunk}..{done}: the method's batch hook drew other "
-                    "examples than planned (its draws depend on state changed within a call); "
-                    "run the host pipeline with steps_per_call=1 or place the data on the "
-                    "device")
+                # planned ahead from an older state: plan again from this call's own state
+                rows = fetch_rows(plan_c(state, data, task, task0))
+                new, (step_losses, ok) = fitr_c(state, data, task, rows)
+                if not np.all(host_array(ok)):
+                    raise RuntimeError(
+                        f"task {t}, steps {done - chunk}..{done}: the method's batch hook drew "
+                        "other examples than planned (its draws depend on state changed within "
+                        "a call); run the host pipeline with steps_per_call=1 or place the data "
+                        "on the device")
+            state = new
             yield state, step_losses, done
 
     t0 = time.perf_counter()

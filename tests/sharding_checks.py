@@ -74,11 +74,22 @@ def _fields(res):
 # 1. sharded runs (and batch-parallel runs) equal the one-device vmapped runs
 # ----------------------------------------------------------------------------------------------
 
-def check_runs_sharded(meshes=((2, 2),), devices=False):
-    """EWC (Fisher at the boundaries) with a 3-point strength sweep, R = 3 padded to 4."""
-    s, sc, m, tr = _setup("ewc")
-    data = prepare_data(s, sc, eval_chunk=16)
-    ref = _run(tr, data, runs="vmap")
+_REFERENCE = {}
+
+
+def _reference(method):
+    """The one-device vmapped runs of ``method`` (computed once per process)."""
+    if method not in _REFERENCE:
+        s, sc, m, tr = _setup(method)
+        data = prepare_data(s, sc, eval_chunk=16)
+        _REFERENCE[method] = (tr, data, _run(tr, data, runs="vmap"))
+    return _REFERENCE[method]
+
+
+def check_runs_sharded(method="l2", meshes=((2, 2),), devices=False):
+    """A 3-point strength sweep (L2 by default; EWC, with the Fisher at the boundaries, in the
+    slow selection), R = 3 padded to 4 runs."""
+    tr, data, ref = _reference(method)
     for runs, batch in meshes:
         mesh = shd.make_mesh(N_DEVICES, batch=batch)
         assert dict(mesh.shape) == {"runs": runs, "batch": batch}
@@ -90,13 +101,18 @@ def check_runs_sharded(meshes=((2, 2),), devices=False):
                                           "padded_runs": shd.padded_size(3, runs)}
         _close(_fields(res), _fields(ref), f"mesh {runs}x{batch}")
         assert not np.allclose(res.accuracy[0], res.accuracy[2])   # the sweep points differ
+    try:          # a loop over the runs cannot split them over devices
+        _run(tr, data, mesh=shd.make_mesh(N_DEVICES), runs="map")
+        raise AssertionError("runs='map' on a sharded runs axis was accepted")
+    except ValueError as e:
+        assert "runs='map'" in str(e), e
     if devices:   # devices=N is make_mesh(N)
         res = _run(tr, data, devices=N_DEVICES)
         _close(_fields(res), _fields(ref), "devices=4")
 
 
 def check_runs_sharded_all():
-    check_runs_sharded(meshes=((4, 1), (2, 2), (1, 4)), devices=True)
+    check_runs_sharded("ewc", meshes=((4, 1), (2, 2), (1, 4)), devices=True)
 
 
 def check_batch_parallel_si_and_evaluation():
@@ -248,9 +264,7 @@ def _interrupted_then_resumed(tr, data, where, first: dict, then: dict):
 
 
 def check_checkpoint_across_device_counts():
-    s, sc, m, tr = _setup("none")
-    data = prepare_data(s, sc, eval_chunk=16)
-    ref = _run(tr, data, runs="vmap")
+    tr, data, ref = _reference("l2")
     with tempfile.TemporaryDirectory() as tmp:
         four_to_one = _interrupted_then_resumed(tr, data, pathlib.Path(tmp) / "a",
                                                 dict(devices=4), dict(runs="vmap"))
