@@ -14,8 +14,8 @@ saved as the R real runs' arrays, gathered from the devices (the dummy runs that
 multiple of the device count are not saved), so a checkpoint written on 4 devices resumes on 1
 and one written on 1 resumes on 4: ``run_stream`` re-pads the restored state for its mesh and
 shards it again (``tests/test_sharding.py``). Gathering costs host memory equal to the state of
-all runs; on several hosts every host gathers it (``process_allgather``) — written for, but not
-tested on, a multi-host cluster.
+all runs; on several hosts every host gathers it (``process_allgather``; tested with two
+processes of two devices joined by ``jax.distributed`` on one machine, not on a real cluster).
 
 Orbax writes each checkpoint into a temporary directory and renames it when complete, so a
 checkpoint is either whole or absent; :meth:`Checkpointer.restore_latest` also reads the payload

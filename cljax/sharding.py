@@ -26,7 +26,8 @@ Several hosts: call ``jax.distributed.initialize()`` first (before any other JAX
 host; :func:`make_mesh` then spans ``jax.devices()``, every host's devices. Data given as host
 numpy arrays (the same on every host) is placed with :func:`put`, results come back with
 :func:`to_host` (``multihost_utils.process_allgather`` where an array is not addressable from
-this host).
+this host). ``tests/test_sharding.py`` checks this with two processes of two CPU devices each
+joined by ``jax.distributed`` (gloo collectives), which is as far as one machine goes.
 """
 from __future__ import annotations
 

@@ -6,6 +6,11 @@ a subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` set bef
 
     XLA_FLAGS=--xla_force_host_platform_device_count=4 python tests/sharding_checks.py [NAME ...]
 
+``multihost`` is run by two processes with 2 host devices each (``jax.distributed``, gloo)::
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=2 python tests/sharding_checks.py \
+        multihost --process 0 --port 12355 --dir /tmp/ckpt &   # and --process 1 likewise
+
 Each check compares a sharded computation with the same computation on one device and prints
 ``OK <name>``; the last line is ``ALL OK``. Names: see ``CHECKS`` (default: ``DEFAULT``).
 """
@@ -277,6 +282,29 @@ def check_checkpoint_across_device_counts():
         assert res.accuracy.shape == (3, 3, 3)
 
 
+def check_multihost():
+    """Run by 2 processes of 2 host devices each (``--process I --port P``, ``jax.distributed``,
+    gloo collectives): the runs sharded over the 4 global devices, the data put from every
+    process (``make_array_from_callback``), the results gathered (``process_allgather``), a
+    checkpoint written and resumed by both processes, and an estimator on a batch split over
+    the two processes' devices — each equal to one device."""
+    assert jax.process_count() == 2 and jax.local_device_count() == 2
+    tr, data, ref = _reference("l2")                   # on this process's first device
+    res = _run(tr, data, devices=None, steps_per_call=4)
+    _close(_fields(res), _fields(ref), "runs over 2 processes")
+    where = pathlib.Path(sys.argv[sys.argv.index("--dir") + 1])
+    res = _interrupted_then_resumed(tr, data, where, dict(devices=None),
+                                    dict(mesh=shd.make_mesh(None, batch=2)))
+    _close(_fields(res), _fields(ref), "checkpoint over 2 processes")
+    with jax.enable_x64(True):
+        model, params, batch, sharded, w, mesh = _sharded_problem(1001)
+        assert not sharded["x"].is_fully_addressable
+        want = imp.empirical_fisher_diagonal(model.logits_fn, params, batch, chunk_size=300)
+        got = jax.jit(lambda b: imp.empirical_fisher_diagonal(
+            model.logits_fn, params, shd.unpad(b, 1001), chunk_size=300))(sharded)
+        _close(shd.to_host(got), want, "estimator over 2 processes", rtol=1e-10, atol=1e-13)
+
+
 CHECKS = {
     "runs_sharded": check_runs_sharded,
     "runs_sharded_all": check_runs_sharded_all,
@@ -287,6 +315,7 @@ CHECKS = {
     "curvature": check_curvature_on_sharded_batch,
     "curvature_all": lambda: check_curvature_on_sharded_batch(full=True),
     "checkpoint": check_checkpoint_across_device_counts,
+    "multihost": check_multihost,
 }
 SLOW = ("runs_sharded_all", "batch_parallel", "host_pipeline_on_mesh", "estimators_all",
         "curvature_all")
@@ -294,6 +323,13 @@ DEFAULT = ("runs_sharded", "estimators", "curvature", "checkpoint")
 
 
 def main(names):
+    if "--process" in names:     # one of several processes: jax.distributed first
+        i = names.index("--process")
+        port = names[names.index("--port") + 1]
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(f"localhost:{port}", num_processes=2,
+                                   process_id=int(names[i + 1]))
+        names = [n for n in names if n in CHECKS]
     if jax.device_count() != N_DEVICES:
         raise SystemExit(f"run with XLA_FLAGS=--xla_force_host_platform_device_count="
                          f"{N_DEVICES} (got {jax.device_count()} devices)")

@@ -6,7 +6,8 @@ sharded runs (a 3-point L2 strength sweep padded to 4 runs) equal to the one-dev
 estimators and curvature tools on a padded batch split over the devices equal to one device,
 and checkpoints written on 4 devices resumed on 1 and the reverse. ``-m slow`` adds every mesh
 shape, data parallelism within a run (SI, evaluation, boundaries; the step's HLO has the
-all-reduce), the host pipeline on a mesh, and every estimator and curvature tool.
+all-reduce), the host pipeline on a mesh, every estimator and curvature tool, and two processes
+of two devices joined by ``jax.distributed`` (several hosts, simulated).
 The rest of this file runs on this process's single device.
 """
 import os
@@ -54,6 +55,28 @@ def test_sharded_runs_estimators_curvature_and_checkpoints_on_four_devices():
 def test_every_mesh_batch_parallelism_host_pipeline_and_every_tool_on_four_devices():
     import sharding_checks
     _checks(*sharding_checks.SLOW, timeout=1800)
+
+
+@pytest.mark.slow
+def test_two_processes_of_two_devices_like_two_hosts(tmp_path):
+    """Several hosts, simulated: 2 processes × 2 host devices joined by jax.distributed."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = str(sock.getsockname()[1])
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                        " --xla_force_host_platform_device_count=2").strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    procs = [subprocess.Popen([sys.executable, str(HERE / "sharding_checks.py"), "multihost",
+                               "--process", str(i), "--port", port, "--dir",
+                               str(tmp_path / "ckpt")], cwd=HERE, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0 and "ALL OK" in out, out[-6000:]
 
 
 def test_make_mesh_and_its_errors():

@@ -1,0 +1,165 @@
+"""Sharded runs and sharded batches over 1, 2 and 4 devices (issue 13).
+
+For each device count the script starts a worker process with
+``XLA_FLAGS=--xla_force_host_platform_device_count=N`` (the count is fixed when JAX starts) and
+prints its JSON lines:
+
+* ``split_mnist``: Split MNIST, Task-IL, MLP 784-400-400, Adam 1e-3, batch 128, ``--steps`` per
+  task, ``--seeds`` runs of EWC sharded over the runs axis (``run_stream(mesh=make_mesh(N))``;
+  R padded to a multiple of N with dummy runs); compile and train+eval seconds, mean ACC and
+  the largest |ΔACC| against the one-device run;
+* ``fisher``: the empirical Fisher diagonal of that MLP on ``--examples`` MNIST training
+  examples split over the N devices (``examples_sharding``), one chunk and chunks of 1000;
+  median seconds of ``--repeats`` calls and the largest relative difference to one device;
+* ``lambda_max``: λ_max of the Hessian of the mean loss on the same examples (Lanczos, 30
+  iterations, chunks of 2000, a 0/1 weight per example), seconds and the relative difference.
+
+On a CPU the "devices" are forced host devices sharing the same cores: these figures show
+correctness and the partitioning overhead, not a speed-up. With ``--devices-available`` on a
+machine with real accelerators, the same worker measures them (``--counts`` up to their number).
+
+    python benchmarks/bench_sharding.py                        # TFDS_DATA_DIR=../shared/tfds
+    python benchmarks/bench_sharding.py --counts 1,2,4 --steps 200 --seeds 4
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+
+def worker(args) -> None:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from cljax import curvature as cv
+    from cljax import importance as imp
+    from cljax import sharding as shd
+    from cljax.data import load_stream, make_scenario
+    from cljax.methods import get_method
+    from cljax.nn import MLP, as_model
+    from cljax.training import make_trainer, prepare_data, run_stream
+
+    n = args.worker
+    assert jax.device_count() >= n, (jax.device_count(), n)
+    mesh = shd.make_mesh(n)
+    base = {"devices": n, "backend": jax.default_backend(),
+            "device_kind": jax.devices()[0].device_kind}
+    stream = load_stream("mnist", "split", tasks=[[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]])
+    sc = make_scenario(stream, "task")
+    model = as_model(MLP((400, 400), sc.num_outputs, num_heads=sc.num_heads))
+    method = get_method("ewc")
+    tr = make_trainer(model, method, optimizer=optax.adam(1e-3), batch_size=128)
+    keys = jax.random.split(jax.random.key(0), args.seeds)
+    hp = {"strength": np.geomspace(1.0, 1e4, args.seeds).astype(np.float32)}
+    if "split_mnist" in args.parts:
+        data = prepare_data(stream, sc, mesh=mesh)
+        res = run_stream(tr, data, num_steps=args.steps, keys=keys, hparams=hp, mesh=mesh)
+        acc = res.accuracy
+        print(json.dumps({**base, "bench": "split_mnist", "method": "ewc", "runs": args.seeds,
+                          "padded_runs": res.timings["devices"]["padded_runs"],
+                          "steps_per_task": args.steps,
+                          "compile_s": round(res.timings["compile_seconds"], 2),
+                          "train_eval_s": round(res.timings["run_seconds"], 2),
+                          "acc_mean": float(np.mean(acc[:, -1])),
+                          "accuracy": np.round(acc, 7).tolist()}), flush=True)
+        del data
+
+    # a whole task's examples split over the devices (10k MNIST training images)
+    x = stream.train.x[:, :2000].reshape((-1,) + stream.train.x.shape[2:])[:args.examples]
+    tasks = np.repeat(np.arange(5, dtype=np.int32), 2000)[:args.examples]
+    y = np.asarray(sc.label_table)[tasks, stream.train.y[:, :2000].reshape(-1)[:args.examples]]
+    batch = {"x": x.astype(np.float32) / 255.0, "y": y.astype(np.int32), "task": tasks}
+    params = model.init(jax.random.key(1), {k: jnp.asarray(v[:1]) for k, v in batch.items()})
+    padded, weights, count = shd.pad_batch(batch, n)
+    sharded = shd.put(padded, shd.examples_sharding(mesh))
+    w = shd.put(jnp.asarray(weights), shd.examples_sharding(mesh))
+    params = shd.put(params, shd.replicated(mesh))
+
+    def timed(fn):
+        jax.block_until_ready(fn())           # compile
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            out = jax.block_until_ready(fn())
+            times.append(time.perf_counter() - t0)
+        return out, float(np.median(times))
+
+    if "fisher" in args.parts:
+        for chunk in (None, 1000):
+            fisher = jax.jit(lambda p, b, c=chunk: imp.empirical_fisher_diagonal(
+                model.logits_fn, p, shd.unpad(b, count), chunk_size=c))
+            out, sec = timed(lambda: fisher(params, sharded))
+            print(json.dumps({**base, "bench": "fisher", "examples": count,
+                              "chunk_size": chunk, "seconds": round(sec, 4),
+                              "sum": float(sum(jnp.sum(v) for v in jax.tree.leaves(out))),
+                              "leaves": [np.asarray(v).ravel()[:4000].tolist()
+                                         for v in jax.tree.leaves(out)][:1]}), flush=True)
+    if "lambda_max" in args.parts:
+        mv = cv.make_task_matvec(model.logits_fn, params, sharded, chunk_size=2000, weights=w)
+        t0 = time.perf_counter()
+        eig = cv.top_eigenvalues_matvec(mv, params, jax.random.key(2), num_iters=30, tol=None)
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        eig = cv.top_eigenvalues_matvec(mv, params, jax.random.key(2), num_iters=30, tol=None)
+        sec = time.perf_counter() - t0
+        print(json.dumps({**base, "bench": "lambda_max", "examples": count, "num_iters": 30,
+                          "chunk_size": 2000, "seconds": round(sec, 3),
+                          "first_call_s": round(first, 3),
+                          "lambda_max": float(eig.eigenvalues[0])}), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--counts", default="1,2,4")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--seeds", type=int, default=4)
+    parser.add_argument("--examples", type=int, default=10000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--parts", default="split_mnist,fisher,lambda_max")
+    parser.add_argument("--devices-available", action="store_true",
+                        help="use the machine's own devices (no forced host devices)")
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.parts = args.parts.split(",")
+    if args.worker is not None:
+        return worker(args)
+    ref = {}
+    for n in (int(c) for c in args.counts.split(",")):
+        env = dict(os.environ)
+        if not args.devices_available:
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                                f" --xla_force_host_platform_device_count={n}").strip()
+            env["JAX_PLATFORMS"] = "cpu"
+        cmd = [sys.executable, __file__, "--worker", str(n), "--steps", str(args.steps),
+               "--seeds", str(args.seeds), "--examples", str(args.examples),
+               "--repeats", str(args.repeats), "--parts", ",".join(args.parts)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(proc.stderr[-4000:])
+        for line in proc.stdout.splitlines():
+            row = json.loads(line)
+            key = (row["bench"], row.get("chunk_size"))
+            import numpy as np
+            if row["bench"] == "split_mnist":
+                acc = np.asarray(row.pop("accuracy"))
+                ref.setdefault(key, acc)
+                row["max_abs_dacc_vs_1"] = float(np.abs(acc - ref[key]).max())
+            elif row["bench"] == "fisher":
+                leaf = np.asarray(row.pop("leaves")[0])
+                ref.setdefault(key, leaf)
+                row["max_rel_diff_vs_1"] = float(np.max(np.abs(leaf - ref[key]))
+                                                 / np.max(np.abs(ref[key])))
+            else:
+                ref.setdefault(key, row["lambda_max"])
+                row["rel_diff_vs_1"] = abs(row["lambda_max"] - ref[key]) / abs(ref[key])
+            print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
