@@ -9,6 +9,13 @@
 
 Randomness: run r has its own key; step s of the run uses ``fold_in(key_r, s)``, so results do not
 depend on how the steps are split into calls, nor on which other runs share the vmapped program.
+
+Scale-out (both off by default, when everything is one device's): ``run_stream(devices=...)`` /
+``mesh=`` shards the runs axis (and optionally each batch) over a :mod:`cljax.sharding` mesh, and
+``prepare_data(placement=...)`` keeps a stream too large for the device on the host, from where
+``run_stream`` feeds each call of the scanned steps (:mod:`cljax.data.pipeline`; the trainer's
+``plan`` / ``fit_rows`` / ``evaluate_task`` / ``end_task_rows`` are the same step, evaluation and
+boundary with the examples fed in).
 """
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Data: tfds sources, task streams (split / permuted / rotated) and CL scenarios."""
+"""Data: tfds sources, task streams (split / permuted / rotated), CL scenarios, and the host
+pipeline for streams larger than the device (:mod:`cljax.data.pipeline`)."""
+from cljax.data import pipeline
+from cljax.data.pipeline import PLACEMENTS, HostArrays, choose_placement, stream_bytes
 from cljax.data.scenarios import SCENARIOS, Scenario, make_scenario
 from cljax.data.sources import ArrayDataset, load_split, resolve_data_dir
 from cljax.data.streams import (NORMALISATION, STREAM_KINDS, TaskArrays, TaskStream, load_stream,
@@ -8,4 +11,5 @@ from cljax.data.streams import (NORMALISATION, STREAM_KINDS, TaskArrays, TaskStr
 __all__ = ["ArrayDataset", "load_split", "resolve_data_dir", "TaskArrays", "TaskStream",
            "NORMALISATION", "STREAM_KINDS", "split_tasks", "permuted_tasks", "rotated_tasks",
            "permutations", "rotate_images", "mirzadeh_rotation_angles", "load_stream",
-           "SCENARIOS", "Scenario", "make_scenario"]
+           "SCENARIOS", "Scenario", "make_scenario", "pipeline", "PLACEMENTS", "HostArrays",
+           "choose_placement", "stream_bytes"]
