@@ -60,7 +60,8 @@ def _fields(res):
             *jax.tree.leaves(res.task_params)]
 
 
-@pytest.mark.parametrize("stop_at", [(0, 4), (1, 0), (1, 8)])
+@pytest.mark.parametrize("stop_at", [(1, 8), pytest.param((0, 4), marks=pytest.mark.slow),
+                                     pytest.param((1, 0), marks=pytest.mark.slow)])
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, stop_at):
     """KeyboardInterrupt (what SIGINT raises, and the CLI turns SIGTERM into) at a task's step
     or between tasks; resume continues from the checkpoint saved then, bit for bit."""

@@ -249,8 +249,8 @@ def test_run_stage_errors(tmp_path, capsys, monkeypatch):
     def interrupted(config, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr(cljax.experiment, "run_experiment", interrupted)
-    with pytest.raises(KeyboardInterrupt):  # not swallowed: the caller handles SIGINT
-        cli.main(argv)
+    assert cli.main(argv) == cli.EXIT_INTERRUPTED      # SIGINT / SIGTERM: status 130, how to resume
+    assert "--resume" in capsys.readouterr().err
 
     def bug(config, **kwargs):
         raise ZeroDivisionError("a bug")
