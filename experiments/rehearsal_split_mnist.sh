@@ -14,5 +14,5 @@ run --method lwf --workdir runs/rehearsal/split_mnist_lwf
 run --method icarl --scenarios class --workdir runs/rehearsal/split_mnist_icarl
 # DER++: reservoir memory of the same budget (1000 examples); alpha swept over mammoth's
 # Seq-MNIST values (0.2 at buffer 5120, 1.0 at buffer 500), beta 0.5 (theirs at both)
-run --method derpp --sweep alpha=0.2,1.0 --workdir runs/rehearsal/split_mnist_derpp
+run --method derpp --sweep "alpha=${DERPP_ALPHAS:-0.2,1.0}" --workdir runs/rehearsal/split_mnist_derpp
 run --method gem --workdir runs/rehearsal/split_mnist_gem
