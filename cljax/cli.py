@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="shard the runs (seeds × sweep points) over the first N devices "
                           "(default: all local devices; 1: the one-device path)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--no-tensorboard", action="store_true", dest="no_tensorboard",
+                     help="no TensorBoard event files (written to <workdir>/tensorboard when "
+                          "tensorboardX is installed)")
     run.add_argument("--debug", action="store_true",
                      help="on an error, show the full traceback instead of one line")
     return parser
@@ -327,6 +330,10 @@ def _run(args: argparse.Namespace) -> int:
         def progress_factory(name, total):
             return tqdm(total=total, unit="step", desc=f"{name}-IL", leave=False, file=sys.stderr)
 
+    from cljax import events
+
+    events_dir = None if args.no_tensorboard or not events.available() else \
+        str(workdir / "tensorboard")
     previous = signal.signal(signal.SIGTERM, _terminate)   # SIGTERM: like SIGINT (Ctrl-C)
     try:
         results = run_experiment(config, progress_factory=progress_factory,
@@ -334,7 +341,7 @@ def _run(args: argparse.Namespace) -> int:
                                  checkpoint_dir=str(workdir / CHECKPOINT_DIR),
                                  resume=prepared["resume"],
                                  checkpoint_every=args.checkpoint_every,
-                                 devices=args.devices)
+                                 devices=args.devices, events_dir=events_dir)
         out = write_outputs(results, workdir)
     except KeyboardInterrupt:
         print(f"cljax: interrupted: the state of the unfinished scenario is checkpointed in "

@@ -48,7 +48,7 @@ import jax
 import numpy as np
 import optax
 
-from cljax import metrics
+from cljax import events, metrics
 from cljax.checkpoint import Checkpointer
 from cljax.config import apply_override
 from cljax.data import SCENARIOS, TaskStream, load_stream, make_scenario
@@ -487,13 +487,16 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
                    log: Callable[[str], None] = print,
                    on_scenario: Callable[[dict], None] | None = None,
                    checkpoint_dir: str | None = None, resume: bool = False,
-                   checkpoint_every: int | None = None, devices: int | None = None) -> dict:
+                   checkpoint_every: int | None = None, devices: int | None = None,
+                   events_dir: str | None = None) -> dict:
     """Run every scenario of ``config`` (and every regime); return the results dict written to
     ``results.json``. ``on_scenario(results)`` is called after each finished scenario with the
     results so far (the CLI writes them out). ``checkpoint_dir`` / ``resume`` /
     ``checkpoint_every`` (steps): checkpoints of the whole training state (see
     :mod:`cljax.checkpoint`; they resume on any device count). ``devices``: how many of
-    ``jax.devices()`` the runs are sharded over (None: all; one device: the one-device path)."""
+    ``jax.devices()`` the runs are sharded over (None: all; one device: the one-device path).
+    ``events_dir``: where each finished scenario's training curves go as TensorBoard event files
+    (:mod:`cljax.events`; needs tensorboardX; None: none)."""
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
     cfg = validate_config(config)
@@ -513,7 +516,8 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
                 sub, progress_factory=progress_factory, log=log, on_scenario=partial,
                 checkpoint_dir=None if checkpoint_dir is None else
                 str(pathlib.Path(checkpoint_dir) / regime),
-                resume=resume, checkpoint_every=checkpoint_every, devices=devices)
+                resume=resume, checkpoint_every=checkpoint_every, devices=devices,
+                events_dir=None if events_dir is None else str(pathlib.Path(events_dir) / regime))
         return out
     mesh = experiment_mesh(cfg, devices)
     if mesh is not None:
@@ -543,6 +547,9 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
         res = run_scenario(cfg, setup, plan, progress_factory=progress_factory, checkpoint=ckpt,
                            checkpoint_every=checkpoint_every, resume=resume, mesh=mesh)
         entry = summarise_scenario(cfg, setup, plan, res, log=log)
+        if events_dir is not None:
+            events.write_scenario_events(events_dir, name, res.train_loss, res.accuracy,
+                                         events.run_names(plan.grid, plan.seeds))
         if finished is not None:
             tmp = finished.with_suffix(".tmp")
             tmp.write_text(json.dumps(entry, default=_to_builtin))

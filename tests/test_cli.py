@@ -5,6 +5,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from cljax import cli
+from cljax import events as cljax_events
 from cljax.config import apply_assignment
 from cljax.experiment import validate_config
 
@@ -29,6 +30,11 @@ def test_end_to_end_on_mock_mnist(tmp_path, capsys):
         results["scenarios"]["task"]["metrics"])
     assert "jax" in results["versions"]
     assert "| task-IL |" in (workdir / "report.md").read_text()
+    if cljax_events.available():                                  # the training curves too
+        for scenario in ("task", "class"):
+            for seed in (0, 1):
+                run_dir = workdir / "tensorboard" / scenario / f"seed{seed}"
+                assert any(run_dir.glob("events.out.tfevents.*")), run_dir
 
 
 def test_overrides_and_config_validation():
