@@ -23,10 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cljax.analysis.flatness import (TaskData, _validate_common, flatness, grad_and_hvp,
-                                     task_slice)
-from cljax.curvature.hvp import (PerExampleLoss, _prepare, _scan_sum, softmax_cross_entropy,
-                                 task_ggn_vp)
+from cljax.analysis.flatness import (TaskData, flatness, grad_and_hvp, task_slice,
+                                     validate_task_inputs)
+from cljax.curvature.hvp import (PerExampleLoss, prepare_chunks, scan_sum,
+                                 softmax_cross_entropy, task_ggn_vp)
 from cljax.types import LogitsFn, Params, PRNGKey
 from cljax.validation import check_positive_int
 
@@ -173,8 +173,8 @@ def forgetting_bound(logits_fn: LogitsFn, params_per_task: Params, task_data: Ta
         raise ValueError(f"curvature must be 'hessian' or 'ggn'; got {curvature!r}")
     if lambda_max is None and key is None:
         raise TypeError("key is required to compute lambda_max (or pass lambda_max=...)")
-    num_tasks, stacked, weights = _validate_common(logits_fn, params_per_task, task_data, key,
-                                                   counts, chunk_size, per_example_loss)
+    num_tasks, stacked, weights = validate_task_inputs(
+        logits_fn, params_per_task, task_data, key, counts, chunk_size, per_example_loss)
     if num_tasks < 2:
         raise ValueError(f"forgetting_bound needs at least 2 tasks in params_per_task; got "
                          f"{num_tasks}")
@@ -198,8 +198,8 @@ def forgetting_bound(logits_fn: LogitsFn, params_per_task: Params, task_data: Ta
     @jax.jit
     def row(params_all, batch, w):
         """Task b's loss and accuracy with every θ*_a (a over the task axis), in chunks."""
-        chunks, wc = _prepare(logits_fn, params_per_task, batch, chunk_size, w,
-                              per_example_loss)
+        chunks, wc = prepare_chunks(logits_fn, params_per_task, batch, chunk_size, w,
+                                    per_example_loss)
 
         def one(params):
             def body(c, w_c):
@@ -212,7 +212,7 @@ def forgetting_bound(logits_fn: LogitsFn, params_per_task: Params, task_data: Ta
                 return loss, jnp.sum(w_c * hit)
 
             zero = jnp.zeros((), wc.dtype)
-            loss, hits = _scan_sum(body, chunks, wc, (zero, zero))
+            loss, hits = scan_sum(body, chunks, wc, (zero, zero))
             return loss / jnp.sum(wc), hits / jnp.sum(wc)
 
         return jax.lax.map(one, params_all)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cljax.curvature.hvp import (PerExampleLoss, _chunk_loss_sum, _prepare, _scan_sum,
+from cljax.curvature.hvp import (PerExampleLoss, chunk_loss_sum, prepare_chunks, scan_sum,
                                  check_finite, task_ggn_vp, task_hvp, task_value_and_grad)
 from cljax.curvature.lanczos import check_key, top_eigen
 from cljax.curvature.trace import hutchinson_trace
@@ -152,11 +152,14 @@ def _params_dtype(params_per_task):
 
 
 def task_slice(tree: Any, t: int) -> Any:
+    """Task ``t``'s slice of a pytree stacked over tasks (leading axis)."""
     return jax.tree.map(lambda a: a[t], tree)
 
 
-def _validate_common(logits_fn, params_per_task, task_data, key, counts, chunk_size,
-                     per_example_loss):
+def validate_task_inputs(logits_fn, params_per_task, task_data, key, counts, chunk_size,
+                         per_example_loss):
+    """The checks :func:`flatness` and :func:`cljax.analysis.bound.forgetting_bound` share;
+    returns ``(num_tasks, stacked task data, per-example weights)``."""
     if not callable(logits_fn):
         raise TypeError(f"logits_fn must be callable; got {type(logits_fn).__name__}")
     if per_example_loss is not None and not callable(per_example_loss):
@@ -177,11 +180,11 @@ def grad_and_hvp(logits_fn: LogitsFn, params: Params, batch: Batch, v: Params, *
                  chunk_size: int | None = None, weights: Array | None = None,
                  per_example_loss: PerExampleLoss | None = None) -> tuple[Params, Params]:
     """``(∇ℓ(θ), ∇²ℓ(θ) v)`` of the whole-task loss from one ``jvp(grad)`` per chunk."""
-    chunks, w = _prepare(logits_fn, params, batch, chunk_size, weights, per_example_loss)
-    g = jax.grad(_chunk_loss_sum(logits_fn, per_example_loss))
+    chunks, w = prepare_chunks(logits_fn, params, batch, chunk_size, weights, per_example_loss)
+    g = jax.grad(chunk_loss_sum(logits_fn, per_example_loss))
     body = lambda c, wc: jax.jvp(lambda p: g(p, c, wc), (params,), (v,))
     zeros = jax.tree.map(jnp.zeros_like, params)
-    grad, hv = _scan_sum(body, chunks, w, (zeros, zeros))
+    grad, hv = scan_sum(body, chunks, w, (zeros, zeros))
     wsum = jnp.sum(w)
     return jax.tree.map(lambda a: a / wsum, grad), jax.tree.map(lambda a: a / wsum, hv)
 
@@ -225,8 +228,8 @@ def flatness(logits_fn: LogitsFn, params_per_task: Params, task_data: TaskData, 
         raise ValueError(f"trace_samples must be an int >= 0; got {trace_samples!r}")
     if key is None:
         raise TypeError("key must be a jax PRNG key; got None")
-    num_tasks, stacked, weights = _validate_common(logits_fn, params_per_task, task_data, key,
-                                                   counts, chunk_size, per_example_loss)
+    num_tasks, stacked, weights = validate_task_inputs(
+        logits_fn, params_per_task, task_data, key, counts, chunk_size, per_example_loss)
     product = task_hvp if curvature == "hessian" else task_ggn_vp
     opts = dict(chunk_size=chunk_size, per_example_loss=per_example_loss)
 
@@ -273,4 +276,4 @@ def flatness(logits_fn: LogitsFn, params_per_task: Params, task_data: TaskData, 
 
 
 __all__ = ["FlatnessResult", "flatness", "stack_task_data", "num_tasks_of", "grad_and_hvp",
-           "TaskData"]
+           "TaskData", "validate_task_inputs", "task_slice"]

@@ -186,14 +186,16 @@ def chunk_batch(batch: Batch, chunk_size: int | None, weights: Array | None = No
     return chunks, reshape(weights)
 
 
-def _prepare(logits_fn, params, batch, chunk_size, weights, per_example_loss):
+def prepare_chunks(logits_fn, params, batch, chunk_size, weights, per_example_loss):
     """Chunk ``batch`` and cast the weights to the params' dtype (inputs already validated)."""
     chunks, w = chunk_batch(batch, chunk_size, weights)
     dtype = jnp.result_type(*jax.tree.leaves(params))
     return chunks, w.astype(dtype)
 
 
-def _chunk_loss_sum(logits_fn, per_example_loss):
+def chunk_loss_sum(logits_fn, per_example_loss):
+    """``f(params, chunk, w) = Σ_n w_n · loss_n`` of one chunk (softmax cross-entropy unless
+    ``per_example_loss``)."""
     loss = softmax_cross_entropy if per_example_loss is None else per_example_loss
 
     def f(params, chunk, w):
@@ -202,7 +204,7 @@ def _chunk_loss_sum(logits_fn, per_example_loss):
     return f
 
 
-def _scan_sum(body, chunks, w, init):
+def scan_sum(body, chunks, w, init):
     """``Σ_chunks body(chunk, w_chunk)`` with a ``lax.scan`` (memory bounded by one chunk)."""
 
     def step(acc, xs):
@@ -242,37 +244,37 @@ _STATIC = (0, 1, 2)  # logits_fn, chunk_size, per_example_loss
 
 @functools.partial(jax.jit, static_argnums=_STATIC)
 def _task_loss_jit(logits_fn, chunk_size, per_example_loss, params, batch, weights):
-    chunks, w = _prepare(logits_fn, params, batch, chunk_size, weights, per_example_loss)
-    f = _chunk_loss_sum(logits_fn, per_example_loss)
-    total = _scan_sum(lambda c, wc: f(params, c, wc), chunks, w, jnp.zeros((), w.dtype))
+    chunks, w = prepare_chunks(logits_fn, params, batch, chunk_size, weights, per_example_loss)
+    f = chunk_loss_sum(logits_fn, per_example_loss)
+    total = scan_sum(lambda c, wc: f(params, c, wc), chunks, w, jnp.zeros((), w.dtype))
     return total / jnp.sum(w)
 
 
 @functools.partial(jax.jit, static_argnums=_STATIC)
 def _task_value_and_grad_jit(logits_fn, chunk_size, per_example_loss, params, batch, weights):
-    chunks, w = _prepare(logits_fn, params, batch, chunk_size, weights, per_example_loss)
-    f = jax.value_and_grad(_chunk_loss_sum(logits_fn, per_example_loss))
+    chunks, w = prepare_chunks(logits_fn, params, batch, chunk_size, weights, per_example_loss)
+    f = jax.value_and_grad(chunk_loss_sum(logits_fn, per_example_loss))
     init = (jnp.zeros((), w.dtype), _zeros_like(params))
-    val, grad = _scan_sum(lambda c, wc: f(params, c, wc), chunks, w, init)
+    val, grad = scan_sum(lambda c, wc: f(params, c, wc), chunks, w, init)
     wsum = jnp.sum(w)
     return val / wsum, jax.tree.map(lambda g: g / wsum, grad)
 
 
 @functools.partial(jax.jit, static_argnums=_STATIC)
 def _task_hvp_jit(logits_fn, chunk_size, per_example_loss, params, batch, weights, v):
-    chunks, w = _prepare(logits_fn, params, batch, chunk_size, weights, per_example_loss)
-    g = jax.grad(_chunk_loss_sum(logits_fn, per_example_loss))
+    chunks, w = prepare_chunks(logits_fn, params, batch, chunk_size, weights, per_example_loss)
+    g = jax.grad(chunk_loss_sum(logits_fn, per_example_loss))
     body = lambda c, wc: jax.jvp(lambda p: g(p, c, wc), (params,), (v,))[1]
-    total = _scan_sum(body, chunks, w, _zeros_like(params))
+    total = scan_sum(body, chunks, w, _zeros_like(params))
     wsum = jnp.sum(w)
     return jax.tree.map(lambda t: t / wsum, total)
 
 
 @functools.partial(jax.jit, static_argnums=_STATIC)
 def _task_ggn_vp_jit(logits_fn, chunk_size, per_example_loss, params, batch, weights, v):
-    chunks, w = _prepare(logits_fn, params, batch, chunk_size, weights, per_example_loss)
+    chunks, w = prepare_chunks(logits_fn, params, batch, chunk_size, weights, per_example_loss)
     body = lambda c, wc: _ggn_weighted_sum(logits_fn, params, c, wc, v, per_example_loss)
-    total = _scan_sum(body, chunks, w, _zeros_like(params))
+    total = scan_sum(body, chunks, w, _zeros_like(params))
     wsum = jnp.sum(w)
     return jax.tree.map(lambda t: t / wsum, total)
 
@@ -358,4 +360,4 @@ def make_task_matvec(logits_fn: LogitsFn, params: Params, batch: Batch, *,
 
 __all__ = ["softmax_cross_entropy", "hvp", "ggn_vp", "chunk_batch", "task_loss",
            "task_value_and_grad", "task_hvp", "task_ggn_vp", "make_task_loss", "make_task_matvec",
-           "PerExampleLoss", "Matvec"]
+           "PerExampleLoss", "Matvec", "prepare_chunks", "chunk_loss_sum", "scan_sum"]
