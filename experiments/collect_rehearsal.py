@@ -38,22 +38,23 @@ def load(path):
 def table(rows, published, title):
     print(f"\n{title}\n")
     print("| method | Task-IL | Domain-IL | Class-IL | hparams | seeds | wall (train+eval, "
-          "3 scenarios) | published (Task / Domain / Class) |")
+          "its scenarios) | published (Task / Domain / Class) |")
     print("|---|---|---|---|---|---|---|---|")
     for method, results in rows:
-        entries = {}
-        hp, seeds, wall = set(), set(), 0.0
+        entries, per_scenario = {}, {}
+        seeds, wall = set(), 0.0
         for r in results:
             for s in SCENARIOS:
                 if s in r["scenarios"]:
                     e = r["scenarios"][s]
                     entries[s] = e
-                    hp.add(f"{s}: {e['hparams']}" if len(results) > 1 or e.get("sweep")
-                           else str(e["hparams"]))
+                    per_scenario[s] = str(e["hparams"])
                     wall += e["timings"]["run_seconds"]
             seeds.add(r["config"]["seeds"])
         if not entries:
             continue
+        hp = ({next(iter(per_scenario.values()))} if len(set(per_scenario.values())) == 1
+              else {f"{s}: {h}" for s, h in per_scenario.items()})
         print(f"| {method} | " + " | ".join(cell(entries.get(s)) for s in SCENARIOS)
               + f" | {'; '.join(sorted(hp))} | {'/'.join(map(str, sorted(seeds)))} | "
               f"{wall / 60:.0f} min | {published.get(method, '–')} |")
