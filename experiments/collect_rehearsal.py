@@ -64,9 +64,10 @@ def main(root="runs/rehearsal"):
     root = pathlib.Path(root)
     mnist = []
     for method in ("none", "joint", "er", "agem", "gem", "lwf", "derpp", "icarl"):
-        r = load(root / f"split_mnist_{method}" / "results.json")
-        if r is not None:
-            mnist.append((method, [r]))
+        dirs = [f"split_mnist_{method}"] + (["split_mnist_gem_td"] if method == "gem" else [])
+        rs = [r for d in dirs if (r := load(root / d / "results.json"))]
+        if rs:
+            mnist.append((method, rs))
     table(mnist, MNIST_PUBLISHED, "Split MNIST (budget 100 per class)")
     cifar = []
     for method, dirs in (("none", ["none"]), ("joint", ["joint"]), ("ewc", ["ewc_td", "ewc_c"]),
