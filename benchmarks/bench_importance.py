@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cljax.importance import _layers
+from cljax.importance import estimation
 from cljax.nn import CNN, MLP, as_model
 
 
@@ -97,8 +97,8 @@ def bench_model(label: str, model, params, batch, chunk: int, repeats: int, vmap
     for kind, impl in kinds:
         kw = dict(kind=kind, num_samples=1, chunk_size=chunk, implementation=impl)
         k = key if kind in ("true", "kfac_true") else None
-        fn = functools.partial(_layers._estimate_jit, f, params, batch, k, **kw)
-        runs[(kind, impl)] = (fn, temp_bytes(_layers._estimate_jit, f, params, batch, k, **kw),
+        fn = functools.partial(estimation.estimate_jit, f, params, batch, k, **kw)
+        runs[(kind, impl)] = (fn, temp_bytes(estimation.estimate_jit, f, params, batch, k, **kw),
                               impl)
     best = {}
     for name, (fn, _, _) in runs.items():
@@ -129,7 +129,7 @@ def chunk_loop_check(model, params, chunk: int, repeats: int) -> None:
     for kind in ("empirical", "exact"):
         for tag, b in (("one", one), ("four", four)):
             fns[(kind, tag)] = functools.partial(
-                _layers._estimate_jit, model.logits_fn, params, b, None, kind=kind,
+                estimation.estimate_jit, model.logits_fn, params, b, None, kind=kind,
                 num_samples=1, chunk_size=chunk, implementation="auto")
     for fn in fns.values():
         jax.block_until_ready(fn())

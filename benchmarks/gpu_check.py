@@ -126,7 +126,7 @@ def check_cnn_step(args, tmp):
 def check_estimators(args, tmp):
     from bench_importance import make_value_and_grad
 
-    from cljax.importance import _layers
+    from cljax.importance import estimation
     from cljax.nn import CNN, MLP, as_model
 
     n = 500 if args.small else 10_000
@@ -143,7 +143,7 @@ def check_estimators(args, tmp):
     key = jax.random.key(1)
     for kind in ("empirical", "true", "exact", "mas", "kfac_true"):
         k = key if kind in ("true", "kfac_true") else None
-        fn = functools.partial(_layers._estimate_jit, mlp.logits_fn, params, batch, k, kind=kind,
+        fn = functools.partial(estimation.estimate_jit, mlp.logits_fn, params, batch, k, kind=kind,
                                num_samples=1, chunk_size=chunk, implementation="auto")
         t = best_time(fn)
         rec[f"{kind}_s"] = t
@@ -156,7 +156,7 @@ def check_estimators(args, tmp):
     cparams = cnn.init(jax.random.key(0), cb)
     cvg = make_value_and_grad(cnn.logits_fn, cchunk)
     t_cvg = best_time(lambda: cvg(cparams, cb), 2)
-    fn = functools.partial(_layers._estimate_jit, cnn.logits_fn, cparams, cb, None, kind="exact",
+    fn = functools.partial(estimation.estimate_jit, cnn.logits_fn, cparams, cb, None, kind="exact",
                            num_samples=1, chunk_size=cchunk, implementation="auto")
     t_ex = best_time(fn, 2)
     rec.update({"cnn_n": nc, "cnn_chunk": cchunk, "cnn_value_and_grad_s": t_cvg,

@@ -170,8 +170,8 @@ def test_estimators_recognise_conv_and_match_vmap_oracle(x64):
     batch = {"x": jnp.asarray(rng.normal(size=(4, 4, 4, 3))), "y": jnp.asarray(rng.integers(0, 3, 4)),
              "task": jnp.asarray(rng.integers(0, 2, 4))}
     params = jax.tree.map(lambda a: a.astype(jnp.float64), model.init(jax.random.key(0), batch))
-    from cljax.importance import _layers
-    plan = _layers.discover(model.logits_fn, params,
+    from cljax.importance import estimation
+    plan = estimation.discover(model.logits_fn, params,
                             jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), batch),
                             "auto")
     assert [s.kind for s in plan.layers] == ["conv", "conv", "dense", "dense"]
@@ -189,14 +189,14 @@ def test_no_slow_convolution_in_estimator_hvp_and_evaluation_loops():
     if not conv_mod.use_canonical_conv():
         pytest.skip("the canonical path is CPU-only")
     from cljax import curvature as cv
-    from cljax.importance import _layers
+    from cljax.importance import estimation
 
     model = as_model(CNN(3, channels=(2,), hidden=4))
     batch = {"x": jnp.ones((8, 6, 6, 3)), "y": jnp.zeros((8,), jnp.int32)}
     params = model.init(jax.random.key(0), batch)
     lf = model.logits_fn
     programs = {
-        "exact_fisher": _layers._estimate_jit.lower(lf, params, batch, None, kind="exact",
+        "exact_fisher": estimation.estimate_jit.lower(lf, params, batch, None, kind="exact",
                                                     num_samples=1, chunk_size=4,
                                                     implementation="auto"),
         "hvp": jax.jit(lambda p, v: cv.task_hvp(lf, p, batch, v, chunk_size=4)).lower(params,

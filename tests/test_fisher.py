@@ -8,7 +8,7 @@ import pytest
 
 from cljax.importance import (empirical_fisher_diagonal, exact_fisher_diagonal,
                               true_fisher_diagonal)
-from cljax.importance import _layers
+from cljax.importance import estimation
 import importance_helpers as H
 
 PROBLEMS = {"mlp_multihead": functools.partial(H.mlp_problem, heads=2),
@@ -44,15 +44,15 @@ def test_fast_path_matches_vmap_fallback(x64, name, estimator):
 
 def test_dispatch_uses_fast_path_for_flax_layers_and_fallback_for_the_rest(x64):
     model, params, batch = H.mixed_problem()
-    plan = _layers.discover(model.logits_fn, params, batch, "auto")
+    plan = estimation.discover(model.logits_fn, params, batch, "auto")
     assert [s.kind for s in plan.layers] == ["conv", "conv", "dense", "dense"]
-    names = [_layers.path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    names = [estimation.path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
     assert sorted(names[i] for i in plan.fallback_indices) == [
         "LayerNorm_0/bias", "LayerNorm_0/scale", "scale"]
-    plain = _layers.discover(H.plain_logits_fn, H.plain_problem()[1], H.plain_problem()[2], "auto")
+    plain = estimation.discover(H.plain_logits_fn, H.plain_problem()[1], H.plain_problem()[2], "auto")
     assert plain.layers == () and len(plain.fallback_indices) == 5
     model, params, batch = H.shared_problem()
-    plan = _layers.discover(model.logits_fn, params, batch, "auto")
+    plan = estimation.discover(model.logits_fn, params, batch, "auto")
     assert [s.name for s in plan.layers] == ["Dense_1"] and len(plan.fallback_indices) == 2
     got = empirical_fisher_diagonal(model.logits_fn, params, batch)
     assert H.rel_err(got, H.oracle_empirical(model.logits_fn, params, batch)) < 1e-6

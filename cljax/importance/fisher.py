@@ -13,7 +13,7 @@ For softmax cross-entropy with p = softmax(f(x; θ)) and g_y = ∂ log p(y|x) / 
 gradients**, (1/N) Σ_n g_{n,i}², never the square of a minibatch-mean gradient (≈ F/B) nor that
 times B. Multiply by N for the sum-over-data Fisher of a Laplace approximation.
 
-Computation: see :mod:`cljax.importance._layers` — chunks of ``chunk_size`` examples inside one
+Computation: see :mod:`cljax.importance.estimation` — chunks of ``chunk_size`` examples inside one
 ``jit`` (``lax.scan``), N padded to a multiple of ``chunk_size`` with zero-weighted copies of the
 first example (no divisibility requirement); flax ``nn.Dense`` / ``nn.Conv`` layers take a fast
 path (captured layer inputs and output cotangents), all other parameters a ``vmap``-over-examples
@@ -26,7 +26,7 @@ user's ``jit`` (value checks — labels, NaN — then only run on concrete input
 """
 from __future__ import annotations
 
-from cljax.importance._layers import estimate
+from cljax.importance.estimation import estimate
 from cljax.types import Batch, Importance, LogitsFn, Params, PRNGKey
 
 

@@ -26,7 +26,7 @@ A dense layer applied to [B, T, in] inputs is treated the same way (T = 1 for or
 **Scale.** Both factors are means over the N examples of ``batch``: A ⊗ G approximates the
 per-example mean Fisher, the same scale as :func:`cljax.importance.exact_fisher_diagonal`.
 
-**Recognised layers.** Flax linen ``nn.Dense`` and ``nn.Conv`` (see :mod:`cljax.importance._layers`);
+**Recognised layers.** Flax linen ``nn.Dense`` and ``nn.Conv`` (see :mod:`cljax.importance.estimation`);
 the factor dict is keyed by the '/'-joined path of the layer's parameters in ``params`` (e.g.
 ``"Dense_0"``, ``"Encoder_0/Dense_1"``). Parameters in no recognised layer get **no factor**: the
 helpers below treat them as having zero curvature (matvec → 0, quadratic form → 0, damped inverse →
@@ -45,7 +45,7 @@ import jax.numpy as jnp
 
 from cljax import validation
 from cljax._linalg import eigh
-from cljax.importance._layers import estimate, path_name
+from cljax.importance.estimation import estimate, path_name
 from cljax.types import Array, Batch, KFACFactors, LogitsFn, Params, PRNGKey
 
 FISHER_TYPES = ("true", "exact", "empirical")

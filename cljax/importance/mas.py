@@ -11,11 +11,11 @@ the paper's eq. 2 (Ω = mean over examples of ‖g(x_k)‖, g the gradient of �
 Fast path: a dense layer's per-example gradient is a_n g_nᵀ with g_n = J_nᵀ 2f(x_n) at the layer
 output, and |a_n g_nᵀ| = |a_n||g_n|ᵀ, so Σ_n |a_n|ᵀ|g_n| is one matmul; conv layers need a
 per-example contraction (a sum over positions sits inside the abs). See
-:mod:`cljax.importance._layers`.
+:mod:`cljax.importance.estimation`.
 """
 from __future__ import annotations
 
-from cljax.importance._layers import estimate
+from cljax.importance.estimation import estimate
 from cljax.types import Batch, Importance, LogitsFn, Params
 
 

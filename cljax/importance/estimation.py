@@ -1,4 +1,5 @@
-"""Private engine shared by every estimator in :mod:`cljax.importance`.
+"""The engine shared by every estimator in :mod:`cljax.importance` (public: :func:`estimate`,
+:func:`estimate_jit`, :func:`discover`, :func:`path_name` for tests and benchmarks).
 
 Every estimator here is a reduction of *per-example parameter gradients along output directions*:
 for example n and a direction u_{n,k} in logit space (k = 1..K), the per-example gradient is
@@ -484,7 +485,7 @@ def _chunk_contribution(kind: str, logits_fn: LogitsFn, params: Params, plan: Pl
 
 @functools.partial(jax.jit, static_argnames=("logits_fn", "kind", "num_samples", "chunk_size",
                                              "implementation"))
-def _estimate_jit(logits_fn: LogitsFn, params: Params, batch: Batch, key: Any, *, kind: str,
+def estimate_jit(logits_fn: LogitsFn, params: Params, batch: Batch, key: Any, *, kind: str,
                   num_samples: int, chunk_size: int | None, implementation: str):
     n = batch["x"].shape[0]
     c = n if chunk_size is None else min(chunk_size, n)
@@ -569,7 +570,7 @@ def estimate(kind: str, logits_fn: LogitsFn, params: Params, batch: Batch, key: 
             raise TypeError(f"{fn_name}: params{jax.tree_util.keystr(path)} must be floating "
                             f"point; got {jnp.asarray(leaf).dtype}")
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
-    result, fl = _estimate_jit(logits_fn, params, batch, key, kind=kind, num_samples=num_samples,
+    result, fl = estimate_jit(logits_fn, params, batch, key, kind=kind, num_samples=num_samples,
                                chunk_size=chunk_size, implementation=implementation)
     if "labels_ok" in fl and not validation.is_concrete(fl["labels_ok"]):
         # traced (inside jit / vmap): nothing can be raised, so an out-of-range label poisons
@@ -584,3 +585,6 @@ def estimate(kind: str, logits_fn: LogitsFn, params: Params, batch: Batch, key: 
     if validation.is_concrete(fl["finite"]) and not bool(fl["finite"]):
         raise FloatingPointError(f"{fn_name}: logits_fn(params, batch) returned NaN or inf logits")
     return result
+
+
+__all__ = ["estimate", "estimate_jit", "discover", "path_name", "LayerSpec", "Plan"]
