@@ -7,13 +7,17 @@ A *layer* is a params node holding a ``kernel`` of rank ≥ 2 whose optional ``b
 ``rows = prod(kernel.shape[:-1]) (+ 1 with a bias)``: a conv's kernel rows in row-major
 (kh, kw, cin) order, the im2col patch order. K-FAC factors (A over the rows, G over the outputs),
 the NCL preconditioner, the fused K-FAC gradient and the gradient projections (RGO, GPM) act on
-this matrix, and :func:`capture_rows` records, during any forward pass, the rows it multiplies
-(layer inputs, im2col patches for convs, a 1 for the bias).
+this matrix. During any forward pass, :func:`capture_rows` records the rows each layer call
+multiplies ``W̄`` with (layer inputs, im2col patches for convs, a 1 for the bias) and
+:func:`capture` also its output cotangents, from which every per-layer and per-example gradient
+quantity follows (:func:`weight_gradients`; the estimators of :mod:`cljax.importance` build on
+the same interception, :func:`intercept_layer_calls`).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -21,6 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax.linen.linear import canonicalize_padding
 
+from cljax.nn.conv import Conv as FastConv
+from cljax.nn.conv import conv_general_dilated as fast_conv_general_dilated
+from cljax.nn.conv import im2col
 from cljax.types import Array, Params
 
 
@@ -124,77 +131,275 @@ def check_factors(factors: Any, shapes: Mapping[str, tuple[int, int]], *,
 
 
 # --------------------------------------------------------------------------------------------
-# Capturing layer inputs
+# Layer calls: recognising them, the rows they multiply, capturing inputs and output cotangents
 # --------------------------------------------------------------------------------------------
 
-def _conv_types() -> tuple[type, ...]:
-    from cljax.nn.conv import Conv as FastConv   # deferred: cljax.nn imports this module's users
-    return (nn.Conv, FastConv)
+CONV_TYPES: tuple[type, ...] = (nn.Conv, FastConv)
+_CONV_FUNCTIONS = (None, fast_conv_general_dilated, jax.lax.conv_general_dilated)
 
 
-def layer_rows(module: nn.Module, x: Array) -> Array:
-    """The rows a recognised layer's ``W̄`` multiplies, ``[B, P, rows]``: a Dense's inputs (P = the
-    middle axes, 1 for ``[B, in]``), a Conv's im2col patches (P = output positions), with a 1
-    appended for the bias."""
+@dataclasses.dataclass(frozen=True)
+class LayerCall:
+    """One recognised call of a layer: ``out = rows @ W̄`` with ``rows`` from :func:`layer_rows`.
+
+    ``name`` is the module's scope path (the layer's name in the params tree), ``kind`` ``"dense"``
+    or ``"conv"``; the conv fields are canonical (tuples per spatial axis, padding ``"SAME"`` /
+    ``"VALID"`` or explicit pairs). ``kernel_index`` / ``bias_index`` locate the kernel and bias
+    among ``jax.tree.leaves(params)`` when :func:`intercept_layer_calls` was given ``leaf_ids``.
+    """
+
+    name: str
+    kind: str
+    kernel_shape: tuple[int, ...]
+    has_bias: bool
+    strides: tuple[int, ...] = ()
+    padding: Any = None
+    input_dilation: tuple[int, ...] = ()
+    kernel_dilation: tuple[int, ...] = ()
+    kernel_index: int | None = None
+    bias_index: int | None = None
+
+    @property
+    def shape(self) -> LayerShape:
+        return LayerShape(math.prod(self.kernel_shape[:-1]) + self.has_bias,
+                          self.kernel_shape[-1], self.has_bias)
+
+
+class CallRecord(NamedTuple):
+    """What :func:`intercept_layer_calls` saw of one ``nn.Dense`` / ``nn.Conv`` call: its
+    :class:`LayerCall` (``None`` if not recognised), its input and its output's shape."""
+
+    call: LayerCall | None
+    inputs: Any
+    output: jax.ShapeDtypeStruct
+
+
+def is_candidate(ctx: Any) -> bool:
+    """An interceptor context calling ``__call__`` of exactly ``nn.Dense``, ``nn.Conv`` or
+    :class:`cljax.nn.Conv` (subclasses may compute anything and are not candidates)."""
+    return ctx.method_name == "__call__" and type(ctx.module) in (nn.Dense,) + CONV_TYPES
+
+
+def _tuple(v: Any, n: int) -> tuple[int, ...]:
+    if v is None:
+        return (1,) * n
+    if isinstance(v, int):
+        return (v,) * n
+    return tuple(int(i) for i in v)
+
+
+def describe_call(module: nn.Module, x: Any, out: Any, *, leaf_ids: Mapping[int, int] | None = None
+                  ) -> LayerCall | None:
+    """The :class:`LayerCall` of a call ``out = module(x)``, or ``None`` when it is not a plain
+    ``rows @ W̄``: a Dense with the default ``dot_general`` (any middle axes), a Conv (1–3 spatial
+    dims) with one feature group, no mask, the default or the canonical CPU convolution, padding
+    ``SAME`` / ``VALID`` / explicit, whose im2col patches reproduce the output positions; floating
+    output with a leading batch axis. With ``leaf_ids`` ({id(leaf): index} of the params being
+    traced) the kernel and bias must be found among them (else ``None``)."""
+    try:
+        v = module.variables["params"]
+        kernel = v["kernel"]
+        bias = v.get("bias") if module.use_bias else None
+    except Exception:  # noqa: BLE001 - an unbound or odd module is simply not recognised
+        return None
+    k_idx = b_idx = None
+    if leaf_ids is not None:
+        k_idx = leaf_ids.get(id(kernel))
+        b_idx = leaf_ids.get(id(bias)) if bias is not None else None
+        if k_idx is None or (module.use_bias and b_idx is None):
+            return None
+    if not hasattr(x, "shape") or not hasattr(out, "shape") or x.ndim < 2 or out.ndim < 2:
+        return None
+    if x.shape[0] != out.shape[0] or not jnp.issubdtype(out.dtype, jnp.floating):
+        return None
+    name = "/".join(module.scope.path) if module.scope is not None else ""
+    kshape = tuple(int(d) for d in kernel.shape)
     if type(module) is nn.Dense:
-        a = x.reshape(x.shape[0], -1, x.shape[-1])
-        bias = module.use_bias
-    else:
-        from cljax.nn.conv import im2col
-
-        nd = x.ndim - 2
-        ks = tuple(module.kernel_size)
-        strides = (1,) * nd if module.strides is None else (
-            (module.strides,) * nd if isinstance(module.strides, int) else tuple(module.strides))
-        kd = (1,) * nd if module.kernel_dilation is None else (
-            (module.kernel_dilation,) * nd if isinstance(module.kernel_dilation, int)
-            else tuple(module.kernel_dilation))
+        if module.dot_general is not None or module.dot_general_cls is not None \
+                or kernel.ndim != 2:
+            return None
+        if x.shape[-1] != kshape[0] or out.shape[-1] != kshape[1] \
+                or x.shape[:-1] != out.shape[:-1]:
+            return None
+        return LayerCall(name, "dense", kshape, bias is not None, kernel_index=k_idx,
+                         bias_index=b_idx)
+    nd = kernel.ndim - 2
+    if (module.feature_group_count != 1 or module.mask is not None
+            or not any(module.conv_general_dilated is f for f in _CONV_FUNCTIONS)
+            or module.conv_general_dilated_cls is not None or x.ndim != nd + 2
+            or nd < 1 or nd > 3):
+        return None
+    if isinstance(module.padding, str) and module.padding not in ("SAME", "VALID"):
+        return None
+    try:
         padding = canonicalize_padding(module.padding, nd)
-        if isinstance(padding, str):
-            k_eff = [1 + d * (k - 1) for k, d in zip(ks, kd)]
-            padding = jax.lax.padtype_to_pads(x.shape[1:-1], k_eff, strides, padding)
-        p = im2col(x, ks, strides=strides, padding=padding, kernel_dilation=kd)
-        a = p.reshape(p.shape[0], -1, p.shape[-1])
-        bias = module.use_bias
-    if bias:
+    except Exception:  # noqa: BLE001
+        return None
+    if not isinstance(padding, str):
+        padding = tuple(tuple(int(a) for a in pr) for pr in padding)
+    call = LayerCall(name, "conv", kshape, bias is not None, strides=_tuple(module.strides, nd),
+                     padding=padding, input_dilation=_tuple(module.input_dilation, nd),
+                     kernel_dilation=_tuple(module.kernel_dilation, nd), kernel_index=k_idx,
+                     bias_index=b_idx)
+    try:  # the im2col patches must reproduce the conv's output positions
+        pshape = jax.eval_shape(lambda a: layer_inputs(a, call), x).shape
+    except Exception:  # noqa: BLE001
+        return None
+    if pshape != (x.shape[0], math.prod(out.shape[1:-1]), math.prod(kshape[:-1])):
+        return None
+    return call
+
+
+def layer_inputs(x: Array, call: LayerCall) -> Array:
+    """The inputs a call multiplies its kernel with, ``[B, P, prod(kernel.shape[:-1])]``: a
+    Dense's inputs (P = the middle axes, 1 for ``[B, in]``), a Conv's im2col patches (P = output
+    positions) in the kernel's row-major (kh, kw, cin) order. Built from strided slices
+    (:func:`cljax.nn.conv.im2col`: no convolution op, fast inside loops on the CPU); with input
+    dilation, from ``lax.conv_general_dilated_patches``."""
+    if call.kind == "dense":
+        return x.reshape(x.shape[0], -1, x.shape[-1])
+    nd = len(call.kernel_shape) - 2
+    if all(d == 1 for d in call.input_dilation):
+        if isinstance(call.padding, str):
+            k_eff = [1 + d * (k - 1) for k, d in zip(call.kernel_shape[:nd], call.kernel_dilation)]
+            pads = jax.lax.padtype_to_pads(x.shape[1:-1], k_eff, call.strides, call.padding)
+        else:
+            pads = call.padding
+        p = im2col(x, call.kernel_shape[:nd], strides=call.strides, padding=pads,
+                   kernel_dilation=call.kernel_dilation)
+        return p.reshape(p.shape[0], -1, p.shape[-1])
+    sp = "HWD"[:nd]
+    dn = ("N" + sp + "C", sp + "IO", "N" + sp + "C")
+    padding = call.padding if isinstance(call.padding, str) else list(call.padding)
+    p = jax.lax.conv_general_dilated_patches(
+        x, filter_shape=call.kernel_shape[:nd], window_strides=call.strides, padding=padding,
+        lhs_dilation=call.input_dilation, rhs_dilation=call.kernel_dilation,
+        dimension_numbers=dn)
+    b, positions = p.shape[0], math.prod(p.shape[1:-1])
+    cin, ksize = call.kernel_shape[-2], math.prod(call.kernel_shape[:nd])
+    # conv_general_dilated_patches orders features as (cin, *kernel spatial); reorder.
+    p = p.reshape(b, positions, cin, ksize).swapaxes(-1, -2)
+    return p.reshape(b, positions, ksize * cin)
+
+
+def layer_rows(x: Array, call: LayerCall) -> Array:
+    """The rows a call multiplies ``W̄ = [W; b]`` with, ``[B, P, rows]``: :func:`layer_inputs`
+    with a 1 appended for the bias."""
+    a = layer_inputs(x, call)
+    if call.has_bias:
         a = jnp.concatenate([a, jnp.ones(a.shape[:-1] + (1,), a.dtype)], axis=-1)
     return a
 
 
-def is_recognised(module: nn.Module) -> bool:
-    """A flax module whose calls :func:`capture_rows` records (Dense, Conv without groups, masks
-    or input dilation)."""
-    if type(module) is nn.Dense:
-        return True
-    if type(module) in _conv_types():
-        return (module.feature_group_count == 1 and module.mask is None
-                and not any(d != 1 for d in np.atleast_1d(module.input_dilation or 1)))
-    return False
+def intercept_layer_calls(fn: Callable[..., Any], *args: Any,
+                          perturbations: Sequence[Array | None] | None = None,
+                          leaf_ids: Mapping[int, int] | None = None, **kwargs: Any
+                          ) -> tuple[Any, list[CallRecord]]:
+    """Run ``fn(*args, **kwargs)`` (built from flax linen modules) under
+    ``flax.linen.intercept_methods`` and record every candidate call (:func:`is_candidate`, in
+    call order) as a :class:`CallRecord`; with ``perturbations``, the i-th candidate call's output
+    gets ``perturbations[i]`` added (``None``: left alone). Differentiating ``fn``'s output w.r.t.
+    zero perturbations gives the calls' output cotangents (:func:`capture`)."""
+    records: list[CallRecord] = []
+
+    def interceptor(next_fun, call_args, call_kwargs, ctx):
+        if not is_candidate(ctx):
+            return next_fun(*call_args, **call_kwargs)
+        x = call_args[0] if call_args else call_kwargs.get("inputs")
+        out = next_fun(*call_args, **call_kwargs)
+        i = len(records)
+        records.append(CallRecord(describe_call(ctx.module, x, out, leaf_ids=leaf_ids), x,
+                                  jax.ShapeDtypeStruct(out.shape, out.dtype)))
+        if perturbations is not None and i < len(perturbations) and perturbations[i] is not None:
+            out = out + perturbations[i].astype(out.dtype)
+        return out
+
+    with nn.intercept_methods(interceptor):
+        out = fn(*args, **kwargs)
+    if perturbations is not None and len(records) != len(perturbations):
+        raise RuntimeError(f"fn made {len(records)} Dense/Conv calls, {len(perturbations)} were "
+                           "perturbed: its calls must not depend on the values of its inputs")
+    return out, records
+
+
+def _wanted(layers: Any) -> set[str] | None:
+    return None if layers is None else set([layers] if isinstance(layers, str) else layers)
 
 
 def capture_rows(fn: Callable[..., Any], *args: Any, layers: Any = None, **kwargs: Any
                  ) -> tuple[Any, dict[str, list[Array]]]:
-    """Run ``fn(*args, **kwargs)`` (built from flax linen modules) and capture the rows
-    (:func:`layer_rows`, ``[B, P, rows]``) every recognised layer call multiplies its ``W̄`` with:
-    ``(output, {layer name: [rows of each call, in call order]})``. Recognised: ``nn.Dense``,
-    ``nn.Conv`` and :class:`cljax.nn.Conv` without groups, masks or input dilation; ``layers``
-    restricts the names. The captured rows are part of the traced computation (differentiable,
-    usable inside ``jit``); names are the modules' scope paths, those of the params tree."""
-    wanted = None if layers is None else set([layers] if isinstance(layers, str) else layers)
+    """Run ``fn(*args, **kwargs)`` and capture the rows (:func:`layer_rows`, ``[B, P, rows]``)
+    every recognised layer call (:func:`describe_call`) multiplies its ``W̄`` with:
+    ``(output, {layer name: [rows of each call, in call order]})``; ``layers`` restricts the
+    names. The rows are part of the traced computation (differentiable, usable inside ``jit``)."""
+    wanted = _wanted(layers)
+    out, records = intercept_layer_calls(fn, *args, **kwargs)
     captured: dict[str, list[Array]] = {}
-
-    def interceptor(next_fun, call_args, call_kwargs, ctx):
-        module = ctx.module
-        if ctx.method_name == "__call__" and module.scope is not None and is_recognised(module):
-            name = "/".join(module.scope.path)
-            if wanted is None or name in wanted:
-                x = call_args[0] if call_args else call_kwargs["inputs"]
-                captured.setdefault(name, []).append(layer_rows(module, jnp.asarray(x)))
-        return next_fun(*call_args, **call_kwargs)
-
-    with nn.intercept_methods(interceptor):
-        out = fn(*args, **kwargs)
+    for r in records:
+        if r.call is not None and (wanted is None or r.call.name in wanted):
+            captured.setdefault(r.call.name, []).append(layer_rows(jnp.asarray(r.inputs), r.call))
     return out, captured
+
+
+class Capture(NamedTuple):
+    """:func:`capture`'s result: ``output`` of the function, ``rows`` {layer: [rows of each call
+    ``[B, P, rows]``]} and ``cotangents(ct)`` → {layer: [output cotangent of each call
+    ``[B, P, out]``]} for a cotangent ``ct`` of ``output`` (the vector-Jacobian product)."""
+
+    output: Any
+    rows: dict[str, list[Array]]
+    cotangents: Callable[[Any], dict[str, list[Array]]]
+
+
+def capture(fn: Callable[..., Any], *args: Any, layers: Any = None, **kwargs: Any) -> Capture:
+    """One forward pass of ``fn(*args, **kwargs)`` capturing, for every recognised layer call, the
+    rows it multiplies ``W̄`` with and (by a VJP w.r.t. zero perturbations of its output) its
+    output cotangents: ``∂⟨ct, fn⟩/∂W̄ = Σ_calls Σ_{b,p} rows_{bp} ⊗ cot_{bp}``
+    (:func:`weight_gradients`) — the per-layer gradient built from per-example pieces, as K-FAC
+    (Martens & Grosse 2015, eq. 1–2), GPM's representations and per-example Fisher terms use."""
+    wanted = _wanted(layers)
+    abstract: list[CallRecord] = []
+
+    def trace(*a: Any) -> Any:
+        out, records = intercept_layer_calls(fn, *a, **kwargs)
+        abstract.extend(r._replace(inputs=None) for r in records)   # static parts only
+        return out
+
+    jax.eval_shape(trace, *args)
+    keep = [r.call is not None and (wanted is None or r.call.name in wanted) for r in abstract]
+
+    def forward(eps: list[Array | None]) -> tuple[Any, dict[str, list[Array]]]:
+        out, records = intercept_layer_calls(fn, *args, perturbations=eps, **kwargs)
+        rows: dict[str, list[Array]] = {}
+        for r, k in zip(records, keep):
+            if k:
+                rows.setdefault(r.call.name, []).append(layer_rows(jnp.asarray(r.inputs), r.call))
+        return out, rows
+
+    zeros = [jnp.zeros(r.output.shape, r.output.dtype) if k else None
+             for r, k in zip(abstract, keep)]
+    out, vjp_fn, rows = jax.vjp(forward, zeros, has_aux=True)
+
+    def cotangents(ct: Any) -> dict[str, list[Array]]:
+        eps_bar = vjp_fn(ct)[0]
+        cots: dict[str, list[Array]] = {}
+        for r, k, g in zip(abstract, keep, eps_bar):
+            if k:
+                cots.setdefault(r.call.name, []).append(g.reshape(g.shape[0], -1, g.shape[-1]))
+        return cots
+
+    return Capture(out, rows, cotangents)
+
+
+def weight_gradients(rows: Mapping[str, list[Array]], cotangents: Mapping[str, list[Array]]
+                     ) -> dict[str, Array]:
+    """Each layer's ``W̄`` gradient ``Σ_calls Σ_{b,p} rows ⊗ cot``, ``[rows, out]``
+    (:func:`unpack` it into ``{"kernel", "bias"}``)."""
+    if set(rows) != set(cotangents):
+        raise ValueError(f"rows and cotangents must name the same layers; got {sorted(rows)} and "
+                         f"{sorted(cotangents)}")
+    return {name: sum(jnp.einsum("bpr,bpo->ro", a, g) for a, g in zip(rows[name], cotangents[name]))
+            for name in rows}
 
 
 def mean_rows(captured: Mapping[str, list[Array]]) -> dict[str, Array]:
@@ -205,4 +410,6 @@ def mean_rows(captured: Mapping[str, list[Array]]) -> dict[str, Array]:
 
 
 __all__ = ["LayerShape", "is_layer", "param_layers", "get_layer", "set_layer", "pack", "unpack",
-           "check_factors", "is_recognised", "layer_rows", "capture_rows", "mean_rows"]
+           "check_factors", "LayerCall", "CallRecord", "CONV_TYPES", "is_candidate",
+           "describe_call", "layer_inputs", "layer_rows", "intercept_layer_calls", "capture_rows",
+           "Capture", "capture", "weight_gradients", "mean_rows"]

@@ -16,8 +16,10 @@ J_nᵀ u_{n,k} (J_n = ∂ logits_n / ∂θ). The public estimators only choose t
 :class:`cljax.nn.Conv` (``nn.Conv`` with the loop-friendly CPU convolution; exactly those
 classes, ``feature_group_count == 1``, padding ``SAME``/``VALID``/explicit, default
 ``dot_general``/``conv_general_dilated``, no ``mask``, kernel and bias used by no other layer),
-one forward pass per chunk runs under ``flax.linen.intercept_methods``: each such layer's input is
-recorded and a zero perturbation ε is added to its output. One ``jax.vjp`` w.r.t. the
+one forward pass per chunk runs under ``flax.linen.intercept_methods``
+(:func:`cljax.layers.intercept_layer_calls`, which also holds the recognition rules,
+:func:`cljax.layers.describe_call`): each such layer's input is recorded and a zero
+perturbation ε is added to its output. One ``jax.vjp`` w.r.t. the
 perturbations then yields, for every direction, the per-example output cotangents g_n of every
 layer (each example's loss depends only on its own ε_n), back-propagated only as far as the
 lowest layer's output — no weight gradients are formed. A dense layer's per-example weight
@@ -48,19 +50,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax.linen.linear import canonicalize_padding
 
 from cljax import validation
-from cljax.nn.conv import Conv as FastConv
-from cljax.nn.conv import conv_general_dilated as fast_conv_general_dilated
-from cljax.nn.conv import im2col
+from cljax.layers import CallRecord, LayerCall, intercept_layer_calls, layer_inputs
 from cljax.types import Array, Batch, LogitsFn, Params
 
 # Output directions (exact Fisher: the C classes; true Fisher: the samples) back-propagated together
@@ -75,7 +72,7 @@ IMPLEMENTATIONS = ("auto", "vmap")
 
 
 # ----------------------------------------------------------------------------------------------
-# Layer discovery
+# Layer discovery (the recognition rules and the interception live in cljax.layers)
 # ----------------------------------------------------------------------------------------------
 
 def _key_str(k: Any) -> str:
@@ -91,69 +88,35 @@ def path_name(path: Sequence[Any]) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class LayerSpec:
-    name: str                      # '/'-joined path of the layer's params (kernel's parent)
-    kind: str                      # "dense" | "conv"
-    kernel_index: int              # index of the kernel among the params' leaves
-    bias_index: int | None
-    kernel_shape: tuple[int, ...]
-    # conv only
-    strides: tuple[int, ...] = ()
-    padding: Any = None
-    input_dilation: tuple[int, ...] = ()
-    kernel_dilation: tuple[int, ...] = ()
-
-
-@dataclasses.dataclass(frozen=True)
 class Plan:
-    layers: tuple[LayerSpec, ...]
-    call_to_layer: tuple[int | None, ...]   # for every Dense/Conv call in order
-    fallback_indices: tuple[int, ...]       # param leaves served by the vmap fallback
+    """Which parameters take the fast path: ``layers`` (one :class:`cljax.layers.LayerCall` per
+    layer-local recognised layer, with its kernel / bias leaf indices), for every Dense/Conv call
+    in order the layer it is (``call_to_layer``, ``None`` if not fast-path), the layers' output
+    shapes on one chunk, and the param leaves served by the vmap fallback."""
+
+    layers: tuple[LayerCall, ...]
+    call_to_layer: tuple[int | None, ...]
+    out_shapes: tuple[jax.ShapeDtypeStruct, ...]
+    fallback_indices: tuple[int, ...]
     num_leaves: int
-
-
-_CONV_TYPES = (nn.Conv, FastConv)
-_CONV_FUNCTIONS = (None, fast_conv_general_dilated, jax.lax.conv_general_dilated)
-
-
-def _is_candidate(ctx: Any) -> bool:
-    return ctx.method_name == "__call__" and type(ctx.module) in (nn.Dense,) + _CONV_TYPES
-
-
-def _tuple(v: Any, n: int) -> tuple[int, ...]:
-    if v is None:
-        return (1,) * n
-    if isinstance(v, int):
-        return (v,) * n
-    return tuple(int(i) for i in v)
-
-
-def _layer_input(args: tuple, kwargs: dict) -> Any:
-    return args[0] if args else kwargs.get("inputs")
 
 
 def discover(logits_fn: LogitsFn, params: Params, chunk_batch: Batch,
              implementation: str) -> Plan:
-    """Trace ``logits_fn`` abstractly once and decide which layers take the fast path."""
-    leaves = jax.tree.leaves(params)
-    n_leaves = len(leaves)
-    calls: list[dict | None] = []
+    """Trace ``logits_fn`` abstractly once and decide which layers take the fast path: the calls
+    :func:`cljax.layers.describe_call` recognises, on the chunk's examples, whose kernel and bias
+    are used by no other call."""
+    n_leaves = len(jax.tree.leaves(params))
+    records: list[CallRecord] = []
     batch_size = jax.tree.leaves(chunk_batch["x"])[0].shape[0]
 
     def traced(p: Params, b: Batch) -> Array:
-        ids = {id(leaf): i for i, leaf in enumerate(jax.tree.leaves(p))}
-
-        def interceptor(next_fun, args, kwargs, ctx):
-            if not _is_candidate(ctx):
-                return next_fun(*args, **kwargs)
-            out = next_fun(*args, **kwargs)
-            calls.append(_describe_call(ctx, _layer_input(args, kwargs), out, ids, batch_size))
-            return out
-
         if implementation == "vmap":
             return logits_fn(p, b)
-        with nn.intercept_methods(interceptor):
-            return logits_fn(p, b)
+        ids = {id(leaf): i for i, leaf in enumerate(jax.tree.leaves(p))}
+        out, seen = intercept_layer_calls(logits_fn, p, b, leaf_ids=ids)
+        records.extend(seen)
+        return out
 
     try:
         out = jax.eval_shape(traced, params, chunk_batch)
@@ -168,151 +131,48 @@ def discover(logits_fn: LogitsFn, params: Params, chunk_batch: Batch,
     if not jnp.issubdtype(out.dtype, jnp.floating):
         raise TypeError(f"logits_fn must return floating-point logits; got {out.dtype}")
 
+    calls = [r.call if r.call is not None and r.output.shape[0] == batch_size else None
+             for r in records]
     # A kernel/bias used by more than one call is not layer-local: send it to the fallback.
     use_count: dict[int, int] = {}
     for c in calls:
         if c is not None:
-            for i in (c["spec"].kernel_index, c["spec"].bias_index):
+            for i in (c.kernel_index, c.bias_index):
                 if i is not None:
                     use_count[i] = use_count.get(i, 0) + 1
-    layers: list[LayerSpec] = []
+    layers: list[LayerCall] = []
+    out_shapes: list[jax.ShapeDtypeStruct] = []
     call_to_layer: list[int | None] = []
     names: set[str] = set()
-    for c in calls:
-        spec = None if c is None else c["spec"]
-        if spec is not None and all(use_count.get(i, 0) == 1
-                                    for i in (spec.kernel_index, spec.bias_index) if i is not None) \
-                and spec.name not in names:
-            names.add(spec.name)
+    for c, r in zip(calls, records):
+        if c is not None and all(use_count.get(i, 0) == 1
+                                 for i in (c.kernel_index, c.bias_index) if i is not None) \
+                and c.name not in names:
+            names.add(c.name)
             call_to_layer.append(len(layers))
-            layers.append(spec)
+            layers.append(c)
+            out_shapes.append(r.output)
         else:
             call_to_layer.append(None)
     covered = {i for s in layers for i in (s.kernel_index, s.bias_index) if i is not None}
     fallback = tuple(i for i in range(n_leaves) if i not in covered)
-    return Plan(tuple(layers), tuple(call_to_layer), fallback, n_leaves)
-
-
-def _describe_call(ctx: Any, x: Any, out: Any, ids: dict, batch_size: int) -> dict | None:
-    """A LayerSpec for a recognisable Dense/Conv call, else None."""
-    m = ctx.module
-    try:
-        v = m.variables["params"]
-        kernel = v["kernel"]
-        bias = v.get("bias") if m.use_bias else None
-    except Exception:  # noqa: BLE001
-        return None
-    k_idx = ids.get(id(kernel))
-    b_idx = ids.get(id(bias)) if bias is not None else None
-    if k_idx is None or (m.use_bias and b_idx is None):
-        return None
-    if not hasattr(x, "shape") or not hasattr(out, "shape") or x.ndim < 2 or out.ndim < 2:
-        return None
-    if x.shape[0] != batch_size or out.shape[0] != batch_size:
-        return None
-    if not jnp.issubdtype(out.dtype, jnp.floating):
-        return None
-    path = tuple(m.scope.path) if m.scope is not None else ()
-    name = "/".join(path)
-    kshape = tuple(kernel.shape)
-    if type(m) is nn.Dense:
-        if m.dot_general is not None or m.dot_general_cls is not None or kernel.ndim != 2:
-            return None
-        if x.shape[-1] != kshape[0] or out.shape[-1] != kshape[1] or x.shape[:-1] != out.shape[:-1]:
-            return None
-        spec = LayerSpec(name, "dense", k_idx, b_idx, kshape)
-    else:  # nn.Conv or cljax.nn.Conv (an nn.Conv with the canonical CPU convolution)
-        nd = kernel.ndim - 2
-        if (m.feature_group_count != 1 or m.mask is not None
-                or not any(m.conv_general_dilated is f for f in _CONV_FUNCTIONS)
-                or m.conv_general_dilated_cls is not None or x.ndim != nd + 2 or nd < 1 or nd > 3):
-            return None
-        if isinstance(m.padding, str) and m.padding not in ("SAME", "VALID"):
-            return None
-        try:
-            padding = canonicalize_padding(m.padding, nd)
-        except Exception:  # noqa: BLE001
-            return None
-        if not isinstance(padding, str):
-            padding = tuple(tuple(int(a) for a in pr) for pr in padding)
-        spec = LayerSpec(name, "conv", k_idx, b_idx, kshape, strides=_tuple(m.strides, nd),
-                         padding=padding, input_dilation=_tuple(m.input_dilation, nd),
-                         kernel_dilation=_tuple(m.kernel_dilation, nd))
-        try:  # the im2col patches must reproduce the conv's output positions
-            pshape = jax.eval_shape(lambda a: conv_patches(a, spec), x).shape
-        except Exception:  # noqa: BLE001
-            return None
-        if pshape != (batch_size, math.prod(out.shape[1:-1]), math.prod(kshape[:-1])):
-            return None
-    return {"spec": spec}
+    return Plan(tuple(layers), tuple(call_to_layer), tuple(out_shapes), fallback, n_leaves)
 
 
 # ----------------------------------------------------------------------------------------------
 # Capture and per-layer reductions
 # ----------------------------------------------------------------------------------------------
 
-def conv_patches(x: Array, spec: LayerSpec) -> Array:
-    """im2col: [B, *S, cin] -> [B, P, kh·kw·cin], features in the kernel's row-major order.
-
-    Built from strided slices (:func:`cljax.nn.conv.im2col`: no convolution op, so it stays fast
-    inside the chunk loop on the CPU); with input dilation, ``lax.conv_general_dilated_patches``.
-    """
-    nd = len(spec.kernel_shape) - 2
-    if all(d == 1 for d in spec.input_dilation):
-        if isinstance(spec.padding, str):
-            k_eff = [1 + d * (k - 1) for k, d in zip(spec.kernel_shape[:nd], spec.kernel_dilation)]
-            pads = jax.lax.padtype_to_pads(x.shape[1:-1], k_eff, spec.strides, spec.padding)
-        else:
-            pads = spec.padding
-        p = im2col(x, spec.kernel_shape[:nd], strides=spec.strides, padding=pads,
-                   kernel_dilation=spec.kernel_dilation)
-        return p.reshape(p.shape[0], -1, p.shape[-1])
-    sp = "HWD"[:nd]
-    dn = ("N" + sp + "C", sp + "IO", "N" + sp + "C")
-    padding = spec.padding if isinstance(spec.padding, str) else list(spec.padding)
-    p = jax.lax.conv_general_dilated_patches(
-        x, filter_shape=spec.kernel_shape[:nd], window_strides=spec.strides, padding=padding,
-        lhs_dilation=spec.input_dilation, rhs_dilation=spec.kernel_dilation,
-        dimension_numbers=dn)
-    b = p.shape[0]
-    positions = math.prod(p.shape[1:-1])
-    cin = spec.kernel_shape[-2]
-    ksize = math.prod(spec.kernel_shape[:nd])
-    # conv_general_dilated_patches orders features as (cin, *kernel spatial); reorder.
-    p = p.reshape(b, positions, cin, ksize).swapaxes(-1, -2)
-    return p.reshape(b, positions, ksize * cin)
-
-
-def _layer_inputs_3d(a: Array, spec: LayerSpec) -> Array:
-    """Layer input as [B, P, in]."""
-    if spec.kind == "conv":
-        return conv_patches(a, spec)
-    return a.reshape(a.shape[0], -1, a.shape[-1])
-
-
 def forward_with_capture(logits_fn: LogitsFn, params: Params, batch: Batch, plan: Plan,
                          perturbations: Sequence[Array]) -> tuple[Array, list[Array]]:
-    """logits_fn with ε_l added to recognised layer outputs; also returns their inputs."""
-    inputs: list[Any] = [None] * len(plan.layers)
-    counter = [0]
-
-    def interceptor(next_fun, args, kwargs, ctx):
-        if not _is_candidate(ctx):
-            return next_fun(*args, **kwargs)
-        i = counter[0]
-        counter[0] += 1
-        out = next_fun(*args, **kwargs)
-        j = plan.call_to_layer[i] if i < len(plan.call_to_layer) else None
-        if j is None:
-            return out
-        inputs[j] = _layer_input(args, kwargs)
-        return out + perturbations[j].astype(out.dtype)
-
-    with nn.intercept_methods(interceptor):
-        logits = logits_fn(params, batch)
-    if counter[0] != len(plan.call_to_layer) or any(a is None for a in inputs):
+    """logits_fn with ε_l added to the fast-path layers' outputs; also returns their inputs."""
+    eps = [None if j is None else perturbations[j] for j in plan.call_to_layer]
+    try:
+        logits, records = intercept_layer_calls(logits_fn, params, batch, perturbations=eps)
+    except RuntimeError as e:
         raise RuntimeError("logits_fn called its layers differently from the discovery trace; "
-                           "pass implementation='vmap'")
+                           "pass implementation='vmap'") from e
+    inputs = [records[i].inputs for i, j in enumerate(plan.call_to_layer) if j is not None]
     return logits, inputs
 
 
@@ -370,29 +230,7 @@ def _chunk_contribution(kind: str, logits_fn: LogitsFn, params: Params, plan: Pl
         def fwd(eps):
             return forward_with_capture(logits_fn, params, batch, plan, eps)
 
-        # Output shapes of the recognised layers, from an abstract forward.
-        def out_shapes():
-            shapes: list[Any] = [None] * len(specs)
-            counter = [0]
-
-            def icpt(next_fun, args, kwargs, ctx):
-                if not _is_candidate(ctx):
-                    return next_fun(*args, **kwargs)
-                i = counter[0]
-                counter[0] += 1
-                out = next_fun(*args, **kwargs)
-                j = plan.call_to_layer[i]
-                if j is not None:
-                    shapes[j] = jax.ShapeDtypeStruct(out.shape, out.dtype)
-                return out
-
-            def run(p, b):
-                with nn.intercept_methods(icpt):
-                    return logits_fn(p, b)
-            jax.eval_shape(run, params, batch)
-            return shapes
-
-        zeros = [jnp.zeros(s.shape, s.dtype) for s in out_shapes()]
+        zeros = [jnp.zeros(s.shape, s.dtype) for s in plan.out_shapes]
         logits, vjp_fn, inputs = jax.vjp(fwd, zeros, has_aux=True)
     else:
         logits = logits_fn(params, batch)
@@ -410,7 +248,7 @@ def _chunk_contribution(kind: str, logits_fn: LogitsFn, params: Params, plan: Pl
         cots = jax.vmap(lambda d: vjp_fn(d)[0])(dirs) if specs else []  # [K, B, *out]
         factors = {}
         for spec, a, g in zip(specs, inputs, cots):
-            a3 = _layer_inputs_3d(a, spec)  # [B, P, in]
+            a3 = layer_inputs(a, spec)  # [B, P, in]
             positions = a3.shape[1]
             af = a3.reshape(-1, a3.shape[-1])
             wf = jnp.repeat(w.astype(af.dtype), positions)          # 0/1 example weights
@@ -426,7 +264,7 @@ def _chunk_contribution(kind: str, logits_fn: LogitsFn, params: Params, plan: Pl
     sums: list[Any] = [None] * plan.num_leaves
     use_abs = kind == "mas"
     fn = jnp.abs if use_abs else jnp.square
-    a3s = [_layer_inputs_3d(a, spec) for spec, a in zip(specs, inputs)]  # [B, P, in]
+    a3s = [layer_inputs(a, spec) for spec, a in zip(specs, inputs)]  # [B, P, in]
 
     def direction_terms(gs: list[Array]) -> list[Any]:
         """A group of K directions' contribution (cotangents [K, B, *out]): dense → Σ_k f(g_k)
@@ -587,4 +425,4 @@ def estimate(kind: str, logits_fn: LogitsFn, params: Params, batch: Batch, key: 
     return result
 
 
-__all__ = ["estimate", "estimate_jit", "discover", "path_name", "LayerSpec", "Plan"]
+__all__ = ["estimate", "estimate_jit", "discover", "path_name", "Plan"]

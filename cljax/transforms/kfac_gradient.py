@@ -34,8 +34,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cljax.layers import (check_factors, get_layer, is_recognised, layer_rows, pack, param_layers,
-                          set_layer, unpack)
+from cljax.layers import (check_factors, describe_call, get_layer, is_candidate, layer_rows, pack,
+                          param_layers, set_layer, unpack)
 from cljax.types import Array, KFACFactors, Params
 
 
@@ -139,21 +139,21 @@ def kfac_preconditioned_value_and_grad(
         if ctx.method_name != "__call__" or module.scope is None:
             return next_fun(*call_args, **kwargs)
         name = "/".join(module.scope.path)
-        if capture_rows and is_recognised(module):
-            x_in = call_args[0] if call_args else kwargs["inputs"]
-            captured.setdefault(name, []).append(layer_rows(module, jnp.asarray(x_in)))
-        if name not in inverses:
-            return next_fun(*call_args, **kwargs)
-        n, m = shapes[name][0], shapes[name][1]
-        if not _interceptable(module, n, m):
-            return next_fun(*call_args, **kwargs)
-        x = call_args[0] if call_args else kwargs["inputs"]
-        v = module.variables["params"]
-        x, kernel, bias = module.promote_dtype(x, v["kernel"], v.get("bias") if module.use_bias
-                                               else None, dtype=module.dtype)
-        seen.add(name)
-        a_inv, g_inv = inverses[name]
-        return _dense(x, kernel, bias, a_inv, g_inv, module.precision)
+        x = call_args[0] if call_args else kwargs.get("inputs")
+        if name in inverses and _interceptable(module, *shapes[name][:2]):
+            v = module.variables["params"]
+            xp, kernel, bias = module.promote_dtype(x, v["kernel"], v.get("bias") if module.use_bias
+                                                    else None, dtype=module.dtype)
+            seen.add(name)
+            a_inv, g_inv = inverses[name]
+            out = _dense(xp, kernel, bias, a_inv, g_inv, module.precision)
+        else:
+            out = next_fun(*call_args, **kwargs)
+        if capture_rows and is_candidate(ctx):
+            call = describe_call(module, x, out)
+            if call is not None:
+                captured.setdefault(name, []).append(layer_rows(jnp.asarray(x), call))
+        return out
 
     def wrapped(p: Params) -> Any:
         captured.clear()
