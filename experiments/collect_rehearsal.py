@@ -64,7 +64,10 @@ def main(root="runs/rehearsal"):
     root = pathlib.Path(root)
     mnist = []
     for method in ("none", "joint", "er", "agem", "gem", "lwf", "derpp", "icarl"):
-        dirs = [f"split_mnist_{method}"] + (["split_mnist_gem_td"] if method == "gem" else [])
+        dirs = [f"split_mnist_{method}"]
+        if method == "gem":   # the 5-seed run (all scenarios) when present, else the 3-seed pair
+            dirs = (["split_mnist_gem5"] if (root / "split_mnist_gem5" / "results.json").is_file()
+                    else ["split_mnist_gem", "split_mnist_gem_td"])
         rs = [r for d in dirs if (r := load(root / d / "results.json"))]
         if rs:
             mnist.append((method, rs))

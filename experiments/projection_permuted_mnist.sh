@@ -7,8 +7,8 @@ set -euo pipefail
 export TFDS_DATA_DIR=${TFDS_DATA_DIR:-../shared/tfds}
 run() { cljax run experiments/configs/permuted_mnist_gpm.py --no-progress --seeds 5 "$@"; }
 out=runs/projection
-run --method none --workdir $out/pmnist_none
-run --method joint --workdir $out/pmnist_joint
+
+
 run --method gpm --workdir $out/pmnist_gpm
 run --method rgo --workdir $out/pmnist_rgo
 run --method rgo2 --workdir $out/pmnist_rgo2
@@ -18,4 +18,6 @@ run --method er --set "method_options={'per_class': 25}" --workdir $out/pmnist_e
 run --method ewc --set "hparams={'strength': 1e3}" --workdir $out/pmnist_ewc
 # OGD's store of 200 gradients per task (2000 × 89,610 floats) makes a step ≈ 250× SGD's on
 # this CPU (BENCHMARKS.md): one seed, one epoch per task
+run --method none --workdir $out/pmnist_none
+run --method joint --workdir $out/pmnist_joint
 run --method ogd --seeds 1 --set epochs=1 --workdir $out/pmnist_ogd
