@@ -7,8 +7,6 @@ set -euo pipefail
 export TFDS_DATA_DIR=${TFDS_DATA_DIR:-../shared/tfds}
 run() { cljax run experiments/configs/permuted_mnist_gpm.py --no-progress --seeds 5 "$@"; }
 out=runs/projection
-
-
 run --method gpm --workdir $out/pmnist_gpm
 run --method rgo --workdir $out/pmnist_rgo
 run --method rgo2 --workdir $out/pmnist_rgo2
