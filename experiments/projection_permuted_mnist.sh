@@ -14,8 +14,8 @@ run --method rgo2 --workdir $out/pmnist_rgo2
 run --method agem --set "method_options={'per_class': 25}" --workdir $out/pmnist_agem
 run --method er --set "method_options={'per_class': 25}" --workdir $out/pmnist_er
 run --method ewc --set "hparams={'strength': 1e3}" --workdir $out/pmnist_ewc
-# OGD's store of 200 gradients per task (2000 × 89,610 floats) makes a step ≈ 250× SGD's on
-# this CPU (BENCHMARKS.md): one seed, one epoch per task
 run --method none --workdir $out/pmnist_none
 run --method joint --workdir $out/pmnist_joint
+# OGD's store of 200 gradients per task (2000 × 89,610 floats) makes a step ≈ 250× SGD's on
+# this CPU (BENCHMARKS.md): one seed, one epoch per task
 run --method ogd --seeds 1 --set epochs=1 --workdir $out/pmnist_ogd
