@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from cljax import importance as imp_lib
 from cljax import transforms as T
-from cljax.methods import get_method
 from cljax.nn import MLP, as_model
 from cljax.types import KFACFactors
 
@@ -39,62 +39,60 @@ def _setup(batch: int, num_batches: int):
 
 
 def _optimizers(params):
-    """(name, optax transform, task-boundary function applied once before timing, value-and-grad
-    function ``(loss_fn, opt_state, params, *args)`` or None for ``jax.value_and_grad``)."""
+    """(name, optax transform, CL state or None, its extra-argument name, value-and-grad function
+    ``(loss_fn, cl_state, params, *args)`` or None for ``jax.value_and_grad``). Each CL state has
+    had its task boundaries before timing."""
     imp = jax.tree.map(lambda p: jnp.abs(p) * 1e-2, params)
     factors = {}
     for name, node in params.items():
         n, m = node["kernel"].shape[0] + 1, node["kernel"].shape[1]
         factors[name] = KFACFactors(jnp.eye(n) * 0.5, jnp.eye(m) * 2.0)
     lr = 1e-3
-
-    def _five_tasks(s, p):
-        for t in range(5):
-            s = T.consolidate(s, jax.tree.map(lambda x: x + 0.01 * t, p), imp, mode="multi_task")
-        return s
-
-    opts = [
-        ("adam", optax.adam(lr), lambda s, p: s),
-        ("ewc_online+adam", T.online_ewc(lr, strength=1e3),
-         lambda s, p: T.consolidate(s, p, imp, mode="online", decay=0.9)),
-        ("ewc_multitask+adam", T.ewc(lr, strength=1e3), _five_tasks),
+    online = T.consolidate(T.init_penalty(params), params, imp, mode="online", decay=0.9)
+    five = T.init_penalty(params)
+    for t in range(5):
+        five = T.consolidate(five, jax.tree.map(lambda x: x + 0.01 * t, params), imp,
+                             mode="multi_task")
+    kfac = T.consolidate(T.init_penalty(params, curvature="kfac"), params, factors)
+    prior = dict(strength=1e3, damping=1.0)
+    ncl_diag = T.ncl_consolidate(T.init_ncl(params), params, imp, **prior)
+    ncl_kfac = T.ncl_consolidate(T.init_ncl(params, curvature="kfac"), params, factors, **prior)
+    return [
+        ("adam", optax.adam(lr), None, None, None),
+        ("ewc_online+adam", T.ewc(lr, strength=1e3), online, "penalty_state", None),
+        ("ewc_multitask+adam", T.ewc(lr, strength=1e3), five, "penalty_state", None),
         # SI: the same penalty + Adam, wrapped to accumulate the path integral every step
-        ("si+adam", get_method("si").make_optimizer({"strength": jnp.asarray(1.0)},
-                                                    optax.adam(lr)),
-         lambda s, p: T.consolidate(s, p, imp, mode="online")),
-        ("kfac_penalty+adam", T.kfac_ewc(lr, strength=1e3),
-         lambda s, p: T.kfac_consolidate(s, p, factors)),
-        ("sgd", optax.sgd(lr), lambda s, p: s),
-        ("ncl_diag+sgd", T.ncl(lr, strength=1e3, damping=1.0),
-         lambda s, p: T.ncl_consolidate(s, p, imp)),
-        ("ncl_kfac+sgd", T.ncl_kfac(lr, strength=1e3, damping=1.0),
-         lambda s, p: T.ncl_kfac_consolidate(s, p, factors)),
+        ("si+adam", imp_lib.with_path_integral(T.ewc(lr, strength=1.0)),
+         T.consolidate(T.init_penalty(params), params, imp, mode="online"), "penalty_state",
+         None),
+        ("kfac_penalty+adam", T.ewc(lr, strength=1e3), kfac, "penalty_state", None),
+        ("sgd", optax.sgd(lr), None, None, None),
+        ("ncl_diag+sgd", T.ncl(lr), ncl_diag, "ncl_state", None),
+        ("ncl_kfac+sgd", T.ncl(lr), ncl_kfac, "ncl_state", None),
+        ("ncl_kfac_fused+sgd", T.ncl(lr, preconditioned_gradients=True), ncl_kfac, "ncl_state",
+         T.ncl_kfac_value_and_grad),
     ]
-    opts = [o + (None,) for o in opts]
-    opts.append(("ncl_kfac_fused+sgd",
-                 T.ncl_kfac(lr, strength=1e3, damping=1.0, preconditioned_gradients=True),
-                 lambda s, p: T.ncl_kfac_consolidate(s, p, factors), T.ncl_kfac_value_and_grad))
-    return opts
 
 
-def _make_run(model, tx, xs, ys, steps: int, value_and_grad=None):
+def _make_run(model, tx, xs, ys, steps: int, arg=None, value_and_grad=None):
     def loss_fn(params, x, y):
         logits = model.logits_fn(params, {"x": x})
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    def step(carry, i):
+    def step(carry, i, cl):
         params, state = carry
         j = i % xs.shape[0]
         if value_and_grad is None:
             loss, grads = jax.value_and_grad(loss_fn)(params, xs[j], ys[j])
         else:
-            loss, grads = value_and_grad(loss_fn, state, params, xs[j], ys[j])
-        updates, state = tx.update(grads, state, params)
+            loss, grads = value_and_grad(loss_fn, cl, params, xs[j], ys[j])
+        updates, state = tx.update(grads, state, params, **({arg: cl} if arg else {}))
         return (optax.apply_updates(params, updates), state), loss
 
     @jax.jit
-    def run(params, state):
-        (params, state), losses = jax.lax.scan(step, (params, state), jnp.arange(steps))
+    def run(params, state, cl):
+        (params, state), losses = jax.lax.scan(lambda c, i: step(c, i, cl), (params, state),
+                                               jnp.arange(steps))
         return params, state, losses[-1]
 
     return run
@@ -115,18 +113,18 @@ def main() -> None:
     if args.only:
         keep = set(args.only.split(","))
         opts = [o for o in opts if o[0] in keep or o[0] in ("adam", "sgd")]
-    for name, tx, boundary, value_and_grad in opts:
-        state = boundary(tx.init(params), params)
-        run = _make_run(model, tx, xs, ys, args.steps, value_and_grad)
+    for name, tx, cl, arg, value_and_grad in opts:
+        state = (tx.init(params), cl)
+        run = _make_run(model, tx, xs, ys, args.steps, arg, value_and_grad)
         t0 = time.perf_counter()
-        jax.block_until_ready(run(params, state))  # compile + one warm run
+        jax.block_until_ready(run(params, *state))  # compile + one warm run
         runs[name] = (run, state, time.perf_counter() - t0)
 
     best = {name: float("inf") for name in runs}
     for _ in range(args.repeats):  # interleaved rounds: each optimizer sees similar load
         for name, (run, state, _) in runs.items():
             t0 = time.perf_counter()
-            jax.block_until_ready(run(params, state))
+            jax.block_until_ready(run(params, *state))
             best[name] = min(best[name], time.perf_counter() - t0)
 
     device = jax.devices()[0]

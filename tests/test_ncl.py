@@ -1,7 +1,8 @@
-"""Tests for cljax.transforms.ncl (NCL preconditioner, diagonal and K-FAC).
+"""Tests for cljax.transforms.ncl (NCL preconditioner over a diagonal or a K-FAC prior).
 
-The prior (:class:`NCLDiagState` / :class:`NCLKFACState`) is passed to ``update`` as the optax
-extra argument ``ncl_state``; strength and damping are arguments of the boundary functions.
+The prior (:class:`NCLState`, ``init_ncl(params, curvature="diagonal"|"kfac")``) is passed to
+``update`` as the optax extra argument ``ncl_state``; strength and damping are arguments of the
+boundary function.
 """
 import jax
 import jax.numpy as jnp
@@ -10,10 +11,9 @@ import optax
 import pytest
 
 from cljax.nn import MLP, as_model
-from cljax.transforms import (NCLDiagState, NCLKFACState, init_ncl, init_ncl_kfac,
-                              init_penalty, ncl, ncl_consolidate, ncl_kfac,
-                              ncl_kfac_consolidate, ncl_kfac_preconditioner,
-                              ncl_kfac_value_and_grad, ncl_preconditioner, nearest_kronecker_sum)
+from cljax.curvature import Diagonal, KroneckerFactored, nearest_kronecker_sum
+from cljax.transforms import (NCLState, init_ncl, init_penalty, ncl, ncl_consolidate,
+                              ncl_kfac_value_and_grad, ncl_preconditioner)
 from cljax.types import KFACFactors
 from helpers import assert_trees_close
 
@@ -46,6 +46,10 @@ def _quadratic(key, params):
 
 def _update(tx, g, params, prior):
     return tx.update(g, tx.init(params), params, ncl_state=prior)[0]
+
+
+def _init_kfac(params, **kw):
+    return init_ncl(params, curvature="kfac", **kw)
 
 
 # ---------------------------------------------------------------- diagonal
@@ -93,7 +97,8 @@ def test_diag_before_first_consolidation_is_plain_gradient():
     tx = ncl_preconditioner()
     assert tx.init(params) == optax.EmptyState()
     prior = init_ncl(params)
-    assert isinstance(prior, NCLDiagState) and int(prior.count) == 0
+    assert isinstance(prior, NCLState) and int(prior.count) == 0
+    assert isinstance(prior.precision, Diagonal) and isinstance(prior.inverse, Diagonal)
     updates = _update(tx, g, jax.tree.map(lambda p: p + 3.0, params), prior)
     for u, v in zip(jax.tree.leaves(updates), jax.tree.leaves(g)):
         assert np.array_equal(np.asarray(u), np.asarray(v))
@@ -109,16 +114,23 @@ def test_diag_consolidate_accumulates_with_decay(x64):
                         mu, f2, strength=2.0, damping=0.5, decay=0.5)
     assert int(s.count) == 2 and int(p0.count) == 0
     assert_trees_close(s.mean, mu)
-    assert_trees_close(s.precision, jax.tree.map(lambda a, b: 0.5 * a + b, f1, f2), rtol=1e-14)
-    assert_trees_close(s.inverse, jax.tree.map(lambda a, b: 1 / (2.0 * (0.5 * a + b) + 0.5),
-                                               f1, f2), rtol=1e-14)
+    assert_trees_close(s.precision.values, jax.tree.map(lambda a, b: 0.5 * a + b, f1, f2),
+                       rtol=1e-14)
+    assert_trees_close(s.inverse.values,
+                       jax.tree.map(lambda a, b: 1 / (2.0 * (0.5 * a + b) + 0.5), f1, f2),
+                       rtol=1e-14)
     # strength and damping are boundary arguments: they shape Λ⁻¹ of this boundary only; the
     # stored precision is unscaled, so a later boundary with other (s, d) uses the same Ω
     s2 = ncl_consolidate(ncl_consolidate(p0, params, f1, strength=9.0, damping=3.0, decay=0.5),
                          mu, f2, strength=4.0, damping=0.1, decay=0.5)
     assert_trees_close(s2.precision, s.precision, rtol=1e-14)
-    assert_trees_close(s2.inverse, jax.tree.map(lambda a, b: 1 / (4.0 * (0.5 * a + b) + 0.1),
-                                                f1, f2), rtol=1e-14)
+    assert_trees_close(s2.inverse.values,
+                       jax.tree.map(lambda a, b: 1 / (4.0 * (0.5 * a + b) + 0.1), f1, f2),
+                       rtol=1e-14)
+    # a Diagonal is accepted in place of the importance pytree
+    s3 = ncl_consolidate(ncl_consolidate(p0, params, Diagonal(f1), strength=2.0, damping=0.5,
+                                         decay=0.5), mu, f2, strength=2.0, damping=0.5, decay=0.5)
+    assert_trees_close(s3, s, rtol=0)
 
 
 def test_diag_vmap_over_strength_and_no_recompile():
@@ -176,14 +188,15 @@ def test_kfac_step_matches_closed_form_dense_kron(x64):
     mu = _params(jax.random.PRNGKey(11), jnp.float64)
     g = _params(jax.random.PRNGKey(12), jnp.float64)
     s, d = 2.0, 0.3
-    tx = ncl_kfac_preconditioner()
-    prior = jax.jit(lambda st, m, f: ncl_kfac_consolidate(st, m, f, strength=s, damping=d))(
-        init_ncl_kfac(params), mu, fac)
-    np.testing.assert_allclose(prior.other, 1 / d, rtol=1e-14)
+    tx = ncl_preconditioner()
+    prior = jax.jit(lambda st, m, f: ncl_consolidate(st, m, f, strength=s, damping=d))(
+        _init_kfac(params), mu, fac)
+    assert isinstance(prior.inverse, KroneckerFactored)
+    np.testing.assert_allclose(prior.inverse.other, 1 / d, rtol=1e-14)
     updates = jax.jit(lambda g, p, pr: _update(tx, g, p, pr))(g, params, prior)
     assert_trees_close(updates, _kfac_closed_form(fac["Dense_0"], s, d, g, params, mu), rtol=1e-10)
     # eager == jit
-    eager = ncl_kfac_consolidate(init_ncl_kfac(params), mu, fac, strength=s, damping=d)
+    eager = ncl_consolidate(_init_kfac(params), mu, fac, strength=s, damping=d)
     assert_trees_close(eager, prior, rtol=1e-12, atol=1e-14)
     assert_trees_close(_update(tx, g, params, eager), updates, rtol=1e-12, atol=1e-14)
 
@@ -193,8 +206,8 @@ def test_kfac_trajectory_on_quadratic(x64):
     loss, h, c = _quadratic(jax.random.PRNGKey(1), params)
     mu = _params(jax.random.PRNGKey(11), jnp.float64)
     s, d, lr = 1.5, 0.4, 0.1
-    tx = ncl_kfac(lr)
-    prior = ncl_kfac_consolidate(init_ncl_kfac(params), mu, fac, strength=s, damping=d)
+    tx = ncl(lr)
+    prior = ncl_consolidate(_init_kfac(params), mu, fac, strength=s, damping=d)
     opt_state = tx.init(params)
     p, ref = params, params
     for _ in range(3):
@@ -209,47 +222,49 @@ def test_kfac_identity_precision_is_sgd_plus_pull(x64):
     params, fac, _ = _kfac_setup()
     mu = _params(jax.random.PRNGKey(11), jnp.float64)
     g = _params(jax.random.PRNGKey(12), jnp.float64)
-    tx = ncl_kfac(0.1)
+    tx = ncl(0.1)
     zero = {"Dense_0": KFACFactors(jnp.zeros((4, 4)), jnp.zeros((2, 2)))}
-    prior = ncl_kfac_consolidate(init_ncl_kfac(params), mu, zero, strength=1.0,
-                                 damping=1.0)  # Λ = 0 + 1·I
-    assert float(prior.other) == 1.0
+    prior = ncl_consolidate(_init_kfac(params), mu, zero, strength=1.0,
+                            damping=1.0)  # Λ = 0 + 1·I
+    assert float(prior.inverse.other) == 1.0
     updates = _update(tx, g, params, prior)
     assert_trees_close(updates, jax.tree.map(lambda gg, p, m: -0.1 * (gg + p - m), g, params, mu),
                        rtol=1e-13, atol=1e-14)
     # before any consolidation: plain SGD (identity inverses, other = 1, no pull)
-    empty = init_ncl_kfac(params)
-    assert isinstance(empty, NCLKFACState) and float(empty.other) == 1.0
+    empty = _init_kfac(params)
+    assert isinstance(empty, NCLState) and float(empty.inverse.other) == 1.0
+    assert float(empty.precision.other) == 0.0
     updates = _update(tx, g, params, empty)
     assert_trees_close(updates, jax.tree.map(lambda gg: -0.1 * gg, g), rtol=1e-14)
 
 
 def test_kfac_other_is_inverse_damping_after_consolidation(x64):
-    """Parameters outside factor layers get Λ⁻¹ = 1/d after the first boundary (NCLKFACState.other)."""
+    """Parameters outside factor layers get Λ⁻¹ = 1/d after the first boundary (inverse.other)."""
     params, fac, _ = _kfac_setup()
     g = _params(jax.random.PRNGKey(12), jnp.float64)
-    tx = ncl_kfac_preconditioner()
-    empty = init_ncl_kfac(params)
+    tx = ncl_preconditioner()
+    empty = _init_kfac(params)
     prior = empty
     for d in (0.25, 4.0):
-        prior = ncl_kfac_consolidate(prior, params, fac, strength=1.0, damping=d)
-        np.testing.assert_allclose(prior.other, 1 / d, rtol=1e-14)
+        prior = ncl_consolidate(prior, params, fac, strength=1.0, damping=d)
+        np.testing.assert_allclose(prior.inverse.other, 1 / d, rtol=1e-14)
         np.testing.assert_allclose(_update(tx, g, params, prior)["scale"], g["scale"] / d,
                                    rtol=1e-14)
     assert jax.tree.map(lambda x: (x.shape, x.dtype), prior) == \
         jax.tree.map(lambda x: (x.shape, x.dtype), empty)
 
 
-def test_kfac_consolidate_uses_nearest_kronecker_sum(x64):
+def test_kfac_ncl_consolidate_uses_nearest_kronecker_sum(x64):
     params, fac, keys = _kfac_setup()
     fac2 = {"Dense_0": KFACFactors(_spd(keys[2], 4), _spd(keys[3], 2))}
     hp = dict(strength=1.0, damping=0.1)
-    s = ncl_kfac_consolidate(init_ncl_kfac(params), params, fac, **hp)
-    assert_trees_close(s.factors["Dense_0"], fac["Dense_0"], rtol=1e-12)
-    s = ncl_kfac_consolidate(s, params, fac2, decay=0.7, **hp)
+    s = ncl_consolidate(_init_kfac(params), params, fac, **hp)
+    assert_trees_close(s.precision.factors["Dense_0"], fac["Dense_0"], rtol=1e-12)
+    s = ncl_consolidate(s, params, fac2, decay=0.7, **hp)
     x, y = nearest_kronecker_sum(0.7 * fac["Dense_0"].A, fac["Dense_0"].G, fac2["Dense_0"].A,
                                  fac2["Dense_0"].G)
-    np.testing.assert_allclose(jnp.kron(*s.factors["Dense_0"]), jnp.kron(x, y), rtol=1e-10)
+    np.testing.assert_allclose(jnp.kron(*s.precision.factors["Dense_0"]), jnp.kron(x, y),
+                               rtol=1e-10)
     # Frobenius-optimal: no better than the exact sum, and better than the plain factor sum
     exact = 0.7 * jnp.kron(*fac["Dense_0"]) + jnp.kron(*fac2["Dense_0"])
     plain = jnp.kron(0.7 * fac["Dense_0"].A + fac2["Dense_0"].A,
@@ -261,12 +276,11 @@ def test_kfac_vmap_over_strength_and_no_recompile():
     params, fac, _ = _kfac_setup(jnp.float32)
     fac = {"Dense_0": KFACFactors(*(jnp.asarray(m, jnp.float32) for m in fac["Dense_0"]))}
     g = _params(jax.random.PRNGKey(2))
-    tx = ncl_kfac(0.1)
+    tx = ncl(0.1)
 
     @jax.jit
     def make(lam):
-        return ncl_kfac_consolidate(init_ncl_kfac(params), params, fac, strength=lam,
-                                    damping=0.5)
+        return ncl_consolidate(_init_kfac(params), params, fac, strength=lam, damping=0.5)
 
     step = jax.jit(lambda prior, p: _update(tx, g, p, prior))
     lams = jnp.array([0.0, 1.0, 10.0])
@@ -275,10 +289,10 @@ def test_kfac_vmap_over_strength_and_no_recompile():
         assert_trees_close(jax.tree.map(lambda x: x[k], batched), step(make(lam), params),
                            rtol=1e-4, atol=1e-5)
     n = step._cache_size()
-    prior = init_ncl_kfac(params)
+    prior = _init_kfac(params)
     step(prior, params)
-    boundary = jax.jit(lambda st, lam: ncl_kfac_consolidate(st, params, fac, strength=lam,
-                                                            damping=lam / 10))
+    boundary = jax.jit(lambda st, lam: ncl_consolidate(st, params, fac, strength=lam,
+                                                       damping=lam / 10))
     for lam in (2.0, 3.0):
         prior = boundary(prior, lam)
         step(prior, params)
@@ -318,8 +332,8 @@ def test_kfac_fused_gradient_equals_preconditioning_the_gradient(x64):
         return loss(q), {"logits": logits}
 
     def trajectory(fused, strength):
-        tx = ncl_kfac(0.05, momentum=0.9, preconditioned_gradients=fused)
-        p, opt_state, prior = params, tx.init(params), init_ncl_kfac(params)
+        tx = ncl(0.05, momentum=0.9, preconditioned_gradients=fused)
+        p, opt_state, prior = params, tx.init(params), _init_kfac(params)
         values, logits = [], []
 
         def step(carry, _):
@@ -335,8 +349,7 @@ def test_kfac_fused_gradient_equals_preconditioning_the_gradient(x64):
             (p, opt_state), (v, lg) = jax.lax.scan(step, (p, opt_state), None, length=3)
             values.append(v)
             logits.append(lg)
-            prior = ncl_kfac_consolidate(prior, p, factors(10 * t), strength=strength,
-                                         damping=0.3)
+            prior = ncl_consolidate(prior, p, factors(10 * t), strength=strength, damping=0.3)
         return p, jnp.concatenate(values), jnp.concatenate(logits)
 
     # the fused path vmapped over a traced strength == the plain path called once per strength
@@ -362,13 +375,13 @@ def test_kfac_value_and_grad_has_aux(x64):
     def run(p, prior):
         plain = ncl_kfac_value_and_grad(lambda q, s: loss_aux(q, s)[0], prior, p, 2.0)
         with_aux = ncl_kfac_value_and_grad(loss_aux, prior, p, 2.0, has_aux=True)
-        pre = _update(ncl_kfac_preconditioner(), jax.grad(lambda q: loss_aux(q, 2.0)[0])(p),
+        pre = _update(ncl_preconditioner(), jax.grad(lambda q: loss_aux(q, 2.0)[0])(p),
                       p, prior)
         return plain, with_aux, pre
 
-    for prior in (init_ncl_kfac(params),
-                  ncl_kfac_consolidate(init_ncl_kfac(params), params, fac, strength=2.0,
-                                       damping=0.3)):
+    for prior in (_init_kfac(params),
+                  ncl_consolidate(_init_kfac(params), params, fac, strength=2.0,
+                                  damping=0.3)):
         (value, g), ((value_aux, aux), g_aux), pre = run(params, prior)
         np.testing.assert_allclose(value_aux, value, rtol=1e-14)
         np.testing.assert_allclose(value, loss_aux(params, 2.0)[0], rtol=1e-14)
@@ -378,7 +391,7 @@ def test_kfac_value_and_grad_has_aux(x64):
         assert_trees_close(g_aux, pre, rtol=1e-10, atol=1e-13)   # pull is 0: params == mean
     with pytest.raises(ValueError, match="float scalar loss"):
         ncl_kfac_value_and_grad(lambda q: (jnp.ones(2) * jnp.sum(q["scale"]), None),
-                                init_ncl_kfac(params), params, has_aux=True)
+                                _init_kfac(params), params, has_aux=True)
 
 
 def test_bad_inputs_raise():
@@ -401,63 +414,88 @@ def test_bad_inputs_raise():
     with pytest.raises(TypeError, match="strength"):    # required keyword arguments
         ncl_consolidate(st, params, jax.tree.map(jnp.abs, params))
     with pytest.raises(TypeError, match="damping"):
-        ncl_kfac_consolidate(init_ncl_kfac(params), params, fac, strength=1.0)
-    ktx = ncl_kfac_preconditioner()
-    kst = init_ncl_kfac(params)
+        ncl_consolidate(_init_kfac(params), params, fac, strength=1.0)
+    ktx = ncl_preconditioner()
+    kst = _init_kfac(params)
     with pytest.raises(ValueError, match="params"):
         ktx.update(params, ktx.init(params), None, ncl_state=kst)
     with pytest.raises(ValueError, match="Dense_7"):
-        ncl_kfac_consolidate(kst, params, {"Dense_7": fac["Dense_0"]}, **hp)
+        ncl_consolidate(kst, params, {"Dense_7": fac["Dense_0"]}, **hp)
     with pytest.raises(ValueError, match=r"factors\['Dense_0'\]"):
-        ncl_kfac_consolidate(kst, params, {"Dense_0": KFACFactors(jnp.eye(3), jnp.eye(2))}, **hp)
+        ncl_consolidate(kst, params, {"Dense_0": KFACFactors(jnp.eye(3), jnp.eye(2))}, **hp)
     with pytest.raises(TypeError, match="factors"):
-        ncl_kfac_consolidate(kst, params, [fac["Dense_0"]], **hp)
+        ncl_consolidate(kst, params, [fac["Dense_0"]], **hp)
     with pytest.raises(ValueError, match="decay"):
-        ncl_kfac_consolidate(kst, params, fac, decay=0.0, **hp)
+        ncl_consolidate(kst, params, fac, decay=0.0, **hp)
     with pytest.raises(ValueError, match="layers"):
-        init_ncl_kfac(params, layers=["Dense_3"])
-    assert list(init_ncl_kfac(params, layers="Dense_0").inverse) == ["Dense_0"]
+        _init_kfac(params, layers=["Dense_3"])
+    with pytest.raises(ValueError, match="layers"):      # layers are for curvature="kfac"
+        init_ncl(params, layers=["Dense_0"])
+    with pytest.raises(ValueError, match="curvature"):
+        init_ncl(params, curvature="full")
+    assert list(_init_kfac(params, layers="Dense_0").inverse.factors) == ["Dense_0"]
     with pytest.raises(TypeError, match="preconditioned_gradients"):
-        ncl_kfac_preconditioner(preconditioned_gradients="yes")
+        ncl_preconditioner(preconditioned_gradients="yes")
     with pytest.raises(TypeError, match="preconditioned_gradients"):
-        ncl_kfac(0.1, preconditioned_gradients=1)
+        ncl(0.1, preconditioned_gradients=1)
 
 
 def test_missing_or_wrong_state_raises():
     params, fac, _ = _kfac_setup(jnp.float32)
-    st, kst = init_ncl(params), init_ncl_kfac(params)
+    st, kst = init_ncl(params), _init_kfac(params)
     imp = jax.tree.map(jnp.abs, params)
-    cases = [(ncl_preconditioner(), "NCLDiagState", kst), (ncl(0.1), "NCLDiagState", kst),
-             (ncl_kfac_preconditioner(), "NCLKFACState", st),
-             (ncl_kfac(0.1, preconditioned_gradients=True), "NCLKFACState", st)]
-    for tx, cls, wrong in cases:
+    cases = [(ncl_preconditioner(), st), (ncl(0.1), kst),
+             (ncl(0.1, preconditioned_gradients=True), kst)]
+    for tx, good in cases:
         opt_state = tx.init(params)
         with pytest.raises(ValueError, match="ncl_state="):
             tx.update(params, opt_state, params)
         with pytest.raises(ValueError, match="ncl_state="):
-            tx.update(params, opt_state, params, penalty_state=init_penalty(params))
-        with pytest.raises(TypeError, match=f"ncl_state must be an? {cls}"):
-            tx.update(params, opt_state, params, ncl_state=wrong)
-    for wrong in (kst, init_penalty(params), ncl(0.1).init(params)):
-        with pytest.raises(TypeError, match="NCLDiagState"):
+            tx.update(params, opt_state, params, penalty_state=good)
+        for wrong in (init_penalty(params), init_penalty(params, curvature="kfac"), opt_state):
+            with pytest.raises(TypeError, match="ncl_state must be an? NCLState"):
+                tx.update(params, opt_state, params, ncl_state=wrong)
+    for wrong in (init_penalty(params), ncl(0.1).init(params), None):
+        with pytest.raises(TypeError, match="NCLState"):
             ncl_consolidate(wrong, params, imp, strength=1.0, damping=0.5)
-    for wrong in (st, init_penalty(params), ncl_kfac(0.1).init(params)):
-        with pytest.raises(TypeError, match="NCLKFACState"):
-            ncl_kfac_consolidate(wrong, params, fac, strength=1.0, damping=0.5)
-    with pytest.raises(TypeError, match="NCLKFACState"):
+    # one state type: the prior's curvature decides what the boundary accepts
+    with pytest.raises(ValueError, match="importance"):      # factors for a diagonal prior
+        ncl_consolidate(st, params, fac, strength=1.0, damping=0.5)
+    with pytest.raises(TypeError, match="importance"):
+        ncl_consolidate(st, params, KroneckerFactored(fac, jnp.zeros(())), strength=1.0,
+                        damping=0.5)
+    with pytest.raises(TypeError, match="factors"):          # an importance for a K-FAC prior
+        ncl_consolidate(kst, params, Diagonal(imp), strength=1.0, damping=0.5)
+    with pytest.raises(ValueError, match="factors"):
+        ncl_consolidate(kst, params, imp, strength=1.0, damping=0.5)
+    with pytest.raises(TypeError, match="K-FAC prior"):
         ncl_kfac_value_and_grad(lambda p: jnp.sum(p["scale"]), st, params)
+    with pytest.raises(TypeError, match="NCLState"):
+        ncl_kfac_value_and_grad(lambda p: jnp.sum(p["scale"]), init_penalty(params), params)
     with pytest.raises(ValueError, match="ncl_state="):
         ncl_kfac_value_and_grad(lambda p: jnp.sum(p["scale"]), None, params)
+
+
+def test_preconditioned_gradients_only_add_the_pull_for_either_prior(x64):
+    params, fac, _ = _kfac_setup()
+    mu = _params(jax.random.PRNGKey(11), jnp.float64)
+    g = _params(jax.random.PRNGKey(12), jnp.float64)
+    imp = jax.tree.map(jnp.abs, _params(jax.random.PRNGKey(13), jnp.float64))
+    for prior in (ncl_consolidate(init_ncl(params), mu, imp, strength=2.0, damping=0.3),
+                  ncl_consolidate(_init_kfac(params), mu, fac, strength=2.0, damping=0.3)):
+        out = _update(ncl_preconditioner(preconditioned_gradients=True), g, params, prior)
+        assert_trees_close(out, jax.tree.map(lambda a, p, m: a + p - m, g, params, mu),
+                           rtol=1e-14)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_hyperparameters_importance_factors_params_rejected(bad):
     params, fac, _ = _kfac_setup(jnp.float32)
     fac = jax.tree.map(lambda m: m.astype(jnp.float32), fac)
-    st, kst = init_ncl(params), init_ncl_kfac(params)
+    st, kst = init_ncl(params), _init_kfac(params)
     imp = jax.tree.map(jnp.abs, params)
     boundaries = [lambda **kw: ncl_consolidate(st, params, imp, **kw),
-                  lambda **kw: ncl_kfac_consolidate(kst, params, fac, **kw)]
+                  lambda **kw: ncl_consolidate(kst, params, fac, **kw)]
     for cons in boundaries:
         for b in (bad, -bad, np.float32(bad), jnp.asarray(bad)):
             with pytest.raises(ValueError, match="strength"):
@@ -473,10 +511,10 @@ def test_non_finite_hyperparameters_importance_factors_params_rejected(bad):
     with pytest.raises(FloatingPointError, match=r"params\['scale'\]"):
         ncl_consolidate(st, bad_params, imp, **hp)
     with pytest.raises(FloatingPointError, match=r"params\['scale'\]"):
-        ncl_kfac_consolidate(kst, bad_params, fac, **hp)
+        ncl_consolidate(kst, bad_params, fac, **hp)
     bad_fac = {"Dense_0": KFACFactors(fac["Dense_0"].A.at[0, 3].set(bad), fac["Dense_0"].G)}
     with pytest.raises(FloatingPointError, match=r"factors\['Dense_0'\]"):
-        ncl_kfac_consolidate(kst, params, bad_fac, **hp)
+        ncl_consolidate(kst, params, bad_fac, **hp)
 
 
 @pytest.mark.parametrize("damping", [0.0, -0.1, np.float32(0.0), jnp.zeros(())])
@@ -487,11 +525,11 @@ def test_damping_must_be_positive_and_strength_nonnegative(damping):
     with pytest.raises(ValueError, match="damping must be > 0"):
         ncl_consolidate(init_ncl(params), params, imp, strength=1.0, damping=damping)
     with pytest.raises(ValueError, match="damping must be > 0"):
-        ncl_kfac_consolidate(init_ncl_kfac(params), params, fac, strength=1.0, damping=damping)
+        ncl_consolidate(_init_kfac(params), params, fac, strength=1.0, damping=damping)
     with pytest.raises(ValueError, match="strength must be >= 0"):
         ncl_consolidate(init_ncl(params), params, imp, strength=-1.0, damping=0.5)
     with pytest.raises(ValueError, match="strength must be >= 0"):
-        ncl_kfac_consolidate(init_ncl_kfac(params), params, fac, strength=-1.0, damping=0.5)
+        ncl_consolidate(_init_kfac(params), params, fac, strength=-1.0, damping=0.5)
 
 
 def test_non_numeric_hyperparameters_are_type_errors():
@@ -499,7 +537,7 @@ def test_non_numeric_hyperparameters_are_type_errors():
     fac = jax.tree.map(lambda m: m.astype(jnp.float32), fac)
     imp = jax.tree.map(jnp.abs, params)
     for cons in (lambda **kw: ncl_consolidate(init_ncl(params), params, imp, **kw),
-                 lambda **kw: ncl_kfac_consolidate(init_ncl_kfac(params), params, fac, **kw)):
+                 lambda **kw: ncl_consolidate(_init_kfac(params), params, fac, **kw)):
         with pytest.raises(TypeError, match="strength"):
             cons(strength="abc", damping=0.5)
         with pytest.raises(TypeError, match="damping"):

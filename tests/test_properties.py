@@ -263,17 +263,18 @@ class TransformVariantsTest(_VariantsCase):
         np.testing.assert_allclose(loss, want_loss, **self.TOL)
 
     @chex.variants(**VARIANTS)
-    def test_kfac_penalty(self):
+    def test_quadratic_penalty_kfac(self):
         lam = 0.3
         rng = np.random.default_rng(7)
         g, p, anchor = (_rand_tree(s, _LAYERS) for s in (10, 11, 12))
         factors = {"Dense_0": KFACFactors(jnp.asarray(_spd(rng, 4)), jnp.asarray(_spd(rng, 4))),
                    "Dense_1": KFACFactors(jnp.asarray(_spd(rng, 4)), jnp.asarray(_spd(rng, 2)))}
-        tx = tr.kfac_penalty(strength=lam)
+        tx = tr.quadratic_penalty(strength=lam)
 
         def step(g, p, anchor, factors):
-            ks = tr.kfac_consolidate(tr.init_kfac_penalty(p), anchor, factors, mode="replace")
-            return tx.update(g, tx.init(p), p, kfac_penalty_state=ks)[0]
+            ks = tr.consolidate(tr.init_penalty(p, curvature="kfac"), anchor, factors,
+                                mode="replace")
+            return tx.update(g, tx.init(p), p, penalty_state=ks)[0]
 
         got = _np_tree(self.call_variant(step, g, p, anchor, factors))
         # numpy: λ A ΔW̄ G per layer, W̄ = [kernel; bias]

@@ -1,12 +1,14 @@
 """K-FAC Laplace (Ritter et al. 2018) and NCL (Kao et al. 2021) as recipes for ``run_stream``.
 
-* ``kfac_ewc``: the K-FAC Laplace penalty (λ/2) Σ_layers tr(ΔW̄ᵀ A ΔW̄ G) chained before the
-  base optimizer; at each boundary the task's factors (exact Fisher by default: every class
-  weighted by its probability) are combined with the earlier ones by
-  :func:`cljax.transforms.kfac_consolidate` (``mode``: ``"online"`` nearest Kronecker product of
+* ``kfac_ewc``: the K-FAC Laplace penalty (λ/2) Σ_layers tr(ΔW̄ᵀ A ΔW̄ G) — the quadratic
+  penalty :func:`cljax.transforms.quadratic_penalty` over a Kronecker-factored curvature —
+  chained before the base optimizer; at each boundary the task's factors (exact Fisher by
+  default: every class weighted by its probability) are combined with the earlier ones by
+  :func:`cljax.transforms.consolidate` (``mode``: ``"online"`` nearest Kronecker product of
   γ·A⊗G + A_t⊗G_t, ``"sum"`` of factors, or ``"multi_task"`` exact per-task slots).
 * ``ncl`` / ``ncl_kfac``: the NCL preconditioner Λ⁻¹∇ℓ + (θ − μ) followed by SGD (Adam would
-  undo the preconditioning), Λ = s·ΣF + d·I with a diagonal Fisher or K-FAC factors; the base
+  undo the preconditioning), Λ = s·ΣF + d·I with a diagonal Fisher or K-FAC factors (one
+  transform, :func:`cljax.transforms.ncl`, over a diagonal or K-FAC prior); the base
   optimizer of the config is *replaced* by SGD with hyperparameter ``learning_rate`` (and static
   ``momentum``). Inverses are formed once per boundary, inside ``end_task``.
 
@@ -38,7 +40,7 @@ def kfac_ewc(*, mode: str = "online", num_slots: int | None = None, fisher: str 
              num_examples: int = 1024, chunk_size: int = 256) -> Method:
     """K-FAC Laplace penalty (Ritter et al. 2018) before the base optimizer.
 
-    ``mode`` is how the tasks' factors are combined (:func:`cljax.transforms.kfac_consolidate`):
+    ``mode`` is how the tasks' factors are combined (:func:`cljax.transforms.consolidate`):
     ``"online"`` (nearest Kronecker product of the decayed sum, one slot), ``"sum"`` (factor
     sums, one slot) or ``"multi_task"`` (one exact slot per past task; ``num_slots`` = the
     number of tasks that will be consolidated, i.e. the stream's length, is then required).
@@ -60,19 +62,19 @@ def kfac_ewc(*, mode: str = "online", num_slots: int | None = None, fisher: str 
     slots = num_slots if mode == "multi_task" else 1
 
     def make_optimizer(hparams, base):
-        return optax.chain(transforms.kfac_penalty(
+        return optax.chain(transforms.quadratic_penalty(
             strength=get_hparam(hparams, "strength", "kfac_ewc")), base)
 
     def end_task(ctx):
         factors = _kfac_on_task(ctx, fisher, num_examples, chunk_size)
         decay = get_hparam(ctx.hparams, "decay", "kfac_ewc") if mode == "online" else 1.0
-        return ctx.params, ctx.opt_state, transforms.kfac_consolidate(
+        return ctx.params, ctx.opt_state, transforms.consolidate(
             ctx.mstate, ctx.params, factors, mode=mode, decay=decay)
 
     return Method("kfac_ewc", make_optimizer=make_optimizer,
-                  init=lambda params, key, hparams, spec: transforms.init_kfac_penalty(
-                      params, num_slots=slots),
-                  optimizer_args=lambda p, b, m, c: {"kfac_penalty_state": m},
+                  init=lambda params, key, hparams, spec: transforms.init_penalty(
+                      params, curvature="kfac", num_slots=slots),
+                  optimizer_args=lambda p, b, m, c: {"penalty_state": m},
                   end_task=end_task,
                   default_hparams={"strength": 1e5, "decay": 1.0})  # Split MNIST Task-IL best
 
@@ -117,12 +119,12 @@ def ncl_kfac(*, fisher: str = "exact", num_examples: int = 1024, chunk_size: int
 
     def make_optimizer(hparams, base):
         del base
-        return transforms.ncl_kfac(get_hparam(hparams, "learning_rate", "ncl_kfac"),
-                                   momentum=momentum, preconditioned_gradients=fused_gradient)
+        return transforms.ncl(get_hparam(hparams, "learning_rate", "ncl_kfac"),
+                              momentum=momentum, preconditioned_gradients=fused_gradient)
 
     def end_task(ctx):
         factors = _kfac_on_task(ctx, fisher, num_examples, chunk_size)
-        return ctx.params, ctx.opt_state, transforms.ncl_kfac_consolidate(
+        return ctx.params, ctx.opt_state, transforms.ncl_consolidate(
             ctx.mstate, ctx.params, factors, **_ncl_hparams(ctx.hparams, "ncl_kfac"))
 
     def value_and_grad(loss, params, mstate, ctx):
@@ -130,7 +132,8 @@ def ncl_kfac(*, fisher: str = "exact", num_examples: int = 1024, chunk_size: int
         return transforms.ncl_kfac_value_and_grad(loss, mstate, params, has_aux=True)
 
     return Method("ncl_kfac", make_optimizer=make_optimizer,
-                  init=lambda params, key, hparams, spec: transforms.init_ncl_kfac(params),
+                  init=lambda params, key, hparams, spec: transforms.init_ncl(
+                      params, curvature="kfac"),
                   optimizer_args=lambda p, b, m, c: {"ncl_state": m}, end_task=end_task,
                   default_hparams={"strength": 1e3, "damping": 1.0, "learning_rate": 0.05},
                   value_and_grad=value_and_grad if fused_gradient else None)

@@ -1,8 +1,10 @@
 """Quadratic-penalty methods: EWC, online EWC, SI, MAS and L2 as recipes for ``run_stream``.
 
 All five add ``λ·Ω⊙(θ − θ*)`` to the loss gradient *before* the base optimizer
-(:func:`cljax.transforms.quadratic_penalty` first in the chain, as the papers add the penalty to
-the loss) and differ only in the importance Ω and how a task boundary folds it in:
+(:func:`cljax.transforms.quadratic_penalty` first in the chain over a diagonal curvature, as the
+papers add the penalty to the loss; ``kfac_ewc`` in :mod:`cljax.methods.natural` is the same
+transform over K-FAC factors) and differ only in the importance Ω and how a task boundary folds
+it in:
 
 ==========  =====================================================  ===============================
 method      Ω_t at the end of task t                                 boundary (``consolidate``)

@@ -1,4 +1,4 @@
-"""Checks and conventions shared by the transform families (penalty, K-FAC penalty, NCL)."""
+"""Checks and conventions shared by the transform families (quadratic penalty, NCL, projections)."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,8 +7,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cljax.types import Importance
-from cljax.validation import check_finite, check_in_unit_interval, is_concrete
+from cljax.curvature.structured import (Curvature, Diagonal, KroneckerFactored,
+                                        kronecker_factored)
+from cljax.types import Importance, Params
+from cljax.validation import (check_finite, check_in_unit_interval, check_same_structure,
+                              is_concrete)
 
 NO_PARAMS = ("{name}.update requires the current parameters: call update(updates, state, params, "
              "...) (got params=None)")
@@ -51,6 +54,42 @@ def check_decay_for_mode(decay: Any, mode: str) -> None:
                          f"mode={mode!r}")
 
 
+def as_curvature(new: Any, like: Curvature, params: Params) -> Curvature:
+    """A task's curvature ``new`` as the type and layers of the accumulated curvature ``like``
+    (what the boundary functions :func:`cljax.transforms.consolidate` and
+    :func:`cljax.transforms.ncl_consolidate` accept).
+
+    * ``like`` a :class:`~cljax.curvature.Diagonal`: ``new`` is an importance pytree with
+      ``params``' structure and shapes (finite, ≥ 0; ``importance`` in error messages), a
+      ``Diagonal``, or ``None`` for Ω = 1 (L2).
+    * ``like`` a :class:`~cljax.curvature.KroneckerFactored`: ``new`` is a factors dict
+      {layer: KFACFactors(A, G)} (finite; ``factors`` in error messages; tracked layers it
+      omits get no curvature, layers ``like`` does not track raise) or a ``KroneckerFactored``
+      over ``like``'s layers.
+    """
+    if isinstance(like, Diagonal):
+        if isinstance(new, KroneckerFactored):
+            raise TypeError("importance: the state's curvature is diagonal (init with "
+                            "curvature='diagonal'); got a KroneckerFactored")
+        if isinstance(new, Diagonal):
+            check_same_structure(new.values, params, name="importance")
+            check_importance_values(new.values)
+            return new
+        if new is None:
+            return Diagonal(jax.tree.map(jnp.ones_like, params))
+        check_same_structure(new, params, name="importance")
+        check_importance_values(new)
+        return Diagonal(new)
+    if new is None or isinstance(new, Diagonal):
+        raise TypeError("factors: the state's curvature is Kronecker-factored (init with "
+                        "curvature='kfac'); it needs the task's factors {layer name: "
+                        f"KFACFactors(A, G)}} or a KroneckerFactored; got "
+                        f"{type(new).__name__}")
+    if isinstance(new, KroneckerFactored):
+        check_finite(new, name="factors")
+        return new
+    return kronecker_factored(params, new, layers=list(like.factors))
+
 
 __all__ = ["NO_PARAMS", "float_dtype", "check_decay", "check_decay_for_mode",
-           "check_importance_values", "require_state"]
+           "check_importance_values", "require_state", "as_curvature"]

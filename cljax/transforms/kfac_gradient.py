@@ -111,7 +111,7 @@ def kfac_preconditioned_value_and_grad(
       fun: scalar loss of ``(params, *args)`` built from flax linen modules.
       params: the parameters (a pytree with the layers named in ``inverses``).
       inverses: {layer name: KFACFactors(A⁻¹ [in+1, in+1], G⁻¹ [out, out])} in the
-        :class:`cljax.types.KFACFactors` layout (e.g. ``NCLKFACState.inverse``).
+        :class:`cljax.types.KFACFactors` layout (e.g. a K-FAC ``NCLState.inverse.factors``).
       other_scale: multiplier for the gradients of parameters outside those layers.
       has_aux: ``fun`` returns ``(loss, aux)`` (as ``jax.value_and_grad``'s ``has_aux``); the
         value returned is then that pair.

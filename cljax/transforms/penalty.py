@@ -1,57 +1,77 @@
-"""One quadratic penalty for EWC, online EWC, SI, MAS and L2, as an optax transform.
+"""One quadratic penalty for EWC, online EWC, SI, MAS, L2 and the K-FAC Laplace penalty, as an
+optax transform.
 
-All five methods regularise task ``t`` with the same quadratic form (REFERENCES.md, "EWC")::
+All these methods regularise task ``t`` with a quadratic form around past solutions
+(REFERENCES.md, "EWC", "KFAC-Laplace penalty")::
 
-    L(θ) = ℓ_t(θ) + (λ/2) Σ_s Σ_i Ω_{s,i} (θ_i − θ*_{s,i})²
+    L(θ) = ℓ_t(θ) + (λ/2) Σ_s (θ − θ*_s)ᵀ C_s (θ − θ*_s)
 
-over one or more past (anchor θ*_s, importance Ω_s) pairs. They differ only in the importance Ω
-(diagonal Fisher, SI's path integral, MAS) and in what happens at a task boundary:
+over one or more past (anchor θ*_s, curvature C_s) pairs, with C_s a structured curvature of
+:mod:`cljax.curvature.structured`: a :class:`~cljax.curvature.Diagonal` Ω (diagonal Fisher, SI's
+path integral, MAS; Kirkpatrick et al. 2017, PNAS, eq. 3) or a
+:class:`~cljax.curvature.KroneckerFactored` A ⊗ G per layer (Ritter et al. 2018, NeurIPS: the
+Laplace term (λ/2) Σ_l tr(ΔW̄ᵀ A ΔW̄ G), ΔW̄ = [ΔW; Δb]; parameters outside the factor layers get
+no penalty, combine with a diagonal penalty if they need protection). The methods differ in C and
+in what happens at a task boundary (:func:`consolidate`):
 
 ==============  ===================================================================
-method          task boundary (:func:`consolidate`)
+method          task boundary
 ==============  ===================================================================
 EWC             ``mode="multi_task"``: one penalty per past task, Σ_s Ω_s (θ − θ*_s)²
-                (Kirkpatrick et al. 2017, PNAS, eq. 3 summed over past tasks)
+                (Kirkpatrick et al. 2017, eq. 3 summed over past tasks)
 online EWC      ``mode="online", decay=γ``: Ω ← γΩ + Ω_t, θ* ← θ*_t
                 (Schwarz et al. 2018, ICML, "online EWC")
 SI              ``mode="online", decay=1``: Ω ← Ω + Ω_t, θ* ← θ*_t (Zenke et al. 2017,
                 ICML, eq. 4-5: the per-task Ω^μ are summed and the anchor is the last θ)
 MAS             ``mode="online", decay=1`` (accumulate, as SI; Aljundi et al. 2018, ECCV)
-L2              ``mode="replace", importance=None``: Ω ← 1, θ* ← θ*_t (Hsu et al. 2018)
+L2              ``mode="replace", new=None``: Ω ← 1, θ* ← θ*_t (Hsu et al. 2018)
+K-FAC Laplace   ``mode="online"``: nearest Kronecker product of γ·A⊗G + A_t⊗G_t;
+                ``"sum"``: factor sums; ``"multi_task"``: per-task slots (below)
 ==============  ===================================================================
 
-**The penalty's state is data, not optimizer state.** What the past tasks leave behind — the
-anchor, the importance — is a :class:`QuadraticPenaltyState` that the caller holds next to the
-optimizer state (in :func:`cljax.training.run_stream` it lives in the method state, so resetting
-the optimizer never touches it) and hands to the transform as the optax extra argument
-``penalty_state``. λ is a closure argument of the factory, like optax's learning rates: build
-the transform inside the jitted step from the current hyperparameters (a traced λ never
-recompiles and can be a ``vmap`` axis)::
+(:func:`cljax.curvature.combine` documents ``"online"``, ``"sum"`` and ``"replace"`` for both
+types; the anchor becomes θ*_t in all three.)
+
+**The penalty's state is data, not optimizer state.** What the past tasks leave behind — anchor
+and curvature — is a :class:`QuadraticPenaltyState` that the caller holds next to the optimizer
+state (in :func:`cljax.training.run_stream` it lives in the method state, so resetting the
+optimizer never touches it) and hands to the transform as the optax extra argument
+``penalty_state``. λ is a closure argument of the factory, like optax's learning rates: build the
+transform inside the jitted step from the current hyperparameters (a traced λ never recompiles
+and can be a ``vmap`` axis)::
 
     tx = optax.chain(quadratic_penalty(strength=lam), optax.adam(1e-3))   # penalty FIRST
     updates, opt_state = tx.update(grads, opt_state, params, penalty_state=penalty)
     penalty = consolidate(penalty, params, fisher, mode="multi_task")      # task boundary
 
-**Multi-task EWC in constant memory.** Per coordinate, a sum of quadratics is one quadratic
-plus a constant (the parallel-axis theorem)::
+**Multi-task EWC in constant memory** (diagonal). Per coordinate, a sum of quadratics is one
+quadratic plus a constant (the parallel-axis theorem)::
 
     Σ_s Ω_s (θ − θ*_s)² = Ω (θ − a)² + Σ_s Ω_s (θ*_s − a)²,   Ω = Σ_s Ω_s,  a = Σ_s Ω_s θ*_s / Ω
 
 so ``mode="multi_task"`` folds task t into (Ω, a, offset) with the stable pairwise update
 ``Ω' = Ω + Ω_t``, ``a' = a + (Ω_t/Ω')(θ*_t − a)``, ``offset += Σ (Ω Ω_t/Ω')(a − θ*_t)²``
 (Chan et al.'s pairwise variance update). The value and the gradient are *exactly* those of the
-per-task sum, with no ``max_tasks`` slot axis: memory is 2 × params for any number of tasks,
-and a step costs the same as online EWC. Importances must be finite and ≥ 0 (clip SI's noise at
-0), which concrete inputs are checked for.
+per-task sum, with no slot axis: memory is 2 × params for any number of tasks, and a step costs
+the same as online EWC. Importances must be finite and ≥ 0 (clip SI's noise at 0), which concrete
+inputs are checked for.
 
-**Where it sits in a chain.** The transform adds the gradient of the penalty,
-``λ Ω ⊙ (θ − a)``, to the incoming updates. EWC, SI and MAS add the penalty to the *loss*,
-so its gradient passes through the optimiser's scaling together with the task gradient; the
-transform therefore goes FIRST (:func:`ewc`). Placed after Adam, the penalty would be
-*decoupled* from Adam's per-coordinate scaling, like AdamW's weight decay; that is a different
-method, and the papers' λ values do not carry over.
+**Multi-task K-FAC: slots.** A sum of Kronecker-factored quadratics around different anchors does
+not fold, so ``init_penalty(params, curvature="kfac", num_slots=T)`` keeps T slots: every leaf of
+the anchor and of the curvature (factors ``[T, rows, rows]``, ``[T, out, out]``, ``other``
+``[T]``) gets a leading slot axis, and ``mode="multi_task"`` writes task ``count`` into slot
+``count``; the update loops over the ``count`` filled slots only. ``num_slots=1`` (the default)
+stores no slot axis; it takes one multi-task consolidation. Memory:
+``T × (|params| + Σ_l rows² + out²)``.
 
-Before the first :func:`consolidate`, Ω = 0 and the penalty (value and gradient) is exactly zero.
+**Where it sits in a chain.** The transform adds the gradient of the penalty, ``λ C (θ − a)``
+(:func:`cljax.curvature.matvec`), to the incoming updates. EWC, SI, MAS and the K-FAC Laplace
+penalty add the penalty to the *loss*, so its gradient passes through the optimiser's scaling
+together with the task gradient; the transform therefore goes FIRST (:func:`ewc`). Placed after
+Adam, the penalty would be *decoupled* from Adam's per-coordinate scaling, like AdamW's weight
+decay; that is a different method, and the papers' λ values do not carry over.
+
+Before the first :func:`consolidate`, C = 0 and the penalty (value and gradient) is exactly zero.
 """
 from __future__ import annotations
 
@@ -59,47 +79,97 @@ from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from cljax.transforms.common import (NO_PARAMS, check_decay_for_mode, check_importance_values,
-                                     float_dtype, require_state)
-from cljax.types import Array, Importance, Params
-from cljax.validation import check_finite, check_nonnegative, check_same_structure
+from cljax.curvature.structured import (Curvature, Diagonal, KroneckerFactored, Kind, combine,
+                                        matvec, matvec_sum, quadratic_form, zeros)
+from cljax.transforms.common import (NO_PARAMS, as_curvature, check_decay_for_mode, float_dtype,
+                                     require_state)
+from cljax.types import Array, Params
+from cljax.validation import check_finite, check_nonnegative, check_same_structure, is_concrete
 
-ConsolidateMode = Literal["online", "multi_task", "replace"]
+ConsolidateMode = Literal["online", "sum", "multi_task", "replace"]
+MODES = ("online", "sum", "multi_task", "replace")
+
 
 class QuadraticPenaltyState(NamedTuple):
     """What past tasks leave for :func:`quadratic_penalty`; the penalty is
-    ``(λ/2)[Σ_i Ω_i (θ_i − a_i)² + offset]``.
+    ``(λ/2)[(θ − a)ᵀ C (θ − a) + offset]`` (summed over the filled slots with slots).
 
     Attributes:
-      anchor: a, params' structure (θ*_t for online/replace; Ω-weighted mean of the past θ*_s
-        for multi-task EWC).
-      importance: Ω, params' structure (zeros before the first consolidation).
-      offset: float scalar, Σ_s Σ_i Ω_{s,i} (θ*_{s,i} − a_i)² (multi-task EWC; else 0). It does
-        not affect the gradient; it makes :func:`penalty_loss` the exact per-task sum.
+      anchor: a, params' structure (θ*_t for online/sum/replace; the Ω-weighted mean of the
+        past θ*_s for diagonal multi-task EWC); leaves ``[num_slots, *shape]`` with slots.
+      curvature: C, a :class:`~cljax.curvature.Diagonal` or
+        :class:`~cljax.curvature.KroneckerFactored` (zeros before the first consolidation;
+        with slots, every leaf has the leading slot axis).
+      offset: float scalar, Σ_s Σ_i Ω_{s,i} (θ*_{s,i} − a_i)² (diagonal multi-task EWC; else
+        0). It does not affect the gradient; it makes :func:`penalty_loss` the exact per-task sum.
       count: int32 scalar, number of consolidations so far.
     """
 
     anchor: Params
-    importance: Importance
+    curvature: Curvature
     offset: Array
     count: Array
 
 
-def init_penalty(params: Params) -> QuadraticPenaltyState:
-    """The empty penalty (Ω = 0) for ``params``: anchor = a copy of ``params``."""
-    return QuadraticPenaltyState(jax.tree.map(jnp.array, params),
-                                 jax.tree.map(jnp.zeros_like, params),
-                                 jnp.zeros((), float_dtype()), jnp.zeros((), jnp.int32))
+def init_penalty(params: Params, *, curvature: Kind = "diagonal", num_slots: int = 1,
+                 layers: Any = None) -> QuadraticPenaltyState:
+    """The empty penalty (C = 0) for ``params``: anchor = a copy of ``params``.
+
+    Args:
+      curvature: ``"diagonal"`` (EWC, online EWC, SI, MAS, L2) or ``"kfac"`` (K-FAC Laplace).
+      num_slots: ``"kfac"`` only: 1, or ``max_tasks`` for ``mode="multi_task"`` consolidation
+        (module docstring). The diagonal multi-task fold needs no slots.
+      layers: ``"kfac"`` only: names of the layers to track ("Dense_0", "/"-joined paths for
+        nested modules); default every dense/conv layer (:func:`cljax.layers.param_layers`).
+    """
+    if curvature not in ("diagonal", "kfac"):
+        raise ValueError(f"curvature must be 'diagonal' or 'kfac'; got {curvature!r}")
+    if not isinstance(num_slots, (int, np.integer)) or isinstance(num_slots, bool) or num_slots < 1:
+        raise ValueError(f"num_slots must be a positive int; got {num_slots!r}")
+    num_slots = int(num_slots)
+    if curvature == "diagonal" and num_slots != 1:
+        raise ValueError(f"num_slots is for curvature='kfac' (multi-task slots); the diagonal "
+                         f"multi-task fold is exact without slots: got num_slots={num_slots}")
+    curv = zeros(params, curvature, layers=layers)
+    anchor = jax.tree.map(jnp.array, params)
+    if num_slots > 1:
+        stack = lambda x: jnp.array(jnp.broadcast_to(x, (num_slots,) + jnp.shape(x)))
+        curv, anchor = jax.tree.map(stack, curv), jax.tree.map(stack, anchor)
+    return QuadraticPenaltyState(anchor, curv, jnp.zeros((), float_dtype()),
+                                 jnp.zeros((), jnp.int32))
+
+
+def _num_slots(state: QuadraticPenaltyState) -> int | None:
+    """The slot axis' length, or None for a state without slots."""
+    c = state.curvature
+    if isinstance(c, KroneckerFactored) and jnp.ndim(c.other) == 1:
+        return int(jnp.shape(c.other)[0])
+    return None
+
+
+def _slot(tree: Any, i: Any) -> Any:
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+def _check_params(state: QuadraticPenaltyState, params: Params, name: str,
+                  reference_name: str) -> None:
+    anchor = state.anchor
+    if _num_slots(state) is not None:   # one slot's shapes (no slicing)
+        anchor = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a)[1:], a.dtype), anchor)
+    check_same_structure(params, anchor, name=name, reference_name=reference_name)
 
 
 def quadratic_penalty(*, strength: float | Array = 1.0) -> optax.GradientTransformationExtraArgs:
-    """Add ``λ Ω ⊙ (θ − a)``, the gradient of ``(λ/2) Σ_i Ω_i (θ_i − a_i)²``, to the updates.
+    """Add ``λ C (θ − a)``, the gradient of ``(λ/2)(θ − a)ᵀ C (θ − a)``, to the updates.
 
-    EWC (Kirkpatrick et al. 2017, eq. 3), online EWC (Schwarz et al. 2018), SI (Zenke et al.
-    2017, eq. 4), MAS (Aljundi et al. 2018) and L2 share this transform; see the
-    module docstring for the consolidation mode of each and for where to put it in a chain.
+    C is the state's curvature: a diagonal Ω (``λ Ω ⊙ (θ − a)``; EWC, Kirkpatrick et al. 2017,
+    eq. 3; online EWC, Schwarz et al. 2018; SI, Zenke et al. 2017, eq. 4; MAS, Aljundi et al.
+    2018; L2) or K-FAC factors (``λ A ΔW̄ G`` per layer; Ritter et al. 2018), summed over the
+    filled slots of a multi-task K-FAC state. See the module docstring for the consolidation
+    mode of each method and for where to put the transform in a chain.
 
     Args:
       strength: λ ≥ 0 (a float or an array, e.g. traced from the run's hyperparameters).
@@ -107,7 +177,8 @@ def quadratic_penalty(*, strength: float | Array = 1.0) -> optax.GradientTransfo
     Returns:
       ``update(updates, state, params, *, penalty_state)`` requires ``params`` and the
       :class:`QuadraticPenaltyState`; the transform's own state is empty. Per step: one fused
-      multiply-add per parameter.
+      multiply-add per parameter (diagonal); two matmuls per layer and filled slot (K-FAC,
+      ``rows² × out`` and ``rows × out²`` multiply-adds).
     """
     check_nonnegative(strength, name="strength", scalar=True)
 
@@ -121,74 +192,61 @@ def quadratic_penalty(*, strength: float | Array = 1.0) -> optax.GradientTransfo
         del extra
         if params is None:
             raise ValueError(NO_PARAMS.format(name="quadratic_penalty"))
-        require_state(penalty_state, QuadraticPenaltyState, arg="penalty_state",
+        ps = penalty_state
+        require_state(ps, QuadraticPenaltyState, arg="penalty_state",
                       fn="quadratic_penalty.update")
-        check_same_structure(params, penalty_state.anchor, name="params",
-                             reference_name="penalty_state.anchor")
+        _check_params(ps, params, "params", "penalty_state.anchor")
         lam = jnp.asarray(strength, float_dtype())
-        out = jax.tree.map(
-            lambda g, p, a, o: g + (lam.astype(g.dtype) * (o * (p - a))).astype(g.dtype),
-            updates, params, penalty_state.anchor, penalty_state.importance)
-        return out, state
+        slots = _num_slots(ps)
+        if slots is None:
+            grad = matvec(ps.curvature, jax.tree.map(jnp.subtract, params, ps.anchor), scale=lam)
+        else:  # only the filled slots: a loop of `count` products, not num_slots
+            grad = matvec_sum(ps.curvature, params, ps.anchor, count=ps.count, scale=lam)
+        return jax.tree.map(lambda g, c: g + c.astype(g.dtype), updates, grad), state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _consolidate_one(state: QuadraticPenaltyState, params: Params, importance: Importance | None,
-                     mode: str, decay: Any) -> QuadraticPenaltyState:
-    check_same_structure(params, state.anchor, name="params",
-                         reference_name="the params the state was initialised with")
-    if importance is None:
-        importance = jax.tree.map(jnp.ones_like, params)
-    check_same_structure(importance, params, name="importance")
-    check_importance_values(importance)
-    cast = lambda x, ref: jnp.asarray(x, dtype=ref.dtype)
-    new_anchor = jax.tree.map(lambda a, p: cast(p, a), state.anchor, params)
-    offset = jnp.zeros_like(state.offset)
-    if mode == "online":
-        decay_ = jnp.asarray(decay)
-        new_imp = jax.tree.map(lambda o, w: cast(decay_, o) * o + cast(w, o),
-                               state.importance, importance)
-    elif mode == "replace":
-        new_imp = jax.tree.map(lambda o, w: cast(w, o), state.importance, importance)
-    elif mode == "multi_task":
-        terms = []
-        o_l, tdef = jax.tree.flatten(state.importance)
-        a_l = tdef.flatten_up_to(state.anchor)
-        w_l = tdef.flatten_up_to(importance)
-        p_l = tdef.flatten_up_to(params)
-        imps, ancs = [], []
-        for o, a, w, p in zip(o_l, a_l, w_l, p_l):
-            w, p = cast(w, o), cast(p, a)
-            o2 = o + w
-            frac = jnp.where(o2 != 0, w / jnp.where(o2 != 0, o2, 1), 1)
-            d = p - a
-            imps.append(o2)
-            ancs.append(a + frac * d)
-            terms.append(jnp.sum(o * frac * d * d).astype(state.offset.dtype))
-        new_imp, new_anchor = tdef.unflatten(imps), tdef.unflatten(ancs)
-        offset = state.offset + sum(terms, jnp.zeros_like(state.offset))
-    else:
-        raise ValueError(f"mode must be 'online', 'multi_task' or 'replace'; got {mode!r}")
-    return state._replace(anchor=new_anchor, importance=new_imp, offset=offset,
-                          count=state.count + 1)
+def _fold_multi_task(state: QuadraticPenaltyState, params: Params, new: Diagonal
+                     ) -> tuple[Params, Diagonal, Array]:
+    """Diagonal multi-task EWC: the exact parallel-axis fold of (θ*_t, Ω_t) (module docstring)."""
+    summed = combine(state.curvature, new, mode="sum")
+    o_l, tdef = jax.tree.flatten(state.curvature.values)
+    o2_l = tdef.flatten_up_to(summed.values)
+    w_l = tdef.flatten_up_to(new.values)
+    a_l = tdef.flatten_up_to(state.anchor)
+    p_l = tdef.flatten_up_to(params)
+    ancs, terms = [], []
+    for o, o2, w, a, p in zip(o_l, o2_l, w_l, a_l, p_l):
+        w, p = jnp.asarray(w, o.dtype), jnp.asarray(p, a.dtype)
+        frac = jnp.where(o2 != 0, w / jnp.where(o2 != 0, o2, 1), 1)
+        d = p - a
+        ancs.append(a + frac * d)
+        terms.append(jnp.sum(o * frac * d * d).astype(state.offset.dtype))
+    offset = state.offset + sum(terms, jnp.zeros_like(state.offset))
+    return tdef.unflatten(ancs), summed, offset
 
 
-def consolidate(state: QuadraticPenaltyState, params: Params, importance: Importance | None, *,
+def consolidate(state: QuadraticPenaltyState, params: Params, new: Any, *,
                 mode: ConsolidateMode = "online", decay: float | Array = 1.0
                 ) -> QuadraticPenaltyState:
-    """Task boundary: fold task t's (θ*_t, Ω_t) into the penalty; returns a new state.
+    """Task boundary: fold task t's (θ*_t, C_t) into the penalty; returns a new state.
 
     Args:
       state: the :class:`QuadraticPenaltyState` so far (:func:`init_penalty` before task 1).
       params: θ*_t, the parameters at the end of task t (finite).
-      importance: Ω_t ≥ 0 with params' structure and shapes (diagonal Fisher, SI, MAS...), a
-        *mean over examples*; ``None`` means Ω_t = 1 everywhere (L2).
-      mode: ``"online"``: Ω ← decay·Ω + Ω_t, anchor ← θ*_t (online EWC, Schwarz et al. 2018;
-        with ``decay=1`` the accumulation used for SI and MAS). ``"multi_task"``: add the
-        separate penalty Ω_t (θ − θ*_t)² (EWC, Kirkpatrick et al. 2017), folded exactly into
-        (Ω, anchor, offset) as in the module docstring. ``"replace"``: Ω ← Ω_t, anchor ← θ*_t
-        (L2 with ``importance=None``).
+      new: C_t, a *mean over examples*. For a diagonal state: an importance pytree Ω_t ≥ 0 with
+        params' structure and shapes (diagonal Fisher, SI, MAS...), a
+        :class:`~cljax.curvature.Diagonal`, or ``None`` for Ω_t = 1 (L2). For a K-FAC state:
+        {layer name: KFACFactors(A_t, G_t)} (:func:`cljax.importance.kfac_factors`; tracked
+        layers it omits get no curvature from task t) or a
+        :class:`~cljax.curvature.KroneckerFactored`.
+      mode: ``"online"``: C ← decay·C + C_t (:func:`cljax.curvature.combine`; nearest Kronecker
+        product for K-FAC), anchor ← θ*_t (online EWC; with ``decay=1`` the accumulation used
+        for SI and MAS). ``"sum"``: the same with γ = 1 (K-FAC: factor sums). ``"multi_task"``:
+        add the separate penalty of task t (EWC, Kirkpatrick et al. 2017): folded exactly into
+        (Ω, anchor, offset) for a diagonal state, written into slot ``count`` for K-FAC.
+        ``"replace"``: C ← C_t, anchor ← θ*_t (L2 with ``new=None``).
       decay: γ ∈ (0, 1] for ``mode="online"`` (may be an array, e.g. a vmapped axis).
 
     The function is pure and shape-preserving: it may run inside ``jit``/``vmap`` and the
@@ -197,25 +255,61 @@ def consolidate(state: QuadraticPenaltyState, params: Params, importance: Import
     if not isinstance(state, QuadraticPenaltyState):
         raise TypeError(f"state must be a QuadraticPenaltyState (init_penalty(params)); got "
                         f"{type(state).__name__}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'online', 'sum', 'multi_task' or 'replace'; got {mode!r}")
     check_decay_for_mode(decay, mode)
     check_finite(params, name="params")
-    return _consolidate_one(state, params, importance, mode, decay)
+    _check_params(state, params, "params", "the params the state was initialised with")
+    slots = _num_slots(state)
+    like = state.curvature if slots is None else _slot(state.curvature, 0)
+    new = as_curvature(new, like, params)
+    anchor_t = jax.tree.map(lambda a, p: jnp.asarray(p, a.dtype),
+                            state.anchor if slots is None else _slot(state.anchor, 0), params)
+    offset = jnp.zeros_like(state.offset)
+    count = state.count + 1
+    if slots is not None and mode != "multi_task":
+        raise ValueError(f"mode={mode!r} keeps one curvature; the state has num_slots={slots} "
+                         f"(use mode='multi_task' or num_slots=1)")
+    if mode == "multi_task" and isinstance(like, KroneckerFactored):
+        size = 1 if slots is None else slots
+        if is_concrete(state.count) and int(state.count) >= size:
+            raise ValueError(f"multi-task consolidation: all num_slots={size} slots are used; "
+                             f"create the state with a larger num_slots (= max_tasks)")
+        new = combine(like, new, mode="replace")   # new in the state's dtypes
+        if slots is None:   # one slot, no slot axis; under jit a write to a full slot is dropped
+            free = state.count < 1
+            pick = lambda n, o: jnp.where(free, n, o)
+            curv = jax.tree.map(pick, new, state.curvature)
+            anchor = jax.tree.map(pick, anchor_t, state.anchor)
+        else:               # under jit an out-of-range write is dropped
+            put = lambda s, x: s.at[state.count].set(x, mode="drop")
+            curv = jax.tree.map(put, state.curvature, new)
+            anchor = jax.tree.map(put, state.anchor, anchor_t)
+    elif mode == "multi_task":
+        anchor, curv, offset = _fold_multi_task(state, params, new)
+    else:
+        anchor, curv = anchor_t, combine(state.curvature, new, mode=mode, decay=decay)
+    return QuadraticPenaltyState(anchor, curv, offset, count)
 
 
 def penalty_loss(state: QuadraticPenaltyState, params: Params, *,
                  strength: float | Array = 1.0) -> Array:
-    """The penalty ``(λ/2)[Σ_i Ω_i (θ_i − a_i)² + offset]`` (for logging and tests).
+    """The penalty ``(λ/2)[(θ − a)ᵀ C (θ − a) + offset]``, summed over the slots (for logging
+    and tests).
 
-    Equals ``(λ/2) Σ_s Σ_i Ω_{s,i} (θ_i − θ*_{s,i})²`` over the consolidated tasks in
-    multi-task mode. Its gradient w.r.t. ``params`` is what :func:`quadratic_penalty` adds.
+    Equals ``(λ/2) Σ_s (θ − θ*_s)ᵀ C_s (θ − θ*_s)`` over the consolidated tasks in multi-task
+    mode. Its gradient w.r.t. ``params`` is what :func:`quadratic_penalty` adds.
     """
     if not isinstance(state, QuadraticPenaltyState):
         raise TypeError(f"state must be a QuadraticPenaltyState; got {type(state).__name__}")
     check_nonnegative(strength, name="strength", scalar=True)
-    check_same_structure(params, state.anchor, name="params", reference_name="state.anchor")
-    terms = jax.tree.map(lambda p, a, o: jnp.sum(o * (p - a) ** 2).astype(state.offset.dtype),
-                         params, state.anchor, state.importance)
-    total = sum(jax.tree.leaves(terms), state.offset)
+    _check_params(state, params, "params", "state.anchor")
+    form = lambda c, a: quadratic_form(c, jax.tree.map(jnp.subtract, params, a))
+    if _num_slots(state) is None:
+        total = form(state.curvature, state.anchor)
+    else:
+        total = jnp.sum(jax.vmap(form)(state.curvature, state.anchor))
+    total = total.astype(state.offset.dtype) + state.offset
     return 0.5 * jnp.asarray(strength, state.offset.dtype) * total
 
 
@@ -229,9 +323,10 @@ def ewc(learning_rate: optax.ScalarOrSchedule, *, strength: float | Array = 1.0,
     """Quadratic penalty + Adam: ``optax.chain(quadratic_penalty(strength=λ), optax.adam(lr))``.
 
     The chain of EWC (consolidate with ``mode="multi_task"``), online EWC (``mode="online",
-    decay=γ``), SI and MAS (``mode="online"``) and L2 (``mode="replace", importance=None``); its
-    ``update`` takes ``penalty_state=``. The penalty gradient is added before Adam's scaling, as in
-    the papers' loss (van de Ven & Tolias 2019 train all of them with Adam this way).
+    decay=γ``), SI and MAS (``mode="online"``), L2 (``mode="replace", new=None``) and, with a
+    ``curvature="kfac"`` state, the K-FAC Laplace penalty (Ritter et al. 2018); its ``update``
+    takes ``penalty_state=``. The penalty gradient is added before Adam's scaling, as in the
+    papers' loss (van de Ven & Tolias 2019 train all of them with Adam this way).
     """
     return optax.chain(quadratic_penalty(strength=strength),
                        optax.adam(learning_rate, b1=b1, b2=b2, eps=eps))
