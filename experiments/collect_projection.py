@@ -21,7 +21,16 @@ PROTOCOLS = (("pmnist", "Permuted MNIST, GPM protocol (10 tasks, 784-100-100, SG
 
 
 def pct(m):
+    if m["mean"] is None:
+        return "diverged"
     return f"{100 * m['mean']:.2f} ± {100 * m['sem']:.2f}"
+
+
+def runs_of(root, prefix, method):
+    """The run directories of a method: ``<prefix>_<method>`` and its variants
+    ``<prefix>_<method>_<tag>`` (e.g. EWC at several λ)."""
+    return sorted(d for d in root.glob(f"{prefix}_{method}*")
+                  if d.name == f"{prefix}_{method}" or d.name.startswith(f"{prefix}_{method}_"))
 
 
 def main(root="runs/projection"):
@@ -29,16 +38,21 @@ def main(root="runs/projection"):
     for prefix, title, published in PROTOCOLS:
         rows = []
         for method in METHODS:
-            path = root / f"{prefix}_{method}" / "results.json"
-            if not path.is_file():
-                continue
-            r = json.loads(path.read_text())
-            (scenario, e), = r["scenarios"].items()
-            m = e["metrics"]
-            rows.append(f"| {method} | {pct(m['acc'])} | {pct(m['bwt'])} | {e['hparams']} | "
-                        f"{r['config']['seeds']} | {r['config'].get('epochs') or '–'} | "
-                        f"{e['timings']['run_seconds'] / 60:.0f} min | "
-                        f"{published.get(method, '–')} |")
+            for run in runs_of(root, prefix, method):
+                path = run / "results.json"
+                if not path.is_file():
+                    continue
+                r = json.loads(path.read_text())
+                (scenario, e), = r["scenarios"].items()
+                m = e["metrics"]
+                diverged = (f" ({len(e['diverged'])} of {r['config']['seeds']} seeds diverged, "
+                            f"task {min(d['task'] for d in e['diverged']) + 1})"
+                            if e["diverged"] else "")
+                rows.append(f"| {method} | {pct(m['acc'])}{diverged} | {pct(m['bwt'])} | "
+                            f"{e['hparams']} | {r['config']['seeds']} | "
+                            f"{r['config'].get('epochs') or '–'} | "
+                            f"{e['timings']['run_seconds'] / 60:.0f} min | "
+                            f"{published.get(method, '–')} |")
         if not rows:
             continue
         print(f"\n{title}\n")
