@@ -13,7 +13,8 @@ for protocol in ${PROTOCOLS:-permuted rotated}; do
   run --method rgo --workdir $out/${tag}_rgo
   run --method rgo2 --workdir $out/${tag}_rgo2
   run --method gpm --workdir $out/${tag}_gpm
-  run --method ewc --set "hparams={'strength': 1e3}" --workdir $out/${tag}_ewc
+  # EWC on plain SGD lr 0.1: lr·λ·ΣF must stay < 2 (λ = 1000 diverges on the GPM protocol)
+  run --method ewc --set "hparams={'strength': 10.0}" --workdir $out/${tag}_ewc_l10
   run --method agem --set "method_options={'per_class': 25}" --workdir $out/${tag}_agem
   run --method none --workdir $out/${tag}_none
   # OGD's gradient store grows to 20 × 200 gradients: one seed
