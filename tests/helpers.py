@@ -1,4 +1,4 @@
-"""Tiny synthetic datasets and streams for the foundation tests."""
+"""Tiny synthetic datasets and streams, and random SPD / K-FAC factors, for the tests."""
 import numpy as np
 
 from cljax.data import ArrayDataset, split_tasks
@@ -28,3 +28,28 @@ def assert_trees_close(a, b, **kw):
     assert len(la) == len(lb), f"trees have {len(la)} and {len(lb)} leaves"
     for x, y in zip(la, lb):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), **kw)
+
+
+def random_spd(key, n, dtype=None):
+    """A well-conditioned random SPD matrix [n, n] (M Mᵀ / n + 0.1 I)."""
+    import jax
+    import jax.numpy as jnp
+
+    dtype = dtype or jnp.float64
+    m = jax.random.normal(key, (n, n), dtype)
+    return m @ m.T / n + 0.1 * jnp.eye(n, dtype=dtype)
+
+
+def random_kfac_factors(seed, shapes, dtype=None, names=None):
+    """{layer: KFACFactors(A [rows, rows], G [out, out])} of random SPD factors for ``shapes``
+    ({layer: (rows, out)}), layer i of ``names`` (default all) keyed by 100·seed + i."""
+    import jax
+
+    from cljax.types import KFACFactors
+
+    out = {}
+    for i, name in enumerate(shapes if names is None else names):
+        ka, kg = jax.random.split(jax.random.PRNGKey(100 * seed + i))
+        rows, m = shapes[name]
+        out[name] = KFACFactors(random_spd(ka, rows, dtype), random_spd(kg, m, dtype))
+    return out

@@ -14,7 +14,7 @@ from cljax.curvature import Diagonal, KroneckerFactored, nearest_kronecker_sum
 from cljax.transforms import (NCLState, QuadraticPenaltyState, consolidate, ewc, init_ncl,
                               init_penalty, penalty_loss, quadratic_penalty)
 from cljax.types import KFACFactors
-from helpers import assert_trees_close
+from helpers import assert_trees_close, random_kfac_factors, random_spd
 
 
 def _params(key, dtype=jnp.float32):
@@ -516,18 +516,11 @@ def _kparams(key, dtype=jnp.float64):
 SHAPES = {"Dense_0": (4, 2), "Conv_0": (4, 3), "Block_0/Dense_1": (3, 2)}
 
 
-def _spd(key, n, dtype=jnp.float64):
-    m = jax.random.normal(key, (n, n), dtype)
-    return m @ m.T / n + 0.1 * jnp.eye(n, dtype=dtype)
+_spd = random_spd
 
 
 def _kfactors(seed, dtype=jnp.float64, names=tuple(SHAPES)):
-    out = {}
-    for i, name in enumerate(names):
-        ka, kg = jax.random.split(jax.random.PRNGKey(seed * 100 + i))
-        n, m = SHAPES[name]
-        out[name] = KFACFactors(_spd(ka, n, dtype), _spd(kg, m, dtype))
-    return out
+    return random_kfac_factors(seed, SHAPES, dtype, names)
 
 
 def _wbar(node):

@@ -14,7 +14,7 @@ from cljax.curvature import (Diagonal, KroneckerFactored, combine, damped_invers
                              identity, kronecker_factored, matvec, matvec_sum,
                              nearest_kronecker_sum, quadratic_form, zeros)
 from cljax.types import KFACFactors
-from helpers import assert_trees_close
+from helpers import assert_trees_close, random_kfac_factors, random_spd
 
 LAYERS = {"Dense_0": (4, 2), "Conv_0": (4, 3), "Block_0/Dense_1": (3, 2)}   # (rows, out)
 
@@ -28,18 +28,11 @@ def _params(seed, dtype=jnp.float64):
             "Block_0": {"Dense_1": {"kernel": n(ks[4], (2, 2)), "bias": n(ks[5], (2,))}}}
 
 
-def _spd(key, n, dtype=jnp.float64):
-    m = jax.random.normal(key, (n, n), dtype)
-    return m @ m.T / n + 0.1 * jnp.eye(n, dtype=dtype)
+_spd = random_spd
 
 
 def _factors(seed, dtype=jnp.float64, names=tuple(LAYERS)):
-    out = {}
-    for i, name in enumerate(names):
-        ka, kg = jax.random.split(jax.random.PRNGKey(100 * seed + i))
-        rows, m = LAYERS[name]
-        out[name] = KFACFactors(_spd(ka, rows, dtype), _spd(kg, m, dtype))
-    return out
+    return random_kfac_factors(seed, LAYERS, dtype, names)
 
 
 def _node(tree, name):
