@@ -73,6 +73,23 @@ def param_layers(params: Params, layers: Any = None) -> dict[str, LayerShape]:
     return {n: found[n] for n in layers}
 
 
+def _key_str(k: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def path_name(path: Sequence[Any]) -> str:
+    """'/'-joined name of a key path, e.g. ('Dense_0', 'kernel') -> 'Dense_0/kernel'."""
+    return "/".join(_key_str(k) for k in path)
+
+
+def leaf_paths(tree: Any) -> dict[str, Any]:
+    """``{path_name: leaf}`` of a pytree, in leaf order (``{"Dense_0/kernel": …}``)."""
+    return {path_name(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
 def get_layer(tree: Any, name: str) -> Any:
     """The node at the "/"-joined path ``name`` of ``tree`` (params, gradients, updates…)."""
     node = tree
@@ -343,52 +360,75 @@ def capture_rows(fn: Callable[..., Any], *args: Any, layers: Any = None, **kwarg
 
 class Capture(NamedTuple):
     """:func:`capture`'s result: ``output`` of the function, ``rows`` {layer: [rows of each call
-    ``[B, P, rows]``]} and ``cotangents(ct)`` → {layer: [output cotangent of each call
-    ``[B, P, out]``]} for a cotangent ``ct`` of ``output`` (the vector-Jacobian product)."""
+    ``[B, P, rows]``]}, ``cotangents(ct)`` → {layer: [output cotangent of each call
+    ``[B, P, out]``]} for a cotangent ``ct`` of ``output`` (the vector-Jacobian product) and
+    ``vjp(ct)`` → ``(cotangents(ct), cotangents of the positional arguments named by argnums)``,
+    one backward pass for both; ``aux`` is ``fn``'s auxiliary output under ``has_aux``."""
 
     output: Any
     rows: dict[str, list[Array]]
     cotangents: Callable[[Any], dict[str, list[Array]]]
+    vjp: Callable[[Any], tuple[dict[str, list[Array]], tuple[Any, ...]]]
+    aux: Any = None
 
 
-def capture(fn: Callable[..., Any], *args: Any, layers: Any = None, **kwargs: Any) -> Capture:
+def capture(fn: Callable[..., Any], *args: Any, layers: Any = None, argnums: Sequence[int] = (),
+            has_aux: bool = False, **kwargs: Any) -> Capture:
     """One forward pass of ``fn(*args, **kwargs)`` capturing, for every recognised layer call, the
     rows it multiplies ``W̄`` with and (by a VJP w.r.t. zero perturbations of its output) its
     output cotangents: ``∂⟨ct, fn⟩/∂W̄ = Σ_calls Σ_{b,p} rows_{bp} ⊗ cot_{bp}``
     (:func:`weight_gradients`) — the per-layer gradient built from per-example pieces, as K-FAC
-    (Martens & Grosse 2015, eq. 1–2), GPM's representations and per-example Fisher terms use."""
+    (Martens & Grosse 2015, eq. 1–2), GPM's representations and per-example Fisher terms use.
+    ``argnums`` names positional arguments (e.g. 0 for the params) whose cotangents
+    :attr:`Capture.vjp` returns from the same backward pass; with ``has_aux``, ``fn`` returns
+    ``(output, aux)`` and only ``output`` is differentiated."""
     wanted = _wanted(layers)
+    argnums = tuple(argnums)
+    if any(not isinstance(i, int) or not 0 <= i < len(args) for i in argnums):
+        raise ValueError(f"argnums must index the {len(args)} positional arguments; got {argnums}")
     abstract: list[CallRecord] = []
+
+    def split(result: Any) -> tuple[Any, Any]:
+        if not has_aux:
+            return result, None
+        if not (isinstance(result, tuple) and len(result) == 2):
+            raise ValueError("with has_aux=True, fn must return a pair (output, aux); got "
+                             f"{type(result).__name__}")
+        return result
 
     def trace(*a: Any) -> Any:
         out, records = intercept_layer_calls(fn, *a, **kwargs)
         abstract.extend(r._replace(inputs=None) for r in records)   # static parts only
-        return out
+        return split(out)[0]
 
     jax.eval_shape(trace, *args)
     keep = [r.call is not None and (wanted is None or r.call.name in wanted) for r in abstract]
 
-    def forward(eps: list[Array | None]) -> tuple[Any, dict[str, list[Array]]]:
-        out, records = intercept_layer_calls(fn, *args, perturbations=eps, **kwargs)
+    def forward(eps: list[Array | None], *diff: Any) -> tuple[Any, dict[str, list[Array]]]:
+        full = list(args)
+        for i, a in zip(argnums, diff):
+            full[i] = a
+        result, records = intercept_layer_calls(fn, *full, perturbations=eps, **kwargs)
+        out, aux = split(result)
         rows: dict[str, list[Array]] = {}
         for r, k in zip(records, keep):
             if k:
                 rows.setdefault(r.call.name, []).append(layer_rows(jnp.asarray(r.inputs), r.call))
-        return out, rows
+        return out, (rows, aux)
 
     zeros = [jnp.zeros(r.output.shape, r.output.dtype) if k else None
              for r, k in zip(abstract, keep)]
-    out, vjp_fn, rows = jax.vjp(forward, zeros, has_aux=True)
+    out, vjp_fn, (rows, aux) = jax.vjp(forward, zeros, *[args[i] for i in argnums], has_aux=True)
 
-    def cotangents(ct: Any) -> dict[str, list[Array]]:
-        eps_bar = vjp_fn(ct)[0]
+    def vjp(ct: Any) -> tuple[dict[str, list[Array]], tuple[Any, ...]]:
+        eps_bar, *arg_bars = vjp_fn(ct)
         cots: dict[str, list[Array]] = {}
         for r, k, g in zip(abstract, keep, eps_bar):
             if k:
                 cots.setdefault(r.call.name, []).append(g.reshape(g.shape[0], -1, g.shape[-1]))
-        return cots
+        return cots, tuple(arg_bars)
 
-    return Capture(out, rows, cotangents)
+    return Capture(out, rows, lambda ct: vjp(ct)[0], vjp, aux)
 
 
 def weight_gradients(rows: Mapping[str, list[Array]], cotangents: Mapping[str, list[Array]]
@@ -409,7 +449,8 @@ def mean_rows(captured: Mapping[str, list[Array]]) -> dict[str, Array]:
             for name, rows in captured.items()}
 
 
-__all__ = ["LayerShape", "is_layer", "param_layers", "get_layer", "set_layer", "pack", "unpack",
+__all__ = ["LayerShape", "is_layer", "param_layers", "path_name", "leaf_paths", "get_layer",
+           "set_layer", "pack", "unpack",
            "check_factors", "LayerCall", "CallRecord", "CONV_TYPES", "is_candidate",
            "describe_call", "layer_inputs", "layer_rows", "intercept_layer_calls", "capture_rows",
            "Capture", "capture", "weight_gradients", "mean_rows"]

@@ -9,6 +9,7 @@ import pytest
 from cljax.importance import (empirical_fisher_diagonal, exact_fisher_diagonal,
                               true_fisher_diagonal)
 from cljax.importance import estimation
+from cljax.layers import leaf_paths
 import importance_helpers as H
 
 PROBLEMS = {"mlp_multihead": functools.partial(H.mlp_problem, heads=2),
@@ -46,7 +47,7 @@ def test_dispatch_uses_fast_path_for_flax_layers_and_fallback_for_the_rest(x64):
     model, params, batch = H.mixed_problem()
     plan = estimation.discover(model.logits_fn, params, batch, "auto")
     assert [s.kind for s in plan.layers] == ["conv", "conv", "dense", "dense"]
-    names = [estimation.path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    names = list(leaf_paths(params))
     assert sorted(names[i] for i in plan.fallback_indices) == [
         "LayerNorm_0/bias", "LayerNorm_0/scale", "scale"]
     plain = estimation.discover(H.plain_logits_fn, H.plain_problem()[1], H.plain_problem()[2], "auto")

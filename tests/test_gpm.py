@@ -1,12 +1,11 @@
-"""Tests for cljax.transforms.gpm and cljax.transforms.ogd (GPM, OGD)."""
+"""Tests for cljax.transforms.gpm (GPM)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from cljax.transforms import (GPMState, gpm_project, gpm_projection, gpm_update, init_gpm,
-                              init_ogd, ogd_add, ogd_project, ogd_projection)
+from cljax.transforms import GPMState, gpm_project, gpm_projection, gpm_update, init_gpm
 from cljax.transforms.gpm import grow_basis
 
 
@@ -71,31 +70,3 @@ def test_gpm_bad_inputs():
     with pytest.raises(ValueError, match="gpm_state"):
         gpm_projection().update(_params(), optax.EmptyState(), None)
     assert isinstance(state, GPMState)
-
-
-def test_ogd_store_is_orthonormal_and_projection_orthogonal():
-    rng = np.random.default_rng(2)
-    params = {"a": jnp.zeros((3, 4)), "b": jnp.zeros(5)}
-    state = init_ogd(params, capacity=6)
-    dirs = {"a": jnp.asarray(rng.normal(size=(4, 3, 4)), jnp.float32),
-            "b": jnp.asarray(rng.normal(size=(4, 5)), jnp.float32)}
-    dirs["a"] = dirs["a"].at[3].set(2 * dirs["a"][0])          # a direction already in the span
-    dirs["b"] = dirs["b"].at[3].set(2 * dirs["b"][0])
-    state = jax.jit(ogd_add)(state, dirs)
-    assert int(state.size) == 3 and int(state.dropped) == 0
-    flat = np.concatenate([np.asarray(state.basis["a"]).reshape(6, -1),
-                           np.asarray(state.basis["b"])], axis=1)[:3]
-    np.testing.assert_allclose(flat @ flat.T, np.eye(3), atol=1e-5)
-    g = {"a": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
-         "b": jnp.asarray(rng.normal(size=5), jnp.float32)}
-    out = ogd_project(g, state)
-    v = np.concatenate([np.asarray(out["a"]).ravel(), np.asarray(out["b"])])
-    gv = np.concatenate([np.asarray(g["a"]).ravel(), np.asarray(g["b"])])
-    assert np.abs(flat @ v).max() / np.linalg.norm(gv) < 1e-6
-    tx = optax.chain(ogd_projection(), optax.sgd(1.0))
-    u, _ = tx.update(g, tx.init(g), None, ogd_state=state)
-    np.testing.assert_allclose(-np.asarray(u["b"]), np.asarray(out["b"]), rtol=1e-6)
-    with pytest.raises(ValueError, match="capacity"):
-        ogd_add(state, dirs)                                   # 3 + 4 > 6: eager calls raise
-    with pytest.raises(ValueError, match="capacity"):
-        init_ogd(params, capacity=0)

@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cljax.layers import (LayerShape, check_factors, get_layer, pack, param_layers, set_layer,
-                          unpack)
+from cljax.layers import (LayerShape, check_factors, get_layer, leaf_paths, pack, param_layers,
+                          path_name, set_layer, unpack)
 from cljax.types import KFACFactors
 
 
@@ -113,6 +113,32 @@ def test_captured_rows_and_cotangents_reproduce_jax_grad_per_layer(x64):
         np.testing.assert_allclose(w, want, rtol=1e-10, atol=1e-12, err_msg=name)
         back = unpack(w, params[name])
         assert set(back) == set(params[name])
+
+
+def test_capture_vjp_gives_param_gradients_in_the_same_pass_and_keeps_aux(x64):
+    net, params, x, ct = _net_problem()
+    fn = lambda p, xx: (net.apply({"params": p}, xx), {"mean": jnp.mean(xx)})   # noqa: E731
+    cap = capture(fn, params, x, argnums=(0,), has_aux=True)
+    np.testing.assert_allclose(cap.aux["mean"], jnp.mean(x), rtol=1e-12)
+    cots, (param_grads,) = cap.vjp(ct)
+    want = jax.grad(lambda p: jnp.sum(fn(p, x)[0] * ct))(params)
+    for a, b in zip(jax.tree.leaves(param_grads), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    for name in cots:
+        for a, b in zip(cots[name], cap.cotangents(ct)[name]):
+            np.testing.assert_allclose(a, b, rtol=1e-12)
+    with pytest.raises(ValueError, match="argnums"):
+        capture(fn, params, x, argnums=(2,), has_aux=True)
+    with pytest.raises(ValueError, match="pair"):
+        capture(lambda p, xx: net.apply({"params": p}, xx), params, x, has_aux=True)
+
+
+def test_leaf_paths_name_every_leaf():
+    p = _params()
+    names = list(leaf_paths(p))
+    assert names == [path_name(k) for k, _ in jax.tree_util.tree_leaves_with_path(p)]
+    assert "Block_0/Dense_1/kernel" in names and "LayerNorm_0/scale" in names
+    assert leaf_paths({"a": [jnp.ones(1), jnp.zeros(2)]}).keys() == {"a/0", "a/1"}
 
 
 def test_capture_rows_equals_capture_and_runs_in_jit(x64):

@@ -40,7 +40,9 @@ def test_one_compilation_for_the_stream(name):
     traces = []
     method, tr, data = _build(name, traces)
     res = run_stream(tr, data, num_steps=4, keys=KEYS, hparams=method.default_hparams)
-    assert len(traces) == 1 and np.all(np.isfinite(res.loss))
+    # OGD's fused gradient (cljax.layers.capture) traces the loss once more, abstractly, to learn
+    # its layer calls; a recompilation per task would give 3 or 6 traces for the 3 tasks
+    assert len(traces) == (2 if name == "ogd" else 1) and np.all(np.isfinite(res.loss))
 
 
 def test_rgo_alpha_sweep_vmapped_equals_separate_runs_and_fused_equals_plain():

@@ -1,5 +1,5 @@
 """The engine shared by every estimator in :mod:`cljax.importance` (public: :func:`estimate`,
-:func:`estimate_jit`, :func:`discover`, :func:`path_name` for tests and benchmarks).
+:func:`estimate_jit`, :func:`discover` for tests and benchmarks).
 
 Every estimator here is a reduction of *per-example parameter gradients along output directions*:
 for example n and a direction u_{n,k} in logit space (k = 1..K), the per-example gradient is
@@ -57,7 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax import validation
-from cljax.layers import CallRecord, LayerCall, intercept_layer_calls, layer_inputs
+from cljax.layers import CallRecord, LayerCall, intercept_layer_calls, layer_inputs, path_name
 from cljax.types import Array, Batch, LogitsFn, Params
 
 # Output directions (exact Fisher: the C classes; true Fisher: the samples) back-propagated together
@@ -74,18 +74,6 @@ IMPLEMENTATIONS = ("auto", "vmap")
 # ----------------------------------------------------------------------------------------------
 # Layer discovery (the recognition rules and the interception live in cljax.layers)
 # ----------------------------------------------------------------------------------------------
-
-def _key_str(k: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
-
-
-def path_name(path: Sequence[Any]) -> str:
-    """'/'-joined name of a key path, e.g. ('Dense_0', 'kernel') -> 'Dense_0/kernel'."""
-    return "/".join(_key_str(k) for k in path)
-
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
@@ -425,4 +413,4 @@ def estimate(kind: str, logits_fn: LogitsFn, params: Params, batch: Batch, key: 
     return result
 
 
-__all__ = ["estimate", "estimate_jit", "discover", "path_name", "Plan"]
+__all__ = ["estimate", "estimate_jit", "discover", "Plan"]

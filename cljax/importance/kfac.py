@@ -45,7 +45,8 @@ import jax.numpy as jnp
 
 from cljax import validation
 from cljax._linalg import eigh
-from cljax.importance.estimation import estimate, path_name
+from cljax.importance.estimation import estimate
+from cljax.layers import path_name
 from cljax.types import Array, Batch, KFACFactors, LogitsFn, Params, PRNGKey
 
 FISHER_TYPES = ("true", "exact", "empirical")

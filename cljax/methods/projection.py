@@ -27,7 +27,8 @@ import optax
 from cljax.layers import capture_rows, mean_rows
 from cljax.methods.base import Method, cross_entropy, get_hparam, task_loss
 from cljax.transforms.gpm import gpm_projection, gpm_update, gpm_value_and_grad, init_gpm
-from cljax.transforms.ogd import init_ogd, ogd_add, ogd_projection
+from cljax.transforms.ogd import (ground_truth_gradients, init_ogd, ogd_add, ogd_projection,
+                                  ogd_value_and_grad)
 from cljax.transforms.rgo import (init_rgo, rgo_accumulate, rgo_consolidate, rgo_projection,
                                   rgo_value_and_grad)
 from cljax.validation import check_in_unit_interval, check_positive_int
@@ -123,26 +124,42 @@ def gpm(*, thresholds: Sequence[float] = (0.95, 0.99, 0.99), threshold_increment
                   value_and_grad=value_and_grad if fused_gradient else None)
 
 
-def ogd(*, per_task: int = 200) -> Method:
+def ogd(*, per_task: int = 200, factored: bool = True, fused_gradient: bool = True) -> Method:
     """OGD-GTL (Farajtabar et al. 2020): at each boundary the gradients of the true class's logit
     at ``per_task`` examples of the task (drawn uniformly) join the store of
-    ``per_task × number of tasks`` directions (never exhausted)."""
+    ``per_task × number of tasks`` directions (never exhausted), one block per task.
+    ``factored`` keeps the Dense layers as per-example rows ⊗ cotangents
+    (:mod:`cljax.transforms.ogd`); False stores every parameter densely (the same span, ≈ 75×
+    the memory on an MLP). ``fused_gradient`` (default) forms the projection's dot products from
+    the batch's layer rows and cotangents (:func:`cljax.transforms.ogd_value_and_grad`); False
+    projects the finished gradient (:func:`cljax.transforms.ogd_projection`), the same step to
+    rounding."""
     check_positive_int(per_task, name="per_task")
+    if not isinstance(factored, bool) or not isinstance(fused_gradient, bool):
+        raise TypeError(f"factored and fused_gradient must be bools; got {factored!r}, "
+                        f"{fused_gradient!r}")
+
+    def init(params, key, hparams, spec):
+        del key, hparams
+        return init_ogd(params, capacity=per_task * spec.num_tasks, block=per_task,
+                        factored_layers=None if factored else ())
 
     def end_task(ctx):
         batch = ctx.sample_batch(ctx.task, ctx.key, per_task)
+        directions = ground_truth_gradients(ctx.model.logits_fn, ctx.params, batch, ctx.mstate)
+        return ctx.params, ctx.opt_state, ogd_add(ctx.mstate, directions)
 
-        def true_logit(params, example):
-            one = jax.tree.map(lambda x: x[None], example)
-            return ctx.model.logits_fn(params, one)[0, example["y"]]
+    def value_and_grad(loss, params, mstate, ctx):
+        del ctx
+        return ogd_value_and_grad(loss, mstate, params, has_aux=True)
 
-        grads = jax.vmap(jax.grad(true_logit), in_axes=(None, 0))(ctx.params, batch)
-        return ctx.params, ctx.opt_state, ogd_add(ctx.mstate, grads)
-
+    if fused_gradient:
+        return Method("ogd", make_optimizer=lambda h, base: base, init=init,
+                      optimizer_args=lambda p, b, m, c: {}, end_task=end_task,
+                      value_and_grad=value_and_grad)
     return Method("ogd", make_optimizer=lambda h, base: optax.chain(ogd_projection(), base),
-                  init=lambda params, key, hparams, spec: init_ogd(
-                      params, capacity=per_task * spec.num_tasks),
-                  optimizer_args=lambda p, b, m, c: {"ogd_state": m}, end_task=end_task)
+                  init=init, optimizer_args=lambda p, b, m, c: {"ogd_state": m},
+                  end_task=end_task)
 
 
 __all__ = ["rgo", "rgo2", "gpm", "ogd"]

@@ -1,101 +1,329 @@
 """Orthogonal Gradient Descent (OGD; Farajtabar, Azizan, Mott & Li 2020, AISTATS) as a transform.
 
-OGD keeps an orthonormal set of directions in parameter space — the gradients of the model's
-ground-truth logit at examples of the past tasks (OGD-GTL, their best variant), orthonormalised
-by Gram–Schmidt as they are added — and removes their span from every new gradient:
-g̃ = g − Σ_i (gᵀu_i) u_i (their eq. 4–5).
+OGD removes from every new gradient its component in the span of stored directions, the
+gradients of the model's ground-truth logit at examples of the past tasks (OGD-GTL, their best
+variant): g̃ = g − Π g with Π the orthogonal projector onto span{∇θ f_{y_i}(x_i)} (their eq. 4–5,
+which build Π from a Gram–Schmidt basis of the stored gradients).
 
-Fixed shapes: the store is the params pytree with a leading ``capacity`` axis (for ``capacity``
-directions) and a fill count, so nothing recompiles as it fills; memory is capacity × params
-(e.g. 200 examples per task × 10 tasks on a 784-100-100-10 MLP: 2000 × 89,610 floats, 717 MB).
-Directions whose residual after Gram–Schmidt is below ``tol`` × their norm (already in the span)
-are not stored. When the store is full, further directions are dropped and counted in
-``dropped``; a concrete (eager) call raises instead. Size the capacity to the stream
-(:func:`cljax.methods.ogd` does: examples per task × tasks), and it is never exhausted.
+How the span is stored (ours; the span and Π are the paper's). A dense store costs capacity ×
+params floats and two passes over all of them per step: 2,000 × 89,610 floats (717 MB) on GPM's
+MNIST network, so a step is bound by memory bandwidth (≈ 250× plain SGD's at batch 10). But an
+example's gradient in a Dense layer called once per example is the outer product a_i ⊗ δ_i of
+the layer's input row (a 1 appended for the bias, ``W̄ = [W; b]`` as in :mod:`cljax.layers`) and
+its output cotangent. Such *factored* layers keep those two vectors (``[capacity, rows]`` and
+``[capacity, out]``: 75× fewer floats on that network); every other leaf (convolutions, norms,
+embeddings) is kept densely, ``[capacity, *shape]``. With the raw directions G (one column per
+stored example) the state keeps M = K⁺, the pseudo-inverse of their Gram matrix K = GᵀG, so
+Π g = G M Gᵀ g: per factored layer, Gᵀg is one ``[capacity, rows] @ [rows, out]`` product and Gc
+its transpose. Eigenvalues of K below ``tol`` × the largest (directions already in the span to
+the working precision: Gram–Schmidt's dropped residuals) are left out of M; ``rank`` counts the
+rest.
+The store is filled in blocks of ``block`` directions (OGD's examples per task) and a step only
+reads the filled blocks.
+
+Fixed shapes: capacity, block and the factored layers are set at :func:`init_ogd`, so nothing
+recompiles as the store fills. When the store is full, further directions are dropped and counted
+in ``dropped``; a concrete (eager) call raises instead. Size the capacity to the stream
+(:func:`cljax.methods.ogd` does: examples per task × tasks) and it is never exhausted.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from cljax.layers import capture, get_layer, leaf_paths, pack, param_layers, unpack
 from cljax.transforms.common import require_state
 from cljax.types import Array, Params
-from cljax.validation import check_finite, check_positive_int, is_concrete
+from cljax.validation import (check_batch, check_finite, check_in_unit_interval,
+                              check_labels_in_range, check_positive_int, is_concrete)
 
 
 class OGDState(NamedTuple):
-    """OGD's store: ``basis`` (params' structure, leaves ``[capacity, *shape]``, the first
-    ``size`` rows orthonormal as vectors over all leaves), ``size``, ``dropped``."""
+    """OGD's store: ``blocks`` × ``block`` directions (capacity = their product), the first
+    ``size`` filled. ``rows`` / ``cotangents``: {factored layer: ``[blocks, block, rows]`` /
+    ``[blocks, block, out]``}; ``dense``: {leaf path: ``[blocks, block, *shape]``} for every
+    other leaf of the params; ``pinv``: M = (GᵀG)⁺, ``[capacity, capacity]``; ``size``,
+    ``rank`` (of the stored span) and ``dropped`` (directions that found the store full)."""
 
-    basis: Params
+    rows: dict[str, Array]
+    cotangents: dict[str, Array]
+    dense: dict[str, Array]
+    pinv: Array
     size: Array
+    rank: Array
     dropped: Array
 
 
-def init_ogd(params: Params, *, capacity: int) -> OGDState:
-    """An empty store for ``capacity`` directions of ``params``' shape."""
+class OGDDirections(NamedTuple):
+    """``n`` directions in the store's layout: ``rows`` {layer: ``[n, rows]``}, ``cotangents``
+    {layer: ``[n, out]``} (direction i is ``rows[i] ⊗ cotangents[i]`` in that layer's ``W̄``) and
+    ``dense`` {leaf path: ``[n, *shape]``} (:func:`ground_truth_gradients` makes them)."""
+
+    rows: dict[str, Array]
+    cotangents: dict[str, Array]
+    dense: dict[str, Array]
+
+
+def dense_factorable_layers(params: Params) -> list[str]:
+    """The layers of ``params`` with an ``[in, out]`` kernel (flax ``Dense``): those OGD can store
+    as per-example rows ⊗ cotangents."""
+    return [n for n in param_layers(params) if jnp.ndim(get_layer(params, n)["kernel"]) == 2]
+
+
+def init_ogd(params: Params, *, capacity: int, block: int | None = None,
+             factored_layers: Sequence[str] | None = None) -> OGDState:
+    """An empty store for ``capacity`` directions of ``params``' shape, filled and read ``block``
+    (default ``capacity``) at a time; ``capacity`` must be a multiple of ``block``.
+    ``factored_layers`` (default: every ``[in, out]``-kernel layer,
+    :func:`dense_factorable_layers`; ``()`` keeps everything dense, the paper's layout) are stored
+    as rows ⊗ cotangents."""
     check_positive_int(capacity, name="capacity")
-    return OGDState(jax.tree.map(lambda p: jnp.zeros((capacity,) + p.shape, p.dtype), params),
-                    jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+    block = capacity if block is None else block
+    check_positive_int(block, name="block")
+    if capacity % block:
+        raise ValueError(f"capacity ({capacity}) must be a multiple of block ({block})")
+    layers = param_layers(params)
+    names = dense_factorable_layers(params) if factored_layers is None else list(factored_layers)
+    bad = [n for n in names if n not in layers or jnp.ndim(get_layer(params, n)["kernel"]) != 2]
+    if bad:
+        raise ValueError(f"factored_layers {bad} are not layers of params with an [in, out] "
+                         f"kernel; those are {dense_factorable_layers(params)}")
+    factored_leaves = {f"{n}/{k}" for n in names for k in ("kernel", "bias")}
+    lead = (capacity // block, block)
+    dtype = lambda n: get_layer(params, n)["kernel"].dtype   # noqa: E731
+    dense = {p: jnp.zeros(lead + jnp.shape(x), jnp.asarray(x).dtype)
+             for p, x in leaf_paths(params).items() if p not in factored_leaves}
+    if not names and not dense:
+        raise ValueError("params has no leaves to store")
+    z = jnp.zeros((), jnp.int32)
+    ct = jnp.promote_types(jnp.result_type(*jax.tree.leaves(params)), jnp.float32)
+    return OGDState({n: jnp.zeros(lead + (layers[n].rows,), dtype(n)) for n in names},
+                    {n: jnp.zeros(lead + (layers[n].out,), dtype(n)) for n in names}, dense,
+                    jnp.zeros((capacity, capacity), ct), z, z, z)
 
 
-def _dots(basis: Params, v: Params) -> Array:
-    return sum(jnp.tensordot(b.astype(jnp.float32), x.astype(jnp.float32), axes=x.ndim)
-               for b, x in zip(jax.tree.leaves(basis), jax.tree.leaves(v)))
+def _lead(state: OGDState) -> tuple[int, int]:
+    return next(iter({**state.rows, **state.dense}.values())).shape[:2]
 
 
-def _combine(coef: Array, basis: Params) -> Params:
-    return jax.tree.map(lambda b: jnp.tensordot(coef.astype(b.dtype), b, axes=1), basis)
+def _check_state(state: Any, fn: str) -> None:
+    if not isinstance(state, OGDState):
+        raise TypeError(f"{fn}: the state must be an OGDState (init_ogd(params, capacity=...)); "
+                        f"got {type(state).__name__}")
 
 
-def _norm(v: Params) -> Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(v)))
+def _as(ct: Any, x: Array) -> Array:
+    return x.astype(ct)
+
+
+def ogd_add(state: OGDState, directions: OGDDirections, *, tol: float = 1e-5) -> OGDState:
+    """Append ``directions`` (:class:`OGDDirections` in the store's layout) and refresh the
+    pseudo-inverse M of the stored directions' Gram matrix; its eigenvalues below ``tol`` × the
+    largest (directions already in the span) are left out."""
+    _check_state(state, "ogd_add")
+    if not isinstance(directions, OGDDirections):
+        raise TypeError(f"directions must be OGDDirections (from ground_truth_gradients, or "
+                        f"OGDDirections(rows, cotangents, dense) in the store's layout); got "
+                        f"{type(directions).__name__}")
+    check_in_unit_interval(tol, name="tol", scalar=True)
+    blocks, block = _lead(state)
+    capacity, ct = blocks * block, state.pinv.dtype
+    n = None
+    for field in ("rows", "cotangents", "dense"):
+        got, have = getattr(directions, field), getattr(state, field)
+        if not isinstance(got, Mapping) or sorted(got) != sorted(have):
+            raise ValueError(f"directions.{field} must be a dict naming {sorted(have)} (the "
+                             f"store's layout); got "
+                             f"{sorted(got) if isinstance(got, Mapping) else type(got).__name__}")
+        for key, x in got.items():
+            n = jnp.shape(x)[0] if n is None and jnp.ndim(x) else n
+            if jnp.shape(x) != (n,) + have[key].shape[2:]:
+                raise ValueError(f"directions.{field}[{key!r}] must have shape "
+                                 f"{(n,) + have[key].shape[2:]}; got {jnp.shape(x)}")
+    check_finite(directions, name="directions")
+    if n > capacity or (is_concrete(state.size) and int(state.size) + n > capacity):
+        held = int(state.size) if is_concrete(state.size) else "?"
+        raise ValueError(f"the OGD store holds {held} of {capacity} directions; {n} more do not "
+                         f"fit: create it with a larger capacity")
+    fits = state.size + n <= capacity
+    start = jnp.minimum(state.size, capacity - n)
+
+    def write(store: dict[str, Array], new: dict[str, Array]) -> dict[str, Array]:
+        out = {}
+        for k, v in store.items():
+            flat = v.reshape((capacity,) + v.shape[2:])
+            upd = jax.lax.dynamic_update_slice_in_dim(flat, new[k].astype(v.dtype), start, 0)
+            out[k] = jnp.where(fits, upd, flat).reshape(v.shape)
+        return out
+
+    rows, cots = write(state.rows, directions.rows), write(state.cotangents, directions.cotangents)
+    dense = write(state.dense, directions.dense)
+    size = jnp.where(fits, state.size + n, state.size)
+    flat = lambda d: {k: v.reshape((capacity,) + v.shape[2:]) for k, v in d.items()}   # noqa: E731
+    fr, fc, fd = flat(rows), flat(cots), flat(dense)
+    k = sum((_as(ct, fr[m]) @ _as(ct, fr[m]).T) * (_as(ct, fc[m]) @ _as(ct, fc[m]).T) for m in fr)
+    for x in fd.values():
+        x = _as(ct, x).reshape(capacity, -1)
+        k = k + x @ x.T
+    filled = jnp.arange(capacity) < size
+    k = jnp.where(filled[:, None] & filled[None, :], k, 0.0)
+    lam, vec = jnp.linalg.eigh(0.5 * (k + k.T))
+    keep = lam > tol * jnp.maximum(jnp.max(lam), jnp.finfo(ct).tiny)
+    pinv = (vec * jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)) @ vec.T
+    return OGDState(rows, cots, dense, pinv, size, jnp.sum(keep).astype(jnp.int32),
+                    state.dropped + jnp.where(fits, 0, n).astype(jnp.int32))
+
+
+def _check_updates(updates: Params, state: OGDState, name: str) -> dict[str, Array]:
+    leaves = leaf_paths(updates)
+    factored = {f"{n}/{k}" for n in state.rows for k in ("kernel", "bias")}
+    if set(leaves) != set(state.dense) | (factored & set(leaves)) or \
+            not all(f"{n}/kernel" in leaves for n in state.rows):
+        raise ValueError(f"{name} must have the structure of the params the OGD store was made "
+                         f"for; its leaves are {sorted(leaves)}, the store's "
+                         f"{sorted(set(state.dense) | factored)}")
+    return leaves
+
+
+def _used_blocks(state: OGDState) -> Array:
+    blocks, block = _lead(state)
+    return jnp.minimum((state.size + block - 1) // block, blocks)
+
+
+def _at(x: Array, b: Array, ct: Any) -> Array:
+    return jax.lax.dynamic_index_in_dim(x, b, 0, keepdims=False).astype(ct)
+
+
+def _stored_dots(state: OGDState, wbar: Mapping[str, Array], dense: Mapping[str, Array],
+                 factors: Mapping[str, tuple[Array, Array]]) -> Array:
+    """Gᵀg: ``[capacity]``, zero past the filled blocks. Factored layers in ``factors``
+    (the rows ``[R, rows]`` and output cotangents ``[R, out]`` whose Σ rows ⊗ cot is the gradient)
+    use Σ_r (R_s x_r)(C_s δ_r); the others their ``W̄`` gradient in ``wbar``."""
+    blocks, block = _lead(state)
+    ct = state.pinv.dtype
+
+    def body(b, acc):
+        d = jnp.zeros(block, ct)
+        for n in state.rows:
+            r, c = _at(state.rows[n], b, ct), _at(state.cotangents[n], b, ct)
+            if n in factors:
+                x, delta = factors[n]
+                d = d + jnp.sum((r @ x.T) * (c @ delta.T), axis=1)
+            else:
+                d = d + jnp.sum((r @ wbar[n]) * c, axis=1)
+        for p, x in state.dense.items():
+            d = d + _at(x, b, ct).reshape(block, -1) @ dense[p].reshape(-1)
+        return jax.lax.dynamic_update_slice_in_dim(acc, d, b * block, 0)
+
+    return jax.lax.fori_loop(0, _used_blocks(state), body, jnp.zeros(blocks * block, ct))
+
+
+def _subtract(updates: Params, leaves: Mapping[str, Array], state: OGDState,
+              wbar: Mapping[str, Array], dense: Mapping[str, Array], coef: Array) -> Params:
+    """``updates`` − G coef, over the filled blocks."""
+    block, ct = _lead(state)[1], state.pinv.dtype
+
+    def body(b, acc):
+        c = jax.lax.dynamic_slice_in_dim(coef, b * block, block)
+        w = {n: acc[0][n] + _at(state.rows[n], b, ct).T
+             @ (c[:, None] * _at(state.cotangents[n], b, ct)) for n in state.rows}
+        d = {p: acc[1][p] + jnp.tensordot(c, _at(x, b, ct), axes=1) for p, x in state.dense.items()}
+        return w, d
+
+    w_sub, d_sub = jax.lax.fori_loop(
+        0, _used_blocks(state), body, ({n: jnp.zeros_like(w) for n, w in wbar.items()},
+                                       {p: jnp.zeros_like(x) for p, x in dense.items()}))
+    out = {p: (dense[p] - d_sub[p]).astype(leaves[p].dtype) for p in state.dense}
+    for n in state.rows:
+        for key, v in unpack(wbar[n] - w_sub[n], get_layer(updates, n)).items():
+            out[f"{n}/{key}"] = v
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(updates),
+                                        [out[p] for p in leaves])
 
 
 def ogd_project(updates: Params, state: OGDState) -> Params:
-    """g − Σ_{i < size} (gᵀu_i) u_i."""
-    capacity = jax.tree.leaves(state.basis)[0].shape[0]
-    coef = _dots(state.basis, updates) * (jnp.arange(capacity) < state.size)
-    return jax.tree.map(lambda g, c: (g - c).astype(g.dtype), updates,
-                        _combine(coef, state.basis))
+    """g − Π g = g − G M Gᵀ g, reading only the filled blocks of the store."""
+    _check_state(state, "ogd_project")
+    leaves = _check_updates(updates, state, "updates")
+    ct = state.pinv.dtype
+    wbar = {n: _as(ct, pack(get_layer(updates, n))) for n in state.rows}
+    dense = {p: _as(ct, leaves[p]) for p in state.dense}
+    coef = state.pinv @ _stored_dots(state, wbar, dense, {})
+    return _subtract(updates, leaves, state, wbar, dense, coef)
 
 
-def ogd_add(state: OGDState, directions: Params, *, tol: float = 1e-6) -> OGDState:
-    """Orthonormalise ``directions`` (params' structure, leaves ``[n, *shape]``) against the store
-    and each other (Gram–Schmidt, applied twice for float32 stability) and append them."""
-    if not isinstance(state, OGDState):
-        raise TypeError(f"state must be an OGDState (init_ogd(params, capacity=...)); got "
-                        f"{type(state).__name__}")
-    check_finite(directions, name="directions")
-    leaves = jax.tree.leaves(directions)
-    n = leaves[0].shape[0]
-    capacity = jax.tree.leaves(state.basis)[0].shape[0]
-    if is_concrete(state.size) and int(state.size) + n > capacity:
-        raise ValueError(f"the OGD store holds {int(state.size)} of {capacity} directions; "
-                         f"{n} more may not fit: create it with a larger capacity")
-    mask = lambda size: (jnp.arange(capacity) < size).astype(jnp.float32)   # noqa: E731
+def ogd_value_and_grad(fun: Callable[..., Any], ogd_state: OGDState, params: Params, *args: Any,
+                       has_aux: bool = False) -> tuple[Any, Params]:
+    """``fun(params, *args)`` and its OGD-projected gradient (= ``ogd_project`` of
+    ``jax.grad(fun)`` to rounding), with Gᵀg of each factored layer formed from the batch's rows
+    and output cotangents, Σ_r (R_s x_r)(C_s δ_r), captured in the same forward and backward pass
+    (capacity·R·(rows + out) multiply-adds instead of capacity·rows·out; R = batch × positions).
+    Feed the result to the base optimizer directly (not through :func:`ogd_projection`).
+    Requirement: a factored layer's kernel and bias are used only through its recognised calls
+    (a layer that ``fun`` never calls recognisably falls back to its gradient)."""
+    _check_state(ogd_state, "ogd_value_and_grad")
+    if not callable(fun):
+        raise TypeError(f"fun must be a callable loss(params, *args); got {type(fun).__name__}")
+    cap = capture(fun, params, *args, layers=list(ogd_state.rows), argnums=(0,), has_aux=has_aux)
+    loss = cap.output
+    if jnp.shape(loss) != () or not jnp.issubdtype(jnp.result_type(loss), jnp.floating):
+        raise ValueError(f"fun must return a float scalar loss{' (and aux)' if has_aux else ''}; "
+                         f"got shape {jnp.shape(loss)}, dtype {jnp.result_type(loss)}")
+    cots, (grads,) = cap.vjp(jnp.ones_like(loss))
+    leaves = _check_updates(grads, ogd_state, "params")
+    ct = ogd_state.pinv.dtype
+    flat = lambda xs: jnp.concatenate(   # noqa: E731
+        [_as(ct, x).reshape(-1, x.shape[-1]) for x in xs])
+    factors = {n: (flat(cap.rows[n]), flat(cots[n])) for n in ogd_state.rows if n in cap.rows}
+    wbar = {n: _as(ct, pack(get_layer(grads, n))) for n in ogd_state.rows}
+    dense = {p: _as(ct, leaves[p]) for p in ogd_state.dense}
+    coef = ogd_state.pinv @ _stored_dots(ogd_state, wbar, dense, factors)
+    value = (loss, cap.aux) if has_aux else loss
+    return value, _subtract(grads, leaves, ogd_state, wbar, dense, coef)
 
-    def add(i, s: OGDState) -> OGDState:
-        v = jax.tree.map(lambda d: d[i], directions)
-        norm0 = _norm(v)
-        for _ in range(2):
-            v = jax.tree.map(lambda a, b: (a - b).astype(a.dtype), v,
-                             _combine(_dots(s.basis, v) * mask(s.size), s.basis))
-        norm = _norm(v)
-        keep = norm > tol * jnp.maximum(norm0, jnp.finfo(jnp.float32).tiny)
-        room = s.size < capacity
-        u = jax.tree.map(lambda x: x / jnp.maximum(norm, jnp.finfo(jnp.float32).tiny).astype(
-            x.dtype), v)
-        write = keep & room
-        basis = jax.tree.map(lambda b, x: b.at[jnp.minimum(s.size, capacity - 1)].set(
-            jnp.where(write, x, b[jnp.minimum(s.size, capacity - 1)])), s.basis, u)
-        return OGDState(basis, s.size + write.astype(jnp.int32),
-                        s.dropped + (keep & ~room).astype(jnp.int32))
 
-    return jax.lax.fori_loop(0, n, add, state)
+def ground_truth_gradients(logits_fn: Callable[[Params, Any], Array], params: Params,
+                           batch: Mapping[str, Array], state: OGDState) -> OGDDirections:
+    """OGD-GTL's directions ∇θ f_{y_i}(x_i), the gradient of example i's ground-truth logit, for
+    every example of ``batch`` (``x`` and int labels ``y``), in the layout of ``state``.
+
+    The factored layers' rows and cotangents come from one forward pass
+    (:func:`cljax.layers.capture`, cotangent seed one_hot(y)), so ``logits_fn`` must treat the
+    examples independently (evaluation mode) and call each factored layer once, on an
+    ``[B, in]`` input; the dense leaves are per-example gradients (``vmap`` of ``grad``)."""
+    _check_state(state, "ground_truth_gradients")
+    check_batch(batch)
+    y = jnp.asarray(batch["y"])
+    names = list(state.rows)
+    cap = capture(logits_fn, params, batch, layers=names)
+    logits = cap.output
+    if jnp.ndim(logits) != 2 or jnp.shape(logits)[0] != y.shape[0]:
+        raise ValueError(f"logits_fn must return [B, classes] logits for the batch's "
+                         f"{y.shape[0]} examples; got {jnp.shape(logits)}")
+    check_labels_in_range(y, logits.shape[1])
+    cots = cap.cotangents(jax.nn.one_hot(y, logits.shape[1], dtype=logits.dtype))
+    rows, cotangents = {}, {}
+    for n in names:
+        calls = cap.rows.get(n, [])
+        if len(calls) != 1 or calls[0].shape[1] != 1:
+            what = (f"{len(calls)} calls" if len(calls) != 1 else
+                    f"one call with {calls[0].shape[1]} positions per example")
+            raise ValueError(f"OGD stores layer {n!r} as per-example rows ⊗ cotangents, which "
+                             f"needs one call per example on an [B, in] input; logits_fn made "
+                             f"{what}: leave it out of init_ogd(..., factored_layers=...)")
+        rows[n], cotangents[n] = calls[0][:, 0], cots[n][0][:, 0]
+    dense = {}
+    if state.dense:
+        def true_logit(p, example):
+            one = jax.tree.map(lambda x: x[None], example)
+            return logits_fn(p, one)[0, example["y"]]
+
+        grads = leaf_paths(jax.vmap(jax.grad(true_logit), in_axes=(None, 0))(params, dict(batch)))
+        dense = {p: grads[p] for p in state.dense}
+    return OGDDirections(rows, cotangents, dense)
 
 
 def ogd_projection() -> optax.GradientTransformationExtraArgs:
@@ -114,4 +342,6 @@ def ogd_projection() -> optax.GradientTransformationExtraArgs:
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-__all__ = ["OGDState", "init_ogd", "ogd_add", "ogd_project", "ogd_projection"]
+__all__ = ["OGDState", "OGDDirections", "init_ogd", "dense_factorable_layers",
+           "ogd_add", "ogd_project", "ogd_value_and_grad", "ground_truth_gradients",
+           "ogd_projection"]
