@@ -5,7 +5,7 @@ Protocols: ``gpm_mnist`` (GPM's permuted MNIST: MLP 784-100-100-10 without biase
 SGD 0.01, batch 10), ``rgo_mnist`` (the 20-task protocol of ``permuted_mnist_rgo.py``: MLP
 784-256-256, batch 10), ``cnn`` (``cljax.nn.CNN(10)`` on CIFAR-shaped data, batch 64). Each
 method's ``fit`` (a ``lax.scan`` of ``--steps`` steps) is timed after one task boundary filled its
-state, in ``--rounds`` interleaved rounds (median), next to the same model with plain SGD.
+state (``*_last_task``: after all boundaries but the last, OGD's fullest store), in ``--rounds`` interleaved rounds (median), next to the same model with plain SGD.
 
     python benchmarks/bench_projection.py                      # TFDS_DATA_DIR=../shared/tfds
 """
@@ -35,7 +35,12 @@ PROTOCOLS = {
 METHODS = {"sgd": ("none", {}), "rgo": ("rgo", {}), "rgo_unfused": ("rgo", {"fused_gradient": False}),
            "gpm_unfused": ("gpm", {"thresholds": (0.97,), "fused_gradient": False}),
            "rgo2": ("rgo2", {}), "gpm": ("gpm", {"thresholds": (0.97,)}),
-           "ogd": ("ogd", {"per_task": 200})}
+           "ogd": ("ogd", {"per_task": 200}),
+           "ogd_last_task": ("ogd", {"per_task": 200}),
+           "ogd_unfused_last_task": ("ogd", {"per_task": 200, "fused_gradient": False}),
+           "ogd_dense_last_task": ("ogd", {"per_task": 200, "factored": False})}
+# "<method>_last_task": timed with the state the last task trains with (every boundary but the
+# last passed: OGD's store then holds (tasks − 1) × 200 directions), not after one boundary
 
 
 def _stream(name, tasks):
@@ -79,6 +84,9 @@ def main() -> None:
             end = jax.jit(tr.end_task)
             state, _ = fit(state, data, jnp.asarray(0), 20)
             state = end(state, data, jnp.asarray(0))
+            if name.endswith("_last_task"):
+                for t in range(1, spec["tasks"] - 1):
+                    state = end(state, data, jnp.asarray(t))
             jax.block_until_ready(fit(state, data, jnp.asarray(1), args.steps))
             fits[name], states[name] = fit, state
             sizes[name] = int(sum(x.nbytes for x in jax.tree.leaves(state.mstate)))
@@ -98,10 +106,12 @@ def main() -> None:
                 times[n].append((time.perf_counter() - t0) / args.steps)
         base = statistics.median(times["sgd"]) if "sgd" in times else None
         for n in fits:
+            filled = getattr(states[n].mstate, "size", None)
             ms = 1e3 * statistics.median(times[n])
             print(json.dumps({"protocol": proto, "method": n, "ms_per_step": round(ms, 4),
                               "vs_sgd": None if base is None else round(ms / 1e3 / base, 3),
                               "method_state_bytes": sizes[n], "batch": spec["batch"],
+                              **({} if filled is None else {"stored_directions": int(filled)}),
                               "steps": args.steps, "rounds": args.rounds,
                               "device": str(jax.devices()[0])}))
 
