@@ -40,7 +40,6 @@ import traceback
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))

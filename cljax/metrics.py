@@ -89,7 +89,6 @@ def forward_transfer(R, b, *, kind: str | None = "accuracy") -> np.ndarray:
     if b.shape != R.shape[:-1]:
         raise ValueError(f"b must have shape {R.shape[:-1]} (one baseline per task); got {b.shape}")
     _check_values(b, "b", kind)
-    T = R.shape[-1]
     above = np.diagonal(R, offset=1, axis1=-2, axis2=-1)  # R[j-1, j], j = 1..T-1
     return (above - b[..., 1:]).mean(-1)
 

@@ -19,9 +19,8 @@ boundary with the examples fed in).
 """
 from __future__ import annotations
 
-import math
 import time
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple
 
 import flax
 import jax

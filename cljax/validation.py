@@ -96,6 +96,28 @@ def check_finite(tree: Any, *, name: str) -> None:
             f"{name}{jax.tree_util.keystr(path)} contains NaN or inf values") from e
 
 
+def default_float_dtype() -> Any:
+    """JAX's default float dtype (float64 under ``jax.enable_x64``, else float32)."""
+    return jnp.result_type(float)
+
+
+def check_float_leaves(tree: Any, *, name: str) -> None:
+    """Every leaf of ``tree`` is a floating-point array (the error names the leaf path)."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            raise TypeError(f"{name}{jax.tree_util.keystr(path)} must be a float array; got "
+                            f"dtype {jnp.result_type(leaf)}")
+
+
+def check_nonnegative_leaves(tree: Any, *, name: str, hint: str = "") -> None:
+    """No concrete leaf of ``tree`` has an entry < 0 (traced leaves are skipped); ``hint`` ends
+    the message (what the values are and how to fix them)."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if is_concrete(leaf) and bool(np.any(np.asarray(leaf) < 0)):
+            raise ValueError(f"{name}{jax.tree_util.keystr(path)} has negative entries"
+                             + (f"; {hint}" if hint else ""))
+
+
 def check_same_structure(tree: Any, reference: Any, *, name: str, reference_name: str = "params",
                          check_shapes: bool = True) -> None:
     """``tree`` has ``reference``'s pytree structure (``chex.assert_trees_all_equal_structs``)

@@ -6,7 +6,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from cljax import curvature as cv
-from curvature_helpers import (dense_ggn, dense_hessian, flat_vec, mean_ce, quadratic_loss,
+from curvature_helpers import (dense_ggn, dense_hessian, mean_ce, quadratic_loss,
                                symmetric_with_spectrum, tiny_mlp)
 
 

@@ -22,7 +22,7 @@ Inputs shared by :func:`flatness` and :func:`cljax.analysis.forgetting_bound`:
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, NamedTuple, Sequence
+from typing import Any, Literal, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -43,8 +43,9 @@ import numpy as np
 from cljax._linalg import eigh
 from cljax.layers import check_factors, get_layer, pack, param_layers, set_layer, unpack
 from cljax.types import Array, KFACFactors, Params
-from cljax.validation import (check_finite, check_in_unit_interval, check_nonnegative,
-                              check_positive, check_same_structure, is_concrete)
+from cljax.validation import (check_finite, check_float_leaves, check_in_unit_interval,
+                              check_nonnegative, check_nonnegative_leaves, check_positive,
+                              check_same_structure, default_float_dtype, is_concrete)
 
 Kind = Literal["diagonal", "kfac"]
 CombineMode = Literal["online", "sum", "replace"]
@@ -73,10 +74,6 @@ class KroneckerFactored(NamedTuple):
 
 
 Curvature = Union[Diagonal, KroneckerFactored]
-
-
-def _float_dtype() -> Any:
-    return jnp.result_type(float)
 
 
 def _check_kind(kind: Any) -> None:
@@ -108,15 +105,9 @@ def _check_curvature(curv: Any, name: str) -> None:
 
 def diagonal(values: Params) -> Diagonal:
     """``Diagonal(values)`` after checking Ω (concrete leaves: finite and ≥ 0)."""
-    for path, leaf in jax.tree_util.tree_leaves_with_path(values):
-        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-            raise TypeError(f"values{jax.tree_util.keystr(path)} must be a float array; got "
-                            f"dtype {jnp.result_type(leaf)}")
+    check_float_leaves(values, name="values")
     check_finite(values, name="values")
-    for path, leaf in jax.tree_util.tree_leaves_with_path(values):
-        if is_concrete(leaf) and bool(np.any(np.asarray(leaf) < 0)):
-            raise ValueError(f"values{jax.tree_util.keystr(path)} has negative entries; a "
-                             f"curvature's diagonal must be >= 0")
+    check_nonnegative_leaves(values, name="values", hint="a curvature's diagonal must be >= 0")
     return Diagonal(jax.tree.map(jnp.asarray, values))
 
 
@@ -144,7 +135,7 @@ def kronecker_factored(params: Params, factors: Mapping[str, Any], *, layers: An
                                     jnp.asarray(factors[name][1], dt))
         else:
             out[name] = KFACFactors(jnp.zeros((n, n), dt), jnp.zeros((m, m), dt))
-    other = jnp.asarray(other, _float_dtype())
+    other = jnp.asarray(other, default_float_dtype())
     if other.ndim != 0:
         raise ValueError(f"other must be a float scalar; got shape {other.shape}")
     check_nonnegative(other, name="other", scalar=True)
@@ -171,7 +162,7 @@ def identity(params: Params, kind: Kind = "diagonal", *, layers: Any = None) -> 
     for name, (n, m, _) in shapes.items():
         dt = get_layer(params, name)["kernel"].dtype
         factors[name] = KFACFactors(jnp.eye(n, dtype=dt), jnp.eye(m, dtype=dt))
-    return KroneckerFactored(factors, jnp.ones((), _float_dtype()))
+    return KroneckerFactored(factors, jnp.ones((), default_float_dtype()))
 
 
 def _no_layers(layers: Any) -> None:
@@ -401,7 +392,7 @@ def quadratic_form(curv: Curvature, tree: Params) -> Array:
     (KroneckerFactored). A scalar in the leaves' promoted float dtype."""
     _check_tree(curv, tree, "tree")
     leaves = jax.tree.leaves(tree)
-    dt = jnp.result_type(_float_dtype(), *leaves)
+    dt = jnp.result_type(default_float_dtype(), *leaves)
     total = jnp.zeros((), dt)
     if isinstance(curv, Diagonal):
         for o, v in zip(jax.tree.leaves(curv.values), leaves):
@@ -457,7 +448,7 @@ def damped_inverse(curv: Curvature, *, strength: float | Array,
     _check_curvature(curv, "curvature")
     check_nonnegative(strength, name="strength", scalar=True)
     check_positive(damping, name="damping", scalar=True)
-    dt = _float_dtype()
+    dt = default_float_dtype()
     s_, d_ = jnp.asarray(strength, dt), jnp.asarray(damping, dt)
     if isinstance(curv, Diagonal):
         return Diagonal(jax.tree.map(

@@ -57,7 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax import validation
-from cljax.layers import CallRecord, LayerCall, intercept_layer_calls, layer_inputs, path_name
+from cljax.layers import CallRecord, LayerCall, intercept_layer_calls, layer_inputs
 from cljax.types import Array, Batch, LogitsFn, Params
 
 # Output directions (exact Fisher: the C classes; true Fisher: the samples) back-propagated together

@@ -10,16 +10,11 @@ import numpy as np
 from cljax.curvature.structured import (Curvature, Diagonal, KroneckerFactored,
                                         kronecker_factored)
 from cljax.types import Importance, Params
-from cljax.validation import (check_finite, check_in_unit_interval, check_same_structure,
-                              is_concrete)
+from cljax.validation import (check_finite, check_in_unit_interval, check_nonnegative_leaves,
+                              check_same_structure, is_concrete)
 
 NO_PARAMS = ("{name}.update requires the current parameters: call update(updates, state, params, "
              "...) (got params=None)")
-
-
-def float_dtype() -> Any:
-    """Default float dtype (float64 under ``jax.enable_x64``)."""
-    return jnp.result_type(float)
 
 
 def check_decay(decay: Any) -> None:
@@ -30,11 +25,9 @@ def check_decay(decay: Any) -> None:
 def check_importance_values(importance: Importance, *, name: str = "importance") -> None:
     """Concrete importance leaves are finite and ≥ 0 (NaN and inf are rejected)."""
     check_finite(importance, name=name)
-    for path, leaf in jax.tree_util.tree_leaves_with_path(importance):
-        if is_concrete(leaf) and bool(np.any(np.asarray(leaf) < 0)):
-            raise ValueError(f"{name}{jax.tree_util.keystr(path)} has negative entries; "
-                             f"importances must be >= 0 (clip estimates such as SI's at 0, e.g. "
-                             f"jax.tree.map(lambda w: jnp.maximum(w, 0), importance))")
+    check_nonnegative_leaves(importance, name=name, hint=(
+        "importances must be >= 0 (clip estimates such as SI's at 0, e.g. "
+        "jax.tree.map(lambda w: jnp.maximum(w, 0), importance))"))
 
 
 def require_state(state: Any, cls: type, *, arg: str, fn: str) -> None:
@@ -91,5 +84,5 @@ def as_curvature(new: Any, like: Curvature, params: Params) -> Curvature:
     return kronecker_factored(params, new, layers=list(like.factors))
 
 
-__all__ = ["NO_PARAMS", "float_dtype", "check_decay", "check_decay_for_mode",
+__all__ = ["NO_PARAMS", "check_decay", "check_decay_for_mode",
            "check_importance_values", "require_state", "as_curvature"]

@@ -67,11 +67,11 @@ import optax
 
 from cljax.curvature.structured import (Curvature, KroneckerFactored, Kind, combine,
                                         damped_inverse, identity, matvec, zeros)
-from cljax.transforms.common import (NO_PARAMS, as_curvature, check_decay, float_dtype,
-                                     require_state)
+from cljax.transforms.common import NO_PARAMS, as_curvature, check_decay, require_state
 from cljax.transforms.kfac_gradient import kfac_preconditioned_value_and_grad
 from cljax.types import Array, Params
-from cljax.validation import check_finite, check_nonnegative, check_positive, check_same_structure
+from cljax.validation import (check_finite, check_nonnegative, check_positive, check_same_structure,
+                              default_float_dtype)
 
 
 class NCLState(NamedTuple):
@@ -141,7 +141,7 @@ def ncl_preconditioner(*, preconditioned_gradients: bool = False
         prior = ncl_state
         require_state(prior, NCLState, arg="ncl_state", fn="ncl_preconditioner.update")
         check_same_structure(params, prior.mean, name="params", reference_name="ncl_state.mean")
-        pull = (prior.count > 0).astype(float_dtype())
+        pull = (prior.count > 0).astype(default_float_dtype())
         direction = updates if preconditioned_gradients else matvec(prior.inverse, updates)
         out = jax.tree.map(lambda g, v, p, m: (v + pull.astype(g.dtype) * (p - m)).astype(g.dtype),
                            updates, direction, params, prior.mean)

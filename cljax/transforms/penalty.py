@@ -84,10 +84,11 @@ import optax
 
 from cljax.curvature.structured import (Curvature, Diagonal, KroneckerFactored, Kind, combine,
                                         matvec, matvec_sum, quadratic_form, zeros)
-from cljax.transforms.common import (NO_PARAMS, as_curvature, check_decay_for_mode, float_dtype,
+from cljax.transforms.common import (NO_PARAMS, as_curvature, check_decay_for_mode,
                                      require_state)
 from cljax.types import Array, Params
-from cljax.validation import check_finite, check_nonnegative, check_same_structure, is_concrete
+from cljax.validation import (check_finite, check_nonnegative, check_same_structure,
+                              default_float_dtype, is_concrete)
 
 ConsolidateMode = Literal["online", "sum", "multi_task", "replace"]
 MODES = ("online", "sum", "multi_task", "replace")
@@ -138,7 +139,7 @@ def init_penalty(params: Params, *, curvature: Kind = "diagonal", num_slots: int
     if num_slots > 1:
         stack = lambda x: jnp.array(jnp.broadcast_to(x, (num_slots,) + jnp.shape(x)))
         curv, anchor = jax.tree.map(stack, curv), jax.tree.map(stack, anchor)
-    return QuadraticPenaltyState(anchor, curv, jnp.zeros((), float_dtype()),
+    return QuadraticPenaltyState(anchor, curv, jnp.zeros((), default_float_dtype()),
                                  jnp.zeros((), jnp.int32))
 
 
@@ -196,7 +197,7 @@ def quadratic_penalty(*, strength: float | Array = 1.0) -> optax.GradientTransfo
         require_state(ps, QuadraticPenaltyState, arg="penalty_state",
                       fn="quadratic_penalty.update")
         _check_params(ps, params, "params", "penalty_state.anchor")
-        lam = jnp.asarray(strength, float_dtype())
+        lam = jnp.asarray(strength, default_float_dtype())
         slots = _num_slots(ps)
         if slots is None:
             grad = matvec(ps.curvature, jax.tree.map(jnp.subtract, params, ps.anchor), scale=lam)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, NamedTuple
 
-import jax
 import jax.numpy as jnp
 import optax
 
