@@ -17,6 +17,6 @@ for protocol in ${PROTOCOLS:-permuted rotated}; do
   run --method ewc --set "hparams={'strength': 10.0}" --workdir $out/${tag}_ewc_l10
   run --method agem --set "method_options={'per_class': 25}" --workdir $out/${tag}_agem
   run --method none --workdir $out/${tag}_none
-  # OGD's gradient store grows to 20 × 200 gradients: one seed
+  # OGD's gradient store grows to 20 × 200 gradients (≈ 70 min per seed here): one seed
   run --method ogd --seeds 1 --workdir $out/${tag}_ogd
 done
