@@ -12,7 +12,7 @@ import optax
 import pytest
 
 from cljax.layers import leaf_paths
-from cljax.transforms import (OGDDirections, dense_factorable_layers, ground_truth_gradients,
+from cljax.transforms import (OGDDirections, factorable_layers, ground_truth_gradients,
                               init_ogd, ogd_add, ogd_project, ogd_projection, ogd_value_and_grad)
 
 
@@ -65,7 +65,7 @@ def _exact_projection(directions, g):
 def test_ground_truth_gradients_equal_per_example_grads(x64):
     logits_fn, params, batch = _problem()
     state = init_ogd(params, capacity=48, block=24)
-    assert list(state.rows) == dense_factorable_layers(params) == ["Dense_0", "Dense_1"]
+    assert list(state.rows) == factorable_layers(params) == ["Dense_0", "Dense_1"]
     assert set(state.dense) == {"Conv_0/kernel", "Conv_0/bias", "LayerNorm_0/scale",
                                 "LayerNorm_0/bias"}
     d = jax.jit(ground_truth_gradients, static_argnums=0)(logits_fn, params, batch, state)

@@ -42,7 +42,7 @@ from cljax.transforms.penalty import (QuadraticPenaltyState, consolidate, ewc, i
                                       penalty_loss, quadratic_penalty)
 from cljax.transforms.gpm import (GPMState, gpm_project, gpm_projection, gpm_update,
                                   gpm_value_and_grad, init_gpm)
-from cljax.transforms.ogd import (OGDDirections, OGDState, dense_factorable_layers,
+from cljax.transforms.ogd import (OGDDirections, OGDState, factorable_layers,
                                   ground_truth_gradients, init_ogd, ogd_add, ogd_project,
                                   ogd_projection, ogd_value_and_grad)
 from cljax.transforms.projection import (agem_project, agem_projection, gem_dual, gem_project,
@@ -61,6 +61,6 @@ __all__ = [
     "agem_project", "agem_projection", "gem_dual", "gem_project", "gem_projection",
     "RGOState", "init_rgo", "rgo_accumulate", "rgo_consolidate", "rgo_projection",
     "rgo_value_and_grad", "GPMState", "init_gpm", "gpm_update", "gpm_project", "gpm_projection", "gpm_value_and_grad",
-    "OGDState", "OGDDirections", "init_ogd", "dense_factorable_layers", "ground_truth_gradients",
+    "OGDState", "OGDDirections", "init_ogd", "factorable_layers", "ground_truth_gradients",
     "ogd_add", "ogd_project", "ogd_value_and_grad", "ogd_projection",
 ]

@@ -67,7 +67,7 @@ class OGDDirections(NamedTuple):
     dense: dict[str, Array]
 
 
-def dense_factorable_layers(params: Params) -> list[str]:
+def factorable_layers(params: Params) -> list[str]:
     """The layers of ``params`` with an ``[in, out]`` kernel (flax ``Dense``): those OGD can store
     as per-example rows ⊗ cotangents."""
     return [n for n in param_layers(params) if jnp.ndim(get_layer(params, n)["kernel"]) == 2]
@@ -78,7 +78,7 @@ def init_ogd(params: Params, *, capacity: int, block: int | None = None,
     """An empty store for ``capacity`` directions of ``params``' shape, filled and read ``block``
     (default ``capacity``) at a time; ``capacity`` must be a multiple of ``block``.
     ``factored_layers`` (default: every ``[in, out]``-kernel layer,
-    :func:`dense_factorable_layers`; ``()`` keeps everything dense, the paper's layout) are stored
+    :func:`factorable_layers`; ``()`` keeps everything dense, the paper's layout) are stored
     as rows ⊗ cotangents."""
     check_positive_int(capacity, name="capacity")
     block = capacity if block is None else block
@@ -86,11 +86,11 @@ def init_ogd(params: Params, *, capacity: int, block: int | None = None,
     if capacity % block:
         raise ValueError(f"capacity ({capacity}) must be a multiple of block ({block})")
     layers = param_layers(params)
-    names = dense_factorable_layers(params) if factored_layers is None else list(factored_layers)
+    names = factorable_layers(params) if factored_layers is None else list(factored_layers)
     bad = [n for n in names if n not in layers or jnp.ndim(get_layer(params, n)["kernel"]) != 2]
     if bad:
         raise ValueError(f"factored_layers {bad} are not layers of params with an [in, out] "
-                         f"kernel; those are {dense_factorable_layers(params)}")
+                         f"kernel; those are {factorable_layers(params)}")
     factored_leaves = {f"{n}/{k}" for n in names for k in ("kernel", "bias")}
     lead = (capacity // block, block)
     dtype = lambda n: get_layer(params, n)["kernel"].dtype   # noqa: E731
@@ -342,6 +342,6 @@ def ogd_projection() -> optax.GradientTransformationExtraArgs:
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-__all__ = ["OGDState", "OGDDirections", "init_ogd", "dense_factorable_layers",
+__all__ = ["OGDState", "OGDDirections", "init_ogd", "factorable_layers",
            "ogd_add", "ogd_project", "ogd_value_and_grad", "ground_truth_gradients",
            "ogd_projection"]
