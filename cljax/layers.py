@@ -404,7 +404,8 @@ def capture(fn: Callable[..., Any], *args: Any, layers: Any = None, argnums: Seq
     jax.eval_shape(trace, *args)
     keep = [r.call is not None and (wanted is None or r.call.name in wanted) for r in abstract]
 
-    def forward(eps: list[Array | None], *diff: Any) -> tuple[Any, dict[str, list[Array]]]:
+    def forward(eps: list[Array | None], *diff: Any
+                ) -> tuple[Any, tuple[dict[str, list[Array]], Any]]:
         full = list(args)
         for i, a in zip(argnums, diff):
             full[i] = a

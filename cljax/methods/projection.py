@@ -13,8 +13,8 @@ base optimizer: plain SGD in their papers) as an extra argument:
   of the task grow per-layer bases (energy thresholds per layer, + ``threshold_increment`` per
   task); gradients lose their component in the bases' span.
 * :func:`ogd` (Farajtabar et al. 2020, OGD-GTL): at each boundary the gradients of the true
-  class's logit at ``per_task`` examples are orthonormalised into a store; gradients lose their
-  component in its span.
+  class's logit at ``per_task`` examples join a store (Dense layers factored as rows ⊗
+  cotangents, :mod:`cljax.transforms.ogd`); gradients lose their component in its span.
 """
 from __future__ import annotations
 
