@@ -178,6 +178,10 @@ def test_ogd_errors():
         ogd_add(state, d)                                 # eager calls raise when full
     with pytest.raises(ValueError, match="capacity"):
         init_ogd(params, capacity=0)
+    with pytest.raises(TypeError, match=r"params\['Dense_0'\]\['kernel'\] must be a float"):
+        init_ogd({"Dense_0": {"kernel": jnp.ones((2, 3), jnp.int32)}}, capacity=4)
+    with pytest.raises(TypeError, match="logits_fn must be a callable"):
+        ground_truth_gradients(None, params, batch, state)
     with pytest.raises(ValueError, match="multiple of block"):
         init_ogd(params, capacity=10, block=4)
     with pytest.raises(ValueError, match=r"\[in, out\] kernel"):

@@ -37,8 +37,9 @@ import optax
 from cljax.layers import capture, get_layer, leaf_paths, pack, param_layers, unpack
 from cljax.transforms.common import require_state
 from cljax.types import Array, Params
-from cljax.validation import (check_batch, check_finite, check_in_unit_interval,
-                              check_labels_in_range, check_positive_int, is_concrete)
+from cljax.validation import (check_batch, check_finite, check_float_leaves,
+                              check_in_unit_interval, check_labels_in_range, check_positive_int,
+                              is_concrete)
 
 
 class OGDState(NamedTuple):
@@ -80,6 +81,7 @@ def init_ogd(params: Params, *, capacity: int, block: int | None = None,
     ``factored_layers`` (default: every ``[in, out]``-kernel layer,
     :func:`factorable_layers`; ``()`` keeps everything dense, the paper's layout) are stored
     as rows ⊗ cotangents."""
+    check_float_leaves(params, name="params")
     check_positive_int(capacity, name="capacity")
     block = capacity if block is None else block
     check_positive_int(block, name="block")
@@ -295,6 +297,9 @@ def ground_truth_gradients(logits_fn: Callable[[Params, Any], Array], params: Pa
     examples independently (evaluation mode) and call each factored layer once, on an
     ``[B, in]`` input; the dense leaves are per-example gradients (``vmap`` of ``grad``)."""
     _check_state(state, "ground_truth_gradients")
+    if not callable(logits_fn):
+        raise TypeError(f"logits_fn must be a callable logits_fn(params, batch) -> [B, classes]; "
+                        f"got {type(logits_fn).__name__}")
     check_batch(batch)
     y = jnp.asarray(batch["y"])
     names = list(state.rows)
