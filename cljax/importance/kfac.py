@@ -38,6 +38,7 @@ to the caller.
 """
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import jax
@@ -46,7 +47,7 @@ import jax.numpy as jnp
 from cljax import validation
 from cljax._linalg import eigh
 from cljax.importance.estimation import estimate
-from cljax.layers import path_name
+from cljax.layers import get_layer, pack, set_layer, unpack
 from cljax.types import Array, Batch, KFACFactors, LogitsFn, Params, PRNGKey
 
 FISHER_TYPES = ("true", "exact", "empirical")
@@ -91,57 +92,54 @@ def _check_factors(factors: Mapping[str, KFACFactors], name: str = "factors") ->
                 raise ValueError(f"{name}[{k!r}].{nm} must be a square matrix; got {jnp.shape(m)}")
 
 
-def _layer_blocks(factors: Mapping[str, KFACFactors], tree: Params, tree_name: str):
-    """For each layer: (name, A, G, kernel path index, bias path index or None, W̄ [in(+1), out])."""
+def _layer_nodes(factors: Mapping[str, KFACFactors], tree: Params, tree_name: str
+                 ) -> list[tuple[str, Array, Array, dict[str, Array]]]:
+    """(name, A, G, node) per factored layer, ``node`` the layer's kernel (and its bias when A
+    has the bias row): :func:`cljax.layers.pack` of it is the W̄ that A ⊗ G acts on."""
     _check_factors(factors)
-    flat = jax.tree_util.tree_leaves_with_path(tree)
-    index = {path_name(p): i for i, (p, _) in enumerate(flat)}
-    leaves = [leaf for _, leaf in flat]
-    blocks = []
+    out = []
     for name, f in factors.items():
-        ki = index.get(f"{name}/kernel")
-        if ki is None:
+        try:
+            node = get_layer(tree, name)
+        except (KeyError, TypeError, IndexError):
+            node = None
+        if not isinstance(node, Mapping) or "kernel" not in node:
             raise ValueError(f"{tree_name} has no leaf '{name}/kernel' for the K-FAC factor "
                              f"{name!r}; it must have the params' structure")
-        kernel = jnp.asarray(leaves[ki])
-        out = kernel.shape[-1]
-        w = kernel.reshape(-1, out)
-        bi = None
-        if w.shape[0] + 1 == f.A.shape[0]:
-            bi = index.get(f"{name}/bias")
-            if bi is None:
-                raise ValueError(f"{tree_name} has no leaf '{name}/bias' but factors[{name!r}].A "
-                                 f"includes a bias row")
-            w = jnp.concatenate([w, jnp.asarray(leaves[bi]).reshape(1, out)], axis=0)
-        if w.shape[0] != f.A.shape[0] or out != f.G.shape[0]:
+        kernel = jnp.asarray(node["kernel"])
+        rows, cols = math.prod(kernel.shape[:-1]), kernel.shape[-1]
+        with_bias = rows + 1 == jnp.shape(f.A)[0]
+        if with_bias and "bias" not in node:
+            raise ValueError(f"{tree_name} has no leaf '{name}/bias' but factors[{name!r}].A "
+                             f"includes a bias row")
+        if (rows + with_bias, cols) != (jnp.shape(f.A)[0], jnp.shape(f.G)[0]):
             raise ValueError(f"{tree_name}['{name}'] has kernel shape {kernel.shape}, which does "
-                             f"not match factors A {f.A.shape} / G {f.G.shape}")
-        blocks.append((name, f.A, f.G, ki, bi, w))
-    return blocks, leaves, jax.tree.structure(tree)
+                             f"not match factors A {jnp.shape(f.A)} / G {jnp.shape(f.G)}")
+        layer = {"kernel": kernel, **({"bias": jnp.asarray(node["bias"])} if with_bias else {})}
+        out.append((name, f.A, f.G, layer))
+    return out
 
 
 def kfac_quadratic_form(factors: Mapping[str, KFACFactors], delta_params: Params) -> Array:
     """Σ_layers tr(ΔW̄ᵀ A ΔW̄ G) = Σ vec(ΔW̄)ᵀ (A ⊗ G) vec(ΔW̄) (a scalar).
 
     ``delta_params`` has the params' structure (e.g. θ − θ*); ΔW̄ stacks the kernel (reshaped to
-    [in, out]) over the bias row. Leaves in no factored layer contribute 0.
+    [in, out]) over the bias row (:func:`cljax.layers.pack`). Leaves in no factored layer
+    contribute 0.
     """
-    blocks, _, _ = _layer_blocks(factors, delta_params, "delta_params")
-    total = jnp.zeros((), jnp.result_type(*[b[5].dtype for b in blocks]) if blocks else jnp.float32)
-    for _, a, g, _, _, w in blocks:
+    layers = _layer_nodes(factors, delta_params, "delta_params")
+    total = jnp.zeros((), jnp.result_type(*[n["kernel"].dtype for *_, n in layers])
+                      if layers else jnp.float32)
+    for _, a, g, node in layers:
+        w = pack(node)
         total = total + jnp.sum(w * (a @ w @ g))
     return total
 
 
-def _scatter(blocks, leaves, treedef, mats, default):
-    out = [default(leaf) for leaf in leaves]
-    for (_, _, _, ki, bi, _), m in zip(blocks, mats):
-        kshape = jnp.shape(leaves[ki])
-        nk = m.shape[0] - (1 if bi is not None else 0)
-        out[ki] = m[:nk].reshape(kshape).astype(jnp.asarray(leaves[ki]).dtype)
-        if bi is not None:
-            out[bi] = m[nk].reshape(jnp.shape(leaves[bi])).astype(jnp.asarray(leaves[bi]).dtype)
-    return jax.tree.unflatten(treedef, out)
+def _write_layers(tree: Params, layers, mats) -> Params:
+    for (name, _, _, node), m in zip(layers, mats):
+        tree = set_layer(tree, name, unpack(m, node))
+    return tree
 
 
 def kfac_matvec(factors: Mapping[str, KFACFactors], params_like: Params) -> Params:
@@ -149,9 +147,9 @@ def kfac_matvec(factors: Mapping[str, KFACFactors], params_like: Params) -> Para
 
     This is the gradient of ½ :func:`kfac_quadratic_form`. Leaves in no factored layer → zeros.
     """
-    blocks, leaves, treedef = _layer_blocks(factors, params_like, "params_like")
-    mats = [a @ w @ g for _, a, g, _, _, w in blocks]
-    return _scatter(blocks, leaves, treedef, mats, lambda v: jnp.zeros_like(v))
+    layers = _layer_nodes(factors, params_like, "params_like")
+    mats = [a @ pack(node) @ g for _, a, g, node in layers]
+    return _write_layers(jax.tree.map(jnp.zeros_like, params_like), layers, mats)
 
 
 def kfac_damped_inverse_matvec(factors: Mapping[str, KFACFactors], params_like: Params, *,
@@ -164,14 +162,16 @@ def kfac_damped_inverse_matvec(factors: Mapping[str, KFACFactors], params_like: 
     """
     if validation.is_concrete(damping) and not float(damping) > 0:
         raise ValueError(f"damping must be > 0; got {damping}")
-    blocks, leaves, treedef = _layer_blocks(factors, params_like, "params_like")
+    layers = _layer_nodes(factors, params_like, "params_like")
     mats = []
-    for _, a, g, _, _, w in blocks:
+    for _, a, g, node in layers:
+        w = pack(node)
         la, qa = eigh(a)
         lg, qg = eigh(g)
         la, lg = jnp.maximum(la, 0), jnp.maximum(lg, 0)  # PSD up to round-off
         mats.append(qa @ ((qa.T @ w @ qg) / (la[:, None] * lg[None, :] + damping)) @ qg.T)
-    return _scatter(blocks, leaves, treedef, mats, lambda v: jnp.asarray(v) / damping)
+    return _write_layers(jax.tree.map(lambda v: jnp.asarray(v) / damping, params_like),
+                         layers, mats)
 
 
 __all__ = ["kfac_factors", "kfac_quadratic_form", "kfac_matvec", "kfac_damped_inverse_matvec"]
