@@ -3,12 +3,20 @@
     python experiments/collect_projection.py [runs/projection]
 
 One table per protocol (Permuted MNIST in GPM's protocol; RGO's 20-task permuted / rotated
-MNIST), ACC and BWT (mean ± SEM over the run's seeds, %), next to the published numbers of
-../shared/REFERENCES.md.
+MNIST; 10-split CIFAR-100), ACC and BWT (mean ± SEM over the run's seeds, %), next to the
+published numbers of ../shared/REFERENCES.md.
+
+A run may come in parts: ``<prefix>_<method>_seed<N>`` is the same config run from base seed N
+(``--seed N``; its seeds are ``split(key(N), seeds)``, independent of the base run's), and its
+per-seed metrics are pooled with ``<prefix>_<method>``'s into one row. Parts must agree on every
+config entry except ``seed`` / ``seeds`` and have different base seeds.
 """
 import json
 import pathlib
+import re
 import sys
+
+from cljax.metrics import mean_and_sem
 
 METHODS = ("gpm", "rgo", "rgo2", "ogd", "ewc", "agem", "er", "none", "joint")
 # Saha et al. 2021, Table 2 (Permuted MNIST, 10 tasks): ACC / BWT (%)
@@ -31,11 +39,46 @@ def pct(m):
     return f"{100 * m['mean']:.2f} ± {100 * m['sem']:.2f}"
 
 
+PART = re.compile(r"_seed\d+$")
+
+
 def runs_of(root, prefix, method):
     """The run directories of a method: ``<prefix>_<method>`` and its variants
-    ``<prefix>_<method>_<tag>`` (e.g. EWC at several λ)."""
-    return sorted(d for d in root.glob(f"{prefix}_{method}*")
-                  if d.name == f"{prefix}_{method}" or d.name.startswith(f"{prefix}_{method}_"))
+    ``<prefix>_<method>_<tag>`` (e.g. EWC at several λ), each with its seed parts, as
+    ``{run name: [directories]}``."""
+    runs = {}
+    for d in sorted(root.glob(f"{prefix}_{method}*")):
+        if d.name == f"{prefix}_{method}" or d.name.startswith(f"{prefix}_{method}_"):
+            runs.setdefault(PART.sub("", d.name), []).append(d)
+    return runs
+
+
+def pooled(parts):
+    """One result from a run's parts: per-seed ACC / BWT pooled, seeds and wall time summed."""
+    results = [json.loads((d / "results.json").read_text()) for d in parts
+               if (d / "results.json").is_file()]
+    if not results:
+        return None
+    first = results[0]
+    strip = lambda c: {k: v for k, v in c.items() if k not in ("seed", "seeds")}  # noqa: E731
+    for d, r in zip(parts, results):
+        if strip(r["config"]) != strip(first["config"]):
+            raise ValueError(f"{d}: its config differs from {parts[0]}'s beyond seed / seeds")
+    bases = [r["config"]["seed"] for r in results]
+    if len(set(bases)) != len(bases):
+        raise ValueError(f"parts {[str(d) for d in parts]} share a base seed: {bases}")
+    entries = [next(iter(r["scenarios"].values())) for r in results]
+    metrics = {}
+    for name in ("acc", "bwt"):
+        per_run = [v for e in entries for v in e["metrics"][name]["per_run"]]
+        mean, sem = mean_and_sem(per_run) if per_run else (None, None)
+        metrics[name] = {"mean": mean, "sem": sem}
+    diverged = [d for e in entries for d in e["diverged"]]
+    return {"metrics": metrics, "diverged": diverged, "hparams": entries[0]["hparams"],
+            "seeds": sum(r["config"]["seeds"] for r in results),
+            "epochs": first["config"].get("epochs"),
+            "minutes": sum(e["timings"]["run_seconds"] for e in entries) / 60,
+            "parts": len(results)}
 
 
 def main(root="runs/projection"):
@@ -43,20 +86,18 @@ def main(root="runs/projection"):
     for prefix, title, published in PROTOCOLS:
         rows = []
         for method in METHODS:
-            for run in runs_of(root, prefix, method):
-                path = run / "results.json"
-                if not path.is_file():
+            for parts in runs_of(root, prefix, method).values():
+                r = pooled(parts)
+                if r is None:
                     continue
-                r = json.loads(path.read_text())
-                (scenario, e), = r["scenarios"].items()
-                m = e["metrics"]
-                diverged = (f" ({len(e['diverged'])} of {r['config']['seeds']} seeds diverged, "
-                            f"task {min(d['task'] for d in e['diverged']) + 1})"
-                            if e["diverged"] else "")
+                m = r["metrics"]
+                diverged = (f" ({len(r['diverged'])} of {r['seeds']} seeds diverged, "
+                            f"task {min(d['task'] for d in r['diverged']) + 1})"
+                            if r["diverged"] else "")
+                wall = f"{r['minutes']:.0f} min" + (f" ({r['parts']} parts)"
+                                                    if r["parts"] > 1 else "")
                 rows.append(f"| {method} | {pct(m['acc'])}{diverged} | {pct(m['bwt'])} | "
-                            f"{e['hparams']} | {r['config']['seeds']} | "
-                            f"{r['config'].get('epochs') or '–'} | "
-                            f"{e['timings']['run_seconds'] / 60:.0f} min | "
+                            f"{r['hparams']} | {r['seeds']} | {r['epochs'] or '–'} | {wall} | "
                             f"{published.get(method, '–')} |")
         if not rows:
             continue
