@@ -158,7 +158,11 @@ def test_bad_inputs_raise():
     params64, factors = _dense_kron_problem()
     with pytest.raises(ValueError, match="damping"):
         kfac_damped_inverse_matvec(factors, params64, damping=0.0)
-    with pytest.raises(ValueError, match="enc/Dense_0/kernel"):
+    with pytest.raises(ValueError, match="enc/Dense_0"):
         kfac_matvec(factors, {"Conv_0": params64["Conv_0"]})
     with pytest.raises(TypeError, match="KFACFactors"):
+        kfac_quadratic_form({"Conv_0": 1}, params64)
+    with pytest.raises(ValueError, match=r"factors\['Conv_0'\] must have A"):
         kfac_quadratic_form({"Conv_0": (1, 2)}, params64)
+    with pytest.raises(TypeError, match="dict"):
+        kfac_matvec([factors], params64)

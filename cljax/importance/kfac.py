@@ -38,7 +38,6 @@ to the caller.
 """
 from __future__ import annotations
 
-import math
 from typing import Mapping
 
 import jax
@@ -47,7 +46,7 @@ import jax.numpy as jnp
 from cljax import validation
 from cljax._linalg import eigh
 from cljax.importance.estimation import estimate
-from cljax.layers import get_layer, pack, set_layer, unpack
+from cljax.layers import check_factors, get_layer, pack, param_layers, set_layer, unpack
 from cljax.types import Array, Batch, KFACFactors, LogitsFn, Params, PRNGKey
 
 FISHER_TYPES = ("true", "exact", "empirical")
@@ -80,44 +79,15 @@ def kfac_factors(logits_fn: LogitsFn, params: Params, batch: Batch, key: PRNGKey
     return {name: KFACFactors(a, g) for name, (a, g) in raw.items()}
 
 
-def _check_factors(factors: Mapping[str, KFACFactors], name: str = "factors") -> None:
-    if not isinstance(factors, Mapping):
-        raise TypeError(f"{name} must be a dict {{layer name: KFACFactors(A, G)}} as returned by "
-                        f"kfac_factors; got {type(factors).__name__}")
-    for k, f in factors.items():
-        if not isinstance(f, KFACFactors):
-            raise TypeError(f"{name}[{k!r}] must be a KFACFactors(A, G); got {type(f).__name__}")
-        for m, nm in ((f.A, "A"), (f.G, "G")):
-            if jnp.ndim(m) != 2 or jnp.shape(m)[0] != jnp.shape(m)[1]:
-                raise ValueError(f"{name}[{k!r}].{nm} must be a square matrix; got {jnp.shape(m)}")
-
-
-def _layer_nodes(factors: Mapping[str, KFACFactors], tree: Params, tree_name: str
+def _layer_nodes(factors: Mapping[str, KFACFactors], tree: Params
                  ) -> list[tuple[str, Array, Array, dict[str, Array]]]:
-    """(name, A, G, node) per factored layer, ``node`` the layer's kernel (and its bias when A
-    has the bias row): :func:`cljax.layers.pack` of it is the W̄ that A ⊗ G acts on."""
-    _check_factors(factors)
-    out = []
-    for name, f in factors.items():
-        try:
-            node = get_layer(tree, name)
-        except (KeyError, TypeError, IndexError):
-            node = None
-        if not isinstance(node, Mapping) or "kernel" not in node:
-            raise ValueError(f"{tree_name} has no leaf '{name}/kernel' for the K-FAC factor "
-                             f"{name!r}; it must have the params' structure")
-        kernel = jnp.asarray(node["kernel"])
-        rows, cols = math.prod(kernel.shape[:-1]), kernel.shape[-1]
-        with_bias = rows + 1 == jnp.shape(f.A)[0]
-        if with_bias and "bias" not in node:
-            raise ValueError(f"{tree_name} has no leaf '{name}/bias' but factors[{name!r}].A "
-                             f"includes a bias row")
-        if (rows + with_bias, cols) != (jnp.shape(f.A)[0], jnp.shape(f.G)[0]):
-            raise ValueError(f"{tree_name}['{name}'] has kernel shape {kernel.shape}, which does "
-                             f"not match factors A {jnp.shape(f.A)} / G {jnp.shape(f.G)}")
-        layer = {"kernel": kernel, **({"bias": jnp.asarray(node["bias"])} if with_bias else {})}
-        out.append((name, f.A, f.G, layer))
-    return out
+    """(name, A, G, layer node) per factored layer, after checking (:func:`cljax.layers.
+    check_factors`) that each factor names a layer of ``tree`` whose W̄ = :func:`cljax.layers.pack`
+    of the node is ``[rows, out]`` with A ``[rows, rows]`` and G ``[out, out]``."""
+    shapes = param_layers(tree)
+    check_factors(factors, {k: (s.rows, s.out) for k, s in shapes.items()})
+    return [(name, f[0], f[1], jax.tree.map(jnp.asarray, dict(get_layer(tree, name))))
+            for name, f in factors.items()]
 
 
 def kfac_quadratic_form(factors: Mapping[str, KFACFactors], delta_params: Params) -> Array:
@@ -127,7 +97,7 @@ def kfac_quadratic_form(factors: Mapping[str, KFACFactors], delta_params: Params
     [in, out]) over the bias row (:func:`cljax.layers.pack`). Leaves in no factored layer
     contribute 0.
     """
-    layers = _layer_nodes(factors, delta_params, "delta_params")
+    layers = _layer_nodes(factors, delta_params)
     total = jnp.zeros((), jnp.result_type(*[n["kernel"].dtype for *_, n in layers])
                       if layers else jnp.float32)
     for _, a, g, node in layers:
@@ -136,7 +106,9 @@ def kfac_quadratic_form(factors: Mapping[str, KFACFactors], delta_params: Params
     return total
 
 
-def _write_layers(tree: Params, layers, mats) -> Params:
+def _write_layers(tree: Params, layers: list[tuple[str, Array, Array, dict[str, Array]]],
+                  mats: list[Array]) -> Params:
+    """``tree`` with each layer's node replaced by :func:`cljax.layers.unpack` of its W̄."""
     for (name, _, _, node), m in zip(layers, mats):
         tree = set_layer(tree, name, unpack(m, node))
     return tree
@@ -147,7 +119,7 @@ def kfac_matvec(factors: Mapping[str, KFACFactors], params_like: Params) -> Para
 
     This is the gradient of ½ :func:`kfac_quadratic_form`. Leaves in no factored layer → zeros.
     """
-    layers = _layer_nodes(factors, params_like, "params_like")
+    layers = _layer_nodes(factors, params_like)
     mats = [a @ pack(node) @ g for _, a, g, node in layers]
     return _write_layers(jax.tree.map(jnp.zeros_like, params_like), layers, mats)
 
@@ -162,7 +134,7 @@ def kfac_damped_inverse_matvec(factors: Mapping[str, KFACFactors], params_like: 
     """
     if validation.is_concrete(damping) and not float(damping) > 0:
         raise ValueError(f"damping must be > 0; got {damping}")
-    layers = _layer_nodes(factors, params_like, "params_like")
+    layers = _layer_nodes(factors, params_like)
     mats = []
     for _, a, g, node in layers:
         w = pack(node)
