@@ -38,7 +38,9 @@ METHODS = {"sgd": ("none", {}), "rgo": ("rgo", {}), "rgo_unfused": ("rgo", {"fus
            "ogd": ("ogd", {"per_task": 200}),
            "ogd_last_task": ("ogd", {"per_task": 200}),
            "ogd_unfused_last_task": ("ogd", {"per_task": 200, "fused_gradient": False}),
-           "ogd_dense_last_task": ("ogd", {"per_task": 200, "factored": False})}
+           "ogd_dense_last_task": ("ogd", {"per_task": 200, "factored": False}),
+           "ogd_deferred": ("ogd", {"per_task": 200, "deferred": True}),
+           "ogd_deferred_last_task": ("ogd", {"per_task": 200, "deferred": True})}
 # "<method>_last_task": timed with the state the last task trains with (every boundary but the
 # last passed: OGD's store then holds (tasks − 1) × 200 directions), not after one boundary
 
@@ -106,7 +108,8 @@ def main() -> None:
                 times[n].append((time.perf_counter() - t0) / args.steps)
         base = statistics.median(times["sgd"]) if "sgd" in times else None
         for n in fits:
-            filled = getattr(states[n].mstate, "size", None)
+            m = states[n].mstate
+            filled = getattr(getattr(m, "store", m), "size", None)   # DeferredOGDState.store
             ms = 1e3 * statistics.median(times[n])
             print(json.dumps({"protocol": proto, "method": n, "ms_per_step": round(ms, 4),
                               "vs_sgd": None if base is None else round(ms / 1e3 / base, 3),

@@ -308,15 +308,37 @@ def layer_rows(x: Array, call: LayerCall) -> Array:
     return a
 
 
+WeightOffsets = Mapping[str, Callable[[Array], Array]]
+
+
+def _check_offsets(offsets: Any) -> dict[str, Callable[[Array], Array]]:
+    if offsets is None:
+        return {}
+    if not isinstance(offsets, Mapping) or not all(
+            isinstance(k, str) and callable(v) for k, v in offsets.items()):
+        raise TypeError(f"weight_offsets must be a dict {{layer name: fn(rows) -> rows @ ΔW̄}}; "
+                        f"got {offsets!r}")
+    return dict(offsets)
+
+
 def intercept_layer_calls(fn: Callable[..., Any], *args: Any,
                           perturbations: Sequence[Array | None] | None = None,
-                          leaf_ids: Mapping[int, int] | None = None, **kwargs: Any
+                          leaf_ids: Mapping[int, int] | None = None,
+                          weight_offsets: WeightOffsets | None = None, **kwargs: Any
                           ) -> tuple[Any, list[CallRecord]]:
     """Run ``fn(*args, **kwargs)`` (built from flax linen modules) under
     ``flax.linen.intercept_methods`` and record every candidate call (:func:`is_candidate`, in
     call order) as a :class:`CallRecord`; with ``perturbations``, the i-th candidate call's output
     gets ``perturbations[i]`` added (``None``: left alone). Differentiating ``fn``'s output w.r.t.
-    zero perturbations gives the calls' output cotangents (:func:`capture`)."""
+    zero perturbations gives the calls' output cotangents (:func:`capture`).
+
+    ``weight_offsets`` ({layer name: ``f``}) makes every recognised call of a named layer compute
+    with ``W̄ + ΔW̄`` where ``f(rows) = rows @ ΔW̄`` (``[B, P, rows]`` → ``[B, P, out]``): ``f``
+    of the call's :func:`layer_rows` is added to its output (before any perturbation), so an
+    offset kept in factored form is never formed densely (deferred OGD,
+    :mod:`cljax.transforms.ogd`). A named layer that ``fn`` never calls recognisably is an
+    error."""
+    offsets = _check_offsets(weight_offsets)
     records: list[CallRecord] = []
 
     def interceptor(next_fun, call_args, call_kwargs, ctx):
@@ -325,8 +347,11 @@ def intercept_layer_calls(fn: Callable[..., Any], *args: Any,
         x = call_args[0] if call_args else call_kwargs.get("inputs")
         out = next_fun(*call_args, **call_kwargs)
         i = len(records)
-        records.append(CallRecord(describe_call(ctx.module, x, out, leaf_ids=leaf_ids), x,
-                                  jax.ShapeDtypeStruct(out.shape, out.dtype)))
+        call = describe_call(ctx.module, x, out, leaf_ids=leaf_ids)
+        records.append(CallRecord(call, x, jax.ShapeDtypeStruct(out.shape, out.dtype)))
+        if call is not None and call.name in offsets:
+            delta = offsets[call.name](layer_rows(jnp.asarray(x), call))
+            out = out + jnp.reshape(delta, out.shape).astype(out.dtype)
         if perturbations is not None and i < len(perturbations) and perturbations[i] is not None:
             out = out + perturbations[i].astype(out.dtype)
         return out
@@ -336,7 +361,19 @@ def intercept_layer_calls(fn: Callable[..., Any], *args: Any,
     if perturbations is not None and len(records) != len(perturbations):
         raise RuntimeError(f"fn made {len(records)} Dense/Conv calls, {len(perturbations)} were "
                            "perturbed: its calls must not depend on the values of its inputs")
+    missing = sorted(set(offsets) - {r.call.name for r in records if r.call is not None})
+    if missing:
+        raise ValueError(f"weight_offsets names layers {missing} that fn never calls as a "
+                         f"recognised Dense/Conv; it calls "
+                         f"{sorted({r.call.name for r in records if r.call is not None})}")
     return out, records
+
+
+def with_weight_offsets(fn: Callable[..., Any], *args: Any, weight_offsets: WeightOffsets,
+                        **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` with the named layers computing with ``W̄ + ΔW̄``
+    (``weight_offsets`` as in :func:`intercept_layer_calls`)."""
+    return intercept_layer_calls(fn, *args, weight_offsets=weight_offsets, **kwargs)[0]
 
 
 def _wanted(layers: Any) -> set[str] | None:
@@ -373,7 +410,8 @@ class Capture(NamedTuple):
 
 
 def capture(fn: Callable[..., Any], *args: Any, layers: Any = None, argnums: Sequence[int] = (),
-            has_aux: bool = False, **kwargs: Any) -> Capture:
+            has_aux: bool = False, weight_offsets: WeightOffsets | None = None,
+            **kwargs: Any) -> Capture:
     """One forward pass of ``fn(*args, **kwargs)`` capturing, for every recognised layer call, the
     rows it multiplies ``W̄`` with and (by a VJP w.r.t. zero perturbations of its output) its
     output cotangents: ``∂⟨ct, fn⟩/∂W̄ = Σ_calls Σ_{b,p} rows_{bp} ⊗ cot_{bp}``
@@ -381,8 +419,10 @@ def capture(fn: Callable[..., Any], *args: Any, layers: Any = None, argnums: Seq
     (Martens & Grosse 2015, eq. 1–2), GPM's representations and per-example Fisher terms use.
     ``argnums`` names positional arguments (e.g. 0 for the params) whose cotangents
     :attr:`Capture.vjp` returns from the same backward pass; with ``has_aux``, ``fn`` returns
-    ``(output, aux)`` and only ``output`` is differentiated."""
+    ``(output, aux)`` and only ``output`` is differentiated. ``weight_offsets``: as in
+    :func:`intercept_layer_calls` (the cotangents are those of the offset outputs)."""
     wanted = _wanted(layers)
+    _check_offsets(weight_offsets)
     argnums = tuple(argnums)
     if any(not isinstance(i, int) or not 0 <= i < len(args) for i in argnums):
         raise ValueError(f"argnums must index the {len(args)} positional arguments; got {argnums}")
@@ -397,7 +437,7 @@ def capture(fn: Callable[..., Any], *args: Any, layers: Any = None, argnums: Seq
         return result
 
     def trace(*a: Any) -> Any:
-        out, records = intercept_layer_calls(fn, *a, **kwargs)
+        out, records = intercept_layer_calls(fn, *a, weight_offsets=weight_offsets, **kwargs)
         abstract.extend(r._replace(inputs=None) for r in records)   # static parts only
         return split(out)[0]
 
@@ -409,7 +449,8 @@ def capture(fn: Callable[..., Any], *args: Any, layers: Any = None, argnums: Seq
         full = list(args)
         for i, a in zip(argnums, diff):
             full[i] = a
-        result, records = intercept_layer_calls(fn, *full, perturbations=eps, **kwargs)
+        result, records = intercept_layer_calls(fn, *full, perturbations=eps,
+                                                weight_offsets=weight_offsets, **kwargs)
         out, aux = split(result)
         rows: dict[str, list[Array]] = {}
         for r, k in zip(records, keep):
@@ -453,5 +494,6 @@ def mean_rows(captured: Mapping[str, list[Array]]) -> dict[str, Array]:
 __all__ = ["LayerShape", "is_layer", "param_layers", "path_name", "leaf_paths", "get_layer",
            "set_layer", "pack", "unpack",
            "check_factors", "LayerCall", "CallRecord", "CONV_TYPES", "is_candidate",
-           "describe_call", "layer_inputs", "layer_rows", "intercept_layer_calls", "capture_rows",
+           "describe_call", "layer_inputs", "layer_rows", "intercept_layer_calls", "WeightOffsets",
+           "with_weight_offsets", "capture_rows",
            "Capture", "capture", "weight_gradients", "mean_rows"]

@@ -65,7 +65,7 @@ def test_check_factors():
 import flax.linen as nn  # noqa: E402
 
 from cljax.layers import (capture, capture_rows, describe_call, intercept_layer_calls,  # noqa: E402
-                          layer_rows, mean_rows, weight_gradients)
+                          layer_rows, mean_rows, weight_gradients, with_weight_offsets)
 from cljax.nn.conv import Conv as FastConv  # noqa: E402
 
 
@@ -191,3 +191,31 @@ def test_capture_cotangents_ignore_unrequested_layers(x64):
     assert sorted(cap.cotangents(ct)) == ["conv_b", "shared"]
     with pytest.raises(ValueError, match="same layers"):
         weight_gradients(cap.rows, {"shared": cap.cotangents(ct)["shared"]})
+
+
+def test_weight_offsets_compute_with_the_offset_weights_and_their_gradients(x64):
+    """f(rows) = rows @ ΔW̄ added to each call of a layer (conv, a Dense called twice, a bias-free
+    head) is the model at W̄ + ΔW̄: outputs, captured cotangents and parameter gradients."""
+    net, params, x, ct = _net_problem()
+    fn = lambda p, xx: net.apply({"params": p}, xx)   # noqa: E731
+    shapes = param_layers(params)
+    keys = jax.random.split(jax.random.key(7), 3)
+    deltas = {n: 0.3 * jax.random.normal(k, (shapes[n].rows, shapes[n].out), jnp.float64)
+              for n, k in zip(("conv_a", "shared", "head"), keys)}
+    offsets = {n: (lambda d: lambda rows: rows @ d)(d) for n, d in deltas.items()}
+    moved = dict(params)
+    for n, d in deltas.items():
+        moved[n] = unpack(pack(params[n]) + d, params[n])
+    np.testing.assert_allclose(with_weight_offsets(fn, params, x, weight_offsets=offsets),
+                               fn(moved, x), rtol=1e-10)
+    cap = capture(fn, params, x, argnums=(0,), weight_offsets=offsets)
+    cots, (grads,) = cap.vjp(ct)
+    want = jax.grad(lambda p: jnp.sum(fn(p, x) * ct))(moved)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    got = weight_gradients(cap.rows, cots)
+    np.testing.assert_allclose(got["shared"], pack(want["shared"]), rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match=r"\['nowhere'\] that fn never calls"):
+        with_weight_offsets(fn, params, x, weight_offsets={"nowhere": lambda r: r})
+    with pytest.raises(TypeError, match="weight_offsets must be a dict"):
+        with_weight_offsets(fn, params, x, weight_offsets={"head": 3.0})

@@ -12,8 +12,11 @@ import optax
 import pytest
 
 from cljax.layers import leaf_paths
+from cljax.layers import with_weight_offsets
 from cljax.transforms import (OGDDirections, factorable_layers, ground_truth_gradients,
-                              init_ogd, ogd_add, ogd_project, ogd_projection, ogd_value_and_grad)
+                              init_ogd, ogd_add, ogd_deferred_value_and_grad, ogd_fold,
+                              ogd_project, ogd_projection, ogd_value_and_grad,
+                              ogd_weight_offsets, update_scale)
 
 
 class _Net(nn.Module):
@@ -208,3 +211,101 @@ def test_ogd_errors():
         return logits_fn(p, b) + logits_fn(p, {"x": 2 * b["x"]})
     with pytest.raises(ValueError, match="2 calls"):
         ground_truth_gradients(twice, params, batch, state)
+
+
+# --------------------------------------------------------------------------------------------
+# The deferred update
+# --------------------------------------------------------------------------------------------
+
+def _ce(logits_fn):
+    def loss(p, b):
+        return optax.softmax_cross_entropy_with_integer_labels(logits_fn(p, b), b["y"]).mean()
+    return loss
+
+
+def test_fold_and_offsets_are_params_plus_the_stored_directions(x64):
+    """ogd_fold adds G a to the params (oracle: the dense per-example gradients), and the model
+    under ogd_weight_offsets computes with those folded weights."""
+    logits_fn, params, batch = _problem()
+    state = _filled(logits_fn, params, jax.tree.map(lambda v: v[:12], batch),
+                    init_ogd(params, capacity=24, block=12))
+    a = jnp.zeros(24).at[:12].set(jax.random.normal(jax.random.key(5), (12,)))
+    folded = ogd_fold(params, state, a)
+    # the conv and the LayerNorm are stored densely (projected at each step, never deferred):
+    # only the Dense layers move
+    grads = _per_example_grads(logits_fn, params, jax.tree.map(lambda v: v[:12], batch))
+    grads = {k: v if k.startswith("Dense") else jax.tree.map(jnp.zeros_like, v)
+             for k, v in grads.items()}
+    np.testing.assert_allclose(_flat(folded), _flat(params) + np.asarray(a[:12]) @ _flat(grads, 12),
+                               rtol=1e-10, atol=1e-12)
+    got = jax.jit(lambda p, s, c: with_weight_offsets(
+        logits_fn, p, batch, weight_offsets=ogd_weight_offsets(s, c)))(params, state, a)
+    np.testing.assert_allclose(got, logits_fn(folded, batch), rtol=1e-10)
+
+
+def test_deferred_sgd_steps_equal_ogd_steps(x64):
+    """K SGD steps of the deferred update (params − η g, a + η coef; folded at the end) equal K
+    steps of SGD on ogd_project of jax.grad, and each step's g − G coef is that projection."""
+    logits_fn, params, batch = _problem()
+    state = _filled(logits_fn, params, jax.tree.map(lambda v: v[:12], batch),
+                    init_ogd(params, capacity=24, block=12))
+    loss, lr = _ce(logits_fn), 0.3
+    train = [jax.tree.map(lambda v: v[12 + 4 * i:16 + 4 * i], batch) for i in range(3)]
+
+    @jax.jit
+    def reference(p, b):
+        return jax.tree.map(lambda w, u: w - lr * u, p, ogd_project(jax.grad(loss)(p, b), state))
+
+    @jax.jit
+    def deferred(p, a, b):
+        value, g, coef = ogd_deferred_value_and_grad(loss, state, a, p, b)
+        return jax.tree.map(lambda w, u: w - lr * u, p, g), a + lr * coef, value, g, coef
+
+    p_ref, p, a = params, params, jnp.zeros(24)
+    for b in train:
+        theta = ogd_fold(p, state, a)
+        p, a, value, g, coef = deferred(p, a, b)
+        np.testing.assert_allclose(value, loss(theta, b), rtol=1e-12)
+        np.testing.assert_allclose(_flat(ogd_fold(g, state, -coef)),    # g − G_f coef
+                                   _flat(ogd_project(jax.grad(loss)(theta, b), state)),
+                                   rtol=1e-9, atol=1e-12)
+        p_ref = reference(p_ref, b)
+    np.testing.assert_allclose(_flat(ogd_fold(p, state, a)), _flat(p_ref), rtol=1e-10, atol=1e-12)
+    assert float(jnp.max(jnp.abs(a))) > 0 and not np.allclose(_flat(p), _flat(p_ref))
+    # vmapped over two coefficient vectors = two separate calls
+    a2 = jnp.stack([a, 2 * a])
+    vg = jax.jit(jax.vmap(lambda c: ogd_deferred_value_and_grad(loss, state, c, p, train[0])))(a2)
+    one = ogd_deferred_value_and_grad(loss, state, 2 * a, p, train[0])
+    np.testing.assert_allclose(vg[2][1], one[2], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(_flat(jax.tree.map(lambda v: v[1], vg[1])), _flat(one[1]),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_update_scale_reads_the_sgd_learning_rate_and_refuses_the_rest():
+    g = {"a": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(2)}
+    s, ok = update_scale(g, jax.tree.map(lambda v: -0.05 * v, g))
+    np.testing.assert_allclose(s, -0.05, rtol=1e-6)
+    assert bool(ok)
+    opt = optax.sgd(0.1, momentum=0.9)
+    st = opt.init(g)
+    _, st = opt.update(g, st)
+    u, _ = opt.update({"a": -g["a"], "b": g["b"]}, st)   # momentum: not a multiple of g
+    assert not bool(update_scale({"a": -g["a"], "b": g["b"]}, u)[1])
+    zero = jax.tree.map(jnp.zeros_like, g)
+    s, ok = update_scale(zero, zero)
+    assert float(s) == 0.0 and bool(ok)
+    with pytest.raises(ValueError, match="same structure"):
+        update_scale(g, {"a": g["a"]})
+
+
+def test_deferred_errors():
+    logits_fn, params, batch = _problem(dtype=jnp.float32)
+    state = init_ogd(params, capacity=24, block=12)
+    with pytest.raises(ValueError, match=r"coefficients must be a float \[24\]"):
+        ogd_fold(params, state, jnp.zeros(12))
+    with pytest.raises(ValueError, match="coefficients must be a float"):
+        ogd_weight_offsets(state, jnp.zeros(24, jnp.int32))
+    with pytest.raises(TypeError, match="OGDState"):
+        ogd_fold(params, {}, jnp.zeros(24))
+    with pytest.raises(TypeError, match="fun must be a callable"):
+        ogd_deferred_value_and_grad(None, state, jnp.zeros(24), params, batch)

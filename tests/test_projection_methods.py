@@ -35,14 +35,16 @@ def _build(name, traces=None, **options):
     return method, tr, prepare_data(s, sc, eval_chunk=40)
 
 
-@pytest.mark.parametrize("name", sorted(OPTIONS))
-def test_one_compilation_for_the_stream(name):
+@pytest.mark.parametrize("name,options", [(n, {}) for n in sorted(OPTIONS)]
+                         + [("ogd", {"deferred": True})])
+def test_one_compilation_for_the_stream(name, options):
     traces = []
-    method, tr, data = _build(name, traces)
+    method, tr, data = _build(name, traces, **options)
     res = run_stream(tr, data, num_steps=4, keys=KEYS, hparams=method.default_hparams)
     # OGD's fused gradient (cljax.layers.capture) traces the loss once more, abstractly, to learn
     # its layer calls; a recompilation per task would give 3 or 6 traces for the 3 tasks
-    assert len(traces) == (2 if name == "ogd" else 1) and np.all(np.isfinite(res.loss))
+    fused_ogd = name == "ogd" and not options.get("deferred")
+    assert len(traces) == (2 if fused_ogd else 1) and np.all(np.isfinite(res.loss))
 
 
 def test_rgo_alpha_sweep_vmapped_equals_separate_runs_and_fused_equals_plain():
@@ -86,3 +88,30 @@ def test_gpm_fused_equals_projecting_the_finished_gradient():
         runs.append(run_stream(tr, data, num_steps=6, keys=keys))
     np.testing.assert_allclose(runs[0].train_loss, runs[1].train_loss, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(runs[0].accuracy, runs[1].accuracy, atol=1e-6)
+
+
+def test_deferred_ogd_equals_ogd_and_needs_plain_sgd():
+    """The deferred update (coefficients of the stored directions, folded at each boundary) takes
+    the same steps as OGD's projected SGD: same losses, accuracies and final weights."""
+    runs = []
+    for deferred in (False, True):
+        method, tr, data = _build("ogd", deferred=deferred)
+        runs.append(run_stream(tr, data, num_steps=6, keys=KEYS))
+    np.testing.assert_allclose(runs[1].train_loss, runs[0].train_loss, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(runs[1].accuracy, runs[0].accuracy, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(runs[1].final_state.params),
+                    jax.tree.leaves(runs[0].final_state.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    m = runs[1].final_state.mstate
+    assert int(m.store.size[0]) == 30 and int(np.max(m.not_sgd_steps)) == 0
+    np.testing.assert_array_equal(m.coefficients, 0.0)     # folded at the last boundary
+    with pytest.raises(ValueError, match="factored=True and fused_gradient=True"):
+        get_method("ogd", deferred=True, fused_gradient=False)
+    method, _, data = _build("ogd", deferred=True)
+    s = permuted_tasks(tiny_dataset(num_classes=4, n=120), tiny_dataset(num_classes=4, n=40, seed=1),
+                       num_tasks=3, pad_to=None)
+    model = as_model(MLP((16,), make_scenario(s, "domain").num_outputs, use_bias=False))
+    tr = make_trainer(model, method, optimizer=optax.sgd(0.1, momentum=0.9), batch_size=8,
+                      eval_chunk=40)
+    with pytest.raises(Exception, match="not a multiple of the gradient"):
+        run_stream(tr, data, num_steps=4, keys=KEYS[:1])

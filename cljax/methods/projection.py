@@ -18,17 +18,19 @@ base optimizer: plain SGD in their papers) as an extra argument:
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from cljax.layers import capture_rows, mean_rows
+from cljax.layers import capture_rows, mean_rows, with_weight_offsets
 from cljax.methods.base import Method, cross_entropy, get_hparam, task_loss
 from cljax.transforms.gpm import gpm_projection, gpm_update, gpm_value_and_grad, init_gpm
-from cljax.transforms.ogd import (ground_truth_gradients, init_ogd, ogd_add, ogd_projection,
-                                  ogd_value_and_grad)
+from cljax.transforms.ogd import (OGDState, ground_truth_gradients, init_ogd, ogd_add,
+                                  ogd_deferred_value_and_grad, ogd_fold, ogd_projection,
+                                  ogd_value_and_grad, ogd_weight_offsets, update_scale)
+from cljax.types import Array
 from cljax.transforms.rgo import (init_rgo, rgo_accumulate, rgo_consolidate, rgo_projection,
                                   rgo_value_and_grad)
 from cljax.validation import check_in_unit_interval, check_positive_int
@@ -124,7 +126,26 @@ def gpm(*, thresholds: Sequence[float] = (0.95, 0.99, 0.99), threshold_increment
                   value_and_grad=value_and_grad if fused_gradient else None)
 
 
-def ogd(*, per_task: int = 200, factored: bool = True, fused_gradient: bool = True) -> Method:
+class DeferredOGDState(NamedTuple):
+    """:func:`ogd` with ``deferred=True``: the store, the deferred coefficients a (the weights
+    are params + G a, :func:`cljax.transforms.ogd_fold`) and the count of steps whose base update
+    was not a multiple of the gradient (each one an error at the task's end)."""
+
+    store: OGDState
+    coefficients: Array
+    not_sgd_steps: Array
+
+
+def _raise_if_not_sgd(count) -> None:
+    if int(count) > 0:
+        raise ValueError(f"ogd(deferred=True): {int(count)} steps of this task had a base "
+                         f"optimizer update that is not a multiple of the gradient; the deferred "
+                         f"update is OGD only under plain SGD (optax.sgd without momentum or "
+                         f"weight decay, any learning-rate schedule): use deferred=False")
+
+
+def ogd(*, per_task: int = 200, factored: bool = True, fused_gradient: bool = True,
+        deferred: bool = False) -> Method:
     """OGD-GTL (Farajtabar et al. 2020): at each boundary the gradients of the true class's logit
     at ``per_task`` examples of the task (drawn uniformly) join the store of
     ``per_task × number of tasks`` directions (never exhausted), one block per task.
@@ -133,11 +154,21 @@ def ogd(*, per_task: int = 200, factored: bool = True, fused_gradient: bool = Tr
     the memory on an MLP). ``fused_gradient`` (default) forms the projection's dot products from
     the batch's layer rows and cotangents (:func:`cljax.transforms.ogd_value_and_grad`); False
     projects the finished gradient (:func:`cljax.transforms.ogd_projection`), the same step to
-    rounding."""
+    rounding. ``deferred`` (plain SGD only, factored and fused): the factored layers' projection
+    is kept as coefficients of the stored directions and written into the weights at each task's
+    end (:func:`cljax.transforms.ogd_deferred_value_and_grad`): the same steps to rounding, at
+    a fraction of the multiply-adds; evaluation and checkpoints mid-task see the same weights
+    (``predict`` adds the deferred part). The learning rate is read from each step's update; a
+    base optimizer whose update is not a multiple of its gradient fails at the task's end."""
     check_positive_int(per_task, name="per_task")
-    if not isinstance(factored, bool) or not isinstance(fused_gradient, bool):
-        raise TypeError(f"factored and fused_gradient must be bools; got {factored!r}, "
-                        f"{fused_gradient!r}")
+    if not all(isinstance(v, bool) for v in (factored, fused_gradient, deferred)):
+        raise TypeError(f"factored, fused_gradient and deferred must be bools; got {factored!r}, "
+                        f"{fused_gradient!r}, {deferred!r}")
+    if deferred and not (factored and fused_gradient):
+        raise ValueError("ogd(deferred=True) defers the factored layers' projection inside the "
+                         "fused gradient: it needs factored=True and fused_gradient=True")
+    if deferred:
+        return _deferred_ogd(per_task)
 
     def init(params, key, hparams, spec):
         del key, hparams
@@ -162,4 +193,42 @@ def ogd(*, per_task: int = 200, factored: bool = True, fused_gradient: bool = Tr
                   end_task=end_task)
 
 
-__all__ = ["rgo", "rgo2", "gpm", "ogd"]
+def _deferred_ogd(per_task: int) -> Method:
+    def init(params, key, hparams, spec):
+        del key, hparams
+        store = init_ogd(params, capacity=per_task * spec.num_tasks, block=per_task)
+        return DeferredOGDState(store, jnp.zeros(store.pinv.shape[:1], store.pinv.dtype),
+                                jnp.zeros((), jnp.int32))
+
+    def value_and_grad(loss, params, mstate, ctx):
+        del ctx
+        (value, aux), grads, coef = ogd_deferred_value_and_grad(
+            loss, mstate.store, mstate.coefficients, params, has_aux=True)
+        return (value, {"loss_aux": aux, "coef": coef}), grads
+
+    def after_step(mstate, info):
+        scale, ok = update_scale(info.grads, info.updates)   # SGD: updates = −η·grads
+        coefficients = mstate.coefficients - scale.astype(mstate.coefficients.dtype) \
+            * info.aux["coef"]
+        return DeferredOGDState(mstate.store, coefficients,
+                                mstate.not_sgd_steps + (~ok).astype(jnp.int32))
+
+    def end_task(ctx):
+        m = ctx.mstate
+        jax.debug.callback(_raise_if_not_sgd, m.not_sgd_steps)
+        params = ogd_fold(ctx.params, m.store, m.coefficients)
+        batch = ctx.sample_batch(ctx.task, ctx.key, per_task)
+        store = ogd_add(m.store, ground_truth_gradients(ctx.model.logits_fn, params, batch,
+                                                        m.store))
+        return params, ctx.opt_state, DeferredOGDState(store, jnp.zeros_like(m.coefficients),
+                                                       m.not_sgd_steps)
+
+    def predict(params, mstate, batch, ctx):
+        return with_weight_offsets(ctx.model.logits_fn, params, batch, weight_offsets=
+                                   ogd_weight_offsets(mstate.store, mstate.coefficients))
+
+    return Method("ogd", init=init, value_and_grad=value_and_grad, after_step=after_step,
+                  end_task=end_task, predict=predict)
+
+
+__all__ = ["rgo", "rgo2", "gpm", "ogd", "DeferredOGDState"]

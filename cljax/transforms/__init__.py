@@ -43,8 +43,10 @@ from cljax.transforms.penalty import (QuadraticPenaltyState, consolidate, ewc, i
 from cljax.transforms.gpm import (GPMState, gpm_project, gpm_projection, gpm_update,
                                   gpm_value_and_grad, init_gpm)
 from cljax.transforms.ogd import (OGDDirections, OGDState, factorable_layers,
-                                  ground_truth_gradients, init_ogd, ogd_add, ogd_project,
-                                  ogd_projection, ogd_value_and_grad)
+                                  ground_truth_gradients, init_ogd, ogd_add,
+                                  ogd_deferred_value_and_grad, ogd_fold, ogd_project,
+                                  ogd_projection, ogd_value_and_grad, ogd_weight_offsets,
+                                  update_scale)
 from cljax.transforms.projection import (agem_project, agem_projection, gem_dual, gem_project,
                                          gem_projection)
 from cljax.transforms.rgo import (RGOState, init_rgo, rgo_accumulate, rgo_consolidate,
@@ -62,5 +64,6 @@ __all__ = [
     "RGOState", "init_rgo", "rgo_accumulate", "rgo_consolidate", "rgo_projection",
     "rgo_value_and_grad", "GPMState", "init_gpm", "gpm_update", "gpm_project", "gpm_projection", "gpm_value_and_grad",
     "OGDState", "OGDDirections", "init_ogd", "factorable_layers", "ground_truth_gradients",
-    "ogd_add", "ogd_project", "ogd_value_and_grad", "ogd_projection",
+    "ogd_add", "ogd_project", "ogd_value_and_grad", "ogd_projection", "ogd_weight_offsets",
+    "ogd_fold", "ogd_deferred_value_and_grad", "update_scale",
 ]

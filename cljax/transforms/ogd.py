@@ -21,6 +21,14 @@ rest.
 The store is filled in blocks of ``block`` directions (OGD's examples per task) and a step only
 reads the filled blocks.
 
+Deferred update (ours, exact under plain SGD). Even factored, a projected step writes G coef
+into every Dense weight gradient: stored·rows·out multiply-adds. Under SGD the step can instead
+keep θ = params + G_f a, with the factored layers' share of G coef accumulated in coefficients a
+(``[capacity]``): the model computes with θ through :func:`ogd_weight_offsets`
+(``cljax.layers`` weight offsets, B·stored·(rows + out) per call), the offsets' VJP yields the
+factored Gᵀg as a's cotangent, and :func:`ogd_fold` writes G_f a into the weights when the store
+changes (:func:`ogd_deferred_value_and_grad`).
+
 Fixed shapes: capacity, block and the factored layers are set at :func:`init_ogd`, so nothing
 recompiles as the store fills. When the store is full, further directions are dropped and counted
 in ``dropped``; a concrete (eager) call raises instead. Size the capacity to the stream
@@ -34,7 +42,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cljax.layers import capture, get_layer, leaf_paths, pack, param_layers, unpack
+from cljax.layers import (capture, get_layer, leaf_paths, pack, param_layers, unpack,
+                          with_weight_offsets)
 from cljax.transforms.common import require_state
 from cljax.types import Array, Params
 from cljax.validation import (check_batch, check_finite, check_float_leaves,
@@ -200,16 +209,17 @@ def _at(x: Array, b: Array, ct: Any) -> Array:
 
 
 def _stored_dots(state: OGDState, wbar: Mapping[str, Array], dense: Mapping[str, Array],
-                 factors: Mapping[str, tuple[Array, Array]]) -> Array:
+                 factors: Mapping[str, tuple[Array, Array]], factored: bool = True) -> Array:
     """Gᵀg: ``[capacity]``, zero past the filled blocks. Factored layers in ``factors``
     (the rows ``[R, rows]`` and output cotangents ``[R, out]`` whose Σ rows ⊗ cot is the gradient)
-    use Σ_r (R_s x_r)(C_s δ_r); the others their ``W̄`` gradient in ``wbar``."""
+    use Σ_r (R_s x_r)(C_s δ_r); the others their ``W̄`` gradient in ``wbar``. With ``factored``
+    False, only the densely stored leaves' part."""
     blocks, block = _lead(state)
     ct = state.pinv.dtype
 
     def body(b, acc):
         d = jnp.zeros(block, ct)
-        for n in state.rows:
+        for n in (state.rows if factored else ()):
             r, c = _at(state.rows[n], b, ct), _at(state.cotangents[n], b, ct)
             if n in factors:
                 x, delta = factors[n]
@@ -223,23 +233,39 @@ def _stored_dots(state: OGDState, wbar: Mapping[str, Array], dense: Mapping[str,
     return jax.lax.fori_loop(0, _used_blocks(state), body, jnp.zeros(blocks * block, ct))
 
 
+def _coefficients(state: OGDState, dots: Array) -> Array:
+    """M Gᵀg, reading only M's filled row blocks (M is zero past them)."""
+    blocks, block = _lead(state)
+
+    def body(b, acc):
+        rows = jax.lax.dynamic_slice_in_dim(state.pinv, b * block, block, 0)
+        return jax.lax.dynamic_update_slice_in_dim(acc, rows @ dots, b * block, 0)
+
+    return jax.lax.fori_loop(0, _used_blocks(state), body, jnp.zeros_like(dots))
+
+
 def _subtract(updates: Params, leaves: Mapping[str, Array], state: OGDState,
-              wbar: Mapping[str, Array], dense: Mapping[str, Array], coef: Array) -> Params:
-    """``updates`` − G coef, over the filled blocks."""
+              wbar: Mapping[str, Array], dense: Mapping[str, Array], coef: Array,
+              factored: bool = True, densely_stored: bool = True) -> Params:
+    """``updates`` − G coef, over the filled blocks, in the factored layers (``wbar``) and / or
+    the densely stored leaves (``dense``); the other part is left as it is."""
     block, ct = _lead(state)[1], state.pinv.dtype
+    layers = list(state.rows) if factored else []
+    paths = list(state.dense) if densely_stored else []
 
     def body(b, acc):
         c = jax.lax.dynamic_slice_in_dim(coef, b * block, block)
         w = {n: acc[0][n] + _at(state.rows[n], b, ct).T
-             @ (c[:, None] * _at(state.cotangents[n], b, ct)) for n in state.rows}
-        d = {p: acc[1][p] + jnp.tensordot(c, _at(x, b, ct), axes=1) for p, x in state.dense.items()}
+             @ (c[:, None] * _at(state.cotangents[n], b, ct)) for n in layers}
+        d = {p: acc[1][p] + jnp.tensordot(c, _at(state.dense[p], b, ct), axes=1) for p in paths}
         return w, d
 
     w_sub, d_sub = jax.lax.fori_loop(
-        0, _used_blocks(state), body, ({n: jnp.zeros_like(w) for n, w in wbar.items()},
-                                       {p: jnp.zeros_like(x) for p, x in dense.items()}))
-    out = {p: (dense[p] - d_sub[p]).astype(leaves[p].dtype) for p in state.dense}
-    for n in state.rows:
+        0, _used_blocks(state), body, ({n: jnp.zeros_like(wbar[n]) for n in layers},
+                                       {p: jnp.zeros_like(dense[p]) for p in paths}))
+    out = {p: (dense[p] - d_sub[p]).astype(leaves[p].dtype) if p in d_sub else leaves[p]
+           for p in leaves}
+    for n in layers:
         for key, v in unpack(wbar[n] - w_sub[n], get_layer(updates, n)).items():
             out[f"{n}/{key}"] = v
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(updates),
@@ -253,7 +279,7 @@ def ogd_project(updates: Params, state: OGDState) -> Params:
     ct = state.pinv.dtype
     wbar = {n: _as(ct, pack(get_layer(updates, n))) for n in state.rows}
     dense = {p: _as(ct, leaves[p]) for p in state.dense}
-    coef = state.pinv @ _stored_dots(state, wbar, dense, {})
+    coef = _coefficients(state, _stored_dots(state, wbar, dense, {}))
     return _subtract(updates, leaves, state, wbar, dense, coef)
 
 
@@ -282,9 +308,148 @@ def ogd_value_and_grad(fun: Callable[..., Any], ogd_state: OGDState, params: Par
     factors = {n: (flat(cap.rows[n]), flat(cots[n])) for n in ogd_state.rows if n in cap.rows}
     wbar = {n: _as(ct, pack(get_layer(grads, n))) for n in ogd_state.rows}
     dense = {p: _as(ct, leaves[p]) for p in ogd_state.dense}
-    coef = ogd_state.pinv @ _stored_dots(ogd_state, wbar, dense, factors)
+    coef = _coefficients(ogd_state, _stored_dots(ogd_state, wbar, dense, factors))
     value = (loss, cap.aux) if has_aux else loss
     return value, _subtract(grads, leaves, ogd_state, wbar, dense, coef)
+
+
+# --------------------------------------------------------------------------------------------
+# The deferred update: plain SGD without forming the projection in the dense weights.
+# --------------------------------------------------------------------------------------------
+
+def _low_rank(state: OGDState, name: str) -> Callable[[Array, Array], Array]:
+    """``f(rows, a) = rows @ ΔW̄`` for ``ΔW̄ = Σ_j a_j r_j ⊗ c_j`` over layer ``name``'s filled
+    blocks, never formed: per block P = rows R_bᵀ, then (P ⊙ a_b) C_b. Its VJP (custom: the
+    loop's trip count is dynamic) reuses P: for the output cotangent δ, Q = δ C_bᵀ gives the
+    rows' cotangent (Q ⊙ a_b) R_b and a's, Σ_r P ⊙ Q = Σ_r (r_j·x_r)(c_j·δ_r) — the stored
+    directions' dot products with this layer's gradient, Gᵀg, at no extra pass."""
+    blocks, block = _lead(state)
+    ct = state.pinv.dtype
+    r_store, c_store, used = state.rows[name], state.cotangents[name], _used_blocks(state)
+
+    def forward(x: Array, a: Array) -> tuple[Array, Array]:
+        def body(b, acc):
+            out, p_all = acc
+            p = x @ _at(r_store, b, ct).T
+            a_b = jax.lax.dynamic_slice_in_dim(a, b * block, block)
+            return (out + (p * a_b) @ _at(c_store, b, ct),
+                    jax.lax.dynamic_update_slice_in_dim(p_all, p, b * block, 1))
+        init = (jnp.zeros(x.shape[:1] + c_store.shape[-1:], ct),
+                jnp.zeros((x.shape[0], blocks * block), ct))
+        return jax.lax.fori_loop(0, used, body, init)
+
+    @jax.custom_vjp
+    def f(rows: Array, a: Array) -> Array:
+        x = rows.reshape(-1, rows.shape[-1]).astype(ct)
+        out, _ = forward(x, a.astype(ct))
+        return out.reshape(rows.shape[:-1] + (-1,)).astype(rows.dtype)
+
+    def fwd(rows, a):
+        x = rows.reshape(-1, rows.shape[-1]).astype(ct)
+        out, p_all = forward(x, a.astype(ct))
+        return out.reshape(rows.shape[:-1] + (-1,)).astype(rows.dtype), (p_all, a)
+
+    def bwd(res, g):
+        p_all, a = res
+        delta = g.reshape(-1, g.shape[-1]).astype(ct)
+
+        def body(b, acc):
+            dx, da = acc
+            q = delta @ _at(c_store, b, ct).T
+            a_b = jax.lax.dynamic_slice_in_dim(a, b * block, block).astype(ct)
+            p = jax.lax.dynamic_slice_in_dim(p_all, b * block, block, 1)
+            return (dx + (q * a_b) @ _at(r_store, b, ct),
+                    jax.lax.dynamic_update_slice_in_dim(da, jnp.sum(p * q, axis=0), b * block, 0))
+        dx, da = jax.lax.fori_loop(0, used, body, (jnp.zeros((delta.shape[0],) + r_store.shape[-1:],
+                                                             ct), jnp.zeros(blocks * block, ct)))
+        return (dx.reshape(g.shape[:-1] + r_store.shape[-1:]).astype(g.dtype), da.astype(a.dtype))
+
+    f.defvjp(fwd, bwd)
+    return f
+
+
+def _check_coefficients(coefficients: Any, state: OGDState) -> Array:
+    capacity = state.pinv.shape[0]
+    if jnp.shape(coefficients) != (capacity,) or \
+            not jnp.issubdtype(jnp.result_type(coefficients), jnp.floating):
+        raise ValueError(f"coefficients must be a float [{capacity}] array (one per stored "
+                         f"direction: jnp.zeros({capacity})); got shape "
+                         f"{jnp.shape(coefficients)}, dtype {jnp.result_type(coefficients)}")
+    return jnp.asarray(coefficients)
+
+
+def ogd_weight_offsets(state: OGDState, coefficients: Array) -> dict[str, Callable[[Array], Array]]:
+    """The deferred part of the weights, ``ΔW̄ = Σ_j a_j r_j ⊗ c_j`` per factored layer, as
+    :func:`cljax.layers.intercept_layer_calls` ``weight_offsets`` (the model then computes with
+    the weights :func:`ogd_fold` would give, at B·stored·(rows + out) multiply-adds per call)."""
+    _check_state(state, "ogd_weight_offsets")
+    a = _check_coefficients(coefficients, state)
+    return {n: (lambda f: lambda rows: f(rows, a))(_low_rank(state, n)) for n in state.rows}
+
+
+def ogd_fold(params: Params, state: OGDState, coefficients: Array) -> Params:
+    """``params`` + G_f a: the deferred update written into the weights, each factored layer's
+    ``W̄`` gaining Σ_j a_j r_j ⊗ c_j (the part :func:`ogd_weight_offsets` adds; densely stored
+    leaves are projected at each step, never deferred, and are left as they are)."""
+    _check_state(state, "ogd_fold")
+    a = _check_coefficients(coefficients, state)
+    leaves = _check_updates(params, state, "params")
+    ct = state.pinv.dtype
+    wbar = {n: _as(ct, pack(get_layer(params, n))) for n in state.rows}
+    dense = {p: _as(ct, leaves[p]) for p in state.dense}
+    return _subtract(params, leaves, state, wbar, dense, -a.astype(ct), densely_stored=False)
+
+
+def ogd_deferred_value_and_grad(fun: Callable[..., Any], ogd_state: OGDState,
+                                coefficients: Array, params: Params, *args: Any,
+                                has_aux: bool = False) -> tuple[Any, Params, Array]:
+    """OGD's step with the projection of the factored layers *deferred* (ours, exact for SGD).
+
+    The weights are θ = ``params`` + G_f a (``a`` = ``coefficients``, G_f the factored layers'
+    part of the stored directions; :func:`ogd_fold` forms it). Returns ``fun(θ, *args)``, its
+    gradient g with the densely stored leaves already projected, and ``coef`` = M Gᵀg, so that
+    OGD's projected gradient is g − G_f coef. A plain SGD step with learning rate η is then exactly
+    ``params ← params − η·grads`` and ``a ← a + η·coef``: θ moves by −η(g − Π g) without the
+    stored·rows·out multiply-adds of writing G coef into the dense weights; the forward and
+    backward passes see θ through :func:`ogd_weight_offsets`. Fold (``params ← ogd_fold(...)``,
+    ``a ← 0``) before the store changes (at each task boundary). Only a base update that is a
+    multiple of its gradient (SGD, any learning-rate schedule) keeps it OGD: momentum, Adam or
+    weight decay would treat ``params`` and ``a`` differently (:func:`update_scale` checks)."""
+    _check_state(ogd_state, "ogd_deferred_value_and_grad")
+    if not callable(fun):
+        raise TypeError(f"fun must be a callable loss(params, *args); got {type(fun).__name__}")
+    a = _check_coefficients(coefficients, ogd_state)
+    low_rank = {n: _low_rank(ogd_state, n) for n in ogd_state.rows}
+
+    def at_theta(p: Params, c: Array) -> Any:
+        offsets = {n: (lambda f: lambda rows: f(rows, c))(f) for n, f in low_rank.items()}
+        return with_weight_offsets(fun, p, *args, weight_offsets=offsets)
+
+    value, (grads, factored_dots) = jax.value_and_grad(at_theta, argnums=(0, 1),
+                                                       has_aux=has_aux)(params, a)
+    leaves = _check_updates(grads, ogd_state, "params")
+    ct = ogd_state.pinv.dtype
+    dense = {p: _as(ct, leaves[p]) for p in ogd_state.dense}
+    dots = factored_dots.astype(ct) + _stored_dots(ogd_state, {}, dense, {}, factored=False)
+    coef = _coefficients(ogd_state, dots)
+    return value, _subtract(grads, leaves, ogd_state, {}, dense, coef, factored=False), coef
+
+
+def update_scale(grads: Params, updates: Params, *, rtol: float = 1e-4) -> tuple[Array, Array]:
+    """``(s, ok)``: the least-squares s with ``updates`` ≈ s·``grads`` and whether
+    ‖updates − s·grads‖ ≤ rtol·‖updates‖ (a step of SGD: s = −η; s = 0 for a zero gradient).
+    The deferred update reads η from each step's update this way (schedules included)."""
+    if jax.tree.structure(grads) != jax.tree.structure(updates):
+        raise ValueError(f"grads and updates must have the same structure; got "
+                         f"{jax.tree.structure(grads)} and {jax.tree.structure(updates)}")
+    g = [jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(grads)]
+    u = [jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(updates)]
+    gg = sum(jnp.vdot(a, a) for a in g)
+    s = jnp.where(gg > 0, sum(jnp.vdot(b, a) for a, b in zip(g, u)) / jnp.where(gg > 0, gg, 1.0),
+                  0.0)
+    res = sum(jnp.sum((b - s * a) ** 2) for a, b in zip(g, u))
+    uu = sum(jnp.vdot(b, b) for b in u)
+    return s, res <= rtol ** 2 * uu
 
 
 def ground_truth_gradients(logits_fn: Callable[[Params, Any], Array], params: Params,
@@ -349,4 +514,5 @@ def ogd_projection() -> optax.GradientTransformationExtraArgs:
 
 __all__ = ["OGDState", "OGDDirections", "init_ogd", "factorable_layers",
            "ogd_add", "ogd_project", "ogd_value_and_grad", "ground_truth_gradients",
-           "ogd_projection"]
+           "ogd_projection", "ogd_weight_offsets", "ogd_fold", "ogd_deferred_value_and_grad",
+           "update_scale"]
