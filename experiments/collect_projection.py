@@ -9,7 +9,8 @@ published numbers of ../shared/REFERENCES.md.
 A run may come in parts: ``<prefix>_<method>_seed<N>`` is the same config run from base seed N
 (``--seed N``; its seeds are ``split(key(N), seeds)``, independent of the base run's), and its
 per-seed metrics are pooled with ``<prefix>_<method>``'s into one row. Parts must agree on every
-config entry except ``seed`` / ``seeds`` and have different base seeds.
+config entry except ``seed`` / ``seeds`` (and OGD's ``method_options.deferred``, an exact
+rearrangement of the same steps) and have different base seeds.
 """
 import json
 import pathlib
@@ -60,10 +61,16 @@ def pooled(parts):
     if not results:
         return None
     first = results[0]
-    strip = lambda c: {k: v for k, v in c.items() if k not in ("seed", "seeds")}  # noqa: E731
+
+    def strip(c):   # deferred OGD takes the same steps as plain OGD (to rounding): not a protocol
+        opts = {k: v for k, v in c.get("method_options", {}).items() if k != "deferred"}
+        return {**{k: v for k, v in c.items() if k not in ("seed", "seeds")},
+                "method_options": opts}
+
     for d, r in zip(parts, results):
         if strip(r["config"]) != strip(first["config"]):
-            raise ValueError(f"{d}: its config differs from {parts[0]}'s beyond seed / seeds")
+            raise ValueError(f"{d}: its config differs from {parts[0]}'s beyond seed / seeds / "
+                             f"deferred")
     bases = [r["config"]["seed"] for r in results]
     if len(set(bases)) != len(bases):
         raise ValueError(f"parts {[str(d) for d in parts]} share a base seed: {bases}")

@@ -14,7 +14,8 @@ base optimizer: plain SGD in their papers) as an extra argument:
   task); gradients lose their component in the bases' span.
 * :func:`ogd` (Farajtabar et al. 2020, OGD-GTL): at each boundary the gradients of the true
   class's logit at ``per_task`` examples join a store (Dense layers factored as rows ⊗
-  cotangents, :mod:`cljax.transforms.ogd`); gradients lose their component in its span.
+  cotangents, :mod:`cljax.transforms.ogd`); gradients lose their component in its span (under
+  plain SGD, ``deferred=True`` keeps that component as coefficients folded in at boundaries).
 """
 from __future__ import annotations
 
@@ -30,9 +31,9 @@ from cljax.transforms.gpm import gpm_projection, gpm_update, gpm_value_and_grad,
 from cljax.transforms.ogd import (OGDState, ground_truth_gradients, init_ogd, ogd_add,
                                   ogd_deferred_value_and_grad, ogd_fold, ogd_projection,
                                   ogd_value_and_grad, ogd_weight_offsets, update_scale)
-from cljax.types import Array
 from cljax.transforms.rgo import (init_rgo, rgo_accumulate, rgo_consolidate, rgo_projection,
                                   rgo_value_and_grad)
+from cljax.types import Array
 from cljax.validation import check_in_unit_interval, check_positive_int
 
 
@@ -128,8 +129,9 @@ def gpm(*, thresholds: Sequence[float] = (0.95, 0.99, 0.99), threshold_increment
 
 class DeferredOGDState(NamedTuple):
     """:func:`ogd` with ``deferred=True``: the store, the deferred coefficients a (the weights
-    are params + G a, :func:`cljax.transforms.ogd_fold`) and the count of steps whose base update
-    was not a multiple of the gradient (each one an error at the task's end)."""
+    are params + G_f a, :func:`cljax.transforms.ogd_fold`; zero after each boundary's fold) and
+    the count of steps whose base update was not a multiple of the gradient (an error at the
+    task's end)."""
 
     store: OGDState
     coefficients: Array
