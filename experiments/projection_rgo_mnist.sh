@@ -17,12 +17,10 @@ for protocol in ${PROTOCOLS:-permuted rotated}; do
   run --method ewc --set "hparams={'strength': 10.0}" --workdir $out/${tag}_ewc_l10
   run --method agem --set "method_options={'per_class': 25}" --workdir $out/${tag}_agem
   run --method none --workdir $out/${tag}_none
-  # OGD's gradient store grows to 20 × 200 gradients, so it runs in parts of one seed each,
-  # pooled by collect_projection.py: seed split(key(0), 1) with the fused projection (≈ 95 min
-  # here beside other runs), then the deferred update (the same steps to rounding, ≈ 2× faster;
-  # BENCHMARKS.md) from base seeds 1, 2, …
-  run --method ogd --seeds 1 --workdir $out/${tag}_ogd
-  for s in ${OGD_SEEDS:-1}; do
+  # OGD's gradient store grows to 20 × 200 gradients, so it runs in parts of one seed each
+  # (base seeds OGD_SEEDS, default 0 1 2 3 4), pooled by collect_projection.py, with the deferred
+  # update (the same steps as the fused projection to rounding, 1.8-2.7x faster; BENCHMARKS.md)
+  for s in ${OGD_SEEDS:-0 1 2 3 4}; do
     run --method ogd --seed $s --seeds 1 --set "method_options={'deferred': True}" \
       --workdir $out/${tag}_ogd_seed$s
   done
