@@ -193,6 +193,12 @@ GOLDEN = np.load(pathlib.Path(__file__).parent / "golden" / "method_matrices.npz
 # methods estimating it (EWC, online EWC, NCL diagonal: fisher="exact") agree to rounding only.
 REORDERED = {"ewc", "online_ewc", "ncl"}
 
+# NCL with K-FAC preconditions through eigendecompositions of its Kronecker factors
+# (cljax._linalg.eigh). On a new machine (AMD EPYC) its matrices came back within 5 ulps (1.5e-7)
+# of the recorded ones and every other case bit for bit: our reading is that the decomposition's
+# CPU kernels depend on the processor. Compared to rounding, like the reordered cases.
+CPU_DEPENDENT = {"ncl_kfac", "ncl_kfac_unfused"}
+
 
 # one case per family by default (every case and the Class-IL scenario with -m slow)
 DEFAULT_CASES = {"none", "joint", "ewc", "si", "kfac_ewc_multi", "ncl", "ncl_kfac"}
@@ -204,7 +210,8 @@ DEFAULT_CASES = {"none", "joint", "ewc", "si", "kfac_ewc_multi", "ncl", "ncl_kfa
 def test_matrices_unchanged_by_the_protocol_change(case, scenario):
     """The accuracy, test-loss and training-loss matrices recorded at commit 45a5439, before the
     method protocol was widened (``tests/golden/record_method_matrices.py``): bit for bit, except
-    the methods whose estimator was reordered (``REORDERED``), to 1e-6."""
+    the methods whose estimator was reordered (``REORDERED``) or whose eigendecompositions depend
+    on the CPU (``CPU_DEPENDENT``), to 1e-6."""
     name, options, overrides, reset = CASES[case]
     method = get_method(name, **options)
     trainer, data = build(method, scenario, reset)
@@ -212,7 +219,7 @@ def test_matrices_unchanged_by_the_protocol_change(case, scenario):
                      hparams={**method.default_hparams, **overrides}, runs="vmap")  # as recorded
     for field in ("accuracy", "loss", "train_loss", "init_accuracy"):
         got, want = getattr(res, field), GOLDEN[f"{case}/{scenario}/{field}"]
-        if case in REORDERED:
+        if case in REORDERED | CPU_DEPENDENT:
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7,
                                        err_msg=f"{case} {scenario} {field}")
         else:
