@@ -9,8 +9,8 @@ published numbers of ../shared/REFERENCES.md.
 A run may come in parts: ``<prefix>_<method>_seed<N>`` is the same config run from base seed N
 (``--seed N``; its seeds are ``split(key(N), seeds)``, independent of the base run's), and its
 per-seed metrics are pooled with ``<prefix>_<method>``'s into one row. Parts must agree on every
-config entry except ``seed`` / ``seeds`` (and OGD's ``method_options.deferred``, an exact
-rearrangement of the same steps) and have different base seeds.
+config entry except ``seed`` / ``seeds`` and the ``method_options`` in ``REARRANGEMENTS``
+(options that change how a method computes its step, not the step), and have different base seeds.
 """
 import json
 import pathlib
@@ -41,6 +41,10 @@ def pct(m):
 
 
 PART = re.compile(r"_seed\d+$")
+# method_options that rearrange a method's arithmetic without changing its steps (to rounding;
+# tests/test_projection_methods.py and tests/test_ogd.py): the fused gradients of RGO, GPM and
+# OGD, OGD's factored store and its deferred update
+REARRANGEMENTS = frozenset({"fused_gradient", "factored", "deferred"})
 
 
 def runs_of(root, prefix, method):
@@ -62,15 +66,15 @@ def pooled(parts):
         return None
     first = results[0]
 
-    def strip(c):   # deferred OGD takes the same steps as plain OGD (to rounding): not a protocol
-        opts = {k: v for k, v in c.get("method_options", {}).items() if k != "deferred"}
+    def strip(c):
+        opts = {k: v for k, v in c.get("method_options", {}).items() if k not in REARRANGEMENTS}
         return {**{k: v for k, v in c.items() if k not in ("seed", "seeds")},
                 "method_options": opts}
 
     for d, r in zip(parts, results):
         if strip(r["config"]) != strip(first["config"]):
             raise ValueError(f"{d}: its config differs from {parts[0]}'s beyond seed / seeds / "
-                             f"deferred")
+                             f"{sorted(REARRANGEMENTS)}")
     bases = [r["config"]["seed"] for r in results]
     if len(set(bases)) != len(bases):
         raise ValueError(f"parts {[str(d) for d in parts]} share a base seed: {bases}")

@@ -11,8 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from cljax.layers import leaf_paths
-from cljax.layers import with_weight_offsets
+from cljax.layers import leaf_paths, with_weight_offsets
 from cljax.transforms import (OGDDirections, factorable_layers, ground_truth_gradients,
                               init_ogd, ogd_add, ogd_deferred_value_and_grad, ogd_fold,
                               ogd_project, ogd_projection, ogd_value_and_grad,
@@ -294,8 +293,12 @@ def test_update_scale_reads_the_sgd_learning_rate_and_refuses_the_rest():
     zero = jax.tree.map(jnp.zeros_like, g)
     s, ok = update_scale(zero, zero)
     assert float(s) == 0.0 and bool(ok)
-    with pytest.raises(ValueError, match="same structure"):
+    with pytest.raises(ValueError, match="updates must have the pytree structure of grads"):
         update_scale(g, {"a": g["a"]})
+    with pytest.raises(ValueError, match="updates.*'b'.*has shape"):
+        update_scale(g, {"a": g["a"], "b": jnp.ones(3)})
+    with pytest.raises(ValueError, match="rtol must be > 0"):
+        update_scale(g, g, rtol=0.0)
 
 
 def test_deferred_errors():

@@ -47,8 +47,8 @@ from cljax.layers import (capture, get_layer, leaf_paths, pack, param_layers, un
 from cljax.transforms.common import require_state
 from cljax.types import Array, Params
 from cljax.validation import (check_batch, check_finite, check_float_leaves,
-                              check_in_unit_interval, check_labels_in_range, check_positive_int,
-                              is_concrete)
+                              check_in_unit_interval, check_labels_in_range, check_positive,
+                              check_positive_int, check_same_structure, is_concrete)
 
 
 class OGDState(NamedTuple):
@@ -383,8 +383,14 @@ def ogd_weight_offsets(state: OGDState, coefficients: Array) -> dict[str, Callab
     :func:`cljax.layers.intercept_layer_calls` ``weight_offsets`` (the model then computes with
     the weights :func:`ogd_fold` would give, at B·stored·(rows + out) multiply-adds per call)."""
     _check_state(state, "ogd_weight_offsets")
-    a = _check_coefficients(coefficients, state)
-    return {n: (lambda f: lambda rows: f(rows, a))(_low_rank(state, n)) for n in state.rows}
+    return _bind({n: _low_rank(state, n) for n in state.rows},
+                 _check_coefficients(coefficients, state))
+
+
+def _bind(low_rank: Mapping[str, Callable[[Array, Array], Array]],
+          a: Array) -> dict[str, Callable[[Array], Array]]:
+    """``{layer: rows ↦ f(rows, a)}``: the :func:`_low_rank` offsets at coefficients ``a``."""
+    return {n: (lambda f: lambda rows: f(rows, a))(f) for n, f in low_rank.items()}
 
 
 def ogd_fold(params: Params, state: OGDState, coefficients: Array) -> Params:
@@ -422,8 +428,7 @@ def ogd_deferred_value_and_grad(fun: Callable[..., Any], ogd_state: OGDState,
     low_rank = {n: _low_rank(ogd_state, n) for n in ogd_state.rows}
 
     def at_theta(p: Params, c: Array) -> Any:
-        offsets = {n: (lambda f: lambda rows: f(rows, c))(f) for n, f in low_rank.items()}
-        return with_weight_offsets(fun, p, *args, weight_offsets=offsets)
+        return with_weight_offsets(fun, p, *args, weight_offsets=_bind(low_rank, c))
 
     value, (grads, factored_dots) = jax.value_and_grad(at_theta, argnums=(0, 1),
                                                        has_aux=has_aux)(params, a)
@@ -439,9 +444,8 @@ def update_scale(grads: Params, updates: Params, *, rtol: float = 1e-4) -> tuple
     """``(s, ok)``: the least-squares s with ``updates`` ≈ s·``grads`` and whether
     ‖updates − s·grads‖ ≤ rtol·‖updates‖ (a step of SGD: s = −η; s = 0 for a zero gradient).
     The deferred update reads η from each step's update this way (schedules included)."""
-    if jax.tree.structure(grads) != jax.tree.structure(updates):
-        raise ValueError(f"grads and updates must have the same structure; got "
-                         f"{jax.tree.structure(grads)} and {jax.tree.structure(updates)}")
+    check_same_structure(updates, grads, name="updates", reference_name="grads")
+    check_positive(rtol, name="rtol", scalar=True)
     g = [jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(grads)]
     u = [jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(updates)]
     gg = sum(jnp.vdot(a, a) for a in g)
