@@ -73,12 +73,10 @@ def main() -> None:
         for name in args.methods.split(","):
             method_name, options = METHODS[name]
             method = get_method(method_name, **options)
-            extra = method.model_options(spec["tasks"]) if method.model_options else {}
-            if proto == "cnn":
-                model = as_model(CNN(sc.num_outputs, num_heads=sc.num_heads, **extra))
+            if proto == "cnn":     # the method builds its own model from it (RGO's FEL)
+                model = as_model(CNN(sc.num_outputs, num_heads=sc.num_heads))
             else:
-                model = as_model(MLP(spec["widths"], sc.num_outputs, use_bias=spec["bias"],
-                                     **extra))
+                model = as_model(MLP(spec["widths"], sc.num_outputs, use_bias=spec["bias"]))
             tr = make_trainer(model, method, optimizer=optax.sgd(0.01),
                               batch_size=spec["batch"], eval_chunk=500)
             state = tr.init(jax.random.key(0), method.default_hparams, data)

@@ -37,7 +37,6 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import os
 import pathlib
 import platform
 import sys
@@ -57,6 +56,7 @@ from cljax.nn import CNN, MLP, AlexNet, ResNet18, as_model
 from cljax.nn.model import Model
 from cljax.training import (StreamData, StreamResult, Trainer, make_batch, make_trainer,
                             prepare_data, run_stream)
+from cljax.workdir import write_text_atomic
 
 REQUIRED_KEYS = ("dataset", "stream", "scenarios", "model", "optimizer", "steps", "batch_size",
                  "method", "seeds")
@@ -222,10 +222,8 @@ def make_optimizer(spec: dict, *, steps_per_task: int) -> optax.GradientTransfor
     if decay is not None:
         if not isinstance(decay, (int, float)) or not 0 < decay <= 1:
             raise ValueError(f"optimizer task_decay must be in (0, 1]; got {decay!r}")
-        base_lr = lr
-
-        def lr(count):  # noqa: F811 — the schedule replaces the constant
-            return jax.numpy.maximum(base_lr * decay ** (count // steps_per_task), floor)
+        lr = optax.exponential_decay(lr, transition_steps=steps_per_task, decay_rate=decay,
+                                     staircase=True, end_value=floor)
     try:
         tx = factory(lr, **spec)
     except TypeError as e:
@@ -354,7 +352,8 @@ def load_experiment_stream(cfg: dict, *, log: Callable[[str], None] = print
 
 
 class ScenarioSetup(NamedTuple):
-    """What :func:`build_scenario` builds for one scenario."""
+    """What :func:`build_scenario` builds for one scenario (``model``: the network the method
+    trains, built by ``Method.model`` from the configured one)."""
 
     name: str
     scenario: Any
@@ -390,10 +389,8 @@ def build_scenario(cfg: dict, stream: TaskStream, name: str, *, mesh: Any = None
     ``data_placement`` says so or the stream is larger than ``device_memory_cap``)."""
     scenario = make_scenario(stream, name)
     method = get_method(cfg["method"], **cfg["method_options"])
-    spec = dict(cfg["model"])
-    if method.model_options is not None:   # architecture the method needs (RGO's FEL)
-        spec.update(method.model_options(stream.num_tasks))
-    model = make_model(spec, num_outputs=scenario.num_outputs, num_heads=scenario.num_heads)
+    model = make_model(cfg["model"], num_outputs=scenario.num_outputs,
+                       num_heads=scenario.num_heads)
     trainer = make_trainer(model, method, optimizer=make_optimizer(
         cfg["optimizer"], steps_per_task=cfg["steps"]), batch_size=cfg["batch_size"],
         eval_chunk=cfg["eval_chunk"], reset_optimizer=cfg["reset_optimizer"])
@@ -405,7 +402,7 @@ def build_scenario(cfg: dict, stream: TaskStream, name: str, *, mesh: Any = None
         raise ValueError("the flatness analysis needs every task's test set on the device, and "
                          "this stream is kept on the host (config['data_placement'] / "
                          "device_memory_cap): set data_placement='device' or drop the analysis")
-    return ScenarioSetup(name, scenario, model, method, trainer, data)
+    return ScenarioSetup(name, scenario, trainer.model(data), method, trainer, data)
 
 
 def run_scenario(cfg: dict, setup: ScenarioSetup, plan: SweepPlan, *,
@@ -550,10 +547,8 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
         if events_dir is not None:
             events.write_scenario_events(events_dir, name, res.train_loss, res.accuracy,
                                          events.run_names(plan.grid, plan.seeds))
-        if finished is not None:
-            tmp = finished.with_suffix(".tmp")
-            tmp.write_text(json.dumps(entry, default=_to_builtin))
-            os.replace(tmp, finished)
+        if finished is not None:   # NaN kept as NaN (not strict JSON): resumed runs reread it
+            write_text_atomic(finished, json.dumps(entry, default=_to_builtin))
         results["scenarios"][name] = entry
         results["total_seconds"] = time.perf_counter() - t0
         if on_scenario is not None:

@@ -33,6 +33,7 @@ from cljax.data.streams import NORMALISATION, TaskArrays, TaskStream
 from cljax.nn.encoder import ConvEncoder, EncoderClassifier
 from cljax.types import Array
 from cljax.validation import check_positive_int
+from cljax.workdir import write_bytes_atomic
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,9 +171,7 @@ def pretrained_encoder(config: PretrainConfig, *, cache_dir: str | os.PathLike,
     log(f"pre-training the encoder ({config}); it will be cached in {weights}")
     variables, report = train_encoder(config, data_dir=data_dir, log=log)
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = weights.with_suffix(".tmp")
-    tmp.write_bytes(flax.serialization.to_bytes(variables))
-    os.replace(tmp, weights)
+    write_bytes_atomic(weights, flax.serialization.to_bytes(variables))
     report_path.write_text(json.dumps(report, indent=1))
     return variables, report
 

@@ -79,7 +79,7 @@ def test_penalty_and_natural_gradient_methods(case, scenario):
 def test_rehearsal_and_projection_methods(case, scenario):
     name, options, overrides, optimizer, _ = every.CASES[case]
     method = get_method(name, **options)
-    trainer, data = every.build_at_record_time(method, scenario, optimizer)
+    trainer, data = every.build(method, scenario, optimizer)
     res = run_stream(trainer, data, num_steps=every.STEPS,
                      keys=jax.random.split(jax.random.key(every.SEED), 2), runs="map",
                      hparams={**method.default_hparams, **overrides})

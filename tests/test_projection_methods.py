@@ -21,8 +21,7 @@ def _build(name, traces=None, optimizer=None, **options):
                        num_tasks=3, pad_to=None)
     sc = make_scenario(s, "domain")
     method = get_method(name, **{**OPTIONS[name], **options})
-    extra = method.model_options(3) if method.model_options else {}
-    model = as_model(MLP((16,), sc.num_outputs, use_bias=False, **extra))
+    model = as_model(MLP((16,), sc.num_outputs, use_bias=False))
     if traces is not None:
         base = model
 

@@ -86,7 +86,7 @@ def test_keep_params_stacks_task_solutions():
 def test_joint_draws_from_every_task_seen():
     from cljax.methods import BatchContext, all_tasks_batch
     ctx = BatchContext(jax.random.key(0), jax.random.key(1), jnp.asarray(2), 3000, {}, None,
-                       lambda k, tasks: {"task": tasks}, None, None)
+                       lambda k, tasks: {"task": tasks}, None, None, None)
     tasks = all_tasks_batch(ctx, ())["task"]
     counts = np.bincount(np.asarray(tasks), minlength=4)
     assert counts[3] == 0 and np.all(np.abs(counts[:3] / 3000 - 1 / 3) < 0.04)

@@ -3,10 +3,11 @@
 ``get_method(name, **options)`` builds a registered method; ``options`` are its static settings
 (e.g. ``fisher="true"``, ``num_examples=2048``); hyperparameters such as λ live in ``hparams``.
 """
-from cljax.methods.base import (BatchContext, BoundaryContext, LossContext, Method,
-                                PredictContext, StepInfo, StreamSpec, all_tasks_batch, base_only,
-                                cross_entropy, current_task_batch, get_hparam, keep_after_step,
-                                keep_state, no_optimizer_args, no_state, task_loss, check_hparams)
+from cljax.methods.base import (BatchContext, BoundaryContext, Clock, LossContext, Method,
+                                PredictContext, StepInfo, StreamSpec, all_tasks_batch, base_model,
+                                base_only, check_hparams, cross_entropy, current_task_batch,
+                                get_hparam, keep_after_step, keep_state, no_optimizer_args,
+                                no_state, task_loss)
 from cljax.methods.baselines import joint, none
 from cljax.methods.natural import kfac_ewc, ncl, ncl_kfac
 from cljax.methods.penalties import ewc, l2, mas, online_ewc, si
@@ -31,9 +32,10 @@ def get_method(name: str, **options) -> Method:
         raise TypeError(f"bad options {options} for method {name!r}: {e}") from e
 
 
-__all__ = ["Method", "StreamSpec", "BatchContext", "LossContext", "StepInfo", "BoundaryContext",
-           "PredictContext", "METHODS", "get_method", "no_state", "current_task_batch",
-           "all_tasks_batch", "cross_entropy", "task_loss", "no_optimizer_args",
-           "keep_after_step", "keep_state", "base_only", "get_hparam", "none", "joint", "ewc",
+__all__ = ["Method", "StreamSpec", "Clock", "BatchContext", "LossContext", "StepInfo",
+           "BoundaryContext", "PredictContext", "METHODS", "get_method", "no_state",
+           "current_task_batch", "all_tasks_batch", "cross_entropy", "task_loss",
+           "no_optimizer_args", "keep_after_step", "keep_state", "base_only", "base_model",
+           "get_hparam", "none", "joint", "ewc",
            "online_ewc", "si", "mas", "l2", "kfac_ewc", "ncl", "ncl_kfac", "er", "agem", "gem",
            "lwf", "derpp", "icarl", "rgo", "rgo2", "gpm", "ogd", "check_hparams"]

@@ -11,10 +11,13 @@ training step, with the hooks in the order the trainer calls them::
     tx     = make_optimizer(hparams, base)                # rebuilt every step from hparams
     updates, opt_state = tx.update(grads, opt_state, params, **extra)
     params = params + updates
-    mstate = after_step(mstate, StepInfo)                 # reservoir insertion, path integrals
+    params, opt_state, mstate = after_step(StepInfo)      # reservoir insertion, path integrals,
+                                                          # masks or projections of the weights
 
 and at the end of each task ``(params, opt_state, mstate) = end_task(BoundaryContext)``;
 evaluation calls ``predict(params, mstate, batch, PredictContext)`` (default: the model's logits).
+Before anything runs, ``model(base_model, spec)`` may build the network the method trains from
+the configured one (gates, extra columns, stochastic layers); default: the base model itself.
 
 * ``mstate`` — the method's own state (anchors and importances, a replay memory, the previous
   model, exemplar means…): any pytree, built by ``init(params, key, hparams, spec)`` with shapes
@@ -29,10 +32,14 @@ evaluation calls ``predict(params, mstate, batch, PredictContext)`` (default: th
   (loss weights, stored logits). A replay memory stores rows, not indices into the stream.
 * ``spec`` (:class:`StreamSpec`) — what a method may need to size its state: example shape and
   storage dtype, number of tasks, classes per task, number of outputs and heads, label table.
+* ``clock`` (:class:`Clock`, in every training context) — the global step, the step within the
+  task and the steps the task has, as int32 arrays: annealing schedules (HAT's gate scale) and
+  phases within a task (PackNet's retraining) read it; nothing recompiles when it advances.
 
 Randomness: every hook gets its key from the context; the trainer derives them from the run's
 key and the step counter (``fold_in``), so a run's results do not depend on how steps are split
-into calls or on which other runs share the vmapped program.
+into calls or on which other runs share the vmapped program. Evaluation has its own key
+(``PredictContext.key``, per task and chunk: Monte Carlo prediction).
 """
 from __future__ import annotations
 
@@ -47,6 +54,25 @@ from cljax.types import Array, Batch, Params, PRNGKey
 
 Rows = Mapping[str, Array]
 Hparams = Mapping[str, Array]
+
+
+class Clock(NamedTuple):
+    """Where a step stands (int32 arrays; batched like the state under ``vmap``).
+
+    ``step`` counts every step of the stream before this one (the run's global step);
+    ``task_step`` the steps of the current task before this one (0 at its first step; at a task
+    boundary, the steps the task took); ``task_steps`` the steps the task has in all.
+    """
+
+    step: Array
+    task_step: Array
+    task_steps: Array
+
+    @property
+    def progress(self) -> Array:
+        """``task_step / task_steps`` as a float in [0, 1]: how far into the task."""
+        return self.task_step.astype(jnp.float32) / jnp.maximum(self.task_steps, 1).astype(
+            jnp.float32)
 
 
 class StreamSpec(NamedTuple):
@@ -92,6 +118,7 @@ class BatchContext(NamedTuple):
     draw: Callable[[PRNGKey, Array], Rows]
     task_rows: Callable[[Array], Rows]
     count: Callable[[Array], Array]
+    clock: Clock
 
 
 class LossContext(NamedTuple):
@@ -103,10 +130,12 @@ class LossContext(NamedTuple):
     task: Array
     spec: StreamSpec
     to_batch: Callable[[Rows], Batch]
+    clock: Clock
 
 
 class StepInfo(NamedTuple):
-    """What ``Method.after_step`` sees of the step just taken."""
+    """What ``Method.after_step`` sees of the step just taken; it returns ``(params, opt_state,
+    mstate)`` (:meth:`keep_params` when it changes only the method state)."""
 
     rows: Rows
     batch: Batch
@@ -118,6 +147,13 @@ class StepInfo(NamedTuple):
     key: PRNGKey
     hparams: Hparams
     spec: StreamSpec
+    opt_state: Any          # the optimizer state after the step
+    mstate: Any             # the method state before after_step
+    clock: Clock            # the step just taken (``task_step`` its index within the task)
+
+    def keep_params(self, mstate: Any) -> tuple[Params, Any, Any]:
+        """``(params, opt_state, mstate)``: the step's parameters and optimizer state, kept."""
+        return self.params, self.opt_state, mstate
 
 
 class BoundaryContext(NamedTuple):
@@ -140,17 +176,30 @@ class BoundaryContext(NamedTuple):
     task_rows: Callable[[Array], Rows]
     count: Callable[[Array], Array]
     to_batch: Callable[[Rows], Batch]
+    clock: Clock            # ``task_step``: the steps the ending task took
 
     @property
     def logits_fn(self):
         return self.model.logits_fn
 
+    def keep_params(self, mstate: Any) -> tuple[Params, Any, Any]:
+        """``(params, opt_state, mstate)``: the context's parameters and optimizer state, kept."""
+        return self.params, self.opt_state, mstate
+
 
 class PredictContext(NamedTuple):
-    """What ``Method.predict`` may use at evaluation."""
+    """What ``Method.predict`` may use at evaluation.
+
+    ``tasks`` is the task id of each example of the batch (``int32 [B]``, the same as
+    ``batch["task"]``): a batch may mix tasks, so a prediction must never assume one task per
+    batch. ``key`` is this batch's own key (Monte Carlo prediction), derived from the run's key,
+    its step and the batch's position in the evaluation.
+    """
 
     model: Model
     spec: StreamSpec
+    key: PRNGKey
+    tasks: Array
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,15 +245,20 @@ def no_optimizer_args(params: Params, batch: Batch, mstate: Any, ctx: LossContex
     return {}
 
 
-def keep_after_step(mstate: Any, info: StepInfo) -> Any:
-    """A step that leaves the method state as it is."""
-    del info
-    return mstate
+def keep_after_step(info: StepInfo) -> tuple[Params, Any, Any]:
+    """A step that leaves the parameters, optimizer state and method state as they are."""
+    return info.keep_params(info.mstate)
 
 
 def keep_state(ctx: BoundaryContext) -> tuple[Params, Any, Any]:
     """A task boundary that changes nothing."""
-    return ctx.params, ctx.opt_state, ctx.mstate
+    return ctx.keep_params(ctx.mstate)
+
+
+def base_model(model: Model, spec: StreamSpec) -> Model:
+    """The configured model, unchanged (the default ``Method.model``)."""
+    del spec
+    return model
 
 
 def base_only(hparams: Hparams, base: optax.GradientTransformation
@@ -221,11 +275,13 @@ class Method(NamedTuple):
     ``jax.value_and_grad(loss, has_aux=True)(params)`` (``loss(params) -> (loss, aux)``): NCL
     K-FAC preconditions inside the backward pass. ``predict`` None means the model's
     ``logits_fn``. ``requires`` names the :class:`cljax.nn.Model` functions the method calls
-    beyond the logits (``"features_fn"``, ``"all_heads_fn"``, ``"apply_fn"``), checked when the
-    trainer is built. ``hparam_domains`` maps a hyperparameter to "positive" or "unit_interval"
-    (default "nonnegative"); :func:`cljax.training.run_stream` checks the values given.
-    ``model_options(num_tasks)`` — architecture the method needs — gives keyword arguments the
-    experiment runner merges into the model's config (RGO: its feature encoding layer).
+    beyond the logits (``"features_fn"``, ``"all_heads_fn"``, ``"apply_fn"``), checked on the
+    model the method trains. ``hparam_domains`` maps a hyperparameter to "positive" or
+    "unit_interval" (default "nonnegative"); :func:`cljax.training.run_stream` checks the values
+    given. ``model(base, spec)`` builds the network the method trains from the configured one
+    (``spec`` describes the stream under the base model): RGO adds its feature encoding layer,
+    HAT its gates, progressive networks their columns; the trainer calls it once per traced
+    function, so it must be pure and cheap (build modules, no arrays).
     """
 
     name: str
@@ -235,14 +291,14 @@ class Method(NamedTuple):
     batch: Callable[[BatchContext, Any], Rows] = current_task_batch
     loss: Callable[[Params, Batch, Any, LossContext], tuple[Array, Any]] = task_loss
     optimizer_args: Callable[[Params, Batch, Any, LossContext], dict] = no_optimizer_args
-    after_step: Callable[[Any, StepInfo], Any] = keep_after_step
+    after_step: Callable[[StepInfo], tuple[Params, Any, Any]] = keep_after_step
     end_task: Callable[[BoundaryContext], tuple[Params, Any, Any]] = keep_state
     predict: Callable[[Params, Any, Batch, PredictContext], Array] | None = None
     value_and_grad: Callable[..., tuple[tuple[Array, Any], Params]] | None = None
     default_hparams: Mapping[str, float] = {}
     requires: tuple[str, ...] = ()
     hparam_domains: Mapping[str, str] = {}
-    model_options: Callable[[int], Mapping[str, Any]] | None = None
+    model: Callable[[Model, StreamSpec], Model] = base_model
 
 
 HPARAM_DOMAINS = ("nonnegative", "positive", "unit_interval")
@@ -271,8 +327,8 @@ def get_hparam(hparams: Hparams, name: str, method: str) -> Array:
     return hparams[name]
 
 
-__all__ = ["Method", "StreamSpec", "BatchContext", "LossContext", "StepInfo", "BoundaryContext",
-           "PredictContext", "Rows", "Hparams", "no_state", "current_task_batch",
+__all__ = ["Method", "StreamSpec", "Clock", "BatchContext", "LossContext", "StepInfo",
+           "BoundaryContext", "PredictContext", "Rows", "Hparams", "no_state", "current_task_batch",
            "all_tasks_batch", "cross_entropy", "task_loss", "no_optimizer_args",
-           "keep_after_step", "keep_state", "base_only", "get_hparam", "check_hparams",
+           "keep_after_step", "keep_state", "base_only", "base_model", "get_hparam", "check_hparams",
            "HPARAM_DOMAINS"]

@@ -152,9 +152,10 @@ def si(*, clip_negative: bool = True) -> Method:
         return SIState(transforms.init_penalty(params), jax.tree.map(jnp.zeros_like, params),
                        jax.tree.map(jnp.array, params))
 
-    def after_step(mstate: SIState, info: StepInfo) -> SIState:
-        return mstate._replace(omega=imp.accumulate_path_integral(mstate.omega, info.grads,
-                                                                  info.updates))
+    def after_step(info: StepInfo):
+        s: SIState = info.mstate
+        return info.keep_params(s._replace(omega=imp.accumulate_path_integral(
+            s.omega, info.grads, info.updates)))
 
     def end_task(ctx):
         s = ctx.mstate

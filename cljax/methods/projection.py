@@ -7,7 +7,7 @@ base optimizer: plain SGD in their papers) as an extra argument:
 * :func:`rgo` (Liu & Liu 2022): per-step mean layer inputs update H̄⁻¹ recursively (in
   ``after_step``), the projection P = dim/tr(H̄⁻¹)·H̄⁻¹ is frozen at each boundary and multiplies
   the weight gradients inside the backward pass; the model gets RGO's feature encoding layer
-  (``model_options``: :class:`cljax.nn.fel.FeatureEncoding` after each hidden layer);
+  (``Method.model``: :class:`cljax.nn.fel.FeatureEncoding` after each hidden layer);
   :func:`rgo2` is the same without it. See :mod:`cljax.transforms.rgo` for our reading.
 * :func:`gpm` (Saha et al. 2021): at each boundary the layer inputs of ``num_examples`` examples
   of the task grow per-layer bases (energy thresholds per layer, + ``threshold_increment`` per
@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import optax
 
 from cljax.layers import capture_rows, mean_rows, with_weight_offsets
-from cljax.methods.base import Method, cross_entropy, get_hparam, task_loss
+from cljax.methods.base import Method, base_model, cross_entropy, get_hparam, task_loss
+from cljax.nn.model import rebuild
 from cljax.transforms.gpm import gpm_projection, gpm_update, gpm_value_and_grad, init_gpm
 from cljax.transforms.ogd import (OGDState, ground_truth_gradients, init_ogd, ogd_add,
                                   ogd_deferred_value_and_grad, ogd_fold, ogd_projection,
@@ -70,12 +71,12 @@ def rgo(*, feature_encoding: bool = True, fused_gradient: bool = True) -> Method
         init=init, loss=task_loss if fused_gradient else _loss_with_rows,
         optimizer_args=(lambda p, b, m, c: {}) if fused_gradient else
         (lambda p, b, m, c: {"rgo_state": m}),
-        after_step=lambda mstate, info: rgo_accumulate(mstate, info.aux["rows"]),
+        after_step=lambda info: info.keep_params(rgo_accumulate(info.mstate, info.aux["rows"])),
         end_task=lambda ctx: (ctx.params, ctx.opt_state, rgo_consolidate(ctx.mstate)),
         value_and_grad=value_and_grad if fused_gradient else None,
         default_hparams={"alpha": 1.0}, hparam_domains={"alpha": "positive"},
-        model_options=lambda num_tasks: {"feature_encoding": num_tasks if feature_encoding
-                                         else 0})
+        model=(lambda base, spec: rebuild(base, feature_encoding=spec.num_tasks))
+        if feature_encoding else base_model)
 
 
 def rgo2(*, fused_gradient: bool = True) -> Method:
@@ -208,12 +209,12 @@ def _deferred_ogd(per_task: int) -> Method:
             loss, mstate.store, mstate.coefficients, params, has_aux=True)
         return (value, {"loss_aux": aux, "coef": coef}), grads
 
-    def after_step(mstate, info):
+    def after_step(info):
+        m = info.mstate
         scale, ok = update_scale(info.grads, info.updates)   # SGD: updates = −η·grads
-        coefficients = mstate.coefficients - scale.astype(mstate.coefficients.dtype) \
-            * info.aux["coef"]
-        return DeferredOGDState(mstate.store, coefficients,
-                                mstate.not_sgd_steps + (~ok).astype(jnp.int32))
+        coefficients = m.coefficients - scale.astype(m.coefficients.dtype) * info.aux["coef"]
+        return info.keep_params(DeferredOGDState(m.store, coefficients,
+                                                 m.not_sgd_steps + (~ok).astype(jnp.int32)))
 
     def end_task(ctx):
         m = ctx.mstate

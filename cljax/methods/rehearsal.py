@@ -176,6 +176,16 @@ def _check_batch_size(memory_batch_size: int | None) -> None:
         check_positive_int(memory_batch_size, name="memory_batch_size")
 
 
+def _reservoir_after_step(plan: MemoryPlan):
+    """``after_step`` of a method with ``plan``'s memory: a reservoir offers each step's current
+    examples to the memory; the class modes fill it at task ends."""
+    def after_step(info: StepInfo):
+        if plan.kind != "reservoir":
+            return info.keep_params(info.mstate)
+        return info.keep_params(mem.reservoir_add(info.mstate, core_rows(info.rows), info.key))
+    return after_step
+
+
 # --------------------------------------------------------------------------------------------
 # ER
 # --------------------------------------------------------------------------------------------
@@ -201,16 +211,11 @@ def er(*, memory: str = "per_class", per_class: int | None = 100, capacity: int 
         rnt = 1.0 / (ctx.task + 1).astype(jnp.float32)
         return rnt * ce_cur + (1.0 - rnt) * ce_mem, {}
 
-    def after_step(memory_state, info: StepInfo):
-        if plan.kind != "reservoir":
-            return memory_state
-        return mem.reservoir_add(memory_state, core_rows(info.rows), info.key)
-
     def end_task(ctx):
-        return ctx.params, ctx.opt_state, store_finished_task(ctx.mstate, plan, ctx, ctx.key)
+        return ctx.keep_params(store_finished_task(ctx.mstate, plan, ctx, ctx.key))
 
     return Method("er", init=_init_memory_state(plan), batch=batch, loss=loss,
-                  after_step=after_step, end_task=end_task)
+                  after_step=_reservoir_after_step(plan), end_task=end_task)
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,17 +244,13 @@ def agem(*, memory: str = "per_class", per_class: int | None = 100, capacity: in
         grads = jax.grad(lambda p: _memory_loss(p, batch, ctx, ctx.key)[0])(params)
         return {"reference_grads": grads}
 
-    def after_step(memory_state, info):
-        if plan.kind != "reservoir":
-            return memory_state
-        return mem.reservoir_add(memory_state, core_rows(info.rows), info.key)
-
     def end_task(ctx):
-        return ctx.params, ctx.opt_state, store_finished_task(ctx.mstate, plan, ctx, ctx.key)
+        return ctx.keep_params(store_finished_task(ctx.mstate, plan, ctx, ctx.key))
 
     return Method("agem", make_optimizer=lambda h, base: optax.chain(agem_projection(eps=eps), base),
                   init=_init_memory_state(plan), batch=batch, loss=loss,
-                  optimizer_args=optimizer_args, after_step=after_step, end_task=end_task)
+                  optimizer_args=optimizer_args, after_step=_reservoir_after_step(plan),
+                  end_task=end_task)
 
 
 # --------------------------------------------------------------------------------------------
@@ -294,7 +295,7 @@ def gem(*, per_class: int = 100, eps: float = 1e-3, num_sweeps: int = 100) -> Me
                                           num_sweeps=num_sweeps), base)
 
     def end_task(ctx):
-        return ctx.params, ctx.opt_state, store_finished_task(ctx.mstate, plan, ctx, ctx.key)
+        return ctx.keep_params(store_finished_task(ctx.mstate, plan, ctx, ctx.key))
 
     return Method("gem", make_optimizer=make_optimizer, init=_init_memory_state(plan),
                   optimizer_args=optimizer_args, end_task=end_task,
@@ -357,7 +358,7 @@ def lwf() -> Method:
         return ce + get_hparam(ctx.hparams, "strength", "lwf") * distill, {}
 
     def end_task(ctx):
-        return ctx.params, ctx.opt_state, _remember_model(ctx)
+        return ctx.keep_params(_remember_model(ctx))
 
     return Method("lwf", init=_previous_model_init, loss=loss, end_task=end_task,
                   default_hparams={"strength": 1.0, "temperature": 2.0},
@@ -404,9 +405,10 @@ def derpp(*, memory: str = "reservoir", per_class: int | None = 100, capacity: i
                  + get_hparam(ctx.hparams, "beta", "derpp") * ce2)
         return total, {"logits": logits}
 
-    def after_step(memory_state, info):
-        return mem.reservoir_add(memory_state, core_rows(info.rows), info.key,
-                                 logits=jax.lax.stop_gradient(info.aux["logits"]))
+    def after_step(info: StepInfo):
+        return info.keep_params(mem.reservoir_add(
+            info.mstate, core_rows(info.rows), info.key,
+            logits=jax.lax.stop_gradient(info.aux["logits"])))
 
     return Method("derpp", init=_init_memory_state(plan, logits=True), batch=batch, loss=loss,
                   after_step=after_step, default_hparams={"alpha": 0.5, "beta": 0.5})
@@ -537,7 +539,7 @@ def icarl(*, memory: str = "per_class", per_class: int | None = 100,
         means, has = exemplar_means(ctx.model.features_fn(ctx.params, mb), mb["y"],
                                     memory_state.valid, ctx.spec.num_outputs)
         previous = PreviousModel(ctx.params, s.previous.count + 1)
-        return ctx.params, ctx.opt_state, ICaRLState(memory_state, previous, means, has)
+        return ctx.keep_params(ICaRLState(memory_state, previous, means, has))
 
     def predict(params, s: ICaRLState, batch, ctx: PredictContext):
         f = normalise(ctx.model.features_fn(params, batch))

@@ -4,7 +4,7 @@ from cljax.nn.cnn import CNN
 from cljax.nn.conv import Conv, canonical_conv
 from cljax.nn.heads import select_head
 from cljax.nn.mlp import MLP
-from cljax.nn.model import Model, as_model
+from cljax.nn.model import Model, as_model, rebuild
 from cljax.nn.resnet import BatchStatNorm, ResNet18
 
-__all__ = ["AlexNet", "BatchStatNorm", "ResNet18", "CNN", "Conv", "canonical_conv", "MLP", "Model", "as_model", "select_head"]
+__all__ = ["AlexNet", "BatchStatNorm", "ResNet18", "CNN", "Conv", "canonical_conv", "MLP", "Model", "as_model", "rebuild", "select_head"]

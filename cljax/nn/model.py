@@ -73,4 +73,18 @@ def as_model(module: nn.Module) -> Model:
     return Model(module, init, logits_fn, train_logits_fn, features_fn, all_heads_fn, apply_fn)
 
 
-__all__ = ["Model", "as_model", "OUTPUTS"]
+def rebuild(model: Model, **fields) -> Model:
+    """``model`` with its flax module's ``fields`` replaced (``module.clone(**fields)``), wrapped
+    anew by :func:`as_model`: how a method changes the configured architecture (RGO adds its
+    feature encoding layer: ``rebuild(model, feature_encoding=T)``)."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(model.module)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"the model {type(model.module).__name__} has no field {unknown} to "
+                         f"set; its fields are {sorted(known - {'parent', 'name'})}")
+    return as_model(model.module.clone(**fields))
+
+
+__all__ = ["Model", "as_model", "rebuild", "OUTPUTS"]

@@ -51,17 +51,22 @@ def stream():
     return split_tasks(train, test, tasks=[[0, 1], [2, 3], [4, 5]])
 
 
-def base_model(scenario):
-    """The MLP every case starts from (a method may build its own model around it)."""
-    sc = make_scenario(stream(), scenario)
-    return sc, as_model(MLP((12,), sc.num_outputs, num_heads=sc.num_heads))
+def build(method, scenario, optimizer):
+    """The trainer of the configured MLP (the method builds its own model from it)."""
+    s = stream()
+    sc = make_scenario(s, scenario)
+    model = as_model(MLP((12,), sc.num_outputs, num_heads=sc.num_heads))
+    trainer = make_trainer(model, method, optimizer=OPTIMIZERS[optimizer](), batch_size=8,
+                           eval_chunk=16)
+    return trainer, prepare_data(s, sc, eval_chunk=16)
 
 
 def build_at_record_time(method, scenario, optimizer):
     """The trainer as 175501f built it (the method's ``model_options`` merged into the MLP)."""
     s = stream()
     sc = make_scenario(s, scenario)
-    extra = method.model_options(s.num_tasks) if method.model_options else {}
+    options = getattr(method, "model_options", None)   # Method.model since issue 21
+    extra = options(s.num_tasks) if options else {}
     model = as_model(MLP((12,), sc.num_outputs, num_heads=sc.num_heads, **extra))
     trainer = make_trainer(model, method, optimizer=OPTIMIZERS[optimizer](), batch_size=8,
                            eval_chunk=16)
