@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import optax
 
 from cljax.methods.base import (BatchContext, BoundaryContext, Clock, LossContext, Method,
-                                PredictContext, Rows, StepInfo, StreamSpec, base_model)
+                                PredictContext, Rows, StepInfo, StreamSpec)
+from cljax.methods.base import base_model as unchanged_model
 from cljax.nn.model import Model
 from cljax.training.data import StreamData, gather_rows, stream_spec, to_batch
 from cljax.types import Array, Params, PRNGKey
@@ -68,33 +69,182 @@ def task_rows(feed: Feed, data: StreamData, task: Array) -> Rows:
     return feed.gather_task(task, jnp.arange(data.train.y.shape[1]))
 
 
-class Trainer(NamedTuple):
-    """Pure functions of one run (not jitted, not vmapped: :func:`run_stream` does both).
-
-    ``fit`` / ``end_task`` / ``evaluate`` read the device arrays of the data; ``step`` /
-    ``draw`` / ``boundary`` / ``evaluate_task`` take the examples from a :class:`Feed` or as
-    given rows (what the host pipeline uses). ``model(data)`` is the network the method trains
-    (``Method.model`` applied to the configured one).
-    """
-
-    init: Callable[[PRNGKey, Mapping[str, Array], StreamData], TrainState]
-    fit: Callable[..., tuple[TrainState, Array]]
-    evaluate: Callable[[TrainState, StreamData], tuple[Array, Array]]
-    end_task: Callable[[TrainState, StreamData, Array], TrainState]
-    method: Method
-    step: Callable[..., tuple[TrainState, Array]]
-    draw: Callable[..., Rows]
-    boundary: Callable[..., TrainState]
-    evaluate_task: Callable[..., tuple[Array, Array]]
-    model: Callable[[StreamData], Model]
-
-
 def _check_requires(method: Method, model: Model) -> None:
     for name in method.requires:
         if getattr(model, name, None) is None:
             raise ValueError(f"method {method.name!r} needs the model's {name} (a flax module "
                              f"whose __call__ takes output='features'|'all_heads', e.g. "
                              f"cljax.nn.MLP); this model has none")
+
+
+class Trainer(NamedTuple):
+    """The pure functions of one run, as methods of its static settings (build it with
+    :func:`make_trainer`; not jitted, not vmapped: :func:`run_stream` does both).
+
+    ``fit`` / ``end_task`` / ``evaluate`` read the device arrays of the data; ``step`` /
+    ``draw`` / ``boundary`` / ``evaluate_task`` take the examples from a :class:`Feed` or as
+    given rows (what the host pipeline uses). ``model(data)`` is the network the method trains
+    (``Method.model`` applied to the configured ``base_model``).
+    """
+
+    base_model: Model
+    method: Method
+    optimizer: optax.GradientTransformation
+    batch_size: int
+    eval_chunk: int = 1000
+    reset_optimizer: bool = False
+
+    def model(self, data: StreamData) -> Model:
+        """The network the method trains on ``data``."""
+        return self.model_and_spec(data)[0]
+
+    def model_and_spec(self, data: StreamData) -> tuple[Model, StreamSpec]:
+        """The method's model for ``data`` and the stream's spec under it."""
+        base, method = self.base_model, self.method
+        if method.model is unchanged_model:
+            return base, stream_spec(base, data)
+        built = method.model(base, stream_spec(base, data))
+        _check_requires(method, built)
+        return built, stream_spec(built, data)
+
+    def tx(self, hparams: Mapping[str, Array]) -> optax.GradientTransformationExtraArgs:
+        """The update rule, rebuilt from the run's hyperparameters (as optax closures)."""
+        return optax.with_extra_args_support(self.method.make_optimizer(hparams, self.optimizer))
+
+    def init(self, key: PRNGKey, hparams: Mapping[str, Array], data: StreamData) -> TrainState:
+        """A run's initial state: the model's parameters, optimizer and method state."""
+        k_init, k_run = jax.random.split(key)
+        net, spec = self.model_and_spec(data)
+        dummy = {"x": jnp.zeros((1, *spec.example_shape), jnp.float32),
+                 "task": jnp.zeros((1,), jnp.int32)}
+        params = net.init(k_init, dummy)
+        hparams = {k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()}
+        mstate = self.method.init(params, jax.random.fold_in(key, 2), hparams, spec)
+        zero = jnp.zeros((), jnp.int32)
+        return TrainState(params, self.tx(hparams).init(params), mstate, hparams, zero, k_run,
+                          zero)
+
+    def _batch_context(self, state, data, task, clock, feed, spec) -> BatchContext:
+        k_task, k_idx, _ = jax.random.split(jax.random.fold_in(state.key, clock.step), 3)
+
+        def draw(k, tasks):
+            return feed.gather(tasks, jax.random.randint(k, tasks.shape, 0, data.train.n[tasks]))
+
+        return BatchContext(k_task, k_idx, task, self.batch_size, state.hparams, spec, draw,
+                            lambda t: task_rows(feed, data, t), lambda t: data.train.n[t],
+                            clock)
+
+    def draw(self, state: TrainState, data: StreamData, task: Array, clock: Clock,
+             feed: Feed) -> Rows:
+        """The rows the step at ``clock`` draws (the method's batch hook alone)."""
+        ctx = self._batch_context(state, data, task, clock, feed, self.model_and_spec(data)[1])
+        return self.method.batch(ctx, state.mstate)
+
+    def step(self, state: TrainState, data: StreamData, task: Array, task_steps: Array | int,
+             feed: Feed) -> tuple[TrainState, Array]:
+        """One training step of ``task`` (of ``task_steps``) on rows from ``feed``."""
+        method = self.method
+        net, spec = self.model_and_spec(data)
+        clock = Clock(state.step, state.task_step, jnp.asarray(task_steps, jnp.int32))
+        key = jax.random.fold_in(state.key, state.step)
+        _, _, k_loss = jax.random.split(key, 3)
+        k_opt, k_after = jax.random.split(jax.random.fold_in(key, 3))
+        rows = method.batch(self._batch_context(state, data, task, clock, feed, spec),
+                            state.mstate)
+        batch = to_batch(data, rows)
+        lctx = LossContext(net, k_loss, state.hparams, task, spec, lambda r: to_batch(data, r),
+                           clock)
+
+        def loss_fn(p):
+            return method.loss(p, batch, state.mstate, lctx)
+
+        if method.value_and_grad is None:
+            (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        else:
+            (loss, aux), grads = method.value_and_grad(loss_fn, state.params, state.mstate, lctx)
+        extra = method.optimizer_args(state.params, batch, state.mstate, lctx._replace(key=k_opt))
+        updates, opt_state = self.tx(state.hparams).update(grads, state.opt_state, state.params,
+                                                           **extra)
+        params = optax.apply_updates(state.params, updates)
+        params, opt_state, mstate = method.after_step(StepInfo(
+            rows, batch, aux, grads, updates, params, task, k_after, state.hparams, spec,
+            opt_state, state.mstate, clock))
+        return state._replace(params=params, opt_state=opt_state, mstate=mstate,
+                              step=state.step + 1, task_step=state.task_step + 1), loss
+
+    def fit(self, state: TrainState, data: StreamData, task: Array, num_steps: int,
+            task_steps: Array | int | None = None) -> tuple[TrainState, Array]:
+        """``num_steps`` (static) steps on ``task`` in one ``lax.scan``, examples gathered on the
+        device; returns the per-step losses. ``task_steps``: the steps the task has in all
+        (the clock's; default ``num_steps``, one call for the whole task)."""
+        total = num_steps if task_steps is None else task_steps
+        feed = device_feed(data)
+        return jax.lax.scan(lambda s, _: self.step(s, data, task, total, feed), state, None,
+                            length=num_steps)
+
+    def boundary(self, state: TrainState, data: StreamData, task: Array,
+                 feed: Feed) -> TrainState:
+        """The method's ``end_task`` with the task's examples from ``feed``."""
+        net, spec = self.model_and_spec(data)
+        key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), BOUNDARY_SALT)
+        opt_state = (self.tx(state.hparams).init(state.params) if self.reset_optimizer
+                     else state.opt_state)
+
+        def sample_batch(t, k, size):
+            idx = jax.random.randint(k, (size,), 0, data.train.n[t])
+            return to_batch(data, feed.gather_task(t, idx))
+
+        ctx = BoundaryContext(state.params, opt_state, state.mstate, state.hparams, task, key,
+                              net, spec, sample_batch, lambda t: task_rows(feed, data, t),
+                              lambda t: data.train.n[t], lambda r: to_batch(data, r),
+                              Clock(state.step, state.task_step, state.task_step))
+        params, opt_state, mstate = self.method.end_task(ctx)
+        return state._replace(params=params, opt_state=opt_state, mstate=mstate,
+                              task_step=jnp.zeros_like(state.task_step))
+
+    def end_task(self, state: TrainState, data: StreamData, task: Array) -> TrainState:
+        """The task boundary, reading the device arrays of ``data``."""
+        return self.boundary(state, data, task, device_feed(data))
+
+    def evaluate_task(self, state: TrainState, data: StreamData, t: Array,
+                      test_rows: tuple[Array, Array]) -> tuple[Array, Array]:
+        """Accuracy and mean loss of task ``t`` on its test rows ``(x [N, ...], label [N])``
+        (N a multiple of the evaluation chunk; rows past ``data.test.n[t]`` are padding),
+        through the method's ``predict`` hook (the model's logits by default)."""
+        x_t, y_t = test_rows
+        N = y_t.shape[0]
+        chunk = min(self.eval_chunk, N)
+        if N % chunk:
+            raise ValueError(f"the test arrays hold {N} examples per task, not a multiple of "
+                             f"eval_chunk={chunk}: pass the same eval_chunk to prepare_data and "
+                             "make_trainer")
+        net, spec = self.model_and_spec(data)
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(
+            state.key, state.step), EVALUATION_SALT), t)
+
+        def one_chunk(carry, c):
+            idx = c * chunk + jnp.arange(chunk)
+            tasks = jnp.full((chunk,), t, jnp.int32)
+            batch = to_batch(data, {"x": x_t[idx], "label": y_t[idx], "task": tasks})
+            if self.method.predict is None:
+                logits = net.logits_fn(state.params, batch)
+            else:
+                pctx = PredictContext(net, spec, jax.random.fold_in(key, c), tasks)
+                logits = self.method.predict(state.params, state.mstate, batch, pctx)
+            valid = idx < data.test.n[t]
+            nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
+            correct = jnp.argmax(logits, -1) == batch["y"]
+            return (carry[0] + jnp.sum(correct * valid), carry[1] + jnp.sum(nll * valid)), None
+
+        zero = jnp.zeros((), jnp.float32)
+        (hits, nll), _ = jax.lax.scan(one_chunk, (zero, zero), jnp.arange(N // chunk))
+        return hits / data.test.n[t], nll / data.test.n[t]
+
+    def evaluate(self, state: TrainState, data: StreamData) -> tuple[Array, Array]:
+        """Accuracy and mean loss on every task's test set, ``[T]`` each."""
+        test = data.test
+        return jax.lax.map(lambda t: self.evaluate_task(state, data, t, (test.x[t], test.y[t])),
+                           jnp.arange(test.y.shape[0]))
 
 
 def make_trainer(model: Model, method: Method, *, optimizer: optax.GradientTransformation,
@@ -118,151 +268,9 @@ def make_trainer(model: Model, method: Method, *, optimizer: optax.GradientTrans
         raise TypeError(f"optimizer must be an optax.GradientTransformation; got {type(optimizer)}")
     if not isinstance(method, Method):
         raise TypeError(f"method must be a cljax.methods.Method; got {type(method).__name__}")
-    if method.model is base_model:
+    if method.model is unchanged_model:
         _check_requires(method, model)
-
-    def tx(hparams):
-        return optax.with_extra_args_support(method.make_optimizer(hparams, optimizer))
-
-    def trained_model(data: StreamData) -> tuple[Model, StreamSpec]:
-        """The method's model for ``data`` and the stream's spec under it."""
-        if method.model is base_model:
-            return model, stream_spec(model, data)
-        built = method.model(model, stream_spec(model, data))
-        _check_requires(method, built)
-        return built, stream_spec(built, data)
-
-    def init(key: PRNGKey, hparams: Mapping[str, Array], data: StreamData) -> TrainState:
-        k_init, k_run = jax.random.split(key)
-        net, spec = trained_model(data)
-        dummy = {"x": jnp.zeros((1, *spec.example_shape), jnp.float32),
-                 "task": jnp.zeros((1,), jnp.int32)}
-        params = net.init(k_init, dummy)
-        hparams = {k: jnp.asarray(v, jnp.float32) for k, v in hparams.items()}
-        mstate = method.init(params, jax.random.fold_in(key, 2), hparams, spec)
-        zero = jnp.zeros((), jnp.int32)
-        return TrainState(params, tx(hparams).init(params), mstate, hparams, zero, k_run, zero)
-
-    def batch_context(state, data, task, clock, feed, spec) -> BatchContext:
-        k_task, k_idx, _ = jax.random.split(jax.random.fold_in(state.key, clock.step), 3)
-
-        def draw(k, tasks):
-            return feed.gather(tasks, jax.random.randint(k, tasks.shape, 0, data.train.n[tasks]))
-
-        return BatchContext(k_task, k_idx, task, batch_size, state.hparams, spec, draw,
-                            lambda t: task_rows(feed, data, t), lambda t: data.train.n[t],
-                            clock)
-
-    def draw(state: TrainState, data: StreamData, task: Array, clock: Clock,
-             feed: Feed) -> Rows:
-        """The rows the step at ``clock`` draws (the method's batch hook alone)."""
-        return method.batch(batch_context(state, data, task, clock, feed,
-                                          trained_model(data)[1]), state.mstate)
-
-    def step(state: TrainState, data: StreamData, task: Array, task_steps: Array,
-             feed: Feed) -> tuple[TrainState, Array]:
-        """One training step of ``task`` (of ``task_steps``) on rows from ``feed``."""
-        net, spec = trained_model(data)
-        clock = Clock(state.step, state.task_step, jnp.asarray(task_steps, jnp.int32))
-        key = jax.random.fold_in(state.key, state.step)
-        _, _, k_loss = jax.random.split(key, 3)
-        k_opt, k_after = jax.random.split(jax.random.fold_in(key, 3))
-        rows = method.batch(batch_context(state, data, task, clock, feed, spec), state.mstate)
-        batch = to_batch(data, rows)
-        lctx = LossContext(net, k_loss, state.hparams, task, spec, lambda r: to_batch(data, r),
-                           clock)
-
-        def loss_fn(p):
-            return method.loss(p, batch, state.mstate, lctx)
-
-        if method.value_and_grad is None:
-            (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        else:
-            (loss, aux), grads = method.value_and_grad(loss_fn, state.params, state.mstate, lctx)
-        extra = method.optimizer_args(state.params, batch, state.mstate, lctx._replace(key=k_opt))
-        updates, opt_state = tx(state.hparams).update(grads, state.opt_state, state.params,
-                                                      **extra)
-        params = optax.apply_updates(state.params, updates)
-        params, opt_state, mstate = method.after_step(StepInfo(
-            rows, batch, aux, grads, updates, params, task, k_after, state.hparams, spec,
-            opt_state, state.mstate, clock))
-        return state._replace(params=params, opt_state=opt_state, mstate=mstate,
-                              step=state.step + 1, task_step=state.task_step + 1), loss
-
-    def fit(state: TrainState, data: StreamData, task: Array, num_steps: int,
-            task_steps: Array | int | None = None) -> tuple[TrainState, Array]:
-        """``num_steps`` (static) steps on ``task`` in one ``lax.scan``, examples gathered on the
-        device; returns the per-step losses. ``task_steps``: the steps the task has in all
-        (the clock's; default ``num_steps``, one call for the whole task)."""
-        total = num_steps if task_steps is None else task_steps
-        feed = device_feed(data)
-        return jax.lax.scan(lambda s, _: step(s, data, task, total, feed), state, None,
-                            length=num_steps)
-
-    def boundary(state: TrainState, data: StreamData, task: Array, feed: Feed) -> TrainState:
-        """The method's ``end_task`` with the task's examples from ``feed``."""
-        net, spec = trained_model(data)
-        key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), BOUNDARY_SALT)
-        opt_state = tx(state.hparams).init(state.params) if reset_optimizer else state.opt_state
-
-        def sample_batch(t, k, size):
-            idx = jax.random.randint(k, (size,), 0, data.train.n[t])
-            return to_batch(data, feed.gather_task(t, idx))
-
-        ctx = BoundaryContext(state.params, opt_state, state.mstate, state.hparams, task, key,
-                              net, spec, sample_batch, lambda t: task_rows(feed, data, t),
-                              lambda t: data.train.n[t], lambda r: to_batch(data, r),
-                              Clock(state.step, state.task_step, state.task_step))
-        params, opt_state, mstate = method.end_task(ctx)
-        return state._replace(params=params, opt_state=opt_state, mstate=mstate,
-                              task_step=jnp.zeros_like(state.task_step))
-
-    def end_task(state: TrainState, data: StreamData, task: Array) -> TrainState:
-        """The task boundary, reading the device arrays of ``data``."""
-        return boundary(state, data, task, device_feed(data))
-
-    def evaluate_task(state: TrainState, data: StreamData, t: Array,
-                      test_rows: tuple[Array, Array]) -> tuple[Array, Array]:
-        """Accuracy and mean loss of task ``t`` on its test rows ``(x [N, ...], label [N])``
-        (N a multiple of the evaluation chunk; rows past ``data.test.n[t]`` are padding),
-        through the method's ``predict`` hook (the model's logits by default)."""
-        x_t, y_t = test_rows
-        N = y_t.shape[0]
-        chunk = min(eval_chunk, N)
-        if N % chunk:
-            raise ValueError(f"the test arrays hold {N} examples per task, not a multiple of "
-                             f"eval_chunk={chunk}: pass the same eval_chunk to prepare_data and "
-                             "make_trainer")
-        net, spec = trained_model(data)
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(
-            state.key, state.step), EVALUATION_SALT), t)
-
-        def one_chunk(carry, c):
-            idx = c * chunk + jnp.arange(chunk)
-            tasks = jnp.full((chunk,), t, jnp.int32)
-            batch = to_batch(data, {"x": x_t[idx], "label": y_t[idx], "task": tasks})
-            if method.predict is None:
-                logits = net.logits_fn(state.params, batch)
-            else:
-                pctx = PredictContext(net, spec, jax.random.fold_in(key, c), tasks)
-                logits = method.predict(state.params, state.mstate, batch, pctx)
-            valid = idx < data.test.n[t]
-            nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
-            correct = jnp.argmax(logits, -1) == batch["y"]
-            return (carry[0] + jnp.sum(correct * valid), carry[1] + jnp.sum(nll * valid)), None
-
-        zero = jnp.zeros((), jnp.float32)
-        (hits, nll), _ = jax.lax.scan(one_chunk, (zero, zero), jnp.arange(N // chunk))
-        return hits / data.test.n[t], nll / data.test.n[t]
-
-    def evaluate(state: TrainState, data: StreamData) -> tuple[Array, Array]:
-        """Accuracy and mean loss on every task's test set, ``[T]`` each."""
-        test = data.test
-        return jax.lax.map(lambda t: evaluate_task(state, data, t, (test.x[t], test.y[t])),
-                           jnp.arange(test.y.shape[0]))
-
-    return Trainer(init, fit, evaluate, end_task, method, step, draw, boundary, evaluate_task,
-                   lambda data: trained_model(data)[0])
+    return Trainer(model, method, optimizer, batch_size, eval_chunk, bool(reset_optimizer))
 
 
 __all__ = ["TrainState", "Feed", "Trainer", "device_feed", "task_rows", "make_trainer",
