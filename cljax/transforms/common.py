@@ -1,11 +1,12 @@
 """Checks and conventions shared by the transform families (quadratic penalty, NCL, projections)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from cljax.curvature.structured import (Curvature, Diagonal, KroneckerFactored,
                                         kronecker_factored)
@@ -30,13 +31,70 @@ def check_importance_values(importance: Importance, *, name: str = "importance")
         "jax.tree.map(lambda w: jnp.maximum(w, 0), importance))"))
 
 
+def _missing_message(fn: str, required: Mapping[str, type | str], missing: list[str]) -> str:
+    """``fn needs the extra argument(s) a= (what a is) ...: call tx.update(...)``."""
+    what = lambda kind: f"a {kind.__name__}" if isinstance(kind, type) else kind  # noqa: E731
+    args = " and ".join(f"{k}= ({what(required[k])})" for k in missing)
+    call = ", ".join(f"{k}=..." for k in required)
+    return (f"{fn} needs the extra argument{'s' if len(missing) > 1 else ''} {args}: call "
+            f"tx.update(updates, opt_state, params, {call})")
+
+
 def require_state(state: Any, cls: type, *, arg: str, fn: str) -> None:
     """``state`` is a ``cls`` (the CL state a transform or boundary function works on)."""
     if state is None:
-        raise ValueError(f"{fn} needs the extra argument {arg}= (a {cls.__name__}): call "
-                         f"tx.update(updates, opt_state, params, {arg}=...)")
+        raise ValueError(_missing_message(fn, {arg: cls}, [arg]))
     if not isinstance(state, cls):
         raise TypeError(f"{arg} must be a {cls.__name__}; got {type(state).__name__}")
+
+
+def stateless_with_extra_args(f: Callable[..., optax.Updates], *, name: str,
+                              required: Mapping[str, type | str], needs_params: bool = False
+                              ) -> optax.GradientTransformationExtraArgs:
+    """A stateless transform whose update needs named optax extra arguments (as
+    ``optax.stateless``, with the CL state handed to ``update``).
+
+    Args:
+      f: ``f(updates, params, **extra) -> updates``, called with the ``required`` extra
+        arguments by keyword (``params`` may be ``None`` unless ``needs_params``).
+      name: the transform's name, used in error messages (``"gpm_projection"``).
+      required: {extra argument name: what it is}: a type (the argument must be an instance:
+        a ``TypeError`` names it otherwise) or a short description for the error message.
+      needs_params: ``update`` raises unless ``params`` is given.
+
+    Returns:
+      ``GradientTransformationExtraArgs(init, update)``: ``init`` returns ``optax.EmptyState()``;
+      ``update(updates, state, params=None, **extra)`` raises a ``ValueError`` naming ``name``
+      and every missing (or ``None``) required argument, and ignores extra arguments it does not
+      need (an ``optax.chain`` hands every link all of them).
+    """
+    if not callable(f):
+        raise TypeError(f"f must be a callable f(updates, params, **extra); got {type(f).__name__}")
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty str; got {name!r}")
+    if not isinstance(required, Mapping) or not required or not all(
+            isinstance(k, str) and k and isinstance(v, (type, str)) for k, v in required.items()):
+        raise TypeError("required must be a non-empty mapping {extra argument name: type or "
+                        f"description}}; got {required!r}")
+    if not isinstance(needs_params, bool):
+        raise TypeError(f"needs_params must be a bool; got {type(needs_params).__name__}")
+    required = dict(required)
+    fn = f"{name}.update"
+
+    def update_fn(updates: optax.Updates, state: optax.OptState, params: Params | None = None,
+                  **extra_args: Any) -> tuple[optax.Updates, optax.EmptyState]:
+        del state
+        if needs_params and params is None:
+            raise ValueError(NO_PARAMS.format(name=name))
+        missing = [k for k in required if extra_args.get(k) is None]
+        if missing:
+            raise ValueError(_missing_message(fn, required, missing))
+        for k, kind in required.items():
+            if isinstance(kind, type):
+                require_state(extra_args[k], kind, arg=k, fn=fn)
+        return f(updates, params, **{k: extra_args[k] for k in required}), optax.EmptyState()
+
+    return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
 
 
 def check_decay_for_mode(decay: Any, mode: str) -> None:
@@ -85,4 +143,5 @@ def as_curvature(new: Any, like: Curvature, params: Params) -> Curvature:
 
 
 __all__ = ["NO_PARAMS", "check_decay", "check_decay_for_mode",
-           "check_importance_values", "require_state", "as_curvature"]
+           "check_importance_values", "require_state", "stateless_with_extra_args",
+           "as_curvature"]

@@ -30,7 +30,7 @@ import optax
 
 from cljax._linalg import eigh
 from cljax.layers import get_layer, pack, param_layers, set_layer, unpack
-from cljax.transforms.common import require_state
+from cljax.transforms.common import require_state, stateless_with_extra_args
 from cljax.transforms.kfac_gradient import kfac_preconditioned_value_and_grad
 from cljax.types import Array, KFACFactors, Params
 from cljax.validation import check_finite, check_in_unit_interval
@@ -152,17 +152,9 @@ def gpm_value_and_grad(fun: Callable[..., Any], gpm_state: GPMState, params: Par
 def gpm_projection() -> optax.GradientTransformationExtraArgs:
     """GPM's projection of the updates against the bases of ``gpm_state=`` (put it first in the
     chain, before the step: plain SGD in the paper)."""
-
-    def init_fn(params: Params) -> optax.EmptyState:
-        del params
-        return optax.EmptyState()
-
-    def update_fn(updates, state, params=None, *, gpm_state: GPMState | None = None, **extra):
-        del params, extra
-        require_state(gpm_state, GPMState, arg="gpm_state", fn="gpm_projection.update")
-        return gpm_project(updates, gpm_state), state
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return stateless_with_extra_args(
+        lambda updates, params, *, gpm_state: gpm_project(updates, gpm_state),
+        name="gpm_projection", required={"gpm_state": GPMState})
 
 
 __all__ = ["GPMState", "init_gpm", "grow_basis", "gpm_update", "gpm_project", "gpm_projection",

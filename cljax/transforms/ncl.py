@@ -67,7 +67,8 @@ import optax
 
 from cljax.curvature.structured import (Curvature, KroneckerFactored, Kind, combine,
                                         damped_inverse, identity, matvec, zeros)
-from cljax.transforms.common import NO_PARAMS, as_curvature, check_decay, require_state
+from cljax.transforms.common import (as_curvature, check_decay, require_state,
+                                     stateless_with_extra_args)
 from cljax.transforms.kfac_gradient import kfac_preconditioned_value_and_grad
 from cljax.types import Array, Params
 from cljax.validation import (check_finite, check_nonnegative, check_positive, check_same_structure,
@@ -128,26 +129,16 @@ def ncl_preconditioner(*, preconditioned_gradients: bool = False
         raise TypeError("preconditioned_gradients must be a bool; got "
                         f"{type(preconditioned_gradients).__name__}")
 
-    def init_fn(params: Params) -> optax.EmptyState:
-        del params
-        return optax.EmptyState()
-
-    def update_fn(updates: Any, state: optax.EmptyState, params: Params | None = None, *,
-                  ncl_state: NCLState | None = None, **extra: Any
-                  ) -> tuple[Any, optax.EmptyState]:
-        del extra
-        if params is None:
-            raise ValueError(NO_PARAMS.format(name="ncl_preconditioner"))
+    def update(updates: Any, params: Params, *, ncl_state: NCLState) -> Any:
         prior = ncl_state
-        require_state(prior, NCLState, arg="ncl_state", fn="ncl_preconditioner.update")
         check_same_structure(params, prior.mean, name="params", reference_name="ncl_state.mean")
         pull = (prior.count > 0).astype(default_float_dtype())
         direction = updates if preconditioned_gradients else matvec(prior.inverse, updates)
-        out = jax.tree.map(lambda g, v, p, m: (v + pull.astype(g.dtype) * (p - m)).astype(g.dtype),
-                           updates, direction, params, prior.mean)
-        return out, state
+        return jax.tree.map(lambda g, v, p, m: (v + pull.astype(g.dtype) * (p - m)).astype(g.dtype),
+                            updates, direction, params, prior.mean)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return stateless_with_extra_args(update, name="ncl_preconditioner", needs_params=True,
+                                     required={"ncl_state": NCLState})
 
 
 def ncl_kfac_value_and_grad(fun: Callable[..., Any], ncl_state: NCLState, params: Params,

@@ -44,7 +44,7 @@ import optax
 
 from cljax.layers import (capture, get_layer, leaf_paths, pack, param_layers, unpack,
                           with_weight_offsets)
-from cljax.transforms.common import require_state
+from cljax.transforms.common import stateless_with_extra_args
 from cljax.types import Array, Params
 from cljax.validation import (check_batch, check_finite, check_float_leaves,
                               check_in_unit_interval, check_labels_in_range, check_positive,
@@ -503,17 +503,9 @@ def ground_truth_gradients(logits_fn: Callable[[Params, Any], Array], params: Pa
 def ogd_projection() -> optax.GradientTransformationExtraArgs:
     """OGD's projection against the store given as ``ogd_state=`` (first in the chain; the paper
     steps with plain SGD)."""
-
-    def init_fn(params: Params) -> optax.EmptyState:
-        del params
-        return optax.EmptyState()
-
-    def update_fn(updates, state, params=None, *, ogd_state: OGDState | None = None, **extra):
-        del params, extra
-        require_state(ogd_state, OGDState, arg="ogd_state", fn="ogd_projection.update")
-        return ogd_project(updates, ogd_state), state
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return stateless_with_extra_args(
+        lambda updates, params, *, ogd_state: ogd_project(updates, ogd_state),
+        name="ogd_projection", required={"ogd_state": OGDState})
 
 
 __all__ = ["OGDState", "OGDDirections", "init_ogd", "factorable_layers",

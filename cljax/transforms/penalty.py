@@ -84,8 +84,8 @@ import optax
 
 from cljax.curvature.structured import (Curvature, Diagonal, KroneckerFactored, Kind, combine,
                                         matvec, matvec_sum, quadratic_form, zeros)
-from cljax.transforms.common import (NO_PARAMS, as_curvature, check_decay_for_mode,
-                                     require_state)
+from cljax.transforms.common import (as_curvature, check_decay_for_mode,
+                                     stateless_with_extra_args)
 from cljax.types import Array, Params
 from cljax.validation import (check_finite, check_nonnegative, check_same_structure,
                               default_float_dtype, is_concrete)
@@ -183,19 +183,8 @@ def quadratic_penalty(*, strength: float | Array = 1.0) -> optax.GradientTransfo
     """
     check_nonnegative(strength, name="strength", scalar=True)
 
-    def init_fn(params: Params) -> optax.EmptyState:
-        del params
-        return optax.EmptyState()
-
-    def update_fn(updates: Any, state: optax.EmptyState, params: Params | None = None, *,
-                  penalty_state: QuadraticPenaltyState | None = None, **extra: Any
-                  ) -> tuple[Any, optax.EmptyState]:
-        del extra
-        if params is None:
-            raise ValueError(NO_PARAMS.format(name="quadratic_penalty"))
+    def update(updates: Any, params: Params, *, penalty_state: QuadraticPenaltyState) -> Any:
         ps = penalty_state
-        require_state(ps, QuadraticPenaltyState, arg="penalty_state",
-                      fn="quadratic_penalty.update")
         _check_params(ps, params, "params", "penalty_state.anchor")
         lam = jnp.asarray(strength, default_float_dtype())
         slots = _num_slots(ps)
@@ -203,9 +192,10 @@ def quadratic_penalty(*, strength: float | Array = 1.0) -> optax.GradientTransfo
             grad = matvec(ps.curvature, jax.tree.map(jnp.subtract, params, ps.anchor), scale=lam)
         else:  # only the filled slots: a loop of `count` products, not num_slots
             grad = matvec_sum(ps.curvature, params, ps.anchor, count=ps.count, scale=lam)
-        return jax.tree.map(lambda g, c: g + c.astype(g.dtype), updates, grad), state
+        return jax.tree.map(lambda g, c: g + c.astype(g.dtype), updates, grad)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return stateless_with_extra_args(update, name="quadratic_penalty", needs_params=True,
+                                     required={"penalty_state": QuadraticPenaltyState})
 
 
 def _fold_multi_task(state: QuadraticPenaltyState, params: Params, new: Diagonal

@@ -27,12 +27,11 @@ state and go FIRST in a chain (``optax.chain(agem_projection(), optax.adam(lr))`
 """
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import optax
 
+from cljax.transforms.common import stateless_with_extra_args
 from cljax.types import Array, Params
 from cljax.validation import check_nonnegative, check_positive_int, check_same_structure
 
@@ -57,19 +56,11 @@ def agem_projection(*, eps: float | Array = 0.0) -> optax.GradientTransformation
     """A-GEM as a stateless transform: ``update(updates, state, params=None, *,
     reference_grads)`` returns :func:`agem_project` of the updates (put it first in the chain)."""
     check_nonnegative(eps, name="eps")
-
-    def init_fn(params: Params) -> optax.EmptyState:
-        del params
-        return optax.EmptyState()
-
-    def update_fn(updates, state, params=None, *, reference_grads=None, **extra):
-        del params, extra
-        if reference_grads is None:
-            raise ValueError("agem_projection.update needs the extra argument reference_grads= "
-                             "(the gradient of the loss on a memory batch)")
-        return agem_project(updates, reference_grads, eps=eps), state
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return stateless_with_extra_args(
+        lambda updates, params, *, reference_grads: agem_project(updates, reference_grads,
+                                                                 eps=eps),
+        name="agem_projection",
+        required={"reference_grads": "the gradient of the loss on a memory batch"})
 
 
 def gem_dual(gram: Array, linear: Array, mask: Array, *, margin: float | Array = 0.0,
@@ -138,20 +129,15 @@ def gem_projection(*, margin: float | Array = 0.5, eps: float | Array = 1e-3,
     check_nonnegative(eps, name="eps")
     check_positive_int(num_sweeps, name="num_sweeps")
 
-    def init_fn(params: Params) -> optax.EmptyState:
+    def update(updates: Params, params: Params | None, *, reference_grads: Params,
+               reference_mask: Array) -> Params:
         del params
-        return optax.EmptyState()
-
-    def update_fn(updates, state, params=None, *, reference_grads=None, reference_mask=None,
-                  **extra: Any):
-        del params, extra
-        if reference_grads is None or reference_mask is None:
-            raise ValueError("gem_projection.update needs the extra arguments reference_grads= "
-                             "(one gradient per past task, stacked) and reference_mask=")
         return gem_project(updates, reference_grads, reference_mask, margin=margin, eps=eps,
-                           num_sweeps=num_sweeps), state
+                           num_sweeps=num_sweeps)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return stateless_with_extra_args(update, name="gem_projection", required={
+        "reference_grads": "one gradient per past task, stacked on a leading axis",
+        "reference_mask": "bool [T], the past tasks whose constraint applies"})
 
 
 __all__ = ["agem_project", "agem_projection", "gem_dual", "gem_project", "gem_projection"]

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import optax
 
 from cljax.layers import get_layer, mean_rows, pack, param_layers, set_layer, unpack
-from cljax.transforms.common import require_state
+from cljax.transforms.common import require_state, stateless_with_extra_args
 from cljax.transforms.kfac_gradient import kfac_preconditioned_value_and_grad
 from cljax.types import Array, KFACFactors, Params
 from cljax.validation import check_finite, check_positive
@@ -114,20 +114,16 @@ def rgo_projection() -> optax.GradientTransformationExtraArgs:
     """``P_l ∇W̄_l`` for every layer of the :class:`RGOState` given as ``rgo_state=`` (other
     parameters unchanged); put it first in the chain, before the step (SGD in the paper)."""
 
-    def init_fn(params: Params) -> optax.EmptyState:
+    def update(updates: Params, params: Params | None, *, rgo_state: RGOState) -> Params:
         del params
-        return optax.EmptyState()
-
-    def update_fn(updates, state, params=None, *, rgo_state: RGOState | None = None, **extra):
-        del params, extra
-        require_state(rgo_state, RGOState, arg="rgo_state", fn="rgo_projection.update")
         out = updates
         for name, p in rgo_state.projection.items():
             node = get_layer(updates, name)
             out = set_layer(out, name, unpack(p @ pack(node), node))
-        return out, state
+        return out
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return stateless_with_extra_args(update, name="rgo_projection",
+                                     required={"rgo_state": RGOState})
 
 
 def rgo_value_and_grad(fun: Callable[..., Any], rgo_state: RGOState, params: Params, *args: Any,
