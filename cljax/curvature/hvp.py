@@ -27,6 +27,7 @@ from typing import Callable, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from cljax.types import Array, Batch, LogitsFn, LossFn, Params
 from cljax.validation import (check_batch, check_finite, check_positive_int, check_same_structure,
@@ -209,14 +210,10 @@ def scan_sum(body, chunks, w, init):
 
     def step(acc, xs):
         chunk, wc = xs
-        return jax.tree.map(jnp.add, acc, body(chunk, wc)), None
+        return optax.tree_utils.tree_add(acc, body(chunk, wc)), None
 
     total, _ = jax.lax.scan(step, init, (chunks, w))
     return total
-
-
-def _zeros_like(tree):
-    return jax.tree.map(jnp.zeros_like, tree)
 
 
 def _validate_task(logits_fn, params, batch, chunk_size, weights, per_example_loss) -> None:
@@ -254,7 +251,7 @@ def _task_loss_jit(logits_fn, chunk_size, per_example_loss, params, batch, weigh
 def _task_value_and_grad_jit(logits_fn, chunk_size, per_example_loss, params, batch, weights):
     chunks, w = prepare_chunks(logits_fn, params, batch, chunk_size, weights, per_example_loss)
     f = jax.value_and_grad(chunk_loss_sum(logits_fn, per_example_loss))
-    init = (jnp.zeros((), w.dtype), _zeros_like(params))
+    init = (jnp.zeros((), w.dtype), optax.tree_utils.tree_zeros_like(params))
     val, grad = scan_sum(lambda c, wc: f(params, c, wc), chunks, w, init)
     wsum = jnp.sum(w)
     return val / wsum, jax.tree.map(lambda g: g / wsum, grad)
@@ -265,7 +262,7 @@ def _task_hvp_jit(logits_fn, chunk_size, per_example_loss, params, batch, weight
     chunks, w = prepare_chunks(logits_fn, params, batch, chunk_size, weights, per_example_loss)
     g = jax.grad(chunk_loss_sum(logits_fn, per_example_loss))
     body = lambda c, wc: jax.jvp(lambda p: g(p, c, wc), (params,), (v,))[1]
-    total = scan_sum(body, chunks, w, _zeros_like(params))
+    total = scan_sum(body, chunks, w, optax.tree_utils.tree_zeros_like(params))
     wsum = jnp.sum(w)
     return jax.tree.map(lambda t: t / wsum, total)
 
@@ -274,7 +271,7 @@ def _task_hvp_jit(logits_fn, chunk_size, per_example_loss, params, batch, weight
 def _task_ggn_vp_jit(logits_fn, chunk_size, per_example_loss, params, batch, weights, v):
     chunks, w = prepare_chunks(logits_fn, params, batch, chunk_size, weights, per_example_loss)
     body = lambda c, wc: _ggn_weighted_sum(logits_fn, params, c, wc, v, per_example_loss)
-    total = scan_sum(body, chunks, w, _zeros_like(params))
+    total = scan_sum(body, chunks, w, optax.tree_utils.tree_zeros_like(params))
     wsum = jnp.sum(w)
     return jax.tree.map(lambda t: t / wsum, total)
 

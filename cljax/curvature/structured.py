@@ -39,6 +39,7 @@ from typing import Any, Callable, Literal, Mapping, NamedTuple, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from cljax._linalg import eigh
 from cljax.layers import check_factors, get_layer, pack, param_layers, set_layer, unpack
@@ -391,18 +392,17 @@ def quadratic_form(curv: Curvature, tree: Params) -> Array:
     """vᵀ C v: Σ_i Ω_i v_i² (Diagonal); Σ_l tr(V̄ᵀ A V̄ G) + other·Σ_{outside} v²
     (KroneckerFactored). A scalar in the leaves' promoted float dtype."""
     _check_tree(curv, tree, "tree")
-    leaves = jax.tree.leaves(tree)
-    dt = jnp.result_type(default_float_dtype(), *leaves)
-    total = jnp.zeros((), dt)
+    tu = optax.tree_utils
+    dt = jnp.result_type(default_float_dtype(), *jax.tree.leaves(tree))
     if isinstance(curv, Diagonal):
-        for o, v in zip(jax.tree.leaves(curv.values), leaves):
-            total = total + jnp.sum(o * v ** 2).astype(dt)
-        return total
+        v = tu.tree_cast(tree, dt)
+        return jnp.asarray(tu.tree_sum(tu.tree_mul(tu.tree_cast(curv.values, dt),
+                                                   tu.tree_mul(v, v))), dt)
+    total = jnp.zeros((), dt)
     for layer, f in curv.factors.items():
         w = pack(get_layer(tree, layer))
         total = total + jnp.sum((f[0] @ w @ f[1]) * w).astype(dt)
-    rest = sum((jnp.sum(v ** 2).astype(dt) for v in jax.tree.leaves(_outside(curv, tree))),
-               jnp.zeros((), dt))
+    rest = jnp.asarray(tu.tree_norm(tu.tree_cast(_outside(curv, tree), dt), squared=True), dt)
     return total + curv.other.astype(dt) * rest
 
 

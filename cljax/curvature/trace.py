@@ -18,6 +18,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.flatten_util import ravel_pytree
 
 from cljax.curvature.hvp import make_task_matvec, task_ggn_vp, task_hvp
@@ -193,12 +194,12 @@ def ggn_split_trace(logits_fn: LogitsFn, params: Params, batch: Batch, key: PRNG
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _ggn_split_jit(logits_fn, num_samples, chunk_size, params, batch, key):
     diag = exact_fisher_diagonal(logits_fn, params, batch, chunk_size=chunk_size)
-    tr_g = sum(jnp.sum(d) for d in jax.tree.leaves(diag))
+    tr_g = jnp.asarray(optax.tree_utils.tree_sum(diag))
 
     def rest(v):
         h = task_hvp(logits_fn, params, batch, v, chunk_size=chunk_size)
         g = task_ggn_vp(logits_fn, params, batch, v, chunk_size=chunk_size)
-        return jax.tree.map(jnp.subtract, h, g)
+        return optax.tree_utils.tree_sub(h, g)
 
     est = _hutchinson_jit(rest, num_samples, params, key)
     samples = tr_g.astype(est.samples.dtype) + est.samples

@@ -55,6 +55,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from cljax import validation
 from cljax.layers import CallRecord, LayerCall, intercept_layer_calls, layer_inputs
@@ -286,7 +287,7 @@ def _chunk_contribution(kind: str, logits_fn: LogitsFn, params: Params, plan: Pl
             shapes = jax.eval_shape(group_terms, groups[0])
             init = jax.tree.map(lambda sd: jnp.zeros(sd.shape, sd.dtype), shapes)
             acc, _ = jax.lax.scan(
-                lambda c, d: (jax.tree.map(jnp.add, c, group_terms(d)), None), init, groups)
+                lambda c, d: (optax.tree_utils.tree_add(c, group_terms(d)), None), init, groups)
         for spec, a3, term in zip(specs, a3s, acc):
             if a3.shape[1] == 1:   # Σ_k Σ_n f(a_n g_nkᵀ) = f(a)ᵀ Σ_k f(g_k)  (f = square or abs)
                 kern = fn(a3[:, 0]).T @ term
@@ -332,7 +333,7 @@ def estimate_jit(logits_fn: LogitsFn, params: Params, batch: Batch, key: Any, *,
     def body(carry, xs):
         b, wc, gc = xs
         contrib = _chunk_contribution(kind, logits_fn, params, plan, b, wc, gc, key, num_samples)
-        return jax.tree.map(jnp.add, carry, contrib_numeric(contrib)), flags(contrib)
+        return optax.tree_utils.tree_add(carry, contrib_numeric(contrib)), flags(contrib)
 
     def contrib_numeric(cn):
         return cn["factors"] if kind.startswith("kfac") else cn["sums"]

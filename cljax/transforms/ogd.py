@@ -446,14 +446,12 @@ def update_scale(grads: Params, updates: Params, *, rtol: float = 1e-4) -> tuple
     The deferred update reads η from each step's update this way (schedules included)."""
     check_same_structure(updates, grads, name="updates", reference_name="grads")
     check_positive(rtol, name="rtol", scalar=True)
-    g = [jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(grads)]
-    u = [jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(updates)]
-    gg = sum(jnp.vdot(a, a) for a in g)
-    s = jnp.where(gg > 0, sum(jnp.vdot(b, a) for a, b in zip(g, u)) / jnp.where(gg > 0, gg, 1.0),
-                  0.0)
-    res = sum(jnp.sum((b - s * a) ** 2) for a, b in zip(g, u))
-    uu = sum(jnp.vdot(b, b) for b in u)
-    return s, res <= rtol ** 2 * uu
+    tu = optax.tree_utils
+    g, u = tu.tree_cast(grads, jnp.float32), tu.tree_cast(updates, jnp.float32)
+    gg = tu.tree_vdot(g, g)
+    s = jnp.where(gg > 0, tu.tree_vdot(u, g) / jnp.where(gg > 0, gg, 1.0), 0.0)
+    res = tu.tree_norm(tu.tree_add_scale(u, -s, g), squared=True)
+    return s, res <= rtol ** 2 * tu.tree_vdot(u, u)
 
 
 def ground_truth_gradients(logits_fn: Callable[[Params, Any], Array], params: Params,

@@ -189,7 +189,7 @@ def quadratic_penalty(*, strength: float | Array = 1.0) -> optax.GradientTransfo
         lam = jnp.asarray(strength, default_float_dtype())
         slots = _num_slots(ps)
         if slots is None:
-            grad = matvec(ps.curvature, jax.tree.map(jnp.subtract, params, ps.anchor), scale=lam)
+            grad = matvec(ps.curvature, optax.tree_utils.tree_sub(params, ps.anchor), scale=lam)
         else:  # only the filled slots: a loop of `count` products, not num_slots
             grad = matvec_sum(ps.curvature, params, ps.anchor, count=ps.count, scale=lam)
         return jax.tree.map(lambda g, c: g + c.astype(g.dtype), updates, grad)
@@ -214,7 +214,7 @@ def _fold_multi_task(state: QuadraticPenaltyState, params: Params, new: Diagonal
         d = p - a
         ancs.append(a + frac * d)
         terms.append(jnp.sum(o * frac * d * d).astype(state.offset.dtype))
-    offset = state.offset + sum(terms, jnp.zeros_like(state.offset))
+    offset = state.offset + optax.tree_utils.tree_sum(terms)
     return tdef.unflatten(ancs), summed, offset
 
 
@@ -295,7 +295,7 @@ def penalty_loss(state: QuadraticPenaltyState, params: Params, *,
         raise TypeError(f"state must be a QuadraticPenaltyState; got {type(state).__name__}")
     check_nonnegative(strength, name="strength", scalar=True)
     _check_params(state, params, "params", "state.anchor")
-    form = lambda c, a: quadratic_form(c, jax.tree.map(jnp.subtract, params, a))
+    form = lambda c, a: quadratic_form(c, optax.tree_utils.tree_sub(params, a))
     if _num_slots(state) is None:
         total = form(state.curvature, state.anchor)
     else:

@@ -37,8 +37,9 @@ from cljax.validation import check_nonnegative, check_positive_int, check_same_s
 
 
 def _vdot(a: Params, b: Params) -> Array:
-    return sum(jnp.vdot(x.astype(jnp.float32), y.astype(jnp.float32))
-               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    """aᵀb over the pytrees, in float32."""
+    f32 = lambda t: optax.tree_utils.tree_cast(t, jnp.float32)   # noqa: E731
+    return optax.tree_utils.tree_vdot(f32(a), f32(b))
 
 
 def agem_project(grads: Params, reference: Params, *, eps: float | Array = 0.0) -> Params:
