@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from cljax.transforms import GPMState, gpm_project, gpm_projection, gpm_update, init_gpm
+from cljax.transforms import GPMState, gpm_consolidate, gpm_project, gpm_projection, init_gpm
 from cljax.transforms.gpm import grow_basis
 
 
@@ -25,7 +25,7 @@ def test_basis_keeps_the_threshold_energy_and_is_orthonormal():
     low_rank = lambda: rng.normal(size=(40, 3)) @ rng.normal(size=(3, 7)) + 0.05 * rng.normal(size=(40, 7))  # noqa: E731
     reps = [low_rank(), low_rank(), rng.normal(size=(40, 7))]
     for t, rep in enumerate(reps):
-        state = gpm_update(state, {"Dense_0": jnp.asarray(rep, jnp.float32)}, 0.97)
+        state = gpm_consolidate(state, {"Dense_0": jnp.asarray(rep, jnp.float32)}, 0.97)
         basis, size = state.bases["Dense_0"], state.sizes["Dense_0"]
         m = np.asarray(basis)[:, :int(size)]
         np.testing.assert_allclose(m.T @ m, np.eye(int(size)), atol=1e-5)
@@ -43,8 +43,8 @@ def test_basis_keeps_the_threshold_energy_and_is_orthonormal():
 
 def test_projected_gradient_is_orthogonal_to_the_basis():
     rng = np.random.default_rng(1)
-    state = gpm_update(init_gpm(_params()), {"Dense_0": jnp.asarray(rng.normal(size=(20, 7)))},
-                       0.9)
+    state = gpm_consolidate(init_gpm(_params()),
+                            {"Dense_0": jnp.asarray(rng.normal(size=(20, 7)))}, 0.9)
     g = {"Dense_0": {"kernel": jnp.asarray(rng.normal(size=(7, 3)), jnp.float32)}}
     out = gpm_project(g, state)["Dense_0"]["kernel"]
     m = np.asarray(state.bases["Dense_0"])[:, :int(state.sizes["Dense_0"])]
@@ -60,13 +60,13 @@ def test_gpm_bad_inputs():
     rep = {"Dense_0": jnp.ones((4, 7))}
     for bad in (0.0, 1.5, float("nan")):
         with pytest.raises(ValueError, match="thresholds"):
-            gpm_update(state, rep, bad)
+            gpm_consolidate(state, rep, bad)
     with pytest.raises(ValueError, match="lacks layers"):
-        gpm_update(state, {}, 0.9)
+        gpm_consolidate(state, {}, 0.9)
     with pytest.raises(ValueError, match=r"\[m, 7\]"):
-        gpm_update(state, {"Dense_0": jnp.ones((4, 6))}, 0.9)
+        gpm_consolidate(state, {"Dense_0": jnp.ones((4, 6))}, 0.9)
     with pytest.raises(TypeError, match="GPMState"):
-        gpm_update({}, rep, 0.9)
+        gpm_consolidate({}, rep, 0.9)
     with pytest.raises(ValueError, match="gpm_state"):
         gpm_projection().update(_params(), optax.EmptyState(), None)
     assert isinstance(state, GPMState)

@@ -13,7 +13,7 @@ import pytest
 
 from cljax.layers import leaf_paths, with_weight_offsets
 from cljax.transforms import (OGDDirections, factorable_layers, ground_truth_gradients,
-                              init_ogd, ogd_add, ogd_deferred_value_and_grad, ogd_fold,
+                              init_ogd, ogd_consolidate, ogd_deferred_value_and_grad, ogd_fold,
                               ogd_project, ogd_projection, ogd_value_and_grad,
                               ogd_weight_offsets, update_scale)
 
@@ -40,8 +40,8 @@ def _problem(n=24, dtype=jnp.float64):
 
 def _filled(logits_fn, params, batch, state, **kw):
     """``state`` with the ground-truth gradients of ``batch`` added (jitted)."""
-    return jax.jit(lambda s, b: ogd_add(s, ground_truth_gradients(logits_fn, params, b, s), **kw)
-                   )(state, batch)
+    return jax.jit(lambda s, b: ogd_consolidate(
+        s, ground_truth_gradients(logits_fn, params, b, s), **kw))(state, batch)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -86,8 +86,8 @@ def test_ground_truth_gradients_equal_per_example_grads(x64):
 def test_projection_is_the_orthogonal_projector_of_the_stored_span(x64, factored):
     logits_fn, params, batch = _problem()
     state = init_ogd(params, capacity=48, block=12, factored_layers=None if factored else ())
-    add = jax.jit(lambda s, b: ogd_add(s, ground_truth_gradients(logits_fn, params, b, s),
-                                       tol=1e-12))
+    add = jax.jit(lambda s, b: ogd_consolidate(s, ground_truth_gradients(logits_fn, params, b, s),
+                                               tol=1e-12))
     first = jax.tree.map(lambda v: v[:12], batch)
     state = add(state, first)
     state = add(state, jax.tree.map(lambda v: v[12:], batch))
@@ -127,7 +127,7 @@ def test_empty_store_is_identity_and_span_duplicates_add_no_rank(x64):
     twice = OGDDirections(jax.tree.map(lambda v: 2 * v, d.rows), d.cotangents,
                           jax.tree.map(lambda v: 2 * v, d.dense))
     doubled = cat(d, twice)                                            # 6 new, 6 in their span
-    state = jax.jit(ogd_add)(state, doubled)
+    state = jax.jit(ogd_consolidate)(state, doubled)
     assert int(state.size) == 12 and int(state.rank) == 6
 
 
@@ -159,7 +159,7 @@ def test_store_fills_without_recompiling_and_traced_overflow_is_counted(x64):
 
     def add(s, b):
         traces.append(1)
-        return ogd_add(s, ground_truth_gradients(logits_fn, params, b, s))
+        return ogd_consolidate(s, ground_truth_gradients(logits_fn, params, b, s))
 
     add = jax.jit(add)
     state = init_ogd(params, capacity=16, block=8)
@@ -174,10 +174,10 @@ def test_ogd_errors():
     state = init_ogd(params, capacity=24, block=12)
     d = jax.jit(ground_truth_gradients, static_argnums=0)(
         logits_fn, params, jax.tree.map(lambda v: v[:12], batch), state)
-    add = jax.jit(ogd_add)
+    add = jax.jit(ogd_consolidate)
     state = add(add(state, d), d)
     with pytest.raises(ValueError, match="do not fit"):
-        ogd_add(state, d)                                 # eager calls raise when full
+        ogd_consolidate(state, d)                         # eager calls raise when full
     with pytest.raises(ValueError, match="capacity"):
         init_ogd(params, capacity=0)
     with pytest.raises(TypeError, match=r"params\['Dense_0'\]\['kernel'\] must be a float"):
@@ -189,16 +189,16 @@ def test_ogd_errors():
     with pytest.raises(ValueError, match=r"\[in, out\] kernel"):
         init_ogd(params, capacity=4, factored_layers=["Conv_0"])
     with pytest.raises(TypeError, match="OGDDirections"):
-        ogd_add(state, {"Dense_0": jnp.ones((2, 5, 3))})
+        ogd_consolidate(state, {"Dense_0": jnp.ones((2, 5, 3))})
     with pytest.raises(ValueError, match="directions.rows"):
-        ogd_add(state, OGDDirections({}, d.cotangents, d.dense))
+        ogd_consolidate(state, OGDDirections({}, d.cotangents, d.dense))
     with pytest.raises(ValueError, match="must have shape"):
-        ogd_add(state, d._replace(rows={**d.rows, "Dense_0": d.rows["Dense_0"][:, :3]}))
+        ogd_consolidate(state, d._replace(rows={**d.rows, "Dense_0": d.rows["Dense_0"][:, :3]}))
     with pytest.raises(FloatingPointError):
-        ogd_add(init_ogd(params, capacity=24),
+        ogd_consolidate(init_ogd(params, capacity=24),
                 d._replace(rows={**d.rows, "Dense_0": d.rows["Dense_0"] * jnp.nan}))
     with pytest.raises(ValueError, match="tol"):
-        ogd_add(init_ogd(params, capacity=24), d, tol=0.0)
+        ogd_consolidate(init_ogd(params, capacity=24), d, tol=0.0)
     with pytest.raises(ValueError, match="structure"):
         ogd_project({"Dense_0": params["Dense_0"]}, state)
     with pytest.raises(ValueError, match="ogd_state"):

@@ -28,8 +28,8 @@ import optax
 from cljax.layers import capture_rows, mean_rows, with_weight_offsets
 from cljax.methods.base import Method, base_model, cross_entropy, get_hparam, task_loss
 from cljax.nn.model import rebuild
-from cljax.transforms.gpm import gpm_projection, gpm_update, gpm_value_and_grad, init_gpm
-from cljax.transforms.ogd import (OGDState, ground_truth_gradients, init_ogd, ogd_add,
+from cljax.transforms.gpm import gpm_consolidate, gpm_projection, gpm_value_and_grad, init_gpm
+from cljax.transforms.ogd import (OGDState, ground_truth_gradients, init_ogd, ogd_consolidate,
                                   ogd_deferred_value_and_grad, ogd_fold, ogd_projection,
                                   ogd_value_and_grad, ogd_weight_offsets, update_scale)
 from cljax.transforms.rgo import (init_rgo, rgo_accumulate, rgo_consolidate, rgo_projection,
@@ -113,7 +113,7 @@ def gpm(*, thresholds: Sequence[float] = (0.95, 0.99, 0.99), threshold_increment
         _, rows = capture_rows(ctx.model.logits_fn, ctx.params, batch)
         reps = {n: jnp.concatenate([r.reshape(-1, r.shape[-1]) for r in rs])
                 for n, rs in rows.items() if n in ctx.mstate.bases}
-        new = gpm_update(ctx.mstate, reps, per_layer(list(ctx.mstate.bases), ctx.task))
+        new = gpm_consolidate(ctx.mstate, reps, per_layer(list(ctx.mstate.bases), ctx.task))
         return ctx.params, ctx.opt_state, new
 
     def value_and_grad(loss, params, mstate, ctx):
@@ -181,7 +181,7 @@ def ogd(*, per_task: int = 200, factored: bool = True, fused_gradient: bool = Tr
     def end_task(ctx):
         batch = ctx.sample_batch(ctx.task, ctx.key, per_task)
         directions = ground_truth_gradients(ctx.model.logits_fn, ctx.params, batch, ctx.mstate)
-        return ctx.params, ctx.opt_state, ogd_add(ctx.mstate, directions)
+        return ctx.params, ctx.opt_state, ogd_consolidate(ctx.mstate, directions)
 
     def value_and_grad(loss, params, mstate, ctx):
         del ctx
@@ -221,8 +221,8 @@ def _deferred_ogd(per_task: int) -> Method:
         jax.debug.callback(_raise_if_not_sgd, m.not_sgd_steps)
         params = ogd_fold(ctx.params, m.store, m.coefficients)
         batch = ctx.sample_batch(ctx.task, ctx.key, per_task)
-        store = ogd_add(m.store, ground_truth_gradients(ctx.model.logits_fn, params, batch,
-                                                        m.store))
+        store = ogd_consolidate(m.store, ground_truth_gradients(ctx.model.logits_fn, params,
+                                                                batch, m.store))
         return params, ctx.opt_state, DeferredOGDState(store, jnp.zeros_like(m.coefficients),
                                                        m.not_sgd_steps)
 

@@ -32,6 +32,13 @@ Task boundaries are pure functions of that state. Chain → extra argument → b
   ``ncl(..., preconditioned_gradients=True)``)
 - A-GEM: ``agem_projection()`` first in the chain → ``reference_grads=`` (a memory gradient)
 - GEM: ``gem_projection()`` → ``reference_grads=`` stacked per past task and ``reference_mask=``
+- RGO: ``rgo_projection()`` → ``rgo_state=`` → ``rgo_consolidate(rs)`` (``rs = init_rgo(params)``;
+  ``rgo_accumulate(rs, rows)`` after every step)
+- GPM: ``gpm_projection()`` → ``gpm_state=`` → ``gpm_consolidate(gs, representations, ε)``
+  (``gs = init_gpm(params)``)
+- OGD: ``ogd_projection()`` → ``ogd_state=`` → ``ogd_consolidate(os, directions)`` with
+  ``directions = ground_truth_gradients(logits_fn, θ, batch, os)``
+  (``os = init_ogd(params, capacity=...)``)
 
 (``ewc`` = penalty, then ``optax.adam``; ``ncl`` = preconditioner, then ``optax.sgd``.)
 """
@@ -40,10 +47,10 @@ from cljax.transforms.ncl import (NCLState, init_ncl, ncl, ncl_consolidate,
                                   ncl_kfac_value_and_grad, ncl_preconditioner)
 from cljax.transforms.penalty import (QuadraticPenaltyState, consolidate, ewc, init_penalty,
                                       penalty_loss, quadratic_penalty)
-from cljax.transforms.gpm import (GPMState, gpm_project, gpm_projection, gpm_update,
+from cljax.transforms.gpm import (GPMState, gpm_consolidate, gpm_project, gpm_projection,
                                   gpm_value_and_grad, init_gpm)
 from cljax.transforms.ogd import (OGDDirections, OGDState, factorable_layers,
-                                  ground_truth_gradients, init_ogd, ogd_add,
+                                  ground_truth_gradients, init_ogd, ogd_consolidate,
                                   ogd_deferred_value_and_grad, ogd_fold, ogd_project,
                                   ogd_projection, ogd_value_and_grad, ogd_weight_offsets,
                                   update_scale)
@@ -62,8 +69,9 @@ __all__ = [
     # gradient projections (A-GEM, GEM, RGO, GPM, OGD)
     "agem_project", "agem_projection", "gem_dual", "gem_project", "gem_projection",
     "RGOState", "init_rgo", "rgo_accumulate", "rgo_consolidate", "rgo_projection",
-    "rgo_value_and_grad", "GPMState", "init_gpm", "gpm_update", "gpm_project", "gpm_projection", "gpm_value_and_grad",
+    "rgo_value_and_grad", "GPMState", "init_gpm", "gpm_consolidate", "gpm_project",
+    "gpm_projection", "gpm_value_and_grad",
     "OGDState", "OGDDirections", "init_ogd", "factorable_layers", "ground_truth_gradients",
-    "ogd_add", "ogd_project", "ogd_value_and_grad", "ogd_projection", "ogd_weight_offsets",
-    "ogd_fold", "ogd_deferred_value_and_grad", "update_scale",
+    "ogd_consolidate", "ogd_project", "ogd_value_and_grad", "ogd_projection",
+    "ogd_weight_offsets", "ogd_fold", "ogd_deferred_value_and_grad", "update_scale",
 ]

@@ -130,11 +130,11 @@ def _as(ct: Any, x: Array) -> Array:
     return x.astype(ct)
 
 
-def ogd_add(state: OGDState, directions: OGDDirections, *, tol: float = 1e-5) -> OGDState:
+def ogd_consolidate(state: OGDState, directions: OGDDirections, *, tol: float = 1e-5) -> OGDState:
     """Append ``directions`` (:class:`OGDDirections` in the store's layout) and refresh the
     pseudo-inverse M of the stored directions' Gram matrix; its eigenvalues below ``tol`` × the
     largest (directions already in the span) are left out."""
-    _check_state(state, "ogd_add")
+    _check_state(state, "ogd_consolidate")
     if not isinstance(directions, OGDDirections):
         raise TypeError(f"directions must be OGDDirections (from ground_truth_gradients, or "
                         f"OGDDirections(rows, cotangents, dense) in the store's layout); got "
@@ -507,6 +507,6 @@ def ogd_projection() -> optax.GradientTransformationExtraArgs:
 
 
 __all__ = ["OGDState", "OGDDirections", "init_ogd", "factorable_layers",
-           "ogd_add", "ogd_project", "ogd_value_and_grad", "ground_truth_gradients",
+           "ogd_consolidate", "ogd_project", "ogd_value_and_grad", "ground_truth_gradients",
            "ogd_projection", "ogd_weight_offsets", "ogd_fold", "ogd_deferred_value_and_grad",
            "update_scale"]
