@@ -59,13 +59,16 @@ def _optimizers(params):
     ncl_kfac = T.ncl_consolidate(T.init_ncl(params, curvature="kfac"), params, factors, **prior)
     return [
         ("adam", optax.adam(lr), None, None, None),
-        ("ewc_online+adam", T.ewc(lr, strength=1e3), online, "penalty_state", None),
-        ("ewc_multitask+adam", T.ewc(lr, strength=1e3), five, "penalty_state", None),
+        ("ewc_online+adam", T.quadratic_penalty_adam(lr, strength=1e3), online, "penalty_state",
+         None),
+        ("ewc_multitask+adam", T.quadratic_penalty_adam(lr, strength=1e3), five, "penalty_state",
+         None),
         # SI: the same penalty + Adam, wrapped to accumulate the path integral every step
-        ("si+adam", imp_lib.with_path_integral(T.ewc(lr, strength=1.0)),
+        ("si+adam", imp_lib.with_path_integral(T.quadratic_penalty_adam(lr, strength=1.0)),
          T.consolidate(T.init_penalty(params), params, imp, mode="online"), "penalty_state",
          None),
-        ("kfac_penalty+adam", T.ewc(lr, strength=1e3), kfac, "penalty_state", None),
+        ("kfac_penalty+adam", T.quadratic_penalty_adam(lr, strength=1e3), kfac, "penalty_state",
+         None),
         ("sgd", optax.sgd(lr), None, None, None),
         ("ncl_diag+sgd", T.ncl(lr), ncl_diag, "ncl_state", None),
         ("ncl_kfac+sgd", T.ncl(lr), ncl_kfac, "ncl_state", None),

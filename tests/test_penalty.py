@@ -11,8 +11,9 @@ import optax
 import pytest
 
 from cljax.curvature import Diagonal, KroneckerFactored, nearest_kronecker_sum
-from cljax.transforms import (NCLState, QuadraticPenaltyState, consolidate, ewc, init_ncl,
-                              init_penalty, penalty_loss, quadratic_penalty)
+from cljax.transforms import (NCLState, QuadraticPenaltyState, consolidate, init_ncl,
+                              init_penalty, penalty_loss, quadratic_penalty,
+                              quadratic_penalty_adam)
 from cljax.types import KFACFactors
 from helpers import assert_trees_close, random_kfac_factors, random_spd
 
@@ -60,7 +61,7 @@ def test_penalty_first_in_chain_equals_grad_of_explicit_loss_through_adam(x64, c
     """Diagonal (multi-task EWC) and K-FAC (online) states: the chain's step is Adam on the
     gradient of task loss + penalty_loss."""
     params, pen, task_loss = (_diagonal_case if case == "diagonal" else _kfac_case)()
-    tx = ewc(1e-2, strength=3.0)
+    tx = quadratic_penalty_adam(1e-2, strength=3.0)
     opt_state = tx.init(params)
     ref_tx = optax.adam(1e-2)
     ref_state = ref_tx.init(params)
@@ -104,7 +105,7 @@ def test_penalty_is_exactly_zero_before_first_consolidate():
     pen = init_penalty(params)
     assert isinstance(pen, QuadraticPenaltyState) and int(pen.count) == 0
     moved = jax.tree.map(lambda p: p + 10.0, params)
-    for tx in (quadratic_penalty(strength=1e8), ewc(1e-3, strength=1e8)):
+    for tx in (quadratic_penalty(strength=1e8), quadratic_penalty_adam(1e-3, strength=1e8)):
         opt_state = tx.init(params)
         updates, _ = jax.jit(tx.update)(g, opt_state, moved, penalty_state=pen)
         expected = g
@@ -188,7 +189,7 @@ def test_l2_replace_with_uniform_importance():
 def test_boundary_takes_the_penalty_state_and_leaves_the_optimizer_alone():
     params = _params(jax.random.PRNGKey(0))
     imp = _importance(jax.random.PRNGKey(1), params)
-    tx = ewc(1e-3, strength=1.0)
+    tx = quadratic_penalty_adam(1e-3, strength=1.0)
     opt_state = tx.init(params)
     _, opt_state = tx.update(imp, opt_state, params, penalty_state=init_penalty(params))
     pen = consolidate(init_penalty(params), params, imp, mode="online", decay=0.9)
@@ -207,14 +208,14 @@ def test_vmap_over_traced_strength_matches_separate_calls_and_never_recompiles()
     imp = _importance(jax.random.PRNGKey(1), params)
     anchor = jax.tree.map(lambda p: p - 1.0, params)
     grads = jax.grad(_task_loss)(params)
-    opt_state = ewc(1e-2).init(params)   # λ is not in any state
+    opt_state = quadratic_penalty_adam(1e-2).init(params)   # λ is not in any state
     pen = consolidate(init_penalty(params), anchor, imp, mode="multi_task")
 
     traces = []
 
     def step(lam, pen, params, opt_state):
         traces.append(1)
-        tx = ewc(1e-2, strength=lam)     # built inside the step from the (traced) λ
+        tx = quadratic_penalty_adam(1e-2, strength=lam)   # built in the step from the (traced) λ
         updates, opt_state = tx.update(grads, opt_state, params, penalty_state=pen)
         return optax.apply_updates(params, updates), opt_state
 
@@ -317,7 +318,7 @@ def test_bad_inputs_raise():
 
 def test_missing_or_wrong_extra_argument_raises_naming_it():
     params = _params(jax.random.PRNGKey(0))
-    for tx in (quadratic_penalty(strength=1.0), ewc(1e-3, strength=1.0)):
+    for tx in (quadratic_penalty(strength=1.0), quadratic_penalty_adam(1e-3, strength=1.0)):
         opt_state = tx.init(params)
         with pytest.raises(ValueError, match="penalty_state="):
             tx.update(params, opt_state, params)
@@ -340,7 +341,7 @@ def test_non_finite_or_negative_strength_rejected(bad):
     with pytest.raises(ValueError, match="strength"):
         quadratic_penalty(strength=bad)
     with pytest.raises(ValueError, match="strength"):
-        ewc(1e-3, strength=np.float32(bad))
+        quadratic_penalty_adam(1e-3, strength=np.float32(bad))
     with pytest.raises(ValueError, match="strength"):
         penalty_loss(init_penalty(params), params, strength=jnp.asarray(bad))
 
@@ -353,7 +354,7 @@ def test_non_numeric_strength_or_decay_is_a_type_error():
         with pytest.raises(TypeError, match="strength"):
             penalty_loss(init_penalty(params), params, strength=bad)
     with pytest.raises(TypeError, match="strength"):
-        ewc(1e-3, strength="abc")
+        quadratic_penalty_adam(1e-3, strength="abc")
     with pytest.raises(TypeError, match="decay"):
         consolidate(init_penalty(params), params, None, mode="online", decay="abc")
 
@@ -425,7 +426,7 @@ HARNESS = {  # every transform, once bare and once inside its default chain
         lambda s, p, lam: T.consolidate(s, p, _imp(p), mode="online", decay=0.9),
         "penalty_state", T.QuadraticPenaltyState),
     "ewc_multi_task": (
-        lambda lam: T.ewc(1e-3, strength=lam), T.init_penalty,
+        lambda lam: T.quadratic_penalty_adam(1e-3, strength=lam), T.init_penalty,
         lambda s, p, lam: T.consolidate(s, p, _imp(p), mode="multi_task"),
         "penalty_state", T.QuadraticPenaltyState),
     "quadratic_penalty_kfac": (
@@ -434,7 +435,7 @@ HARNESS = {  # every transform, once bare and once inside its default chain
         lambda s, p, lam: T.consolidate(s, p, _fake_factors(p)),
         "penalty_state", T.QuadraticPenaltyState),
     "kfac_ewc_slots": (
-        lambda lam: T.ewc(1e-3, strength=lam),
+        lambda lam: T.quadratic_penalty_adam(1e-3, strength=lam),
         lambda p: T.init_penalty(p, curvature="kfac", num_slots=2),
         lambda s, p, lam: T.consolidate(s, p, _fake_factors(p), mode="multi_task"),
         "penalty_state", T.QuadraticPenaltyState),
@@ -692,10 +693,10 @@ def test_kfac_vmap_over_traced_strength_and_no_recompile():
     params = _kparams(jax.random.PRNGKey(0), jnp.float32)
     fac = _kfactors(5, jnp.float32)
     g = jax.tree.map(jnp.ones_like, params)
-    opt_state = ewc(1e-2).init(params)
+    opt_state = quadratic_penalty_adam(1e-2).init(params)
 
     def step(lam, st, p):
-        tx = ewc(1e-2, strength=lam)   # λ from the (traced) hyperparameters
+        tx = quadratic_penalty_adam(1e-2, strength=lam)   # λ from the (traced) hyperparameters
         return optax.apply_updates(p, tx.update(g, opt_state, p, penalty_state=st)[0])
 
     jstep = jax.jit(step)

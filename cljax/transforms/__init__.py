@@ -19,7 +19,7 @@ beside the optimizer state and passes to ``update`` as an optax extra argument; 
 (as optax's learning rates): nothing recompiles when λ changes and λ can be a ``vmap`` axis.
 Task boundaries are pure functions of that state. Chain → extra argument → boundary, per method:
 
-- EWC (multi-task): ``ewc(lr, strength=λ)`` → ``penalty_state=`` →
+- EWC (multi-task): ``quadratic_penalty_adam(lr, strength=λ)`` → ``penalty_state=`` →
   ``consolidate(ps, θ, F, mode="multi_task")`` (``ps = init_penalty(params)`` before task 1)
 - online EWC: the same with ``consolidate(ps, θ, F, mode="online", decay=γ)``
 - SI / MAS: ``consolidate(ps, θ, Ω, mode="online")``; L2: ``consolidate(ps, θ, None, mode="replace")``
@@ -40,13 +40,14 @@ Task boundaries are pure functions of that state. Chain → extra argument → b
   ``directions = ground_truth_gradients(logits_fn, θ, batch, os)``
   (``os = init_ogd(params, capacity=...)``)
 
-(``ewc`` = penalty, then ``optax.adam``; ``ncl`` = preconditioner, then ``optax.sgd``.)
+(``quadratic_penalty_adam`` = penalty, then ``optax.adam``; ``ncl`` = preconditioner, then
+``optax.sgd``.)
 """
 from cljax.transforms.kfac_gradient import kfac_preconditioned_value_and_grad
 from cljax.transforms.ncl import (NCLState, init_ncl, ncl, ncl_consolidate,
                                   ncl_kfac_value_and_grad, ncl_preconditioner)
-from cljax.transforms.penalty import (QuadraticPenaltyState, consolidate, ewc, init_penalty,
-                                      penalty_loss, quadratic_penalty)
+from cljax.transforms.penalty import (QuadraticPenaltyState, consolidate, init_penalty,
+                                      penalty_loss, quadratic_penalty, quadratic_penalty_adam)
 from cljax.transforms.gpm import (GPMState, gpm_consolidate, gpm_project, gpm_projection,
                                   gpm_value_and_grad, init_gpm)
 from cljax.transforms.ogd import (OGDDirections, OGDState, factorable_layers,
@@ -62,7 +63,7 @@ from cljax.transforms.rgo import (RGOState, init_rgo, rgo_accumulate, rgo_consol
 __all__ = [
     # quadratic penalty (EWC, online EWC, SI, MAS, L2, K-FAC Laplace)
     "QuadraticPenaltyState", "init_penalty", "quadratic_penalty", "consolidate", "penalty_loss",
-    "ewc",
+    "quadratic_penalty_adam",
     # NCL (diagonal and K-FAC)
     "NCLState", "init_ncl", "ncl_preconditioner", "ncl_consolidate", "ncl_kfac_value_and_grad",
     "ncl", "kfac_preconditioned_value_and_grad",

@@ -67,9 +67,10 @@ stores no slot axis; it takes one multi-task consolidation. Memory:
 **Where it sits in a chain.** The transform adds the gradient of the penalty, ``λ C (θ − a)``
 (:func:`cljax.curvature.matvec`), to the incoming updates. EWC, SI, MAS and the K-FAC Laplace
 penalty add the penalty to the *loss*, so its gradient passes through the optimiser's scaling
-together with the task gradient; the transform therefore goes FIRST (:func:`ewc`). Placed after
-Adam, the penalty would be *decoupled* from Adam's per-coordinate scaling, like AdamW's weight
-decay; that is a different method, and the papers' λ values do not carry over.
+together with the task gradient; the transform therefore goes FIRST
+(:func:`quadratic_penalty_adam`). Placed after Adam, the penalty would be *decoupled* from Adam's
+per-coordinate scaling, like AdamW's weight decay; that is a different method, and the papers' λ
+values do not carry over.
 
 Before the first :func:`consolidate`, C = 0 and the penalty (value and gradient) is exactly zero.
 """
@@ -308,9 +309,9 @@ def penalty_loss(state: QuadraticPenaltyState, params: Params, *,
 # Default chain (optax-alias style).
 # --------------------------------------------------------------------------------------------
 
-def ewc(learning_rate: optax.ScalarOrSchedule, *, strength: float | Array = 1.0,
-        b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
-        ) -> optax.GradientTransformationExtraArgs:
+def quadratic_penalty_adam(learning_rate: optax.ScalarOrSchedule, *,
+                           strength: float | Array = 1.0, b1: float = 0.9, b2: float = 0.999,
+                           eps: float = 1e-8) -> optax.GradientTransformationExtraArgs:
     """Quadratic penalty + Adam: ``optax.chain(quadratic_penalty(strength=λ), optax.adam(lr))``.
 
     The chain of EWC (consolidate with ``mode="multi_task"``), online EWC (``mode="online",
@@ -324,4 +325,4 @@ def ewc(learning_rate: optax.ScalarOrSchedule, *, strength: float | Array = 1.0,
 
 
 __all__ = ["QuadraticPenaltyState", "init_penalty", "quadratic_penalty", "consolidate",
-           "penalty_loss", "ewc"]
+           "penalty_loss", "quadratic_penalty_adam"]
