@@ -6,8 +6,10 @@ import optax
 import pytest
 
 from cljax.importance import (PathIntegralState, WithPathIntegralState,
-                              accumulate_path_integral, get_path_integral, reset_path_integral,
-                              si_importance, track_path_integral, with_path_integral)
+                              accumulate_path_integral, get_path_integral, init_path_integral,
+                              reset_path_integral, si_importance, track_path_integral,
+                              with_path_integral)
+from cljax.methods import si
 
 # numpy float64 constants: jnp converts them to float64 inside the x64 fixture
 H_DIAG = {"a": np.array([0.5, 1.0, 2.0]), "b": np.array([[0.2, 1.5]])}
@@ -164,3 +166,24 @@ def test_accumulate_path_integral_is_omega_minus_grad_times_update(x64):
     _, state = tx.update(updates, PathIntegralState(omega), None, task_grads=grads)
     for a, b in zip(jax.tree.leaves(state.omega), jax.tree.leaves(got)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_one_path_integral_state_for_the_optax_wrappers_and_the_si_method():
+    params = {"a": jnp.ones(3, jnp.float32), "b": jnp.ones((1, 2), jnp.bfloat16)}
+    pi = init_path_integral(params)
+    assert isinstance(pi, PathIntegralState)
+    for w, p in zip(jax.tree.leaves(pi.omega), jax.tree.leaves(params)):
+        assert w.shape == p.shape and w.dtype == p.dtype and not jnp.any(w)
+    tracked = track_path_integral().init(params)
+    assert isinstance(tracked, PathIntegralState)
+    assert all(jnp.array_equal(x, y) for x, y in zip(jax.tree.leaves(tracked),
+                                                     jax.tree.leaves(pi)))
+    # the si method keeps the same state type, so the same helpers read and reset it
+    state = si().init(params, None, None, None)
+    assert isinstance(state.path_integral, PathIntegralState)
+    assert get_path_integral(state) is state.omega is state.path_integral.omega
+    state = state._replace(path_integral=PathIntegralState(jax.tree.map(jnp.ones_like, params)))
+    reset = reset_path_integral(state)
+    assert all(not jnp.any(w) for w in jax.tree.leaves(reset.omega))
+    kept = lambda s: jax.tree.leaves((s.penalty, s.start))   # noqa: E731
+    assert all(x is y for x, y in zip(kept(reset), kept(state)))

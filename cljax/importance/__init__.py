@@ -8,8 +8,9 @@ params' structure, shapes and dtypes, equal to a **mean over the examples of ``b
 * :func:`mas_importance` (Aljundi et al. 2018),
 * :func:`kfac_factors` (Martens & Grosse 2015; Grosse & Martens 2016 for conv) and the helpers
   :func:`kfac_quadratic_form`, :func:`kfac_matvec`, :func:`kfac_damped_inverse_matvec`,
-* SI (Zenke et al. 2017): the path integral step :func:`accumulate_path_integral`, the same
-  kept in optax state (:func:`track_path_integral`, :func:`with_path_integral`,
+* SI (Zenke et al. 2017): the path integral ω, one :class:`PathIntegralState`
+  (:func:`init_path_integral`), its step :func:`accumulate_path_integral`, the same kept in optax
+  state (:func:`track_path_integral`, :func:`with_path_integral`,
   :func:`reset_path_integral`, :func:`get_path_integral`), and :func:`si_importance`.
 
 Flax ``nn.Dense`` / ``nn.Conv`` layers use a fast path (captured layer inputs and output
@@ -21,14 +22,15 @@ from cljax.importance.kfac import (kfac_damped_inverse_matvec, kfac_factors, kfa
                                    kfac_quadratic_form)
 from cljax.importance.mas import mas_importance
 from cljax.importance.si import (PathIntegralState, WithPathIntegralState,
-                                 accumulate_path_integral, get_path_integral, reset_path_integral,
-                                 si_importance, track_path_integral, with_path_integral)
+                                 accumulate_path_integral, get_path_integral, init_path_integral,
+                                 reset_path_integral, si_importance, track_path_integral,
+                                 with_path_integral)
 
 __all__ = [
     "empirical_fisher_diagonal", "true_fisher_diagonal", "exact_fisher_diagonal",
     "mas_importance",
     "kfac_factors", "kfac_quadratic_form", "kfac_matvec", "kfac_damped_inverse_matvec",
-    "PathIntegralState", "WithPathIntegralState", "accumulate_path_integral",
+    "PathIntegralState", "WithPathIntegralState", "init_path_integral", "accumulate_path_integral",
     "track_path_integral", "with_path_integral",
     "reset_path_integral", "get_path_integral", "si_importance",
 ]

@@ -45,9 +45,15 @@ from cljax.types import Importance, Params
 
 
 class PathIntegralState(NamedTuple):
-    """ω, the running path integral −Σ_t g(t)·Δθ(t) for the current task (params-shaped)."""
+    """ω, the running path integral −Σ_t g(t)·Δθ(t) for the current task (params-shaped): SI's
+    path-integral state wherever it is kept (the optax wrappers below, the ``si`` method's state)."""
 
     omega: Params
+
+
+def init_path_integral(params: Params) -> PathIntegralState:
+    """ω = 0 with ``params``' structure, shapes and dtypes (a task's start)."""
+    return PathIntegralState(optax.tree_utils.tree_zeros_like(params))
 
 
 class WithPathIntegralState(NamedTuple):
@@ -82,7 +88,7 @@ def track_path_integral() -> optax.GradientTransformationExtraArgs:
     """
 
     def init_fn(params: Params) -> PathIntegralState:
-        return PathIntegralState(omega=jax.tree.map(jnp.zeros_like, params))
+        return init_path_integral(params)
 
     def update_fn(updates, state, params=None, *, task_grads=None, **extra_args):
         del params, extra_args
@@ -105,8 +111,7 @@ def with_path_integral(inner: optax.GradientTransformation) -> optax.GradientTra
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params: Params) -> WithPathIntegralState:
-        return WithPathIntegralState(inner.init(params),
-                                     PathIntegralState(jax.tree.map(jnp.zeros_like, params)))
+        return WithPathIntegralState(inner.init(params), init_path_integral(params))
 
     def update_fn(grads, state, params=None, **extra_args):
         _check_same(grads, state.path_integral.omega, "grads", "params")
@@ -129,7 +134,7 @@ def reset_path_integral(opt_state: Any) -> Any:
     def reset(node):
         if isinstance(node, PathIntegralState):
             found.append(True)
-            return PathIntegralState(jax.tree.map(jnp.zeros_like, node.omega))
+            return init_path_integral(node.omega)
         return node
 
     new = jax.tree.map(reset, opt_state, is_leaf=lambda n: isinstance(n, PathIntegralState))
@@ -178,6 +183,6 @@ def si_importance(omega: Params, delta_params: Params, *, xi: float = 0.1,
     return jax.tree.map(one, omega, delta_params)
 
 
-__all__ = ["PathIntegralState", "WithPathIntegralState", "accumulate_path_integral",
-           "track_path_integral",
+__all__ = ["PathIntegralState", "WithPathIntegralState", "init_path_integral",
+           "accumulate_path_integral", "track_path_integral",
            "with_path_integral", "reset_path_integral", "get_path_integral", "si_importance"]

@@ -131,11 +131,17 @@ def l2() -> Method:
 
 
 class SIState(NamedTuple):
-    """SI's method state: the penalty, the running path integral ω, θ at the task's start."""
+    """SI's method state: the penalty, the running path integral
+    (:class:`cljax.importance.PathIntegralState`), θ at the task's start."""
 
     penalty: transforms.QuadraticPenaltyState
-    omega: Params
+    path_integral: imp.PathIntegralState
     start: Params
+
+    @property
+    def omega(self) -> Params:
+        """ω, the path integral's pytree."""
+        return self.path_integral.omega
 
 
 def si(*, clip_negative: bool = True) -> Method:
@@ -149,13 +155,13 @@ def si(*, clip_negative: bool = True) -> Method:
 
     def init(params, key, hparams, spec):
         del key, hparams, spec
-        return SIState(transforms.init_penalty(params), jax.tree.map(jnp.zeros_like, params),
+        return SIState(transforms.init_penalty(params), imp.init_path_integral(params),
                        jax.tree.map(jnp.array, params))
 
     def after_step(info: StepInfo):
         s: SIState = info.mstate
-        return info.keep_params(s._replace(omega=imp.accumulate_path_integral(
-            s.omega, info.grads, info.updates)))
+        return info.keep_params(s._replace(path_integral=imp.PathIntegralState(
+            imp.accumulate_path_integral(s.omega, info.grads, info.updates))))
 
     def end_task(ctx):
         s = ctx.mstate
@@ -163,7 +169,7 @@ def si(*, clip_negative: bool = True) -> Method:
         contribution = imp.si_importance(s.omega, delta, xi=get_hparam(ctx.hparams, "xi", "si"),
                                          clip_negative=clip_negative)
         penalty = transforms.consolidate(s.penalty, ctx.params, contribution, mode="online")
-        return ctx.params, ctx.opt_state, SIState(penalty, jax.tree.map(jnp.zeros_like, s.omega),
+        return ctx.params, ctx.opt_state, SIState(penalty, imp.init_path_integral(s.omega),
                                                   ctx.params)
 
     return Method("si", make_optimizer=_penalty_optimizer("si"), init=init,
