@@ -46,7 +46,7 @@ from cljax.types import Importance, Params
 
 class PathIntegralState(NamedTuple):
     """ω, the running path integral −Σ_t g(t)·Δθ(t) for the current task (params-shaped): SI's
-    path-integral state wherever it is kept (the optax wrappers below, the ``si`` method's state)."""
+    path-integral state wherever it is kept (the optax wrappers below, the ``si`` method)."""
 
     omega: Params
 

@@ -95,7 +95,7 @@ def grow_basis(basis: Array, size: Array, representation: Array, threshold: Arra
 
 
 def gpm_consolidate(state: GPMState, representations: Mapping[str, Array],
-               thresholds: Mapping[str, Any] | Any) -> GPMState:
+                    thresholds: Mapping[str, Any] | Any) -> GPMState:
     """Task boundary: grow every layer's basis from its representation matrix.
 
     Args:
@@ -157,5 +157,5 @@ def gpm_projection() -> optax.GradientTransformationExtraArgs:
         name="gpm_projection", required={"gpm_state": GPMState})
 
 
-__all__ = ["GPMState", "init_gpm", "grow_basis", "gpm_consolidate", "gpm_project", "gpm_projection",
-           "gpm_value_and_grad"]
+__all__ = ["GPMState", "init_gpm", "grow_basis", "gpm_consolidate", "gpm_project",
+           "gpm_projection", "gpm_value_and_grad"]

@@ -57,11 +57,13 @@ def agem_projection(*, eps: float | Array = 0.0) -> optax.GradientTransformation
     """A-GEM as a stateless transform: ``update(updates, state, params=None, *,
     reference_grads)`` returns :func:`agem_project` of the updates (put it first in the chain)."""
     check_nonnegative(eps, name="eps")
-    return stateless_with_extra_args(
-        lambda updates, params, *, reference_grads: agem_project(updates, reference_grads,
-                                                                 eps=eps),
-        name="agem_projection",
-        required={"reference_grads": "the gradient of the loss on a memory batch"})
+
+    def update(updates: Params, params: Params | None, *, reference_grads: Params) -> Params:
+        del params
+        return agem_project(updates, reference_grads, eps=eps)
+
+    return stateless_with_extra_args(update, name="agem_projection", required={
+        "reference_grads": "the gradient of the loss on a memory batch"})
 
 
 def gem_dual(gram: Array, linear: Array, mask: Array, *, margin: float | Array = 0.0,
