@@ -13,12 +13,16 @@ from cljax.methods.natural import kfac_ewc, ncl, ncl_kfac
 from cljax.methods.penalties import ewc, l2, mas, online_ewc, si
 from cljax.methods.projection import gpm, ogd, rgo, rgo2
 from cljax.methods.rehearsal import agem, derpp, er, gem, icarl, lwf
+from cljax.methods.pnn import pnn
+from cljax.methods.hat import hat
+from cljax.methods.packnet import packnet
 
 METHODS = {
+    "packnet": packnet,
     "none": lambda: none, "joint": lambda: joint, "ewc": ewc, "online_ewc": online_ewc,
     "si": si, "mas": mas, "l2": l2, "kfac_ewc": kfac_ewc, "ncl": ncl, "ncl_kfac": ncl_kfac,
     "er": er, "agem": agem, "gem": gem, "lwf": lwf, "derpp": derpp, "icarl": icarl,
-    "rgo": rgo, "rgo2": rgo2, "gpm": gpm, "ogd": ogd,
+    "rgo": rgo, "rgo2": rgo2, "gpm": gpm, "ogd": ogd, "pnn": pnn, "hat": hat,
 }
 
 
@@ -38,4 +42,4 @@ __all__ = ["Method", "StreamSpec", "Clock", "BatchContext", "LossContext", "Step
            "no_optimizer_args", "keep_after_step", "keep_state", "base_only", "base_model",
            "get_hparam", "none", "joint", "ewc",
            "online_ewc", "si", "mas", "l2", "kfac_ewc", "ncl", "ncl_kfac", "er", "agem", "gem",
-           "lwf", "derpp", "icarl", "rgo", "rgo2", "gpm", "ogd", "check_hparams"]
+           "lwf", "derpp", "icarl", "rgo", "rgo2", "gpm", "ogd", "pnn", "hat", "packnet", "check_hparams"]

@@ -1,0 +1,287 @@
+"""Progressive neural networks (Rusu et al. 2016, arXiv 1606.04671, section 2) as a method.
+
+One column per task, each a copy of the configured MLP with its own output head; column k's
+layer i (i ≥ 2 in the paper's 1-based count: every layer after the first, the head included)
+also reads the previous layer of every earlier column through a non-linear lateral *adapter*
+(the paper's eq. 2, its bias terms written out)::
+
+    h_i^(k) = f(W_i^(k) h_{i-1}^(k) + b_i^(k) + U_i^(k) σ(α_i^(k) V_i^(k) h_{i-1}^(<k) + c_i^(k)))
+
+where ``h_{i-1}^(<k) = [h_{i-1}^(1) … h_{i-1}^(k-1)]`` concatenates the earlier columns, α is one
+learned scalar per adapter ("initialized by a random small value": here U(0, ``alpha_init``),
+``alpha_init`` = 0.1, the paper gives no number), V projects the (k-1)·n_{i-1} concatenated
+features onto r dimensions, σ = ReLU and U maps them to the layer's n_i units. The paper's V is
+``n_{i-1} × n_{i-1}^(<k)`` (r = n_{i-1}, the width of one earlier column's layer, so the lateral
+parameters stay of the order of one column's): ``adapter_dim=None`` (the default); an int sets r
+for every adapter. The scale α multiplies V's output (the same as its input: V is linear).
+
+Fixed shapes: all T = ``spec.num_tasks`` columns and adapters are allocated at the start and
+computed at every step (columns stacked along a leading axis; V stored as one ``n_{i-1} × r``
+block per pair j < k), so nothing recompiles per task and runs ``vmap``. Training on task t
+trains column t and its adapters only: the earlier columns' activations enter the adapters
+through ``stop_gradient`` (constants), and :func:`owned_updates_only`, last in the optimizer
+chain, zeroes the update of every parameter task t does not own — under any base optimizer
+(Adam's momentum would otherwise move a weight whose gradient is zero), so earlier and later
+columns stay bitwise fixed. Each example is predicted by the column of its own task id.
+
+Cost: the step computes T columns and T(T-1)/2 adapter blocks, so its work grows as
+T·|column| + T(T-1)/2·n·r (:func:`pnn_parameter_counts` gives the parameter side).
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from cljax.methods.base import Method, PredictContext, StreamSpec
+from cljax.nn import MLP, Model, as_model
+from cljax.types import Array, Batch, Params
+from cljax.validation import check_positive, check_positive_int
+
+OUTPUTS = ("logits", "all_heads", "features")
+TRUNCATED_NORMAL_STD = 0.87962566103423978   # std of a unit normal truncated to [-2, 2] (flax)
+
+
+def lateral_pairs(num_tasks: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(k, j)`` of every lateral block j < k (column k reads column j), ordered by k then j:
+    the order of the adapters' stacked V blocks (``T(T-1)/2`` of them)."""
+    check_positive_int(num_tasks, name="num_tasks")
+    k = np.array([k for k in range(1, num_tasks) for _ in range(k)], np.int32)
+    j = np.array([j for k in range(1, num_tasks) for j in range(k)], np.int32)
+    return k, j
+
+
+def _parameter_kind(name: str) -> str:
+    kind = name.rsplit("_", 1)[0]
+    if kind not in ("W", "b", "alpha", "V", "c", "U"):
+        raise ValueError(f"{name!r} is not a parameter of a ProgressiveMLP (W_i, b_i, alpha_i, "
+                         f"V_i, c_i, U_i)")
+    return kind
+
+
+def parameter_owners(name: str, num_tasks: int) -> np.ndarray:
+    """The task owning each slice along axis 0 of the ProgressiveMLP parameter ``name``: column
+    weights ``W_i``/``b_i`` are stacked by column, adapter ``alpha_i``/``c_i``/``U_i`` by column
+    1…T-1, ``V_i`` by the pairs of :func:`lateral_pairs` (owned by the reading column k)."""
+    kind = _parameter_kind(name)
+    if kind in ("W", "b"):
+        return np.arange(num_tasks, dtype=np.int32)
+    if kind == "V":
+        return lateral_pairs(num_tasks)[0]
+    return np.arange(1, num_tasks, dtype=np.int32)
+
+
+class ProgressiveMLP(nn.Module):
+    """T columns of the MLP ``widths`` (ReLU, dropout after each hidden layer) with their own
+    ``num_outputs``-wide heads and the adapters of eq. 2 (module docstring) into every layer
+    after the first. ``__call__(x, task, *, train, output)``: ``"logits"`` (each example's
+    column, by ``task``), ``"all_heads"`` (``[B, T, C]``: every column's head) or
+    ``"features"`` (each example's column's last hidden layer)."""
+
+    widths: Sequence[int]
+    num_outputs: int
+    num_tasks: int
+    dropout: float = 0.0
+    use_bias: bool = True
+    adapter_dim: int | None = None
+    alpha_init: float = 0.1
+
+    def __post_init__(self):
+        if not self.widths or any(not isinstance(w, int) or isinstance(w, bool) or w < 1
+                                  for w in self.widths):
+            raise ValueError(f"ProgressiveMLP widths must be a non-empty sequence of positive "
+                             f"ints; got {self.widths!r}")
+        check_positive_int(self.num_outputs, name="ProgressiveMLP num_outputs")
+        check_positive_int(self.num_tasks, name="ProgressiveMLP num_tasks")
+        if self.adapter_dim is not None:
+            check_positive_int(self.adapter_dim, name="ProgressiveMLP adapter_dim")
+        if not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
+            raise ValueError(f"ProgressiveMLP dropout must be a rate in [0, 1); got "
+                             f"{self.dropout!r}")
+        check_positive(self.alpha_init, name="ProgressiveMLP alpha_init", scalar=True)
+        super().__post_init__()
+
+    @property
+    def num_heads(self) -> int:
+        """One head per column (what :class:`~cljax.methods.StreamSpec` reports)."""
+        return self.num_tasks
+
+    def _adapter(self, i: int, h: Array, n_out: int) -> Array:
+        """``U σ(α V h^(<k) + c)`` of layer ``i`` for columns 1…T-1: ``[T-1, B, n_out]``."""
+        T, n_in = self.num_tasks, h.shape[-1]
+        r = self.adapter_dim or n_in
+        pair_k, pair_j = lateral_pairs(T)
+        lecun = nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
+
+        def init_v(key, shape, dtype=jnp.float32):
+            # lecun_normal of column k's concatenated V (fan-in k·n_in), block by block: a
+            # truncated normal on [-2, 2] times one numpy constant per block (the same rounding
+            # eager and jitted)
+            std = np.sqrt(1.0 / (pair_k * n_in)) / TRUNCATED_NORMAL_STD
+            return jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype) * jnp.asarray(
+                std.astype(np.float32)[:, None, None], dtype)
+
+        def init_alpha(key, shape, dtype=jnp.float32):
+            return jax.random.uniform(key, shape, dtype, 0.0, self.alpha_init)
+
+        alpha = self.param(f"alpha_{i}", init_alpha, (T - 1,))
+        V = self.param(f"V_{i}", init_v, (len(pair_k), n_in, r))
+        U = self.param(f"U_{i}", lecun, (T - 1, r, n_out))
+        earlier = jax.lax.stop_gradient(h)[pair_j]                 # [P, B, n_in], constants
+        v = jax.ops.segment_sum(jnp.einsum("pbn,pnr->pbr", earlier, V), pair_k - 1,
+                                num_segments=T - 1, indices_are_sorted=True)
+        v = alpha[:, None, None] * v
+        if self.use_bias:
+            v = v + self.param(f"c_{i}", nn.initializers.zeros, (T - 1, r))[:, None]
+        return jnp.einsum("kbr,krm->kbm", nn.relu(v), U)
+
+    @nn.compact
+    def __call__(self, x, task=None, *, train: bool = False, output: str = "logits"):
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}; got {output!r}")
+        T = self.num_tasks
+        x = x.reshape(x.shape[0], -1)
+        sizes = (x.shape[-1], *self.widths, self.num_outputs)
+        lecun = nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
+        h = None                                                   # [T, B, n]: every column
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            W = self.param(f"W_{i}", lecun, (T, n_in, n_out))
+            z = (jnp.einsum("bn,knm->kbm", x, W) if h is None
+                 else jnp.einsum("kbn,knm->kbm", h, W))
+            if self.use_bias:
+                z = z + self.param(f"b_{i}", nn.initializers.zeros, (T, n_out))[:, None]
+            if h is not None and T > 1:
+                z = z.at[1:].add(self._adapter(i, h, n_out))
+            if i == len(self.widths):
+                break
+            h = nn.relu(z)
+            if self.dropout > 0:
+                h = nn.Dropout(self.dropout, deterministic=not train)(h)
+            if i == len(self.widths) - 1 and output == "features":
+                return _own_column(h, task, T)
+        if output == "all_heads":
+            return jnp.swapaxes(z, 0, 1)
+        return _own_column(z, task, T)
+
+
+def _own_column(per_column: Array, task: Array | None, num_tasks: int) -> Array:
+    """``per_column[task[b], b]`` for every example b: ``[T, B, ...]`` → ``[B, ...]``."""
+    if task is None:
+        raise ValueError(f"batch['task'] is required: a progressive network predicts each "
+                         f"example with its task's column ({num_tasks} columns)")
+    task = jnp.asarray(task)
+    if task.shape != per_column.shape[1:2]:
+        raise ValueError(f"batch['task'] must have shape {per_column.shape[1:2]} (one id per "
+                         f"example); got {task.shape}")
+    idx = task.astype(jnp.int32).reshape((1, -1) + (1,) * (per_column.ndim - 2))
+    return jnp.take_along_axis(per_column, idx, axis=0)[0]
+
+
+def progressive_model(base: Model, num_tasks: int, *, adapter_dim: int | None = None,
+                      alpha_init: float = 0.1) -> Model:
+    """The progressive network of ``num_tasks`` columns built from a :class:`cljax.nn.MLP` base
+    model: its hidden widths, dropout and bias setting, each column with a head of the base's
+    ``num_outputs`` (Rusu et al. 2016, section 2)."""
+    if not isinstance(base, Model):
+        raise TypeError(f"base must be a cljax.nn.Model (cljax.nn.as_model(module)); got "
+                        f"{type(base).__name__}")
+    module = base.module
+    if not isinstance(module, MLP):
+        raise ValueError(f"pnn builds its columns from a cljax.nn.MLP base model; got "
+                         f"{type(module).__name__} (config['model']['kind'] must be 'mlp')")
+    if module.feature_encoding:
+        raise ValueError("pnn does not take an MLP with RGO's feature encoding layer "
+                         "(feature_encoding must be 0)")
+    check_positive_int(num_tasks, name="num_tasks")
+    return as_model(ProgressiveMLP(tuple(module.widths), module.num_outputs, num_tasks,
+                                   dropout=module.dropout, use_bias=module.use_bias,
+                                   adapter_dim=adapter_dim, alpha_init=alpha_init))
+
+
+def owned_updates_only() -> optax.GradientTransformationExtraArgs:
+    """Zero the update of every ProgressiveMLP parameter the task ``pnn_task`` (an extra
+    argument, a traced int) does not own (:func:`parameter_owners`): put it last in the chain,
+    after the base optimizer, so that no other column or adapter moves, bitwise."""
+
+    def update(updates, state, params=None, *, pnn_task=None, **extra):
+        del params, extra
+        if pnn_task is None:
+            raise ValueError("owned_updates_only needs the extra argument pnn_task (the task "
+                             "being trained)")
+        if not isinstance(updates, dict) or "W_0" not in updates:
+            raise ValueError("owned_updates_only expects the parameters of a ProgressiveMLP "
+                             f"(a dict with W_0, …); got {type(updates).__name__}")
+        T = updates["W_0"].shape[0]
+        out = {}
+        for name, u in updates.items():
+            owners = jnp.asarray(parameter_owners(name, T))
+            if owners.shape[0] != u.shape[0]:
+                raise ValueError(f"parameter {name!r} has {u.shape[0]} slices along axis 0; a "
+                                 f"{T}-column network has {owners.shape[0]}")
+            keep = (owners == pnn_task).reshape((-1,) + (1,) * (u.ndim - 1))
+            out[name] = jnp.where(keep, u, jnp.zeros_like(u))
+        return out, state
+
+    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
+
+
+class PNNParameterCounts(NamedTuple):
+    """Parameter counts of a progressive network: ``per_task[t]`` the parameters task t adds
+    and trains (column t and its adapters), ``cumulative[t]`` those of columns 0…t (what task
+    t's predictions read), ``base`` those of the configured MLP (all its heads)."""
+
+    per_task: tuple[int, ...]
+    cumulative: tuple[int, ...]
+    base: int
+
+
+def pnn_parameter_counts(base_model: Model, spec: StreamSpec, *, adapter_dim: int | None = None
+                         ) -> PNNParameterCounts:
+    """The :class:`PNNParameterCounts` of the network :func:`pnn` builds from ``base_model`` for
+    ``spec``'s stream (shapes only: nothing is initialised)."""
+    if not isinstance(spec, StreamSpec):
+        raise TypeError(f"spec must be a cljax.methods.StreamSpec; got {type(spec).__name__}")
+    model = progressive_model(base_model, spec.num_tasks, adapter_dim=adapter_dim)
+    dummy = {"x": jax.ShapeDtypeStruct((1, *spec.example_shape), jnp.float32),
+             "task": jax.ShapeDtypeStruct((1,), jnp.int32)}
+    T = spec.num_tasks
+    per_task = np.zeros(T, np.int64)
+    for name, leaf in jax.eval_shape(model.init, jax.random.key(0), dummy).items():
+        owners = parameter_owners(name, T)
+        per_task += np.bincount(owners, minlength=T) * int(np.prod(leaf.shape[1:]))
+    base = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(
+        jax.eval_shape(base_model.init, jax.random.key(0), dummy)))
+    return PNNParameterCounts(tuple(int(c) for c in per_task),
+                              tuple(int(c) for c in np.cumsum(per_task)), base)
+
+
+def pnn(*, adapter_dim: int | None = None, alpha_init: float = 0.1) -> Method:
+    """Progressive networks (Rusu et al. 2016): the model hook builds T columns with adapters
+    (:func:`progressive_model`) from the configured MLP; training on task t moves column t and
+    its adapters only (:func:`owned_updates_only` after the base optimizer); prediction routes
+    each example to its task's column. ``adapter_dim``: the adapters' r (None: the paper's
+    n_{i-1}); ``alpha_init``: α ~ U(0, alpha_init) at initialisation."""
+    if adapter_dim is not None:
+        check_positive_int(adapter_dim, name="adapter_dim")
+    check_positive(alpha_init, name="alpha_init", scalar=True)
+
+    def model(base: Model, spec: StreamSpec) -> Model:
+        return progressive_model(base, spec.num_tasks, adapter_dim=adapter_dim,
+                                 alpha_init=alpha_init)
+
+    def predict(params: Params, mstate: Any, batch: Batch, ctx: PredictContext) -> Array:
+        del mstate
+        return ctx.model.logits_fn(params, {**batch, "task": ctx.tasks})
+
+    return Method("pnn", make_optimizer=lambda hparams, base: optax.chain(base,
+                                                                          owned_updates_only()),
+                  optimizer_args=lambda params, batch, mstate, ctx: {"pnn_task": ctx.task},
+                  predict=predict, model=model)
+
+
+__all__ = ["pnn", "ProgressiveMLP", "progressive_model", "owned_updates_only",
+           "pnn_parameter_counts", "PNNParameterCounts", "parameter_owners", "lateral_pairs"]
