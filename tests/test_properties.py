@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl import flags
+from absl.testing import parameterized
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from jax.flatten_util import ravel_pytree
@@ -230,113 +231,263 @@ def _spd(rng, n):
     return (m @ m.T / n + 0.1 * np.eye(n)).astype(np.float32)
 
 
-class TransformVariantsTest(_VariantsCase):
-    """Each transform's update (and task boundary) in each variant equals an eager reference
-    computed with numpy or with the library outside the variant (float32, the default)."""
+# One table of transforms: each case builds ``(step, args, check)``; the test runs ``step(*args)``
+# in every variant and ``check``s the update against an oracle computed outside it (numpy, or the
+# library called eagerly). Every optax transform cljax.transforms exports is a row, or is listed
+# in CHAINS (a base optimizer chained to a row).
 
-    X64 = False
-    TOL = dict(rtol=2e-5, atol=1e-6)
+def _penalty_case():
+    lam = 0.7
+    g, p = _rand_tree(0, _TREE), _rand_tree(1, _TREE)
+    th1, th2 = _rand_tree(2, _TREE), _rand_tree(3, _TREE)
+    f1, f2 = _rand_tree(4, _TREE, positive=True), _rand_tree(5, _TREE, positive=True)
+    tx = tr.quadratic_penalty(strength=lam)
 
-    @chex.variants(**VARIANTS)
-    def test_quadratic_penalty_after_multi_task_consolidate(self):
-        lam = 0.7
-        g, p = _rand_tree(0, _TREE), _rand_tree(1, _TREE)
-        th1, th2 = _rand_tree(2, _TREE), _rand_tree(3, _TREE)
-        f1, f2 = _rand_tree(4, _TREE, positive=True), _rand_tree(5, _TREE, positive=True)
-        tx = tr.quadratic_penalty(strength=lam)
+    def step(g, p, th1, f1, th2, f2):
+        ps = tr.init_penalty(p)
+        ps = tr.consolidate(ps, th1, f1, mode="multi_task")
+        ps = tr.consolidate(ps, th2, f2, mode="multi_task")
+        upd, _ = tx.update(g, tx.init(p), p, penalty_state=ps)
+        return upd, tr.penalty_loss(ps, p, strength=lam)
 
-        def step(g, p, th1, f1, th2, f2):
-            ps = tr.init_penalty(p)
-            ps = tr.consolidate(ps, th1, f1, mode="multi_task")
-            ps = tr.consolidate(ps, th2, f2, mode="multi_task")
-            upd, _ = tx.update(g, tx.init(p), p, penalty_state=ps)
-            return upd, tr.penalty_loss(ps, p, strength=lam)
-
-        upd, loss = self.call_variant(step, g, p, th1, f1, th2, f2)
+    def check(out):
+        upd, loss = out
         n = _np_tree
         want_upd = jax.tree.map(lambda g, p, a, b, fa, fb: g + lam * (fa * (p - a) + fb * (p - b)),
                                 n(g), n(p), n(th1), n(th2), n(f1), n(f2))
         want_loss = 0.5 * lam * sum(
             np.sum(fa * (p - a) ** 2) + np.sum(fb * (p - b) ** 2) for p, a, b, fa, fb in zip(
                 *map(jax.tree.leaves, (n(p), n(th1), n(th2), n(f1), n(f2)))))
-        chex.assert_trees_all_close(n(upd), want_upd, **self.TOL)
-        np.testing.assert_allclose(loss, want_loss, **self.TOL)
+        chex.assert_trees_all_close(n(upd), want_upd, **_F32)
+        np.testing.assert_allclose(loss, want_loss, **_F32)
 
-    @chex.variants(**VARIANTS)
-    def test_quadratic_penalty_kfac(self):
-        lam = 0.3
-        rng = np.random.default_rng(7)
-        g, p, anchor = (_rand_tree(s, _LAYERS) for s in (10, 11, 12))
-        factors = {"Dense_0": KFACFactors(jnp.asarray(_spd(rng, 4)), jnp.asarray(_spd(rng, 4))),
-                   "Dense_1": KFACFactors(jnp.asarray(_spd(rng, 4)), jnp.asarray(_spd(rng, 2)))}
-        tx = tr.quadratic_penalty(strength=lam)
+    return step, (g, p, th1, f1, th2, f2), check
 
-        def step(g, p, anchor, factors):
-            ks = tr.consolidate(tr.init_penalty(p, curvature="kfac"), anchor, factors,
-                                mode="replace")
-            return tx.update(g, tx.init(p), p, penalty_state=ks)[0]
 
-        got = _np_tree(self.call_variant(step, g, p, anchor, factors))
-        # numpy: λ A ΔW̄ G per layer, W̄ = [kernel; bias]
-        g, p, anchor = map(_np_tree, (g, p, anchor))
-        d0 = np.concatenate([p["Dense_0"]["kernel"] - anchor["Dense_0"]["kernel"],
-                             (p["Dense_0"]["bias"] - anchor["Dense_0"]["bias"])[None]])
+def _penalty_kfac_case():
+    lam = 0.3
+    rng = np.random.default_rng(7)
+    g, p, anchor = (_rand_tree(s, _LAYERS) for s in (10, 11, 12))
+    factors = {"Dense_0": KFACFactors(jnp.asarray(_spd(rng, 4)), jnp.asarray(_spd(rng, 4))),
+               "Dense_1": KFACFactors(jnp.asarray(_spd(rng, 4)), jnp.asarray(_spd(rng, 2)))}
+    tx = tr.quadratic_penalty(strength=lam)
+
+    def step(g, p, anchor, factors):
+        ks = tr.consolidate(tr.init_penalty(p, curvature="kfac"), anchor, factors, mode="replace")
+        return tx.update(g, tx.init(p), p, penalty_state=ks)[0]
+
+    def check(out):   # numpy: λ A ΔW̄ G per layer, W̄ = [kernel; bias]
+        gn, pn, an = map(_np_tree, (g, p, anchor))
+        d0 = np.concatenate([pn["Dense_0"]["kernel"] - an["Dense_0"]["kernel"],
+                             (pn["Dense_0"]["bias"] - an["Dense_0"]["bias"])[None]])
         w0 = lam * np.asarray(factors["Dense_0"].A) @ d0 @ np.asarray(factors["Dense_0"].G)
-        d1 = p["Dense_1"]["kernel"] - anchor["Dense_1"]["kernel"]
+        d1 = pn["Dense_1"]["kernel"] - an["Dense_1"]["kernel"]
         w1 = lam * np.asarray(factors["Dense_1"].A) @ d1 @ np.asarray(factors["Dense_1"].G)
-        want = {"Dense_0": {"kernel": g["Dense_0"]["kernel"] + w0[:-1],
-                            "bias": g["Dense_0"]["bias"] + w0[-1]},
-                "Dense_1": {"kernel": g["Dense_1"]["kernel"] + w1}}
-        chex.assert_trees_all_close(got, want, **self.TOL)
+        want = {"Dense_0": {"kernel": gn["Dense_0"]["kernel"] + w0[:-1],
+                            "bias": gn["Dense_0"]["bias"] + w0[-1]},
+                "Dense_1": {"kernel": gn["Dense_1"]["kernel"] + w1}}
+        chex.assert_trees_all_close(_np_tree(out), want, **_F32)
 
-    @chex.variants(**VARIANTS)
-    def test_ncl_preconditioner(self):
-        s, d = 2.0, 0.1
-        g, p, mean = (_rand_tree(k, _TREE) for k in (20, 21, 22))
-        fisher = _rand_tree(23, _TREE, positive=True)
-        tx = tr.ncl_preconditioner()
+    return step, (g, p, anchor, factors), check
 
-        def step(g, p, mean, fisher):
-            ns = tr.ncl_consolidate(tr.init_ncl(p), mean, fisher, strength=s, damping=d)
-            return tx.update(g, tx.init(p), p, ncl_state=ns)[0]
 
-        got = self.call_variant(step, g, p, mean, fisher)
+def _ncl_case():
+    s, d = 2.0, 0.1
+    g, p, mean = (_rand_tree(k, _TREE) for k in (20, 21, 22))
+    fisher = _rand_tree(23, _TREE, positive=True)
+    tx = tr.ncl_preconditioner()
+
+    def step(g, p, mean, fisher):
+        ns = tr.ncl_consolidate(tr.init_ncl(p), mean, fisher, strength=s, damping=d)
+        return tx.update(g, tx.init(p), p, ncl_state=ns)[0]
+
+    def check(out):
         want = jax.tree.map(lambda g, p, m, f: g / (s * f + d) + (p - m),
                             *map(_np_tree, (g, p, mean, fisher)))
-        chex.assert_trees_all_close(_np_tree(got), want, **self.TOL)
+        chex.assert_trees_all_close(_np_tree(out), want, **_F32)
 
-    @chex.variants(**VARIANTS)
-    def test_agem_projection(self):
-        g = _rand_tree(30, _TREE)
+    return step, (g, p, mean, fisher), check
+
+
+def _agem_case_table():
+    g = _rand_tree(30, _TREE)
+    conflicting = jax.tree.map(lambda a, b: -a + 0.5 * b, g, _rand_tree(31, _TREE))
+    agreeing = jax.tree.map(lambda a, b: a + 0.5 * b, g, _rand_tree(31, _TREE))
+    tx = tr.agem_projection()
+
+    def step(g, r1, r2):
+        return [tx.update(g, tx.init(g), None, reference_grads=r)[0] for r in (r1, r2)]
+
+    def check(out):
         gv = CH.flat_vec(g)
-        conflicting = jax.tree.map(lambda a, b: -a + 0.5 * b, g, _rand_tree(31, _TREE))
-        agreeing = jax.tree.map(lambda a, b: a + 0.5 * b, g, _rand_tree(31, _TREE))
-        tx = tr.agem_projection()
-        step = lambda g, r: tx.update(g, tx.init(g), None, reference_grads=r)[0]
-        for ref in (conflicting, agreeing):
-            rv = CH.flat_vec(ref)
-            got = CH.flat_vec(self.call_variant(step, g, ref))
+        for got, ref in zip(out, (conflicting, agreeing)):
+            rv, got = CH.flat_vec(ref), CH.flat_vec(got)
             dot = gv @ rv
             want = gv - (dot / (rv @ rv + 1e-7)) * rv if dot < 0 else gv
-            np.testing.assert_allclose(got, want, **self.TOL)
+            np.testing.assert_allclose(got, want, **_F32)
             assert got @ rv >= -1e-5 * np.linalg.norm(got) * np.linalg.norm(rv)
 
-    @chex.variants(**VARIANTS)
-    def test_gem_projection(self):
-        g = _rand_tree(40, _TREE)
-        refs = [jax.tree.map(lambda a, b: -a + b, g, _rand_tree(41 + k, _TREE))
-                for k in range(3)]
-        stacked = jax.tree.map(lambda *r: jnp.stack(r), *refs)
-        mask = jnp.array([True, True, False])
-        tx = tr.gem_projection()
-        step = lambda g, r, m: tx.update(g, tx.init(g), None, reference_grads=r,
-                                         reference_mask=m)[0]
-        got = CH.flat_vec(self.call_variant(step, g, stacked, mask))
-        want = CH.flat_vec(tr.gem_project(g, stacked, mask))   # eager reference
-        np.testing.assert_allclose(got, want, **self.TOL)
+    return step, (g, conflicting, agreeing), check
+
+
+def _gem_case():
+    g = _rand_tree(40, _TREE)
+    refs = [jax.tree.map(lambda a, b: -a + b, g, _rand_tree(41 + k, _TREE)) for k in range(3)]
+    stacked = jax.tree.map(lambda *r: jnp.stack(r), *refs)
+    mask = jnp.array([True, True, False])
+    tx = tr.gem_projection()
+
+    def step(g, r, m):
+        return tx.update(g, tx.init(g), None, reference_grads=r, reference_mask=m)[0]
+
+    def check(out):
+        got = CH.flat_vec(out)
+        np.testing.assert_allclose(got, CH.flat_vec(tr.gem_project(g, stacked, mask)), **_F32)
         for k in (0, 1):   # the past tasks' constraints hold
             rv = CH.flat_vec(refs[k])
             assert got @ rv >= -1e-5 * np.linalg.norm(got) * np.linalg.norm(rv)
+
+    return step, (g, stacked, mask), check
+
+
+def _packed(tree, name):
+    """A layer's W̄ = [kernel; bias] of a numpy params tree."""
+    node = tree[name]
+    return np.concatenate([node["kernel"], node["bias"][None]]) if "bias" in node \
+        else node["kernel"]
+
+
+def _unpacked_like(tree, name, w):
+    node = tree[name]
+    return {"kernel": w[:-1], "bias": w[-1]} if "bias" in node else {"kernel": w}
+
+
+def _rgo_case():
+    g, p = _rand_tree(50, _LAYERS), _rand_tree(51, _LAYERS)
+    rng = np.random.default_rng(52)
+    state = tr.init_rgo(p, alpha=1.0)
+    for _ in range(3):   # three steps of a past task, then its boundary
+        state = tr.rgo_accumulate(state, {"Dense_0": jnp.asarray(rng.normal(size=4), jnp.float32),
+                                          "Dense_1": jnp.asarray(rng.normal(size=4), jnp.float32)})
+    state = tr.rgo_consolidate(state)
+    tx = tr.rgo_projection()
+
+    def step(g, state):
+        return tx.update(g, tx.init(g), None, rgo_state=state)[0]
+
+    def check(out):   # numpy: P = rows / tr(H̄⁻¹) · H̄⁻¹ with H̄ = I + Σ ā āᵀ, then P ∇W̄
+        rng = np.random.default_rng(52)
+        rows = [{k: rng.normal(size=4).astype(np.float32) for k in ("Dense_0", "Dense_1")}
+                for _ in range(3)]
+        gn, want = _np_tree(g), {}
+        for name in ("Dense_0", "Dense_1"):
+            h = np.eye(4) + sum(np.outer(r[name], r[name]) for r in rows)
+            q = np.linalg.inv(h)
+            proj = 4 / np.trace(q) * q
+            want[name] = _unpacked_like(gn, name, proj @ _packed(gn, name))
+        chex.assert_trees_all_close(_np_tree(out), want, rtol=1e-4, atol=1e-5)
+
+    return step, (g, state), check
+
+
+def _gpm_case():
+    g, p = _rand_tree(60, _LAYERS), _rand_tree(61, _LAYERS)
+    rng = np.random.default_rng(62)
+    reps = {"Dense_0": jnp.asarray(rng.normal(size=(6, 4)) * [3, 1, .1, .01], jnp.float32),
+            "Dense_1": jnp.asarray(rng.normal(size=(6, 4)) * [1, 2, .1, .01], jnp.float32)}
+    state = tr.gpm_consolidate(tr.init_gpm(p), reps, 0.9)
+    tx = tr.gpm_projection()
+
+    def step(g, state):
+        return tx.update(g, tx.init(g), None, gpm_state=state)[0]
+
+    def check(out):   # numpy: M = the stored basis columns (orthonormal), (I − M Mᵀ) ∇W̄
+        gn, want = _np_tree(g), {}
+        for name in ("Dense_0", "Dense_1"):
+            m = np.asarray(state.bases[name])[:, :int(state.sizes[name])]
+            assert 0 < m.shape[1] < 4
+            np.testing.assert_allclose(m.T @ m, np.eye(m.shape[1]), atol=1e-5)
+            want[name] = _unpacked_like(gn, name, _packed(gn, name) - m @ (m.T @ _packed(gn, name)))
+        chex.assert_trees_all_close(_np_tree(out), want, **_F32)
+
+    return step, (g, state), check
+
+
+def _ogd_case(factored: bool):
+    def case():
+        g, p = _rand_tree(70, _LAYERS), _rand_tree(71, _LAYERS)
+        state = tr.init_ogd(p, capacity=3, factored_layers=None if factored else ())
+        rng = np.random.default_rng(72)
+        f32 = lambda shape: jnp.asarray(rng.normal(size=shape), jnp.float32)   # noqa: E731
+        dirs = tr.OGDDirections({k: f32((3,) + v.shape[2:]) for k, v in state.rows.items()},
+                                {k: f32((3,) + v.shape[2:]) for k, v in state.cotangents.items()},
+                                {k: f32((3,) + v.shape[2:]) for k, v in state.dense.items()})
+        state = tr.ogd_consolidate(state, dirs)
+        tx = tr.ogd_projection()
+
+        def step(g, state):
+            return tx.update(g, tx.init(g), None, ogd_state=state)[0]
+
+        def check(out):   # numpy: g − Q Qᵀ g, Q an orthonormal basis of the 3 stored directions
+            directions = []
+            for i in range(3):
+                d = jax.tree.map(np.zeros_like, _np_tree(p))
+                for name in dirs.rows:
+                    w = np.outer(dirs.rows[name][i], dirs.cotangents[name][i])
+                    d[name] = _unpacked_like(d, name, w)
+                for path, x in dirs.dense.items():
+                    layer, leaf = path.split("/")
+                    d[layer][leaf] = np.asarray(x[i])
+                directions.append(CH.flat_vec(d))
+            q, _ = np.linalg.qr(np.stack(directions, 1).astype(np.float64))
+            gv = CH.flat_vec(g).astype(np.float64)
+            got = CH.flat_vec(out)
+            np.testing.assert_allclose(got, gv - q @ (q.T @ gv), rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(q.T @ got, 0.0, atol=1e-5)
+
+        return step, (g, state), check
+    return case
+
+
+_F32 = dict(rtol=2e-5, atol=1e-6)
+TRANSFORM_CASES = {   # case: (the cljax.transforms factory it tests, its builder)
+    "quadratic_penalty_multi_task": ("quadratic_penalty", _penalty_case),
+    "quadratic_penalty_kfac": ("quadratic_penalty", _penalty_kfac_case),
+    "ncl_preconditioner": ("ncl_preconditioner", _ncl_case),
+    "agem_projection": ("agem_projection", _agem_case_table),
+    "gem_projection": ("gem_projection", _gem_case),
+    "rgo_projection": ("rgo_projection", _rgo_case),
+    "gpm_projection": ("gpm_projection", _gpm_case),
+    "ogd_projection_dense": ("ogd_projection", _ogd_case(False)),
+    "ogd_projection_factored": ("ogd_projection", _ogd_case(True)),
+}
+# Exported optax chains of a row's transform and a base optimizer, tested through that row.
+CHAINS = {"quadratic_penalty_adam": "quadratic_penalty", "ncl": "ncl_preconditioner"}
+
+
+def test_every_exported_transform_is_in_the_table():
+    """Every factory of cljax.transforms that returns an optax transform has a row (a new
+    transform fails here until it gets one)."""
+    factories = {name for name in tr.__all__ if callable(getattr(tr, name))
+                 and "GradientTransformation" in str(
+                     getattr(getattr(tr, name), "__annotations__", {}).get("return", ""))}
+    rows = {factory for factory, _ in TRANSFORM_CASES.values()}
+    assert {"rgo_projection", "gpm_projection", "ogd_projection"} <= rows
+    assert set(CHAINS.values()) <= rows
+    assert factories - rows - set(CHAINS) == set(), "transforms without a row in TRANSFORM_CASES"
+
+
+class TransformVariantsTest(_VariantsCase):
+    """Each transform of TRANSFORM_CASES in each variant (eager, jit, pmap) equals its oracle
+    (float32, the default)."""
+
+    X64 = False
+
+    @chex.variants(**VARIANTS)
+    @parameterized.named_parameters(*[(name, name) for name in sorted(TRANSFORM_CASES)])
+    def test_transform(self, case):
+        step, args, check = TRANSFORM_CASES[case][1]()
+        check(self.call_variant(step, *args))
 
 
 def test_pmap_over_two_forced_host_devices():
