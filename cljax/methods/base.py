@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from cljax.data.scenarios import SCENARIOS
 from cljax.nn.model import Model
 from cljax.types import Array, Batch, Params, PRNGKey
 
@@ -268,6 +269,37 @@ def base_only(hparams: Hparams, base: optax.GradientTransformation
     return base
 
 
+class ConfigPlan(NamedTuple):
+    """What the config check knows of one scenario of a run before any data is loaded
+    (``Method.check`` receives it). ``None``: not known without loading the data.
+
+    ``train_examples`` is the stream's training examples over all tasks, from the dataset's
+    metadata (tfds builder info; no image decoded); ``optimizer`` the config's ``optimizer``
+    entry (``{"name": ..., "learning_rate": ..., ...}``).
+    """
+
+    scenario: str
+    num_tasks: int | None
+    classes_per_task: int | None
+    train_examples: int | None
+    optimizer: Mapping[str, Any]
+    steps: int
+    batch_size: int
+
+    @property
+    def num_classes(self) -> int | None:
+        """The stream's classes, ``num_tasks × classes_per_task`` (as :class:`StreamSpec`)."""
+        if self.num_tasks is None or self.classes_per_task is None:
+            return None
+        return self.num_tasks * self.classes_per_task
+
+
+def no_check(plan: ConfigPlan) -> None:
+    """A method that any config of its supported scenarios suits (the default
+    ``Method.check``)."""
+    del plan
+
+
 class Method(NamedTuple):
     """A CL method: a name and the hooks of the module docstring (each with a default).
 
@@ -282,6 +314,12 @@ class Method(NamedTuple):
     (``spec`` describes the stream under the base model): RGO adds its feature encoding layer,
     HAT its gates, progressive networks their columns; the trainer calls it once per traced
     function, so it must be pure and cheap (build modules, no arrays).
+
+    Before any data is loaded the config check (:func:`cljax.experiment.validate_config`)
+    refuses a scenario not in ``scenarios`` and calls ``check(plan)`` with a
+    :class:`ConfigPlan` of every scenario of the run: a method raises ``ValueError`` there for
+    a setting it cannot run (a memory larger than the stream, an optimizer it does not
+    support), so the user learns it in a second, not after loading and compiling.
     """
 
     name: str
@@ -299,24 +337,42 @@ class Method(NamedTuple):
     requires: tuple[str, ...] = ()
     hparam_domains: Mapping[str, str] = {}
     model: Callable[[Model, StreamSpec], Model] = base_model
+    scenarios: tuple[str, ...] = SCENARIOS
+    check: Callable[[ConfigPlan], None] = no_check
 
 
 HPARAM_DOMAINS = ("nonnegative", "positive", "unit_interval")
 
 
-def check_hparams(method: "Method", hparams: Mapping[str, Any]) -> None:
-    """Concrete hyperparameter values lie in their declared domains (``Method.hparam_domains``:
-    "nonnegative" (the default), "positive" or "unit_interval" (0, 1]), finite everywhere."""
+def check_hparam(method: "Method", name: str, value: Any, *, label: str | None = None) -> None:
+    """A concrete value of hyperparameter ``name`` lies in its declared domain
+    (``Method.hparam_domains``: "nonnegative" (the default), "positive" or "unit_interval"
+    (0, 1]) and is finite; the error names it as ``label`` (default ``hparams[name]``) of the
+    method."""
     from cljax.validation import check_in_unit_interval, check_nonnegative, check_positive
 
     checks = {"nonnegative": check_nonnegative, "positive": check_positive,
               "unit_interval": check_in_unit_interval}
+    domain = method.hparam_domains.get(name, "nonnegative")
+    if domain not in checks:
+        raise ValueError(f"method {method.name!r} declares hyperparameter {name!r} with "
+                         f"domain {domain!r}; domains are {HPARAM_DOMAINS}")
+    checks[domain](value, name=f"{label or f'hparams[{name!r}]'} of method {method.name!r}")
+
+
+def check_hparams(method: "Method", hparams: Mapping[str, Any]) -> None:
+    """Concrete hyperparameter values lie in their declared domains (:func:`check_hparam`),
+    finite everywhere."""
     for name, value in hparams.items():
-        domain = method.hparam_domains.get(name, "nonnegative")
-        if domain not in checks:
-            raise ValueError(f"method {method.name!r} declares hyperparameter {name!r} with "
-                             f"domain {domain!r}; domains are {HPARAM_DOMAINS}")
-        checks[domain](value, name=f"hparams[{name!r}] of method {method.name!r}")
+        check_hparam(method, name, value)
+
+
+def check_scenario(method: "Method", scenario: str) -> None:
+    """``scenario`` is one the method supports (``Method.scenarios``)."""
+    if scenario not in method.scenarios:
+        raise ValueError(f"method {method.name!r} does not support the {scenario!r} scenario "
+                         f"(it supports {', '.join(method.scenarios)}): choose its scenarios "
+                         f"with --scenarios / config['scenarios']")
 
 
 def get_hparam(hparams: Hparams, name: str, method: str) -> Array:
@@ -331,4 +387,4 @@ __all__ = ["Method", "StreamSpec", "Clock", "BatchContext", "LossContext", "Step
            "BoundaryContext", "PredictContext", "Rows", "Hparams", "no_state", "current_task_batch",
            "all_tasks_batch", "cross_entropy", "task_loss", "no_optimizer_args",
            "keep_after_step", "keep_state", "base_only", "base_model", "get_hparam", "check_hparams",
-           "HPARAM_DOMAINS"]
+           "HPARAM_DOMAINS", "ConfigPlan", "no_check", "check_hparam", "check_scenario"]

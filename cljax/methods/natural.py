@@ -76,7 +76,13 @@ def kfac_ewc(*, mode: str = "online", num_slots: int | None = None, fisher: str 
                       params, curvature="kfac", num_slots=slots),
                   optimizer_args=lambda p, b, m, c: {"penalty_state": m},
                   end_task=end_task,
-                  default_hparams={"strength": 1e5, "decay": 1.0})  # Split MNIST Task-IL best
+                  default_hparams={"strength": 1e5, "decay": 1.0},  # Split MNIST Task-IL best
+                  hparam_domains={"decay": "unit_interval"})
+
+
+NCL_DOMAINS = {"damping": "positive", "learning_rate": "positive"}
+"""d > 0 (:func:`cljax.transforms.ncl_consolidate`: d = 0 gives directions without curvature an
+infinite step) and η > 0."""
 
 
 def _ncl_hparams(hparams, name):
@@ -101,7 +107,8 @@ def ncl(*, fisher: str = "exact", num_examples: int = 1024, chunk_size: int = 25
     return Method("ncl", make_optimizer=make_optimizer,
                   init=lambda params, key, hparams, spec: transforms.init_ncl(params),
                   optimizer_args=lambda p, b, m, c: {"ncl_state": m}, end_task=end_task,
-                  default_hparams={"strength": 1e3, "damping": 1.0, "learning_rate": 0.05})
+                  default_hparams={"strength": 1e3, "damping": 1.0, "learning_rate": 0.05},
+                  hparam_domains=NCL_DOMAINS)
 
 
 def ncl_kfac(*, fisher: str = "exact", num_examples: int = 1024, chunk_size: int = 256,
@@ -136,6 +143,7 @@ def ncl_kfac(*, fisher: str = "exact", num_examples: int = 1024, chunk_size: int
                       params, curvature="kfac"),
                   optimizer_args=lambda p, b, m, c: {"ncl_state": m}, end_task=end_task,
                   default_hparams={"strength": 1e3, "damping": 1.0, "learning_rate": 0.05},
+                  hparam_domains=NCL_DOMAINS,
                   value_and_grad=value_and_grad if fused_gradient else None)
 
 

@@ -94,7 +94,8 @@ def penalty_method(name: str, importance_fn: Callable[[BoundaryContext], Any], *
         return ctx.params, ctx.opt_state, penalty
 
     return Method(name, make_optimizer=_penalty_optimizer(name), init=_penalty_state,
-                  optimizer_args=_penalty_args, end_task=end_task, default_hparams=defaults)
+                  optimizer_args=_penalty_args, end_task=end_task, default_hparams=defaults,
+                  hparam_domains={decay: "unit_interval"} if decay else {})
 
 
 def ewc(*, fisher: str = "exact", num_examples: int = 1024, chunk_size: int = 256) -> Method:
@@ -175,7 +176,7 @@ def si(*, clip_negative: bool = True) -> Method:
     return Method("si", make_optimizer=_penalty_optimizer("si"), init=init,
                   optimizer_args=lambda p, b, m, c: {"penalty_state": m.penalty},
                   after_step=after_step, end_task=end_task,
-                  default_hparams={"strength": 1.0, "xi": 0.1})
+                  default_hparams={"strength": 1.0, "xi": 0.1}, hparam_domains={"xi": "positive"})
 
 
 __all__ = ["FISHERS", "check_estimator_options", "fisher_on_task", "penalty_method", "ewc",

@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import optax
 
 from cljax.layers import capture_rows, mean_rows, with_weight_offsets
-from cljax.methods.base import Method, base_model, cross_entropy, get_hparam, task_loss
+from cljax.methods.base import (ConfigPlan, Method, base_model, cross_entropy, get_hparam,
+                                task_loss)
 from cljax.nn.model import rebuild
 from cljax.transforms.gpm import gpm_consolidate, gpm_projection, gpm_value_and_grad, init_gpm
 from cljax.transforms.ogd import (OGDState, ground_truth_gradients, init_ogd, ogd_consolidate,
@@ -93,6 +94,13 @@ def gpm(*, thresholds: Sequence[float] = (0.95, 0.99, 0.99), threshold_increment
     projection inside the backward pass (:func:`cljax.transforms.gpm_value_and_grad`)."""
     if not isinstance(fused_gradient, bool):
         raise TypeError(f"fused_gradient must be a bool; got {type(fused_gradient).__name__}")
+    if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence):
+        raise TypeError(f"thresholds must be a list of energy thresholds in (0, 1], one per "
+                        f"layer or one for every layer (e.g. thresholds=[{thresholds!r}]); got "
+                        f"{thresholds!r} ({type(thresholds).__name__})")
+    for i, t in enumerate(thresholds):
+        if not isinstance(t, (int, float)) or isinstance(t, bool):
+            raise TypeError(f"thresholds[{i}] must be a number in (0, 1]; got {t!r}")
     thresholds = tuple(float(t) for t in thresholds)
     for i, t in enumerate(thresholds):
         check_in_unit_interval(t, name=f"thresholds[{i}]")
@@ -139,6 +147,23 @@ class DeferredOGDState(NamedTuple):
     not_sgd_steps: Array
 
 
+def plain_sgd(optimizer: dict) -> bool:
+    """Whether a config's ``optimizer`` entry is plain SGD: ``optax.sgd`` without momentum (a
+    learning-rate schedule, ``task_decay``, is fine): the only base optimizer whose update is a
+    multiple of the gradient."""
+    return optimizer.get("name") == "sgd" and not optimizer.get("momentum")
+
+
+def _check_deferred(plan: ConfigPlan) -> None:
+    """``ogd(deferred=True)``'s ``Method.check``: the config's optimizer is plain SGD."""
+    if not plain_sgd(plan.optimizer):
+        options = {k: v for k, v in plan.optimizer.items() if k != "learning_rate"}
+        raise ValueError(f"ogd(deferred=True) is OGD only under plain SGD (optax.sgd without "
+                         f"momentum; a learning-rate schedule is fine); the config's optimizer "
+                         f"is {options}: set optimizer.name='sgd' without momentum, or use "
+                         f"deferred=False")
+
+
 def _raise_if_not_sgd(count) -> None:
     if int(count) > 0:
         raise ValueError(f"ogd(deferred=True): {int(count)} steps of this task had a base "
@@ -162,7 +187,9 @@ def ogd(*, per_task: int = 200, factored: bool = True, fused_gradient: bool = Tr
     end (:func:`cljax.transforms.ogd_deferred_value_and_grad`): the same steps to rounding, at
     a fraction of the multiply-adds; evaluation and checkpoints mid-task see the same weights
     (``predict`` adds the deferred part). The learning rate is read from each step's update; a
-    base optimizer whose update is not a multiple of its gradient fails at the task's end."""
+    config whose optimizer is not plain SGD is refused before any data is loaded
+    (``Method.check``), and a base optimizer whose update is not a multiple of its gradient
+    fails at the task's end."""
     check_positive_int(per_task, name="per_task")
     if not all(isinstance(v, bool) for v in (factored, fused_gradient, deferred)):
         raise TypeError(f"factored, fused_gradient and deferred must be bools; got {factored!r}, "
@@ -231,7 +258,7 @@ def _deferred_ogd(per_task: int) -> Method:
                                    ogd_weight_offsets(mstate.store, mstate.coefficients))
 
     return Method("ogd", init=init, value_and_grad=value_and_grad, after_step=after_step,
-                  end_task=end_task, predict=predict)
+                  end_task=end_task, predict=predict, check=_check_deferred)
 
 
-__all__ = ["rgo", "rgo2", "gpm", "ogd", "DeferredOGDState"]
+__all__ = ["rgo", "rgo2", "gpm", "ogd", "DeferredOGDState", "plain_sgd"]

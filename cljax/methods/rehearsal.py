@@ -32,7 +32,7 @@ import optax
 
 from cljax import memory as mem
 from cljax.memory import ReplayMemory
-from cljax.methods.base import (BatchContext, BoundaryContext, LossContext, Method,
+from cljax.methods.base import (BatchContext, BoundaryContext, ConfigPlan, LossContext, Method,
                                 PredictContext, StepInfo, StreamSpec, cross_entropy,
                                 current_task_batch, get_hparam)
 from cljax.transforms import agem_projection, gem_projection
@@ -54,28 +54,43 @@ class MemoryPlan(NamedTuple):
     per_class: int | None
     capacity: int | None
 
+    def budget(self, classes_per_task: int, num_classes: int) -> mem.ClassBudget | None:
+        """The class budget of the class modes (None for a reservoir), validated."""
+        if self.kind == "reservoir":
+            return None
+        return mem.class_budget(classes_per_task=classes_per_task, num_classes=num_classes,
+                                per_class=self.per_class if self.kind == "per_class" else None,
+                                capacity=self.capacity if self.kind == "class_balanced" else None)
+
+    def size(self, classes_per_task: int, num_classes: int, train_examples: int | None) -> int:
+        """The memory's capacity on a stream of ``num_classes`` classes; an error when it
+        cannot be built there (a class-balanced capacity below the number of classes, more
+        examples than the stream's ``train_examples``, when known)."""
+        budget = self.budget(classes_per_task, num_classes)
+        if budget is not None:
+            capacity = budget.memory_capacity()
+        else:
+            capacity = self.capacity if self.capacity is not None else self.per_class * num_classes
+        if train_examples is not None and capacity > train_examples:
+            raise ValueError(f"the memory ({capacity} examples: memory={self.kind!r}, "
+                             f"per_class={self.per_class}, capacity={self.capacity}) is larger "
+                             f"than the stream ({train_examples} training examples); lower the "
+                             "budget")
+        return capacity
+
+    def check_config(self, plan: ConfigPlan) -> None:
+        """``Method.check``: the memory can be built on the planned stream."""
+        if plan.num_classes is not None:
+            self.size(plan.classes_per_task, plan.num_classes, plan.train_examples)
+
     def build(self, spec: StreamSpec, *, logits: bool = False
               ) -> tuple[ReplayMemory, mem.ClassBudget | None]:
         """The empty memory and (for the class modes) its budget, for ``spec``'s stream."""
-        classes = spec.num_classes
-        if self.kind == "reservoir":
-            budget = None
-            capacity = self.capacity if self.capacity is not None else self.per_class * classes
-        else:
-            budget = mem.class_budget(classes_per_task=spec.classes_per_task, num_classes=classes,
-                                      per_class=self.per_class if self.kind == "per_class"
-                                      else None,
-                                      capacity=self.capacity if self.kind == "class_balanced"
-                                      else None)
-            capacity = budget.memory_capacity()
-        total = sum(spec.train_counts)
-        if spec.train_counts and capacity > total:
-            raise ValueError(f"the memory ({capacity} examples: memory={self.kind!r}, "
-                             f"per_class={self.per_class}, capacity={self.capacity}) is larger "
-                             f"than the stream ({total} training examples); lower the budget")
+        capacity = self.size(spec.classes_per_task, spec.num_classes,
+                             sum(spec.train_counts) if spec.train_counts else None)
         memory = mem.init_memory(capacity, spec.example_shape, spec.storage_dtype,
                                  logits_dim=spec.num_outputs if logits else None)
-        return memory, budget
+        return memory, self.budget(spec.classes_per_task, spec.num_classes)
 
 
 def memory_plan(memory: str, per_class: int | None, capacity: int | None) -> MemoryPlan:
@@ -120,7 +135,7 @@ def store_finished_task(memory: ReplayMemory, plan: MemoryPlan, ctx: BoundaryCon
     memories were filled during the task and are returned unchanged."""
     if plan.kind == "reservoir" or memory.capacity == 0:
         return memory
-    _, budget = plan.build(ctx.spec)
+    budget = plan.budget(ctx.spec.classes_per_task, ctx.spec.num_classes)
     return mem.store_task(memory, budget, ctx.task_rows(ctx.task), ctx.count(ctx.task), ctx.task,
                           key, **kwargs)
 
@@ -215,7 +230,8 @@ def er(*, memory: str = "per_class", per_class: int | None = 100, capacity: int 
         return ctx.keep_params(store_finished_task(ctx.mstate, plan, ctx, ctx.key))
 
     return Method("er", init=_init_memory_state(plan), batch=batch, loss=loss,
-                  after_step=_reservoir_after_step(plan), end_task=end_task)
+                  after_step=_reservoir_after_step(plan), end_task=end_task,
+                  check=plan.check_config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,7 +266,7 @@ def agem(*, memory: str = "per_class", per_class: int | None = 100, capacity: in
     return Method("agem", make_optimizer=lambda h, base: optax.chain(agem_projection(eps=eps), base),
                   init=_init_memory_state(plan), batch=batch, loss=loss,
                   optimizer_args=optimizer_args, after_step=_reservoir_after_step(plan),
-                  end_task=end_task)
+                  end_task=end_task, check=plan.check_config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,7 +315,7 @@ def gem(*, per_class: int = 100, eps: float = 1e-3, num_sweeps: int = 100) -> Me
 
     return Method("gem", make_optimizer=make_optimizer, init=_init_memory_state(plan),
                   optimizer_args=optimizer_args, end_task=end_task,
-                  default_hparams={"margin": 0.5})
+                  default_hparams={"margin": 0.5}, check=plan.check_config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,7 +427,8 @@ def derpp(*, memory: str = "reservoir", per_class: int | None = 100, capacity: i
             logits=jax.lax.stop_gradient(info.aux["logits"])))
 
     return Method("derpp", init=_init_memory_state(plan, logits=True), batch=batch, loss=loss,
-                  after_step=after_step, default_hparams={"alpha": 0.5, "beta": 0.5})
+                  after_step=after_step, default_hparams={"alpha": 0.5, "beta": 0.5},
+                  check=plan.check_config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -487,7 +504,8 @@ def icarl(*, memory: str = "per_class", per_class: int | None = 100,
     over the classes seen so far, with the previous model's sigmoid(logits / T) as the old
     classes' targets (``temperature`` T, default 2); exemplars chosen by herding on normalised
     features; prediction by the nearest mean of exemplars (through the ``predict`` hook), whose
-    score is −‖f − μ_c‖² (classes without exemplars score −5). For single-head models (Class-IL);
+    score is −‖f − μ_c‖² (classes without exemplars score −5). For single-head models (Class-IL,
+    and Domain-IL; not Task-IL, whose model has a head per task: ``scenarios``);
     ``memory="class_balanced"`` gives iCaRL's own fixed total memory."""
     plan = memory_plan(memory, per_class, capacity)
     if plan.kind == "reservoir":
@@ -548,7 +566,8 @@ def icarl(*, memory: str = "per_class", per_class: int | None = 100,
 
     return Method("icarl", init=init, batch=batch, loss=loss, end_task=end_task,
                   predict=predict, default_hparams={"temperature": 2.0},
-                  hparam_domains={"temperature": "positive"}, requires=("features_fn",))
+                  hparam_domains={"temperature": "positive"}, requires=("features_fn",),
+                  scenarios=("domain", "class"), check=plan.check_config)
 
 
 __all__ = ["MEMORY_KINDS", "MemoryPlan", "memory_plan", "core_rows", "store_finished_task",
