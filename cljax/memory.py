@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax.types import Array, PRNGKey
-from cljax.validation import check_positive_int
+from cljax.validation import check_positive_int, is_concrete
 
 Rows = dict
 
@@ -69,10 +69,19 @@ def init_memory(capacity: int, example_shape: Sequence[int], dtype: Any, *,
     logits of width ``logits_dim`` if given). ``capacity`` may be 0 (no memory)."""
     if not isinstance(capacity, (int, np.integer)) or isinstance(capacity, bool) or capacity < 0:
         raise ValueError(f"capacity must be an int >= 0; got {capacity!r}")
+    try:
+        shape = tuple(example_shape)
+    except TypeError:
+        raise TypeError(f"example_shape must be a sequence of ints >= 0 (one example's shape, "
+                        f"e.g. (28, 28, 1)); got {example_shape!r}") from None
+    if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0
+               for d in shape):
+        raise ValueError(f"example_shape must be a sequence of ints >= 0 (one example's shape, "
+                         f"e.g. (28, 28, 1)); got {example_shape!r}")
     if logits_dim is not None:
         check_positive_int(logits_dim, name="logits_dim")
     m = int(capacity)
-    return ReplayMemory(jnp.zeros((m, *example_shape), dtype), jnp.zeros((m,), jnp.int32),
+    return ReplayMemory(jnp.zeros((m, *shape), dtype), jnp.zeros((m,), jnp.int32),
                         jnp.zeros((m,), jnp.int32), jnp.zeros((m,), bool),
                         None if logits_dim is None else jnp.zeros((m, logits_dim), jnp.float32),
                         jnp.zeros((), jnp.int32))
@@ -84,13 +93,23 @@ def num_stored(memory: ReplayMemory) -> Array:
 
 
 def _check_rows(memory: ReplayMemory, rows: Rows, logits: Array | None) -> int:
+    """The number of rows B, after checking each of ``x``, ``label``, ``task`` and ``logits``
+    against the memory (each error names the array at fault)."""
+    if not hasattr(rows, "keys"):
+        raise TypeError(f"rows must be a dict with 'x', 'label' and 'task'; got "
+                        f"{type(rows).__name__}")
     for key in ("x", "label", "task"):
         if key not in rows:
             raise KeyError(f"rows must hold 'x', 'label' and 'task'; got {sorted(rows)}")
-    b = rows["label"].shape[0]
-    if rows["x"].shape[1:] != memory.x.shape[1:] or rows["x"].shape[0] != b:
-        raise ValueError(f"rows['x'] must have shape [{b}, {', '.join(map(str, memory.x.shape[1:]))}]"
-                         f" (the memory's examples); got {rows['x'].shape}")
+    x_shape = jnp.shape(rows["x"])
+    if len(x_shape) < 1 or x_shape[1:] != memory.x.shape[1:]:
+        raise ValueError(f"rows['x'] must have shape [B, {', '.join(map(str, memory.x.shape[1:]))}]"
+                         f" (B examples of the memory's shape); got {x_shape}")
+    b = x_shape[0]
+    for key in ("label", "task"):
+        if jnp.shape(rows[key]) != (b,):
+            raise ValueError(f"rows[{key!r}] must have shape ({b},), one per row of rows['x']; "
+                             f"got {jnp.shape(rows[key])}")
     if memory.logits is None and logits is not None:
         raise ValueError("this memory stores no logits: create it with init_memory(..., "
                          "logits_dim=C) to store them (DER++)")
@@ -101,6 +120,13 @@ def _check_rows(memory: ReplayMemory, rows: Rows, logits: Array | None) -> int:
             raise ValueError(f"logits must have shape ({b}, {memory.logits.shape[1]}); got "
                              f"{logits.shape}")
     return b
+
+
+def _check_mask(mask: Array | None, size: int, name: str, what: str) -> None:
+    if mask is not None and (jnp.shape(mask) != (size,)
+                             or jnp.asarray(mask).dtype != jnp.bool_):
+        raise ValueError(f"{name} must be a bool array of shape ({size},), one per {what}; got "
+                         f"{jnp.asarray(mask).dtype}{jnp.shape(mask)}")
 
 
 def reservoir_add(memory: ReplayMemory, rows: Rows, key: PRNGKey, *,
@@ -114,6 +140,7 @@ def reservoir_add(memory: ReplayMemory, rows: Rows, key: PRNGKey, *,
     rows (e.g. not the memory rows of a mixed batch).
     """
     b = _check_rows(memory, rows, logits)
+    _check_mask(mask, b, "mask", "row")
     m = memory.capacity
     if mask is None:
         mask = jnp.ones((b,), bool)
@@ -151,6 +178,7 @@ def sample_memory(memory: ReplayMemory, key: PRNGKey, size: int, *,
     m = memory.capacity
     if m == 0:
         raise ValueError("cannot sample from a memory of capacity 0")
+    _check_mask(where, m, "where", "memory slot")
     eligible = memory.valid if where is None else memory.valid & where
     csum = jnp.cumsum(eligible.astype(jnp.int32))
     count = csum[-1]
@@ -246,12 +274,20 @@ def store_task(memory: ReplayMemory, budget: ClassBudget, rows: Rows, count: Arr
 
     Old classes keep their first ``quota`` examples (their slots move when the quota shrinks);
     a class with fewer examples than its quota keeps all of them.
+
+    ``count`` must lie in [0, N], ``task`` in [0, the budget's tasks) and the real rows' labels
+    in [0, classes per task): a ``ValueError`` when they are concrete; under ``jit`` they are
+    traced and cannot raise (a task or label outside the budget then stores nothing, a count
+    above N counts as N).
     """
-    n = rows["label"].shape[0]
-    _check_rows(memory, rows, logits)
+    if not isinstance(budget, ClassBudget):
+        raise TypeError(f"budget must be a ClassBudget (class_budget(...)); got "
+                        f"{type(budget).__name__}")
+    n = _check_rows(memory, rows, logits)
     m = memory.capacity
     if m != budget.memory_capacity():
         raise ValueError(f"memory has {m} slots; the budget needs {budget.memory_capacity()}")
+    _check_task_values(budget, rows, count, task, n)
     k = budget.classes_per_task
     q_max = min(budget.max_quota(), n)
     real = jnp.arange(n) < count
@@ -286,6 +322,28 @@ def store_task(memory: ReplayMemory, budget: ClassBudget, rows: Rows, count: Arr
                         pick(memory.task, rows["task"]), valid,
                         None if memory.logits is None else pick(memory.logits, logits),
                         memory.seen + count.astype(jnp.int32))
+
+
+def _check_task_values(budget: ClassBudget, rows: Rows, count: Array, task: Array,
+                       n: int) -> None:
+    """:func:`store_task`'s value checks, on concrete values only."""
+    k = budget.classes_per_task
+    tasks = budget.num_classes // k
+    if jnp.ndim(count) != 0 or jnp.ndim(task) != 0:
+        raise ValueError(f"count and task must be scalars; got shapes {jnp.shape(count)} and "
+                         f"{jnp.shape(task)}")
+    if is_concrete(count) and not 0 <= int(count) <= n:
+        raise ValueError(f"count must lie in [0, {n}] (the real rows among the {n} given); got "
+                         f"{int(count)}")
+    if is_concrete(task) and not 0 <= int(task) < tasks:
+        raise ValueError(f"task must lie in [0, {tasks}) (the budget's {budget.num_classes} "
+                         f"classes in tasks of {k}); got {int(task)}")
+    if is_concrete(count) and is_concrete(rows["label"]) and int(count) > 0:
+        labels = np.asarray(rows["label"])[:int(count)]
+        if labels.min() < 0 or labels.max() >= k:
+            raise ValueError(f"rows['label'] of the {int(count)} real rows must lie in [0, {k}) "
+                             f"(labels within the task; the budget has {k} classes per task); "
+                             f"got labels in [{labels.min()}, {labels.max()}]")
 
 
 __all__ = ["ReplayMemory", "init_memory", "num_stored", "reservoir_add", "sample_memory",

@@ -30,7 +30,7 @@ from jax.flatten_util import ravel_pytree
 from cljax._linalg import eigh
 from cljax.curvature.hvp import check_finite, hvp
 from cljax.types import Array, LossFn, Params, PRNGKey
-from cljax.validation import check_positive_int
+from cljax.validation import check_positive_int, check_same_structure, is_concrete
 
 Which = Literal["largest", "magnitude"]
 
@@ -152,6 +152,25 @@ def check_num_iters(num_iters: Any, dim: int) -> None:
                          f"got {num_iters}")
 
 
+def check_matvec(matvec: Any, params_like: Params, *, name: str = "matvec") -> None:
+    """``matvec`` is callable and ``matvec(v)`` returns a pytree of ``params_like``'s structure
+    and leaf shapes (checked by tracing it once with ``jax.eval_shape``: nothing is computed)."""
+    if not callable(matvec):
+        raise TypeError(f"{name} must be callable; got {type(matvec).__name__}")
+    out = jax.eval_shape(matvec, params_like)
+    check_same_structure(out, params_like, name=f"{name}(v)", reference_name="params_like")
+
+
+def check_finite_result(values: Any, what: str) -> None:
+    """Concrete ``values`` (skipped under ``jit``) hold no NaN / inf: else a
+    ``FloatingPointError`` saying the matvec returned non-finite values."""
+    leaves = [x for x in jax.tree.leaves(values) if x is not None]
+    if all(is_concrete(x) for x in leaves) and not all(
+            bool(np.all(np.isfinite(np.asarray(x)))) for x in leaves):
+        raise FloatingPointError(f"{what} is NaN/inf: the matvec returned non-finite values "
+                                 "(check params and data)")
+
+
 def check_key(key: Any) -> None:
     """A typed PRNG key or a raw uint32[2] one."""
     k = jnp.asarray(key) if not isinstance(key, jax.Array) else key
@@ -179,13 +198,18 @@ def lanczos(matvec: Callable[[Params], Params], params_like: Params, key: PRNGKe
     Returns:
       :class:`LanczosResult` ``(alphas [m], betas [m−1], basis)`` with ``T = tridiag(betas,
       alphas, betas) = Vᵀ A V``. Jit-able with ``num_iters`` / ``return_basis`` static.
+    Raises:
+      ValueError: ``matvec`` returns a pytree of another structure or shapes than
+        ``params_like``. FloatingPointError: the coefficients are NaN/inf (the matvec returned
+        non-finite values; checked outside ``jit`` only: under ``jit`` they are returned).
     """
-    if not callable(matvec):
-        raise TypeError(f"matvec must be callable; got {type(matvec).__name__}")
     check_key(key)
     flat, unravel = flat_info(params_like)
+    check_matvec(matvec, params_like)
     check_num_iters(num_iters, flat.size)
-    return lanczos_jit(matvec, num_iters, return_basis, params_like, key)
+    result = lanczos_jit(matvec, num_iters, return_basis, params_like, key)
+    check_finite_result((result.alphas, result.betas), "a Lanczos coefficient")
+    return result
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
@@ -330,6 +354,7 @@ def top_eigen(matvec_p: Callable[[Any, Params], Params], operand: Any, params_li
     if tol is not None and (not np.isfinite(tol) or tol < 0):
         raise ValueError(f"tol must be None or a finite number >= 0; got {tol}")
     check_positive_int(check_every, name="check_every")
+    check_matvec(lambda v: matvec_p(operand, v), params_like)
     template = jax.tree.map(jnp.zeros_like, params_like)
     theta, vectors, res, m, conv, finite = _top_eigen_jit(
         matvec_p, operand, template, key, k=k, num_iters=num_iters,
@@ -395,4 +420,4 @@ def top_eigenvalues(loss_fn: LossFn, params: Params, key: PRNGKey, *, k: int = 1
 
 __all__ = ["LanczosResult", "EigenResult", "lanczos", "tridiagonal_eigh",
            "top_eigenvalues", "top_eigenvalues_matvec", "check_key", "check_num_iters",
-           "flat_info", "lanczos_jit", "top_eigen"]
+           "flat_info", "lanczos_jit", "top_eigen", "check_matvec", "check_finite_result"]

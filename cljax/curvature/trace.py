@@ -22,7 +22,8 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from cljax.curvature.hvp import make_task_matvec, task_ggn_vp, task_hvp
-from cljax.curvature.lanczos import check_key, flat_info, lanczos_jit
+from cljax.curvature.lanczos import (check_finite_result, check_key, check_matvec, flat_info,
+                                     lanczos_jit)
 from cljax.importance import exact_fisher_diagonal
 from cljax.types import Array, Batch, LogitsFn, Params, PRNGKey
 from cljax.validation import check_positive_int
@@ -50,13 +51,17 @@ def hutchinson_trace(matvec: Callable[[Params], Params], params_like: Params, ke
         after the other (``lax.map``), so memory is that of one matvec.
     Returns:
       :class:`TraceEstimate` ``(trace, stderr, samples)``. Jit-able with ``num_samples`` static.
+    Raises:
+      ValueError: ``matvec`` returns another structure or shapes than ``params_like``.
+      FloatingPointError: a sample is NaN/inf (checked outside ``jit`` only).
     """
-    if not callable(matvec):
-        raise TypeError(f"matvec must be callable; got {type(matvec).__name__}")
     check_key(key)
     check_positive_int(num_samples, name="num_samples")
     flat_info(params_like)
-    return _hutchinson_jit(matvec, num_samples, params_like, key)
+    check_matvec(matvec, params_like)
+    out = _hutchinson_jit(matvec, num_samples, params_like, key)
+    check_finite_result(out.samples, "a Hutchinson sample")
+    return out
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -105,9 +110,10 @@ def hutchpp_trace(matvec: Callable[[Params], Params], params_like: Params, key: 
       estimate) and ``stderr`` = their standard deviation / √n: the sampling error of the
       Hutchinson part given the sketch (NaN for n = 1). Memory: ``2s + 1`` vectors of size D.
       Jit-able with ``num_matvecs`` / ``sketch_size`` static.
+    Raises:
+      ValueError: ``matvec`` returns another structure or shapes than ``params_like``.
+      FloatingPointError: a sample is NaN/inf (checked outside ``jit`` only).
     """
-    if not callable(matvec):
-        raise TypeError(f"matvec must be callable; got {type(matvec).__name__}")
     check_key(key)
     check_positive_int(num_matvecs, name="num_matvecs")
     if num_matvecs < 3:
@@ -126,7 +132,10 @@ def hutchpp_trace(matvec: Callable[[Params], Params], params_like: Params, key: 
     if sketch_size > flat.size:
         raise ValueError(f"sketch_size must be <= the dimension of params_like ({flat.size}); "
                          f"got {sketch_size}")
-    return _hutchpp_jit(matvec, num_matvecs, sketch_size, sketch, params_like, key)
+    check_matvec(matvec, params_like)
+    out = _hutchpp_jit(matvec, num_matvecs, sketch_size, sketch, params_like, key)
+    check_finite_result(out.samples, "a Hutch++ sample")
+    return out
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))

@@ -110,6 +110,12 @@ def gpm_consolidate(state: GPMState, representations: Mapping[str, Array],
     missing = [k for k in state.bases if k not in representations]
     if missing:
         raise ValueError(f"representations lacks layers {missing}; got {sorted(representations)}")
+    if isinstance(thresholds, Mapping):
+        missing = [k for k in state.bases if k not in thresholds]
+        if missing:
+            raise ValueError(f"thresholds lacks layers {missing}: give one threshold for every "
+                             f"layer of the state {sorted(state.bases)} (or one number for all); "
+                             f"got {sorted(thresholds)}")
     check_finite(representations, name="representations")
     bases, sizes, projectors = {}, {}, {}
     for name, basis in state.bases.items():

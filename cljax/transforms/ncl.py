@@ -72,7 +72,7 @@ from cljax.transforms.common import (as_curvature, check_decay, require_state,
 from cljax.transforms.kfac_gradient import kfac_preconditioned_value_and_grad
 from cljax.types import Array, Params
 from cljax.validation import (check_finite, check_nonnegative, check_positive, check_same_structure,
-                              default_float_dtype)
+                              default_float_dtype, is_concrete)
 
 
 class NCLState(NamedTuple):
@@ -208,7 +208,15 @@ def ncl(learning_rate: optax.ScalarOrSchedule, *, momentum: float | None = None,
         preconditioned_gradients: bool = False) -> optax.GradientTransformationExtraArgs:
     """NCL: ``optax.chain(ncl_preconditioner(...), optax.sgd(lr, momentum))`` for either prior;
     with ``preconditioned_gradients=True`` it expects gradients from
-    :func:`ncl_kfac_value_and_grad`; ``update`` takes ``ncl_state=``."""
+    :func:`ncl_kfac_value_and_grad`; ``update`` takes ``ncl_state=``. A concrete
+    ``learning_rate`` must be a finite number > 0 (a schedule is a callable), ``momentum`` None
+    or in [0, 1)."""
+    if not callable(learning_rate):
+        check_positive(learning_rate, name="learning_rate", scalar=True)
+    if momentum is not None:
+        check_nonnegative(momentum, name="momentum", scalar=True)
+        if is_concrete(momentum) and not float(momentum) < 1:
+            raise ValueError(f"momentum must be None or in [0, 1); got {momentum}")
     return optax.chain(ncl_preconditioner(preconditioned_gradients=preconditioned_gradients),
                        optax.sgd(learning_rate, momentum=momentum))
 

@@ -469,6 +469,9 @@ def ground_truth_gradients(logits_fn: Callable[[Params, Any], Array], params: Pa
                         f"got {type(logits_fn).__name__}")
     check_batch(batch)
     y = jnp.asarray(batch["y"])
+    if y.shape[0] == 0:
+        raise ValueError("batch must hold at least one example (its x and y have 0 rows): OGD "
+                         "stores one direction per example")
     names = list(state.rows)
     cap = capture(logits_fn, params, batch, layers=names)
     logits = cap.output

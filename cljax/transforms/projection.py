@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from cljax.transforms.common import stateless_with_extra_args
 from cljax.types import Array, Params
-from cljax.validation import check_nonnegative, check_positive_int, check_same_structure
+from cljax.validation import (check_nonnegative, check_positive_int, check_same_structure,
+                              is_concrete)
 
 
 def _vdot(a: Params, b: Params) -> Array:
@@ -74,9 +76,33 @@ def gem_dual(gram: Array, linear: Array, mask: Array, *, margin: float | Array =
       gram: Q = GGᵀ, ``[T, T]``. linear: p = Gg, ``[T]``. mask: bool ``[T]``, the past tasks.
       margin: γ ≥ 0, the lower bound of v. eps: ε ≥ 0 added to Q's diagonal.
       num_sweeps: cyclic coordinate-descent sweeps (each minimises exactly over one v_k).
+
+    A Gram matrix that is not symmetric positive semi-definite (it is not GGᵀ: the QP has no
+    minimum) is a ``ValueError`` when concrete; under ``jit`` it cannot raise and the result is
+    meaningless.
     """
     check_positive_int(num_sweeps, name="num_sweeps")
+    if jnp.ndim(gram) != 2 or jnp.shape(gram)[0] != jnp.shape(gram)[1]:
+        raise ValueError(f"gram must be a square [T, T] matrix (Q = G Gᵀ); got shape "
+                         f"{jnp.shape(gram)}")
     t = gram.shape[0]
+    for name, x in (("linear", linear), ("mask", mask)):
+        if jnp.shape(x) != (t,):
+            raise ValueError(f"{name} must have shape ({t},), one entry per row of gram; got "
+                             f"{jnp.shape(x)}")
+    check_nonnegative(margin, name="margin")
+    check_nonnegative(eps, name="eps")
+    if is_concrete(gram):
+        q = np.asarray(gram, np.float64)
+        if not np.all(np.isfinite(q)):
+            raise FloatingPointError("gram contains NaN or inf values")
+        scale = max(float(np.abs(q).max()), np.finfo(np.float32).tiny)
+        if np.abs(q - q.T).max() > 1e-4 * scale:
+            raise ValueError("gram must be symmetric (Q = G Gᵀ); it is not")
+        lowest = float(np.linalg.eigvalsh(0.5 * (q + q.T)).min())
+        if lowest < -1e-4 * scale:
+            raise ValueError(f"gram must be positive semi-definite (Q = G Gᵀ); its smallest "
+                             f"eigenvalue is {lowest:.3g} (largest |entry| {scale:.3g})")
     q = 0.5 * (gram + gram.T) + eps * jnp.eye(t, dtype=gram.dtype)
     lower = jnp.where(mask, margin, 0.0).astype(gram.dtype)
     diag = jnp.diag(q)
