@@ -282,8 +282,11 @@ def test_release_smallest_oracle_and_vmapped_prune_acts_per_run():
         for a, b in zip(jax.tree.leaves(_np(out, r)), jax.tree.leaves(alone)):
             np.testing.assert_array_equal(a, b)
     assert not np.array_equal(out[0]["Dense_0"]["kernel"][0], out[0]["Dense_0"]["kernel"][1])
-    top = _top_level(jax.make_jaxpr(jax.vmap(one))(steps, two(params), two(mstate)))
-    assert "cond" in top and "sort" not in top      # the sort runs only inside the cond
+    jaxpr = jax.make_jaxpr(jax.vmap(one))(steps, two(params), two(mstate))
+    top = _top_level(jaxpr)
+    assert "cond" in top and "scan" not in top      # the selection's passes only in the cond
+    (cond,) = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "cond"]
+    assert any("scan" in _top_level(b) for b in cond.params["branches"])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -107,17 +107,36 @@ def release_smallest(weights: Array, owner: Array, task: Array, count: Array
                      ) -> tuple[Array, Array]:
     """PackNet's pruning of one layer (Mallya & Lazebnik 2018, §3): of the weights ``task``
     owns, the ``count`` of smallest magnitude (ties: the earlier position in row-major order)
-    are released — set to +0.0, owner :data:`FREE`. Returns ``(weights, owner)``."""
+    are released — set to +0.0, owner :data:`FREE`. Returns ``(weights, owner)``.
+
+    The ``count``-th smallest magnitude is found by bisection over the bit patterns of ``|w|``
+    (ordered as the floats are, for non-negative floats; NaN last): one counting pass per bit,
+    no sort (XLA's CPU sort of a 784×400 kernel takes ~30× longer)."""
     if jnp.shape(weights) != jnp.shape(owner):
         raise ValueError(f"weights and owner must have the same shape; got {jnp.shape(weights)} "
                          f"and {jnp.shape(owner)}")
     if not jnp.issubdtype(jnp.asarray(owner).dtype, jnp.integer):
         raise TypeError(f"owner must be an int array of task ids; got {jnp.asarray(owner).dtype}")
+    if not jnp.issubdtype(jnp.asarray(weights).dtype, jnp.floating):
+        raise TypeError(f"weights must be floats; got {jnp.asarray(weights).dtype}")
     mine = owner == task
-    score = jnp.where(mine, jnp.abs(weights), jnp.inf).ravel()
-    order = jnp.argsort(score, stable=True)
-    first = jnp.zeros(score.shape, bool).at[order].set(jnp.arange(score.size) < count)
-    release = mine & first.reshape(mine.shape)
+    magnitude = jnp.abs(weights)
+    nbits = magnitude.dtype.itemsize * 8
+    udt = {16: jnp.uint16, 32: jnp.uint32, 64: jnp.uint64}[nbits]
+    bits = jax.lax.bitcast_convert_type(magnitude, udt)
+
+    def halve(_, bounds):       # the smallest v with at least `count` of mine at bits <= v
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        enough = jnp.sum(mine & (bits <= mid)) >= count
+        return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
+
+    cut, _ = jax.lax.fori_loop(0, nbits, halve, (jnp.zeros((), udt),
+                                                 jnp.asarray(np.iinfo(udt).max, udt)))
+    below = mine & (bits < cut)
+    tied = mine & (bits == cut)
+    rank = (jnp.cumsum(tied.ravel()) - 1).reshape(tied.shape)
+    release = below | (tied & (rank < count - jnp.sum(below)))
     return (jnp.where(release, jnp.zeros_like(weights), weights),
             jnp.where(release, jnp.asarray(FREE, owner.dtype), owner))
 
