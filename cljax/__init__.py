@@ -11,6 +11,29 @@ Subpackages (each a namespace of pure functions on pytrees):
   :mod:`cljax.analysis` — streams, models, jitted/vmapped training, metrics, flatness and the
   forgetting bound.
 """
+def _version() -> str:
+    """The package version, single-sourced from ``pyproject.toml``: the file itself in a
+    source tree (an editable install's metadata may be older), else the installed
+    distribution's metadata."""
+    import importlib.metadata
+    import pathlib
+    import re
+
+    pyproject = pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml"
+    text = pyproject.read_text() if pyproject.is_file() else ""
+    if re.search(r'^name\s*=\s*"cljax"', text, re.M):
+        found = re.search(r'^version\s*=\s*"([^"]+)"', text, re.M)
+        if found:
+            return found.group(1)
+    try:
+        return importlib.metadata.version("cljax")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _version()
+"""The version of cljax (``pyproject.toml``'s); part of every run's identity."""
+
 from cljax import (analysis, curvature, data, importance, methods, metrics, nn, training,
                    transforms, types)
 from cljax.importance import (empirical_fisher_diagonal, exact_fisher_diagonal, kfac_factors,
@@ -19,10 +42,8 @@ from cljax.importance import (empirical_fisher_diagonal, exact_fisher_diagonal, 
 from cljax.training import make_trainer, prepare_data, run_stream
 from cljax.transforms import consolidate, quadratic_penalty
 
-__version__ = "0.1.0"
-
 __all__ = [
-    "analysis", "curvature", "data", "importance", "methods", "metrics", "nn", "training",
+    "__version__", "analysis", "curvature", "data", "importance", "methods", "metrics", "nn", "training",
     "transforms", "types",
     "empirical_fisher_diagonal", "true_fisher_diagonal", "exact_fisher_diagonal",
     "mas_importance", "kfac_factors", "track_path_integral", "with_path_integral",

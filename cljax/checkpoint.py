@@ -19,21 +19,30 @@ processes of two devices joined by ``jax.distributed`` on one machine, not on a 
 
 Orbax writes each checkpoint into a temporary directory and renames it when complete, so a
 checkpoint is either whole or absent; :meth:`Checkpointer.restore_latest` also reads the payload
-back completely before returning it, and a checkpoint that cannot be read (truncated, corrupt, a
-different structure) is reported by name and skipped in favour of the previous one (``keep``
-checkpoints are kept), never half-loaded.
+back completely and checks it against the digest saved with it before returning it. A checkpoint
+that cannot be read (truncated, corrupt, bytes flipped) is reported by name, moved aside to
+``<step>.corrupt-<UTC time>`` (never deleted; the run saves that step again later) and skipped
+in favour of the previous one (``keep`` checkpoints are kept), never half-loaded. A checkpoint
+of another run — the meta records the run's identity (config hash, method, seeds, steps, cljax
+version) and the payload's array layout — is refused with one message naming what differs,
+never resumed from.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pathlib
+import time
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from cljax.workdir import describe_mismatch, to_strict_json
 
 
 def _is_key(x: Any) -> bool:
@@ -71,31 +80,86 @@ class CheckpointError(ValueError):
     another run)."""
 
 
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint (or a finished scenario's results) belongs to another run: another config,
+    method, seeds, steps, cljax version or state shapes. The message names what differs."""
+
+
+def payload_spec(savable: Any) -> list:
+    """``[[path, shape, dtype], …]`` of every leaf of a :func:`to_savable` tree."""
+    return [[jax.tree_util.keystr(path), list(np.shape(x)), str(np.asarray(x).dtype)]
+            for path, x in jax.tree_util.tree_leaves_with_path(savable)]
+
+
+def payload_digest(savable: Any) -> str:
+    """A BLAKE2b digest of every leaf of a :func:`to_savable` tree (paths, shapes, dtypes and
+    bytes): a checkpoint whose files were damaged without changing their size is caught."""
+    h = hashlib.blake2b(digest_size=16)
+    for path, x in jax.tree_util.tree_leaves_with_path(savable):
+        x = np.ascontiguousarray(x)
+        h.update(f"{jax.tree_util.keystr(path)}|{x.shape}|{x.dtype}|".encode())
+        h.update(x.tobytes())
+    return h.hexdigest()
+
+
+def _spec_difference(found: list, expected: list) -> str:
+    if len(found) != len(expected):
+        return f"its state holds {len(found)} arrays, this run's {len(expected)}"
+    for (path, shape, dtype), (_, shape2, dtype2) in zip(found, expected):
+        if (shape, dtype) != (shape2, dtype2):
+            return (f"its state's array {path} is {dtype}{tuple(shape)}, this run's "
+                    f"{dtype2}{tuple(shape2)}")
+    return "its state's arrays are laid out otherwise"
+
+
+_INTERNAL = ("identity", "payload_spec", "payload_digest")   # meta keys the Checkpointer owns
+
+
 class Checkpointer:
     """A directory of numbered checkpoints (``<dir>/<step>/``) of one payload pytree + JSON meta.
+
+    Every checkpoint's meta also records the payload's layout (each array's path, shape and
+    dtype), a digest of its bytes and, when given, the ``identity`` of the run that wrote it
+    (:func:`cljax.experiment.run_identity`: config hash, method, seeds, steps, cljax
+    version…). Restoring refuses, with :class:`CheckpointMismatchError` naming what differs, a
+    checkpoint of another identity or layout; a damaged one (unreadable, or bytes that do not
+    match the digest) is reported, moved aside to ``<dir>/<step>.corrupt-<UTC time>`` (never
+    deleted; the run can save that step again) and the previous one is tried.
 
     Args:
       directory: where the checkpoints live (created if needed).
       keep: how many recent checkpoints to keep (≥ 2, so a damaged last one has a fallback).
       log: where warnings about skipped checkpoints go.
+      identity: the JSON-able identity of the run (None: not recorded nor checked).
     """
 
     def __init__(self, directory: str | os.PathLike, *, keep: int = 2,
-                 log: Callable[[str], None] | None = None):
-        if not isinstance(keep, int) or keep < 1:
+                 log: Callable[[str], None] | None = None,
+                 identity: Mapping[str, Any] | None = None):
+        if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
             raise ValueError(f"keep must be a positive int; got {keep!r}")
+        if identity is not None and not isinstance(identity, Mapping):
+            raise TypeError(f"identity must be a JSON-able mapping or None; got "
+                            f"{type(identity).__name__}")
         self.directory = pathlib.Path(directory).absolute()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.log = log or (lambda msg: warnings.warn(msg, stacklevel=2))
+        self.identity = (None if identity is None else
+                         json.loads(json.dumps(to_strict_json(dict(identity)))))
         self._manager = ocp.CheckpointManager(
             self.directory, options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep, enable_async_checkpointing=False, create=True))
 
     def save(self, index: int, payload: Any, meta: dict) -> None:
-        """Save checkpoint ``index`` (increasing) of ``payload`` and the JSON-able ``meta``."""
+        """Save checkpoint ``index`` (increasing) of ``payload`` and the JSON-able ``meta``
+        (its keys ``identity``, ``payload_spec`` and ``payload_digest`` are the
+        Checkpointer's)."""
+        savable = to_savable(payload)
+        meta = {**meta, "payload_spec": payload_spec(savable),
+                "payload_digest": payload_digest(savable),
+                **({"identity": self.identity} if self.identity is not None else {})}
         self._manager.save(index, args=ocp.args.Composite(
-            payload=ocp.args.StandardSave(to_savable(payload)), meta=ocp.args.JsonSave(meta)),
-            force=True)
+            payload=ocp.args.StandardSave(savable), meta=ocp.args.JsonSave(meta)), force=True)
         self._manager.wait_until_finished()
 
     def steps(self) -> list[int]:
@@ -103,27 +167,82 @@ class Checkpointer:
         self._manager.reload()
         return sorted(self._manager.all_steps())
 
+    def _meta(self, index: int) -> dict:
+        return dict(self._manager.restore(index, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"])
+
     def latest_meta(self) -> dict | None:
         """The JSON meta of the newest checkpoint whose meta can be read (None if none)."""
         for index in reversed(self.steps()):
             try:
-                return dict(self._manager.restore(index, args=ocp.args.Composite(
-                    meta=ocp.args.JsonRestore()))["meta"])
+                return self._meta(index)
             except Exception:  # noqa: BLE001 - unreadable: restore_latest reports it
                 continue
         return None
 
-    def restore_latest(self, template: Any) -> tuple[Any, dict] | None:
+    def _refuse(self, what: str) -> CheckpointMismatchError:
+        return CheckpointMismatchError(
+            f"the checkpoint in {self.directory} is {what} (resume needs the same config, "
+            "options and cljax version: rerun the command that wrote it, or start afresh "
+            "elsewhere)")
+
+    def _check(self, meta: dict, expect: Mapping[str, Any], spec: list) -> None:
+        """Refuse a checkpoint of another run (identity, ``expect``ed meta, layout)."""
+        if self.identity is not None:
+            differs = describe_mismatch(meta.get("identity"), self.identity)
+            if differs:
+                raise self._refuse(differs)
+        differs = describe_mismatch(meta, dict(expect))
+        if differs:
+            raise self._refuse(differs)
+        found = meta.get("payload_spec")
+        if found is not None and found != spec:
+            raise self._refuse(f"of another model or method: {_spec_difference(found, spec)}")
+
+    def move_aside(self, index: int) -> pathlib.Path | None:
+        """Rename checkpoint ``index`` to ``<index>.corrupt-<UTC time>`` in the same directory
+        (kept, no longer a checkpoint: the run can save ``index`` again); its new path, or None
+        when it could not be moved (the reason is logged)."""
+        src = self.directory / str(index)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        dst = self.directory / f"{index}.corrupt-{stamp}"
+        n = 1
+        while dst.exists():
+            dst, n = self.directory / f"{index}.corrupt-{stamp}-{n}", n + 1
+        try:
+            if jax.process_index() == 0:
+                os.rename(src, dst)
+        except OSError as e:
+            self.log(f"checkpoint {src} could not be moved aside ({e})")
+            return None
+        self._manager.reload()
+        return dst
+
+    def restore_latest(self, template: Any, *, expect: Mapping[str, Any] | None = None
+                       ) -> tuple[Any, dict] | None:
         """``(payload, meta)`` of the newest readable checkpoint (``payload`` with ``template``'s
-        structure, shapes and dtypes), or None if there is none. Unreadable checkpoints are
-        reported and skipped; if none can be read, :class:`CheckpointError`."""
+        structure, shapes and dtypes), or None if there is none.
+
+        A checkpoint of another run — another ``identity``, meta entries other than
+        ``expect``'s, or arrays laid out otherwise than ``template`` — is refused with
+        :class:`CheckpointMismatchError`. A damaged one is reported, moved aside
+        (:meth:`move_aside`) and the previous one tried; if none can be read,
+        :class:`CheckpointError`."""
         steps = self.steps()
         if not steps:
             return None
         target = to_savable(template)
+        spec = payload_spec(target)
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), target)
         errors = []
         for index in reversed(steps):
+            where = self.directory / str(index)
+            try:
+                meta = self._meta(index)
+            except Exception as e:  # noqa: BLE001 - unreadable meta: damaged
+                errors.append(self._damaged(index, e, movable=True))
+                continue
+            self._check(meta, expect or {}, spec)
             try:
                 out = self._manager.restore(index, args=ocp.args.Composite(
                     payload=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
@@ -132,15 +251,31 @@ class Checkpointer:
                         a.shape != b.shape or a.dtype != b.dtype
                         for a, b in zip(jax.tree.leaves(payload), jax.tree.leaves(target))):
                     raise ValueError("its arrays do not match this run's state")
-                return from_savable(payload, template), dict(out["meta"])
+                digest = meta.get("payload_digest")
+                if digest is not None and payload_digest(payload) != digest:
+                    raise ValueError(f"its arrays' bytes do not match the digest saved with "
+                                     f"them: files of {where} were damaged")
             except Exception as e:  # noqa: BLE001 - any damage: report it, try an older one
-                errors.append(f"{self.directory / str(index)}: {type(e).__name__}: {e}")
-                self.log(f"checkpoint {self.directory / str(index)} cannot be restored "
-                         f"({type(e).__name__}: {str(e)[:200]}); trying an older one")
-        raise CheckpointError("no checkpoint could be restored:\n  " + "\n  ".join(errors))
+                # only a checkpoint that records its layout is known to be ours: an old one
+                # that fails may be of another structure, so it is skipped, not moved
+                errors.append(self._damaged(index, e, movable="payload_spec" in meta))
+                continue
+            return (from_savable(payload, template),
+                    {k: v for k, v in meta.items() if k not in _INTERNAL})
+        raise CheckpointError(f"no checkpoint in {self.directory} could be restored:\n  "
+                              + "\n  ".join(errors))
+
+    def _damaged(self, index: int, error: Exception, *, movable: bool) -> str:
+        where = self.directory / str(index)
+        text = f"{type(error).__name__}: {' '.join(str(error).split())[:200]}"
+        moved = self.move_aside(index) if movable else None
+        self.log(f"checkpoint {where} cannot be restored ({text}); "
+                 + (f"moved aside to {moved}; " if moved else "") + "trying an older one")
+        return f"{where}: {text}" + (f" (moved aside to {moved})" if moved else "")
 
     def close(self) -> None:
         self._manager.close()
 
 
-__all__ = ["Checkpointer", "CheckpointError", "to_savable", "from_savable"]
+__all__ = ["Checkpointer", "CheckpointError", "CheckpointMismatchError", "describe_mismatch",
+           "payload_spec", "payload_digest", "to_savable", "from_savable"]

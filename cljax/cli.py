@@ -12,15 +12,19 @@ Examples::
 ``--devices N`` shards the runs over the first N devices (default: all; see README "Several
 devices and hosts").
 
-Before any data is loaded the config (with every override) is validated and the work directory
-is created and checked (:mod:`cljax.workdir`). An error the user can fix — a bad config path,
-``--set`` / ``--sweep``, an unknown method, model or optimizer, an invalid value, missing or
-corrupt data, an unusable work directory — prints one line ``cljax: error: …`` naming the option
-and what it expects, and exits with status 2 (``--debug`` shows the traceback instead).
-Exit status: 0 done; 2 such an error (argparse's usage errors too); 3 every run diverged (the
-results are still written); 130 interrupted by SIGINT or SIGTERM (the unfinished scenario's
-state is checkpointed in ``<workdir>/checkpoints`` and the finished ones are written: rerun the
-same command with ``--resume``).
+Before any data is loaded the config (with every override) is validated — the method's
+hyperparameter domains (swept values included), its scenarios and its own check of the run —
+and the work directory is created, checked and locked (:mod:`cljax.workdir`). After the data is
+loaded and before anything is compiled, the state of the runs is sized and a run that would not
+fit (the device, ``--max-state-bytes``) is refused. An error the user can fix — a bad config
+path, ``--set`` / ``--sweep``, an unknown method, model or optimizer, an invalid value, missing or
+corrupt data, an unusable or busy work directory, a checkpoint of another run, a state too large
+— prints one line ``cljax: error: …`` naming the option and what it expects, and exits with
+status 2 (``--debug`` shows the traceback instead). Exit status: 0 done; 2 such an error
+(argparse's usage errors too); 3 every run diverged (the results are still written); 130
+interrupted by SIGINT or SIGTERM (a finished scenario's results are written before the
+interrupt is honoured; the message says which are, and what of the unfinished scenario is
+checkpointed in ``<workdir>/checkpoints``: rerun the same command with ``--resume``).
 """
 from __future__ import annotations
 
@@ -60,6 +64,24 @@ def _positive_int(text: str) -> int:
     return value
 
 
+_BYTE_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def _byte_count(text: str) -> int:
+    """A positive number of bytes: an integer or a number with a binary unit (``4e9``,
+    ``512M``, ``16GiB``, ``2G``)."""
+    raw = text.strip().lower().replace("ib", "").replace("b", "")
+    unit = raw[-1:] if raw[-1:] in "kmgt" else ""
+    try:
+        value = float(raw[:len(raw) - len(unit)]) * _BYTE_UNITS[unit]
+    except ValueError:
+        value = float("nan")
+    if not value >= 1 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of bytes (e.g. 4e9, 512M, "
+                                         f"16G); got {text!r}")
+    return int(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cljax", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,7 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="delete the contents of --workdir (an earlier cljax run) first")
     run.add_argument("--checkpoint-every", type=_positive_int, dest="checkpoint_every",
                      metavar="STEPS", help="also checkpoint every STEPS steps within a task "
-                                           "(default: after every task only)")
+                                           "(default: after every task only); rounded down to "
+                                           "a divisor of the steps per task (e.g. 40 of 100 "
+                                           "steps: 25), and the log says the value used")
+    run.add_argument("--max-state-bytes", type=_byte_count, dest="max_state_bytes",
+                     metavar="BYTES", help="refuse a run whose state (model, optimizer and "
+                     "method state of every run on a device) is estimated above BYTES (e.g. "
+                     "4e9, 512M, 16G) before anything is compiled; the device's own memory is "
+                     "always checked (config key max_state_bytes)")
     run.add_argument("--devices", type=_positive_int, metavar="N",
                      help="shard the runs (seeds × sweep points) over the first N devices "
                           "(default: all local devices; 1: the one-device path)")
@@ -140,7 +169,7 @@ _RUN_STAGE_ERRORS = (ValueError, TypeError, KeyError, OSError)
 _DIRECT_OPTIONS = (("method", "--method"), ("seeds", "--seeds"), ("seed", "--seed"),
                    ("steps", "--steps"), ("batch_size", "--batch-size"),
                    ("scenarios", "--scenarios"), ("data_dir", "--data-dir"),
-                   ("analysis", "--analysis"))
+                   ("analysis", "--analysis"), ("max_state_bytes", "--max-state-bytes"))
 
 
 class Override(NamedTuple):
@@ -152,7 +181,12 @@ class Override(NamedTuple):
 
 
 def _load(path: str) -> dict:
-    if not pathlib.Path(path).is_file():
+    try:
+        is_file = pathlib.Path(path).is_file()
+    except OSError as e:   # e.g. a name longer than the file system allows
+        raise UsageError(f"config {path!r}: {e.strerror or e}; expected a Python file defining "
+                         "get_config()") from e
+    if not is_file:
         raise UsageError(f"config {path!r} is not a file; expected a Python file defining "
                          "get_config(), e.g. experiments/configs/split_mnist.py")
     try:
@@ -310,19 +344,63 @@ def _run_counts(results: dict) -> tuple[int, int]:
     return total, gone
 
 
+def _interrupted(finished: list[str], checkpoints: list, workdir: pathlib.Path,
+                 resumed: bool) -> str:
+    """The message of an interrupted run: what is finished and what checkpointed — only what
+    is."""
+    parts = []
+    if finished:
+        parts.append(f"the finished scenarios' results ({', '.join(finished)}) are in {workdir}")
+    for name, where, step in checkpoints:
+        parts.append(f"the unfinished {name} scenario's state is checkpointed in {where} "
+                     f"(after {step} steps of its stream)")
+    if parts:
+        return ("cljax: interrupted: " + "; ".join(parts)
+                + "; run the same command with --resume to continue")
+    if resumed:
+        return (f"cljax: interrupted before this run finished or checkpointed anything; the "
+                f"earlier run in {workdir} is as it was: run the same command with --resume")
+    return ("cljax: interrupted before anything was finished or checkpointed: nothing to "
+            "resume; run the command again")
+
+
+def _scenario_names(results: dict | None) -> list[str]:
+    if not results:
+        return []
+    if "regimes" in results:
+        return [f"{r}/{n}" for r, sub in results["regimes"].items()
+                for n in sub.get("scenarios", {})]
+    return list(results.get("scenarios", {}))
+
+
 def _run(args: argparse.Namespace) -> int:
     config, valid = resolve_config(args)
-    from cljax.workdir import CHECKPOINT_DIR, prepare_workdir
+    from cljax.experiment import run_identity
+    from cljax.workdir import prepare_workdir
 
+    if args.workdir is not None and not args.workdir.strip():
+        raise UsageError(f"--workdir {args.workdir!r} is empty; give a directory path (default: "
+                         f"runs/<config>_<method>)")
     workdir = args.workdir or f"runs/{pathlib.Path(args.config).stem}_{valid['method']}"
-    prepared = prepare_workdir(workdir, valid, resume=args.resume, overwrite=args.overwrite)
-    workdir = prepared["path"]
-    if args.resume and not prepared["resume"]:
-        print(f"nothing to resume in {workdir}: starting a fresh run", file=sys.stderr)
+    prepared = prepare_workdir(workdir, valid, resume=args.resume, overwrite=args.overwrite,
+                               identity=run_identity(valid))
+    try:     # the work directory stays locked until the run ends
+        return _run_in(args, config, prepared["path"], resume=prepared["resume"])
+    finally:
+        prepared["lock"].release()
 
-    from cljax.experiment import run_experiment  # deferred: imports JAX
+
+def _run_in(args: argparse.Namespace, config: dict, workdir: pathlib.Path, *,
+            resume: bool) -> int:
+    """The run stage, in the prepared and locked work directory."""
+    from cljax import events
+    from cljax.checkpoint import CheckpointError
+    from cljax.experiment import StateSizeError, deferred_interrupts, run_experiment
     from cljax.report import write_outputs
+    from cljax.workdir import CHECKPOINT_DIR, read_marker, record_outputs, write_recording
 
+    if args.resume and not resume:
+        print(f"nothing to resume in {workdir}: starting a fresh run", file=sys.stderr)
     progress_factory = None
     if not args.no_progress:
         from tqdm.auto import tqdm
@@ -330,31 +408,35 @@ def _run(args: argparse.Namespace) -> int:
         def progress_factory(name, total):
             return tqdm(total=total, unit="step", desc=f"{name}-IL", leave=False, file=sys.stderr)
 
-    from cljax import events
-
     events_dir = None if args.no_tensorboard or not events.available() else \
         str(workdir / "tensorboard")
+    record_outputs(workdir, [CHECKPOINT_DIR] + (["tensorboard"] if events_dir else []))
+
+    def write(results):   # every entry it creates is recorded in the work directory's marker
+        return write_recording(workdir, lambda: write_outputs(results, workdir))
+
+    results = None
     previous = signal.signal(signal.SIGTERM, _terminate)   # SIGTERM: like SIGINT (Ctrl-C)
     try:
-        results = run_experiment(config, progress_factory=progress_factory,
-                                 on_scenario=lambda partial: write_outputs(partial, workdir),
-                                 checkpoint_dir=str(workdir / CHECKPOINT_DIR),
-                                 resume=prepared["resume"],
+        results = run_experiment(config, progress_factory=progress_factory, on_scenario=write,
+                                 checkpoint_dir=str(workdir / CHECKPOINT_DIR), resume=resume,
                                  checkpoint_every=args.checkpoint_every,
                                  devices=args.devices, events_dir=events_dir)
-        out = write_outputs(results, workdir)
-    except KeyboardInterrupt:
-        print(f"cljax: interrupted: the state of the unfinished scenario is checkpointed in "
-              f"{workdir / CHECKPOINT_DIR} and the finished scenarios' results are in {workdir};"
-              f" run the same command with --resume to continue", file=sys.stderr)
+        with deferred_interrupts():
+            out = write(results)
+    except KeyboardInterrupt as e:   # RunInterrupted says what; after it, all is finished
+        finished = getattr(e, "finished", None)
+        print(_interrupted(_scenario_names(results) if finished is None else finished,
+                           getattr(e, "checkpoints", []), workdir, resume), file=sys.stderr)
         return EXIT_INTERRUPTED
-    except _data_errors() as e:
+    except _data_errors() + (StateSizeError, CheckpointError) as e:
         raise UsageError(_message(e)) from e
     except _RUN_STAGE_ERRORS as e:
         raise UsageError(f"{_message(e)} (--debug shows the traceback)") from e
     finally:
         signal.signal(signal.SIGTERM, previous)
-    names = sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir())
+    names = sorted(n + ("/" if (out / n).is_dir() else "") for n in read_marker(out)["wrote"]
+                   if not n.startswith(".") and (out / n).exists())    # what this run wrote
     print(f"wrote {', '.join(names)} in {out}")
     print((out / "report.md").read_text())
     total, gone = _run_counts(results)

@@ -34,29 +34,40 @@ results entry); :func:`run_experiment` chains them over the config's scenarios.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
+import hashlib
+import inspect
 import itertools
 import json
+import math
 import pathlib
 import platform
+import signal
 import sys
+import threading
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
 import numpy as np
 import optax
 
 from cljax import events, metrics
-from cljax.checkpoint import Checkpointer
+from cljax.checkpoint import Checkpointer, CheckpointMismatchError
 from cljax.config import apply_override
-from cljax.data import SCENARIOS, TaskStream, load_stream, make_scenario
+from cljax.data import (SCENARIOS, STREAM_KINDS, TaskArrays, TaskStream, load_stream,
+                        make_scenario, permuted_tasks, rotated_tasks, split_tasks)
 from cljax.methods import Method, get_method
+from cljax.methods.base import ConfigPlan, check_hparam, check_scenario
 from cljax.nn import CNN, MLP, AlexNet, ResNet18, as_model
 from cljax.nn.model import Model
 from cljax.training import (StreamData, StreamResult, Trainer, make_batch, make_trainer,
                             prepare_data, run_stream)
-from cljax.workdir import write_text_atomic
+from cljax.training.loop import call_length
+from cljax.workdir import (IGNORED_ON_RESUME, describe_mismatch, to_strict_json,
+                           write_text_atomic)
 
 REQUIRED_KEYS = ("dataset", "stream", "scenarios", "model", "optimizer", "steps", "batch_size",
                  "method", "seeds")
@@ -77,8 +88,19 @@ def _positive_number(value: Any, what: str) -> None:
         raise ValueError(f"{what} must be a positive finite number; got {value!r}")
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
 def validate_config(config: dict) -> dict:
-    """Check a config's keys and values; return a normalised deep copy."""
+    """Check a config's keys and values; return a normalised deep copy.
+
+    Everything is checked before any data is loaded: the keys and their types, the method and
+    its static options, every hyperparameter and every swept value against the method's
+    domains (``Method.hparam_domains``), the stream's kind and options, the model and the
+    optimizer, and — for every scenario of the config — that the method supports it
+    (``Method.scenarios``) and accepts the run (``Method.check`` of :func:`config_plan`, which
+    reads the dataset's metadata, not its images)."""
     if not isinstance(config, dict):
         raise TypeError(f"config must be a dict; got {type(config).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in config]
@@ -92,7 +114,7 @@ def validate_config(config: dict) -> dict:
                          ("sweep", {}), ("seed", 0), ("eval_chunk", 1000),
                          ("reset_optimizer", False), ("data_dir", None), ("epochs", None),
                          ("analysis", None), ("analysis_options", {}), ("regimes", {}),
-                         ("features", None)):
+                         ("features", None), ("max_state_bytes", None)):
         cfg.setdefault(key, default)
     if cfg["analysis"] not in (None, "flatness"):
         raise ValueError(f"config['analysis'] must be None or 'flatness'; got {cfg['analysis']!r}")
@@ -107,6 +129,10 @@ def validate_config(config: dict) -> dict:
             raise ValueError(f"config[{key!r}] must be a positive int; got {cfg[key]!r}")
     if cfg["epochs"] is not None:
         _positive_number(cfg["epochs"], "config['epochs']")
+    limit = cfg["max_state_bytes"]
+    if limit is not None and (not _number(limit) or limit < 1):
+        raise ValueError(f"config['max_state_bytes'] must be None or a positive number of bytes; "
+                         f"got {limit!r}")
     method = get_method(cfg["method"], **cfg["method_options"])  # raises on unknown names
     known = set(method.default_hparams)
     for source in ("hparams", "sweep"):
@@ -119,18 +145,116 @@ def validate_config(config: dict) -> dict:
         if not isinstance(values, (list, tuple)) or not values:
             raise ValueError(f"config['sweep'][{name!r}] must be a non-empty list; got {values!r}")
         for v in values:
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v) or v < 0:
-                raise ValueError(f"config['sweep'][{name!r}] values must be finite numbers >= 0;"
-                                 f" got {v!r}")
+            if not _number(v):
+                raise ValueError(f"config['sweep'][{name!r}] values must be finite numbers; got "
+                                 f"{v!r}")
+            check_hparam(method, name, v, label=f"config['sweep'][{name!r}] value")
     for name, v in cfg["hparams"].items():
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not np.isfinite(v) or v < 0:
-            raise ValueError(f"config['hparams'][{name!r}] must be a finite number >= 0; got {v!r}")
+        if not _number(v):
+            raise ValueError(f"config['hparams'][{name!r}] must be a finite number; got {v!r}")
+        check_hparam(method, name, v, label=f"config['hparams'][{name!r}]")
+    _check_stream(cfg)
     scale_options(cfg)                                        # raises on bad scale-out keys
     make_model(cfg["model"], num_outputs=2, num_heads=1)      # raises on bad models
     make_optimizer(cfg["optimizer"], steps_per_task=cfg["steps"])
     if cfg["features"] is not None:
         _features_config(cfg["features"])
+    for scenario in cfg["scenarios"]:
+        check_scenario(method, scenario)
+        method.check(config_plan(cfg, scenario))
     return cfg
+
+
+_STREAM_BUILDERS = {"split": split_tasks, "permuted": permuted_tasks, "rotated": rotated_tasks}
+
+
+def _check_stream(cfg: dict) -> None:
+    """The stream's kind and the names of its options (their values are the builder's)."""
+    if cfg["stream"] not in STREAM_KINDS:
+        raise ValueError(f"config['stream'] must be one of {STREAM_KINDS}; got {cfg['stream']!r}")
+    builder = _STREAM_BUILDERS[cfg["stream"]]
+    accepted = [n for n, p in inspect.signature(builder).parameters.items()
+                if p.kind == p.KEYWORD_ONLY and n != "name"]
+    unknown = sorted(set(cfg["stream_options"]) - set(accepted))
+    if unknown:
+        raise ValueError(f"config['stream_options'] names {unknown}, which a {cfg['stream']!r} "
+                         f"stream does not take; its options are {accepted}")
+    if cfg["stream"] == "rotated" and "angles" not in cfg["stream_options"]:
+        raise ValueError("a 'rotated' stream needs config['stream_options']['angles'] (one angle "
+                         "in degrees per task)")
+
+
+@functools.lru_cache(maxsize=16)
+def dataset_metadata(name: str, data_dir: str | None = None) -> tuple[int | None, int | None]:
+    """``(classes, training examples)`` of tfds dataset ``name`` from its metadata (the
+    builder's info; no example is read), each None when unknown (e.g. not prepared)."""
+    from cljax.data import resolve_data_dir
+
+    try:
+        import tensorflow_datasets as tfds
+
+        info = tfds.builder(name, data_dir=resolve_data_dir(data_dir)).info
+    except Exception:  # noqa: BLE001 - unknown or unprepared: loading reports it
+        return None, None
+    out = []
+    for read in (lambda: info.features["label"].num_classes,
+                 lambda: info.splits["train"].num_examples):
+        try:
+            value = int(read())
+        except Exception:  # noqa: BLE001 - no such feature / split
+            value = 0
+        out.append(value if value > 0 else None)
+    return out[0], out[1]
+
+
+class StreamOutline(NamedTuple):
+    """What a config's stream will be, known before it is loaded (None: not known)."""
+
+    num_tasks: int | None
+    classes_per_task: int | None
+    train_examples: int | None
+
+
+def stream_outline(cfg: dict) -> StreamOutline:
+    """The tasks, classes per task and training examples of a (validated) config's stream, from
+    its options and the dataset's metadata (:func:`dataset_metadata`); the examples only when
+    they are known exactly (a split stream of a subset of the classes, or with
+    ``max_train_per_task``, counts its classes' examples: None)."""
+    options = cfg["stream_options"]
+    classes, examples = dataset_metadata(cfg["dataset"], cfg["data_dir"])
+    limit = options.get("max_train_per_task")
+    if cfg["stream"] == "split":
+        tasks = options.get("tasks")
+        if tasks is None:
+            if classes is None or classes % 2:
+                return StreamOutline(None, None, None)   # odd: the stream builder refuses it
+            tasks = [[c, c + 1] for c in range(0, classes, 2)]
+        try:
+            flat = sorted(int(c) for t in tasks for c in t)
+            sizes = [len(t) for t in tasks]
+        except TypeError:
+            return StreamOutline(None, None, None)   # the stream builder names the error
+        whole = classes is not None and flat == list(range(classes)) and limit is None
+        return StreamOutline(len(sizes), max(sizes, default=0) or None,
+                             examples if whole else None)
+    if cfg["stream"] == "permuted":
+        num_tasks = options.get("num_tasks", inspect.signature(permuted_tasks).parameters[
+            "num_tasks"].default)
+    else:
+        num_tasks = len(options.get("angles") or []) or None
+    per_task = None if examples is None else (examples if limit is None else
+                                              min(examples, int(limit)))
+    return StreamOutline(num_tasks, classes,
+                         None if per_task is None or num_tasks is None else num_tasks * per_task)
+
+
+def config_plan(cfg: dict, scenario: str) -> ConfigPlan:
+    """The :class:`~cljax.methods.base.ConfigPlan` of ``scenario`` of a (validated) config —
+    what ``Method.check`` sees before any data is loaded."""
+    outline = stream_outline(cfg)
+    return ConfigPlan(scenario, outline.num_tasks, outline.classes_per_task,
+                      outline.train_examples, dict(cfg["optimizer"]), cfg["steps"],
+                      cfg["batch_size"])
 
 
 def scale_options(cfg: dict) -> dict:
@@ -480,6 +604,191 @@ def summarise_scenario(cfg: dict, setup: ScenarioSetup, plan: SweepPlan, res: St
     return entry
 
 
+# --------------------------------------------------------------------------------------------
+# Run identity, state sizes, interrupts
+# --------------------------------------------------------------------------------------------
+
+def run_identity(cfg: dict, scenario: str | None = None) -> dict:
+    """What a run is, as a small JSON dict: a hash of the (validated) config as strict JSON
+    without :data:`cljax.workdir.IGNORED_ON_RESUME`, the method, the seeds, the steps per task,
+    the grid of hyperparameters, the scenario (when given) and the cljax version. Checkpoints,
+    finished scenarios' ``result.json`` and the work directory's marker carry it; resuming
+    refuses one that differs (:func:`cljax.workdir.describe_mismatch` names how)."""
+    from cljax import __version__
+
+    kept = to_strict_json({k: v for k, v in cfg.items() if k not in IGNORED_ON_RESUME})
+    text = json.dumps(kept, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    identity = {"method": cfg["method"], "seeds": cfg["seeds"], "steps": cfg["steps"]}
+    if cfg.get("epochs") is not None:
+        identity["epochs"] = cfg["epochs"]
+    identity["sweep"] = sweep_grid(cfg.get("hparams") or {}, cfg.get("sweep") or {})
+    if scenario is not None:
+        identity["scenario"] = scenario
+    identity.update(version=__version__, config=hashlib.sha256(text.encode()).hexdigest()[:16])
+    return to_strict_json(identity)
+
+
+class StateSizeError(ValueError):
+    """A run whose state would not fit: the device's memory or ``max_state_bytes``."""
+
+
+STATE_MEMORY_FRACTION = 0.9
+"""The share of a device's memory the runs' states (twice: a compiled call holds the state it is
+given and the one it returns) and the stream's arrays may take; the rest is XLA's headroom."""
+
+
+def _tree_bytes(tree: Any) -> int:
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        if jax.numpy.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            itemsize = jax.random.key_data(jax.random.key(0)).nbytes   # the key's raw data
+        else:
+            itemsize = np.dtype(leaf.dtype).itemsize
+        total += math.prod(leaf.shape) * itemsize
+    return int(total)
+
+
+def estimate_state_bytes(cfg: dict, stream: TaskStream, name: str) -> int:
+    """Bytes of one run's :class:`~cljax.training.TrainState` in scenario ``name`` (parameters,
+    optimizer and method state: memories, OGD's store, GPM's bases, K-FAC factors, masks,
+    columns), from ``jax.eval_shape`` of the trainer's ``init`` on the stream's shapes: nothing
+    is compiled or allocated."""
+    scenario = make_scenario(stream, name)
+    method = get_method(cfg["method"], **cfg["method_options"])
+    model = make_model(cfg["model"], num_outputs=scenario.num_outputs,
+                       num_heads=scenario.num_heads)
+    trainer = make_trainer(model, method, optimizer=make_optimizer(
+        cfg["optimizer"], steps_per_task=cfg["steps"]), batch_size=cfg["batch_size"],
+        eval_chunk=cfg["eval_chunk"], reset_optimizer=cfg["reset_optimizer"])
+
+    def shaped(arrays: TaskArrays) -> TaskArrays:
+        return TaskArrays(*(jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype)
+                            for a in arrays))
+
+    data = StreamData(shaped(stream.train), shaped(stream.test),
+                      jax.ShapeDtypeStruct(scenario.label_table.shape, np.int32),
+                      jax.ShapeDtypeStruct((len(stream.mean),), np.float32),
+                      jax.ShapeDtypeStruct((len(stream.std),), np.float32),
+                      tuple(int(n) for n in stream.train.n))
+    point = plan_runs(cfg, method).grid[0]
+    return _tree_bytes(jax.eval_shape(trainer.init, jax.random.key(0),
+                                      {k: float(v) for k, v in point.items()}, data))
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def check_state_sizes(cfg: dict, stream: TaskStream, names: list[str], runs: int, *,
+                      mesh: Any = None, log: Callable[[str], None] = print) -> dict:
+    """Estimate (:func:`estimate_state_bytes`), log and check the state of ``runs`` runs in each
+    scenario of ``names`` before anything is compiled: more than ``config['max_state_bytes']``
+    (``--max-state-bytes``), or than a device's memory allows
+    (:data:`STATE_MEMORY_FRACTION`), is a :class:`StateSizeError`. Returns
+    ``{scenario: bytes per run}``."""
+    from cljax.data.pipeline import choose_placement, device_memory_bytes, stream_bytes
+
+    devices = None if mesh is None else list(mesh.devices.flat)
+    per_device = runs if mesh is None else -(-runs // mesh.shape["runs"])
+    memory = device_memory_bytes(devices)
+    scale = scale_options(cfg)
+    on_device = choose_placement(stream, placement=scale["data_placement"],
+                                 memory_cap=scale["device_memory_cap"], devices=devices)
+    data = stream_bytes(stream) if on_device == "device" else 0
+    limit = cfg.get("max_state_bytes")
+    out = {}
+    for name in names:
+        one = estimate_state_bytes(cfg, stream, name)
+        total = one * per_device
+        out[name] = one
+        log(f"{name}-IL state: {_size(one)} per run x {per_device} run(s)"
+            f"{' per device' if mesh is not None else ''} = {_size(total)}"
+            + (f"; device memory {_size(memory)}" if memory else ""))
+        what = (f"the {name}-IL state needs {_size(total)} ({_size(one)} per run x "
+                f"{per_device} run(s){' per device' if mesh is not None else ''}: the model, "
+                f"optimizer and method state, e.g. a replay memory or OGD's store)")
+        fix = ("lower the method's sizes (memory, per_task, ...), the model or the runs "
+               "(seeds x sweep points)")
+        if limit is not None and total > limit:
+            raise StateSizeError(f"{what}, more than config['max_state_bytes'] "
+                                 f"(--max-state-bytes) = {_size(limit)}: {fix}")
+        if memory is not None and 2 * total + data > STATE_MEMORY_FRACTION * memory:
+            raise StateSizeError(
+                f"{what}: a compiled call holds 2 copies (the state it is given and the one it "
+                f"returns), {_size(2 * total)}, plus {_size(data)} of data, more than "
+                f"{STATE_MEMORY_FRACTION:.0%} of the device's memory ({_size(memory)}): {fix}")
+    return out
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """:func:`run_experiment` interrupted (SIGINT, or SIGTERM turned into one): ``finished``
+    names the scenarios whose results were handed to ``on_scenario`` (or reused), and
+    ``checkpoints`` the ``(scenario, checkpoint directory, latest step index)`` of the
+    unfinished scenario when something of it is checkpointed (else empty)."""
+
+    def __init__(self, finished: list[str], checkpoints: list[tuple[str, str, int]]):
+        super().__init__("interrupted")
+        self.finished, self.checkpoints = list(finished), list(checkpoints)
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """SIGINT and SIGTERM received inside the block are held until it ends, then honoured (the
+    handler in force before the block runs: SIGINT's raises KeyboardInterrupt), so the few lines
+    that finish a scenario are never cut in half. Outside the main thread: no effect."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    watched = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum))
+                for s in watched}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    for signum in pending[:1]:
+        handler = previous[signum]
+        if callable(handler):
+            handler(signum, None)
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(signum)
+
+
+def _checkpointed(name: str, ckpt: Checkpointer | None) -> list[tuple[str, str, int]]:
+    steps = [] if ckpt is None else ckpt.steps()
+    return [(name, str(ckpt.directory), steps[-1])] if steps else []
+
+
+def _reuse(path: pathlib.Path, identity: dict, name: str,
+           log: Callable[[str], None]) -> dict | None:
+    """The results of finished scenario ``name`` saved in ``path`` by an earlier run of this
+    identity; None (moved aside, so the scenario runs again) when the file is unreadable; a run
+    of another identity: :class:`CheckpointMismatchError`."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        aside = path.with_name(f"{path.name}.corrupt-"
+                               f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+        path.rename(aside)
+        log(f"{name}-IL: {path} cannot be read ({e}); moved aside to {aside}: the scenario "
+            "resumes from its checkpoint")
+        return None
+    found = saved.get("identity") if isinstance(saved, dict) and "result" in saved else None
+    differs = describe_mismatch(found, identity)
+    if differs:
+        raise CheckpointMismatchError(
+            f"the finished {name}-IL results in {path} are {differs} (resume needs the same "
+            "config, options and cljax version: rerun the command that wrote them, or start "
+            "afresh elsewhere)")
+    return saved["result"]
+
+
 def run_experiment(config: dict, *, progress_factory: Callable | None = None,
                    log: Callable[[str], None] = print,
                    on_scenario: Callable[[dict], None] | None = None,
@@ -490,73 +799,128 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
     ``results.json``. ``on_scenario(results)`` is called after each finished scenario with the
     results so far (the CLI writes them out). ``checkpoint_dir`` / ``resume`` /
     ``checkpoint_every`` (steps): checkpoints of the whole training state (see
-    :mod:`cljax.checkpoint`; they resume on any device count). ``devices``: how many of
-    ``jax.devices()`` the runs are sharded over (None: all; one device: the one-device path).
-    ``events_dir``: where each finished scenario's training curves go as TensorBoard event files
-    (:mod:`cljax.events`; needs tensorboardX; None: none)."""
+    :mod:`cljax.checkpoint`; they resume on any device count; each carries the
+    :func:`run_identity`, and a checkpoint or finished scenario of another run is refused).
+    ``devices``: how many of ``jax.devices()`` the runs are sharded over (None: all; one device:
+    the one-device path). ``events_dir``: where each finished scenario's training curves go as
+    TensorBoard event files (:mod:`cljax.events`; needs tensorboardX; None: none).
+
+    After the data is loaded and before anything is compiled, every scenario's state is sized
+    (:func:`check_state_sizes`); a run that would not fit is refused. A finished scenario's
+    files are written with SIGINT / SIGTERM deferred (:func:`deferred_interrupts`), and an
+    interrupt raises :class:`RunInterrupted` saying what is finished and what checkpointed."""
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir")
     cfg = validate_config(config)
     if cfg["regimes"]:
-        out = {"config": cfg, "versions": versions(), "regimes": {}}
-        for regime, overrides in cfg["regimes"].items():
-            sub = copy.deepcopy({k: v for k, v in cfg.items() if k != "regimes"})
-            for dotted, value in overrides.items():
-                apply_override(sub, dotted, value)
-            log(f"regime {regime}: {overrides}")
-
-            def partial(results, regime=regime):
+        return _run_regimes(cfg, progress_factory=progress_factory, log=log,
+                            on_scenario=on_scenario, checkpoint_dir=checkpoint_dir,
+                            resume=resume, checkpoint_every=checkpoint_every, devices=devices,
+                            events_dir=events_dir)
+    results: dict = {"scenarios": {}}
+    current: tuple[str, Checkpointer | None] | None = None
+    try:
+        mesh = experiment_mesh(cfg, devices)
+        if mesh is not None:
+            log(f"devices: {mesh.devices.size} ({dict(mesh.shape)}: runs × batch)")
+        t0 = time.perf_counter()
+        stream, load_info = load_experiment_stream(cfg, log=log)
+        if cfg["epochs"] is not None:
+            cfg["steps"] = max(1, int(np.ceil(cfg["epochs"] * int(stream.train.n.max())
+                                              / cfg["batch_size"])))
+            log(f"{cfg['epochs']} epoch(s) of {int(stream.train.n.max())} examples at batch "
+                f"{cfg['batch_size']} = {cfg['steps']} steps per task")
+        if checkpoint_every is not None and checkpoint_dir is not None:
+            every = call_length(cfg["steps"], checkpoint_every)
+            log(f"checkpoints every {every} steps" + (
+                f" (--checkpoint-every {checkpoint_every} rounded down to a divisor of the "
+                f"{cfg['steps']} steps per task)" if every != checkpoint_every else ""))
+        method = get_method(cfg["method"], **cfg["method_options"])
+        plan = plan_runs(cfg, method)
+        results = {"config": copy.deepcopy(cfg), "versions": versions(), "stream": {
+            "name": stream.name, "num_tasks": stream.num_tasks, "classes": stream.classes,
+            "train_sizes": stream.train.n.tolist(), "test_sizes": stream.test.n.tolist()},
+            **load_info, "scenarios": {}}
+        where = {name: None if checkpoint_dir is None else pathlib.Path(checkpoint_dir) / name
+                 for name in cfg["scenarios"]}
+        for name in cfg["scenarios"]:
+            finished = None if where[name] is None else where[name] / "result.json"
+            if resume and finished is not None and finished.is_file():
+                entry = _reuse(finished, run_identity(cfg, name), name, log)
+                if entry is not None:
+                    results["scenarios"][name] = entry
+                    log(f"{name}-IL: finished before this resumed run; its results are reused")
+        check_state_sizes(cfg, stream, [n for n in cfg["scenarios"]
+                                        if n not in results["scenarios"]],
+                          len(plan.grid) * plan.seeds, mesh=mesh, log=log)
+        for name in cfg["scenarios"]:
+            if name in results["scenarios"]:
+                continue
+            setup = build_scenario(cfg, stream, name, mesh=mesh)
+            ckpt = None if where[name] is None else Checkpointer(
+                where[name] / "state", log=log, identity=run_identity(cfg, name))
+            current = (name, ckpt)
+            res = run_scenario(cfg, setup, plan, progress_factory=progress_factory,
+                               checkpoint=ckpt, checkpoint_every=checkpoint_every,
+                               resume=resume, mesh=mesh)
+            entry = summarise_scenario(cfg, setup, plan, res, log=log)
+            with deferred_interrupts():   # a finished scenario is written whole
+                if events_dir is not None:
+                    events.write_scenario_events(events_dir, name, res.train_loss,
+                                                 res.accuracy,
+                                                 events.run_names(plan.grid, plan.seeds))
+                if where[name] is not None:   # NaN kept as NaN (not strict JSON): reread here
+                    write_text_atomic(where[name] / "result.json", json.dumps(
+                        {"identity": run_identity(cfg, name), "result": entry},
+                        default=_to_builtin))
+                results["scenarios"][name] = entry
+                results["total_seconds"] = time.perf_counter() - t0
                 if on_scenario is not None:
-                    on_scenario({**out, "regimes": {**out["regimes"], regime: results}})
-
-            out["regimes"][regime] = run_experiment(
-                sub, progress_factory=progress_factory, log=log, on_scenario=partial,
-                checkpoint_dir=None if checkpoint_dir is None else
-                str(pathlib.Path(checkpoint_dir) / regime),
-                resume=resume, checkpoint_every=checkpoint_every, devices=devices,
-                events_dir=None if events_dir is None else str(pathlib.Path(events_dir) / regime))
-        return out
-    mesh = experiment_mesh(cfg, devices)
-    if mesh is not None:
-        log(f"devices: {mesh.devices.size} ({dict(mesh.shape)}: runs × batch)")
-    t0 = time.perf_counter()
-    stream, load_info = load_experiment_stream(cfg, log=log)
-    if cfg["epochs"] is not None:
-        cfg["steps"] = max(1, int(np.ceil(cfg["epochs"] * int(stream.train.n.max())
-                                          / cfg["batch_size"])))
-        log(f"{cfg['epochs']} epoch(s) of {int(stream.train.n.max())} examples at batch "
-            f"{cfg['batch_size']} = {cfg['steps']} steps per task")
-    method = get_method(cfg["method"], **cfg["method_options"])
-    plan = plan_runs(cfg, method)
-    results = {"config": copy.deepcopy(cfg), "versions": versions(), "stream": {
-        "name": stream.name, "num_tasks": stream.num_tasks, "classes": stream.classes,
-        "train_sizes": stream.train.n.tolist(), "test_sizes": stream.test.n.tolist()},
-        **load_info, "scenarios": {}}
-    for name in cfg["scenarios"]:
-        where = None if checkpoint_dir is None else pathlib.Path(checkpoint_dir) / name
-        finished = None if where is None else where / "result.json"
-        if resume and finished is not None and finished.is_file():
-            results["scenarios"][name] = json.loads(finished.read_text())
-            log(f"{name}-IL: finished before this resumed run; its results are reused")
-            continue
-        setup = build_scenario(cfg, stream, name, mesh=mesh)
-        ckpt = None if where is None else Checkpointer(where / "state", log=log)
-        res = run_scenario(cfg, setup, plan, progress_factory=progress_factory, checkpoint=ckpt,
-                           checkpoint_every=checkpoint_every, resume=resume, mesh=mesh)
-        entry = summarise_scenario(cfg, setup, plan, res, log=log)
-        if events_dir is not None:
-            events.write_scenario_events(events_dir, name, res.train_loss, res.accuracy,
-                                         events.run_names(plan.grid, plan.seeds))
-        if finished is not None:   # NaN kept as NaN (not strict JSON): resumed runs reread it
-            write_text_atomic(finished, json.dumps(entry, default=_to_builtin))
-        results["scenarios"][name] = entry
-        results["total_seconds"] = time.perf_counter() - t0
-        if on_scenario is not None:
-            on_scenario(results)
+                    on_scenario(results)
+                current = None
+    except RunInterrupted:
+        raise
+    except KeyboardInterrupt:
+        raise RunInterrupted(list(results["scenarios"]),
+                             [] if current is None else _checkpointed(*current)) from None
     return results
 
 
-__all__ = ["MODELS", "apply_override", "validate_config", "scale_options", "experiment_mesh", "make_optimizer", "make_model",
+def _run_regimes(cfg: dict, *, checkpoint_dir: str | None, events_dir: str | None,
+                 on_scenario: Callable[[dict], None] | None, log: Callable[[str], None],
+                 **kwargs: Any) -> dict:
+    """:func:`run_experiment` of every regime of ``cfg`` in turn (see there)."""
+    out = {"config": cfg, "versions": versions(), "regimes": {}}
+    for regime, overrides in cfg["regimes"].items():
+        sub = copy.deepcopy({k: v for k, v in cfg.items() if k != "regimes"})
+        for dotted, value in overrides.items():
+            apply_override(sub, dotted, value)
+        log(f"regime {regime}: {overrides}")
+
+        def partial(results, regime=regime):
+            if on_scenario is not None:
+                on_scenario({**out, "regimes": {**out["regimes"], regime: results}})
+
+        try:
+            out["regimes"][regime] = run_experiment(
+                sub, log=log, on_scenario=partial,
+                checkpoint_dir=None if checkpoint_dir is None else
+                str(pathlib.Path(checkpoint_dir) / regime),
+                events_dir=None if events_dir is None else str(pathlib.Path(events_dir) / regime),
+                **kwargs)
+        except RunInterrupted as e:
+            done = [f"{r}/{n}" for r, sub_results in out["regimes"].items()
+                    for n in sub_results.get("scenarios", {})]
+            raise RunInterrupted(done + [f"{regime}/{n}" for n in e.finished],
+                                 [(f"{regime}/{n}", d, i) for n, d, i in e.checkpoints]) from None
+    return out
+
+
+__all__ = ["MODELS", "apply_override", "validate_config", "scale_options", "experiment_mesh",
+           "make_optimizer", "make_model", "dataset_metadata", "StreamOutline", "stream_outline",
+           "config_plan", "run_identity", "StateSizeError", "STATE_MEMORY_FRACTION",
+           "estimate_state_bytes", "check_state_sizes", "RunInterrupted",
+           "deferred_interrupts",
            "load_experiment_stream", "ScenarioSetup", "SweepPlan", "plan_runs", "build_scenario",
            "run_scenario", "summarise_scenario", "run_experiment", "summarise", "summarise_finite",
            "sweep_grid", "versions", "task_eval_data", "flatness_analysis"]

@@ -35,10 +35,13 @@ def test_checkpointer_round_trip_keys_and_fallback_on_damage(tmp_path):
     c.log = seen.append
     payload, meta = c.restore_latest(old)
     assert meta == {"i": 1} and "cannot be restored" in seen[0] and "/2" in seen[0]
+    # the damaged checkpoint is moved aside (kept, never deleted), so step 2 can be saved again
+    assert "moved aside" in seen[0] and c.steps() == [1]
+    assert [p.name.split(".")[1][:8] for p in (tmp_path / "c").glob("2.*")] == ["corrupt-"]
     for root, _, files in os.walk(tmp_path / "c" / "1"):
         for f in files:
             (pathlib.Path(root) / f).write_bytes(b"")
-    with pytest.raises(CheckpointError, match="no checkpoint could be restored"):
+    with pytest.raises(CheckpointError, match="no checkpoint in .* could be restored"):
         c.restore_latest(old)
     with pytest.raises(CheckpointError):   # a template of another structure is refused too
         Checkpointer(tmp_path / "d", log=lambda m: None).save(1, old, {}) or \
@@ -89,7 +92,7 @@ def test_resume_refuses_another_run_and_needs_a_checkpoint(tmp_path):
     keys = jax.random.split(jax.random.key(0), 2)
     ckpt = Checkpointer(tmp_path / "c")
     run_stream(tr, data, num_steps=4, keys=keys, checkpoint=ckpt)
-    with pytest.raises(ValueError, match="4 steps per task; this one has 2 and 8"):
+    with pytest.raises(ValueError, match="is of 4 steps per task; this run is 8 steps per task"):
         run_stream(tr, data, num_steps=8, keys=keys, checkpoint=ckpt, resume=True)
     with pytest.raises(ValueError, match="need a checkpoint"):
         run_stream(tr, data, num_steps=4, keys=keys, resume=True)

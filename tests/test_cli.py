@@ -6,6 +6,7 @@ import tensorflow_datasets as tfds
 
 from cljax import cli
 from cljax import events as cljax_events
+from cljax import workdir as wd
 from cljax.config import apply_assignment
 from cljax.experiment import validate_config
 
@@ -150,7 +151,10 @@ def _one_line_error(capsys, argv) -> str:
      "--set hparams={'strength': 'abc'}: config['hparams']['strength'] must be a finite number"),
     (["--method", "ewc", "--sweep", "strength=1,nan"], "--sweep strength=1,nan: "
                                                        "config['sweep']['strength'] values must "
-                                                       "be finite numbers >= 0; got nan"),
+                                                       "be finite numbers; got nan"),
+    (["--method", "ewc", "--sweep", "strength=1,-1"], "--sweep strength=1,-1: "
+                                                      "config['sweep']['strength'] value of "
+                                                      "method 'ewc' must be >= 0; got -1.0"),
     (["--method", "magic"], "--method magic: unknown method 'magic'; available: ["),
     (["--scenarios", "task,instance"], "--scenarios task,instance: scenarios must be"),
     (["--set", "model.dropout=1.5"], "--set model.dropout=1.5: MLP dropout must be a rate in "
@@ -238,8 +242,11 @@ def test_missing_data_is_one_line(tmp_path, capsys):
     assert message.startswith(f"tfds dataset 'mnist' (split 'train') is not prepared under "
                               f"{str(tmp_path / 'nodata')!r}"), message
     assert "tfds build mnist --file_format=array_record" in message
-    # the same command works again once the data is there: the directory holds only config.json
-    assert [p.name for p in (tmp_path / "w").iterdir()] == ["config.json"]
+    # the same command works again once the data is there: the directory holds only the run's
+    # config.json (and cljax's marker and lock)
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == [".cljax-lock",
+                                                                  ".cljax-run.json",
+                                                                  "config.json"]
 
 
 def test_run_stage_errors(tmp_path, capsys, monkeypatch):
@@ -255,8 +262,20 @@ def test_run_stage_errors(tmp_path, capsys, monkeypatch):
     def interrupted(config, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr(cljax.experiment, "run_experiment", interrupted)
-    assert cli.main(argv) == cli.EXIT_INTERRUPTED      # SIGINT / SIGTERM: status 130, how to resume
-    assert "--resume" in capsys.readouterr().err
+    assert cli.main(argv) == cli.EXIT_INTERRUPTED      # SIGINT / SIGTERM: status 130
+    err = capsys.readouterr().err    # nothing was checkpointed: it does not say so
+    assert "interrupted before anything was finished or checkpointed" in err
+    assert "checkpointed in" not in err
+
+    def interrupted_mid_run(config, **kwargs):
+        raise cljax.experiment.RunInterrupted(["task"], [("class", "/w/checkpoints/class/state",
+                                                          8)])
+    monkeypatch.setattr(cljax.experiment, "run_experiment", interrupted_mid_run)
+    assert cli.main(argv) == cli.EXIT_INTERRUPTED      # what is finished, what checkpointed
+    err = capsys.readouterr().err
+    assert "the finished scenarios' results (task) are in" in err
+    assert "the unfinished class scenario's state is checkpointed in /w/checkpoints/class/" in err
+    assert "--resume" in err
 
     def bug(config, **kwargs):
         raise ZeroDivisionError("a bug")
@@ -286,11 +305,15 @@ def test_workdir_reuse_needs_overwrite_or_resume(tmp_path, capsys, fake_run):
     assert "is not empty (it holds an earlier cljax run" in message
     assert "--resume" in message and "--overwrite" in message and len(fake_run.calls) == 1
 
-    # a stale file of an earlier run never survives --overwrite, nor is listed as written
+    # a stale file of an earlier run never survives --overwrite, nor is listed as written; a
+    # file the user put beside the run is kept
     (workdir / "stability_plasticity.png").write_bytes(b"stale")
+    wd.record_outputs(workdir, ["stability_plasticity.png"])   # as write_outputs' would be
+    (workdir / "notes.txt").write_text("mine")
     assert cli.main(argv + ["--overwrite"]) == 0
     out = capsys.readouterr().out
     assert not (workdir / "stability_plasticity.png").exists()
+    assert (workdir / "notes.txt").read_text() == "mine"
     assert "stability_plasticity.png" not in out
     assert out.startswith("wrote accuracy_matrix.png, config.json, report.md, results.json, "
                           "task_curves.png in ")

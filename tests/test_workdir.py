@@ -7,10 +7,17 @@ import numpy as np
 import pytest
 
 from cljax import workdir as wd
-from cljax.workdir import WorkdirError, prepare_workdir
+from cljax.workdir import WorkdirError
 
 CONFIG = {"method": "ewc", "steps": 10, "model": {"kind": "mlp", "widths": [8]},
           "optimizer": {"name": "adam", "learning_rate": 1e-3}, "data_dir": "/data/a"}
+
+
+def prepare_workdir(*args, **kwargs):
+    """:func:`cljax.workdir.prepare_workdir`, its lock released (one run after the other)."""
+    info = wd.prepare_workdir(*args, **kwargs)
+    info.pop("lock").release()
+    return info
 
 
 def test_write_json_atomic_is_strict_json(tmp_path):
@@ -48,6 +55,8 @@ def test_new_or_empty_directory_is_created_and_gets_config_json(tmp_path):
     info = prepare_workdir(tmp_path / "a" / "b", CONFIG)
     assert info == {"path": tmp_path / "a" / "b", "resume": False}
     assert json.loads((tmp_path / "a" / "b" / "config.json").read_text()) == CONFIG
+    assert wd.read_marker(tmp_path / "a" / "b")["wrote"] == [".cljax-lock", ".cljax-run.json",
+                                                             "config.json"]
     (tmp_path / "empty").mkdir()
     assert prepare_workdir(tmp_path / "empty", CONFIG)["resume"] is False
 
@@ -82,7 +91,7 @@ def test_a_used_directory_needs_resume_or_overwrite(tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
-    with pytest.raises(WorkdirError, match="other files: notes.txt"):
+    with pytest.raises(WorkdirError, match="not a cljax run's directory .it holds notes.txt"):
         prepare_workdir(other, CONFIG)
     # --overwrite never empties a directory that is not a cljax run's
     with pytest.raises(WorkdirError, match="not a cljax run"):
@@ -92,7 +101,7 @@ def test_a_used_directory_needs_resume_or_overwrite(tmp_path):
         prepare_workdir(run, CONFIG, resume=True, overwrite=True)
 
 
-def test_overwrite_removes_every_stale_file(tmp_path):
+def test_overwrite_removes_every_stale_file_cljax_wrote_and_nothing_else(tmp_path):
     run = tmp_path / "run"
     prepare_workdir(run, {**CONFIG, "sweep": {"strength": [1.0, 2.0]}})
     (run / "stability_plasticity.png").write_bytes(b"png")
@@ -100,10 +109,14 @@ def test_overwrite_removes_every_stale_file(tmp_path):
     (run / "checkpoints" / "3" / "x").write_text("")
     (run / "link").symlink_to(tmp_path / "elsewhere")
     (tmp_path / "elsewhere").mkdir()
+    wd.record_outputs(run, ["stability_plasticity.png", "checkpoints", "link"])
+    (run / "notes.txt").write_text("mine")     # the user's, beside the run
     prepare_workdir(run, CONFIG, overwrite=True)
-    assert [p.name for p in run.iterdir()] == ["config.json"]
+    assert sorted(p.name for p in run.iterdir()) == [".cljax-lock", ".cljax-run.json",
+                                                     "config.json", "notes.txt"]
     assert json.loads((run / "config.json").read_text()) == CONFIG
     assert (tmp_path / "elsewhere").is_dir()  # a link is removed, not followed
+    assert (run / "notes.txt").read_text() == "mine"
 
 
 def test_resume_needs_the_same_config_and_names_the_differing_keys(tmp_path):
@@ -121,16 +134,26 @@ def test_resume_needs_the_same_config_and_names_the_differing_keys(tmp_path):
     no_config = tmp_path / "no_config"
     no_config.mkdir()
     (no_config / "results.json").write_text("{}")
-    with pytest.raises(WorkdirError, match="holds no config.json, so there is no run to resume"):
+    with pytest.raises(WorkdirError, match="holds no cljax run to resume") as e:
         prepare_workdir(no_config, CONFIG, resume=True)
+    assert "--overwrite" not in str(e.value)   # it would refuse that directory too
 
 
-def test_resume_of_nothing_starts_fresh_and_a_lone_config_json_counts_as_empty(tmp_path):
+def test_resume_of_nothing_starts_fresh_and_a_run_that_wrote_only_its_config_counts_as_empty(
+        tmp_path):
     assert prepare_workdir(tmp_path / "new", CONFIG, resume=True)["resume"] is False
     # a run that stopped before writing anything but config.json (e.g. on missing data): the
     # same command, or another config, can use the directory again
     assert prepare_workdir(tmp_path / "new", {**CONFIG, "steps": 5})["resume"] is False
     assert json.loads((tmp_path / "new" / "config.json").read_text())["steps"] == 5
+    # a user's own lone config.json (no marker) is not empty: never written over
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "config.json").write_text("{}")
+    for flags in ({}, {"overwrite": True}, {"resume": True}):
+        with pytest.raises(WorkdirError, match="config.json"):
+            prepare_workdir(user, CONFIG, **flags)
+    assert (user / "config.json").read_text() == "{}"
 
 
 def test_config_differences():

@@ -35,7 +35,9 @@ class Checkpointing:
     when the loop is interrupted; and restoring the latest complete state to continue from.
 
     A checkpoint is indexed by the steps done over the stream (``task · num_steps + done``);
-    it holds the real runs' state and the :class:`Record`, and its meta where the run stands.
+    it holds the real runs' state and the :class:`Record`, and its meta where the run stands,
+    the steps per task and the number of runs (the checkpointer adds the arrays' shapes and
+    the run's identity): a checkpoint of another run is refused, never resumed from.
     """
 
     def __init__(self, checkpoint: Any, *, every: int | None, num_steps: int,
@@ -49,15 +51,9 @@ class Checkpointing:
                 ) -> tuple[TrainState, int, int] | None:
         """``(state, task, steps done in it)`` of the latest readable checkpoint (the record
         restored in place), or None when there is none."""
-        meta = self.checkpoint.latest_meta()
-        runs = self.layout.runs
-        if meta is not None and (meta.get("num_steps") != self.num_steps
-                                 or meta.get("runs") != runs):
-            raise ValueError(f"the checkpoint in {self.checkpoint.directory} is of a run with "
-                             f"{meta.get('runs')} runs and {meta.get('num_steps')} steps per "
-                             f"task; this one has {runs} and {self.num_steps}")
-        restored = self.checkpoint.restore_latest({"state": self.layout.real(state),
-                                                   "record": record.tree})
+        restored = self.checkpoint.restore_latest(
+            {"state": self.layout.real(state), "record": record.tree},
+            expect={"num_steps": self.num_steps, "runs": self.layout.runs})
         if restored is None:
             return None
         payload, meta = restored
