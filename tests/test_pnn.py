@@ -156,13 +156,16 @@ def test_everything_a_task_does_not_own_stays_bitwise_fixed_under_adam():
         before = after
 
 
+def _unmasked():
+    """pnn without its update mask: the base optimizer alone."""
+    return get_method("pnn")._replace(make_optimizer=lambda hparams, base: base,
+                                      optimizer_args=lambda p, b, m, c: {})
+
+
 def test_without_the_update_mask_adam_moves_the_frozen_columns():
     """The control: Adam's momentum moves column 0 on task 1 though its gradient is 0 (the
     activations feed the adapters through stop_gradient), so the mask is what keeps it."""
-    method = get_method("pnn")
-    unmasked = method._replace(make_optimizer=lambda hparams, base: base,
-                               optimizer_args=lambda p, b, m, c: {})
-    _, trainer, data = _build(method=unmasked)
+    _, trainer, data = _build(method=_unmasked())
     res = run_stream(trainer, data, num_steps=STEPS, keys=KEYS[:1], keep_params=True)
     a, b = _theta(res, 0), _theta(res, 1)
     assert np.any(a["W_0"][0] != b["W_0"][0])
@@ -172,10 +175,7 @@ def test_without_the_update_mask_adam_moves_the_frozen_columns():
 def test_without_the_update_mask_sgd_moves_only_the_trained_column():
     """With plain SGD the gradient alone decides, and it is exactly zero outside column t (the
     stop_gradient into the adapters, the other columns' heads unused by the loss)."""
-    method = get_method("pnn")
-    unmasked = method._replace(make_optimizer=lambda hparams, base: base,
-                               optimizer_args=lambda p, b, m, c: {})
-    _, trainer, data = _build(method=unmasked, optimizer=optax.sgd(0.1))
+    _, trainer, data = _build(method=_unmasked(), optimizer=optax.sgd(0.1))
     res = run_stream(trainer, data, num_steps=STEPS, keys=KEYS[:1], keep_params=True)
     for t in (1, 2):
         before, after = _theta(res, t - 1), _theta(res, t)
@@ -186,10 +186,10 @@ def test_without_the_update_mask_sgd_moves_only_the_trained_column():
 
 def test_task_il_accuracy_matrix_has_zero_forgetting():
     res, _ = _reference()
-    R = res.accuracy[0]
+    R, L = res.accuracy[0], res.loss[0]
     for j in range(T):
         for i in range(j, T):
-            assert R[i, j] == R[j, j], (i, j, R)
+            assert R[i, j] == R[j, j] and L[i, j] == L[j, j], (i, j, R, L)
     assert R[T - 1].mean() > 0.6, R                        # and it learns
 
 

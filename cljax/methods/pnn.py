@@ -10,10 +10,13 @@ also reads the previous layer of every earlier column through a non-linear later
 where ``h_{i-1}^(<k) = [h_{i-1}^(1) … h_{i-1}^(k-1)]`` concatenates the earlier columns, α is one
 learned scalar per adapter ("initialized by a random small value": here U(0, ``alpha_init``),
 ``alpha_init`` = 0.1, the paper gives no number), V projects the (k-1)·n_{i-1} concatenated
-features onto r dimensions, σ = ReLU and U maps them to the layer's n_i units. The paper's V is
-``n_{i-1} × n_{i-1}^(<k)`` (r = n_{i-1}, the width of one earlier column's layer, so the lateral
-parameters stay of the order of one column's): ``adapter_dim=None`` (the default); an int sets r
-for every adapter. The scale α multiplies V's output (the same as its input: V is linear).
+features onto r dimensions, σ = ReLU and U maps them to the layer's n_i units. The paper's
+equation gives V the shape ``n_{i-1} × n_{i-1}^(<k)``, i.e. r = n_{i-1}, the width of one earlier
+column's layer (its prose says "a projection onto an n_i dimensional subspace": the same for the
+hidden layers of an equal-width MLP, not at the head, where n_i is the number of outputs); we
+follow the equation: ``adapter_dim=None`` (the default); an int sets r for every adapter. The
+scale α multiplies V's output (the same as its input: V is linear). The adapters read the
+earlier columns' activations after their dropout, as their own next layers do.
 
 Fixed shapes: all T = ``spec.num_tasks`` columns and adapters are allocated at the start and
 computed at every step (columns stacked along a leading axis; V stored as one ``n_{i-1} × r``
