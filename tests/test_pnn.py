@@ -15,6 +15,7 @@ import pytest
 
 from cljax.data import make_scenario, split_tasks
 from cljax.methods import PredictContext, get_method
+from cljax.methods.base import check_scenario
 from cljax.methods.pnn import (owned_updates_only, pnn_parameter_counts, progressive_model)
 from cljax.nn import CNN, MLP, as_model
 from cljax.training import make_trainer, prepare_data, run_stream, to_batch
@@ -300,13 +301,13 @@ def test_one_trace_for_the_stream():
     assert len(traces) == 1 and np.all(np.isfinite(res.train_loss))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("scenario", ["domain", "class"])
-def test_the_other_scenarios_run(scenario):
-    """A column per task whatever the scenario: each example's task id picks its column."""
-    _, trainer, data = _build(scenario)
-    res = run_stream(trainer, data, num_steps=3, keys=KEYS[:1])
-    assert np.all(np.isfinite(res.accuracy)) and np.all(np.isfinite(res.train_loss))
+def test_task_il_only():
+    """The column is chosen by the task id, which only Task-IL gives at test time."""
+    method = get_method("pnn")
+    assert method.scenarios == ("task",)
+    for scenario in ("domain", "class"):
+        with pytest.raises(ValueError, match=f"does not support the '{scenario}' scenario"):
+            check_scenario(method, scenario)
 
 
 def test_vmapped_runs_equal_separate_runs():

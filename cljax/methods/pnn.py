@@ -25,7 +25,9 @@ trains column t and its adapters only: the earlier columns' activations enter th
 through ``stop_gradient`` (constants), and :func:`owned_updates_only`, last in the optimizer
 chain, zeroes the update of every parameter task t does not own — under any base optimizer
 (Adam's momentum would otherwise move a weight whose gradient is zero), so earlier and later
-columns stay bitwise fixed. Each example is predicted by the column of its own task id.
+columns stay bitwise fixed. Each example is predicted by the column of its own task id, which
+only Task-IL gives at test time: the method supports the ``"task"`` scenario alone (on a
+permuted stream too: each column has its own head of the base's width whatever the base's heads).
 
 Cost: the step computes T columns and T(T-1)/2 adapter blocks, so its work grows as
 T·|column| + T(T-1)/2·n·r (:func:`pnn_parameter_counts` gives the parameter side).
@@ -283,7 +285,7 @@ def pnn(*, adapter_dim: int | None = None, alpha_init: float = 0.1) -> Method:
     return Method("pnn", make_optimizer=lambda hparams, base: optax.chain(base,
                                                                           owned_updates_only()),
                   optimizer_args=lambda params, batch, mstate, ctx: {"pnn_task": ctx.task},
-                  predict=predict, model=model)
+                  predict=predict, model=model, scenarios=("task",))
 
 
 __all__ = ["pnn", "ProgressiveMLP", "progressive_model", "owned_updates_only",
