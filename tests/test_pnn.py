@@ -308,6 +308,9 @@ def test_task_il_only():
     for scenario in ("domain", "class"):
         with pytest.raises(ValueError, match=f"does not support the '{scenario}' scenario"):
             check_scenario(method, scenario)
+        _, trainer, data = _build(scenario)                    # refused when a run starts
+        with pytest.raises(ValueError, match="the 'task' scenario only"):
+            jax.eval_shape(lambda: trainer.init(KEYS[0], {}, data))
 
 
 def test_vmapped_runs_equal_separate_runs():

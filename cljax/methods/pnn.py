@@ -27,7 +27,8 @@ chain, zeroes the update of every parameter task t does not own — under any ba
 (Adam's momentum would otherwise move a weight whose gradient is zero), so earlier and later
 columns stay bitwise fixed. Each example is predicted by the column of its own task id, which
 only Task-IL gives at test time: the method supports the ``"task"`` scenario alone (on a
-permuted stream too: each column has its own head of the base's width whatever the base's heads).
+permuted stream too: each column has its own head of the base's width) and refuses a configured
+model with a single head for several tasks (Domain-IL, Class-IL) when a run starts.
 
 Cost: the step computes T columns and T(T-1)/2 adapter blocks, so its work grows as
 T·|column| + T(T-1)/2·n·r (:func:`pnn_parameter_counts` gives the parameter side).
@@ -275,6 +276,11 @@ def pnn(*, adapter_dim: int | None = None, alpha_init: float = 0.1) -> Method:
     check_positive(alpha_init, name="alpha_init", scalar=True)
 
     def model(base: Model, spec: StreamSpec) -> Model:
+        if spec.num_tasks > 1 and spec.num_heads == 1:
+            raise ValueError(f"pnn predicts each example with its task's column, so it needs the "
+                             f"task id at test time: the 'task' scenario only (the configured "
+                             f"model has one head for {spec.num_tasks} tasks: the 'domain' or "
+                             f"'class' scenario)")
         return progressive_model(base, spec.num_tasks, adapter_dim=adapter_dim,
                                  alpha_init=alpha_init)
 
