@@ -383,12 +383,16 @@ def test_capacity_error_before_training_and_option_checks():
     _, trainer, data = build(layer_prune_ratio={"Dense_2": 0.5})
     with pytest.raises(ValueError, match="never pruned"):
         run_stream(trainer, data, num_steps=STEPS, keys=KEYS[:1])
-    method, trainer, data = build(retrain_steps=STEPS)     # raised at a task's first step
-    model, spec = trainer.model_and_spec(data)
+    # retrain_steps >= the task's steps: capped, the prune follows the first step
+    method, trainer, data = build(retrain_steps=STEPS)
+    _, spec = trainer.model_and_spec(data)
     params = _init_params()
-    info = _step_info(method, trainer, data, params, method.init(params, None, {}, spec), 0, 0)
-    with pytest.raises(Exception, match="retrain_steps=9 leaves no training"):
-        jax.block_until_ready(method.after_step(info))
+    after_step = jax.jit(lambda p, m, step: method.after_step(
+        _step_info(method, trainer, data, p, m, 0, step)))
+    mstate = method.init(params, None, {}, spec)
+    for step, prunes in ((0, True), (1, False), (STEPS - 1, False)):
+        _, _, m = after_step(params, mstate, step)
+        assert bool(np.any(np.asarray(m.owner["Dense_0/kernel"]) == FREE)) == prunes, step
     for bad in ({"prune_ratio": 1.0}, {"prune_ratio": -0.1}, {"prune_ratio": ()},
                 {"retrain_steps": -1}, {"retrain_fraction": 1.0},
                 {"layer_prune_ratio": {"Dense_0": 2}}):

@@ -335,12 +335,6 @@ def _claim(owner: dict[str, Array], plan: PackNetPlan, task: Array, num_tasks: i
     return out
 
 
-def _raise_no_training(retrain_steps: Any, task_steps: Any) -> None:
-    raise ValueError(f"packnet: retrain_steps={int(retrain_steps)} leaves no training before the "
-                     f"prune in a task of {int(np.max(task_steps))} steps; lower retrain_steps "
-                     f"or use retrain_fraction")
-
-
 def _select(pred: Array, new: Any, old: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
 
@@ -364,9 +358,11 @@ def packnet(*, prune_ratio: float | Sequence[float] = 0.75,
         ("Dense_0"): a fraction, or one per task}.
       retrain_steps: steps of retraining after the prune, at the end of each task (the prune
         follows step ``task_steps − retrain_steps − 1``); None: ``retrain_fraction`` of the
-        task's steps, rounded half up.
+        task's steps, rounded half up. Either is capped at ``task_steps − 1``: a task trains at
+        least one step before its prune (the method does not see the number of steps before
+        the run, and a traced value cannot raise).
       retrain_fraction: default 1/3, the authors' scripts' 10 epochs of retraining after 20 of
-        training per task (at most all steps but the first).
+        training per task.
 
     The model must be Dense/Conv layers (and any others, whose parameters train with task 0
     only); prediction needs each example's task id (Task-IL; in the other scenarios the ids
@@ -404,16 +400,14 @@ def packnet(*, prune_ratio: float | Sequence[float] = 0.75,
 
     def retrain_of(task_steps):
         if retrain_steps is not None:
-            return jnp.asarray(retrain_steps, jnp.int32)
-        steps = jnp.floor(retrain_fraction * task_steps.astype(jnp.float32) + 0.5)
-        return jnp.minimum(steps.astype(jnp.int32), task_steps - 1)
+            steps = jnp.asarray(retrain_steps, jnp.int32)
+        else:
+            steps = jnp.floor(retrain_fraction * task_steps.astype(jnp.float32) + 0.5).astype(
+                jnp.int32)
+        return jnp.minimum(steps, task_steps - 1)
 
     def after_step(info):
         clock, owner = info.clock, info.mstate.owner
-        if retrain_steps is not None:    # checked at each task's first step (traced steps)
-            jax.lax.cond(any_run((clock.task_step == 0) & (retrain_steps >= clock.task_steps)),
-                         lambda s: jax.debug.callback(_raise_no_training, retrain_steps, s),
-                         lambda s: None, clock.task_steps)
         hit = clock.task_step + 1 == clock.task_steps - retrain_of(clock.task_steps)
         plan = plan_of(info.params, info.spec)
 
