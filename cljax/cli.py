@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue the run saved in --workdir (same config and options) from "
                             "its last complete checkpoint")
     again.add_argument("--overwrite", action="store_true",
-                       help="delete the contents of --workdir (an earlier cljax run) first")
+                       help="first remove what the earlier cljax run in --workdir wrote "
+                            "(nothing else: other files there are kept)")
     run.add_argument("--checkpoint-every", type=_positive_int, dest="checkpoint_every",
                      metavar="STEPS", help="also checkpoint every STEPS steps within a task "
                                            "(default: after every task only); rounded down to "

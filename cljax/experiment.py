@@ -232,7 +232,7 @@ def stream_outline(cfg: dict) -> StreamOutline:
         try:
             flat = sorted(int(c) for t in tasks for c in t)
             sizes = [len(t) for t in tasks]
-        except TypeError:
+        except (TypeError, ValueError):
             return StreamOutline(None, None, None)   # the stream builder names the error
         whole = classes is not None and flat == list(range(classes)) and limit is None
         return StreamOutline(len(sizes), max(sizes, default=0) or None,
@@ -874,6 +874,8 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
                         {"identity": run_identity(cfg, name), "result": entry},
                         default=_to_builtin))
                 results["scenarios"][name] = entry
+                results["scenarios"] = {n: results["scenarios"][n] for n in cfg["scenarios"]
+                                        if n in results["scenarios"]}    # the config's order
                 results["total_seconds"] = time.perf_counter() - t0
                 if on_scenario is not None:
                     on_scenario(results)
