@@ -29,7 +29,12 @@ Choices, and where they come from:
   the state is built, before any training.
 * The prune happens in ``after_step`` of the step ``task_steps − retrain_steps − 1`` (a
   ``lax.cond``; under ``vmap`` the predicate is "some run prunes now", which all runs share, so
-  it stays a cond and no other step pays for the sort).
+  it stays a cond and no other step pays for the selection).
+
+Cost of a step (784-400-400 MLP, batch 128, Adam): the masked update is ≈ free (1.01–1.06× on
+an H200); the per-step cond costs ≈ 2% on the CPU but on a GPU its predicate is read by the host
+at every step (≈ +50 µs there, 1.6–1.75× a 66 µs step; 1.15× with XLA's command buffers holding
+conditionals).
 """
 from __future__ import annotations
 
@@ -242,6 +247,9 @@ def release_counts(size: int, ratios: Sequence[float]) -> np.ndarray:
     """How many weights of a layer of ``size`` weights each task releases: task t claims the
     F_t weights left free (F_0 = ``size``, F_{t+1} = the weights task t released) and releases
     round(ratios[t] · F_t) of them (half up), keeping the rest. ``[len(ratios)]`` int64."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"size must be a positive int (the layer's weights); got {size!r}")
+    ratios = [_check_ratio(r, f"ratios[{i}]") for i, r in enumerate(ratios)]
     free, out = int(size), []
     for r in ratios:
         out.append(int(math.floor(r * free + 0.5)))
