@@ -506,11 +506,9 @@ def plan_runs(cfg: dict, method: Method) -> SweepPlan:
     return SweepPlan(grid, S, keys, hparams)
 
 
-def build_scenario(cfg: dict, stream: TaskStream, name: str, *, mesh: Any = None
-                   ) -> ScenarioSetup:
-    """Stage 1 (build): scenario, model, method, trainer and device data of scenario ``name``
-    (replicated on ``mesh``'s devices when given; kept on the host when the config's
-    ``data_placement`` says so or the stream is larger than ``device_memory_cap``)."""
+def _scenario_trainer(cfg: dict, stream: TaskStream, name: str
+                      ) -> tuple[Any, Method, Trainer]:
+    """Scenario ``name`` of ``stream``, the config's method and its trainer."""
     scenario = make_scenario(stream, name)
     method = get_method(cfg["method"], **cfg["method_options"])
     model = make_model(cfg["model"], num_outputs=scenario.num_outputs,
@@ -518,6 +516,15 @@ def build_scenario(cfg: dict, stream: TaskStream, name: str, *, mesh: Any = None
     trainer = make_trainer(model, method, optimizer=make_optimizer(
         cfg["optimizer"], steps_per_task=cfg["steps"]), batch_size=cfg["batch_size"],
         eval_chunk=cfg["eval_chunk"], reset_optimizer=cfg["reset_optimizer"])
+    return scenario, method, trainer
+
+
+def build_scenario(cfg: dict, stream: TaskStream, name: str, *, mesh: Any = None
+                   ) -> ScenarioSetup:
+    """Stage 1 (build): scenario, model, method, trainer and device data of scenario ``name``
+    (replicated on ``mesh``'s devices when given; kept on the host when the config's
+    ``data_placement`` says so or the stream is larger than ``device_memory_cap``)."""
+    scenario, method, trainer = _scenario_trainer(cfg, stream, name)
     scale = scale_options(cfg)
     data = prepare_data(stream, scenario, eval_chunk=cfg["eval_chunk"],
                         placement=scale["data_placement"], memory_cap=scale["device_memory_cap"],
@@ -653,13 +660,7 @@ def estimate_state_bytes(cfg: dict, stream: TaskStream, name: str) -> int:
     optimizer and method state: memories, OGD's store, GPM's bases, K-FAC factors, masks,
     columns), from ``jax.eval_shape`` of the trainer's ``init`` on the stream's shapes: nothing
     is compiled or allocated."""
-    scenario = make_scenario(stream, name)
-    method = get_method(cfg["method"], **cfg["method_options"])
-    model = make_model(cfg["model"], num_outputs=scenario.num_outputs,
-                       num_heads=scenario.num_heads)
-    trainer = make_trainer(model, method, optimizer=make_optimizer(
-        cfg["optimizer"], steps_per_task=cfg["steps"]), batch_size=cfg["batch_size"],
-        eval_chunk=cfg["eval_chunk"], reset_optimizer=cfg["reset_optimizer"])
+    scenario, method, trainer = _scenario_trainer(cfg, stream, name)
 
     def shaped(arrays: TaskArrays) -> TaskArrays:
         return TaskArrays(*(jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype)

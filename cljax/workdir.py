@@ -209,10 +209,6 @@ class WorkdirLock:
     def __init__(self, path: pathlib.Path, handle: Any):
         self.path, self._handle = path, handle
 
-    @property
-    def held(self) -> bool:
-        return self._handle is not None
-
     def release(self) -> None:
         """Release the lock (the lock file stays: removing it would let two runs lock two
         different files)."""
