@@ -8,7 +8,7 @@ import pytest
 
 from cljax.data import make_scenario, split_tasks
 from cljax.methods import Clock, LossContext, PredictContext, StreamSpec, get_method
-from cljax.methods.hat import (EMBEDDINGS, SCALE, HATState, annealed_scale,
+from cljax.methods.hat import (EMBEDDINGS, SCALE, TASK, HATState, annealed_scale,
                                attention_regulariser, batches_per_epoch, conditioning_scales,
                                embedding_compensation, gate_plan, gated_model, hat)
 from cljax.nn import CNN, MLP, AlexNet, as_model
@@ -271,6 +271,11 @@ def test_gated_forward_equals_a_hand_written_mlp():
                                                      jax.random.key(0)), sig, rtol=1e-5, atol=1e-6)
     binary = _hand_mlp(params, batch["x"], tasks, lambda e: (e > 0).astype(np.float64))
     np.testing.assert_allclose(model.logits_fn(params, batch), binary, rtol=1e-5, atol=1e-6)
+    one = {**batch, "task": jnp.full(12, 2, jnp.int32), SCALE: jnp.float32(s)}
+    np.testing.assert_allclose(       # training's one-task batches: batch[TASK], one row of e
+        model.logits_fn(params, {**one, TASK: jnp.int32(2)}),
+        _hand_mlp(params, batch["x"], np.full(12, 2), lambda e: 1 / (1 + np.exp(-s * e))),
+        rtol=1e-5, atol=1e-6)
 
 
 def test_gated_alexnet_equals_a_hand_written_one_with_the_gate_after_batchnorm():
@@ -312,8 +317,14 @@ def test_gated_alexnet_equals_a_hand_written_one_with_the_gate_after_batchnorm()
         return (h @ params["Dense_2"]["kernel"]).reshape(6, 2, 2)[jnp.arange(6), tasks]
 
     want = by_hand(x)
-    got = jax.jit(model.logits_fn)(params, {"x": x, "task": tasks, SCALE: jnp.float32(s)})
+    logits = jax.jit(model.logits_fn)
+    got = logits(params, {"x": x, "task": tasks, SCALE: jnp.float32(s)})
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-5)
+    ones = jnp.ones(6, jnp.int32)    # one task for the batch, as training gives it (batch[TASK])
+    np.testing.assert_allclose(logits(params, {"x": x, "task": ones, SCALE: jnp.float32(s),
+                                               TASK: jnp.int32(1)}),
+                               logits(params, {"x": x, "task": ones, SCALE: jnp.float32(s)}),
+                               rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------

@@ -46,7 +46,9 @@ Design choices (see :func:`hat`):
 
 Hyperparameters (``hparams``): ``c`` (0.75) and ``s_max`` (400), the paper's chosen values.
 The gate scale ``s`` reaches the model as the batch entry :data:`SCALE` (absent: binarised
-gates); the embeddings are the params entry :data:`EMBEDDINGS`, ``{gate name: [T, units]}``.
+gates), and in training the batch's one task as :data:`TASK` (a scalar: the gates are one row of
+each embedding, not a per-example gather whose gradient is a scatter-add of B rows into the
+same row); the embeddings are the params entry :data:`EMBEDDINGS`, ``{gate name: [T, units]}``.
 """
 from __future__ import annotations
 
@@ -68,6 +70,7 @@ from cljax.validation import check_positive
 
 EMBEDDINGS = "hat_embeddings"
 SCALE = "hat_s"
+TASK = "hat_task"
 GRADIENT_SCALES = "hat_gradient_scales"
 UPDATE_SCALES = "hat_update_scales"
 
@@ -163,12 +166,13 @@ def init_embeddings(key: PRNGKey, plan: GatePlan, num_tasks: int) -> dict[str, A
 
 def unit_gates(embeddings: Mapping[str, Array], tasks: Array, s: Array | None
                ) -> dict[str, Array]:
-    """Each example's gates ``σ(s·e^{task})`` (``[B, units]`` per gate; §2 "Architecture"), or
-    with ``s`` None the binarised test-time gates ``1[e^{task} > 0]`` (the limit s → ∞)."""
+    """Each example's gates ``σ(s·e^{task})`` (``[B, units]`` per gate for ``tasks`` ``[B]``,
+    ``[units]`` for one task id; §2 "Architecture"), or with ``s`` None the binarised test-time
+    gates ``1[e^{task} > 0]`` (the limit s → ∞)."""
     tasks = jnp.asarray(tasks)
-    if tasks.ndim != 1 or not jnp.issubdtype(tasks.dtype, jnp.integer):
-        raise ValueError(f"tasks must be an int array [B] (each example's task id); got "
-                         f"{tasks.dtype}{tasks.shape}")
+    if tasks.ndim > 1 or not jnp.issubdtype(tasks.dtype, jnp.integer):
+        raise ValueError(f"tasks must be an int array [B] (each example's task id) or one task "
+                         f"id; got {tasks.dtype}{tasks.shape}")
     if s is None:
         return {name: (e[tasks] > 0).astype(e.dtype) for name, e in embeddings.items()}
     return {name: jax.nn.sigmoid(s * e[tasks]) for name, e in embeddings.items()}
@@ -181,8 +185,9 @@ def task_masks(embeddings: Mapping[str, Array], task: Array, s: Array) -> dict[s
 
 def gated_model(base: Model, num_tasks: int) -> Model:
     """``base`` with HAT's gates (:func:`gate_plan`): its params get :data:`EMBEDDINGS`, and
-    every function multiplies each gated unit by its gate for the example's ``batch['task']``,
-    ``σ(s·e)`` with ``s = batch[SCALE]`` when present, else the binarised ``1[e > 0]``."""
+    every function multiplies each gated unit by its gate for the example's ``batch['task']``
+    (or ``batch[TASK]``, one task id for the whole batch), ``σ(s·e)`` with ``s = batch[SCALE]``
+    when present, else the binarised ``1[e > 0]``."""
     if not isinstance(base, Model):
         raise TypeError(f"base must be a cljax.nn.Model (as_model(module)); got "
                         f"{type(base).__name__}")
@@ -203,7 +208,8 @@ def gated_model(base: Model, num_tasks: int) -> Model:
         def run(params, batch, *args, **kwargs):
             if "task" not in batch or batch["task"] is None:
                 raise ValueError("hat's gates need batch['task'] (each example's task id)")
-            gates = unit_gates(params[EMBEDDINGS], batch["task"], batch.get(SCALE))
+            tasks = batch[TASK] if batch.get(TASK) is not None else batch["task"]
+            gates = unit_gates(params[EMBEDDINGS], tasks, batch.get(SCALE))
             rest = {k: v for k, v in params.items() if k != EMBEDDINGS}
             seen: list[str] = []
             with nn.intercept_methods(_gate_interceptor(gates, seen)):
@@ -227,7 +233,8 @@ def _gate_interceptor(gates: Mapping[str, Array], seen: list[str]):
             return out
         seen.append(name)
         g = gates[name]
-        return out * g.reshape(g.shape[:1] + (1,) * (out.ndim - 2) + g.shape[1:]).astype(out.dtype)
+        g = g.reshape((g.shape[0] if g.ndim == 2 else 1,) + (1,) * (out.ndim - 2) + g.shape[-1:])
+        return out * g.astype(out.dtype)
     return interceptor
 
 
@@ -378,7 +385,7 @@ def hat(*, mask_updates: bool = True, clip_norm: float | None = 10000.0,
     def loss(params: Params, batch: Batch, mstate: HATState, ctx: LossContext):
         s = _gate_scale(batch, ctx)
         k_drop, _ = jax.random.split(ctx.key)
-        logits = ctx.model.train_logits_fn(params, {**batch, SCALE: s}, k_drop)
+        logits = ctx.model.train_logits_fn(params, {**batch, SCALE: s, TASK: ctx.task}, k_drop)
         reg = attention_regulariser(task_masks(params[EMBEDDINGS], ctx.task, s),
                                     mstate.cumulative)
         value = cross_entropy(logits, batch["y"]) + get_hparam(ctx.hparams, "c", "hat") * reg
@@ -431,4 +438,4 @@ def hat(*, mask_updates: bool = True, clip_norm: float | None = 10000.0,
 __all__ = ["hat", "HATState", "GateSite", "GatePlan", "gate_plan", "check_plan", "gated_model",
            "init_embeddings", "unit_gates", "task_masks", "batches_per_epoch", "annealed_scale",
            "embedding_compensation", "attention_regulariser", "conditioning_scales",
-           "scale_by_extra_arg", "EMBEDDINGS", "SCALE"]
+           "scale_by_extra_arg", "EMBEDDINGS", "SCALE", "TASK"]
