@@ -16,7 +16,8 @@ import pytest
 from cljax.data import make_scenario, split_tasks
 from cljax.methods import PredictContext, get_method
 from cljax.methods.base import check_scenario
-from cljax.methods.pnn import (owned_updates_only, pnn_parameter_counts, progressive_model)
+from cljax.methods.pnn import (owned_updates_only, parameter_owners, pnn_parameter_counts,
+                               progressive_model)
 from cljax.nn import CNN, MLP, as_model
 from cljax.training import make_trainer, prepare_data, run_stream, to_batch
 from helpers import tiny_dataset
@@ -267,6 +268,10 @@ def test_errors_name_what_was_expected():
         progressive_model(MLP((4,), 2), T)
     with pytest.raises(ValueError, match="adapter_dim must be a positive int"):
         get_method("pnn", adapter_dim=0)
+    with pytest.raises(ValueError, match="not a parameter of a ProgressiveMLP"):
+        parameter_owners("Dense_0", T)
+    with pytest.raises(ValueError, match="num_tasks must be a positive int"):
+        parameter_owners("W_0", 0)
     with pytest.raises(ValueError, match="num_tasks must be a positive int"):
         progressive_model(as_model(MLP((4,), 2)), 0)
     model = progressive_model(as_model(MLP((4,), 2)), T)

@@ -73,6 +73,7 @@ def parameter_owners(name: str, num_tasks: int) -> np.ndarray:
     """The task owning each slice along axis 0 of the ProgressiveMLP parameter ``name``: column
     weights ``W_i``/``b_i`` are stacked by column, adapter ``alpha_i``/``c_i``/``U_i`` by column
     1…T-1, ``V_i`` by the pairs of :func:`lateral_pairs` (owned by the reading column k)."""
+    check_positive_int(num_tasks, name="num_tasks")
     kind = _parameter_kind(name)
     if kind in ("W", "b"):
         return np.arange(num_tasks, dtype=np.int32)
