@@ -1,4 +1,8 @@
-"""Tests for cljax.methods.projection: RGO, RGO-2, GPM, OGD on the method protocol."""
+"""Tests particular to the projection methods (cljax.methods.projection: RGO, RGO-2, GPM, OGD):
+fused gradients against projecting the finished gradient, deferred OGD against OGD, RGO's
+projections, and the options' errors, on a permuted (Domain-IL) stream. The contracts every method
+shares (finite stream, one compilation, vmapped = separate runs, resume, host) are in
+tests/test_contract.py."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,20 +20,12 @@ OPTIONS = {"rgo": {}, "rgo2": {}, "gpm": {"thresholds": (0.97,), "num_examples":
            "ogd": {"per_task": 10}}
 
 
-def _build(name, traces=None, optimizer=None, **options):
+def _build(name, optimizer=None, **options):
     s = permuted_tasks(tiny_dataset(num_classes=4, n=120), tiny_dataset(num_classes=4, n=40, seed=1),
                        num_tasks=3, pad_to=None)
     sc = make_scenario(s, "domain")
     method = get_method(name, **{**OPTIONS[name], **options})
     model = as_model(MLP((16,), sc.num_outputs, use_bias=False))
-    if traces is not None:
-        base = model
-
-        def counting(params, batch, key):
-            traces.append(1)
-            return base.train_logits_fn(params, batch, key)
-
-        model = model._replace(train_logits_fn=counting)
     tr = make_trainer(model, method, optimizer=optimizer or optax.sgd(0.1), batch_size=8,
                       eval_chunk=40)
     return method, tr, prepare_data(s, sc, eval_chunk=40)
@@ -40,31 +36,16 @@ def _assert_same_runs(a, b, rtol):
     np.testing.assert_allclose(a.accuracy, b.accuracy, atol=1e-6)
 
 
-@pytest.mark.parametrize("name,options", [(n, {}) for n in sorted(OPTIONS)]
-                         + [("ogd", {"deferred": True})])
-def test_one_compilation_for_the_stream(name, options):
-    traces = []
-    method, tr, data = _build(name, traces, **options)
-    res = run_stream(tr, data, num_steps=4, keys=KEYS, hparams=method.default_hparams)
-    # OGD's fused gradient (cljax.layers.capture) traces the loss once more, abstractly, to learn
-    # its layer calls; a recompilation per task would give 3 or 6 traces for the 3 tasks
-    fused_ogd = name == "ogd" and not options.get("deferred")
-    assert len(traces) == (2 if fused_ogd else 1) and np.all(np.isfinite(res.loss))
-
-
-def test_rgo_alpha_sweep_vmapped_equals_separate_runs_and_fused_equals_plain():
-    method, tr, data = _build("rgo")
-    keys = jnp.concatenate([KEYS[:1], KEYS[:1]])
-    both = run_stream(tr, data, num_steps=6, keys=keys, hparams={"alpha": np.array([1.0, 0.1])},
-                      runs="vmap")
-    for r, alpha in enumerate((1.0, 0.1)):
-        alone = run_stream(tr, data, num_steps=6, keys=keys[r:r + 1], hparams={"alpha": alpha})
-        np.testing.assert_allclose(both.train_loss[r], alone.train_loss[0], rtol=2e-5, atol=1e-6)
-    assert not np.allclose(both.train_loss[0], both.train_loss[1])
-    m2, tr2, _ = _build("rgo", fused_gradient=False)
-    plain = run_stream(tr2, data, num_steps=6, keys=keys[:1], hparams={"alpha": 1.0})
-    np.testing.assert_allclose(plain.train_loss, both.train_loss[:1], rtol=1e-4, atol=1e-5)
-    state = jax.tree.map(lambda x: x[0], both.final_state.mstate)
+def test_rgo_fused_equals_plain_and_its_projections_have_trace_dim():
+    """RGO's fused gradient (P∇W̄ inside the backward pass) takes the steps of projecting the
+    finished gradient, to rounding; after 3 tasks each frozen projection P = dim/tr(H̄⁻¹)·H̄⁻¹
+    has trace dim."""
+    runs = []
+    for fused in (True, False):
+        method, tr, data = _build("rgo", fused_gradient=fused)
+        runs.append(run_stream(tr, data, num_steps=6, keys=KEYS[:1], hparams={"alpha": 1.0}))
+    np.testing.assert_allclose(runs[1].train_loss, runs[0].train_loss, rtol=1e-4, atol=1e-5)
+    state = jax.tree.map(lambda x: x[0], runs[0].final_state.mstate)
     assert int(state.count) == 3
     for p in state.projection.values():
         np.testing.assert_allclose(np.trace(np.asarray(p)), p.shape[0], rtol=1e-4)

@@ -1,6 +1,8 @@
-"""Tests for cljax.methods.rehearsal: ER, A-GEM, GEM, LwF, DER++, iCaRL on the method protocol."""
-import functools
-
+"""Tests particular to the rehearsal methods (cljax.methods.rehearsal: ER, A-GEM, GEM, LwF, DER++,
+iCaRL): herding and exemplar means against brute force, iCaRL's nearest-mean prediction, what the
+memories store, and the options' errors. The contracts every method shares (finite stream,
+switched off = fine-tuning, one compilation, vmapped = separate runs, resume, host) are in
+tests/test_contract.py."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,88 +31,6 @@ def _build(name, scenario="class", model=None, **options):
     method = get_method(name, **options)
     tr = make_trainer(model, method, optimizer=optax.adam(1e-2), batch_size=8, eval_chunk=16)
     return method, tr, prepare_data(s, sc, eval_chunk=16)
-
-
-def _run(name, steps=6, scenario="class", hparams=None, keys=KEYS, **options):
-    method, tr, data = _build(name, scenario, **options)
-    return run_stream(tr, data, num_steps=steps, keys=keys,
-                      hparams={**method.default_hparams, **(hparams or {})})
-
-
-@functools.lru_cache(maxsize=None)
-def _fine_tuning(scenario):
-    return _run("none", scenario=scenario)
-
-
-@pytest.mark.parametrize("name,scenario,options,hparams", [
-    ("er", "class", {"per_class": 0}, {}),
-    pytest.param("er", "task", {"memory": "reservoir", "capacity": 0}, {},
-                 marks=pytest.mark.slow),
-    ("lwf", "task", {}, {"strength": 0.0}),
-    pytest.param("lwf", "domain", {}, {"strength": 0.0}, marks=pytest.mark.slow),
-    ("derpp", "class", {"capacity": 12}, {"alpha": 0.0, "beta": 0.0}),
-])
-def test_switched_off_methods_reproduce_fine_tuning_exactly(name, scenario, options, hparams):
-    base = _fine_tuning(scenario)
-    res = _run(name, scenario=scenario, hparams=hparams, **options)
-    if name == "derpp":   # to rounding: see the derpp docstring (XLA:CPU's fused multiply-adds)
-        np.testing.assert_allclose(res.train_loss, base.train_loss, rtol=1e-6, atol=1e-7)
-        np.testing.assert_allclose(res.accuracy, base.accuracy, atol=1e-6)
-        return
-    np.testing.assert_array_equal(res.train_loss, base.train_loss)
-    np.testing.assert_array_equal(res.accuracy, base.accuracy)
-
-
-SWEEPS = [("er", {"per_class": 4}, None),
-          ("agem", {"per_class": 4}, None),
-          ("gem", {"per_class": 4}, ("margin", [0.0, 2.0])),
-          ("lwf", {}, ("strength", [0.0, 3.0])),
-          ("derpp", {"capacity": 12}, ("alpha", [0.0, 1.0])),
-          ("icarl", {"per_class": 4}, ("temperature", [1.0, 4.0]))]
-
-
-def _counting_model(traces):
-    base = as_model(MLP((12,), 6))
-
-    def counting(params, batch, key):
-        traces.append(1)
-        return base.train_logits_fn(params, batch, key)
-
-    def counting_apply(params, batch, key=None, output="logits"):
-        traces.append(1)
-        return base.apply_fn(params, batch, key, output)
-
-    return base._replace(train_logits_fn=counting, apply_fn=counting_apply)
-
-
-@pytest.mark.parametrize("name,options,sweep", SWEEPS)
-def test_no_recompilation_across_tasks(name, options, sweep):
-    """The step is traced once for the whole stream (the model's train logits are called at
-    most 3 times per step: current rows and up to two memory batches)."""
-    traces = []
-    method, tr, data = _build(name, model=_counting_model(traces), **options)
-    run_stream(tr, data, num_steps=3, keys=KEYS, hparams=method.default_hparams)
-    assert 1 <= len(traces) <= 3, f"{name}: the model's train logits were traced {len(traces)} times"
-
-
-@pytest.mark.parametrize("name,options,sweep", [
-    p if p[0] in ("derpp", "icarl") else pytest.param(*p, marks=pytest.mark.slow) for p in SWEEPS])
-def test_vmapped_runs_equal_separate_runs(name, options, sweep):
-    """Runs vmapped together (seeds, or the points of a hyperparameter sweep) equal the same runs
-    alone."""
-    method, tr, data = _build(name, **options)
-    hp = dict(method.default_hparams)
-    keys = jnp.concatenate([KEYS[:1], KEYS[:1]]) if sweep else KEYS
-    if sweep:
-        hp[sweep[0]] = np.asarray(sweep[1], np.float32)
-    both = run_stream(tr, data, num_steps=5, keys=keys, hparams=hp)
-    for r in range(2):
-        one = {k: (np.asarray(v)[r:r + 1] if np.ndim(v) else v) for k, v in hp.items()}
-        alone = run_stream(tr, data, num_steps=5, keys=keys[r:r + 1], hparams=one)
-        np.testing.assert_allclose(both.train_loss[r], alone.train_loss[0], rtol=2e-5, atol=1e-6)
-        np.testing.assert_allclose(both.accuracy[r], alone.accuracy[0], atol=1e-6)
-    if sweep and name != "gem":   # the swept value matters (GEM's margin may not, on 5 steps)
-        assert not np.allclose(both.train_loss[0], both.train_loss[1])
 
 
 def test_herding_selects_the_running_mean_closest_to_the_class_mean():

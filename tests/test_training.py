@@ -1,20 +1,24 @@
+"""cljax.training: the task loop's behaviour on the tiny stream (learning, calls, kept θ*_t, joint
+training, divergence, arguments, run independence, determinism across processes). The contracts
+every method shares (vmapped = separate runs, one compilation per stream, ...) are in
+tests/test_contract.py."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from cljax.data import make_scenario, split_tasks
+from cljax.data import make_scenario
 from cljax.methods import Method, get_method, joint, none
 from cljax.nn import MLP, as_model
 from cljax.training import make_trainer, prepare_data, run_stream
-from helpers import tiny_dataset, tiny_split_stream
+from helpers import tiny_split_stream
 
 
-def _setup(scenario="task", method=none, optimizer=None, stream=None, model=None):
-    s = stream or tiny_split_stream()
+def _setup(scenario="task", method=none, optimizer=None):
+    s = tiny_split_stream()
     sc = make_scenario(s, scenario)
-    model = model or as_model(MLP((16,), sc.num_outputs, num_heads=sc.num_heads))
+    model = as_model(MLP((16,), sc.num_outputs, num_heads=sc.num_heads))
     tr = make_trainer(model, method, optimizer=optimizer or optax.adam(1e-2), batch_size=8,
                       eval_chunk=16)
     return tr, prepare_data(s, sc, eval_chunk=16)
@@ -29,21 +33,6 @@ def test_training_learns_the_tiny_tasks():
     assert res.train_loss[0, 0, -10:].mean() < res.train_loss[0, 0, :10].mean()
 
 
-def test_vmapped_seeds_equal_separate_runs():
-    tr, data = _setup(scenario="class")
-    keys = jax.random.split(jax.random.key(1), 3)
-    together = run_stream(tr, data, num_steps=20, keys=keys)
-    for r in range(3):
-        alone = run_stream(tr, data, num_steps=20, keys=keys[r:r + 1])
-        np.testing.assert_allclose(together.accuracy[r], alone.accuracy[0], atol=1e-6)
-        np.testing.assert_allclose(together.loss[r], alone.loss[0], rtol=1e-4, atol=1e-5)
-        for a, b in zip(jax.tree.leaves(together.final_state.params),
-                        jax.tree.leaves(alone.final_state.params)):
-            np.testing.assert_allclose(a[r], b[0], rtol=1e-4, atol=1e-5)
-    # different seeds really differ
-    assert not np.allclose(together.train_loss[0], together.train_loss[1])
-
-
 def test_splitting_steps_into_calls_changes_nothing():
     tr, data = _setup()
     keys = jax.random.split(jax.random.key(2), 2)
@@ -54,23 +43,6 @@ def test_splitting_steps_into_calls_changes_nothing():
     np.testing.assert_allclose(one.train_loss, split.train_loss, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(one.accuracy, split.accuracy)
     assert seen == [(t, d, 24) for t in range(2) for d in (8, 16, 24)]
-
-
-def test_no_recompilation_across_tasks():
-    traces = []
-    base = as_model(MLP((8,), 2, num_heads=4))
-
-    def counting_train_logits(params, batch, key):
-        traces.append(1)
-        return base.train_logits_fn(params, batch, key)
-
-    model = base._replace(train_logits_fn=counting_train_logits)
-    ds = tiny_dataset(num_classes=8, n=96)
-    s = split_tasks(ds, ds, tasks=[[0, 1], [2, 3], [4, 5], [6, 7]])
-    tr, data = _setup(stream=s, model=model)
-    res = run_stream(tr, data, num_steps=5, keys=jax.random.split(jax.random.key(0), 2))
-    assert res.accuracy.shape == (2, 4, 4)
-    assert len(traces) == 1  # the step was traced once for all four tasks
 
 
 def test_keep_params_stacks_task_solutions():
