@@ -444,24 +444,6 @@ def test_vmapped_seeds_equal_separate_runs_and_host_equals_device():
                  both.final_state.mstate)
 
 
-def test_one_compilation_for_the_stream():
-    traces = []
-    s = _stream()
-    sc = make_scenario(s, "task")
-    base = as_model(MLP((8,), sc.num_outputs, num_heads=sc.num_heads))
-
-    def counting(params, batch, key):
-        traces.append(1)
-        return base.train_logits_fn(params, batch, key)
-
-    method = hat()
-    tr = make_trainer(base._replace(train_logits_fn=counting), method, optimizer=optax.adam(1e-2),
-                      batch_size=8, eval_chunk=15)
-    res = run_stream(tr, prepare_data(s, sc, eval_chunk=15), num_steps=4,
-                     keys=jax.random.split(jax.random.key(0), 1), hparams=method.default_hparams)
-    assert len(traces) == 1 and np.all(np.isfinite(res.loss))
-
-
 # --------------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------------

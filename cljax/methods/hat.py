@@ -432,7 +432,7 @@ def hat(*, mask_updates: bool = True, clip_norm: float | None = 10000.0,
     return Method("hat", make_optimizer=make_optimizer, init=init, loss=loss,
                   optimizer_args=optimizer_args, after_step=after_step, end_task=end_task,
                   predict=predict, default_hparams={"c": 0.75, "s_max": 400.0},
-                  hparam_domains={"s_max": "positive"}, model=model)
+                  hparam_domains={"s_max": "positive"}, model=model, scenarios=("task",))
 
 
 __all__ = ["hat", "HATState", "GateSite", "GatePlan", "gate_plan", "check_plan", "gated_model",
