@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import hashlib
 import inspect
 import itertools
@@ -184,16 +183,22 @@ def _check_stream(cfg: dict) -> None:
                          "in degrees per task)")
 
 
-@functools.lru_cache(maxsize=16)
+_METADATA: dict[tuple[str, str | None], tuple[int, int]] = {}
+
+
 def dataset_metadata(name: str, data_dir: str | None = None) -> tuple[int | None, int | None]:
     """``(classes, training examples)`` of tfds dataset ``name`` from its metadata (the
-    builder's info; no example is read), each None when unknown (e.g. not prepared)."""
+    builder's info; no example is read), each None when unknown (e.g. not prepared). Complete
+    answers are cached per dataset and data dir (``data_dir``, else ``$TFDS_DATA_DIR``)."""
     from cljax.data import resolve_data_dir
 
+    where = resolve_data_dir(data_dir)
+    if (name, where) in _METADATA:
+        return _METADATA[(name, where)]
     try:
         import tensorflow_datasets as tfds
 
-        info = tfds.builder(name, data_dir=resolve_data_dir(data_dir)).info
+        info = tfds.builder(name, data_dir=where).info
     except Exception:  # noqa: BLE001 - unknown or unprepared: loading reports it
         return None, None
     out = []
@@ -204,6 +209,8 @@ def dataset_metadata(name: str, data_dir: str | None = None) -> tuple[int | None
         except Exception:  # noqa: BLE001 - no such feature / split
             value = 0
         out.append(value if value > 0 else None)
+    if None not in out:
+        _METADATA[(name, where)] = (out[0], out[1])
     return out[0], out[1]
 
 
