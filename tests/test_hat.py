@@ -63,8 +63,9 @@ def _paper_compensation(e, s, s_max, bound=50.0):
 
 def test_conditioning_equals_an_explicitly_masked_gradient():
     """The update the optimizer chain makes of the loss's gradient (SGD, lr 1) equals the raw
-    gradient masked by hand: kernel entry (i, j) × (1 − min(a_i, a_j)) from numpy loops (the first
-    layer × (1 − a_j)), biases × (1 − a_j), the heads untouched, embeddings × the paper's q'."""
+    gradient masked by hand: kernel entry (i, j) × (1 − min(a_i, a_j)) from numpy loops (the
+    first layer × (1 − a_j)), biases × (1 − a_j), the heads untouched, embeddings × the paper's
+    q'."""
     model, params = _tiny_mlp()
     a0 = np.array([0.0, 1.0, 0.3, 1.0, 0.0], np.float32)
     a1 = np.array([1.0, 0.0, 0.6, 0.0], np.float32)
@@ -279,8 +280,8 @@ def test_gated_forward_equals_a_hand_written_mlp():
 
 
 def test_gated_alexnet_equals_a_hand_written_one_with_the_gate_after_batchnorm():
-    """Conv → BN (batch statistics, scale, bias) → gate → ReLU → max-pool, fc → BN → gate → ReLU,
-    heads; written with jax.lax (eval mode: no dropout)."""
+    """Conv → BN (batch statistics, scale, bias) → gate → ReLU → max-pool, fc → BN → gate →
+    ReLU, heads; written with jax.lax (eval mode: no dropout)."""
     net = AlexNet(num_outputs=2, num_heads=2, channels=(2, 3, 4), hidden=(5, 6))
     model = gated_model(as_model(net), 2)
     x = jnp.asarray(np.random.default_rng(1).normal(size=(6, 32, 32, 3)), jnp.float32)

@@ -17,7 +17,9 @@ embeddings initialised N(0, 1) (PyTorch ``nn.Embedding``), the cosh argument of 
 clamped at ±50, the gradient's global norm clipped at 10⁴ after conditioning and compensation,
 the embeddings clamped to [−6, 6] after each step (σ(400·6) is 1 in float32), a layer's bias
 conditioned by 1 − a_out, the first layer's kernel by 1 − a_out (its inputs carry no gate), the
-output layer (the task heads) neither gated nor conditioned; they train with plain SGD, lr 0.05.
+output layer (the task heads) neither gated nor conditioned; they train with plain SGD, lr 0.05
+(divided by 3 on validation plateaus). Here the base optimizer is the config's (Adam, lr 10⁻³ in
+the Split MNIST protocol).
 
 Design choices (see :func:`hat`):
 
@@ -41,14 +43,21 @@ Design choices (see :func:`hat`):
   whose gradient is now zero for tens of steps after a task ends. ``mask_updates=True`` (default)
   therefore also multiplies the base optimizer's *update* by the same conditioning factors, by a
   one-hot of the current task over the embedding rows and, with one head per task, over the
-  output layer's columns. Under plain SGD that changes nothing where the factors are 0 or 1 (all
-  but the few units with |e| ≲ 0.02); ``mask_updates=False`` is the paper's rule exactly.
+  output layer's columns. Under plain SGD that changes nothing where the factors are 0 or 1 (in
+  float32 all but the units with |e| < 0.05 at s_max = 400); ``mask_updates=False`` is the
+  paper's rule exactly.
 
 Hyperparameters (``hparams``): ``c`` (0.75) and ``s_max`` (400), the paper's chosen values.
 The gate scale ``s`` reaches the model as the batch entry :data:`SCALE` (absent: binarised
 gates), and in training the batch's one task as :data:`TASK` (a scalar: the gates are one row of
 each embedding, not a per-example gather whose gradient is a scatter-add of B rows into the
 same row); the embeddings are the params entry :data:`EMBEDDINGS`, ``{gate name: [T, units]}``.
+
+Step cost (one compiled task of Adam steps, HAT over ``none``): MLP 784-400-400, batch 128 —
+1.12× on a 2-core CPU (fastest of 30 calls; 1.24× median under load; 1.02× with
+``clip_norm=None``), 1.44× on an H200 (1.24×); GPM's AlexNet, batch 64, on the H200 — 1.19×
+(1.09×). The global-norm clip is most of it: its reduction over every gradient cannot fuse into
+the optimizer's elementwise update.
 """
 from __future__ import annotations
 
@@ -66,7 +75,7 @@ from cljax.nn import MLP, AlexNet
 from cljax.nn.model import Model
 from cljax.transforms.common import stateless_with_extra_args
 from cljax.types import Array, Batch, Params, PRNGKey
-from cljax.validation import check_positive
+from cljax.validation import check_positive, check_positive_int
 
 EMBEDDINGS = "hat_embeddings"
 SCALE = "hat_s"
@@ -160,6 +169,7 @@ def check_plan(plan: GatePlan, params: Params) -> None:
 def init_embeddings(key: PRNGKey, plan: GatePlan, num_tasks: int) -> dict[str, Array]:
     """Task embeddings ``e ~ N(0, 1)``, ``{gate: [num_tasks, units]}`` (the authors' code: a
     PyTorch ``nn.Embedding``'s initialisation)."""
+    check_positive_int(num_tasks, name="num_tasks")
     return {site.gate: jax.random.normal(jax.random.fold_in(key, i), (num_tasks, site.units))
             for i, site in enumerate(plan.sites)}
 
@@ -176,11 +186,6 @@ def unit_gates(embeddings: Mapping[str, Array], tasks: Array, s: Array | None
     if s is None:
         return {name: (e[tasks] > 0).astype(e.dtype) for name, e in embeddings.items()}
     return {name: jax.nn.sigmoid(s * e[tasks]) for name, e in embeddings.items()}
-
-
-def task_masks(embeddings: Mapping[str, Array], task: Array, s: Array) -> dict[str, Array]:
-    """One task's attention ``a^t = σ(s·e^t)`` (§2 "Architecture"), ``{gate: [units]}``."""
-    return {name: jax.nn.sigmoid(s * e[task]) for name, e in embeddings.items()}
 
 
 def gated_model(base: Model, num_tasks: int) -> Model:
@@ -241,6 +246,7 @@ def _gate_interceptor(gates: Mapping[str, Array], seen: list[str]):
 def batches_per_epoch(count: Array, batch_size: int, task_steps: Array) -> Array:
     """B = ⌈count / batch_size⌉, the batches of one epoch over a task's ``count`` examples;
     at most the task's steps (a task shorter than an epoch anneals over its steps), at least 1."""
+    check_positive_int(batch_size, name="batch_size")
     B = -(-jnp.asarray(count, jnp.int32) // batch_size)
     return jnp.clip(B, 1, jnp.maximum(jnp.asarray(task_steps, jnp.int32), 1))
 
@@ -299,6 +305,10 @@ def conditioning_scales(params: Params, cumulative: Mapping[str, Array], plan: G
     layer, whose inputs are not gated); a unit's own parameters (bias, BN scale and bias)
     ``1 − a_j``; every other leaf (the output layer, the embeddings) 1. The params' tree, scalars
     where 1."""
+    missing = [site.gate for site in plan.sites if site.gate not in cumulative]
+    if missing:
+        raise ValueError(f"cumulative must hold the attention of every gate of the plan; "
+                         f"missing {missing}")
     leaves = leaf_paths(params)
     scales = {name: jnp.ones((), leaf.dtype) for name, leaf in leaves.items()}
     previous = None
@@ -334,6 +344,9 @@ def _current_task_only(params: Params, plan: GatePlan, task: Array) -> Params:
 def scale_by_extra_arg(name: str) -> optax.GradientTransformationExtraArgs:
     """Multiply the updates leaf by leaf by the extra argument ``name`` (a tree of factors with
     the updates' structure, each broadcastable to its leaf)."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a non-empty str; got {name!r}")
+
     def f(updates, params, **extra):
         del params
         return jax.tree.map(lambda u, m: u * m.astype(u.dtype), updates, extra[name])
@@ -386,7 +399,7 @@ def hat(*, mask_updates: bool = True, clip_norm: float | None = 10000.0,
         s = _gate_scale(batch, ctx)
         k_drop, _ = jax.random.split(ctx.key)
         logits = ctx.model.train_logits_fn(params, {**batch, SCALE: s, TASK: ctx.task}, k_drop)
-        reg = attention_regulariser(task_masks(params[EMBEDDINGS], ctx.task, s),
+        reg = attention_regulariser(unit_gates(params[EMBEDDINGS], ctx.task, s),
                                     mstate.cumulative)
         value = cross_entropy(logits, batch["y"]) + get_hparam(ctx.hparams, "c", "hat") * reg
         return value, {"regulariser": reg}
@@ -421,7 +434,7 @@ def hat(*, mask_updates: bool = True, clip_norm: float | None = 10000.0,
 
     def end_task(ctx: BoundaryContext):
         s_max = get_hparam(ctx.hparams, "s_max", "hat")
-        masks = task_masks(ctx.params[EMBEDDINGS], ctx.task, s_max)
+        masks = unit_gates(ctx.params[EMBEDDINGS], ctx.task, s_max)
         cumulative = {k: jnp.maximum(v, masks[k]) for k, v in ctx.mstate.cumulative.items()}
         return ctx.params, ctx.opt_state, HATState(cumulative)
 
@@ -436,6 +449,6 @@ def hat(*, mask_updates: bool = True, clip_norm: float | None = 10000.0,
 
 
 __all__ = ["hat", "HATState", "GateSite", "GatePlan", "gate_plan", "check_plan", "gated_model",
-           "init_embeddings", "unit_gates", "task_masks", "batches_per_epoch", "annealed_scale",
+           "init_embeddings", "unit_gates", "batches_per_epoch", "annealed_scale",
            "embedding_compensation", "attention_regulariser", "conditioning_scales",
            "scale_by_extra_arg", "EMBEDDINGS", "SCALE", "TASK"]
