@@ -347,21 +347,26 @@ def _owned(units, mine):
     return e
 
 
+def _owning_state(tr, data, overlap):
+    """The trainer's initial state with binary masks (e = ±6): task 0 owns units 0–3 of the first
+    layer and 0–2 of the second; task 1 the others (or, with ``overlap``, every unit); task 2
+    every unit."""
+    state = jax.jit(tr.init)(jax.random.key(0), HP, data)
+    emb = {name: jnp.asarray(np.stack([_owned(n, range(n // 2)),
+                                       _owned(n, range(n) if overlap else range(n // 2, n)),
+                                       _owned(n, range(n))]))
+           for name, n in (("Dense_0", 8), ("Dense_1", 6))}
+    return state._replace(params={**state.params, EMBEDDINGS: emb})
+
+
 @pytest.mark.parametrize("overlap", [False, True], ids=["disjoint", "reused"])
 def test_a_later_task_leaves_the_earlier_tasks_units_unchanged(overlap):
-    """Task 0 owns units 0–3 / 0–2 (binary masks, e = ±6); task 1 trains (Adam, whose momentum
+    """Task 0 owns units 0–3 / 0–2 (:func:`_owning_state`); task 1 trains (Adam, whose momentum
     from task 0 is still alive) on the other units, or — reused — on every unit: task 0's
     predictions and its units' activations stay bit for bit. Then a batch mixing the three tasks
     predicts each row as the per-task batches do."""
     tr, data = _trainer(hat())
-    state = jax.jit(tr.init)(jax.random.key(0), HP, data)
-    emb = {"Dense_0": jnp.asarray(np.stack([_owned(8, range(4)),
-                                            _owned(8, range(8) if overlap else range(4, 8)),
-                                            _owned(8, range(8))])),
-           "Dense_1": jnp.asarray(np.stack([_owned(6, range(3)),
-                                            _owned(6, range(6) if overlap else range(3, 6)),
-                                            _owned(6, range(6))]))}
-    state = state._replace(params={**state.params, EMBEDDINGS: emb})
+    state = _owning_state(tr, data, overlap)
     fit = jax.jit(lambda st, t: tr.fit(st, data, t, 12)[0])
     end = jax.jit(tr.end_task)
     model = tr.model(data)
@@ -411,12 +416,7 @@ def test_without_update_masking_adams_momentum_moves_the_earlier_tasks_outputs()
     """Why ``mask_updates`` exists: with the paper's gradient rule alone, Adam's momentum from
     task 0 keeps moving task 0's weights and head while task 1 trains (their gradient is 0)."""
     tr, data = _trainer(hat(mask_updates=False))
-    state = jax.jit(tr.init)(jax.random.key(0), HP, data)
-    emb = {"Dense_0": jnp.asarray(np.stack([_owned(8, range(4)), _owned(8, range(4, 8)),
-                                            _owned(8, range(8))])),
-           "Dense_1": jnp.asarray(np.stack([_owned(6, range(3)), _owned(6, range(3, 6)),
-                                            _owned(6, range(6))]))}
-    state = state._replace(params={**state.params, EMBEDDINGS: emb})
+    state = _owning_state(tr, data, overlap=False)
     fit = jax.jit(lambda st, t: tr.fit(st, data, t, 12)[0])
     state = jax.jit(tr.end_task)(fit(state, jnp.int32(0)), data, jnp.int32(0))
     after = fit(state, jnp.int32(1))
@@ -426,23 +426,34 @@ def test_without_update_masking_adams_momentum_moves_the_earlier_tasks_outputs()
                              - state.params["Dense_0"]["kernel"])[:, :4]).max() > 1e-4
 
 
-def test_vmapped_seeds_equal_separate_runs_and_host_equals_device():
+def _runs(placement="device"):
     method = get_method("hat")
-    tr, data = _trainer(method, widths=(8,))
-    keys = jax.random.split(jax.random.key(3), 2)
-    kw = dict(num_steps=6, hparams=method.default_hparams)
-    both = run_stream(tr, data, keys=keys, runs="vmap", **kw)
+    tr, data = _trainer(method, widths=(8,), placement=placement)
+    return lambda keys, **kw: run_stream(tr, data, keys=keys, num_steps=6,
+                                         hparams=method.default_hparams, **kw)
+
+
+KEYS = jax.random.split(jax.random.key(3), 2)
+
+
+def test_vmapped_seeds_equal_separate_runs():
+    run = _runs()
+    both = run(KEYS, runs="vmap")
     for r in range(2):
-        alone = run_stream(tr, data, keys=keys[r:r + 1], **kw)
+        alone = run(KEYS[r:r + 1])
         np.testing.assert_allclose(both.train_loss[r], alone.train_loss[0], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(both.accuracy[r], alone.accuracy[0], atol=1e-6)
-    tr_host, host_data = _trainer(method, widths=(8,), placement="host")
-    host = run_stream(tr_host, host_data, keys=keys, runs="vmap", **kw)
+
+
+@pytest.mark.slow
+def test_host_pipeline_equals_device():
+    device = _runs()(KEYS, runs="vmap")
+    host = _runs("host")(KEYS, runs="vmap")
     assert host.timings["data"]["placement"] == "host"
-    np.testing.assert_array_equal(host.train_loss, both.train_loss)
-    np.testing.assert_array_equal(host.accuracy, both.accuracy)
+    np.testing.assert_array_equal(host.train_loss, device.train_loss)
+    np.testing.assert_array_equal(host.accuracy, device.accuracy)
     jax.tree.map(np.testing.assert_array_equal, host.final_state.mstate,
-                 both.final_state.mstate)
+                 device.final_state.mstate)
 
 
 # --------------------------------------------------------------------------------------------
