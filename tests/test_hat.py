@@ -104,12 +104,12 @@ def test_conditioning_equals_an_explicitly_masked_gradient():
                      for k in ("Dense_0", "Dense_1")}}
     got = jax.tree.map(lambda u: -np.asarray(u), updates)
     for path, w in jax.tree_util.tree_leaves_with_path(want):
-        np.testing.assert_allclose(got_leaf(got, path), w, rtol=2e-6, atol=1e-9,
+        np.testing.assert_allclose(_leaf(got, path), w, rtol=2e-6, atol=1e-9,
                                    err_msg=jax.tree_util.keystr(path))
     assert np.any(g["Dense_1"]["kernel"] != 0) and np.any(g[EMBEDDINGS]["Dense_0"] != 0)
 
 
-def got_leaf(tree, path):
+def _leaf(tree, path):
     for k in path:
         tree = tree[k.key]
     return tree
