@@ -87,8 +87,7 @@ FAST = {   # name: (the options after the config, what the one-line error must s
                                 "--sweep temperature=2,0: config['sweep']['temperature'] value "
                                 "of method 'lwf' must be > 0"),
     "icarl_task_il": (["--method", "icarl", "--scenarios", "task"],
-                      "method 'icarl' does not support the 'task' scenario (it supports domain, "
-                      "class)"),
+                      "method 'icarl' does not support the 'task' scenario (it supports class)"),
     "memory_below_classes": (["--method", "er", "--set",
                               "method_options={'memory': 'class_balanced', 'capacity': 5}"],
                              "a class-balanced memory of capacity 5 cannot hold one example of "

@@ -504,9 +504,10 @@ def icarl(*, memory: str = "per_class", per_class: int | None = 100,
     over the classes seen so far, with the previous model's sigmoid(logits / T) as the old
     classes' targets (``temperature`` T, default 2); exemplars chosen by herding on normalised
     features; prediction by the nearest mean of exemplars (through the ``predict`` hook), whose
-    score is −‖f − μ_c‖² (classes without exemplars score −5). For single-head models (Class-IL,
-    and Domain-IL; not Task-IL, whose model has a head per task: ``scenarios``);
-    ``memory="class_balanced"`` gives iCaRL's own fixed total memory."""
+    score is −‖f − μ_c‖² (classes without exemplars score −5). Class-IL only (``scenarios``):
+    Task-IL's model has a head per task, and in Domain-IL every output is an old class from
+    task 2 on, so the new tasks' labels never reach the loss. ``memory="class_balanced"`` gives
+    iCaRL's own fixed total memory."""
     plan = memory_plan(memory, per_class, capacity)
     if plan.kind == "reservoir":
         raise ValueError("iCaRL chooses its exemplars by herding at task ends: memory must be "
@@ -567,7 +568,7 @@ def icarl(*, memory: str = "per_class", per_class: int | None = 100,
     return Method("icarl", init=init, batch=batch, loss=loss, end_task=end_task,
                   predict=predict, default_hparams={"temperature": 2.0},
                   hparam_domains={"temperature": "positive"}, requires=("features_fn",),
-                  scenarios=("domain", "class"), check=plan.check_config)
+                  scenarios=("class",), check=plan.check_config)
 
 
 __all__ = ["MEMORY_KINDS", "MemoryPlan", "memory_plan", "core_rows", "store_finished_task",
