@@ -43,7 +43,8 @@ from cljax.training import make_trainer, prepare_data, run_stream
 from cljax.transforms import consolidate, quadratic_penalty
 
 __all__ = [
-    "__version__", "analysis", "curvature", "data", "importance", "methods", "metrics", "nn", "training",
+    "__version__",
+    "analysis", "curvature", "data", "importance", "methods", "metrics", "nn", "training",
     "transforms", "types",
     "empirical_fisher_diagonal", "true_fisher_diagonal", "exact_fisher_diagonal",
     "mas_importance", "kfac_factors", "track_path_integral", "with_path_integral",
