@@ -11,7 +11,8 @@ classes, 90 training and 45 test examples, an MLP of width 12, batch 8, evaluati
 scenarios it supports (the contracts run in the first), its base optimizer, how it is switched off
 where that is defined (:class:`Off`: options or hyperparameters, bit for bit or to rounding with
 the reason), the hyperparameter its vmapped runs sweep (two seeds where it has none) and whether
-the host pipeline can feed it. Extra rows cover option variants (``er`` reservoir, ``kfac_ewc``
+the host pipeline can feed it. Rows belong to families (baseline, penalty, natural, rehearsal,
+projection, architecture). Extra rows cover option variants (``er`` reservoir, ``kfac_ewc``
 multi-task, ``ncl_kfac`` unfused, ``rgo2`` unfused, ``ogd`` deferred).
 
 The contracts, for every row:
@@ -52,6 +53,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 from typing import NamedTuple
 
 import jax
@@ -163,8 +165,8 @@ ROWS = [
     Row("ogd", "ogd", "projection", {"per_task": 6}, optimizer="sgd"),
     Row("ogd_deferred", "ogd", "projection", {"per_task": 6, "deferred": True}, optimizer="sgd"),
     # methods that build their network (Method.model) and predict with each example's task id
-    # (pnn and packnet take the ids evaluation passes in every scenario; hat refuses one head)
-    Row("pnn", "pnn", "architecture"),
+    # (packnet takes the ids evaluation passes in every scenario; pnn and hat refuse one head)
+    Row("pnn", "pnn", "architecture", scenarios=("task",)),
     Row("hat", "hat", "architecture", scenarios=("task",), sweep=("c", 0.1)),
     Row("packnet", "packnet", "architecture"),
 ]
@@ -187,8 +189,9 @@ KNOWN_BUGS = {
     ("host", "er"): _BOUNDARY_ROWS_ON_HOST, ("host", "agem"): _BOUNDARY_ROWS_ON_HOST,
     ("host", "gem"): _BOUNDARY_ROWS_ON_HOST, ("host", "icarl"): _BOUNDARY_ROWS_ON_HOST,
     ("scenario", "icarl-domain"): (
-        "icarl refuses only several heads; in Domain-IL every output is an old class from task 1 "
-        "on, so its loss never sees the new tasks' labels"),
+        "icarl declares the class scenario only (the config check refuses the others), but a run "
+        "(its init) refuses only several heads; in Domain-IL every output is an old class from "
+        "task 1 on, so its loss never sees the new tasks' labels"),
 }
 
 
@@ -359,7 +362,8 @@ def assert_bit_identical(got, want, what):
 
 def test_every_registered_method_has_a_row():
     """A method added to the registry gets every contract by adding one row; without a row this
-    fails. Every row names a registered method, builds, and its hyperparameters are the method's."""
+    fails. Every row names a registered method, builds, its hyperparameters are the method's and
+    its scenarios those the method declares (``Method.scenarios``)."""
     assert set(METHODS) - {row.method for row in ROWS} == set(), "methods without a row"
     assert len(BY_ID) == len(ROWS), "row ids must be unique"
     for row in ROWS:
@@ -369,11 +373,12 @@ def test_every_registered_method_has_a_row():
         assert set(row.hparams) <= known, row.id
         assert row.sweep is None or row.sweep[0] in known, row.id
         assert row.off is None or set(row.off.hparams) <= known, row.id
-        assert set(row.scenarios) <= set(SCENARIOS) and row.scenarios, row.id
+        assert set(row.scenarios) == set(method.scenarios) and row.scenarios, row.id
         assert row.optimizer in OPTIMIZERS, row.id
 
 
 def test_each_expensive_contract_runs_one_row_per_family_by_default():
+    """``DEFAULT_ROWS`` names, for each expensive contract, one existing row of every family."""
     families = {row.family for row in ROWS}
     for contract, ids in DEFAULT_ROWS.items():
         assert ids <= set(BY_ID), contract
@@ -414,9 +419,9 @@ def test_a_short_stream_stays_finite_in_every_supported_scenario(row_id, scenari
     for row in ROWS for s in SCENARIOS if s not in row.scenarios])
 def test_unsupported_scenarios_are_refused(row_id, scenario):
     """A scenario outside the row's is refused when a run starts, with an error naming the
-    problem (iCaRL's nearest-mean classifier needs the single head of Class-IL). The run's
-    initial state is only traced (``jax.eval_shape``): the refusal comes from the method's
-    ``init``, before anything compiles."""
+    problem (iCaRL's nearest-mean classifier needs the single head of Class-IL; PNN and HAT one
+    head per task). The run's initial state is only traced (``jax.eval_shape``): the refusal
+    comes from the method's ``init``, before anything compiles."""
     row = BY_ID[row_id]
     method, trainer, data = build(row, scenario)
     with pytest.raises(ValueError, match="single-head|scenario"):
@@ -459,15 +464,17 @@ def test_one_compilation_per_stream(row_id):
     Counted as XLA backend compilations (jax's monitoring event, :class:`CompileCounter`), not as
     traces of a wrapped model function: a method may build or wrap its own model from the base
     model (``Method.model``), which drops such wrappers (RGO does). Counted within one stream, not
-    as the totals of a 2-task and a 3-task stream: those totals also count the small eager
-    programs (``jnp.asarray`` of a new shape compiles one) that JAX's in-process caches hold
-    after the first stream, and the result assembly after the last call compiles such programs
-    once per stream. A recompilation per task or per call shows here
-    (``test_the_compile_counter_sees_a_compilation_between_the_calls`` checks the counter)."""
+    as the totals of a 2-task and a 3-task stream: those totals also count small eager programs
+    (``jnp.asarray`` of a numpy array compiles one per new shape, as the result assembly after
+    the last call does), which JAX's in-process caches hold after the first stream of the
+    process, so the totals depend on the tests run before. A recompilation per task or per call
+    shows here (``test_the_compile_counter_sees_a_compilation_between_the_calls`` checks the
+    counter)."""
     ref = reference(row_id)
     assert ref.compiles_before_first_call >= 3, "the counter saw no compilation at all"
     assert ref.compiles_between_first_and_last_call == 0, (
-        f"{row_id}: {ref.compiles_between_first_and_last_call} compilations after the first call")
+        f"{row_id}: {ref.compiles_between_first_and_last_call} compilations between the first "
+        f"and last calls")
 
 
 def test_the_compile_counter_sees_a_compilation_between_the_calls():
@@ -613,12 +620,11 @@ def test_prediction_is_per_example(row_id):
 
 
 def main(ids):
-    """:func:`check_devices` for the rows ``ID`` (default: every row), run as
-    ``XLA_FLAGS=--xla_force_host_platform_device_count=4 python tests/test_contract.py [ID ...]``."""
+    """:func:`check_devices` for the rows ``ID`` (default: every row), run from ``tests/`` as
+    ``XLA_FLAGS=--xla_force_host_platform_device_count=4 python test_contract.py [ID ...]``."""
     if jax.device_count() != 4:
         raise SystemExit(f"run with XLA_FLAGS=--xla_force_host_platform_device_count=4 (got "
                          f"{jax.device_count()} devices)")
-    import time
     for i in ids or list(BY_ID):
         t0 = time.perf_counter()
         check_devices(BY_ID[i])
