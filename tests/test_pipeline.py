@@ -145,8 +145,8 @@ def _state_dependent_method():
         tasks = jnp.full((ctx.batch_size,), count % 2, jnp.int32)
         return ctx.draw(ctx.data_key, tasks)
 
-    def after_step(count, info):
-        return count + 1
+    def after_step(info):
+        return info.keep_params(info.mstate + 1)
 
     return Method("state_dependent", init=init, batch=batch, after_step=after_step)
 

@@ -516,9 +516,12 @@ def icarl(*, memory: str = "per_class", per_class: int | None = 100,
         raise ValueError("iCaRL needs exemplars: per_class / capacity must be > 0")
 
     def init(params, key, hparams, spec):
-        if spec.num_heads != 1:
-            raise ValueError(f"iCaRL is a class-incremental method for a single-head model; the "
-                             f"model has {spec.num_heads} heads (use the 'class' scenario)")
+        if spec.num_heads != 1 or spec.num_outputs != spec.num_classes:
+            raise ValueError(
+                f"iCaRL is a class-incremental method: it needs a single-head model with one "
+                f"output per class of the stream ({spec.num_classes}); the model has "
+                f"{spec.num_heads} head(s) of {spec.num_outputs} outputs (use the 'class' "
+                "scenario)")
         return ICaRLState(plan.build(spec)[0], _previous_model_init(params, key, hparams, spec),
                           jnp.zeros((spec.num_outputs, spec.feature_dim), jnp.float32),
                           jnp.zeros((spec.num_outputs,), bool))

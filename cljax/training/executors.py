@@ -80,7 +80,7 @@ def _fed_step_feed(fed: tuple[Rows, ...], ok: list) -> Feed:
         ok[0] = ok[0] & jnp.all(b["task"] == tasks) & jnp.all(b["idx"] == idx)
         return {"x": b["x"], "label": b["label"], "task": tasks}
 
-    return Feed(gather, _no_whole_task)
+    return Feed(gather, _no_whole_task, 0)
 
 
 def _no_whole_task(task, idx):
@@ -122,7 +122,7 @@ class HostExecutor:
 
             clock = Clock(state.step + offset + i, state.task_step + offset + i,
                           jnp.asarray(task_steps, jnp.int32))
-            self.trainer.draw(state, data, task, clock, Feed(gather, _no_whole_task))
+            self.trainer.draw(state, data, task, clock, Feed(gather, _no_whole_task, 0))
             return tuple(calls)
 
         return jax.lax.map(one, jnp.arange(num_steps, dtype=jnp.int32))
@@ -149,7 +149,8 @@ class HostExecutor:
                     "device: prepare the data with placement='device'")
             return {"x": x_t[idx], "label": y_t[idx], "task": jnp.full(idx.shape, t, jnp.int32)}
 
-        return self.trainer.boundary(state, data, task, Feed(_no_draws, gather_task))
+        return self.trainer.boundary(state, data, task,
+                                     Feed(_no_draws, gather_task, int(y_t.shape[0])))
 
     # -- the executor's verbs -------------------------------------------------------------------
 

@@ -49,11 +49,13 @@ class Feed(NamedTuple):
 
     ``gather(tasks, idx)`` returns the stored rows of examples ``idx`` of ``tasks`` (both
     ``int32 [n]``); ``gather_task(task, idx)`` the same for one task (a scalar; a boundary's
-    draws and whole-task reads).
+    draws and whole-task reads); ``rows_per_task`` the stored rows of a task (N, padding
+    included: what a whole-task read returns).
     """
 
     gather: Callable[[Array, Array], Rows]
     gather_task: Callable[[Array, Array], Rows]
+    rows_per_task: int
 
 
 def device_feed(data: StreamData) -> Feed:
@@ -61,12 +63,13 @@ def device_feed(data: StreamData) -> Feed:
     def gather_task(task, idx):
         return gather_rows(data.train, jnp.full(idx.shape, task, jnp.int32), idx)
 
-    return Feed(lambda tasks, idx: gather_rows(data.train, tasks, idx), gather_task)
+    return Feed(lambda tasks, idx: gather_rows(data.train, tasks, idx), gather_task,
+                int(data.train.y.shape[1]))
 
 
-def task_rows(feed: Feed, data: StreamData, task: Array) -> Rows:
-    """Every stored row of ``task`` (``[N, ...]``, the first ``data.train.n[task]`` real)."""
-    return feed.gather_task(task, jnp.arange(data.train.y.shape[1]))
+def task_rows(feed: Feed, task: Array) -> Rows:
+    """Every stored row of ``task`` (``[N, ...]``, the first ``count(task)`` real)."""
+    return feed.gather_task(task, jnp.arange(feed.rows_per_task))
 
 
 def _check_requires(method: Method, model: Model) -> None:
@@ -131,7 +134,7 @@ class Trainer(NamedTuple):
             return feed.gather(tasks, jax.random.randint(k, tasks.shape, 0, data.train.n[tasks]))
 
         return BatchContext(k_task, k_idx, task, self.batch_size, state.hparams, spec, draw,
-                            lambda t: task_rows(feed, data, t), lambda t: data.train.n[t],
+                            lambda t: task_rows(feed, t), lambda t: data.train.n[t],
                             clock)
 
     def draw(self, state: TrainState, data: StreamData, task: Array, clock: Clock,
@@ -195,7 +198,7 @@ class Trainer(NamedTuple):
             return to_batch(data, feed.gather_task(t, idx))
 
         ctx = BoundaryContext(state.params, opt_state, state.mstate, state.hparams, task, key,
-                              net, spec, sample_batch, lambda t: task_rows(feed, data, t),
+                              net, spec, sample_batch, lambda t: task_rows(feed, t),
                               lambda t: data.train.n[t], lambda r: to_batch(data, r),
                               Clock(state.step, state.task_step, state.task_step))
         params, opt_state, mstate = self.method.end_task(ctx)
