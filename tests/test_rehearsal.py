@@ -44,8 +44,6 @@ def test_herding_selects_the_running_mean_closest_to_the_class_mean():
     mu /= np.linalg.norm(mu)
     chosen = []
     for k in range(4):   # brute force: try every remaining member
-        dists = {i: np.sum(((fn[chosen].sum(0) if chosen else 0) + fn[i]) / (k + 1) - mu) ** 2
-                 for i in idx if i not in chosen}
         dists = {i: np.sum((((fn[chosen].sum(0) if chosen else 0) + fn[i]) / (k + 1) - mu) ** 2)
                  for i in idx if i not in chosen}
         chosen.append(min(dists, key=dists.get))

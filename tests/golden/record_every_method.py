@@ -4,7 +4,7 @@ projection) on a short stream: the oracle that the trainer's refactor (issue 21)
 Recorded once at commit 175501f, before the trainer was split into parts, with
 ``PYTHONPATH=<a checkout of 175501f> python tests/golden/record_every_method.py`` run from that
 checkout; the output ``every_method_matrices.npz`` is what
-``tests/test_contract.py::test_golden_matrices`` compares against. ``CASES`` and ``build`` are
+``tests/test_golden.py::test_rehearsal_and_projection_methods`` compares against. ``CASES`` and ``build`` are
 shared with the test; ``main`` must not be rerun on later code (it would overwrite the
 reference). Runs are looped (``runs="map"``, the CPU default), so a run's numbers do not depend
 on the runs beside it.
