@@ -164,11 +164,10 @@ ROWS = [
         optimizer="sgd"),
     Row("ogd", "ogd", "projection", {"per_task": 6}, optimizer="sgd"),
     Row("ogd_deferred", "ogd", "projection", {"per_task": 6, "deferred": True}, optimizer="sgd"),
-    # methods that build their network (Method.model) and predict with each example's task id
-    # (packnet takes the ids evaluation passes in every scenario; pnn and hat refuse one head)
+    # methods that predict with each example's task id: Task-IL only
     Row("pnn", "pnn", "architecture", scenarios=("task",)),
     Row("hat", "hat", "architecture", scenarios=("task",), sweep=("c", 0.1)),
-    Row("packnet", "packnet", "architecture"),
+    Row("packnet", "packnet", "architecture", scenarios=("task",)),
 ]
 BY_ID = {row.id: row for row in ROWS}
 

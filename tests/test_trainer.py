@@ -183,3 +183,15 @@ def test_prediction_gets_a_key_per_chunk_and_each_examples_task():
     seen.clear()
     jax.jit(tr.evaluate)(state, data)
     assert {k.tobytes() for k, _, _ in seen} == keys       # the same state, the same keys
+
+
+def test_the_scenario_a_spec_describes_and_its_refusal():
+    from cljax.methods import StreamSpec
+    spec = lambda heads, outputs, tasks=3: StreamSpec((4,), jnp.uint8, tasks, 2, outputs, heads,  # noqa: E731
+                                                      None)
+    assert [spec(3, 2).scenario, spec(1, 2).scenario, spec(1, 6).scenario] == [
+        "task", "domain", "class"]
+    assert spec(1, 2, tasks=1).scenario is None and spec(1, 5).scenario is None
+    tr, data = _setup(Method("task_only", scenarios=("task",)), scenario="class")
+    with pytest.raises(ValueError, match="task_only.*does not support the 'class' scenario"):
+        tr.init(jax.random.key(0), {}, data)

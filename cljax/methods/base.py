@@ -99,6 +99,19 @@ class StreamSpec(NamedTuple):
         """Classes of the stream (task, within-task label) pairs: ``num_tasks × classes_per_task``."""
         return self.num_tasks * self.classes_per_task
 
+    @property
+    def scenario(self) -> str | None:
+        """The scenario the model's outputs make (van de Ven & Tolias 2019): ``"task"`` (a head
+        per task), ``"domain"`` (one head of a task's classes), ``"class"`` (one head of every
+        class), or None where the shapes do not tell (one task, or another layout)."""
+        if self.num_heads > 1:
+            return "task"
+        if self.num_classes == self.classes_per_task:
+            return None
+        if self.num_outputs == self.classes_per_task:
+            return "domain"
+        return "class" if self.num_outputs == self.num_classes else None
+
 
 class BatchContext(NamedTuple):
     """What ``Method.batch`` may use.

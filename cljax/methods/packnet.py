@@ -48,7 +48,7 @@ import optax
 from jax.custom_batching import custom_vmap
 
 from cljax.layers import get_layer, param_layers, path_name, set_layer
-from cljax.methods.base import Method, StreamSpec
+from cljax.methods.base import ConfigPlan, Method, StreamSpec
 from cljax.transforms.common import stateless_with_extra_args
 from cljax.types import Array, Params
 
@@ -373,8 +373,9 @@ def packnet(*, prune_ratio: float | Sequence[float] = 0.75,
         training per task.
 
     The model must be Dense/Conv layers (and any others, whose parameters train with task 0
-    only); prediction needs each example's task id (Task-IL; in the other scenarios the ids
-    that evaluation passes are used). No hyperparameter lives in ``hparams``: the ratios fix
+    only); prediction needs each example's task id, so PackNet is a Task-IL method
+    (``scenarios=("task",)``: Domain- and Class-IL hide the task at test time). No
+    hyperparameter lives in ``hparams``: the ratios fix
     how many weights each task gets, which the capacity check needs before training.
     """
     prune_ratio = _check_ratios(prune_ratio, "prune_ratio")
@@ -453,9 +454,16 @@ def packnet(*, prune_ratio: float | Sequence[float] = 0.75,
 
         return jax.lax.cond(all_runs(jnp.all(tasks == tasks[0])), one_task, mixed, None)
 
+    def check(plan: ConfigPlan) -> None:
+        """Before any data is loaded: per-task ratios give one fraction per task."""
+        if plan.num_tasks is not None:
+            for name, ratios in [("prune_ratio", prune_ratio), *(
+                    (f"layer_prune_ratio[{k!r}]", v) for k, v in layer_prune_ratio.items())]:
+                _per_task(ratios, name, plan.num_tasks)
+
     return Method("packnet", make_optimizer=lambda hparams, base: owner_masked(base), init=init,
                   optimizer_args=optimizer_args, after_step=after_step, end_task=end_task,
-                  predict=predict)
+                  predict=predict, scenarios=("task",), check=check)
 
 
 __all__ = ["packnet", "PackNetState", "PackNetPlan", "FREE", "any_run", "all_runs",

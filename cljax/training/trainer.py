@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from cljax.methods.base import (BatchContext, BoundaryContext, Clock, LossContext, Method,
-                                PredictContext, Rows, StepInfo, StreamSpec)
+                                PredictContext, Rows, StepInfo, StreamSpec, check_scenario)
 from cljax.methods.base import base_model as unchanged_model
 from cljax.nn.model import Model
 from cljax.training.data import StreamData, gather_rows, stream_spec, to_batch
@@ -118,6 +118,8 @@ class Trainer(NamedTuple):
         """A run's initial state: the model's parameters, optimizer and method state."""
         k_init, k_run = jax.random.split(key)
         net, spec = self.model_and_spec(data)
+        if spec.scenario is not None:   # a method refuses a scenario it cannot run
+            check_scenario(self.method, spec.scenario)
         dummy = {"x": jnp.zeros((1, *spec.example_shape), jnp.float32),
                  "task": jnp.zeros((1,), jnp.int32)}
         params = net.init(k_init, dummy)
