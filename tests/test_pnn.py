@@ -91,20 +91,22 @@ def test_each_column_equals_the_network_written_by_hand(use_bias, adapter_dim):
     base = as_model(MLP((5, 4), 3, num_heads=T, use_bias=use_bias))
     model = progressive_model(base, T, adapter_dim=adapter_dim)
     x = jax.random.normal(jax.random.key(0), (7, 2, 3))
-    params = model.init(jax.random.key(1), {"x": x, "task": jnp.zeros(7, jnp.int32)})
+    params = jax.jit(model.init)(jax.random.key(1), {"x": x, "task": jnp.zeros(7, jnp.int32)})
     # the adapters should not be negligible in the comparison: α of order 1
     params = {k: (v * 10 if k.startswith("alpha") else v) for k, v in params.items()}
     r = adapter_dim or None
     assert params["V_1"].shape == (3, 5, r or 5) and params["U_2"].shape == (T - 1, r or 4, 3)
     assert ("c_1" in params) == use_bias and ("b_0" in params) == use_bias
     want_logits, want_features = _hand_network(params, x, 2, use_bias)
-    all_heads = np.asarray(model.all_heads_fn(params, {"x": x, "task": jnp.zeros(7, jnp.int32)}))
+    logits_fn, features_fn = jax.jit(model.logits_fn), jax.jit(model.features_fn)
+    all_heads = np.asarray(jax.jit(model.all_heads_fn)(params, {"x": x,
+                                                                "task": jnp.zeros(7, jnp.int32)}))
     np.testing.assert_allclose(np.swapaxes(all_heads, 0, 1), want_logits, rtol=1e-5, atol=1e-5)
     for k in range(T):
         batch = {"x": x, "task": jnp.full(7, k, jnp.int32)}
-        np.testing.assert_allclose(model.logits_fn(params, batch), want_logits[k], rtol=1e-5,
+        np.testing.assert_allclose(logits_fn(params, batch), want_logits[k], rtol=1e-5,
                                    atol=1e-5)
-        np.testing.assert_allclose(model.features_fn(params, batch), want_features[k],
+        np.testing.assert_allclose(features_fn(params, batch), want_features[k],
                                    rtol=1e-5, atol=1e-5)
     # the laterals matter: column 2 without its adapters is another function
     no_lateral = {k: (v * 0 if k.startswith("U") else v) for k, v in params.items()}
@@ -112,16 +114,19 @@ def test_each_column_equals_the_network_written_by_hand(use_bias, adapter_dim):
                            atol=1e-3)
 
 
-def test_dropout_is_per_column_and_off_in_evaluation():
-    base = as_model(MLP((16,), 2, dropout=0.5))
-    model = progressive_model(base, T)
-    x = jnp.ones((4, 5))
+def test_dropout_acts_in_training_only():
+    """The base's dropout is in every column: training outputs vary with the key; evaluation is
+    the same network without dropout."""
+    x = jax.random.normal(jax.random.key(0), (4, 5))
     batch = {"x": x, "task": jnp.arange(4) % T}
-    params = model.init(jax.random.key(0), batch)
-    a = model.train_logits_fn(params, batch, jax.random.key(1))
-    b = model.train_logits_fn(params, batch, jax.random.key(2))
-    assert not np.allclose(a, b)
-    np.testing.assert_array_equal(model.logits_fn(params, batch), model.logits_fn(params, batch))
+    model = progressive_model(as_model(MLP((16,), 2, num_heads=T, dropout=0.5)), T)
+    plain = progressive_model(as_model(MLP((16,), 2, num_heads=T)), T)
+    params = jax.jit(model.init)(jax.random.key(0), batch)
+    train = jax.jit(model.train_logits_fn)
+    a, b = train(params, batch, jax.random.key(1)), train(params, batch, jax.random.key(2))
+    evaluation = jax.jit(model.logits_fn)(params, batch)
+    assert not np.allclose(a, b) and not np.allclose(a, evaluation)
+    np.testing.assert_array_equal(evaluation, jax.jit(plain.logits_fn)(params, batch))
 
 
 # ------------------------------------------------------------------------------------------
@@ -164,6 +169,7 @@ def _unmasked():
                                       optimizer_args=lambda p, b, m, c: {})
 
 
+@pytest.mark.slow
 def test_without_the_update_mask_adam_moves_the_frozen_columns():
     """The control: Adam's momentum moves column 0 on task 1 though its gradient is 0 (the
     activations feed the adapters through stop_gradient), so the mask is what keeps it."""
@@ -254,8 +260,8 @@ def test_parameter_counts_against_a_hand_count(adapter_dim):
     assert list(got.cumulative) == np.cumsum(want).tolist()
     assert got.base == d * n1 + n1 + n1 * n2 + n2 + n2 * C * tasks + C * tasks
     model = progressive_model(base, tasks, adapter_dim=adapter_dim)
-    params = model.init(jax.random.key(0), {"x": jnp.zeros((1, 6, 6, 1)),
-                                            "task": jnp.zeros(1, jnp.int32)})
+    params = jax.eval_shape(model.init, jax.random.key(0), {"x": jnp.zeros((1, 6, 6, 1)),
+                                                            "task": jnp.zeros(1, jnp.int32)})
     assert sum(v.size for v in params.values()) == got.cumulative[-1]
 
 
