@@ -94,8 +94,8 @@ def test_each_column_equals_the_network_written_by_hand(use_bias, adapter_dim):
     params = jax.jit(model.init)(jax.random.key(1), {"x": x, "task": jnp.zeros(7, jnp.int32)})
     # the adapters should not be negligible in the comparison: α of order 1
     params = {k: (v * 10 if k.startswith("alpha") else v) for k, v in params.items()}
-    r = adapter_dim or None
-    assert params["V_1"].shape == (3, 5, r or 5) and params["U_2"].shape == (T - 1, r or 4, 3)
+    r1, r2 = adapter_dim or 5, adapter_dim or 4              # None: the width read, n_{i-1}
+    assert params["V_1"].shape == (3, 5, r1) and params["U_2"].shape == (T - 1, r2, 3)
     assert ("c_1" in params) == use_bias and ("b_0" in params) == use_bias
     want_logits, want_features = _hand_network(params, x, 2, use_bias)
     logits_fn, features_fn = jax.jit(model.logits_fn), jax.jit(model.features_fn)
