@@ -124,5 +124,5 @@ def test_rehearsal_bad_inputs():
     with pytest.raises(ValueError, match="icarl.*features_fn"):
         _build("icarl", model=plain)
     method, tr, data = _build("icarl", scenario="task")
-    with pytest.raises(ValueError, match="single-head"):
+    with pytest.raises(ValueError, match="does not support the .task. scenario"):
         run_stream(tr, data, num_steps=2, keys=KEYS[:1], hparams=method.default_hparams)

@@ -30,8 +30,11 @@ only Task-IL gives at test time: the method supports the ``"task"`` scenario alo
 permuted stream too: each column has its own head of the base's width) and refuses a configured
 model with a single head for several tasks (Domain-IL, Class-IL) when a run starts.
 
-Cost: the step computes T columns and T(T-1)/2 adapter blocks, so its work grows as
-T·|column| + T(T-1)/2·n·r (:func:`pnn_parameter_counts` gives the parameter side).
+Cost: a batch whose largest task id is t computes the first t + 1 columns and their
+t(t+1)/2 adapter blocks (the model's ``logits_fn`` / ``train_logits_fn`` switch over the static
+prefixes; every T-column parameter is allocated all along): training and evaluating task t
+costs (t+1)·|column| + t(t+1)/2·n·r, about a third of the whole network on average over the
+tasks (:func:`pnn_parameter_counts` gives the parameter side).
 """
 from __future__ import annotations
 
@@ -117,11 +120,13 @@ class ProgressiveMLP(nn.Module):
         """One head per column (what :class:`~cljax.methods.StreamSpec` reports)."""
         return self.num_tasks
 
-    def _adapter(self, i: int, h: Array, n_out: int) -> Array:
-        """``U σ(α V h^(<k) + c)`` of layer ``i`` for columns 1…T-1: ``[T-1, B, n_out]``."""
+    def _adapter(self, i: int, h: Array, n_out: int, n: int) -> Array:
+        """``U σ(α V h^(<k) + c)`` of layer ``i`` for columns 1…n-1: ``[n-1, B, n_out]`` (the
+        parameters are allocated for all T columns; the first n are read)."""
         T, n_in = self.num_tasks, h.shape[-1]
         r = self.adapter_dim or n_in
         pair_k, pair_j = lateral_pairs(T)
+        P = n * (n - 1) // 2                     # the blocks of columns < n come first
         lecun = nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
 
         def init_v(key, shape, dtype=jnp.float32):
@@ -135,44 +140,51 @@ class ProgressiveMLP(nn.Module):
         def init_alpha(key, shape, dtype=jnp.float32):
             return jax.random.uniform(key, shape, dtype, 0.0, self.alpha_init)
 
-        alpha = self.param(f"alpha_{i}", init_alpha, (T - 1,))
-        V = self.param(f"V_{i}", init_v, (len(pair_k), n_in, r))
-        U = self.param(f"U_{i}", lecun, (T - 1, r, n_out))
-        earlier = jax.lax.stop_gradient(h)[pair_j]                 # [P, B, n_in], constants
-        v = jax.ops.segment_sum(jnp.einsum("pbn,pnr->pbr", earlier, V), pair_k - 1,
-                                num_segments=T - 1, indices_are_sorted=True)
+        alpha = self.param(f"alpha_{i}", init_alpha, (T - 1,))[:n - 1]
+        V = self.param(f"V_{i}", init_v, (len(pair_k), n_in, r))[:P]
+        U = self.param(f"U_{i}", lecun, (T - 1, r, n_out))[:n - 1]
+        earlier = jax.lax.stop_gradient(h)[pair_j[:P]]             # [P, B, n_in], constants
+        v = jax.ops.segment_sum(jnp.einsum("pbn,pnr->pbr", earlier, V), pair_k[:P] - 1,
+                                num_segments=n - 1, indices_are_sorted=True)
         v = alpha[:, None, None] * v
         if self.use_bias:
-            v = v + self.param(f"c_{i}", nn.initializers.zeros, (T - 1, r))[:, None]
+            v = v + self.param(f"c_{i}", nn.initializers.zeros, (T - 1, r))[:n - 1, None]
         return jnp.einsum("kbr,krm->kbm", nn.relu(v), U)
 
     @nn.compact
-    def __call__(self, x, task=None, *, train: bool = False, output: str = "logits"):
+    def __call__(self, x, task=None, *, train: bool = False, output: str = "logits",
+                 columns: int | None = None):
+        """``columns`` (static, default all T): compute only the first ``columns`` columns —
+        the ones a batch whose task ids are all below ``columns`` reads (the same values)."""
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}; got {output!r}")
         T = self.num_tasks
+        n = T if columns is None else columns
+        if not isinstance(n, int) or not 1 <= n <= T or (output == "all_heads" and n != T):
+            raise ValueError(f"columns must be an int in [1, {T}] (all {T} for all_heads); got "
+                             f"{columns!r}")
         x = x.reshape(x.shape[0], -1)
         sizes = (x.shape[-1], *self.widths, self.num_outputs)
         lecun = nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
-        h = None                                                   # [T, B, n]: every column
+        h = None                                                   # [n, B, width]: the columns
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            W = self.param(f"W_{i}", lecun, (T, n_in, n_out))
+            W = self.param(f"W_{i}", lecun, (T, n_in, n_out))[:n]
             z = (jnp.einsum("bn,knm->kbm", x, W) if h is None
                  else jnp.einsum("kbn,knm->kbm", h, W))
             if self.use_bias:
-                z = z + self.param(f"b_{i}", nn.initializers.zeros, (T, n_out))[:, None]
-            if h is not None and T > 1:
-                z = z.at[1:].add(self._adapter(i, h, n_out))
+                z = z + self.param(f"b_{i}", nn.initializers.zeros, (T, n_out))[:n, None]
+            if h is not None and n > 1:
+                z = z.at[1:].add(self._adapter(i, h, n_out, n))
             if i == len(self.widths):
                 break
             h = nn.relu(z)
             if self.dropout > 0:
                 h = nn.Dropout(self.dropout, deterministic=not train)(h)
             if i == len(self.widths) - 1 and output == "features":
-                return _own_column(h, task, T)
+                return _own_column(h, task, n)
         if output == "all_heads":
             return jnp.swapaxes(z, 0, 1)
-        return _own_column(z, task, T)
+        return _own_column(z, task, n)
 
 
 def _own_column(per_column: Array, task: Array | None, num_tasks: int) -> Array:
@@ -204,9 +216,33 @@ def progressive_model(base: Model, num_tasks: int, *, adapter_dim: int | None = 
         raise ValueError("pnn does not take an MLP with RGO's feature encoding layer "
                          "(feature_encoding must be 0)")
     check_positive_int(num_tasks, name="num_tasks")
-    return as_model(ProgressiveMLP(tuple(module.widths), module.num_outputs, num_tasks,
-                                   dropout=module.dropout, use_bias=module.use_bias,
-                                   adapter_dim=adapter_dim, alpha_init=alpha_init))
+    net = ProgressiveMLP(tuple(module.widths), module.num_outputs, num_tasks,
+                         dropout=module.dropout, use_bias=module.use_bias,
+                         adapter_dim=adapter_dim, alpha_init=alpha_init)
+    model = as_model(net)
+
+    def columns_read(params: Params, batch: Batch, key: Array | None) -> Array:
+        """Each example's logits from the columns up to the batch's largest task id only
+        (``lax.switch`` over the static prefixes: a batch of task t computes t + 1 columns and
+        their adapters, not T; the same values as the whole network)."""
+        x, task = batch["x"], batch.get("task")
+        if task is None:
+            return model.logits_fn(params, batch)    # its error: the task id is required
+
+        def prefix(n):
+            def run(params, x, task, key):
+                if key is None:
+                    return net.apply({"params": params}, x, task, columns=n)
+                return net.apply({"params": params}, x, task, train=True, columns=n,
+                                 rngs={"dropout": key})
+            return run
+
+        last = jnp.clip(jnp.max(jnp.asarray(task, jnp.int32)), 0, num_tasks - 1)
+        return jax.lax.switch(last, [prefix(n) for n in range(1, num_tasks + 1)], params, x,
+                              task, key)
+
+    return model._replace(logits_fn=lambda params, batch: columns_read(params, batch, None),
+                          train_logits_fn=columns_read)
 
 
 def owned_updates_only() -> optax.GradientTransformationExtraArgs:
