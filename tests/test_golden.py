@@ -1,11 +1,14 @@
 """Golden accuracy / loss matrices of every method on a short stream, bit for bit.
 
-Two recordings, each made once on code that predates the change it guards and never rerun:
+Three recordings, each made once on code that predates the change it guards and never rerun:
 
 * ``golden/method_matrices.npz`` (commit 45a5439, before the method protocol was widened,
   issue 10): the penalty and natural-gradient methods, vmapped runs;
 * ``golden/every_method_matrices.npz`` (commit 175501f, before the trainer was split into parts,
-  issue 21): the rehearsal and projection methods, looped runs.
+  issue 21): the rehearsal and projection methods, looped runs;
+* ``golden/architecture_matrices.npz`` (commit fc61bd2, the architecture family as it landed,
+  issue 21): PackNet, HAT and progressive networks, Task-IL, looped runs (``-m slow`` only: the
+  contract suite runs the family by default).
 
 Compared bit for bit, except the cases listed in ``REORDERED`` / ``CPU_DEPENDENT`` (to 1e-6), for
 the reasons given there. One case per family runs by default; every case and the Class-IL
@@ -22,12 +25,14 @@ from cljax.methods import get_method
 from cljax.training import run_stream
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent / "golden"))
+import record_architecture as architecture  # noqa: E402
 import record_every_method as every  # noqa: E402
 import record_method_matrices as first  # noqa: E402
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 FIRST = np.load(GOLDEN / "method_matrices.npz")
 EVERY = np.load(GOLDEN / "every_method_matrices.npz")
+ARCHITECTURE = np.load(GOLDEN / "architecture_matrices.npz")
 
 # The exact diagonal Fisher sums its C class directions in one batched backward pass since the
 # conv speed-up of issue 14 (before: one after the other): the same arithmetic, reordered, so the
@@ -84,3 +89,15 @@ def test_rehearsal_and_projection_methods(case, scenario):
                      keys=jax.random.split(jax.random.key(every.SEED), 2), runs="map",
                      hparams={**method.default_hparams, **overrides})
     _compare(res, EVERY, case, scenario, exact=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(architecture.CASES))
+def test_architecture_methods(case):
+    name, options, overrides, optimizer = architecture.CASES[case]
+    method = get_method(name, **options)
+    trainer, data = every.build(method, "task", optimizer)
+    res = run_stream(trainer, data, num_steps=every.STEPS,
+                     keys=jax.random.split(jax.random.key(every.SEED), 2), runs="map",
+                     hparams={**method.default_hparams, **overrides})
+    _compare(res, ARCHITECTURE, case, "task", exact=True)
