@@ -436,6 +436,7 @@ def _runs(placement="device"):
 KEYS = jax.random.split(jax.random.key(3), 2)
 
 
+@pytest.mark.slow   # the contract suite (tests/test_contract.py) checks this by default
 def test_vmapped_seeds_equal_separate_runs():
     run = _runs()
     both = run(KEYS, runs="vmap")

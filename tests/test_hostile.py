@@ -344,14 +344,19 @@ def test_a_finished_scenario_of_another_run_is_not_reused(tmp_path, monkeypatch)
 # ---------------------------------------------------------------------------------------------
 
 def test_a_real_sigint_inside_deferred_interrupts_waits_for_the_block():
+    # Python's own SIGINT handler, whatever a library imported earlier in the session installed
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
     done = []
-    with pytest.raises(KeyboardInterrupt):
-        with deferred_interrupts():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)
-            done.append("finished")       # the block's last line still runs
-    assert done == ["finished"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with deferred_interrupts():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+                done.append("finished")       # the block's last line still runs
+        assert done == ["finished"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, outer)
 
 
 def test_an_interrupt_before_any_training_claims_nothing_checkpointed(tmp_path, monkeypatch):

@@ -142,6 +142,7 @@ def test_zero_forgetting_in_task_il():
     assert np.any(R[:, 0, 0] != res.init_accuracy[:, 0])
 
 
+@pytest.mark.slow   # the contract suite (tests/test_contract.py) checks this by default
 def test_vmapped_runs_equal_runs_alone():
     both = reference(runs="vmap")
     alone = reference()

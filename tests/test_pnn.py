@@ -292,6 +292,7 @@ def test_errors_name_what_was_expected():
 # Through the trainer: one compilation, vmapped runs, the host pipeline
 # ------------------------------------------------------------------------------------------
 
+@pytest.mark.slow   # the contract suite (tests/test_contract.py) checks this by default
 def test_one_trace_for_the_stream():
     traces = []
     method = get_method("pnn")
@@ -324,6 +325,7 @@ def test_task_il_only():
             jax.eval_shape(lambda: trainer.init(KEYS[0], {}, data))
 
 
+@pytest.mark.slow   # the contract suite (tests/test_contract.py) checks this by default
 def test_vmapped_runs_equal_separate_runs():
     _, trainer, data = _build()
     both = run_stream(trainer, data, num_steps=STEPS, keys=KEYS, runs="vmap")
@@ -339,6 +341,7 @@ def test_vmapped_runs_equal_separate_runs():
                                        atol=1e-6, err_msg=f"run {r}: {name}")
 
 
+@pytest.mark.slow   # the contract suite (tests/test_contract.py) checks this by default
 def test_host_pipeline_equals_device():
     _, trainer, data = _build(placement="host")
     host = run_stream(trainer, data, num_steps=STEPS, keys=KEYS[:1], keep_params=True)
