@@ -47,7 +47,7 @@ import numpy as np
 import optax
 
 from cljax.methods.base import Method, PredictContext, StreamSpec
-from cljax.nn import MLP, Model, as_model
+from cljax.nn import MLP, Model, as_model, check_init
 from cljax.types import Array, Batch, Params
 from cljax.validation import check_positive, check_positive_int
 
@@ -99,6 +99,8 @@ class ProgressiveMLP(nn.Module):
     use_bias: bool = True
     adapter_dim: int | None = None
     alpha_init: float = 0.1
+    kernel_stddev: float | None = None
+    bias_init: float = 0.0
 
     def __post_init__(self):
         if not self.widths or any(not isinstance(w, int) or isinstance(w, bool) or w < 1
@@ -113,12 +115,24 @@ class ProgressiveMLP(nn.Module):
             raise ValueError(f"ProgressiveMLP dropout must be a rate in [0, 1); got "
                              f"{self.dropout!r}")
         check_positive(self.alpha_init, name="ProgressiveMLP alpha_init", scalar=True)
+        check_init(self.kernel_stddev, self.bias_init, "ProgressiveMLP")
         super().__post_init__()
 
     @property
     def num_heads(self) -> int:
         """One head per column (what :class:`~cljax.methods.StreamSpec` reports)."""
         return self.num_tasks
+
+    def _kernel_init(self, default):
+        """The columns' W and the adapters' U: ``default`` (LeCun normal), or the base MLP's
+        truncated normal of ``kernel_stddev``."""
+        if self.kernel_stddev is None:
+            return default
+        return nn.initializers.truncated_normal(self.kernel_stddev)
+
+    def _bias_init(self):
+        return (nn.initializers.constant(self.bias_init) if self.bias_init
+                else nn.initializers.zeros)
 
     def _adapter(self, i: int, h: Array, n_out: int, n: int) -> Array:
         """``U σ(α V h^(<k) + c)`` of layer ``i`` for columns 1…n-1: ``[n-1, B, n_out]`` (the
@@ -142,13 +156,13 @@ class ProgressiveMLP(nn.Module):
 
         alpha = self.param(f"alpha_{i}", init_alpha, (T - 1,))[:n - 1]
         V = self.param(f"V_{i}", init_v, (len(pair_k), n_in, r))[:P]
-        U = self.param(f"U_{i}", lecun, (T - 1, r, n_out))[:n - 1]
+        U = self.param(f"U_{i}", self._kernel_init(lecun), (T - 1, r, n_out))[:n - 1]
         earlier = jax.lax.stop_gradient(h)[pair_j[:P]]             # [P, B, n_in], constants
         v = jax.ops.segment_sum(jnp.einsum("pbn,pnr->pbr", earlier, V), pair_k[:P] - 1,
                                 num_segments=n - 1, indices_are_sorted=True)
         v = alpha[:, None, None] * v
         if self.use_bias:
-            v = v + self.param(f"c_{i}", nn.initializers.zeros, (T - 1, r))[:n - 1, None]
+            v = v + self.param(f"c_{i}", self._bias_init(), (T - 1, r))[:n - 1, None]
         return jnp.einsum("kbr,krm->kbm", nn.relu(v), U)
 
     @nn.compact
@@ -168,11 +182,11 @@ class ProgressiveMLP(nn.Module):
         lecun = nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
         h = None                                                   # [n, B, width]: the columns
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            W = self.param(f"W_{i}", lecun, (T, n_in, n_out))[:n]
+            W = self.param(f"W_{i}", self._kernel_init(lecun), (T, n_in, n_out))[:n]
             z = (jnp.einsum("bn,knm->kbm", x, W) if h is None
                  else jnp.einsum("kbn,knm->kbm", h, W))
             if self.use_bias:
-                z = z + self.param(f"b_{i}", nn.initializers.zeros, (T, n_out))[:n, None]
+                z = z + self.param(f"b_{i}", self._bias_init(), (T, n_out))[:n, None]
             if h is not None and n > 1:
                 z = z.at[1:].add(self._adapter(i, h, n_out, n))
             if i == len(self.widths):
@@ -203,8 +217,8 @@ def _own_column(per_column: Array, task: Array | None, num_tasks: int) -> Array:
 def progressive_model(base: Model, num_tasks: int, *, adapter_dim: int | None = None,
                       alpha_init: float = 0.1) -> Model:
     """The progressive network of ``num_tasks`` columns built from a :class:`cljax.nn.MLP` base
-    model: its hidden widths, dropout and bias setting, each column with a head of the base's
-    ``num_outputs`` (Rusu et al. 2016, section 2)."""
+    model: its hidden widths, dropout, bias setting and initialisation, each column with a head
+    of the base's ``num_outputs`` (Rusu et al. 2016, section 2)."""
     if not isinstance(base, Model):
         raise TypeError(f"base must be a cljax.nn.Model (cljax.nn.as_model(module)); got "
                         f"{type(base).__name__}")
@@ -218,7 +232,8 @@ def progressive_model(base: Model, num_tasks: int, *, adapter_dim: int | None = 
     check_positive_int(num_tasks, name="num_tasks")
     net = ProgressiveMLP(tuple(module.widths), module.num_outputs, num_tasks,
                          dropout=module.dropout, use_bias=module.use_bias,
-                         adapter_dim=adapter_dim, alpha_init=alpha_init)
+                         adapter_dim=adapter_dim, alpha_init=alpha_init,
+                         kernel_stddev=module.kernel_stddev, bias_init=module.bias_init)
     model = as_model(net)
 
     def columns_read(params: Params, batch: Batch, key: Array | None) -> Array:

@@ -3,8 +3,8 @@ from cljax.nn.alexnet import AlexNet
 from cljax.nn.cnn import CNN
 from cljax.nn.conv import Conv, canonical_conv
 from cljax.nn.heads import select_head
-from cljax.nn.mlp import MLP
+from cljax.nn.mlp import MLP, check_init
 from cljax.nn.model import Model, as_model, rebuild
 from cljax.nn.resnet import BatchStatNorm, ResNet18
 
-__all__ = ["AlexNet", "BatchStatNorm", "ResNet18", "CNN", "Conv", "canonical_conv", "MLP", "Model", "as_model", "rebuild", "select_head"]
+__all__ = ["AlexNet", "BatchStatNorm", "ResNet18", "CNN", "Conv", "canonical_conv", "MLP", "check_init", "Model", "as_model", "rebuild", "select_head"]

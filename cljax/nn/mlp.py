@@ -6,12 +6,26 @@ of the fully connected part of van de Ven et al. 2022's CIFAR-100 model (on froz
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import flax.linen as nn
 
 from cljax.nn.fel import FeatureEncoding
 from cljax.nn.heads import head_output
+
+
+def check_init(kernel_stddev: float | None, bias_init: float, owner: str) -> None:
+    """Refuse a non-positive or non-finite ``kernel_stddev`` (None allowed) or a non-finite
+    ``bias_init``, naming ``owner``."""
+    if kernel_stddev is not None and not (isinstance(kernel_stddev, (int, float))
+                                          and not isinstance(kernel_stddev, bool)
+                                          and math.isfinite(kernel_stddev) and kernel_stddev > 0):
+        raise ValueError(f"{owner} kernel_stddev must be None (LeCun normal) or a finite float "
+                         f"> 0; got {kernel_stddev!r}")
+    if not (isinstance(bias_init, (int, float)) and not isinstance(bias_init, bool)
+            and math.isfinite(bias_init)):
+        raise ValueError(f"{owner} bias_init must be a finite float; got {bias_init!r}")
 
 
 class MLP(nn.Module):
@@ -23,6 +37,9 @@ class MLP(nn.Module):
     (the last hidden layer's activations, what the output layer reads). ``feature_encoding``
     = T > 0 puts RGO's feature encoding layer (:class:`cljax.nn.fel.FeatureEncoding`, T task
     permutations drawn from ``fel_seed``) after every hidden layer; it needs ``task``.
+    ``kernel_stddev``: None for flax's LeCun-normal weights, or a truncated normal (at ±2σ) of
+    that standard deviation for every layer, and ``bias_init`` the biases' constant — A-GEM's
+    TensorFlow code (Chaudhry et al. 2019) initialises its MLPs with 0.1 and 0.1.
     """
 
     widths: Sequence[int]
@@ -32,6 +49,8 @@ class MLP(nn.Module):
     use_bias: bool = True
     feature_encoding: int = 0
     fel_seed: int = 0
+    kernel_stddev: float | None = None
+    bias_init: float = 0.0
 
     def __post_init__(self):
         widths = tuple(self.widths)
@@ -47,18 +66,27 @@ class MLP(nn.Module):
                 or self.feature_encoding < 0):
             raise ValueError(f"MLP feature_encoding must be an int >= 0 (the number of tasks, 0: "
                              f"off); got {self.feature_encoding!r}")
+        check_init(self.kernel_stddev, self.bias_init, "MLP")
         super().__post_init__()
+
+    def _dense(self, features: int) -> nn.Dense:
+        init = {}
+        if self.kernel_stddev is not None:
+            init["kernel_init"] = nn.initializers.truncated_normal(self.kernel_stddev)
+        if self.bias_init:
+            init["bias_init"] = nn.initializers.constant(self.bias_init)
+        return nn.Dense(features, use_bias=self.use_bias, **init)
 
     @nn.compact
     def __call__(self, x, task=None, *, train: bool = False, output: str = "logits"):
         x = x.reshape(x.shape[0], -1)
         for width in self.widths:
-            x = nn.relu(nn.Dense(width, use_bias=self.use_bias)(x))
+            x = nn.relu(self._dense(width)(x))
             if self.feature_encoding:
                 x = FeatureEncoding(self.feature_encoding, self.fel_seed)(x, task)
             if self.dropout > 0:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
         if output == "features":
             return x
-        x = nn.Dense(self.num_heads * self.num_outputs, use_bias=self.use_bias)(x)
+        x = self._dense(self.num_heads * self.num_outputs)(x)
         return head_output(x, task, self.num_heads, output)
