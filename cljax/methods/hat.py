@@ -362,6 +362,19 @@ def _gate_scale(batch: Batch, ctx: LossContext) -> Array:
     return annealed_scale(ctx.clock.task_step, B, get_hparam(ctx.hparams, "s_max", "hat"))
 
 
+def _check_stream(spec: StreamSpec) -> None:
+    """HAT needs each example's task id at prediction (one head per task) and each task's number
+    of training examples (s anneals over an epoch)."""
+    if spec.num_heads != spec.num_tasks:
+        raise ValueError(f"hat gates each example with its task's mask, so it needs the task "
+                         f"id at prediction: the 'task' scenario (one head per task); got a "
+                         f"model with {spec.num_heads} head(s) for {spec.num_tasks} tasks "
+                         f"(a single-head scenario)")
+    if len(spec.train_counts) != spec.num_tasks:
+        raise ValueError(f"hat anneals s over each epoch of a task, so it needs the stream's "
+                         f"train_counts (one per task); got {spec.train_counts!r}")
+
+
 def hat(*, mask_updates: bool = True, clip_norm: float | None = 10000.0,
         embedding_bound: float = 6.0, cosh_bound: float = 50.0) -> Method:
     """HAT (Serrà et al. 2018) for Task-IL on :class:`cljax.nn.MLP` or :class:`cljax.nn.AlexNet`
@@ -385,14 +398,7 @@ def hat(*, mask_updates: bool = True, clip_norm: float | None = 10000.0,
 
     def init(params: Params, key: PRNGKey, hparams, spec: StreamSpec) -> HATState:
         del key, hparams
-        if spec.num_heads != spec.num_tasks:
-            raise ValueError(f"hat gates each example with its task's mask, so it needs the task "
-                             f"id at prediction: the 'task' scenario (one head per task); got a "
-                             f"model with {spec.num_heads} head(s) for {spec.num_tasks} tasks "
-                             f"(a single-head scenario)")
-        if len(spec.train_counts) != spec.num_tasks:
-            raise ValueError(f"hat anneals s over each epoch of a task, so it needs the stream's "
-                             f"train_counts (one per task); got {spec.train_counts!r}")
+        _check_stream(spec)
         return HATState({k: jnp.zeros(e.shape[1:], e.dtype) for k, e in params[EMBEDDINGS].items()})
 
     def loss(params: Params, batch: Batch, mstate: HATState, ctx: LossContext):

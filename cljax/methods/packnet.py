@@ -351,6 +351,50 @@ def _select(pred: Array, new: Any, old: Any) -> Any:
 # The method
 # --------------------------------------------------------------------------------------------
 
+def _check_options(prune_ratio, layer_prune_ratio, retrain_steps, retrain_fraction):
+    """:func:`packnet`'s options checked; the ratios as :func:`_check_ratios` returns them."""
+    prune_ratio = _check_ratios(prune_ratio, "prune_ratio")
+    if layer_prune_ratio is None:
+        layer_prune_ratio = {}
+    if not isinstance(layer_prune_ratio, Mapping) or not all(
+            isinstance(k, str) for k in layer_prune_ratio):
+        raise TypeError(f"layer_prune_ratio must be a dict {{layer name: fraction or one per "
+                        f"task}}; got {layer_prune_ratio!r}")
+    layer_prune_ratio = {k: _check_ratios(v, f"layer_prune_ratio[{k!r}]")
+                         for k, v in layer_prune_ratio.items()}
+    if retrain_steps is not None and (not isinstance(retrain_steps, (int, np.integer))
+                                      or isinstance(retrain_steps, bool) or retrain_steps < 0):
+        raise ValueError(f"retrain_steps must be None or an int >= 0 (steps after the prune); "
+                         f"got {retrain_steps!r}")
+    if isinstance(retrain_fraction, bool) or not isinstance(
+            retrain_fraction, (int, float)) or not 0 <= retrain_fraction < 1:
+        raise ValueError(f"retrain_fraction must be a fraction in [0, 1) of each task's steps; "
+                         f"got {retrain_fraction!r}")
+    return prune_ratio, layer_prune_ratio
+
+
+def _logits_of_each_task(params, owner, batch, tasks, logits_fn, num_tasks):
+    """Each example's logits from the network of its own task (the weights owned by tasks up to
+    it, :func:`task_weights`): one pass when the batch holds one task, else one per task present."""
+    def one_task(_):
+        return logits_fn(task_weights(params, owner, tasks[0]), batch)
+
+    def mixed(_):
+        shape = jax.eval_shape(one_task, None)
+
+        def add(t, out):
+            present = tasks == t
+            return jax.lax.cond(
+                any_run(jnp.any(present)),
+                lambda o: jnp.where(present.reshape((-1,) + (1,) * (o.ndim - 1)), logits_fn(
+                    task_weights(params, owner, t), batch), o),
+                lambda o: o, out)
+
+        return jax.lax.fori_loop(0, num_tasks, add, jnp.zeros(shape.shape, shape.dtype))
+
+    return jax.lax.cond(all_runs(jnp.all(tasks == tasks[0])), one_task, mixed, None)
+
+
 def packnet(*, prune_ratio: float | Sequence[float] = 0.75,
             layer_prune_ratio: Mapping[str, float | Sequence[float]] | None = None,
             retrain_steps: int | None = None, retrain_fraction: float = 1 / 3) -> Method:
@@ -378,23 +422,8 @@ def packnet(*, prune_ratio: float | Sequence[float] = 0.75,
     hyperparameter lives in ``hparams``: the ratios fix
     how many weights each task gets, which the capacity check needs before training.
     """
-    prune_ratio = _check_ratios(prune_ratio, "prune_ratio")
-    if layer_prune_ratio is None:
-        layer_prune_ratio = {}
-    if not isinstance(layer_prune_ratio, Mapping) or not all(
-            isinstance(k, str) for k in layer_prune_ratio):
-        raise TypeError(f"layer_prune_ratio must be a dict {{layer name: fraction or one per "
-                        f"task}}; got {layer_prune_ratio!r}")
-    layer_prune_ratio = {k: _check_ratios(v, f"layer_prune_ratio[{k!r}]")
-                         for k, v in layer_prune_ratio.items()}
-    if retrain_steps is not None and (not isinstance(retrain_steps, (int, np.integer))
-                                      or isinstance(retrain_steps, bool) or retrain_steps < 0):
-        raise ValueError(f"retrain_steps must be None or an int >= 0 (steps after the prune); "
-                         f"got {retrain_steps!r}")
-    if isinstance(retrain_fraction, bool) or not isinstance(
-            retrain_fraction, (int, float)) or not 0 <= retrain_fraction < 1:
-        raise ValueError(f"retrain_fraction must be a fraction in [0, 1) of each task's steps; "
-                         f"got {retrain_fraction!r}")
+    prune_ratio, layer_prune_ratio = _check_options(prune_ratio, layer_prune_ratio,
+                                                    retrain_steps, retrain_fraction)
 
     def plan_of(params, spec):
         return make_plan(params, spec, prune_ratio, layer_prune_ratio)
@@ -432,27 +461,8 @@ def packnet(*, prune_ratio: float | Sequence[float] = 0.75,
         return ctx.params, ctx.opt_state, PackNetState(owner)
 
     def predict(params, mstate, batch, ctx):
-        tasks = jnp.asarray(ctx.tasks, jnp.int32)
-        logits_fn = ctx.model.logits_fn
-
-        def one_task(_):
-            return logits_fn(task_weights(params, mstate.owner, tasks[0]), batch)
-
-        def mixed(_):
-            shape = jax.eval_shape(one_task, None)
-
-            def add(t, out):
-                present = tasks == t
-                return jax.lax.cond(
-                    any_run(jnp.any(present)),
-                    lambda o: jnp.where(present.reshape((-1,) + (1,) * (o.ndim - 1)), logits_fn(
-                        task_weights(params, mstate.owner, t), batch), o),
-                    lambda o: o, out)
-
-            return jax.lax.fori_loop(0, ctx.spec.num_tasks, add,
-                                     jnp.zeros(shape.shape, shape.dtype))
-
-        return jax.lax.cond(all_runs(jnp.all(tasks == tasks[0])), one_task, mixed, None)
+        return _logits_of_each_task(params, mstate.owner, batch, jnp.asarray(ctx.tasks, jnp.int32),
+                                    ctx.model.logits_fn, ctx.spec.num_tasks)
 
     def check(plan: ConfigPlan) -> None:
         """Before any data is loaded: per-task ratios give one fraction per task."""

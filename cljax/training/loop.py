@@ -169,20 +169,17 @@ def run_stream(trainer: Trainer, data: StreamData, *, num_steps: int,
       devices: shard the runs over these devices (None: one device, the default path; an int N:
         the first N of ``jax.devices()``, every host's after ``jax.distributed.initialize``; or
         the devices): ``mesh=cljax.sharding.make_mesh(devices)``.
-      mesh: a :func:`cljax.sharding.make_mesh` mesh ``("runs", "batch")``: run r lives on the
-        devices of its slice of the ``"runs"`` axis (``runs="vmap"``; ``"auto"`` means it) and
-        each batch is split over the ``"batch"`` axis (data parallelism within a run). R is
-        padded to a multiple of the ``"runs"`` axis with dummy runs (copies of run 0) that are
-        dropped from every result and from the checkpoints, so a checkpoint resumes on any
-        device count. Results match the one-device ``runs="vmap"`` path to float tolerance
-        (XLA may round batched products differently), not bit for bit.
+      mesh: a :func:`cljax.sharding.make_mesh` mesh ``("runs", "batch")``: run r lives on its
+        slice of the ``"runs"`` axis (``runs="vmap"``) and each batch is split over ``"batch"``.
+        R is padded to a multiple of the ``"runs"`` axis with copies of run 0, dropped from
+        every result and checkpoint (a checkpoint resumes on any device count). Results match
+        the one-device ``runs="vmap"`` path to float tolerance, not bit for bit.
     """
     keys, hp = _check_arguments(trainer, num_steps, keys, hparams, on_nonfinite=on_nonfinite,
                                 divergence_factor=divergence_factor, checkpoint=checkpoint,
                                 checkpoint_every=checkpoint_every, resume=resume)
     requested = [c for c in (steps_per_call, checkpoint_every) if c is not None]
     chunk = call_length(num_steps, min(requested) if requested else None)
-    every = None if checkpoint_every is None else call_length(num_steps, checkpoint_every)
     layout = RunLayout(runs, keys.shape[0], resolve_mesh(devices, mesh))
     T = data.train.n.shape[0]
     t0 = time.perf_counter()
@@ -197,37 +194,13 @@ def run_stream(trainer: Trainer, data: StreamData, *, num_steps: int,
         record = Record(layout.runs, T, num_steps, on_nonfinite=on_nonfinite,
                         divergence_factor=divergence_factor,
                         params=state.params if keep_params else None)
+        every = checkpoint_every and call_length(num_steps, checkpoint_every)
         saving = Checkpointing(checkpoint, every=every, num_steps=num_steps, layout=layout)
         t0 = time.perf_counter()
-        restored = saving.restore(state, record) if resume else None
-        if restored is None:
-            start_task, start_done = 0, 0
-            record.initial(*executor.evaluate(state))
-        else:
-            state, start_task, start_done = restored
-        position = (state, start_task, start_done)   # the latest consistent (state, task, steps)
-        try:
-            for t in range(start_task, T):
-                t_start = time.perf_counter()
-                for state, losses, done in executor.calls(state, t, start_done if t == start_task
-                                                          else 0):
-                    record.losses(t, done - chunk, losses)
-                    position = (state, t, done)
-                    saving.within_task(state, t, done, record)
-                    if progress is not None:
-                        progress(t, done, num_steps)
-                # the boundary first: a method's task ends with it (exemplar means, pruning), and
-                # the accuracy matrix is that of the model the task leaves behind
-                state = executor.boundary(state, t)
-                record.evaluation(t, *executor.evaluate(state))
-                if keep_params:
-                    record.keep(t, layout.real(layout.to_host(state.params)))
-                saving.task_seconds.append(time.perf_counter() - t_start)
-                position = (state, t + 1, 0)
-                saving.save(state, t + 1, 0, record)
-        except KeyboardInterrupt:
-            saving.interrupted(position, record)
-            raise
+        state, start = _starting_point(executor, state, record, saving, resume)
+        state = _train_tasks(executor, state, start, record, saving,
+                             num_tasks=T, chunk=chunk, num_steps=num_steps, keep_params=keep_params,
+                             layout=layout, progress=progress)
     finally:
         executor.close()
     timings.update(run_seconds=time.perf_counter() - t0, task_seconds=saving.task_seconds)
@@ -235,3 +208,49 @@ def run_stream(trainer: Trainer, data: StreamData, *, num_steps: int,
 
 
 __all__ = ["run_stream", "Checkpointing", "call_length"]
+
+
+def _starting_point(executor: Any, state: Any, record: Record, saving: Checkpointing,
+                    resume: bool) -> tuple[Any, tuple[int, int]]:
+    """The state and (task, steps done) to train from: the checkpoint's latest when resuming
+    (``record`` restored with it), else the fresh state, evaluated (the matrices' row 0)."""
+    restored = saving.restore(state, record) if resume else None
+    if restored is None:
+        record.initial(*executor.evaluate(state))
+        return state, (0, 0)
+    state, task, done = restored
+    return state, (task, done)
+
+
+def _train_tasks(executor: Any, state: Any, start: tuple[int, int], record: Record,
+                 saving: Checkpointing, *, num_tasks: int, chunk: int, num_steps: int,
+                 keep_params: bool,
+                 layout: RunLayout, progress: Callable[[int, int, int], None] | None) -> Any:
+    """The task loop of :func:`run_stream` from ``start`` = (task, steps done): each task's
+    steps in calls, its boundary, the evaluation of every task, the record and the checkpoints;
+    on an interrupt the latest consistent (state, task, steps) is saved before it propagates."""
+    start_task, start_done = start
+    position = (state, start_task, start_done)   # the latest consistent (state, task, steps)
+    try:
+        for t in range(start_task, num_tasks):
+            t_start = time.perf_counter()
+            for state, losses, done in executor.calls(state, t, start_done if t == start_task
+                                                      else 0):
+                record.losses(t, done - chunk, losses)
+                position = (state, t, done)
+                saving.within_task(state, t, done, record)
+                if progress is not None:
+                    progress(t, done, num_steps)
+            # the boundary first: a method's task ends with it (exemplar means, pruning), and
+            # the accuracy matrix is that of the model the task leaves behind
+            state = executor.boundary(state, t)
+            record.evaluation(t, *executor.evaluate(state))
+            if keep_params:
+                record.keep(t, layout.real(layout.to_host(state.params)))
+            saving.task_seconds.append(time.perf_counter() - t_start)
+            position = (state, t + 1, 0)
+            saving.save(state, t + 1, 0, record)
+    except KeyboardInterrupt:
+        saving.interrupted(position, record)
+        raise
+    return state
