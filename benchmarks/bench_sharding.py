@@ -11,9 +11,15 @@ prints its JSON lines:
   sharded run (and, on one device, the default path: ``runs="auto"``, a loop over the runs);
   rounding-level differences in the first task grow over hundreds of Adam steps (Adam divides
   near-zero gradients by their own size), as they do between the two one-device paths;
-* ``fisher``: the empirical Fisher diagonal of that MLP on ``--examples`` MNIST training
-  examples split over the N devices (``examples_sharding``), one chunk and chunks of 1000;
-  median seconds of ``--repeats`` calls and the largest relative difference to one device;
+  With ``--batch-devices B`` (default 2) also a runs × batch mesh (N/B runs × B devices per
+  run: every batch, the boundary Fisher's chunks and the evaluation split over B devices), with
+  the backend compilations counted after the first call (0: nothing recompiles per task);
+* ``fisher``: ``--estimators`` (empirical, exact Fisher diagonal, K-FAC factors with the exact
+  Fisher) of that MLP on ``--examples`` MNIST training examples split over the N devices
+  (``examples_sharding``, ``sharding=`` inside ``jit``), one chunk and chunks of 1000 per
+  device; median seconds of ``--repeats`` calls, the ratio to one chunk on the same devices,
+  the compiled program's collectives (``sharding.collectives``: none inside the chunk loop)
+  and the largest relative difference to one device;
 * ``lambda_max``: λ_max of the Hessian of the mean loss on the same examples (Lanczos, 20
   iterations, one chunk and chunks of 2000, a 0/1 weight per example), seconds of the second
   call (the first compiles) and the relative difference.
@@ -65,13 +71,26 @@ def worker(args) -> None:
         paths = [("sharded", dict(mesh=mesh))]
         if n == 1:   # the one-device default path (runs="auto": a loop over runs on the CPU)
             paths.append(("one_device_default", dict(runs="auto")))
+        b = args.batch_devices
+        if 1 < b <= n and n % b == 0:   # runs × batch: data parallelism within each run too
+            paths.append((f"runs_x_batch_{n // b}x{b}", dict(mesh=shd.make_mesh(n, batch=b))))
+        compiles = []
+
+        def listener(event, duration, **kw):
+            if event == "/jax/core/compile/backend_compile_duration":
+                compiles.append(event)
+
+        jax.monitoring.register_event_duration_secs_listener(listener)
         for path, kw in paths:
             data = prepare_data(stream, sc, mesh=kw.get("mesh"))
-            res = run_stream(tr, data, num_steps=args.steps, keys=keys, hparams=hp, **kw)
+            at_call = []
+            res = run_stream(tr, data, num_steps=args.steps, keys=keys, hparams=hp,
+                             progress=lambda *a: at_call.append(len(compiles)), **kw)
             acc = res.accuracy
             print(json.dumps({**base, "bench": "split_mnist", "path": path, "method": "ewc",
                               "runs": args.seeds,
-                              "padded_runs": res.timings.get("devices", {}).get("padded_runs"),
+                              "mesh": res.timings.get("devices"),
+                              "compiles_after_first_call": at_call[-1] - at_call[0],
                               "steps_per_task": args.steps,
                               "compile_s": round(res.timings["compile_seconds"], 2),
                               "train_eval_s": round(res.timings["run_seconds"], 2),
@@ -101,15 +120,30 @@ def worker(args) -> None:
         return out, float(np.median(times))
 
     if "fisher" in args.parts:
-        for chunk in (None, 1000):
-            fisher = jax.jit(lambda p, b, c=chunk: imp.empirical_fisher_diagonal(
-                model.logits_fn, p, shd.unpad(b, count), chunk_size=c))
-            out, sec = timed(lambda: fisher(params, sharded))
-            print(json.dumps({**base, "bench": "fisher", "examples": count,
-                              "chunk_size": chunk, "seconds": round(sec, 4),
-                              "sum": float(sum(jnp.sum(v) for v in jax.tree.leaves(out))),
-                              "leaves": [np.asarray(v).ravel()[:4000].tolist()
-                                         for v in jax.tree.leaves(out)][:1]}), flush=True)
+        ex = shd.examples_sharding(mesh)
+        estimators = {
+            "empirical": lambda p, b, c: imp.empirical_fisher_diagonal(
+                model.logits_fn, p, b, chunk_size=c, sharding=ex),
+            "exact": lambda p, b, c: imp.exact_fisher_diagonal(
+                model.logits_fn, p, b, chunk_size=c, sharding=ex),
+            "kfac_exact": lambda p, b, c: imp.kfac_factors(
+                model.logits_fn, p, b, fisher="exact", chunk_size=c, sharding=ex),
+        }
+        for kind, fn in estimators.items():
+            if kind not in args.estimators.split(","):
+                continue
+            for chunk in (None, 1000):
+                fisher = jax.jit(lambda p, b, c=chunk, f=fn: f(p, shd.unpad(b, count), c))
+                out, sec = timed(lambda: fisher(params, sharded))
+                hlo = fisher.lower(params, sharded).compile().as_text()
+                print(json.dumps({**base, "bench": "fisher", "estimator": kind,
+                                  "examples": count, "chunk_size": chunk,
+                                  "seconds": round(sec, 4),
+                                  "collectives": shd.collectives(hlo),
+                                  "sum": float(sum(jnp.sum(v) for v in jax.tree.leaves(out))),
+                                  "leaves": [np.asarray(v).ravel()[::max(1, v.size // 4000)]
+                                             .tolist() for v in jax.tree.leaves(out)][:1]}),
+                      flush=True)
     if "lambda_max" in args.parts:
         for chunk in (None, 2000):
             mv = cv.make_task_matvec(model.logits_fn, params, sharded, chunk_size=chunk,
@@ -136,6 +170,11 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=10000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--parts", default="split_mnist,fisher,lambda_max")
+    parser.add_argument("--batch-devices", type=int, default=2,
+                        help="split_mnist: also a runs × batch mesh with this many devices "
+                             "per run (where it divides the device count)")
+    parser.add_argument("--estimators", default="empirical,exact,kfac_exact",
+                        help="the estimators the fisher part times")
     parser.add_argument("--devices-available", action="store_true",
                         help="use the machine's own devices (no forced host devices)")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
@@ -152,13 +191,16 @@ def main() -> None:
             env["JAX_PLATFORMS"] = "cpu"
         cmd = [sys.executable, __file__, "--worker", str(n), "--steps", str(args.steps),
                "--seeds", str(args.seeds), "--examples", str(args.examples),
-               "--repeats", str(args.repeats), "--parts", ",".join(args.parts)]
+               "--repeats", str(args.repeats), "--parts", ",".join(args.parts),
+               "--estimators", args.estimators, "--batch-devices", str(args.batch_devices)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode:
             raise SystemExit(proc.stderr[-4000:])
         for line in proc.stdout.splitlines():
             row = json.loads(line)
-            key = (row["bench"], row.get("chunk_size"))
+            key = (row["bench"], row.get("estimator"), row.get("chunk_size"))
+            if row["bench"] == "split_mnist":
+                key = (row["bench"], None, None)     # every layout against the first row
             import numpy as np
             if row["bench"] == "split_mnist":
                 acc = np.asarray(row.pop("accuracy"))
@@ -171,6 +213,8 @@ def main() -> None:
                 ref.setdefault(key, leaf)
                 row["max_rel_diff_vs_1"] = float(np.max(np.abs(leaf - ref[key]))
                                                  / np.max(np.abs(ref[key])))
+                one = ref.setdefault(("one_chunk_s", n, row["estimator"]), row["seconds"])
+                row["vs_one_chunk_same_devices"] = round(row["seconds"] / one, 3)
             else:
                 ref.setdefault(key, row["lambda_max"])
                 row["rel_diff_vs_1"] = abs(row["lambda_max"] - ref[key]) / abs(ref[key])

@@ -31,6 +31,7 @@ joined by ``jax.distributed`` (gloo collectives), which is as far as one machine
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 import jax
@@ -234,7 +235,57 @@ def constrain_examples(tree: Any, sharding: NamedSharding | None) -> Any:
                         if jnp.ndim(x) >= 1 else x, tree)
 
 
-__all__ = ["RUNS_AXIS", "BATCH_AXIS", "AXES", "resolve_devices", "make_mesh", "check_mesh",
+_COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+_COLLECTIVE_RE = re.compile(r"\s(" + "|".join(_COLLECTIVES) + r")(?:-start)?\(")
+_HEADER_RE = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+_CALLS_RE = re.compile(r"(body|condition|to_apply|calls|branch_computations|true_computation|"
+                       r"false_computation)=\{?([%\w.\-, ]+)\}?")
+
+
+def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
+    """The cross-device collectives of a compiled program (``jitted.lower(...).compile()
+    .as_text()``), counted by kind: ``{"total": {...}, "in_loops": {...}}``, where ``in_loops``
+    counts those inside a ``while`` body (a ``lax.scan`` / ``fori_loop``, and whatever its body
+    calls) — a data-parallel chunk loop has none. Kinds: all-reduce, all-gather, reduce-scatter,
+    all-to-all, collective-permute (their async ``-start`` halves counted once)."""
+    bodies: dict[str, list[str]] = {}
+    current = None
+    for line in hlo_text.splitlines():
+        if current is None:
+            m = _HEADER_RE.match(line)
+            if m and "=" not in line.split("{")[0].split("(")[0]:
+                current = m.group(1)
+                bodies[current] = []
+        elif line.startswith("}"):
+            current = None
+        else:
+            bodies[current].append(line)
+    calls = {name: [c.strip().lstrip("%") for kind, group in _CALLS_RE.findall("\n".join(lines))
+                    for c in group.split(",") if c.strip()]
+             for name, lines in bodies.items()}
+    loop_roots = [m.group(1).lstrip("%") for lines in bodies.values() for line in lines
+                  if " while(" in line for m in [re.search(r"body=%?([\w.\-]+)", line)] if m]
+    in_loops: set[str] = set()
+    todo = list(loop_roots)
+    while todo:
+        name = todo.pop()
+        if name in in_loops or name not in bodies:
+            continue
+        in_loops.add(name)
+        todo.extend(calls.get(name, ()))
+
+    def count(names) -> dict[str, int]:
+        out = {k: 0 for k in _COLLECTIVES}
+        for name in names:
+            for line in bodies[name]:
+                for kind in _COLLECTIVE_RE.findall(line):
+                    out[kind] += 1
+        return out
+
+    return {"total": count(bodies), "in_loops": count(in_loops)}
+
+
+__all__ = ["collectives", "RUNS_AXIS", "BATCH_AXIS", "AXES", "resolve_devices", "make_mesh", "check_mesh",
            "axis_size", "runs_sharding", "batch_sharding", "examples_sharding", "replicated",
            "padded_size", "example_mask", "pad_axis0", "pad_batch", "unpad", "put", "to_host",
            "constrain_examples"]

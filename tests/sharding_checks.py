@@ -246,6 +246,97 @@ def check_curvature_on_sharded_batch(full=False):
         _close(got, want, "ggn_split_trace", rtol=1e-9)
 
 
+def _loop_free(fn, *args, what, gathers=False):
+    """The collectives of ``jax.jit(fn)`` on ``args``: none inside a loop (and no all-gather
+    unless ``gathers``)."""
+    found = shd.collectives(jax.jit(fn).lower(*args).compile().as_text())
+    assert not any(found["in_loops"].values()), (what, found)
+    assert gathers or not found["total"]["all-gather"], (what, found)
+    return found
+
+
+def check_chunked_data_parallel(full=False):
+    """Chunks of a sharded batch stay on their devices: each device sums its own examples chunk
+    by chunk (no collective inside the loop, no all-gather of the examples, one all-reduce after
+    it), equal to one device; the boundary of a batch-parallel run does the same, and the step
+    of that run has exactly one all-reduce."""
+    mesh = shd.make_mesh(N_DEVICES)
+    ex = shd.examples_sharding(mesh)
+    # the check can fail: a scan over chunks whose *example* axis is split reduces in the loop
+    split = shd.put(jnp.ones((3, 8)), jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec(None, shd.AXES)))
+    found = shd.collectives(jax.jit(lambda a: jax.lax.scan(
+        lambda c, r: (c + jnp.sum(jnp.sin(r)), None), 0.0, a)[0]).lower(split).compile().as_text())
+    assert found["in_loops"]["all-reduce"] == 1, found
+    with jax.enable_x64(True):
+        for n in (1000, 1001) if full else (1000,):
+            model, params, batch, sharded, w, mesh = _sharded_problem(n)
+            key = jax.random.key(7)
+            estimators = {
+                "empirical": lambda b, **k: imp.empirical_fisher_diagonal(
+                    model.logits_fn, params, b, chunk_size=64, **k),
+                "true": lambda b, **k: imp.true_fisher_diagonal(
+                    model.logits_fn, params, b, key, num_samples=2, chunk_size=64, **k),
+                "kfac": lambda b, **k: imp.kfac_factors(
+                    model.logits_fn, params, b, key, chunk_size=64, **k),
+            }
+            if not full:
+                del estimators["true"]
+            else:
+                estimators["exact"] = lambda b, **k: imp.exact_fisher_diagonal(
+                    model.logits_fn, params, b, chunk_size=100, **k)
+                estimators["mas"] = lambda b, **k: imp.mas_importance(
+                    model.logits_fn, params, b, chunk_size=30, **k)
+            for name, fn in estimators.items():
+                want = fn(batch)
+                inside = lambda b, f=fn: f(shd.unpad(b, n), sharding=ex)   # noqa: E731
+                _close(jax.jit(inside)(sharded), want, f"{name} n={n} sharding=", rtol=1e-10,
+                       atol=1e-13)
+                _loop_free(inside, sharded, what=f"{name} n={n}", gathers=n % N_DEVICES != 0)
+                if n % N_DEVICES == 0:    # found on the concrete batch by itself
+                    _close(fn(jax.tree.map(lambda v: v[:n], sharded)), want, f"{name} n={n}",
+                           rtol=1e-10, atol=1e-13)
+        v = jax.tree.map(lambda p: jnp.cos(jnp.arange(p.size, dtype=p.dtype)).reshape(p.shape),
+                         params)
+        products = {"task_hvp": cv.task_hvp, "task_ggn_vp": cv.task_ggn_vp}
+        if not full:
+            del products["task_ggn_vp"]
+        for name, product in products.items():
+            want = product(model.logits_fn, params, batch, v, chunk_size=64)
+            _close(product(model.logits_fn, params, sharded, v, chunk_size=64, weights=w), want,
+                   name, rtol=1e-10, atol=1e-12)
+            _loop_free(lambda b, ww, f=product: f(model.logits_fn, params, b, v, chunk_size=64,
+                                                  weights=ww, sharding=ex), sharded, w, what=name)
+    # float32 on 4 devices against a float64 reference on one: equal to float32 rounding
+    model, params, batch = IH.mlp_problem(n=1000, d=6, widths=(8,), classes=4, seed=2,
+                                          dtype=jnp.float32)
+    with jax.enable_x64(True):
+        ref = imp.exact_fisher_diagonal(model.logits_fn, jax.tree.map(
+            lambda p: p.astype(jnp.float64), params), jax.tree.map(
+            lambda v: v.astype(jnp.float64) if v.dtype == jnp.float32 else v, batch))
+    got = imp.exact_fisher_diagonal(model.logits_fn, params, shd.put(batch, ex), chunk_size=64)
+    _close(got, ref, "float32 on 4 devices vs float64", rtol=2e-5, atol=1e-9)
+    # a run with its batches split over the 4 devices: EWC's boundary Fisher in chunks
+    s, sc, m, tr = _setup("ewc", scenario="task", num_examples=48, chunk_size=4)
+    data = prepare_data(s, sc, eval_chunk=16)
+    kw = dict(hparams=dict(m.default_hparams), keep_params=True)
+    keys = jax.random.split(jax.random.key(5), 1)
+    ref = run_stream(tr, data, num_steps=8, keys=keys, runs="vmap", **kw)
+    mesh = shd.make_mesh(N_DEVICES, batch=N_DEVICES)
+    res = run_stream(tr, data, num_steps=8, keys=keys, mesh=mesh, **kw)
+    _close(_fields(res), _fields(ref), "batch-parallel EWC")
+    from cljax.training import place_data
+    dm = place_data(data, mesh)
+    st = jax.device_put(res.final_state, shd.runs_sharding(mesh))
+    runs = lambda f: jax.vmap(f, in_axes=(0, None, None), spmd_axis_name="runs")  # noqa: E731
+    found = _loop_free(runs(tr.end_task), st, dm, jnp.int32(0), what="EWC boundary")
+    assert found["total"]["all-reduce"] == 1, found
+    found = _loop_free(runs(lambda st, d, t: tr.fit(st, d, t, 1)), st, dm, jnp.int32(0),
+                       what="one step")
+    assert found["total"] == {**found["total"], "all-reduce": 1}, found
+    assert sum(found["total"].values()) == 1, found
+
+
 # ----------------------------------------------------------------------------------------------
 # 3. checkpoints of sharded runs restore on another device count
 # ----------------------------------------------------------------------------------------------
@@ -303,6 +394,11 @@ def check_multihost():
         got = jax.jit(lambda b: imp.empirical_fisher_diagonal(
             model.logits_fn, params, shd.unpad(b, 1001), chunk_size=300))(sharded)
         _close(shd.to_host(got), want, "estimator over 2 processes", rtol=1e-10, atol=1e-13)
+        got = jax.jit(lambda b: imp.empirical_fisher_diagonal(
+            model.logits_fn, params, shd.unpad(b, 1001), chunk_size=100,
+            sharding=sharded["x"].sharding))(sharded)
+        _close(shd.to_host(got), want, "chunks on each process's devices", rtol=1e-10,
+               atol=1e-13)
 
 
 CHECKS = {
@@ -314,12 +410,14 @@ CHECKS = {
     "estimators_all": lambda: check_estimators_on_sharded_batch(full=True),
     "curvature": check_curvature_on_sharded_batch,
     "curvature_all": lambda: check_curvature_on_sharded_batch(full=True),
+    "chunked_data_parallel": check_chunked_data_parallel,
+    "chunked_data_parallel_all": lambda: check_chunked_data_parallel(full=True),
     "checkpoint": check_checkpoint_across_device_counts,
     "multihost": check_multihost,
 }
 SLOW = ("runs_sharded_all", "batch_parallel", "host_pipeline_on_mesh", "estimators_all",
-        "curvature_all")
-DEFAULT = ("runs_sharded", "estimators", "curvature", "checkpoint")
+        "curvature_all", "chunked_data_parallel_all")
+DEFAULT = ("runs_sharded", "estimators", "curvature", "chunked_data_parallel", "checkpoint")
 
 
 def main(names):

@@ -186,3 +186,48 @@ def test_cli_devices_option_reaches_the_mesh(tmp_path, capsys):
 @pytest.mark.slow
 def test_cli_with_one_device_runs(tmp_path):
     assert _cli(["--devices", "1"], tmp_path, "b") == 0
+
+
+_HLO = """HloModule jit_f
+
+%add (a: f32[], b: f32[]) -> f32[] {
+  ROOT %s = f32[] add(%a, %b)
+}
+
+%inner (p: f32[4]) -> f32[4] {
+  %g = f32[16]{0} all-gather(%p), channel_id=2, dimensions={0}
+  ROOT %r = f32[4] slice(%g), slice={[0:4]}
+}
+
+%body (param: (s32[], f32[4])) -> (s32[], f32[4]) {
+  %x = f32[4] get-tuple-element(%param), index=1
+  %f = f32[4] fusion(%x), kind=kLoop, calls=%inner
+  %ar = f32[4] all-reduce(%f), channel_id=1, to_apply=%add
+  ROOT %t = (s32[], f32[4]) tuple(%i, %ar)
+}
+
+%cond (param.1: (s32[], f32[4])) -> pred[] {
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+
+ENTRY %main (p0: f32[4]) -> f32[4] {
+  %start = f32[4] all-reduce-start(%p0), channel_id=3, to_apply=%add
+  %done = f32[4] all-reduce-done(%start)
+  %w = (s32[], f32[4]) while(%tuple), condition=%cond, body=%body
+  ROOT %out = f32[4] collective-permute(%done), channel_id=4, source_target_pairs={{0,1}}
+}
+"""
+
+
+def test_collectives_counts_by_kind_and_finds_those_inside_loops():
+    """Oracle: a hand-written module — a while body with an all-reduce and, through a fusion it
+    calls, an all-gather; outside the loop an async all-reduce (counted once) and a
+    collective-permute."""
+    got = shd.collectives(_HLO)
+    assert got["total"] == {"all-reduce": 2, "all-gather": 1, "reduce-scatter": 0,
+                            "all-to-all": 0, "collective-permute": 1}
+    assert got["in_loops"] == {"all-reduce": 1, "all-gather": 1, "reduce-scatter": 0,
+                               "all-to-all": 0, "collective-permute": 0}
+    one_device = jax.jit(lambda x: jax.lax.scan(lambda c, r: (c + jnp.sum(r), None), 0.0, x)[0])
+    hlo = one_device.lower(jnp.ones((3, 4))).compile().as_text()
+    assert not any(shd.collectives(hlo)["total"].values())

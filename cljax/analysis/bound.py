@@ -25,7 +25,7 @@ import numpy as np
 
 from cljax.analysis.flatness import (TaskData, flatness, grad_and_hvp, task_slice,
                                      validate_task_inputs)
-from cljax.curvature.hvp import (PerExampleLoss, prepare_chunks, scan_sum,
+from cljax.curvature.hvp import (PerExampleLoss, weighted_task_sum,
                                  softmax_cross_entropy, task_ggn_vp)
 from cljax.types import LogitsFn, Params, PRNGKey
 from cljax.validation import check_positive_int
@@ -198,9 +198,6 @@ def forgetting_bound(logits_fn: LogitsFn, params_per_task: Params, task_data: Ta
     @jax.jit
     def row(params_all, batch, w):
         """Task b's loss and accuracy with every θ*_a (a over the task axis), in chunks."""
-        chunks, wc = prepare_chunks(logits_fn, params_per_task, batch, chunk_size, w,
-                                    per_example_loss)
-
         def one(params):
             def body(c, w_c):
                 logits = logits_fn(params, c)
@@ -211,9 +208,8 @@ def forgetting_bound(logits_fn: LogitsFn, params_per_task: Params, task_data: Ta
                     hit = jnp.full(w_c.shape, jnp.nan, w_c.dtype)
                 return loss, jnp.sum(w_c * hit)
 
-            zero = jnp.zeros((), wc.dtype)
-            loss, hits = scan_sum(body, chunks, wc, (zero, zero))
-            return loss / jnp.sum(wc), hits / jnp.sum(wc)
+            (loss, hits), wsum = weighted_task_sum(body, params, batch, w, chunk_size, None)
+            return loss / wsum, hits / wsum
 
         return jax.lax.map(one, params_all)
 

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cljax.curvature.hvp import (PerExampleLoss, chunk_loss_sum, prepare_chunks, scan_sum,
+from cljax.curvature.hvp import (PerExampleLoss, chunk_loss_sum, weighted_task_sum,
                                  check_finite, task_ggn_vp, task_hvp, task_value_and_grad)
 from cljax.curvature.lanczos import check_key, top_eigen
 from cljax.curvature.trace import hutchinson_trace
@@ -180,12 +180,9 @@ def grad_and_hvp(logits_fn: LogitsFn, params: Params, batch: Batch, v: Params, *
                  chunk_size: int | None = None, weights: Array | None = None,
                  per_example_loss: PerExampleLoss | None = None) -> tuple[Params, Params]:
     """``(∇ℓ(θ), ∇²ℓ(θ) v)`` of the whole-task loss from one ``jvp(grad)`` per chunk."""
-    chunks, w = prepare_chunks(logits_fn, params, batch, chunk_size, weights, per_example_loss)
     g = jax.grad(chunk_loss_sum(logits_fn, per_example_loss))
     body = lambda c, wc: jax.jvp(lambda p: g(p, c, wc), (params,), (v,))
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    grad, hv = scan_sum(body, chunks, w, (zeros, zeros))
-    wsum = jnp.sum(w)
+    (grad, hv), wsum = weighted_task_sum(body, params, batch, weights, chunk_size, None)
     return jax.tree.map(lambda a: a / wsum, grad), jax.tree.map(lambda a: a / wsum, hv)
 
 

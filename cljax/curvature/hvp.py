@@ -12,7 +12,9 @@ Whole-task versions (:func:`task_loss`, :func:`task_value_and_grad`, :func:`task
 :func:`task_ggn_vp`, :func:`make_task_matvec`) split the task's examples into chunks of
 ``chunk_size`` and accumulate over them with ``lax.scan`` inside one compiled program, so memory is
 bounded by the chunk, not by the task. When ``chunk_size`` does not divide ``N`` the last chunk is
-padded with zero-weight examples. Optional per-example ``weights`` (≥ 0) turn every "mean over
+padded with zero-weight examples. A batch split over several devices (``sharding=``, found by
+itself on a concrete sharded batch) is summed by each device over its own examples, chunk by
+chunk, with one all-reduce at the end (:mod:`cljax.chunking`). Optional per-example ``weights`` (≥ 0) turn every "mean over
 examples" into ``Σ_n w_n ℓ_n / Σ_n w_n``; a 0/1 mask selects the valid examples of a padded task.
 
 The task loss ℓ is the mean per-example loss (softmax cross-entropy with the integer labels
@@ -27,8 +29,9 @@ from typing import Callable, Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+from jax.sharding import NamedSharding
 
+from cljax.chunking import chunked_sum, resolve_sharding
 from cljax.types import Array, Batch, LogitsFn, LossFn, Params
 from cljax.validation import (check_batch, check_finite, check_positive_int, check_same_structure,
                               is_concrete)
@@ -187,13 +190,6 @@ def chunk_batch(batch: Batch, chunk_size: int | None, weights: Array | None = No
     return chunks, reshape(weights)
 
 
-def prepare_chunks(logits_fn, params, batch, chunk_size, weights, per_example_loss):
-    """Chunk ``batch`` and cast the weights to the params' dtype (inputs already validated)."""
-    chunks, w = chunk_batch(batch, chunk_size, weights)
-    dtype = jnp.result_type(*jax.tree.leaves(params))
-    return chunks, w.astype(dtype)
-
-
 def chunk_loss_sum(logits_fn, per_example_loss):
     """``f(params, chunk, w) = Σ_n w_n · loss_n`` of one chunk (softmax cross-entropy unless
     ``per_example_loss``)."""
@@ -205,19 +201,10 @@ def chunk_loss_sum(logits_fn, per_example_loss):
     return f
 
 
-def scan_sum(body, chunks, w, init):
-    """``Σ_chunks body(chunk, w_chunk)`` with a ``lax.scan`` (memory bounded by one chunk)."""
-
-    def step(acc, xs):
-        chunk, wc = xs
-        return optax.tree_utils.tree_add(acc, body(chunk, wc)), None
-
-    total, _ = jax.lax.scan(step, init, (chunks, w))
-    return total
-
-
-def _validate_task(logits_fn, params, batch, chunk_size, weights, per_example_loss) -> None:
-    """Eager checks of the whole-task functions' inputs (shapes, structure, concrete values)."""
+def _validate_task(logits_fn, params, batch, chunk_size, weights, per_example_loss,
+                   sharding=None) -> NamedSharding | None:
+    """Eager checks of the whole-task functions' inputs (shapes, structure, concrete values);
+    returns the examples' sharding (:func:`cljax.chunking.resolve_sharding`)."""
     _check_callable(logits_fn, "logits_fn")
     if per_example_loss is not None:
         _check_callable(per_example_loss, "per_example_loss")
@@ -234,93 +221,119 @@ def _validate_task(logits_fn, params, batch, chunk_size, weights, per_example_lo
             raise ValueError(f"weights must have shape ({n},) (one per example); got "
                              f"{jnp.shape(weights)}")
         _check_weight_values(weights)
+    return resolve_sharding(batch["x"], sharding)
 
 
-_STATIC = (0, 1, 2)  # logits_fn, chunk_size, per_example_loss
+def weighted_task_sum(body: Callable[[Batch, Array], Params], params: Params, batch: Batch,
+                      weights: Array | None, chunk_size: int | None,
+                      sharding: NamedSharding | None) -> tuple[Params, Array]:
+    """``(Σ_chunks body(chunk, w_chunk), Σ_n w_n)``: ``body`` gets each chunk of ``batch`` and its
+    weights in the params' dtype (``weights``, default 1; 0 on padding), data parallel over the
+    devices of ``sharding`` (:func:`cljax.chunking.chunked_sum`)."""
+    dtype = jnp.result_type(*jax.tree.leaves(params))
+    n = jnp.shape(batch["x"])[0]
+    w = jnp.ones((n,), dtype) if weights is None else jnp.asarray(weights).astype(dtype)
+
+    def one(xs, valid, index):
+        del index
+        chunk, wc = xs
+        return body(chunk, jnp.where(valid, wc, jnp.zeros((), dtype)))
+
+    total = chunked_sum(one, (dict(batch), w), chunk_size=chunk_size, sharding=sharding)
+    return total, jnp.sum(w)
+
+
+_STATIC = (0, 1, 2, 3)  # logits_fn, chunk_size, per_example_loss, sharding
 
 
 @functools.partial(jax.jit, static_argnums=_STATIC)
-def _task_loss_jit(logits_fn, chunk_size, per_example_loss, params, batch, weights):
-    chunks, w = prepare_chunks(logits_fn, params, batch, chunk_size, weights, per_example_loss)
+def _task_loss_jit(logits_fn, chunk_size, per_example_loss, sharding, params, batch, weights):
     f = chunk_loss_sum(logits_fn, per_example_loss)
-    total = scan_sum(lambda c, wc: f(params, c, wc), chunks, w, jnp.zeros((), w.dtype))
-    return total / jnp.sum(w)
+    total, wsum = weighted_task_sum(lambda c, wc: f(params, c, wc), params, batch, weights,
+                                    chunk_size, sharding)
+    return total / wsum
 
 
 @functools.partial(jax.jit, static_argnums=_STATIC)
-def _task_value_and_grad_jit(logits_fn, chunk_size, per_example_loss, params, batch, weights):
-    chunks, w = prepare_chunks(logits_fn, params, batch, chunk_size, weights, per_example_loss)
+def _task_value_and_grad_jit(logits_fn, chunk_size, per_example_loss, sharding, params, batch,
+                             weights):
     f = jax.value_and_grad(chunk_loss_sum(logits_fn, per_example_loss))
-    init = (jnp.zeros((), w.dtype), optax.tree_utils.tree_zeros_like(params))
-    val, grad = scan_sum(lambda c, wc: f(params, c, wc), chunks, w, init)
-    wsum = jnp.sum(w)
+    (val, grad), wsum = weighted_task_sum(lambda c, wc: f(params, c, wc), params, batch, weights,
+                                          chunk_size, sharding)
     return val / wsum, jax.tree.map(lambda g: g / wsum, grad)
 
 
 @functools.partial(jax.jit, static_argnums=_STATIC)
-def _task_hvp_jit(logits_fn, chunk_size, per_example_loss, params, batch, weights, v):
-    chunks, w = prepare_chunks(logits_fn, params, batch, chunk_size, weights, per_example_loss)
+def _task_hvp_jit(logits_fn, chunk_size, per_example_loss, sharding, params, batch, weights, v):
     g = jax.grad(chunk_loss_sum(logits_fn, per_example_loss))
     body = lambda c, wc: jax.jvp(lambda p: g(p, c, wc), (params,), (v,))[1]
-    total = scan_sum(body, chunks, w, optax.tree_utils.tree_zeros_like(params))
-    wsum = jnp.sum(w)
+    total, wsum = weighted_task_sum(body, params, batch, weights, chunk_size, sharding)
     return jax.tree.map(lambda t: t / wsum, total)
 
 
 @functools.partial(jax.jit, static_argnums=_STATIC)
-def _task_ggn_vp_jit(logits_fn, chunk_size, per_example_loss, params, batch, weights, v):
-    chunks, w = prepare_chunks(logits_fn, params, batch, chunk_size, weights, per_example_loss)
+def _task_ggn_vp_jit(logits_fn, chunk_size, per_example_loss, sharding, params, batch, weights,
+                     v):
     body = lambda c, wc: _ggn_weighted_sum(logits_fn, params, c, wc, v, per_example_loss)
-    total = scan_sum(body, chunks, w, optax.tree_utils.tree_zeros_like(params))
-    wsum = jnp.sum(w)
+    total, wsum = weighted_task_sum(body, params, batch, weights, chunk_size, sharding)
     return jax.tree.map(lambda t: t / wsum, total)
 
 
 def task_loss(logits_fn: LogitsFn, params: Params, batch: Batch, *, chunk_size: int | None = None,
-              weights: Array | None = None, per_example_loss: PerExampleLoss | None = None
-              ) -> Array:
+              weights: Array | None = None, per_example_loss: PerExampleLoss | None = None,
+              sharding: NamedSharding | None = None) -> Array:
     """The task loss ℓ(θ) = Σ_n w_n ℓ_n(θ) / Σ_n w_n over all of ``batch``, in chunks.
 
     ``ℓ_n`` is softmax cross-entropy unless ``per_example_loss(logits, batch) -> [B]`` is given;
     with the default weights this is the mean over the task's examples. Compiled once per
     (``logits_fn``, ``chunk_size``, ``per_example_loss``, shapes); jit-able.
     """
-    _validate_task(logits_fn, params, batch, chunk_size, weights, per_example_loss)
-    return _task_loss_jit(logits_fn, chunk_size, per_example_loss, params, dict(batch), weights)
+    sharding = _validate_task(logits_fn, params, batch, chunk_size, weights, per_example_loss,
+                              sharding)
+    return _task_loss_jit(logits_fn, chunk_size, per_example_loss, sharding, params, dict(batch),
+                          weights)
 
 
 def task_value_and_grad(logits_fn: LogitsFn, params: Params, batch: Batch, *,
                         chunk_size: int | None = None, weights: Array | None = None,
-                        per_example_loss: PerExampleLoss | None = None) -> tuple[Array, Params]:
+                        per_example_loss: PerExampleLoss | None = None,
+                        sharding: NamedSharding | None = None) -> tuple[Array, Params]:
     """``(ℓ(θ), ∇ℓ(θ))`` over the whole task, accumulated chunk by chunk (see :func:`task_loss`)."""
-    _validate_task(logits_fn, params, batch, chunk_size, weights, per_example_loss)
-    return _task_value_and_grad_jit(logits_fn, chunk_size, per_example_loss, params, dict(batch),
-                                    weights)
+    sharding = _validate_task(logits_fn, params, batch, chunk_size, weights, per_example_loss,
+                              sharding)
+    return _task_value_and_grad_jit(logits_fn, chunk_size, per_example_loss, sharding, params,
+                                    dict(batch), weights)
 
 
 def task_hvp(logits_fn: LogitsFn, params: Params, batch: Batch, v: Params, *,
              chunk_size: int | None = None, weights: Array | None = None,
-             per_example_loss: PerExampleLoss | None = None) -> Params:
+             per_example_loss: PerExampleLoss | None = None,
+             sharding: NamedSharding | None = None) -> Params:
     """``∇²ℓ(θ) v`` for the whole-task loss of :func:`task_loss`: one ``jvp(grad)`` per chunk,
     summed inside a ``lax.scan`` (memory bounded by the chunk)."""
-    _validate_task(logits_fn, params, batch, chunk_size, weights, per_example_loss)
+    sharding = _validate_task(logits_fn, params, batch, chunk_size, weights, per_example_loss,
+                              sharding)
     v = _check_v(v, params)
-    return _task_hvp_jit(logits_fn, chunk_size, per_example_loss, params, dict(batch), weights, v)
+    return _task_hvp_jit(logits_fn, chunk_size, per_example_loss, sharding, params, dict(batch),
+                         weights, v)
 
 
 def task_ggn_vp(logits_fn: LogitsFn, params: Params, batch: Batch, v: Params, *,
                 chunk_size: int | None = None, weights: Array | None = None,
-                per_example_loss: PerExampleLoss | None = None) -> Params:
+                per_example_loss: PerExampleLoss | None = None,
+                sharding: NamedSharding | None = None) -> Params:
     """GGN-vector product (:func:`ggn_vp`) of the whole-task loss, accumulated over chunks."""
-    _validate_task(logits_fn, params, batch, chunk_size, weights, per_example_loss)
+    sharding = _validate_task(logits_fn, params, batch, chunk_size, weights, per_example_loss,
+                              sharding)
     v = _check_v(v, params)
-    return _task_ggn_vp_jit(logits_fn, chunk_size, per_example_loss, params, dict(batch),
-                            weights, v)
+    return _task_ggn_vp_jit(logits_fn, chunk_size, per_example_loss, sharding, params,
+                            dict(batch), weights, v)
 
 
 def make_task_loss(logits_fn: LogitsFn, batch: Batch, *, chunk_size: int | None = None,
                    weights: Array | None = None,
-                   per_example_loss: PerExampleLoss | None = None) -> LossFn:
+                   per_example_loss: PerExampleLoss | None = None,
+                   sharding: NamedSharding | None = None) -> LossFn:
     """``params -> ℓ(params)`` over the whole task (a :data:`LossFn` for :func:`hvp` and
     :func:`cljax.curvature.top_eigenvalues`). For large tasks prefer :func:`make_task_matvec`,
     whose Hessian products keep memory bounded by the chunk."""
@@ -331,7 +344,7 @@ def make_task_loss(logits_fn: LogitsFn, batch: Batch, *, chunk_size: int | None 
 
     def loss(params: Params) -> Array:
         return task_loss(logits_fn, params, batch, chunk_size=chunk_size, weights=weights,
-                         per_example_loss=per_example_loss)
+                         per_example_loss=per_example_loss, sharding=sharding)
 
     return loss
 
@@ -339,22 +352,24 @@ def make_task_loss(logits_fn: LogitsFn, batch: Batch, *, chunk_size: int | None 
 def make_task_matvec(logits_fn: LogitsFn, params: Params, batch: Batch, *,
                      curvature: Literal["hessian", "ggn"] = "hessian",
                      chunk_size: int | None = None, weights: Array | None = None,
-                     per_example_loss: PerExampleLoss | None = None) -> Matvec:
+                     per_example_loss: PerExampleLoss | None = None,
+                     sharding: NamedSharding | None = None) -> Matvec:
     """``v -> H v`` (``curvature="hessian"``) or ``v -> G v`` (``"ggn"``) of the whole-task loss at
     ``params``, chunked; the matvec that :func:`cljax.curvature.top_eigenvalues_matvec`,
     :func:`cljax.curvature.hutchinson_trace` and :func:`cljax.curvature.spectral_density` take."""
     if curvature not in ("hessian", "ggn"):
         raise ValueError(f"curvature must be 'hessian' or 'ggn'; got {curvature!r}")
-    _validate_task(logits_fn, params, batch, chunk_size, weights, per_example_loss)
+    sharding = _validate_task(logits_fn, params, batch, chunk_size, weights, per_example_loss,
+                              sharding)
     product = task_hvp if curvature == "hessian" else task_ggn_vp
 
     def matvec(v: Params) -> Params:
         return product(logits_fn, params, batch, v, chunk_size=chunk_size, weights=weights,
-                       per_example_loss=per_example_loss)
+                       per_example_loss=per_example_loss, sharding=sharding)
 
     return matvec
 
 
 __all__ = ["softmax_cross_entropy", "hvp", "ggn_vp", "chunk_batch", "task_loss",
            "task_value_and_grad", "task_hvp", "task_ggn_vp", "make_task_loss", "make_task_matvec",
-           "PerExampleLoss", "Matvec", "prepare_chunks", "chunk_loss_sum", "scan_sum"]
+           "PerExampleLoss", "Matvec", "chunk_loss_sum", "weighted_task_sum"]

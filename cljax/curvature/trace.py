@@ -20,7 +20,9 @@ import jax
 import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
+from jax.sharding import NamedSharding
 
+from cljax.chunking import resolve_sharding
 from cljax.curvature.hvp import make_task_matvec, task_ggn_vp, task_hvp
 from cljax.curvature.lanczos import (check_finite_result, check_key, check_matvec, flat_info,
                                      lanczos_jit)
@@ -170,7 +172,8 @@ def _hutchpp_jit(matvec, num_matvecs, sketch_size, sketch, params_like, key):
 
 
 def ggn_split_trace(logits_fn: LogitsFn, params: Params, batch: Batch, key: PRNGKey, *,
-                    num_samples: int, chunk_size: int | None = None) -> TraceEstimate:
+                    num_samples: int, chunk_size: int | None = None,
+                    sharding: NamedSharding | None = None) -> TraceEstimate:
     """``tr(H)`` of the mean softmax cross-entropy as an exact GGN trace plus Hutchinson on the rest.
 
     H = G + R with G the generalised Gauss–Newton matrix (= the Fisher for softmax CE; Martens
@@ -187,7 +190,9 @@ def ggn_split_trace(logits_fn: LogitsFn, params: Params, batch: Batch, key: PRNG
         ``batch['y']``; examples independent).
       key: PRNG key for the probes.
       num_samples: probes of R (each one HVP and one GGN-vector product), ``>= 1``.
-      chunk_size: examples per chunk for every pass over the data.
+      chunk_size: examples per chunk for every pass over the data (per device when sharded).
+      sharding: the examples' ``NamedSharding`` when ``batch`` is split over devices (found by
+        itself on a concrete sharded batch): every pass is data parallel (:mod:`cljax.chunking`).
     Returns:
       :class:`TraceEstimate` with ``samples [num_samples] = tr(G) + vᵀRv`` (the mean is the
       estimate; ``stderr`` their standard deviation / √n, the error of the R part only).
@@ -195,19 +200,21 @@ def ggn_split_trace(logits_fn: LogitsFn, params: Params, batch: Batch, key: PRNG
     check_key(key)
     check_positive_int(num_samples, name="num_samples")
     make_task_matvec(logits_fn, params, batch, chunk_size=chunk_size)   # validates the inputs
+    sharding = resolve_sharding(batch["x"], sharding)
     if chunk_size is not None:
         chunk_size = min(int(chunk_size), int(jnp.shape(batch["x"])[0]))
-    return _ggn_split_jit(logits_fn, num_samples, chunk_size, params, dict(batch), key)
+    return _ggn_split_jit(logits_fn, num_samples, chunk_size, sharding, params, dict(batch), key)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _ggn_split_jit(logits_fn, num_samples, chunk_size, params, batch, key):
-    diag = exact_fisher_diagonal(logits_fn, params, batch, chunk_size=chunk_size)
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _ggn_split_jit(logits_fn, num_samples, chunk_size, sharding, params, batch, key):
+    diag = exact_fisher_diagonal(logits_fn, params, batch, chunk_size=chunk_size,
+                                 sharding=sharding)
     tr_g = jnp.asarray(optax.tree_utils.tree_sum(diag))
 
     def rest(v):
-        h = task_hvp(logits_fn, params, batch, v, chunk_size=chunk_size)
-        g = task_ggn_vp(logits_fn, params, batch, v, chunk_size=chunk_size)
+        h = task_hvp(logits_fn, params, batch, v, chunk_size=chunk_size, sharding=sharding)
+        g = task_ggn_vp(logits_fn, params, batch, v, chunk_size=chunk_size, sharding=sharding)
         return optax.tree_utils.tree_sub(h, g)
 
     est = _hutchinson_jit(rest, num_samples, params, key)

@@ -41,10 +41,13 @@ of a ``vjp`` restricted to those parameters. Dispatch is automatic and per param
 two against each other). Requirement for both: ``logits_fn`` treats examples independently (no
 batch statistics), and a recognised layer's kernel is not also used outside that layer.
 
-**Chunks.** The N examples are padded to a multiple of ``chunk_size`` by repeating example 0 with
-weight 0 (its directions are multiplied by 0, and its activations are masked in K-FAC's A), then
+**Chunks.** The N examples are cut into the fewest chunks of at most ``chunk_size``, of equal
+size (:func:`cljax.chunking.chunk_layout`), padded by repeating example 0 with weight 0 (its directions are multiplied by 0, and its activations are masked in K-FAC's A), then
 processed by ``lax.scan`` over chunks inside one ``jit``; memory is bounded by one chunk. Results
-are sums divided by the true N, i.e. means over examples.
+are sums divided by the true N, i.e. means over examples. When the examples are split over
+several devices (``sharding=``, found on a concrete sharded batch by itself), each device sums its
+own examples chunk by chunk and one all-reduce adds the devices' sums
+(:func:`cljax.chunking.chunked_sum`); ``chunk_size`` is then the chunk of each device.
 """
 from __future__ import annotations
 
@@ -57,7 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cljax import validation
+from cljax import chunking, validation
 from cljax.layers import CallRecord, LayerCall, intercept_layer_calls, layer_inputs
 from cljax.types import Array, Batch, LogitsFn, Params
 
@@ -212,7 +215,8 @@ def _directions(kind: str, logits: Array, batch: Batch, w: Array, gidx: Array, k
 
 def _chunk_contribution(kind: str, logits_fn: LogitsFn, params: Params, plan: Plan,
                         batch: Batch, w: Array, gidx: Array, key: Any, num_samples: int):
-    """Sums (not yet divided by N) over one chunk, plus finiteness / label-range flags."""
+    """Sums (not yet divided by N) over one chunk, plus the counts of valid examples with
+    non-finite logits (``bad_logits``) and labels out of range (``bad_labels``)."""
     leaves = jax.tree.leaves(params)
     specs = plan.layers
     if specs:
@@ -225,12 +229,12 @@ def _chunk_contribution(kind: str, logits_fn: LogitsFn, params: Params, plan: Pl
         logits = logits_fn(params, batch)
         inputs, vjp_fn = [], None
 
-    finite = jnp.all(jnp.isfinite(logits) | (w[:, None] == 0))
-    out: dict[str, Any] = {"finite": finite}
+    out: dict[str, Any] = {
+        "bad_logits": jnp.sum(~(jnp.isfinite(logits) | (w[:, None] == 0)), dtype=jnp.int32)}
     if "y" in batch:
         c = logits.shape[-1]
         y = batch["y"]
-        out["labels_ok"] = jnp.all(((y >= 0) & (y < c)) | (w == 0))
+        out["bad_labels"] = jnp.sum(~(((y >= 0) & (y < c)) | (w == 0)), dtype=jnp.int32)
     dirs = _directions(kind, logits, batch, w, gidx, key, num_samples)  # [K, B, C]
 
     if kind.startswith("kfac"):
@@ -311,48 +315,30 @@ def _chunk_contribution(kind: str, logits_fn: LogitsFn, params: Params, plan: Pl
 # ----------------------------------------------------------------------------------------------
 
 @functools.partial(jax.jit, static_argnames=("logits_fn", "kind", "num_samples", "chunk_size",
-                                             "implementation"))
+                                             "implementation", "sharding"))
 def estimate_jit(logits_fn: LogitsFn, params: Params, batch: Batch, key: Any, *, kind: str,
-                  num_samples: int, chunk_size: int | None, implementation: str):
+                  num_samples: int, chunk_size: int | None, implementation: str,
+                  sharding: Any = None):
+    """The estimate as sums over chunks (:func:`cljax.chunking.chunked_sum`: data parallel over
+    the devices of ``sharding``) divided by N, plus the flags ``finite`` / ``labels_ok``."""
     n = batch["x"].shape[0]
-    c = n if chunk_size is None else min(chunk_size, n)
-    nc = -(-n // c)
-    n_pad = nc * c
-    if n_pad != n:
-        idx = jnp.concatenate([jnp.arange(n), jnp.zeros(n_pad - n, jnp.int32)])
-        batch = jax.tree.map(lambda v: jnp.take(v, idx, axis=0), batch)
-    chunks = jax.tree.map(lambda v: v.reshape((nc, c) + v.shape[1:]), batch)
-    w = (jnp.arange(n_pad) < n).reshape(nc, c)
-    gidx = jnp.arange(n_pad).reshape(nc, c)
-    chunk0 = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape[1:], v.dtype), chunks)
+    _, c, _ = chunking.chunk_layout(n, chunk_size, chunking.shard_count(sharding))
+    chunk0 = jax.tree.map(lambda v: jax.ShapeDtypeStruct((c,) + v.shape[1:], v.dtype), batch)
     plan = discover(logits_fn, params, chunk0, implementation)
     if kind.startswith("kfac") and not plan.layers:
         raise ValueError("kfac_factors found no recognised layer (flax nn.Dense / nn.Conv / cljax.nn.Conv) in "
                          "logits_fn; K-FAC needs layer structure")
 
-    def body(carry, xs):
-        b, wc, gc = xs
-        contrib = _chunk_contribution(kind, logits_fn, params, plan, b, wc, gc, key, num_samples)
-        return optax.tree_utils.tree_add(carry, contrib_numeric(contrib)), flags(contrib)
+    def body(chunk, valid, index):
+        contrib = _chunk_contribution(kind, logits_fn, params, plan, chunk, valid, index, key,
+                                      num_samples)
+        numeric = contrib["factors"] if kind.startswith("kfac") else contrib["sums"]
+        return numeric, {k: v for k, v in contrib.items() if k.startswith("bad_")}
 
-    def contrib_numeric(cn):
-        return cn["factors"] if kind.startswith("kfac") else cn["sums"]
-
-    def flags(cn):
-        return {k: v for k, v in cn.items() if k in ("finite", "labels_ok")}
-
-    if nc == 1:  # one chunk: no loop to compile
-        contrib = _chunk_contribution(kind, logits_fn, params, plan,
-                                      *jax.tree.map(lambda v: v[0], (chunks, w, gidx)),
-                                      key, num_samples)
-        total, fl = contrib_numeric(contrib), flags(contrib)
-    else:
-        first = jax.eval_shape(lambda xs: contrib_numeric(_chunk_contribution(
-            kind, logits_fn, params, plan, *xs, key, num_samples)),
-            jax.tree.map(lambda v: v[0], (chunks, w, gidx)))
-        init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), first)
-        total, fl = jax.lax.scan(body, init, (chunks, w, gidx))
-        fl = jax.tree.map(jnp.all, fl)
+    total, bad = chunking.chunked_sum(body, batch, chunk_size=chunk_size, sharding=sharding)
+    fl = {"finite": bad["bad_logits"] == 0}
+    if "bad_labels" in bad:
+        fl["labels_ok"] = bad["bad_labels"] == 0
     total = jax.tree.map(lambda t: t / n, total)
     if kind.startswith("kfac"):
         return total, fl
@@ -363,8 +349,10 @@ def estimate_jit(logits_fn: LogitsFn, params: Params, batch: Batch, key: Any, *,
 
 def estimate(kind: str, logits_fn: LogitsFn, params: Params, batch: Batch, key: Any = None, *,
              num_samples: int = 1, chunk_size: int | None = None, implementation: str = "auto",
-             require_y: bool, fn_name: str):
-    """Validate, run the jitted driver, then raise on concrete bad values (labels, NaN)."""
+             sharding: Any = None, require_y: bool, fn_name: str):
+    """Validate, run the jitted driver, then raise on concrete bad values (labels, NaN).
+    ``sharding``: the examples' :class:`~jax.sharding.NamedSharding` (``None``: the one found on
+    a concrete sharded ``batch``, else one device); see :mod:`cljax.chunking`."""
     if not callable(logits_fn):
         raise TypeError(f"{fn_name}: logits_fn must be callable logits_fn(params, batch) -> "
                         f"logits[B, C]; got {type(logits_fn).__name__}")
@@ -396,9 +384,11 @@ def estimate(kind: str, logits_fn: LogitsFn, params: Params, batch: Batch, key: 
         if not jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating):
             raise TypeError(f"{fn_name}: params{jax.tree_util.keystr(path)} must be floating "
                             f"point; got {jnp.asarray(leaf).dtype}")
+    sharding = chunking.resolve_sharding(batch["x"], sharding)
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
     result, fl = estimate_jit(logits_fn, params, batch, key, kind=kind, num_samples=num_samples,
-                               chunk_size=chunk_size, implementation=implementation)
+                               chunk_size=chunk_size, implementation=implementation,
+                               sharding=sharding)
     if "labels_ok" in fl and not validation.is_concrete(fl["labels_ok"]):
         # traced (inside jit / vmap): nothing can be raised, so an out-of-range label poisons
         # the estimate with NaN instead of silently dropping terms (a consolidation with NaN

@@ -26,13 +26,15 @@ user's ``jit`` (value checks — labels, NaN — then only run on concrete input
 """
 from __future__ import annotations
 
+from jax.sharding import NamedSharding
+
 from cljax.importance.estimation import estimate
 from cljax.types import Batch, Importance, LogitsFn, Params, PRNGKey
 
 
 def empirical_fisher_diagonal(logits_fn: LogitsFn, params: Params, batch: Batch, *,
-                              chunk_size: int | None = None,
-                              implementation: str = "auto") -> Importance:
+                              chunk_size: int | None = None, implementation: str = "auto",
+                              sharding: NamedSharding | None = None) -> Importance:
     """Empirical Fisher diagonal: (1/N) Σ_n (∂ log p(y_n|x_n) / ∂θ)², y_n = the dataset label.
 
     Args:
@@ -42,6 +44,9 @@ def empirical_fisher_diagonal(logits_fn: LogitsFn, params: Params, batch: Batch,
       chunk_size: examples per chunk (memory bound); ``None`` = all N at once. N need not be a
         multiple: the last chunk is padded with zero-weight examples.
       implementation: ``"auto"`` (fast layer path where recognised) or ``"vmap"`` (fallback only).
+      sharding: the examples' ``NamedSharding`` when ``batch`` is split over devices (found
+        by itself on a concrete sharded batch; pass it inside ``jit``): each device then
+        sums its own examples, ``chunk_size`` per device (:mod:`cljax.chunking`).
 
     Returns:
       A pytree like ``params`` (same shapes/dtypes): the per-example mean of squared gradients.
@@ -51,29 +56,30 @@ def empirical_fisher_diagonal(logits_fn: LogitsFn, params: Params, batch: Batch,
     silently wrong sum.
     """
     return estimate("empirical", logits_fn, params, batch, chunk_size=chunk_size,
-                    implementation=implementation, require_y=True,
+                    implementation=implementation, sharding=sharding, require_y=True,
                     fn_name="empirical_fisher_diagonal")
 
 
 def true_fisher_diagonal(logits_fn: LogitsFn, params: Params, batch: Batch, key: PRNGKey, *,
                          num_samples: int = 1, chunk_size: int | None = None,
-                         implementation: str = "auto") -> Importance:
+                         implementation: str = "auto",
+                         sharding: NamedSharding | None = None) -> Importance:
     """True (model) Fisher diagonal by Monte Carlo: (1/N) Σ_n (1/S) Σ_s (∂ log p(ŷ_ns|x_n)/∂θ)².
 
     ŷ_ns ~ softmax(logits_n), ``num_samples`` = S draws per example (not the argmax label). The
     draw for example n uses ``jax.random.fold_in(key, n)`` (n = its index in ``batch``), so the
-    result does not depend on ``chunk_size``. ``batch['y']`` is not used. Unbiased for
+    result depends neither on ``chunk_size`` nor on the devices. ``batch['y']`` is not used. Unbiased for
     :func:`exact_fisher_diagonal`, with variance O(1/(N·S)). Same scale and arguments as
     :func:`empirical_fisher_diagonal` (mean over examples).
     """
     return estimate("true", logits_fn, params, batch, key, num_samples=num_samples,
-                    chunk_size=chunk_size, implementation=implementation, require_y=False,
-                    fn_name="true_fisher_diagonal")
+                    chunk_size=chunk_size, implementation=implementation, sharding=sharding,
+                    require_y=False, fn_name="true_fisher_diagonal")
 
 
 def exact_fisher_diagonal(logits_fn: LogitsFn, params: Params, batch: Batch, *,
-                          chunk_size: int | None = None,
-                          implementation: str = "auto") -> Importance:
+                          chunk_size: int | None = None, implementation: str = "auto",
+                          sharding: NamedSharding | None = None) -> Importance:
     """Exact Fisher diagonal (1/N) Σ_n Σ_y p(y|x_n) (∂ log p(y|x_n)/∂θ)² — the GGN diagonal.
 
     The expectation over y is computed in closed form with C output directions √p_y (p − e_y),
@@ -82,7 +88,7 @@ def exact_fisher_diagonal(logits_fn: LogitsFn, params: Params, batch: Batch, *,
     used. Same scale and arguments as :func:`empirical_fisher_diagonal` (mean over examples).
     """
     return estimate("exact", logits_fn, params, batch, chunk_size=chunk_size,
-                    implementation=implementation, require_y=False,
+                    implementation=implementation, sharding=sharding, require_y=False,
                     fn_name="exact_fisher_diagonal")
 
 

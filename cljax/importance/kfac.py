@@ -42,6 +42,7 @@ from typing import Mapping
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
 
 from cljax import validation
 from cljax._linalg import eigh
@@ -53,8 +54,8 @@ FISHER_TYPES = ("true", "exact", "empirical")
 
 
 def kfac_factors(logits_fn: LogitsFn, params: Params, batch: Batch, key: PRNGKey | None = None, *,
-                 fisher: str = "true", num_samples: int = 1, chunk_size: int | None = None
-                 ) -> dict[str, KFACFactors]:
+                 fisher: str = "true", num_samples: int = 1, chunk_size: int | None = None,
+                 sharding: NamedSharding | None = None) -> dict[str, KFACFactors]:
     """K-FAC factors {layer name: KFACFactors(A, G)} (Martens & Grosse 2015 §3; KFC for conv).
 
     Args:
@@ -68,6 +69,9 @@ def kfac_factors(logits_fn: LogitsFn, params: Params, batch: Batch, key: PRNGKey
         for a confident model whose sampled label is almost never wrong) or ``"empirical"``
         (dataset labels).
       chunk_size: examples per chunk inside ``jit``; ``None`` = all N; padded with zero weights.
+      sharding: the examples' ``NamedSharding`` when ``batch`` is split over devices (found
+        by itself on a concrete sharded batch; pass it inside ``jit``): each device then
+        sums its own examples, ``chunk_size`` per device (:mod:`cljax.chunking`).
 
     Returns:
       dict name → ``KFACFactors(A, G)``; both means over examples (see module docstring for conv).
@@ -75,7 +79,8 @@ def kfac_factors(logits_fn: LogitsFn, params: Params, batch: Batch, key: PRNGKey
     if fisher not in FISHER_TYPES:
         raise ValueError(f"fisher must be one of {FISHER_TYPES}; got {fisher!r}")
     raw = estimate("kfac_" + fisher, logits_fn, params, batch, key, num_samples=num_samples,
-                   chunk_size=chunk_size, require_y=fisher == "empirical", fn_name="kfac_factors")
+                   chunk_size=chunk_size, sharding=sharding, require_y=fisher == "empirical",
+                   fn_name="kfac_factors")
     return {name: KFACFactors(a, g) for name, (a, g) in raw.items()}
 
 

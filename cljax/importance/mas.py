@@ -15,12 +15,15 @@ per-example contraction (a sum over positions sits inside the abs). See
 """
 from __future__ import annotations
 
+from jax.sharding import NamedSharding
+
 from cljax.importance.estimation import estimate
 from cljax.types import Batch, Importance, LogitsFn, Params
 
 
 def mas_importance(logits_fn: LogitsFn, params: Params, batch: Batch, *,
-                   chunk_size: int | None = None, implementation: str = "auto") -> Importance:
+                   chunk_size: int | None = None, implementation: str = "auto",
+                   sharding: NamedSharding | None = None) -> Importance:
     """MAS importance (1/N) Σ_n |∂‖f(x_n)‖²/∂θ| (Aljundi et al. 2018, eq. 2 with eq. 3's ℓ2²).
 
     Args:
@@ -30,12 +33,16 @@ def mas_importance(logits_fn: LogitsFn, params: Params, batch: Batch, *,
         unsupervised).
       chunk_size: examples per chunk; ``None`` = all at once; N is padded with zero-weight examples.
       implementation: ``"auto"`` or ``"vmap"`` (per-example fallback everywhere).
+      sharding: the examples' ``NamedSharding`` when ``batch`` is split over devices (found
+        by itself on a concrete sharded batch; pass it inside ``jit``): each device then
+        sums its own examples, ``chunk_size`` per device (:mod:`cljax.chunking`).
 
     Returns:
       A non-negative pytree like ``params``: the mean over examples.
     """
     return estimate("mas", logits_fn, params, batch, chunk_size=chunk_size,
-                    implementation=implementation, require_y=False, fn_name="mas_importance")
+                    implementation=implementation, sharding=sharding, require_y=False,
+                    fn_name="mas_importance")
 
 
 __all__ = ["mas_importance"]

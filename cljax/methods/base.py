@@ -175,7 +175,10 @@ class BoundaryContext(NamedTuple):
 
     ``sample_batch(task, key, size)`` draws ``size`` training examples of ``task`` (a traced int)
     as a model-ready batch; ``size`` must be a Python int. ``task_rows`` / ``count`` /
-    ``to_batch`` as in :class:`BatchContext` / :class:`LossContext`.
+    ``to_batch`` as in :class:`BatchContext` / :class:`LossContext`. ``examples_sharding``: how
+    the run splits a batch's examples over devices (data parallelism within a run; ``None`` on
+    one device) — pass it as ``sharding=`` to the estimators and curvature tools so that their
+    chunks stay on the devices that hold them (:mod:`cljax.chunking`).
     """
 
     params: Params
@@ -191,6 +194,7 @@ class BoundaryContext(NamedTuple):
     count: Callable[[Array], Array]
     to_batch: Callable[[Rows], Batch]
     clock: Clock            # ``task_step``: the steps the ending task took
+    examples_sharding: Any = None
 
     @property
     def logits_fn(self):

@@ -33,7 +33,7 @@ def _kfac_on_task(ctx, fisher, num_examples, chunk_size):
     k_data, k_labels = jax.random.split(ctx.key)
     batch = ctx.sample_batch(ctx.task, k_data, num_examples)
     return imp.kfac_factors(ctx.logits_fn, ctx.params, batch, k_labels, fisher=fisher,
-                            chunk_size=chunk_size)
+                            chunk_size=chunk_size, sharding=ctx.examples_sharding)
 
 
 def kfac_ewc(*, mode: str = "online", num_slots: int | None = None, fisher: str = "exact",

@@ -56,12 +56,12 @@ def fisher_on_task(ctx: BoundaryContext, *, fisher: str, num_examples: int,
     """Diagonal Fisher of the model at ``ctx.params`` on ``num_examples`` examples of ``ctx.task``."""
     k_data, k_labels = jax.random.split(ctx.key)
     batch = ctx.sample_batch(ctx.task, k_data, num_examples)
+    opts = dict(chunk_size=chunk_size, sharding=ctx.examples_sharding)
     if fisher == "exact":
-        return imp.exact_fisher_diagonal(ctx.logits_fn, ctx.params, batch, chunk_size=chunk_size)
+        return imp.exact_fisher_diagonal(ctx.logits_fn, ctx.params, batch, **opts)
     if fisher == "true":
-        return imp.true_fisher_diagonal(ctx.logits_fn, ctx.params, batch, k_labels,
-                                        chunk_size=chunk_size)
-    return imp.empirical_fisher_diagonal(ctx.logits_fn, ctx.params, batch, chunk_size=chunk_size)
+        return imp.true_fisher_diagonal(ctx.logits_fn, ctx.params, batch, k_labels, **opts)
+    return imp.empirical_fisher_diagonal(ctx.logits_fn, ctx.params, batch, **opts)
 
 
 def _penalty_optimizer(name: str):
@@ -121,7 +121,8 @@ def mas(*, num_examples: int = 1024, chunk_size: int = 256) -> Method:
 
     def omega(ctx):
         batch = ctx.sample_batch(ctx.task, ctx.key, num_examples)
-        return imp.mas_importance(ctx.logits_fn, ctx.params, batch, chunk_size=chunk_size)
+        return imp.mas_importance(ctx.logits_fn, ctx.params, batch, chunk_size=chunk_size,
+                                  sharding=ctx.examples_sharding)
 
     return penalty_method("mas", omega, mode="online", defaults={"strength": 1.0})
 

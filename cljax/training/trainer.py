@@ -202,7 +202,8 @@ class Trainer(NamedTuple):
         ctx = BoundaryContext(state.params, opt_state, state.mstate, state.hparams, task, key,
                               net, spec, sample_batch, lambda t: task_rows(feed, t),
                               lambda t: data.train.n[t], lambda r: to_batch(data, r),
-                              Clock(state.step, state.task_step, state.task_step))
+                              Clock(state.step, state.task_step, state.task_step),
+                              getattr(data, "batch_sharding", None))
         params, opt_state, mstate = self.method.end_task(ctx)
         return state._replace(params=params, opt_state=opt_state, mstate=mstate,
                               task_step=jnp.zeros_like(state.task_step))
