@@ -122,16 +122,21 @@ def worker(args) -> None:
     if "fisher" in args.parts:
         ex = shd.examples_sharding(mesh)
         estimators = {
-            "empirical": lambda p, b, c: imp.empirical_fisher_diagonal(
-                model.logits_fn, p, b, chunk_size=c, sharding=ex),
-            "exact": lambda p, b, c: imp.exact_fisher_diagonal(
-                model.logits_fn, p, b, chunk_size=c, sharding=ex),
-            "kfac_exact": lambda p, b, c: imp.kfac_factors(
-                model.logits_fn, p, b, fisher="exact", chunk_size=c, sharding=ex),
+            "empirical": lambda p, b, c, s=ex: imp.empirical_fisher_diagonal(
+                model.logits_fn, p, b, chunk_size=c, sharding=s),
+            "exact": lambda p, b, c, s=ex: imp.exact_fisher_diagonal(
+                model.logits_fn, p, b, chunk_size=c, sharding=s),
+            "kfac_exact": lambda p, b, c, s=ex: imp.kfac_factors(
+                model.logits_fn, p, b, fisher="exact", chunk_size=c, sharding=s),
         }
         for kind, fn in estimators.items():
             if kind not in args.estimators.split(","):
                 continue
+            with jax.enable_x64(True):     # a float64 reference on one device, one chunk
+                p64 = jax.tree.map(lambda v: np.asarray(v, np.float64), shd.to_host(params))
+                b64 = {k: (np.asarray(v, np.float64) if k == "x" else np.asarray(v))
+                       for k, v in batch.items()}
+                ref64 = [np.asarray(v) for v in jax.tree.leaves(fn(p64, b64, None, None))]
             for chunk in (None, 1000):
                 fisher = jax.jit(lambda p, b, c=chunk, f=fn: f(p, shd.unpad(b, count), c))
                 out, sec = timed(lambda: fisher(params, sharded))
@@ -140,6 +145,10 @@ def worker(args) -> None:
                                   "examples": count, "chunk_size": chunk,
                                   "seconds": round(sec, 4),
                                   "collectives": shd.collectives(hlo),
+                                  "max_rel_err_vs_float64": float(max(
+                                      np.max(np.abs(np.asarray(v, np.float64) - r))
+                                      / np.max(np.abs(r))
+                                      for v, r in zip(jax.tree.leaves(out), ref64))),
                                   "sum": float(sum(jnp.sum(v) for v in jax.tree.leaves(out))),
                                   "leaves": [np.asarray(v).ravel()[::max(1, v.size // 4000)]
                                              .tolist() for v in jax.tree.leaves(out)][:1]}),
@@ -156,7 +165,12 @@ def worker(args) -> None:
             eig = cv.top_eigenvalues_matvec(mv, params, jax.random.key(2), num_iters=20,
                                             tol=None)
             sec = time.perf_counter() - t0
+            ex = shd.examples_sharding(mesh)
+            hvp = jax.jit(lambda p, b, ww, c=chunk: cv.task_hvp(
+                model.logits_fn, p, b, p, chunk_size=c, weights=ww, sharding=ex))
+            found = shd.collectives(hvp.lower(params, sharded, w).compile().as_text())
             print(json.dumps({**base, "bench": "lambda_max", "examples": count, "num_iters": 20,
+                              "hvp_collectives": found,
                               "chunk_size": chunk, "seconds": round(sec, 3),
                               "first_call_s": round(first, 3),
                               "lambda_max": float(eig.eigenvalues[0])}), flush=True)

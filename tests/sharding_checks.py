@@ -138,8 +138,9 @@ def check_batch_parallel_si_and_evaluation():
     from cljax.training import place_data
     dm = place_data(data, mesh)
     st = jax.device_put(res.final_state, shd.runs_sharding(mesh))
-    hlo = fit.lower(st, dm, jnp.int32(0)).compile().as_text()
-    assert "all-reduce" in hlo, "no cross-device reduction in the batch-parallel step"
+    found = shd.collectives(fit.lower(st, dm, jnp.int32(0)).compile().as_text())
+    # SI's path integral reads the step's all-reduced gradient: no collective of its own
+    assert found["total"]["all-reduce"] == 1 and sum(found["total"].values()) == 1, found
 
 
 def check_host_pipeline_on_mesh():
@@ -258,8 +259,8 @@ def _loop_free(fn, *args, what, gathers=False):
 def check_chunked_data_parallel(full=False):
     """Chunks of a sharded batch stay on their devices: each device sums its own examples chunk
     by chunk (no collective inside the loop, no all-gather of the examples, one all-reduce after
-    it), equal to one device; the boundary of a batch-parallel run does the same, and the step
-    of that run has exactly one all-reduce."""
+    it), equal to one device; with ``full`` (slow) also the boundary and the evaluation of a
+    batch-parallel run, and the step of that run has exactly one all-reduce."""
     mesh = shd.make_mesh(N_DEVICES)
     ex = shd.examples_sharding(mesh)
     # the check can fail: a scan over chunks whose *example* axis is split reduces in the loop
@@ -316,6 +317,8 @@ def check_chunked_data_parallel(full=False):
             lambda v: v.astype(jnp.float64) if v.dtype == jnp.float32 else v, batch))
     got = imp.exact_fisher_diagonal(model.logits_fn, params, shd.put(batch, ex), chunk_size=64)
     _close(got, ref, "float32 on 4 devices vs float64", rtol=2e-5, atol=1e-9)
+    if not full:
+        return
     # a run with its batches split over the 4 devices: EWC's boundary Fisher in chunks
     s, sc, m, tr = _setup("ewc", scenario="task", num_examples=48, chunk_size=4)
     data = prepare_data(s, sc, eval_chunk=16)
@@ -331,6 +334,10 @@ def check_chunked_data_parallel(full=False):
     runs = lambda f: jax.vmap(f, in_axes=(0, None, None), spmd_axis_name="runs")  # noqa: E731
     found = _loop_free(runs(tr.end_task), st, dm, jnp.int32(0), what="EWC boundary")
     assert found["total"]["all-reduce"] == 1, found
+    found = _loop_free(runs(lambda st, d, t: tr.evaluate_task(st, d, t, (d.test.x[t],
+                                                                         d.test.y[t]))),
+                       st, dm, jnp.int32(0), what="evaluation of a task (chunks of 16)")
+    assert found["total"]["all-reduce"] >= 1, found
     found = _loop_free(runs(lambda st, d, t: tr.fit(st, d, t, 1)), st, dm, jnp.int32(0),
                        what="one step")
     assert found["total"] == {**found["total"], "all-reduce": 1}, found

@@ -4,10 +4,13 @@ The multi-device checks run ``sharding_checks.py`` in a subprocess with 4 forced
 devices (``XLA_FLAGS=--xla_force_host_platform_device_count=4`` must be set before JAX starts):
 sharded runs (a 3-point L2 strength sweep padded to 4 runs) equal to the one-device vmapped runs, the
 estimators and curvature tools on a padded batch split over the devices equal to one device,
-and checkpoints written on 4 devices resumed on 1 and the reverse. ``-m slow`` adds every mesh
-shape, data parallelism within a run (SI, evaluation, boundaries; the step's HLO has the
-all-reduce), the host pipeline on a mesh, every estimator and curvature tool, and two processes
-of two devices joined by ``jax.distributed`` (several hosts, simulated).
+chunked estimation and HVPs data parallel (no collective inside the chunk loop, no all-gather:
+``sharding.collectives`` on the compiled program), and checkpoints written on 4 devices
+resumed on 1 and the reverse. ``-m slow`` adds every mesh shape, data parallelism within a run
+(SI, evaluation, boundaries; the step's HLO has exactly one collective, the gradient's
+all-reduce; the boundary's and the evaluation's chunk loops none), the host pipeline on a mesh,
+every estimator and curvature tool, and two processes of two devices joined by
+``jax.distributed`` (several hosts, simulated, chunks on each process's devices).
 The rest of this file runs on this process's single device.
 """
 import os
@@ -47,7 +50,8 @@ def _checks(*names, timeout=900):
 
 def test_sharded_runs_estimators_curvature_and_checkpoints_on_four_devices():
     out = _checks()
-    for name in ("runs_sharded", "estimators", "curvature", "checkpoint"):
+    for name in ("runs_sharded", "estimators", "curvature", "chunked_data_parallel",
+                 "checkpoint"):
         assert f"OK {name}" in out
 
 

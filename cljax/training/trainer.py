@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from cljax import chunking
 from cljax.methods.base import (BatchContext, BoundaryContext, Clock, LossContext, Method,
                                 PredictContext, Rows, StepInfo, StreamSpec, check_scenario)
 from cljax.methods.base import base_model as unchanged_model
@@ -228,6 +229,16 @@ class Trainer(NamedTuple):
         key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(
             state.key, state.step), EVALUATION_SALT), t)
 
+        # with the examples split over devices, each device keeps its own partial sums (the
+        # carry [D]), added up once after the loop: no collective inside it
+        sharding = getattr(data, "batch_sharding", None)
+        shards = chunking.shard_count(sharding)
+        split = shards if chunk % shards == 0 else 1
+
+        def per_device(v):
+            part = jnp.sum(v.reshape(split, -1), axis=1)
+            return part if split == 1 else jax.lax.with_sharding_constraint(part, sharding)
+
         def one_chunk(carry, c):
             idx = c * chunk + jnp.arange(chunk)
             tasks = jnp.full((chunk,), t, jnp.int32)
@@ -240,11 +251,12 @@ class Trainer(NamedTuple):
             valid = idx < data.test.n[t]
             nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
             correct = jnp.argmax(logits, -1) == batch["y"]
-            return (carry[0] + jnp.sum(correct * valid), carry[1] + jnp.sum(nll * valid)), None
+            return (carry[0] + per_device(correct * valid),
+                    carry[1] + per_device(nll * valid)), None
 
-        zero = jnp.zeros((), jnp.float32)
+        zero = jnp.zeros((split,), jnp.float32)
         (hits, nll), _ = jax.lax.scan(one_chunk, (zero, zero), jnp.arange(N // chunk))
-        return hits / data.test.n[t], nll / data.test.n[t]
+        return jnp.sum(hits) / data.test.n[t], jnp.sum(nll) / data.test.n[t]
 
     def evaluate(self, state: TrainState, data: StreamData) -> tuple[Array, Array]:
         """Accuracy and mean loss on every task's test set, ``[T]`` each."""
