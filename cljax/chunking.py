@@ -183,5 +183,5 @@ def chunked_sum(body: Body, xs: Any, *, chunk_size: int | None,
     return jax.tree.map(lambda t: jnp.sum(t, axis=0), partial)
 
 
-__all__ = ["chunk_layout", "shard_count", "check_sharding", "examples_sharding_of", "resolve_sharding",
-           "chunked_sum"]
+__all__ = ["chunk_layout", "shard_count", "check_sharding", "examples_sharding_of",
+           "resolve_sharding", "chunked_sum"]

@@ -14,8 +14,9 @@ Whole-task versions (:func:`task_loss`, :func:`task_value_and_grad`, :func:`task
 bounded by the chunk, not by the task. When ``chunk_size`` does not divide ``N`` the last chunk is
 padded with zero-weight examples. A batch split over several devices (``sharding=``, found by
 itself on a concrete sharded batch) is summed by each device over its own examples, chunk by
-chunk, with one all-reduce at the end (:mod:`cljax.chunking`). Optional per-example ``weights`` (≥ 0) turn every "mean over
-examples" into ``Σ_n w_n ℓ_n / Σ_n w_n``; a 0/1 mask selects the valid examples of a padded task.
+chunk, with one all-reduce at the end (:mod:`cljax.chunking`). Optional per-example ``weights``
+(≥ 0) turn every "mean over examples" into ``Σ_n w_n ℓ_n / Σ_n w_n``; a 0/1 mask selects the
+valid examples of a padded task.
 
 The task loss ℓ is the mean per-example loss (softmax cross-entropy with the integer labels
 ``batch['y']`` unless ``per_example_loss`` is given). All products are exact, with the same scale
