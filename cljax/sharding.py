@@ -285,7 +285,8 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
     return {"total": count(bodies), "in_loops": count(in_loops)}
 
 
-__all__ = ["collectives", "RUNS_AXIS", "BATCH_AXIS", "AXES", "resolve_devices", "make_mesh", "check_mesh",
+__all__ = ["collectives", "RUNS_AXIS", "BATCH_AXIS", "AXES", "resolve_devices", "make_mesh",
+           "check_mesh",
            "axis_size", "runs_sharding", "batch_sharding", "examples_sharding", "replicated",
            "padded_size", "example_mask", "pad_axis0", "pad_batch", "unpad", "put", "to_host",
            "constrain_examples"]

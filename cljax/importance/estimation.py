@@ -42,8 +42,8 @@ two against each other). Requirement for both: ``logits_fn`` treats examples ind
 batch statistics), and a recognised layer's kernel is not also used outside that layer.
 
 **Chunks.** The N examples are cut into the fewest chunks of at most ``chunk_size``, of equal
-size (:func:`cljax.chunking.chunk_layout`), padded by repeating example 0 with weight 0 (its directions are multiplied by 0, and its activations are masked in K-FAC's A), then
-processed by ``lax.scan`` over chunks inside one ``jit``; memory is bounded by one chunk. Results
+size (:func:`cljax.chunking.chunk_layout`), padded by repeating example 0 with weight 0 (its
+directions are multiplied by 0, and its activations are masked in K-FAC's A), then processed by ``lax.scan`` over chunks inside one ``jit``; memory is bounded by one chunk. Results
 are sums divided by the true N, i.e. means over examples. When the examples are split over
 several devices (``sharding=``, found on a concrete sharded batch by itself), each device sums its
 own examples chunk by chunk and one all-reduce adds the devices' sums
@@ -326,8 +326,8 @@ def estimate_jit(logits_fn: LogitsFn, params: Params, batch: Batch, key: Any, *,
     chunk0 = jax.tree.map(lambda v: jax.ShapeDtypeStruct((c,) + v.shape[1:], v.dtype), batch)
     plan = discover(logits_fn, params, chunk0, implementation)
     if kind.startswith("kfac") and not plan.layers:
-        raise ValueError("kfac_factors found no recognised layer (flax nn.Dense / nn.Conv / cljax.nn.Conv) in "
-                         "logits_fn; K-FAC needs layer structure")
+        raise ValueError("kfac_factors found no recognised layer (flax nn.Dense / nn.Conv / "
+                         "cljax.nn.Conv) in logits_fn; K-FAC needs layer structure")
 
     def body(chunk, valid, index):
         contrib = _chunk_contribution(kind, logits_fn, params, plan, chunk, valid, index, key,
