@@ -43,8 +43,9 @@ batch statistics), and a recognised layer's kernel is not also used outside that
 
 **Chunks.** The N examples are cut into the fewest chunks of at most ``chunk_size``, of equal
 size (:func:`cljax.chunking.chunk_layout`), padded by repeating example 0 with weight 0 (its
-directions are multiplied by 0, and its activations are masked in K-FAC's A), then processed by ``lax.scan`` over chunks inside one ``jit``; memory is bounded by one chunk. Results
-are sums divided by the true N, i.e. means over examples. When the examples are split over
+directions are multiplied by 0, and its activations are masked in K-FAC's A), then processed by
+``lax.scan`` over chunks inside one ``jit``; memory is bounded by one chunk. Results are sums
+divided by the true N, i.e. means over examples. When the examples are split over
 several devices (``sharding=``, found on a concrete sharded batch by itself), each device sums its
 own examples chunk by chunk and one all-reduce adds the devices' sums
 (:func:`cljax.chunking.chunked_sum`); ``chunk_size`` is then the chunk of each device.
