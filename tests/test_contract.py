@@ -168,14 +168,18 @@ ROWS = [
     Row("pnn", "pnn", "architecture", scenarios=("task",)),
     Row("hat", "hat", "architecture", scenarios=("task",), sweep=("c", 0.1)),
     Row("packnet", "packnet", "architecture", scenarios=("task",)),
+    Row("vcl", "vcl", "bayesian", {"coreset": "random", "coreset_size": 3, "ml_init_steps": 2,
+                                   "train_samples": 2, "predict_samples": 3,
+                                   "finetune_epochs": 1, "finetune_batch": 4},
+        scenarios=("task", "domain", "class"), sweep=("kl_weight", 0.5)),
 ]
 BY_ID = {row.id: row for row in ROWS}
 
 # The expensive contracts run by default on one row per family; every other row with -m slow.
 DEFAULT_ROWS = {
-    "vmap": {"none", "si", "ncl_kfac", "lwf", "rgo", "packnet"},
-    "resume": {"joint", "ewc", "kfac_ewc", "icarl", "ogd_deferred", "hat"},
-    "host": {"joint", "mas", "ncl", "derpp", "gpm", "pnn"},
+    "vmap": {"none", "si", "ncl_kfac", "lwf", "rgo", "packnet", "vcl"},
+    "resume": {"joint", "ewc", "kfac_ewc", "icarl", "ogd_deferred", "hat", "vcl"},
+    "host": {"joint", "mas", "ncl", "derpp", "gpm", "pnn", "vcl"},
 }
 
 # Contracts the library breaks today, (contract, case id) -> the bug: strict xfail, so a fix shows

@@ -16,13 +16,14 @@ from cljax.methods.rehearsal import agem, derpp, er, gem, icarl, lwf
 from cljax.methods.pnn import pnn
 from cljax.methods.hat import hat
 from cljax.methods.packnet import packnet
+from cljax.methods.vcl import vcl
 
 METHODS = {
     "packnet": packnet,
     "none": lambda: none, "joint": lambda: joint, "ewc": ewc, "online_ewc": online_ewc,
     "si": si, "mas": mas, "l2": l2, "kfac_ewc": kfac_ewc, "ncl": ncl, "ncl_kfac": ncl_kfac,
     "er": er, "agem": agem, "gem": gem, "lwf": lwf, "derpp": derpp, "icarl": icarl,
-    "rgo": rgo, "rgo2": rgo2, "gpm": gpm, "ogd": ogd, "pnn": pnn, "hat": hat,
+    "rgo": rgo, "rgo2": rgo2, "gpm": gpm, "ogd": ogd, "pnn": pnn, "hat": hat, "vcl": vcl,
 }
 
 

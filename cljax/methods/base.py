@@ -14,7 +14,9 @@ training step, with the hooks in the order the trainer calls them::
     params, opt_state, mstate = after_step(StepInfo)      # reservoir insertion, path integrals,
                                                           # masks or projections of the weights
 
-and at the end of each task ``(params, opt_state, mstate) = end_task(BoundaryContext)``;
+before the first step of each task ``(params, opt_state, mstate) = begin_task(BoundaryContext)``
+(what a task's data decides before training on it: VCL's coreset, held out of the update), and
+at the end of each task ``(params, opt_state, mstate) = end_task(BoundaryContext)``;
 evaluation calls ``predict(params, mstate, batch, PredictContext)`` (default: the model's logits).
 Before anything runs, ``model(base_model, spec)`` may build the network the method trains from
 the configured one (gates, extra columns, stochastic layers); default: the base model itself.
@@ -117,8 +119,10 @@ class BatchContext(NamedTuple):
     """What ``Method.batch`` may use.
 
     ``draw(key, tasks)`` returns one training example of each entry of ``tasks`` (``int [n]``),
-    drawn uniformly with replacement, as rows; ``task_rows(task)`` returns the whole stored task
-    (rows ``[N, ...]``, of which the first ``count(task)`` are real). ``key`` is for the method's
+    drawn uniformly with replacement, as rows; ``gather(tasks, idx)`` the examples ``idx`` of
+    ``tasks`` (both ``int [n]``; a method's own sampling rule, e.g. one that skips a held-out
+    coreset); ``task_rows(task)`` returns the whole stored task (rows ``[N, ...]``, of which the
+    first ``count(task)`` are real). ``key`` is for the method's
     own choices (which tasks, which memory slots); ``data_key`` is the key the default recipes
     hand to ``draw`` for the current task's examples.
     """
@@ -133,6 +137,7 @@ class BatchContext(NamedTuple):
     task_rows: Callable[[Array], Rows]
     count: Callable[[Array], Array]
     clock: Clock
+    gather: Callable[[Array, Array], Rows] | None = None
 
 
 class LossContext(NamedTuple):
@@ -348,6 +353,7 @@ class Method(NamedTuple):
     optimizer_args: Callable[[Params, Batch, Any, LossContext], dict] = no_optimizer_args
     after_step: Callable[[StepInfo], tuple[Params, Any, Any]] = keep_after_step
     end_task: Callable[[BoundaryContext], tuple[Params, Any, Any]] = keep_state
+    begin_task: Callable[[BoundaryContext], tuple[Params, Any, Any]] = keep_state
     predict: Callable[[Params, Any, Batch, PredictContext], Array] | None = None
     value_and_grad: Callable[..., tuple[tuple[Array, Any], Params]] | None = None
     default_hparams: Mapping[str, float] = {}

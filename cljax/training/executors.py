@@ -2,8 +2,9 @@
 
 Both compile a :class:`~cljax.training.Trainer`'s functions once for the stream (over the runs of
 a :class:`~cljax.training.runs.RunLayout`, ahead of time) and offer the loop of
-:func:`cljax.training.run_stream` four verbs: ``start`` (the runs' initial state), ``calls``
-(a task's steps, one compiled call at a time), ``boundary`` and ``evaluate``.
+:func:`cljax.training.run_stream` five verbs: ``start`` (the runs' initial state), ``begin``
+(the method's ``begin_task``, where it has one), ``calls`` (a task's steps, one compiled call
+at a time), ``boundary`` and ``evaluate``.
 
 * :class:`DeviceExecutor` — the whole stream is on the device; every batch is gathered there,
   inside the scanned step.
@@ -48,6 +49,8 @@ class DeviceExecutor:
                                 self.steps_per_call, self.num_steps, static=(3, 4))
         self._evaluate = lay.compile(tr.evaluate, (0, None), state, data)
         self._end_task = lay.compile(tr.end_task, (0, None, None), state, data, task)
+        self._begin_task = (lay.compile(tr.begin_task, (0, None, None), state, data, task)
+                            if tr.has_begin else None)
         return state
 
     def calls(self, state: TrainState, t: int, first: int) -> Iterator[Call]:
@@ -59,6 +62,12 @@ class DeviceExecutor:
 
     def boundary(self, state: TrainState, t: int) -> TrainState:
         return self._end_task(state, self.data, self.layout.scalar(t))
+
+    def begin(self, state: TrainState, t: int) -> TrainState:
+        """The method's ``begin_task`` of task ``t`` (unchanged state when it has none)."""
+        if self._begin_task is None:
+            return state
+        return self._begin_task(state, self.data, self.layout.scalar(t))
 
     def evaluate(self, state: TrainState) -> tuple[np.ndarray, np.ndarray]:
         """Every task's accuracy and loss, ``[R, T]`` each (host arrays, real runs)."""
@@ -136,21 +145,22 @@ class HostExecutor:
 
         return jax.lax.scan(body, state, rows, length=num_steps)
 
-    def _end_task_rows(self, state, data, task, train_t):
-        """The boundary with the ending task's stored rows ``(x [N, ...], label [N])`` fed in:
-        it may read only that task."""
+    def _end_task_rows(self, state, data, task, train_t, begin=False):
+        """The boundary (``begin``: the task's beginning) with the task's stored rows
+        ``(x [N, ...], label [N])`` fed in: it may read only that task."""
         x_t, y_t = train_t
 
         def gather_task(t, idx):
             if t is not task:
                 raise NotImplementedError(
                     f"method {self.trainer.method.name!r} reads another task than the one "
-                    "ending at a task boundary, which the host pipeline does not hold on the "
-                    "device: prepare the data with placement='device'")
+                    "beginning or ending at a task boundary, which the host pipeline does not "
+                    "hold on the device: prepare the data with placement='device'")
             return {"x": x_t[idx], "label": y_t[idx], "task": jnp.full(idx.shape, t, jnp.int32)}
 
         return self.trainer.boundary(state, data, task,
-                                     Feed(_no_draws, gather_task, int(y_t.shape[0])))
+                                     Feed(_no_draws, gather_task, int(y_t.shape[0])),
+                                     begin=begin)
 
     # -- the executor's verbs -------------------------------------------------------------------
 
@@ -185,6 +195,9 @@ class HostExecutor:
                                        task0, test_spec)
         self._end_c = lay.compile(self._end_task_rows, (0, None, None, None), state, data,
                                   task0, train_spec)
+        self._begin_c = (lay.compile(lambda *a: self._end_task_rows(*a, begin=True),
+                                     (0, None, None, None), state, data, task0, train_spec)
+                         if tr.has_begin else None)
         self._offset_next = lay.scalar(chunk)
         self.info = {"placement": "host", "steps_per_call": chunk,
                      "call_bytes": chunk * step_bytes, "memory_cap": host.memory_cap,
@@ -224,6 +237,12 @@ class HostExecutor:
     def boundary(self, state: TrainState, t: int) -> TrainState:
         return self._end_c(state, self.data, self.layout.scalar(t),
                            self.layout.replicate(self.host.train_task(t)))
+
+    def begin(self, state: TrainState, t: int) -> TrainState:
+        if self._begin_c is None:
+            return state
+        return self._begin_c(state, self.data, self.layout.scalar(t),
+                             self.layout.replicate(self.host.train_task(t)))
 
     def evaluate(self, state: TrainState) -> tuple[np.ndarray, np.ndarray]:
         lay, T = self.layout, self.host.test.y.shape[0]

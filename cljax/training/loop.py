@@ -234,8 +234,10 @@ def _train_tasks(executor: Any, state: Any, start: tuple[int, int], record: Reco
     try:
         for t in range(start_task, num_tasks):
             t_start = time.perf_counter()
-            for state, losses, done in executor.calls(state, t, start_done if t == start_task
-                                                      else 0):
+            first = start_done if t == start_task else 0
+            if first == 0:   # the task's beginning (kept out of `position`: a resume redoes it)
+                state = executor.begin(state, t)
+            for state, losses, done in executor.calls(state, t, first):
                 record.losses(t, done - chunk, losses)
                 position = (state, t, done)
                 saving.within_task(state, t, done, record)

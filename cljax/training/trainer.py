@@ -8,7 +8,7 @@ the host pipeline, :mod:`cljax.training.executors`, feeds rows gathered on the h
 evaluation reads one task's test rows at a time, so the same functions serve both paths.
 
 Randomness: step s of a run uses ``fold_in(key, s)``; a boundary ``fold_in(fold_in(key, s),
-2³⁰)``; the evaluation of task t, chunk c ``fold_in(fold_in(fold_in(fold_in(key, s), 2³⁰ + 1),
+2³⁰)`` (a task's beginning ``2³⁰ + 2``); the evaluation of task t, chunk c ``fold_in(fold_in(fold_in(fold_in(key, s), 2³⁰ + 1),
 t), c)`` — so results do not depend on how steps are split into calls, nor on which other runs
 share the program.
 """
@@ -24,6 +24,7 @@ from cljax import chunking
 from cljax.methods.base import (BatchContext, BoundaryContext, Clock, LossContext, Method,
                                 PredictContext, Rows, StepInfo, StreamSpec, check_scenario)
 from cljax.methods.base import base_model as unchanged_model
+from cljax.methods.base import keep_state
 from cljax.nn.model import Model
 from cljax.training.data import StreamData, gather_rows, stream_spec, to_batch
 from cljax.types import Array, Params, PRNGKey
@@ -31,6 +32,7 @@ from cljax.validation import check_positive_int
 
 BOUNDARY_SALT = 1 << 30
 EVALUATION_SALT = BOUNDARY_SALT + 1
+BEGIN_SALT = BOUNDARY_SALT + 2
 
 
 class TrainState(NamedTuple):
@@ -138,7 +140,7 @@ class Trainer(NamedTuple):
 
         return BatchContext(k_task, k_idx, task, self.batch_size, state.hparams, spec, draw,
                             lambda t: task_rows(feed, t), lambda t: data.train.n[t],
-                            clock)
+                            clock, feed.gather)
 
     def draw(self, state: TrainState, data: StreamData, task: Array, clock: Clock,
              feed: Feed) -> Rows:
@@ -189,12 +191,14 @@ class Trainer(NamedTuple):
                             length=num_steps)
 
     def boundary(self, state: TrainState, data: StreamData, task: Array,
-                 feed: Feed) -> TrainState:
-        """The method's ``end_task`` with the task's examples from ``feed``."""
+                 feed: Feed, *, begin: bool = False) -> TrainState:
+        """The method's ``end_task`` (``begin``: its ``begin_task``, before the task's first
+        step) with the task's examples from ``feed``."""
         net, spec = self.model_and_spec(data)
-        key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), BOUNDARY_SALT)
-        opt_state = (self.tx(state.hparams).init(state.params) if self.reset_optimizer
-                     else state.opt_state)
+        key = jax.random.fold_in(jax.random.fold_in(state.key, state.step),
+                                 BEGIN_SALT if begin else BOUNDARY_SALT)
+        opt_state = (self.tx(state.hparams).init(state.params)
+                     if self.reset_optimizer and not begin else state.opt_state)
 
         def sample_batch(t, k, size):
             idx = jax.random.randint(k, (size,), 0, data.train.n[t])
@@ -205,13 +209,23 @@ class Trainer(NamedTuple):
                               lambda t: data.train.n[t], lambda r: to_batch(data, r),
                               Clock(state.step, state.task_step, state.task_step),
                               getattr(data, "batch_sharding", None))
-        params, opt_state, mstate = self.method.end_task(ctx)
+        hook = self.method.begin_task if begin else self.method.end_task
+        params, opt_state, mstate = hook(ctx)
         return state._replace(params=params, opt_state=opt_state, mstate=mstate,
                               task_step=jnp.zeros_like(state.task_step))
+
+    @property
+    def has_begin(self) -> bool:
+        """Whether the method has a ``begin_task`` (the task loop calls it only then)."""
+        return self.method.begin_task is not keep_state
 
     def end_task(self, state: TrainState, data: StreamData, task: Array) -> TrainState:
         """The task boundary, reading the device arrays of ``data``."""
         return self.boundary(state, data, task, device_feed(data))
+
+    def begin_task(self, state: TrainState, data: StreamData, task: Array) -> TrainState:
+        """The method's ``begin_task`` of ``task``, reading the device arrays of ``data``."""
+        return self.boundary(state, data, task, device_feed(data), begin=True)
 
     def evaluate_task(self, state: TrainState, data: StreamData, t: Array,
                       test_rows: tuple[Array, Array]) -> tuple[Array, Array]:
@@ -292,4 +306,4 @@ def make_trainer(model: Model, method: Method, *, optimizer: optax.GradientTrans
 
 
 __all__ = ["TrainState", "Feed", "Trainer", "device_feed", "task_rows", "make_trainer",
-           "BOUNDARY_SALT", "EVALUATION_SALT"]
+           "BOUNDARY_SALT", "EVALUATION_SALT", "BEGIN_SALT"]
