@@ -49,21 +49,25 @@ def test_kl_matches_a_monte_carlo_estimate():
     assert abs(float(mf.gaussian_kl(qm, qv, pm, pv)) - estimate) < 4 * stderr
 
 
-def _problem(seed=0):
-    base = as_model(MLP((6,), 3))
+def _problem(seed=0, conv=False):
+    from cljax.nn import CNN
+    base = as_model(CNN(3, channels=(2,), hidden=4) if conv else MLP((6,), 3))
     rng = np.random.default_rng(seed)
-    batch = {"x": jnp.asarray(rng.normal(size=(2, 4)), jnp.float32)}
+    shape = (2, 5, 5, 2) if conv else (2, 4)
+    batch = {"x": jnp.asarray(rng.normal(size=shape), jnp.float32)}
     mean = base.init(jax.random.key(seed), batch)
     params = {"mean": mean, "log_var": jax.tree.map(
         lambda p: jnp.asarray(rng.uniform(-4, -1, size=p.shape), p.dtype), mean)}
     return base, params, batch
 
 
-def test_local_reparameterisation_has_the_output_distribution_of_sampled_weights():
+@pytest.mark.parametrize("conv", [False, True], ids=["mlp", "cnn"])
+def test_local_reparameterisation_has_the_output_distribution_of_sampled_weights(conv):
     """Per example, sampling each layer's pre-activations (local reparameterisation) is sampling
     the weights independently per example: each output's mean and variance match those of the
-    network with its weights drawn from q (20,000 draws each, within 5 standard errors)."""
-    base, params, batch = _problem()
+    network with its weights drawn from q (20,000 draws each, within 5 standard errors); Dense
+    and Conv layers."""
+    base, params, batch = _problem(conv=conv)
     n = 20_000
     local = jax.jit(jax.vmap(lambda k: mf.sampled_logits(base, params, batch, k)))(
         jax.random.split(jax.random.key(1), n))

@@ -151,3 +151,14 @@ def test_options_are_checked():
         get_method("vcl", ml_init_steps=-1)
     with pytest.raises(ValueError, match="train_samples"):
         get_method("vcl", train_samples=0)
+
+
+def test_without_a_coreset_the_state_checkpoints(tmp_path):
+    """No coreset: the state holds no zero-size array (orbax refuses them)."""
+    from cljax.checkpoint import Checkpointer
+
+    s, sc, m, tr, data = _setup("domain", train_samples=1, predict_samples=2)
+    res = run_stream(tr, data, num_steps=4, keys=jax.random.split(jax.random.key(0), 1),
+                     hparams={"kl_weight": 1.0}, checkpoint=Checkpointer(str(tmp_path / "c")))
+    assert np.all(np.isfinite(res.accuracy))
+    assert all(v.size for v in jax.tree.leaves(res.final_state.mstate))

@@ -7,15 +7,19 @@ Every weight and bias w has q(w) = N(μ, σ²) with σ² = exp(v): the trained p
 network's parameters, so the layer helpers of :mod:`cljax.layers` still find the layers under
 ``"mean"``.
 
-**Local reparameterisation** (Kingma, Salimans & Welling 2015): instead of one weight sample per
-batch, each layer's *pre-activations* are sampled, independently per example: a layer linear in
-its kernel, ``b = x W + c`` (Dense; Conv alike), has under q the Gaussian pre-activation
-``N(x μ_W + μ_c, x² σ²_W + σ²_c)``, so ``b = x μ_W + μ_c + √(x² σ²_W + σ²_c) ⊙ ε``, ε ~ N(0, I).
-The configured module runs under ``flax.linen.intercept_methods``: each Dense / Conv call computes
-its mean output with the means, its variance by applying the same layer to ``x²`` with the
-variances as kernel and bias, and adds the noise (one key per call, folded from the sample's key
-in call order). Nothing of the architecture is copied (widths, heads, activations are the
-configured module's).
+**Local reparameterisation** (Kingma, Salimans & Welling 2015) for Dense layers: instead of one
+weight sample per batch, each layer's *pre-activations* are sampled, independently per example:
+``b = x W + c`` has under q the Gaussian pre-activation ``N(x μ_W + μ_c, x² σ²_W + σ²_c)``, so
+``b = x μ_W + μ_c + √(x² σ²_W + σ²_c) ⊙ ε``, ε ~ N(0, I) — per example exactly the distribution
+of sampling the weights (the units' weights are independent), with less gradient variance.
+**Conv layers** draw their kernel and bias once per call, shared by the batch: a kernel is shared
+by every position of an image, so independent noise per output position (local
+reparameterisation) would not be q's distribution (it drops the correlation the shared kernel
+makes between positions). The configured module runs under ``flax.linen.intercept_methods``: a Dense call
+computes its mean output with the means, its variance by applying the same layer to ``x²`` with
+the variances as kernel and bias, and adds the noise; a Conv call applies the layer with drawn
+weights (one key per call, folded from the sample's key in call order). Nothing of the
+architecture is copied (widths, heads, activations are the configured module's).
 
 :func:`gaussian_kl` is the closed form KL(q ‖ p) between two such factorised Gaussians, with an
 optional mask (VCL's heads not yet seen are not in the objective).
@@ -86,8 +90,9 @@ def _subtree(tree: Any, path: tuple[str, ...]) -> Any:
 
 
 def sampled_logits(base: Model, params: dict[str, Params], batch: Batch, key: PRNGKey) -> Array:
-    """One draw of the network's logits under q, by local reparameterisation (module docstring):
-    every Dense / Conv output is ``mean + √var ⊙ ε``, ε drawn per example and unit."""
+    """One draw of the network's logits under q (module docstring): every Dense output is
+    ``mean + √var ⊙ ε``, ε drawn per example and unit (local reparameterisation); every Conv
+    applies one draw of its weights."""
     log_var = params[LOG_VAR]
     calls = [0]
     inside = [False]
@@ -96,18 +101,22 @@ def sampled_logits(base: Model, params: dict[str, Params], batch: Batch, key: PR
         module = context.module
         if inside[0] or context.method_name != "__call__" or not isinstance(module, LAYERS):
             return next_fun(*args, **kwargs)
-        mean_out = next_fun(*args, **kwargs)
-        variances = jax.tree.map(jnp.exp, _subtree(log_var, tuple(module.path)))
+        k = jax.random.fold_in(key, calls[0])
+        calls[0] += 1
+        lv = _subtree(log_var, tuple(module.path))
         inside[0] = True
         try:
+            if isinstance(module, nn.Conv):      # one draw of the kernel, shared by the batch
+                drawn = sample_params({MEAN: module.variables["params"], LOG_VAR: lv}, k)
+                return module.clone(parent=None).apply({"params": drawn}, *args, **kwargs)
+            variances = jax.tree.map(jnp.exp, lv)
             var_out = module.clone(parent=None).apply({"params": variances},
                                                       jnp.square(args[0]), *args[1:], **kwargs)
         finally:
             inside[0] = False
-        eps = jax.random.normal(jax.random.fold_in(key, calls[0]), mean_out.shape,
-                                mean_out.dtype)
-        calls[0] += 1
-        return mean_out + jnp.sqrt(var_out) * eps
+        mean_out = next_fun(*args, **kwargs)
+        return mean_out + jnp.sqrt(var_out) * jax.random.normal(k, mean_out.shape,
+                                                                mean_out.dtype)
 
     with nn.intercept_methods(sample):
         return base.logits_fn(params[MEAN], batch)

@@ -177,10 +177,11 @@ def vcl(*, coreset: str = "none", coreset_size: int = 0, train_samples: int = 10
         heads = spec.num_heads if spec.num_heads > 1 else 1
         prior = {MEAN: jax.tree.map(jnp.zeros_like, params[MEAN]),     # q_0 = N(0, I)
                  LOG_VAR: jax.tree.map(jnp.zeros_like, params[LOG_VAR])}
+        stored = max(K, 1)     # no zero-size arrays (checkpoints refuse them); unused for K = 0
         return VCLState(
-            prior, jnp.zeros((T, K), jnp.int32),
-            jnp.zeros((T, K) + tuple(spec.example_shape), spec.storage_dtype),
-            jnp.zeros((T, K), jnp.int32),
+            prior, jnp.zeros((T, stored), jnp.int32),
+            jnp.zeros((T, stored) + tuple(spec.example_shape), spec.storage_dtype),
+            jnp.zeros((T, stored), jnp.int32),
             jax.tree.map(lambda p: jnp.broadcast_to(p, (heads,) + p.shape), params),
             jnp.zeros((heads,), bool))
 
