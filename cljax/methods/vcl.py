@@ -39,6 +39,7 @@ Hyperparameters: ``kl_weight`` (1: the ELBO; 0 switches the prior off — with a
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -148,6 +149,186 @@ def _adam_fit(loss, params, key: PRNGKey, num_steps: Array, learning_rate: float
     return jax.lax.fori_loop(0, num_steps, step, (params, tx.init(params)))[0]
 
 
+class Options(NamedTuple):
+    """VCL's static options (see :func:`vcl`)."""
+
+    coreset: str
+    size: int                  # K examples per task (0: no coreset)
+    train_samples: int
+    predict_samples: int
+    init_log_var: float
+    ml_init_steps: int
+    ml_init_batch: int
+    finetune_epochs: int
+    finetune_batch: int
+    learning_rate: float
+
+
+def _init(o: Options, params, key, hparams, spec: StreamSpec) -> VCLState:
+    del key, hparams
+    T = spec.num_tasks
+    heads = spec.num_heads if spec.num_heads > 1 else 1
+    prior = {MEAN: jax.tree.map(jnp.zeros_like, params[MEAN]),     # q_0 = N(0, I)
+             LOG_VAR: jax.tree.map(jnp.zeros_like, params[LOG_VAR])}
+    stored = max(o.size, 1)   # no zero-size arrays (checkpoints refuse them); unused for K = 0
+    return VCLState(
+        prior, jnp.zeros((T, stored), jnp.int32),
+        jnp.zeros((T, stored) + tuple(spec.example_shape), spec.storage_dtype),
+        jnp.zeros((T, stored), jnp.int32),
+        jax.tree.map(lambda p: jnp.broadcast_to(p, (heads,) + p.shape), params),
+        jnp.zeros((heads,), bool))
+
+
+def _batch(o: Options, ctx: BatchContext, s: VCLState):
+    """The current task's examples outside its coreset, uniformly with replacement."""
+    tasks = jnp.full((ctx.batch_size,), ctx.task, jnp.int32)
+    if not o.size:
+        return ctx.draw(ctx.data_key, tasks)
+    j = jax.random.randint(ctx.data_key, tasks.shape, 0, ctx.count(ctx.task) - o.size)
+    return ctx.gather(tasks, outside(s.coreset_idx[ctx.task], j))
+
+
+def _loss(o: Options, params, b: Batch, s: VCLState, ctx: LossContext):
+    """The negative ELBO over the task's N_t examples outside its coreset (module docstring)."""
+    n = jnp.asarray(ctx.spec.train_counts, jnp.int32)[ctx.task] - o.size
+    total, nll = negative_elbo(
+        ctx.model, params, s.prior, b, ctx.key, samples=o.train_samples, num_examples=n,
+        kl_weight=get_hparam(ctx.hparams, "kl_weight", "vcl"),
+        mask=head_mask(params[MEAN], ctx.spec, ctx.task))
+    return total, {"nll": nll}
+
+
+def _ml_init(o: Options, ctx: BoundaryContext) -> dict:
+    """Task 0's maximum-likelihood fit of the means (the authors' Vanilla_NN)."""
+    log_var = ctx.params[LOG_VAR]
+
+    def nll(mean, key):      # the network at the means: the deterministic network
+        b = ctx.sample_batch(ctx.task, key, o.ml_init_batch)
+        return cross_entropy(ctx.model.logits_fn({MEAN: mean, LOG_VAR: log_var}, b), b["y"])
+
+    mean = _adam_fit(nll, ctx.params[MEAN], jax.random.fold_in(ctx.key, 1),
+                     jnp.int32(o.ml_init_steps), o.learning_rate)
+    return {MEAN: mean, LOG_VAR: jax.tree.map(lambda v: jnp.full_like(v, o.init_log_var),
+                                                log_var)}
+
+
+def _begin_task(o: Options, ctx: BoundaryContext):
+    """Task 0's ML initialisation; the task's coreset, chosen and stored."""
+    params, s = ctx.params, ctx.mstate
+    if o.ml_init_steps:
+        params = jax.lax.cond(ctx.task == 0, lambda: _ml_init(o, ctx), lambda: ctx.params)
+    if o.size:
+        rows = ctx.task_rows(ctx.task)
+        count = ctx.count(ctx.task)
+        if o.coreset == "random":
+            idx = random_coreset(jax.random.fold_in(ctx.key, 2), count,
+                                 rows["label"].shape[0], o.size)
+        else:
+            idx = kcenter_coreset(ctx.to_batch(rows)["x"], count, o.size)
+        idx = jnp.sort(idx)
+        s = s._replace(coreset_idx=s.coreset_idx.at[ctx.task].set(idx),
+                       coreset_x=s.coreset_x.at[ctx.task].set(rows["x"][idx]),
+                       coreset_label=s.coreset_label.at[ctx.task].set(rows["label"][idx]))
+    return params, ctx.opt_state, s
+
+
+def _finetune(o: Options, ctx: BoundaryContext, rows: dict, valid: Array, head_task: Array):
+    """A copy of the posterior, its prior the posterior, trained on the ``valid`` coreset
+    ``rows`` (``head_task``: the task whose head the loss uses, for several heads)."""
+    n = jnp.sum(valid)
+    steps = o.finetune_epochs * -(-n // o.finetune_batch)
+    mask = head_mask(ctx.params[MEAN], ctx.spec, head_task)
+    weights = valid.astype(jnp.float32)
+
+    def objective(q, key):
+        k_idx, k_mc = jax.random.split(key)
+        pick = jax.random.categorical(k_idx, jnp.log(weights), shape=(o.finetune_batch,))
+        b = ctx.to_batch({k: v[pick] for k, v in rows.items()})
+        total, _ = negative_elbo(ctx.model, q, ctx.params, b, k_mc, samples=o.train_samples,
+                                 num_examples=n, kl_weight=get_hparam(
+                                     ctx.hparams, "kl_weight", "vcl"), mask=mask)
+        return total
+
+    return _adam_fit(objective, ctx.params, jax.random.fold_in(ctx.key, 3 + head_task),
+                     steps, o.learning_rate)
+
+
+def _end_task(o: Options, ctx: BoundaryContext):
+    """The posterior becomes the next prior; the coreset-tuned posteriors for prediction."""
+    s: VCLState = ctx.mstate._replace(prior=ctx.params)
+    if o.size:
+        T, K = ctx.spec.num_tasks, o.size
+        task_of = jnp.repeat(jnp.arange(T, dtype=jnp.int32), K)
+        rows = {"x": s.coreset_x.reshape((T * K,) + s.coreset_x.shape[2:]),
+                "label": s.coreset_label.reshape(-1), "task": task_of}
+        if ctx.spec.num_heads > 1:     # each head on its own task's coreset
+            tuned = jax.lax.map(lambda h: jax.lax.cond(
+                h <= ctx.task, lambda: _finetune(o, ctx, rows, task_of == h, h),
+                lambda: ctx.params), jnp.arange(ctx.spec.num_heads, dtype=jnp.int32))
+            has = jnp.arange(ctx.spec.num_heads) <= ctx.task
+        else:                          # the shared head on the union of the coresets
+            one = _finetune(o, ctx, rows, task_of <= ctx.task, ctx.task)
+            tuned = jax.tree.map(lambda v: v[None], one)
+            has = jnp.ones((1,), bool)
+        s = s._replace(tuned=tuned, has_tuned=has)
+    return ctx.params, ctx.opt_state, s
+
+
+def _mc_logits(o: Options, model: Model, q: dict, b: Batch, key: PRNGKey) -> Array:
+    """log of the mean softmax over ``predict_samples`` draws of the weights (each draw shared
+    by the batch, as in the authors' prediction: an example's prediction does not depend on the
+    others)."""
+    def one(k):
+        theta = sample_params(q, k)
+        return jax.nn.log_softmax(model.logits_fn({MEAN: theta, LOG_VAR: q[LOG_VAR]}, b))
+
+    draws = jax.lax.map(one, jax.random.split(key, o.predict_samples))
+    return jax.nn.logsumexp(draws, axis=0) - jnp.log(float(o.predict_samples))
+
+
+def _predict(o: Options, params, s: VCLState, b: Batch, pctx: PredictContext) -> Array:
+    """The predictive distribution of each example's posterior: the coreset-tuned one of its
+    task's head (or the shared one) once there is one, else the current posterior."""
+    if not o.size:
+        return _mc_logits(o, pctx.model, params, b, pctx.key)
+
+    def posterior(p):
+        q = jax.tree.map(lambda v: v[p], s.tuned)
+        return jax.tree.map(lambda t, c: jnp.where(s.has_tuned[p], t, c), q, params)
+
+    if s.has_tuned.shape[0] == 1:
+        return _mc_logits(o, pctx.model, posterior(0), b, pctx.key)
+    tasks = pctx.tasks
+
+    def same():             # one task in the batch (an evaluation chunk): one posterior
+        return _mc_logits(o, pctx.model, posterior(tasks[0]), b, pctx.key)
+
+    def mixed():            # every head's posterior, each example reading its own
+        per_head = jax.lax.map(lambda p: _mc_logits(o, pctx.model, posterior(p), b, pctx.key),
+                               jnp.arange(s.has_tuned.shape[0]))
+        return jnp.take_along_axis(per_head, tasks[None, :, None], axis=0)[0]
+
+    return jax.lax.cond(jnp.all(tasks == tasks[0]), same, mixed)
+
+
+def _check_options(o: Options) -> None:
+    if o.coreset not in CORESETS:
+        raise ValueError(f"coreset must be one of {CORESETS}; got {o.coreset!r}")
+    if o.coreset == "none" and o.size:
+        raise ValueError(f"coreset='none' takes coreset_size=0; got {o.size}")
+    if o.coreset != "none":
+        check_positive_int(o.size, name="coreset_size")
+    for name in ("train_samples", "predict_samples", "ml_init_batch", "finetune_batch",
+                 "finetune_epochs"):
+        check_positive_int(getattr(o, name), name=name)
+    if (not isinstance(o.ml_init_steps, int) or isinstance(o.ml_init_steps, bool)
+            or o.ml_init_steps < 0):
+        raise ValueError(f"ml_init_steps must be an int >= 0; got {o.ml_init_steps!r}")
+    check_positive(o.learning_rate, name="learning_rate")
+    if not jnp.isfinite(o.init_log_var):
+        raise ValueError(f"init_log_var must be finite; got {o.init_log_var!r}")
+
+
 def vcl(*, coreset: str = "none", coreset_size: int = 0, train_samples: int = 10,
         predict_samples: int = 100, init_log_var: float = INIT_LOG_VAR, ml_init_steps: int = 0,
         ml_init_batch: int = 256, finetune_epochs: int = 100, finetune_batch: int = 256,
@@ -155,163 +336,12 @@ def vcl(*, coreset: str = "none", coreset_size: int = 0, train_samples: int = 10
     """VCL (module docstring); the paper's settings are ``train_samples=10``,
     ``predict_samples=100``, ``init_log_var=-6``, Adam 10⁻³, coresets of 200 (Permuted MNIST) or
     40 (Split MNIST) examples per task, and as many ML and fine-tuning epochs as training epochs."""
-    if coreset not in CORESETS:
-        raise ValueError(f"coreset must be one of {CORESETS}; got {coreset!r}")
-    if coreset == "none" and coreset_size:
-        raise ValueError(f"coreset='none' takes coreset_size=0; got {coreset_size}")
-    if coreset != "none":
-        check_positive_int(coreset_size, name="coreset_size")
-    for name, v in (("train_samples", train_samples), ("predict_samples", predict_samples),
-                    ("ml_init_batch", ml_init_batch), ("finetune_batch", finetune_batch),
-                    ("finetune_epochs", finetune_epochs)):
-        check_positive_int(v, name=name)
-    if not isinstance(ml_init_steps, int) or isinstance(ml_init_steps, bool) or ml_init_steps < 0:
-        raise ValueError(f"ml_init_steps must be an int >= 0; got {ml_init_steps!r}")
-    check_positive(learning_rate, name="learning_rate")
-    if not jnp.isfinite(init_log_var):
-        raise ValueError(f"init_log_var must be finite; got {init_log_var!r}")
-    K = coreset_size
-    def init(params, key, hparams, spec):
-        del key, hparams
-        T = spec.num_tasks
-        heads = spec.num_heads if spec.num_heads > 1 else 1
-        prior = {MEAN: jax.tree.map(jnp.zeros_like, params[MEAN]),     # q_0 = N(0, I)
-                 LOG_VAR: jax.tree.map(jnp.zeros_like, params[LOG_VAR])}
-        stored = max(K, 1)     # no zero-size arrays (checkpoints refuse them); unused for K = 0
-        return VCLState(
-            prior, jnp.zeros((T, stored), jnp.int32),
-            jnp.zeros((T, stored) + tuple(spec.example_shape), spec.storage_dtype),
-            jnp.zeros((T, stored), jnp.int32),
-            jax.tree.map(lambda p: jnp.broadcast_to(p, (heads,) + p.shape), params),
-            jnp.zeros((heads,), bool))
-
-    def training_size(spec, task):
-        counts = jnp.asarray(spec.train_counts, jnp.int32)
-        return counts[task] - K
-
-    def batch(ctx: BatchContext, s: VCLState):
-        tasks = jnp.full((ctx.batch_size,), ctx.task, jnp.int32)
-        if K == 0:
-            return ctx.draw(ctx.data_key, tasks)
-        j = jax.random.randint(ctx.data_key, tasks.shape, 0, ctx.count(ctx.task) - K)
-        return ctx.gather(tasks, outside(s.coreset_idx[ctx.task], j))
-
-    def loss(params, b, s: VCLState, ctx: LossContext):
-        total, nll = negative_elbo(
-            ctx.model, params, s.prior, b, ctx.key, samples=train_samples,
-            num_examples=training_size(ctx.spec, ctx.task),
-            kl_weight=get_hparam(ctx.hparams, "kl_weight", "vcl"),
-            mask=head_mask(params[MEAN], ctx.spec, ctx.task))
-        return total, {"nll": nll}
-
-    def ml_init(ctx: BoundaryContext):
-        """Task 0's maximum-likelihood fit of the means (the authors' Vanilla_NN)."""
-        log_var = ctx.params[LOG_VAR]
-
-        def nll(mean, key):      # the network at the means: the deterministic network
-            b = ctx.sample_batch(ctx.task, key, ml_init_batch)
-            return cross_entropy(ctx.model.logits_fn({MEAN: mean, LOG_VAR: log_var}, b), b["y"])
-
-        mean = _adam_fit(nll, ctx.params[MEAN], jax.random.fold_in(ctx.key, 1),
-                         jnp.int32(ml_init_steps), learning_rate)
-        return {MEAN: mean, LOG_VAR: jax.tree.map(lambda v: jnp.full_like(v, init_log_var),
-                                                    ctx.params[LOG_VAR])}
-
-    def begin_task(ctx: BoundaryContext):
-        params, s = ctx.params, ctx.mstate
-        if ml_init_steps:
-            params = jax.lax.cond(ctx.task == 0, lambda: ml_init(ctx), lambda: ctx.params)
-        if K:
-            rows = ctx.task_rows(ctx.task)
-            count = ctx.count(ctx.task)
-            n_rows = rows["label"].shape[0]
-            if coreset == "random":
-                idx = random_coreset(jax.random.fold_in(ctx.key, 2), count, n_rows, K)
-            else:
-                idx = kcenter_coreset(ctx.to_batch(rows)["x"], count, K)
-            idx = jnp.sort(idx)
-            s = s._replace(coreset_idx=s.coreset_idx.at[ctx.task].set(idx),
-                           coreset_x=s.coreset_x.at[ctx.task].set(rows["x"][idx]),
-                           coreset_label=s.coreset_label.at[ctx.task].set(rows["label"][idx]))
-        return params, ctx.opt_state, s
-
-    def finetune(ctx: BoundaryContext, s: VCLState, rows: dict, valid: Array, head_task: Array):
-        """A copy of the posterior, its prior the posterior, trained on the ``valid`` coreset
-        ``rows`` (``head_task``: the task whose head the loss uses, for several heads)."""
-        n = jnp.sum(valid)
-        steps = finetune_epochs * -(-n // finetune_batch)
-        mask = head_mask(ctx.params[MEAN], ctx.spec, head_task)
-        weights = valid.astype(jnp.float32)
-
-        def objective(q, key):
-            k_idx, k_mc = jax.random.split(key)
-            pick = jax.random.categorical(k_idx, jnp.log(weights), shape=(finetune_batch,))
-            b = ctx.to_batch({k: v[pick] for k, v in rows.items()})
-            total, _ = negative_elbo(ctx.model, q, ctx.params, b, k_mc, samples=train_samples,
-                                     num_examples=n, kl_weight=get_hparam(
-                                         ctx.hparams, "kl_weight", "vcl"), mask=mask)
-            return total
-
-        return _adam_fit(objective, ctx.params, jax.random.fold_in(ctx.key, 3 + head_task),
-                         steps, learning_rate)
-
-    def end_task(ctx: BoundaryContext):
-        s: VCLState = ctx.mstate
-        s = s._replace(prior=ctx.params)
-        if K:
-            T = ctx.spec.num_tasks
-            task_of = jnp.repeat(jnp.arange(T, dtype=jnp.int32), K)
-            rows = {"x": s.coreset_x.reshape((T * K,) + s.coreset_x.shape[2:]),
-                    "label": s.coreset_label.reshape(-1), "task": task_of}
-            if ctx.spec.num_heads > 1:
-                tuned = jax.lax.map(lambda h: jax.lax.cond(
-                    h <= ctx.task, lambda: finetune(ctx, s, rows, task_of == h, h),
-                    lambda: ctx.params), jnp.arange(ctx.spec.num_heads, dtype=jnp.int32))
-                has = jnp.arange(ctx.spec.num_heads) <= ctx.task
-            else:
-                one = finetune(ctx, s, rows, task_of <= ctx.task, ctx.task)
-                tuned = jax.tree.map(lambda v: v[None], one)
-                has = jnp.ones((1,), bool)
-            s = s._replace(tuned=tuned, has_tuned=has)
-        return ctx.params, ctx.opt_state, s
-
-    def mc_logits(model: Model, q: dict, b: Batch, key: PRNGKey) -> Array:
-        """log of the mean softmax over ``predict_samples`` draws of the weights (each draw
-        shared by the batch, as in the authors' prediction: an example's prediction does not
-        depend on the others)."""
-        def one(k):
-            theta = sample_params(q, k)
-            return jax.nn.log_softmax(model.logits_fn({MEAN: theta, LOG_VAR: q[LOG_VAR]}, b))
-
-        draws = jax.lax.map(one, jax.random.split(key, predict_samples))
-        return jax.nn.logsumexp(draws, axis=0) - jnp.log(float(predict_samples))
-
-    def predict(params, s: VCLState, b: Batch, pctx: PredictContext):
-        base = pctx.model
-        if not K:
-            return mc_logits(base, params, b, pctx.key)
-
-        def posterior(p):
-            q = jax.tree.map(lambda v: v[p], s.tuned)
-            return jax.tree.map(lambda t, c: jnp.where(s.has_tuned[p], t, c), q, params)
-
-        if s.has_tuned.shape[0] == 1:
-            return mc_logits(base, posterior(0), b, pctx.key)
-        tasks = pctx.tasks
-        one_task = jnp.all(tasks == tasks[0])
-
-        def same():
-            return mc_logits(base, posterior(tasks[0]), b, pctx.key)
-
-        def mixed():
-            per_head = jax.lax.map(lambda p: mc_logits(base, posterior(p), b, pctx.key),
-                                   jnp.arange(s.has_tuned.shape[0]))
-            return jnp.take_along_axis(per_head, tasks[None, :, None], axis=0)[0]
-
-        return jax.lax.cond(one_task, same, mixed)
-
-    return Method("vcl", init=init, batch=batch, loss=loss, begin_task=begin_task,
-                  end_task=end_task, predict=predict,
+    o = Options(coreset, coreset_size, train_samples, predict_samples, init_log_var,
+                ml_init_steps, ml_init_batch, finetune_epochs, finetune_batch, learning_rate)
+    _check_options(o)
+    return Method("vcl", init=partial(_init, o), batch=partial(_batch, o),
+                  loss=partial(_loss, o), begin_task=partial(_begin_task, o),
+                  end_task=partial(_end_task, o), predict=partial(_predict, o),
                   model=lambda base, spec: mean_field_model(base, init_log_var=init_log_var),
                   default_hparams={"kl_weight": 1.0})
 
