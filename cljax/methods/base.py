@@ -122,9 +122,9 @@ class BatchContext(NamedTuple):
     drawn uniformly with replacement, as rows; ``gather(tasks, idx)`` the examples ``idx`` of
     ``tasks`` (both ``int [n]``; a method's own sampling rule, e.g. one that skips a held-out
     coreset); ``task_rows(task)`` returns the whole stored task (rows ``[N, ...]``, of which the
-    first ``count(task)`` are real). ``key`` is for the method's
-    own choices (which tasks, which memory slots); ``data_key`` is the key the default recipes
-    hand to ``draw`` for the current task's examples.
+    first ``count(task)`` are real). ``key`` is for the method's own choices (which tasks, which
+    memory slots); ``data_key`` is the key the default recipes hand to ``draw`` for the current
+    task's examples.
     """
 
     key: PRNGKey

@@ -8,9 +8,9 @@ the host pipeline, :mod:`cljax.training.executors`, feeds rows gathered on the h
 evaluation reads one task's test rows at a time, so the same functions serve both paths.
 
 Randomness: step s of a run uses ``fold_in(key, s)``; a boundary ``fold_in(fold_in(key, s),
-2³⁰)`` (a task's beginning ``2³⁰ + 2``); the evaluation of task t, chunk c ``fold_in(fold_in(fold_in(fold_in(key, s), 2³⁰ + 1),
-t), c)`` — so results do not depend on how steps are split into calls, nor on which other runs
-share the program.
+2³⁰)`` (a task's beginning ``2³⁰ + 2``); the evaluation of task t, chunk c
+``fold_in(fold_in(fold_in(fold_in(key, s), 2³⁰ + 1), t), c)`` — so results do not depend on how
+steps are split into calls, nor on which other runs share the program.
 """
 from __future__ import annotations
 
