@@ -120,16 +120,23 @@ def check_runs_sharded_all():
     check_runs_sharded("ewc", meshes=((4, 1), (2, 2), (1, 4)), devices=True)
 
 
-def check_batch_parallel_si_and_evaluation():
-    """SI's path integral (grads and updates inside the step), the evaluation and the
-    boundary with every batch split over 4 devices (mesh 1×4), R = 1."""
-    s, sc, m, tr = _setup("si", scenario="task")
+def _batch_parallel(method, **options):
+    """``method`` on the task-IL stream, R = 1, every batch split over the 4 devices (mesh
+    1×4) and on one device (vmapped): ``(trainer, data, mesh, sharded result, reference)``."""
+    s, sc, m, tr = _setup(method, scenario="task", **options)
     data = prepare_data(s, sc, eval_chunk=16)
     kw = dict(hparams=dict(m.default_hparams), keep_params=True)
     keys = jax.random.split(jax.random.key(5), 1)
     ref = run_stream(tr, data, num_steps=8, keys=keys, runs="vmap", **kw)
     mesh = shd.make_mesh(N_DEVICES, batch=N_DEVICES)
     res = run_stream(tr, data, num_steps=8, keys=keys, mesh=mesh, **kw)
+    return tr, data, mesh, res, ref
+
+
+def check_batch_parallel_si_and_evaluation():
+    """SI's path integral (grads and updates inside the step), the evaluation and the
+    boundary with every batch split over 4 devices (mesh 1×4), R = 1."""
+    tr, data, mesh, res, ref = _batch_parallel("si")
     _close(_fields(res) + jax.tree.leaves(res.task_params),
            _fields(ref) + jax.tree.leaves(ref.task_params), "batch-parallel SI")
     # the step really is data parallel: the batch of 12 is split 3 per device, gradients summed
@@ -320,13 +327,7 @@ def check_chunked_data_parallel(full=False):
     if not full:
         return
     # a run with its batches split over the 4 devices: EWC's boundary Fisher in chunks
-    s, sc, m, tr = _setup("ewc", scenario="task", num_examples=48, chunk_size=4)
-    data = prepare_data(s, sc, eval_chunk=16)
-    kw = dict(hparams=dict(m.default_hparams), keep_params=True)
-    keys = jax.random.split(jax.random.key(5), 1)
-    ref = run_stream(tr, data, num_steps=8, keys=keys, runs="vmap", **kw)
-    mesh = shd.make_mesh(N_DEVICES, batch=N_DEVICES)
-    res = run_stream(tr, data, num_steps=8, keys=keys, mesh=mesh, **kw)
+    tr, data, mesh, res, ref = _batch_parallel("ewc", num_examples=48, chunk_size=4)
     _close(_fields(res), _fields(ref), "batch-parallel EWC")
     from cljax.training import place_data
     dm = place_data(data, mesh)
