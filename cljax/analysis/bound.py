@@ -25,8 +25,8 @@ import numpy as np
 
 from cljax.analysis.flatness import (TaskData, flatness, grad_and_hvp, task_slice,
                                      validate_task_inputs)
-from cljax.curvature.hvp import (PerExampleLoss, weighted_task_sum,
-                                 softmax_cross_entropy, task_ggn_vp)
+from cljax.curvature.hvp import (PerExampleLoss, softmax_cross_entropy, task_ggn_vp,
+                                 weighted_task_sum)
 from cljax.types import LogitsFn, Params, PRNGKey
 from cljax.validation import check_positive_int
 

@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cljax.curvature.hvp import (PerExampleLoss, chunk_loss_sum, weighted_task_sum,
-                                 check_finite, task_ggn_vp, task_hvp, task_value_and_grad)
+from cljax.curvature.hvp import (PerExampleLoss, check_finite, chunk_loss_sum, task_ggn_vp,
+                                 task_hvp, task_value_and_grad, weighted_task_sum)
 from cljax.curvature.lanczos import check_key, top_eigen
 from cljax.curvature.trace import hutchinson_trace
 from cljax.types import Array, Batch, LogitsFn, Params, PRNGKey
