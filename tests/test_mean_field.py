@@ -65,10 +65,10 @@ def _problem(seed=0, conv=False):
 def test_local_reparameterisation_has_the_output_distribution_of_sampled_weights(conv):
     """Per example, sampling each layer's pre-activations (local reparameterisation) is sampling
     the weights independently per example: each output's mean and variance match those of the
-    network with its weights drawn from q (20,000 draws each, within 5 standard errors); Dense
+    network with its weights drawn from q (10,000 draws each, within 5 standard errors); Dense
     and Conv layers."""
     base, params, batch = _problem(conv=conv)
-    n = 20_000
+    n = 10_000
     local = jax.jit(jax.vmap(lambda k: mf.sampled_logits(base, params, batch, k)))(
         jax.random.split(jax.random.key(1), n))
 

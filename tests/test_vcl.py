@@ -122,7 +122,10 @@ def test_prior_off_and_vanishing_variance_is_maximum_likelihood():
     np.testing.assert_allclose(res.train_loss, ref.train_loss, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_coreset_run_holds_them_out_and_predicts_after_finetuning():
+    """k-center coresets, the ML initialisation and the per-head fine-tuning in one run (the
+    contract row runs a cheaper random-coreset run by default)."""
     s, sc, m, tr, data = _setup("task", coreset="kcenter", coreset_size=4, ml_init_steps=3,
                                 finetune_epochs=2, finetune_batch=4, train_samples=2,
                                 predict_samples=4)
