@@ -169,6 +169,7 @@ ROWS = [
     Row("hat", "hat", "architecture", scenarios=("task",), sweep=("c", 0.1)),
     Row("packnet", "packnet", "architecture", scenarios=("task",)),
     # the ML initialisation and k-center run in tests/test_vcl.py (-m slow); here the cheapest
+    # coreset run
     Row("vcl", "vcl", "bayesian", {"coreset": "random", "coreset_size": 3, "train_samples": 1,
                                    "predict_samples": 2, "finetune_epochs": 1,
                                    "finetune_batch": 4},
