@@ -7,8 +7,9 @@ minimising, per task,
 
     KL(q_t ‖ q_{t−1}) / N_t − E_{q_t}[log p(y | x, θ)]   (the negative ELBO of eq. 4, over N_t),
 
-with q_0 = N(0, I), the expectation a Monte Carlo mean over ``train_samples`` draws by local
-reparameterisation, and N_t the task's training examples outside its coreset.
+with q_0 = N(0, I), the expectation a Monte Carlo mean over ``train_samples`` draws (local
+reparameterisation in Dense layers, a weight draw per call in Conv layers: :mod:`.mean_field`),
+and N_t the task's training examples outside its coreset.
 
 What the authors' code (nvcuong/variational-continual-learning, ``ddm/``) adds, all here:
 
@@ -30,7 +31,7 @@ What the authors' code (nvcuong/variational-continual-learning, ``ddm/``) adds, 
   A prediction averages the softmax of ``predict_samples`` draws of the weights (their 100; each
   draw shared by the batch, as theirs: an example's prediction does not depend on the others)
   and returns the log of the mean (the trainer's argmax and cross-entropy read the predictive
-  distribution). Training samples by local reparameterisation (:mod:`.mean_field`).
+  distribution).
 * **Heads**: with one head per task the KL runs over the heads seen so far (theirs are created
   task by task); a new head's prior is N(0, 1).
 
