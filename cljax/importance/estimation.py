@@ -214,73 +214,59 @@ def _directions(kind: str, logits: Array, batch: Batch, w: Array, gidx: Array, k
     return u * w[None, :, None].astype(u.dtype)
 
 
-def _chunk_contribution(kind: str, logits_fn: LogitsFn, params: Params, plan: Plan,
-                        batch: Batch, w: Array, gidx: Array, key: Any, num_samples: int):
-    """Sums (not yet divided by N) over one chunk, plus the counts of valid examples with
-    non-finite logits (``bad_logits``) and labels out of range (``bad_labels``)."""
+def _kfac_chunk_factors(plan: Plan, inputs: list[Array], vjp_fn, dirs: Array, w: Array) -> dict:
+    """K-FAC's sums over one chunk, per layer: ``(Σ w ā āᵀ, Σ g gᵀ / positions)``, ā = [a, 1]
+    with a bias (Martens & Grosse 2015 §3; Grosse & Martens 2016 for conv positions)."""
+    cots = jax.vmap(lambda d: vjp_fn(d)[0])(dirs) if plan.layers else []  # [K, B, *out]
+    factors = {}
+    for spec, a, g in zip(plan.layers, inputs, cots):
+        a3 = layer_inputs(a, spec)  # [B, P, in]
+        positions = a3.shape[1]
+        af = a3.reshape(-1, a3.shape[-1])
+        wf = jnp.repeat(w.astype(af.dtype), positions)          # 0/1 example weights
+        aa = (af * wf[:, None]).T @ af                          # Σ w a aᵀ (w² = w)
+        if spec.bias_index is not None:  # ā = [a, 1]: border with Σ w a and Σ w
+            col = (wf @ af)[:, None]
+            aa = jnp.block([[aa, col], [col.T, jnp.sum(wf).reshape(1, 1)]])
+        gf = g.reshape(-1, g.shape[-1])
+        factors[spec.name] = (aa, (gf.T @ gf) / positions)
+    return factors
+
+
+def _layer_direction_terms(a3s: list[Array], gs: list[Array], fn) -> list[Any]:
+    """A group of K directions' contribution (cotangents [K, B, *out]): dense → Σ_k f(g_k)
+    [B, out] (the matmul with f(a) comes after summing directions); conv/positions →
+    Σ_k Σ_n f(Σ_p a g_kᵀ) and Σ_k Σ_n f(Σ_p g_k), the K directions of a group sharing one
+    batched matmul over positions ([B, in, P] @ [B, P, K·out]) on the patches captured once for
+    all directions (the GGN's per-class structure)."""
+    terms = []
+    for a3, g in zip(a3s, gs):
+        k, b = g.shape[:2]
+        g3 = g.reshape(k, b, -1, g.shape[-1])              # [K, B, P, out]
+        if a3.shape[1] == 1:
+            terms.append(jnp.sum(fn(g3[:, :, 0]), 0))
+        else:
+            out = g3.shape[-1]
+            gk = jnp.moveaxis(g3, 0, 2).reshape(b, g3.shape[2], k * out)   # [B, P, K·out]
+            pe = jnp.einsum("bpi,bpn->bin", a3, gk).reshape(b, a3.shape[-1], k, out)
+            terms.append((jnp.sum(fn(pe), (0, 2)), jnp.sum(fn(jnp.sum(g3, 2)), (0, 1))))
+    return terms
+
+
+def _diagonal_chunk_sums(kind: str, logits_fn: LogitsFn, params: Params, plan: Plan,
+                         batch: Batch, inputs: list[Array], vjp_fn, dirs: Array) -> list[Any]:
+    """Per leaf, Σ over the chunk's examples and directions of f(per-example gradient), f = (·)²
+    (Fisher diagonals) or |·| (MAS): the fast path for recognised layers, the vmap fallback for
+    the other leaves."""
     leaves = jax.tree.leaves(params)
-    specs = plan.layers
-    if specs:
-        def fwd(eps):
-            return forward_with_capture(logits_fn, params, batch, plan, eps)
-
-        zeros = [jnp.zeros(s.shape, s.dtype) for s in plan.out_shapes]
-        logits, vjp_fn, inputs = jax.vjp(fwd, zeros, has_aux=True)
-    else:
-        logits = logits_fn(params, batch)
-        inputs, vjp_fn = [], None
-
-    out: dict[str, Any] = {
-        "bad_logits": jnp.sum(~(jnp.isfinite(logits) | (w[:, None] == 0)), dtype=jnp.int32)}
-    if "y" in batch:
-        c = logits.shape[-1]
-        y = batch["y"]
-        out["bad_labels"] = jnp.sum(~(((y >= 0) & (y < c)) | (w == 0)), dtype=jnp.int32)
-    dirs = _directions(kind, logits, batch, w, gidx, key, num_samples)  # [K, B, C]
-
-    if kind.startswith("kfac"):
-        cots = jax.vmap(lambda d: vjp_fn(d)[0])(dirs) if specs else []  # [K, B, *out]
-        factors = {}
-        for spec, a, g in zip(specs, inputs, cots):
-            a3 = layer_inputs(a, spec)  # [B, P, in]
-            positions = a3.shape[1]
-            af = a3.reshape(-1, a3.shape[-1])
-            wf = jnp.repeat(w.astype(af.dtype), positions)          # 0/1 example weights
-            aa = (af * wf[:, None]).T @ af                          # Σ w a aᵀ (w² = w)
-            if spec.bias_index is not None:  # ā = [a, 1]: border with Σ w a and Σ w
-                col = (wf @ af)[:, None]
-                aa = jnp.block([[aa, col], [col.T, jnp.sum(wf).reshape(1, 1)]])
-            gf = g.reshape(-1, g.shape[-1])
-            factors[spec.name] = (aa, (gf.T @ gf) / positions)
-        out["factors"] = factors
-        return out
-
     sums: list[Any] = [None] * plan.num_leaves
     use_abs = kind == "mas"
     fn = jnp.abs if use_abs else jnp.square
+    specs = plan.layers
     a3s = [layer_inputs(a, spec) for spec, a in zip(specs, inputs)]  # [B, P, in]
 
-    def direction_terms(gs: list[Array]) -> list[Any]:
-        """A group of K directions' contribution (cotangents [K, B, *out]): dense → Σ_k f(g_k)
-        [B, out] (the matmul with f(a) comes after summing directions); conv/positions →
-        Σ_k Σ_n f(Σ_p a g_kᵀ) and Σ_k Σ_n f(Σ_p g_k), the K directions of a group sharing
-        one batched matmul over positions ([B, in, P] @ [B, P, K·out]) on the patches
-        captured once for all directions (the GGN's per-class structure)."""
-        terms = []
-        for a3, g in zip(a3s, gs):
-            k, b = g.shape[:2]
-            g3 = g.reshape(k, b, -1, g.shape[-1])              # [K, B, P, out]
-            if a3.shape[1] == 1:
-                terms.append(jnp.sum(fn(g3[:, :, 0]), 0))
-            else:
-                out = g3.shape[-1]
-                gk = jnp.moveaxis(g3, 0, 2).reshape(b, g3.shape[2], k * out)   # [B, P, K·out]
-                pe = jnp.einsum("bpi,bpn->bin", a3, gk).reshape(b, a3.shape[-1], k, out)
-                terms.append((jnp.sum(fn(pe), (0, 2)), jnp.sum(fn(jnp.sum(g3, 2)), (0, 1))))
-        return terms
-
     def group_terms(d: Array) -> list[Any]:   # d: [K, B, C]
-        return direction_terms(jax.vmap(lambda u: vjp_fn(u)[0])(d))
+        return _layer_direction_terms(a3s, jax.vmap(lambda u: vjp_fn(u)[0])(d), fn)
 
     if specs:
         k_all = dirs.shape[0]
@@ -307,7 +293,35 @@ def _chunk_contribution(kind: str, logits_fn: LogitsFn, params: Params, plan: Pl
         pe = _per_example_fallback(logits_fn, params, batch, dirs, plan.fallback_indices)
         for i, g in zip(plan.fallback_indices, pe):
             sums[i] = jnp.sum(jnp.abs(g), axis=(0, 1)) if use_abs else jnp.sum(g * g, axis=(0, 1))
-    out["sums"] = sums
+    return sums
+
+
+def _chunk_contribution(kind: str, logits_fn: LogitsFn, params: Params, plan: Plan,
+                        batch: Batch, w: Array, gidx: Array, key: Any, num_samples: int):
+    """Sums (not yet divided by N) over one chunk, plus the counts of valid examples with
+    non-finite logits (``bad_logits``) and labels out of range (``bad_labels``)."""
+    if plan.layers:
+        def fwd(eps):
+            return forward_with_capture(logits_fn, params, batch, plan, eps)
+
+        zeros = [jnp.zeros(s.shape, s.dtype) for s in plan.out_shapes]
+        logits, vjp_fn, inputs = jax.vjp(fwd, zeros, has_aux=True)
+    else:
+        logits = logits_fn(params, batch)
+        inputs, vjp_fn = [], None
+
+    out: dict[str, Any] = {
+        "bad_logits": jnp.sum(~(jnp.isfinite(logits) | (w[:, None] == 0)), dtype=jnp.int32)}
+    if "y" in batch:
+        c = logits.shape[-1]
+        y = batch["y"]
+        out["bad_labels"] = jnp.sum(~(((y >= 0) & (y < c)) | (w == 0)), dtype=jnp.int32)
+    dirs = _directions(kind, logits, batch, w, gidx, key, num_samples)  # [K, B, C]
+    if kind.startswith("kfac"):
+        out["factors"] = _kfac_chunk_factors(plan, inputs, vjp_fn, dirs, w)
+    else:
+        out["sums"] = _diagonal_chunk_sums(kind, logits_fn, params, plan, batch, inputs, vjp_fn,
+                                           dirs)
     return out
 
 
