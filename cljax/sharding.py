@@ -248,6 +248,9 @@ def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
     counts those inside a ``while`` body (a ``lax.scan`` / ``fori_loop``, and whatever its body
     calls) — a data-parallel chunk loop has none. Kinds: all-reduce, all-gather, reduce-scatter,
     all-to-all, collective-permute (their async ``-start`` halves counted once)."""
+    if not isinstance(hlo_text, str):
+        raise TypeError("hlo_text must be the text of a compiled program "
+                        f"(jax.jit(f).lower(...).compile().as_text()); got {type(hlo_text).__name__}")
     bodies: dict[str, list[str]] = {}
     current = None
     for line in hlo_text.splitlines():

@@ -191,8 +191,22 @@ def forgetting_bound(logits_fn: LogitsFn, params_per_task: Params, task_data: Ta
     if not np.all(np.isfinite(lambda_max)):
         raise FloatingPointError("lambda_max contains NaN or inf values")
 
-    has_y = "y" in stacked
+    losses, accuracy = _loss_matrix(logits_fn, params_per_task, stacked, weights, chunk_size,
+                                    per_example_loss)
+    pi, pj, quad, first, sq, grad_norm = _pair_terms(logits_fn, params_per_task, stacked,
+                                                     weights, curvature, opts)
+    measured = losses[pj, pi] - losses[pi, pi]
+    bound = 0.5 * lambda_max[pi] * sq
+    summary = summarize(measured, quad, bound, lambda_max, losses, pi, pj)
+    return ForgettingBound(losses=losses, accuracy=accuracy, lambda_max=lambda_max,
+                           grad_norm=grad_norm, pair_i=pi, pair_j=pj, measured=measured,
+                           quadratic=quad, first_order=first, bound=bound, delta_sq_norm=sq,
+                           summary=summary)
 
+
+def _loss_matrix(logits_fn, params_per_task, stacked, weights, chunk_size, per_example_loss):
+    """``(losses, accuracy)`` ``[T, T]``: entry (a, b) is task b's mean loss / accuracy at θ*_a."""
+    has_y = "y" in stacked
     loss_of = softmax_cross_entropy if per_example_loss is None else per_example_loss
 
     @jax.jit
@@ -213,6 +227,18 @@ def forgetting_bound(logits_fn: LogitsFn, params_per_task: Params, task_data: Ta
 
         return jax.lax.map(one, params_all)
 
+    num_tasks = len(weights)
+    losses = np.zeros((num_tasks, num_tasks))
+    accuracy = np.zeros((num_tasks, num_tasks))
+    for b in range(num_tasks):
+        lb, ab = row(params_per_task, task_slice(stacked, b), weights[b])
+        losses[:, b], accuracy[:, b] = np.asarray(lb), np.asarray(ab)
+    return losses, accuracy
+
+
+def _pair_terms(logits_fn, params_per_task, stacked, weights, curvature, opts):
+    """For every pair i < j (Δθ = θ*_j − θ*_i, at θ*_i on task i's data): ½ΔθᵀH_iΔθ, ∇ℓ_iᵀΔθ,
+    ‖Δθ‖², and every task's gradient norm at its own θ*."""
     @jax.jit
     def pair(params_i, params_j, batch, w):
         delta = jax.tree.map(jnp.subtract, params_j, params_i)
@@ -225,12 +251,7 @@ def forgetting_bound(logits_fn: LogitsFn, params_per_task: Params, task_data: Ta
                                                               jax.tree.leaves(b)))
         return 0.5 * dot(delta, hd), dot(grad, delta), dot(delta, delta), jnp.sqrt(dot(grad, grad))
 
-    losses = np.zeros((num_tasks, num_tasks))
-    accuracy = np.zeros((num_tasks, num_tasks))
-    for b in range(num_tasks):
-        lb, ab = row(params_per_task, task_slice(stacked, b), weights[b])
-        losses[:, b], accuracy[:, b] = np.asarray(lb), np.asarray(ab)
-
+    num_tasks = len(weights)
     pi, pj, quad, first, sq = [], [], [], [], []
     grad_norm = np.full((num_tasks,), np.nan)
     for i in range(num_tasks - 1):
@@ -246,15 +267,8 @@ def forgetting_bound(logits_fn: LogitsFn, params_per_task: Params, task_data: Ta
     last = task_slice(params_per_task, num_tasks - 1)
     *_, gn = pair(last, last, task_slice(stacked, num_tasks - 1), weights[num_tasks - 1])
     grad_norm[num_tasks - 1] = float(gn)
-    pi, pj = np.asarray(pi), np.asarray(pj)
-    quad, first, sq = np.asarray(quad), np.asarray(first), np.asarray(sq)
-    measured = losses[pj, pi] - losses[pi, pi]
-    bound = 0.5 * lambda_max[pi] * sq
-    summary = summarize(measured, quad, bound, lambda_max, losses, pi, pj)
-    return ForgettingBound(losses=losses, accuracy=accuracy, lambda_max=lambda_max,
-                           grad_norm=grad_norm, pair_i=pi, pair_j=pj, measured=measured,
-                           quadratic=quad, first_order=first, bound=bound, delta_sq_norm=sq,
-                           summary=summary)
+    return (np.asarray(pi), np.asarray(pj), np.asarray(quad), np.asarray(first), np.asarray(sq),
+            grad_norm)
 
 
 def to_json(result: Any) -> Any:
