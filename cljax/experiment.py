@@ -610,12 +610,34 @@ def summarise_scenario(cfg: dict, setup: ScenarioSetup, plan: SweepPlan, res: St
     if cfg["sweep"]:
         entry["best_hparams"] = points[best]["hparams"]
         entry["sweep"] = points
+    if setup.method.samples is not None:
+        kept = [g * S + s for g in [best] for s in range(S) if res.diverged[g * S + s, 0] < 0]
+        shown = generated_samples(setup, res.final_state, kept[0] if kept else best * S)
+        if shown is not None:
+            entry["samples"] = {"run": kept[0] if kept else best * S, "pixels": shown}
     if cfg["analysis"] == "flatness":
         entry["analysis"] = flatness_analysis(setup.model, setup.data, res.task_params,
                                               runs=range(best * S, best * S + S),
                                               seed=cfg["seed"], log=log,
                                               **cfg["analysis_options"])
     return entry
+
+
+def generated_samples(setup: ScenarioSetup, state: Any, run: int) -> np.ndarray | None:
+    """Run ``run``'s samples of ``Method.samples`` as display pixels (``uint8 [T, n, H, W(, C)]``:
+    the model's input space mapped back through the stream's
+    normalisation, ×255, rounded and clipped to [0, 255] for display), or None when the stream's
+    examples are not images (features) or the method generates none."""
+    if setup.method.samples is None:
+        return None
+    x = np.asarray(jax.device_get(setup.method.samples(
+        jax.tree.map(lambda a: a[run], state.mstate))), np.float32)
+    if setup.data.train.x.dtype != np.uint8 or x.ndim - 2 not in (2, 3):
+        return None
+    mean = np.asarray(setup.data.mean, np.float32)
+    std = np.asarray(setup.data.std, np.float32)
+    pixels = 255.0 * (x * std + mean) if x.ndim == 5 else 255.0 * (x * std[0] + mean[0])
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------

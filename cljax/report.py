@@ -168,6 +168,34 @@ def accuracy_matrix_figure(results: dict):
     return fig
 
 
+def plot_samples(pixels, path: str | os.PathLike, *, title: str = "") -> None:
+    """samples_<scenario>.png: a grid of generated examples, a row per task (``pixels``:
+    ``uint8`` values ``[T][n][H][W]`` or ``[T][n][H][W][C]``, as in ``results.json``)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.asarray(pixels, np.uint8)
+    if x.ndim not in (4, 5) or (x.ndim == 5 and x.shape[-1] not in (1, 3)):
+        raise ValueError(f"pixels must be [T][n][H][W] or [T][n][H][W][1|3]; got shape "
+                         f"{x.shape}")
+    if x.ndim == 5 and x.shape[-1] == 1:
+        x = x[..., 0]
+    T, n = x.shape[:2]
+    fig, axes = plt.subplots(T, n, figsize=(0.8 * n + 0.8, 0.8 * T + 0.5), squeeze=False)
+    for t in range(T):
+        for j in range(n):
+            ax = axes[t][j]
+            ax.imshow(x[t, j], cmap="gray" if x.ndim == 4 else None, vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[t][0].set_ylabel(f"after T{t + 1}", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def plot_task_curves(results: dict, path: str | os.PathLike) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -248,7 +276,8 @@ def _save(fig, path: str | os.PathLike, dpi: int = 120) -> None:
 
 def write_outputs(results: dict, workdir: str | os.PathLike) -> pathlib.Path:
     """Write results.json, report.md, accuracy_matrix.png and task_curves.png into ``workdir``
-    (and stability_plasticity.png after a sweep, flatness.png / bound.png after an analysis;
+    (and stability_plasticity.png after a sweep, flatness.png / bound.png after an analysis,
+    samples_<scenario>.png for a generative method;
     with regimes, one sub-directory per regime). Every file is written atomically (temp file in
     ``workdir`` + ``os.replace``), so calling this again after each finished scenario (the
     CLI's ``on_scenario``) replaces the outputs whole: a reader, or a run killed mid-write,
@@ -269,6 +298,9 @@ def write_outputs(results: dict, workdir: str | os.PathLike) -> pathlib.Path:
                                    over the runs that did not diverge
           diverged [{seed, task, step}], timings {compile_seconds, run_seconds, ...}
           best_hparams, sweep [{hparams, accuracy, ..., metrics, diverged}]   after a sweep
+          samples {run, file, shape}   a generative method's samples after each task (one
+                                   run): uint8 pixels [T, n, H, W(, C)] in samples_<name>.npy,
+                                   drawn in samples_<name>.png
           analysis {curvature, data, runs [{run, flatness, bound, seconds}]}   --analysis
         regimes.<name>: the same, per regime (instead of stream / scenarios)
 
@@ -277,7 +309,8 @@ def write_outputs(results: dict, workdir: str | os.PathLike) -> pathlib.Path:
     """
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(workdir / "results.json", results)
+    shown, samples = _without_pixels(results)
+    write_json_atomic(workdir / "results.json", shown)
     write_text_atomic(workdir / "report.md", markdown_report(results))
     if "regimes" in results:
         for regime, sub in results["regimes"].items():
@@ -286,10 +319,37 @@ def write_outputs(results: dict, workdir: str | os.PathLike) -> pathlib.Path:
         return workdir
     write_analysis_plots(results, workdir)
     plot_accuracy_matrices(results, workdir / "accuracy_matrix.png")
+    for name, pixels in samples.items():
+        write_bytes_atomic(workdir / f"samples_{name}.npy", _npy_bytes(pixels))
+        plot_samples(pixels, workdir / f"samples_{name}.png",
+                     title=f"{name}-IL: generated after each task (run "
+                           f"{results['scenarios'][name]['samples']['run']})")
     plot_task_curves(results, workdir / "task_curves.png")
     if results["config"].get("sweep"):
         plot_stability_plasticity(results, workdir / "stability_plasticity.png")
     return workdir
+
+
+def _without_pixels(results: dict) -> tuple[dict, dict]:
+    """``results`` with each scenario's ``samples.pixels`` replaced by the name of the ``.npy``
+    file that holds them, and ``{scenario: pixels}`` (``uint8`` arrays)."""
+    if "scenarios" not in results:
+        return results, {}
+    shown, pixels = dict(results), {}
+    shown["scenarios"] = dict(results["scenarios"])
+    for name, sc in results["scenarios"].items():
+        if isinstance(sc.get("samples"), dict) and "pixels" in sc["samples"]:
+            pixels[name] = np.asarray(sc["samples"]["pixels"], np.uint8)
+            rest = {k: v for k, v in sc["samples"].items() if k != "pixels"}
+            shown["scenarios"][name] = {**sc, "samples": {
+                **rest, "file": f"samples_{name}.npy", "shape": list(pixels[name].shape)}}
+    return shown, pixels
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
 
 
 def _analysed(results: dict):
@@ -321,6 +381,6 @@ def write_analysis_plots(results: dict, workdir: pathlib.Path) -> None:
         plot_bound(run["bound"], workdir / name, title=f"{label}, run {run['run']}")
 
 
-__all__ = ["markdown_report", "accuracy_matrix_figure", "plot_accuracy_matrices",
+__all__ = ["markdown_report", "accuracy_matrix_figure", "plot_accuracy_matrices", "plot_samples",
            "plot_task_curves",
            "plot_stability_plasticity", "write_analysis_plots", "write_outputs"]

@@ -45,6 +45,7 @@ into calls or on which other runs share the vmapped program. Evaluation has its 
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
@@ -330,9 +331,9 @@ class Method(NamedTuple):
     K-FAC preconditions inside the backward pass. ``predict`` None means the model's
     ``logits_fn``. ``requires`` names the :class:`cljax.nn.Model` functions the method calls
     beyond the logits (``"features_fn"``, ``"all_heads_fn"``, ``"apply_fn"``), checked on the
-    model the method trains. ``hparam_domains`` maps a hyperparameter to "positive" or
-    "unit_interval" (default "nonnegative"); :func:`cljax.training.run_stream` checks the values
-    given. ``model(base, spec)`` builds the network the method trains from the configured one
+    model the method trains. ``hparam_domains`` maps a hyperparameter to "positive",
+    "unit_interval" or "closed_unit_interval" (default "nonnegative");
+    :func:`cljax.training.run_stream` checks the values given. ``model(base, spec)`` builds the network the method trains from the configured one
     (``spec`` describes the stream under the base model): RGO adds its feature encoding layer,
     HAT its gates, progressive networks their columns; the trainer calls it once per traced
     function, so it must be pure and cheap (build modules, no arrays).
@@ -342,6 +343,10 @@ class Method(NamedTuple):
     :class:`ConfigPlan` of every scenario of the run: a method raises ``ValueError`` there for
     a setting it cannot run (a memory larger than the stream, an optimizer it does not
     support), so the user learns it in a second, not after loading and compiling.
+
+    ``samples(mstate)``, when given, returns examples the method generated after each task
+    (``[T, n, *example]``, in the model's input space): a generative replay's samples, which
+    the experiment shows in the run's outputs (``samples_<scenario>.png``).
     """
 
     name: str
@@ -362,9 +367,10 @@ class Method(NamedTuple):
     model: Callable[[Model, StreamSpec], Model] = base_model
     scenarios: tuple[str, ...] = SCENARIOS
     check: Callable[[ConfigPlan], None] = no_check
+    samples: Callable[[Any], Array] | None = None
 
 
-HPARAM_DOMAINS = ("nonnegative", "positive", "unit_interval")
+HPARAM_DOMAINS = ("nonnegative", "positive", "unit_interval", "closed_unit_interval")
 
 
 def check_hparam(method: "Method", name: str, value: Any, *, label: str | None = None) -> None:
@@ -375,7 +381,8 @@ def check_hparam(method: "Method", name: str, value: Any, *, label: str | None =
     from cljax.validation import check_in_unit_interval, check_nonnegative, check_positive
 
     checks = {"nonnegative": check_nonnegative, "positive": check_positive,
-              "unit_interval": check_in_unit_interval}
+              "unit_interval": check_in_unit_interval,
+              "closed_unit_interval": partial(check_in_unit_interval, closed_left=True)}
     domain = method.hparam_domains.get(name, "nonnegative")
     if domain not in checks:
         raise ValueError(f"method {method.name!r} declares hyperparameter {name!r} with "
