@@ -1,6 +1,7 @@
 import json
 import pathlib
 
+import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
@@ -36,6 +37,23 @@ def test_end_to_end_on_mock_mnist(tmp_path, capsys):
             for seed in (0, 1):
                 run_dir = workdir / "tensorboard" / scenario / f"seed{seed}"
                 assert any(run_dir.glob("events.out.tfevents.*")), run_dir
+
+
+def test_a_generative_method_shows_its_samples_after_each_task(tmp_path):
+    workdir = tmp_path / "run"
+    with tfds.testing.mock_data(num_examples=100):
+        code = cli.main(["run", "experiments/configs/split_mnist.py", "--method", "dgr",
+                         "--steps", "3", "--scenarios", "class", "--workdir", str(workdir),
+                         "--no-progress", "--no-tensorboard", "--set", "model.widths=[16]",
+                         "--set", "eval_chunk=64", "--set",
+                         "method_options={'widths': [8], 'latent': 2, 'sample_count': 3}"])
+    assert code == 0
+    saved = json.loads((workdir / "results.json").read_text())["scenarios"]["class"]["samples"]
+    assert saved == {"run": 0, "file": "samples_class.npy", "shape": [5, 3, 28, 28, 1]}
+    pixels = np.load(workdir / "samples_class.npy")
+    assert pixels.dtype == np.uint8 and pixels.shape == (5, 3, 28, 28, 1)
+    assert len(np.unique(pixels)) > 10          # a decoder's grey levels, not a blank grid
+    assert (workdir / "samples_class.png").stat().st_size > 0
 
 
 def test_overrides_and_config_validation():

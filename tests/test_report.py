@@ -187,3 +187,27 @@ def test_symlog_ticks():
     assert math.log10(t["linthresh"]) == round(math.log10(t["linthresh"]))
     assert not set(t["major"]) & set(t["minor"])
     assert plots.symlog_ticks([0.0, 0.0])["linthresh"] is None
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 5, 4), (3, 2, 5, 4, 1), (3, 2, 5, 4, 3)])
+def test_generated_samples_go_to_npy_and_png_not_into_results_json(tmp_path, shape):
+    results = synthetic_results(("class",), tasks=3)
+    pixels = np.random.default_rng(0).integers(0, 256, size=shape).astype(np.uint8)
+    results["scenarios"]["class"]["samples"] = {"run": 1, "pixels": pixels}
+    out = report.write_outputs(results, tmp_path)
+    saved = _strict_loads((out / "results.json").read_text())["scenarios"]["class"]["samples"]
+    assert saved == {"run": 1, "file": "samples_class.npy", "shape": list(shape)}
+    np.testing.assert_array_equal(np.load(out / "samples_class.npy"), pixels)
+    assert (out / "samples_class.png").stat().st_size > 0
+    assert "pixels" in results["scenarios"]["class"]["samples"]    # the caller's dict untouched
+    # a finished scenario read back from its result.json holds nested lists: the same files
+    results["scenarios"]["class"]["samples"]["pixels"] = pixels.tolist()
+    report.write_outputs(results, tmp_path / "again")
+    np.testing.assert_array_equal(np.load(tmp_path / "again" / "samples_class.npy"), pixels)
+
+
+def test_plot_samples_refuses_what_is_not_an_image_grid(tmp_path):
+    with pytest.raises(ValueError, match=r"pixels must be \[T\]\[n\]\[H\]\[W\]"):
+        report.plot_samples(np.zeros((3, 2, 1024), np.uint8), tmp_path / "x.png")
+    with pytest.raises(ValueError, match="pixels must be"):
+        report.plot_samples(np.zeros((3, 2, 4, 4, 2), np.uint8), tmp_path / "x.png")
