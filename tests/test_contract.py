@@ -184,6 +184,8 @@ ROWS = [
     Row("dgr", "dgr", "generative", DGR_TINY, off=DGR_OFF, sweep=("replay_weight", 0.5)),
     Row("dgr_distill", "dgr_distill", "generative", DGR_TINY, {"temperature": 2.0},
         off=DGR_OFF, sweep=("temperature", 1.0)),
+    Row("bir", "bir", "generative", {"latent": 3, "replay_batch_size": 5, "sample_count": 2},
+        scenarios=("class", "task", "domain"), sweep=("replay_weight", 0.5)),
 ]
 BY_ID = {row.id: row for row in ROWS}
 

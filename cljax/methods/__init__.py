@@ -18,6 +18,7 @@ from cljax.methods.hat import hat
 from cljax.methods.packnet import packnet
 from cljax.methods.vcl import vcl
 from cljax.methods.generative_replay import dgr
+from cljax.methods.bir import bir
 
 METHODS = {
     "packnet": packnet,
@@ -25,7 +26,7 @@ METHODS = {
     "si": si, "mas": mas, "l2": l2, "kfac_ewc": kfac_ewc, "ncl": ncl, "ncl_kfac": ncl_kfac,
     "er": er, "agem": agem, "gem": gem, "lwf": lwf, "derpp": derpp, "icarl": icarl,
     "rgo": rgo, "rgo2": rgo2, "gpm": gpm, "ogd": ogd, "pnn": pnn, "hat": hat, "vcl": vcl,
-    "dgr": dgr, "dgr_distill": lambda **options: dgr(distill=True, **options),
+    "dgr": dgr, "dgr_distill": lambda **options: dgr(distill=True, **options), "bir": bir,
 }
 
 
@@ -46,4 +47,4 @@ __all__ = ["Method", "StreamSpec", "Clock", "BatchContext", "LossContext", "Step
            "get_hparam", "none", "joint", "ewc",
            "online_ewc", "si", "mas", "l2", "kfac_ewc", "ncl", "ncl_kfac", "er", "agem", "gem",
            "lwf", "derpp", "icarl", "rgo", "rgo2", "gpm", "ogd", "pnn", "hat", "packnet", "vcl",
-           "dgr", "check_hparams"]
+           "dgr", "bir", "check_hparams"]

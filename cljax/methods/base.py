@@ -333,9 +333,9 @@ class Method(NamedTuple):
     beyond the logits (``"features_fn"``, ``"all_heads_fn"``, ``"apply_fn"``), checked on the
     model the method trains. ``hparam_domains`` maps a hyperparameter to "positive",
     "unit_interval" or "closed_unit_interval" (default "nonnegative");
-    :func:`cljax.training.run_stream` checks the values given. ``model(base, spec)`` builds the network the method trains from the configured one
-    (``spec`` describes the stream under the base model): RGO adds its feature encoding layer,
-    HAT its gates, progressive networks their columns; the trainer calls it once per traced
+    :func:`cljax.training.run_stream` checks the values given. ``model(base, spec)`` builds the
+    network the method trains from the configured one (``spec`` describes the stream under the
+    base model): RGO adds its feature encoding layer, HAT its gates, progressive networks their columns; the trainer calls it once per traced
     function, so it must be pure and cheap (build modules, no arrays).
 
     Before any data is loaded the config check (:func:`cljax.experiment.validate_config`)

@@ -97,6 +97,12 @@ def gaussian_kl_standard(mean: Array, log_var: Array) -> Array:
     return 0.5 * jnp.sum(jnp.exp(log_var) + jnp.square(mean) - 1.0 - log_var, axis=-1)
 
 
+def log_normal_diag(z: Array, mean: Array, log_var: Array) -> Array:
+    """log N(z; mean, diag(exp(log_var))) summed over the last axis (with its −½ log 2π)."""
+    return -0.5 * jnp.sum(jnp.log(2 * jnp.pi) + log_var
+                          + jnp.square(z - mean) * jnp.exp(-log_var), axis=-1)
+
+
 def reconstruction_nll(out: Array, x: Array, likelihood: str) -> Array:
     """−log p(x | z) per row, summed over the D features (Gaussian: without its constant):
     Bernoulli with logits ``out`` (the binary cross-entropy, softplus(l) − x·l, for x in [0, 1]),
@@ -133,5 +139,5 @@ def generate(vae: VAE, params: Params, key: PRNGKey, n: int, *,
     return jax.nn.sigmoid(out) if likelihood == "bernoulli" else out
 
 
-__all__ = ["VAE", "LIKELIHOODS", "make_vae", "init_vae", "gaussian_kl_standard",
+__all__ = ["VAE", "LIKELIHOODS", "make_vae", "init_vae", "gaussian_kl_standard", "log_normal_diag",
            "reconstruction_nll", "negative_elbo", "generate"]

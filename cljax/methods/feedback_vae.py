@@ -1,0 +1,133 @@
+"""The network of brain-inspired replay (van de Ven, Siegelmann & Tolias 2020, Nature
+Communications; code GMvandeVen/continual-learning, ``models/cond_vae.py``): one network that is
+both the classifier and the generator ("replay through feedback").
+
+    encoder   x (D) → widths… (ReLU) → h                       the classifier's hidden layers
+    classifier h → num_heads · num_outputs logits              (the configured output layer)
+    to_z      h → μ, log σ² (latent; no bias on log σ², as theirs)
+    decoder   z → reversed(widths)… (ReLU, gated) → x̂ (D, linear: Gaussian likelihood)
+    prior     a Gaussian mode per class: means and log-variances ``[num_modes, latent]``,
+              trained with everything else (both initialised N(0, 1), as theirs)
+
+**Gating based on internal context**: each hidden layer of the decoder multiplies its
+pre-activations by ``gate = g @ M``, where ``M`` (``[gate_rows, width]``) is a fixed random 0/1
+mask whose entries are 0 with probability ``gate_prop`` and ``g`` is a one-hot class or task (or
+a probability vector over them); the output layer is not gated. The masks are drawn from
+``gate_seed`` when the module is built (constants, not parameters). ``gate_rows`` 0: no gates.
+
+Classification (``__call__``, the model's logits) reads the deterministic hidden layer h — no
+sampling, no decoder — so evaluation is the configured MLP's.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from cljax.nn.heads import head_output
+from cljax.types import Array
+
+
+def gate_masks(widths: Sequence[int], rows: int, prop: float, seed: int) -> list[np.ndarray]:
+    """The decoder's fixed 0/1 masks, one ``[rows, width]`` per hidden layer of the decoder
+    (``reversed(widths)``), each entry 0 with probability ``prop`` (their
+    ``fc_layer_fixed_gates``); ``[]`` when ``rows`` is 0."""
+    if not rows:
+        return []
+    rng = np.random.default_rng(seed)
+    return [(rng.uniform(size=(rows, w)) >= prop).astype(np.float32)
+            for w in reversed(tuple(widths))]
+
+
+class FeedbackVAE(nn.Module):
+    """The module docstring's network. ``encode(x)`` → (logits ``[B, H·C]``, μ, log σ²);
+    ``decode(z, gate)`` → x̂ ``[B, D]`` (``gate`` ``[B, gate_rows]`` or None without gates)."""
+
+    widths: Sequence[int]
+    num_outputs: int
+    num_heads: int
+    data_dim: int
+    num_modes: int
+    latent: int = 100
+    gate_rows: int = 0
+    gate_prop: float = 0.0
+    gate_seed: int = 0
+
+    def __post_init__(self):
+        for name in ("num_outputs", "num_heads", "data_dim", "num_modes", "latent"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"FeedbackVAE {name} must be a positive int; got {v!r}")
+        if not self.widths or any(not isinstance(w, int) or isinstance(w, bool) or w < 1
+                                  for w in self.widths):
+            raise ValueError(f"FeedbackVAE widths must be a non-empty list of positive ints; "
+                             f"got {list(self.widths)}")
+        if not (isinstance(self.gate_prop, (int, float)) and 0 <= self.gate_prop < 1):
+            raise ValueError(f"FeedbackVAE gate_prop must lie in [0, 1); got {self.gate_prop!r}")
+        if not isinstance(self.gate_rows, int) or self.gate_rows < 0:
+            raise ValueError(f"FeedbackVAE gate_rows must be an int >= 0; got "
+                             f"{self.gate_rows!r}")
+        super().__post_init__()
+
+    def setup(self):
+        self.encoder = [nn.Dense(w) for w in self.widths]
+        self.classifier = nn.Dense(self.num_heads * self.num_outputs)
+        self.to_mean = nn.Dense(self.latent)
+        self.to_log_var = nn.Dense(self.latent, use_bias=False)
+        self.decoder = [nn.Dense(w) for w in reversed(tuple(self.widths))]
+        self.to_data = nn.Dense(self.data_dim)
+        normal = nn.initializers.normal(1.0)
+        self.mode_means = self.param("mode_means", normal, (self.num_modes, self.latent))
+        self.mode_log_vars = self.param("mode_log_vars", normal, (self.num_modes, self.latent))
+
+    def _hidden(self, x: Array) -> Array:
+        h = x.reshape(x.shape[0], -1)
+        for layer in self.encoder:
+            h = nn.relu(layer(h))
+        return h
+
+    def __call__(self, x, task=None, *, train: bool = False, output: str = "logits"):
+        del train
+        h = self._hidden(x)
+        if self.is_initializing():        # create the generator's parameters too
+            self.decode(self.to_mean(h) + self.to_log_var(h),
+                        jnp.ones((h.shape[0], self.gate_rows)) if self.gate_rows else None)
+            _ = self.mode_means, self.mode_log_vars
+        if output == "features":
+            return h
+        return head_output(self.classifier(h), task, self.num_heads, output)
+
+    def encode(self, x: Array) -> tuple[Array, Array, Array]:
+        h = self._hidden(x)
+        return self.classifier(h), self.to_mean(h), self.to_log_var(h)
+
+    def decode(self, z: Array, gate: Array | None) -> Array:
+        masks = gate_masks(self.widths, self.gate_rows, self.gate_prop, self.gate_seed)
+        h = z
+        for i, layer in enumerate(self.decoder):
+            a = layer(h)
+            if masks:
+                a = a * (gate @ jnp.asarray(masks[i]))
+            h = nn.relu(a)
+        return self.to_data(h)
+
+    def modes(self) -> tuple[Array, Array]:
+        """The prior's ``(means, log_vars)``, ``[num_modes, latent]`` each."""
+        return self.mode_means, self.mode_log_vars
+
+
+def feedback_vae(widths: Sequence[int], *, num_outputs: int, num_heads: int,
+                 example_shape: Sequence[int], latent: int = 100, gate_rows: int = 0,
+                 gate_prop: float = 0.0, gate_seed: int = 0) -> FeedbackVAE:
+    """A :class:`FeedbackVAE` with a prior mode per output unit (``num_heads · num_outputs``:
+    the classes of Task- and Class-IL, the shared labels of Domain-IL) on examples of
+    ``example_shape`` (flattened)."""
+    return FeedbackVAE(tuple(widths), num_outputs, num_heads,
+                       int(math.prod(example_shape)), num_heads * num_outputs, latent,
+                       gate_rows, gate_prop, gate_seed)
+
+
+__all__ = ["FeedbackVAE", "feedback_vae", "gate_masks"]
