@@ -31,7 +31,9 @@ The contracts, for every row:
 * ``test_four_devices_equal_one`` — in one subprocess with 4 forced host devices,
   ``run_stream(devices=4)`` equals the one-device ``runs="vmap"`` runs to rounding;
 * ``test_prediction_is_per_example`` — for a method with a ``predict`` hook, predicting a batch
-  that mixes tasks equals predicting each task's examples alone, row for row.
+  that mixes tasks equals predicting each task's examples alone, row for row;
+* ``test_samples_hold_a_row_per_finished_task`` — for a method with a ``samples`` hook, the
+  generated examples are ``[T, n, *example]``, finite, and written for every finished task.
 
 One cached reference run per row (:func:`reference`, ``functools.lru_cache`` keyed by the row's
 id) serves the finite, compilation, prediction, vmap, resume and host contracts; one cached
@@ -624,6 +626,21 @@ def test_prediction_is_per_example(row_id):
         where = np.argsort(order)[tasks == t]                   # those rows in the mixed batch
         np.testing.assert_allclose(mixed[where], alone, rtol=1e-5, atol=1e-6,
                                    err_msg=f"{row_id}: task {t}")
+
+
+@pytest.mark.parametrize("row_id", _rows(when=lambda row: row.build_method().samples is not None))
+def test_samples_hold_a_row_per_finished_task(row_id):
+    """``samples(mstate)`` of the reference run's final state: ``[T, n, *example]``, finite,
+    every task's row written at its end (none left at the zeros they start from)."""
+    row = BY_ID[row_id]
+    method, trainer, data = build(row)
+    mstate = jax.tree.map(lambda x: x[0], reference(row_id).result.final_state.mstate)
+    _, spec = trainer.model_and_spec(data)
+    samples = np.asarray(method.samples(mstate))
+    assert samples.shape[:1] == (spec.num_tasks,)
+    assert samples.shape[2:] == tuple(spec.example_shape), samples.shape
+    assert np.all(np.isfinite(samples))
+    assert all(np.any(samples[t] != 0) for t in range(spec.num_tasks)), row_id
 
 
 def main(ids):
