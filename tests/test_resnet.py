@@ -74,6 +74,7 @@ def _check_trains(model, image, compare_single):
         np.testing.assert_allclose(one_losses, losses[1], rtol=1e-2, atol=1e-3)
 
 
+@pytest.mark.slow     # ≈ 7 s cold; the structure and batch-statistics tests run by default
 def test_trains_under_jit_and_vmap():
     """A two-stage ResNet18 (stem, a block, a strided block with projection shortcut)."""
     _check_trains(as_model(ResNet18(3, num_heads=2, nf=4, num_blocks=(1, 1))), 8, False)

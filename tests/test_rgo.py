@@ -63,6 +63,7 @@ def test_no_past_task_is_plain_sgd_and_fused_equals_transform():
     np.testing.assert_allclose(rows["Dense_0"][:4], x.mean(0), rtol=1e-6)  # the mean rows
 
 
+@pytest.mark.slow     # ≈ 8 s cold; RGO's contract rows and goldens run by default
 def test_two_task_regression_forgets_far_less_than_sgd():
     """Two linear regressions whose (nonnegative, like pixels or ReLU features) inputs scatter
     around different means: RGO's projection, built from per-step mean inputs, keeps task 1's
