@@ -610,11 +610,12 @@ def summarise_scenario(cfg: dict, setup: ScenarioSetup, plan: SweepPlan, res: St
     if cfg["sweep"]:
         entry["best_hparams"] = points[best]["hparams"]
         entry["sweep"] = points
-    if setup.method.samples is not None:
-        kept = [g * S + s for g in [best] for s in range(S) if res.diverged[g * S + s, 0] < 0]
-        shown = generated_samples(setup, res.final_state, kept[0] if kept else best * S)
+    if setup.method.samples is not None:     # the reported point's first finite run
+        finite = [r for r in range(best * S, best * S + S) if res.diverged[r, 0] < 0]
+        run = finite[0] if finite else best * S
+        shown = generated_samples(setup, res.final_state, run)
         if shown is not None:
-            entry["samples"] = {"run": kept[0] if kept else best * S, "pixels": shown}
+            entry["samples"] = {"run": run, "pixels": shown}
     if cfg["analysis"] == "flatness":
         entry["analysis"] = flatness_analysis(setup.model, setup.data, res.task_params,
                                               runs=range(best * S, best * S + S),
@@ -625,9 +626,9 @@ def summarise_scenario(cfg: dict, setup: ScenarioSetup, plan: SweepPlan, res: St
 
 def generated_samples(setup: ScenarioSetup, state: Any, run: int) -> np.ndarray | None:
     """Run ``run``'s samples of ``Method.samples`` as display pixels (``uint8 [T, n, H, W(, C)]``:
-    the model's input space mapped back through the stream's
-    normalisation, ×255, rounded and clipped to [0, 255] for display), or None when the stream's
-    examples are not images (features) or the method generates none."""
+    the model's input space mapped back through the stream's normalisation, ×255, rounded and
+    clipped to [0, 255] for display), or None when the stream's examples are not images
+    (features) or the method generates none."""
     if setup.method.samples is None:
         return None
     x = np.asarray(jax.device_get(setup.method.samples(

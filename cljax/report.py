@@ -170,7 +170,7 @@ def accuracy_matrix_figure(results: dict):
 
 def plot_samples(pixels, path: str | os.PathLike, *, title: str = "") -> None:
     """samples_<scenario>.png: a grid of generated examples, a row per task (``pixels``:
-    ``uint8`` values ``[T][n][H][W]`` or ``[T][n][H][W][C]``, as in ``results.json``)."""
+    ``uint8`` values ``[T][n][H][W]`` or ``[T][n][H][W][C]``, as in samples_<scenario>.npy)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -333,6 +333,9 @@ def write_outputs(results: dict, workdir: str | os.PathLike) -> pathlib.Path:
 def _without_pixels(results: dict) -> tuple[dict, dict]:
     """``results`` with each scenario's ``samples.pixels`` replaced by the name of the ``.npy``
     file that holds them, and ``{scenario: pixels}`` (``uint8`` arrays)."""
+    if "regimes" in results:      # each regime's pixels go to its own sub-directory
+        return {**results, "regimes": {k: _without_pixels(sub)[0]
+                                       for k, sub in results["regimes"].items()}}, {}
     if "scenarios" not in results:
         return results, {}
     shown, pixels = dict(results), {}

@@ -211,3 +211,14 @@ def test_plot_samples_refuses_what_is_not_an_image_grid(tmp_path):
         report.plot_samples(np.zeros((3, 2, 1024), np.uint8), tmp_path / "x.png")
     with pytest.raises(ValueError, match="pixels must be"):
         report.plot_samples(np.zeros((3, 2, 4, 4, 2), np.uint8), tmp_path / "x.png")
+
+
+def test_samples_of_regimes_go_to_each_regimes_directory(tmp_path):
+    sub = synthetic_results(("class",), tasks=3)
+    pixels = np.full((3, 2, 4, 4), 7, np.uint8)
+    sub["scenarios"]["class"]["samples"] = {"run": 0, "pixels": pixels}
+    results = {"config": sub["config"], "regimes": {"naive": sub}}
+    out = report.write_outputs(results, tmp_path)
+    top = _strict_loads((out / "results.json").read_text())
+    assert top["regimes"]["naive"]["scenarios"]["class"]["samples"]["file"] == "samples_class.npy"
+    np.testing.assert_array_equal(np.load(out / "naive" / "samples_class.npy"), pixels)
