@@ -18,18 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 from cljax.data import ArrayDataset, load_stream, make_scenario, split_tasks
-from cljax.methods import get_method
 from cljax.nn import MLP, as_model
-from cljax.training import make_trainer, prepare_data
+from cljax.training import prepare_data
+from fit_timing import compiled_fits, median_step_seconds
 
 
 def _cifar_like_stream():
@@ -37,7 +33,7 @@ def _cifar_like_stream():
 
     def part(n):
         return ArrayDataset(rng.normal(size=(n, 1024)).astype(np.float32),
-                            np.repeat(np.arange(20), n // 20).astype(np.int32))
+                            np.repeat(np.arange(20), n // 20).astype(np.int32), 20)
 
     return split_tasks(part(2000), part(400), tasks=[list(range(10)), list(range(10, 20))])
 
@@ -69,26 +65,13 @@ def main() -> None:
         sc = make_scenario(stream, "class")
         model = as_model(MLP(p["widths"], sc.num_outputs, num_heads=sc.num_heads))
         data = prepare_data(stream, sc)
-        fits = {}
-        for case, (method_name, opts) in p["cases"].items():
-            method = get_method(method_name, **opts)
-            tr = make_trainer(model, method, optimizer=optax.adam(1e-3), batch_size=p["batch"])
-            state = tr.init(jax.random.key(0), dict(method.default_hparams), data)
-            fit = jax.jit(tr.fit, static_argnums=3)
-            jax.block_until_ready(fit(state, data, jnp.asarray(1), args.steps))
-            fits[case] = (fit, state)
-        times = {case: [] for case in fits}
-        for _ in range(args.rounds):
-            for case, (fit, state) in fits.items():
-                t0 = time.perf_counter()
-                jax.block_until_ready(fit(state, data, jnp.asarray(1), args.steps))
-                times[case].append((time.perf_counter() - t0) / args.steps)
-        base = statistics.median(times["none"])
-        for case, t in times.items():
+        fits = compiled_fits(p["cases"], model, data, p["batch"], task=1, steps=args.steps)
+        seconds = median_step_seconds(fits, data, task=1, steps=args.steps, rounds=args.rounds)
+        base = seconds["none"]
+        for case, t in seconds.items():
             print(json.dumps({"bench": "generative_step", "protocol": name, "case": case,
                               "batch": p["batch"], "widths": list(p["widths"]),
-                              "ms_per_step": round(1e3 * statistics.median(t), 3),
-                              "vs_adam": round(statistics.median(t) / base, 2),
+                              "ms_per_step": round(1e3 * t, 3), "vs_adam": round(t / base, 2),
                               "rounds": args.rounds, "steps": args.steps,
                               "backend": jax.default_backend()}), flush=True)
 
