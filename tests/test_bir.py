@@ -95,8 +95,7 @@ def test_loss_equals_a_per_example_computation(scenario):
     np.testing.assert_allclose(aux["current_loss"], current, rtol=2e-5)
     # replayed data: the previous network's inputs and soft targets, the soft gate / its task
     k_gen, k_pass = jax.random.split(k_rep)
-    xr, _, task = generated_inputs(module, state.previous_params, k_gen, 7, jnp.int32(2), spec,
-                                   method_options(method))
+    xr, _, task = generated_inputs(module, state.previous_params, k_gen, 7, jnp.int32(2), spec)
     teacher = np.asarray(module.apply({"params": state.previous_params}, xr.reshape(7, -1),
                                       method="encode")[0], np.float64).reshape(7, H, C)
     heads = np.asarray(task) if H > 1 else np.zeros(7, int)
@@ -127,17 +126,12 @@ def test_loss_equals_a_per_example_computation(scenario):
     np.testing.assert_allclose(total, (1 - r) * current + r * replay, rtol=2e-5)
 
 
-def method_options(method):
-    """The Options a built method closes over (its loss partial's first argument)."""
-    return method.loss.args[0]
-
-
 @pytest.mark.parametrize("scenario", ["class", "task", "domain"])
 def test_generated_inputs_come_from_the_previous_classes_and_their_gates(scenario):
     spec, method, model, batch, params, state, hparams = _setup(scenario)
-    module, o = model.module, method_options(method)
+    module = model.module
     key = jax.random.key(5)
-    x, mode, task = generated_inputs(module, params, key, 40, jnp.int32(2), spec, o)
+    x, mode, task = generated_inputs(module, params, key, 40, jnp.int32(2), spec)
     mode, task = np.asarray(mode), np.asarray(task)
     if scenario == "class":        # uniform over the 4 classes of the 2 tasks learned
         assert set(mode) == {0, 1, 2, 3} and set(task) == {0}
@@ -169,7 +163,7 @@ def test_networks_per_scenario_and_the_task_boundary():
     assert opt == "opt" and isinstance(s, BIRState) and int(s.count) == 3
     jax.tree.map(np.testing.assert_array_equal, s.previous_params, trained)
     want, _, _ = generated_inputs(model.module, trained, jax.random.key(0), 2, jnp.int32(3),
-                                  spec, method_options(method))
+                                  spec)
     np.testing.assert_allclose(s.samples[2], want, rtol=1e-6)
     np.testing.assert_array_equal(s.samples[0], state.samples[0])
 
@@ -177,9 +171,16 @@ def test_networks_per_scenario_and_the_task_boundary():
 def test_defaults_and_errors():
     m = get_method("bir")
     assert m.default_hparams == {"replay_weight": 1.0, "temperature": 2.0}
-    assert method_options(m).gate_prop == GATE_PROP_CIFAR100
-    assert method_options(get_method("bir", gate_prop=0.2)).gate_prop == {
-        "task": 0.2, "domain": 0.2, "class": 0.2}
+
+    def gates(method, scenario):
+        heads, outputs = LAYOUT[scenario]
+        spec = StreamSpec(SHAPE, jnp.float32, T, K, outputs, heads, jnp.zeros((T, K), jnp.int32))
+        module = method.model(as_model(MLP((8,), outputs, num_heads=heads)), spec).module
+        return module.gate_rows, module.gate_prop
+
+    for scenario, rows in (("task", 0), ("domain", T), ("class", 6)):      # their CIFAR values
+        assert gates(m, scenario) == (rows, GATE_PROP_CIFAR100[scenario])
+    assert gates(get_method("bir", gate_prop=0.2), "task") == (6, 0.2)
     with pytest.raises(ValueError, match="gate_prop"):
         get_method("bir", gate_prop={"class": 0.5})
     with pytest.raises(ValueError, match=r"gate_prop\['class'\]"):

@@ -79,21 +79,24 @@ def scenario_of(spec: StreamSpec) -> str:
     return spec.scenario or "class"
 
 
-def _gates(o: Options, spec: StreamSpec) -> tuple[str, int, float]:
-    """(kind, rows, prop): gates by "context" (Domain-IL) or "class", rows 0 when off."""
-    scenario = scenario_of(spec)
-    prop = float(o.gate_prop[scenario])
-    kind = "context" if scenario == "domain" else "class"
-    rows = 0 if prop == 0 else (spec.num_tasks if kind == "context"
+def gate_kind(spec: StreamSpec) -> str:
+    """What the decoder's gates read: the task ("context", Domain-IL) or the class."""
+    return "context" if scenario_of(spec) == "domain" else "class"
+
+
+def _gates(o: Options, spec: StreamSpec) -> tuple[int, float]:
+    """(rows, prop) of the decoder's gates in ``spec``'s scenario; rows 0 when off."""
+    prop = float(o.gate_prop[scenario_of(spec)])
+    rows = 0 if prop == 0 else (spec.num_tasks if gate_kind(spec) == "context"
                                 else spec.num_heads * spec.num_outputs)
-    return kind, rows, prop
+    return rows, prop
 
 
 def _model(o: Options, base: Model, spec: StreamSpec) -> Model:
     if not isinstance(base.module, MLP):
         raise ValueError("BI-R builds its network from the configured MLP (model kind 'mlp': "
                          f"its widths are the encoder's); got {type(base.module).__name__}")
-    _, rows, prop = _gates(o, spec)
+    rows, prop = _gates(o, spec)
     return as_model(feedback_vae(base.module.widths, num_outputs=spec.num_outputs,
                                  num_heads=spec.num_heads, example_shape=spec.example_shape,
                                  latent=o.latent, gate_rows=rows, gate_prop=prop,
@@ -121,12 +124,13 @@ def _pass(module, params, x, key, gate):
     return heads, reconstruction_nll(recon, flat, "gaussian"), z, mean, log_var
 
 
-def generated_inputs(module, params, key, n: int, count: Array, spec: StreamSpec,
-                     o: Options) -> tuple[Array, Array, Array]:
-    """``n`` inputs decoded by ``params``'s generator for the ``count`` tasks it has learned
-    (module docstring): ``(x [n, *example], mode [n], task [n])`` — the task each input was
-    generated for (Task-IL: its head; Domain-IL: its gate; Class-IL: 0)."""
-    kind, rows, _ = _gates(o, spec)
+def generated_inputs(module, params, key, n: int, count: Array, spec: StreamSpec
+                     ) -> tuple[Array, Array, Array]:
+    """``n`` inputs decoded by the :class:`FeedbackVAE` ``module`` with ``params`` for the
+    ``count`` tasks it has learned (module docstring): ``(x [n, *example], mode [n], task [n])``
+    — the task each input was generated for (Task-IL: its head; Domain-IL: its gate;
+    Class-IL: 0)."""
+    kind, rows = gate_kind(spec), module.gate_rows
     k_mode, k_task, k_z = jax.random.split(key, 3)
     seen = jnp.maximum(count, 1)
     C = spec.num_outputs
@@ -147,8 +151,8 @@ def generated_inputs(module, params, key, n: int, count: Array, spec: StreamSpec
     return x.reshape((n,) + tuple(spec.example_shape)), mode, task
 
 
-def _current_loss(module, params, b: Batch, key, spec: StreamSpec, o: Options) -> Array:
-    kind, rows, _ = _gates(o, spec)
+def _current_loss(module, params, b: Batch, key, spec: StreamSpec) -> Array:
+    kind, rows = gate_kind(spec), module.gate_rows
     C = spec.num_outputs
     mode = (b["task"] * C + b["y"]) if spec.num_heads > 1 else b["y"]
     gate = _one_hot_gate(b["task"] if kind == "context" else mode, rows)
@@ -161,11 +165,11 @@ def _current_loss(module, params, b: Batch, key, spec: StreamSpec, o: Options) -
     return jnp.mean((recon + kl) / module.data_dim + ce)
 
 
-def _replay_loss(module, params, s: BIRState, key, n: int, spec: StreamSpec, o: Options,
+def _replay_loss(module, params, s: BIRState, key, n: int, spec: StreamSpec,
                  temperature: Array) -> Array:
-    kind, rows, _ = _gates(o, spec)
+    kind, rows = gate_kind(spec), module.gate_rows
     k_gen, k_pass = jax.random.split(key)
-    x, _, task = generated_inputs(module, s.previous_params, k_gen, n, s.count, spec, o)
+    x, _, task = generated_inputs(module, s.previous_params, k_gen, n, s.count, spec)
     x = jax.lax.stop_gradient(x)
     H, C = spec.num_heads, spec.num_outputs
     head = task if H > 1 else jnp.zeros((n,), jnp.int32)
@@ -194,9 +198,9 @@ def _replay_loss(module, params, s: BIRState, key, n: int, spec: StreamSpec, o: 
 def _loss(o: Options, params, b: Batch, s: BIRState, ctx: LossContext):
     module = ctx.model.module
     k_cur, k_rep = jax.random.split(ctx.key)
-    current = _current_loss(module, params, b, k_cur, ctx.spec, o)
+    current = _current_loss(module, params, b, k_cur, ctx.spec)
     replay = _replay_loss(module, params, s, k_rep, o.replay_batch_size or b["y"].shape[0],
-                          ctx.spec, o, get_hparam(ctx.hparams, "temperature", "bir"))
+                          ctx.spec, get_hparam(ctx.hparams, "temperature", "bir"))
     r = replay_share(ctx.hparams, s.count, "bir")
     return (1.0 - r) * current + r * replay, {"current_loss": current, "replay_loss": replay}
 
@@ -206,7 +210,7 @@ def _end_task(o: Options, ctx: BoundaryContext):
     s: BIRState = ctx.mstate
     count = s.count + 1
     drawn, _, _ = generated_inputs(ctx.model.module, ctx.params, jax.random.key(0),
-                                   o.sample_count, count, ctx.spec, o)
+                                   o.sample_count, count, ctx.spec)
     return ctx.keep_params(BIRState(ctx.params, count, s.samples.at[ctx.task].set(drawn)))
 
 
@@ -253,4 +257,5 @@ def bir(*, latent: int = 100, gate_prop: Any = None, gate_seed: int = 0,
                                   "temperature": "positive"})
 
 
-__all__ = ["bir", "BIRState", "GATE_PROP_CIFAR100", "generated_inputs", "scenario_of"]
+__all__ = ["bir", "BIRState", "GATE_PROP_CIFAR100", "generated_inputs", "scenario_of",
+           "gate_kind"]
