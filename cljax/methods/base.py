@@ -335,8 +335,9 @@ class Method(NamedTuple):
     "unit_interval" or "closed_unit_interval" (default "nonnegative");
     :func:`cljax.training.run_stream` checks the values given. ``model(base, spec)`` builds the
     network the method trains from the configured one (``spec`` describes the stream under the
-    base model): RGO adds its feature encoding layer, HAT its gates, progressive networks their columns; the trainer calls it once per traced
-    function, so it must be pure and cheap (build modules, no arrays).
+    base model): RGO adds its feature encoding layer, HAT its gates, progressive networks their
+    columns, BI-R its decoder; the trainer calls it once per traced function, so it must be pure
+    and cheap (build modules, no arrays).
 
     Before any data is loaded the config check (:func:`cljax.experiment.validate_config`)
     refuses a scenario not in ``scenarios`` and calls ``check(plan)`` with a
