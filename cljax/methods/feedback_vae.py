@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from cljax.methods.vae import check_widths
 from cljax.nn.heads import head_output
 from cljax.types import Array
 
@@ -61,10 +62,7 @@ class FeedbackVAE(nn.Module):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"FeedbackVAE {name} must be a positive int; got {v!r}")
-        if not self.widths or any(not isinstance(w, int) or isinstance(w, bool) or w < 1
-                                  for w in self.widths):
-            raise ValueError(f"FeedbackVAE widths must be a non-empty list of positive ints; "
-                             f"got {list(self.widths)}")
+        check_widths(self.widths, "FeedbackVAE")
         if not (isinstance(self.gate_prop, (int, float)) and 0 <= self.gate_prop < 1):
             raise ValueError(f"FeedbackVAE gate_prop must lie in [0, 1); got {self.gate_prop!r}")
         if not isinstance(self.gate_rows, int) or self.gate_rows < 0:

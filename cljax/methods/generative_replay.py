@@ -36,7 +36,8 @@ import optax
 from cljax.methods.base import (BoundaryContext, LossContext, Method, StepInfo, StreamSpec,
                                 cross_entropy, get_hparam)
 from cljax.methods.rehearsal import soft_cross_entropy
-from cljax.methods.vae import LIKELIHOODS, generate, init_vae, make_vae, negative_elbo
+from cljax.methods.vae import (LIKELIHOODS, check_widths, generate, init_vae, make_vae,
+                               negative_elbo)
 from cljax.types import Array, Batch, Params
 from cljax.validation import check_positive, check_positive_int
 
@@ -99,6 +100,11 @@ def replay_loss(new_heads: Array, old_heads: Array, count: Array, *, targets: st
     against the previous model's ``old_heads`` — hard labels (CE to the argmax) or soft targets
     (:func:`cljax.methods.rehearsal.soft_cross_entropy` at ``temperature``) — the mean over the
     ``count`` previous heads when H > 1 (Task-IL), the one head otherwise."""
+    if targets not in ("hard", "soft"):
+        raise ValueError(f"targets must be 'hard' or 'soft'; got {targets!r}")
+    if new_heads.shape != old_heads.shape or new_heads.ndim != 3:
+        raise ValueError(f"new_heads and old_heads must both be [B, H, C]; got "
+                         f"{new_heads.shape} and {old_heads.shape}")
     if targets == "hard":
         labels = jnp.argmax(old_heads, axis=-1)
         per_head = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(new_heads, labels),
@@ -173,10 +179,7 @@ def _check_options(o: Options) -> None:
         check_positive_int(o.replay_batch_size, name="replay_batch_size")
     check_positive_int(o.latent, name="latent")
     check_positive_int(o.sample_count, name="sample_count")
-    if not o.widths or any(not isinstance(w, int) or isinstance(w, bool) or w < 1
-                           for w in o.widths):
-        raise ValueError(f"widths must be a non-empty list of positive ints; got "
-                         f"{list(o.widths)}")
+    check_widths(o.widths, "dgr")
     check_positive(o.learning_rate, name="learning_rate")
     for b in ("b1", "b2"):
         v = getattr(o, b)

@@ -32,6 +32,13 @@ from cljax.types import Array, Params, PRNGKey
 LIKELIHOODS = ("bernoulli", "gaussian")
 
 
+def check_widths(widths: Sequence[int], owner: str) -> None:
+    """``widths`` is a non-empty sequence of positive ints; the error names ``owner``."""
+    if not widths or any(not isinstance(w, int) or isinstance(w, bool) or w < 1 for w in widths):
+        raise ValueError(f"{owner} widths must be a non-empty list of positive ints; got "
+                         f"{list(widths)}")
+
+
 class VAE(nn.Module):
     """The VAE of the module docstring on flat inputs of ``data_dim`` features. Apply with
     ``method="encode"`` (x ``[B, D]`` → μ, log σ² ``[B, latent]``) or ``method="decode"``
@@ -45,10 +52,7 @@ class VAE(nn.Module):
         for name, v in (("data_dim", self.data_dim), ("latent", self.latent)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"VAE {name} must be a positive int; got {v!r}")
-        if not self.widths or any(not isinstance(w, int) or isinstance(w, bool) or w < 1
-                                  for w in self.widths):
-            raise ValueError(f"VAE widths must be a non-empty list of positive ints; got "
-                             f"{list(self.widths)}")
+        check_widths(self.widths, "VAE")
         super().__post_init__()
 
     def setup(self):
@@ -139,5 +143,5 @@ def generate(vae: VAE, params: Params, key: PRNGKey, n: int, *,
     return jax.nn.sigmoid(out) if likelihood == "bernoulli" else out
 
 
-__all__ = ["VAE", "LIKELIHOODS", "make_vae", "init_vae", "gaussian_kl_standard", "log_normal_diag",
+__all__ = ["VAE", "check_widths", "LIKELIHOODS", "make_vae", "init_vae", "gaussian_kl_standard", "log_normal_diag",
            "reconstruction_nll", "negative_elbo", "generate"]
