@@ -21,11 +21,11 @@ import json
 
 import jax
 import numpy as np
+from fit_timing import compiled_fits, median_step_seconds
 
 from cljax.data import ArrayDataset, load_stream, make_scenario, split_tasks
 from cljax.nn import MLP, as_model
 from cljax.training import prepare_data
-from fit_timing import compiled_fits, median_step_seconds
 
 
 def _cifar_like_stream():

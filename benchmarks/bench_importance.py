@@ -78,7 +78,7 @@ def best_time(fn, repeats: int) -> float:
 def temp_bytes(jitted, *args, **kwargs) -> int | None:
     try:
         return int(jitted.lower(*args, **kwargs).compile().memory_analysis().temp_size_in_bytes)
-    except Exception:  # noqa: BLE001 - not every backend reports it
+    except Exception:
         return None
 
 
@@ -101,7 +101,7 @@ def bench_model(label: str, model, params, batch, chunk: int, repeats: int, vmap
         runs[(kind, impl)] = (fn, temp_bytes(estimation.estimate_jit, f, params, batch, k, **kw),
                               impl)
     best = {}
-    for name, (fn, _, _) in runs.items():
+    for fn, _, _ in runs.values():
         jax.block_until_ready(fn())  # compile + warm up
     for r in range(repeats):
         for name, (fn, _, impl) in runs.items():

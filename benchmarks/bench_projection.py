@@ -5,7 +5,8 @@ Protocols: ``gpm_mnist`` (GPM's permuted MNIST: MLP 784-100-100-10 without biase
 SGD 0.01, batch 10), ``rgo_mnist`` (the 20-task protocol of ``permuted_mnist_rgo.py``: MLP
 784-256-256, batch 10), ``cnn`` (``cljax.nn.CNN(10)`` on CIFAR-shaped data, batch 64). Each
 method's ``fit`` (a ``lax.scan`` of ``--steps`` steps) is timed after one task boundary filled its
-state (``*_last_task``: after all boundaries but the last, OGD's fullest store), in ``--rounds`` interleaved rounds (median), next to the same model with plain SGD.
+state (``*_last_task``: after all boundaries but the last, OGD's fullest store), in
+``--rounds`` interleaved rounds (median), next to the same model with plain SGD.
 
     python benchmarks/bench_projection.py                      # TFDS_DATA_DIR=../shared/tfds
 """

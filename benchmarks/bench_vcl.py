@@ -16,11 +16,11 @@ import argparse
 import json
 
 import jax
+from fit_timing import compiled_fits, median_step_seconds
 
 from cljax.data import load_stream, make_scenario
 from cljax.nn import MLP, as_model
 from cljax.training import prepare_data
-from fit_timing import compiled_fits, median_step_seconds
 
 PROTOCOLS = {
     "permuted": dict(stream=("mnist", "permuted", {"num_tasks": 2, "seed": 0}), scenario="domain",

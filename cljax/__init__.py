@@ -34,11 +34,28 @@ def _version() -> str:
 __version__ = _version()
 """The version of cljax (``pyproject.toml``'s); part of every run's identity."""
 
-from cljax import (analysis, curvature, data, importance, methods, metrics, nn, training,
-                   transforms, types)
-from cljax.importance import (empirical_fisher_diagonal, exact_fisher_diagonal, kfac_factors,
-                              mas_importance, si_importance, track_path_integral,
-                              true_fisher_diagonal, with_path_integral)
+from cljax import (
+    analysis,
+    curvature,
+    data,
+    importance,
+    methods,
+    metrics,
+    nn,
+    training,
+    transforms,
+    types,
+)
+from cljax.importance import (
+    empirical_fisher_diagonal,
+    exact_fisher_diagonal,
+    kfac_factors,
+    mas_importance,
+    si_importance,
+    track_path_integral,
+    true_fisher_diagonal,
+    with_path_integral,
+)
 from cljax.training import make_trainer, prepare_data, run_stream
 from cljax.transforms import consolidate, quadratic_penalty
 

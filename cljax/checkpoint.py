@@ -35,7 +35,8 @@ import os
 import pathlib
 import time
 import warnings
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -176,7 +177,7 @@ class Checkpointer:
         for index in reversed(self.steps()):
             try:
                 return self._meta(index)
-            except Exception:  # noqa: BLE001 - unreadable: restore_latest reports it
+            except Exception:
                 continue
         return None
 
@@ -239,7 +240,7 @@ class Checkpointer:
             where = self.directory / str(index)
             try:
                 meta = self._meta(index)
-            except Exception as e:  # noqa: BLE001 - unreadable meta: damaged
+            except Exception as e:
                 errors.append(self._damaged(index, e, movable=True))
                 continue
             self._check(meta, expect or {}, spec)
@@ -255,7 +256,7 @@ class Checkpointer:
                 if digest is not None and payload_digest(payload) != digest:
                     raise ValueError(f"its arrays' bytes do not match the digest saved with "
                                      f"them: files of {where} were damaged")
-            except Exception as e:  # noqa: BLE001 - any damage: report it, try an older one
+            except Exception as e:
                 # only a checkpoint that records its layout is known to be ours: an old one
                 # that fails may be of another structure, so it is skipped, not moved
                 errors.append(self._damaged(index, e, movable="payload_spec" in meta))

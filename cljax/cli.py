@@ -35,7 +35,8 @@ import pathlib
 import signal
 import sys
 import traceback
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 from cljax.config import apply_assignment, load_config, parse_sweep
 

@@ -17,7 +17,7 @@ import importlib.util
 import os
 import pathlib
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -47,7 +47,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -56,17 +57,32 @@ import optax
 from cljax import events, metrics
 from cljax.checkpoint import Checkpointer, CheckpointMismatchError
 from cljax.config import apply_override
-from cljax.data import (SCENARIOS, STREAM_KINDS, TaskArrays, TaskStream, load_stream,
-                        make_scenario, permuted_tasks, rotated_tasks, split_tasks)
+from cljax.data import (
+    SCENARIOS,
+    STREAM_KINDS,
+    TaskArrays,
+    TaskStream,
+    load_stream,
+    make_scenario,
+    permuted_tasks,
+    rotated_tasks,
+    split_tasks,
+)
 from cljax.methods import Method, get_method
 from cljax.methods.base import ConfigPlan, check_hparam, check_scenario
 from cljax.nn import CNN, MLP, AlexNet, ResNet18, as_model
 from cljax.nn.model import Model
-from cljax.training import (StreamData, StreamResult, Trainer, make_batch, make_trainer,
-                            prepare_data, run_stream)
+from cljax.training import (
+    StreamData,
+    StreamResult,
+    Trainer,
+    make_batch,
+    make_trainer,
+    prepare_data,
+    run_stream,
+)
 from cljax.training.loop import call_length
-from cljax.workdir import (IGNORED_ON_RESUME, describe_mismatch, to_strict_json,
-                           write_text_atomic)
+from cljax.workdir import IGNORED_ON_RESUME, describe_mismatch, to_strict_json, write_text_atomic
 
 REQUIRED_KEYS = ("dataset", "stream", "scenarios", "model", "optimizer", "steps", "batch_size",
                  "method", "seeds")
@@ -199,14 +215,14 @@ def dataset_metadata(name: str, data_dir: str | None = None) -> tuple[int | None
         import tensorflow_datasets as tfds
 
         info = tfds.builder(name, data_dir=where).info
-    except Exception:  # noqa: BLE001 - unknown or unprepared: loading reports it
+    except Exception:
         return None, None
     out = []
     for read in (lambda: info.features["label"].num_classes,
                  lambda: info.splits["train"].num_examples):
         try:
             value = int(read())
-        except Exception:  # noqa: BLE001 - no such feature / split
+        except Exception:
             value = 0
         out.append(value if value > 0 else None)
     if None not in out:
@@ -419,7 +435,7 @@ def flatness_analysis(model, data, task_params, *, runs, seed: int, log=print,
     counts = [int(c) for c in np.asarray(data.test.n)]
     out = []
     for r in list(runs)[:max_seeds]:
-        params_r = jax.tree.map(lambda p: p[r], task_params)
+        params_r = jax.tree.map(lambda p, r=r: p[r], task_params)
         key = jax.random.fold_in(jax.random.key(seed), r)
         t0 = time.perf_counter()
         flat = analysis.flatness(model.logits_fn, params_r, task_data, key, num_iters=num_iters,

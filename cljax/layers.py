@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -217,7 +218,7 @@ def describe_call(module: nn.Module, x: Any, out: Any, *, leaf_ids: Mapping[int,
         v = module.variables["params"]
         kernel = v["kernel"]
         bias = v.get("bias") if module.use_bias else None
-    except Exception:  # noqa: BLE001 - an unbound or odd module is simply not recognised
+    except Exception:
         return None
     k_idx = b_idx = None
     if leaf_ids is not None:
@@ -250,7 +251,7 @@ def describe_call(module: nn.Module, x: Any, out: Any, *, leaf_ids: Mapping[int,
         return None
     try:
         padding = canonicalize_padding(module.padding, nd)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
     if not isinstance(padding, str):
         padding = tuple(tuple(int(a) for a in pr) for pr in padding)
@@ -260,7 +261,7 @@ def describe_call(module: nn.Module, x: Any, out: Any, *, leaf_ids: Mapping[int,
                      bias_index=b_idx)
     try:  # the im2col patches must reproduce the conv's output positions
         pshape = jax.eval_shape(lambda a: layer_inputs(a, call), x).shape
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
     if pshape != (x.shape[0], math.prod(out.shape[1:-1]), math.prod(kshape[:-1])):
         return None

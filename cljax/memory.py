@@ -27,7 +27,8 @@ In both class modes class c = task·k + label (k classes per task) owns the slot
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

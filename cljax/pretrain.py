@@ -20,7 +20,7 @@ import json
 import os
 import pathlib
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import flax
 import jax
@@ -163,7 +163,7 @@ def pretrained_encoder(config: PretrainConfig, *, cache_dir: str | os.PathLike,
     if weights.is_file() and report_path.is_file():
         try:
             variables = flax.serialization.from_bytes(template, weights.read_bytes())
-        except Exception as e:  # noqa: BLE001 - a damaged cache is named, never half-used
+        except Exception as e:
             raise ValueError(f"the cached encoder {weights} cannot be read ({e}); delete it to "
                              f"train it again") from e
         log(f"pretrained encoder loaded from {weights}")

@@ -32,7 +32,8 @@ joined by ``jax.distributed`` (gloo collectives), which is as far as one machine
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -11,7 +11,8 @@ Everything that flows between cljax's pieces is a pytree or an array:
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 

@@ -146,7 +146,7 @@ def check_same_structure(tree: Any, reference: Any, *, name: str, reference_name
 def _numeric(value: Any, name: str) -> np.ndarray:
     try:
         arr = np.asarray(value)
-    except Exception as e:  # noqa: BLE001 - report what was passed, whatever it is
+    except Exception as e:
         raise TypeError(f"{name} must be a number or an array of numbers; got {value!r}") from e
     if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise TypeError(f"{name} must be a number or an array of numbers; got {value!r} "

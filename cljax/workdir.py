@@ -27,7 +27,8 @@ import pathlib
 import shutil
 import socket
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 CONFIG_FILE = "config.json"
 """The config of the run, written into the work directory at the start (compared on resume)."""
@@ -182,7 +183,7 @@ def _describe(entries: list[str], limit: int = 5) -> str:
     return shown + (f" and {len(entries) - limit} more" if len(entries) > limit else "")
 
 
-def _fs_error(where: str, e: OSError) -> "WorkdirError":
+def _fs_error(where: str, e: OSError) -> WorkdirError:
     if e.errno == errno.ENAMETOOLONG:
         name_max, path_max = _limit("PC_NAME_MAX", 255), _limit("PC_PATH_MAX", 4096)
         return WorkdirError(f"{where}: the path is too long ({e.strerror}: at most {name_max} "
@@ -221,7 +222,7 @@ class WorkdirLock:
                 self._handle.close()
                 self._handle = None
 
-    def __enter__(self) -> "WorkdirLock":
+    def __enter__(self) -> WorkdirLock:
         return self
 
     def __exit__(self, *exc: Any) -> None:

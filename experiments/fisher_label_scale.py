@@ -50,7 +50,7 @@ def main(argv=None) -> dict:
                      keys=jax.random.split(jax.random.key(args.seed), 1))
     out = {"steps": args.steps, "examples": args.examples, "tasks": []}
     for t in range(stream.num_tasks):
-        params = jax.tree.map(lambda p: p[0, t], res.task_params)
+        params = jax.tree.map(lambda p, t=t: p[0, t], res.task_params)
         k_idx, k_lab = jax.random.split(jax.random.fold_in(jax.random.key(args.seed), t))
         tasks = jnp.full((args.examples,), t, jnp.int32)
         idx = jax.random.randint(k_idx, (args.examples,), 0, data.train.n[t])

@@ -7,6 +7,7 @@ and a hand-written forward pass that exposes every layer's input and pre-activat
 from __future__ import annotations
 
 import functools
+
 import flax.linen as nn
 import jax
 import jax.flatten_util
@@ -14,7 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax.nn import CNN, MLP, as_model
-
 
 # ---------------------------------------------------------------------------------------------
 # Models and data (create inside the x64 fixture for float64)
@@ -122,7 +122,7 @@ def _example(batch, n):
     return {k: v[n:n + 1] for k, v in batch.items()}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _oracle_fns(logits_fn):
     """Jitted single-example pieces (compiled once per model; eager op-by-op is slow)."""
 

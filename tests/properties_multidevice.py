@@ -15,12 +15,12 @@ Fisher of the whole batch.
 from __future__ import annotations
 
 import chex
+import importance_helpers as IH
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl.testing import absltest
 
-import importance_helpers as IH
 from cljax import importance as imp
 from cljax import transforms as tr
 

@@ -28,16 +28,17 @@ import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-import importance_helpers as IH  # noqa: E402
-from cljax import curvature as cv  # noqa: E402
-from cljax import importance as imp  # noqa: E402
-from cljax import sharding as shd  # noqa: E402
-from cljax.checkpoint import Checkpointer  # noqa: E402
-from cljax.data import make_scenario, split_tasks  # noqa: E402
-from cljax.methods import get_method  # noqa: E402
-from cljax.nn import MLP, as_model  # noqa: E402
-from cljax.training import make_trainer, prepare_data, run_stream  # noqa: E402
-from helpers import tiny_dataset  # noqa: E402
+import importance_helpers as IH
+from helpers import tiny_dataset
+
+from cljax import curvature as cv
+from cljax import importance as imp
+from cljax import sharding as shd
+from cljax.checkpoint import Checkpointer
+from cljax.data import make_scenario, split_tasks
+from cljax.methods import get_method
+from cljax.nn import MLP, as_model
+from cljax.training import make_trainer, prepare_data, run_stream
 
 N_DEVICES = 4
 TOL = dict(rtol=2e-5, atol=2e-6)          # float32 training: batched vs unbatched rounding
@@ -297,7 +298,7 @@ def check_chunked_data_parallel(full=False):
                     model.logits_fn, params, b, chunk_size=30, **k)
             for name, fn in estimators.items():
                 want = fn(batch)
-                inside = lambda b, f=fn: f(shd.unpad(b, n), sharding=ex)   # noqa: E731
+                inside = lambda b, f=fn: f(shd.unpad(b, n), sharding=ex)
                 _close(jax.jit(inside)(sharded), want, f"{name} n={n} sharding=", rtol=1e-10,
                        atol=1e-13)
                 _loop_free(inside, sharded, what=f"{name} n={n}", gathers=n % N_DEVICES != 0)
@@ -332,7 +333,7 @@ def check_chunked_data_parallel(full=False):
     from cljax.training import place_data
     dm = place_data(data, mesh)
     st = jax.device_put(res.final_state, shd.runs_sharding(mesh))
-    runs = lambda f: jax.vmap(f, in_axes=(0, None, None), spmd_axis_name="runs")  # noqa: E731
+    runs = lambda f: jax.vmap(f, in_axes=(0, None, None), spmd_axis_name="runs")
     found = _loop_free(runs(tr.end_task), st, dm, jnp.int32(0), what="EWC boundary")
     assert found["total"]["all-reduce"] == 1, found
     found = _loop_free(runs(lambda st, d, t: tr.evaluate_task(st, d, t, (d.test.x[t],

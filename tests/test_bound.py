@@ -5,11 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from curvature_helpers import mean_ce, tiny_mlp
 from jax.flatten_util import ravel_pytree
 
 from cljax import analysis
 from cljax.analysis import plots
-from curvature_helpers import mean_ce, tiny_mlp
 
 
 def _least_squares_tasks(key, num_tasks=3, n=12, d=4, c=2):
@@ -60,7 +60,7 @@ def _perturbed_mlp(key, eps):
     thetas = [unravel(flat + t * eps * d) for t in range(3)]
     stack = jax.tree.map(lambda *p: jnp.stack(p), *thetas)
     data = []
-    for t, n in enumerate((9, 6, 7)):
+    for n in (9, 6, 7):
         data.append({"x": jnp.asarray(rng.normal(size=(n, 5)), float),
                      "y": jnp.asarray(rng.integers(0, 3, n))})
     return logits_fn, thetas, stack, data

@@ -7,13 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import tiny_split_stream
 
 from cljax.checkpoint import Checkpointer, CheckpointError
 from cljax.data import make_scenario
 from cljax.methods import get_method
 from cljax.nn import MLP, as_model
 from cljax.training import make_trainer, prepare_data, run_stream
-from helpers import tiny_split_stream
 
 
 def test_checkpointer_round_trip_keys_and_fallback_on_damage(tmp_path):

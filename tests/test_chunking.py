@@ -72,9 +72,10 @@ def test_sharding_arguments():
 
 @jax.enable_x64(True)
 def test_estimators_and_products_take_a_sharding_argument():
+    from importance_helpers import mlp_problem
+
     from cljax import curvature as cv
     from cljax import importance as imp
-    from importance_helpers import mlp_problem
 
     model, params, batch = mlp_problem(n=9)
     with pytest.raises(TypeError, match="sharding must be None"):

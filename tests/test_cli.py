@@ -133,8 +133,9 @@ CONFIG = "experiments/configs/split_mnist.py"
 def fake_run(monkeypatch):
     """Replace run_experiment by a recorder returning synthetic results (no data, no JAX
     training): the CLI's own logic is what is tested."""
-    import cljax.experiment
     from test_report import synthetic_results
+
+    import cljax.experiment
 
     calls = []
 

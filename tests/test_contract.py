@@ -63,13 +63,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import tiny_dataset
 
 from cljax.checkpoint import Checkpointer
 from cljax.data import SCENARIOS, make_scenario, split_tasks
 from cljax.methods import METHODS, PredictContext, get_method
 from cljax.nn import MLP, as_model
 from cljax.training import make_trainer, prepare_data, run_stream, to_batch
-from helpers import tiny_dataset
 
 HERE = pathlib.Path(__file__).resolve().parent
 STEPS = 6                     # steps per task
@@ -231,7 +231,7 @@ def _rows(contract=None, when=lambda row: True):
 # Building and running
 # ----------------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _stream():
     return split_tasks(tiny_dataset(num_classes=6, n=90),
                        tiny_dataset(num_classes=6, n=45, seed=1), tasks=[[0, 1], [2, 3], [4, 5]])
@@ -321,7 +321,7 @@ def _counted_run(trainer, data, progress=None, **kw) -> Reference:
     return Reference(res, counts[0], counts[-1] - counts[0])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference(row_id: str) -> Reference:
     """The row's reference run (run 0 of :func:`two_runs`, alone; device data), with its backend
     compilations (:func:`_counted_run`)."""
@@ -330,7 +330,7 @@ def reference(row_id: str) -> Reference:
     return _counted_run(trainer, data, keys=KEYS[:1], hparams=hparams_of(row, method), **RUN)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fine_tuning(scenario: str, optimizer: str):
     """``none`` with the reference run's key, steps and base optimizer."""
     row = Row("none", "none", "baseline", scenarios=(scenario,), optimizer=optimizer)

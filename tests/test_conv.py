@@ -5,11 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import assert_trees_close
 
 from cljax import importance as imp
 from cljax.nn import CNN, Conv, as_model, canonical_conv
 from cljax.nn import conv as conv_mod
-from helpers import assert_trees_close
 
 CASES = [  # kernel, stride, padding, cin, cout, bias, size
     ((1, 1), 2, "VALID", 5, 2, False, 6),

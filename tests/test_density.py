@@ -3,9 +3,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from curvature_helpers import dense_hessian, mean_ce, symmetric_with_spectrum, tiny_mlp
 
 from cljax import curvature as cv
-from curvature_helpers import dense_hessian, mean_ce, symmetric_with_spectrum, tiny_mlp
 
 
 def test_density_integrates_to_one_and_sits_on_eigenvalues(x64):

@@ -8,7 +8,7 @@ import pytest
 from cljax import events
 
 pytest.importorskip("tensorboardX")
-from tensorboardX.proto import event_pb2  # noqa: E402
+from tensorboardX.proto import event_pb2
 
 
 def read_scalars(run_dir: pathlib.Path) -> dict[str, dict[int, float]]:

@@ -1,16 +1,19 @@
 """Diagonal Fisher estimators: oracles first (float64, 1e-6 relative), then properties."""
 import functools
 
+import importance_helpers as H
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cljax.importance import (empirical_fisher_diagonal, exact_fisher_diagonal,
-                              true_fisher_diagonal)
-from cljax.importance import estimation
+from cljax.importance import (
+    empirical_fisher_diagonal,
+    estimation,
+    exact_fisher_diagonal,
+    true_fisher_diagonal,
+)
 from cljax.layers import leaf_paths
-import importance_helpers as H
 
 PROBLEMS = {"mlp_multihead": functools.partial(H.mlp_problem, heads=2),
             "cnn": H.cnn_problem, "mixed": H.mixed_problem, "plain": H.plain_problem}
@@ -192,6 +195,7 @@ def test_out_of_range_labels_inside_jit_poison_the_estimate():
     import jax
     import jax.numpy as jnp
     import numpy as np
+
     from cljax.importance import empirical_fisher_diagonal
     from cljax.nn import MLP, as_model
     model = as_model(MLP((4,), 3))

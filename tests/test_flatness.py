@@ -3,10 +3,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from curvature_helpers import mean_ce, tiny_mlp
 from jax.flatten_util import ravel_pytree
 
 from cljax import analysis
-from curvature_helpers import mean_ce, tiny_mlp
 
 
 def _tasks(num_heads=1):

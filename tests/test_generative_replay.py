@@ -10,13 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import assert_trees_close
 
-from cljax.methods import Clock, LossContext, StepInfo, BoundaryContext, StreamSpec, get_method
+from cljax.methods import BoundaryContext, Clock, LossContext, StepInfo, StreamSpec, get_method
 from cljax.methods.base import check_hparam
 from cljax.methods.generative_replay import GeneratorState, replay_loss, replay_share
 from cljax.methods.vae import generate, init_vae, make_vae, negative_elbo
 from cljax.nn import MLP, as_model
-from helpers import assert_trees_close
 
 SHAPE = (6, 6, 1)
 OPTIONS = {"widths": (8,), "latent": 3, "sample_count": 2, "replay_batch_size": 5}

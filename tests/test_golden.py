@@ -25,9 +25,9 @@ from cljax.methods import get_method
 from cljax.training import run_stream
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent / "golden"))
-import record_architecture as architecture  # noqa: E402
-import record_every_method as every  # noqa: E402
-import record_method_matrices as first  # noqa: E402
+import record_architecture as architecture
+import record_every_method as every
+import record_method_matrices as first
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 FIRST = np.load(GOLDEN / "method_matrices.npz")

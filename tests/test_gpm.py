@@ -22,7 +22,7 @@ def _energy_kept(basis, size, rep):
 def test_basis_keeps_the_threshold_energy_and_is_orthonormal():
     rng = np.random.default_rng(0)
     state = init_gpm(_params())
-    low_rank = lambda: rng.normal(size=(40, 3)) @ rng.normal(size=(3, 7)) + 0.05 * rng.normal(size=(40, 7))  # noqa: E731
+    low_rank = lambda: rng.normal(size=(40, 3)) @ rng.normal(size=(3, 7)) + 0.05 * rng.normal(size=(40, 7))
     reps = [low_rank(), low_rank(), rng.normal(size=(40, 7))]
     for t, rep in enumerate(reps):
         state = gpm_consolidate(state, {"Dense_0": jnp.asarray(rep, jnp.float32)}, 0.97)

@@ -5,15 +5,26 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import tiny_dataset
 
 from cljax.data import make_scenario, split_tasks
 from cljax.methods import Clock, LossContext, PredictContext, StreamSpec, get_method
-from cljax.methods.hat import (EMBEDDINGS, SCALE, TASK, HATState, annealed_scale,
-                               attention_regulariser, batches_per_epoch, conditioning_scales,
-                               embedding_compensation, gate_plan, gated_model, hat)
+from cljax.methods.hat import (
+    EMBEDDINGS,
+    SCALE,
+    TASK,
+    HATState,
+    annealed_scale,
+    attention_regulariser,
+    batches_per_epoch,
+    conditioning_scales,
+    embedding_compensation,
+    gate_plan,
+    gated_model,
+    hat,
+)
 from cljax.nn import CNN, MLP, AlexNet, as_model
 from cljax.training import make_trainer, prepare_data, run_stream, to_batch
-from helpers import tiny_dataset
 
 HP = {"c": 0.75, "s_max": 400.0}
 

@@ -26,16 +26,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import tiny_split_stream
 
-from cljax import cli, memory, workdir as wd
-from cljax.checkpoint import Checkpointer, CheckpointError, CheckpointMismatchError
+from cljax import cli, memory
+from cljax import workdir as wd
+from cljax.checkpoint import Checkpointer, CheckpointMismatchError
 from cljax.curvature import hutchinson_trace, hutchpp_trace, lanczos
-from cljax.experiment import (RunInterrupted, StateSizeError, check_state_sizes,
-                              deferred_interrupts, run_experiment, run_identity,
-                              validate_config)
+from cljax.experiment import (
+    RunInterrupted,
+    StateSizeError,
+    check_state_sizes,
+    deferred_interrupts,
+    run_experiment,
+    run_identity,
+    validate_config,
+)
 from cljax.transforms import gem_dual, gpm_consolidate, init_gpm, ncl
 from cljax.transforms.ogd import ground_truth_gradients, init_ogd
-from helpers import tiny_split_stream
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = "experiments/configs/split_mnist.py"

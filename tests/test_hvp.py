@@ -3,10 +3,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from curvature_helpers import (
+    dense_ggn,
+    dense_hessian,
+    flat_vec,
+    linear_model,
+    mean_ce,
+    random_like,
+    tiny_mlp,
+)
 
 from cljax import curvature as cv
-from curvature_helpers import (dense_ggn, dense_hessian, flat_vec, linear_model, mean_ce,
-                               random_like, tiny_mlp)
 
 
 @pytest.mark.parametrize("num_heads", [1, 2])

@@ -1,15 +1,19 @@
 """K-FAC factors and helpers: brute-force factors and dense Kronecker oracles (float64)."""
 import functools
 
+import importance_helpers as H
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cljax.importance import (kfac_damped_inverse_matvec, kfac_factors, kfac_matvec,
-                              kfac_quadratic_form)
+from cljax.importance import (
+    kfac_damped_inverse_matvec,
+    kfac_factors,
+    kfac_matvec,
+    kfac_quadratic_form,
+)
 from cljax.types import KFACFactors
-import importance_helpers as H
 
 
 def _sampled_labels(model, params, batch, key):

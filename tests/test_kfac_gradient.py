@@ -4,11 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from cljax.transforms import kfac_gradient, kfac_preconditioned_value_and_grad
-from cljax.layers import param_layers
-from cljax.types import KFACFactors
 from helpers import assert_trees_close
+
+from cljax.layers import param_layers
+from cljax.transforms import kfac_gradient, kfac_preconditioned_value_and_grad
+from cljax.types import KFACFactors
 
 
 class Net(nn.Module):

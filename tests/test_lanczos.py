@@ -3,11 +3,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from curvature_helpers import (
+    dense_ggn,
+    dense_hessian,
+    mean_ce,
+    quadratic_loss,
+    symmetric_with_spectrum,
+    tiny_mlp,
+)
 from jax.flatten_util import ravel_pytree
 
 from cljax import curvature as cv
-from curvature_helpers import (dense_ggn, dense_hessian, mean_ce, quadratic_loss,
-                               symmetric_with_spectrum, tiny_mlp)
 
 
 def _top(evals, k, which):

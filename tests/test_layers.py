@@ -4,8 +4,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cljax.layers import (LayerShape, check_factors, get_layer, leaf_paths, pack, param_layers,
-                          path_name, set_layer, unpack)
+from cljax.layers import (
+    LayerShape,
+    check_factors,
+    get_layer,
+    leaf_paths,
+    pack,
+    param_layers,
+    path_name,
+    set_layer,
+    unpack,
+)
 from cljax.types import KFACFactors
 
 
@@ -64,8 +73,16 @@ def test_check_factors():
 
 import flax.linen as nn  # noqa: E402
 
-from cljax.layers import (capture, capture_rows, describe_call, intercept_layer_calls,  # noqa: E402
-                          layer_rows, mean_rows, weight_gradients, with_weight_offsets)
+from cljax.layers import (  # noqa: E402
+    capture,
+    capture_rows,
+    describe_call,
+    intercept_layer_calls,
+    layer_rows,
+    mean_rows,
+    weight_gradients,
+    with_weight_offsets,
+)
 from cljax.nn.conv import Conv as FastConv  # noqa: E402
 
 
@@ -117,7 +134,7 @@ def test_captured_rows_and_cotangents_reproduce_jax_grad_per_layer(x64):
 
 def test_capture_vjp_gives_param_gradients_in_the_same_pass_and_keeps_aux(x64):
     net, params, x, ct = _net_problem()
-    fn = lambda p, xx: (net.apply({"params": p}, xx), {"mean": jnp.mean(xx)})   # noqa: E731
+    fn = lambda p, xx: (net.apply({"params": p}, xx), {"mean": jnp.mean(xx)})
     cap = capture(fn, params, x, argnums=(0,), has_aux=True)
     np.testing.assert_allclose(cap.aux["mean"], jnp.mean(x), rtol=1e-12)
     cots, (param_grads,) = cap.vjp(ct)
@@ -197,7 +214,7 @@ def test_weight_offsets_compute_with_the_offset_weights_and_their_gradients(x64)
     """f(rows) = rows @ ΔW̄ added to each call of a layer (conv, a Dense called twice, a bias-free
     head) is the model at W̄ + ΔW̄: outputs, captured cotangents and parameter gradients."""
     net, params, x, ct = _net_problem()
-    fn = lambda p, xx: net.apply({"params": p}, xx)   # noqa: E731
+    fn = lambda p, xx: net.apply({"params": p}, xx)
     shapes = param_layers(params)
     keys = jax.random.split(jax.random.key(7), 3)
     deltas = {n: 0.3 * jax.random.normal(k, (shapes[n].rows, shapes[n].out), jnp.float64)

@@ -1,13 +1,13 @@
 """MAS importance (Aljundi et al. 2018): oracle first (float64, 1e-6 relative), then properties."""
 import functools
 
+import importance_helpers as H
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from cljax.importance import mas_importance
-import importance_helpers as H
 
 
 @pytest.mark.parametrize("problem", [functools.partial(H.mlp_problem, heads=2), H.cnn_problem,

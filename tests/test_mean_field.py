@@ -13,7 +13,7 @@ from cljax.nn import MLP, as_model
 
 def _gaussians(seed=0, shapes=((3, 4), (4,))):
     rng = np.random.default_rng(seed)
-    tree = lambda scale, shift: {f"l{i}": jnp.asarray(shift + scale * rng.normal(size=s))  # noqa
+    tree = lambda scale, shift: {f"l{i}": jnp.asarray(shift + scale * rng.normal(size=s))
                                  for i, s in enumerate(shapes)}
     return tree(1.0, 0.0), tree(0.5, -1.0), tree(1.0, 0.3), tree(0.5, -0.5)
 

@@ -8,13 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import tiny_dataset
 
 from cljax import curvature, importance, transforms
 from cljax.data import make_scenario, split_tasks
 from cljax.methods import get_method
 from cljax.nn import MLP, as_model
 from cljax.training import make_trainer, prepare_data, run_stream
-from helpers import tiny_dataset
 
 SMALL = {"num_examples": 16, "chunk_size": 8}
 ESTIMATING_METHODS = ("ewc", "online_ewc", "mas", "kfac_ewc", "ncl", "ncl_kfac")

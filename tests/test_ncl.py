@@ -9,13 +9,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
-from cljax.nn import MLP, as_model
-from cljax.curvature import Diagonal, KroneckerFactored, nearest_kronecker_sum
-from cljax.transforms import (NCLState, init_ncl, init_penalty, ncl, ncl_consolidate,
-                              ncl_kfac_value_and_grad, ncl_preconditioner)
-from cljax.types import KFACFactors
 from helpers import assert_trees_close
+
+from cljax.curvature import Diagonal, KroneckerFactored, nearest_kronecker_sum
+from cljax.nn import MLP, as_model
+from cljax.transforms import (
+    NCLState,
+    init_ncl,
+    init_penalty,
+    ncl,
+    ncl_consolidate,
+    ncl_kfac_value_and_grad,
+    ncl_preconditioner,
+)
+from cljax.types import KFACFactors
 
 
 def _params(key, dtype=jnp.float32):

@@ -12,10 +12,20 @@ import optax
 import pytest
 
 from cljax.layers import leaf_paths, with_weight_offsets
-from cljax.transforms import (OGDDirections, factorable_layers, ground_truth_gradients,
-                              init_ogd, ogd_consolidate, ogd_deferred_value_and_grad, ogd_fold,
-                              ogd_project, ogd_projection, ogd_value_and_grad,
-                              ogd_weight_offsets, update_scale)
+from cljax.transforms import (
+    OGDDirections,
+    factorable_layers,
+    ground_truth_gradients,
+    init_ogd,
+    ogd_consolidate,
+    ogd_deferred_value_and_grad,
+    ogd_fold,
+    ogd_project,
+    ogd_projection,
+    ogd_value_and_grad,
+    ogd_weight_offsets,
+    update_scale,
+)
 
 
 class _Net(nn.Module):
@@ -34,7 +44,7 @@ def _problem(n=24, dtype=jnp.float64):
     x = jax.random.normal(jax.random.key(0), (n, 4, 4, 1), dtype)
     y = jax.random.randint(jax.random.key(1), (n,), 0, 3)
     params = jax.tree.map(lambda a: a.astype(dtype), net.init(jax.random.key(2), x)["params"])
-    logits_fn = lambda p, b: net.apply({"params": p}, b["x"])   # noqa: E731
+    logits_fn = lambda p, b: net.apply({"params": p}, b["x"])
     return logits_fn, params, {"x": x, "y": y}
 
 
@@ -123,7 +133,7 @@ def test_empty_store_is_identity_and_span_duplicates_add_no_rank(x64):
     np.testing.assert_array_equal(_flat(jax.jit(ogd_project)(g, state)), _flat(g))   # plain SGD
     d = jax.jit(ground_truth_gradients, static_argnums=0)(
         logits_fn, params, jax.tree.map(lambda v: v[:6], batch), state)
-    cat = lambda a, b: jax.tree.map(lambda u, v: jnp.concatenate([u, v]), a, b)   # noqa: E731
+    cat = lambda a, b: jax.tree.map(lambda u, v: jnp.concatenate([u, v]), a, b)
     twice = OGDDirections(jax.tree.map(lambda v: 2 * v, d.rows), d.cotangents,
                           jax.tree.map(lambda v: 2 * v, d.dense))
     doubled = cat(d, twice)                                            # 6 new, 6 in their span

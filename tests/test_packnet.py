@@ -9,15 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import tiny_dataset
 
 from cljax.data import make_scenario, split_tasks
 from cljax.layers import path_name
 from cljax.methods import BoundaryContext, Clock, PredictContext, StepInfo, get_method
-from cljax.methods.packnet import (FREE, PackNetState, owner_masked, release_counts,
-                                   release_smallest)
+from cljax.methods.packnet import FREE, PackNetState, owner_masked, release_counts, release_smallest
 from cljax.nn import MLP, as_model
 from cljax.training import make_trainer, prepare_data, run_stream, to_batch
-from helpers import tiny_dataset
 
 STEPS = 9                       # per task: prune after step 5, retrain steps 6..8 (1/3)
 T = 3
@@ -29,7 +28,7 @@ OPTIMIZERS = {"adam": lambda: optax.adam(1e-2),
 VMAP_TOL = dict(rtol=2e-5, atol=1e-6)   # batched vs unbatched float32 matmuls round apart
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _stream():
     return split_tasks(tiny_dataset(num_classes=6, n=90), tiny_dataset(num_classes=6, n=45, seed=1),
                        tasks=[[0, 1], [2, 3], [4, 5]])
@@ -45,7 +44,7 @@ def build(scenario="task", optimizer="adam", placement="device", **options):
     return method, trainer, prepare_data(s, sc, eval_chunk=15, placement=placement)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference(optimizer="adam", runs="map"):
     """Two seeds, Task-IL, θ*_t kept after every task (``runs="map"``: each run computed as
     a lone run)."""
@@ -53,7 +52,7 @@ def reference(optimizer="adam", runs="map"):
     return run_stream(trainer, data, num_steps=STEPS, keys=KEYS, keep_params=True, runs=runs)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _init_params():
     _, trainer, data = build()
     model, _ = trainer.model_and_spec(data)
@@ -276,7 +275,7 @@ def test_release_smallest_oracle_and_vmapped_prune_acts_per_run():
         info = info._replace(clock=info.clock._replace(task_step=task_step))
         return method.after_step(info)
 
-    two = lambda tree: jax.tree.map(lambda x: jnp.stack([x, x]), tree)   # noqa: E731
+    two = lambda tree: jax.tree.map(lambda x: jnp.stack([x, x]), tree)
     steps = jnp.asarray([STEPS - 4, STEPS - 3], jnp.int32)
     out = jax.vmap(one)(steps, two(params), two(mstate))
     for r in range(2):

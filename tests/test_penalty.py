@@ -9,13 +9,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import assert_trees_close, random_kfac_factors, random_spd
 
 from cljax.curvature import Diagonal, KroneckerFactored, nearest_kronecker_sum
-from cljax.transforms import (NCLState, QuadraticPenaltyState, consolidate, init_ncl,
-                              init_penalty, penalty_loss, quadratic_penalty,
-                              quadratic_penalty_adam)
+from cljax.transforms import (
+    NCLState,
+    QuadraticPenaltyState,
+    consolidate,
+    init_ncl,
+    init_penalty,
+    penalty_loss,
+    quadratic_penalty,
+    quadratic_penalty_adam,
+)
 from cljax.types import KFACFactors
-from helpers import assert_trees_close, random_kfac_factors, random_spd
 
 
 def _params(key, dtype=jnp.float32):

@@ -8,13 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import tiny_dataset, tiny_split_stream
 
 from cljax.data import make_scenario, split_tasks
 from cljax.data import pipeline as pl
 from cljax.methods import Method, get_method
 from cljax.nn import MLP, as_model
 from cljax.training import make_trainer, prepare_data, run_stream
-from helpers import tiny_dataset, tiny_split_stream
 
 
 def _stream(n=2000, size=8, tasks=5):

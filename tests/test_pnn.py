@@ -12,22 +12,26 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import tiny_dataset
 
 from cljax.data import make_scenario, split_tasks
 from cljax.methods import PredictContext, get_method
 from cljax.methods.base import check_scenario
-from cljax.methods.pnn import (owned_updates_only, parameter_owners, pnn_parameter_counts,
-                               progressive_model)
+from cljax.methods.pnn import (
+    owned_updates_only,
+    parameter_owners,
+    pnn_parameter_counts,
+    progressive_model,
+)
 from cljax.nn import CNN, MLP, as_model
 from cljax.training import make_trainer, prepare_data, run_stream, to_batch
-from helpers import tiny_dataset
 
 T = 3
 STEPS = 6
 KEYS = jax.random.split(jax.random.key(3), 2)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _stream():
     return split_tasks(tiny_dataset(num_classes=6, n=90),
                        tiny_dataset(num_classes=6, n=45, seed=1), tasks=[[0, 1], [2, 3], [4, 5]])
@@ -43,7 +47,7 @@ def _build(scenario="task", placement="device", optimizer=None, method=None, **o
     return method, trainer, prepare_data(s, sc, eval_chunk=15, placement=placement)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reference():
     """One Adam run over the 3 tasks, θ*_t kept, and the initial parameters of the same key."""
     method, trainer, data = _build()

@@ -6,10 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
-from cljax.transforms import (agem_project, agem_projection, gem_dual, gem_project,
-                              gem_projection)
 from helpers import assert_trees_close
+
+from cljax.transforms import agem_project, agem_projection, gem_dual, gem_project, gem_projection
 
 
 def _tree(key, scale=1.0, lead=()):

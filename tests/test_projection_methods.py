@@ -8,12 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import tiny_dataset
 
 from cljax.data import make_scenario, permuted_tasks
 from cljax.methods import get_method
 from cljax.nn import MLP, as_model
 from cljax.training import make_trainer, prepare_data, run_stream
-from helpers import tiny_dataset
 
 KEYS = jax.random.split(jax.random.key(1), 2)
 OPTIONS = {"rgo": {}, "rgo2": {}, "gpm": {"thresholds": (0.97,), "num_examples": 40},

@@ -28,6 +28,8 @@ import subprocess
 import sys
 
 import chex
+import curvature_helpers as CH
+import importance_helpers as IH
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,8 +40,6 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from jax.flatten_util import ravel_pytree
 
-import curvature_helpers as CH
-import importance_helpers as IH
 from cljax import curvature as cv
 from cljax import importance as imp
 from cljax import transforms as tr
@@ -99,14 +99,14 @@ class _VariantsCase(chex.TestCase):
         return self.variant(fn, n_devices=jax.device_count())(*args)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _estimator_problem(heads: int):
     """A tiny 2-layer MLP (float64), a batch of 6 examples with a task id when multi-head."""
     with jax.enable_x64(True):
         return IH.mlp_problem(n=6, d=4, widths=(3,), classes=3, heads=heads, seed=3)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _vmap_oracle(kind: str):
     model, params, batch = _estimator_problem(2)
     fn = getattr(imp, kind)
@@ -158,7 +158,7 @@ class EstimatorVariantsTest(_VariantsCase):
             chex.assert_trees_all_close(_np_tree(tuple(got[name])), (a, g), rtol=1e-9, atol=1e-13)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _kfac_oracle():
     _, params, batch = _estimator_problem(1)
     with jax.enable_x64(True):
@@ -166,7 +166,7 @@ def _kfac_oracle():
                 for k, (a, g) in IH.oracle_kfac_mlp(params, batch, batch["y"]).items()}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _curvature_problem():
     """Tiny MLP (float64), a vector, and the dense Hessian and GGN of its mean CE loss."""
     with jax.enable_x64(True):
@@ -418,7 +418,7 @@ def _ogd_case(factored: bool):
         g, p = _rand_tree(70, _LAYERS), _rand_tree(71, _LAYERS)
         state = tr.init_ogd(p, capacity=3, factored_layers=None if factored else ())
         rng = np.random.default_rng(72)
-        f32 = lambda shape: jnp.asarray(rng.normal(size=shape), jnp.float32)   # noqa: E731
+        f32 = lambda shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
         dirs = tr.OGDDirections({k: f32((3,) + v.shape[2:]) for k, v in state.rows.items()},
                                 {k: f32((3,) + v.shape[2:]) for k, v in state.cotangents.items()},
                                 {k: f32((3,) + v.shape[2:]) for k, v in state.dense.items()})
@@ -513,7 +513,7 @@ DIAGONAL = ["empirical_fisher_diagonal", "exact_fisher_diagonal", "true_fisher_d
             "mas_importance"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mlp(widths: tuple, classes: int, heads: int):
     """One model object per shape (its ``logits_fn`` keys the estimators' jit cache)."""
     return as_model(MLP(widths, classes, num_heads=heads))

@@ -5,11 +5,11 @@ import re
 import jax
 import numpy as np
 import optax
+from helpers import tiny_split_stream
 
 from cljax.data import make_scenario
 from cljax.nn import MLP, as_model
 from cljax.training import make_trainer, prepare_data, run_stream
-from helpers import tiny_split_stream
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 

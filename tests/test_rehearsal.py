@@ -8,13 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import tiny_dataset
 
 from cljax.data import make_scenario, split_tasks
 from cljax.methods import get_method
 from cljax.methods.rehearsal import exemplar_means, herding_order, normalise
 from cljax.nn import MLP, as_model
 from cljax.training import make_trainer, prepare_data, run_stream
-from helpers import tiny_dataset
 
 KEYS = jax.random.split(jax.random.key(5), 2)
 

@@ -1,5 +1,6 @@
 """cljax.report: strict-JSON results written atomically, reports from results read back, plots
 whose labels do not collide."""
+import itertools
 import json
 import math
 
@@ -136,7 +137,7 @@ def test_accuracy_matrix_y_labels_clear_the_panel_on_their_left():
     renderer = fig.canvas.get_renderer()
     axes = [ax for ax in fig.axes if ax.get_ylabel() == "after training task"]
     assert len(axes) == 3
-    for left, right in zip(axes, axes[1:]):
+    for left, right in itertools.pairwise(axes):
         label = right.yaxis.label.get_window_extent(renderer)
         ticks = [t.get_window_extent(renderer) for t in right.get_yticklabels()]
         for box in [label] + ticks:

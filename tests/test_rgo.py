@@ -4,14 +4,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import assert_trees_close
 
 from cljax.layers import capture_rows, mean_rows
 from cljax.nn import MLP, as_model
 from cljax.nn.fel import FeatureEncoding, task_permutations
-from cljax.transforms import (RGOState, init_rgo, rgo_accumulate, rgo_consolidate,
-                              rgo_projection, rgo_value_and_grad)
+from cljax.transforms import (
+    RGOState,
+    init_rgo,
+    rgo_accumulate,
+    rgo_consolidate,
+    rgo_projection,
+    rgo_value_and_grad,
+)
 from cljax.transforms.rgo import normalised_projection, sherman_morrison
-from helpers import assert_trees_close
 
 
 def test_recursive_inverse_equals_the_direct_inverse(x64):
@@ -46,7 +52,7 @@ def test_no_past_task_is_plain_sgd_and_fused_equals_transform():
     assert all(np.array_equal(p, np.eye(p.shape[0])) for p in state.projection.values())
     x = jax.random.normal(jax.random.key(1), (8, 4))
     y = jax.random.normal(jax.random.key(2), (8, 1))
-    loss = lambda p: jnp.mean((model.logits_fn(p, {"x": x}) - y) ** 2)    # noqa: E731
+    loss = lambda p: jnp.mean((model.logits_fn(p, {"x": x}) - y) ** 2)
     g = jax.grad(loss)(params)
     projected, _ = rgo_projection().update(g, optax.EmptyState(), params, rgo_state=state)
     assert_trees_close(projected, g, rtol=0, atol=0)
@@ -79,7 +85,7 @@ def test_two_task_regression_forgets_far_less_than_sgd():
     (x1, y1), (x2, y2) = data(0, 256), data(1, 256)
     model = as_model(MLP((), 1, use_bias=False))
     params0 = model.init(jax.random.key(0), {"x": x1[:1]})
-    mse = lambda p, x, y: jnp.mean((model.logits_fn(p, {"x": x}) - y) ** 2)   # noqa: E731
+    mse = lambda p, x, y: jnp.mean((model.logits_fn(p, {"x": x}) - y) ** 2)
     tx = optax.sgd(0.05)
 
     def train(params, x, y, state, use_rgo):

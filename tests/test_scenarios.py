@@ -2,11 +2,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import tiny_dataset, tiny_split_stream
 
 from cljax.data import make_scenario, permuted_tasks
 from cljax.nn import MLP, as_model, select_head
 from cljax.training import make_batch, prepare_data
-from helpers import tiny_dataset, tiny_split_stream
 
 
 def test_label_tables_per_scenario():

@@ -24,6 +24,7 @@ import numpy as np
 import optax
 import pytest
 import tensorflow_datasets as tfds
+from helpers import tiny_split_stream
 
 from cljax import cli
 from cljax import sharding as shd
@@ -31,7 +32,6 @@ from cljax.data import make_scenario
 from cljax.methods import get_method
 from cljax.nn import MLP, as_model
 from cljax.training import make_trainer, prepare_data, run_stream, runs_transform
-from helpers import tiny_split_stream
 
 HERE = pathlib.Path(__file__).resolve().parent
 

@@ -5,10 +5,17 @@ import numpy as np
 import optax
 import pytest
 
-from cljax.importance import (PathIntegralState, WithPathIntegralState,
-                              accumulate_path_integral, get_path_integral, init_path_integral,
-                              reset_path_integral, si_importance, track_path_integral,
-                              with_path_integral)
+from cljax.importance import (
+    PathIntegralState,
+    WithPathIntegralState,
+    accumulate_path_integral,
+    get_path_integral,
+    init_path_integral,
+    reset_path_integral,
+    si_importance,
+    track_path_integral,
+    with_path_integral,
+)
 from cljax.methods import si
 
 # numpy float64 constants: jnp converts them to float64 inside the x64 fixture
@@ -185,5 +192,5 @@ def test_one_path_integral_state_for_the_optax_wrappers_and_the_si_method():
     state = state._replace(path_integral=PathIntegralState(jax.tree.map(jnp.ones_like, params)))
     reset = reset_path_integral(state)
     assert all(not jnp.any(w) for w in jax.tree.leaves(reset.omega))
-    kept = lambda s: jax.tree.leaves((s.penalty, s.start))   # noqa: E731
+    kept = lambda s: jax.tree.leaves((s.penalty, s.start))
     assert all(x is y for x, y in zip(kept(reset), kept(state)))

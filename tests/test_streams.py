@@ -1,9 +1,15 @@
 import numpy as np
 import pytest
-
-from cljax.data import (mirzadeh_rotation_angles, permutations, permuted_tasks, rotate_images,
-                        rotated_tasks, split_tasks)
 from helpers import tiny_dataset
+
+from cljax.data import (
+    mirzadeh_rotation_angles,
+    permutations,
+    permuted_tasks,
+    rotate_images,
+    rotated_tasks,
+    split_tasks,
+)
 
 
 def test_split_partitions_classes_and_relabels_within_task():

@@ -9,12 +9,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from cljax.curvature import (Diagonal, KroneckerFactored, combine, damped_inverse, diagonal,
-                             identity, kronecker_factored, matvec, matvec_sum,
-                             nearest_kronecker_sum, quadratic_form, zeros)
-from cljax.types import KFACFactors
 from helpers import assert_trees_close, random_kfac_factors, random_spd
+
+from cljax.curvature import (
+    Diagonal,
+    KroneckerFactored,
+    combine,
+    damped_inverse,
+    diagonal,
+    identity,
+    kronecker_factored,
+    matvec,
+    matvec_sum,
+    nearest_kronecker_sum,
+    quadratic_form,
+    zeros,
+)
+from cljax.types import KFACFactors
 
 LAYERS = {"Dense_0": (4, 2), "Conv_0": (4, 3), "Block_0/Dense_1": (3, 2)}   # (rows, out)
 

@@ -3,11 +3,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from curvature_helpers import dense_ggn, dense_hessian, mean_ce, symmetric_with_spectrum, tiny_mlp
 
 from cljax import curvature as cv
 from cljax.importance import exact_fisher_diagonal
-from curvature_helpers import (dense_ggn, dense_hessian, mean_ce, symmetric_with_spectrum,
-                               tiny_mlp)
 
 
 def test_hutchinson_within_three_standard_errors(x64):

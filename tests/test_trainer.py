@@ -6,13 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import tiny_dataset
 
 from cljax.checkpoint import Checkpointer
 from cljax.data import make_scenario, split_tasks
 from cljax.methods import Method
 from cljax.nn import MLP, as_model, rebuild
 from cljax.training import make_trainer, prepare_data, run_stream
-from helpers import tiny_dataset
 
 STEPS = 6
 TASKS = 3
@@ -187,7 +187,7 @@ def test_prediction_gets_a_key_per_chunk_and_each_examples_task():
 
 def test_the_scenario_a_spec_describes_and_its_refusal():
     from cljax.methods import StreamSpec
-    spec = lambda heads, outputs, tasks=3: StreamSpec((4,), jnp.uint8, tasks, 2, outputs, heads,  # noqa: E731
+    spec = lambda heads, outputs, tasks=3: StreamSpec((4,), jnp.uint8, tasks, 2, outputs, heads,
                                                       None)
     assert [spec(3, 2).scenario, spec(1, 2).scenario, spec(1, 6).scenario] == [
         "task", "domain", "class"]

@@ -7,12 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import tiny_split_stream
 
 from cljax.data import make_scenario
 from cljax.methods import Method, get_method, joint, none
 from cljax.nn import MLP, as_model
 from cljax.training import make_trainer, prepare_data, run_stream
-from helpers import tiny_split_stream
 
 
 def _setup(scenario="task", method=none, optimizer=None):

@@ -8,8 +8,15 @@ import numpy as np
 import optax
 import pytest
 
-from cljax.methods.vae import (VAE, gaussian_kl_standard, generate, init_vae, make_vae,
-                               negative_elbo, reconstruction_nll)
+from cljax.methods.vae import (
+    VAE,
+    gaussian_kl_standard,
+    generate,
+    init_vae,
+    make_vae,
+    negative_elbo,
+    reconstruction_nll,
+)
 
 
 def _set_weights(vae, seed=0):
@@ -23,7 +30,7 @@ def _set_weights(vae, seed=0):
 def _hand_negative_elbo(p, x, eps, likelihood):
     """The negative ELBO / D of each row of x, written out in numpy with explicit sums."""
     p = jax.tree.map(np.asarray, p)
-    relu = lambda a: np.maximum(a, 0.0)      # noqa: E731
+    relu = lambda a: np.maximum(a, 0.0)
     out = []
     for row, e in zip(np.asarray(x, np.float64), np.asarray(eps, np.float64)):
         h = relu(row @ p["encoder_0"]["kernel"] + p["encoder_0"]["bias"])

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cljax.validation import (check_float_leaves, check_nonnegative_leaves, default_float_dtype)
+from cljax.validation import check_float_leaves, check_nonnegative_leaves, default_float_dtype
 
 
 def test_default_float_dtype_follows_x64():

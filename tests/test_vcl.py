@@ -9,14 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import tiny_split_stream
 
 from cljax.data import make_scenario
 from cljax.methods import BatchContext, Clock, get_method
-from cljax.methods.vcl import (VCLState, head_mask, kcenter_coreset, outside,
-                               random_coreset)
+from cljax.methods.vcl import VCLState, head_mask, kcenter_coreset, outside, random_coreset
 from cljax.nn import MLP, as_model
 from cljax.training import make_trainer, prepare_data, run_stream
-from helpers import tiny_split_stream
 
 
 def _greedy_kcenter(x, k):

@@ -1,8 +1,14 @@
 """Analyses on a finished continual-learning run: per-task flatness (λ_max) and the curvature
 bound on forgetting (seed 000 eq. 19–20; Mirzadeh et al. 2020). Plots live in
 :mod:`cljax.analysis.plots` (imported lazily: matplotlib is only needed to draw)."""
-from cljax.analysis.bound import (ForgettingBound, forgetting_bound, pearson, spearman,
-                                  summarize, to_json)
+from cljax.analysis.bound import (
+    ForgettingBound,
+    forgetting_bound,
+    pearson,
+    spearman,
+    summarize,
+    to_json,
+)
 from cljax.analysis.flatness import FlatnessResult, flatness, stack_task_data
 
 

@@ -17,16 +17,26 @@ accuracy matrix R of REFERENCES.md "Metrics"). Pair arrays are ordered (0,1), (0
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cljax.analysis.flatness import (TaskData, flatness, grad_and_hvp, task_slice,
-                                     validate_task_inputs)
-from cljax.curvature.hvp import (PerExampleLoss, softmax_cross_entropy, task_ggn_vp,
-                                 weighted_task_sum)
+from cljax.analysis.flatness import (
+    TaskData,
+    flatness,
+    grad_and_hvp,
+    task_slice,
+    validate_task_inputs,
+)
+from cljax.curvature.hvp import (
+    PerExampleLoss,
+    softmax_cross_entropy,
+    task_ggn_vp,
+    weighted_task_sum,
+)
 from cljax.types import LogitsFn, Params, PRNGKey
 from cljax.validation import check_positive_int
 

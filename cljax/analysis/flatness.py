@@ -22,14 +22,22 @@ Inputs shared by :func:`flatness` and :func:`cljax.analysis.forgetting_bound`:
 """
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cljax.curvature.hvp import (PerExampleLoss, check_finite, chunk_loss_sum, task_ggn_vp,
-                                 task_hvp, task_value_and_grad, weighted_task_sum)
+from cljax.curvature.hvp import (
+    PerExampleLoss,
+    check_finite,
+    chunk_loss_sum,
+    task_ggn_vp,
+    task_hvp,
+    task_value_and_grad,
+    weighted_task_sum,
+)
 from cljax.curvature.lanczos import check_key, top_eigen
 from cljax.curvature.trace import hutchinson_trace
 from cljax.types import Array, Batch, LogitsFn, Params, PRNGKey

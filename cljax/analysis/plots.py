@@ -6,7 +6,8 @@ Both take the analysis results (the NamedTuples of :mod:`cljax.analysis` or thei
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

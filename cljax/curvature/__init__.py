@@ -4,19 +4,48 @@ quadratic penalty and NCL hold (:mod:`cljax.curvature.structured`).
 
 See REFERENCES.md "Curvature and the forgetting bound". Every product is of the *mean* task loss.
 """
-from cljax.curvature.density import (SpectralDensity, gaussian_density, slq_nodes_weights,
-                                     spectral_density)
-from cljax.curvature.hvp import (chunk_batch, ggn_vp, hvp, make_task_loss, make_task_matvec,
-                                 softmax_cross_entropy, task_ggn_vp, task_hvp, task_loss,
-                                 task_value_and_grad)
-from cljax.curvature.lanczos import (EigenResult, LanczosResult, lanczos, top_eigenvalues,
-                                     top_eigenvalues_matvec, tridiagonal_eigh)
-from cljax.curvature.structured import (Curvature, Diagonal, KroneckerFactored, combine,
-                                        damped_inverse, diagonal, identity, kronecker_factored,
-                                        matvec, matvec_sum, nearest_kronecker_sum,
-                                        quadratic_form, zeros)
-from cljax.curvature.trace import (TraceEstimate, ggn_split_trace, hutchinson_trace,
-                                   hutchpp_trace)
+from cljax.curvature.density import (
+                                     SpectralDensity,
+                                     gaussian_density,
+                                     slq_nodes_weights,
+                                     spectral_density,
+)
+from cljax.curvature.hvp import (
+                                     chunk_batch,
+                                     ggn_vp,
+                                     hvp,
+                                     make_task_loss,
+                                     make_task_matvec,
+                                     softmax_cross_entropy,
+                                     task_ggn_vp,
+                                     task_hvp,
+                                     task_loss,
+                                     task_value_and_grad,
+)
+from cljax.curvature.lanczos import (
+                                     EigenResult,
+                                     LanczosResult,
+                                     lanczos,
+                                     top_eigenvalues,
+                                     top_eigenvalues_matvec,
+                                     tridiagonal_eigh,
+)
+from cljax.curvature.structured import (
+                                     Curvature,
+                                     Diagonal,
+                                     KroneckerFactored,
+                                     combine,
+                                     damped_inverse,
+                                     diagonal,
+                                     identity,
+                                     kronecker_factored,
+                                     matvec,
+                                     matvec_sum,
+                                     nearest_kronecker_sum,
+                                     quadratic_form,
+                                     zeros,
+)
+from cljax.curvature.trace import TraceEstimate, ggn_split_trace, hutchinson_trace, hutchpp_trace
 
 __all__ = [
     "hvp", "ggn_vp", "softmax_cross_entropy", "chunk_batch", "task_loss", "task_value_and_grad",

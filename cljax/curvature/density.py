@@ -12,7 +12,8 @@ an estimate of the smoothed eigenvalue density (1/D) Σ_i N(t; λ_i, σ²) that 
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

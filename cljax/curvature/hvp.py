@@ -25,7 +25,8 @@ as ℓ (curvature of the mean, not of the sum).
 from __future__ import annotations
 
 import functools
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -34,8 +35,13 @@ from jax.sharding import NamedSharding
 
 from cljax.chunking import chunked_sum, resolve_sharding
 from cljax.types import Array, Batch, LogitsFn, LossFn, Params
-from cljax.validation import (check_batch, check_finite, check_positive_int, check_same_structure,
-                              is_concrete)
+from cljax.validation import (
+    check_batch,
+    check_finite,
+    check_positive_int,
+    check_same_structure,
+    is_concrete,
+)
 
 PerExampleLoss = Callable[[Array, Batch], Array]
 Matvec = Callable[[Params], Params]

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import functools
 import weakref
-from typing import Any, Callable, Literal, NamedTuple
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -322,7 +323,7 @@ _top_eigen_jit = jax.jit(_top_eigen_device, static_argnums=(0,),
                                           "return_eigenvectors", "check_every"))
 
 
-_WRAPPERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_WRAPPERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _cached_wrapper(fn, kind: str):

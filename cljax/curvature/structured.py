@@ -34,7 +34,8 @@ and NCL (:mod:`cljax.transforms.ncl`) preconditions with the :func:`matvec` of a
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Mapping, NamedTuple, Union
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -44,9 +45,17 @@ import optax
 from cljax._linalg import eigh
 from cljax.layers import check_factors, get_layer, pack, param_layers, set_layer, unpack
 from cljax.types import Array, KFACFactors, Params
-from cljax.validation import (check_finite, check_float_leaves, check_in_unit_interval,
-                              check_nonnegative, check_nonnegative_leaves, check_positive,
-                              check_same_structure, default_float_dtype, is_concrete)
+from cljax.validation import (
+    check_finite,
+    check_float_leaves,
+    check_in_unit_interval,
+    check_nonnegative,
+    check_nonnegative_leaves,
+    check_positive,
+    check_same_structure,
+    default_float_dtype,
+    is_concrete,
+)
 
 Kind = Literal["diagonal", "kfac"]
 CombineMode = Literal["online", "sum", "replace"]
@@ -74,7 +83,7 @@ class KroneckerFactored(NamedTuple):
     other: Array
 
 
-Curvature = Union[Diagonal, KroneckerFactored]
+Curvature = Union[Diagonal, KroneckerFactored]  # noqa: UP007 (a runtime alias: py3.10's | needs both to be types)
 
 
 def _check_kind(kind: Any) -> None:

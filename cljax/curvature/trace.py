@@ -14,7 +14,8 @@ for the fast-decaying spectra of network Hessians / GGNs.
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +25,13 @@ from jax.sharding import NamedSharding
 
 from cljax.chunking import resolve_sharding
 from cljax.curvature.hvp import make_task_matvec, task_ggn_vp, task_hvp
-from cljax.curvature.lanczos import (check_finite_result, check_key, check_matvec, flat_info,
-                                     lanczos_jit)
+from cljax.curvature.lanczos import (
+    check_finite_result,
+    check_key,
+    check_matvec,
+    flat_info,
+    lanczos_jit,
+)
 from cljax.importance import exact_fisher_diagonal
 from cljax.types import Array, Batch, LogitsFn, Params, PRNGKey
 from cljax.validation import check_positive_int

@@ -4,9 +4,19 @@ from cljax.data import pipeline
 from cljax.data.pipeline import PLACEMENTS, HostArrays, choose_placement, stream_bytes
 from cljax.data.scenarios import SCENARIOS, Scenario, make_scenario
 from cljax.data.sources import ArrayDataset, load_split, resolve_data_dir
-from cljax.data.streams import (NORMALISATION, STREAM_KINDS, TaskArrays, TaskStream, load_stream,
-                                mirzadeh_rotation_angles, permutations, permuted_tasks,
-                                rotate_images, rotated_tasks, split_tasks)
+from cljax.data.streams import (
+                                NORMALISATION,
+                                STREAM_KINDS,
+                                TaskArrays,
+                                TaskStream,
+                                load_stream,
+                                mirzadeh_rotation_angles,
+                                permutations,
+                                permuted_tasks,
+                                rotate_images,
+                                rotated_tasks,
+                                split_tasks,
+)
 
 __all__ = ["ArrayDataset", "load_split", "resolve_data_dir", "TaskArrays", "TaskStream",
            "NORMALISATION", "STREAM_KINDS", "split_tasks", "permuted_tasks", "rotated_tasks",

@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -60,7 +61,7 @@ def device_memory_bytes(devices: Sequence[Any] | None = None) -> int | None:
     for d in (devices or jax.devices()[:1]):
         try:
             stats = d.memory_stats() or {}
-        except Exception:  # noqa: BLE001 - backends without memory stats
+        except Exception:
             stats = {}
         limit = stats.get("bytes_limit")
         if limit is None and d.platform == "cpu":

@@ -92,7 +92,7 @@ def _shards(source, split: str) -> list[tuple[str | None, int, int]]:
             start += int(ins.take)
         if out and start == len(source):
             return out
-    except Exception:  # noqa: BLE001 — mock sources, unusual splits: read without file names
+    except Exception:
         pass
     return [(None, 0, len(source))]
 
@@ -120,7 +120,7 @@ def _corrupt(source, name: str, split: str, data_dir: str | None, path: str | No
     root = os.path.abspath(data_dir or os.path.expanduser("~/tensorflow_datasets"))
     try:
         version_dir = os.fspath(source.dataset_info.data_dir)
-    except Exception:  # noqa: BLE001
+    except Exception:
         version_dir = os.path.join(root, name)
     what = f"file {os.path.abspath(path)!r}" if path else f"the files in {version_dir!r}"
     return CorruptDataError(

@@ -16,15 +16,29 @@ params' structure, shapes and dtypes, equal to a **mean over the examples of ``b
 Flax ``nn.Dense`` / ``nn.Conv`` layers use a fast path (captured layer inputs and output
 cotangents, one matmul per layer); other parameters fall back to ``vmap`` over examples.
 """
-from cljax.importance.fisher import (empirical_fisher_diagonal, exact_fisher_diagonal,
-                                     true_fisher_diagonal)
-from cljax.importance.kfac import (kfac_damped_inverse_matvec, kfac_factors, kfac_matvec,
-                                   kfac_quadratic_form)
+from cljax.importance.fisher import (
+                                     empirical_fisher_diagonal,
+                                     exact_fisher_diagonal,
+                                     true_fisher_diagonal,
+)
+from cljax.importance.kfac import (
+                                     kfac_damped_inverse_matvec,
+                                     kfac_factors,
+                                     kfac_matvec,
+                                     kfac_quadratic_form,
+)
 from cljax.importance.mas import mas_importance
-from cljax.importance.si import (PathIntegralState, WithPathIntegralState,
-                                 accumulate_path_integral, get_path_integral, init_path_integral,
-                                 reset_path_integral, si_importance, track_path_integral,
-                                 with_path_integral)
+from cljax.importance.si import (
+                                     PathIntegralState,
+                                     WithPathIntegralState,
+                                     accumulate_path_integral,
+                                     get_path_integral,
+                                     init_path_integral,
+                                     reset_path_integral,
+                                     si_importance,
+                                     track_path_integral,
+                                     with_path_integral,
+)
 
 __all__ = [
     "empirical_fisher_diagonal", "true_fisher_diagonal", "exact_fisher_diagonal",

@@ -54,7 +54,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -113,7 +114,7 @@ def discover(logits_fn: LogitsFn, params: Params, chunk_batch: Batch,
 
     try:
         out = jax.eval_shape(traced, params, chunk_batch)
-    except Exception as e:  # noqa: BLE001 - re-raised with context
+    except Exception as e:
         raise ValueError(
             "calling logits_fn(params, batch) failed; params must be the pytree logits_fn "
             f"expects (e.g. model.init(key, batch)) and batch must fit the model: "

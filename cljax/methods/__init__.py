@@ -3,22 +3,39 @@
 ``get_method(name, **options)`` builds a registered method; ``options`` are its static settings
 (e.g. ``fisher="true"``, ``num_examples=2048``); hyperparameters such as λ live in ``hparams``.
 """
-from cljax.methods.base import (BatchContext, BoundaryContext, Clock, LossContext, Method,
-                                PredictContext, StepInfo, StreamSpec, all_tasks_batch, base_model,
-                                base_only, check_hparams, cross_entropy, current_task_batch,
-                                get_hparam, keep_after_step, keep_state, no_optimizer_args,
-                                no_state, task_loss)
+from cljax.methods.base import (
+    BatchContext,
+    BoundaryContext,
+    Clock,
+    LossContext,
+    Method,
+    PredictContext,
+    StepInfo,
+    StreamSpec,
+    all_tasks_batch,
+    base_model,
+    base_only,
+    check_hparams,
+    cross_entropy,
+    current_task_batch,
+    get_hparam,
+    keep_after_step,
+    keep_state,
+    no_optimizer_args,
+    no_state,
+    task_loss,
+)
 from cljax.methods.baselines import joint, none
+from cljax.methods.bir import bir
+from cljax.methods.generative_replay import dgr
+from cljax.methods.hat import hat
 from cljax.methods.natural import kfac_ewc, ncl, ncl_kfac
+from cljax.methods.packnet import packnet
 from cljax.methods.penalties import ewc, l2, mas, online_ewc, si
+from cljax.methods.pnn import pnn
 from cljax.methods.projection import gpm, ogd, rgo, rgo2
 from cljax.methods.rehearsal import agem, derpp, er, gem, icarl, lwf
-from cljax.methods.pnn import pnn
-from cljax.methods.hat import hat
-from cljax.methods.packnet import packnet
 from cljax.methods.vcl import vcl
-from cljax.methods.generative_replay import dgr
-from cljax.methods.bir import bir
 
 METHODS = {
     "packnet": packnet,

@@ -45,8 +45,9 @@ into calls or on which other runs share the vmapped program. Evaluation has its 
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -374,7 +375,7 @@ class Method(NamedTuple):
 HPARAM_DOMAINS = ("nonnegative", "positive", "unit_interval", "closed_unit_interval")
 
 
-def check_hparam(method: "Method", name: str, value: Any, *, label: str | None = None) -> None:
+def check_hparam(method: Method, name: str, value: Any, *, label: str | None = None) -> None:
     """A concrete value of hyperparameter ``name`` lies in its declared domain
     (``Method.hparam_domains``: "nonnegative" (the default), "positive" or "unit_interval"
     (0, 1]) and is finite; the error names it as ``label`` (default ``hparams[name]``) of the
@@ -391,14 +392,14 @@ def check_hparam(method: "Method", name: str, value: Any, *, label: str | None =
     checks[domain](value, name=f"{label or f'hparams[{name!r}]'} of method {method.name!r}")
 
 
-def check_hparams(method: "Method", hparams: Mapping[str, Any]) -> None:
+def check_hparams(method: Method, hparams: Mapping[str, Any]) -> None:
     """Concrete hyperparameter values lie in their declared domains (:func:`check_hparam`),
     finite everywhere."""
     for name, value in hparams.items():
         check_hparam(method, name, value)
 
 
-def check_scenario(method: "Method", scenario: str) -> None:
+def check_scenario(method: Method, scenario: str) -> None:
     """``scenario`` is one the method supports (``Method.scenarios``)."""
     if scenario not in method.scenarios:
         raise ValueError(f"method {method.name!r} does not support the {scenario!r} scenario "

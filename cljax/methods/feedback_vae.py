@@ -21,7 +21,7 @@ sampling, no decoder — so evaluation is the configured MLP's.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp

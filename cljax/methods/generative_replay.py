@@ -33,11 +33,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cljax.methods.base import (BoundaryContext, LossContext, Method, StepInfo, StreamSpec,
-                                cross_entropy, get_hparam)
+from cljax.methods.base import (
+    BoundaryContext,
+    LossContext,
+    Method,
+    StepInfo,
+    StreamSpec,
+    cross_entropy,
+    get_hparam,
+)
 from cljax.methods.rehearsal import soft_cross_entropy
-from cljax.methods.vae import (LIKELIHOODS, check_widths, generate, init_vae, make_vae,
-                               negative_elbo)
+from cljax.methods.vae import LIKELIHOODS, check_widths, generate, init_vae, make_vae, negative_elbo
 from cljax.types import Array, Batch, Params
 from cljax.validation import check_positive, check_positive_int
 

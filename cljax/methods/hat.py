@@ -61,7 +61,8 @@ the optimizer's elementwise update.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -69,8 +70,16 @@ import jax.numpy as jnp
 import optax
 
 from cljax.layers import leaf_paths
-from cljax.methods.base import (BoundaryContext, LossContext, Method, PredictContext, StepInfo,
-                                StreamSpec, cross_entropy, get_hparam)
+from cljax.methods.base import (
+    BoundaryContext,
+    LossContext,
+    Method,
+    PredictContext,
+    StepInfo,
+    StreamSpec,
+    cross_entropy,
+    get_hparam,
+)
 from cljax.nn import MLP, AlexNet
 from cljax.nn.model import Model
 from cljax.transforms.common import stateless_with_extra_args

@@ -25,7 +25,6 @@ from cljax import transforms
 from cljax.methods.base import Method, get_hparam
 from cljax.methods.penalties import check_estimator_options, fisher_on_task
 
-
 KFAC_FISHERS = ("exact", "true", "empirical")
 
 

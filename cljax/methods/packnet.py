@@ -39,7 +39,8 @@ conditionals).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, NamedTuple, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -252,7 +253,7 @@ def release_counts(size: int, ratios: Sequence[float]) -> np.ndarray:
     ratios = [_check_ratio(r, f"ratios[{i}]") for i, r in enumerate(ratios)]
     free, out = int(size), []
     for r in ratios:
-        out.append(int(math.floor(r * free + 0.5)))
+        out.append(math.floor(r * free + 0.5))
         free = out[-1]
     return np.asarray(out, np.int64)
 

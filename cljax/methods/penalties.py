@@ -27,7 +27,8 @@ per-example quantity; the task loss is a mean over the batch.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

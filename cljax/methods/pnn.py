@@ -38,7 +38,9 @@ tasks (:func:`pnn_parameter_counts` gives the parameter side).
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+import itertools
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -181,7 +183,7 @@ class ProgressiveMLP(nn.Module):
         sizes = (x.shape[-1], *self.widths, self.num_outputs)
         lecun = nn.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
         h = None                                                   # [n, B, width]: the columns
-        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
             W = self.param(f"W_{i}", self._kernel_init(lecun), (T, n_in, n_out))[:n]
             z = (jnp.einsum("bn,knm->kbm", x, W) if h is None
                  else jnp.einsum("kbn,knm->kbm", h, W))

@@ -19,22 +19,36 @@ base optimizer: plain SGD in their papers) as an extra argument:
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from cljax.layers import capture_rows, mean_rows, with_weight_offsets
-from cljax.methods.base import (ConfigPlan, Method, base_model, cross_entropy, get_hparam,
-                                task_loss)
+from cljax.methods.base import ConfigPlan, Method, base_model, cross_entropy, get_hparam, task_loss
 from cljax.nn.model import rebuild
 from cljax.transforms.gpm import gpm_consolidate, gpm_projection, gpm_value_and_grad, init_gpm
-from cljax.transforms.ogd import (OGDState, ground_truth_gradients, init_ogd, ogd_consolidate,
-                                  ogd_deferred_value_and_grad, ogd_fold, ogd_projection,
-                                  ogd_value_and_grad, ogd_weight_offsets, update_scale)
-from cljax.transforms.rgo import (init_rgo, rgo_accumulate, rgo_consolidate, rgo_projection,
-                                  rgo_value_and_grad)
+from cljax.transforms.ogd import (
+    OGDState,
+    ground_truth_gradients,
+    init_ogd,
+    ogd_consolidate,
+    ogd_deferred_value_and_grad,
+    ogd_fold,
+    ogd_projection,
+    ogd_value_and_grad,
+    ogd_weight_offsets,
+    update_scale,
+)
+from cljax.transforms.rgo import (
+    init_rgo,
+    rgo_accumulate,
+    rgo_consolidate,
+    rgo_projection,
+    rgo_value_and_grad,
+)
 from cljax.types import Array
 from cljax.validation import check_in_unit_interval, check_positive_int
 

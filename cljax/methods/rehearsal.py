@@ -32,9 +32,19 @@ import optax
 
 from cljax import memory as mem
 from cljax.memory import ReplayMemory
-from cljax.methods.base import (BatchContext, BoundaryContext, ConfigPlan, LossContext, Method,
-                                PredictContext, StepInfo, StreamSpec, cross_entropy,
-                                current_task_batch, get_hparam)
+from cljax.methods.base import (
+    BatchContext,
+    BoundaryContext,
+    ConfigPlan,
+    LossContext,
+    Method,
+    PredictContext,
+    StepInfo,
+    StreamSpec,
+    cross_entropy,
+    current_task_batch,
+    get_hparam,
+)
 from cljax.transforms import agem_projection, gem_projection
 from cljax.types import Array, Batch, Params
 from cljax.validation import check_positive_int

@@ -21,7 +21,7 @@ with the KL in closed form, ½ Σ_j (σ²_j + μ²_j − 1 − log σ²_j) — :
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax

@@ -48,10 +48,24 @@ import jax.numpy as jnp
 import optax
 
 from cljax.layers import param_layers
-from cljax.methods.base import (BatchContext, BoundaryContext, LossContext, Method, PredictContext,
-                                StreamSpec, cross_entropy, get_hparam)
-from cljax.methods.mean_field import (INIT_LOG_VAR, LOG_VAR, MEAN, gaussian_kl, mean_field_model,
-                                      sample_params)
+from cljax.methods.base import (
+    BatchContext,
+    BoundaryContext,
+    LossContext,
+    Method,
+    PredictContext,
+    StreamSpec,
+    cross_entropy,
+    get_hparam,
+)
+from cljax.methods.mean_field import (
+    INIT_LOG_VAR,
+    LOG_VAR,
+    MEAN,
+    gaussian_kl,
+    mean_field_model,
+    sample_params,
+)
 from cljax.nn.model import Model
 from cljax.types import Array, Batch, Params, PRNGKey
 from cljax.validation import check_positive, check_positive_int

@@ -7,4 +7,5 @@ from cljax.nn.mlp import MLP, check_init
 from cljax.nn.model import Model, as_model, rebuild
 from cljax.nn.resnet import BatchStatNorm, ResNet18
 
-__all__ = ["AlexNet", "BatchStatNorm", "ResNet18", "CNN", "Conv", "canonical_conv", "MLP", "check_init", "Model", "as_model", "rebuild", "select_head"]
+__all__ = ["AlexNet", "BatchStatNorm", "ResNet18", "CNN", "Conv", "canonical_conv", "MLP",
+           "check_init", "Model", "as_model", "rebuild", "select_head"]

@@ -11,7 +11,7 @@ as GPM's ``track_running_stats=False``; see :mod:`cljax.nn.resnet` for where its
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 

@@ -8,7 +8,7 @@ CPU); parameter names are those of ``nn.Conv`` (``Conv_0`` … ``Conv_3``); pool
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 

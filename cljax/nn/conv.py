@@ -41,8 +41,9 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Sequence
 from functools import partial
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -207,7 +208,7 @@ def _is_channels_last(lhs_shape, rhs_shape, dimension_numbers) -> bool:
         return False
     try:
         got = lax.conv_dimension_numbers(lhs_shape, rhs_shape, dimension_numbers)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
     return got == lax.conv_dimension_numbers(lhs_shape, rhs_shape, _SPECS[nd])
 

@@ -14,7 +14,7 @@ pre-training head (fully connected layers and a 10-way output).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 

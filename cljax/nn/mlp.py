@@ -7,7 +7,7 @@ of the fully connected part of van de Ven et al. 2022's CIFAR-100 model (on froz
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 

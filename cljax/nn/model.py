@@ -12,7 +12,8 @@ need them say so.
 from __future__ import annotations
 
 import inspect
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax.numpy as jnp

@@ -26,7 +26,7 @@ their fallback ``implementation="vmap"`` would see batches of one example.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax

@@ -19,8 +19,16 @@ Read in this order:
 Randomness: run r has its own key; step s of the run uses ``fold_in(key_r, s)``, so results do not
 depend on how the steps are split into calls, nor on which other runs share the program.
 """
-from cljax.training.data import (StreamData, gather_rows, make_batch, place_data, prepare_data,
-                                 sample_task_batch, stream_spec, to_batch)
+from cljax.training.data import (
+                                 StreamData,
+                                 gather_rows,
+                                 make_batch,
+                                 place_data,
+                                 prepare_data,
+                                 sample_task_batch,
+                                 stream_spec,
+                                 to_batch,
+)
 from cljax.training.loop import Checkpointing, run_stream
 from cljax.training.record import DIVERGENCE_FACTOR, Record, StreamResult
 from cljax.training.runs import RUNS, RunLayout, runs_transform

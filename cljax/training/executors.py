@@ -17,7 +17,7 @@ at a time), ``boundary`` and ``evaluate``.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp

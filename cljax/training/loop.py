@@ -8,7 +8,8 @@ divergence; :class:`Checkpointing` saves around the loop and restores a run to c
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -237,7 +238,8 @@ def _train_tasks(executor: Any, state: Any, start: tuple[int, int], record: Reco
             first = start_done if t == start_task else 0
             if first == 0:   # the task's beginning (kept out of `position`: a resume redoes it)
                 state = executor.begin(state, t)
-            for state, losses, done in executor.calls(state, t, first):
+            calls = executor.calls(state, t, first)
+            for state, losses, done in calls:
                 record.losses(t, done - chunk, losses)
                 position = (state, t, done)
                 saving.within_task(state, t, done, record)

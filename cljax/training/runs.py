@@ -8,7 +8,8 @@ without one (the default) everything is one device's and the helpers are identit
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -14,17 +14,28 @@ steps are split into calls, nor on which other runs share the program.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from cljax import chunking
-from cljax.methods.base import (BatchContext, BoundaryContext, Clock, LossContext, Method,
-                                PredictContext, Rows, StepInfo, StreamSpec, check_scenario)
+from cljax.methods.base import (
+    BatchContext,
+    BoundaryContext,
+    Clock,
+    LossContext,
+    Method,
+    PredictContext,
+    Rows,
+    StepInfo,
+    StreamSpec,
+    check_scenario,
+    keep_state,
+)
 from cljax.methods.base import base_model as unchanged_model
-from cljax.methods.base import keep_state
 from cljax.nn.model import Model
 from cljax.training.data import StreamData, gather_rows, stream_spec, to_batch
 from cljax.types import Array, Params, PRNGKey

@@ -43,22 +43,61 @@ Task boundaries are pure functions of that state. Chain → extra argument → b
 (``quadratic_penalty_adam`` = penalty, then ``optax.adam``; ``ncl`` = preconditioner, then
 ``optax.sgd``.)
 """
+from cljax.transforms.gpm import (
+                                  GPMState,
+                                  gpm_consolidate,
+                                  gpm_project,
+                                  gpm_projection,
+                                  gpm_value_and_grad,
+                                  init_gpm,
+)
 from cljax.transforms.kfac_gradient import kfac_preconditioned_value_and_grad
-from cljax.transforms.ncl import (NCLState, init_ncl, ncl, ncl_consolidate,
-                                  ncl_kfac_value_and_grad, ncl_preconditioner)
-from cljax.transforms.penalty import (QuadraticPenaltyState, consolidate, init_penalty,
-                                      penalty_loss, quadratic_penalty, quadratic_penalty_adam)
-from cljax.transforms.gpm import (GPMState, gpm_consolidate, gpm_project, gpm_projection,
-                                  gpm_value_and_grad, init_gpm)
-from cljax.transforms.ogd import (OGDDirections, OGDState, factorable_layers,
-                                  ground_truth_gradients, init_ogd, ogd_consolidate,
-                                  ogd_deferred_value_and_grad, ogd_fold, ogd_project,
-                                  ogd_projection, ogd_value_and_grad, ogd_weight_offsets,
-                                  update_scale)
-from cljax.transforms.projection import (agem_project, agem_projection, gem_dual, gem_project,
-                                         gem_projection)
-from cljax.transforms.rgo import (RGOState, init_rgo, rgo_accumulate, rgo_consolidate,
-                                  rgo_projection, rgo_value_and_grad)
+from cljax.transforms.ncl import (
+                                  NCLState,
+                                  init_ncl,
+                                  ncl,
+                                  ncl_consolidate,
+                                  ncl_kfac_value_and_grad,
+                                  ncl_preconditioner,
+)
+from cljax.transforms.ogd import (
+                                  OGDDirections,
+                                  OGDState,
+                                  factorable_layers,
+                                  ground_truth_gradients,
+                                  init_ogd,
+                                  ogd_consolidate,
+                                  ogd_deferred_value_and_grad,
+                                  ogd_fold,
+                                  ogd_project,
+                                  ogd_projection,
+                                  ogd_value_and_grad,
+                                  ogd_weight_offsets,
+                                  update_scale,
+)
+from cljax.transforms.penalty import (
+                                  QuadraticPenaltyState,
+                                  consolidate,
+                                  init_penalty,
+                                  penalty_loss,
+                                  quadratic_penalty,
+                                  quadratic_penalty_adam,
+)
+from cljax.transforms.projection import (
+                                  agem_project,
+                                  agem_projection,
+                                  gem_dual,
+                                  gem_project,
+                                  gem_projection,
+)
+from cljax.transforms.rgo import (
+                                  RGOState,
+                                  init_rgo,
+                                  rgo_accumulate,
+                                  rgo_consolidate,
+                                  rgo_projection,
+                                  rgo_value_and_grad,
+)
 
 __all__ = [
     # quadratic penalty (EWC, online EWC, SI, MAS, L2, K-FAC Laplace)

@@ -1,18 +1,23 @@
 """Checks and conventions shared by the transform families (quadratic penalty, NCL, projections)."""
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cljax.curvature.structured import (Curvature, Diagonal, KroneckerFactored,
-                                        kronecker_factored)
+from cljax.curvature.structured import Curvature, Diagonal, KroneckerFactored, kronecker_factored
 from cljax.types import Importance, Params
-from cljax.validation import (check_finite, check_in_unit_interval, check_nonnegative_leaves,
-                              check_same_structure, is_concrete)
+from cljax.validation import (
+    check_finite,
+    check_in_unit_interval,
+    check_nonnegative_leaves,
+    check_same_structure,
+    is_concrete,
+)
 
 NO_PARAMS = ("{name}.update requires the current parameters: call update(updates, state, params, "
              "...) (got params=None)")
@@ -33,7 +38,7 @@ def check_importance_values(importance: Importance, *, name: str = "importance")
 
 def _missing_message(fn: str, required: Mapping[str, type | str], missing: list[str]) -> str:
     """``fn needs the extra argument(s) a= (what a is) ...: call tx.update(...)``."""
-    what = lambda kind: f"a {kind.__name__}" if isinstance(kind, type) else kind  # noqa: E731
+    what = lambda kind: f"a {kind.__name__}" if isinstance(kind, type) else kind
     args = " and ".join(f"{k}= ({what(required[k])})" for k in missing)
     call = ", ".join(f"{k}=..." for k in required)
     return (f"{fn} needs the extra argument{'s' if len(missing) > 1 else ''} {args}: call "

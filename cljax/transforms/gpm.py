@@ -23,7 +23,8 @@ layer's gradient is zero). The singular vectors come from the eigendecomposition
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import optax

@@ -27,15 +27,25 @@ that Dense's ``__call__`` (a contribution from any other use would not be precon
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cljax.layers import (check_factors, describe_call, get_layer, is_candidate, layer_rows, pack,
-                          param_layers, set_layer, unpack)
+from cljax.layers import (
+    check_factors,
+    describe_call,
+    get_layer,
+    is_candidate,
+    layer_rows,
+    pack,
+    param_layers,
+    set_layer,
+    unpack,
+)
 from cljax.types import Array, KFACFactors, Params
 
 
@@ -95,7 +105,7 @@ def _interceptable(module: nn.Module, n: int, m: int) -> bool:
         return False
     try:
         kernel = module.variables["params"]["kernel"]
-    except Exception:  # noqa: BLE001 - an unbound or odd module is simply not intercepted
+    except Exception:
         return False
     return tuple(kernel.shape) == (n - int(module.use_bias), m)
 

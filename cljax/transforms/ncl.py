@@ -59,20 +59,39 @@ consolidate at the initial parameters with zero importance.)
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from cljax.curvature.structured import (Curvature, KroneckerFactored, Kind, combine,
-                                        damped_inverse, identity, matvec, zeros)
-from cljax.transforms.common import (as_curvature, check_decay, require_state,
-                                     stateless_with_extra_args)
+from cljax.curvature.structured import (
+    Curvature,
+    Kind,
+    KroneckerFactored,
+    combine,
+    damped_inverse,
+    identity,
+    matvec,
+    zeros,
+)
+from cljax.transforms.common import (
+    as_curvature,
+    check_decay,
+    require_state,
+    stateless_with_extra_args,
+)
 from cljax.transforms.kfac_gradient import kfac_preconditioned_value_and_grad
 from cljax.types import Array, Params
-from cljax.validation import (check_finite, check_nonnegative, check_positive, check_same_structure,
-                              default_float_dtype, is_concrete)
+from cljax.validation import (
+    check_finite,
+    check_nonnegative,
+    check_positive,
+    check_same_structure,
+    default_float_dtype,
+    is_concrete,
+)
 
 
 class NCLState(NamedTuple):

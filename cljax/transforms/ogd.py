@@ -36,19 +36,36 @@ in ``dropped``; a concrete (eager) call raises instead. Size the capacity to the
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from cljax.layers import (capture, get_layer, leaf_paths, pack, param_layers, unpack,
-                          with_weight_offsets)
+from cljax.layers import (
+    capture,
+    get_layer,
+    leaf_paths,
+    pack,
+    param_layers,
+    unpack,
+    with_weight_offsets,
+)
 from cljax.transforms.common import stateless_with_extra_args
 from cljax.types import Array, Params
-from cljax.validation import (check_batch, check_finite, check_float_leaves,
-                              check_in_unit_interval, check_labels_in_range, check_positive,
-                              check_positive_int, check_same_structure, is_concrete)
+from cljax.validation import (
+    check_batch,
+    check_finite,
+    check_float_leaves,
+    check_in_unit_interval,
+    check_labels_in_range,
+    check_positive,
+    check_positive_int,
+    check_same_structure,
+    is_concrete,
+)
 
 
 class OGDState(NamedTuple):
@@ -104,7 +121,7 @@ def init_ogd(params: Params, *, capacity: int, block: int | None = None,
                          f"kernel; those are {factorable_layers(params)}")
     factored_leaves = {f"{n}/{k}" for n in names for k in ("kernel", "bias")}
     lead = (capacity // block, block)
-    dtype = lambda n: get_layer(params, n)["kernel"].dtype   # noqa: E731
+    dtype = lambda n: get_layer(params, n)["kernel"].dtype
     dense = {p: jnp.zeros(lead + jnp.shape(x), jnp.asarray(x).dtype)
              for p, x in leaf_paths(params).items() if p not in factored_leaves}
     if not names and not dense:
@@ -173,7 +190,7 @@ def ogd_consolidate(state: OGDState, directions: OGDDirections, *, tol: float = 
     rows, cots = write(state.rows, directions.rows), write(state.cotangents, directions.cotangents)
     dense = write(state.dense, directions.dense)
     size = jnp.where(fits, state.size + n, state.size)
-    flat = lambda d: {k: v.reshape((capacity,) + v.shape[2:]) for k, v in d.items()}   # noqa: E731
+    flat = lambda d: {k: v.reshape((capacity,) + v.shape[2:]) for k, v in d.items()}
     fr, fc, fd = flat(rows), flat(cots), flat(dense)
     k = sum((_as(ct, fr[m]) @ _as(ct, fr[m]).T) * (_as(ct, fc[m]) @ _as(ct, fc[m]).T) for m in fr)
     for x in fd.values():
@@ -303,7 +320,7 @@ def ogd_value_and_grad(fun: Callable[..., Any], ogd_state: OGDState, params: Par
     cots, (grads,) = cap.vjp(jnp.ones_like(loss))
     leaves = _check_updates(grads, ogd_state, "params")
     ct = ogd_state.pinv.dtype
-    flat = lambda xs: jnp.concatenate(   # noqa: E731
+    flat = lambda xs: jnp.concatenate(
         [_as(ct, x).reshape(-1, x.shape[-1]) for x in xs])
     factors = {n: (flat(cap.rows[n]), flat(cots[n])) for n in ogd_state.rows if n in cap.rows}
     wbar = {n: _as(ct, pack(get_layer(grads, n))) for n in ogd_state.rows}
@@ -390,7 +407,11 @@ def ogd_weight_offsets(state: OGDState, coefficients: Array) -> dict[str, Callab
 def _bind(low_rank: Mapping[str, Callable[[Array, Array], Array]],
           a: Array) -> dict[str, Callable[[Array], Array]]:
     """``{layer: rows ↦ f(rows, a)}``: the :func:`_low_rank` offsets at coefficients ``a``."""
-    return {n: (lambda f: lambda rows: f(rows, a))(f) for n, f in low_rank.items()}
+    return {n: functools.partial(_call_at, f, a) for n, f in low_rank.items()}
+
+
+def _call_at(f: Callable[[Array, Array], Array], a: Array, rows: Array) -> Array:
+    return f(rows, a)
 
 
 def ogd_fold(params: Params, state: OGDState, coefficients: Array) -> Params:

@@ -83,13 +83,26 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cljax.curvature.structured import (Curvature, Diagonal, KroneckerFactored, Kind, combine,
-                                        matvec, matvec_sum, quadratic_form, zeros)
-from cljax.transforms.common import (as_curvature, check_decay_for_mode,
-                                     stateless_with_extra_args)
+from cljax.curvature.structured import (
+    Curvature,
+    Diagonal,
+    Kind,
+    KroneckerFactored,
+    combine,
+    matvec,
+    matvec_sum,
+    quadratic_form,
+    zeros,
+)
+from cljax.transforms.common import as_curvature, check_decay_for_mode, stateless_with_extra_args
 from cljax.types import Array, Params
-from cljax.validation import (check_finite, check_nonnegative, check_same_structure,
-                              default_float_dtype, is_concrete)
+from cljax.validation import (
+    check_finite,
+    check_nonnegative,
+    check_same_structure,
+    default_float_dtype,
+    is_concrete,
+)
 
 ConsolidateMode = Literal["online", "sum", "multi_task", "replace"]
 MODES = ("online", "sum", "multi_task", "replace")

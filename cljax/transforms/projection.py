@@ -34,13 +34,17 @@ import optax
 
 from cljax.transforms.common import stateless_with_extra_args
 from cljax.types import Array, Params
-from cljax.validation import (check_nonnegative, check_positive_int, check_same_structure,
-                              is_concrete)
+from cljax.validation import (
+    check_nonnegative,
+    check_positive_int,
+    check_same_structure,
+    is_concrete,
+)
 
 
 def _vdot(a: Params, b: Params) -> Array:
     """aᵀb over the pytrees, in float32."""
-    f32 = lambda t: optax.tree_utils.tree_cast(t, jnp.float32)   # noqa: E731
+    f32 = lambda t: optax.tree_utils.tree_cast(t, jnp.float32)
     return optax.tree_utils.tree_vdot(f32(a), f32(b))
 
 

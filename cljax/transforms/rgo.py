@@ -27,7 +27,8 @@ finished gradient for small batches; both give the same step to rounding.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import optax

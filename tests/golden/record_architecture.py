@@ -15,10 +15,10 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import record_every_method as every  # noqa: E402
+import record_every_method as every
 
-from cljax.methods import get_method  # noqa: E402
-from cljax.training import run_stream  # noqa: E402
+from cljax.methods import get_method
+from cljax.training import run_stream
 
 CASES = {  # case: (method, options, hparams overrides, optimizer)
     "packnet": ("packnet", {"prune_ratio": 0.5, "retrain_steps": 3}, {}, "adam"),

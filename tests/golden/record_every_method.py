@@ -17,12 +17,12 @@ import numpy as np
 import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from helpers import tiny_dataset  # noqa: E402
+from helpers import tiny_dataset
 
-from cljax.data import make_scenario, split_tasks  # noqa: E402
-from cljax.methods import get_method  # noqa: E402
-from cljax.nn import MLP, as_model  # noqa: E402
-from cljax.training import make_trainer, prepare_data, run_stream  # noqa: E402
+from cljax.data import make_scenario, split_tasks
+from cljax.methods import get_method
+from cljax.nn import MLP, as_model
+from cljax.training import make_trainer, prepare_data, run_stream
 
 STEPS = 8
 SEED = 11
