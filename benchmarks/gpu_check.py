@@ -5,7 +5,7 @@
 Checks (each line has ``"check"``; a failing check prints ``"error"`` and the others still run):
 
 * ``setup`` — backend, devices, versions.
-* ``cli_split_mnist`` — ``cljax run experiments/configs/split_mnist.py --steps N --seeds 1
+* ``cli_split_mnist`` — ``cljax run split_mnist --steps N --seeds 1
   --scenarios task --no-progress`` (one seed-run of the protocol, N = 2000) and the same with
   ``--seeds 8``: run seconds of each and the vmapped-seeds speed-up, 8 × t(1 seed) / t(8 seeds)
   (target >= 4 on a GPU; ≈ 1 on a 2-core CPU, which has no idle parallelism to fill).
@@ -68,7 +68,7 @@ def _run_seconds(workdir: pathlib.Path) -> dict:
 
 
 def cli(config: str, steps: int, seeds: int, workdir: pathlib.Path, *extra: str) -> dict:
-    cmd = [sys.executable, "-m", "cljax.cli", "run", str(ROOT / "experiments/configs" / config),
+    cmd = [sys.executable, "-m", "cljax.cli", "run", config,
            "--steps", str(steps), "--seeds", str(seeds), "--scenarios", "task", "--no-progress",
            "--workdir", str(workdir), *extra]
     t = time.perf_counter()
@@ -83,8 +83,8 @@ def cli(config: str, steps: int, seeds: int, workdir: pathlib.Path, *extra: str)
 def check_cli_split_mnist(args, tmp):
     steps = 10 if args.small else 2000
     seeds = 2 if args.small else 8
-    one = cli("split_mnist.py", steps, 1, tmp / "split1")
-    many = cli("split_mnist.py", steps, seeds, tmp / f"split{seeds}")
+    one = cli("split_mnist", steps, 1, tmp / "split1")
+    many = cli("split_mnist", steps, seeds, tmp / f"split{seeds}")
     speedup = seeds * one["run_seconds"] / many["run_seconds"]
     emit({"check": "cli_split_mnist", "steps": steps, "one_seed": one,
           f"{seeds}_seeds": many, "vmapped_seeds": seeds, "vmapped_speedup": speedup})
@@ -92,7 +92,7 @@ def check_cli_split_mnist(args, tmp):
 
 def check_cli_permuted(args, tmp):
     steps = 10 if args.small else 5000
-    out = cli("permuted_mnist.py", steps, 1, tmp / "perm", "--set", "stream_options.num_tasks=1")
+    out = cli("permuted_mnist", steps, 1, tmp / "perm", "--set", "stream_options.num_tasks=1")
     emit({"check": "cli_permuted_mnist_task", "steps": steps, **out})
 
 

@@ -11,29 +11,6 @@ Subpackages (each a namespace of pure functions on pytrees):
   :mod:`cljax.analysis` — streams, models, jitted/vmapped training, metrics, flatness and the
   forgetting bound.
 """
-def _version() -> str:
-    """The package version, single-sourced from ``pyproject.toml``: the file itself in a
-    source tree (an editable install's metadata may be older), else the installed
-    distribution's metadata."""
-    import importlib.metadata
-    import pathlib
-    import re
-
-    pyproject = pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml"
-    text = pyproject.read_text() if pyproject.is_file() else ""
-    if re.search(r'^name\s*=\s*"cljax"', text, re.M):
-        found = re.search(r'^version\s*=\s*"([^"]+)"', text, re.M)
-        if found:
-            return found.group(1)
-    try:
-        return importlib.metadata.version("cljax")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
-__version__ = _version()
-"""The version of cljax (``pyproject.toml``'s); part of every run's identity."""
-
 from cljax import (
     analysis,
     curvature,
@@ -46,6 +23,7 @@ from cljax import (
     transforms,
     types,
 )
+from cljax._version import __version__
 from cljax.importance import (
     empirical_fisher_diagonal,
     exact_fisher_diagonal,

@@ -1,13 +1,15 @@
-"""``cljax run <config.py> [overrides]`` — the main job.
+"""``cljax run <config> [overrides]`` — the main job; ``cljax configs`` and ``cljax methods``
+list what it can run.
 
-Examples::
+``<config>`` is the name of a config shipped with cljax (``cljax configs`` lists them) or the
+path of a Python file of your own defining ``get_config()``. Examples::
 
-    cljax run experiments/configs/split_mnist.py --method joint --seeds 3
-    cljax run experiments/configs/split_mnist.py --method ewc --scenarios task \
+    cljax run split_mnist --method joint --seeds 3
+    cljax run split_mnist --method ewc --scenarios task \
         --sweep strength=1e2,1e3,1e4,1e5 --seeds 2
-    cljax run experiments/configs/split_mnist.py --scenarios task,class --steps 500 \
+    cljax run split_mnist --scenarios task,class --steps 500 \
         --set optimizer.learning_rate=3e-4 --workdir runs/quick
-    cljax run experiments/configs/split_mnist.py --method ewc --seeds 8 --devices 4
+    cljax run split_mnist --method ewc --seeds 8 --devices 4
 
 ``--devices N`` shards the runs over the first N devices (default: all; see README "Several
 devices and hosts").
@@ -34,11 +36,19 @@ import copy
 import pathlib
 import signal
 import sys
+import textwrap
 import traceback
 from collections.abc import Callable
 from typing import NamedTuple
 
-from cljax.config import apply_assignment, load_config, parse_sweep
+from cljax.config import (
+    apply_assignment,
+    config_file,
+    config_names,
+    config_summary,
+    load_config,
+    parse_sweep,
+)
 
 EXIT_USAGE = 2
 EXIT_ALL_DIVERGED = 3
@@ -84,11 +94,21 @@ def _byte_count(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cljax", description=__doc__.split("\n")[0])
+    from cljax import __version__
+    from cljax.methods import METHODS
+
+    parser = argparse.ArgumentParser(prog="cljax", description="Continual learning in JAX: "
+                                     "run a published protocol with any method.")
+    parser.add_argument("--version", action="version", version=f"cljax {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a CL experiment from a config file")
-    run.add_argument("config", help="a Python file in experiments/configs/ with get_config()")
-    run.add_argument("--method", help="CL method (none, joint, ...)")
+    sub.add_parser("configs", help="list the configs shipped with cljax and their protocols")
+    sub.add_parser("methods", help="list the methods: what each is, its options, "
+                                   "hyperparameters (defaults and domains) and scenarios")
+    run = sub.add_parser("run", help="run a CL experiment from a config")
+    run.add_argument("config", help="a shipped config's name (cljax configs lists them, e.g. "
+                                    "split_mnist) or a Python file defining get_config()")
+    run.add_argument("--method", metavar="NAME",
+                     help=f"CL method (cljax methods describes them): {', '.join(METHODS)}")
     run.add_argument("--seeds", type=_positive_int,
                      help="number of seeds, run as one vmapped program")
     run.add_argument("--seed", type=int, help="base seed")
@@ -184,13 +204,14 @@ class Override(NamedTuple):
 
 def _load(path: str) -> dict:
     try:
-        is_file = pathlib.Path(path).is_file()
+        config_file(path)
+    except FileNotFoundError as e:
+        raise UsageError(f"config {path!r} is neither a file nor a shipped config's name; "
+                         "expected a Python file defining get_config() or one of "
+                         f"{', '.join(config_names())} (cljax configs)") from e
     except OSError as e:   # e.g. a name longer than the file system allows
         raise UsageError(f"config {path!r}: {e.strerror or e}; expected a Python file defining "
-                         "get_config()") from e
-    if not is_file:
-        raise UsageError(f"config {path!r} is not a file; expected a Python file defining "
-                         "get_config(), e.g. experiments/configs/split_mnist.py")
+                         "get_config() or a shipped config's name (cljax configs)") from e
     try:
         config = load_config(path)
     except Exception as e:  # the user's code: any error in it is theirs
@@ -449,8 +470,46 @@ def _run_in(args: argparse.Namespace, config: dict, workdir: pathlib.Path, *,
     return 0
 
 
+def _wrapped(text: str, indent: str = "    ") -> str:
+    return textwrap.fill(text, width=100, initial_indent=indent, subsequent_indent=indent)
+
+
+def list_configs() -> str:
+    """``cljax configs``: each shipped config's name and protocol (its docstring's first
+    paragraph)."""
+    return "\n".join(f"{name}\n{_wrapped(config_summary(name))}" for name in config_names())
+
+
+def _format_number(value: float) -> str:
+    return "unset" if value != value else f"{value:g}"
+
+
+def list_methods() -> str:
+    """``cljax methods``: each method's summary, static options (``method_options``) with their
+    defaults, hyperparameters (``hparams`` / ``--sweep``) with their defaults and domains, and
+    the scenarios it supports."""
+    from cljax.methods import METHODS, describe_method
+
+    blocks = []
+    for name in METHODS:
+        d = describe_method(name)
+        lines = [f"{name} — scenarios {', '.join(d.scenarios)}", _wrapped(d.summary)]
+        if d.hparams:
+            lines.append(_wrapped("hparams: " + ", ".join(
+                f"{h}={_format_number(v)} ({domain})" for h, (v, domain) in d.hparams.items())))
+        if d.options:
+            lines.append(_wrapped("method_options: " + ", ".join(
+                f"{k}={v!r}" for k, v in d.options.items())))
+        blocks.append("\n".join(lines))
+    return "\n".join(blocks)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The ``cljax`` command; returns the exit status (module docstring)."""
     args = build_parser().parse_args(argv)  # argparse's own errors exit 2 with the usage
+    if args.command in ("configs", "methods"):
+        print(list_configs() if args.command == "configs" else list_methods())
+        return 0
     from cljax.workdir import WorkdirError
 
     try:

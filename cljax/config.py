@@ -1,4 +1,5 @@
-"""Experiment configs: load a config file, apply ``dotted.key=value`` overrides, parse sweeps.
+"""Experiment configs: the shipped ones by name, load a config file, apply ``dotted.key=value``
+overrides, parse sweeps.
 
 Pure Python (it uses no JAX), shared by the CLI (``--set``, ``--sweep``) and the experiment
 runner (regimes), so there is one override function.
@@ -6,19 +7,50 @@ runner (regimes), so there is one override function.
 from __future__ import annotations
 
 import ast
+import importlib.machinery
 import importlib.util
 import pathlib
 from typing import Any
 
+CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
+"""Where the configs shipped with cljax live (the package ``cljax.configs``, one per protocol)."""
+
+
+def config_names() -> list[str]:
+    """The names of the configs shipped with cljax (``cljax run NAME``), sorted."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.py") if not p.stem.startswith("_"))
+
+
+def config_file(path_or_name: str) -> pathlib.Path:
+    """The config file ``path_or_name`` names: an existing file as it is, else the shipped
+    config of that name (``split_mnist``), so a name works from any directory. Raises
+    ``FileNotFoundError`` naming the shipped configs when it is neither."""
+    if not isinstance(path_or_name, str) or not path_or_name:
+        raise TypeError(f"path_or_name must be a non-empty str; got {path_or_name!r}")
+    p = pathlib.Path(path_or_name)
+    if p.is_file():
+        return p
+    if path_or_name in config_names():
+        return CONFIG_DIR / f"{path_or_name}.py"
+    raise FileNotFoundError(f"config {path_or_name!r} is neither a file nor the name of a "
+                            f"shipped config; names: {', '.join(config_names())}")
+
+
+def config_summary(path_or_name: str) -> str:
+    """The first paragraph of a config's module docstring on one line (its protocol), read
+    without running the file."""
+    source = config_file(path_or_name).read_text()
+    doc = ast.get_docstring(ast.parse(source)) or ""
+    return " ".join(doc.split("\n\n")[0].split())
+
 
 def load_config(path: str) -> dict:
-    """Import a config file and call its ``get_config()``."""
-    p = pathlib.Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"config file {path!r} does not exist")
-    spec = importlib.util.spec_from_file_location(f"cljax_config_{p.stem}", p)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    """Import a config file (or the shipped config of that name, :func:`config_file`) and
+    call its ``get_config()``."""
+    p = config_file(path)
+    loader = importlib.machinery.SourceFileLoader(f"cljax_config_{p.stem}", str(p))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise AttributeError(f"config file {path!r} defines no get_config()")
     return module.get_config()
@@ -72,4 +104,5 @@ def parse_sweep(spec: str) -> tuple[str, list[float]]:
     return name.strip(), values
 
 
-__all__ = ["load_config", "parse_value", "apply_override", "apply_assignment", "parse_sweep"]
+__all__ = ["CONFIG_DIR", "config_names", "config_file", "config_summary", "load_config",
+           "parse_value", "apply_override", "apply_assignment", "parse_sweep"]

@@ -1,6 +1,6 @@
 """Run a configured CL experiment end to end: build → run → summarise.
 
-A config is a plain dict (see ``experiments/configs/*.py``, each with ``get_config()``). The keys:
+A config is a plain dict (see ``cljax/configs/*.py``, each with ``get_config()``). The keys:
 
 ``dataset`` (tfds name), ``stream`` ('split' | 'permuted' | 'rotated'), ``stream_options`` (kwargs
 of the stream builder), ``features`` (None, or ``{"pretrain": {...}, "cache_dir": ...}``: replace

@@ -4,9 +4,9 @@
 # `python experiments/collect_architecture.py` prints the tables of RESULTS.md. PARTS selects
 # (default "smnist agem1k agem cifar").
 #
-# smnist — Split MNIST Task-IL, van de Ven & Tolias 2019 (experiments/configs/split_mnist.py),
+# smnist — Split MNIST Task-IL, van de Ven & Tolias 2019 (cljax/configs/split_mnist.py),
 #          5 seeds; the other methods' rows are RESULTS.md's.
-# agem   — Permuted MNIST in A-GEM's ICLR 2019 protocol (experiments/configs/permuted_mnist_agem.py:
+# agem   — Permuted MNIST in A-GEM's ICLR 2019 protocol (cljax/configs/permuted_mnist_agem.py:
 #          17 tasks of 55,000 examples, one pass at batch 10, SGD, their initialisation), 5 seeds.
 #          The methods of A-GEM's own table use its shared head (Domain-IL) and the learning rates
 #          and strengths of its replicate_results_iclr19.sh; the architecture methods need the
@@ -15,7 +15,7 @@
 # agem1k — the same REDUCED to 1,000 examples per task (100 steps; the later ER paper's size) with
 #          flax's default initialisation, as first run here.
 # cifar  — 10-split CIFAR-100 in GPM's protocol REDUCED to one epoch per task
-#          (experiments/configs/split_cifar100_gpm.py --set epochs=1), 3 seeds, as the reduced
+#          (cljax/configs/split_cifar100_gpm.py --set epochs=1), 3 seeds, as the reduced
 #          table of RESULTS.md's gradient projection section (GPM, RGO there).
 set -euo pipefail
 export TFDS_DATA_DIR=${TFDS_DATA_DIR:-../shared/tfds}
@@ -27,14 +27,14 @@ even() { python -c "import sys; T = int(sys.argv[1]); print(tuple(round(1 - 1 / 
 for part in ${PARTS:-smnist agem1k agem cifar}; do
   case $part in
   smnist)
-    run() { cljax run experiments/configs/split_mnist.py --no-progress --seeds 5 --scenarios task "$@"; }
+    run() { cljax run split_mnist --no-progress --seeds 5 --scenarios task "$@"; }
     for m in packnet hat pnn; do run --method $m --workdir $out/smnist_$m; done
     ;;
   agem|agem1k)
     if [ $part = agem ]; then
-      run() { cljax run experiments/configs/permuted_mnist_agem.py --no-progress --seeds 5 "$@"; }
+      run() { cljax run permuted_mnist_agem --no-progress --seeds 5 "$@"; }
     else
-      run() { cljax run experiments/configs/permuted_mnist_agem.py --no-progress --seeds 5 \
+      run() { cljax run permuted_mnist_agem --no-progress --seeds 5 \
                 --set stream_options.max_train_per_task=1000 --set steps=100 \
                 --set "model={'kind': 'mlp', 'widths': [256, 256]}" "$@"; }
     fi
@@ -66,7 +66,7 @@ for part in ${PARTS:-smnist agem1k agem cifar}; do
     run --method pnn $(lr 0.1) --scenarios task --workdir $out/${part}_pnn
     ;;
   cifar)
-    run() { cljax run experiments/configs/split_cifar100_gpm.py --no-progress --seeds 3 \
+    run() { cljax run split_cifar100_gpm --no-progress --seeds 3 \
               --set epochs=1 --set "method_options={}" "$@"; }
     run --method hat --workdir $out/cifar_hat
     run --method packnet --set "method_options={'prune_ratio': $(even 10)}" \

@@ -5,12 +5,12 @@
 # (default "smnist scifar100"); METHODS overrides a part's methods.
 #
 # smnist    — DGR and DGR + distill on Split MNIST in van de Ven & Tolias 2019's protocol
-#             (experiments/configs/split_mnist.py: MLP 784-400-400, Adam 1e-3, 2000 iterations
+#             (cljax/configs/split_mnist.py: MLP 784-400-400, Adam 1e-3, 2000 iterations
 #             per task, batch 128, Task / Domain / Class-IL) with their generator (a VAE
 #             784-400-400-100 trained beside the classifier, one Adam 1e-3 step per step).
 #             SEEDS (default 5).
 # scifar100 — DGR and BI-R on Split CIFAR-100 in van de Ven et al. 2022's protocol
-#             (experiments/configs/split_cifar100.py), REDUCED as the rehearsal table of
+#             (cljax/configs/split_cifar100.py), REDUCED as the rehearsal table of
 #             RESULTS.md is: the conv encoder pre-trained 10 epochs instead of 100, STEPS
 #             (default 50) iterations per task instead of 5000, 3 seeds. BI-R is theirs; DGR's VAE
 #             (1024-2000-2000-100, Gaussian, Adam 1e-4) generates the frozen conv features, where
@@ -23,12 +23,12 @@ for part in ${PARTS:-smnist scifar100}; do
   case $part in
   smnist)
     for m in ${METHODS:-dgr dgr_distill}; do
-      cljax run experiments/configs/split_mnist.py --method "$m" --seeds "${SEEDS:-5}" \
+      cljax run split_mnist --method "$m" --seeds "${SEEDS:-5}" \
         --no-progress --workdir "$out/smnist_$m"
     done
     ;;
   scifar100)
-    run() { cljax run experiments/configs/split_cifar100.py --no-progress --seeds 3 \
+    run() { cljax run split_cifar100 --no-progress --seeds 3 \
               --steps "${STEPS:-50}" --set features.pretrain.epochs=10 "$@"; }
     for m in ${METHODS:-bir dgr}; do
       case $m in

@@ -6,7 +6,7 @@
 # our scale. No λ sweep here: one 3-seed run takes ≈ 35 min on a 2-core CPU (SI, measured).
 # Outputs in runs/perm_<name>/; `python experiments/collect_results.py` prints the table.
 set -euo pipefail
-run() { cljax run experiments/configs/permuted_mnist.py --no-progress --scenarios domain \
+run() { cljax run permuted_mnist --no-progress --scenarios domain \
           --seeds 3 --method "$1" --workdir "runs/perm_$2" "${@:3}"; }
 run none       none
 run ewc        ewc        --set "hparams={'strength':100.0}"

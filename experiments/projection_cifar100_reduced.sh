@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# 10-split CIFAR-100 in GPM's protocol (experiments/configs/split_cifar100_gpm.py: AlexNet, one
+# 10-split CIFAR-100 in GPM's protocol (cljax/configs/split_cifar100_gpm.py: AlexNet, one
 # head per task, batch 64, SGD 0.01) REDUCED to one epoch per task so that it fits a 2-core CPU
 # (≈ 16–44 min per method for 3 vmapped seeds); the full protocol (up to 200 epochs) is a GPU job.
 # Outputs in runs/projection/cifar100_<method>_e1/; experiments/collect_projection.py prints the
 # table. The config's method_options are GPM's, so the other methods reset them.
 set -euo pipefail
 export TFDS_DATA_DIR=${TFDS_DATA_DIR:-../shared/tfds}
-run() { cljax run experiments/configs/split_cifar100_gpm.py --no-progress --seeds 3 --set epochs=1 "$@"; }
+run() { cljax run split_cifar100_gpm --no-progress --seeds 3 --set epochs=1 "$@"; }
 out=runs/projection
 run --method gpm --workdir $out/cifar100_gpm_e1
 run --method rgo --set "method_options={}" --workdir $out/cifar100_rgo_e1

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Permuted MNIST in GPM's protocol (experiments/configs/permuted_mnist_gpm.py: 10 tasks, MLP
+# Permuted MNIST in GPM's protocol (cljax/configs/permuted_mnist_gpm.py: 10 tasks, MLP
 # 784-100-100-10 without biases, shared head, SGD 0.01, batch 10, 5 epochs of 54,000 images),
 # the gradient-projection methods next to EWC, A-GEM, ER and multitask (joint), 5 seeds each.
 # Outputs in runs/projection/pmnist_<method>/; experiments/collect_projection.py prints the table.
 set -euo pipefail
 export TFDS_DATA_DIR=${TFDS_DATA_DIR:-../shared/tfds}
-run() { cljax run experiments/configs/permuted_mnist_gpm.py --no-progress --seeds 5 "$@"; }
+run() { cljax run permuted_mnist_gpm --no-progress --seeds 5 "$@"; }
 out=runs/projection
 run --method gpm --workdir $out/pmnist_gpm
 run --method rgo --workdir $out/pmnist_rgo

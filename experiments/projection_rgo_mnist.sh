@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # RGO's own MNIST protocol: permuted and rotated MNIST with 20 tasks
-# (experiments/configs/{permuted,rotated}_mnist_rgo.py: MLP 784-256-256, shared head, SGD 0.1,
+# (cljax/configs/{permuted,rotated}_mnist_rgo.py: MLP 784-256-256, shared head, SGD 0.1,
 # batch 10, one pass per task), RGO, RGO-2, GPM, OGD, EWC, A-GEM and SGD (fine-tuning), 5 seeds
 # each. PROTOCOLS selects (default "permuted rotated"). Outputs in
 # runs/projection/{pmnist20,rmnist20}_<method>/; experiments/collect_projection.py prints the table.
@@ -9,7 +9,7 @@ export TFDS_DATA_DIR=${TFDS_DATA_DIR:-../shared/tfds}
 out=runs/projection
 for protocol in ${PROTOCOLS:-permuted rotated}; do
   tag=${protocol:0:1}mnist20
-  run() { cljax run experiments/configs/${protocol}_mnist_rgo.py --no-progress --seeds 5 "$@"; }
+  run() { cljax run ${protocol}_mnist_rgo --no-progress --seeds 5 "$@"; }
   run --method rgo --workdir $out/${tag}_rgo
   run --method rgo2 --workdir $out/${tag}_rgo2
   run --method gpm --workdir $out/${tag}_gpm

@@ -8,7 +8,7 @@
 set -euo pipefail
 export TFDS_DATA_DIR=${TFDS_DATA_DIR:-../shared/tfds}
 REDUCE=(--steps "${STEPS:-100}" --set features.pretrain.epochs=10)
-run() { cljax run experiments/configs/split_cifar100.py --no-progress --seeds 3 "${REDUCE[@]}" "$@"; }
+run() { cljax run split_cifar100 --no-progress --seeds 3 "${REDUCE[@]}" "$@"; }
 out=runs/rehearsal/split_cifar100
 run --method none --workdir $out/none
 run --method joint --workdir $out/joint

@@ -5,7 +5,7 @@
 # `python experiments/collect_results.py rehearsal` prints the table of RESULTS.md.
 set -euo pipefail
 export TFDS_DATA_DIR=${TFDS_DATA_DIR:-../shared/tfds}
-run() { cljax run experiments/configs/split_mnist.py --no-progress --seeds 5 "$@"; }
+run() { cljax run split_mnist --no-progress --seeds 5 "$@"; }
 run --method none --workdir runs/rehearsal/split_mnist_none
 run --method joint --workdir runs/rehearsal/split_mnist_joint
 run --method er --workdir runs/rehearsal/split_mnist_er

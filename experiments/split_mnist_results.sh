@@ -3,7 +3,7 @@
 # split_mnist_sweeps.sh; seeds 0..S-1 of each method run as one vmapped program.
 # Outputs in runs/final_<name>/; `python experiments/collect_results.py` prints the table.
 set -euo pipefail
-run() { cljax run experiments/configs/split_mnist.py --no-progress --method "$1" \
+run() { cljax run split_mnist --no-progress --method "$1" \
           --workdir "runs/final_$2" "${@:3}"; }
 T="--scenarios task --seeds 5"
 run none       none       $T

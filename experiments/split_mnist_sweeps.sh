@@ -2,7 +2,7 @@
 # λ sweeps for Split MNIST Task-IL (van de Ven protocol). Each method's whole grid × seeds runs as
 # one vmapped program. Outputs in runs/sweep_<method>/ (report.md, stability_plasticity.png).
 set -euo pipefail
-run() { cljax run experiments/configs/split_mnist.py --scenarios task --no-progress \
+run() { cljax run split_mnist --scenarios task --no-progress \
           --method "$1" --workdir "runs/sweep_$1" "${@:2}"; }
 run ewc        --seeds 2 --sweep strength=1e1,1e2,1e3,1e4,1e5,1e6
 run online_ewc --seeds 1 --sweep strength=1e2,1e3,1e4,1e5

@@ -1,5 +1,4 @@
 import json
-import pathlib
 
 import numpy as np
 import pytest
@@ -8,14 +7,14 @@ import tensorflow_datasets as tfds
 from cljax import cli
 from cljax import events as cljax_events
 from cljax import workdir as wd
-from cljax.config import apply_assignment
+from cljax.config import apply_assignment, config_file
 from cljax.experiment import validate_config
 
 
 def test_end_to_end_on_mock_mnist(tmp_path, capsys):
     workdir = tmp_path / "run"
     with tfds.testing.mock_data(num_examples=200):
-        code = cli.main(["run", "experiments/configs/split_mnist.py", "--steps", "6", "--seeds",
+        code = cli.main(["run", "split_mnist", "--steps", "6", "--seeds",
                          "2", "--scenarios", "task,class", "--workdir", str(workdir),
                          "--no-progress", "--set", "model.widths=[16]", "--set", "eval_chunk=64"])
     assert code == 0
@@ -42,7 +41,7 @@ def test_end_to_end_on_mock_mnist(tmp_path, capsys):
 def test_a_generative_method_shows_its_samples_after_each_task(tmp_path):
     workdir = tmp_path / "run"
     with tfds.testing.mock_data(num_examples=100):
-        code = cli.main(["run", "experiments/configs/split_mnist.py", "--method", "dgr",
+        code = cli.main(["run", "split_mnist", "--method", "dgr",
                          "--steps", "3", "--scenarios", "class", "--workdir", str(workdir),
                          "--no-progress", "--no-tensorboard", "--set", "model.widths=[16]",
                          "--set", "eval_chunk=64", "--set",
@@ -57,7 +56,7 @@ def test_a_generative_method_shows_its_samples_after_each_task(tmp_path):
 
 
 def test_overrides_and_config_validation():
-    cfg = cli.load_config("experiments/configs/split_mnist.py")
+    cfg = cli.load_config("split_mnist")
     apply_assignment(cfg, "optimizer.learning_rate=3e-4")
     assert cfg["optimizer"]["learning_rate"] == 3e-4
     with pytest.raises(KeyError, match="no key"):
@@ -73,13 +72,13 @@ def test_overrides_and_config_validation():
     with pytest.raises(ValueError, match="learning_rate"):
         validate_config({**cfg, "optimizer": {"name": "adam", "learning_rate": -1}})
     with pytest.raises(FileNotFoundError):
-        cli.load_config("experiments/configs/nope.py")
+        cli.load_config("cljax/configs/nope.py")
 
 
 def _tiny_sweep(workdir, method, sweep):
     """`cljax run` of a 2-seed, 4-step Task-IL sweep on mock MNIST; returns results.json."""
     with tfds.testing.mock_data(num_examples=200):
-        code = cli.main(["run", "experiments/configs/split_mnist.py", "--method", method,
+        code = cli.main(["run", "split_mnist", "--method", method,
                          "--steps", "4", "--seeds", "2", "--scenarios", "task", "--workdir",
                          str(workdir), "--no-progress", "--sweep", sweep,
                          "--set", "model.widths=[8]", "--set", "eval_chunk=64",
@@ -99,7 +98,7 @@ def test_sweep_runs_every_value_and_plots(tmp_path):
 
 
 def test_sweep_and_hparam_validation():
-    cfg = cli.load_config("experiments/configs/split_mnist.py")
+    cfg = cli.load_config("split_mnist")
     assert cli.parse_sweep("strength=1e2,1e3") == ("strength", [100.0, 1000.0])
     with pytest.raises(ValueError, match="numbers"):
         cli.parse_sweep("strength=big")
@@ -126,7 +125,7 @@ def test_a_diverging_sweep_point_is_reported_and_never_chosen(tmp_path):
 # Errors: one line, exit status 2, nothing run
 # ---------------------------------------------------------------------------------------------
 
-CONFIG = "experiments/configs/split_mnist.py"
+CONFIG = "split_mnist"
 
 
 @pytest.fixture
@@ -206,7 +205,8 @@ def test_user_errors_are_one_line_naming_the_option(tmp_path, capsys, fake_run, 
 
 def test_config_file_errors(tmp_path, capsys):
     assert _one_line_error(capsys, ["run", "nope.py"]).startswith(
-        "config 'nope.py' is not a file; expected a Python file defining get_config()")
+        "config 'nope.py' is neither a file nor a shipped config's name; expected a Python "
+        "file defining get_config() or one of")
     for body, expected in [("def get_config(:\n", "failed to load: SyntaxError"),
                            ("X = 1\n", "failed to load: AttributeError: config file"),
                            ("def get_config():\n    return 1 / 0\n",
@@ -220,7 +220,7 @@ def test_config_file_errors(tmp_path, capsys):
 
 def test_a_bad_regime_fails_before_anything_runs(tmp_path, capsys, fake_run):
     path = tmp_path / "regimes.py"
-    base = str(pathlib.Path(CONFIG).resolve())
+    base = str(config_file(CONFIG).resolve())
     path.write_text(
         "import importlib.util\n"
         f"spec = importlib.util.spec_from_file_location('base', {base!r})\n"
@@ -359,3 +359,33 @@ def test_every_run_diverged_exits_non_zero(tmp_path, capsys, fake_run):
     fake_run.results = synthetic_results(("task",), diverged={"task": [0]})
     assert cli.main(["run", CONFIG, "--no-progress", "--overwrite",
                      "--workdir", str(tmp_path / "w")]) == 0
+
+
+def test_version_configs_and_methods_listings(capsys):
+    import cljax
+    from cljax import config
+    from cljax.methods import METHODS
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"cljax {cljax.__version__}"
+    assert cli.main(["configs"]) == 0
+    listed = capsys.readouterr().out
+    for name in config.config_names():
+        assert f"\n{name}\n" in f"\n{listed}" and config.config_summary(name)[:40] in \
+            " ".join(listed.split())
+    assert cli.main(["methods"]) == 0
+    listed = capsys.readouterr().out
+    heads = [line.split(" — ")[0] for line in listed.splitlines() if not line.startswith(" ")]
+    assert heads == list(METHODS)
+    assert "strength=10000 (nonnegative), decay=1 (unit_interval)" in listed   # online_ewc
+    assert "icarl — scenarios class" in listed
+    help_text = cli.build_parser()._subparsers._group_actions[0].choices["run"].format_help()
+    assert "dgr_distill" in " ".join(help_text.split())
+
+
+def test_a_config_name_that_is_not_shipped_is_refused_naming_the_names(capsys):
+    assert cli.main(["run", "split_mnits", "--steps", "1"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith("cljax: error: config 'split_mnits' is neither a file nor")
+    assert "split_mnist" in err and "\n" not in err.strip()

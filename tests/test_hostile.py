@@ -45,7 +45,7 @@ from cljax.transforms import gem_dual, gpm_consolidate, init_gpm, ncl
 from cljax.transforms.ogd import ground_truth_gradients, init_ogd
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CONFIG = "experiments/configs/split_mnist.py"
+CONFIG = "split_mnist"
 DATA = os.environ.get("TFDS_DATA_DIR") or str(ROOT.parent / "shared" / "tfds")
 HAS_MNIST = pathlib.Path(DATA, "mnist").is_dir()
 ENV = {**os.environ, "TFDS_DATA_DIR": DATA, "PYTHONUNBUFFERED": "1"}
@@ -325,7 +325,7 @@ def test_run_identity_names_the_run_and_ignores_where_the_data_is():
 def _config(**over) -> dict:
     from cljax.config import load_config
 
-    return {**load_config(str(ROOT / CONFIG)), "steps": 20, "seeds": 1, "scenarios": ["task"],
+    return {**load_config(CONFIG), "steps": 20, "seeds": 1, "scenarios": ["task"],
             **over}
 
 

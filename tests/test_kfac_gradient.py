@@ -106,6 +106,7 @@ def test_subset_of_layers_and_identity_is_plain_gradient():
     assert_trees_close(got, ref, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_jit_and_vmap_equal_eager_and_loop():
     loss, params, inverses, x, y = _setup()
     eager = kfac_preconditioned_value_and_grad(loss, params, inverses, x, y, other_scale=0.5)

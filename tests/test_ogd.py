@@ -252,6 +252,7 @@ def test_fold_and_offsets_are_params_plus_the_stored_directions(x64):
     np.testing.assert_allclose(got, logits_fn(folded, batch), rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_deferred_sgd_steps_equal_ogd_steps(x64):
     """K SGD steps of the deferred update (params − η g, a + η coef; folded at the end) equal K
     steps of SGD on ogd_project of jax.grad, and each step's g − G coef is that projection."""

@@ -490,6 +490,7 @@ class TransformVariantsTest(_VariantsCase):
         check(self.call_variant(step, *args))
 
 
+@pytest.mark.slow
 def test_pmap_over_two_forced_host_devices():
     """One estimator and one transform under ``pmap`` over 2 forced host CPU devices, each device
     with its own shard (``properties_multidevice.py``, a subprocess: the device count is fixed when

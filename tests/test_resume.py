@@ -28,7 +28,7 @@ def test_interrupted_cli_run_resumes_to_the_same_results(tmp_path, monkeypatch, 
     import cljax.experiment as experiment
 
     with tfds.testing.mock_data(num_examples=200):
-        assert cli.main(["run", "experiments/configs/split_mnist.py", "--workdir",
+        assert cli.main(["run", "split_mnist", "--workdir",
                          str(tmp_path / "full"), *TINY]) == 0
         real = experiment.summarise_scenario
         calls = []
@@ -41,13 +41,13 @@ def test_interrupted_cli_run_resumes_to_the_same_results(tmp_path, monkeypatch, 
 
         monkeypatch.setattr(experiment, "summarise_scenario", interrupt_second)
         run = tmp_path / "run"
-        assert cli.main(["run", "experiments/configs/split_mnist.py", "--workdir", str(run),
+        assert cli.main(["run", "split_mnist", "--workdir", str(run),
                          *TINY]) == cli.EXIT_INTERRUPTED
         assert "--resume" in capsys.readouterr().err
         partial = json.loads((run / "results.json").read_text())
         assert list(partial["scenarios"]) == ["task"]           # the finished scenario is kept
         monkeypatch.setattr(experiment, "summarise_scenario", real)
-        assert cli.main(["run", "experiments/configs/split_mnist.py", "--workdir", str(run),
+        assert cli.main(["run", "split_mnist", "--workdir", str(run),
                          *TINY, "--resume"]) == 0
     full = json.loads((tmp_path / "full" / "results.json").read_text())
     resumed = json.loads((run / "results.json").read_text())
@@ -60,7 +60,7 @@ def test_sigkill_mid_task_then_resume_equals_uninterrupted(tmp_path):
     data = os.environ.get("TFDS_DATA_DIR") or str(ROOT.parent / "shared" / "tfds")
     if not pathlib.Path(data, "mnist").is_dir():
         pytest.skip(f"mnist is not prepared under {data}")
-    args = [sys.executable, "-m", "cljax.cli", "run", "experiments/configs/split_mnist.py",
+    args = [sys.executable, "-m", "cljax.cli", "run", "split_mnist",
             "--steps", "400", "--seeds", "2", "--scenarios", "task", "--no-progress",
             "--set", "model.widths=[64]", "--checkpoint-every", "50"]
     env = {**os.environ, "TFDS_DATA_DIR": data}

@@ -170,7 +170,7 @@ def _cli(args, tmp_path, name):
     os.chdir(HERE.parent)
     try:
         with tfds.testing.mock_data(num_examples=100):
-            return cli.main(["run", "experiments/configs/split_mnist.py", "--steps", "2",
+            return cli.main(["run", "split_mnist", "--steps", "2",
                              "--seeds", "1", "--scenarios", "task", "--no-progress", "--set",
                              "model.widths=[8]", "--set", "eval_chunk=64",
                              "--workdir", str(tmp_path / name), *args])

@@ -109,6 +109,7 @@ def test_architecture_and_generation():
                                vae.apply({"params": params}, z, method="decode"), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_adam_steps_lower_the_negative_elbo():
     vae = VAE(data_dim=16, widths=(32,), latent=4)
     params = init_vae(vae, jax.random.key(0))

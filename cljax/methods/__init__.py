@@ -1,6 +1,6 @@
 """CL methods as small recipes for :func:`cljax.training.run_stream` (see :mod:`.base`).
 
-``get_method(name, **options)`` builds a registered method; ``options`` are its static settings
+``get_method(name, **options)`` builds a method registered in :mod:`.registry`; ``options`` are its static settings
 (e.g. ``fisher="true"``, ``num_examples=2048``); hyperparameters such as λ live in ``hparams``.
 """
 from cljax.methods.base import (
@@ -27,35 +27,16 @@ from cljax.methods.base import (
 )
 from cljax.methods.baselines import joint, none
 from cljax.methods.bir import bir
-from cljax.methods.generative_replay import dgr
+from cljax.methods.generative_replay import dgr, dgr_distill
 from cljax.methods.hat import hat
 from cljax.methods.natural import kfac_ewc, ncl, ncl_kfac
 from cljax.methods.packnet import packnet
 from cljax.methods.penalties import ewc, l2, mas, online_ewc, si
 from cljax.methods.pnn import pnn
 from cljax.methods.projection import gpm, ogd, rgo, rgo2
+from cljax.methods.registry import METHODS, MethodDescription, describe_method, get_method
 from cljax.methods.rehearsal import agem, derpp, er, gem, icarl, lwf
 from cljax.methods.vcl import vcl
-
-METHODS = {
-    "packnet": packnet,
-    "none": lambda: none, "joint": lambda: joint, "ewc": ewc, "online_ewc": online_ewc,
-    "si": si, "mas": mas, "l2": l2, "kfac_ewc": kfac_ewc, "ncl": ncl, "ncl_kfac": ncl_kfac,
-    "er": er, "agem": agem, "gem": gem, "lwf": lwf, "derpp": derpp, "icarl": icarl,
-    "rgo": rgo, "rgo2": rgo2, "gpm": gpm, "ogd": ogd, "pnn": pnn, "hat": hat, "vcl": vcl,
-    "dgr": dgr, "dgr_distill": lambda **options: dgr(distill=True, **options), "bir": bir,
-}
-
-
-def get_method(name: str, **options) -> Method:
-    """The method registered as ``name``, built with its static ``options``."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; available: {sorted(METHODS)}")
-    try:
-        return METHODS[name](**options)
-    except TypeError as e:
-        raise TypeError(f"bad options {options} for method {name!r}: {e}") from e
-
 
 __all__ = ["Method", "StreamSpec", "Clock", "BatchContext", "LossContext", "StepInfo",
            "BoundaryContext", "PredictContext", "METHODS", "get_method", "no_state",
@@ -64,4 +45,5 @@ __all__ = ["Method", "StreamSpec", "Clock", "BatchContext", "LossContext", "Step
            "get_hparam", "none", "joint", "ewc",
            "online_ewc", "si", "mas", "l2", "kfac_ewc", "ncl", "ncl_kfac", "er", "agem", "gem",
            "lwf", "derpp", "icarl", "rgo", "rgo2", "gpm", "ogd", "pnn", "hat", "packnet", "vcl",
-           "dgr", "bir", "check_hparams"]
+           "dgr", "dgr_distill", "bir", "check_hparams", "describe_method",
+           "MethodDescription"]

@@ -63,7 +63,7 @@ class BIRState(NamedTuple):
     the tasks finished, and samples of its generator after each task (``[T, n, *example]``)."""
 
     previous_params: Params
-    count: Array
+    count: Array  # type: ignore[assignment]  # a NamedTuple field shadowing tuple.count, on purpose
     samples: Array
 
 
@@ -238,7 +238,9 @@ def _gate_props(gate_prop: Any) -> dict[str, float]:
 
 def bir(*, latent: int = 100, gate_prop: Any = None, gate_seed: int = 0,
         replay_batch_size: int | None = None, sample_count: int = 8) -> Method:
-    """BI-R (module docstring) on the configured MLP's widths: ``latent`` units, the decoder's
+    """Brain-inspired replay (van de Ven, Siegelmann & Tolias 2020): the classifier is the encoder
+    of a conditional VAE whose gated decoder replays internal features, with distillation (module
+    docstring). On the configured MLP's widths: ``latent`` units, the decoder's
     gates (``gate_prop``: a share of units off per scenario, None for van de Ven et al.'s
     CIFAR-100 values :data:`GATE_PROP_CIFAR100`; masks from ``gate_seed``),
     ``replay_batch_size`` generated inputs per step (None: the batch size). Hyperparameters

@@ -26,6 +26,7 @@ they trust the numbers).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -57,7 +58,7 @@ class GeneratorState(NamedTuple):
     generator_opt: Any
     previous_generator: Params
     previous_params: Params
-    count: Array
+    count: Array  # type: ignore[assignment]  # a NamedTuple field shadowing tuple.count, on purpose
     samples: Array
 
 
@@ -108,6 +109,8 @@ def replay_loss(new_heads: Array, old_heads: Array, count: Array, *, targets: st
     ``count`` previous heads when H > 1 (Task-IL), the one head otherwise."""
     if targets not in ("hard", "soft"):
         raise ValueError(f"targets must be 'hard' or 'soft'; got {targets!r}")
+    if targets == "soft" and temperature is None:
+        raise ValueError("targets='soft' needs a temperature")
     if new_heads.shape != old_heads.shape or new_heads.ndim != 3:
         raise ValueError(f"new_heads and old_heads must both be [B, H, C]; got "
                          f"{new_heads.shape} and {old_heads.shape}")
@@ -135,9 +138,10 @@ def _loss(o: Options, name: str, params, b: Batch, s: GeneratorState, ctx: LossC
     n = o.replay_batch_size or b["y"].shape[0]
     x_replay = _generated(o, s, ctx.spec, k_gen, n)
     replayed = {"x": x_replay, "task": jnp.zeros((n,), jnp.int32)}
-    new = ctx.model.apply_fn(params, replayed, k_rep, output="all_heads")
-    old = jax.lax.stop_gradient(
-        ctx.model.apply_fn(s.previous_params, replayed, output="all_heads"))
+    apply_fn = ctx.model.apply_fn
+    assert apply_fn is not None                    # requires=("apply_fn",), checked on the model
+    new = apply_fn(params, replayed, k_rep, output="all_heads")
+    old = jax.lax.stop_gradient(apply_fn(s.previous_params, replayed, output="all_heads"))
     temperature = get_hparam(ctx.hparams, "temperature", name) if o.targets == "soft" else None
     rep = replay_loss(new, old, s.count, targets=o.targets, temperature=temperature)
     r = replay_share(ctx.hparams, s.count, name)
@@ -193,11 +197,13 @@ def _check_options(o: Options) -> None:
             raise ValueError(f"{b} must lie in [0, 1); got {v!r}")
 
 
-def dgr(*, distill: bool = False, widths=(400, 400), latent: int = 100,
+def dgr(*, distill: bool = False, widths: Sequence[int] = (400, 400), latent: int = 100,
         likelihood: str = "bernoulli", replay_batch_size: int | None = None,
         learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
         sample_count: int = 8) -> Method:
-    """DGR (``distill=False``: hard labels) or DGR + distill (soft targets), module docstring.
+    """Deep generative replay (Shin et al. 2017) in van de Ven's form: a VAE trained beside the
+    classifier replays inputs labelled by the previous classifier, with hard labels
+    (``distill=False``) or soft targets (``distill=True``: DGR + distill); module docstring.
     The generator: a :class:`cljax.methods.vae.VAE` of ``widths`` and ``latent`` units with a
     ``likelihood`` ("bernoulli" for pixels in [0, 1], "gaussian" for normalised features),
     trained by Adam (``learning_rate``, ``b1``, ``b2``; van de Ven's 10⁻³, 0.9, 0.999 on MNIST:
@@ -216,4 +222,11 @@ def dgr(*, distill: bool = False, widths=(400, 400), latent: int = 100,
                                   "temperature": "positive"})
 
 
-__all__ = ["dgr", "GeneratorState", "replay_share", "replay_loss"]
+def dgr_distill(**options: Any) -> Method:
+    """DGR + distill (van de Ven et al. 2020): :func:`dgr` with replayed inputs labelled by the
+    previous classifier's soft targets at temperature ``temperature``; ``options`` as
+    :func:`dgr`'s."""
+    return dgr(distill=True, **options)
+
+
+__all__ = ["dgr", "dgr_distill", "GeneratorState", "replay_share", "replay_loss"]

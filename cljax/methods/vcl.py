@@ -200,6 +200,7 @@ def _batch(o: Options, ctx: BatchContext, s: VCLState):
     if not o.size:
         return ctx.draw(ctx.data_key, tasks)
     j = jax.random.randint(ctx.data_key, tasks.shape, 0, ctx.count(ctx.task) - o.size)
+    assert ctx.gather is not None              # the trainer always gives it
     return ctx.gather(tasks, outside(s.coreset_idx[ctx.task], j))
 
 
@@ -348,7 +349,9 @@ def vcl(*, coreset: str = "none", coreset_size: int = 0, train_samples: int = 10
         predict_samples: int = 100, init_log_var: float = INIT_LOG_VAR, ml_init_steps: int = 0,
         ml_init_batch: int = 256, finetune_epochs: int = 100, finetune_batch: int = 256,
         learning_rate: float = 1e-3) -> Method:
-    """VCL (module docstring); the paper's settings are ``train_samples=10``,
+    """VCL (Nguyen et al. 2018): a mean-field Gaussian posterior over the weights, the previous
+    task's posterior the prior of the current one, with an optional coreset (module docstring).
+    The paper's settings are ``train_samples=10``,
     ``predict_samples=100``, ``init_log_var=-6``, Adam 10⁻³, coresets of 200 (Permuted MNIST) or
     40 (Split MNIST) examples per task, and as many ML and fine-tuning epochs as training epochs."""
     o = Options(coreset, coreset_size, train_samples, predict_samples, init_log_var,

@@ -12,7 +12,7 @@ runs train the fully connected part alone: 1024-2000-2000 ReLU and the output la
 (β 0.9, 0.999), 5000 iterations per task, batch 256; memories 100 examples per class. They
 report 10 seeds. Full protocol:
 
-    cljax run experiments/configs/split_cifar100.py --method er --seeds 3
+    cljax run split_cifar100 --method er --seeds 3
 
 On a CPU, `--steps` and `--set features.pretrain.epochs=...` shorten it (say so next to any
 number produced that way; RESULTS.md has the reduced runs and their wall times).

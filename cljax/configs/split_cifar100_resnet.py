@@ -5,7 +5,7 @@ pass over each task's 2,500 training images (250 steps of batch 10), plain SGD l
 setting; A-GEM uses 0.03). Task-IL uses one 5-way head per task; Class-IL one 100-way head.
 ``eval_chunk`` 500 = one task's test set, so no zero padding enters BatchNorm's statistics.
 
-    cljax run experiments/configs/split_cifar100_resnet.py --method none --seeds 3
+    cljax run split_cifar100_resnet --method none --seeds 3
 
 Needs the model kind ``resnet18`` in the experiment's model registry:
 ``ResNet18(num_outputs, num_heads=num_heads, nf=model["nf"])``.

@@ -2,7 +2,7 @@
 256-unit dense layer), Adam lr 1e-3, batch 128, 2000 iterations per task. Meant for a GPU; on this
 CPU use fewer steps (``--steps 200``).
 
-    cljax run experiments/configs/split_cifar10.py --method none --seeds 3
+    cljax run split_cifar10 --method none --seeds 3
 """
 
 

@@ -4,7 +4,7 @@ Task t rotates every image by t · 9° (0°, 9°, …, 171°: our choice, the re
 otherwise as ``permuted_mnist_rgo.py``: MLP 784-256-256, one shared head (Domain-IL), SGD lr 0.1,
 batch 10, one pass per task.
 
-    cljax run experiments/configs/rotated_mnist_rgo.py --method rgo --seeds 5
+    cljax run rotated_mnist_rgo --method rgo --seeds 5
 """
 
 

@@ -10,7 +10,7 @@ it lower on a CPU and say so) with the constant learning rate. ``eval_chunk`` 10
 test set (BatchNorm on batch statistics must not see padding). Published: GPM 72.48 ± 0.40 / BWT
 −0.9, EWC 68.80, A-GEM 63.98, ER_Res 71.73, multitask 79.58.
 
-    cljax run experiments/configs/split_cifar100_gpm.py --method gpm --seeds 3
+    cljax run split_cifar100_gpm --method gpm --seeds 3
 """
 
 

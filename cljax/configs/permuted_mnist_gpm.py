@@ -9,8 +9,8 @@ batch 10, 5 epochs per task; the first 10 % of MNIST's training set is held out 
 (ACC % / BWT %, 5 runs): GPM 93.91 ± 0.16 / −3, EWC 89.97 / −4, A-GEM 83.56 / −14, ER_Res 87.24
 / −11, OGD 82.73 / −14, multitask 96.70.
 
-    cljax run experiments/configs/permuted_mnist_gpm.py --method gpm --seeds 5
-    cljax run experiments/configs/permuted_mnist_gpm.py --method rgo --seeds 5
+    cljax run permuted_mnist_gpm --method gpm --seeds 5
+    cljax run permuted_mnist_gpm --method rgo --seeds 5
 """
 
 

@@ -7,7 +7,7 @@ several passes per task (``epochs``), plain SGD lr 0.1, batch 10, RGO α = 1 wit
 encoding layer (``--method rgo``; ``rgo2`` without it). RGO's projections act on every conv's
 im2col patch dimension. ``eval_chunk`` 500 = a task's test set.
 
-    cljax run experiments/configs/split_cifar100_rgo.py --method rgo --seeds 3
+    cljax run split_cifar100_rgo --method rgo --seeds 3
 """
 
 

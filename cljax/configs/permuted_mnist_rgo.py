@@ -5,7 +5,7 @@ protocol of A-GEM (Chaudhry et al. 2019), which RGO's comparisons follow in spir
 with one shared 10-way head (Domain-IL), plain SGD lr 0.1, batch 10, a single pass over each
 task's 60,000 images (6,000 steps). RGO's α = 1 (``hparams.alpha``); RGO-2 is ``--method rgo2``.
 
-    cljax run experiments/configs/permuted_mnist_rgo.py --method rgo --seeds 5
+    cljax run permuted_mnist_rgo --method rgo --seeds 5
 """
 
 

@@ -11,7 +11,7 @@ task's own, for its head) for 120 epochs before prediction.
 Here: the same, with "full batch" as 12,000 examples drawn i.i.d. from the task's examples
 outside its coreset (the tasks hold 11,263–12,665), and constant initial biases 0.1.
 
-    cljax run experiments/configs/split_mnist_vcl.py --method vcl --seeds 5
+    cljax run split_mnist_vcl --method vcl --seeds 5
 """
 
 

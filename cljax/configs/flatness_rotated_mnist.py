@@ -7,7 +7,7 @@ training regimes in continual learning"), two regimes in one run.
 dropout. "stable": lr 0.1, γ 0.4, batch 16, dropout 0.25. After each run the report gives λ_max
 of each task's test loss at θ*_t, the forgetting per task and the bound ½λ_max‖Δθ‖² per pair.
 
-    cljax run experiments/configs/flatness_rotated_mnist.py --seeds 3
+    cljax run flatness_rotated_mnist --seeds 3
 """
 from cljax.data import mirzadeh_rotation_angles
 

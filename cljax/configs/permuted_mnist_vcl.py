@@ -13,8 +13,8 @@ shuffled epochs), the coreset fine-tuning's batches drawn with replacement, the 
 truncated normal (σ 0.1) but constant biases 0.1 (theirs: truncated normal too), and the
 permutations fixed by ``stream_options.seed`` (theirs: numpy seeds 0..9).
 
-    cljax run experiments/configs/permuted_mnist_vcl.py --method vcl --seeds 3
-    cljax run experiments/configs/permuted_mnist_vcl.py --method vcl \\
+    cljax run permuted_mnist_vcl --method vcl --seeds 3
+    cljax run permuted_mnist_vcl --method vcl \\
         --set "method_options={'coreset': 'kcenter', 'coreset_size': 200, 'ml_init_steps': 23438}"
 """
 

@@ -24,8 +24,8 @@ cross-validation chose): 0.03 for fine-tuning and EWC (λ 10), 0.1 for SI (λ 0.
 A-GEM and progressive networks. The hyperparameters of methods their script does not run
 (PackNet, HAT) are the methods' defaults at lr 0.1.
 
-    cljax run experiments/configs/permuted_mnist_agem.py --method pnn --scenarios task --seeds 5
-    cljax run experiments/configs/permuted_mnist_agem.py --method ewc --set optimizer.learning_rate=0.03 \\
+    cljax run permuted_mnist_agem --method pnn --scenarios task --seeds 5
+    cljax run permuted_mnist_agem --method ewc --set optimizer.learning_rate=0.03 \\
         --set "hparams={'strength': 10.0}" --seeds 5
 """
 

@@ -4,7 +4,7 @@
 2000 iterations per task, batch 128; Task-IL with a head per task, Domain-IL one 2-way head,
 Class-IL one 10-way head. They report 20 seeds.
 
-    cljax run experiments/configs/split_mnist.py --method joint --seeds 3
+    cljax run split_mnist --method joint --seeds 3
 """
 
 

@@ -4,7 +4,7 @@
 1024-1000-1000 ReLU, Adam lr 1e-4, 5000 iterations per task, batch 128. Task-IL and Domain-IL
 (Class-IL with 100 outputs is available via --scenarios class).
 
-    cljax run experiments/configs/permuted_mnist.py --method none --seeds 3
+    cljax run permuted_mnist --method none --seeds 3
 """
 
 
