@@ -91,7 +91,12 @@ def apply_assignment(config: dict, assignment: str) -> None:
 
 
 def parse_sweep(spec: str) -> tuple[str, list[float]]:
-    """``"strength=1e2,1e3"`` → ``("strength", [100.0, 1000.0])``."""
+    """``"strength=1e2,1e3"`` → ``("strength", [100.0, 1000.0])``.
+
+    Example:
+        >>> parse_sweep("strength=1e2,1e3")
+        ('strength', [100.0, 1000.0])
+    """
     if "=" not in spec:
         raise ValueError(f"--sweep expects name=v1,v2,...; got {spec!r}")
     name, text = spec.split("=", 1)

@@ -16,6 +16,7 @@ passes only the runs that did not diverge).
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 KINDS = ("accuracy", "loss")
 """What a matrix holds: accuracies (fractions in [0, 1]) or losses (≥ 0)."""
@@ -64,13 +65,13 @@ def _check_two_tasks(R: np.ndarray, what: str) -> None:
         raise ValueError(f"{what} needs at least 2 tasks; got {R.shape[-1]}")
 
 
-def average_accuracy(R, *, kind: str | None = "accuracy") -> np.ndarray:
+def average_accuracy(R: npt.ArrayLike, *, kind: str | None = "accuracy") -> np.ndarray:
     """ACC = (1/T) Σ_j R[T, j]: mean accuracy over all tasks after the last one."""
     R = _check_matrix(R, kind=kind)
     return R[..., -1, :].mean(-1)
 
 
-def backward_transfer(R, *, kind: str | None = "accuracy") -> np.ndarray:
+def backward_transfer(R: npt.ArrayLike, *, kind: str | None = "accuracy") -> np.ndarray:
     """BWT = (1/(T−1)) Σ_{j<T} (R[T, j] − R[j, j]) (Lopez-Paz & Ranzato 2017, eq. 4).
     Negative values mean forgetting."""
     R = _check_matrix(R, kind=kind)
@@ -79,7 +80,7 @@ def backward_transfer(R, *, kind: str | None = "accuracy") -> np.ndarray:
     return (R[..., -1, :T - 1] - np.diagonal(R, axis1=-2, axis2=-1)[..., :T - 1]).mean(-1)
 
 
-def forward_transfer(R, b, *, kind: str | None = "accuracy") -> np.ndarray:
+def forward_transfer(R: npt.ArrayLike, b: npt.ArrayLike, *, kind: str | None = "accuracy") -> np.ndarray:
     """FWT = (1/(T−1)) Σ_{j≥2} (R[j−1, j] − b_j) (Lopez-Paz & Ranzato 2017, eq. 5), with ``b`` the
     random initialisation's accuracy per task ``[..., T]``. In Task-IL with untrained heads it is
     ≈ 0 by construction."""
@@ -93,7 +94,7 @@ def forward_transfer(R, b, *, kind: str | None = "accuracy") -> np.ndarray:
     return (above - b[..., 1:]).mean(-1)
 
 
-def forgetting_per_task(R, *, kind: str | None = "accuracy") -> np.ndarray:
+def forgetting_per_task(R: npt.ArrayLike, *, kind: str | None = "accuracy") -> np.ndarray:
     """f_j = max_{l<T} R[l, j] − R[T, j] for j < T (Chaudhry et al. 2018, eq. 6), ``[..., T−1]``.
 
     The max runs over every earlier row, including rows before task j was trained, as in the
@@ -105,12 +106,12 @@ def forgetting_per_task(R, *, kind: str | None = "accuracy") -> np.ndarray:
     return best - R[..., -1, :T - 1]
 
 
-def forgetting(R, *, kind: str | None = "accuracy") -> np.ndarray:
+def forgetting(R: npt.ArrayLike, *, kind: str | None = "accuracy") -> np.ndarray:
     """Average forgetting (Chaudhry et al. 2018): mean over j < T of :func:`forgetting_per_task`."""
     return forgetting_per_task(R, kind=kind).mean(-1)
 
 
-def forgetting_from_first(R, *, kind: str | None = "accuracy") -> np.ndarray:
+def forgetting_from_first(R: npt.ArrayLike, *, kind: str | None = "accuracy") -> np.ndarray:
     """Avalanche's forgetting: mean over j < T of R[j, j] − R[T, j] (accuracy right after
     learning task j minus final accuracy). Equals −BWT."""
     R = _check_matrix(R, kind=kind)
@@ -119,13 +120,13 @@ def forgetting_from_first(R, *, kind: str | None = "accuracy") -> np.ndarray:
     return (np.diagonal(R, axis1=-2, axis2=-1)[..., :T - 1] - R[..., -1, :T - 1]).mean(-1)
 
 
-def plasticity(R, *, kind: str | None = "accuracy") -> np.ndarray:
+def plasticity(R: npt.ArrayLike, *, kind: str | None = "accuracy") -> np.ndarray:
     """Average accuracy on each task right after learning it: (1/T) Σ_j R[j, j]."""
     R = _check_matrix(R, kind=kind)
     return np.diagonal(R, axis1=-2, axis2=-1).mean(-1)
 
 
-def mean_and_sem(values) -> tuple[float, float]:
+def mean_and_sem(values: npt.ArrayLike) -> tuple[float, float]:
     """Mean and standard error of the mean over runs (SEM = std (ddof=1) / √n; 0 for one run)."""
     v = _as_floats(values, "values").ravel()
     if v.size == 0:
@@ -136,12 +137,21 @@ def mean_and_sem(values) -> tuple[float, float]:
     return float(v.mean()), sem
 
 
-def all_metrics(R, b=None, *, kind: str | None = None) -> dict[str, np.ndarray]:
+def all_metrics(R: npt.ArrayLike, b: npt.ArrayLike | None = None, *, kind: str | None = None
+                ) -> dict[str, np.ndarray]:
     """Every metric above for ``R[..., T, T]`` (and ``b`` for FWT), keyed by name.
 
     ``kind``: ``"accuracy"`` or ``"loss"`` (see the module docstring). ``None`` (the default,
     for callers that pass both kinds through one function) checks the shapes and that every
     value is finite, but not the range; pass ``kind`` to check it too.
+
+    Example:
+        >>> import numpy as np
+        >>> from cljax.metrics import all_metrics
+        >>> R = np.array([[0.9, 0.1],    # R[i, j]: accuracy on task j after training task i
+        ...               [0.6, 0.8]])
+        >>> {name: round(float(v), 4) for name, v in all_metrics(R, kind="accuracy").items()}
+        {'acc': 0.7, 'plasticity': 0.85, 'bwt': -0.3, 'forgetting': 0.3, 'forgetting_from_first': 0.3}
     """
     R = _check_matrix(R, kind=kind)
     if b is not None:

@@ -49,7 +49,7 @@ class EigenResult(NamedTuple):
     """Result of :func:`top_eigenvalues` / :func:`top_eigenvalues_matvec`.
 
     * ``eigenvalues: [k]`` — ordered as selected by ``which`` (descending λ for ``"largest"``,
-      descending |λ| for ``"magnitude"``), signs kept.
+      descending :math:`|λ|` for ``"magnitude"``), signs kept.
     * ``eigenvectors``: unit-norm Ritz vectors as a pytree with a leading axis ``k``, or ``None``.
     * ``residuals: [k]`` — ``‖A y_i − θ_i y_i‖ = β_m |e_mᵀ s_i|``; ``|λ − θ_i| ≤ residual_i``.
     * ``num_matvecs`` — Lanczos iterations run (= matrix-vector products).
@@ -133,7 +133,8 @@ def _flat_matvec(matvec: Callable[[Params], Params], unravel) -> Callable[[Array
     return lambda x: ravel_pytree(matvec(unravel(x)))[0]
 
 
-def flat_info(params_like: Params, name: str = "params_like"):
+def flat_info(params_like: Params, name: str = "params_like"
+              ) -> tuple[Array, Callable[[Array], Params]]:
     """``params_like`` raveled to one vector and its unravel function, checked to be non-empty
     and floating point (shared by the curvature tools)."""
     leaves = jax.tree.leaves(params_like)
@@ -214,7 +215,8 @@ def lanczos(matvec: Callable[[Params], Params], params_like: Params, key: PRNGKe
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def lanczos_jit(matvec, num_iters, return_basis, params_like, key):
+def lanczos_jit(matvec: Callable[[Params], Params], num_iters: int, return_basis: bool,
+                params_like: Params, key: PRNGKey) -> LanczosResult:
     """The jitted body of :func:`lanczos` (``num_iters`` steps with full reorthogonalisation)."""
     flat, unravel = ravel_pytree(params_like)
     mv = _flat_matvec(matvec, unravel)
@@ -380,7 +382,7 @@ def top_eigenvalues_matvec(matvec: Callable[[Params], Params], params_like: Para
 
     * ``"largest"``: the ``k`` algebraically largest eigenvalues λ_1 ≥ … ≥ λ_k (λ_1 = λ_max, the
       sharpest curvature, the quantity in the forgetting bound of seed 000 eq. 20);
-    * ``"magnitude"``: the ``k`` eigenvalues of largest |λ|, in decreasing |λ|, signs kept (what
+    * ``"magnitude"``: the ``k`` eigenvalues of largest :math:`|λ|`, in decreasing :math:`|λ|`, signs kept (what
       power iteration converges to; a large negative eigenvalue wins over a smaller positive one).
 
     The run proceeds in blocks of ``check_every`` iterations; after each block the Ritz pairs of
@@ -407,9 +409,18 @@ def top_eigenvalues(loss_fn: LossFn, params: Params, key: PRNGKey, *, k: int = 1
     """The ``k`` top eigenvalues of the Hessian ``∇²loss_fn(params)`` (HVPs by ``jvp(grad)``).
 
     See :func:`top_eigenvalues_matvec` for ``which`` ("largest" = algebraically largest,
-    "magnitude" = largest |λ|), the stopping rule and the result. For a whole task's data in
+    "magnitude" = largest :math:`|λ|`), the stopping rule and the result. For a whole task's data in
     chunks use ``top_eigenvalues_matvec(make_task_matvec(logits_fn, params, data, ...), params,
     key)``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from cljax.curvature import top_eigenvalues
+        >>> loss_fn = lambda p: 0.5 * (3.0 * p["a"] ** 2 + p["b"] ** 2)   # Hessian diag(3, 1)
+        >>> params = {"a": jnp.array(0.0), "b": jnp.array(0.0)}
+        >>> result = top_eigenvalues(loss_fn, params, jax.random.key(0), num_iters=2)
+        >>> round(float(result.eigenvalues[0]), 4)
+        3.0
     """
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable; got {type(loss_fn).__name__}")

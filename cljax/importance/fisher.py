@@ -4,7 +4,7 @@ For softmax cross-entropy with p = softmax(f(x; θ)) and g_y = ∂ log p(y|x) / 
 
 * true Fisher (Kirkpatrick et al. 2017, PNAS, the F_i of EWC's penalty, eq. 3; Martens 2020 "New
   insights and perspectives on the natural gradient method" for the names):
-  F_i = E_{x~D} E_{y~p_θ(·|x)} [g_{y,i}²], the inner expectation by Monte Carlo;
+  F_i = E_{x~D} E_{y~p_θ(· | x)} [g_{y,i}²], the inner expectation by Monte Carlo;
 * exact Fisher: the inner expectation in closed form, Σ_y p(y|x) g_{y,i}² — equal to the diagonal
   of the generalised Gauss–Newton matrix Jᵀ(diag(p) − ppᵀ)J for softmax CE (Martens 2020);
 * empirical Fisher: y = the dataset label (Kunstner et al. 2019 explain its bias).
@@ -86,6 +86,16 @@ def exact_fisher_diagonal(logits_fn: LogitsFn, params: Params, batch: Batch, *,
     back-propagated (as layer-output cotangents only) through the layers above each weight; for a
     dense layer the C squared outer products are summed before one matmul. ``batch['y']`` is not
     used. Same scale and arguments as :func:`empirical_fisher_diagonal` (mean over examples).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from cljax.importance import exact_fisher_diagonal
+        >>> logits_fn = lambda params, batch: batch["x"] @ params["w"]
+        >>> params = {"w": jnp.zeros((2, 2))}   # uniform predictions, p = (1/2, 1/2)
+        >>> batch = {"x": jnp.array([[1.0, 2.0]])}
+        >>> exact_fisher_diagonal(logits_fn, params, batch)["w"].round(4)   # x_i² p_c (1 − p_c)
+        Array([[0.25, 0.25],
+               [1.  , 1.  ]], dtype=float32)
     """
     return estimate("exact", logits_fn, params, batch, chunk_size=chunk_size,
                     implementation=implementation, sharding=sharding, require_y=False,

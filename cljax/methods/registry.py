@@ -49,7 +49,14 @@ gradient projection, architecture, Bayesian and generative."""
 
 
 def get_method(name: str, **options: Any) -> Method:
-    """The method registered as ``name``, built with its static ``options``."""
+    """The method registered as ``name``, built with its static ``options``.
+
+    Example:
+        >>> from cljax.methods import get_method
+        >>> method = get_method("ewc", fisher="empirical", num_examples=512)
+        >>> method.name, dict(method.default_hparams)
+        ('ewc', {'strength': 10000.0})
+    """
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; available: {sorted(METHODS)}")
     try:

@@ -126,7 +126,7 @@ class QuadraticPenaltyState(NamedTuple):
     anchor: Params
     curvature: Curvature
     offset: Array
-    count: Array
+    count: Array  # type: ignore[assignment]  # a NamedTuple field shadowing tuple.count, on purpose
 
 
 def init_penalty(params: Params, *, curvature: Kind = "diagonal", num_slots: int = 1,
@@ -194,6 +194,17 @@ def quadratic_penalty(*, strength: float | Array = 1.0) -> optax.GradientTransfo
       :class:`QuadraticPenaltyState`; the transform's own state is empty. Per step: one fused
       multiply-add per parameter (diagonal); two matmuls per layer and filled slot (K-FAC,
       ``rows² × out`` and ``rows × out²`` multiply-adds).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from cljax.transforms import consolidate, init_penalty, quadratic_penalty
+        >>> theta_star = {"w": jnp.array([1.0, 2.0])}
+        >>> state = consolidate(init_penalty(theta_star), theta_star, {"w": jnp.array([4.0, 0.0])})
+        >>> tx = quadratic_penalty(strength=0.5)
+        >>> params = {"w": jnp.array([2.0, 0.0])}
+        >>> updates, _ = tx.update({"w": jnp.zeros(2)}, tx.init(params), params, penalty_state=state)
+        >>> updates["w"]   # λ Ω ⊙ (θ − θ*) = 0.5 · (4, 0) ⊙ (1, −2)
+        Array([2., 0.], dtype=float32)
     """
     check_nonnegative(strength, name="strength", scalar=True)
 
@@ -215,8 +226,11 @@ def quadratic_penalty(*, strength: float | Array = 1.0) -> optax.GradientTransfo
 def _fold_multi_task(state: QuadraticPenaltyState, params: Params, new: Diagonal
                      ) -> tuple[Params, Diagonal, Array]:
     """Diagonal multi-task EWC: the exact parallel-axis fold of (θ*_t, Ω_t) (module docstring)."""
-    summed = combine(state.curvature, new, mode="sum")
-    o_l, tdef = jax.tree.flatten(state.curvature.values)
+    old = state.curvature
+    assert isinstance(old, Diagonal)               # multi_task folds a diagonal curvature
+    summed = combine(old, new, mode="sum")
+    tdef: Any                                      # a PyTreeDef: jaxlib ships no stubs for it
+    o_l, tdef = jax.tree.flatten(old.values)
     o2_l = tdef.flatten_up_to(summed.values)
     w_l = tdef.flatten_up_to(new.values)
     a_l = tdef.flatten_up_to(state.anchor)
