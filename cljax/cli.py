@@ -11,7 +11,7 @@ path of a Python file of your own defining ``get_config()``. Examples::
         --set optimizer.learning_rate=3e-4 --workdir runs/quick
     cljax run split_mnist --method ewc --seeds 8 --devices 4
 
-``--devices N`` shards the runs over the first N devices (default: all; see README "Several
+``--devices N`` shards the runs over the first N devices (default: all; see docs/guides/devices.md, "Several
 devices and hosts").
 
 Before any data is loaded the config (with every override) is validated — the method's

@@ -35,7 +35,7 @@ and NCL (:mod:`cljax.transforms.ncl`) preconditions with the :func:`matvec` of a
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, NamedTuple, Union
+from typing import Any, Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
@@ -83,7 +83,7 @@ class KroneckerFactored(NamedTuple):
     other: Array
 
 
-Curvature = Union[Diagonal, KroneckerFactored]  # noqa: UP007 (a runtime alias: py3.10's | needs both to be types)
+Curvature = Diagonal | KroneckerFactored
 
 
 def _check_kind(kind: Any) -> None:
@@ -236,9 +236,11 @@ def _check_pair(old: Curvature, new: Curvature) -> None:
     if type(old) is not type(new):
         raise TypeError(f"new must be a {type(old).__name__} like old; got {type(new).__name__}")
     if isinstance(old, Diagonal):
+        assert isinstance(new, Diagonal)           # the same type, checked just above
         check_same_structure(new.values, old.values, name="new.values",
                              reference_name="old.values")
         return
+    assert isinstance(new, KroneckerFactored)
     if set(new.factors) != set(old.factors):
         raise ValueError(f"new.factors must name the layers of old.factors "
                          f"{sorted(old.factors)}; got {sorted(new.factors)}")
@@ -250,6 +252,15 @@ def _check_pair(old: Curvature, new: Curvature) -> None:
                              f"G: {jnp.shape(g[1])}")
 
 
+@overload
+def combine(old: Diagonal, new: Diagonal, *, mode: CombineMode,
+            decay: float | Array = ...) -> Diagonal: ...
+@overload
+def combine(old: KroneckerFactored, new: KroneckerFactored, *, mode: CombineMode,
+            decay: float | Array = ...) -> KroneckerFactored: ...
+@overload
+def combine(old: Curvature, new: Curvature, *, mode: CombineMode,
+            decay: float | Array = ...) -> Curvature: ...
 def combine(old: Curvature, new: Curvature, *, mode: CombineMode,
             decay: float | Array = 1.0) -> Curvature:
     """Fold a task's curvature ``new`` into the accumulated ``old`` (same type and layers).
@@ -275,6 +286,7 @@ def combine(old: Curvature, new: Curvature, *, mode: CombineMode,
     _check_pair(old, new)
     cast = lambda x, ref: jnp.asarray(x, ref.dtype)
     if isinstance(old, Diagonal):
+        assert isinstance(new, Diagonal)           # the same type (_check_pair)
         if mode == "online":
             fn = lambda o, w: cast(decay, o) * o + cast(w, o)
         elif mode == "sum":
@@ -282,6 +294,7 @@ def combine(old: Curvature, new: Curvature, *, mode: CombineMode,
         else:
             fn = lambda o, w: cast(w, o)
         return Diagonal(jax.tree.map(fn, old.values, new.values))
+    assert isinstance(new, KroneckerFactored)
     factors = {}
     for name, f in old.factors.items():
         a, g = f[0], f[1]
@@ -378,7 +391,9 @@ def matvec_sum(curvs: Curvature, tree: Params, centers: Params, *, count: Array 
         raise ValueError(f"curvs and centers must share one leading slot axis; got lengths "
                          f"{sorted(sizes, key=str)}")
     _check_tree(jax.tree.map(lambda x: x[0], curvs), tree, "tree")
-    n = jnp.minimum(count, sizes.pop())
+    size = sizes.pop()
+    assert size is not None                        # checked just above
+    n = jnp.minimum(count, size)
 
     def loop(term: Callable[[Array], Array], like: Array) -> Array:
         return jax.lax.fori_loop(0, n, lambda i, acc: acc + term(i), jnp.zeros_like(like))
@@ -392,7 +407,10 @@ def matvec_sum(curvs: Curvature, tree: Params, centers: Params, *, count: Array 
     for layer, f in curvs.factors.items():
         node = get_layer(tree, layer)
         w, cw = pack(node), pack(get_layer(centers, layer), 1)
-        acc = loop(lambda i, f=f, w=w, cw=cw: f[0][i] @ (w - cw[i]) @ f[1][i], w)
+        def term(i: Array, f: KFACFactors = f, w: Array = w, cw: Array = cw) -> Array:
+            return f[0][i] @ (w - cw[i]) @ f[1][i]
+
+        acc = loop(term, w)
         out = set_layer(out, layer, unpack(_scaled(scale, acc), node))
     return out
 

@@ -1,4 +1,4 @@
-"""The README's worked example of a method runs as written (it is executed from the README)."""
+"""The guides' worked example of a method runs as written (executed from docs/guides/protocol.md)."""
 import pathlib
 import re
 
@@ -11,14 +11,14 @@ from cljax.data import make_scenario
 from cljax.nn import MLP, as_model
 from cljax.training import make_trainer, prepare_data, run_stream
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+PROTOCOL_GUIDE = pathlib.Path(__file__).resolve().parents[1] / "docs" / "guides" / "protocol.md"
 
 
 def test_worked_method_example_runs_and_replays():
-    text = README.read_text()
-    block = re.search(r"## Writing a method.*?```python\n(.*?)```", text, re.S).group(1)
+    text = PROTOCOL_GUIDE.read_text()
+    block = re.search(r"```python\n(.*?)```", text, re.S).group(1)
     namespace = {}
-    exec(compile(block, "README.md", "exec"), namespace)
+    exec(compile(block, str(PROTOCOL_GUIDE), "exec"), namespace)
     method = namespace["er_reservoir"](capacity=16)
     stream = tiny_split_stream()
     sc = make_scenario(stream, "class")
