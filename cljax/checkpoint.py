@@ -248,7 +248,8 @@ class Checkpointer:
                 out = self._manager.restore(index, args=ocp.args.Composite(
                     payload=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
                 payload = jax.tree.map(np.asarray, out["payload"])
-                if jax.tree.structure(payload) != jax.tree.structure(target) or any(
+                if jax.tree.structure(payload) != jax.tree.structure(  # type: ignore[operator]  # PyTreeDef: no jaxlib stubs
+                        target) or any(
                         a.shape != b.shape or a.dtype != b.dtype
                         for a, b in zip(jax.tree.leaves(payload), jax.tree.leaves(target))):
                     raise ValueError("its arrays do not match this run's state")

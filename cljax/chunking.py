@@ -66,7 +66,8 @@ def check_sharding(sharding: Any, *, name: str = "sharding") -> NamedSharding | 
 
 def examples_sharding_of(tree: Any) -> NamedSharding | None:
     """The sharding of ``tree``'s examples when its arrays are concrete and split along their
-    leading axis over more than one device (the first array's :class:`NamedSharding`); ``None``
+    leading axis over more than one device (the first array's
+    :class:`~jax.sharding.NamedSharding`); ``None``
     for host arrays, tracers (inside ``jit``: pass ``sharding=`` explicitly), one device or a
     replicated placement."""
     leaves = jax.tree.leaves(tree)
@@ -165,6 +166,7 @@ def chunked_sum(body: Body, xs: Any, *, chunk_size: int | None,
         return _sum_chunks(lambda a: body(*a), chunks, jax.tree.map(
             lambda v: jax.ShapeDtypeStruct(v.shape[1:], v.dtype), chunks), lambda t: t)
 
+    assert sharding is not None                # d > 1, and shard_count(None) is 1
     n_d = m * d                                # a multiple of D: the blocks are equal
     if n_d != n:
         xs = _take_rows(xs, jnp.concatenate([jnp.arange(n), jnp.zeros(n_d - n, jnp.int32)]), 0)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
+import functools
 import pathlib
 import signal
 import sys
@@ -175,7 +176,7 @@ def _message(e: BaseException, drop_prefix: str | None = None) -> str:
 # to fix it), and a config the validation could not see through or a file that could not be
 # written (with a pointer to --debug, in case it is a bug). Anything else is a bug and keeps its
 # traceback.
-def _data_errors() -> tuple[type, ...]:
+def _data_errors() -> tuple[type[BaseException], ...]:
     from cljax.data.sources import CorruptDataError
 
     return (CorruptDataError, FileNotFoundError)
@@ -252,8 +253,7 @@ def _overrides(args: argparse.Namespace) -> list[Override]:
         out.append(Override(f"{option} {value}", apply))
     for assignment in args.set:
         # apply_override's messages start with the key, which the label already names
-        out.append(Override(f"--set {assignment}",
-                            lambda cfg, a=assignment: _set(cfg, a),
+        out.append(Override(f"--set {assignment}", functools.partial(_set, assignment=assignment),
                             echo=assignment.split("=", 1)[0].strip() + ": "))
     swept: dict[str, str] = {}
     for spec in args.sweep:
@@ -458,7 +458,7 @@ def _run_in(args: argparse.Namespace, config: dict, workdir: pathlib.Path, *,
         raise UsageError(f"{_message(e)} (--debug shows the traceback)") from e
     finally:
         signal.signal(signal.SIGTERM, previous)
-    names = sorted(n + ("/" if (out / n).is_dir() else "") for n in read_marker(out)["wrote"]
+    names = sorted(n + ("/" if (out / n).is_dir() else "") for n in (read_marker(out) or {"wrote": []})["wrote"]
                    if not n.startswith(".") and (out / n).exists())    # what this run wrote
     print(f"wrote {', '.join(names)} in {out}")
     print((out / "report.md").read_text())

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import ast
 import importlib.machinery
-import importlib.util
 import pathlib
+import types
 from typing import Any
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
@@ -49,7 +49,8 @@ def load_config(path: str) -> dict:
     call its ``get_config()``."""
     p = config_file(path)
     loader = importlib.machinery.SourceFileLoader(f"cljax_config_{p.stem}", str(p))
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    module = types.ModuleType(loader.name)
+    module.__file__ = str(p)
     loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise AttributeError(f"config file {path!r} defines no get_config()")

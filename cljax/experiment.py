@@ -47,12 +47,13 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Literal, NamedTuple
 
 import jax
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from cljax import events, metrics
 from cljax.checkpoint import Checkpointer, CheckpointMismatchError
@@ -82,6 +83,7 @@ from cljax.training import (
     run_stream,
 )
 from cljax.training.loop import call_length
+from cljax.types import Params
 from cljax.workdir import IGNORED_ON_RESUME, describe_mismatch, to_strict_json, write_text_atomic
 
 REQUIRED_KEYS = ("dataset", "stream", "scenarios", "model", "optimizer", "steps", "batch_size",
@@ -180,7 +182,8 @@ def validate_config(config: dict) -> dict:
     return cfg
 
 
-_STREAM_BUILDERS = {"split": split_tasks, "permuted": permuted_tasks, "rotated": rotated_tasks}
+_STREAM_BUILDERS: dict[str, Callable[..., TaskStream]] = {
+    "split": split_tasks, "permuted": permuted_tasks, "rotated": rotated_tasks}
 
 
 def _check_stream(cfg: dict) -> None:
@@ -225,9 +228,10 @@ def dataset_metadata(name: str, data_dir: str | None = None) -> tuple[int | None
         except Exception:
             value = 0
         out.append(value if value > 0 else None)
-    if None not in out:
-        _METADATA[(name, where)] = (out[0], out[1])
-    return out[0], out[1]
+    num_classes, train_examples = out
+    if num_classes is not None and train_examples is not None:
+        _METADATA[(name, where)] = (num_classes, train_examples)
+    return num_classes, train_examples
 
 
 class StreamOutline(NamedTuple):
@@ -303,7 +307,7 @@ def scale_options(cfg: dict) -> dict:
     return out
 
 
-def experiment_mesh(cfg: dict, devices: int | None = None):
+def experiment_mesh(cfg: dict, devices: int | None = None) -> Mesh | None:
     """The :func:`cljax.sharding.make_mesh` mesh of ``devices`` (None: all of
     ``jax.devices()``) with the config's ``batch_devices``, or None for one device (the
     one-device path, unchanged)."""
@@ -414,7 +418,7 @@ def summarise_finite(R: np.ndarray, b: np.ndarray, *, kind: str | None = None) -
     return summarise(R, b, kind=kind)
 
 
-def task_eval_data(data) -> dict:
+def task_eval_data(data: StreamData) -> dict:
     """Every task's whole test set as model-ready stacked arrays ``x [T, N, ...]``, ``y``, ``task``
     (rows past ``data.test.n[t]`` are padding)."""
     T, N = data.test.y.shape
@@ -424,9 +428,11 @@ def task_eval_data(data) -> dict:
     return {k: v.reshape((T, N) + v.shape[1:]) for k, v in flat.items()}
 
 
-def flatness_analysis(model, data, task_params, *, runs, seed: int, log=print,
+def flatness_analysis(model: Model, data: StreamData, task_params: Params, *,
+                      runs: Iterable[int], seed: int, log: Callable[[str], None] = print,
                       max_seeds: int = 1, num_iters: int = 50, tol: float = 1e-3,
-                      chunk_size: int = 1000, curvature: str = "hessian") -> dict:
+                      chunk_size: int = 1000, curvature: Literal["hessian", "ggn"] = "hessian"
+                      ) -> dict:
     """λ_max per task and the forgetting bound (seed 000 eq. 19–20) for the first ``max_seeds``
     of ``runs``, on each task's test set (the data of the accuracy matrix)."""
     from cljax import analysis
@@ -480,7 +486,7 @@ def load_experiment_stream(cfg: dict, *, log: Callable[[str], None] = print
     t0 = time.perf_counter()
     stream = load_stream(cfg["dataset"], cfg["stream"], data_dir=cfg["data_dir"],
                          **cfg["stream_options"])
-    info = {"load_seconds": time.perf_counter() - t0}
+    info: dict[str, Any] = {"load_seconds": time.perf_counter() - t0}
     log(f"loaded {stream.name}: {stream.num_tasks} tasks, train sizes {stream.train.n.tolist()} "
         f"({info['load_seconds']:.1f} s)")
     if cfg["features"] is not None:
@@ -593,6 +599,7 @@ def summarise_scenario(cfg: dict, setup: ScenarioSetup, plan: SweepPlan, res: St
     """Stage 3 (summarise): the results entry of one scenario — per sweep point the matrices
     and metrics (mean ± SEM over the seeds that did not diverge), the best point, the analysis."""
     S, G = plan.seeds, len(plan.grid)
+    assert res.diverged is not None                # run_scenario's record always has it
     points = []
     for g, point in enumerate(plan.grid):
         runs = slice(g * S, (g + 1) * S)
@@ -708,14 +715,16 @@ def estimate_state_bytes(cfg: dict, stream: TaskStream, name: str) -> int:
     is compiled or allocated."""
     scenario, method, trainer = _scenario_trainer(cfg, stream, name)
 
+    def spec(shape: tuple[int, ...], dtype: Any) -> Any:   # an array's stand-in for eval_shape
+        return jax.ShapeDtypeStruct(shape, dtype)
+
     def shaped(arrays: TaskArrays) -> TaskArrays:
-        return TaskArrays(*(jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype)
-                            for a in arrays))
+        return TaskArrays(*(spec(np.shape(a), np.asarray(a).dtype) for a in arrays))
 
     data = StreamData(shaped(stream.train), shaped(stream.test),
-                      jax.ShapeDtypeStruct(scenario.label_table.shape, np.int32),
-                      jax.ShapeDtypeStruct((len(stream.mean),), np.float32),
-                      jax.ShapeDtypeStruct((len(stream.std),), np.float32),
+                      spec(scenario.label_table.shape, np.int32),
+                      spec((len(stream.mean),), np.float32),
+                      spec((len(stream.std),), np.float32),
                       tuple(int(n) for n in stream.train.n))
     point = plan_runs(cfg, method).grid[0]
     return _tree_bytes(jax.eval_shape(trainer.init, jax.random.key(0),
@@ -792,8 +801,8 @@ def deferred_interrupts() -> Iterator[None]:
         return
     pending: list[int] = []
     watched = (signal.SIGINT, signal.SIGTERM)
-    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum))
-                for s in watched}
+    previous: dict[int, Any] = {s: signal.signal(s, lambda signum, frame: pending.append(signum))
+                                for s in watched}
     try:
         yield
     finally:
@@ -808,7 +817,9 @@ def deferred_interrupts() -> Iterator[None]:
 
 
 def _checkpointed(name: str, ckpt: Checkpointer | None) -> list[tuple[str, str, int]]:
-    steps = [] if ckpt is None else ckpt.steps()
+    if ckpt is None:
+        return []
+    steps = ckpt.steps()
     return [(name, str(ckpt.directory), steps[-1])] if steps else []
 
 
@@ -891,7 +902,8 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
         where = {name: None if checkpoint_dir is None else pathlib.Path(checkpoint_dir) / name
                  for name in cfg["scenarios"]}
         for name in cfg["scenarios"]:
-            finished = None if where[name] is None else where[name] / "result.json"
+            scenario_dir = where[name]
+            finished = None if scenario_dir is None else scenario_dir / "result.json"
             if resume and finished is not None and finished.is_file():
                 entry = _reuse(finished, run_identity(cfg, name), name, log)
                 if entry is not None:
@@ -904,8 +916,9 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
             if name in results["scenarios"]:
                 continue
             setup = build_scenario(cfg, stream, name, mesh=mesh)
-            ckpt = None if where[name] is None else Checkpointer(
-                where[name] / "state", log=log, identity=run_identity(cfg, name))
+            scenario_dir = where[name]
+            ckpt = None if scenario_dir is None else Checkpointer(
+                scenario_dir / "state", log=log, identity=run_identity(cfg, name))
             current = (name, ckpt)
             res = run_scenario(cfg, setup, plan, progress_factory=progress_factory,
                                checkpoint=ckpt, checkpoint_every=checkpoint_every,
@@ -916,8 +929,8 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
                     events.write_scenario_events(events_dir, name, res.train_loss,
                                                  res.accuracy,
                                                  events.run_names(plan.grid, plan.seeds))
-                if where[name] is not None:   # NaN kept as NaN (not strict JSON): reread here
-                    write_text_atomic(where[name] / "result.json", json.dumps(
+                if scenario_dir is not None:   # NaN kept as NaN (not strict JSON): reread here
+                    write_text_atomic(scenario_dir / "result.json", json.dumps(
                         {"identity": run_identity(cfg, name), "result": entry},
                         default=_to_builtin))
                 results["scenarios"][name] = entry

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import flax.linen as nn
 import jax
@@ -254,7 +254,7 @@ def describe_call(module: nn.Module, x: Any, out: Any, *, leaf_ids: Mapping[int,
     except Exception:
         return None
     if not isinstance(padding, str):
-        padding = tuple(tuple(int(a) for a in pr) for pr in padding)
+        padding = tuple((int(lo), int(hi)) for lo, hi in padding)   # pairs, canonicalized
     call = LayerCall(name, "conv", kshape, bias is not None, strides=_tuple(module.strides, nd),
                      padding=padding, input_dilation=_tuple(module.input_dilation, nd),
                      kernel_dilation=_tuple(module.kernel_dilation, nd), kernel_index=k_idx,
@@ -353,8 +353,9 @@ def intercept_layer_calls(fn: Callable[..., Any], *args: Any,
         if call is not None and call.name in offsets:
             delta = offsets[call.name](layer_rows(jnp.asarray(x), call))
             out = out + jnp.reshape(delta, out.shape).astype(out.dtype)
-        if perturbations is not None and i < len(perturbations) and perturbations[i] is not None:
-            out = out + perturbations[i].astype(out.dtype)
+        eps = perturbations[i] if perturbations is not None and i < len(perturbations) else None
+        if eps is not None:
+            out = out + eps.astype(out.dtype)
         return out
 
     with nn.intercept_methods(interceptor):
@@ -456,6 +457,7 @@ def capture(fn: Callable[..., Any], *args: Any, layers: Any = None, argnums: Seq
         rows: dict[str, list[Array]] = {}
         for r, k in zip(records, keep):
             if k:
+                assert r.call is not None          # keep: a described layer call
                 rows.setdefault(r.call.name, []).append(layer_rows(jnp.asarray(r.inputs), r.call))
         return out, (rows, aux)
 
@@ -468,6 +470,7 @@ def capture(fn: Callable[..., Any], *args: Any, layers: Any = None, argnums: Seq
         cots: dict[str, list[Array]] = {}
         for r, k, g in zip(abstract, keep, eps_bar):
             if k:
+                assert r.call is not None
                 cots.setdefault(r.call.name, []).append(g.reshape(g.shape[0], -1, g.shape[-1]))
         return cots, tuple(arg_bars)
 
@@ -481,7 +484,9 @@ def weight_gradients(rows: Mapping[str, list[Array]], cotangents: Mapping[str, l
     if set(rows) != set(cotangents):
         raise ValueError(f"rows and cotangents must name the same layers; got {sorted(rows)} and "
                          f"{sorted(cotangents)}")
-    return {name: sum(jnp.einsum("bpr,bpo->ro", a, g) for a, g in zip(rows[name], cotangents[name]))
+    # cast: every layer has at least one call (sum's start 0 never comes back alone)
+    return {name: cast(Array, sum(jnp.einsum("bpr,bpo->ro", a, g)
+                                  for a, g in zip(rows[name], cotangents[name])))
             for name in rows}
 
 

@@ -27,7 +27,7 @@ In both class modes class c = task·k + label (k classes per task) owns the slot
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -37,7 +37,7 @@ import numpy as np
 from cljax.types import Array, PRNGKey
 from cljax.validation import check_positive_int, is_concrete
 
-Rows = dict
+Rows = Mapping[str, Array]   # examples by field: x, label, task (and logits)
 
 
 class ReplayMemory(NamedTuple):
@@ -167,7 +167,7 @@ def reservoir_add(memory: ReplayMemory, rows: Rows, key: PRNGKey, *,
 
 
 def sample_memory(memory: ReplayMemory, key: PRNGKey, size: int, *,
-                  where: Array | None = None) -> tuple[Rows, Array]:
+                  where: Array | None = None) -> tuple[dict[str, Array], Array]:
     """``size`` stored examples drawn uniformly with replacement among the valid slots (and, if
     given, the slots where ``where`` (bool ``[M]``) holds).
 
@@ -222,12 +222,16 @@ class ClassBudget(NamedTuple):
     capacity: int | None = None
 
     def memory_capacity(self) -> int:
-        return self.per_class * self.num_classes if self.per_class is not None else self.capacity
+        if self.per_class is not None:
+            return self.per_class * self.num_classes
+        assert self.capacity is not None   # exactly one of the two (class_budget validates)
+        return self.capacity
 
     def max_quota(self) -> int:
         """The largest quota of a class (the first task's, in class-balanced mode)."""
         if self.per_class is not None:
             return self.per_class
+        assert self.capacity is not None
         return self.capacity // self.classes_per_task
 
     def quota(self, tasks_seen: Array) -> Array:
@@ -235,6 +239,7 @@ class ClassBudget(NamedTuple):
         if self.per_class is not None:
             return jnp.asarray(self.per_class, jnp.int32)
         seen = jnp.maximum(tasks_seen, 1) * self.classes_per_task
+        assert self.capacity is not None
         return (self.capacity // seen).astype(jnp.int32)
 
 
@@ -250,6 +255,7 @@ def class_budget(*, classes_per_task: int, num_classes: int, per_class: int | No
     if per_class is not None:
         check_positive_int(per_class, name="per_class")
     else:
+        assert capacity is not None          # exactly one of the two, checked above
         check_positive_int(capacity, name="capacity")
         if capacity < num_classes:
             raise ValueError(f"a class-balanced memory of capacity {capacity} cannot hold one "

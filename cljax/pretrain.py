@@ -21,6 +21,7 @@ import os
 import pathlib
 import time
 from collections.abc import Callable
+from typing import cast
 
 import flax
 import jax
@@ -124,8 +125,8 @@ def train_encoder(config: PretrainConfig, *, data_dir: str | None = None,
 
     @jax.jit
     def predict(params, stats, x):
-        return jnp.argmax(model.apply({"params": params, "batch_stats": stats},
-                                      _normalise(x, config.dataset)), -1)
+        return jnp.argmax(cast(Array, model.apply({"params": params, "batch_stats": stats},
+                                                  _normalise(x, config.dataset))), -1)
 
     def accuracy(params, stats, x, y, chunk=1000):
         hits = sum(int(jnp.sum(predict(params, stats, jnp.asarray(x[i:i + chunk]))

@@ -5,16 +5,21 @@ import io
 import math
 import os
 import pathlib
+from typing import TYPE_CHECKING, TypeGuard
 
 import numpy as np
+import numpy.typing as npt
 
 from cljax.workdir import write_bytes_atomic, write_json_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 METRIC_NAMES = {"acc": "ACC", "bwt": "BWT", "fwt": "FWT", "forgetting": "Forgetting (max)",
                 "forgetting_from_first": "Forgetting (first)", "plasticity": "Plasticity"}
 
 
-def _finite(x) -> bool:
+def _finite(x: object) -> TypeGuard[int | float | np.number]:
     return isinstance(x, (int, float, np.number)) and math.isfinite(x)
 
 
@@ -139,7 +144,7 @@ def plot_accuracy_matrices(results: dict, path: str | os.PathLike) -> None:
     _save(accuracy_matrix_figure(results), path)
 
 
-def accuracy_matrix_figure(results: dict):
+def accuracy_matrix_figure(results: dict) -> Figure:
     """Heatmaps of the mean accuracy matrix (over the runs that did not diverge), one panel per
     scenario, with a shared colour bar; a matplotlib Figure (Agg)."""
     import matplotlib
@@ -168,7 +173,7 @@ def accuracy_matrix_figure(results: dict):
     return fig
 
 
-def plot_samples(pixels, path: str | os.PathLike, *, title: str = "") -> None:
+def plot_samples(pixels: npt.ArrayLike, path: str | os.PathLike, *, title: str = "") -> None:
     """samples_<scenario>.png: a grid of generated examples, a row per task (``pixels``:
     ``uint8`` values ``[T][n][H][W]`` or ``[T][n][H][W][C]``, as in samples_<scenario>.npy)."""
     import matplotlib
@@ -197,6 +202,8 @@ def plot_samples(pixels, path: str | os.PathLike, *, title: str = "") -> None:
 
 
 def plot_task_curves(results: dict, path: str | os.PathLike) -> None:
+    """task_curves.png: the test accuracy of every task after each training task (mean ± SEM
+    over the runs that did not diverge), one panel per scenario; saved atomically."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

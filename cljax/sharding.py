@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 RUNS_AXIS = "runs"
@@ -59,7 +60,7 @@ def resolve_devices(devices: int | Sequence[Any] | None = None) -> list:
                              "CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N before JAX "
                              "starts gives N host devices)")
         return list(everything[:n])
-    out = list(devices)
+    out = list(cast(Sequence[Any], devices))  # a bool lands here, and fails as not iterable
     if not out or not all(isinstance(d, jax.Device) for d in out):
         raise TypeError(f"devices must be None, a positive int or a non-empty sequence of "
                         f"jax.Device; got {devices!r}")
@@ -133,7 +134,7 @@ def padded_size(n: int, multiple: int) -> int:
     return -(-int(n) // int(multiple)) * int(multiple)
 
 
-def example_mask(n: int, padded: int, dtype=np.float32) -> np.ndarray:
+def example_mask(n: int, padded: int, dtype: npt.DTypeLike = np.float32) -> np.ndarray:
     """``[padded]`` weights: 1 for the ``n`` real examples, 0 for the padding."""
     if not 0 <= n <= padded:
         raise ValueError(f"need 0 <= n <= padded; got n={n}, padded={padded}")

@@ -200,6 +200,7 @@ def check_in_unit_interval(value: Any, *, name: str, closed_left: bool = False,
 
 
 def check_positive_int(value: Any, *, name: str) -> None:
+    """A Python or numpy integer ≥ 1 (a ``bool`` is not); else ``ValueError`` naming ``name``."""
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive int; got {value!r}")
 

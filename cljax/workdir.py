@@ -28,7 +28,7 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 CONFIG_FILE = "config.json"
 """The config of the run, written into the work directory at the start (compared on resume)."""
@@ -355,7 +355,8 @@ def _entries(p: pathlib.Path, where: str) -> list[str]:
         raise _fs_error(where, e) from e
 
 
-def _refuse_other_files(entries: list[str], where: str, *, resume: bool, overwrite: bool):
+def _refuse_other_files(entries: list[str], where: str, *, resume: bool,
+                        overwrite: bool) -> NoReturn:
     """A directory of files that are not a cljax run's: refused, whatever the flags."""
     what = f"it holds {_describe(entries)}, and no {MARKER_FILE}, the marker of a cljax run"
     if resume:
@@ -449,6 +450,7 @@ def _prepare_locked(p: pathlib.Path, where: str, config: dict, *, resume: bool,
     if entries and marker is None:
         _refuse_other_files(entries, where, resume=resume, overwrite=overwrite)
     if entries:
+        assert marker is not None          # refused just above
         if overwrite:
             try:
                 _remove_written(p, marker)

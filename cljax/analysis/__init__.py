@@ -1,6 +1,8 @@
 """Analyses on a finished continual-learning run: per-task flatness (λ_max) and the curvature
 bound on forgetting (seed 000 eq. 19–20; Mirzadeh et al. 2020). Plots live in
 :mod:`cljax.analysis.plots` (imported lazily: matplotlib is only needed to draw)."""
+from typing import Any
+
 from cljax.analysis.bound import (
     ForgettingBound,
     forgetting_bound,
@@ -12,13 +14,13 @@ from cljax.analysis.bound import (
 from cljax.analysis.flatness import FlatnessResult, flatness, stack_task_data
 
 
-def plot_bound(*args, **kwargs):
+def plot_bound(*args: Any, **kwargs: Any) -> str:
     """See :func:`cljax.analysis.plots.plot_bound`."""
     from cljax.analysis.plots import plot_bound as f
     return f(*args, **kwargs)
 
 
-def plot_flatness(*args, **kwargs):
+def plot_flatness(*args: Any, **kwargs: Any) -> str:
     """See :func:`cljax.analysis.plots.plot_flatness`."""
     from cljax.analysis.plots import plot_flatness as f
     return f(*args, **kwargs)

@@ -188,8 +188,9 @@ def forgetting_bound(logits_fn: LogitsFn, params_per_task: Params, task_data: Ta
     if num_tasks < 2:
         raise ValueError(f"forgetting_bound needs at least 2 tasks in params_per_task; got "
                          f"{num_tasks}")
-    opts = dict(chunk_size=chunk_size, per_example_loss=per_example_loss)
+    opts: dict[str, Any] = dict(chunk_size=chunk_size, per_example_loss=per_example_loss)
     if lambda_max is None:
+        assert key is not None                     # required without lambda_max, checked above
         check_positive_int(num_iters, name="num_iters")
         lambda_max = flatness(logits_fn, params_per_task, task_data, key, k=1,
                               num_iters=num_iters, tol=tol, curvature=curvature, counts=counts,

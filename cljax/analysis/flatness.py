@@ -23,7 +23,7 @@ Inputs shared by :func:`flatness` and :func:`cljax.analysis.forgetting_bound`:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeGuard
 
 import jax
 import jax.numpy as jnp
@@ -92,11 +92,16 @@ def num_tasks_of(params_per_task: Params, *, name: str = "params_per_task") -> i
     return t
 
 
+def _is_stacked(task_data: TaskData) -> TypeGuard[Batch]:
+    """A dict of arrays with a leading task axis (anything with ``keys``), not a sequence."""
+    return hasattr(task_data, "keys")
+
+
 def stack_task_data(task_data: TaskData, num_tasks: int, *, counts: Sequence[int] | None = None,
-                    require_y: bool = True) -> tuple[Batch, Array]:
+                    require_y: bool = True) -> tuple[Batch, np.ndarray]:
     """Normalise ``task_data`` (see the module docstring) to ``(stacked, weights)``:
     ``stacked[k]: [T, N, ...]`` and ``weights: [T, N]`` (1 for real examples, 0 for padding)."""
-    if hasattr(task_data, "keys"):
+    if _is_stacked(task_data):
         if "x" not in task_data:
             raise TypeError("task_data must be a sequence of batch dicts or a dict of arrays with "
                             f"a leading task axis; got a dict with keys {sorted(task_data.keys())}")
@@ -149,6 +154,7 @@ def stack_task_data(task_data: TaskData, num_tasks: int, *, counts: Sequence[int
             a = jnp.asarray(a)
             return jnp.pad(a, [(0, n - a.shape[0])] + [(0, 0)] * (a.ndim - 1))
 
+        assert keys is not None                    # num_tasks >= 1 batches, each checked
         stacked = {k: jnp.stack([pad(b[k]) for b in task_data]) for k in keys}
     weights = (np.arange(n)[None, :] < counts_np[:, None])
     check_finite(stacked, name="task_data")
@@ -164,8 +170,10 @@ def task_slice(tree: Any, t: int) -> Any:
     return jax.tree.map(lambda a: a[t], tree)
 
 
-def validate_task_inputs(logits_fn, params_per_task, task_data, key, counts, chunk_size,
-                         per_example_loss):
+def validate_task_inputs(logits_fn: LogitsFn, params_per_task: Params, task_data: TaskData,
+                         key: PRNGKey | None, counts: Sequence[int] | None,
+                         chunk_size: int | None, per_example_loss: PerExampleLoss | None
+                         ) -> tuple[int, Batch, Array]:
     """The checks :func:`flatness` and :func:`cljax.analysis.bound.forgetting_bound` share;
     returns ``(num_tasks, stacked task data, per-example weights)``."""
     if not callable(logits_fn):
@@ -236,7 +244,7 @@ def flatness(logits_fn: LogitsFn, params_per_task: Params, task_data: TaskData, 
     num_tasks, stacked, weights = validate_task_inputs(
         logits_fn, params_per_task, task_data, key, counts, chunk_size, per_example_loss)
     product = task_hvp if curvature == "hessian" else task_ggn_vp
-    opts = dict(chunk_size=chunk_size, per_example_loss=per_example_loss)
+    opts: dict[str, Any] = dict(chunk_size=chunk_size, per_example_loss=per_example_loss)
 
     # One function object for every task, so the Lanczos block compiles once per call.
     def matvec(operand, v):
@@ -273,8 +281,8 @@ def flatness(logits_fn: LogitsFn, params_per_task: Params, task_data: TaskData, 
         loss, gn = loss_and_grad_norm(params, batch, w)
         losses.append(float(loss))
         gnorms.append(float(gn))
-    tops = np.stack(tops)
-    return FlatnessResult(lambda_max=tops[:, 0], top_eigenvalues=tops, residuals=np.stack(res),
+    top = np.stack(tops)
+    return FlatnessResult(lambda_max=top[:, 0], top_eigenvalues=top, residuals=np.stack(res),
                           num_matvecs=np.asarray(nmv), trace=np.asarray(traces),
                           trace_stderr=np.asarray(ses), loss=np.asarray(losses),
                           grad_norm=np.asarray(gnorms))

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _pyplot():
@@ -33,7 +37,7 @@ def _decade(x: float, up: bool = False) -> int:
     return int(np.ceil(e - 1e-9) if up else np.floor(e + 1e-9))
 
 
-def symlog_ticks(values, *, max_labels: int = 6, small_quantile: float = 0.1,
+def symlog_ticks(values: npt.ArrayLike, *, max_labels: int = 6, small_quantile: float = 0.1,
                  max_decades: int = 5) -> dict:
     """Settings of a readable symlog axis for ``values`` (some ≤ 0): ``linthresh`` a power of
     ten from the data (the ``small_quantile`` of the non-zero magnitudes, but at most
@@ -63,7 +67,8 @@ def symlog_ticks(values, *, max_labels: int = 6, small_quantile: float = 0.1,
     # With stride 1, ±linthresh is one decade-width from 0 (linscale 1), as far as the next
     # decade; with stride > 1 no label comes closer to 0 than one stride, so none crowd 0.
     nearest = k_lin + stride - 1  # decade k sits 1 + (k - k_lin) decade-widths from 0
-    major, minor = [0.0], []
+    major: list[float] = [0.0]
+    minor: list[float] = []
     for sign, k_max in ((-1.0, k_neg), (1.0, k_pos)):
         if k_max is None:
             continue
@@ -137,7 +142,7 @@ def plot_bound(result: Any, path: str | os.PathLike = "bound.png", *,
     return str(path)
 
 
-def bound_figure(result: Any, *, title: str | None = None):
+def bound_figure(result: Any, *, title: str | None = None) -> Figure:
     """The figure of :func:`plot_bound` (a matplotlib Figure, Agg), not saved."""
     plt = _pyplot()
     measured, quad, bound = (_get(result, k) for k in ("measured", "quadratic", "bound"))

@@ -52,7 +52,7 @@ def slq_nodes_weights(matvec: Callable[[Params], Params], params_like: Params, k
     return jax.lax.map(run, jax.random.split(key, num_runs))
 
 
-def gaussian_density(nodes: Array, weights: Array, grid: Array, sigma: float) -> Array:
+def gaussian_density(nodes: Array, weights: Array, grid: Array, sigma: float | Array) -> Array:
     """``φ(t) = mean_r Σ_j w_rj N(t; θ_rj, σ²)`` on ``grid`` (``nodes, weights: [R, m]``)."""
     nodes = jnp.atleast_2d(nodes)
     weights = jnp.atleast_2d(weights)
@@ -98,12 +98,15 @@ def spectral_density(matvec: Callable[[Params], Params], params_like: Params, ke
     nodes, weights = slq_nodes_weights(matvec, params_like, key, num_iters=num_iters,
                                        num_runs=num_runs)
     lo, hi = jnp.min(nodes), jnp.max(nodes)
+    width: float | Array
     if sigma is None:
         spread = hi - lo
-        sigma = jnp.where(spread > 0, 0.01 * spread, 1e-3 * jnp.maximum(1.0, jnp.abs(hi)))
+        width = jnp.where(spread > 0, 0.01 * spread, 1e-3 * jnp.maximum(1.0, jnp.abs(hi)))
+    else:
+        width = sigma
     if isinstance(grid, (int, np.integer)):
-        grid = jnp.linspace(lo - 5 * sigma, hi + 5 * sigma, int(grid), dtype=nodes.dtype)
-    return SpectralDensity(grid, gaussian_density(nodes, weights, grid, sigma))
+        grid = jnp.linspace(lo - 5 * width, hi + 5 * width, int(grid), dtype=nodes.dtype)
+    return SpectralDensity(grid, gaussian_density(nodes, weights, grid, width))
 
 
 __all__ = ["SpectralDensity", "slq_nodes_weights", "gaussian_density", "spectral_density"]

@@ -197,7 +197,8 @@ def chunk_batch(batch: Batch, chunk_size: int | None, weights: Array | None = No
     return chunks, reshape(weights)
 
 
-def chunk_loss_sum(logits_fn, per_example_loss):
+def chunk_loss_sum(logits_fn: LogitsFn, per_example_loss: PerExampleLoss | None
+                   ) -> Callable[[Params, Batch, Array], Array]:
     """``f(params, chunk, w) = Σ_n w_n · loss_n`` of one chunk (softmax cross-entropy unless
     ``per_example_loss``)."""
     loss = softmax_cross_entropy if per_example_loss is None else per_example_loss

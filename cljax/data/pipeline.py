@@ -33,9 +33,12 @@ from __future__ import annotations
 import concurrent.futures
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from cljax.data.streams import TaskStream
 
 PLACEMENTS = ("auto", "device", "host")
 DEFAULT_MEMORY_FRACTION = 0.5
@@ -83,13 +86,13 @@ def _arrays_bytes(arrays) -> int:
     return int(sum(np.asarray(a).nbytes for a in (arrays.x, arrays.y, arrays.n)))
 
 
-def stream_bytes(stream) -> int:
+def stream_bytes(stream: TaskStream) -> int:
     """Bytes of a :class:`~cljax.data.TaskStream`'s train and test arrays (what the device path
     puts on every device)."""
     return _arrays_bytes(stream.train) + _arrays_bytes(stream.test)
 
 
-def task_bytes(stream) -> int:
+def task_bytes(stream: TaskStream) -> int:
     """Bytes of the largest single task's train or test arrays (what the host path puts on the
     device at a boundary or an evaluation)."""
     def one(a):
@@ -97,7 +100,7 @@ def task_bytes(stream) -> int:
     return int(max(one(stream.train), one(stream.test)))
 
 
-def choose_placement(stream, *, placement: str = "auto", memory_cap: int | None = None,
+def choose_placement(stream: TaskStream, *, placement: str = "auto", memory_cap: int | None = None,
                      devices: Sequence[Any] | None = None) -> str:
     """``"device"`` or ``"host"`` for ``stream``: ``placement`` when forced; with ``"auto"``,
     ``"device"`` unless :func:`stream_bytes` exceeds ``memory_cap`` (default
@@ -154,11 +157,11 @@ class HostArrays:
 
     def train_task(self, t: int) -> tuple[np.ndarray, np.ndarray]:
         """Task ``t``'s stored training rows ``(x [N, ...], label [N])``."""
-        return self.train.x[t], self.train.y[t]
+        return np.asarray(self.train.x[t]), np.asarray(self.train.y[t])   # views: numpy already
 
     def test_task(self, t: int) -> tuple[np.ndarray, np.ndarray]:
         """Task ``t``'s padded test rows ``(x [N, ...], label [N])``."""
-        return self.test.x[t], self.test.y[t]
+        return np.asarray(self.test.x[t]), np.asarray(self.test.y[t])
 
     def __repr__(self) -> str:
         return (f"HostArrays(train x {self.train.x.shape} {self.train.x.dtype}, test x "
@@ -184,7 +187,7 @@ class Prefetcher:
     def __init__(self):
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cljax-data")
 
-    def submit(self, fn: Callable, *args) -> concurrent.futures.Future:
+    def submit(self, fn: Callable, *args: Any) -> concurrent.futures.Future:
         return self._pool.submit(fn, *args)
 
     def close(self) -> None:

@@ -23,6 +23,13 @@ SCENARIOS = ("task", "domain", "class")
 
 @dataclasses.dataclass(frozen=True)
 class Scenario:
+    """The head layout and label table of one scenario (made by :func:`make_scenario`).
+
+    ``name`` is ``"task"``, ``"domain"`` or ``"class"``; the model has ``num_heads`` heads of
+    ``num_outputs`` logits each; ``label_table`` (int32 ``[T, k]``) maps (task t, within-task
+    label) to the model's target.
+    """
+
     name: str
     num_heads: int
     num_outputs: int

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from cljax.data.sources import ArrayDataset, load_split
+from cljax.types import Array
 
 # Per-channel (mean, std) applied after scaling pixels to [0, 1].
-NORMALISATION = {
+Normalisation = tuple[tuple[float, ...], tuple[float, ...]]
+NORMALISATION: dict[str, Normalisation] = {
     # van de Ven & Tolias 2019 feed MNIST pixels in [0, 1] without standardisation.
     "mnist": ((0.0,), (1.0,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -32,11 +34,12 @@ NORMALISATION = {
 
 
 class TaskArrays(NamedTuple):
-    """Stacked per-task examples of one split (a pytree: pass it into jitted functions)."""
+    """Stacked per-task examples of one split (a pytree: pass it into jitted functions; host
+    numpy arrays as built, device arrays once placed)."""
 
-    x: np.ndarray
-    y: np.ndarray
-    n: np.ndarray
+    x: np.ndarray | Array
+    y: np.ndarray | Array
+    n: np.ndarray | Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +88,7 @@ def _limit(x: np.ndarray, y: np.ndarray, limit: int | None):
 
 def split_tasks(train: ArrayDataset, test: ArrayDataset, *,
                 tasks: Sequence[Sequence[int]] | None = None, name: str = "split",
-                normalisation=((0.0,), (1.0,)), max_train_per_task: int | None = None,
+                normalisation: Normalisation = ((0.0,), (1.0,)), max_train_per_task: int | None = None,
                 max_test_per_task: int | None = None) -> TaskStream:
     """Split a dataset by class (Zenke et al. 2017; van de Ven & Tolias 2019).
 
@@ -117,7 +120,7 @@ def split_tasks(train: ArrayDataset, test: ArrayDataset, *,
         return _stack_tasks(parts)
 
     return TaskStream(name, build(train, max_train_per_task), build(test, max_test_per_task),
-                      tuple(tasks), *normalisation)
+                      tuple(tuple(t) for t in tasks), *normalisation)
 
 
 def _pad_images(images: np.ndarray, pad_to: int | None) -> np.ndarray:
@@ -145,7 +148,7 @@ def permutations(num_tasks: int, dim: int, *, seed: int, permute_first: bool = T
 
 def permuted_tasks(train: ArrayDataset, test: ArrayDataset, *, num_tasks: int = 10,
                    seed: int = 0, pad_to: int | None = 32, permute_first: bool = True,
-                   name: str = "permuted", normalisation=((0.0,), (1.0,)),
+                   name: str = "permuted", normalisation: Normalisation = ((0.0,), (1.0,)),
                    max_train_per_task: int | None = None,
                    max_test_per_task: int | None = None) -> TaskStream:
     """Permuted tasks (Goodfellow et al. 2013; protocol of van de Ven & Tolias 2019).
@@ -184,7 +187,7 @@ def mirzadeh_rotation_angles(num_tasks: int, *, seed: int = 0) -> np.ndarray:
 
 
 def rotated_tasks(train: ArrayDataset, test: ArrayDataset, *, angles: Sequence[float],
-                  name: str = "rotated", normalisation=((0.0,), (1.0,)),
+                  name: str = "rotated", normalisation: Normalisation = ((0.0,), (1.0,)),
                   max_train_per_task: int | None = None,
                   max_test_per_task: int | None = None) -> TaskStream:
     """One task per angle: all images rotated by ``angles[t]`` degrees. Class identities are
@@ -205,10 +208,11 @@ STREAM_KINDS = ("split", "permuted", "rotated")
 
 
 def load_stream(dataset: str, kind: str, *, data_dir: str | os.PathLike | None = None,
-                **options) -> TaskStream:
+                **options: Any) -> TaskStream:
     """Load ``dataset`` from tfds and build a ``kind`` stream ('split', 'permuted', 'rotated');
     ``options`` go to :func:`split_tasks`, :func:`permuted_tasks` or :func:`rotated_tasks`."""
-    builders = {"split": split_tasks, "permuted": permuted_tasks, "rotated": rotated_tasks}
+    builders: dict[str, Callable[..., TaskStream]] = {
+        "split": split_tasks, "permuted": permuted_tasks, "rotated": rotated_tasks}
     if kind not in builders:
         raise ValueError(f"stream kind must be one of {STREAM_KINDS}; got {kind!r}")
     train = load_split(dataset, "train", data_dir=data_dir)

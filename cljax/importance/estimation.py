@@ -6,10 +6,10 @@ for example n and a direction u_{n,k} in logit space (k = 1..K), the per-example
 J_nᵀ u_{n,k} (J_n = ∂ logits_n / ∂θ). The public estimators only choose the directions:
 
 * empirical Fisher: u = p − e_y (the gradient of −log p(y|x) w.r.t. the logits), K = 1;
-* true Fisher: u_s = (p − e_{ŷ_s}) / √S with ŷ_s ~ p(·|x), K = S;
+* true Fisher: u_s = (p − e_{ŷ_s}) / √S with ŷ_s ~ p(· | x), K = S;
 * exact Fisher: u_c = √p_c (p − e_c), K = C, so Σ_c u_c u_cᵀ = diag(p) − ppᵀ (the softmax-CE
   output Hessian; the result is the GGN diagonal);
-* MAS: u = 2 f(x) (the gradient of ‖f(x)‖² w.r.t. f), K = 1, reduced with |·| instead of (·)²;
+* MAS: u = 2 f(x) (the gradient of ‖f(x)‖² w.r.t. f), K = 1, reduced with :math:`|·|` instead of (·)²;
 * K-FAC: the layer-output cotangents g themselves (A = E[āāᵀ], G = E[ggᵀ]).
 
 **Fast path (recognised layers).** For flax linen ``nn.Dense`` and ``nn.Conv`` and
@@ -23,8 +23,8 @@ perturbation ε is added to its output. One ``jax.vjp`` w.r.t. the
 perturbations then yields, for every direction, the per-example output cotangents g_n of every
 layer (each example's loss depends only on its own ε_n), back-propagated only as far as the
 lowest layer's output — no weight gradients are formed. A dense layer's per-example weight
-gradient is the outer product a_n g_nᵀ, so Σ_n (a_n g_nᵀ)² = (a²)ᵀ(g²) and Σ_n |a_n g_nᵀ| =
-|a|ᵀ|g| are single matmuls; for the exact Fisher Σ_c (a g_cᵀ)² = a²(Σ_c g_c²)ᵀ, so the C directions
+gradient is the outer product a_n g_nᵀ, so Σ_n (a_n g_nᵀ)² = (a²)ᵀ(g²) and :math:`Σ_n |a_n g_nᵀ| =
+|a|ᵀ|g|` are single matmuls; for the exact Fisher Σ_c (a g_cᵀ)² = a²(Σ_c g_c²)ᵀ, so the C directions
 are summed before the matmul. A conv layer (im2col patches a_{n,p}, positions p) has per-example
 gradient Σ_p a_{n,p} g_{n,p}ᵀ — a sum inside the square/abs — so it uses a per-example contraction;
 the K directions of one example (exact Fisher: the C classes) share the captured patches; their
@@ -240,7 +240,7 @@ def _layer_direction_terms(a3s: list[Array], gs: list[Array], fn) -> list[Any]:
     Σ_k Σ_n f(Σ_p a g_kᵀ) and Σ_k Σ_n f(Σ_p g_k), the K directions of a group sharing one
     batched matmul over positions ([B, in, P] @ [B, P, K·out]) on the patches captured once for
     all directions (the GGN's per-class structure)."""
-    terms = []
+    terms: list[Any] = []
     for a3, g in zip(a3s, gs):
         k, b = g.shape[:2]
         g3 = g.reshape(k, b, -1, g.shape[-1])              # [K, B, P, out]
@@ -286,6 +286,7 @@ def _diagonal_chunk_sums(kind: str, logits_fn: LogitsFn, params: Params, plan: P
                 bias = jnp.sum(term, axis=0)
             else:
                 kern, bias = term
+            assert spec.kernel_index is not None   # a recognised layer locates its kernel
             sums[spec.kernel_index] = kern.reshape(spec.kernel_shape)
             if spec.bias_index is not None:
                 sums[spec.bias_index] = bias.reshape(leaves[spec.bias_index].shape)
@@ -334,7 +335,7 @@ def _chunk_contribution(kind: str, logits_fn: LogitsFn, params: Params, plan: Pl
                                              "implementation", "sharding"))
 def estimate_jit(logits_fn: LogitsFn, params: Params, batch: Batch, key: Any, *, kind: str,
                   num_samples: int, chunk_size: int | None, implementation: str,
-                  sharding: Any = None):
+                  sharding: Any = None) -> tuple[Any, dict[str, Array]]:
     """The estimate as sums over chunks (:func:`cljax.chunking.chunked_sum`: data parallel over
     the devices of ``sharding``) divided by N, plus the flags ``finite`` / ``labels_ok``."""
     n = batch["x"].shape[0]
@@ -365,7 +366,7 @@ def estimate_jit(logits_fn: LogitsFn, params: Params, batch: Batch, key: Any, *,
 
 def estimate(kind: str, logits_fn: LogitsFn, params: Params, batch: Batch, key: Any = None, *,
              num_samples: int = 1, chunk_size: int | None = None, implementation: str = "auto",
-             sharding: Any = None, require_y: bool, fn_name: str):
+             sharding: Any = None, require_y: bool, fn_name: str) -> Any:
     """Validate, run the jitted driver, then raise on concrete bad values (labels, NaN).
     ``sharding``: the examples' :class:`~jax.sharding.NamedSharding` (``None``: the one found on
     a concrete sharded ``batch``, else one device); see :mod:`cljax.chunking`."""

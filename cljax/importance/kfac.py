@@ -63,7 +63,7 @@ def kfac_factors(logits_fn: LogitsFn, params: Params, batch: Batch, key: PRNGKey
       params: the pytree ``logits_fn`` expects.
       batch: dict with ``x`` [N, ...], ``y`` [N] (needed for ``fisher="empirical"``), optional
         ``task``.
-      key: PRNG key for sampling y ~ p(·|x) (``fisher="true"``; draw n uses ``fold_in(key, n)``).
+      key: PRNG key for sampling y ~ p(· | x) (``fisher="true"``; draw n uses ``fold_in(key, n)``).
       fisher: ``"true"`` (sampled labels, ``num_samples`` per example, G averaged over them),
         ``"exact"`` (every class, weighted by its probability: no sampling noise, which matters
         for a confident model whose sampled label is almost never wrong) or ``"empirical"``

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import optax
 
 from cljax import validation
-from cljax.types import Importance, Params
+from cljax.types import Array, Importance, Params
 
 
 class PathIntegralState(NamedTuple):
@@ -155,7 +155,7 @@ def get_path_integral(opt_state: Any) -> Params:
     return found[0].omega
 
 
-def si_importance(omega: Params, delta_params: Params, *, xi: float = 0.1,
+def si_importance(omega: Params, delta_params: Params, *, xi: float | Array = 0.1,
                   clip_negative: bool = True) -> Importance:
     """One task's SI importance ω / (Δθ² + ξ) (Zenke et al. 2017, eq. 5).
 

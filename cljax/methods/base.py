@@ -55,7 +55,7 @@ import optax
 
 from cljax.data.scenarios import SCENARIOS
 from cljax.nn.model import Model
-from cljax.types import Array, Batch, Params, PRNGKey
+from cljax.types import Array, Batch, LogitsFn, Params, PRNGKey
 
 Rows = Mapping[str, Array]
 Hparams = Mapping[str, Array]
@@ -137,7 +137,7 @@ class BatchContext(NamedTuple):
     spec: StreamSpec
     draw: Callable[[PRNGKey, Array], Rows]
     task_rows: Callable[[Array], Rows]
-    count: Callable[[Array], Array]
+    count: Callable[[Array], Array]  # type: ignore[assignment]  # a NamedTuple field shadowing tuple.count, on purpose
     clock: Clock
     gather: Callable[[Array, Array], Rows] | None = None
 
@@ -198,13 +198,13 @@ class BoundaryContext(NamedTuple):
     spec: StreamSpec
     sample_batch: Callable[[Array, PRNGKey, int], Batch]
     task_rows: Callable[[Array], Rows]
-    count: Callable[[Array], Array]
+    count: Callable[[Array], Array]  # type: ignore[assignment]  # a NamedTuple field shadowing tuple.count, on purpose
     to_batch: Callable[[Rows], Batch]
     clock: Clock            # ``task_step``: the steps the ending task took
     examples_sharding: Any = None
 
     @property
-    def logits_fn(self):
+    def logits_fn(self) -> LogitsFn:
         return self.model.logits_fn
 
     def keep_params(self, mstate: Any) -> tuple[Params, Any, Any]:
@@ -382,7 +382,7 @@ def check_hparam(method: Method, name: str, value: Any, *, label: str | None = N
     method."""
     from cljax.validation import check_in_unit_interval, check_nonnegative, check_positive
 
-    checks = {"nonnegative": check_nonnegative, "positive": check_positive,
+    checks: dict[str, Callable[..., None]] = {"nonnegative": check_nonnegative, "positive": check_positive,
               "unit_interval": check_in_unit_interval,
               "closed_unit_interval": partial(check_in_unit_interval, closed_left=True)}
     domain = method.hparam_domains.get(name, "nonnegative")

@@ -37,8 +37,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -50,7 +51,7 @@ from cljax.methods.rehearsal import soft_cross_entropy
 from cljax.methods.vae import log_normal_diag, reconstruction_nll
 from cljax.nn import MLP
 from cljax.nn.model import Model, as_model
-from cljax.types import Array, Batch, Params
+from cljax.types import Array, Batch, Params, PRNGKey
 from cljax.validation import check_positive_int
 
 GATE_PROP_CIFAR100 = {"task": 0.0, "domain": 0.5, "class": 0.7}
@@ -125,7 +126,7 @@ def _pass(module, params, x, key, gate):
     return heads, reconstruction_nll(recon, flat, "gaussian"), z, mean, log_var
 
 
-def generated_inputs(module, params, key, n: int, count: Array, spec: StreamSpec
+def generated_inputs(module: nn.Module, params: Params, key: PRNGKey, n: int, count: Array, spec: StreamSpec
                      ) -> tuple[Array, Array, Array]:
     """``n`` inputs decoded by the :class:`FeedbackVAE` ``module`` with ``params`` for the
     ``count`` tasks it has learned (module docstring): ``(x [n, *example], mode [n], task [n])``
@@ -144,11 +145,11 @@ def generated_inputs(module, params, key, n: int, count: Array, spec: StreamSpec
     else:
         mode = jax.random.randint(k_mode, (n,), 0, spec.classes_per_task * seen)
         task = jnp.zeros((n,), jnp.int32)
-    means, log_vars = module.apply({"params": params}, method="modes")
+    means, log_vars = cast(tuple[Array, Array], module.apply({"params": params}, method="modes"))
     z = means[mode] + jnp.exp(0.5 * log_vars[mode]) * jax.random.normal(
         k_z, (n, module.latent), jnp.float32)
     gate = _one_hot_gate(task if kind == "context" else mode, rows)
-    x = module.apply({"params": params}, z, gate, method="decode")
+    x = cast(Array, module.apply({"params": params}, z, gate, method="decode"))
     return x.reshape((n,) + tuple(spec.example_shape)), mode, task
 
 

@@ -1,6 +1,6 @@
 """The network of brain-inspired replay (van de Ven, Siegelmann & Tolias 2020, Nature
 Communications; code GMvandeVen/continual-learning, ``models/cond_vae.py``): one network that is
-both the classifier and the generator ("replay through feedback").
+both the classifier and the generator ("replay through feedback")::
 
     encoder   x (D) → widths… (ReLU) → h                       the classifier's hidden layers
     classifier h → num_heads · num_outputs logits              (the configured output layer)
@@ -70,7 +70,7 @@ class FeedbackVAE(nn.Module):
                              f"{self.gate_rows!r}")
         super().__post_init__()
 
-    def setup(self):
+    def setup(self) -> None:
         self.encoder = [nn.Dense(w) for w in self.widths]
         self.classifier = nn.Dense(self.num_heads * self.num_outputs)
         self.to_mean = nn.Dense(self.latent)
@@ -108,6 +108,7 @@ class FeedbackVAE(nn.Module):
         for i, layer in enumerate(self.decoder):
             a = layer(h)
             if masks:
+                assert gate is not None        # gate_rows > 0: the callers give the gate
                 a = a * (gate @ jnp.asarray(masks[i]))
             h = nn.relu(a)
         return self.to_data(h)

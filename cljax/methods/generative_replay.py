@@ -36,6 +36,7 @@ import optax
 
 from cljax.methods.base import (
     BoundaryContext,
+    Hparams,
     LossContext,
     Method,
     StepInfo,
@@ -94,7 +95,7 @@ def _init(o: Options, params, key, hparams, spec: StreamSpec) -> GeneratorState:
                           jnp.zeros((), jnp.int32), samples)
 
 
-def replay_share(hparams, count: Array, method: str) -> Array:
+def replay_share(hparams: Hparams, count: Array, method: str) -> Array:
     """r = ``replay_weight`` · (1 − 1/t), t = ``count`` + 1 tasks seen: the replay term's share of
     each loss (van de Ven et al.'s 1 − 1/t at weight 1; 0 on the first task)."""
     t = (count + 1).astype(jnp.float32)
@@ -109,8 +110,6 @@ def replay_loss(new_heads: Array, old_heads: Array, count: Array, *, targets: st
     ``count`` previous heads when H > 1 (Task-IL), the one head otherwise."""
     if targets not in ("hard", "soft"):
         raise ValueError(f"targets must be 'hard' or 'soft'; got {targets!r}")
-    if targets == "soft" and temperature is None:
-        raise ValueError("targets='soft' needs a temperature")
     if new_heads.shape != old_heads.shape or new_heads.ndim != 3:
         raise ValueError(f"new_heads and old_heads must both be [B, H, C]; got "
                          f"{new_heads.shape} and {old_heads.shape}")
@@ -119,6 +118,8 @@ def replay_loss(new_heads: Array, old_heads: Array, count: Array, *, targets: st
         per_head = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(new_heads, labels),
                             axis=0)
     else:
+        if temperature is None:
+            raise ValueError("targets='soft' needs a temperature")
         per_head = jnp.mean(soft_cross_entropy(new_heads, old_heads, temperature), axis=0)
     H = new_heads.shape[1]
     if H == 1:

@@ -44,7 +44,7 @@ Design choices (see :func:`hat`):
   therefore also multiplies the base optimizer's *update* by the same conditioning factors, by a
   one-hot of the current task over the embedding rows and, with one head per task, over the
   output layer's columns. Under plain SGD that changes nothing where the factors are 0 or 1 (in
-  float32 all but the units with |e| < 0.05 at s_max = 400); ``mask_updates=False`` is the
+  float32 all but the units with :math:`|e| < 0.05` at s_max = 400); ``mask_updates=False`` is the
   paper's rule exactly.
 
 Hyperparameters (``hparams``): ``c`` (0.75) and ``s_max`` (400), the paper's chosen values.
@@ -243,7 +243,7 @@ def _gate_interceptor(gates: Mapping[str, Array], seen: list[str]):
         out = next_fun(*args, **kwargs)
         scope = ctx.module.scope
         name = "/".join(scope.path) if scope is not None else None
-        if ctx.method_name != "__call__" or name not in gates:
+        if ctx.method_name != "__call__" or name is None or name not in gates:
             return out
         seen.append(name)
         g = gates[name]

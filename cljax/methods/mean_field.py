@@ -26,7 +26,7 @@ optional mask (VCL's heads not yet seen are not in the objective).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
@@ -52,7 +52,8 @@ def check_mean_field(params: Any) -> None:
         raise ValueError("mean-field params must be the dict {'mean': μ, 'log_var': v} "
                          f"(mean_field_params); got {type(params).__name__}"
                          + (f" with keys {sorted(params)}" if isinstance(params, dict) else ""))
-    if jax.tree.structure(params[MEAN]) != jax.tree.structure(params[LOG_VAR]):
+    if jax.tree.structure(params[MEAN]) != jax.tree.structure(  # type: ignore[operator]  # jaxlib has no stub for PyTreeDef
+            params[LOG_VAR]):
         raise ValueError("params['mean'] and params['log_var'] must have the same structure")
 
 
@@ -110,8 +111,8 @@ def sampled_logits(base: Model, params: dict[str, Params], batch: Batch, key: PR
                 drawn = sample_params({MEAN: module.variables["params"], LOG_VAR: lv}, k)
                 return module.clone(parent=None).apply({"params": drawn}, *args, **kwargs)
             variances = jax.tree.map(jnp.exp, lv)
-            var_out = module.clone(parent=None).apply({"params": variances},
-                                                      jnp.square(args[0]), *args[1:], **kwargs)
+            var_out = cast(Array, module.clone(parent=None).apply(
+                {"params": variances}, jnp.square(args[0]), *args[1:], **kwargs))
         finally:
             inside[0] = False
         mean_out = next_fun(*args, **kwargs)

@@ -17,6 +17,8 @@ Hyperparameters (arrays, vmappable): ``strength``, ``decay`` (kfac_ewc), ``dampi
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import jax
 import optax
 
@@ -35,8 +37,9 @@ def _kfac_on_task(ctx, fisher, num_examples, chunk_size):
                             chunk_size=chunk_size, sharding=ctx.examples_sharding)
 
 
-def kfac_ewc(*, mode: str = "online", num_slots: int | None = None, fisher: str = "exact",
-             num_examples: int = 1024, chunk_size: int = 256) -> Method:
+def kfac_ewc(*, mode: Literal["online", "sum", "multi_task"] = "online",
+             num_slots: int | None = None, fisher: str = "exact", num_examples: int = 1024,
+             chunk_size: int = 256) -> Method:
     """K-FAC Laplace penalty (Ritter et al. 2018) before the base optimizer.
 
     ``mode`` is how the tasks' factors are combined (:func:`cljax.transforms.consolidate`):
@@ -58,7 +61,7 @@ def kfac_ewc(*, mode: str = "online", num_slots: int | None = None, fisher: str 
     elif num_slots not in (None, 1):
         raise ValueError(f"mode={mode!r} keeps one set of factors; num_slots must be None or 1, "
                          f"got {num_slots!r}")
-    slots = num_slots if mode == "multi_task" else 1
+    slots = num_slots if mode == "multi_task" and num_slots is not None else 1   # an int there
 
     def make_optimizer(hparams, base):
         return optax.chain(transforms.quadratic_penalty(

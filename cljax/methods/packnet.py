@@ -352,7 +352,9 @@ def _select(pred: Array, new: Any, old: Any) -> Any:
 # The method
 # --------------------------------------------------------------------------------------------
 
-def _check_options(prune_ratio, layer_prune_ratio, retrain_steps, retrain_fraction):
+def _check_options(prune_ratio: Any, layer_prune_ratio: Any, retrain_steps: Any,
+                   retrain_fraction: Any
+                   ) -> tuple[float | tuple[float, ...], dict[str, float | tuple[float, ...]]]:
     """:func:`packnet`'s options checked; the ratios as :func:`_check_ratios` returns them."""
     prune_ratio = _check_ratios(prune_ratio, "prune_ratio")
     if layer_prune_ratio is None:
@@ -423,11 +425,11 @@ def packnet(*, prune_ratio: float | Sequence[float] = 0.75,
     hyperparameter lives in ``hparams``: the ratios fix
     how many weights each task gets, which the capacity check needs before training.
     """
-    prune_ratio, layer_prune_ratio = _check_options(prune_ratio, layer_prune_ratio,
-                                                    retrain_steps, retrain_fraction)
+    ratio, layer_ratios = _check_options(prune_ratio, layer_prune_ratio, retrain_steps,
+                                         retrain_fraction)
 
     def plan_of(params, spec):
-        return make_plan(params, spec, prune_ratio, layer_prune_ratio)
+        return make_plan(params, spec, ratio, layer_ratios)
 
     def init(params, key, hparams, spec):
         del key, hparams
@@ -468,8 +470,8 @@ def packnet(*, prune_ratio: float | Sequence[float] = 0.75,
     def check(plan: ConfigPlan) -> None:
         """Before any data is loaded: per-task ratios give one fraction per task."""
         if plan.num_tasks is not None:
-            for name, ratios in [("prune_ratio", prune_ratio), *(
-                    (f"layer_prune_ratio[{k!r}]", v) for k, v in layer_prune_ratio.items())]:
+            for name, ratios in [("prune_ratio", ratio), *(
+                    (f"layer_prune_ratio[{k!r}]", v) for k, v in layer_ratios.items())]:
                 _per_task(ratios, name, plan.num_tasks)
 
     return Method("packnet", make_optimizer=lambda hparams, base: owner_masked(base), init=init,

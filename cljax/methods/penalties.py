@@ -12,7 +12,7 @@ method      Ω_t at the end of task t                                 boundary (
 ewc         diagonal Fisher on task t's data (Kirkpatrick 2017)     one penalty per task (exact fold)
 online_ewc  diagonal Fisher (Schwarz et al. 2018)                   Ω ← γΩ + Ω_t, anchor θ*_t
 si          ω/(Δθ² + ξ), path integral (Zenke et al. 2017)          Ω ← Ω + Ω_t (clipped at 0)
-mas         mean |∂‖f(x)‖²/∂θ| (Aljundi et al. 2018)                Ω ← Ω + Ω_t
+mas         mean :math:`|∂‖f(x)‖²/∂θ|` (Aljundi et al. 2018)        Ω ← Ω + Ω_t
 l2          1                                                        Ω ← 1, anchor θ*_t
 ==========  =====================================================  ===============================
 
@@ -37,6 +37,7 @@ import optax
 from cljax import importance as imp
 from cljax import transforms
 from cljax.methods.base import BoundaryContext, Method, StepInfo, get_hparam
+from cljax.transforms.penalty import ConsolidateMode
 from cljax.types import Params
 from cljax.validation import check_positive_int
 
@@ -57,7 +58,7 @@ def fisher_on_task(ctx: BoundaryContext, *, fisher: str, num_examples: int,
     """Diagonal Fisher of the model at ``ctx.params`` on ``num_examples`` examples of ``ctx.task``."""
     k_data, k_labels = jax.random.split(ctx.key)
     batch = ctx.sample_batch(ctx.task, k_data, num_examples)
-    opts = dict(chunk_size=chunk_size, sharding=ctx.examples_sharding)
+    opts: dict[str, Any] = dict(chunk_size=chunk_size, sharding=ctx.examples_sharding)
     if fisher == "exact":
         return imp.exact_fisher_diagonal(ctx.logits_fn, ctx.params, batch, **opts)
     if fisher == "true":
@@ -82,7 +83,8 @@ def _penalty_args(params, batch, mstate, ctx):
     return {"penalty_state": mstate}
 
 
-def penalty_method(name: str, importance_fn: Callable[[BoundaryContext], Any], *, mode: str,
+def penalty_method(name: str, importance_fn: Callable[[BoundaryContext], Any], *,
+                   mode: ConsolidateMode,
                    defaults: dict, decay: str | None = None) -> Method:
     """A quadratic-penalty method: ``λ Ω ⊙ (θ − θ*)`` before the base optimizer, the penalty in
     the method state, and at each boundary ``consolidate(penalty, θ*_t, importance_fn(ctx),

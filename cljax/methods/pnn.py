@@ -33,7 +33,7 @@ model with a single head for several tasks (Domain-IL, Class-IL) when a run star
 Cost: a batch whose largest task id is t computes the first t + 1 columns and their
 t(t+1)/2 adapter blocks (the model's ``logits_fn`` / ``train_logits_fn`` switch over the static
 prefixes; every T-column parameter is allocated all along): training and evaluating task t
-costs (t+1)·|column| + t(t+1)/2·n·r, about a third of the whole network on average over the
+costs ``(t+1)·|column| + t(t+1)/2·n·r``, about a third of the whole network on average over the
 tasks (:func:`pnn_parameter_counts` gives the parameter side).
 """
 from __future__ import annotations

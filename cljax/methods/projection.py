@@ -19,8 +19,8 @@ base optimizer: plain SGD in their papers) as an extra argument:
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -161,7 +161,7 @@ class DeferredOGDState(NamedTuple):
     not_sgd_steps: Array
 
 
-def plain_sgd(optimizer: dict) -> bool:
+def plain_sgd(optimizer: Mapping[str, Any]) -> bool:
     """Whether a config's ``optimizer`` entry is plain SGD: ``optax.sgd`` without momentum (a
     learning-rate schedule, ``task_decay``, is fine): the only base optimizer whose update is a
     multiple of the gradient."""

@@ -24,6 +24,7 @@ their papers' code (mammoth, GradientEpisodicMemory): see each function.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -79,8 +80,11 @@ class MemoryPlan(NamedTuple):
         budget = self.budget(classes_per_task, num_classes)
         if budget is not None:
             capacity = budget.memory_capacity()
+        elif self.capacity is not None:
+            capacity = self.capacity
         else:
-            capacity = self.capacity if self.capacity is not None else self.per_class * num_classes
+            assert self.per_class is not None      # a reservoir has one of them (memory_plan)
+            capacity = self.per_class * num_classes
         if train_examples is not None and capacity > train_examples:
             raise ValueError(f"the memory ({capacity} examples: memory={self.kind!r}, "
                              f"per_class={self.per_class}, capacity={self.capacity}) is larger "
@@ -90,7 +94,7 @@ class MemoryPlan(NamedTuple):
 
     def check_config(self, plan: ConfigPlan) -> None:
         """``Method.check``: the memory can be built on the planned stream."""
-        if plan.num_classes is not None:
+        if plan.num_classes is not None and plan.classes_per_task is not None:
             self.size(plan.classes_per_task, plan.num_classes, plan.train_examples)
 
     def build(self, spec: StreamSpec, *, logits: bool = False
@@ -134,7 +138,7 @@ def _is_empty(plan: MemoryPlan) -> bool:
         plan.kind == "reservoir" and plan.capacity is None and plan.per_class == 0)
 
 
-def core_rows(rows: dict) -> dict:
+def core_rows(rows: Mapping[str, Any]) -> dict[str, Any]:
     """The stored part of rows (``x``, ``label``, ``task``), without what a method added."""
     return {k: rows[k] for k in CORE_KEYS}
 
@@ -146,6 +150,7 @@ def store_finished_task(memory: ReplayMemory, plan: MemoryPlan, ctx: BoundaryCon
     if plan.kind == "reservoir" or memory.capacity == 0:
         return memory
     budget = plan.budget(ctx.spec.classes_per_task, ctx.spec.num_classes)
+    assert budget is not None                      # the class modes have one
     return mem.store_task(memory, budget, ctx.task_rows(ctx.task), ctx.count(ctx.task), ctx.task,
                           key, **kwargs)
 
@@ -159,16 +164,16 @@ def _per_example_ce(logits: Array, labels: Array) -> Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def with_memory_rows(ctx: BatchContext, memory: ReplayMemory, size: int) -> dict:
+def with_memory_rows(ctx: BatchContext, memory: ReplayMemory, size: int) -> dict[str, Any]:
     """Current-task rows (as fine-tuning draws them) plus ``size`` memory rows drawn with
     ``ctx.key`` under ``"memory"`` (raw, converted by the loss with ``ctx.to_batch``) and their
     validity ``"memory_ok"``."""
-    rows = dict(current_task_batch(ctx, None))
+    rows: dict[str, Any] = dict(current_task_batch(ctx, None))
     rows["memory"], rows["memory_ok"] = mem.sample_memory(memory, ctx.key, size)
     return rows
 
 
-def _memory_loss(params: Params, batch: Batch, ctx: LossContext, key: Array,
+def _memory_loss(params: Params, batch: Mapping[str, Any], ctx: LossContext, key: Array,
                  name: str = "memory") -> tuple[Array, Array]:
     """Mean cross-entropy of the model on the memory rows ``batch[name]`` (masked), and the
     logits."""
@@ -336,7 +341,7 @@ class PreviousModel(NamedTuple):
     """The parameters at the end of the last task and the number of tasks finished."""
 
     params: Params
-    count: Array
+    count: Array  # type: ignore[assignment]  # a NamedTuple field shadowing tuple.count, on purpose
 
 
 def soft_cross_entropy(logits: Array, teacher_logits: Array, temperature: Array) -> Array:
@@ -365,7 +370,9 @@ def lwf() -> Method:
     def loss(params, batch, prev: PreviousModel, ctx: LossContext):
         T = get_hparam(ctx.hparams, "temperature", "lwf")
         k_cur, _ = jax.random.split(ctx.key)
-        heads = ctx.model.apply_fn(params, batch, k_cur, output="all_heads")     # [B, H, C]
+        apply_fn = ctx.model.apply_fn
+        assert apply_fn is not None                # requires=("apply_fn",), checked on the model
+        heads = apply_fn(params, batch, k_cur, output="all_heads")               # [B, H, C]
         H = heads.shape[1]
         if H == 1:
             logits = heads[:, 0]
@@ -373,7 +380,7 @@ def lwf() -> Method:
             logits = jnp.take_along_axis(heads, batch["task"][:, None, None].astype(jnp.int32),
                                          axis=1)[:, 0]
         ce = cross_entropy(logits, batch["y"])
-        old = jax.lax.stop_gradient(ctx.model.apply_fn(prev.params, batch, output="all_heads"))
+        old = jax.lax.stop_gradient(apply_fn(prev.params, batch, output="all_heads"))
         kd = jnp.mean(soft_cross_entropy(heads, old, T), axis=0)                # [H]
         if H > 1:   # Task-IL: every previous head
             distill = jnp.sum(jnp.where(jnp.arange(H) < prev.count, kd, 0.0))
@@ -562,19 +569,23 @@ def icarl(*, memory: str = "per_class", per_class: int | None = 100,
     def end_task(ctx: BoundaryContext):
         s: ICaRLState = ctx.mstate
         rows = ctx.task_rows(ctx.task)
-        feats = ctx.model.features_fn(ctx.params, ctx.to_batch(rows))
+        features_fn = ctx.model.features_fn
+        assert features_fn is not None             # requires=("features_fn",)
+        feats = features_fn(ctx.params, ctx.to_batch(rows))
         memory_state = store_finished_task(
             s.memory, plan, ctx, ctx.key,
             select=lambda r, members, size, key: herding_order(feats, members, size))
         mb = ctx.to_batch(core_rows({"x": memory_state.x, "label": memory_state.label,
                                      "task": memory_state.task}))
-        means, has = exemplar_means(ctx.model.features_fn(ctx.params, mb), mb["y"],
+        means, has = exemplar_means(features_fn(ctx.params, mb), mb["y"],
                                     memory_state.valid, ctx.spec.num_outputs)
         previous = PreviousModel(ctx.params, s.previous.count + 1)
         return ctx.keep_params(ICaRLState(memory_state, previous, means, has))
 
     def predict(params, s: ICaRLState, batch, ctx: PredictContext):
-        f = normalise(ctx.model.features_fn(params, batch))
+        features_fn = ctx.model.features_fn
+        assert features_fn is not None             # requires=("features_fn",)
+        f = normalise(features_fn(params, batch))
         d2 = jnp.sum(jnp.square(f[:, None, :] - s.means[None]), axis=-1)
         return jnp.where(s.has_mean[None], -d2, NME_FLOOR)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import flax.linen as nn
 import jax
@@ -55,7 +56,7 @@ class VAE(nn.Module):
         check_widths(self.widths, "VAE")
         super().__post_init__()
 
-    def setup(self):
+    def setup(self) -> None:
         self.encoder = [nn.Dense(w) for w in self.widths]
         self.to_mean = nn.Dense(self.latent)
         self.to_log_var = nn.Dense(self.latent, use_bias=False)
@@ -126,9 +127,10 @@ def negative_elbo(vae: VAE, params: Params, x: Array, key: PRNGKey, *,
     if flat.shape[1] != vae.data_dim:
         raise ValueError(f"x has {flat.shape[1]} features per example; the VAE takes "
                          f"{vae.data_dim}")
-    mean, log_var = vae.apply({"params": params}, flat, method="encode")
+    mean, log_var = cast(tuple[Array, Array], vae.apply({"params": params}, flat, method="encode"))
     eps = jax.random.normal(key, mean.shape, mean.dtype)
-    out = vae.apply({"params": params}, mean + jnp.exp(0.5 * log_var) * eps, method="decode")
+    out = cast(Array, vae.apply({"params": params}, mean + jnp.exp(0.5 * log_var) * eps,
+                                method="decode"))
     total = reconstruction_nll(out, flat, likelihood) + gaussian_kl_standard(mean, log_var)
     return total / vae.data_dim
 
@@ -139,7 +141,7 @@ def generate(vae: VAE, params: Params, key: PRNGKey, n: int, *,
     sigmoid of its logits for a Bernoulli likelihood)."""
     _check_likelihood(likelihood)
     z = jax.random.normal(key, (n, vae.latent), jnp.float32)
-    out = vae.apply({"params": params}, z, method="decode")
+    out = cast(Array, vae.apply({"params": params}, z, method="decode"))
     return jax.nn.sigmoid(out) if likelihood == "bernoulli" else out
 
 

@@ -15,15 +15,15 @@ What the authors' code (nvcuong/variational-continual-learning, ``ddm/``) adds, 
 
 * **Initialisation** (``ml_init_steps``): before task 0's VCL training, a deterministic network
   is fitted by maximum likelihood on task 0 (Adam, ``learning_rate``, ``ml_init_batch``), and
-  the means start from it, the log-variances at ``init_log_var`` (−6) — :meth:`begin_task` of
+  the means start from it, the log-variances at ``init_log_var`` (−6) — the ``begin_task`` hook of
   task 0, so task 0 still gets its full VCL steps. Their means otherwise start from a truncated
   normal of σ = 0.1, biases too (the MLP's ``kernel_stddev=0.1``, ``bias_init``: our biases
   start at a constant).
 * **Coresets** (``coreset="random"|"kcenter"``, ``coreset_size`` K per task): chosen when a task
-  begins (:meth:`begin_task`: before its first step), stored as rows (a memory), and *held out*
+  begins (the ``begin_task`` hook: before its first step), stored as rows (a memory), and *held out*
   of that task's update (the batch hook draws among the other examples). k-center is their
   greedy farthest-point rule from the task's first example, on the model's inputs.
-* **Prediction** (:meth:`predict`): before prediction the posterior is fine-tuned on the coreset
+* **Prediction** (the ``predict`` hook): before prediction the posterior is fine-tuned on the coreset
   — a copy of q_t, its prior q_t, trained ``finetune_epochs`` epochs (Adam, ``learning_rate``,
   batches of ``finetune_batch`` drawn with replacement) on the union of the coresets (one head)
   or on each task's own coreset for that task's head (several heads); the fine-tuned posteriors

@@ -52,6 +52,7 @@ import numpy as np
 from jax import lax
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
+from jax.typing import ArrayLike
 
 from cljax.types import Array
 
@@ -218,9 +219,12 @@ def use_canonical_conv() -> bool:
     return jax.default_backend() == "cpu"
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, batch_group_count=1,
-                         precision=None, preferred_element_type=None):
+def conv_general_dilated(lhs: ArrayLike, rhs: ArrayLike, window_strides: Sequence[int],
+                         padding: str | Sequence[tuple[int, int]],
+                         lhs_dilation: Sequence[int] | None = None,
+                         rhs_dilation: Sequence[int] | None = None, dimension_numbers: Any = None,
+                         feature_group_count: int = 1, batch_group_count: int = 1,
+                         precision: Any = None, preferred_element_type: Any = None) -> Array:
     """``lax.conv_general_dilated``'s signature; the canonical primitive on CPU (see module doc).
 
     Channels-last layouts with ``feature_group_count == batch_group_count == 1`` and 1 or 2
@@ -279,6 +283,7 @@ def max_pool(x: Array, window: int) -> Array:
         for j in range(window):
             s = x[:, i::window, j::window]
             out = s if out is None else jnp.maximum(out, s)
+    assert out is not None                     # window >= 1
     return out
 
 

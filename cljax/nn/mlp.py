@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 
@@ -70,7 +71,7 @@ class MLP(nn.Module):
         super().__post_init__()
 
     def _dense(self, features: int) -> nn.Dense:
-        init = {}
+        init: dict[str, Any] = {}
         if self.kernel_stddev is not None:
             init["kernel_init"] = nn.initializers.truncated_normal(self.kernel_stddev)
         if self.bias_init:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -24,6 +24,14 @@ OUTPUTS = ("logits", "all_heads", "features")
 
 
 class Model(NamedTuple):
+    """A flax module with the pure functions made from it by :func:`as_model`.
+
+    ``module`` is the flax module, ``init(key, batch)`` its parameters, ``logits_fn(params,
+    batch)`` the evaluation-mode logits and ``train_logits_fn(params, batch, key)`` the same with
+    dropout active. ``features_fn``, ``all_heads_fn`` and ``apply_fn`` are given for modules whose
+    ``__call__`` takes an ``output`` keyword, else ``None`` (see the module docstring).
+    """
+
     module: nn.Module
     init: Callable[[PRNGKey, Batch], Params]
     logits_fn: LogitsFn
@@ -44,37 +52,40 @@ def as_model(module: nn.Module) -> Model:
     """Wrap a flax module whose ``__call__(x, task=None, *, train=False)`` returns logits
     (and, optionally, takes ``output='logits'|'all_heads'|'features'``)."""
 
+    def apply(params: Params, batch: Batch, **kwargs: Any) -> Array:
+        # without ``mutable``, apply returns the output alone (flax types it output | (output, vars))
+        return cast(Array, module.apply({"params": params}, batch["x"], batch.get("task"),
+                                        **kwargs))
+
     def init(key: PRNGKey, batch: Batch) -> Params:
         return module.init(key, jnp.asarray(batch["x"]), batch.get("task"))["params"]
 
     def logits_fn(params: Params, batch: Batch) -> Array:
-        return module.apply({"params": params}, batch["x"], batch.get("task"))
+        return apply(params, batch)
 
     def train_logits_fn(params: Params, batch: Batch, key: PRNGKey) -> Array:
-        return module.apply({"params": params}, batch["x"], batch.get("task"), train=True,
-                            rngs={"dropout": key})
+        return apply(params, batch, train=True, rngs={"dropout": key})
 
     if not _takes_output(module):
         return Model(module, init, logits_fn, train_logits_fn)
 
     def features_fn(params: Params, batch: Batch) -> Array:
-        return module.apply({"params": params}, batch["x"], batch.get("task"), output="features")
+        return apply(params, batch, output="features")
 
     def all_heads_fn(params: Params, batch: Batch) -> Array:
-        return module.apply({"params": params}, batch["x"], batch.get("task"), output="all_heads")
+        return apply(params, batch, output="all_heads")
 
     def apply_fn(params: Params, batch: Batch, key: PRNGKey | None = None,
                  output: str = "logits") -> Array:
         """Any ``output``; train mode (dropout) when ``key`` is given."""
         if key is None:
-            return module.apply({"params": params}, batch["x"], batch.get("task"), output=output)
-        return module.apply({"params": params}, batch["x"], batch.get("task"), train=True,
-                            output=output, rngs={"dropout": key})
+            return apply(params, batch, output=output)
+        return apply(params, batch, train=True, output=output, rngs={"dropout": key})
 
     return Model(module, init, logits_fn, train_logits_fn, features_fn, all_heads_fn, apply_fn)
 
 
-def rebuild(model: Model, **fields) -> Model:
+def rebuild(model: Model, **fields: Any) -> Model:
     """``model`` with its flax module's ``fields`` replaced (``module.clone(**fields)``), wrapped
     anew by :func:`as_model`: how a method changes the configured architecture (RGO adds its
     feature encoding layer: ``rebuild(model, feature_encoding=T)``)."""

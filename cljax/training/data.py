@@ -8,6 +8,7 @@ stream and model (:class:`~cljax.methods.StreamSpec`).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax
@@ -29,8 +30,8 @@ class StreamData:
     ``train_counts``, the real examples per task, is static).
 
     Two static fields serve the scale-out paths (both None by default: everything on one
-    device): ``host`` — the stream's arrays in host memory (:class:`cljax.data.pipeline.
-    HostArrays`) when it is too large for the device; then ``train`` / ``test`` hold only
+    device): ``host`` — the stream's arrays in host memory
+    (:class:`cljax.data.pipeline.HostArrays`) when it is too large for the device; then ``train`` / ``test`` hold only
     shape-carrying placeholders ``[T, 0, ...]`` and their counts ``n``, and :func:`run_stream`
     feeds the steps from the host; ``batch_sharding`` — a
     :class:`~jax.sharding.NamedSharding` every batch's examples are constrained to
@@ -125,7 +126,7 @@ def place_data(data: StreamData, mesh: Any) -> StreamData:
               for x in leaves]
     data = jax.tree.unflatten(treedef, leaves)
     batch = shd.batch_sharding(mesh) if shd.axis_size(mesh, shd.BATCH_AXIS) > 1 else None
-    return data.replace(batch_sharding=batch)
+    return dataclasses.replace(data, batch_sharding=batch)   # flax's StreamData.replace
 
 
 def gather_rows(arrays: TaskArrays, tasks: Array, idx: Array) -> Rows:

@@ -195,7 +195,8 @@ class HostExecutor:
                                        task0, test_spec)
         self._end_c = lay.compile(self._end_task_rows, (0, None, None, None), state, data,
                                   task0, train_spec)
-        self._begin_c = (lay.compile(lambda *a: self._end_task_rows(*a, begin=True),
+        self._begin_c = (lay.compile(lambda s, d, t, rows: self._end_task_rows(s, d, t, rows,
+                                                                               begin=True),
                                      (0, None, None, None), state, data, task0, train_spec)
                          if tr.has_begin else None)
         self._offset_next = lay.scalar(chunk)

@@ -189,7 +189,7 @@ def run_stream(trainer: Trainer, data: StreamData, *, num_steps: int,
         state = executor.start(layout.pad(keys), layout.pad(hp))
         jax.block_until_ready(state)
         chunk = executor.steps_per_call      # the host path may lower it to fit its budget
-        timings = {**({"data": executor.info} if executor.info else {}),
+        timings: dict[str, Any] = {**({"data": executor.info} if executor.info else {}),
                    "compile_seconds": time.perf_counter() - t0,
                    **({"devices": layout.devices()} if layout.mesh is not None else {})}
         record = Record(layout.runs, T, num_steps, on_nonfinite=on_nonfinite,

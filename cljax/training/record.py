@@ -58,7 +58,7 @@ class Record:
         self.on_nonfinite = on_nonfinite
         self.divergence_factor = divergence_factor
         self.keeps = params is not None
-        self.tree = {
+        self.tree: dict[str, Any] = {
             "accuracy": np.full((runs, tasks, tasks), nan), "loss": np.full((runs, tasks, tasks), nan),
             "train_loss": np.full((runs, tasks, steps), nan),
             "init_accuracy": np.zeros((runs, tasks), np.float32),
@@ -68,7 +68,7 @@ class Record:
                 lambda p: np.zeros((runs, tasks) + p.shape[1:], p.dtype), params))}
 
     def restore(self, tree: dict) -> None:
-        """Continue from a checkpoint's :attr:`tree`."""
+        """Continue from a checkpoint's ``tree`` (the ``Record.tree`` it saved)."""
         self.tree = jax.tree.map(np.array, tree)
 
     def initial(self, accuracy: np.ndarray, loss: np.ndarray) -> None:
@@ -112,6 +112,8 @@ class Record:
                          params)
 
     def result(self, final_state: Any, timings: dict) -> StreamResult:
+        """The :class:`StreamResult` of what is recorded, with the runs' ``final_state`` and
+        the run's ``timings``."""
         rec = self.tree
         kept = jax.tree.map(jnp.asarray, rec["kept"]) if self.keeps else None
         return StreamResult(rec["accuracy"], rec["loss"], rec["init_accuracy"], rec["init_loss"],

@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
 from cljax.training.data import StreamData, place_data
 
@@ -75,7 +76,7 @@ def runs_transform(runs: str, *, mesh: Any = None) -> Callable:
     return transform
 
 
-def resolve_mesh(devices: Any, mesh: Any):
+def resolve_mesh(devices: Any, mesh: Any) -> Mesh | None:
     """The mesh of ``run_stream(devices=..., mesh=...)``: None for one device."""
     if devices is not None and mesh is not None:
         raise ValueError("give devices= or mesh=, not both (devices=N is "
@@ -160,13 +161,14 @@ class RunLayout:
         return jax.ShapeDtypeStruct(shape, dtype, sharding=self._replicated if replicated
                                     else self._runs_sharding)
 
-    def jit(self, fn: Callable, in_axes: tuple, static: tuple = ()) -> Callable:
+    def jit(self, fn: Callable, in_axes: tuple, static: tuple[int, ...] = ()) -> jax.stages.Wrapped:
         """``fn`` over the runs, jitted (``static``: static positional arguments)."""
         mapped = self.transform(fn, in_axes, static=static)
-        kw = {} if self.mesh is None else {"out_shardings": self._runs_sharding}
+        kw: dict[str, Any] = {} if self.mesh is None else {"out_shardings": self._runs_sharding}
         return jax.jit(mapped, static_argnums=static, **kw)
 
-    def compile(self, fn: Callable, in_axes: tuple, *args, static: tuple = ()) -> Callable:
+    def compile(self, fn: Callable, in_axes: tuple, *args: Any, static: tuple[int, ...] = ()
+                ) -> Callable:
         """:meth:`jit` of ``fn`` compiled ahead of time for ``args`` (static ones included)."""
         return self.jit(fn, in_axes, static).lower(*args).compile()
 

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from cljax import chunking
@@ -239,7 +240,8 @@ class Trainer(NamedTuple):
         return self.boundary(state, data, task, device_feed(data), begin=True)
 
     def evaluate_task(self, state: TrainState, data: StreamData, t: Array,
-                      test_rows: tuple[Array, Array]) -> tuple[Array, Array]:
+                      test_rows: tuple[Array | np.ndarray, Array | np.ndarray]
+                      ) -> tuple[Array, Array]:
         """Accuracy and mean loss of task ``t`` on its test rows ``(x [N, ...], label [N])``
         (N a multiple of the evaluation chunk; rows past ``data.test.n[t]`` are padding),
         through the method's ``predict`` hook (the model's logits by default)."""

@@ -1,4 +1,4 @@
-"""Continual-learning methods as optax ``GradientTransformation``s (one family per file).
+"""Continual-learning methods as optax ``GradientTransformation`` objects (one family per file).
 
 * :mod:`cljax.transforms.penalty`: the quadratic penalty shared by EWC, online EWC, SI, MAS, L2
   (diagonal curvature) and the K-FAC Laplace penalty (Ritter et al. 2018; Kronecker-factored).

@@ -19,7 +19,7 @@ Fixed shapes: each basis is a ``[rows, rows]`` matrix whose first ``size`` colum
 is orthogonal to M, so at most rows − size new directions exist; the new columns are
 re-orthogonalised against M once, and k is capped at rows − size (when the basis is full the
 layer's gradient is zero). The singular vectors come from the eigendecomposition of R̂R̂ᵀ
-(``[rows, rows]``, :func:`cljax._linalg.eigh`, safe under ``vmap`` on the CPU).
+(``[rows, rows]``, ``cljax._linalg.eigh``, safe under ``vmap`` on the CPU).
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class GPMState(NamedTuple):
     bases: dict
     sizes: dict
     projectors: dict
-    count: Array
+    count: Array  # type: ignore[assignment]  # a NamedTuple field shadowing tuple.count, on purpose
 
 
 def init_gpm(params: Params, *, layers: Any = None) -> GPMState:

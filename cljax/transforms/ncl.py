@@ -110,7 +110,7 @@ class NCLState(NamedTuple):
     mean: Params
     precision: Curvature
     inverse: Curvature
-    count: Array
+    count: Array  # type: ignore[assignment]  # a NamedTuple field shadowing tuple.count, on purpose
 
 
 def init_ncl(params: Params, *, curvature: Kind = "diagonal", layers: Any = None) -> NCLState:

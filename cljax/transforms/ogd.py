@@ -134,7 +134,8 @@ def init_ogd(params: Params, *, capacity: int, block: int | None = None,
 
 
 def _lead(state: OGDState) -> tuple[int, int]:
-    return next(iter({**state.rows, **state.dense}.values())).shape[:2]
+    shape = next(iter({**state.rows, **state.dense}.values())).shape
+    return shape[0], shape[1]
 
 
 def _check_state(state: Any, fn: str) -> None:
@@ -172,6 +173,7 @@ def ogd_consolidate(state: OGDState, directions: OGDDirections, *, tol: float = 
                 raise ValueError(f"directions.{field}[{key!r}] must have shape "
                                  f"{(n,) + have[key].shape[2:]}; got {jnp.shape(x)}")
     check_finite(directions, name="directions")
+    assert n is not None                       # the store has leaves (init_ogd), each checked
     if n > capacity or (is_concrete(state.size) and int(state.size) + n > capacity):
         held = int(state.size) if is_concrete(state.size) else "?"
         raise ValueError(f"the OGD store holds {held} of {capacity} directions; {n} more do not "

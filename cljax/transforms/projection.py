@@ -97,13 +97,13 @@ def gem_dual(gram: Array, linear: Array, mask: Array, *, margin: float | Array =
     check_nonnegative(margin, name="margin")
     check_nonnegative(eps, name="eps")
     if is_concrete(gram):
-        q = np.asarray(gram, np.float64)
-        if not np.all(np.isfinite(q)):
+        host = np.asarray(gram, np.float64)
+        if not np.all(np.isfinite(host)):
             raise FloatingPointError("gram contains NaN or inf values")
-        scale = max(float(np.abs(q).max()), np.finfo(np.float32).tiny)
-        if np.abs(q - q.T).max() > 1e-4 * scale:
+        scale = max(float(np.abs(host).max()), float(np.finfo(np.float32).tiny))
+        if np.abs(host - host.T).max() > 1e-4 * scale:
             raise ValueError("gram must be symmetric (Q = G Gᵀ); it is not")
-        lowest = float(np.linalg.eigvalsh(0.5 * (q + q.T)).min())
+        lowest = float(np.linalg.eigvalsh(0.5 * (host + host.T)).min())
         if lowest < -1e-4 * scale:
             raise ValueError(f"gram must be positive semi-definite (Q = G Gᵀ); its smallest "
                              f"eigenvalue is {lowest:.3g} (largest |entry| {scale:.3g})")
@@ -134,7 +134,7 @@ def gem_project(grads: Params, references: Params, mask: Array, *, margin: float
     """
     leaves_g = jax.tree.leaves(grads)
     leaves_r = jax.tree.leaves(references)
-    if jax.tree.structure(grads) != jax.tree.structure(references):
+    if jax.tree.structure(grads) != jax.tree.structure(references):  # type: ignore[operator]  # PyTreeDef: no jaxlib stubs
         raise ValueError("reference_grads must have the updates' pytree structure with a leading "
                          "task axis")
     t = mask.shape[0]

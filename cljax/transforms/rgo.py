@@ -51,7 +51,7 @@ class RGOState(NamedTuple):
 
     running: dict
     projection: dict
-    count: Array
+    count: Array  # type: ignore[assignment]  # a NamedTuple field shadowing tuple.count, on purpose
 
 
 def init_rgo(params: Params, *, alpha: float | Array = 1.0, layers: Any = None) -> RGOState:
