@@ -95,6 +95,7 @@ def _byte_count(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``cljax`` command's parser: ``run``, ``configs``, ``methods`` and ``--version``."""
     from cljax import __version__
     from cljax.methods import METHODS
 
@@ -520,6 +521,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"cljax: error: {_message(e)}", file=sys.stderr)
         return EXIT_USAGE
+
+
+__all__ = ["main", "build_parser", "resolve_config", "list_configs", "list_methods", "UsageError",
+           "Override", "EXIT_USAGE", "EXIT_ALL_DIVERGED", "EXIT_INTERRUPTED"]
 
 
 if __name__ == "__main__":

@@ -52,8 +52,8 @@ napoleon_numpy_docstring = False
 napoleon_use_rtype = False
 
 require_docstrings_packages = ["cljax"]
-# The command line and the config loader are being reworked; the example configs are scripts.
-require_docstrings_exclude = ["cljax.cli", "cljax.config", "cljax.configs"]
+# The shipped configs are scripts (a docstring with the protocol and ``get_config()``).
+require_docstrings_exclude = ["cljax.configs"]
 
 # Targets outside cljax that cannot resolve without intersphinx (no network at build time).
 # Only other packages and the standard library belong here: a ``cljax.`` target that does not

@@ -92,7 +92,7 @@ def test_reexports_of_other_packages_and_inherited_docstrings():
 
 def test_every_public_name_of_cljax_has_a_docstring():
     checker = _checker()
-    assert checker.check_package("cljax", ["cljax.cli", "cljax.config", "cljax.configs"]) == []
+    assert checker.check_package("cljax", ["cljax.configs"]) == []
 
 
 @pytest.mark.slow

@@ -11,8 +11,9 @@ Three recordings, each made once on code that predates the change it guards and 
   contract suite runs the family by default).
 
 Compared bit for bit, except the cases listed in ``REORDERED`` / ``CPU_DEPENDENT`` (to 1e-6), for
-the reasons given there. One case per family runs by default; every case and the Class-IL
-scenario with ``-m slow``.
+the reasons given there, and every case under another JAX than the recordings'
+(``RECORDED_JAX``). One case per family runs by default; every case and the Class-IL scenario
+with ``-m slow``.
 """
 import pathlib
 import sys
@@ -44,6 +45,12 @@ REORDERED = {"ewc", "online_ewc", "ncl"}
 # of the recorded ones and every other case bit for bit: the decomposition's CPU kernels depend
 # on the processor. Compared to rounding, like the reordered cases.
 CPU_DEPENDENT = {"ncl_kfac", "ncl_kfac_unfused"}
+
+# The recordings were made with JAX 0.10.2. Another release's XLA may compile the same program to
+# code that rounds differently (JAX 0.8.1, the oldest supported, differs by 1-4 ulps, 6e-8 to
+# 5e-7, in 9 of the default cases), so there every case is compared to rounding.
+RECORDED_JAX = "0.10.2"
+SAME_XLA = jax.__version__ == RECORDED_JAX
 
 DEFAULT_FIRST = {"none", "joint", "ewc", "si", "kfac_ewc_multi", "ncl", "ncl_kfac"}
 DEFAULT_EVERY = {"er", "derpp", "icarl", "rgo", "ogd_deferred"}
@@ -81,7 +88,8 @@ def test_penalty_and_natural_gradient_methods(case, scenario):
     trainer, data = first.build(method, scenario, reset)
     res = run_stream(trainer, data, num_steps=10, keys=jax.random.split(jax.random.key(7), 2),
                      hparams={**method.default_hparams, **overrides}, runs="vmap")  # as recorded
-    bad = _mismatches(res, FIRST, case, scenario, exact=case not in REORDERED | CPU_DEPENDENT)
+    bad = _mismatches(res, FIRST, case, scenario,
+                      exact=SAME_XLA and case not in REORDERED | CPU_DEPENDENT)
     assert not bad, (case, scenario, bad)
 
 
@@ -95,7 +103,7 @@ def test_rehearsal_and_projection_methods(case, scenario):
     res = run_stream(trainer, data, num_steps=every.STEPS,
                      keys=jax.random.split(jax.random.key(every.SEED), 2), runs="map",
                      hparams={**method.default_hparams, **overrides})
-    bad = _mismatches(res, EVERY, case, scenario, exact=True)
+    bad = _mismatches(res, EVERY, case, scenario, exact=SAME_XLA)
     assert not bad, (case, scenario, bad)
 
 
@@ -108,5 +116,5 @@ def test_architecture_methods(case):
     res = run_stream(trainer, data, num_steps=every.STEPS,
                      keys=jax.random.split(jax.random.key(every.SEED), 2), runs="map",
                      hparams={**method.default_hparams, **overrides})
-    bad = _mismatches(res, ARCHITECTURE, case, "task", exact=True)
+    bad = _mismatches(res, ARCHITECTURE, case, "task", exact=SAME_XLA)
     assert not bad, (case, bad)
