@@ -64,7 +64,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(jax|jaxlib|flax|optax|numpy|orbax|chex|matplotlib|scipy|tensorflow_datasets|"
                r"tensorboardX)(\..+)?"),
     # The standard library's types in annotations (collections.abc.Mapping, pathlib.Path, …).
-    (r"py:.*", r"(collections\.abc|pathlib|os|concurrent\.futures(\._base)?|threading|types)"
+    (r"py:.*", r"(argparse|collections\.abc|pathlib|os|concurrent\.futures(\._base)?|threading|types)"
                r"\.\w+"),
     # matplotlib's Figure, imported only for type checking, so named bare in the annotations.
     (r"py:class", r"Figure"),

@@ -75,6 +75,7 @@ def test_gpm_fused_equals_projecting_the_finished_gradient():
     _assert_same_runs(runs[0], runs[1], rtol=1e-4)
 
 
+@pytest.mark.slow   # by default: the contract suite's and the golden test's ogd_deferred rows
 def test_deferred_ogd_equals_ogd_and_needs_plain_sgd():
     """The deferred update (coefficients of the stored directions, folded at each boundary) takes
     the same steps as OGD's projected SGD: same losses, accuracies and final weights."""
