@@ -883,32 +883,17 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
             log(f"devices: {mesh.devices.size} ({dict(mesh.shape)}: runs × batch)")
         t0 = time.perf_counter()
         stream, load_info = load_experiment_stream(cfg, log=log)
-        if cfg["epochs"] is not None:
-            cfg["steps"] = max(1, int(np.ceil(cfg["epochs"] * int(stream.train.n.max())
-                                              / cfg["batch_size"])))
-            log(f"{cfg['epochs']} epoch(s) of {int(stream.train.n.max())} examples at batch "
-                f"{cfg['batch_size']} = {cfg['steps']} steps per task")
+        _set_steps(cfg, stream, log)
         if checkpoint_every is not None and checkpoint_dir is not None:
-            every = call_length(cfg["steps"], checkpoint_every)
-            log(f"checkpoints every {every} steps" + (
-                f" (--checkpoint-every {checkpoint_every} rounded down to a divisor of the "
-                f"{cfg['steps']} steps per task)" if every != checkpoint_every else ""))
+            _log_checkpoint_every(cfg["steps"], checkpoint_every, log)
         method = get_method(cfg["method"], **cfg["method_options"])
         plan = plan_runs(cfg, method)
-        results = {"config": copy.deepcopy(cfg), "versions": versions(), "stream": {
-            "name": stream.name, "num_tasks": stream.num_tasks, "classes": stream.classes,
-            "train_sizes": stream.train.n.tolist(), "test_sizes": stream.test.n.tolist()},
-            **load_info, "scenarios": {}}
+        results = {"config": copy.deepcopy(cfg), "versions": versions(),
+                   "stream": _stream_summary(stream), **load_info, "scenarios": {}}
         where = {name: None if checkpoint_dir is None else pathlib.Path(checkpoint_dir) / name
                  for name in cfg["scenarios"]}
-        for name in cfg["scenarios"]:
-            scenario_dir = where[name]
-            finished = None if scenario_dir is None else scenario_dir / "result.json"
-            if resume and finished is not None and finished.is_file():
-                entry = _reuse(finished, run_identity(cfg, name), name, log)
-                if entry is not None:
-                    results["scenarios"][name] = entry
-                    log(f"{name}-IL: finished before this resumed run; its results are reused")
+        if resume:
+            results["scenarios"] = _finished_before(cfg, where, log)
         check_state_sizes(cfg, stream, [n for n in cfg["scenarios"]
                                         if n not in results["scenarios"]],
                           len(plan.grid) * plan.seeds, mesh=mesh, log=log)
@@ -925,14 +910,7 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
                                resume=resume, mesh=mesh)
             entry = summarise_scenario(cfg, setup, plan, res, log=log)
             with deferred_interrupts():   # a finished scenario is written whole
-                if events_dir is not None:
-                    events.write_scenario_events(events_dir, name, res.train_loss,
-                                                 res.accuracy,
-                                                 events.run_names(plan.grid, plan.seeds))
-                if scenario_dir is not None:   # NaN kept as NaN (not strict JSON): reread here
-                    write_text_atomic(scenario_dir / "result.json", json.dumps(
-                        {"identity": run_identity(cfg, name), "result": entry},
-                        default=_to_builtin))
+                _write_finished(cfg, name, plan, res, entry, scenario_dir, events_dir)
                 results["scenarios"][name] = entry
                 results["scenarios"] = {n: results["scenarios"][n] for n in cfg["scenarios"]
                                         if n in results["scenarios"]}    # the config's order
@@ -946,6 +924,55 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
         raise RunInterrupted(list(results["scenarios"]),
                              [] if current is None else _checkpointed(*current)) from None
     return results
+
+
+def _set_steps(cfg: dict, stream: TaskStream, log: Callable[[str], None]) -> None:
+    """``cfg["steps"]`` from ``cfg["epochs"]`` when given: epochs over the largest task."""
+    if cfg["epochs"] is None:
+        return
+    largest = int(stream.train.n.max())
+    cfg["steps"] = max(1, int(np.ceil(cfg["epochs"] * largest / cfg["batch_size"])))
+    log(f"{cfg['epochs']} epoch(s) of {largest} examples at batch {cfg['batch_size']} = "
+        f"{cfg['steps']} steps per task")
+
+
+def _log_checkpoint_every(steps: int, checkpoint_every: int, log: Callable[[str], None]) -> None:
+    every = call_length(steps, checkpoint_every)
+    log(f"checkpoints every {every} steps" + (
+        f" (--checkpoint-every {checkpoint_every} rounded down to a divisor of the "
+        f"{steps} steps per task)" if every != checkpoint_every else ""))
+
+
+def _stream_summary(stream: TaskStream) -> dict:
+    return {"name": stream.name, "num_tasks": stream.num_tasks, "classes": stream.classes,
+            "train_sizes": stream.train.n.tolist(), "test_sizes": stream.test.n.tolist()}
+
+
+def _finished_before(cfg: dict, where: dict[str, pathlib.Path | None],
+                     log: Callable[[str], None]) -> dict:
+    """The scenarios a resumed run finished before, from their ``result.json`` (only those of
+    this run's identity)."""
+    out = {}
+    for name in cfg["scenarios"]:
+        scenario_dir = where[name]
+        finished = None if scenario_dir is None else scenario_dir / "result.json"
+        if finished is not None and finished.is_file():
+            entry = _reuse(finished, run_identity(cfg, name), name, log)
+            if entry is not None:
+                out[name] = entry
+                log(f"{name}-IL: finished before this resumed run; its results are reused")
+    return out
+
+
+def _write_finished(cfg: dict, name: str, plan: SweepPlan, res: Any, entry: dict,
+                    scenario_dir: pathlib.Path | None, events_dir: str | None) -> None:
+    """A finished scenario's TensorBoard events and its ``result.json`` (for a resume)."""
+    if events_dir is not None:
+        events.write_scenario_events(events_dir, name, res.train_loss, res.accuracy,
+                                     events.run_names(plan.grid, plan.seeds))
+    if scenario_dir is not None:   # NaN kept as NaN (not strict JSON): reread here
+        write_text_atomic(scenario_dir / "result.json", json.dumps(
+            {"identity": run_identity(cfg, name), "result": entry}, default=_to_builtin))
 
 
 def _run_regimes(cfg: dict, *, checkpoint_dir: str | None, events_dir: str | None,

@@ -169,13 +169,7 @@ def kfac_preconditioned_value_and_grad(
         captured.clear()
         with nn.intercept_methods(interceptor):
             result = fun(p, *args)
-        if has_aux and not (isinstance(result, tuple) and len(result) == 2):
-            raise ValueError("with has_aux=True, fun must return a pair (loss, aux); got "
-                             f"{type(result).__name__}")
-        out = result[0] if has_aux else result
-        if jnp.shape(out) != () or not jnp.issubdtype(jnp.result_type(out), jnp.floating):
-            raise ValueError(f"fun must return a float scalar loss{' (and aux)' if has_aux else ''};"
-                             f" got shape {jnp.shape(out)}, dtype {jnp.result_type(out)}")
+        out = _checked_loss(result, has_aux)
         if not capture_rows:
             return result
         aux = result[1] if has_aux else None
@@ -186,6 +180,26 @@ def kfac_preconditioned_value_and_grad(
     if capture_rows:
         loss, (aux, rows) = value
         value = (loss, aux) if has_aux else loss
+    out = _finish_gradient(grads, inverses, seen, other)
+    return (value, out, rows) if capture_rows else (value, out)
+
+
+def _checked_loss(result: Any, has_aux: bool) -> Array:
+    """The loss of ``fun``'s ``result`` (``(loss, aux)`` with ``has_aux``), a float scalar."""
+    if has_aux and not (isinstance(result, tuple) and len(result) == 2):
+        raise ValueError("with has_aux=True, fun must return a pair (loss, aux); got "
+                         f"{type(result).__name__}")
+    out = result[0] if has_aux else result
+    if jnp.shape(out) != () or not jnp.issubdtype(jnp.result_type(out), jnp.floating):
+        raise ValueError(f"fun must return a float scalar loss{' (and aux)' if has_aux else ''};"
+                         f" got shape {jnp.shape(out)}, dtype {jnp.result_type(out)}")
+    return out
+
+
+def _finish_gradient(grads: Params, inverses: Mapping[str, KFACFactors], seen: set[str],
+                     other: Array) -> Params:
+    """Every other parameter's gradient times ``other``; each tracked layer's block
+    preconditioned, inside the backward pass (``seen``) or here, by the dense product."""
     out = jax.tree.map(lambda g: (other.astype(g.dtype) * g).astype(g.dtype), grads)
     for name, (a_inv, g_inv) in inverses.items():
         node = get_layer(grads, name)
@@ -193,7 +207,7 @@ def kfac_preconditioned_value_and_grad(
         if name not in seen:  # never called as an interceptable Dense: dense product afterwards
             w = a_inv @ w @ g_inv
         out = set_layer(out, name, unpack(w, node))
-    return (value, out, rows) if capture_rows else (value, out)
+    return out
 
 
 __all__ = ["kfac_preconditioned_value_and_grad"]
