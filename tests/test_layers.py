@@ -158,6 +158,7 @@ def test_leaf_paths_name_every_leaf():
     assert leaf_paths({"a": [jnp.ones(1), jnp.zeros(2)]}).keys() == {"a/0", "a/1"}
 
 
+@pytest.mark.slow   # CI time; the captured rows' oracle against jax.grad runs by default
 def test_capture_rows_equals_capture_and_runs_in_jit(x64):
     net, params, x, _ = _net_problem()
     fn = lambda p, xx: net.apply({"params": p}, xx)

@@ -61,7 +61,8 @@ def _problem(seed=0, conv=False):
     return base, params, batch
 
 
-@pytest.mark.parametrize("conv", [False, True], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("conv", [False, pytest.param(True, marks=pytest.mark.slow)],
+                         ids=["mlp", "cnn"])   # the conv case: -m slow (CI time)
 def test_local_reparameterisation_has_the_output_distribution_of_sampled_weights(conv):
     """Per example, sampling each layer's pre-activations (local reparameterisation) is sampling
     the weights independently per example: each output's mean and variance match those of the

@@ -696,6 +696,7 @@ def test_kfac_online_and_sum_modes(x64):
     np.testing.assert_allclose(s.curvature.factors["Conv_0"].G, f1["Conv_0"].G, rtol=1e-14)
 
 
+@pytest.mark.slow   # CI time; by default: the contract suite's one-compilation row of kfac_ewc
 def test_kfac_vmap_over_traced_strength_and_no_recompile():
     params = _kparams(jax.random.PRNGKey(0), jnp.float32)
     fac = _kfactors(5, jnp.float32)

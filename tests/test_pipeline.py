@@ -89,6 +89,7 @@ def test_steps_per_call_fit_the_budget():
     assert host.row_bytes == 36 + 12
 
 
+@pytest.mark.slow   # CI time; the contract suite's host-pipeline rows run by default
 def test_a_stream_four_times_the_cap_trains_like_the_device_path():
     s = _stream()
     cap = pl.stream_bytes(s) // 4

@@ -63,6 +63,7 @@ def _rms_errors(a, budgets, keys, sketch="random"):
     return out
 
 
+@pytest.mark.slow   # CI time; Hutch++'s low-rank oracle runs by default
 def test_hutchpp_error_falls_faster_than_hutchinson_on_decaying_spectrum(x64):
     # PSD, known trace, polynomially decaying spectrum λ_i = i^-2 (Meyer et al. 2021, §5)
     spectrum = 1.0 / np.arange(1, 121) ** 2
