@@ -11,8 +11,8 @@ path of a Python file of your own defining ``get_config()``. Examples::
         --set optimizer.learning_rate=3e-4 --workdir runs/quick
     cljax run split_mnist --method ewc --seeds 8 --devices 4
 
-``--devices N`` shards the runs over the first N devices (default: all; see docs/guides/devices.md, "Several
-devices and hosts").
+``--devices N`` shards the runs over the first N devices (default: all; see the guide
+docs/guides/devices.md, "Several devices and hosts").
 
 Before any data is loaded the config (with every override) is validated — the method's
 hyperparameter domains (swept values included), its scenarios and its own check of the run —
@@ -459,8 +459,9 @@ def _run_in(args: argparse.Namespace, config: dict, workdir: pathlib.Path, *,
         raise UsageError(f"{_message(e)} (--debug shows the traceback)") from e
     finally:
         signal.signal(signal.SIGTERM, previous)
-    names = sorted(n + ("/" if (out / n).is_dir() else "") for n in (read_marker(out) or {"wrote": []})["wrote"]
-                   if not n.startswith(".") and (out / n).exists())    # what this run wrote
+    wrote = (read_marker(out) or {"wrote": []})["wrote"]                 # what this run wrote
+    names = sorted(n + ("/" if (out / n).is_dir() else "") for n in wrote
+                   if not n.startswith(".") and (out / n).exists())
     print(f"wrote {', '.join(names)} in {out}")
     print((out / "report.md").read_text())
     total, gone = _run_counts(results)

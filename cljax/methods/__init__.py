@@ -1,7 +1,8 @@
 """CL methods as small recipes for :func:`cljax.training.run_stream` (see :mod:`.base`).
 
-``get_method(name, **options)`` builds a method registered in :mod:`.registry`; ``options`` are its static settings
-(e.g. ``fisher="true"``, ``num_examples=2048``); hyperparameters such as λ live in ``hparams``.
+``get_method(name, **options)`` builds a method registered in :mod:`.registry`; ``options`` are
+its static settings (e.g. ``fisher="true"``, ``num_examples=2048``); hyperparameters such as λ
+live in ``hparams``.
 """
 from cljax.methods.base import (
     BatchContext,
