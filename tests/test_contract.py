@@ -157,6 +157,11 @@ ROWS = [
         scenarios=("class", "task", "domain"), off=Off(options={"per_class": 0})),
     Row("lwf", "lwf", "rehearsal", {}, {"strength": 1.0}, off=Off(hparams={"strength": 0.0}),
         sweep=("strength", 3.0)),
+    Row("der", "der", "rehearsal", {"capacity": 12}, scenarios=("class", "task", "domain"),
+        off=Off(hparams={"alpha": 0.0}, rtol=1e-6, why=(
+            "the zero-weighted term changes the compiled step's expression graph, and XLA:CPU's "
+            "fused multiply-adds round differently (the derpp docstring)")),
+        sweep=("alpha", 1.0)),
     Row("derpp", "derpp", "rehearsal", {"capacity": 12}, scenarios=("class", "task", "domain"),
         off=Off(hparams={"alpha": 0.0, "beta": 0.0}, rtol=1e-6, why=(
             "the zero-weighted terms change the compiled step's expression graph, and XLA:CPU's "

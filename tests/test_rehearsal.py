@@ -1,8 +1,8 @@
-"""Tests particular to the rehearsal methods (cljax.methods.rehearsal: ER, A-GEM, GEM, LwF, DER++,
-iCaRL): herding and exemplar means against brute force, iCaRL's nearest-mean prediction, what the
-memories store, and the options' errors. The contracts every method shares (finite stream,
-switched off = fine-tuning, one compilation, vmapped = separate runs, resume, host) are in
-tests/test_contract.py."""
+"""Tests particular to the rehearsal methods (cljax.methods.rehearsal: ER, A-GEM, GEM, LwF, DER,
+DER++, iCaRL): herding and exemplar means against brute force, iCaRL's nearest-mean prediction,
+DER's loss against a hand computation, what the memories store, and the options' errors. The
+contracts every method shares (finite stream, switched off = fine-tuning, one compilation,
+vmapped = separate runs, resume, host) are in tests/test_contract.py."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -126,3 +126,44 @@ def test_rehearsal_bad_inputs():
     method, tr, data = _build("icarl", scenario="task")
     with pytest.raises(ValueError, match="does not support the .task. scenario"):
         run_stream(tr, data, num_steps=2, keys=KEYS[:1], hparams=method.default_hparams)
+
+
+def test_der_loss_is_the_current_loss_plus_alpha_times_the_stored_logits_mse():
+    from cljax.methods import Clock, LossContext
+
+    model = as_model(MLP((12,), 6))
+    k = jax.random.split(jax.random.key(3), 5)
+    x, xm = jax.random.normal(k[0], (4, 5)), jax.random.normal(k[1], (4, 5))
+    stored = jax.random.normal(k[2], (4, 6))
+    batch = {"x": x, "y": jnp.array([0, 1, 2, 3]), "task": jnp.zeros(4, jnp.int32),
+             "memory": {"x": xm, "y": jnp.array([4, 5, 0, 1]), "task": jnp.zeros(4, jnp.int32),
+                        "logits": stored},
+             "memory_ok": jnp.array([True, True, True, False])}   # the last slot is empty
+    params = model.init(k[3], batch)
+    method = get_method("der", capacity=8)
+    ctx = LossContext(model, k[4], {"alpha": jnp.float32(0.3)}, jnp.int32(1), None,
+                      lambda rows: rows, Clock(jnp.int32(0), jnp.int32(0), jnp.int32(5)))
+    total, _ = jax.jit(lambda p: method.loss(p, batch, None, ctx))(params)
+
+    def ce(logits, y):
+        logits = np.asarray(logits, np.float64)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        return -logp[np.arange(len(y)), np.asarray(y)]
+
+    current = ce(model.logits_fn(params, batch), batch["y"]).mean()
+    z = np.asarray(model.logits_fn(params, batch["memory"]), np.float64)
+    mse = ((z - np.asarray(stored, np.float64)) ** 2).mean(-1)[:3].mean()   # filled slots only
+    np.testing.assert_allclose(total, current + 0.3 * mse, rtol=1e-5)
+    assert method.default_hparams == {"alpha": 0.5}
+    assert "beta" not in method.default_hparams      # no label term, unlike DER++
+    derpp_ctx = ctx._replace(hparams={"alpha": jnp.float32(0.3), "beta": jnp.float32(0.0)})
+    with pytest.raises(KeyError, match="memory2"):   # DER++ reads its second draw; DER has none
+        get_method("derpp", capacity=8).loss(params, batch, None, derpp_ctx)
+
+
+def test_der_trains_on_one_memory_draw_and_stores_logits():
+    method, tr, data = _build("der", capacity=8)
+    res = run_stream(tr, data, num_steps=6, keys=KEYS[:1], hparams=method.default_hparams)
+    assert np.isfinite(np.asarray(res.accuracy)).all()
+    memory = res.final_state.mstate
+    assert np.asarray(memory.valid).all() and np.abs(np.asarray(memory.logits)).sum() > 0

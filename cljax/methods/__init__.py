@@ -36,7 +36,7 @@ from cljax.methods.penalties import ewc, l2, mas, online_ewc, si
 from cljax.methods.pnn import pnn
 from cljax.methods.projection import gpm, ogd, rgo, rgo2
 from cljax.methods.registry import METHODS, MethodDescription, describe_method, get_method
-from cljax.methods.rehearsal import agem, derpp, er, gem, icarl, lwf
+from cljax.methods.rehearsal import agem, der, derpp, er, gem, icarl, lwf
 from cljax.methods.vcl import vcl
 
 __all__ = ["Method", "StreamSpec", "Clock", "BatchContext", "LossContext", "StepInfo",
@@ -45,6 +45,6 @@ __all__ = ["Method", "StreamSpec", "Clock", "BatchContext", "LossContext", "Step
            "no_optimizer_args", "keep_after_step", "keep_state", "base_only", "base_model",
            "get_hparam", "none", "joint", "ewc",
            "online_ewc", "si", "mas", "l2", "kfac_ewc", "ncl", "ncl_kfac", "er", "agem", "gem",
-           "lwf", "derpp", "icarl", "rgo", "rgo2", "gpm", "ogd", "pnn", "hat", "packnet", "vcl",
+           "lwf", "der", "derpp", "icarl", "rgo", "rgo2", "gpm", "ogd", "pnn", "hat", "packnet", "vcl",
            "dgr", "dgr_distill", "bir", "check_hparams", "describe_method",
            "MethodDescription"]

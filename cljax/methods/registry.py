@@ -21,7 +21,7 @@ from cljax.methods.packnet import packnet
 from cljax.methods.penalties import ewc, l2, mas, online_ewc, si
 from cljax.methods.pnn import pnn
 from cljax.methods.projection import gpm, ogd, rgo, rgo2
-from cljax.methods.rehearsal import agem, derpp, er, gem, icarl, lwf
+from cljax.methods.rehearsal import agem, der, derpp, er, gem, icarl, lwf
 from cljax.methods.vcl import vcl
 
 
@@ -39,7 +39,7 @@ METHODS: Mapping[str, Callable[..., Method]] = {
     "none": fine_tuning, "joint": joint_training,
     "ewc": ewc, "online_ewc": online_ewc, "si": si, "mas": mas, "l2": l2,
     "kfac_ewc": kfac_ewc, "ncl": ncl, "ncl_kfac": ncl_kfac,
-    "er": er, "agem": agem, "gem": gem, "lwf": lwf, "derpp": derpp, "icarl": icarl,
+    "er": er, "agem": agem, "gem": gem, "lwf": lwf, "der": der, "derpp": derpp, "icarl": icarl,
     "rgo": rgo, "rgo2": rgo2, "gpm": gpm, "ogd": ogd,
     "pnn": pnn, "hat": hat, "packnet": packnet,
     "vcl": vcl, "dgr": dgr, "dgr_distill": dgr_distill, "bir": bir,

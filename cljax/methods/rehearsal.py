@@ -402,6 +402,16 @@ def lwf() -> Method:
 # DER++
 # --------------------------------------------------------------------------------------------
 
+def der(*, memory: str = "reservoir", per_class: int | None = 100, capacity: int | None = None,
+        memory_batch_size: int | None = None) -> Method:
+    """DER, dark experience replay (Buzzega et al. 2020): ℓ_current + α·MSE(logits on memory x,
+    the logits stored with them), one memory batch of ``memory_batch_size`` (default: the batch
+    size) from a reservoir storing each example with the logits the model gave it (before the
+    step), as mammoth's ``der.py``. :func:`derpp` without its second draw and label term (not
+    ``derpp`` at β = 0, which still draws and computes it). Hyperparameter ``alpha``."""
+    return _dark_experience("der", memory, per_class, capacity, memory_batch_size, labels=False)
+
+
 def derpp(*, memory: str = "reservoir", per_class: int | None = 100, capacity: int | None = None,
           memory_batch_size: int | None = None) -> Method:
     """DER++ (Buzzega et al. 2020, eq. 6): ℓ_current + α·MSE(logits on memory x, the logits stored
@@ -412,30 +422,43 @@ def derpp(*, memory: str = "reservoir", per_class: int | None = 100, capacity: i
     (≤ 1e-7 relative here, not bit for bit: the zero-weighted terms change the compiled step's
     expression graph, and XLA:CPU's fused multiply-adds round differently — adding β·Σθ with
     β = 0 to a loss moves a 6-step trajectory by 3e-8)."""
+    return _dark_experience("derpp", memory, per_class, capacity, memory_batch_size, labels=True)
+
+
+def _dark_experience(name: str, memory: str, per_class: int | None, capacity: int | None,
+                     memory_batch_size: int | None, *, labels: bool) -> Method:
+    """DER (``labels=False``) or DER++ (``labels=True``: a second memory batch whose labels
+    enter a β-weighted cross-entropy)."""
     plan = memory_plan(memory, per_class, capacity)
     _check_batch_size(memory_batch_size)
     if plan.kind != "reservoir":
-        raise ValueError("DER++ stores logits as it trains: it needs memory='reservoir'")
+        raise ValueError(f"{name} stores logits as it trains: it needs memory='reservoir'")
 
     def batch(ctx, memory_state):
         size = _memory_size(memory_batch_size, ctx)
         rows = with_memory_rows(ctx, memory_state, size)
-        m2, ok2 = mem.sample_memory(memory_state, jax.random.fold_in(ctx.key, 1), size)
-        rows["memory2"], rows["memory2_ok"] = m2, ok2
+        if labels:
+            m2, ok2 = mem.sample_memory(memory_state, jax.random.fold_in(ctx.key, 1), size)
+            rows["memory2"], rows["memory2_ok"] = m2, ok2
         return rows
 
     def loss(params, batch, memory_state, ctx):
         del memory_state
         ce_cur, logits, k_mem = _current_loss(params, batch, ctx)
-        m1, m2 = ctx.to_batch(batch["memory"]), ctx.to_batch(batch["memory2"])
+        m1 = ctx.to_batch(batch["memory"])
         n = m1["y"].shape[0]
-        both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), m1, m2)   # one forward
-        z = ctx.model.train_logits_fn(params, both, k_mem)
+        if labels:
+            m2 = ctx.to_batch(batch["memory2"])
+            both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), m1, m2)   # one forward
+            z = ctx.model.train_logits_fn(params, both, k_mem)
+        else:
+            z = ctx.model.train_logits_fn(params, m1, k_mem)
         mse = _masked_mean(jnp.mean(jnp.square(z[:n] - m1["logits"]), axis=-1),
                            batch["memory_ok"])
-        ce2 = _masked_mean(_per_example_ce(z[n:], m2["y"]), batch["memory2_ok"])
-        total = (ce_cur + get_hparam(ctx.hparams, "alpha", "derpp") * mse
-                 + get_hparam(ctx.hparams, "beta", "derpp") * ce2)
+        total = ce_cur + get_hparam(ctx.hparams, "alpha", name) * mse
+        if labels:
+            ce2 = _masked_mean(_per_example_ce(z[n:], m2["y"]), batch["memory2_ok"])
+            total = total + get_hparam(ctx.hparams, "beta", name) * ce2
         return total, {"logits": logits}
 
     def after_step(info: StepInfo):
@@ -443,9 +466,9 @@ def derpp(*, memory: str = "reservoir", per_class: int | None = 100, capacity: i
             info.mstate, core_rows(info.rows), info.key,
             logits=jax.lax.stop_gradient(info.aux["logits"])))
 
-    return Method("derpp", init=_init_memory_state(plan, logits=True), batch=batch, loss=loss,
-                  after_step=after_step, default_hparams={"alpha": 0.5, "beta": 0.5},
-                  check=plan.check_config)
+    defaults = {"alpha": 0.5, "beta": 0.5} if labels else {"alpha": 0.5}
+    return Method(name, init=_init_memory_state(plan, logits=True), batch=batch, loss=loss,
+                  after_step=after_step, default_hparams=defaults, check=plan.check_config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -596,6 +619,6 @@ def icarl(*, memory: str = "per_class", per_class: int | None = 100,
 
 
 __all__ = ["MEMORY_KINDS", "MemoryPlan", "memory_plan", "core_rows", "store_finished_task",
-           "with_memory_rows", "er", "agem", "gem", "lwf", "derpp", "icarl", "PreviousModel",
+           "with_memory_rows", "er", "agem", "gem", "lwf", "der", "derpp", "icarl", "PreviousModel",
            "soft_cross_entropy", "ICaRLState", "normalise", "herding_order", "exemplar_means",
            "NME_FLOOR"]
