@@ -1,4 +1,8 @@
-"""Tiny synthetic datasets and streams, and random SPD / K-FAC factors, for the tests."""
+"""Tiny synthetic datasets and streams, random SPD / K-FAC factors, and the public modules'
+names, for the tests."""
+import importlib
+import pkgutil
+
 import numpy as np
 
 from cljax.data import ArrayDataset, split_tasks
@@ -53,3 +57,11 @@ def random_kfac_factors(seed, shapes, dtype=None, names=None):
         rows, m = shapes[name]
         out[name] = KFACFactors(random_spd(ka, rows, dtype), random_spd(kg, m, dtype))
     return out
+
+
+def public_module_names(package="cljax"):
+    """The names of ``package`` and of its modules below it with no dotted component starting
+    with ``_`` (the public modules: what the typing, doctest and docstring checks walk)."""
+    root = importlib.import_module(package)
+    found = [package] + [m.name for m in pkgutil.walk_packages(root.__path__, package + ".")]
+    return sorted(n for n in found if not any(part.startswith("_") for part in n.split(".")))

@@ -1,14 +1,11 @@
 """The docstring examples of cljax, run as doctests (every public module's)."""
 import doctest
 import importlib
-import pkgutil
 
 import pytest
+from helpers import public_module_names
 
-import cljax
-
-MODULES = sorted(m.name for m in pkgutil.walk_packages(cljax.__path__, "cljax.")
-                 if not any(part.startswith("_") for part in m.name.split(".")))
+MODULES = public_module_names()
 FLAGS = doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS
 # the core functions whose examples must exist (a doctest deleted by mistake fails here)
 REQUIRED = {"cljax.importance.fisher.exact_fisher_diagonal",

@@ -35,6 +35,8 @@ def test_first_sentence():
     assert first_sentence("A (see e.g. B. Smith) thing.\n  Next one.") == \
         "A (see e.g. B. Smith) thing."
     assert first_sentence("no period\n\nsecond paragraph.") == "no period"
+    with pytest.raises(TypeError, match="text must be a str"):
+        first_sentence(None)
 
 
 def test_unknown_method_and_bad_options():

@@ -10,20 +10,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import pkgutil
 from collections.abc import Callable, Iterator
 
-import cljax
+from helpers import public_module_names
 
 MIN_FUNCTIONS = 300  # the walk finds ~490 functions and methods: guards against a vacuous pass
-
-
-def public_modules() -> Iterator[str]:
-    """Names of the modules under cljax whose own name does not start with ``_``."""
-    yield cljax.__name__
-    for info in pkgutil.walk_packages(cljax.__path__, cljax.__name__ + "."):
-        if not info.name.rsplit(".", 1)[-1].startswith("_"):
-            yield info.name
 
 
 def _defined_in_cljax(obj: object) -> bool:
@@ -64,7 +55,7 @@ def missing_annotations(func: Callable, *, method: bool = False) -> list[str]:
 def public_callables() -> Iterator[tuple[str, Callable, bool]]:
     """``(qualified name, function, is_method)`` for every function and public method to check."""
     seen: set[int] = set()
-    for module_name in public_modules():
+    for module_name in public_module_names():
         module = importlib.import_module(module_name)
         for name in getattr(module, "__all__", ()):
             obj = getattr(module, name)

@@ -78,6 +78,8 @@ class MethodDescription(NamedTuple):
 def first_sentence(text: str) -> str:
     """The first sentence of ``text``'s first paragraph, on one line (a period ends a sentence
     when a capital, a quote or the end follows it, outside parentheses)."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str; got {type(text).__name__}")
     paragraph = " ".join(inspect.cleandoc(text).split("\n\n")[0].split())
     depth = 0
     for i, ch in enumerate(paragraph):

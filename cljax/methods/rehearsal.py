@@ -404,10 +404,11 @@ def lwf() -> Method:
 
 def der(*, memory: str = "reservoir", per_class: int | None = 100, capacity: int | None = None,
         memory_batch_size: int | None = None) -> Method:
-    """DER, dark experience replay (Buzzega et al. 2020): ℓ_current + α·MSE(logits on memory x,
-    the logits stored with them), one memory batch of ``memory_batch_size`` (default: the batch
-    size) from a reservoir storing each example with the logits the model gave it (before the
-    step), as mammoth's ``der.py``. :func:`derpp` without its second draw and label term (not
+    """DER, dark experience replay (Buzzega et al. 2020, Sec. 3: the objective their eq. 6, DER++,
+    extends by a label term): ℓ_current + α·MSE(logits on memory x, the logits stored with
+    them), one memory batch of ``memory_batch_size`` (default: the batch size) from a reservoir
+    storing each example with the logits the model gave it (before the step), as mammoth's
+    ``der.py``. :func:`derpp` without its second draw and label term (not
     ``derpp`` at β = 0, which still draws and computes it). Hyperparameter ``alpha``."""
     return _dark_experience("der", memory, per_class, capacity, memory_batch_size, labels=False)
 
