@@ -1,5 +1,6 @@
-"""``cljax run <config> [overrides]`` — the main job; ``cljax configs`` and ``cljax methods``
-list what it can run.
+"""``cljax run <config> [overrides]`` — the main job; ``cljax bench <protocol>`` runs a paper's
+table and writes its leaderboard (:mod:`cljax.bench`); ``cljax configs`` and ``cljax methods``
+list what they can run.
 
 ``<config>`` is the name of a config shipped with cljax (``cljax configs`` lists them) or the
 path of a Python file of your own defining ``get_config()``. Examples::
@@ -95,7 +96,8 @@ def _byte_count(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``cljax`` command's parser: ``run``, ``configs``, ``methods`` and ``--version``."""
+    """The ``cljax`` command's parser: ``run``, ``bench``, ``configs``, ``methods`` and
+    ``--version``."""
     from cljax import __version__
     from cljax.methods import METHODS
 
@@ -153,7 +155,41 @@ def build_parser() -> argparse.ArgumentParser:
                           "tensorboardX is installed)")
     run.add_argument("--debug", action="store_true",
                      help="on an error, show the full traceback instead of one line")
+    _add_bench_parser(sub)
     return parser
+
+
+def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser(
+        "bench", help="run a published protocol's methods and write its leaderboard (ours "
+                      "beside the paper's values)")
+    bench.add_argument("protocol", nargs="?", help="a registered protocol (--list names them)")
+    bench.add_argument("--list", action="store_true", help="list the registered protocols")
+    bench.add_argument("--methods", default="all", metavar="A,B,...|all",
+                       help="entries (or methods) of the protocol to run (default: all)")
+    bench.add_argument("--seeds", type=_positive_int,
+                       help="seeds per run (default: the protocol's)")
+    bench.add_argument("--workdir", help="output directory (default: runs/bench/<protocol>)")
+    bench.add_argument("--resume", action="store_true",
+                       help="continue the benchmark in --workdir: finished runs are kept, an "
+                            "interrupted one resumes from its checkpoints")
+    bench.add_argument("--no-run", action="store_true", dest="no_run",
+                       help="run nothing: write the leaderboard of what --workdir holds")
+    bench.add_argument("--results-md", dest="results_md", metavar="FILE",
+                       help="also write the leaderboard into FILE (e.g. RESULTS.md) between its "
+                            "markers for this protocol")
+    bench.add_argument("--steps", type=_positive_int,
+                       help="steps per task (a deviation: the leaderboard says so)")
+    bench.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config entry of every run (a deviation: the leaderboard "
+                            "says so; repeatable)")
+    bench.add_argument("--checkpoint-every", type=_positive_int, dest="checkpoint_every",
+                       metavar="STEPS", help="also checkpoint every STEPS steps within a task")
+    bench.add_argument("--devices", type=_positive_int, metavar="N",
+                       help="shard each run's seeds over the first N devices")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench.add_argument("--debug", action="store_true",
+                       help="on an error, show the full traceback instead of one line")
 
 
 # --------------------------------------------------------------------------------------------
@@ -506,6 +542,72 @@ def list_methods() -> str:
     return "\n".join(blocks)
 
 
+def _bench_overrides(args: argparse.Namespace) -> tuple[dict, list[str]]:
+    """The dotted overrides of ``--steps`` / ``--set`` and their labels (the deviations)."""
+    from cljax.config import parse_value
+
+    overrides: dict = {}
+    labels = []
+    if args.steps is not None:
+        overrides["steps"] = args.steps
+        labels.append(f"--steps {args.steps}")
+    for assignment in args.set:
+        if "=" not in assignment:
+            raise UsageError(f"--set {assignment}: expected key=value")
+        key, value = assignment.split("=", 1)
+        overrides[key.strip()] = parse_value(value)
+        labels.append(f"--set {assignment}")
+    return overrides, labels
+
+
+def _bench(args: argparse.Namespace) -> int:
+    """``cljax bench``: the protocol's runs, then its leaderboard (printed)."""
+    from cljax.bench import get_protocol, list_protocols, run_bench
+    from cljax.experiment import StateSizeError
+
+    if args.list:
+        print(list_protocols())
+        return 0
+    if args.protocol is None:
+        raise UsageError("bench: name a protocol (cljax bench --list names them)")
+    try:
+        protocol = get_protocol(args.protocol)
+    except KeyError as e:
+        raise UsageError(f"bench: {_message(e)}") from e
+    overrides, deviations = _bench_overrides(args)
+    progress_factory = None
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+
+        def progress_factory(name, total):
+            return tqdm(total=total, unit="step", desc=f"{name}-IL", leave=False, file=sys.stderr)
+
+    workdir = args.workdir or f"runs/bench/{protocol.name}"
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        board = run_bench(protocol, workdir, methods=args.methods, seeds=args.seeds,
+                          overrides=overrides, deviations=deviations, resume=args.resume,
+                          run=not args.no_run, results_md=args.results_md,
+                          progress_factory=progress_factory,
+                          checkpoint_every=args.checkpoint_every, devices=args.devices)
+    except KeyboardInterrupt:
+        print(f"cljax: interrupted: the finished runs are in {workdir}; run the same command "
+              "with --resume to continue (an unfinished run resumes from its checkpoints)",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _data_errors() + (StateSizeError,) as e:
+        raise UsageError(_message(e)) from e
+    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"bench {protocol.name}: {_message(e)}") from e
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    from cljax.bench import leaderboard_markdown
+
+    print(leaderboard_markdown(board))
+    print(f"wrote leaderboard.json, leaderboard.md, leaderboard.png in {workdir}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``cljax`` command; returns the exit status (module docstring)."""
     args = build_parser().parse_args(argv)  # argparse's own errors exit 2 with the usage
@@ -515,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     from cljax.workdir import WorkdirError
 
     try:
-        return _run(args)
+        return _bench(args) if args.command == "bench" else _run(args)
     except (UsageError, WorkdirError) as e:
         if args.debug:
             traceback.print_exc()  # the whole chain: where the original error was raised

@@ -12,6 +12,15 @@ import pathlib
 import types
 from typing import Any
 
+OPTIONAL_KEYS: dict[str, Any] = {
+    "stream_options": {}, "hparams": {}, "method_options": {}, "sweep": {}, "seed": 0,
+    "eval_chunk": 1000, "reset_optimizer": False, "data_dir": None, "epochs": None,
+    "analysis": None, "analysis_options": {}, "regimes": {}, "features": None,
+    "max_state_bytes": None, "data_placement": "auto", "device_memory_cap": None,
+    "batch_devices": 1}
+"""The config's optional top-level keys with their defaults (``cljax.experiment`` documents
+them); :func:`apply_override` may set one a config file leaves out."""
+
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 """Where the configs shipped with cljax live (the package ``cljax.configs``, one per protocol)."""
 
@@ -68,9 +77,9 @@ def parse_value(text: str) -> Any:
 def apply_override(config: dict, key: str, value: Any) -> None:
     """Set ``config[dotted.key] = value`` in place (the CLI's ``--set`` and the regimes).
 
-    Every parent must be a section (dict) of the config; a new top-level key is refused (a typo
-    would otherwise be silently ignored); new keys inside a section are allowed (e.g. a model's
-    optional argument).
+    Every parent must be a section (dict) of the config; a new top-level key is refused unless
+    it is one of :data:`OPTIONAL_KEYS` (a typo would otherwise be silently ignored); new keys
+    inside a section are allowed (e.g. a model's optional argument).
     """
     *parents, leaf = key.strip().split(".")
     node = config
@@ -78,8 +87,9 @@ def apply_override(config: dict, key: str, value: Any) -> None:
         if not isinstance(node.get(part), dict):
             raise KeyError(f"{key}: {part!r} is not a section of the config")
         node = node[part]
-    if leaf not in node and not parents:
-        raise KeyError(f"{key}: the config has no key {leaf!r}; keys are {sorted(node)}")
+    if leaf not in node and not parents and leaf not in OPTIONAL_KEYS:
+        raise KeyError(f"{key}: the config has no key {leaf!r}; keys are {sorted(node)}, and "
+                       f"the optional {sorted(set(OPTIONAL_KEYS) - set(node))}")
     node[leaf] = value
 
 
@@ -110,5 +120,5 @@ def parse_sweep(spec: str) -> tuple[str, list[float]]:
     return name.strip(), values
 
 
-__all__ = ["CONFIG_DIR", "config_names", "config_file", "config_summary", "load_config",
+__all__ = ["OPTIONAL_KEYS", "CONFIG_DIR", "config_names", "config_file", "config_summary", "load_config",
            "parse_value", "apply_override", "apply_assignment", "parse_sweep"]

@@ -57,7 +57,7 @@ from jax.sharding import Mesh
 
 from cljax import events, metrics
 from cljax.checkpoint import Checkpointer, CheckpointMismatchError
-from cljax.config import apply_override
+from cljax.config import OPTIONAL_KEYS, apply_override
 from cljax.data import (
     SCENARIOS,
     STREAM_KINDS,
@@ -127,12 +127,9 @@ def validate_config(config: dict) -> dict:
     for key in ("hparams", "method_options", "sweep", "stream_options", "model", "optimizer"):
         if key in cfg and not isinstance(cfg[key], dict):
             raise ValueError(f"config[{key!r}] must be a dict; got {cfg[key]!r}")
-    for key, default in (("stream_options", {}), ("hparams", {}), ("method_options", {}),
-                         ("sweep", {}), ("seed", 0), ("eval_chunk", 1000),
-                         ("reset_optimizer", False), ("data_dir", None), ("epochs", None),
-                         ("analysis", None), ("analysis_options", {}), ("regimes", {}),
-                         ("features", None), ("max_state_bytes", None)):
-        cfg.setdefault(key, default)
+    for key, default in OPTIONAL_KEYS.items():
+        if key not in SCALE_KEYS:      # absent scale-out keys leave the config unchanged
+            cfg.setdefault(key, copy.deepcopy(default))
     if cfg["analysis"] not in (None, "flatness"):
         raise ValueError(f"config['analysis'] must be None or 'flatness'; got {cfg['analysis']!r}")
     if isinstance(cfg["scenarios"], str):
@@ -284,14 +281,16 @@ def config_plan(cfg: dict, scenario: str) -> ConfigPlan:
                       cfg["batch_size"])
 
 
+SCALE_KEYS = ("data_placement", "device_memory_cap", "batch_devices")
+"""The optional scale-out keys: absent, the defaults apply and the config is unchanged."""
+
+
 def scale_options(cfg: dict) -> dict:
     """The config's optional scale-out keys with their defaults (``data_placement``,
     ``device_memory_cap``, ``batch_devices``), validated; the config itself is not changed."""
     from cljax.data.pipeline import PLACEMENTS
 
-    out = {"data_placement": cfg.get("data_placement", "auto"),
-           "device_memory_cap": cfg.get("device_memory_cap"),
-           "batch_devices": cfg.get("batch_devices", 1)}
+    out = {key: cfg.get(key, OPTIONAL_KEYS[key]) for key in SCALE_KEYS}
     if out["data_placement"] not in PLACEMENTS:
         raise ValueError(f"config['data_placement'] must be one of {PLACEMENTS}; got "
                          f"{out['data_placement']!r}")
@@ -1005,7 +1004,7 @@ def _run_regimes(cfg: dict, *, checkpoint_dir: str | None, events_dir: str | Non
     return out
 
 
-__all__ = ["MODELS", "apply_override", "validate_config", "scale_options", "experiment_mesh",
+__all__ = ["MODELS", "SCALE_KEYS", "apply_override", "validate_config", "scale_options", "experiment_mesh",
            "make_optimizer", "make_model", "dataset_metadata", "StreamOutline", "stream_outline",
            "config_plan", "run_identity", "StateSizeError", "STATE_MEMORY_FRACTION",
            "estimate_state_bytes", "check_state_sizes", "RunInterrupted",

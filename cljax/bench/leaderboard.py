@@ -1,0 +1,269 @@
+"""The leaderboard of a benchmark: ours beside the published values, as JSON, Markdown and a plot.
+
+:func:`leaderboard` reads the finished runs' ``results.json`` and returns a strict-JSON dict
+(schema :data:`SCHEMA`, documented in :func:`leaderboard`); :func:`leaderboard_markdown` and
+:func:`plot_leaderboard` draw it; :func:`replace_block` puts the Markdown into a document
+(``RESULTS.md``) between the markers of :func:`block_markers`, so the tables there are generated,
+never typed.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from cljax.bench.protocol import EntryRun, Protocol
+
+SCHEMA = "cljax.leaderboard/1"
+"""The ``schema`` field of a leaderboard's JSON; bumped when a field changes meaning."""
+
+SCENARIO_NAMES = {"task": "Task-IL", "domain": "Domain-IL", "class": "Class-IL"}
+
+
+def _percent(x: Any) -> float | None:
+    return None if x is None or not math.isfinite(float(x)) else 100.0 * float(x)
+
+
+def interval95(per_run: Sequence[float | None]) -> dict:
+    """Mean, SEM and the two-sided 95 % Student-t interval of the finite values of
+    ``per_run`` (``{"n", "mean", "sem", "low", "high"}``; the interval is None below 2 values).
+
+    Example:
+        >>> r = interval95([1.0, 2.0, 3.0])
+        >>> r["mean"], round(r["sem"], 4), round(r["high"] - r["mean"], 4)
+        (2.0, 0.5774, 2.4841)
+    """
+    values = np.asarray([v for v in per_run if v is not None and math.isfinite(v)], float)
+    n = int(values.size)
+    if n == 0:
+        return {"n": 0, "mean": None, "sem": None, "low": None, "high": None}
+    mean = float(values.mean())
+    if n == 1:
+        return {"n": 1, "mean": mean, "sem": None, "low": None, "high": None}
+    sem = float(values.std(ddof=1) / math.sqrt(n))
+    half = float(stats.t.ppf(0.975, n - 1)) * sem
+    return {"n": n, "mean": mean, "sem": sem, "low": mean - half, "high": mean + half}
+
+
+def _row(protocol: Protocol, run: EntryRun, scenario: str, results: dict | None,
+         provenance: Mapping[str, Any]) -> dict:
+    entry = protocol.entry(run.entry)
+    published = entry.published.get(scenario)
+    row: dict[str, Any] = {
+        "entry": entry.key, "method": entry.method, "scenario": scenario, "run": run.name,
+        "hparams": run.config["hparams"], "selection": entry.selection, "note": entry.note,
+        "published": None if published is None else {
+            "value": published.value, "pm": published.pm, "spread": published.spread,
+            "runs": published.runs, "source": published.source},
+        "finished": False}
+    sc = None if results is None else results.get("scenarios", {}).get(scenario)
+    if sc is None:
+        return row
+    per_run = [_percent(v) for v in sc["metrics"][protocol.metric]["per_run"]]
+    ours = interval95(per_run)
+    ours["per_run"] = per_run
+    diff = None if ours["mean"] is None or published is None else ours["mean"] - published.value
+    within = None if ours["low"] is None or published is None else \
+        bool(ours["low"] <= published.value <= ours["high"])
+    timings = sc.get("timings", {})
+    row.update(finished=True, ours=ours, difference=diff, within_ci95=within,
+               seeds=len(per_run), diverged=len(sc.get("diverged") or []),
+               wall_seconds=timings.get("run_seconds"),
+               compile_seconds=timings.get("compile_seconds"),
+               commit=provenance.get("commit"), cljax_version=provenance.get("cljax_version"),
+               finished_at=provenance.get("finished_at"))
+    return row
+
+
+def leaderboard(protocol: Protocol, runs: Sequence[EntryRun], finished: Mapping[str, dict], *,
+                provenance: Mapping[str, Mapping[str, Any]] | None = None, seeds: int,
+                deviations: Sequence[str] = ()) -> dict:
+    """The leaderboard of ``protocol`` over ``runs`` (from :func:`cljax.bench.entry_runs`),
+    ``finished`` mapping a run's name to its ``results.json`` (possibly of some of its
+    scenarios: a run whose every scenario is there is done, the others are to do),
+    ``provenance`` a run's name to ``{"commit", "cljax_version", "finished_at"}``.
+
+    Schema (strict JSON; percentages; ``null`` where a value is missing)::
+
+        schema        "cljax.leaderboard/1"
+        produced_by   "cljax bench"
+        protocol      {name, title, config, citation, metric, metric_definition, scenarios,
+                       notes, device}
+        seeds         the seeds each run was asked for
+        deviations    the user's changes to the protocol (``--steps``, ``--set``): a
+                      leaderboard with any is not the paper's protocol
+        rows [{entry, method, scenario, run, hparams, selection, note, finished,
+               published {value, pm, spread, runs, source} | null,
+               ours {n, mean, sem, low, high, per_run},      (finished rows only)
+               difference (ours − published), within_ci95 (published in [low, high]),
+               seeds, diverged, wall_seconds, compile_seconds, commit, cljax_version,
+               finished_at}]
+        done, to_do   the runs finished and not yet
+    """
+    if not isinstance(protocol, Protocol):
+        raise TypeError(f"protocol must be a cljax.bench.Protocol; got {type(protocol).__name__}")
+    provenance = provenance or {}
+    rows = []
+    for scenario in protocol.scenarios:
+        for run in runs:
+            if scenario in run.scenarios:
+                rows.append(_row(protocol, run, scenario, finished.get(run.name),
+                                 provenance.get(run.name, {})))
+    return {
+        "schema": SCHEMA, "produced_by": "cljax bench",
+        "protocol": {"name": protocol.name, "title": protocol.title, "config": protocol.config,
+                     "citation": protocol.citation, "metric": protocol.metric,
+                     "metric_definition": protocol.metric_definition,
+                     "scenarios": list(protocol.scenarios), "notes": list(protocol.notes),
+                     "device": protocol.device},
+        "seeds": seeds, "deviations": list(deviations), "rows": rows,
+        "done": [r.name for r in runs if _complete(r, finished.get(r.name))],
+        "to_do": [r.name for r in runs if not _complete(r, finished.get(r.name))]}
+
+
+def _complete(run: EntryRun, results: Mapping | None) -> bool:
+    return results is not None and set(run.scenarios) <= set(results.get("scenarios", {}))
+
+
+def _num(x: float | None, spec: str = ".2f") -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def _published_cell(p: Mapping | None) -> str:
+    if p is None:
+        return "–"
+    pm = "" if p["pm"] is None else f" ± {p['pm']:.2f}" + (
+        "" if p["spread"] == "unstated" else f" ({p['spread']})")
+    return f"{p['value']:.2f}{pm} ({p['source']})"
+
+
+def _commit_cell(commit: str | None) -> str:
+    if not commit:
+        return "–"
+    sha, _, dirty = commit.partition("-")
+    return sha[:10] + (f"-{dirty}" if dirty else "")
+
+
+def _hparams_cell(row: Mapping) -> str:
+    hp = ", ".join(f"{k} {v:g}" for k, v in row["hparams"].items())
+    return f"{hp or '–'} ({row['selection'].replace('_', ' ')})"
+
+
+def leaderboard_markdown(board: Mapping[str, Any]) -> str:
+    """The leaderboard as Markdown: the protocol, its metric, any deviation in bold, then one
+    row per method and scenario — ours (mean ± SEM over the seeds), the published value with its
+    table, the difference, whether the published value is inside our 95 % interval, wall and
+    compile time, the commit."""
+    p = board["protocol"]
+    lines = [f"**{p['title']}** — `cljax bench {p['name']}` (config `{p['config']}`, "
+             f"{board['seeds']} seed(s) per run). {p['citation']}", "",
+             f"Metric: {p['metric_definition']}", ""]
+    if board["deviations"]:
+        lines += ["**Not the paper's protocol: " + "; ".join(board["deviations"]) + ".**", ""]
+    lines += ["| method | scenario | hyperparameters | seeds | ours | published | Δ | in our "
+              "95 % CI | wall | compile | commit |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in board["rows"]:
+        scenario = SCENARIO_NAMES[row["scenario"]]
+        if not row["finished"]:
+            lines.append(f"| {row['entry']} | {scenario} | {_hparams_cell(row)} | – | to do | "
+                         f"{_published_cell(row['published'])} | – | – | – | – | – |")
+            continue
+        o = row["ours"]
+        ours = "diverged" if o["mean"] is None else \
+            f"{o['mean']:.2f}" + ("" if o["sem"] is None else f" ± {o['sem']:.2f}")
+        within = {True: "yes", False: "**no**", None: "–"}[row["within_ci95"]]
+        seeds = f"{row['seeds']}" + (f" ({row['diverged']} diverged)" if row["diverged"] else "")
+        lines.append(
+            f"| {row['entry']} | {scenario} | {_hparams_cell(row)} | {seeds} | {ours} | "
+            f"{_published_cell(row['published'])} | {_num(row['difference'], '+.2f')} | "
+            f"{within} | {_num(row['wall_seconds'], '.0f')} s | "
+            f"{_num(row['compile_seconds'], '.0f')} s | {_commit_cell(row['commit'])} |")
+    notes = [f"- {row['entry']}: {row['note']}" for row in board["rows"] if row["note"]]
+    notes = list(dict.fromkeys(notes))
+    if p["notes"] or notes:
+        lines += ["", *[f"- {n}" for n in p["notes"]], *notes]
+    if board["to_do"]:
+        lines += ["", f"To do ({len(board['to_do'])} of {len(board['to_do']) + len(board['done'])}"
+                      f" runs): {', '.join(board['to_do'])}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_leaderboard(board: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """One panel per scenario: ours (mean and 95 % interval) and the published value per
+    method, written to ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cljax.workdir import write_bytes_atomic
+
+    scenarios = board["protocol"]["scenarios"]
+    most = max([sum(r["scenario"] == s for r in board["rows"]) for s in scenarios] + [1])
+    fig, axes = plt.subplots(1, len(scenarios), figsize=(4.2 * len(scenarios), 1.6 + 0.4 * most),
+                             squeeze=False)
+    for ax, scenario in zip(axes[0], scenarios):
+        rows = [r for r in board["rows"] if r["scenario"] == scenario]
+        shown: list[float] = []
+        for y, row in enumerate(rows):
+            o = row.get("ours") or {}
+            if o.get("mean") is not None:
+                err = None if o["low"] is None else [[o["mean"] - o["low"]], [o["high"] - o["mean"]]]
+                ax.errorbar([o["mean"]], [y], xerr=err, fmt="o", color="C0", capsize=3,
+                            label="ours (mean, 95 % CI)")
+                shown += [o["mean"]] + ([] if o["low"] is None else [o["low"], o["high"]])
+            if row["published"] is not None:
+                ax.plot([row["published"]["value"]], [y], "x", color="C3", markersize=8,
+                        label="published")
+                shown.append(row["published"]["value"])
+        if shown:   # accuracies: an interval reaching past 0 or 100 is cut at the axis
+            span = max(max(shown) - min(shown), 1.0)
+            ax.set_xlim(max(min(shown) - 0.08 * span, 0.0), min(max(shown) + 0.08 * span, 100.0))
+        ax.set_yticks(range(len(rows)), [r["entry"] for r in rows])
+        ax.set_ylim(len(rows) - 0.5, -0.5)
+        ax.set_title(SCENARIO_NAMES[scenario])
+        ax.set_xlabel(f"{board['protocol']['metric'].upper()} (%)")
+        ax.grid(axis="x", alpha=0.3)
+    labels: dict = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            labels.setdefault(label, handle)
+    if labels:
+        fig.legend(list(labels.values()), list(labels), loc="lower center", ncol=2, fontsize=8,
+                   frameon=False)
+    fig.suptitle(board["protocol"]["title"], fontsize=10)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def block_markers(name: str) -> tuple[str, str]:
+    """The two lines between which :func:`replace_block` puts protocol ``name``'s leaderboard."""
+    return f"<!-- cljax bench {name}: generated, do not edit -->", f"<!-- /cljax bench {name} -->"
+
+
+def replace_block(text: str, name: str, markdown: str) -> str:
+    """``text`` with what lies between protocol ``name``'s markers (:func:`block_markers`)
+    replaced by ``markdown``. A document without both markers, in order, is an error: the
+    generated table goes only where its author put the markers."""
+    start, end = block_markers(name)
+    i, j = text.find(start), text.find(end)
+    if i < 0 or j < 0 or j < i:
+        raise ValueError(f"the document has no block for protocol {name!r}: add the two lines "
+                         f"{start!r} and {end!r} where its leaderboard belongs")
+    if text.find(start, i + 1) >= 0:
+        raise ValueError(f"the document has two blocks for protocol {name!r}")
+    return text[:i + len(start)] + "\n" + markdown.rstrip("\n") + "\n" + text[j:]
+
+
+__all__ = ["SCHEMA", "SCENARIO_NAMES", "interval95", "leaderboard", "leaderboard_markdown",
+           "plot_leaderboard", "block_markers", "replace_block"]

@@ -1,0 +1,220 @@
+"""A benchmark protocol as data: a shipped config, the methods a paper's table compares, and the
+values the paper published for them.
+
+A :class:`Protocol` is one table of one paper: the config that reproduces the paper's setting
+(``cljax run <config>``), the scenarios it reports, how its metric is defined, and one
+:class:`Entry` per row — the method, the hyperparameters it runs with (and how they were chosen),
+and the paper's :class:`Published` value per scenario with its table. :func:`entry_runs` turns
+an entry into the configs ``run_experiment`` runs: one per distinct set of hyperparameters, so a
+method tuned per scenario (van de Ven & Tolias 2019 chose λ per scenario) runs its scenarios with
+their own values.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from cljax.config import apply_override, config_names, load_config
+from cljax.data import SCENARIOS
+
+SPREADS = ("std", "sem", "ci95", "unstated")
+"""What a published ± is: a standard deviation over the paper's runs, a standard error of the
+mean, the half-width of a 95 % interval, or a ± the paper does not define."""
+
+SELECTIONS = ("paper", "validation", "test_sweep", "default")
+"""How an entry's hyperparameters were chosen: the paper's own values (its text or code), a
+validation split carved from the training data, a sweep scored on the test set (what most
+published grid searches did; recorded as such), or the method's defaults."""
+
+_KEY = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Published:
+    """One published value: ``value`` (percent, as printed), ``pm`` (the ± printed beside it,
+    None if none), ``spread`` (what the ± is, :data:`SPREADS`), ``runs`` (the paper's number of
+    runs, None if unstated) and ``source`` (where it is printed: "Table 2", "Fig. 3")."""
+
+    value: float
+    source: str
+    pm: float | None = None
+    spread: str = "unstated"
+    runs: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.value, (int, float)) or isinstance(self.value, bool) \
+                or not math.isfinite(self.value):
+            raise ValueError(f"Published.value must be a finite number (percent); got "
+                             f"{self.value!r}")
+        if self.pm is not None and (not isinstance(self.pm, (int, float)) or self.pm < 0
+                                    or not math.isfinite(self.pm)):
+            raise ValueError(f"Published.pm must be None or a finite number >= 0; got "
+                             f"{self.pm!r}")
+        if self.spread not in SPREADS:
+            raise ValueError(f"Published.spread must be one of {SPREADS}; got {self.spread!r}")
+        if self.runs is not None and (not isinstance(self.runs, int) or self.runs < 1):
+            raise ValueError(f"Published.runs must be None or a positive int; got {self.runs!r}")
+        if not isinstance(self.source, str) or not self.source.strip():
+            raise ValueError("Published.source must name the table or figure the value is "
+                             f"printed in; got {self.source!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One row of a protocol's table.
+
+    ``key``: unique in the protocol (the run directory's name, ``--methods`` selects by it or
+    by the method's name); ``method``: a name of :data:`cljax.methods.METHODS`; ``hparams``:
+    the method's hyperparameters; ``scenario_hparams``: per scenario, values that replace
+    ``hparams``' (a method tuned per scenario); ``overrides``: dotted config keys set for this
+    entry (``{"optimizer.learning_rate": 0.03}``, ``{"method_options.per_class": 100}``);
+    ``selection``: how the hyperparameters were chosen (:data:`SELECTIONS`); ``published``: the
+    paper's value per scenario; ``scenarios``: the scenarios it runs (None: the protocol's);
+    ``note``: what a reader must know about the row."""
+
+    key: str
+    method: str
+    published: Mapping[str, Published] = dataclasses.field(default_factory=dict)
+    hparams: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    scenario_hparams: Mapping[str, Mapping[str, float]] = dataclasses.field(default_factory=dict)
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    selection: str = "default"
+    scenarios: tuple[str, ...] | None = None
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, str) or not _KEY.match(self.key):
+            raise ValueError(f"Entry.key must be lower-case letters, digits and _; got "
+                             f"{self.key!r}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"Entry {self.key!r}: selection must be one of {SELECTIONS}; got "
+                             f"{self.selection!r}")
+        for scenario in (*self.published, *self.scenario_hparams, *(self.scenarios or ())):
+            if scenario not in SCENARIOS:
+                raise ValueError(f"Entry {self.key!r}: unknown scenario {scenario!r}; "
+                                 f"expected one of {SCENARIOS}")
+        from cljax.methods import METHODS
+
+        if self.method not in METHODS:
+            raise ValueError(f"Entry {self.key!r}: unknown method {self.method!r}; expected one "
+                             f"of {', '.join(METHODS)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """One table of one paper, runnable with ``cljax bench <name>``.
+
+    ``config``: the shipped config (``cljax configs``) that is the paper's setting;
+    ``overrides``: dotted keys applied to it for this protocol; ``scenarios``: those reported;
+    ``metric``: the key of ``results.json``'s ``metrics`` compared (``"acc"``: average accuracy
+    over the tasks after the last one); ``metric_definition``: the paper's definition in words
+    (which tasks count, which split); ``citation``: the paper; ``seeds``: the default number of
+    seeds; ``entries``: the rows; ``notes``: the protocol's deviations from the paper that are
+    not yet knobs, each with its reason (printed with the leaderboard); ``device``: ``"cpu"``
+    when the whole protocol fits this kind of machine in hours, ``"gpu"`` when it needs one."""
+
+    name: str
+    title: str
+    config: str
+    citation: str
+    metric_definition: str
+    entries: tuple[Entry, ...]
+    scenarios: tuple[str, ...]
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    metric: str = "acc"
+    seeds: int = 5
+    notes: tuple[str, ...] = ()
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _KEY.match(self.name):
+            raise ValueError(f"Protocol.name must be lower-case letters, digits and _; got "
+                             f"{self.name!r}")
+        if self.config not in config_names():
+            raise ValueError(f"protocol {self.name!r}: config {self.config!r} is not a shipped "
+                             f"config ({', '.join(config_names())})")
+        if not self.scenarios or any(s not in SCENARIOS for s in self.scenarios):
+            raise ValueError(f"protocol {self.name!r}: scenarios must be a non-empty subset of "
+                             f"{SCENARIOS}; got {self.scenarios!r}")
+        keys = [e.key for e in self.entries]
+        if not keys or len(set(keys)) != len(keys):
+            raise ValueError(f"protocol {self.name!r}: entries must be non-empty with unique "
+                             f"keys; got {keys}")
+        for e in self.entries:
+            extra = set(e.scenarios or ()) - set(self.scenarios)
+            if extra:
+                raise ValueError(f"protocol {self.name!r}, entry {e.key!r}: scenarios "
+                                 f"{sorted(extra)} are not among the protocol's {self.scenarios}")
+        if not isinstance(self.seeds, int) or self.seeds < 1:
+            raise ValueError(f"protocol {self.name!r}: seeds must be a positive int; got "
+                             f"{self.seeds!r}")
+        if self.device not in ("cpu", "gpu"):
+            raise ValueError(f"protocol {self.name!r}: device must be 'cpu' or 'gpu'; got "
+                             f"{self.device!r}")
+
+    def entry(self, key: str) -> Entry:
+        """The entry ``key``; KeyError naming the protocol's keys otherwise."""
+        for e in self.entries:
+            if e.key == key:
+                return e
+        raise KeyError(f"protocol {self.name!r} has no entry {key!r}; entries: "
+                       f"{', '.join(e.key for e in self.entries)}")
+
+    def entry_scenarios(self, entry: Entry) -> tuple[str, ...]:
+        """The scenarios ``entry`` runs, in the protocol's order."""
+        wanted = self.scenarios if entry.scenarios is None else entry.scenarios
+        return tuple(s for s in self.scenarios if s in wanted)
+
+
+@dataclasses.dataclass(frozen=True)
+class EntryRun:
+    """One ``run_experiment`` of an entry: the scenarios that share its hyperparameters, the
+    run directory's name (relative to the benchmark's work directory) and the config."""
+
+    entry: str
+    name: str
+    scenarios: tuple[str, ...]
+    config: dict
+
+
+def entry_runs(protocol: Protocol, entry: Entry, *, seeds: int,
+               overrides: Mapping[str, Any] | None = None) -> list[EntryRun]:
+    """The runs of ``entry``: the protocol's config with the protocol's overrides, then the
+    entry's, then ``overrides`` (the user's, e.g. fewer steps: a ``steps`` there drops the
+    config's ``epochs``), with the entry's method, its
+    hyperparameters and ``seeds`` (the config's ``method_options`` are kept only when its
+    method is the entry's); one run per distinct set of per-scenario hyperparameters
+    (named ``key`` when there is one, ``key_<scenarios>`` when there are several)."""
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise ValueError(f"seeds must be a positive int; got {seeds!r}")
+    groups: list[tuple[dict, list[str]]] = []
+    for scenario in protocol.entry_scenarios(entry):
+        hp = {**entry.hparams, **entry.scenario_hparams.get(scenario, {})}
+        for known, names in groups:
+            if known == hp:
+                names.append(scenario)
+                break
+        else:
+            groups.append((hp, [scenario]))
+    runs = []
+    for hp, names in groups:
+        cfg = copy.deepcopy(load_config(protocol.config))
+        if cfg.get("method") != entry.method:   # the config's options are its method's
+            cfg["method_options"] = {}
+        for layer in (protocol.overrides, entry.overrides, overrides or {}):
+            for dotted, value in layer.items():
+                apply_override(cfg, dotted, copy.deepcopy(value))
+        if "steps" in (overrides or {}):
+            cfg["epochs"] = None     # an explicit step count wins over epochs (as cljax run)
+        cfg.update(method=entry.method, hparams=dict(hp), sweep={}, seeds=seeds,
+                   scenarios=list(names))
+        name = entry.key if len(groups) == 1 else f"{entry.key}_{'_'.join(names)}"
+        runs.append(EntryRun(entry.key, name, tuple(names), cfg))
+    return runs
+
+
+__all__ = ["SPREADS", "SELECTIONS", "Published", "Entry", "Protocol", "EntryRun", "entry_runs"]

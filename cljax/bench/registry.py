@@ -1,0 +1,323 @@
+"""The registered benchmark protocols (``cljax bench --list``): each a paper's table as data.
+
+Every published value carries the table it is printed in; every entry says how its
+hyperparameters were chosen (:data:`cljax.bench.SELECTIONS`). Values chosen by a sweep scored on
+the test set are marked ``test_sweep`` until a validation selection replaces them.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from cljax.bench.protocol import Entry, Protocol, Published
+
+VDV2019 = ("van de Ven & Tolias 2019, \"Three scenarios for continual learning\" "
+           "(arXiv 1904.07734 v1)")
+HSU2018 = ("Hsu, Liu, Ramasamy & Kira 2018, \"Re-evaluating continual learning scenarios: a "
+           "categorization and case for strong baselines\" (arXiv 1810.12488 v4)")
+GPM2021 = ("Saha, Garg & Roy 2021, \"Gradient Projection Memory for Continual Learning\" "
+           "(ICLR 2021)")
+AGEM2019 = ("Chaudhry, Ranzato, Rohrbach & Elhoseiny 2019, \"Efficient Lifelong Learning with "
+            "A-GEM\" (ICLR 2019)")
+VDV2022 = ("van de Ven, Tuytelaars & Tolias 2022, \"Three types of incremental learning\", "
+           "Nature Machine Intelligence 4:1185")
+RGO2022 = ("Liu & Liu 2022, \"Continual Learning with Recursive Gradient Optimization\" "
+           "(ICLR 2022)")
+ACC_ALL_TASKS = ("average test accuracy over all tasks after training on the last one "
+                 "(ACC), in %, mean ± SEM over seeds")
+
+SCENARIOS3 = ("task", "domain", "class")
+
+
+def _row(source: str, runs: int | None, values: tuple[float | None, ...],
+         pm: tuple[float | None, ...] | None = None, spread: str = "unstated",
+         scenarios: tuple[str, ...] = SCENARIOS3) -> dict[str, Published]:
+    """One row of a table: a value (or None: no value) per scenario, with its ±."""
+    pm = pm or (None,) * len(values)
+    return {name: Published(value, source, pm=p, spread=spread if p is not None else "unstated",
+                            runs=runs)
+            for name, value, p in zip(scenarios, values, pm) if value is not None}
+
+
+# ---- van de Ven & Tolias 2019 ------------------------------------------------------------------
+
+_VDV_SPLIT = "split MNIST table"    # EWC's row re-read in a quote of v1; the rest as REFERENCES.md
+
+_VDV2019_SPLIT = Protocol(
+    name="vandeven2019_split_mnist",
+    title="Split MNIST, van de Ven & Tolias 2019 (Task-, Domain- and Class-IL)",
+    config="split_mnist", citation=VDV2019, scenarios=SCENARIOS3,
+    metric_definition=ACC_ALL_TASKS + "; the paper: mean ± SEM over 20 seeds",
+    entries=(
+        Entry("none", "none", _row(_VDV_SPLIT, 20, (87.19, 59.21, 19.90))),
+        Entry("joint", "joint", _row(_VDV_SPLIT, 20, (99.66, 98.42, 97.94))),
+        Entry("ewc", "ewc", _row(_VDV_SPLIT, 20, (98.64, 63.95, 20.01), (0.22, 1.90, 0.06),
+                                 "sem"),
+              hparams={"strength": 1e5},
+              scenario_hparams={"domain": {"strength": 1e9}, "class": {"strength": 1e5}},
+              selection="test_sweep",
+              note="λ per scenario from RESULTS.md's sweeps, on our exact-Fisher scale (≈ 2800× "
+                   "their argmax-label Fisher on this protocol, RESULTS.md)"),
+        Entry("online_ewc", "online_ewc", _row(_VDV_SPLIT, 20, (99.12, 64.32, 19.96)),
+              hparams={"strength": 1e4, "decay": 1.0},
+              scenario_hparams={"domain": {"strength": 1e9}, "class": {"strength": 1e9}},
+              selection="test_sweep"),
+        Entry("si", "si", _row(_VDV_SPLIT, 20, (99.09, 65.36, 19.99)),
+              hparams={"strength": 10.0, "xi": 0.1},
+              scenario_hparams={"domain": {"strength": 1e4}, "class": {"strength": 1e5}},
+              selection="test_sweep"),
+        Entry("lwf", "lwf", _row(_VDV_SPLIT, 20, (99.57, 71.50, 23.85)),
+              hparams={"strength": 1.0, "temperature": 2.0}, selection="paper",
+              note="distillation at temperature 2, the current and the distillation loss "
+                   "weighted equally, as in their code"),
+        Entry("dgr", "dgr", _row(_VDV_SPLIT, 20, (99.50, 95.72, 90.79), (0.03, 0.25, 0.41),
+                                 "sem"), selection="paper"),
+        Entry("dgr_distill", "dgr_distill",
+              _row(_VDV_SPLIT, 20, (99.61, 96.83, 91.79), (0.02, 0.20, 0.32), "sem"),
+              selection="paper"),
+    ),
+    notes=("the classes are in the order 0/1, 2/3, … for every seed (van de Ven's code "
+           "permutes them per seed)",
+           "published values: the EWC, DGR and DGR + distill rows as quoted from v1; the other "
+           "rows as ../shared/REFERENCES.md lists them (their table number not re-read here)"))
+
+_VDV2019_PERMUTED = Protocol(
+    name="vandeven2019_permuted_mnist",
+    title="Permuted MNIST, van de Ven & Tolias 2019 (Task- and Domain-IL)",
+    config="permuted_mnist", citation=VDV2019, scenarios=("task", "domain"),
+    metric_definition=ACC_ALL_TASKS + "; the paper: mean ± SEM over 20 seeds",
+    seeds=3,
+    entries=tuple(
+        Entry(key, key, _row("permuted MNIST table (= arXiv 1809.10635 Table 4)", 20, v, pm,
+                             "sem", scenarios=("task", "domain")), hparams=hp,
+              selection="paper" if hp else "default")
+        for key, v, pm, hp in (
+            ("none", (81.79, 78.51), (0.48, 0.24), {}),
+            ("joint", (97.68, 97.59), (0.01, 0.01), {}),
+            ("ewc", (94.74, 94.31), (0.05, 0.11), {"strength": 100.0}),
+            ("online_ewc", (95.96, 94.42), (0.06, 0.13), {"strength": 100.0, "decay": 1.0}),
+            ("si", (94.75, 95.33), (0.14, 0.11), {"strength": 10.0, "xi": 0.1}))),
+    notes=("λ: the values van de Ven's current code sets for this protocol, on the exact-Fisher "
+           "scale cljax shares with it; one run of one method is ≈ 35–55 min for 3 seeds on 2 "
+           "CPU cores",))
+
+
+# ---- Hsu et al. 2018 ---------------------------------------------------------------------------
+
+_HSU = "Table 2"
+
+_HSU2018_SPLIT = Protocol(
+    name="hsu2018_split_mnist",
+    title="Split MNIST, Hsu et al. 2018 (incremental task / domain / class)",
+    config="split_mnist", citation=HSU2018, scenarios=SCENARIOS3,
+    overrides={"epochs": 4},
+    metric_definition=ACC_ALL_TASKS + "; the paper: mean ± (undefined; their code prints the "
+                      "standard deviation) over 10 runs",
+    entries=(
+        Entry("none", "none", _row(_HSU, 10, (93.46, 55.16, 19.71), (2.01, 1.38, 0.08)),
+              note="their \"Adam\" row: fine-tuning with the protocol's optimizer"),
+        Entry("joint", "joint", _row(_HSU, 10, (99.52, 98.59, 97.53), (0.16, 0.15, 0.30)),
+              note="their \"Offline\" row is one model trained on all tasks at once; ours "
+                   "trains task t on the union of tasks 1…t"),
+        Entry("ewc", "ewc", _row(_HSU, 10, (97.70, 58.85, 19.80), (0.81, 2.59, 0.05)),
+              hparams={"strength": 1e5}, scenario_hparams={"domain": {"strength": 1e9}},
+              selection="test_sweep",
+              note="λ from the sweeps on van de Ven & Tolias 2019's protocol (RESULTS.md)"),
+        Entry("online_ewc", "online_ewc",
+              _row(_HSU, 10, (98.04, 57.33, 19.77), (1.10, 1.44, 0.04)),
+              hparams={"strength": 1e4, "decay": 1.0},
+              scenario_hparams={"domain": {"strength": 1e9}, "class": {"strength": 1e9}},
+              selection="test_sweep"),
+        Entry("si", "si", _row(_HSU, 10, (98.56, 64.76, 19.67), (0.49, 3.09, 0.09)),
+              hparams={"strength": 10.0, "xi": 0.1},
+              scenario_hparams={"domain": {"strength": 1e4}, "class": {"strength": 1e5}},
+              selection="test_sweep"),
+        Entry("mas", "mas", _row(_HSU, 10, (99.22, 68.57, 19.52), (0.21, 6.85, 0.29)),
+              hparams={"strength": 0.1}, selection="test_sweep"),
+        Entry("l2", "l2", _row(_HSU, 10, (98.18, 66.00, 22.52), (0.96, 3.73, 1.08)),
+              hparams={"strength": 0.1}, selection="test_sweep"),
+        Entry("lwf", "lwf", _row(_HSU, 10, (99.60, 71.02, 24.17), (0.03, 1.26, 0.33)),
+              hparams={"strength": 1.0, "temperature": 2.0}, selection="paper"),
+        Entry("er", "er", _row(_HSU, 10, (99.40, 95.16, 90.78), (0.08, 0.49, 0.85)),
+              note="their \"Naive rehearsal\"; our memory: 100 examples per class (1,000), "
+                   "theirs is sized to equal the other methods' static memory"),
+        Entry("gem", "gem", _row(_HSU, 10, (98.42, 96.16, 92.20), (0.10, 0.35, 0.12)),
+              hparams={"margin": 0.5}, selection="paper"),
+        Entry("dgr", "dgr", _row(_HSU, 20, (99.47, 95.74, 91.24), (0.03, 0.23, 0.33), "sem"),
+              note="the row Hsu et al. copied from van de Ven & Tolias 2018 (20 seeds, ± SEM), "
+                   "trained 2000 iterations per task there"),
+    ),
+    notes=("an epoch is drawn i.i.d. from the task's examples (4 epochs of the largest task = "
+           "396 steps of 128), where theirs are shuffled passes",))
+
+
+# ---- GPM (Saha et al. 2021) --------------------------------------------------------------------
+
+_GPM_PM = "PMNIST table (± from the camera-ready, reprinted in Lin et al. 2022, Table 1)"
+_GPM_CIFAR = "Table 1 (CIFAR-100)"
+
+_GPM2021_PERMUTED = Protocol(
+    name="gpm2021_permuted_mnist",
+    title="Permuted MNIST, GPM's protocol (10 tasks, 784-100-100, SGD 0.01, batch 10, 5 epochs)",
+    config="permuted_mnist_gpm", citation=GPM2021, scenarios=("domain",),
+    metric_definition=ACC_ALL_TASKS + "; the paper: mean ± standard deviation over 5 runs",
+    entries=tuple(
+        Entry(key, method, {} if v is None else {"domain": Published(
+            v, _GPM_PM, pm=pm, spread="std" if pm is not None else "unstated", runs=5)},
+            hparams=hp, selection=sel, note=note)
+        for key, method, v, pm, hp, sel, note in (
+            ("gpm", "gpm", 93.91, 0.16, {}, "paper",
+             "thresholds 0.95 / 0.99 / 0.99 and 300 examples, as their code"),
+            ("rgo", "rgo", None, None, {"alpha": 1.0}, "default", ""),
+            ("rgo2", "rgo2", None, None, {"alpha": 1.0}, "default", ""),
+            ("ewc", "ewc", 89.97, 0.57, {"strength": 10.0}, "test_sweep",
+             "λ 10 of the hand-picked 10 / 100 / 1000 (1000 diverges on every seed)"),
+            ("agem", "agem", 83.56, 0.16, {}, "default", "250 examples per task"),
+            ("er", "er", 87.24, 0.53, {}, "default", "their ER_Res; 250 examples per task"),
+            ("ogd", "ogd", 82.73, None, {}, "default",
+             "OGD's value is from GPM's submission (3 runs, no ±): the camera-ready's was not "
+             "found"),
+            ("none", "none", None, None, {}, "default", ""),
+            ("joint", "joint", 96.70, 0.02, {}, "default", "their multitask row"))),
+    notes=("memories of A-GEM and ER: 25 examples per class, as in A-GEM's paper",))
+
+_GPM2021_CIFAR = Protocol(
+    name="gpm2021_split_cifar100",
+    title="10-split CIFAR-100, GPM's protocol (5-layer AlexNet, Task-IL)",
+    config="split_cifar100_gpm", citation=GPM2021, scenarios=("task",), seeds=3, device="gpu",
+    metric_definition=ACC_ALL_TASKS + "; the paper: mean ± standard deviation over 5 runs",
+    entries=tuple(
+        Entry(key, key, {} if v is None else {"task": Published(v, _GPM_CIFAR, pm=pm,
+                                                                spread="std", runs=5)})
+        for key, v, pm in (("gpm", 72.48, 0.40), ("ewc", 68.80, 0.88), ("agem", 63.98, 1.22),
+                           ("er", 71.73, 0.63), ("hat", 72.06, 0.50), ("rgo", None, None),
+                           ("joint", 79.58, 0.54))),
+    notes=("≤ 200 epochs per task with early stopping: hours per method on a GPU; RESULTS.md's "
+           "CPU rows are reduced to one epoch (--set epochs=1)",))
+
+
+# ---- A-GEM (Chaudhry et al. 2019) --------------------------------------------------------------
+
+_AGEM_T4 = "Table 4 (appendix E)"
+
+_AGEM2019_PERMUTED = Protocol(
+    name="agem2019_permuted_mnist",
+    title="Permuted MNIST, A-GEM's protocol (17 reported tasks, one pass at batch 10, SGD)",
+    config="permuted_mnist_agem", citation=AGEM2019, scenarios=("task", "domain"),
+    metric_definition=("average test accuracy over the 17 reported tasks after the last one "
+                       "(A_T), in %; their first 3 tasks are for cross-validation and are not "
+                       "trained here; the paper: mean ± (undefined) over 5 runs"),
+    entries=(
+        Entry("none", "none", _row(_AGEM_T4, 5, (47.9,), (1.32,), scenarios=("domain",)),
+              overrides={"optimizer.learning_rate": 0.03}, scenarios=("domain",),
+              selection="paper", note="their VAN row"),
+        Entry("ewc", "ewc", _row(_AGEM_T4, 5, (68.3,), (0.69,), scenarios=("domain",)),
+              hparams={"strength": 10.0}, overrides={"optimizer.learning_rate": 0.03},
+              scenarios=("domain",), selection="paper",
+              note="their λ on our Fisher, whose scale differs (RESULTS.md)"),
+        Entry("mas", "mas", _row(_AGEM_T4, 5, (69.6,), (0.93,), scenarios=("domain",)),
+              hparams={"strength": 0.1}, scenarios=("domain",), selection="paper"),
+        Entry("agem", "agem", _row(_AGEM_T4, 5, (89.1,), (0.14,), scenarios=("domain",)),
+              overrides={"method_options": {"per_class": 25, "memory_batch_size": 256}},
+              scenarios=("domain",), selection="paper",
+              note="250 memory examples per task, reference batch 256"),
+        Entry("gem", "gem", _row(_AGEM_T4, 5, (89.5,), (0.48,), scenarios=("domain",)),
+              overrides={"method_options": {"per_class": 25}}, scenarios=("domain",),
+              selection="paper"),
+        Entry("pnn", "pnn", _row(_AGEM_T4, 5, (93.5,), (0.07,), scenarios=("task",)),
+              scenarios=("task",), selection="paper"),
+        Entry("joint", "joint", _row(_AGEM_T4, 5, (95.3,), scenarios=("domain",)),
+              scenarios=("domain",),
+              note="their MULTI-TASK row is one model trained on all tasks at once; ours "
+                   "trains task t on the union of tasks 1…t"),
+        Entry("er", "er", overrides={"method_options": {"per_class": 25}},
+              scenarios=("domain",)),
+    ),
+    notes=("every task uses the first 55,000 MNIST training images, and the permutations are "
+           "fixed by stream_options.seed for every seed (theirs change with each run)",))
+
+
+# ---- van de Ven, Tuytelaars & Tolias 2022 ------------------------------------------------------
+
+_VDV_T3 = "Table 3"
+
+
+def _vdv2022(key: str, values: tuple, pm: tuple, **kw) -> Entry:
+    return Entry(key, kw.pop("method", key), _row(_VDV_T3, 10, values, pm, "sem"), **kw)
+
+
+_VDV2022_CIFAR = Protocol(
+    name="vandeven2022_split_cifar100",
+    title="Split CIFAR-100, van de Ven, Tuytelaars & Tolias 2022 (pre-trained frozen convs)",
+    config="split_cifar100", citation=VDV2022, scenarios=SCENARIOS3, seeds=3, device="gpu",
+    metric_definition=ACC_ALL_TASKS + "; the paper: mean ± SEM over 10 seeds",
+    entries=(
+        _vdv2022("none", (61.43, 18.42, 7.71), (0.36, 0.33, 0.18)),
+        _vdv2022("joint", (78.78, 46.85, 49.78), (0.25, 0.51, 0.21)),
+        _vdv2022("ewc", (76.34, 21.65, 8.24), (0.29, 0.55, 0.25), hparams={"strength": 1e3},
+                 scenario_hparams={"class": {"strength": 100.0}}, selection="paper"),
+        _vdv2022("si", (74.84, 22.58, 8.10), (0.39, 0.42, 0.24),
+                 hparams={"strength": 100.0, "xi": 0.1},
+                 scenario_hparams={"domain": {"strength": 500.0}, "class": {"strength": 5.0}},
+                 selection="paper"),
+        _vdv2022("lwf", (78.59, 29.45, 25.57), (0.24, 0.39, 0.27),
+                 hparams={"strength": 1.0, "temperature": 2.0}, selection="paper"),
+        _vdv2022("er", (76.43, 39.00, 37.57), (0.24, 0.34, 0.21)),
+        _vdv2022("agem", (73.30, 20.51, 20.38), (0.39, 0.59, 1.45)),
+        _vdv2022("dgr", (71.40, 20.52, 9.67), (0.32, 0.43, 0.22)),
+        _vdv2022("bir", (79.14, 30.26, 25.81), (0.21, 0.44, 0.41)),
+        Entry("icarl", "icarl", _row(_VDV_T3, 10, (37.83,), (0.21,), "sem",
+                                     scenarios=("class",)), scenarios=("class",)),
+    ),
+    notes=("the classes are in their natural order for every seed (their code permutes them)",
+           "on a CPU the pre-training and the 5000 iterations per task are GPU-sized: RESULTS.md's "
+           "rows reduce both and say so"))
+
+
+# ---- RGO (Liu & Liu 2022), Table 1 -------------------------------------------------------------
+
+_RGO2022_CIFAR = Protocol(
+    name="rgo2022_split_cifar100",
+    title="20-split CIFAR-100, RGO's Table 1 (reduced ResNet-18, Task-IL)",
+    config="split_cifar100_rgo", citation=RGO2022, scenarios=("task",), device="gpu",
+    metric_definition=("average test accuracy over all tasks after the last one, in %; the "
+                       "paper: final average accuracy ± standard deviation over 5 seeds"),
+    entries=(
+        Entry("rgo", "rgo", {"task": Published(82.22, "Table 1 (and the abstract)", runs=5)},
+              hparams={"alpha": 1.0}),
+        Entry("rgo2", "rgo2", hparams={"alpha": 1.0}),
+        Entry("none", "none"),
+        Entry("ewc", "ewc", hparams={"strength": 10.0}, selection="paper",
+              note="EWC λ 10, as in the orthog_subspace code whose benchmarks Table 1 uses"),
+        Entry("agem", "agem"),
+        Entry("er", "er"),
+    ),
+    notes=("only RGO's 82.22 of Table 1 could be read here (it is in the abstract); the other "
+           "cells (its baselines, the ±) are to be added from the paper",
+           "the orthog_subspace code these benchmarks come from trains 17 tasks of classes "
+           "15–99 (3 held out for cross-validation) on a full-width ResNet-18; whether RGO "
+           "trained 17 or 20 is not stated in what could be read"))
+
+PROTOCOLS: Mapping[str, Protocol] = {p.name: p for p in (
+    _VDV2019_SPLIT, _VDV2019_PERMUTED, _HSU2018_SPLIT, _GPM2021_PERMUTED, _GPM2021_CIFAR,
+    _AGEM2019_PERMUTED, _VDV2022_CIFAR, _RGO2022_CIFAR)}
+"""Every registered protocol by name."""
+
+
+def get_protocol(name: str) -> Protocol:
+    """The registered protocol ``name``; a KeyError naming the registered ones otherwise."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str; got {type(name).__name__}")
+    if name not in PROTOCOLS:
+        raise KeyError(f"unknown protocol {name!r}; registered: {', '.join(PROTOCOLS)} "
+                       "(cljax bench --list)")
+    return PROTOCOLS[name]
+
+
+def list_protocols() -> str:
+    """``cljax bench --list``: one line per protocol (name, device, title)."""
+    width = max(len(n) for n in PROTOCOLS)
+    return "\n".join(f"{name:<{width}}  [{p.device}] {p.title} — {len(p.entries)} methods"
+                     for name, p in PROTOCOLS.items())
+
+
+__all__ = ["PROTOCOLS", "get_protocol", "list_protocols"]

@@ -1,0 +1,222 @@
+"""``cljax bench``: run a protocol's methods, resumably, and write its leaderboard.
+
+The benchmark's work directory holds one ordinary run directory per entry run (what
+``cljax run --workdir`` would write: ``results.json``, ``report.md``, the plots, checkpoints),
+``provenance.json`` (per run: the commit and cljax version that produced it, and when), and the
+leaderboard (``leaderboard.json``, ``leaderboard.md``, ``leaderboard.png``), rewritten after
+every run so the progress is visible while the rest trains. The directory is a cljax work
+directory (:mod:`cljax.workdir`): created, checked and locked before anything runs; ``resume``
+continues it — finished runs are skipped, an interrupted one resumes from its checkpoints — so
+a protocol larger than one sitting finishes over several.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import pathlib
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from cljax.bench.leaderboard import (
+    leaderboard,
+    leaderboard_markdown,
+    plot_leaderboard,
+    replace_block,
+)
+from cljax.bench.protocol import EntryRun, Protocol, entry_runs
+from cljax.bench.registry import get_protocol
+
+PROVENANCE_FILE = "provenance.json"
+"""Per finished run of a benchmark: ``{"commit", "cljax_version", "finished_at"}``."""
+
+
+def source_commit() -> str | None:
+    """The git commit of the cljax source that is running (``<sha>-dirty`` when the checkout
+    differs from it: a changed or new file that git does not ignore), or None when cljax is not
+    a git checkout (an installed wheel)."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True,
+                                 text=True, timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or pathlib.Path(top).resolve() != root:
+        return None
+    sha = git("rev-parse", "HEAD")
+    if sha is None:
+        return None
+    dirty = git("status", "--porcelain")
+    return sha + ("-dirty" if dirty else "")
+
+
+def select_entries(protocol: Protocol, methods: str | Sequence[str] | None) -> list[str]:
+    """The entry keys ``methods`` selects: None or ``"all"`` every entry; else each name is an
+    entry's key or a method's name (every entry of that method). An unknown name is an error
+    naming the protocol's entries."""
+    if methods is None or methods == "all":
+        return [e.key for e in protocol.entries]
+    names = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods)]
+    names = [m for m in names if m]
+    if not names:
+        raise ValueError("methods must name at least one entry (or 'all')")
+    keys: list[str] = []
+    for name in names:
+        hits = [e.key for e in protocol.entries if name in (e.key, e.method)]
+        if not hits:
+            raise ValueError(f"methods: protocol {protocol.name!r} has no entry or method "
+                             f"{name!r}; entries: {', '.join(e.key for e in protocol.entries)}")
+        keys += [k for k in hits if k not in keys]
+    return keys
+
+
+def bench_runs(protocol: Protocol, *, seeds: int,
+               overrides: Mapping[str, Any] | None = None) -> list[EntryRun]:
+    """Every run of every entry of ``protocol`` (:func:`cljax.bench.entry_runs`), in order."""
+    return [run for entry in protocol.entries
+            for run in entry_runs(protocol, entry, seeds=seeds, overrides=overrides)]
+
+
+def read_finished(workdir: str | pathlib.Path, runs: Sequence[EntryRun]) -> dict[str, dict]:
+    """The ``results.json`` of each run of ``runs`` found in the benchmark directory
+    ``workdir`` whose run identity is that run's (a directory left by other options is
+    ignored)."""
+    from cljax.experiment import run_identity, validate_config
+    from cljax.workdir import describe_mismatch, read_marker
+
+    out = {}
+    for run in runs:
+        path = pathlib.Path(workdir) / run.name
+        marker = read_marker(path)
+        if marker is None or not (path / "results.json").is_file():
+            continue
+        if describe_mismatch(marker.get("identity"), run_identity(validate_config(run.config))):
+            continue
+        out[run.name] = json.loads((path / "results.json").read_text())
+    return out
+
+
+def _write_leaderboard(bench: pathlib.Path, board: dict) -> None:
+    from cljax.workdir import write_json_atomic, write_recording, write_text_atomic
+
+    def write() -> None:
+        write_json_atomic(bench / "leaderboard.json", board)
+        write_text_atomic(bench / "leaderboard.md", leaderboard_markdown(board))
+        plot_leaderboard(board, bench / "leaderboard.png")
+
+    write_recording(bench, write)
+
+
+def _run_one(run: EntryRun, bench: pathlib.Path, *, resume: bool,
+             log: Callable[[str], None], progress_factory: Callable | None,
+             checkpoint_every: int | None, devices: int | None) -> dict:
+    """One entry run into ``bench/<run.name>``, a run directory as ``cljax run`` writes it."""
+    from cljax.experiment import deferred_interrupts, run_experiment, run_identity, validate_config
+    from cljax.report import write_outputs
+    from cljax.workdir import CHECKPOINT_DIR, prepare_workdir, record_outputs, write_recording
+
+    valid = validate_config(run.config)
+    prepared = prepare_workdir(bench / run.name, valid, resume=resume,
+                               identity=run_identity(valid), option=f"run {run.name!r} in")
+    record_outputs(bench, [run.name])
+    path = prepared["path"]
+    try:
+        record_outputs(path, [CHECKPOINT_DIR])
+
+        def write(results: dict) -> Any:
+            return write_recording(path, lambda: write_outputs(results, path))
+
+        results = run_experiment(run.config, progress_factory=progress_factory, log=log,
+                                 on_scenario=write, checkpoint_dir=str(path / CHECKPOINT_DIR),
+                                 resume=prepared["resume"], checkpoint_every=checkpoint_every,
+                                 devices=devices)
+        with deferred_interrupts():
+            write(results)
+    finally:
+        prepared["lock"].release()
+    return results
+
+
+def run_bench(protocol: Protocol | str, workdir: str | pathlib.Path, *,
+              methods: str | Sequence[str] | None = None, seeds: int | None = None,
+              overrides: Mapping[str, Any] | None = None, deviations: Sequence[str] = (),
+              resume: bool = False, run: bool = True, results_md: str | None = None,
+              log: Callable[[str], None] = print, progress_factory: Callable | None = None,
+              checkpoint_every: int | None = None, devices: int | None = None) -> dict:
+    """Run the selected entries of ``protocol`` (a :class:`Protocol` or a registered name) with
+    ``seeds`` (default: the protocol's) into ``workdir``, and return its leaderboard
+    (:func:`cljax.bench.leaderboard`).
+
+    ``methods``: entry keys or method names (:func:`select_entries`); ``overrides``: dotted
+    config keys the user changes (every run gets them; ``deviations`` names them in the
+    leaderboard, which then says it is not the paper's protocol); ``resume``: continue the
+    benchmark in ``workdir`` (finished runs are skipped, an unfinished one resumes from its
+    checkpoints); ``run=False``: run nothing, only write the leaderboard of what is finished;
+    ``results_md``: a document (RESULTS.md) whose block for this protocol
+    (:func:`cljax.bench.block_markers`) is replaced by the leaderboard's Markdown. Every
+    selected run's config is validated before anything runs."""
+    from cljax import __version__
+    from cljax.experiment import validate_config
+    from cljax.workdir import prepare_workdir, write_json_atomic, write_recording, write_text_atomic
+
+    protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
+    if not isinstance(protocol, Protocol):
+        raise TypeError(f"protocol must be a Protocol or a registered name; got "
+                        f"{type(protocol).__name__}")
+    seeds = protocol.seeds if seeds is None else seeds
+    keys = select_entries(protocol, methods)
+    runs = bench_runs(protocol, seeds=seeds, overrides=overrides)
+    selected = [r for r in runs if r.entry in keys]
+    for r in selected:       # every config checked before anything is written or trained
+        try:
+            validate_config(r.config)
+        except Exception as e:
+            raise ValueError(f"protocol {protocol.name!r}, run {r.name!r}: {e}") from e
+    identity = {"protocol": protocol.name, "seeds": seeds, "overrides": dict(overrides or {}),
+                "version": __version__}
+    prepared = prepare_workdir(workdir, identity, resume=resume or not run, identity=identity)
+    bench = prepared["path"]
+    try:
+        prov_path = bench / PROVENANCE_FILE
+        provenance = json.loads(prov_path.read_text()) if prov_path.is_file() else {}
+        finished = read_finished(bench, runs)
+        shown = [r for r in runs if r.entry in keys or r.name in finished]
+        todo = [r for r in selected if not set(r.scenarios) <= set(
+            finished.get(r.name, {}).get("scenarios", {}))]
+        log(f"bench {protocol.name}: {len(selected) - len(todo)} of {len(selected)} run(s) "
+            f"done" + (f"; to do: {', '.join(r.name for r in todo)}" if todo else ""))
+        commit = source_commit()
+        for i, r in enumerate(todo if run else []):
+            log(f"bench {protocol.name}: run {i + 1}/{len(todo)}: {r.name} "
+                f"({r.config['method']}, {', '.join(r.scenarios)}; {seeds} seed(s))")
+            finished[r.name] = _run_one(r, bench, resume=resume, log=log,
+                                        progress_factory=progress_factory,
+                                        checkpoint_every=checkpoint_every, devices=devices)
+            provenance[r.name] = {
+                "commit": commit, "cljax_version": __version__,
+                "finished_at": datetime.datetime.now(datetime.UTC).isoformat(
+                    timespec="seconds")}
+            write_recording(bench, lambda: write_json_atomic(prov_path, provenance))
+            _write_leaderboard(bench, leaderboard(
+                protocol, shown, finished, provenance=provenance, seeds=seeds,
+                deviations=deviations))
+        board = leaderboard(protocol, shown, finished, provenance=provenance, seeds=seeds,
+                            deviations=deviations)
+        _write_leaderboard(bench, board)
+    finally:
+        prepared["lock"].release()
+    if results_md is not None:
+        doc = pathlib.Path(results_md)
+        write_text_atomic(doc, replace_block(doc.read_text(), protocol.name,
+                                             leaderboard_markdown(board)))
+        log(f"bench {protocol.name}: leaderboard written into {doc}")
+    return board
+
+
+__all__ = ["PROVENANCE_FILE", "source_commit", "select_entries", "bench_runs", "read_finished",
+           "run_bench"]

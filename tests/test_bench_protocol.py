@@ -1,0 +1,113 @@
+"""cljax.bench.protocol and cljax.bench.registry: protocols as data, their runs' configs."""
+import math
+
+import pytest
+
+from cljax.bench import (
+    PROTOCOLS,
+    Entry,
+    Protocol,
+    Published,
+    entry_runs,
+    get_protocol,
+    list_protocols,
+    select_entries,
+)
+from cljax.experiment import validate_config
+
+
+def _protocol(**kw):
+    entries = kw.pop("entries", (
+        Entry("none", "none", {"task": Published(90.0, "Table 1")}),
+        Entry("ewc", "ewc", {"task": Published(98.0, "Table 1", pm=0.2, spread="sem", runs=3)},
+              hparams={"strength": 10.0}, scenario_hparams={"domain": {"strength": 1e3}},
+              selection="paper"),
+        Entry("ewc_big", "ewc", hparams={"strength": 1e4}, scenarios=("class",))))
+    return Protocol(**{"name": "toy", "title": "Toy", "config": "split_mnist",
+                       "citation": "nobody", "metric_definition": "ACC",
+                       "scenarios": ("task", "domain", "class"), "entries": entries, **kw})
+
+
+@pytest.mark.parametrize("name", list(PROTOCOLS))
+def test_every_registered_run_is_a_valid_config(name):
+    protocol = get_protocol(name)
+    covered = set()
+    for entry in protocol.entries:
+        for run in entry_runs(protocol, entry, seeds=2):
+            valid = validate_config(run.config)
+            assert valid["method"] == entry.method and valid["seeds"] == 2
+            assert tuple(valid["scenarios"]) == run.scenarios
+            covered |= set(run.scenarios)
+        for scenario, published in entry.published.items():
+            assert scenario in protocol.entry_scenarios(entry)
+            assert published.source.strip() and math.isfinite(published.value)
+    assert covered == set(protocol.scenarios)
+
+
+def test_runs_group_the_scenarios_that_share_hyperparameters():
+    p = _protocol()
+    runs = entry_runs(p, p.entry("ewc"), seeds=3)
+    assert [(r.name, r.scenarios, r.config["hparams"]) for r in runs] == [
+        ("ewc_task_class", ("task", "class"), {"strength": 10.0}),
+        ("ewc_domain", ("domain",), {"strength": 1e3})]
+    (one,) = entry_runs(p, p.entry("none"), seeds=1)
+    assert one.name == "none" and one.scenarios == ("task", "domain", "class")
+    (big,) = entry_runs(p, p.entry("ewc_big"), seeds=1)
+    assert big.scenarios == ("class",) and big.name == "ewc_big"
+
+
+def test_overrides_apply_in_order_and_steps_drop_epochs():
+    p = _protocol(overrides={"optimizer.learning_rate": 0.5, "batch_size": 7},
+                  entries=(Entry("ewc", "ewc", overrides={"optimizer.learning_rate": 0.25,
+                                                           "epochs": 2}),))
+    (run,) = entry_runs(p, p.entry("ewc"), seeds=1)
+    assert run.config["optimizer"]["learning_rate"] == 0.25 and run.config["batch_size"] == 7
+    assert run.config["epochs"] == 2
+    (run,) = entry_runs(p, p.entry("ewc"), seeds=1, overrides={"steps": 3})
+    assert run.config["steps"] == 3 and run.config["epochs"] is None
+    with pytest.raises(KeyError, match="no key 'stepz'"):
+        entry_runs(p, p.entry("ewc"), seeds=1, overrides={"stepz": 3})
+    with pytest.raises(ValueError, match="seeds must be a positive int"):
+        entry_runs(p, p.entry("ewc"), seeds=0)
+
+
+def test_select_entries_by_key_or_method():
+    p = _protocol()
+    assert select_entries(p, None) == ["none", "ewc", "ewc_big"] == select_entries(p, "all")
+    assert select_entries(p, "ewc") == ["ewc", "ewc_big"]
+    assert select_entries(p, "ewc_big, none") == ["ewc_big", "none"]
+    with pytest.raises(ValueError, match="no entry or method 'si'; entries: none, ewc, ewc_big"):
+        select_entries(p, "none,si")
+    with pytest.raises(ValueError, match="at least one"):
+        select_entries(p, " , ")
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: Published(float("nan"), "Table 1"), "value must be a finite number"),
+    (lambda: Published(90.0, " "), "source must name the table"),
+    (lambda: Published(90.0, "Table 1", pm=-1.0), "pm must be None or a finite number >= 0"),
+    (lambda: Published(90.0, "Table 1", spread="var"), "spread must be one of"),
+    (lambda: Entry("Bad Key", "ewc"), "key must be lower-case"),
+    (lambda: Entry("x", "ewcc"), "unknown method 'ewcc'"),
+    (lambda: Entry("x", "ewc", {"tasks": Published(1.0, "T")}), "unknown scenario 'tasks'"),
+    (lambda: Entry("x", "ewc", selection="luck"), "selection must be one of"),
+    (lambda: _protocol(config="no_such_config"), "not a shipped config"),
+    (lambda: _protocol(entries=(Entry("a", "none"), Entry("a", "ewc"))), "unique keys"),
+    (lambda: _protocol(scenarios=("task",)), r"scenarios \['class'\] are not among"),
+    (lambda: _protocol(seeds=0), "seeds must be a positive int"),
+])
+def test_invalid_definitions_are_refused(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_registry_lookup_and_listing():
+    with pytest.raises(KeyError, match="unknown protocol 'nope'; registered: "):
+        get_protocol("nope")
+    with pytest.raises(TypeError, match="name must be a str"):
+        get_protocol(3)
+    listing = list_protocols().splitlines()
+    assert len(listing) == len(PROTOCOLS)
+    assert all(line.split()[0] in PROTOCOLS for line in listing)
+    with pytest.raises(KeyError, match="has no entry 'x'"):
+        _protocol().entry("x")

@@ -1,0 +1,123 @@
+"""cljax.bench.runner and ``cljax bench``: resumable runs of a protocol, then its leaderboard."""
+import json
+
+import pytest
+import tensorflow_datasets as tfds
+
+from cljax import cli
+from cljax.bench import (
+    PROVENANCE_FILE,
+    Entry,
+    Protocol,
+    Published,
+    block_markers,
+    run_bench,
+    source_commit,
+)
+from cljax.workdir import MARKER_FILE, WorkdirError, read_marker
+
+TINY = {"model.widths": [8], "eval_chunk": 64, "steps": 3}
+
+
+def _protocol():
+    return Protocol(
+        name="tiny", title="Tiny", config="split_mnist", citation="nobody",
+        metric_definition="ACC", scenarios=("task", "class"), overrides=TINY, seeds=2,
+        entries=(Entry("none", "none", {"task": Published(50.0, "Table 1")}),
+                 Entry("ewc", "ewc", hparams={"strength": 1.0},
+                       scenario_hparams={"class": {"strength": 2.0}})))
+
+
+def test_a_benchmark_runs_resumes_and_writes_its_leaderboard(tmp_path):
+    bench = tmp_path / "bench"
+    logs: list[str] = []
+    with tfds.testing.mock_data(num_examples=64):
+        board = run_bench(_protocol(), bench, log=logs.append)
+        assert board["done"] == ["none", "ewc_task", "ewc_class"] and board["to_do"] == []
+        for name in ("leaderboard.json", "leaderboard.md", "leaderboard.png", PROVENANCE_FILE):
+            assert (bench / name).stat().st_size > 0
+        assert json.loads((bench / "leaderboard.json").read_text()) == json.loads(
+            json.dumps(board))
+        marker = read_marker(bench)
+        assert {"none", "ewc_task", "ewc_class", "leaderboard.md"} <= set(marker["wrote"])
+        for run in ("none", "ewc_task", "ewc_class"):      # each an ordinary run directory
+            assert (bench / run / "results.json").is_file() and (bench / run / MARKER_FILE).is_file()
+        ewc_class = json.loads((bench / "ewc_class" / "results.json").read_text())
+        assert ewc_class["config"]["hparams"] == {"strength": 2.0}
+        assert list(ewc_class["scenarios"]) == ["class"]
+        provenance = json.loads((bench / PROVENANCE_FILE).read_text())
+        assert set(provenance) == {"none", "ewc_task", "ewc_class"}
+        assert provenance["none"]["commit"] == source_commit()
+
+        with pytest.raises(WorkdirError, match="not empty"):       # a second run needs --resume
+            run_bench(_protocol(), bench, log=logs.append)
+        before = (bench / "none" / "results.json").stat().st_mtime_ns
+        logs.clear()
+        again = run_bench(_protocol(), bench, resume=True, log=logs.append)
+        assert logs[0] == "bench tiny: 3 of 3 run(s) done" and len(logs) == 1   # nothing re-ran
+        assert (bench / "none" / "results.json").stat().st_mtime_ns == before
+        assert again["rows"] == board["rows"]
+
+        # a run whose results are gone (stopped before its end) runs again on resume, alone
+        (bench / "ewc_class" / "results.json").unlink()
+        logs.clear()
+        third = run_bench(_protocol(), bench, resume=True, log=logs.append)
+        assert "to do: ewc_class" in logs[0] and third["to_do"] == []
+        assert (bench / "none" / "results.json").stat().st_mtime_ns == before
+
+        # other options are another benchmark: refused on resume
+        with pytest.raises(WorkdirError, match="different config"):
+            run_bench(_protocol(), bench, resume=True, seeds=3, log=logs.append)
+
+
+def test_selection_and_no_run(tmp_path):
+    bench = tmp_path / "bench"
+    with tfds.testing.mock_data(num_examples=64):
+        board = run_bench(_protocol(), bench, methods="ewc", log=lambda _: None)
+        assert board["done"] == ["ewc_task", "ewc_class"]
+        assert [r["entry"] for r in board["rows"]] == ["ewc", "ewc"]
+        lookup = run_bench(_protocol(), bench, run=False, log=lambda _: None)
+    assert lookup["done"] == ["ewc_task", "ewc_class"] and lookup["to_do"] == ["none"]
+    assert not (bench / "none").exists()
+    with pytest.raises(ValueError, match="no entry or method 'si'"):
+        run_bench(_protocol(), tmp_path / "other", methods="si")
+    assert not (tmp_path / "other").exists()           # refused before anything is written
+
+
+def test_a_config_error_names_the_run_before_anything_runs(tmp_path):
+    bad = Protocol(**{**_protocol().__dict__,
+                      "entries": (Entry("ewc", "ewc", hparams={"strength": -1.0}),)})
+    with pytest.raises(ValueError, match=r"protocol 'tiny', run 'ewc': .*strength.* must be >= 0"):
+        run_bench(bad, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_cli_bench(tmp_path, capsys):
+    assert cli.main(["bench", "--list"]) == 0
+    listing = capsys.readouterr().out
+    assert "hsu2018_split_mnist" in listing and "vandeven2019_split_mnist" in listing
+    assert cli.main(["bench", "nope"]) == 2
+    assert "cljax: error: bench: unknown protocol 'nope'" in capsys.readouterr().err
+    assert cli.main(["bench"]) == 2
+    assert "name a protocol" in capsys.readouterr().err
+
+    start, end = block_markers("hsu2018_split_mnist")
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text(f"# R\n{start}\nold\n{end}\ntail\n")
+    workdir = tmp_path / "hsu"
+    with tfds.testing.mock_data(num_examples=64):
+        code = cli.main(["bench", "hsu2018_split_mnist", "--methods", "none", "--seeds", "1",
+                         "--steps", "2", "--set", "model.widths=[8]", "--set", "eval_chunk=64",
+                         "--workdir", str(workdir), "--results-md", str(doc), "--no-progress"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "**Not the paper's protocol: --steps 2; --set model.widths=[8]; --set eval_chunk=64.**" \
+        in out
+    text = doc.read_text()
+    assert text.startswith(f"# R\n{start}\n**Split MNIST, Hsu et al. 2018") and "old" not in text
+    assert text.endswith(f"{end}\ntail\n") and "93.46 ± 2.01 (Table 2)" in text
+    assert "To do (10 of 11 runs)" not in text    # only the selected entries are shown
+    with tfds.testing.mock_data(num_examples=64):
+        assert cli.main(["bench", "hsu2018_split_mnist", "--methods", "none", "--workdir",
+                         str(workdir), "--set", "stepz=3"]) == 2
+    assert "stepz" in capsys.readouterr().err

@@ -1,0 +1,133 @@
+"""cljax.bench.leaderboard: ours beside the published values, as JSON, Markdown and a plot."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from cljax.bench import (
+    SCHEMA,
+    Entry,
+    Protocol,
+    Published,
+    block_markers,
+    entry_runs,
+    interval95,
+    leaderboard,
+    leaderboard_markdown,
+    plot_leaderboard,
+    replace_block,
+)
+
+
+def test_interval95_against_hand_computed_values():
+    r = interval95([0.90, 0.92, 0.97, 0.95])
+    mean = (0.90 + 0.92 + 0.97 + 0.95) / 4
+    sd = math.sqrt(sum((v - mean) ** 2 for v in (0.90, 0.92, 0.97, 0.95)) / 3)
+    half = 3.182446305284263 * sd / 2          # t(0.975, 3) × sd / √4
+    assert r["n"] == 4 and r["mean"] == pytest.approx(mean)
+    assert r["sem"] == pytest.approx(sd / 2)
+    assert (r["low"], r["high"]) == (pytest.approx(mean - half), pytest.approx(mean + half))
+    assert interval95([0.5, None, float("nan")]) == {"n": 1, "mean": 0.5, "sem": None,
+                                                      "low": None, "high": None}
+    assert interval95([None])["mean"] is None
+
+
+def _protocol():
+    return Protocol(
+        name="toy", title="Toy table", config="split_mnist", citation="Someone 2020",
+        metric_definition="ACC over all tasks", scenarios=("task", "class"),
+        entries=(Entry("ewc", "ewc", {"task": Published(95.0, "Table 2", pm=0.5, spread="sem",
+                                                        runs=10),
+                                      "class": Published(20.0, "Table 2")},
+                       hparams={"strength": 1.0}, scenario_hparams={"class": {"strength": 9.0}},
+                       selection="test_sweep", note="λ per scenario"),
+                 Entry("none", "none")),
+        notes=("class order natural",))
+
+
+def _results(scenario_accs):
+    """A results.json with per-run ACC (fractions) for the given scenarios."""
+    return {"scenarios": {sc: {"metrics": {"acc": {"per_run": accs}}, "diverged": [],
+                               "timings": {"run_seconds": 12.5, "compile_seconds": 3.0}}
+                          for sc, accs in scenario_accs.items()}}
+
+
+def _runs(p):
+    return [r for e in p.entries for r in entry_runs(p, e, seeds=3)]
+
+
+def test_rows_compare_ours_with_the_published_value():
+    p = _protocol()
+    runs = _runs(p)
+    assert [r.name for r in runs] == ["ewc_task", "ewc_class", "none"]
+    finished = {"ewc_task": _results({"task": [0.94, 0.95, 0.96]}),
+                "ewc_class": _results({"class": [0.30, 0.31, 0.29]}),
+                "none": _results({"task": [0.80, 0.82, 0.81]})}     # its class-IL unfinished
+    board = leaderboard(p, runs, finished, seeds=3, deviations=["--steps 5"],
+                        provenance={"ewc_task": {"commit": "abc123def4567-dirty"}})
+    json.dumps(board, allow_nan=False)                               # strict JSON
+    assert board["schema"] == SCHEMA and board["seeds"] == 3
+    assert board["done"] == ["ewc_task", "ewc_class"] and board["to_do"] == ["none"]
+    rows = {(r["entry"], r["scenario"]): r for r in board["rows"]}
+    assert [(r["entry"], r["scenario"]) for r in board["rows"]] == [
+        ("ewc", "task"), ("none", "task"), ("ewc", "class"), ("none", "class")]
+    task = rows["ewc", "task"]
+    assert task["ours"]["mean"] == pytest.approx(95.0)
+    assert task["difference"] == pytest.approx(0.0, abs=1e-9) and task["within_ci95"] is True
+    assert task["hparams"] == {"strength": 1.0} and task["commit"] == "abc123def4567-dirty"
+    cls = rows["ewc", "class"]
+    assert cls["hparams"] == {"strength": 9.0}
+    assert cls["difference"] == pytest.approx(10.0) and cls["within_ci95"] is False
+    assert rows["none", "task"]["published"] is None and rows["none", "task"]["within_ci95"] is None
+    assert rows["none", "class"]["finished"] is False
+
+    md = leaderboard_markdown(board)
+    assert "**Not the paper's protocol: --steps 5.**" in md
+    assert "| ewc | Class-IL | strength 9 (test sweep) | 3 | 30.00 ± 0.58 | 20.00 (Table 2) | " \
+           "+10.00 | **no** |" in md
+    assert "95.00 ± 0.50 (sem) (Table 2)" in md and "abc123def4-dirty" in md
+    assert "| none | Class-IL |" in md and "to do" in md and "To do (1 of 3 runs): none." in md
+    assert "- class order natural" in md and "- ewc: λ per scenario" in md
+
+
+def test_a_diverged_run_is_dropped_from_the_mean_and_counted():
+    p = _protocol()
+    results = _results({"task": [0.9, None, 0.8]})
+    results["scenarios"]["task"]["diverged"] = [{"seed": 1, "task": 2, "step": 7}]
+    (row,) = [r for r in leaderboard(p, _runs(p), {"ewc_task": results}, seeds=3)["rows"]
+              if r["finished"]]
+    assert row["ours"]["n"] == 2 and row["ours"]["mean"] == pytest.approx(85.0)
+    assert row["ours"]["per_run"][1] is None and row["diverged"] == 1
+    assert "| 3 (1 diverged) |" in leaderboard_markdown(
+        leaderboard(p, _runs(p), {"ewc_task": results}, seeds=3))
+
+
+def test_plot_writes_a_png(tmp_path):
+    p = _protocol()
+    board = leaderboard(p, _runs(p), {"ewc_task": _results({"task": [0.94, 0.95, 0.96]})},
+                        seeds=3)
+    plot_leaderboard(board, tmp_path / "board.png")
+    assert (tmp_path / "board.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_replace_block_changes_only_the_protocols_block():
+    start, end = block_markers("toy")
+    other_start, other_end = block_markers("other")
+    doc = f"# Results\n\nintro\n{start}\nold table\n{end}\nafter\n{other_start}\nkeep\n{other_end}\n"
+    new = replace_block(doc, "toy", "| new |\n")
+    assert new == (f"# Results\n\nintro\n{start}\n| new |\n{end}\nafter\n{other_start}\nkeep\n"
+                   f"{other_end}\n")
+    assert replace_block(new, "toy", "| new |") == new                 # idempotent
+    with pytest.raises(ValueError, match="no block for protocol 'absent'"):
+        replace_block(doc, "absent", "x")
+    with pytest.raises(ValueError, match="no block"):
+        replace_block(f"{end}\n{start}\n", "toy", "x")                  # markers out of order
+    with pytest.raises(ValueError, match="two blocks"):
+        replace_block(doc + f"{start}\n{end}\n", "toy", "x")
+
+
+def test_leaderboard_refuses_what_is_not_a_protocol():
+    with pytest.raises(TypeError, match="protocol must be a cljax.bench.Protocol"):
+        leaderboard("toy", [], {}, seeds=1)
+    assert np.isfinite(interval95([1.0, 2.0])["high"])
