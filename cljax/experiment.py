@@ -13,7 +13,10 @@ plus ``task_decay`` / ``min_learning_rate``), ``steps`` (per task), ``batch_size
 ``{"per_class": 100}``), ``hparams`` (the method's hyperparameters, scalars), ``sweep``
 (``{name: [values]}``: every combination × every seed runs as one vmapped program), ``seeds``,
 ``seed``, ``eval_chunk``, ``reset_optimizer``, ``data_dir``, ``epochs`` (if set, replaces
-``steps``: epochs over the largest task's training set), ``analysis`` (None or ``"flatness"``:
+``steps``: epochs over the largest task's training set), ``evaluate_on`` (``"test"``, or
+``"validation"``: evaluate on ``validation_fraction`` (default 0.1) of every class carved from
+the training split and never read the test split — how a sweep chooses hyperparameters,
+:func:`cljax.data.carve_validation`), ``analysis`` (None or ``"flatness"``:
 keep θ*_t and report λ_max per task and the forgetting bound, see :mod:`cljax.analysis`),
 ``analysis_options``, and ``regimes`` (``{name: {dotted.key: value}}``: run the experiment once
 per regime, e.g. Mirzadeh et al.'s "naive" and "stable" training regimes, and report them side
@@ -59,6 +62,7 @@ from cljax import events, metrics
 from cljax.checkpoint import Checkpointer, CheckpointMismatchError
 from cljax.config import OPTIONAL_KEYS, apply_override
 from cljax.data import (
+    EVALUATION_SPLITS,
     SCENARIOS,
     STREAM_KINDS,
     TaskArrays,
@@ -143,6 +147,12 @@ def validate_config(config: dict) -> dict:
             raise ValueError(f"config[{key!r}] must be a positive int; got {cfg[key]!r}")
     if cfg["epochs"] is not None:
         _positive_number(cfg["epochs"], "config['epochs']")
+    if cfg["evaluate_on"] not in EVALUATION_SPLITS:
+        raise ValueError(f"config['evaluate_on'] must be one of {EVALUATION_SPLITS}; got "
+                         f"{cfg['evaluate_on']!r}")
+    f = cfg["validation_fraction"]
+    if not _number(f) or not 0.0 < f < 1.0:
+        raise ValueError(f"config['validation_fraction'] must be a number in (0, 1); got {f!r}")
     limit = cfg["max_state_bytes"]
     if limit is not None and (not _number(limit) or limit < 1):
         raise ValueError(f"config['max_state_bytes'] must be None or a positive number of bytes; "
@@ -484,7 +494,8 @@ def load_experiment_stream(cfg: dict, *, log: Callable[[str], None] = print
     ``cfg['features']`` is set) and a dict of what loading it took."""
     t0 = time.perf_counter()
     stream = load_stream(cfg["dataset"], cfg["stream"], data_dir=cfg["data_dir"],
-                         **cfg["stream_options"])
+                         evaluate_on=cfg["evaluate_on"],
+                         validation_fraction=cfg["validation_fraction"], **cfg["stream_options"])
     info: dict[str, Any] = {"load_seconds": time.perf_counter() - t0}
     log(f"loaded {stream.name}: {stream.num_tasks} tasks, train sizes {stream.train.n.tolist()} "
         f"({info['load_seconds']:.1f} s)")
@@ -888,7 +899,8 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
         method = get_method(cfg["method"], **cfg["method_options"])
         plan = plan_runs(cfg, method)
         results = {"config": copy.deepcopy(cfg), "versions": versions(),
-                   "stream": _stream_summary(stream), **load_info, "scenarios": {}}
+                   "stream": {**_stream_summary(stream), "evaluated_on": cfg["evaluate_on"]},
+                   **load_info, "scenarios": {}}
         where = {name: None if checkpoint_dir is None else pathlib.Path(checkpoint_dir) / name
                  for name in cfg["scenarios"]}
         if resume:

@@ -98,7 +98,10 @@ def markdown_report(results: dict) -> str:
     lines = [f"# {results['stream']['name']} — method `{cfg['method']}`", "",
              f"{cfg['seeds']} seed(s), {cfg['steps']} steps/task, batch {cfg['batch_size']}, "
              f"model {cfg['model']}, optimizer {cfg['optimizer']}, hparams {cfg['hparams']}.", "",
-             "Accuracy metrics in % (mean ± SEM over seeds):", "",
+             "Accuracy metrics in % (mean ± SEM over seeds)" + (
+                 f", on a validation split ({cfg['validation_fraction']:g} of every class carved "
+                 "from the training split; the test split was not read)"
+                 if cfg.get("evaluate_on") == "validation" else "") + ":", "",
              "| scenario | " + " | ".join(METRIC_NAMES.values()) + " |",
              "|---" * (len(METRIC_NAMES) + 1) + "|"]
     for name, sc in results["scenarios"].items():
@@ -295,7 +298,8 @@ def write_outputs(results: dict, workdir: str | os.PathLike) -> pathlib.Path:
 
         config         the validated config (every default filled in)
         versions       python, platform, jax, jaxlib, flax, optax, numpy, tfds, devices
-        stream         name, num_tasks, classes, train_sizes, test_sizes
+        stream         name, num_tasks, classes, train_sizes, test_sizes, evaluated_on
+                       ("test", or "validation": test_sizes are then the validation sizes)
         load_seconds, total_seconds, (pretrain, encode_seconds with config.features)
         scenarios.<task|domain|class>:
           num_heads, num_outputs, hparams (of the reported point)

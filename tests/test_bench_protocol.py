@@ -8,10 +8,12 @@ from cljax.bench import (
     Entry,
     Protocol,
     Published,
+    chosen_hparams,
     entry_runs,
     get_protocol,
     list_protocols,
     select_entries,
+    selection_run,
 )
 from cljax.experiment import validate_config
 
@@ -33,6 +35,11 @@ def test_every_registered_run_is_a_valid_config(name):
     protocol = get_protocol(name)
     covered = set()
     for entry in protocol.entries:
+        if entry.grid:
+            sel = selection_run(protocol, entry)
+            assert validate_config(sel.config)["evaluate_on"] == "validation"
+            covered |= set(sel.scenarios)
+            continue
         for run in entry_runs(protocol, entry, seeds=2):
             valid = validate_config(run.config)
             assert valid["method"] == entry.method and valid["seeds"] == 2
@@ -71,6 +78,33 @@ def test_overrides_apply_in_order_and_steps_drop_epochs():
         entry_runs(p, p.entry("ewc"), seeds=0)
 
 
+def test_a_grid_entry_runs_a_validation_sweep_then_the_chosen_points():
+    p = _protocol(entries=(Entry("si", "si", hparams={"xi": 0.1}, selection="validation",
+                                 grid={"strength": (1.0, 10.0)}),))
+    entry = p.entry("si")
+    sel = selection_run(p, entry, overrides={"steps": 7})
+    assert sel.name == "si_select" and sel.scenarios == ("task", "domain", "class")
+    cfg = sel.config
+    assert cfg["evaluate_on"] == "validation" and cfg["validation_fraction"] == 0.1
+    assert cfg["sweep"] == {"strength": [1.0, 10.0]} and cfg["hparams"] == {"xi": 0.1}
+    assert cfg["seeds"] == p.selection_seeds and cfg["steps"] == 7
+    validate_config(cfg)
+    with pytest.raises(ValueError, match="pass chosen="):
+        entry_runs(p, entry, seeds=2)
+    results = {"scenarios": {"task": {"hparams": {"strength": 10.0, "xi": 0.1},
+                                      "best_hparams": {"strength": 10.0, "xi": 0.1}},
+                             "domain": {"best_hparams": {"strength": 1.0, "xi": 0.1}},
+                             "class": {"best_hparams": {"strength": 10.0, "xi": 0.1}}}}
+    chosen = chosen_hparams(results)
+    runs = entry_runs(p, entry, seeds=2, chosen=chosen)
+    assert [(r.name, r.scenarios, r.config["hparams"]) for r in runs] == [
+        ("si_task_class", ("task", "class"), {"xi": 0.1, "strength": 10.0}),
+        ("si_domain", ("domain",), {"xi": 0.1, "strength": 1.0})]
+    assert all("evaluate_on" not in r.config for r in runs)     # the test split, by default
+    with pytest.raises(ValueError, match="has no grid"):
+        selection_run(p, Entry("none", "none"))
+
+
 def test_select_entries_by_key_or_method():
     p = _protocol()
     assert select_entries(p, None) == ["none", "ewc", "ewc_big"] == select_entries(p, "all")
@@ -95,6 +129,14 @@ def test_select_entries_by_key_or_method():
     (lambda: _protocol(entries=(Entry("a", "none"), Entry("a", "ewc"))), "unique keys"),
     (lambda: _protocol(scenarios=("task",)), r"scenarios \['class'\] are not among"),
     (lambda: _protocol(seeds=0), "seeds must be a positive int"),
+    (lambda: _protocol(selection_seeds=0), "selection_seeds must be a positive int"),
+    (lambda: _protocol(validation={"evaluate_on": "test"}), "never reads the test split"),
+    (lambda: Entry("x", "ewc", grid={"strength": (1.0,)}), "a grid goes with selection"),
+    (lambda: Entry("x", "ewc", selection="validation"), "a grid goes with selection"),
+    (lambda: Entry("x", "ewc", selection="validation", grid={"strength": ()}),
+     "non-empty sequence of finite numbers"),
+    (lambda: Entry("x", "ewc", selection="validation", hparams={"strength": 1.0},
+                   grid={"strength": (1.0,)}), "both fixed and in the grid"),
 ])
 def test_invalid_definitions_are_refused(make, message):
     with pytest.raises(ValueError, match=message):

@@ -54,7 +54,7 @@ def test_a_benchmark_runs_resumes_and_writes_its_leaderboard(tmp_path):
         before = (bench / "none" / "results.json").stat().st_mtime_ns
         logs.clear()
         again = run_bench(_protocol(), bench, resume=True, log=logs.append)
-        assert logs[0] == "bench tiny: 3 of 3 run(s) done" and len(logs) == 1   # nothing re-ran
+        assert logs == ["bench tiny: 0 run(s) to do"]                        # nothing re-ran
         assert (bench / "none" / "results.json").stat().st_mtime_ns == before
         assert again["rows"] == board["rows"]
 
@@ -62,12 +62,47 @@ def test_a_benchmark_runs_resumes_and_writes_its_leaderboard(tmp_path):
         (bench / "ewc_class" / "results.json").unlink()
         logs.clear()
         third = run_bench(_protocol(), bench, resume=True, log=logs.append)
-        assert "to do: ewc_class" in logs[0] and third["to_do"] == []
+        assert logs[0] == "bench tiny: 1 run(s) to do: ewc_class" and third["to_do"] == []
         assert (bench / "none" / "results.json").stat().st_mtime_ns == before
 
         # other options are another benchmark: refused on resume
         with pytest.raises(WorkdirError, match="different config"):
             run_bench(_protocol(), bench, resume=True, seeds=3, log=logs.append)
+
+
+def test_a_grid_is_chosen_on_validation_data_without_reading_the_test_split(tmp_path,
+                                                                            monkeypatch):
+    import cljax.data.streams as streams
+
+    reads: list[str] = []
+    real = streams.load_split
+
+    def instrumented(name, split, **kw):
+        reads.append(split)
+        return real(name, split, **kw)
+
+    monkeypatch.setattr(streams, "load_split", instrumented)
+    protocol = Protocol(**{**_protocol().__dict__, "selection_seeds": 2, "entries": (
+        Entry("ewc", "ewc", {"task": Published(50.0, "Table 1")}, selection="validation",
+              grid={"strength": (0.0, 1e6)}),)})
+    with tfds.testing.mock_data(num_examples=64):
+        board = run_bench(protocol, tmp_path / "b", log=lambda _: None)
+    assert reads[0] == "train" and reads[1] == "train"   # the selection read no test split
+    select = json.loads((tmp_path / "b" / "ewc_select" / "results.json").read_text())
+    assert select["config"]["evaluate_on"] == "validation" and select["config"]["seeds"] == 2
+    assert select["stream"]["evaluated_on"] == "validation"
+    assert select["config"]["sweep"] == {"strength": [0.0, 1e6]}
+    chosen = {sc: select["scenarios"][sc]["best_hparams"] for sc in ("task", "class")}
+    runs = {r["scenario"]: r for r in board["rows"]}
+    for sc in ("task", "class"):
+        assert runs[sc]["hparams"] == chosen[sc] and runs[sc]["finished"]
+        points = runs[sc]["validation"]["points"]
+        assert [p["hparams"]["strength"] for p in points] == [0.0, 1e6]
+        best = max(points, key=lambda p: p["validation"])
+        assert best["hparams"] == chosen[sc]
+    final = json.loads((tmp_path / "b" / runs["task"]["run"] / "results.json").read_text())
+    assert final["config"]["evaluate_on"] == "test" and final["config"]["seeds"] == 2
+    assert "validation: 0: " in (tmp_path / "b" / "leaderboard.md").read_text()
 
 
 def test_selection_and_no_run(tmp_path):

@@ -3,6 +3,8 @@ import pytest
 from helpers import tiny_dataset
 
 from cljax.data import (
+    ArrayDataset,
+    carve_validation,
     mirzadeh_rotation_angles,
     permutations,
     permuted_tasks,
@@ -74,3 +76,42 @@ def test_rotation_angles_and_images():
     assert rotate_images(train.images, 45).dtype == np.uint8
     with pytest.raises(ValueError, match="angles"):
         rotated_tasks(train, train, angles=[])
+
+
+def test_carve_validation_holds_out_the_last_share_of_every_class():
+    labels = np.array([0, 1, 0, 0, 1, 2, 2, 0, 1, 2, 2, 2], np.int32)
+    images = np.arange(labels.size, dtype=np.uint8).reshape(-1, 1, 1, 1)
+    train, val = carve_validation(ArrayDataset(images, labels, 3), 0.25)
+    # class 0: rows 0,2,3,7 -> ceil(1.0)=1 held (row 7); class 1: rows 1,4,8 -> 1 held (8);
+    # class 2: rows 5,6,9,10,11 -> ceil(1.25)=2 held (10, 11)
+    assert val.images.ravel().tolist() == [7, 8, 10, 11]
+    assert train.images.ravel().tolist() == [0, 1, 2, 3, 4, 5, 6, 9]
+    assert train.labels.tolist() == labels[[0, 1, 2, 3, 4, 5, 6, 9]].tolist()
+    assert train.num_classes == val.num_classes == 3
+    for bad in (0.0, 1.0, -0.1, True, "0.1"):
+        with pytest.raises(ValueError, match="validation_fraction must be a number in"):
+            carve_validation(ArrayDataset(images, labels, 3), bad)
+    with pytest.raises(ValueError, match="leaves class 1 .* nothing to train on"):
+        carve_validation(ArrayDataset(images[:3], labels[:3], 3), 0.5)
+
+
+def test_a_validation_stream_never_reads_the_test_split(monkeypatch):
+    import cljax.data.streams as streams
+
+    read = []
+
+    def instrumented(name, split, **kw):
+        read.append(split)
+        if split == "test":
+            raise AssertionError("the test split was read")
+        return tiny_dataset(n=40, num_classes=4)
+
+    monkeypatch.setattr(streams, "load_split", instrumented)
+    stream = streams.load_stream("mnist", "split", evaluate_on="validation",
+                                 validation_fraction=0.2, tasks=[[0, 1], [2, 3]])
+    assert read == ["train"]
+    assert int(stream.train.n.sum()) + int(stream.test.n.sum()) == 40
+    counts = np.bincount(tiny_dataset(n=40, num_classes=4).labels, minlength=4)
+    assert int(stream.test.n.sum()) == int(np.ceil(0.2 * counts).sum())
+    with pytest.raises(ValueError, match="evaluate_on must be one of"):
+        streams.load_stream("mnist", "split", evaluate_on="train")

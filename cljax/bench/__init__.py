@@ -21,7 +21,11 @@ from cljax.bench.protocol import (
     EntryRun,
     Protocol,
     Published,
+    chosen_hparams,
     entry_runs,
+    is_complete,
+    pending_run,
+    selection_run,
 )
 from cljax.bench.registry import PROTOCOLS, get_protocol, list_protocols
 from cljax.bench.runner import (
@@ -34,6 +38,7 @@ from cljax.bench.runner import (
 )
 
 __all__ = ["Protocol", "Entry", "Published", "EntryRun", "SPREADS", "SELECTIONS", "entry_runs",
+           "selection_run", "chosen_hparams", "pending_run", "is_complete",
            "PROTOCOLS", "get_protocol", "list_protocols", "SCHEMA", "interval95", "leaderboard",
            "leaderboard_markdown", "plot_leaderboard", "block_markers", "replace_block",
            "PROVENANCE_FILE", "source_commit", "select_entries", "bench_runs", "read_finished",

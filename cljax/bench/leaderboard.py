@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from cljax.bench.protocol import EntryRun, Protocol
+from cljax.bench.protocol import EntryRun, Protocol, is_complete
 
 SCHEMA = "cljax.leaderboard/1"
 """The ``schema`` field of a leaderboard's JSON; bumped when a field changes meaning."""
@@ -49,13 +49,33 @@ def interval95(per_run: Sequence[float | None]) -> dict:
     return {"n": n, "mean": mean, "sem": sem, "low": mean - half, "high": mean + half}
 
 
+def _selection_entry(entry_grid: Mapping, scenario: str,
+                     selection: tuple[str, Mapping[str, Any]] | None, metric: str) -> dict | None:
+    """What a row says of its validation selection: the run, and every grid point's validation
+    score (mean over the selection's seeds, %)."""
+    if not entry_grid:
+        return None
+    if selection is None:
+        return {"run": None, "grid": {k: list(v) for k, v in entry_grid.items()}, "points": []}
+    name, results = selection
+    sc = results["scenarios"][scenario]
+    points = [{"hparams": p["hparams"],
+               "validation": _percent(p["metrics"][metric]["mean"]),
+               "diverged": len(p.get("diverged") or [])}
+              for p in sc.get("sweep") or [sc]]
+    return {"run": name, "grid": {k: list(v) for k, v in entry_grid.items()}, "points": points}
+
+
 def _row(protocol: Protocol, run: EntryRun, scenario: str, results: dict | None,
-         provenance: Mapping[str, Any]) -> dict:
+         provenance: Mapping[str, Any],
+         selection: tuple[str, Mapping[str, Any]] | None) -> dict:
     entry = protocol.entry(run.entry)
     published = entry.published.get(scenario)
     row: dict[str, Any] = {
         "entry": entry.key, "method": entry.method, "scenario": scenario, "run": run.name,
-        "hparams": run.config["hparams"], "selection": entry.selection, "note": entry.note,
+        "hparams": None if run.config is None else run.config["hparams"],
+        "selection": entry.selection, "note": entry.note,
+        "validation": _selection_entry(entry.grid, scenario, selection, protocol.metric),
         "published": None if published is None else {
             "value": published.value, "pm": published.pm, "spread": published.spread,
             "runs": published.runs, "source": published.source},
@@ -81,11 +101,13 @@ def _row(protocol: Protocol, run: EntryRun, scenario: str, results: dict | None,
 
 def leaderboard(protocol: Protocol, runs: Sequence[EntryRun], finished: Mapping[str, dict], *,
                 provenance: Mapping[str, Mapping[str, Any]] | None = None, seeds: int,
-                deviations: Sequence[str] = ()) -> dict:
+                deviations: Sequence[str] = (),
+                selections: Mapping[str, tuple[str, Mapping[str, Any]]] | None = None) -> dict:
     """The leaderboard of ``protocol`` over ``runs`` (from :func:`cljax.bench.entry_runs`),
     ``finished`` mapping a run's name to its ``results.json`` (possibly of some of its
     scenarios: a run whose every scenario is there is done, the others are to do),
-    ``provenance`` a run's name to ``{"commit", "cljax_version", "finished_at"}``.
+    ``provenance`` a run's name to ``{"commit", "cljax_version", "finished_at"}``,
+    ``selections`` an entry's key to ``(its selection run's name, its results)``.
 
     Schema (strict JSON; percentages; ``null`` where a value is missing)::
 
@@ -96,7 +118,10 @@ def leaderboard(protocol: Protocol, runs: Sequence[EntryRun], finished: Mapping[
         seeds         the seeds each run was asked for
         deviations    the user's changes to the protocol (``--steps``, ``--set``): a
                       leaderboard with any is not the paper's protocol
-        rows [{entry, method, scenario, run, hparams, selection, note, finished,
+        rows [{entry, method, scenario, run, hparams (null: not chosen yet), selection, note,
+               finished,
+               validation {run, grid, points [{hparams, validation, diverged}]} | null
+                          (an entry whose grid is chosen on the validation split),
                published {value, pm, spread, runs, source} | null,
                ours {n, mean, sem, low, high, per_run},      (finished rows only)
                difference (ours − published), within_ci95 (published in [low, high]),
@@ -112,7 +137,8 @@ def leaderboard(protocol: Protocol, runs: Sequence[EntryRun], finished: Mapping[
         for run in runs:
             if scenario in run.scenarios:
                 rows.append(_row(protocol, run, scenario, finished.get(run.name),
-                                 provenance.get(run.name, {})))
+                                 provenance.get(run.name, {}),
+                                 (selections or {}).get(run.entry)))
     return {
         "schema": SCHEMA, "produced_by": "cljax bench",
         "protocol": {"name": protocol.name, "title": protocol.title, "config": protocol.config,
@@ -121,12 +147,9 @@ def leaderboard(protocol: Protocol, runs: Sequence[EntryRun], finished: Mapping[
                      "scenarios": list(protocol.scenarios), "notes": list(protocol.notes),
                      "device": protocol.device},
         "seeds": seeds, "deviations": list(deviations), "rows": rows,
-        "done": [r.name for r in runs if _complete(r, finished.get(r.name))],
-        "to_do": [r.name for r in runs if not _complete(r, finished.get(r.name))]}
+        "done": [r.name for r in runs if is_complete(r, finished.get(r.name))],
+        "to_do": [r.name for r in runs if not is_complete(r, finished.get(r.name))]}
 
-
-def _complete(run: EntryRun, results: Mapping | None) -> bool:
-    return results is not None and set(run.scenarios) <= set(results.get("scenarios", {}))
 
 
 def _num(x: float | None, spec: str = ".2f") -> str:
@@ -149,7 +172,18 @@ def _commit_cell(commit: str | None) -> str:
 
 
 def _hparams_cell(row: Mapping) -> str:
-    hp = ", ".join(f"{k} {v:g}" for k, v in row["hparams"].items())
+    v = row.get("validation")
+    if row["hparams"] is None:
+        grid = "; ".join(f"{k} ∈ {{{', '.join(f'{x:g}' for x in xs)}}}"
+                         for k, xs in (v or {}).get("grid", {}).items())
+        return f"to choose on validation: {grid}"
+    hp = ", ".join(f"{k} {x:g}" for k, x in row["hparams"].items())
+    if v and v["points"]:
+        scores = ", ".join(
+            ("/".join(f"{x:g}" for k, x in p["hparams"].items() if k in v["grid"]) + ": "
+             + ("diverged" if p["validation"] is None else f"{p['validation']:.2f}"))
+            for p in v["points"])
+        return f"{hp} (validation: {scores})"
     return f"{hp or '–'} ({row['selection'].replace('_', ' ')})"
 
 

@@ -72,9 +72,12 @@ class Entry:
     the method's hyperparameters; ``scenario_hparams``: per scenario, values that replace
     ``hparams``' (a method tuned per scenario); ``overrides``: dotted config keys set for this
     entry (``{"optimizer.learning_rate": 0.03}``, ``{"method_options.per_class": 100}``);
-    ``selection``: how the hyperparameters were chosen (:data:`SELECTIONS`); ``published``: the
-    paper's value per scenario; ``scenarios``: the scenarios it runs (None: the protocol's);
-    ``note``: what a reader must know about the row."""
+    ``selection``: how the hyperparameters were chosen (:data:`SELECTIONS`); ``grid``: the
+    values of each hyperparameter to choose among on the protocol's validation split
+    (``selection="validation"``: one vmapped sweep, :func:`selection_run`, chooses per scenario
+    and the runs use the choice); ``published``: the paper's value per scenario;
+    ``scenarios``: the scenarios it runs (None: the protocol's); ``note``: what a reader must
+    know about the row."""
 
     key: str
     method: str
@@ -85,6 +88,7 @@ class Entry:
     selection: str = "default"
     scenarios: tuple[str, ...] | None = None
     note: str = ""
+    grid: Mapping[str, tuple[float, ...]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, str) or not _KEY.match(self.key):
@@ -97,6 +101,17 @@ class Entry:
             if scenario not in SCENARIOS:
                 raise ValueError(f"Entry {self.key!r}: unknown scenario {scenario!r}; "
                                  f"expected one of {SCENARIOS}")
+        if (self.selection == "validation") != bool(self.grid):
+            raise ValueError(f"Entry {self.key!r}: a grid goes with selection='validation' and "
+                             f"back; got selection={self.selection!r}, grid={dict(self.grid)}")
+        for name, values in self.grid.items():
+            if not isinstance(values, (tuple, list)) or not values or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    for v in values):
+                raise ValueError(f"Entry {self.key!r}: grid[{name!r}] must be a non-empty "
+                                 f"sequence of finite numbers; got {values!r}")
+            if name in self.hparams or any(name in h for h in self.scenario_hparams.values()):
+                raise ValueError(f"Entry {self.key!r}: {name!r} is both fixed and in the grid")
         from cljax.methods import METHODS
 
         if self.method not in METHODS:
@@ -115,7 +130,11 @@ class Protocol:
     (which tasks count, which split); ``citation``: the paper; ``seeds``: the default number of
     seeds; ``entries``: the rows; ``notes``: the protocol's deviations from the paper that are
     not yet knobs, each with its reason (printed with the leaderboard); ``device``: ``"cpu"``
-    when the whole protocol fits this kind of machine in hours, ``"gpu"`` when it needs one."""
+    when the whole protocol fits this kind of machine in hours, ``"gpu"`` when it needs one;
+    ``validation``: the config keys of the selection runs (default: evaluate on 10 % of every
+    class carved from the training split, never reading the test split), with
+    ``validation_note`` saying how the paper validated; ``selection_seeds``: seeds per grid
+    point of a selection run."""
 
     name: str
     title: str
@@ -129,6 +148,10 @@ class Protocol:
     seeds: int = 5
     notes: tuple[str, ...] = ()
     device: str = "cpu"
+    validation: Mapping[str, Any] = dataclasses.field(default_factory=lambda: dict(
+        evaluate_on="validation", validation_fraction=0.1))
+    validation_note: str = "10 % of every class of the training split, held out"
+    selection_seeds: int = 3
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _KEY.match(self.name):
@@ -149,9 +172,15 @@ class Protocol:
             if extra:
                 raise ValueError(f"protocol {self.name!r}, entry {e.key!r}: scenarios "
                                  f"{sorted(extra)} are not among the protocol's {self.scenarios}")
-        if not isinstance(self.seeds, int) or self.seeds < 1:
-            raise ValueError(f"protocol {self.name!r}: seeds must be a positive int; got "
-                             f"{self.seeds!r}")
+        for what in ("seeds", "selection_seeds"):
+            value = getattr(self, what)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"protocol {self.name!r}: {what} must be a positive int; got "
+                                 f"{value!r}")
+        if self.validation.get("evaluate_on") != "validation":
+            raise ValueError(f"protocol {self.name!r}: validation must set evaluate_on="
+                             f"'validation' (selection never reads the test split); got "
+                             f"{dict(self.validation)}")
         if self.device not in ("cpu", "gpu"):
             raise ValueError(f"protocol {self.name!r}: device must be 'cpu' or 'gpu'; got "
                              f"{self.device!r}")
@@ -173,27 +202,83 @@ class Protocol:
 @dataclasses.dataclass(frozen=True)
 class EntryRun:
     """One ``run_experiment`` of an entry: the scenarios that share its hyperparameters, the
-    run directory's name (relative to the benchmark's work directory) and the config."""
+    run directory's name (relative to the benchmark's work directory) and the config (None: a
+    run whose hyperparameters its selection run has not chosen yet, :func:`pending_run`)."""
 
     entry: str
     name: str
     scenarios: tuple[str, ...]
-    config: dict
+    config: dict | None
+
+
+def is_complete(run: EntryRun, results: Mapping[str, Any] | None) -> bool:
+    """Whether ``results`` (a ``results.json``, or None) holds every scenario of ``run``."""
+    return results is not None and set(run.scenarios) <= set(results.get("scenarios", {}))
+
+
+def pending_run(protocol: Protocol, entry: Entry) -> EntryRun:
+    """The placeholder of an entry's runs before its selection run has chosen their
+    hyperparameters (listed as to do, never run)."""
+    return EntryRun(entry.key, entry.key, protocol.entry_scenarios(entry), None)
+
+
+def _config(protocol: Protocol, entry: Entry, layers: tuple[Mapping[str, Any], ...]) -> dict:
+    """The protocol's config with ``layers`` of dotted overrides applied in order (the config's
+    ``method_options`` kept only when its method is the entry's)."""
+    cfg = copy.deepcopy(load_config(protocol.config))
+    if cfg.get("method") != entry.method:   # the config's options are its method's
+        cfg["method_options"] = {}
+    for layer in layers:
+        for dotted, value in layer.items():
+            apply_override(cfg, dotted, copy.deepcopy(value))
+    return cfg
+
+
+def selection_run(protocol: Protocol, entry: Entry, *,
+                  overrides: Mapping[str, Any] | None = None) -> EntryRun:
+    """The run that chooses ``entry``'s hyperparameters (``entry.grid``) on the protocol's
+    validation split (``protocol.validation``): every grid point × ``protocol.selection_seeds``
+    seeds as one vmapped sweep over the entry's scenarios, named ``<key>_select``; each
+    scenario's ``best_hparams`` in its results is the choice (:func:`chosen_hparams`)."""
+    if not entry.grid:
+        raise ValueError(f"entry {entry.key!r} has no grid to select on")
+    user = dict(overrides or {})
+    cfg = _config(protocol, entry, (protocol.overrides, entry.overrides, user,
+                                    protocol.validation))
+    if "steps" in user:
+        cfg["epochs"] = None
+    cfg.update(method=entry.method, hparams=dict(entry.hparams),
+               sweep={k: list(v) for k, v in entry.grid.items()},
+               seeds=protocol.selection_seeds, scenarios=list(protocol.entry_scenarios(entry)))
+    return EntryRun(entry.key, f"{entry.key}_select", protocol.entry_scenarios(entry), cfg)
+
+
+def chosen_hparams(results: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """Per scenario, the grid point a finished :func:`selection_run` chose (the best validation
+    ACC among the points with the fewest diverged runs)."""
+    return {name: dict(sc["best_hparams"] if "best_hparams" in sc else sc["hparams"])
+            for name, sc in results["scenarios"].items()}
 
 
 def entry_runs(protocol: Protocol, entry: Entry, *, seeds: int,
-               overrides: Mapping[str, Any] | None = None) -> list[EntryRun]:
+               overrides: Mapping[str, Any] | None = None,
+               chosen: Mapping[str, Mapping[str, float]] | None = None) -> list[EntryRun]:
     """The runs of ``entry``: the protocol's config with the protocol's overrides, then the
     entry's, then ``overrides`` (the user's, e.g. fewer steps: a ``steps`` there drops the
-    config's ``epochs``), with the entry's method, its
-    hyperparameters and ``seeds`` (the config's ``method_options`` are kept only when its
-    method is the entry's); one run per distinct set of per-scenario hyperparameters
-    (named ``key`` when there is one, ``key_<scenarios>`` when there are several)."""
+    config's ``epochs``), with the entry's method, its hyperparameters and ``seeds`` (the
+    config's ``method_options`` are kept only when its method is the entry's); one run per
+    distinct set of per-scenario hyperparameters (named ``key`` when there is one,
+    ``key_<scenarios>`` when there are several). An entry with a grid needs ``chosen``: per
+    scenario, the hyperparameters its selection run chose (:func:`chosen_hparams`)."""
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise ValueError(f"seeds must be a positive int; got {seeds!r}")
+    if entry.grid and chosen is None:
+        raise ValueError(f"entry {entry.key!r} chooses {sorted(entry.grid)} on validation "
+                         "data: pass chosen= (its selection run's choice)")
     groups: list[tuple[dict, list[str]]] = []
     for scenario in protocol.entry_scenarios(entry):
-        hp = {**entry.hparams, **entry.scenario_hparams.get(scenario, {})}
+        hp = {**entry.hparams, **entry.scenario_hparams.get(scenario, {}),
+              **((chosen or {}).get(scenario, {}))}
         for known, names in groups:
             if known == hp:
                 names.append(scenario)
@@ -202,12 +287,7 @@ def entry_runs(protocol: Protocol, entry: Entry, *, seeds: int,
             groups.append((hp, [scenario]))
     runs = []
     for hp, names in groups:
-        cfg = copy.deepcopy(load_config(protocol.config))
-        if cfg.get("method") != entry.method:   # the config's options are its method's
-            cfg["method_options"] = {}
-        for layer in (protocol.overrides, entry.overrides, overrides or {}):
-            for dotted, value in layer.items():
-                apply_override(cfg, dotted, copy.deepcopy(value))
+        cfg = _config(protocol, entry, (protocol.overrides, entry.overrides, overrides or {}))
         if "steps" in (overrides or {}):
             cfg["epochs"] = None     # an explicit step count wins over epochs (as cljax run)
         cfg.update(method=entry.method, hparams=dict(hp), sweep={}, seeds=seeds,
@@ -217,4 +297,5 @@ def entry_runs(protocol: Protocol, entry: Entry, *, seeds: int,
     return runs
 
 
-__all__ = ["SPREADS", "SELECTIONS", "Published", "Entry", "Protocol", "EntryRun", "entry_runs"]
+__all__ = ["SPREADS", "SELECTIONS", "Published", "Entry", "Protocol", "EntryRun", "entry_runs",
+           "selection_run", "chosen_hparams", "pending_run", "is_complete"]

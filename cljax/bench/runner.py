@@ -24,7 +24,15 @@ from cljax.bench.leaderboard import (
     plot_leaderboard,
     replace_block,
 )
-from cljax.bench.protocol import EntryRun, Protocol, entry_runs
+from cljax.bench.protocol import (
+    EntryRun,
+    Protocol,
+    chosen_hparams,
+    entry_runs,
+    is_complete,
+    pending_run,
+    selection_run,
+)
 from cljax.bench.registry import get_protocol
 
 PROVENANCE_FILE = "provenance.json"
@@ -76,16 +84,30 @@ def select_entries(protocol: Protocol, methods: str | Sequence[str] | None) -> l
 
 
 def bench_runs(protocol: Protocol, *, seeds: int,
-               overrides: Mapping[str, Any] | None = None) -> list[EntryRun]:
-    """Every run of every entry of ``protocol`` (:func:`cljax.bench.entry_runs`), in order."""
-    return [run for entry in protocol.entries
-            for run in entry_runs(protocol, entry, seeds=seeds, overrides=overrides)]
+               overrides: Mapping[str, Any] | None = None,
+               selections: Mapping[str, Mapping[str, Any]] | None = None) -> list[EntryRun]:
+    """Every run of every entry of ``protocol`` (:func:`cljax.bench.entry_runs`), in order; an
+    entry with a grid gets its runs from ``selections[key]`` (its finished selection run's
+    results), else a :func:`cljax.bench.pending_run`."""
+    runs: list[EntryRun] = []
+    selections = selections or {}
+    for entry in protocol.entries:
+        chosen = selections.get(entry.key)
+        if not entry.grid:
+            runs += entry_runs(protocol, entry, seeds=seeds, overrides=overrides)
+        elif chosen is not None:
+            runs += entry_runs(protocol, entry, seeds=seeds, overrides=overrides,
+                               chosen=chosen_hparams(chosen))
+        else:
+            runs.append(pending_run(protocol, entry))
+    return runs
+
 
 
 def read_finished(workdir: str | pathlib.Path, runs: Sequence[EntryRun]) -> dict[str, dict]:
     """The ``results.json`` of each run of ``runs`` found in the benchmark directory
     ``workdir`` whose run identity is that run's (a directory left by other options is
-    ignored)."""
+    ignored; so is a pending run)."""
     from cljax.experiment import run_identity, validate_config
     from cljax.workdir import describe_mismatch, read_marker
 
@@ -93,7 +115,7 @@ def read_finished(workdir: str | pathlib.Path, runs: Sequence[EntryRun]) -> dict
     for run in runs:
         path = pathlib.Path(workdir) / run.name
         marker = read_marker(path)
-        if marker is None or not (path / "results.json").is_file():
+        if run.config is None or marker is None or not (path / "results.json").is_file():
             continue
         if describe_mismatch(marker.get("identity"), run_identity(validate_config(run.config))):
             continue
@@ -120,6 +142,8 @@ def _run_one(run: EntryRun, bench: pathlib.Path, *, resume: bool,
     from cljax.report import write_outputs
     from cljax.workdir import CHECKPOINT_DIR, prepare_workdir, record_outputs, write_recording
 
+    if run.config is None:
+        raise ValueError(f"run {run.name!r} has no config yet (its selection has not chosen)")
     valid = validate_config(run.config)
     prepared = prepare_workdir(bench / run.name, valid, resume=resume,
                                identity=run_identity(valid), option=f"run {run.name!r} in")
@@ -142,6 +166,18 @@ def _run_one(run: EntryRun, bench: pathlib.Path, *, resume: bool,
     return results
 
 
+def _validated(run: EntryRun, protocol: Protocol) -> dict:
+    from cljax.experiment import validate_config
+
+    if run.config is None:
+        raise ValueError(f"protocol {protocol.name!r}, run {run.name!r}: no config yet (its "
+                         "selection has not chosen)")
+    try:
+        return validate_config(run.config)
+    except Exception as e:
+        raise ValueError(f"protocol {protocol.name!r}, run {run.name!r}: {e}") from e
+
+
 def run_bench(protocol: Protocol | str, workdir: str | pathlib.Path, *,
               methods: str | Sequence[str] | None = None, seeds: int | None = None,
               overrides: Mapping[str, Any] | None = None, deviations: Sequence[str] = (),
@@ -152,6 +188,10 @@ def run_bench(protocol: Protocol | str, workdir: str | pathlib.Path, *,
     ``seeds`` (default: the protocol's) into ``workdir``, and return its leaderboard
     (:func:`cljax.bench.leaderboard`).
 
+    An entry with a grid first runs its selection (:func:`cljax.bench.selection_run`: the grid
+    as one vmapped sweep on the protocol's validation split, the test split never read); its
+    runs then use the chosen point of each scenario.
+
     ``methods``: entry keys or method names (:func:`select_entries`); ``overrides``: dotted
     config keys the user changes (every run gets them; ``deviations`` names them in the
     leaderboard, which then says it is not the paper's protocol); ``resume``: continue the
@@ -159,9 +199,9 @@ def run_bench(protocol: Protocol | str, workdir: str | pathlib.Path, *,
     checkpoints); ``run=False``: run nothing, only write the leaderboard of what is finished;
     ``results_md``: a document (RESULTS.md) whose block for this protocol
     (:func:`cljax.bench.block_markers`) is replaced by the leaderboard's Markdown. Every
-    selected run's config is validated before anything runs."""
+    selected run's config is validated before anything runs (a selected entry's final runs
+    once its selection has chosen)."""
     from cljax import __version__
-    from cljax.experiment import validate_config
     from cljax.workdir import prepare_workdir, write_json_atomic, write_recording, write_text_atomic
 
     protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
@@ -170,13 +210,12 @@ def run_bench(protocol: Protocol | str, workdir: str | pathlib.Path, *,
                         f"{type(protocol).__name__}")
     seeds = protocol.seeds if seeds is None else seeds
     keys = select_entries(protocol, methods)
-    runs = bench_runs(protocol, seeds=seeds, overrides=overrides)
-    selected = [r for r in runs if r.entry in keys]
-    for r in selected:       # every config checked before anything is written or trained
-        try:
-            validate_config(r.config)
-        except Exception as e:
-            raise ValueError(f"protocol {protocol.name!r}, run {r.name!r}: {e}") from e
+    selection = {e.key: selection_run(protocol, e, overrides=overrides)
+                 for e in protocol.entries if e.grid}
+    for r in [*(selection[k] for k in keys if k in selection),
+              *(r for r in bench_runs(protocol, seeds=seeds, overrides=overrides)
+                if r.entry in keys and r.config is not None)]:
+        _validated(r, protocol)          # before anything is written or trained
     identity = {"protocol": protocol.name, "seeds": seeds, "overrides": dict(overrides or {}),
                 "version": __version__}
     prepared = prepare_workdir(workdir, identity, resume=resume or not run, identity=identity)
@@ -184,16 +223,42 @@ def run_bench(protocol: Protocol | str, workdir: str | pathlib.Path, *,
     try:
         prov_path = bench / PROVENANCE_FILE
         provenance = json.loads(prov_path.read_text()) if prov_path.is_file() else {}
-        finished = read_finished(bench, runs)
-        shown = [r for r in runs if r.entry in keys or r.name in finished]
-        todo = [r for r in selected if not set(r.scenarios) <= set(
-            finished.get(r.name, {}).get("scenarios", {}))]
-        log(f"bench {protocol.name}: {len(selected) - len(todo)} of {len(selected)} run(s) "
-            f"done" + (f"; to do: {', '.join(r.name for r in todo)}" if todo else ""))
+        finished = read_finished(bench, list(selection.values()))
         commit = source_commit()
-        for i, r in enumerate(todo if run else []):
-            log(f"bench {protocol.name}: run {i + 1}/{len(todo)}: {r.name} "
-                f"({r.config['method']}, {', '.join(r.scenarios)}; {seeds} seed(s))")
+
+        def state() -> tuple[list[EntryRun], dict]:
+            chosen = {k: finished[r.name] for k, r in selection.items()
+                      if is_complete(r, finished.get(r.name))}
+            runs = bench_runs(protocol, seeds=seeds, overrides=overrides, selections=chosen)
+            finished.update({k: v for k, v in read_finished(bench, runs).items()
+                             if k not in finished})
+            return runs, chosen
+
+        def board() -> dict:
+            runs, chosen = state()
+            shown = [r for r in runs if r.entry in keys or r.name in finished]
+            return leaderboard(protocol, shown, finished, provenance=provenance, seeds=seeds,
+                               deviations=deviations,
+                               selections={k: (selection[k].name, v) for k, v in chosen.items()})
+
+        def todo() -> list[EntryRun]:
+            runs, _ = state()
+            pending = [selection[k] for k in keys if k in selection
+                       and not is_complete(selection[k], finished.get(selection[k].name))]
+            return pending + [r for r in runs if r.entry in keys and r.config is not None
+                              and not is_complete(r, finished.get(r.name))]
+
+        remaining = todo()
+        log(f"bench {protocol.name}: {len(remaining)} run(s) to do"
+            + (f": {', '.join(r.name for r in remaining)}" if remaining else ""))
+        done = 0
+        while run and remaining:
+            r = next((x for x in remaining if x.name.endswith("_select")), remaining[0])
+            cfg = _validated(r, protocol)
+            done += 1
+            log(f"bench {protocol.name}: run {done} ({len(remaining) - 1} more after it): "
+                f"{r.name} ({cfg['method']}, {', '.join(r.scenarios)}; {cfg['seeds']} seed(s)"
+                + (", on the validation split)" if r.name.endswith("_select") else ")"))
             finished[r.name] = _run_one(r, bench, resume=resume, log=log,
                                         progress_factory=progress_factory,
                                         checkpoint_every=checkpoint_every, devices=devices)
@@ -202,20 +267,18 @@ def run_bench(protocol: Protocol | str, workdir: str | pathlib.Path, *,
                 "finished_at": datetime.datetime.now(datetime.UTC).isoformat(
                     timespec="seconds")}
             write_recording(bench, lambda: write_json_atomic(prov_path, provenance))
-            _write_leaderboard(bench, leaderboard(
-                protocol, shown, finished, provenance=provenance, seeds=seeds,
-                deviations=deviations))
-        board = leaderboard(protocol, shown, finished, provenance=provenance, seeds=seeds,
-                            deviations=deviations)
-        _write_leaderboard(bench, board)
+            _write_leaderboard(bench, board())
+            remaining = todo()
+        result = board()
+        _write_leaderboard(bench, result)
     finally:
         prepared["lock"].release()
     if results_md is not None:
         doc = pathlib.Path(results_md)
         write_text_atomic(doc, replace_block(doc.read_text(), protocol.name,
-                                             leaderboard_markdown(board)))
+                                             leaderboard_markdown(result)))
         log(f"bench {protocol.name}: leaderboard written into {doc}")
-    return board
+    return result
 
 
 __all__ = ["PROVENANCE_FILE", "source_commit", "select_entries", "bench_runs", "read_finished",

@@ -5,10 +5,12 @@ from cljax.data.pipeline import PLACEMENTS, HostArrays, choose_placement, stream
 from cljax.data.scenarios import SCENARIOS, Scenario, make_scenario
 from cljax.data.sources import ArrayDataset, load_split, resolve_data_dir
 from cljax.data.streams import (
+                                EVALUATION_SPLITS,
                                 NORMALISATION,
                                 STREAM_KINDS,
                                 TaskArrays,
                                 TaskStream,
+                                carve_validation,
                                 load_stream,
                                 mirzadeh_rotation_angles,
                                 permutations,
@@ -21,5 +23,6 @@ from cljax.data.streams import (
 __all__ = ["ArrayDataset", "load_split", "resolve_data_dir", "TaskArrays", "TaskStream",
            "NORMALISATION", "STREAM_KINDS", "split_tasks", "permuted_tasks", "rotated_tasks",
            "permutations", "rotate_images", "mirzadeh_rotation_angles", "load_stream",
+           "EVALUATION_SPLITS", "carve_validation",
            "SCENARIOS", "Scenario", "make_scenario", "pipeline", "PLACEMENTS", "HostArrays",
            "choose_placement", "stream_bytes"]

@@ -205,22 +205,55 @@ def rotated_tasks(train: ArrayDataset, test: ArrayDataset, *, angles: Sequence[f
 
 
 STREAM_KINDS = ("split", "permuted", "rotated")
+EVALUATION_SPLITS = ("test", "validation")
+
+
+def carve_validation(train: ArrayDataset, fraction: float) -> tuple[ArrayDataset, ArrayDataset]:
+    """(training, validation) carved from a training split: of every class, the last
+    ``ceil(fraction · n_c)`` examples in the split's order are the validation examples (a
+    stratified, deterministic hold-out), the others stay for training, in their order."""
+    if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) \
+            or not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation_fraction must be a number in (0, 1); got {fraction!r}")
+    labels = np.asarray(train.labels)
+    held = np.zeros(labels.shape[0], bool)
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        k = int(np.ceil(fraction * rows.size))
+        if k >= rows.size:
+            raise ValueError(f"validation_fraction {fraction} leaves class {int(c)} (of "
+                             f"{rows.size} examples) nothing to train on")
+        held[rows[rows.size - k:]] = True
+    keep = ~held
+    return (ArrayDataset(train.images[keep], labels[keep], train.num_classes),
+            ArrayDataset(train.images[held], labels[held], train.num_classes))
 
 
 def load_stream(dataset: str, kind: str, *, data_dir: str | os.PathLike | None = None,
+                evaluate_on: str = "test", validation_fraction: float = 0.1,
                 **options: Any) -> TaskStream:
     """Load ``dataset`` from tfds and build a ``kind`` stream ('split', 'permuted', 'rotated');
-    ``options`` go to :func:`split_tasks`, :func:`permuted_tasks` or :func:`rotated_tasks`."""
+    ``options`` go to :func:`split_tasks`, :func:`permuted_tasks` or :func:`rotated_tasks`.
+
+    ``evaluate_on="validation"``: the stream's evaluation examples are a validation split carved
+    from the training split (:func:`carve_validation`, ``validation_fraction`` of every class),
+    trained on no more; the test split is never read — how hyperparameters are chosen without
+    looking at the test set."""
     builders: dict[str, Callable[..., TaskStream]] = {
         "split": split_tasks, "permuted": permuted_tasks, "rotated": rotated_tasks}
     if kind not in builders:
         raise ValueError(f"stream kind must be one of {STREAM_KINDS}; got {kind!r}")
+    if evaluate_on not in EVALUATION_SPLITS:
+        raise ValueError(f"evaluate_on must be one of {EVALUATION_SPLITS}; got {evaluate_on!r}")
     train = load_split(dataset, "train", data_dir=data_dir)
-    test = load_split(dataset, "test", data_dir=data_dir)
+    if evaluate_on == "validation":
+        train, test = carve_validation(train, validation_fraction)
+    else:
+        test = load_split(dataset, "test", data_dir=data_dir)
     options.setdefault("normalisation", NORMALISATION.get(dataset, ((0.0,), (1.0,))))
     return builders[kind](train, test, name=f"{kind}_{dataset}", **options)
 
 
 __all__ = ["TaskArrays", "TaskStream", "NORMALISATION", "STREAM_KINDS", "split_tasks",
            "permuted_tasks", "rotated_tasks", "permutations", "rotate_images",
-           "mirzadeh_rotation_angles", "load_stream"]
+           "mirzadeh_rotation_angles", "EVALUATION_SPLITS", "carve_validation", "load_stream"]
