@@ -13,7 +13,11 @@ plus ``task_decay`` / ``min_learning_rate``), ``steps`` (per task), ``batch_size
 ``{"per_class": 100}``), ``hparams`` (the method's hyperparameters, scalars), ``sweep``
 (``{name: [values]}``: every combination × every seed runs as one vmapped program), ``seeds``,
 ``seed``, ``eval_chunk``, ``reset_optimizer``, ``data_dir``, ``epochs`` (if set, replaces
-``steps``: epochs over the largest task's training set), ``evaluate_on`` (``"test"``, or
+``steps``: epochs over the largest task's training set), ``sampling`` (``"iid"``, the
+default; ``"shuffled"``: an epoch is one shuffled pass over the task's own examples;
+``"shuffled_drop_last"``, :mod:`cljax.training.sampling`), ``task_heads`` (``"separate"``: a
+head per task in Task-IL, the default; ``"masked"``: one head over every class with the other
+tasks' classes masked, :func:`cljax.data.make_scenario`), ``evaluate_on`` (``"test"``, or
 ``"validation"``: evaluate on ``validation_fraction`` (default 0.1) of every class carved from
 the training split and never read the test split — how a sweep chooses hyperparameters,
 :func:`cljax.data.carve_validation`), ``analysis`` (None or ``"flatness"``:
@@ -65,6 +69,7 @@ from cljax.data import (
     EVALUATION_SPLITS,
     SCENARIOS,
     STREAM_KINDS,
+    TASK_HEADS,
     TaskArrays,
     TaskStream,
     load_stream,
@@ -78,6 +83,7 @@ from cljax.methods.base import ConfigPlan, check_hparam, check_scenario
 from cljax.nn import CNN, MLP, AlexNet, ResNet18, as_model
 from cljax.nn.model import Model
 from cljax.training import (
+    SAMPLINGS,
     StreamData,
     StreamResult,
     Trainer,
@@ -132,8 +138,14 @@ def validate_config(config: dict) -> dict:
         if key in cfg and not isinstance(cfg[key], dict):
             raise ValueError(f"config[{key!r}] must be a dict; got {cfg[key]!r}")
     for key, default in OPTIONAL_KEYS.items():
-        if key not in SCALE_KEYS:      # absent scale-out keys leave the config unchanged
+        if key not in UNFILLED_KEYS:
             cfg.setdefault(key, copy.deepcopy(default))
+    if cfg.get("sampling", "iid") not in SAMPLINGS:
+        raise ValueError(f"config['sampling'] must be one of {SAMPLINGS}; got "
+                         f"{cfg['sampling']!r}")
+    if cfg.get("task_heads", "separate") not in TASK_HEADS:
+        raise ValueError(f"config['task_heads'] must be one of {TASK_HEADS}; got "
+                         f"{cfg['task_heads']!r}")
     if cfg["analysis"] not in (None, "flatness"):
         raise ValueError(f"config['analysis'] must be None or 'flatness'; got {cfg['analysis']!r}")
     if isinstance(cfg["scenarios"], str):
@@ -293,6 +305,11 @@ def config_plan(cfg: dict, scenario: str) -> ConfigPlan:
 
 SCALE_KEYS = ("data_placement", "device_memory_cap", "batch_devices")
 """The optional scale-out keys: absent, the defaults apply and the config is unchanged."""
+
+UNFILLED_KEYS = (*SCALE_KEYS, "task_heads", "sampling")
+"""Optional keys :func:`validate_config` does not fill in: absent, their default applies and the
+config is unchanged — so its run identity (:func:`run_identity`) is that of runs made before
+the key existed, and they stay resumable."""
 
 
 def scale_options(cfg: dict) -> dict:
@@ -548,13 +565,14 @@ def plan_runs(cfg: dict, method: Method) -> SweepPlan:
 def _scenario_trainer(cfg: dict, stream: TaskStream, name: str
                       ) -> tuple[Any, Method, Trainer]:
     """Scenario ``name`` of ``stream``, the config's method and its trainer."""
-    scenario = make_scenario(stream, name)
+    scenario = make_scenario(stream, name, task_heads=cfg.get("task_heads", "separate"))
     method = get_method(cfg["method"], **cfg["method_options"])
     model = make_model(cfg["model"], num_outputs=scenario.num_outputs,
                        num_heads=scenario.num_heads)
     trainer = make_trainer(model, method, optimizer=make_optimizer(
         cfg["optimizer"], steps_per_task=cfg["steps"]), batch_size=cfg["batch_size"],
-        eval_chunk=cfg["eval_chunk"], reset_optimizer=cfg["reset_optimizer"])
+        eval_chunk=cfg["eval_chunk"], reset_optimizer=cfg["reset_optimizer"],
+        sampling=cfg.get("sampling", "iid"))
     return scenario, method, trainer
 
 
@@ -1016,7 +1034,8 @@ def _run_regimes(cfg: dict, *, checkpoint_dir: str | None, events_dir: str | Non
     return out
 
 
-__all__ = ["MODELS", "SCALE_KEYS", "apply_override", "validate_config", "scale_options", "experiment_mesh",
+__all__ = ["MODELS", "SCALE_KEYS", "UNFILLED_KEYS", "apply_override", "validate_config",
+           "scale_options", "experiment_mesh",
            "make_optimizer", "make_model", "dataset_metadata", "StreamOutline", "stream_outline",
            "config_plan", "run_identity", "StateSizeError", "STATE_MEMORY_FRACTION",
            "estimate_state_bytes", "check_state_sizes", "RunInterrupted",

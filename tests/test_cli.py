@@ -38,6 +38,23 @@ def test_end_to_end_on_mock_mnist(tmp_path, capsys):
                 assert any(run_dir.glob("events.out.tfevents.*")), run_dir
 
 
+def test_task_il_by_masking_a_single_head(tmp_path):
+    workdir = tmp_path / "run"
+    with tfds.testing.mock_data(num_examples=100):
+        code = cli.main(["run", "split_mnist", "--method", "lwf", "--steps", "3", "--scenarios",
+                         "task", "--workdir", str(workdir), "--no-progress", "--no-tensorboard",
+                         "--set", "model.widths=[8]", "--set", "eval_chunk=64",
+                         "--set", "task_heads=masked"])
+    assert code == 0
+    results = json.loads((workdir / "results.json").read_text())
+    task = results["scenarios"]["task"]
+    assert (task["num_heads"], task["num_outputs"]) == (1, 10)
+    assert results["config"]["task_heads"] == "masked"
+    assert all(v is not None for row in task["accuracy"][0] for v in row)
+    with pytest.raises(ValueError, match="task_heads"):
+        validate_config({**cli.load_config("split_mnist"), "task_heads": "shared"})
+
+
 def test_a_generative_method_shows_its_samples_after_each_task(tmp_path):
     workdir = tmp_path / "run"
     with tfds.testing.mock_data(num_examples=100):

@@ -174,3 +174,16 @@ def test_what_the_host_path_cannot_feed_is_an_error():
         with pytest.raises(NotImplementedError, match=match):
             run_stream(tr, prepare_data(s, sc, eval_chunk=20, placement="host"), num_steps=2,
                        keys=jax.random.split(jax.random.key(0), 1))
+
+
+def test_shuffled_epochs_give_the_same_results_from_the_host():
+    s = _stream(n=400, tasks=2)
+    m = get_method("er", per_class=5)
+    sc = make_scenario(s, "class")
+    tr = make_trainer(as_model(MLP((16,), sc.num_outputs)), m, optimizer=optax.adam(1e-2),
+                      batch_size=8, eval_chunk=50, sampling="shuffled")
+    kw = dict(num_steps=12, keys=jax.random.split(jax.random.key(1), 2),
+              hparams=dict(m.default_hparams), steps_per_call=4)
+    host = run_stream(tr, prepare_data(s, sc, eval_chunk=50, placement="host"), **kw)
+    dev = run_stream(tr, prepare_data(s, sc, eval_chunk=50), **kw)
+    _assert_identical(host, dev)

@@ -1,11 +1,12 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from helpers import tiny_dataset, tiny_split_stream
 
 from cljax.data import make_scenario, permuted_tasks
-from cljax.nn import MLP, as_model, select_head
+from cljax.nn import MASKED_LOGIT, MLP, as_model, mask_task_logits, select_head
 from cljax.training import make_batch, prepare_data
 
 
@@ -50,3 +51,61 @@ def test_inactive_heads_get_no_gradient():
     g = jax.grad(lambda p: model.logits_fn(p, batch).sum())(params)["Dense_1"]["kernel"]
     assert g.shape == (5, 6)
     assert jnp.all(g[:, [0, 1, 4, 5]] == 0) and jnp.any(g[:, 2:4] != 0)
+
+
+def test_masked_task_il_is_one_head_over_every_class_with_a_mask_per_task():
+    s = tiny_split_stream()
+    masked = make_scenario(s, "task", task_heads="masked")
+    cls = make_scenario(s, "class")
+    assert (masked.name, masked.num_heads, masked.num_outputs) == ("task", 1, 4)
+    np.testing.assert_array_equal(masked.label_table, cls.label_table)
+    np.testing.assert_array_equal(masked.logit_mask, [[1, 1, 0, 0], [0, 0, 1, 1]])
+    assert make_scenario(s, "task").logit_mask is None
+    with pytest.raises(ValueError, match="task_heads must be one of"):
+        make_scenario(s, "task", task_heads="shared")
+
+
+def test_masked_logits_give_the_softmax_over_the_tasks_classes():
+    mask = jnp.array([[1, 1, 0, 0], [0, 0, 1, 1]], bool)
+    model = as_model(MLP((5,), 4))
+    batch = {"x": jax.random.normal(jax.random.key(1), (6, 3)), "task": jnp.array([0, 1] * 3)}
+    params = model.init(jax.random.key(0), batch)
+    masked = mask_task_logits(model, mask)
+    raw, out = model.logits_fn(params, batch), masked.logits_fn(params, batch)
+    for b in range(6):
+        keep = np.asarray(mask[batch["task"][b]])
+        np.testing.assert_array_equal(out[b][keep], raw[b][keep])
+        assert np.all(np.asarray(out[b])[~keep] == MASKED_LOGIT)
+        sub = jax.nn.softmax(raw[b][keep])                    # oracle: softmax over the subset
+        np.testing.assert_allclose(jax.nn.softmax(out[b])[keep], sub, rtol=1e-6)
+        assert np.all(np.asarray(jax.nn.softmax(out[b]))[~keep] == 0.0)
+    k = jax.random.key(2)
+    np.testing.assert_array_equal(masked.train_logits_fn(params, batch, k), out)
+    np.testing.assert_array_equal(masked.apply_fn(params, batch, output="features"),
+                                  model.features_fn(params, batch))
+    np.testing.assert_array_equal(masked.apply_fn(params, batch), out)
+    assert masked.all_heads_fn(params, batch).shape == (6, 1, 4)
+    p_old = jax.nn.softmax(out)       # a distillation term over masked logits stays finite
+    assert np.isfinite(float(jnp.sum(p_old * jax.nn.log_softmax(out))))
+    with pytest.raises(ValueError, match=r"mask must be bool \[T, C\]"):
+        mask_task_logits(model, jnp.ones(4, bool))
+
+
+def test_masked_task_il_evaluates_the_argmax_within_each_task():
+    from cljax.methods import get_method
+    from cljax.training import make_trainer
+
+    s = tiny_split_stream()
+    scenario = make_scenario(s, "task", task_heads="masked")
+    data = prepare_data(s, scenario, eval_chunk=20)
+    trainer = make_trainer(as_model(MLP((8,), 4)), get_method("none"),
+                           optimizer=optax.sgd(0.1), batch_size=8, eval_chunk=20)
+    state = trainer.init(jax.random.key(0), {}, data)
+    acc, _ = trainer.evaluate(state, data)
+    raw = trainer.base_model.logits_fn
+    for t in range(2):                                   # oracle: argmax over the task's classes
+        n = int(data.test.n[t])
+        batch = make_batch(data, data.test, jnp.full((n,), t), jnp.arange(n))
+        within = np.asarray(raw(state.params, batch))[:, np.asarray(scenario.logit_mask[t])]
+        truth = np.asarray(batch["y"]) - 2 * t
+        assert float(acc[t]) == pytest.approx(float(np.mean(within.argmax(1) == truth)))

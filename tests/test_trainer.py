@@ -195,3 +195,42 @@ def test_the_scenario_a_spec_describes_and_its_refusal():
     tr, data = _setup(Method("task_only", scenarios=("task",)), scenario="class")
     with pytest.raises(ValueError, match="task_only.*does not support the 'class' scenario"):
         tr.init(jax.random.key(0), {}, data)
+
+
+@pytest.mark.parametrize("sampling", ["shuffled", "shuffled_drop_last"])
+def test_shuffled_sampling_draws_each_example_once_per_epoch(sampling):
+    from cljax.methods import get_method
+    from cljax.methods.base import Clock
+    from cljax.training import device_feed
+
+    train = tiny_dataset(n=46, num_classes=4, seed=0)
+    s = split_tasks(train, tiny_dataset(n=20, seed=1), tasks=[[0, 1], [2, 3]])
+    sc = make_scenario(s, "task")
+    data = prepare_data(s, sc, eval_chunk=10)
+    tr = make_trainer(as_model(MLP((4,), 2, num_heads=2)), get_method("none"),
+                      optimizer=optax.sgd(0.1), batch_size=4, sampling=sampling)
+    state = tr.init(jax.random.key(0), {}, data)
+    draw = jax.jit(lambda st, task, ts: tr.draw(st, data, task, Clock(ts, ts, 50),
+                                                  device_feed(data)))
+    for task in (0, 1):
+        n = int(data.train.n[task])
+        per_epoch = n // 4 if sampling == "shuffled_drop_last" else None
+        rows = [draw(state, jnp.int32(task), jnp.int32(ts)) for ts in range(3 * n)]
+        xs = np.concatenate([np.asarray(r["x"]).reshape(4, -1) for r in rows])
+        stored = np.asarray(data.train.x[task, :n]).reshape(n, -1)
+        ids = [int(np.flatnonzero((stored == x).all(1))[0]) for x in xs]
+        if per_epoch is None:
+            for e in range(3):
+                assert sorted(ids[e * n:(e + 1) * n]) == list(range(n))
+        else:
+            for e in range(3):
+                epoch = ids[e * 4 * per_epoch:(e + 1) * 4 * per_epoch]
+                assert len(set(epoch)) == 4 * per_epoch
+    with pytest.raises(ValueError, match="sampling must be one of"):
+        make_trainer(as_model(MLP((4,), 2)), get_method("none"), optimizer=optax.sgd(0.1),
+                     batch_size=4, sampling="random")
+    big = make_trainer(as_model(MLP((4,), 2, num_heads=2)), get_method("none"),
+                       optimizer=optax.sgd(0.1), batch_size=64, sampling="shuffled_drop_last")
+    with pytest.raises(ValueError, match="at least batch_size=64 examples"):
+        big.draw(big.init(jax.random.key(0), {}, data), data, jnp.int32(0),
+                 Clock(0, 0, 5), device_feed(data))

@@ -18,8 +18,9 @@ reduced table).
 
 Here: 17 tasks, every one permuted (``stream_options.seed`` fixes the permutations, the same for
 every seed of a run; theirs change with the run), the first 55,000 training images of MNIST for
-every task (theirs: the last 55,000), 5,500 steps of 10 examples drawn i.i.d. from them (theirs:
-one shuffled pass), learning rates and strengths from their script (the values their
+every task (theirs: the last 55,000), 5,500 steps of 10 examples as one shuffled pass, each
+example seen exactly once (``sampling="shuffled"``; ``"iid"`` draws with replacement), learning
+rates and strengths from their script (the values their
 cross-validation chose): 0.03 for fine-tuning and EWC (λ 10), 0.1 for SI (λ 0.1), MAS (λ 0.1),
 A-GEM and progressive networks. The hyperparameters of methods their script does not run
 (PackNet, HAT) are the methods' defaults at lr 0.1.
@@ -41,6 +42,7 @@ def get_config() -> dict:
         "optimizer": {"name": "sgd", "learning_rate": 0.1},
         "steps": 5500,
         "batch_size": 10,
+        "sampling": "shuffled",
         "method": "none",
         "method_options": {},
         "hparams": {},

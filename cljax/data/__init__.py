@@ -2,7 +2,7 @@
 pipeline for streams larger than the device (:mod:`cljax.data.pipeline`)."""
 from cljax.data import pipeline
 from cljax.data.pipeline import PLACEMENTS, HostArrays, choose_placement, stream_bytes
-from cljax.data.scenarios import SCENARIOS, Scenario, make_scenario
+from cljax.data.scenarios import SCENARIOS, TASK_HEADS, Scenario, make_scenario
 from cljax.data.sources import ArrayDataset, load_split, resolve_data_dir
 from cljax.data.streams import (
                                 EVALUATION_SPLITS,
@@ -24,5 +24,5 @@ __all__ = ["ArrayDataset", "load_split", "resolve_data_dir", "TaskArrays", "Task
            "NORMALISATION", "STREAM_KINDS", "split_tasks", "permuted_tasks", "rotated_tasks",
            "permutations", "rotate_images", "mirzadeh_rotation_angles", "load_stream",
            "EVALUATION_SPLITS", "carve_validation",
-           "SCENARIOS", "Scenario", "make_scenario", "pipeline", "PLACEMENTS", "HostArrays",
+           "SCENARIOS", "TASK_HEADS", "Scenario", "make_scenario", "pipeline", "PLACEMENTS", "HostArrays",
            "choose_placement", "stream_bytes"]

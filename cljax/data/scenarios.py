@@ -6,6 +6,10 @@
 * ``class`` (Class-IL): the task id is hidden; one shared head over every class of the stream;
   labels are class identities (all classes active at all times).
 
+Task-IL has a second form, ``task_heads="masked"``: one head over every class, as in Class-IL,
+with the logits of the classes outside the example's task masked out (van de Ven's "Task-IL by
+masking"), so a single-head method gets a Task-IL number too.
+
 A scenario is a label table ``[T, k]`` mapping (task, within-task label) to the model's target,
 plus the head layout. The model receives ``batch['task']`` in every scenario; single-head models
 ignore it.
@@ -19,6 +23,8 @@ import numpy as np
 from cljax.data.streams import TaskStream
 
 SCENARIOS = ("task", "domain", "class")
+TASK_HEADS = ("separate", "masked")
+"""The two forms of Task-IL: a head per task, or one head with the other tasks' classes masked."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,19 +33,30 @@ class Scenario:
 
     ``name`` is ``"task"``, ``"domain"`` or ``"class"``; the model has ``num_heads`` heads of
     ``num_outputs`` logits each; ``label_table`` (int32 ``[T, k]``) maps (task t, within-task
-    label) to the model's target.
+    label) to the model's target; ``logit_mask`` (bool ``[T, num_outputs]``, masked Task-IL
+    only, else None) says which outputs task t may predict.
     """
 
     name: str
     num_heads: int
     num_outputs: int
     label_table: np.ndarray  # int32 [T, k]: target of (task t, within-task label)
+    logit_mask: np.ndarray | None = None
 
 
-def make_scenario(stream: TaskStream, name: str) -> Scenario:
-    """Heads and label table of scenario ``name`` ('task', 'domain' or 'class') for ``stream``."""
+def make_scenario(stream: TaskStream, name: str, *, task_heads: str = "separate") -> Scenario:
+    """Heads and label table of scenario ``name`` ('task', 'domain' or 'class') for ``stream``;
+    ``task_heads`` ('separate' or 'masked') is the form of Task-IL (module docstring)."""
     if name not in SCENARIOS:
         raise ValueError(f"scenario must be one of {SCENARIOS}; got {name!r}")
+    if task_heads not in TASK_HEADS:
+        raise ValueError(f"task_heads must be one of {TASK_HEADS}; got {task_heads!r}")
+    if name == "task" and task_heads == "masked":
+        single = make_scenario(stream, "class")
+        mask = np.zeros((stream.num_tasks, single.num_outputs), bool)
+        for t, cls in enumerate(stream.classes):
+            mask[t, single.label_table[t, :len(cls)]] = True
+        return Scenario("task", 1, single.num_outputs, single.label_table, mask)
     sizes = {len(c) for c in stream.classes}
     k = max(sizes)
     if name in ("task", "domain") and len(sizes) > 1:
@@ -57,4 +74,4 @@ def make_scenario(stream: TaskStream, name: str) -> Scenario:
     return Scenario(name, T if name == "task" else 1, k, table)
 
 
-__all__ = ["SCENARIOS", "Scenario", "make_scenario"]
+__all__ = ["SCENARIOS", "TASK_HEADS", "Scenario", "make_scenario"]

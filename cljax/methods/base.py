@@ -126,7 +126,9 @@ class BatchContext(NamedTuple):
     coreset); ``task_rows(task)`` returns the whole stored task (rows ``[N, ...]``, of which the
     first ``count(task)`` are real). ``key`` is for the method's own choices (which tasks, which
     memory slots); ``data_key`` is the key the default recipes hand to ``draw`` for the current
-    task's examples.
+    task's examples. ``current(key)`` returns ``batch_size`` examples of the current task drawn
+    by the run's sampling rule (i.i.d. or shuffled epochs, :mod:`cljax.training.sampling`;
+    None: i.i.d. through ``draw``), what :func:`current_task_batch` uses.
     """
 
     key: PRNGKey
@@ -140,6 +142,7 @@ class BatchContext(NamedTuple):
     count: Callable[[Array], Array]  # type: ignore[assignment]  # a NamedTuple field shadowing tuple.count, on purpose
     clock: Clock
     gather: Callable[[Array, Array], Rows] | None = None
+    current: Callable[[PRNGKey], Rows] | None = None
 
 
 class LossContext(NamedTuple):
@@ -238,8 +241,11 @@ def no_state(params: Params, key: PRNGKey, hparams: Hparams, spec: StreamSpec) -
 
 
 def current_task_batch(ctx: BatchContext, mstate: Any) -> Rows:
-    """``batch_size`` examples of the current task (sequential fine-tuning)."""
+    """``batch_size`` examples of the current task (sequential fine-tuning), drawn by the run's
+    sampling rule (``ctx.current``; i.i.d. without one)."""
     del mstate
+    if ctx.current is not None:
+        return ctx.current(ctx.data_key)
     tasks = jnp.full((ctx.batch_size,), ctx.task, dtype=jnp.int32)
     return ctx.draw(ctx.data_key, tasks)
 

@@ -99,4 +99,49 @@ def rebuild(model: Model, **fields: Any) -> Model:
     return as_model(model.module.clone(**fields))
 
 
-__all__ = ["Model", "as_model", "rebuild", "OUTPUTS"]
+MASKED_LOGIT = -1e9
+"""The logit :func:`mask_task_logits` gives a masked class: exp(−1e9 − max) is 0 in float32, so
+its softmax probability is exactly 0, while the value stays finite (a distillation term
+p·log p or a logit regression over the masked entries is 0, not NaN as with −inf)."""
+
+
+def mask_task_logits(model: Model, mask: Array) -> Model:
+    """``model`` with the logits outside each example's task masked (:data:`MASKED_LOGIT`):
+    ``mask`` is bool ``[T, C]`` (task t may predict the classes where ``mask[t]``), read at
+    ``batch['task']``. Task-IL with one head (:func:`cljax.data.make_scenario`,
+    ``task_heads="masked"``); every logit function of the model is masked the same way, the
+    features are not."""
+    mask = jnp.asarray(mask, bool)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be bool [T, C]; got shape {mask.shape}")
+
+    def masked(out: Array, batch: Batch) -> Array:
+        keep = mask[batch["task"]]                                # [B, C]
+        keep = keep if out.ndim == 2 else keep[:, None, :]        # all heads: [B, H, C]
+        return jnp.where(keep, out, jnp.asarray(MASKED_LOGIT, out.dtype))
+
+    def logits_fn(params: Params, batch: Batch) -> Array:
+        return masked(model.logits_fn(params, batch), batch)
+
+    def train_logits_fn(params: Params, batch: Batch, key: PRNGKey) -> Array:
+        return masked(model.train_logits_fn(params, batch, key), batch)
+
+    all_heads_fn = apply_fn = None
+    if model.all_heads_fn is not None:
+        base_all = model.all_heads_fn
+
+        def all_heads_fn(params: Params, batch: Batch) -> Array:
+            return masked(base_all(params, batch), batch)
+    if model.apply_fn is not None:
+        base_apply = model.apply_fn
+
+        def apply_fn(params: Params, batch: Batch, key: PRNGKey | None = None,
+                     output: str = "logits") -> Array:
+            out = base_apply(params, batch, key, output=output)
+            return out if output == "features" else masked(out, batch)
+
+    return model._replace(logits_fn=logits_fn, train_logits_fn=train_logits_fn,
+                          all_heads_fn=all_heads_fn, apply_fn=apply_fn)
+
+
+__all__ = ["Model", "as_model", "rebuild", "OUTPUTS", "MASKED_LOGIT", "mask_task_logits"]

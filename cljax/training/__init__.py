@@ -15,6 +15,8 @@ Read in this order:
   :mod:`~cljax.training.executors` (the examples on the device, or fed from the host:
   :mod:`cljax.data.pipeline`), :mod:`~cljax.training.record` (results and divergence) and
   :class:`~cljax.training.loop.Checkpointing` (:mod:`cljax.checkpoint` around the loop).
+* :mod:`cljax.training.sampling` — how a step draws the current task's examples: i.i.d., or
+  shuffled epochs (a keyed permutation per epoch, computed for the batch alone).
 
 Randomness: run r has its own key; step s of the run uses ``fold_in(key_r, s)``, so results do not
 depend on how the steps are split into calls, nor on which other runs share the program.
@@ -32,9 +34,11 @@ from cljax.training.data import (
 from cljax.training.loop import Checkpointing, run_stream
 from cljax.training.record import DIVERGENCE_FACTOR, Record, StreamResult
 from cljax.training.runs import RUNS, RunLayout, runs_transform
+from cljax.training.sampling import SAMPLINGS, epoch_indices, keyed_permutation
 from cljax.training.trainer import Feed, Trainer, TrainState, device_feed, make_trainer
 
 __all__ = ["TrainState", "StreamData", "StreamResult", "Trainer", "Feed", "device_feed",
            "prepare_data", "place_data", "gather_rows", "to_batch", "make_batch",
            "sample_task_batch", "stream_spec", "make_trainer", "run_stream", "runs_transform",
-           "RUNS", "RunLayout", "Record", "Checkpointing", "DIVERGENCE_FACTOR"]
+           "RUNS", "RunLayout", "Record", "Checkpointing", "DIVERGENCE_FACTOR", "SAMPLINGS",
+           "epoch_indices", "keyed_permutation"]

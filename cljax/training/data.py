@@ -36,6 +36,8 @@ class StreamData:
     feeds the steps from the host; ``batch_sharding`` — a
     :class:`~jax.sharding.NamedSharding` every batch's examples are constrained to
     (:func:`to_batch`; data parallelism within a run, :mod:`cljax.sharding`).
+    ``logit_mask`` is the scenario's (masked Task-IL): the trainer masks the model's logits
+    with it (:func:`cljax.nn.mask_task_logits`).
     """
 
     train: TaskArrays
@@ -44,6 +46,7 @@ class StreamData:
     mean: Array              # float32 [C]
     std: Array               # float32 [C]
     train_counts: tuple[int, ...] = flax.struct.field(pytree_node=False, default=())
+    logit_mask: Any = None   # bool [T, C]: masked Task-IL's classes per task, else None
     host: Any = flax.struct.field(pytree_node=False, default=None)
     batch_sharding: Any = flax.struct.field(pytree_node=False, default=None)
 
@@ -80,6 +83,7 @@ def prepare_data(stream: TaskStream, scenario: Scenario, *, eval_chunk: int = 10
         raise ValueError(f"scenario has {scenario.label_table.shape[0]} tasks; stream "
                          f"{stream.name} has {stream.num_tasks}")
     devices = None if mesh is None else list(mesh.devices.flat)
+    mask = None if scenario.logit_mask is None else jnp.asarray(scenario.logit_mask, bool)
     where = pipeline.choose_placement(stream, placement=placement, memory_cap=memory_cap,
                                       devices=devices)
     test = stream.test
@@ -94,7 +98,7 @@ def prepare_data(stream: TaskStream, scenario: Scenario, *, eval_chunk: int = 10
                           jnp.asarray(scenario.label_table, jnp.int32),
                           jnp.asarray(stream.mean, jnp.float32),
                           jnp.asarray(stream.std, jnp.float32),
-                          tuple(int(n) for n in stream.train.n),
+                          tuple(int(n) for n in stream.train.n), mask,
                           host=pipeline.HostArrays(stream.train, test, cap))
         return data if mesh is None else place_data(data, mesh)
     if mesh is not None:
@@ -107,11 +111,12 @@ def prepare_data(stream: TaskStream, scenario: Scenario, *, eval_chunk: int = 10
             shd.put(np.asarray(scenario.label_table, np.int32), rep),
             shd.put(np.asarray(stream.mean, np.float32), rep),
             shd.put(np.asarray(stream.std, np.float32), rep),
-            tuple(int(n) for n in stream.train.n)), mesh)
+            tuple(int(n) for n in stream.train.n),
+            None if mask is None else shd.put(np.asarray(mask), rep)), mesh)
     return StreamData(jax.device_put(stream.train), jax.device_put(test),
                       jnp.asarray(scenario.label_table, jnp.int32),
                       jnp.asarray(stream.mean, jnp.float32), jnp.asarray(stream.std, jnp.float32),
-                      tuple(int(n) for n in stream.train.n))
+                      tuple(int(n) for n in stream.train.n), mask)
 
 
 def place_data(data: StreamData, mesh: Any) -> StreamData:

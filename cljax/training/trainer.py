@@ -9,8 +9,9 @@ evaluation reads one task's test rows at a time, so the same functions serve bot
 
 Randomness: step s of a run uses ``fold_in(key, s)``; a boundary ``fold_in(fold_in(key, s),
 2³⁰)`` (a task's beginning ``2³⁰ + 2``); the evaluation of task t, chunk c
-``fold_in(fold_in(fold_in(fold_in(key, s), 2³⁰ + 1), t), c)`` — so results do not depend on how
-steps are split into calls, nor on which other runs share the program.
+``fold_in(fold_in(fold_in(fold_in(key, s), 2³⁰ + 1), t), c)``; with shuffled epochs the order
+of task t's epoch e is drawn by ``fold_in(fold_in(fold_in(key, 2³⁰ + 3), t), e)`` — so results
+do not depend on how steps are split into calls, nor on which other runs share the program.
 """
 from __future__ import annotations
 
@@ -37,14 +38,16 @@ from cljax.methods.base import (
     keep_state,
 )
 from cljax.methods.base import base_model as unchanged_model
-from cljax.nn.model import Model
+from cljax.nn.model import Model, mask_task_logits
 from cljax.training.data import StreamData, gather_rows, stream_spec, to_batch
+from cljax.training.sampling import SAMPLINGS, epoch_indices
 from cljax.types import Array, Params, PRNGKey
 from cljax.validation import check_positive_int
 
 BOUNDARY_SALT = 1 << 30
 EVALUATION_SALT = BOUNDARY_SALT + 1
 BEGIN_SALT = BOUNDARY_SALT + 2
+SHUFFLE_SALT = BOUNDARY_SALT + 3
 
 
 class TrainState(NamedTuple):
@@ -111,6 +114,7 @@ class Trainer(NamedTuple):
     batch_size: int
     eval_chunk: int = 1000
     reset_optimizer: bool = False
+    sampling: str = "iid"
 
     def model(self, data: StreamData) -> Model:
         """The network the method trains on ``data``."""
@@ -120,9 +124,12 @@ class Trainer(NamedTuple):
         """The method's model for ``data`` and the stream's spec under it."""
         base, method = self.base_model, self.method
         if method.model is unchanged_model:
-            return base, stream_spec(base, data)
-        built = method.model(base, stream_spec(base, data))
-        _check_requires(method, built)
+            built = base
+        else:
+            built = method.model(base, stream_spec(base, data))
+            _check_requires(method, built)
+        if data.logit_mask is not None:     # masked Task-IL: every logit of the method's model
+            built = mask_task_logits(built, data.logit_mask)
         return built, stream_spec(built, data)
 
     def tx(self, hparams: Mapping[str, Array]) -> optax.GradientTransformationExtraArgs:
@@ -150,9 +157,25 @@ class Trainer(NamedTuple):
         def draw(k, tasks):
             return feed.gather(tasks, jax.random.randint(k, tasks.shape, 0, data.train.n[tasks]))
 
+        current = None
+        if self.sampling != "iid":
+            if self.sampling == "shuffled_drop_last" and min(data.train_counts,
+                                                             default=1) < self.batch_size:
+                raise ValueError(f"sampling='shuffled_drop_last' needs every task to hold at "
+                                 f"least batch_size={self.batch_size} examples; the smallest "
+                                 f"holds {min(data.train_counts)}")
+            # one order per (run, task, epoch): the run's key, not the step's
+            order = jax.random.fold_in(jax.random.fold_in(state.key, SHUFFLE_SALT), task)
+
+            def current(k):
+                del k    # the order is the run's, not the step's
+                idx = epoch_indices(order, clock.task_step, self.batch_size, data.train.n[task],
+                                    drop_last=self.sampling == "shuffled_drop_last")
+                return feed.gather(jnp.full((self.batch_size,), task, jnp.int32), idx)
+
         return BatchContext(k_task, k_idx, task, self.batch_size, state.hparams, spec, draw,
                             lambda t: task_rows(feed, t), lambda t: data.train.n[t],
-                            clock, feed.gather)
+                            clock, feed.gather, current)
 
     def draw(self, state: TrainState, data: StreamData, task: Array, clock: Clock,
              feed: Feed) -> Rows:
@@ -294,7 +317,7 @@ class Trainer(NamedTuple):
 
 def make_trainer(model: Model, method: Method, *, optimizer: optax.GradientTransformation,
                  batch_size: int, eval_chunk: int = 1000,
-                 reset_optimizer: bool = False) -> Trainer:
+                 reset_optimizer: bool = False, sampling: str = "iid") -> Trainer:
     """Build the per-run training functions (the step of :mod:`cljax.methods.base`).
 
     Args:
@@ -306,7 +329,13 @@ def make_trainer(model: Model, method: Method, *, optimizer: optax.GradientTrans
       eval_chunk: test examples per evaluation chunk (bounds memory).
       reset_optimizer: re-initialise the optimizer state at each task boundary, before the
         method's boundary function (the method state is kept).
+      sampling: how a step draws the current task's examples (:data:`SAMPLINGS`): ``"iid"``
+        (uniformly with replacement), ``"shuffled"`` (epochs of shuffled passes over the task's
+        own examples) or ``"shuffled_drop_last"`` (:mod:`cljax.training.sampling`); a method's
+        other draws (memories, past tasks) stay its own.
     """
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}; got {sampling!r}")
     check_positive_int(batch_size, name="batch_size")
     check_positive_int(eval_chunk, name="eval_chunk")
     if not isinstance(optimizer, optax.GradientTransformation):
@@ -315,8 +344,9 @@ def make_trainer(model: Model, method: Method, *, optimizer: optax.GradientTrans
         raise TypeError(f"method must be a cljax.methods.Method; got {type(method).__name__}")
     if method.model is unchanged_model:
         _check_requires(method, model)
-    return Trainer(model, method, optimizer, batch_size, eval_chunk, bool(reset_optimizer))
+    return Trainer(model, method, optimizer, batch_size, eval_chunk, bool(reset_optimizer),
+                   sampling)
 
 
 __all__ = ["TrainState", "Feed", "Trainer", "device_feed", "task_rows", "make_trainer",
-           "BOUNDARY_SALT", "EVALUATION_SALT", "BEGIN_SALT"]
+           "BOUNDARY_SALT", "EVALUATION_SALT", "BEGIN_SALT", "SHUFFLE_SALT"]
