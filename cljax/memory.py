@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cljax.permutation import keyed_permutation
 from cljax.types import Array, PRNGKey
 from cljax.validation import check_positive_int, is_concrete
 
@@ -167,9 +168,12 @@ def reservoir_add(memory: ReplayMemory, rows: Rows, key: PRNGKey, *,
 
 
 def sample_memory(memory: ReplayMemory, key: PRNGKey, size: int, *,
-                  where: Array | None = None) -> tuple[dict[str, Array], Array]:
-    """``size`` stored examples drawn uniformly with replacement among the valid slots (and, if
-    given, the slots where ``where`` (bool ``[M]``) holds).
+                  where: Array | None = None,
+                  replace: bool = True) -> tuple[dict[str, Array], Array]:
+    """``size`` stored examples drawn uniformly among the valid slots (and, if given, the slots
+    where ``where`` (bool ``[M]``) holds): with replacement, or (``replace=False``) ``size``
+    distinct slots — as many as the memory holds when it holds fewer, the rest of the rows
+    marked not ok (a replay batch capped by how full the memory is).
 
     Returns ``(rows, ok)``: rows with ``x``, ``label``, ``task`` (and ``logits`` if stored), and
     ``ok`` (bool ``[size]``), False for every row when no slot qualifies (the rows are then
@@ -183,12 +187,19 @@ def sample_memory(memory: ReplayMemory, key: PRNGKey, size: int, *,
     eligible = memory.valid if where is None else memory.valid & where
     csum = jnp.cumsum(eligible.astype(jnp.int32))
     count = csum[-1]
-    pos = jax.random.randint(key, (size,), 0, jnp.maximum(count, 1))
+    if replace:
+        pos = jax.random.randint(key, (size,), 0, jnp.maximum(count, 1))
+        ok = jnp.broadcast_to(count > 0, (size,))
+    else:      # distinct positions: the first ``size`` of a keyed permutation of [0, count)
+        lane = jnp.arange(size, dtype=jnp.int32)
+        held = jnp.maximum(count, 1)
+        pos = keyed_permutation(jnp.minimum(lane, held - 1), held, key)
+        ok = lane < count
     slot = jnp.minimum(jnp.searchsorted(csum, pos, side="right"), m - 1)
     rows = {"x": memory.x[slot], "label": memory.label[slot], "task": memory.task[slot]}
     if memory.logits is not None:
         rows["logits"] = memory.logits[slot]
-    return rows, jnp.broadcast_to(count > 0, (size,))
+    return rows, ok
 
 
 # --------------------------------------------------------------------------------------------

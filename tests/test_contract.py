@@ -12,7 +12,8 @@ scenarios it supports (the contracts run in the first), its base optimizer, how 
 where that is defined (:class:`Off`: options or hyperparameters, bit for bit or to rounding with
 the reason), the hyperparameter its vmapped runs sweep (two seeds where it has none) and whether
 the host pipeline can feed it. Rows belong to families (baseline, penalty, natural, rehearsal,
-projection, architecture). Extra rows cover option variants (``er`` reservoir, ``kfac_ewc``
+projection, architecture). Extra rows cover option variants (``er`` reservoir, ``er`` with the concatenated loss and
+draws without replacement, ``agem`` without replacement, ``kfac_ewc``
 multi-task, ``ncl_kfac`` unfused, ``rgo2`` unfused, ``ogd`` deferred).
 
 The contracts, for every row:
@@ -127,6 +128,7 @@ DGR_OFF = Off(hparams={"replay_weight": 0.0}, rtol=1e-6, why=(
 ROWS = [
     Row("none", "none", "baseline"),                  # fine-tuning itself
     Row("joint", "joint", "baseline"),                # no switch: it trains on every task seen
+    Row("joint_offline", "joint_offline", "baseline"),  # every task of the stream from the first
     Row("ewc", "ewc", "penalty", ESTIMATOR, {"strength": 30.0}, off=PENALTY_OFF,
         sweep=("strength", 300.0)),
     Row("online_ewc", "online_ewc", "penalty", ESTIMATOR, {"strength": 30.0, "decay": 0.7},
@@ -150,8 +152,14 @@ ROWS = [
         off=Off(options={"per_class": 0})),
     Row("er_reservoir", "er", "rehearsal", {"memory": "reservoir", "capacity": 12},
         scenarios=("class", "task", "domain"), off=Off(options={"capacity": 0})),
+    Row("er_concat", "er", "rehearsal", {"per_class": 5, "loss": "concat",
+                                          "memory_replace": False},
+        scenarios=("class", "task", "domain"), off=Off(options={"per_class": 0})),
     Row("agem", "agem", "rehearsal", {"per_class": 5}, scenarios=("class", "task", "domain"),
         off=Off(options={"per_class": 0})),
+    Row("agem_no_replace", "agem", "rehearsal", {"per_class": 5, "memory_batch_size": 16,
+                                                 "memory_replace": False},
+        scenarios=("class", "task", "domain"), off=Off(options={"per_class": 0})),
     # GEM's margin changes nothing on a few steps where no constraint binds: two seeds
     Row("gem", "gem", "rehearsal", {"per_class": 4}, {"margin": 0.5},
         scenarios=("class", "task", "domain"), off=Off(options={"per_class": 0})),

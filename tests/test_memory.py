@@ -139,6 +139,25 @@ def test_sample_memory_draws_valid_slots_uniformly():
     assert not bool(ok.any())
 
 
+def test_sample_memory_without_replacement_is_capped_by_how_full_it_is():
+    mem = M.init_memory(8, (1,), jnp.int32)
+    mem = mem._replace(label=jnp.arange(8), valid=jnp.array([1, 0, 1, 1, 0, 1, 0, 1], bool))
+    for seed in range(5):                              # 5 filled slots: 3 distinct of them
+        rows, ok = M.sample_memory(mem, jax.random.key(seed), 3, replace=False)
+        labels = np.asarray(rows["label"]).tolist()
+        assert bool(ok.all()) and len(set(labels)) == 3 and set(labels) <= {0, 2, 3, 5, 7}
+    rows, ok = M.sample_memory(mem, jax.random.key(0), 7, replace=False)   # more than it holds
+    np.testing.assert_array_equal(ok, [1, 1, 1, 1, 1, 0, 0])
+    assert sorted(np.asarray(rows["label"])[:5].tolist()) == [0, 2, 3, 5, 7]
+    firsts = np.array([int(M.sample_memory(mem, jax.random.key(s), 1, replace=False)[0]["label"][0])
+                       for s in range(500)])
+    counts = np.bincount(firsts, minlength=8)[[0, 2, 3, 5, 7]]
+    assert np.all(np.abs(counts / 500 - 0.2) < 0.07), counts
+    _, ok = M.sample_memory(M.init_memory(4, (1,), jnp.int32), jax.random.key(0), 2,
+                            replace=False)
+    assert not bool(ok.any())
+
+
 def test_memory_errors():
     with pytest.raises(ValueError, match="capacity"):
         M.init_memory(-1, (1,), jnp.int32)

@@ -161,6 +161,35 @@ def test_der_loss_is_the_current_loss_plus_alpha_times_the_stored_logits_mse():
         get_method("derpp", capacity=8).loss(params, batch, None, derpp_ctx)
 
 
+def test_er_losses_against_a_hand_computation():
+    from cljax.methods import Clock, LossContext
+
+    model = as_model(MLP((12,), 6))
+    k = jax.random.split(jax.random.key(4), 4)
+    x, xm = jax.random.normal(k[0], (4, 5)), jax.random.normal(k[1], (3, 5))
+    batch = {"x": x, "y": jnp.array([0, 1, 2, 3]), "task": jnp.zeros(4, jnp.int32),
+             "memory": {"x": xm, "y": jnp.array([4, 5, 0]), "task": jnp.zeros(3, jnp.int32)},
+             "memory_ok": jnp.array([True, True, False])}     # 2 of 3 memory rows valid
+    params = model.init(k[2], batch)
+    ctx = LossContext(model, k[3], {}, jnp.int32(2), None, lambda rows: rows,
+                      Clock(jnp.int32(0), jnp.int32(0), jnp.int32(5)))
+
+    def ce(rows):
+        z = np.asarray(model.logits_fn(params, rows), np.float64)
+        logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+        return -logp[np.arange(len(rows["y"])), np.asarray(rows["y"])]
+
+    cur, memory = ce(batch), ce(batch["memory"])[:2]
+    concat, _ = get_method("er", per_class=2, loss="concat").loss(params, batch, None, ctx)
+    np.testing.assert_allclose(concat, np.concatenate([cur, memory]).mean(), rtol=1e-5)
+    weighted, _ = get_method("er", per_class=2).loss(params, batch, None, ctx)
+    np.testing.assert_allclose(weighted, cur.mean() / 3 + 2 / 3 * memory.mean(), rtol=1e-5)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        get_method("er", loss="sum")
+    with pytest.raises(TypeError, match="memory_replace must be a bool"):
+        get_method("agem", memory_replace="no")
+
+
 def test_der_trains_on_one_memory_draw_and_stores_logits():
     method, tr, data = _build("der", capacity=8)
     res = run_stream(tr, data, num_steps=6, keys=KEYS[:1], hparams=method.default_hparams)

@@ -67,6 +67,18 @@ def test_joint_draws_from_every_task_seen():
     assert res.accuracy[0, -1].min() > 0.8  # joint keeps task 0
 
 
+def test_offline_joint_draws_from_the_whole_stream_from_the_first_task():
+    from cljax.methods import BatchContext, StreamSpec, joint_offline, whole_stream_batch
+    spec = StreamSpec((2,), jnp.float32, 4, 2, 2, 1, jnp.zeros((4, 2), jnp.int32), (9,) * 4)
+    ctx = BatchContext(jax.random.key(0), jax.random.key(1), jnp.asarray(0), 4000, {}, spec,
+                       lambda k, tasks: {"task": tasks}, None, None, None)
+    counts = np.bincount(np.asarray(whole_stream_batch(ctx, ())["task"]), minlength=4)
+    assert np.all(np.abs(counts / 4000 - 1 / 4) < 0.04)        # task 0 already sees all four
+    tr, data = _setup(scenario="class", method=joint_offline)
+    res = run_stream(tr, data, num_steps=80, keys=jax.random.split(jax.random.key(0), 1))
+    assert res.accuracy[0, 0, 1] > 0.8       # the future task is learned during the first
+
+
 def test_non_finite_loss_stops_with_task_and_step():
     tr, data = _setup(optimizer=optax.scale(jnp.nan))
     with pytest.raises(FloatingPointError, match=r"task 0, step 1 "):

@@ -26,7 +26,7 @@ from cljax.methods.base import (
     no_state,
     task_loss,
 )
-from cljax.methods.baselines import joint, none
+from cljax.methods.baselines import joint, joint_offline, none, whole_stream_batch
 from cljax.methods.bir import bir
 from cljax.methods.generative_replay import dgr, dgr_distill
 from cljax.methods.hat import hat
@@ -43,7 +43,7 @@ __all__ = ["Method", "StreamSpec", "Clock", "BatchContext", "LossContext", "Step
            "BoundaryContext", "PredictContext", "METHODS", "get_method", "no_state",
            "current_task_batch", "all_tasks_batch", "cross_entropy", "task_loss",
            "no_optimizer_args", "keep_after_step", "keep_state", "base_only", "base_model",
-           "get_hparam", "none", "joint", "ewc",
+           "get_hparam", "none", "joint", "joint_offline", "whole_stream_batch", "ewc",
            "online_ewc", "si", "mas", "l2", "kfac_ewc", "ncl", "ncl_kfac", "er", "agem", "gem",
            "lwf", "der", "derpp", "icarl", "rgo", "rgo2", "gpm", "ogd", "pnn", "hat", "packnet", "vcl",
            "dgr", "dgr_distill", "bir", "check_hparams", "describe_method",

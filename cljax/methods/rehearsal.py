@@ -164,12 +164,14 @@ def _per_example_ce(logits: Array, labels: Array) -> Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def with_memory_rows(ctx: BatchContext, memory: ReplayMemory, size: int) -> dict[str, Any]:
+def with_memory_rows(ctx: BatchContext, memory: ReplayMemory, size: int, *,
+                     replace: bool = True) -> dict[str, Any]:
     """Current-task rows (as fine-tuning draws them) plus ``size`` memory rows drawn with
     ``ctx.key`` under ``"memory"`` (raw, converted by the loss with ``ctx.to_batch``) and their
-    validity ``"memory_ok"``."""
+    validity ``"memory_ok"`` (with or without replacement, :func:`cljax.memory.sample_memory`)."""
     rows: dict[str, Any] = dict(current_task_batch(ctx, None))
-    rows["memory"], rows["memory_ok"] = mem.sample_memory(memory, ctx.key, size)
+    rows["memory"], rows["memory_ok"] = mem.sample_memory(memory, ctx.key, size,
+                                                          replace=replace)
     return rows
 
 
@@ -220,31 +222,54 @@ def _reservoir_after_step(plan: MemoryPlan):
 # ER
 # --------------------------------------------------------------------------------------------
 
+ER_LOSSES = ("weighted", "concat")
+"""ER's objectives: van de Ven et al.'s 1/t weighting, or one cross-entropy over the
+concatenated current and replay batches (Chaudhry et al. 2019, "On tiny episodic memories")."""
+
+
 def er(*, memory: str = "per_class", per_class: int | None = 100, capacity: int | None = None,
-       memory_batch_size: int | None = None) -> Method:
+       memory_batch_size: int | None = None, memory_replace: bool = True,
+       loss: str = "weighted") -> Method:
     """Experience replay: each step trains on the current batch and a memory batch (as large as
-    the current batch unless ``memory_batch_size``), loss (1/t)·ℓ_current + (1 − 1/t)·ℓ_memory
-    with t the number of tasks seen (van de Ven et al. 2022's weighting; with a reservoir memory
-    ℓ_memory enters from task 2 on). A memory of 0 examples is fine-tuning, exactly."""
+    the current batch unless ``memory_batch_size``; drawn with replacement, or without it and
+    capped by how full the memory is when ``memory_replace=False``). ``loss="weighted"``:
+    (1/t)·ℓ_current + (1 − 1/t)·ℓ_memory with t the number of tasks seen (van de Ven et al.
+    2022's weighting; with a reservoir memory ℓ_memory enters from task 2 on);
+    ``loss="concat"``: the mean cross-entropy over the current rows and the valid memory rows
+    together (Chaudhry et al. 2019's ER). A memory of 0 examples is fine-tuning, exactly."""
+    if loss not in ER_LOSSES:
+        raise ValueError(f"loss must be one of {ER_LOSSES}; got {loss!r}")
+    if not isinstance(memory_replace, bool):
+        raise TypeError(f"memory_replace must be a bool; got {memory_replace!r}")
     plan = memory_plan(memory, per_class, capacity)
     _check_batch_size(memory_batch_size)
     if _is_empty(plan):
         return Method("er")
 
     def batch(ctx, memory_state):
-        return with_memory_rows(ctx, memory_state, _memory_size(memory_batch_size, ctx))
+        return with_memory_rows(ctx, memory_state, _memory_size(memory_batch_size, ctx),
+                                replace=memory_replace)
 
-    def loss(params, batch, memory_state, ctx):
+    def weighted(params, batch, memory_state, ctx):
         del memory_state
         ce_cur, _, k_mem = _current_loss(params, batch, ctx)
         ce_mem, _ = _memory_loss(params, batch, ctx, k_mem)
         rnt = 1.0 / (ctx.task + 1).astype(jnp.float32)
         return rnt * ce_cur + (1.0 - rnt) * ce_mem, {}
 
+    def concat(params, batch, memory_state, ctx):
+        del memory_state
+        ce_cur, _, k_mem = _current_loss(params, batch, ctx)
+        ce_mem, _ = _memory_loss(params, batch, ctx, k_mem)
+        n_cur = jnp.float32(batch["y"].shape[0])
+        n_mem = jnp.sum(batch["memory_ok"].astype(jnp.float32))
+        return (n_cur * ce_cur + n_mem * ce_mem) / (n_cur + n_mem), {}
+
     def end_task(ctx):
         return ctx.keep_params(store_finished_task(ctx.mstate, plan, ctx, ctx.key))
 
-    return Method("er", init=_init_memory_state(plan), batch=batch, loss=loss,
+    return Method("er", init=_init_memory_state(plan), batch=batch,
+                  loss=weighted if loss == "weighted" else concat,
                   after_step=_reservoir_after_step(plan), end_task=end_task,
                   check=plan.check_config)
 
@@ -254,17 +279,23 @@ def er(*, memory: str = "per_class", per_class: int | None = 100, capacity: int 
 # --------------------------------------------------------------------------------------------
 
 def agem(*, memory: str = "per_class", per_class: int | None = 100, capacity: int | None = None,
-         memory_batch_size: int | None = None, eps: float = 0.0) -> Method:
+         memory_batch_size: int | None = None, eps: float = 0.0,
+         memory_replace: bool = True) -> Method:
     """A-GEM (Chaudhry et al. 2019): the current-task gradient, projected when it points against
     the gradient of a memory batch (:func:`cljax.transforms.agem_projection`, first in the chain,
-    then the base optimizer — Adam in van de Ven et al.'s protocol)."""
+    then the base optimizer — Adam in van de Ven et al.'s protocol); the reference batch of
+    ``memory_batch_size`` examples is drawn with replacement, or without it and capped by how
+    full the memory is (``memory_replace=False``, as their code draws it)."""
+    if not isinstance(memory_replace, bool):
+        raise TypeError(f"memory_replace must be a bool; got {memory_replace!r}")
     plan = memory_plan(memory, per_class, capacity)
     _check_batch_size(memory_batch_size)
     if _is_empty(plan):
         return Method("agem")
 
     def batch(ctx, memory_state):
-        return with_memory_rows(ctx, memory_state, _memory_size(memory_batch_size, ctx))
+        return with_memory_rows(ctx, memory_state, _memory_size(memory_batch_size, ctx),
+                                replace=memory_replace)
 
     def loss(params, batch, memory_state, ctx):
         del memory_state
@@ -619,7 +650,7 @@ def icarl(*, memory: str = "per_class", per_class: int | None = 100,
                   scenarios=("class",), check=plan.check_config)
 
 
-__all__ = ["MEMORY_KINDS", "MemoryPlan", "memory_plan", "core_rows", "store_finished_task",
+__all__ = ["ER_LOSSES", "MEMORY_KINDS", "MemoryPlan", "memory_plan", "core_rows", "store_finished_task",
            "with_memory_rows", "er", "agem", "gem", "lwf", "der", "derpp", "icarl", "PreviousModel",
            "soft_cross_entropy", "ICaRLState", "normalise", "herding_order", "exemplar_means",
            "NME_FLOOR"]

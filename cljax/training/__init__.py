@@ -34,11 +34,11 @@ from cljax.training.data import (
 from cljax.training.loop import Checkpointing, run_stream
 from cljax.training.record import DIVERGENCE_FACTOR, Record, StreamResult
 from cljax.training.runs import RUNS, RunLayout, runs_transform
-from cljax.training.sampling import SAMPLINGS, epoch_indices, keyed_permutation
+from cljax.training.sampling import SAMPLINGS, epoch_indices
 from cljax.training.trainer import Feed, Trainer, TrainState, device_feed, make_trainer
 
 __all__ = ["TrainState", "StreamData", "StreamResult", "Trainer", "Feed", "device_feed",
            "prepare_data", "place_data", "gather_rows", "to_batch", "make_batch",
            "sample_task_batch", "stream_spec", "make_trainer", "run_stream", "runs_transform",
            "RUNS", "RunLayout", "Record", "Checkpointing", "DIVERGENCE_FACTOR", "SAMPLINGS",
-           "epoch_indices", "keyed_permutation"]
+           "epoch_indices"]
