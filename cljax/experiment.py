@@ -526,8 +526,11 @@ def load_experiment_stream(cfg: dict, *, log: Callable[[str], None] = print
         stream = encode_stream(stream, variables, dataset=cfg["dataset"], channels=pre.channels,
                                depth=pre.depth)
         info.update(pretrain=report, encode_seconds=time.perf_counter() - t1)
-        log(f"encoded with the frozen encoder (pre-training held-out accuracy "
-            f"{100 * report['holdout_accuracy']:.2f} %): features {stream.input_shape}")
+        shown = [f"{what} accuracy {100 * report[key]:.2f} %" for what, key in
+                 (("test", "test_accuracy"), ("held-out", "holdout_accuracy"))
+                 if report.get(key) is not None]       # an encoder cached before: held-out only
+        log(f"encoded with the frozen encoder (pre-training {', '.join(shown)}): features "
+            f"{stream.input_shape}")
     return stream, info
 
 
