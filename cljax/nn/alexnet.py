@@ -18,6 +18,7 @@ import flax.linen as nn
 from cljax.nn.conv import Conv, max_pool
 from cljax.nn.fel import FeatureEncoding
 from cljax.nn.heads import head_output
+from cljax.nn.init import kernel_initializer
 from cljax.nn.resnet import BatchStatNorm
 
 
@@ -33,6 +34,11 @@ class AlexNet(nn.Module):
     dropout: float = 0.5
     feature_encoding: int = 0      # > 0: RGO's FEL (T task permutations) after every layer
     fel_seed: int = 0
+    kernel_init: str = "lecun_normal"   # cljax.nn.init.INITIALIZERS
+
+    def __post_init__(self):
+        kernel_initializer(self.kernel_init)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x, task=None, *, train: bool = False, output: str = "logits"):
@@ -40,8 +46,9 @@ class AlexNet(nn.Module):
             raise ValueError(f"AlexNet expects images [B, H, W, C]; got shape {x.shape}")
         if not len(self.channels) == len(self.kernels) == len(self.conv_dropout):
             raise ValueError("channels, kernels and conv_dropout must have the same length")
+        init = kernel_initializer(self.kernel_init)
         for c, k, p in zip(self.channels, self.kernels, self.conv_dropout):
-            x = Conv(c, (k, k), padding="VALID", use_bias=False)(x)
+            x = Conv(c, (k, k), padding="VALID", use_bias=False, kernel_init=init)(x)
             x = nn.relu(BatchStatNorm()(x))
             x = self._encode(x, task)
             if p > 0:
@@ -49,12 +56,13 @@ class AlexNet(nn.Module):
             x = max_pool(x, 2)
         x = x.reshape(x.shape[0], -1)
         for h in self.hidden:
-            x = self._encode(nn.relu(BatchStatNorm()(nn.Dense(h, use_bias=False)(x))), task)
+            x = self._encode(nn.relu(BatchStatNorm()(nn.Dense(h, use_bias=False,
+                                                              kernel_init=init)(x))), task)
             if self.dropout > 0:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
         if output == "features":
             return x
-        x = nn.Dense(self.num_heads * self.num_outputs, use_bias=False)(x)
+        x = nn.Dense(self.num_heads * self.num_outputs, use_bias=False, kernel_init=init)(x)
         return head_output(x, task, self.num_heads, output)
 
 

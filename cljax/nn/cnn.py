@@ -15,6 +15,7 @@ import flax.linen as nn
 from cljax.nn.conv import Conv, max_pool
 from cljax.nn.fel import FeatureEncoding
 from cljax.nn.heads import head_output
+from cljax.nn.init import kernel_initializer
 
 
 class CNN(nn.Module):
@@ -28,8 +29,10 @@ class CNN(nn.Module):
     dropout: float = 0.0
     feature_encoding: int = 0      # > 0: RGO's FEL (T task permutations) after every layer
     fel_seed: int = 0
+    kernel_init: str = "lecun_normal"   # cljax.nn.init.INITIALIZERS
 
     def __post_init__(self):
+        kernel_initializer(self.kernel_init)
         for name in ("num_outputs", "num_heads", "hidden"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -44,17 +47,18 @@ class CNN(nn.Module):
     def __call__(self, x, task=None, *, train: bool = False, output: str = "logits"):
         if x.ndim != 4:
             raise ValueError(f"CNN expects images [B, H, W, C]; got shape {x.shape}")
+        init = kernel_initializer(self.kernel_init)
         for c in self.channels:
-            x = self._encode(nn.relu(Conv(c, (3, 3))(x)), task)
-            x = self._encode(nn.relu(Conv(c, (3, 3))(x)), task)
+            x = self._encode(nn.relu(Conv(c, (3, 3), kernel_init=init)(x)), task)
+            x = self._encode(nn.relu(Conv(c, (3, 3), kernel_init=init)(x)), task)
             x = max_pool(x, 2)
         x = x.reshape(x.shape[0], -1)
-        x = self._encode(nn.relu(nn.Dense(self.hidden)(x)), task)
+        x = self._encode(nn.relu(nn.Dense(self.hidden, kernel_init=init)(x)), task)
         if self.dropout > 0:
             x = nn.Dropout(self.dropout, deterministic=not train)(x)
         if output == "features":
             return x
-        x = nn.Dense(self.num_heads * self.num_outputs)(x)
+        x = nn.Dense(self.num_heads * self.num_outputs, kernel_init=init)(x)
         return head_output(x, task, self.num_heads, output)
 
     def _encode(self, x, task):

@@ -14,6 +14,7 @@ import flax.linen as nn
 
 from cljax.nn.fel import FeatureEncoding
 from cljax.nn.heads import head_output
+from cljax.nn.init import kernel_initializer
 
 
 def check_init(kernel_stddev: float | None, bias_init: float, owner: str) -> None:
@@ -41,6 +42,8 @@ class MLP(nn.Module):
     ``kernel_stddev``: None for flax's LeCun-normal weights, or a truncated normal (at ±2σ) of
     that standard deviation for every layer, and ``bias_init`` the biases' constant — A-GEM's
     TensorFlow code (Chaudhry et al. 2019) initialises its MLPs with 0.1 and 0.1.
+    ``kernel_init``: the weights' initialiser by name (:data:`cljax.nn.init.INITIALIZERS`;
+    ``kernel_stddev`` replaces it when set).
     """
 
     widths: Sequence[int]
@@ -52,6 +55,7 @@ class MLP(nn.Module):
     fel_seed: int = 0
     kernel_stddev: float | None = None
     bias_init: float = 0.0
+    kernel_init: str = "lecun_normal"
 
     def __post_init__(self):
         widths = tuple(self.widths)
@@ -68,10 +72,14 @@ class MLP(nn.Module):
             raise ValueError(f"MLP feature_encoding must be an int >= 0 (the number of tasks, 0: "
                              f"off); got {self.feature_encoding!r}")
         check_init(self.kernel_stddev, self.bias_init, "MLP")
+        kernel_initializer(self.kernel_init)
+        if self.kernel_stddev is not None and self.kernel_init != "lecun_normal":
+            raise ValueError(f"MLP: kernel_stddev (a truncated normal) and kernel_init="
+                             f"{self.kernel_init!r} both choose the weights; set one")
         super().__post_init__()
 
     def _dense(self, features: int) -> nn.Dense:
-        init: dict[str, Any] = {}
+        init: dict[str, Any] = {"kernel_init": kernel_initializer(self.kernel_init)}
         if self.kernel_stddev is not None:
             init["kernel_init"] = nn.initializers.truncated_normal(self.kernel_stddev)
         if self.bias_init:

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from cljax.nn.conv import Conv
 from cljax.nn.fel import FeatureEncoding
 from cljax.nn.heads import head_output
+from cljax.nn.init import kernel_initializer
 
 
 class BatchStatNorm(nn.Module):
@@ -72,16 +73,19 @@ class BasicBlock(nn.Module):
 
     features: int
     stride: int = 1
+    kernel_init: str = "lecun_normal"   # cljax.nn.init.INITIALIZERS
 
     @nn.compact
     def __call__(self, x):
-        out = Conv(self.features, (3, 3), strides=self.stride, padding=_PAD1, use_bias=False)(x)
+        init = kernel_initializer(self.kernel_init)
+        out = Conv(self.features, (3, 3), strides=self.stride, padding=_PAD1, use_bias=False,
+                   kernel_init=init)(x)
         out = nn.relu(BatchStatNorm()(out))
-        out = Conv(self.features, (3, 3), padding=_PAD1, use_bias=False)(out)
+        out = Conv(self.features, (3, 3), padding=_PAD1, use_bias=False, kernel_init=init)(out)
         out = BatchStatNorm()(out)
         if self.stride != 1 or x.shape[-1] != self.features:
             x = Conv(self.features, (1, 1), strides=self.stride, padding="VALID",
-                     use_bias=False)(x)
+                     use_bias=False, kernel_init=init)(x)
             x = BatchStatNorm()(x)
         return nn.relu(out + x)
 
@@ -96,22 +100,30 @@ class ResNet18(nn.Module):
     stem_stride: int = 1
     feature_encoding: int = 0      # > 0: RGO's FEL (T task permutations) after the stem and blocks
     fel_seed: int = 0
+    kernel_init: str = "lecun_normal"   # cljax.nn.init.INITIALIZERS
+
+    def __post_init__(self):
+        kernel_initializer(self.kernel_init)
+        super().__post_init__()
 
     @nn.compact
     def __call__(self, x, task=None, *, train: bool = False, output: str = "logits"):
         if x.ndim != 4:
             raise ValueError(f"ResNet18 expects images [B, H, W, C]; got shape {x.shape}")
-        x = Conv(self.nf, (3, 3), strides=self.stem_stride, padding=_PAD1, use_bias=False)(x)
+        init = kernel_initializer(self.kernel_init)
+        x = Conv(self.nf, (3, 3), strides=self.stem_stride, padding=_PAD1, use_bias=False,
+                 kernel_init=init)(x)
         x = nn.relu(BatchStatNorm()(x))
         x = self._encode(x, task)
         for stage, blocks in enumerate(self.num_blocks):
             for b in range(blocks):
                 stride = 2 if stage > 0 and b == 0 else 1
-                x = self._encode(BasicBlock(self.nf * 2 ** stage, stride)(x), task)
+                x = self._encode(BasicBlock(self.nf * 2 ** stage, stride, self.kernel_init)(x),
+                                 task)
         x = jnp.mean(x, axis=(1, 2))          # avg_pool2d(out, 4) on 32×32 inputs
         if output == "features":
             return x
-        x = nn.Dense(self.num_heads * self.num_outputs)(x)
+        x = nn.Dense(self.num_heads * self.num_outputs, kernel_init=init)(x)
         return head_output(x, task, self.num_heads, output)
 
 
