@@ -105,6 +105,24 @@ def test_a_grid_entry_runs_a_validation_sweep_then_the_chosen_points():
         selection_run(p, Entry("none", "none"))
 
 
+def test_a_per_seed_class_order_gives_each_seed_a_run_of_its_own():
+    p = _protocol(class_order="per_seed", entries=(Entry("none", "none"),))
+    runs = entry_runs(p, p.entry("none"), seeds=3)
+    assert [(r.name, r.pooled, r.config["seeds"], r.config["seed"],
+             r.config["stream_options"]["class_order"]) for r in runs] == [
+        ("none_seed0", "none", 1, 0, 0), ("none_seed1", "none", 1, 1, 1),
+        ("none_seed2", "none", 1, 2, 2)]
+    for r in runs:
+        validate_config(r.config)
+    (natural,) = entry_runs(_protocol(entries=(Entry("none", "none"),)), p.entry("none"),
+                            seeds=3)
+    assert natural.pooled == natural.name == "none" and natural.config["seeds"] == 3
+    with pytest.raises(ValueError, match="class_order='per_seed' needs a split stream"):
+        _protocol(config="permuted_mnist", class_order="per_seed")
+    with pytest.raises(ValueError, match="class_order must be one of"):
+        _protocol(class_order="shuffled")
+
+
 def test_select_entries_by_key_or_method():
     p = _protocol()
     assert select_entries(p, None) == ["none", "ewc", "ewc_big"] == select_entries(p, "all")

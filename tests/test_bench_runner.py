@@ -105,6 +105,22 @@ def test_a_grid_is_chosen_on_validation_data_without_reading_the_test_split(tmp_
     assert "validation: 0: " in (tmp_path / "b" / "leaderboard.md").read_text()
 
 
+def test_a_per_seed_class_order_pools_one_run_per_seed(tmp_path):
+    protocol = Protocol(**{**_protocol().__dict__, "scenarios": ("task",),
+                           "class_order": "per_seed", "entries": (Entry("none", "none"),)})
+    with tfds.testing.mock_data(num_examples=64):
+        board = run_bench(protocol, tmp_path / "b", seeds=2, log=lambda _: None)
+    (row,) = board["rows"]
+    assert row["finished"] and row["seeds"] == 2 and row["runs"] == ["none_seed0", "none_seed1"]
+    classes = [json.loads((tmp_path / "b" / name / "results.json").read_text())["stream"]
+               ["classes"] for name in row["runs"]]
+    assert classes[0] != classes[1]                      # each seed its own class order
+    per_run = [100 * json.loads((tmp_path / "b" / name / "results.json").read_text())
+               ["scenarios"]["task"]["metrics"]["acc"]["per_run"][0] for name in row["runs"]]
+    assert row["ours"]["per_run"] == pytest.approx(per_run)
+    assert board["done"] == ["none_seed0", "none_seed1"]
+
+
 def test_selection_and_no_run(tmp_path):
     bench = tmp_path / "bench"
     with tfds.testing.mock_data(num_examples=64):

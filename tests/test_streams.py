@@ -115,3 +115,21 @@ def test_a_validation_stream_never_reads_the_test_split(monkeypatch):
     assert int(stream.test.n.sum()) == int(np.ceil(0.2 * counts).sum())
     with pytest.raises(ValueError, match="evaluate_on must be one of"):
         streams.load_stream("mnist", "split", evaluate_on="train")
+
+
+def test_class_order_deals_a_permutation_of_the_classes_into_the_tasks():
+    train, test = tiny_dataset(n=80, num_classes=6), tiny_dataset(n=40, num_classes=6, seed=1)
+    natural = split_tasks(train, test, tasks=[[0, 1], [2, 3], [4, 5]])
+    assert natural.classes == ((0, 1), (2, 3), (4, 5))
+    a = split_tasks(train, test, tasks=[[0, 1], [2, 3], [4, 5]], class_order=3)
+    b = split_tasks(train, test, tasks=[[0, 1], [2, 3], [4, 5]], class_order=3)
+    c = split_tasks(train, test, tasks=[[0, 1], [2, 3], [4, 5]], class_order=4)
+    perm = np.random.default_rng(3).permutation([0, 1, 2, 3, 4, 5]).tolist()
+    assert a.classes == (tuple(perm[0:2]), tuple(perm[2:4]), tuple(perm[4:6]))
+    assert a.classes == b.classes and a.classes != c.classes
+    first = a.classes[0]                       # task 0's examples are of its two classes
+    n = int(a.train.n[0])
+    expected = np.sort(np.flatnonzero(np.isin(train.labels, first)))
+    np.testing.assert_array_equal(a.train.y[0, :n], (train.labels[expected] == first[1]))
+    with pytest.raises(ValueError, match="class_order must be None or an int"):
+        split_tasks(train, test, class_order="seed")

@@ -66,13 +66,16 @@ def _selection_entry(entry_grid: Mapping, scenario: str,
     return {"run": name, "grid": {k: list(v) for k, v in entry_grid.items()}, "points": points}
 
 
-def _row(protocol: Protocol, run: EntryRun, scenario: str, results: dict | None,
-         provenance: Mapping[str, Any],
+def _row(protocol: Protocol, runs: Sequence[EntryRun], scenario: str,
+         results: Sequence[dict | None], provenance: Sequence[Mapping[str, Any]],
          selection: tuple[str, Mapping[str, Any]] | None) -> dict:
+    """One row: the runs pooled under one name (one run, or a run per seed when the class order
+    is drawn per seed), finished only when every one of them has the scenario."""
+    run = runs[0]
     entry = protocol.entry(run.entry)
     published = entry.published.get(scenario)
     row: dict[str, Any] = {
-        "entry": entry.key, "method": entry.method, "scenario": scenario, "run": run.name,
+        "entry": entry.key, "method": entry.method, "scenario": scenario, "run": run.pooled,
         "hparams": None if run.config is None else run.config["hparams"],
         "selection": entry.selection, "note": entry.note,
         "validation": _selection_entry(entry.grid, scenario, selection, protocol.metric),
@@ -80,22 +83,32 @@ def _row(protocol: Protocol, run: EntryRun, scenario: str, results: dict | None,
             "value": published.value, "pm": published.pm, "spread": published.spread,
             "runs": published.runs, "source": published.source},
         "finished": False}
-    sc = None if results is None else results.get("scenarios", {}).get(scenario)
-    if sc is None:
+    if len(runs) > 1:
+        row["runs"] = [r.name for r in runs]
+    found = [None if r is None else r.get("scenarios", {}).get(scenario) for r in results]
+    scs: list[dict] = [sc for sc in found if sc is not None]
+    if len(scs) < len(found):
         return row
-    per_run = [_percent(v) for v in sc["metrics"][protocol.metric]["per_run"]]
+    per_run = [_percent(v) for sc in scs for v in sc["metrics"][protocol.metric]["per_run"]]
     ours = interval95(per_run)
     ours["per_run"] = per_run
     diff = None if ours["mean"] is None or published is None else ours["mean"] - published.value
     within = None if ours["low"] is None or published is None else \
         bool(ours["low"] <= published.value <= ours["high"])
-    timings = sc.get("timings", {})
+
+    def total(key: str) -> float | None:
+        values = [sc.get("timings", {}).get(key) for sc in scs]
+        return None if any(v is None for v in values) else float(sum(values))
+
+    commits = sorted({str(p["commit"]) for p in provenance if p.get("commit")})
     row.update(finished=True, ours=ours, difference=diff, within_ci95=within,
-               seeds=len(per_run), diverged=len(sc.get("diverged") or []),
-               wall_seconds=timings.get("run_seconds"),
-               compile_seconds=timings.get("compile_seconds"),
-               commit=provenance.get("commit"), cljax_version=provenance.get("cljax_version"),
-               finished_at=provenance.get("finished_at"))
+               seeds=len(per_run),
+               diverged=int(sum(len(sc.get("diverged") or []) for sc in scs)),
+               wall_seconds=total("run_seconds"), compile_seconds=total("compile_seconds"),
+               commit=", ".join(commits) or None,
+               cljax_version=provenance[0].get("cljax_version"),
+               finished_at=max((p.get("finished_at") or "" for p in provenance), default="")
+               or None)
     return row
 
 
@@ -118,27 +131,31 @@ def leaderboard(protocol: Protocol, runs: Sequence[EntryRun], finished: Mapping[
         seeds         the seeds each run was asked for
         deviations    the user's changes to the protocol (``--steps``, ``--set``): a
                       leaderboard with any is not the paper's protocol
-        rows [{entry, method, scenario, run, hparams (null: not chosen yet), selection, note,
-               finished,
+        rows [{entry, method, scenario, run, runs (the runs pooled, when a per-seed class
+               order gives each seed a run of its own), hparams (null: not chosen yet),
+               selection, note, finished,
                validation {run, grid, points [{hparams, validation, diverged}]} | null
                           (an entry whose grid is chosen on the validation split),
                published {value, pm, spread, runs, source} | null,
                ours {n, mean, sem, low, high, per_run},      (finished rows only)
                difference (ours − published), within_ci95 (published in [low, high]),
-               seeds, diverged, wall_seconds, compile_seconds, commit, cljax_version,
-               finished_at}]
+               seeds, diverged, wall_seconds, compile_seconds (summed over pooled runs),
+               commit (the commits of the pooled runs, joined), cljax_version, finished_at}]
         done, to_do   the runs finished and not yet
     """
     if not isinstance(protocol, Protocol):
         raise TypeError(f"protocol must be a cljax.bench.Protocol; got {type(protocol).__name__}")
     provenance = provenance or {}
     rows = []
+    pooled: dict[str, list[EntryRun]] = {}
+    for run in runs:
+        pooled.setdefault(run.pooled, []).append(run)
     for scenario in protocol.scenarios:
-        for run in runs:
-            if scenario in run.scenarios:
-                rows.append(_row(protocol, run, scenario, finished.get(run.name),
-                                 provenance.get(run.name, {}),
-                                 (selections or {}).get(run.entry)))
+        for group in pooled.values():
+            if scenario in group[0].scenarios:
+                rows.append(_row(protocol, group, scenario, [finished.get(r.name) for r in group],
+                                 [provenance.get(r.name, {}) for r in group],
+                                 (selections or {}).get(group[0].entry)))
     return {
         "schema": SCHEMA, "produced_by": "cljax bench",
         "protocol": {"name": protocol.name, "title": protocol.title, "config": protocol.config,

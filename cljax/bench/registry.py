@@ -81,8 +81,9 @@ _VDV2019_SPLIT = Protocol(
               _row(_VDV_SPLIT, 20, (99.61, 96.83, 91.79), (0.02, 0.20, 0.32), "sem"),
               selection="paper"),
     ),
-    notes=("the classes are in the order 0/1, 2/3, … for every seed (van de Ven's code "
-           "permutes them per seed)",
+    class_order="per_seed",
+    notes=("each seed deals the ten digits into the five tasks in its own random order, as van "
+           "de Ven's code does (not their orders: numpy's generator seeded by the seed)",
            "published values: the EWC, DGR and DGR + distill rows as quoted from v1; the other "
            "rows as ../shared/REFERENCES.md lists them (their table number not re-read here)"))
 
@@ -272,7 +273,9 @@ _VDV2022_CIFAR = Protocol(
         Entry("icarl", "icarl", _row(_VDV_T3, 10, (37.83,), (0.21,), "sem",
                                      scenarios=("class",)), scenarios=("class",)),
     ),
-    notes=("the classes are in their natural order for every seed (their code permutes them)",
+    class_order="per_seed",
+    notes=("each seed deals the hundred classes into the ten tasks in its own random order, as "
+           "their code does",
            "on a CPU the pre-training and the 5000 iterations per task are GPU-sized: RESULTS.md's "
            "rows reduce both and say so"))
 

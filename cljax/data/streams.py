@@ -89,13 +89,25 @@ def _limit(x: np.ndarray, y: np.ndarray, limit: int | None):
 def split_tasks(train: ArrayDataset, test: ArrayDataset, *,
                 tasks: Sequence[Sequence[int]] | None = None, name: str = "split",
                 normalisation: Normalisation = ((0.0,), (1.0,)), max_train_per_task: int | None = None,
-                max_test_per_task: int | None = None) -> TaskStream:
+                max_test_per_task: int | None = None,
+                class_order: int | None = None) -> TaskStream:
     """Split a dataset by class (Zenke et al. 2017; van de Ven & Tolias 2019).
 
     ``tasks`` partitions (a subset of) the classes, e.g. ``[[0, 1], [2, 3], ...]``; the default
     is consecutive pairs (5×2 for MNIST). Task t's within-task label is the class's position in
-    ``tasks[t]``.
+    ``tasks[t]``. ``class_order``: None keeps ``tasks`` as given; an int permutes the classes
+    they name (``np.random.default_rng(class_order).permutation``) and deals them back into
+    tasks of the same sizes — van de Ven's code draws a class order per seed this way.
     """
+    if class_order is not None:
+        if not isinstance(class_order, int) or isinstance(class_order, bool):
+            raise ValueError(f"class_order must be None or an int (the seed of the class "
+                             f"order); got {class_order!r}")
+        given = tasks if tasks is not None else [[c, c + 1]
+                                                 for c in range(0, train.num_classes, 2)]
+        flat_given = [int(c) for t in given for c in t]
+        order = iter(np.random.default_rng(class_order).permutation(flat_given).tolist())
+        tasks = [[next(order) for _ in t] for t in given]
     if tasks is None:
         if train.num_classes % 2:
             raise ValueError(f"default split is into pairs; {train.num_classes} classes is odd: "
