@@ -1,5 +1,6 @@
-"""Analyses on a finished continual-learning run: per-task flatness (λ_max) and the curvature
-bound on forgetting (seed 000 eq. 19–20; Mirzadeh et al. 2020). Plots live in
+"""Analyses on a finished continual-learning run: per-task flatness (λ_max), the curvature
+bound on forgetting (seed 000 eq. 19–20; Mirzadeh et al. 2020) and mode connectivity (the loss
+along a path between solutions, low-loss Bézier curves: Garipov et al. 2018). Plots live in
 :mod:`cljax.analysis.plots` (imported lazily: matplotlib is only needed to draw)."""
 from typing import Any
 
@@ -11,6 +12,7 @@ from cljax.analysis.bound import (
     summarize,
     to_json,
 )
+from cljax.analysis.connectivity import fit_bezier, loss_along_path, loss_barrier, path_point
 from cljax.analysis.flatness import FlatnessResult, flatness, stack_task_data
 
 
@@ -27,4 +29,5 @@ def plot_flatness(*args: Any, **kwargs: Any) -> str:
 
 
 __all__ = ["flatness", "FlatnessResult", "forgetting_bound", "ForgettingBound", "summarize",
-           "pearson", "spearman", "to_json", "stack_task_data", "plot_bound", "plot_flatness"]
+           "pearson", "spearman", "to_json", "stack_task_data", "plot_bound", "plot_flatness",
+           "path_point", "loss_along_path", "loss_barrier", "fit_bezier"]

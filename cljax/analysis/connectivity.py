@@ -1,0 +1,129 @@
+"""Mode connectivity: the loss along a path between two solutions, and low-loss curves.
+
+Garipov, Izmailov, Podoprikhin, Vetrov & Wilson 2018 ("Loss surfaces, mode connectivity, and fast
+ensembling of DNNs", arXiv 1802.10026): two minima of the same loss are often joined by a simple
+curve of low loss, found by training the curve's control point. Mirzadeh et al. 2021 (MC-SGD,
+arXiv 2010.04495) find that continual and multitask solutions from the same initialisation are
+joined by a *linear* path of low loss, and measure it by the loss barrier along it.
+
+- :func:`path_point` — θ(t) on the linear path (1 − t)·θ_a + t·θ_b or on the quadratic Bézier
+  curve (1 − t)²·θ_a + 2t(1 − t)·θ_c + t²·θ_b (Garipov et al.'s eq. for a Bézier curve with one
+  control point θ_c); θ(0) = θ_a and θ(1) = θ_b bit for bit.
+- :func:`loss_along_path` — a loss at ``num_points`` evenly spaced t, in one compiled map.
+- :func:`loss_barrier` — max over t of ℓ(θ(t)) − ((1 − t)·ℓ(θ_a) + t·ℓ(θ_b)): how far the path
+  rises above the straight line between its endpoints' losses (0 for a convex loss).
+- :func:`fit_bezier` — the control point minimising E_{t ~ U(0, 1)} ℓ(θ(t)) (Garipov et al.'s
+  objective), trained with any optax optimizer in one ``lax.scan``, one t drawn per step.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from cljax.types import Array, Params, PRNGKey
+
+
+def _check_trees(theta_a: Params, theta_b: Params, control: Params | None) -> None:
+    ref = jax.tree.structure(theta_a)
+    for name, tree in (("theta_b", theta_b), ("control", control)):
+        if tree is None:
+            continue
+        if jax.tree.structure(tree) != ref:  # type: ignore[operator]  # PyTreeDef: no jaxlib stubs
+            raise ValueError(f"{name} must have theta_a's pytree structure; got "
+                             f"{jax.tree.structure(tree)} against {ref}")
+        for a, b in zip(jax.tree.leaves(theta_a), jax.tree.leaves(tree)):
+            if jnp.shape(a) != jnp.shape(b):
+                raise ValueError(f"{name}'s leaves must have theta_a's shapes; got "
+                                 f"{jnp.shape(b)} against {jnp.shape(a)}")
+
+
+def path_point(theta_a: Params, theta_b: Params, t: Array | float, *,
+               control: Params | None = None) -> Params:
+    """θ(t) on the linear path from ``theta_a`` (t = 0) to ``theta_b`` (t = 1), or on the
+    quadratic Bézier curve through ``control`` when it is given (module docstring)."""
+    _check_trees(theta_a, theta_b, control)
+    t = jnp.asarray(t, jnp.float32)
+    if control is None:
+        return jax.tree.map(lambda a, b: ((1 - t) * a + t * b).astype(a.dtype), theta_a, theta_b)
+    return jax.tree.map(
+        lambda a, c, b: ((1 - t) ** 2 * a + 2 * t * (1 - t) * c + t ** 2 * b).astype(a.dtype),
+        theta_a, control, theta_b)
+
+
+def loss_along_path(loss_fn: Callable[[Params], Array], theta_a: Params, theta_b: Params, *,
+                    num_points: int = 11, control: Params | None = None) -> dict[str, np.ndarray]:
+    """``loss_fn`` (params → scalar) at ``num_points`` evenly spaced t ∈ [0, 1] of the linear
+    path or the Bézier curve through ``control``; ``{"t": [P], "loss": [P]}`` (numpy)."""
+    if not isinstance(num_points, int) or isinstance(num_points, bool) or num_points < 2:
+        raise ValueError(f"num_points must be an int >= 2; got {num_points!r}")
+    _check_trees(theta_a, theta_b, control)
+    ts = jnp.linspace(0.0, 1.0, num_points)
+
+    @jax.jit
+    def losses(ts):
+        return jax.lax.map(lambda t: loss_fn(path_point(theta_a, theta_b, t, control=control)),
+                           ts)
+
+    return {"t": np.asarray(ts), "loss": np.asarray(losses(ts))}
+
+
+def loss_barrier(t: Any, loss: Any) -> float:
+    """max over the points of ℓ(θ(t)) − ((1 − t)·ℓ(0) + t·ℓ(1)) (``t`` ascending from 0 to 1,
+    as :func:`loss_along_path` gives them); 0 when the path never rises above the line between
+    its endpoints' losses.
+
+    Example:
+        >>> loss_barrier([0.0, 0.5, 1.0], [1.0, 3.0, 1.0])
+        2.0
+    """
+    t, loss = np.asarray(t, np.float64), np.asarray(loss, np.float64)
+    if t.ndim != 1 or t.shape != loss.shape or t.size < 2 or t[0] != 0.0 or t[-1] != 1.0:
+        raise ValueError(f"t and loss must be 1-d of the same length >= 2 with t from 0 to 1; "
+                         f"got shapes {t.shape} and {loss.shape}")
+    if not np.all(np.isfinite(loss)):
+        raise ValueError("loss must be finite along the path")
+    line = (1.0 - t) * loss[0] + t * loss[-1]
+    return float(max(0.0, np.max(loss - line)))
+
+
+def fit_bezier(loss_fn: Callable[[Params], Array], theta_a: Params, theta_b: Params,
+               key: PRNGKey, *, steps: int = 500,
+               optimizer: optax.GradientTransformation | None = None,
+               init: Params | None = None) -> tuple[Params, np.ndarray]:
+    """The control point θ_c of the quadratic Bézier curve from ``theta_a`` to ``theta_b`` that
+    minimises E_{t ~ U(0, 1)} ℓ(θ(t)) (Garipov et al. 2018), by ``steps`` steps of
+    ``optimizer`` (default Adam 1e-2), one t drawn per step from ``key``, starting at ``init``
+    (default the midpoint (θ_a + θ_b) / 2: the linear path). Returns (θ_c, the loss at each
+    step's t)."""
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a positive int; got {steps!r}")
+    _check_trees(theta_a, theta_b, init)
+    optimizer = optax.adam(1e-2) if optimizer is None else optimizer
+    control = jax.tree.map(lambda a, b: (a + b) / 2, theta_a, theta_b) if init is None else init
+
+    def objective(c, t):
+        return loss_fn(path_point(theta_a, theta_b, t, control=c))
+
+    @jax.jit
+    def train(control, key):
+        def step(carry, k):
+            c, opt = carry
+            t = jax.random.uniform(k)
+            value, grads = jax.value_and_grad(objective)(c, t)
+            updates, opt = optimizer.update(grads, opt, c)
+            return (optax.apply_updates(c, updates), opt), value
+
+        (control, _), values = jax.lax.scan(step, (control, optimizer.init(control)),
+                                            jax.random.split(key, steps))
+        return control, values
+
+    control, values = train(control, key)
+    return control, np.asarray(values)
+
+
+__all__ = ["path_point", "loss_along_path", "loss_barrier", "fit_bezier"]

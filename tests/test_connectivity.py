@@ -1,0 +1,67 @@
+"""cljax.analysis.connectivity: paths between solutions, their loss, Bézier curves."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from cljax.analysis import fit_bezier, loss_along_path, loss_barrier, path_point
+
+A = {"w": jnp.array([1.0, 0.0]), "b": jnp.array(0.5)}
+B = {"w": jnp.array([-1.0, 0.0]), "b": jnp.array(-0.5)}
+
+
+def ring(params):
+    """Minima on the unit circle (any b): the straight line from (1, 0) to (−1, 0) crosses the
+    origin, where the loss is 1; a curve around the circle stays at 0."""
+    return (jnp.sum(params["w"] ** 2) - 1.0) ** 2 + 0.0 * params["b"]
+
+
+def test_paths_start_and_end_at_the_solutions_bit_for_bit():
+    c = {"w": jnp.array([0.3, 2.0]), "b": jnp.array(7.0)}
+    for control in (None, c):
+        for t, end in ((0.0, A), (1.0, B)):
+            got = path_point(A, B, t, control=control)
+            for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(end)):
+                np.testing.assert_array_equal(x, y)
+    mid = path_point(A, B, 0.5, control=c)       # 0.25·a + 0.5·c + 0.25·b
+    np.testing.assert_allclose(mid["w"], [0.15, 1.0], rtol=1e-6)
+
+
+def test_loss_along_a_path_equals_evaluating_each_point():
+    c = {"w": jnp.array([0.0, 1.5]), "b": jnp.array(0.0)}
+    for control in (None, c):
+        out = loss_along_path(ring, A, B, num_points=7, control=control)
+        expected = [float(ring(path_point(A, B, float(t), control=control))) for t in out["t"]]
+        np.testing.assert_allclose(out["loss"], expected, rtol=1e-6)
+    linear = loss_along_path(ring, A, B, num_points=5)
+    assert linear["loss"][2] == pytest.approx(1.0)                # the origin
+    assert loss_barrier(linear["t"], linear["loss"]) == pytest.approx(1.0)
+
+
+def test_a_trained_bezier_curve_goes_around_the_barrier():
+    control, values = fit_bezier(ring, A, B, jax.random.key(0), steps=400,
+                                 optimizer=optax.adam(5e-2),
+                                 init={"w": jnp.array([0.0, 0.1]), "b": jnp.array(0.0)})
+    assert values.shape == (400,)
+    curve = loss_along_path(ring, A, B, num_points=21, control=control)
+    # a quadratic curve cannot follow the circle exactly (≈ 0.035 at best), far below the line
+    assert loss_barrier(curve["t"], curve["loss"]) < 0.15
+    assert abs(float(control["w"][1])) > 1.0    # the control point left the straight line
+
+
+def test_barrier_definition_and_errors():
+    assert loss_barrier([0.0, 0.5, 1.0], [0.0, 0.5, 1.0]) == 0.0   # on the line: no barrier
+    assert loss_barrier([0.0, 0.5, 1.0], [2.0, 0.0, 1.0]) == 0.0   # below it: none either
+    with pytest.raises(ValueError, match="t from 0 to 1"):
+        loss_barrier([0.1, 1.0], [0.0, 0.0])
+    with pytest.raises(ValueError, match="finite"):
+        loss_barrier([0.0, 1.0], [0.0, np.nan])
+    with pytest.raises(ValueError, match="theta_a's pytree structure"):
+        path_point(A, {"w": B["w"]}, 0.5)
+    with pytest.raises(ValueError, match="theta_a's shapes"):
+        path_point(A, {"w": jnp.zeros(3), "b": B["b"]}, 0.5)
+    with pytest.raises(ValueError, match="num_points must be an int >= 2"):
+        loss_along_path(ring, A, B, num_points=1)
+    with pytest.raises(ValueError, match="steps must be a positive int"):
+        fit_bezier(ring, A, B, jax.random.key(0), steps=0)
