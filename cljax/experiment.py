@@ -459,8 +459,10 @@ def flatness_analysis(model: Model, data: StreamData, task_params: Params, *,
                       max_seeds: int = 1, num_iters: int = 50, tol: float = 1e-3,
                       chunk_size: int = 1000, curvature: Literal["hessian", "ggn"] = "hessian"
                       ) -> dict:
-    """λ_max per task and the forgetting bound (seed 000 eq. 19–20) for the first ``max_seeds``
-    of ``runs``, on each task's test set (the data of the accuracy matrix)."""
+    """λ_max per task, the forgetting bound (seed 000 eq. 19–20) and each task's loss along the
+    linear path from θ*_t to the final parameters (:func:`cljax.analysis.forgetting_paths`) for
+    the first ``max_seeds`` of ``runs``, on each task's test set (the data of the accuracy
+    matrix)."""
     from cljax import analysis
 
     task_data = task_eval_data(data)
@@ -476,11 +478,17 @@ def flatness_analysis(model: Model, data: StreamData, task_params: Params, *,
         bound = analysis.forgetting_bound(model.logits_fn, params_r, task_data,
                                           lambda_max=flat.lambda_max, chunk_size=chunk_size,
                                           counts=counts, curvature=curvature)
+        paths = analysis.forgetting_paths(model.logits_fn, params_r, task_data, counts=counts,
+                                          chunk_size=chunk_size) if len(counts) > 1 else None
         seconds = time.perf_counter() - t0
         log(f"  run {r}: λ_max per task {np.round(flat.lambda_max, 3).tolist()}; bound holds for "
-            f"{bound.summary['frac_measured_le_bound']:.2f} of pairs ({seconds:.1f} s)")
+            f"{bound.summary['frac_measured_le_bound']:.2f} of pairs"
+            + ("" if paths is None else
+               f"; loss barriers θ*_t → θ*_T {np.round(paths['barrier'], 4).tolist()}")
+            + f" ({seconds:.1f} s)")
         out.append({"run": r, "flatness": analysis.to_json(flat),
-                    "bound": analysis.to_json(bound), "seconds": seconds})
+                    "bound": analysis.to_json(bound), "seconds": seconds,
+                    "connectivity": None if paths is None else analysis.to_json(paths)})
     return {"curvature": curvature, "data": "test set of each task", "runs": out}
 
 

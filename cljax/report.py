@@ -74,6 +74,15 @@ def _analysis_section(name: str, analysis: dict) -> list[str]:
                   f"{_f(s['median_ratio_measured_to_bound'], '.3g')}, measured/quadratic "
                   f"{_f(s['median_ratio_measured_to_quadratic'], '.3g')}; Spearman(λ_max, final "
                   f"forgetting) = {_f(s['spearman_lambda_max_forgetting'], '.3g')}."]
+        paths = run.get("connectivity")
+        if paths:
+            lines += ["", "Task t's loss on the linear path from θ*_t to θ*_T (Mirzadeh et al. "
+                      "2021's connectivity; barrier: the path's highest rise above the line "
+                      "between its ends):", "", "| task | ℓ_t(θ*_t) | max on the path | "
+                      "ℓ_t(θ*_T) | barrier |", "|---|---|---|---|---|"]
+            lines += [f"| T{t + 1} | {_f(row[0])} | {_f(max(v for v in row if _finite(v)))} "
+                      f"| {_f(row[-1])} | {_f(paths['barrier'][t])} |"
+                      for t, row in enumerate(paths["loss"])]
     return lines
 
 
@@ -379,20 +388,25 @@ def _analysed(results: dict):
 
 
 def write_analysis_plots(results: dict, workdir: pathlib.Path) -> None:
-    """flatness.png (λ_max per task, a line per scenario/regime and analysed run) and bound.png
-    (measured vs estimate vs bound; bound_<label>.png for each when there are several)."""
+    """flatness.png (λ_max per task, a line per scenario/regime and analysed run), bound.png
+    (measured vs estimate vs bound) and connectivity.png (each task's loss along the path from
+    θ*_t to θ*_T); ``_<label>`` in the names when several scenarios or regimes are analysed."""
     found = list(_analysed(results))
     if not found:
         return
-    from cljax.analysis import plot_bound, plot_flatness
+    from cljax.analysis import plot_bound, plot_flatness, plot_paths
 
     lines = {f"{label} (run {run['run']})": run["flatness"]
              for label, sc in found for run in sc["analysis"]["runs"]}
     plot_flatness(lines, workdir / "flatness.png", title="λ_max of each task's loss at θ*_t")
     for label, sc in found:
         run = sc["analysis"]["runs"][0]
-        name = "bound.png" if len(found) == 1 else f"bound_{label.replace(' ', '_')}.png"
-        plot_bound(run["bound"], workdir / name, title=f"{label}, run {run['run']}")
+        suffix = "" if len(found) == 1 else f"_{label.replace(' ', '_')}"
+        plot_bound(run["bound"], workdir / f"bound{suffix}.png",
+                   title=f"{label}, run {run['run']}")
+        if run.get("connectivity"):
+            plot_paths(run["connectivity"], workdir / f"connectivity{suffix}.png",
+                       title=f"{label}, run {run['run']}: task t's loss from θ*_t to θ*_T")
 
 
 __all__ = ["markdown_report", "accuracy_matrix_figure", "plot_accuracy_matrices", "plot_samples",

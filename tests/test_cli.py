@@ -38,6 +38,23 @@ def test_end_to_end_on_mock_mnist(tmp_path, capsys):
                 assert any(run_dir.glob("events.out.tfevents.*")), run_dir
 
 
+def test_the_flatness_analysis_reports_the_paths_between_solutions(tmp_path):
+    workdir = tmp_path / "run"
+    with tfds.testing.mock_data(num_examples=64):
+        code = cli.main(["run", "split_mnist", "--steps", "3", "--scenarios", "task",
+                         "--analysis", "flatness", "--workdir", str(workdir), "--no-progress",
+                         "--no-tensorboard", "--set", "model.widths=[8]", "--set", "eval_chunk=64",
+                         "--set", "analysis_options={'num_iters': 5}"])
+    assert code == 0
+    run = json.loads((workdir / "results.json").read_text())["scenarios"]["task"]["analysis"][
+        "runs"][0]
+    paths = run["connectivity"]
+    assert len(paths["t"]) == 11 and len(paths["loss"]) == 4 and len(paths["barrier"]) == 4
+    assert all(b >= 0 for b in paths["barrier"])
+    assert (workdir / "connectivity.png").stat().st_size > 0
+    assert "Task t's loss on the linear path from θ*_t to θ*_T" in (workdir / "report.md").read_text()
+
+
 def test_task_il_by_masking_a_single_head(tmp_path):
     workdir = tmp_path / "run"
     with tfds.testing.mock_data(num_examples=100):

@@ -65,3 +65,32 @@ def test_barrier_definition_and_errors():
         loss_along_path(ring, A, B, num_points=1)
     with pytest.raises(ValueError, match="steps must be a positive int"):
         fit_bezier(ring, A, B, jax.random.key(0), steps=0)
+
+
+def test_forgetting_paths_against_a_point_by_point_loop():
+    from cljax.analysis import forgetting_paths
+    from cljax.nn import MLP, as_model
+
+    model = as_model(MLP((6,), 3))
+    keys = jax.random.split(jax.random.key(0), 6)
+    x = jax.random.normal(keys[0], (3, 9, 4))
+    y = jax.random.randint(keys[1], (3, 9), 0, 3)
+    data = {"x": x, "y": y, "task": jnp.zeros((3, 9), jnp.int32)}
+    thetas = [model.init(k, {"x": x[0]}) for k in keys[2:5]]
+    stacked = jax.tree.map(lambda *p: jnp.stack(p), *thetas)
+    counts = [9, 7, 5]
+    out = forgetting_paths(model.logits_fn, stacked, data, counts=counts, num_points=5,
+                           chunk_size=4)
+    assert out["loss"].shape == (2, 5) and out["barrier"].shape == (2,)
+    for i in range(2):
+        for j, t in enumerate(out["t"]):
+            params = jax.tree.map(lambda a, b, t=t: (1 - t) * a + t * b, thetas[i], thetas[2])
+            z = np.asarray(model.logits_fn(params, {"x": x[i, :counts[i]]}), np.float64)
+            logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+            ce = -logp[np.arange(counts[i]), np.asarray(y[i, :counts[i]])].mean()
+            assert out["loss"][i, j] == pytest.approx(ce, rel=1e-5)
+        assert out["barrier"][i] == pytest.approx(loss_barrier(out["t"], out["loss"][i]))
+    np.testing.assert_allclose(out["forgetting"], out["loss"][:, -1] - out["loss"][:, 0])
+    one = jax.tree.map(lambda p: p[:1], stacked)
+    with pytest.raises(ValueError, match="at least two tasks"):
+        forgetting_paths(model.logits_fn, one, {k: v[:1] for k, v in data.items()})

@@ -78,7 +78,9 @@ def _analysis(tasks: int = 3) -> dict:
                               "frac_measured_le_bound": 1.0, "num_pairs": len(pairs),
                               "median_ratio_measured_to_bound": 0.1,
                               "median_ratio_measured_to_quadratic": float("nan"),
-                              "spearman_lambda_max_forgetting": 0.5}}}]}
+                              "spearman_lambda_max_forgetting": 0.5}},
+        "connectivity": {"t": [0.0, 0.5, 1.0], "loss": [[0.1, 0.9, 0.4], [0.2, 0.3, 0.5]],
+                         "barrier": [0.65, 0.0], "forgetting": [0.3, 0.3]}}]}
 
 
 def test_results_json_is_strict_and_null_for_non_finite(tmp_path):
@@ -98,6 +100,9 @@ def test_results_json_is_strict_and_null_for_non_finite(tmp_path):
     assert _strict_loads((tmp_path / "again" / "results.json").read_text()) == loaded
     assert (tmp_path / "bound.png").stat().st_size > 0
     assert (tmp_path / "flatness.png").stat().st_size > 0
+    assert (tmp_path / "connectivity.png").stat().st_size > 0
+    md = report.markdown_report(results)
+    assert "| T1 | 0.1 | 0.9 | 0.4 | 0.65 |" in md and "| T2 | 0.2 | 0.5 | 0.5 | 0 |" in md
 
 
 def test_repeated_writes_replace_whole_files_and_leave_no_temp_files(tmp_path):

@@ -12,13 +12,25 @@ from cljax.analysis.bound import (
     summarize,
     to_json,
 )
-from cljax.analysis.connectivity import fit_bezier, loss_along_path, loss_barrier, path_point
+from cljax.analysis.connectivity import (
+    fit_bezier,
+    forgetting_paths,
+    loss_along_path,
+    loss_barrier,
+    path_point,
+)
 from cljax.analysis.flatness import FlatnessResult, flatness, stack_task_data
 
 
 def plot_bound(*args: Any, **kwargs: Any) -> str:
     """See :func:`cljax.analysis.plots.plot_bound`."""
     from cljax.analysis.plots import plot_bound as f
+    return f(*args, **kwargs)
+
+
+def plot_paths(*args: Any, **kwargs: Any) -> str:
+    """See :func:`cljax.analysis.plots.plot_paths`."""
+    from cljax.analysis.plots import plot_paths as f
     return f(*args, **kwargs)
 
 
@@ -29,5 +41,5 @@ def plot_flatness(*args: Any, **kwargs: Any) -> str:
 
 
 __all__ = ["flatness", "FlatnessResult", "forgetting_bound", "ForgettingBound", "summarize",
-           "pearson", "spearman", "to_json", "stack_task_data", "plot_bound", "plot_flatness",
-           "path_point", "loss_along_path", "loss_barrier", "fit_bezier"]
+           "pearson", "spearman", "to_json", "stack_task_data", "plot_bound", "plot_flatness", "plot_paths",
+           "path_point", "loss_along_path", "loss_barrier", "fit_bezier", "forgetting_paths"]

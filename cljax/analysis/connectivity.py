@@ -14,6 +14,10 @@ joined by a *linear* path of low loss, and measure it by the loss barrier along 
   rises above the straight line between its endpoints' losses (0 for a convex loss).
 - :func:`fit_bezier` — the control point minimising E_{t ~ U(0, 1)} ℓ(θ(t)) (Garipov et al.'s
   objective), trained with any optax optimizer in one ``lax.scan``, one t drawn per step.
+- :func:`forgetting_paths` — for a continual run's θ*_1 … θ*_T, task i's loss along the linear
+  path from θ*_i to the final θ*_T and its barrier: whether forgetting happened by climbing a
+  barrier or along a slope (MC-SGD's connectivity of continual solutions), beside the forgetting
+  bound's quadratic estimate of the same endpoints (:func:`cljax.analysis.forgetting_bound`).
 """
 from __future__ import annotations
 
@@ -25,7 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cljax.types import Array, Params, PRNGKey
+from cljax.analysis.flatness import TaskData, task_slice, validate_task_inputs
+from cljax.curvature.hvp import softmax_cross_entropy, weighted_task_sum
+from cljax.types import Array, LogitsFn, Params, PRNGKey
 
 
 def _check_trees(theta_a: Params, theta_b: Params, control: Params | None) -> None:
@@ -126,4 +132,46 @@ def fit_bezier(loss_fn: Callable[[Params], Array], theta_a: Params, theta_b: Par
     return control, np.asarray(values)
 
 
-__all__ = ["path_point", "loss_along_path", "loss_barrier", "fit_bezier"]
+def forgetting_paths(logits_fn: LogitsFn, params_per_task: Params, task_data: TaskData, *,
+                     counts: Any = None, num_points: int = 11,
+                     chunk_size: int | None = 1000) -> dict[str, Any]:
+    """For every task i < T of a continual run (``params_per_task``: θ*_1 … θ*_T stacked on a
+    leading task axis; ``task_data`` and ``counts`` as :func:`cljax.analysis.flatness`'s), task
+    i's mean cross-entropy at ``num_points`` evenly spaced points of the linear path from θ*_i
+    (t = 0) to θ*_T (t = 1), in chunks of ``chunk_size`` examples.
+
+    Returns ``{"t": [P], "loss": [T − 1, P], "barrier": [T − 1], "forgetting": [T − 1]}``:
+    ``barrier`` by :func:`loss_barrier`, ``forgetting`` the loss increase ℓ_i(θ*_T) − ℓ_i(θ*_i)
+    (the two ends)."""
+    if not isinstance(num_points, int) or isinstance(num_points, bool) or num_points < 2:
+        raise ValueError(f"num_points must be an int >= 2; got {num_points!r}")
+    num_tasks, stacked, w = validate_task_inputs(logits_fn, params_per_task, task_data, None,
+                                                 counts, chunk_size, None)
+    if num_tasks < 2:
+        raise ValueError("forgetting_paths needs at least two tasks' parameters")
+    ts = jnp.linspace(0.0, 1.0, num_points)
+    final = task_slice(params_per_task, num_tasks - 1)
+
+    @jax.jit
+    def path_losses(start, batch, weights):
+        def at(t):
+            params = path_point(start, final, t)
+
+            def body(chunk, wc):
+                return jnp.sum(wc * softmax_cross_entropy(logits_fn(params, chunk), chunk))
+
+            total, wsum = weighted_task_sum(body, params, batch, weights, chunk_size, None)
+            return total / wsum
+
+        return jax.lax.map(at, ts)
+
+    losses = np.stack([np.asarray(path_losses(task_slice(params_per_task, i),
+                                              task_slice(stacked, i), w[i]))
+                       for i in range(num_tasks - 1)])
+    t = np.asarray(ts)
+    return {"t": t, "loss": losses,
+            "barrier": np.array([loss_barrier(t, row) for row in losses]),
+            "forgetting": losses[:, -1] - losses[:, 0]}
+
+
+__all__ = ["path_point", "loss_along_path", "loss_barrier", "fit_bezier", "forgetting_paths"]

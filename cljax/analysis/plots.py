@@ -227,4 +227,29 @@ def plot_flatness(runs: Mapping[str, Any], path: str | os.PathLike = "flatness.p
     return str(path)
 
 
-__all__ = ["bound_figure", "plot_bound", "plot_flatness", "symlog_ticks"]
+def plot_paths(paths: Mapping[str, Any], path: str | os.PathLike = "connectivity.png", *,
+               title: str | None = None) -> str:
+    """Each task's loss along the linear path from θ*_t (t = 0) to θ*_T (t = 1), one line per
+    task, the barrier in the legend (:func:`cljax.analysis.forgetting_paths`'s result or its
+    ``to_json`` dict). Returns the path written."""
+    t = np.asarray(paths["t"], float)
+    loss = np.asarray([[np.nan if v is None else v for v in row] for row in paths["loss"]],
+                      float)
+    if loss.ndim != 2 or loss.shape[1] != t.size:
+        raise ValueError(f"paths['loss'] must be [T - 1, {t.size}]; got {loss.shape}")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.0))
+    for i, row in enumerate(loss):
+        barrier = paths["barrier"][i]
+        ax.plot(t, row, marker=".", label=f"T{i + 1}" + ("" if barrier is None else
+                                                           f" (barrier {barrier:.3g})"))
+    ax.set_xlabel("path from θ*_t (0) to θ*_T (1)")
+    ax.set_ylabel("task t's mean test loss")
+    ax.set_title(title or "forgetting along the path to the final parameters", fontsize=10)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    _save(fig, path)
+    return str(path)
+
+
+__all__ = ["bound_figure", "plot_bound", "plot_flatness", "plot_paths", "symlog_ticks"]
