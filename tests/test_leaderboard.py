@@ -103,6 +103,21 @@ def test_a_diverged_run_is_dropped_from_the_mean_and_counted():
         leaderboard(p, _runs(p), {"ewc_task": results}, seeds=3))
 
 
+def test_a_validation_point_with_diverged_seeds_says_so():
+    p = Protocol(name="toy", title="T", config="split_mnist", citation="c",
+                 metric_definition="ACC", scenarios=("task",),
+                 entries=(Entry("ewc", "ewc", selection="validation",
+                                grid={"strength": (1.0, 100.0)}),))
+    select = {"scenarios": {"task": {"best_hparams": {"strength": 1.0}, "sweep": [
+        {"hparams": {"strength": 1.0}, "metrics": {"acc": {"mean": 0.9}}, "diverged": []},
+        {"hparams": {"strength": 100.0}, "metrics": {"acc": {"mean": 0.8}},
+         "diverged": [{"seed": 1, "task": 2, "step": 3}]}]}}}
+    runs = entry_runs(p, p.entry("ewc"), seeds=2, chosen={"task": {"strength": 1.0}})
+    board = leaderboard(p, runs, {}, seeds=2, selections={"ewc": ("ewc_select", select)})
+    assert "strength 1 (validation: 1: 90.00, 100: 80.00 (1 diverged))" in \
+        leaderboard_markdown(board)
+
+
 def test_plot_writes_a_png(tmp_path):
     p = _protocol()
     board = leaderboard(p, _runs(p), {"ewc_task": _results({"task": [0.94, 0.95, 0.96]})},

@@ -198,7 +198,8 @@ def _hparams_cell(row: Mapping) -> str:
     if v and v["points"]:
         scores = ", ".join(
             ("/".join(f"{x:g}" for k, x in p["hparams"].items() if k in v["grid"]) + ": "
-             + ("diverged" if p["validation"] is None else f"{p['validation']:.2f}"))
+             + ("diverged" if p["validation"] is None else f"{p['validation']:.2f}"
+                + (f" ({p['diverged']} diverged)" if p["diverged"] else "")))
             for p in v["points"])
         return f"{hp} (validation: {scores})"
     return f"{hp or '–'} ({row['selection'].replace('_', ' ')})"
