@@ -16,6 +16,7 @@ cd "$tmp"
 "$tmp/venv/bin/cljax" --version
 "$tmp/venv/bin/cljax" configs > configs.txt
 "$tmp/venv/bin/cljax" methods > methods.txt
+"$tmp/venv/bin/cljax" bench --list > protocols.txt
 "$tmp/venv/bin/cljax" run split_mnist --method ewc --steps 3 --seeds 2 --scenarios task,class \
     --workdir "$tmp/run" --no-progress > run.log
 "$tmp/venv/bin/python" - "$tmp" <<'PY'
@@ -27,6 +28,7 @@ assert "site-packages" in str(package), package            # the wheel, not the 
 assert (package / "py.typed").is_file() and (package / "configs" / "split_mnist.py").is_file()
 assert "split_cifar100" in (tmp / "configs.txt").read_text()
 assert "dgr_distill" in (tmp / "methods.txt").read_text()
+assert "hsu2018_split_mnist" in (tmp / "protocols.txt").read_text()   # cljax.bench is shipped
 results = json.loads((tmp / "run" / "results.json").read_text())
 assert set(results["scenarios"]) == {"task", "class"}, results["scenarios"].keys()
 print(f"wheel check: cljax {cljax.__version__} from {package} ran split_mnist "
