@@ -39,7 +39,6 @@ def _grid(name: str, values: tuple[float, ...]) -> dict[str, Any]:
     return {"selection": "validation", "grid": {name: values}}
 
 
-
 def _row(source: str, runs: int | None, values: tuple[float | None, ...],
          pm: tuple[float | None, ...] | None = None, spread: str = "unstated",
          scenarios: tuple[str, ...] = SCENARIOS3) -> dict[str, Published]:
