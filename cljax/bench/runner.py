@@ -178,6 +178,61 @@ def _validated(run: EntryRun, protocol: Protocol) -> dict:
         raise ValueError(f"protocol {protocol.name!r}, run {run.name!r}: {e}") from e
 
 
+class _BenchState:
+    """What a benchmark directory holds while :func:`run_bench` works in it: the finished runs'
+    results (read from disk, then added as runs finish), their provenance, the runs an entry's
+    finished selection makes possible, the leaderboard and what is left to do."""
+
+    def __init__(self, protocol: Protocol, bench: pathlib.Path, keys: Sequence[str],
+                 selection: Mapping[str, EntryRun], seeds: int,
+                 overrides: Mapping[str, Any] | None, deviations: Sequence[str]) -> None:
+        self.protocol, self.bench, self.keys, self.selection = protocol, bench, keys, selection
+        self.seeds, self.overrides, self.deviations = seeds, overrides, deviations
+        self.prov_path = bench / PROVENANCE_FILE
+        self.provenance = (json.loads(self.prov_path.read_text())
+                           if self.prov_path.is_file() else {})
+        self.finished = read_finished(bench, list(selection.values()))
+        self.commit = source_commit()
+
+    def runs(self) -> tuple[list[EntryRun], dict]:
+        """Every run known now and the finished selections (``{key: results}``)."""
+        chosen = {k: self.finished[r.name] for k, r in self.selection.items()
+                  if is_complete(r, self.finished.get(r.name))}
+        runs = bench_runs(self.protocol, seeds=self.seeds, overrides=self.overrides,
+                          selections=chosen)
+        self.finished.update({k: v for k, v in read_finished(self.bench, runs).items()
+                              if k not in self.finished})
+        return runs, chosen
+
+    def board(self) -> dict:
+        runs, chosen = self.runs()
+        shown = [r for r in runs if r.entry in self.keys or r.name in self.finished]
+        return leaderboard(self.protocol, shown, self.finished, provenance=self.provenance,
+                           seeds=self.seeds, deviations=self.deviations,
+                           selections={k: (self.selection[k].name, v) for k, v in chosen.items()})
+
+    def todo(self) -> list[EntryRun]:
+        """The selected runs not finished: selections first, then runs with a config."""
+        runs, _ = self.runs()
+        pending = [self.selection[k] for k in self.keys if k in self.selection
+                   and not is_complete(self.selection[k],
+                                       self.finished.get(self.selection[k].name))]
+        return pending + [r for r in runs if r.entry in self.keys and r.config is not None
+                          and not is_complete(r, self.finished.get(r.name))]
+
+    def record(self, name: str, results: dict) -> None:
+        """A run finished: its results, its provenance (written), the leaderboard (written)."""
+        from cljax import __version__
+        from cljax.workdir import write_json_atomic, write_recording
+
+        self.finished[name] = results
+        self.provenance[name] = {
+            "commit": self.commit, "cljax_version": __version__,
+            "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+        write_recording(self.bench, lambda: write_json_atomic(self.prov_path, self.provenance))
+        _write_leaderboard(self.bench, self.board())
+
+
 def run_bench(protocol: Protocol | str, workdir: str | pathlib.Path, *,
               methods: str | Sequence[str] | None = None, seeds: int | None = None,
               overrides: Mapping[str, Any] | None = None, deviations: Sequence[str] = (),
@@ -202,7 +257,7 @@ def run_bench(protocol: Protocol | str, workdir: str | pathlib.Path, *,
     selected run's config is validated before anything runs (a selected entry's final runs
     once its selection has chosen)."""
     from cljax import __version__
-    from cljax.workdir import prepare_workdir, write_json_atomic, write_recording, write_text_atomic
+    from cljax.workdir import prepare_workdir, write_text_atomic
 
     protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
     if not isinstance(protocol, Protocol):
@@ -221,34 +276,8 @@ def run_bench(protocol: Protocol | str, workdir: str | pathlib.Path, *,
     prepared = prepare_workdir(workdir, identity, resume=resume or not run, identity=identity)
     bench = prepared["path"]
     try:
-        prov_path = bench / PROVENANCE_FILE
-        provenance = json.loads(prov_path.read_text()) if prov_path.is_file() else {}
-        finished = read_finished(bench, list(selection.values()))
-        commit = source_commit()
-
-        def state() -> tuple[list[EntryRun], dict]:
-            chosen = {k: finished[r.name] for k, r in selection.items()
-                      if is_complete(r, finished.get(r.name))}
-            runs = bench_runs(protocol, seeds=seeds, overrides=overrides, selections=chosen)
-            finished.update({k: v for k, v in read_finished(bench, runs).items()
-                             if k not in finished})
-            return runs, chosen
-
-        def board() -> dict:
-            runs, chosen = state()
-            shown = [r for r in runs if r.entry in keys or r.name in finished]
-            return leaderboard(protocol, shown, finished, provenance=provenance, seeds=seeds,
-                               deviations=deviations,
-                               selections={k: (selection[k].name, v) for k, v in chosen.items()})
-
-        def todo() -> list[EntryRun]:
-            runs, _ = state()
-            pending = [selection[k] for k in keys if k in selection
-                       and not is_complete(selection[k], finished.get(selection[k].name))]
-            return pending + [r for r in runs if r.entry in keys and r.config is not None
-                              and not is_complete(r, finished.get(r.name))]
-
-        remaining = todo()
+        state = _BenchState(protocol, bench, keys, selection, seeds, overrides, deviations)
+        remaining = state.todo()
         log(f"bench {protocol.name}: {len(remaining)} run(s) to do"
             + (f": {', '.join(r.name for r in remaining)}" if remaining else ""))
         done = 0
@@ -259,17 +288,11 @@ def run_bench(protocol: Protocol | str, workdir: str | pathlib.Path, *,
             log(f"bench {protocol.name}: run {done} ({len(remaining) - 1} more after it): "
                 f"{r.name} ({cfg['method']}, {', '.join(r.scenarios)}; {cfg['seeds']} seed(s)"
                 + (", on the validation split)" if r.name.endswith("_select") else ")"))
-            finished[r.name] = _run_one(r, bench, resume=resume, log=log,
-                                        progress_factory=progress_factory,
-                                        checkpoint_every=checkpoint_every, devices=devices)
-            provenance[r.name] = {
-                "commit": commit, "cljax_version": __version__,
-                "finished_at": datetime.datetime.now(datetime.UTC).isoformat(
-                    timespec="seconds")}
-            write_recording(bench, lambda: write_json_atomic(prov_path, provenance))
-            _write_leaderboard(bench, board())
-            remaining = todo()
-        result = board()
+            state.record(r.name, _run_one(r, bench, resume=resume, log=log,
+                                          progress_factory=progress_factory,
+                                          checkpoint_every=checkpoint_every, devices=devices))
+            remaining = state.todo()
+        result = state.board()
         _write_leaderboard(bench, result)
     finally:
         prepared["lock"].release()
