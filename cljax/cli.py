@@ -45,12 +45,15 @@ from typing import NamedTuple
 
 from cljax.config import (
     apply_assignment,
+    apply_override,
     config_file,
     config_names,
     config_summary,
     load_config,
     parse_sweep,
+    parse_value,
 )
+from cljax.regimes import regime_settings
 
 EXIT_USAGE = 2
 EXIT_ALL_DIVERGED = 3
@@ -120,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=_positive_int, dest="batch_size")
     run.add_argument("--scenarios", help="comma-separated subset of task,domain,class")
     run.add_argument("--data-dir", dest="data_dir", help="tfds data dir (default: $TFDS_DATA_DIR)")
+    run.add_argument("--regime", metavar="NAME",
+                     help="train under a named regime (applied first, so the other options "
+                          "win): stable_sgd (Mirzadeh et al. 2020: lr decayed per task, batch "
+                          "10, dropout 0.5) or naive_sgd; cljax.regimes documents them")
+    run.add_argument("--regime-option", action="append", default=[], dest="regime_option",
+                     metavar="KEY=VALUE", help="an option of --regime, e.g. decay=0.5 "
+                                               "(repeatable)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override any config entry, dotted for nested keys (repeatable)")
     run.add_argument("--sweep", action="append", default=[], metavar="NAME=V1,V2,...",
@@ -278,6 +288,20 @@ def _set(cfg: dict, assignment: str) -> None:
 def _overrides(args: argparse.Namespace) -> list[Override]:
     """Every option that changes the config, in the order applied, each with its label."""
     out: list[Override] = []
+    regime, options = getattr(args, "regime", None), getattr(args, "regime_option", [])
+    if options and regime is None:
+        raise UsageError(f"--regime-option {options[0]}: give the regime with --regime NAME")
+    if regime is not None:
+        label = " ".join([f"--regime {regime}"] + [f"--regime-option {o}" for o in options])
+        for o in options:
+            if "=" not in o:
+                raise UsageError(f"--regime-option {o}: expected KEY=VALUE, e.g. decay=0.5")
+        values = {k.strip(): parse_value(v) for k, v in (o.split("=", 1) for o in options)}
+
+        def apply_named(cfg, regime=regime, values=values):
+            for dotted, value in regime_settings(regime, **values).items():
+                apply_override(cfg, dotted, value)
+        out.append(Override(label, apply_named))
     for key, option in _DIRECT_OPTIONS:
         value = getattr(args, key)
         if value is None:

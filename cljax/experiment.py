@@ -22,9 +22,11 @@ tasks' classes masked, :func:`cljax.data.make_scenario`), ``evaluate_on`` (``"te
 the training split and never read the test split — how a sweep chooses hyperparameters,
 :func:`cljax.data.carve_validation`), ``analysis`` (None or ``"flatness"``:
 keep θ*_t and report λ_max per task and the forgetting bound, see :mod:`cljax.analysis`),
-``analysis_options``, and ``regimes`` (``{name: {dotted.key: value}}``: run the experiment once
-per regime, e.g. Mirzadeh et al.'s "naive" and "stable" training regimes, and report them side
-by side).
+``analysis_options``, ``regime`` (the record of the named training regime the config was put
+under, ``{"name": "stable_sgd", **options}``, :mod:`cljax.regimes`; absent: none) and
+``regimes`` (``{name: {dotted.key: value}}`` or ``{name: "stable_sgd"}``, a named regime: run
+the experiment once per regime, e.g. Mirzadeh et al.'s "naive" and "stable" training regimes,
+and report them side by side).
 
 Scale-out keys, optional (absent: the defaults, and the config is unchanged): ``data_placement``
 (``"auto"`` | ``"device"`` | ``"host"``: the whole stream on the device, or kept on the host and
@@ -82,6 +84,7 @@ from cljax.methods import Method, get_method
 from cljax.methods.base import ConfigPlan, check_hparam, check_scenario
 from cljax.nn import CNN, MLP, AlexNet, ResNet18, as_model
 from cljax.nn.model import Model
+from cljax.regimes import check_regime_record, regime_overrides
 from cljax.training import (
     SAMPLINGS,
     StreamData,
@@ -93,6 +96,7 @@ from cljax.training import (
     run_stream,
 )
 from cljax.training.loop import call_length
+from cljax.transforms import scale_by_task_decay
 from cljax.types import Params
 from cljax.workdir import IGNORED_ON_RESUME, describe_mismatch, to_strict_json, write_text_atomic
 
@@ -146,6 +150,12 @@ def validate_config(config: dict) -> dict:
     if cfg.get("task_heads", "separate") not in TASK_HEADS:
         raise ValueError(f"config['task_heads'] must be one of {TASK_HEADS}; got "
                          f"{cfg['task_heads']!r}")
+    if cfg.get("regime") is not None:
+        check_regime_record(cfg["regime"])
+    if not isinstance(cfg["regimes"], dict):
+        raise ValueError(f"config['regimes'] must be a dict {{name: regime}}; got "
+                         f"{cfg['regimes']!r}")
+    cfg["regimes"] = {name: regime_overrides(value) for name, value in cfg["regimes"].items()}
     if cfg["analysis"] not in (None, "flatness"):
         raise ValueError(f"config['analysis'] must be None or 'flatness'; got {cfg['analysis']!r}")
     if isinstance(cfg["scenarios"], str):
@@ -192,7 +202,7 @@ def validate_config(config: dict) -> dict:
     _check_stream(cfg)
     scale_options(cfg)                                        # raises on bad scale-out keys
     make_model(cfg["model"], num_outputs=2, num_heads=1)      # raises on bad models
-    make_optimizer(cfg["optimizer"], steps_per_task=cfg["steps"])
+    make_optimizer(cfg["optimizer"])
     if cfg["features"] is not None:
         _features_config(cfg["features"])
     for scenario in cfg["scenarios"]:
@@ -306,7 +316,7 @@ def config_plan(cfg: dict, scenario: str) -> ConfigPlan:
 SCALE_KEYS = ("data_placement", "device_memory_cap", "batch_devices")
 """The optional scale-out keys: absent, the defaults apply and the config is unchanged."""
 
-UNFILLED_KEYS = (*SCALE_KEYS, "task_heads", "sampling")
+UNFILLED_KEYS = (*SCALE_KEYS, "task_heads", "sampling", "regime")
 """Optional keys :func:`validate_config` does not fill in: absent, their default applies and the
 config is unchanged — so its run identity (:func:`run_identity`) is that of runs made before
 the key existed, and they stay resumable."""
@@ -376,17 +386,19 @@ def make_model(spec: dict, *, num_outputs: int, num_heads: int) -> Model:
     return as_model(module)
 
 
-def make_optimizer(spec: dict, *, steps_per_task: int) -> optax.GradientTransformation:
+def make_optimizer(spec: dict) -> optax.GradientTransformation:
     """An optax optimizer from ``{'name': <optax alias>, 'learning_rate': lr, ...kwargs}``.
 
     ``name`` is any optax optimizer alias (``adam``, ``sgd``, ``adamw``, ``rmsprop``, …).
     ``task_decay: γ`` (with optional ``min_learning_rate``) decays the learning rate per task,
-    lr·γ^t floored at the minimum (Mirzadeh et al. 2020): a schedule of the optimizer's step
-    count, so nothing recompiles between tasks. Other keys go to the optax constructor.
+    lr·γ^t for task t (0-based) floored at the minimum (Mirzadeh et al. 2020): the base
+    optimizer chained with :func:`cljax.transforms.scale_by_task_decay`, which reads the task
+    the trainer hands every update, so nothing recompiles between tasks and a
+    ``reset_optimizer`` keeps the decay. Other keys go to the optax constructor.
     """
     if not isinstance(spec, dict):
         raise ValueError(f"config['optimizer'] must be a dict; got {spec!r}")
-    spec = dict(spec)
+    spec_in, spec = spec, dict(spec)
     name = spec.pop("name", None)
     factory = getattr(optax, name, None) if isinstance(name, str) else None
     if not callable(factory) or name.startswith("_") or isinstance(factory, type):
@@ -397,16 +409,21 @@ def make_optimizer(spec: dict, *, steps_per_task: int) -> optax.GradientTransfor
     decay = spec.pop("task_decay", None)
     floor = spec.pop("min_learning_rate", 0.0)
     if decay is not None:
-        if not isinstance(decay, (int, float)) or not 0 < decay <= 1:
+        if not isinstance(decay, (int, float)) or isinstance(decay, bool) or not 0 < decay <= 1:
             raise ValueError(f"optimizer task_decay must be in (0, 1]; got {decay!r}")
-        lr = optax.exponential_decay(lr, transition_steps=steps_per_task, decay_rate=decay,
-                                     staircase=True, end_value=floor)
+        if not isinstance(floor, (int, float)) or isinstance(floor, bool) or floor < 0:
+            raise ValueError(f"optimizer min_learning_rate must be a number >= 0; got {floor!r}")
+    elif "min_learning_rate" in dict(spec_in):
+        raise ValueError("optimizer min_learning_rate is the floor of task_decay; set "
+                         "task_decay too, or drop it")
     try:
         tx = factory(lr, **spec)
     except TypeError as e:
         raise ValueError(f"config['optimizer']: bad arguments for optax.{name}: {e}") from e
     if not isinstance(tx, optax.GradientTransformation):
         raise ValueError(f"optax.{name} is not an optimizer (it returned {type(tx).__name__})")
+    if decay is not None:
+        tx = optax.chain(tx, scale_by_task_decay(decay, min_scale=floor / lr))
     return tx
 
 
@@ -581,7 +598,7 @@ def _scenario_trainer(cfg: dict, stream: TaskStream, name: str
     model = make_model(cfg["model"], num_outputs=scenario.num_outputs,
                        num_heads=scenario.num_heads)
     trainer = make_trainer(model, method, optimizer=make_optimizer(
-        cfg["optimizer"], steps_per_task=cfg["steps"]), batch_size=cfg["batch_size"],
+        cfg["optimizer"]), batch_size=cfg["batch_size"],
         eval_chunk=cfg["eval_chunk"], reset_optimizer=cfg["reset_optimizer"],
         sampling=cfg.get("sampling", "iid"))
     return scenario, method, trainer

@@ -94,6 +94,12 @@ def _diverged(gone: list, seeds: int) -> str:
     return f"{len(gone)}/{seeds} ({where})"
 
 
+def _regime_label(record: dict) -> str:
+    """``stable_sgd (decay=0.5)`` for the record ``{"name": "stable_sgd", "decay": 0.5}``."""
+    options = ", ".join(f"{k}={v}" for k, v in record.items() if k != "name")
+    return f"`{record['name']}`" + (f" ({options})" if options else "")
+
+
 def markdown_report(results: dict) -> str:
     """Tables of every metric (mean ± SEM over seeds, in %) and the mean accuracy matrices
     (one section per regime when the config has regimes)."""
@@ -106,7 +112,9 @@ def markdown_report(results: dict) -> str:
     cfg = results["config"]
     lines = [f"# {results['stream']['name']} — method `{cfg['method']}`", "",
              f"{cfg['seeds']} seed(s), {cfg['steps']} steps/task, batch {cfg['batch_size']}, "
-             f"model {cfg['model']}, optimizer {cfg['optimizer']}, hparams {cfg['hparams']}.", "",
+             f"model {cfg['model']}, optimizer {cfg['optimizer']}, hparams {cfg['hparams']}"
+             + (f", under the training regime {_regime_label(cfg['regime'])}"
+                if cfg.get("regime") else "") + ".", "",
              "Accuracy metrics in % (mean ± SEM over seeds)" + (
                  f", on a validation split ({cfg['validation_fraction']:g} of every class carved "
                  "from the training split; the test split was not read)"

@@ -423,3 +423,23 @@ def test_a_config_name_that_is_not_shipped_is_refused_naming_the_names(capsys):
     err = capsys.readouterr().err
     assert err.startswith("cljax: error: config 'split_mnits' is neither a file nor")
     assert "split_mnist" in err and "\n" not in err.strip()
+
+
+def test_a_named_regime_comes_first_and_the_other_options_win(tmp_path, fake_run):
+    assert cli.main(["run", CONFIG, "--regime", "stable_sgd", "--regime-option", "decay=0.5",
+                     "--batch-size", "16", "--workdir", str(tmp_path / "w")]) == 0
+    cfg = fake_run.calls[0]["config"]
+    assert cfg["regime"] == {"name": "stable_sgd", "decay": 0.5}
+    assert cfg["optimizer"]["task_decay"] == 0.5 and cfg["model"]["dropout"] == 0.5
+    assert cfg["batch_size"] == 16                    # --batch-size after the regime
+
+
+def test_bad_regime_options_fail_with_their_label(tmp_path, capsys, fake_run):
+    assert "--regime fast: unknown regime 'fast'" in _one_line_error(
+        capsys, ["run", CONFIG, "--regime", "fast", "--workdir", str(tmp_path / "w")])
+    assert "give the regime with --regime NAME" in _one_line_error(
+        capsys, ["run", CONFIG, "--regime-option", "decay=0.5", "--workdir", str(tmp_path / "w")])
+    assert "expected KEY=VALUE" in _one_line_error(
+        capsys, ["run", CONFIG, "--regime", "stable_sgd", "--regime-option", "decay",
+                 "--workdir", str(tmp_path / "w")])
+    assert fake_run.calls == []

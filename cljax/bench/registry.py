@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cljax.bench.protocol import Entry, Protocol, Published
+from cljax.regimes import regime_settings
 
 VDV2019 = ("van de Ven & Tolias 2019, \"Three scenarios for continual learning\" "
            "(arXiv 1904.07734 v1)")
@@ -23,6 +24,9 @@ VDV2022 = ("van de Ven, Tuytelaars & Tolias 2022, \"Three types of incremental l
            "Nature Machine Intelligence 4:1185")
 RGO2022 = ("Liu & Liu 2022, \"Continual Learning with Recursive Gradient Optimization\" "
            "(ICLR 2022)")
+MIRZADEH2021 = ("Mirzadeh, Farajtabar, Gorur, Pascanu & Ghasemzadeh 2021, \"Linear Mode "
+                "Connectivity in Multitask and Continual Learning\" (ICLR 2021); stable SGD: "
+                "Mirzadeh, Farajtabar, Pascanu & Ghasemzadeh 2020 (NeurIPS 2020)")
 ACC_ALL_TASKS = ("average test accuracy over all tasks after training on the last one "
                  "(ACC), in %, mean ± SEM over seeds")
 
@@ -337,9 +341,37 @@ _RGO2022_CIFAR = Protocol(
            "15–99 (3 held out for cross-validation) on a full-width ResNet-18; whether RGO "
            "trained 17 or 20 is not stated in what could be read"))
 
+# ---- Mirzadeh et al. 2020 (stable SGD) and 2021 (MC-SGD) ----------------------------------------
+
+def _mirzadeh_mnist(name: str, config: str, title: str, decay: float) -> Protocol:
+    """One of the two 20-task MNIST benchmarks of stable SGD and MC-SGD (their code's
+    settings; the config's docstring)."""
+    return Protocol(
+        name=name, title=title, config=config, citation=MIRZADEH2021, scenarios=("domain",),
+        metric_definition=("average test accuracy over the 20 tasks after the last one, in %; "
+                           "the papers: mean ± standard deviation over their runs"),
+        entries=(
+            Entry("naive_sgd", "none", overrides=regime_settings("naive_sgd"),
+                  note="their naive SGD: lr 0.01, momentum 0.8, batch 10"),
+            Entry("stable_sgd", "none", overrides=regime_settings("stable_sgd", decay=decay),
+                  note=f"their stable SGD: lr 0.1 decayed by {decay} per task, dropout 0.5, "
+                       "batch 10"),
+        ),
+        notes=("one shuffled pass over MNIST's 60,000 training images per task (their loader "
+               "keeps MNIST's stored order)",))
+
+
+_MIRZADEH_PERMUTED = _mirzadeh_mnist(
+    "mirzadeh_permuted_mnist", "permuted_mnist_mirzadeh",
+    "Permuted MNIST (20 tasks), stable SGD / MC-SGD (Mirzadeh et al.)", 0.8)
+_MIRZADEH_ROTATED = _mirzadeh_mnist(
+    "mirzadeh_rotated_mnist", "rotated_mnist_mirzadeh",
+    "Rotated MNIST (20 tasks), stable SGD / MC-SGD (Mirzadeh et al.)", 0.5)
+
 PROTOCOLS: Mapping[str, Protocol] = {p.name: p for p in (
     _VDV2019_SPLIT, _VDV2019_PERMUTED, _HSU2018_SPLIT, _GPM2021_PERMUTED, _GPM2021_CIFAR,
-    _AGEM2019_PERMUTED, _VDV2022_CIFAR, _RGO2022_PERMUTED, _RGO2022_ROTATED, _RGO2022_CIFAR)}
+    _AGEM2019_PERMUTED, _VDV2022_CIFAR, _RGO2022_PERMUTED, _RGO2022_ROTATED, _RGO2022_CIFAR,
+    _MIRZADEH_PERMUTED, _MIRZADEH_ROTATED)}
 """Every registered protocol by name."""
 
 

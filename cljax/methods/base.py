@@ -9,7 +9,8 @@ training step, with the hooks in the order the trainer calls them::
     (loss, aux), grads = value_and_grad(loss)(params, batch, mstate, LossContext)
     extra  = optimizer_args(params, batch, mstate, LossContext)      # e.g. a memory gradient
     tx     = make_optimizer(hparams, base)                # rebuilt every step from hparams
-    updates, opt_state = tx.update(grads, opt_state, params, **extra)
+    updates, opt_state = tx.update(grads, opt_state, params, task=task, **extra)  # task: int,
+                                                          # for per-task schedules (stable SGD)
     params = params + updates
     params, opt_state, mstate = after_step(StepInfo)      # reservoir insertion, path integrals,
                                                           # masks or projections of the weights

@@ -206,8 +206,12 @@ class Trainer(NamedTuple):
         else:
             (loss, aux), grads = method.value_and_grad(loss_fn, state.params, state.mstate, lctx)
         extra = method.optimizer_args(state.params, batch, state.mstate, lctx._replace(key=k_opt))
+        if "task" in extra:
+            raise ValueError(f"method {method.name!r}: optimizer_args returned the key 'task', "
+                             f"which the trainer hands every update (the current task); "
+                             f"name the method's argument otherwise")
         updates, opt_state = self.tx(state.hparams).update(grads, state.opt_state, state.params,
-                                                           **extra)
+                                                           task=task, **extra)
         params = optax.apply_updates(state.params, updates)
         params, opt_state, mstate = method.after_step(StepInfo(
             rows, batch, aux, grads, updates, params, task, k_after, state.hparams, spec,

@@ -8,6 +8,8 @@
 * :mod:`cljax.transforms.projection`: gradient projections against a reference (A-GEM, GEM).
 * :mod:`cljax.transforms.rgo`, :mod:`~cljax.transforms.gpm`, :mod:`~cljax.transforms.ogd`:
   RGO's recursive projection, GPM's per-layer bases, OGD's gradient store.
+* :mod:`cljax.transforms.task_decay`: the learning rate decayed per task (Mirzadeh et al.
+  2020's stable SGD), the task an extra argument so that a reset optimizer keeps it.
 
 The penalty and NCL each hold a structured curvature (:mod:`cljax.curvature.structured`:
 ``Diagonal`` or ``KroneckerFactored``), chosen when the state is created
@@ -98,6 +100,7 @@ from cljax.transforms.rgo import (
                                   rgo_projection,
                                   rgo_value_and_grad,
 )
+from cljax.transforms.task_decay import scale_by_task_decay, task_decay_scale
 
 __all__ = [
     # quadratic penalty (EWC, online EWC, SI, MAS, L2, K-FAC Laplace)
@@ -114,4 +117,6 @@ __all__ = [
     "OGDState", "OGDDirections", "init_ogd", "factorable_layers", "ground_truth_gradients",
     "ogd_consolidate", "ogd_project", "ogd_value_and_grad", "ogd_projection",
     "ogd_weight_offsets", "ogd_fold", "ogd_deferred_value_and_grad", "update_scale",
+    # training regimes: the learning rate decayed per task (Mirzadeh et al. 2020)
+    "scale_by_task_decay", "task_decay_scale",
 ]
