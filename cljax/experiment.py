@@ -98,6 +98,7 @@ from cljax.training import (
 from cljax.training.loop import call_length
 from cljax.transforms import scale_by_task_decay
 from cljax.types import Params
+from cljax.validation import check_positive_int
 from cljax.workdir import IGNORED_ON_RESUME, describe_mismatch, to_strict_json, write_text_atomic
 
 REQUIRED_KEYS = ("dataset", "stream", "scenarios", "model", "optimizer", "steps", "batch_size",
@@ -471,16 +472,57 @@ def task_eval_data(data: StreamData) -> dict:
     return {k: v.reshape((T, N) + v.shape[1:]) for k, v in flat.items()}
 
 
+def multitask_solutions(trainer: Trainer, data: StreamData, params_per_task: Params, *,
+                        steps: int, key: Any) -> Params:
+    """The multitask solutions of MC-SGD's connectivity analysis (Mirzadeh et al. 2021, Sec.
+    3): for t = 1 … T − 1, ŵ_{t+1} trained from the continual θ*_t on the data of tasks ≤ t + 1
+    (each step's examples drawn uniformly from those tasks: :data:`cljax.methods.joint`) for
+    ``steps`` steps with the run's optimizer and batch size. ``params_per_task`` stacks θ*_1 …
+    θ*_T (one run's); returns ŵ_2 … ŵ_T stacked the same way (leading axis T − 1). The network
+    is the one the run's method trains (``Trainer.model``), trained by plain joint steps."""
+    from cljax.methods import joint
+
+    check_positive_int(steps, name="steps")
+    num_tasks = jax.tree.leaves(params_per_task)[0].shape[0]
+    if num_tasks < 2:
+        raise ValueError("multitask_solutions needs at least two tasks' parameters")
+    # the network the run's method trains (RGO's encoding layer, HAT's gates…), trained by
+    # plain steps on the data of tasks ≤ t + 1
+    multitask = trainer._replace(base_model=trainer.model(data), method=joint,
+                                 reset_optimizer=False)
+    like = multitask.init(key, {}, data).params
+    theta = jax.tree.map(lambda p: p[0], params_per_task)
+    if jax.tree.structure(like) != jax.tree.structure(theta) or any(  # type: ignore[operator]  # PyTreeDef: no jaxlib stubs
+            a.shape != b.shape for a, b in zip(jax.tree.leaves(like), jax.tree.leaves(theta))):
+        raise ValueError(f"params_per_task must hold one run's θ*_1 … θ*_T of the network "
+                         f"method {trainer.method.name!r} trains; got {jax.tree.structure(theta)}")
+
+    @jax.jit
+    def train(params, task, k):
+        state = multitask.init(k, {}, data)._replace(params=params)
+        return multitask.fit(state, data, task, steps)[0].params
+
+    out = [train(jax.tree.map(lambda p, t=t: p[t], params_per_task), jax.numpy.asarray(t + 1),
+                 jax.random.fold_in(key, t)) for t in range(num_tasks - 1)]
+    return jax.tree.map(lambda *xs: jax.numpy.stack(xs), *out)
+
+
 def flatness_analysis(model: Model, data: StreamData, task_params: Params, *,
                       runs: Iterable[int], seed: int, log: Callable[[str], None] = print,
                       max_seeds: int = 1, num_iters: int = 50, tol: float = 1e-3,
-                      chunk_size: int = 1000, curvature: Literal["hessian", "ggn"] = "hessian"
-                      ) -> dict:
+                      chunk_size: int = 1000, curvature: Literal["hessian", "ggn"] = "hessian",
+                      multitask: bool = False, trainer: Trainer | None = None,
+                      steps: int | None = None) -> dict:
     """λ_max per task, the forgetting bound (seed 000 eq. 19–20) and each task's loss along the
     linear path from θ*_t to the final parameters (:func:`cljax.analysis.forgetting_paths`) for
     the first ``max_seeds`` of ``runs``, on each task's test set (the data of the accuracy
-    matrix)."""
+    matrix). With ``multitask`` (``analysis_options``), also MC-SGD's continual vs multitask
+    paths (:func:`cljax.analysis.multitask_paths`), the multitask solutions trained by
+    :func:`multitask_solutions` with ``trainer`` for ``steps`` steps each."""
     from cljax import analysis
+
+    if multitask and (trainer is None or steps is None):
+        raise ValueError("multitask paths need the run's trainer and its steps per task")
 
     task_data = task_eval_data(data)
     counts = [int(c) for c in np.asarray(data.test.n)]
@@ -497,15 +539,27 @@ def flatness_analysis(model: Model, data: StreamData, task_params: Params, *,
                                           counts=counts, curvature=curvature)
         paths = analysis.forgetting_paths(model.logits_fn, params_r, task_data, counts=counts,
                                           chunk_size=chunk_size) if len(counts) > 1 else None
+        versus = None
+        if multitask and len(counts) > 1:
+            assert trainer is not None and steps is not None
+            solutions = multitask_solutions(trainer, data, params_r, steps=steps,
+                                            key=jax.random.fold_in(key, 7))
+            versus = analysis.multitask_paths(model.logits_fn, params_r, solutions, task_data,
+                                              counts=counts, chunk_size=chunk_size)
         seconds = time.perf_counter() - t0
         log(f"  run {r}: λ_max per task {np.round(flat.lambda_max, 3).tolist()}; bound holds for "
             f"{bound.summary['frac_measured_le_bound']:.2f} of pairs"
             + ("" if paths is None else
                f"; loss barriers θ*_t → θ*_T {np.round(paths['barrier'], 4).tolist()}")
+            + ("" if versus is None else
+               f"; θ*_t → θ*_t+1 {np.round(versus['barrier_continual'], 4).tolist()} vs "
+               f"θ*_t → multitask {np.round(versus['barrier_multitask'], 4).tolist()}")
             + f" ({seconds:.1f} s)")
         out.append({"run": r, "flatness": analysis.to_json(flat),
                     "bound": analysis.to_json(bound), "seconds": seconds,
-                    "connectivity": None if paths is None else analysis.to_json(paths)})
+                    "connectivity": None if paths is None else analysis.to_json(paths),
+                    **({} if versus is None else
+                       {"multitask_connectivity": analysis.to_json(versus)})})
     return {"curvature": curvature, "data": "test set of each task", "runs": out}
 
 
@@ -699,6 +753,7 @@ def summarise_scenario(cfg: dict, setup: ScenarioSetup, plan: SweepPlan, res: St
         entry["analysis"] = flatness_analysis(setup.model, setup.data, res.task_params,
                                               runs=range(best * S, best * S + S),
                                               seed=cfg["seed"], log=log,
+                                              trainer=setup.trainer, steps=cfg["steps"],
                                               **cfg["analysis_options"])
     return entry
 
@@ -1070,4 +1125,5 @@ __all__ = ["MODELS", "SCALE_KEYS", "UNFILLED_KEYS", "apply_override", "validate_
            "deferred_interrupts",
            "load_experiment_stream", "ScenarioSetup", "SweepPlan", "plan_runs", "build_scenario",
            "run_scenario", "summarise_scenario", "run_experiment", "summarise", "summarise_finite",
-           "sweep_grid", "versions", "task_eval_data", "flatness_analysis"]
+           "sweep_grid", "versions", "task_eval_data", "flatness_analysis",
+           "multitask_solutions"]

@@ -83,6 +83,16 @@ def _analysis_section(name: str, analysis: dict) -> list[str]:
             lines += [f"| T{t + 1} | {_f(row[0])} | {_f(max(v for v in row if _finite(v)))} "
                       f"| {_f(row[-1])} | {_f(paths['barrier'][t])} |"
                       for t, row in enumerate(paths["loss"])]
+        versus = run.get("multitask_connectivity")
+        if versus:
+            lines += ["", "From θ*_t, the loss of tasks 1 … t on the linear path to the next "
+                      "continual solution θ*_t+1 and to a multitask solution trained on tasks "
+                      "1 … t+1 from θ*_t (Mirzadeh et al. 2021, MC-SGD's Sec. 3):", "",
+                      "| from | barrier to θ*_t+1 | barrier to multitask | loss at θ*_t+1 | "
+                      "loss at multitask |", "|---|---|---|---|---|"]
+            lines += [f"| θ*_{t + 1} | {_f(versus['barrier_continual'][t])} | "
+                      f"{_f(versus['barrier_multitask'][t])} | {_f(c[-1])} | {_f(m[-1])} |"
+                      for t, (c, m) in enumerate(zip(versus["continual"], versus["multitask"]))]
     return lines
 
 
@@ -402,7 +412,7 @@ def write_analysis_plots(results: dict, workdir: pathlib.Path) -> None:
     found = list(_analysed(results))
     if not found:
         return
-    from cljax.analysis import plot_bound, plot_flatness, plot_paths
+    from cljax.analysis import plot_bound, plot_flatness, plot_multitask_paths, plot_paths
 
     lines = {f"{label} (run {run['run']})": run["flatness"]
              for label, sc in found for run in sc["analysis"]["runs"]}
@@ -415,6 +425,11 @@ def write_analysis_plots(results: dict, workdir: pathlib.Path) -> None:
         if run.get("connectivity"):
             plot_paths(run["connectivity"], workdir / f"connectivity{suffix}.png",
                        title=f"{label}, run {run['run']}: task t's loss from θ*_t to θ*_T")
+        if run.get("multitask_connectivity"):
+            plot_multitask_paths(run["multitask_connectivity"],
+                                 workdir / f"multitask_connectivity{suffix}.png",
+                                 title=f"{label}, run {run['run']}: continual vs multitask "
+                                       "connectivity")
 
 
 __all__ = ["markdown_report", "accuracy_matrix_figure", "plot_accuracy_matrices", "plot_samples",

@@ -94,3 +94,72 @@ def test_forgetting_paths_against_a_point_by_point_loop():
     one = jax.tree.map(lambda p: p[:1], stacked)
     with pytest.raises(ValueError, match="at least two tasks"):
         forgetting_paths(model.logits_fn, one, {k: v[:1] for k, v in data.items()})
+
+
+def _numpy_ce(model, params, x, y):
+    z = np.asarray(model.logits_fn(params, {"x": x}), np.float64)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return -logp[np.arange(len(y)), np.asarray(y)].mean()
+
+
+def test_multitask_paths_against_a_point_by_point_loop():
+    """Row t: the mean over tasks i ≤ t of task i's loss at (1 − s)·θ*_t + s·end, end the next
+    continual solution or the multitask one, evaluated one point at a time in float64."""
+    from cljax.analysis import multitask_paths
+    from cljax.nn import MLP, as_model
+
+    model = as_model(MLP((5,), 3))
+    keys = jax.random.split(jax.random.key(3), 8)
+    x = jax.random.normal(keys[0], (3, 8, 4))
+    y = jax.random.randint(keys[1], (3, 8), 0, 3)
+    data = {"x": x, "y": y, "task": jnp.zeros((3, 8), jnp.int32)}
+    thetas = [model.init(k, {"x": x[0]}) for k in keys[2:5]]
+    multi = [model.init(k, {"x": x[0]}) for k in keys[5:7]]
+    stack = lambda ts: jax.tree.map(lambda *p: jnp.stack(p), *ts)  # noqa: E731
+    counts = [8, 6, 7]
+    out = multitask_paths(model.logits_fn, stack(thetas), stack(multi), data, counts=counts,
+                          num_points=4, chunk_size=3)
+    assert out["continual"].shape == out["multitask"].shape == (2, 4)
+    for t in range(2):
+        for kind, end in (("continual", thetas[t + 1]), ("multitask", multi[t])):
+            for j, s in enumerate(out["t"]):
+                params = jax.tree.map(lambda a, b, s=s: (1 - s) * a + s * b, thetas[t], end)
+                want = np.mean([_numpy_ce(model, params, x[i, :counts[i]], y[i, :counts[i]])
+                                for i in range(t + 1)])
+                assert out[kind][t, j] == pytest.approx(want, rel=1e-5)
+            assert out[f"barrier_{kind}"][t] == pytest.approx(
+                loss_barrier(out["t"], out[kind][t]))
+    with pytest.raises(ValueError, match="T − 1 = 2 solutions"):
+        multitask_paths(model.logits_fn, stack(thetas), stack(thetas), data)
+
+
+def test_multitask_solutions_start_from_each_continual_solution():
+    """With a zero learning rate the multitask solution ŵ_t+1 is θ*_t itself (bit for bit): it
+    trains from θ*_t; with a positive one it moves, on the data of tasks ≤ t + 1."""
+    from helpers import tiny_dataset
+
+    from cljax.data import make_scenario, split_tasks
+    from cljax.experiment import multitask_solutions
+    from cljax.methods import get_method
+    from cljax.nn import MLP, as_model
+    from cljax.training import make_trainer, prepare_data
+
+    s = split_tasks(tiny_dataset(num_classes=6, n=60), tiny_dataset(num_classes=6, n=30, seed=1),
+                    tasks=[[0, 1], [2, 3], [4, 5]])
+    sc = make_scenario(s, "domain")
+    data = prepare_data(s, sc, eval_chunk=16)
+    model = as_model(MLP((6,), sc.num_outputs))
+    for lr in (0.0, 0.1):
+        tr = make_trainer(model, get_method("ewc"), optimizer=optax.sgd(lr), batch_size=4)
+        thetas = [tr.init(jax.random.key(k), {"strength": 1.0}, data).params for k in range(3)]
+        stacked = jax.tree.map(lambda *p: jnp.stack(p), *thetas)
+        out = multitask_solutions(tr, data, stacked, steps=5, key=jax.random.key(0))
+        for t in range(2):
+            moved = [float(jnp.max(jnp.abs(a[t] - b[t]))) for a, b in
+                     zip(jax.tree.leaves(out), jax.tree.leaves(stacked))]
+            assert (max(moved) == 0.0) == (lr == 0.0), (lr, t, moved)
+    hat = make_trainer(model, get_method("hat"), optimizer=optax.sgd(0.1), batch_size=4)
+    with pytest.raises(ValueError, match="one run's θ\\*_1 … θ\\*_T of the network"):
+        multitask_solutions(hat, data, stacked, steps=2, key=jax.random.key(0))  # no gates
+    with pytest.raises(ValueError, match="steps"):
+        multitask_solutions(tr, data, stacked, steps=0, key=jax.random.key(0))

@@ -17,6 +17,7 @@ from cljax.analysis.connectivity import (
     forgetting_paths,
     loss_along_path,
     loss_barrier,
+    multitask_paths,
     path_point,
 )
 from cljax.analysis.flatness import FlatnessResult, flatness, stack_task_data
@@ -34,6 +35,12 @@ def plot_paths(*args: Any, **kwargs: Any) -> str:
     return f(*args, **kwargs)
 
 
+def plot_multitask_paths(*args: Any, **kwargs: Any) -> str:
+    """See :func:`cljax.analysis.plots.plot_multitask_paths`."""
+    from cljax.analysis.plots import plot_multitask_paths as f
+    return f(*args, **kwargs)
+
+
 def plot_flatness(*args: Any, **kwargs: Any) -> str:
     """See :func:`cljax.analysis.plots.plot_flatness`."""
     from cljax.analysis.plots import plot_flatness as f
@@ -42,4 +49,6 @@ def plot_flatness(*args: Any, **kwargs: Any) -> str:
 
 __all__ = ["flatness", "FlatnessResult", "forgetting_bound", "ForgettingBound", "summarize",
            "pearson", "spearman", "to_json", "stack_task_data", "plot_bound", "plot_flatness", "plot_paths",
-           "path_point", "loss_along_path", "loss_barrier", "fit_bezier", "forgetting_paths"]
+           "plot_multitask_paths",
+           "path_point", "loss_along_path", "loss_barrier", "fit_bezier", "forgetting_paths",
+           "multitask_paths"]

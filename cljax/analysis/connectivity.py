@@ -18,6 +18,9 @@ joined by a *linear* path of low loss, and measure it by the loss barrier along 
   path from θ*_i to the final θ*_T and its barrier: whether forgetting happened by climbing a
   barrier or along a slope (MC-SGD's connectivity of continual solutions), beside the forgetting
   bound's quadratic estimate of the same endpoints (:func:`cljax.analysis.forgetting_bound`).
+- :func:`multitask_paths` — MC-SGD's comparison: from θ*_t, the previous tasks' loss along the
+  path to the next continual solution and along the path to a multitask solution trained from
+  θ*_t (:func:`cljax.experiment.multitask_solutions` trains them).
 """
 from __future__ import annotations
 
@@ -174,4 +177,65 @@ def forgetting_paths(logits_fn: LogitsFn, params_per_task: Params, task_data: Ta
             "forgetting": losses[:, -1] - losses[:, 0]}
 
 
-__all__ = ["path_point", "loss_along_path", "loss_barrier", "fit_bezier", "forgetting_paths"]
+def multitask_paths(logits_fn: LogitsFn, params_per_task: Params, multitask_params: Params,
+                    task_data: TaskData, *, counts: Any = None, num_points: int = 11,
+                    chunk_size: int | None = 1000) -> dict[str, Any]:
+    """Mirzadeh et al. 2021's (MC-SGD, arXiv 2010.04495, Sec. 3) continual vs multitask
+    connectivity: from θ*_t (the continual solution after task t), the linear path to the next
+    continual solution θ*_{t+1} and the linear path to the multitask solution ŵ_{t+1} (trained
+    on tasks ≤ t + 1 from θ*_t, so both share θ*_t as initialisation), each scored by the mean
+    cross-entropy of the tasks seen before, 0 … t (the tasks the next one may make forget).
+
+    ``params_per_task``: θ*_1 … θ*_T stacked on a leading task axis; ``multitask_params``:
+    ŵ_2 … ŵ_T (leading axis T − 1, ŵ_{t+1} trained from θ*_t); ``task_data`` / ``counts`` as
+    :func:`forgetting_paths`'s. Returns ``{"t": [P], "continual": [T − 1, P], "multitask":
+    [T − 1, P], "barrier_continual": [T − 1], "barrier_multitask": [T − 1]}`` (row t: paths
+    from θ*_{t+1} in the paper's 1-based count; barriers by :func:`loss_barrier`)."""
+    if not isinstance(num_points, int) or isinstance(num_points, bool) or num_points < 2:
+        raise ValueError(f"num_points must be an int >= 2; got {num_points!r}")
+    num_tasks, stacked, w = validate_task_inputs(logits_fn, params_per_task, task_data, None,
+                                                 counts, chunk_size, None)
+    if num_tasks < 2:
+        raise ValueError("multitask_paths needs at least two tasks' parameters")
+    if jax.tree.structure(multitask_params) != jax.tree.structure(  # type: ignore[operator]  # PyTreeDef: no jaxlib stubs
+            params_per_task):
+        raise ValueError("multitask_params must have params_per_task's structure; got "
+                         f"{jax.tree.structure(multitask_params)} and "
+                         f"{jax.tree.structure(params_per_task)}")
+    for m, p in zip(jax.tree.leaves(multitask_params), jax.tree.leaves(params_per_task)):
+        if m.shape != (num_tasks - 1,) + p.shape[1:]:
+            raise ValueError(f"multitask_params must hold T − 1 = {num_tasks - 1} solutions "
+                             f"stacked like params_per_task; a leaf has shape {m.shape}, "
+                             f"expected {(num_tasks - 1,) + p.shape[1:]}")
+    ts = jnp.linspace(0.0, 1.0, num_points)
+
+    @jax.jit
+    def path_losses(start, end, batch, weights):
+        def at(t):
+            params = path_point(start, end, t)
+
+            def body(chunk, wc):
+                return jnp.sum(wc * softmax_cross_entropy(logits_fn(params, chunk), chunk))
+
+            total, wsum = weighted_task_sum(body, params, batch, weights, chunk_size, None)
+            return total / wsum
+
+        return jax.lax.map(at, ts)
+
+    def seen_loss(t: int, end: Params) -> np.ndarray:
+        start = task_slice(params_per_task, t)
+        return np.mean([np.asarray(path_losses(start, end, task_slice(stacked, i), w[i]))
+                        for i in range(t + 1)], axis=0)
+
+    continual = np.stack([seen_loss(t, task_slice(params_per_task, t + 1))
+                          for t in range(num_tasks - 1)])
+    multitask = np.stack([seen_loss(t, task_slice(multitask_params, t))
+                          for t in range(num_tasks - 1)])
+    t = np.asarray(ts)
+    return {"t": t, "continual": continual, "multitask": multitask,
+            "barrier_continual": np.array([loss_barrier(t, row) for row in continual]),
+            "barrier_multitask": np.array([loss_barrier(t, row) for row in multitask])}
+
+
+__all__ = ["path_point", "loss_along_path", "loss_barrier", "fit_bezier", "forgetting_paths",
+           "multitask_paths"]

@@ -252,4 +252,43 @@ def plot_paths(paths: Mapping[str, Any], path: str | os.PathLike = "connectivity
     return str(path)
 
 
-__all__ = ["bound_figure", "plot_bound", "plot_flatness", "plot_paths", "symlog_ticks"]
+def plot_multitask_paths(paths: Mapping[str, Any],
+                         path: str | os.PathLike = "multitask_connectivity.png", *,
+                         title: str | None = None) -> str:
+    """MC-SGD's figure (Mirzadeh et al. 2021): left, the seen tasks' loss from θ*_t along the
+    path to the next continual solution (dashed) and to the multitask solution (solid), one
+    colour per t; right, the two barrier heights per t (:func:`cljax.analysis.multitask_paths`'s
+    result or its ``to_json`` dict). Returns the path written."""
+    t = np.asarray(paths["t"], float)
+    rows = {k: np.asarray([[np.nan if v is None else v for v in row] for row in paths[k]], float)
+            for k in ("continual", "multitask")}
+    for k, v in rows.items():
+        if v.ndim != 2 or v.shape[1] != t.size:
+            raise ValueError(f"paths[{k!r}] must be [T - 1, {t.size}]; got {v.shape}")
+    plt = _pyplot()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10.0, 4.0))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i in range(rows["continual"].shape[0]):
+        c = colours[i % len(colours)]
+        ax.plot(t, rows["continual"][i], "--", color=c, label=f"θ*_{i + 1} → θ*_{i + 2}")
+        ax.plot(t, rows["multitask"][i], "-", color=c, label=f"θ*_{i + 1} → multitask ŵ_{i + 2}")
+    ax.set_xlabel("linear path from θ*_t (0) to the next solution (1)")
+    ax.set_ylabel("mean test loss of tasks 1 … t")
+    ax.legend(fontsize=6, ncol=2)
+    n = rows["continual"].shape[0]
+    x = np.arange(n)
+    barrier = {k: [np.nan if v is None else v for v in paths[f"barrier_{k}"]]
+               for k in ("continual", "multitask")}
+    bx.bar(x - 0.2, barrier["continual"], 0.4, label="to the next continual solution")
+    bx.bar(x + 0.2, barrier["multitask"], 0.4, label="to the multitask solution")
+    bx.set_xticks(x, [f"from θ*_{i + 1}" for i in range(n)])
+    bx.set_ylabel("loss barrier")
+    bx.legend(fontsize=7)
+    fig.suptitle(title or "continual vs multitask connectivity", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    return str(path)
+
+
+__all__ = ["bound_figure", "plot_bound", "plot_flatness", "plot_paths", "plot_multitask_paths",
+           "symlog_ticks"]
