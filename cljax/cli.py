@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--regime", metavar="NAME",
                      help="train under a named regime (applied first, so the other options "
                           "win): stable_sgd (Mirzadeh et al. 2020: lr decayed per task, batch "
-                          "10, dropout 0.5) or naive_sgd; cljax.regimes documents them")
+                          "10, dropout 0.25) or naive_sgd; cljax.regimes documents them")
     run.add_argument("--regime-option", action="append", default=[], dest="regime_option",
                      metavar="KEY=VALUE", help="an option of --regime, e.g. decay=0.5 "
                                                "(repeatable)")

@@ -430,7 +430,7 @@ def test_a_named_regime_comes_first_and_the_other_options_win(tmp_path, fake_run
                      "--batch-size", "16", "--workdir", str(tmp_path / "w")]) == 0
     cfg = fake_run.calls[0]["config"]
     assert cfg["regime"] == {"name": "stable_sgd", "decay": 0.5}
-    assert cfg["optimizer"]["task_decay"] == 0.5 and cfg["model"]["dropout"] == 0.5
+    assert cfg["optimizer"]["task_decay"] == 0.5 and cfg["model"]["dropout"] == 0.25
     assert cfg["batch_size"] == 16                    # --batch-size after the regime
 
 

@@ -34,7 +34,7 @@ def test_the_settings_each_regime_writes():
     s = regime_settings("stable_sgd")
     assert s == {"optimizer": {"name": "sgd", "learning_rate": pytest.approx(0.08),
                                "momentum": 0.8, "task_decay": 0.8, "min_learning_rate": 5e-5},
-                 "batch_size": 10, "model.dropout": 0.5, "reset_optimizer": True,
+                 "batch_size": 10, "model.dropout": 0.25, "reset_optimizer": True,
                  "regime": {"name": "stable_sgd"}}
     n = regime_settings("naive_sgd")
     assert n["optimizer"] == {"name": "sgd", "learning_rate": 0.01, "momentum": 0.8}
@@ -49,7 +49,7 @@ def test_apply_regime_records_it_and_leaves_the_input_alone():
     assert base == before
     assert cfg["regime"] == {"name": "stable_sgd", "decay": 0.5}
     assert cfg["optimizer"]["learning_rate"] == pytest.approx(0.05)
-    assert cfg["model"]["dropout"] == 0.5 and cfg["model"]["widths"] == [256, 256]
+    assert cfg["model"]["dropout"] == 0.25 and cfg["model"]["widths"] == [256, 256]
     assert cfg["steps"] == base["steps"]            # the steps per task stay the config's
     assert validate_config(cfg)["regime"] == cfg["regime"]
     assert "regime" not in validate_config(base)    # absent: not filled in (run identity)
