@@ -296,10 +296,10 @@ def _overrides(args: argparse.Namespace) -> list[Override]:
         for o in options:
             if "=" not in o:
                 raise UsageError(f"--regime-option {o}: expected KEY=VALUE, e.g. decay=0.5")
-        values = {k.strip(): parse_value(v) for k, v in (o.split("=", 1) for o in options)}
+        chosen = {k.strip(): parse_value(v) for k, v in (o.split("=", 1) for o in options)}
 
-        def apply_named(cfg, regime=regime, values=values):
-            for dotted, value in regime_settings(regime, **values).items():
+        def apply_named(cfg, regime=regime, chosen=chosen):
+            for dotted, value in regime_settings(regime, **chosen).items():
                 apply_override(cfg, dotted, value)
         out.append(Override(label, apply_named))
     for key, option in _DIRECT_OPTIONS:

@@ -88,9 +88,12 @@ def _analysis_section(name: str, analysis: dict) -> list[str]:
             lines += ["", "From θ*_t, the loss of tasks 1 … t on the linear path to the next "
                       "continual solution θ*_t+1 and to a multitask solution trained on tasks "
                       "1 … t+1 from θ*_t (Mirzadeh et al. 2021, MC-SGD's Sec. 3):", "",
-                      "| from | barrier to θ*_t+1 | barrier to multitask | loss at θ*_t+1 | "
-                      "loss at multitask |", "|---|---|---|---|---|"]
-            lines += [f"| θ*_{t + 1} | {_f(versus['barrier_continual'][t])} | "
+                      "| from | loss at θ*_t | rise to θ*_t+1 | rise to multitask | barrier to "
+                      "θ*_t+1 | barrier to multitask | loss at θ*_t+1 | loss at multitask |",
+                      "|---|---|---|---|---|---|---|---|"]
+            lines += [f"| θ*_{t + 1} | {_f(c[0])} | {_f(versus['rise_continual'][t])} | "
+                      f"{_f(versus['rise_multitask'][t])} | "
+                      f"{_f(versus['barrier_continual'][t])} | "
                       f"{_f(versus['barrier_multitask'][t])} | {_f(c[-1])} | {_f(m[-1])} |"
                       for t, (c, m) in enumerate(zip(versus["continual"], versus["multitask"]))]
     return lines

@@ -115,7 +115,7 @@ def test_multitask_paths_against_a_point_by_point_loop():
     data = {"x": x, "y": y, "task": jnp.zeros((3, 8), jnp.int32)}
     thetas = [model.init(k, {"x": x[0]}) for k in keys[2:5]]
     multi = [model.init(k, {"x": x[0]}) for k in keys[5:7]]
-    stack = lambda ts: jax.tree.map(lambda *p: jnp.stack(p), *ts)  # noqa: E731
+    stack = lambda ts: jax.tree.map(lambda *p: jnp.stack(p), *ts)
     counts = [8, 6, 7]
     out = multitask_paths(model.logits_fn, stack(thetas), stack(multi), data, counts=counts,
                           num_points=4, chunk_size=3)
@@ -129,6 +129,7 @@ def test_multitask_paths_against_a_point_by_point_loop():
                 assert out[kind][t, j] == pytest.approx(want, rel=1e-5)
             assert out[f"barrier_{kind}"][t] == pytest.approx(
                 loss_barrier(out["t"], out[kind][t]))
+            assert out[f"rise_{kind}"][t] == pytest.approx(max(out[kind][t]) - out[kind][t][0])
     with pytest.raises(ValueError, match="T − 1 = 2 solutions"):
         multitask_paths(model.logits_fn, stack(thetas), stack(thetas), data)
 

@@ -189,8 +189,10 @@ def multitask_paths(logits_fn: LogitsFn, params_per_task: Params, multitask_para
     ``params_per_task``: θ*_1 … θ*_T stacked on a leading task axis; ``multitask_params``:
     ŵ_2 … ŵ_T (leading axis T − 1, ŵ_{t+1} trained from θ*_t); ``task_data`` / ``counts`` as
     :func:`forgetting_paths`'s. Returns ``{"t": [P], "continual": [T − 1, P], "multitask":
-    [T − 1, P], "barrier_continual": [T − 1], "barrier_multitask": [T − 1]}`` (row t: paths
-    from θ*_{t+1} in the paper's 1-based count; barriers by :func:`loss_barrier`)."""
+    [T − 1, P], "barrier_continual": [T − 1], "barrier_multitask": [T − 1], "rise_continual":
+    [T − 1], "rise_multitask": [T − 1]}`` (row t: paths from θ*_{t+1} in the paper's 1-based
+    count; barriers by :func:`loss_barrier`; a rise is the path's highest loss above its start,
+    ℓ(θ*_t): how far the seen tasks' loss climbs on the way, wherever the path ends)."""
     if not isinstance(num_points, int) or isinstance(num_points, bool) or num_points < 2:
         raise ValueError(f"num_points must be an int >= 2; got {num_points!r}")
     num_tasks, stacked, w = validate_task_inputs(logits_fn, params_per_task, task_data, None,
@@ -234,7 +236,9 @@ def multitask_paths(logits_fn: LogitsFn, params_per_task: Params, multitask_para
     t = np.asarray(ts)
     return {"t": t, "continual": continual, "multitask": multitask,
             "barrier_continual": np.array([loss_barrier(t, row) for row in continual]),
-            "barrier_multitask": np.array([loss_barrier(t, row) for row in multitask])}
+            "barrier_multitask": np.array([loss_barrier(t, row) for row in multitask]),
+            "rise_continual": continual.max(axis=1) - continual[:, 0],
+            "rise_multitask": multitask.max(axis=1) - multitask[:, 0]}
 
 
 __all__ = ["path_point", "loss_along_path", "loss_barrier", "fit_bezier", "forgetting_paths",

@@ -257,8 +257,9 @@ def plot_multitask_paths(paths: Mapping[str, Any],
                          title: str | None = None) -> str:
     """MC-SGD's figure (Mirzadeh et al. 2021): left, the seen tasks' loss from θ*_t along the
     path to the next continual solution (dashed) and to the multitask solution (solid), one
-    colour per t; right, the two barrier heights per t (:func:`cljax.analysis.multitask_paths`'s
-    result or its ``to_json`` dict). Returns the path written."""
+    colour per t; right, how far each path climbs above its start, per t (the ``rise`` of
+    :func:`cljax.analysis.multitask_paths`, whose result or ``to_json`` dict it takes). Returns
+    the path written."""
     t = np.asarray(paths["t"], float)
     rows = {k: np.asarray([[np.nan if v is None else v for v in row] for row in paths[k]], float)
             for k in ("continual", "multitask")}
@@ -277,12 +278,11 @@ def plot_multitask_paths(paths: Mapping[str, Any],
     ax.legend(fontsize=6, ncol=2)
     n = rows["continual"].shape[0]
     x = np.arange(n)
-    barrier = {k: [np.nan if v is None else v for v in paths[f"barrier_{k}"]]
-               for k in ("continual", "multitask")}
-    bx.bar(x - 0.2, barrier["continual"], 0.4, label="to the next continual solution")
-    bx.bar(x + 0.2, barrier["multitask"], 0.4, label="to the multitask solution")
+    rise = {k: rows[k].max(axis=1) - rows[k][:, 0] for k in ("continual", "multitask")}
+    bx.bar(x - 0.2, rise["continual"], 0.4, label="to the next continual solution")
+    bx.bar(x + 0.2, rise["multitask"], 0.4, label="to the multitask solution")
     bx.set_xticks(x, [f"from θ*_{i + 1}" for i in range(n)])
-    bx.set_ylabel("loss barrier")
+    bx.set_ylabel("rise of the seen tasks' loss on the path (max − start)")
     bx.legend(fontsize=7)
     fig.suptitle(title or "continual vs multitask connectivity", fontsize=10)
     fig.tight_layout()
