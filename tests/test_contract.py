@@ -14,7 +14,9 @@ the reason), the hyperparameter its vmapped runs sweep (two seeds where it has n
 the host pipeline can feed it. Rows belong to families (baseline, penalty, natural, rehearsal,
 projection, architecture). Extra rows cover option variants (``er`` reservoir, ``er`` with the concatenated loss and
 draws without replacement, ``agem`` without replacement, ``kfac_ewc``
-multi-task, ``ncl_kfac`` unfused, ``rgo2`` unfused, ``ogd`` deferred).
+multi-task, ``ncl_kfac`` unfused, ``rgo2`` unfused, ``ogd`` deferred, ``orthog`` with ER-Ring's
+replay, a random basis and the iterated Cayley step, ``mcsgd`` trained from the
+continual solution, ``remind`` split after the first layer).
 
 The contracts, for every row:
 
@@ -125,6 +127,10 @@ DGR_TINY = {"widths": (8,), "latent": 4, "sample_count": 2}
 DGR_OFF = Off(hparams={"replay_weight": 0.0}, rtol=1e-6, why=(
     "the zero-weighted replay term and the generator's step change the compiled step's fusion, "
     "and XLA:CPU's fused multiply-adds round differently"))
+MCSGD_TINY = {"per_class": 2, "mc_steps": 3, "num_points": 3, "mc_batch_size": 8}
+SRC_TINY = {"sleep_steps": 8, "patch": 3, "thresholds": (14.548273, 38.046326)}
+REMIND_TINY = {"split": "input", "locations": 36, "grid": (6, 6), "num_subvectors": 1,
+               "num_codes": 8, "kmeans_iters": 3, "capacity": 12, "replay_samples": 1}
 ROWS = [
     Row("none", "none", "baseline"),                  # fine-tuning itself
     Row("joint", "joint", "baseline"),                # no switch: it trains on every task seen
@@ -177,6 +183,25 @@ ROWS = [
         sweep=("alpha", 1.0)),
     Row("icarl", "icarl", "rehearsal", {"per_class": 4}, scenarios=("class",),
         sweep=("temperature", 4.0)),
+    # REMIND quantising the 6×6 inputs themselves (G = identity): one 8-code codebook shared by
+    # the 36 pixels, crops on the 6×6 grid, 1 (mixed pair) replayed per example; off: no
+    # replay, no quantised inputs, no crops. The variant splits after the MLP's hidden layer
+    Row("remind", "remind", "rehearsal", REMIND_TINY, scenarios=("class", "task", "domain"),
+        off=Off(options={"replay_samples": 0, "quantize_inputs": False, "crops": False}),
+        sweep=("mixup_alpha", 1.0)),
+    Row("remind_first_layer", "remind", "rehearsal",
+        {**REMIND_TINY, "split": "first_layer", "locations": 1, "grid": None,
+         "num_subvectors": 3}, scenarios=("class", "task", "domain"), sweep=("mixup_alpha", 1.0)),
+    # MC-SGD: fine-tuning, then at each task's end a few steps along 3 points per segment; no
+    # steps is fine-tuning that stores a memory. Trained from its θ_t, the sweep of the phase's
+    # learning rate changes the next task's losses; trained from θ̂_t ("continual"), only the
+    # predictions, so that variant's two vmapped runs are two seeds
+    Row("mcsgd", "mcsgd", "rehearsal", MCSGD_TINY, {"mc_lr": 0.05},
+        scenarios=("class", "task", "domain"), off=Off(options={"mc_steps": 0}),
+        sweep=("mc_lr", 0.2)),
+    Row("mcsgd_continual", "mcsgd", "rehearsal", {**MCSGD_TINY, "train_from": "continual"},
+        {"mc_lr": 0.05}, scenarios=("class", "task", "domain"),
+        off=Off(options={"mc_steps": 0})),
     # the projection methods step with plain SGD, as in their papers (OGD deferred needs it)
     Row("rgo", "rgo", "projection", optimizer="sgd", sweep=("alpha", 0.1)),
     Row("rgo2", "rgo2", "projection", optimizer="sgd", sweep=("alpha", 0.1)),
@@ -186,6 +211,14 @@ ROWS = [
         optimizer="sgd"),
     Row("ogd", "ogd", "projection", {"per_task": 6}, optimizer="sgd"),
     Row("ogd_deferred", "ogd", "projection", {"per_task": 6, "deferred": True}, optimizer="sgd"),
+    # ORTHOG-SUBSPACE: task-aware (each example's subspace), Stiefel hidden layers (their CIFAR
+    # recipe); the variant replays ER-Ring's way through a random basis, their 2-step Cayley
+    Row("orthog", "orthog", "projection", {"per_class": 5, "stiefel": True},
+        scenarios=("task", "domain"), optimizer="sgd"),
+    Row("orthog_ring", "orthog", "projection",
+        {"per_class": 5, "replay": "uniform", "loss": "concat", "memory_batch_size": 6,
+         "basis": "random", "stiefel": True, "cayley_iterations": 2},
+        scenarios=("task", "domain"), optimizer="sgd"),
     # methods that predict with each example's task id: Task-IL only
     Row("pnn", "pnn", "architecture", scenarios=("task",)),
     Row("hat", "hat", "architecture", scenarios=("task",), sweep=("c", 0.1)),
@@ -201,14 +234,21 @@ ROWS = [
         off=DGR_OFF, sweep=("temperature", 1.0)),
     Row("bir", "bir", "generative", {"latent": 3, "replay_batch_size": 5, "sample_count": 2},
         scenarios=("class", "task", "domain"), sweep=("replay_weight", 0.5)),
+    # SRC sleeps at each boundary: a 3×3 window of the 6×6 inputs, 8 + 8/3·t steps, the MNIST
+    # thresholds of the first hidden and the output layer; "seen" re-reads the finished tasks,
+    # which the host pipeline does not hold, so the host contract runs the "current" variant
+    Row("src", "src", "sleep", SRC_TINY, scenarios=("class", "task", "domain"),
+        off=Off(options={"sleep_steps": 0}), sweep=("inc", 0.1), host="reads another task"),
+    Row("src_current", "src", "sleep", {**SRC_TINY, "statistics": "current"},
+        scenarios=("class", "task", "domain"), sweep=("dec", 0.05)),
 ]
 BY_ID = {row.id: row for row in ROWS}
 
 # The expensive contracts run by default on one row per family; every other row with -m slow.
 DEFAULT_ROWS = {
-    "vmap": {"none", "si", "ncl_kfac", "lwf", "rgo", "packnet", "vcl", "dgr"},
-    "resume": {"joint", "ewc", "kfac_ewc", "icarl", "ogd_deferred", "hat", "vcl", "dgr"},
-    "host": {"joint", "mas", "ncl", "derpp", "gpm", "pnn", "vcl", "dgr"},
+    "vmap": {"none", "si", "ncl_kfac", "lwf", "rgo", "packnet", "vcl", "dgr", "src"},
+    "resume": {"joint", "ewc", "kfac_ewc", "icarl", "ogd_deferred", "hat", "vcl", "dgr", "src"},
+    "host": {"joint", "mas", "ncl", "derpp", "gpm", "pnn", "vcl", "dgr", "src_current"},
 }
 
 # Contracts the library breaks today, (contract, case id) -> the bug: strict xfail, so a fix shows

@@ -36,6 +36,12 @@ EWC_GRID = (1e3, 1e5, 1e7, 1e9)
 Split MNIST (RESULTS.md), and Domain-IL chose the largest of a test-set sweep before."""
 SI_GRID = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
 SMALL_GRID = (0.01, 0.1, 1.0, 10.0)
+MCSGD_OPTIONS = {"per_class": 1, "num_points": 6, "mc_steps": 125, "mc_batch_size": 16,
+                 "memory_batch_size": 16}
+"""MC-SGD's phase as the paper's code runs it on permuted MNIST (one epoch of batches of 16 over a
+2,000-example subset: 125 steps; 5 intervals per segment; one stored example per class and
+task), with cljax's gradient of the objective (cljax.methods.mcsgd's docstring)."""
+MCSGD_LR_GRID = (3e-4, 1e-3, 3e-3, 1e-2)
 
 
 def _grid(name: str, values: tuple[float, ...]) -> dict[str, Any]:
@@ -307,6 +313,18 @@ def _rgo_mnist(name: str, config: str, title: str) -> Protocol:
                 note="their ER-Ringbuffer: one example per class and task, replay batch 10 "
                      "concatenated with the current one"),
             Entry("joint_offline", "joint_offline", note="their multitask row"),
+            Entry("mcsgd", "mcsgd", overrides={"method_options": MCSGD_OPTIONS},
+                  **_grid("mc_lr", MCSGD_LR_GRID),
+                  note="MC-SGD (Mirzadeh et al. 2021) on this protocol: one example per class "
+                       "and task, 6 points per segment, 125 steps of batch 16 at each task's "
+                       "end from α₀ 0.25"),
+            Entry("stable_sgd", "none", overrides=regime_settings("stable_sgd"),
+                  note="fine-tuning under the stable SGD regime (Mirzadeh et al. 2020; "
+                       "cljax.regimes): lr 0.1 decayed by 0.8 per task, dropout 0.25, batch 10"),
+            Entry("orthog", "orthog", overrides={"method_options": {"per_class": 0}},
+                  note="ORTHOG-SUBSPACE as their MNIST script runs it (SUBSPACE-PROJ): each "
+                       "task's rank-12 block of the last hidden layer, no memory, no Stiefel "
+                       "update (their conv networks only)"),
         ),
         notes=("Table 1's MNIST values could not be read here (only RGO's CIFAR-100 and "
                "miniImageNet values are in the abstract): the rows have no published value yet",
@@ -343,6 +361,8 @@ _RGO2022_CIFAR = Protocol(
 
 # ---- Mirzadeh et al. 2020 (stable SGD) and 2021 (MC-SGD) ----------------------------------------
 
+
+
 def _mirzadeh_mnist(name: str, config: str, title: str, stable: Mapping[str, Any],
                     stable_note: str, naive: Mapping[str, Published] | None = None) -> Protocol:
     """One of the two 20-task MNIST benchmarks of stable SGD and MC-SGD (their code's
@@ -358,6 +378,13 @@ def _mirzadeh_mnist(name: str, config: str, title: str, stable: Mapping[str, Any
             Entry("stable_sgd", "none",
                   overrides={**regime_settings("stable_sgd", **stable), **steps},
                   note=stable_note),
+            Entry("mcsgd", "mcsgd",
+                  overrides={**regime_settings("stable_sgd", **stable), **steps,
+                             "method_options": MCSGD_OPTIONS},
+                  **_grid("mc_lr", MCSGD_LR_GRID),
+                  note="MC-SGD's continual steps under the stable regime, as the paper's code "
+                       "(momentum 0.8, lr decayed per task, dropout); its phase as "
+                       "MCSGD_OPTIONS"),
         ),
         notes=("one shuffled pass over MNIST's 60,000 training images per task (their loader "
                "keeps MNIST's stored order)",))

@@ -30,13 +30,17 @@ from cljax.methods.baselines import joint, joint_offline, none, whole_stream_bat
 from cljax.methods.bir import bir
 from cljax.methods.generative_replay import dgr, dgr_distill
 from cljax.methods.hat import hat
+from cljax.methods.mcsgd import mcsgd
 from cljax.methods.natural import kfac_ewc, ncl, ncl_kfac
+from cljax.methods.orthog import orthog
 from cljax.methods.packnet import packnet
 from cljax.methods.penalties import ewc, l2, mas, online_ewc, si
 from cljax.methods.pnn import pnn
 from cljax.methods.projection import gpm, ogd, rgo, rgo2
 from cljax.methods.registry import METHODS, MethodDescription, describe_method, get_method
 from cljax.methods.rehearsal import agem, der, derpp, er, gem, icarl, lwf
+from cljax.methods.remind import remind
+from cljax.methods.sleep import src
 from cljax.methods.vcl import vcl
 
 __all__ = ["Method", "StreamSpec", "Clock", "BatchContext", "LossContext", "StepInfo",
@@ -45,6 +49,6 @@ __all__ = ["Method", "StreamSpec", "Clock", "BatchContext", "LossContext", "Step
            "no_optimizer_args", "keep_after_step", "keep_state", "base_only", "base_model",
            "get_hparam", "none", "joint", "joint_offline", "whole_stream_batch", "ewc",
            "online_ewc", "si", "mas", "l2", "kfac_ewc", "ncl", "ncl_kfac", "er", "agem", "gem",
-           "lwf", "der", "derpp", "icarl", "rgo", "rgo2", "gpm", "ogd", "pnn", "hat", "packnet", "vcl",
-           "dgr", "dgr_distill", "bir", "check_hparams", "describe_method",
+           "lwf", "der", "derpp", "icarl", "remind", "rgo", "rgo2", "gpm", "ogd", "orthog", "mcsgd", "pnn", "hat",
+           "packnet", "vcl", "dgr", "dgr_distill", "bir", "src", "check_hparams", "describe_method",
            "MethodDescription"]

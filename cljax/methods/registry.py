@@ -16,12 +16,16 @@ from cljax.methods.baselines import joint, joint_offline, none
 from cljax.methods.bir import bir
 from cljax.methods.generative_replay import dgr, dgr_distill
 from cljax.methods.hat import hat
+from cljax.methods.mcsgd import mcsgd
 from cljax.methods.natural import kfac_ewc, ncl, ncl_kfac
+from cljax.methods.orthog import orthog
 from cljax.methods.packnet import packnet
 from cljax.methods.penalties import ewc, l2, mas, online_ewc, si
 from cljax.methods.pnn import pnn
 from cljax.methods.projection import gpm, ogd, rgo, rgo2
 from cljax.methods.rehearsal import agem, der, derpp, er, gem, icarl, lwf
+from cljax.methods.remind import remind
+from cljax.methods.sleep import src
 from cljax.methods.vcl import vcl
 
 
@@ -48,12 +52,15 @@ METHODS: Mapping[str, Callable[..., Method]] = {
     "ewc": ewc, "online_ewc": online_ewc, "si": si, "mas": mas, "l2": l2,
     "kfac_ewc": kfac_ewc, "ncl": ncl, "ncl_kfac": ncl_kfac,
     "er": er, "agem": agem, "gem": gem, "lwf": lwf, "der": der, "derpp": derpp, "icarl": icarl,
-    "rgo": rgo, "rgo2": rgo2, "gpm": gpm, "ogd": ogd,
+    "remind": remind,   # rehearsal of product-quantised latent codes (a frozen lower network)
+    "rgo": rgo, "rgo2": rgo2, "gpm": gpm, "ogd": ogd, "orthog": orthog,
+    "mcsgd": mcsgd,   # geometry: mode connectivity (a rehearsal memory, used at task ends)
     "pnn": pnn, "hat": hat, "packnet": packnet,
     "vcl": vcl, "dgr": dgr, "dgr_distill": dgr_distill, "bir": bir,
+    "src": src,
 }
 """Every named method, grouped by family: baselines, penalties, natural gradient, rehearsal,
-gradient projection, architecture, Bayesian and generative."""
+gradient projection, geometry (mode connectivity), architecture, Bayesian, generative and sleep."""
 
 
 def get_method(name: str, **options: Any) -> Method:

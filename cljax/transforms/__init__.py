@@ -8,6 +8,8 @@
 * :mod:`cljax.transforms.projection`: gradient projections against a reference (A-GEM, GEM).
 * :mod:`cljax.transforms.rgo`, :mod:`~cljax.transforms.gpm`, :mod:`~cljax.transforms.ogd`:
   RGO's recursive projection, GPM's per-layer bases, OGD's gradient store.
+* :mod:`cljax.transforms.stiefel`: the Cayley retraction that keeps chosen kernels on the
+  Stiefel manifold (ORTHOG-SUBSPACE's isometric hidden layers), last in a chain.
 * :mod:`cljax.transforms.task_decay`: the learning rate decayed per task (Mirzadeh et al.
   2020's stable SGD), the task an extra argument so that a reset optimizer keeps it.
 
@@ -41,6 +43,8 @@ Task boundaries are pure functions of that state. Chain → extra argument → b
 - OGD: ``ogd_projection()`` → ``ogd_state=`` → ``ogd_consolidate(os, directions)`` with
   ``directions = ground_truth_gradients(logits_fn, θ, batch, os)``
   (``os = init_ogd(params, capacity=...)``)
+- Stiefel (ORTHOG-SUBSPACE): ``stiefel_retraction(layers)`` LAST in the chain, after the base
+  optimizer (no extra argument; the kernels start orthonormal: ``orthonormalize``)
 
 (``quadratic_penalty_adam`` = penalty, then ``optax.adam``; ``ncl`` = preconditioner, then
 ``optax.sgd``.)
@@ -100,6 +104,12 @@ from cljax.transforms.rgo import (
                                   rgo_projection,
                                   rgo_value_and_grad,
 )
+from cljax.transforms.stiefel import (
+                                  cayley_update,
+                                  gram_error,
+                                  orthonormalize,
+                                  stiefel_retraction,
+)
 from cljax.transforms.task_decay import scale_by_task_decay, task_decay_scale
 
 __all__ = [
@@ -117,6 +127,8 @@ __all__ = [
     "OGDState", "OGDDirections", "init_ogd", "factorable_layers", "ground_truth_gradients",
     "ogd_consolidate", "ogd_project", "ogd_value_and_grad", "ogd_projection",
     "ogd_weight_offsets", "ogd_fold", "ogd_deferred_value_and_grad", "update_scale",
+    # the Stiefel manifold's Cayley retraction (ORTHOG-SUBSPACE)
+    "cayley_update", "gram_error", "orthonormalize", "stiefel_retraction",
     # training regimes: the learning rate decayed per task (Mirzadeh et al. 2020)
     "scale_by_task_decay", "task_decay_scale",
 ]
