@@ -135,6 +135,28 @@ def fit_bezier(loss_fn: Callable[[Params], Array], theta_a: Params, theta_b: Par
     return control, np.asarray(values)
 
 
+def _task_losses_on_paths(logits_fn: LogitsFn, ts: Array, chunk_size: int | None
+                          ) -> Callable[[Params, Params, Any, Any], Array]:
+    """A jitted ``(start, end, task_batch, weights) -> [P]``: one task's weighted mean
+    cross-entropy at the points ``ts`` of the linear path from ``start`` to ``end``, in chunks
+    of ``chunk_size`` examples."""
+
+    @jax.jit
+    def path_losses(start, end, batch, weights):
+        def at(t):
+            params = path_point(start, end, t)
+
+            def body(chunk, wc):
+                return jnp.sum(wc * softmax_cross_entropy(logits_fn(params, chunk), chunk))
+
+            total, wsum = weighted_task_sum(body, params, batch, weights, chunk_size, None)
+            return total / wsum
+
+        return jax.lax.map(at, ts)
+
+    return path_losses
+
+
 def forgetting_paths(logits_fn: LogitsFn, params_per_task: Params, task_data: TaskData, *,
                      counts: Any = None, num_points: int = 11,
                      chunk_size: int | None = 1000) -> dict[str, Any]:
@@ -154,21 +176,8 @@ def forgetting_paths(logits_fn: LogitsFn, params_per_task: Params, task_data: Ta
         raise ValueError("forgetting_paths needs at least two tasks' parameters")
     ts = jnp.linspace(0.0, 1.0, num_points)
     final = task_slice(params_per_task, num_tasks - 1)
-
-    @jax.jit
-    def path_losses(start, batch, weights):
-        def at(t):
-            params = path_point(start, final, t)
-
-            def body(chunk, wc):
-                return jnp.sum(wc * softmax_cross_entropy(logits_fn(params, chunk), chunk))
-
-            total, wsum = weighted_task_sum(body, params, batch, weights, chunk_size, None)
-            return total / wsum
-
-        return jax.lax.map(at, ts)
-
-    losses = np.stack([np.asarray(path_losses(task_slice(params_per_task, i),
+    path_losses = _task_losses_on_paths(logits_fn, ts, chunk_size)
+    losses = np.stack([np.asarray(path_losses(task_slice(params_per_task, i), final,
                                               task_slice(stacked, i), w[i]))
                        for i in range(num_tasks - 1)])
     t = np.asarray(ts)
@@ -210,19 +219,7 @@ def multitask_paths(logits_fn: LogitsFn, params_per_task: Params, multitask_para
                              f"stacked like params_per_task; a leaf has shape {m.shape}, "
                              f"expected {(num_tasks - 1,) + p.shape[1:]}")
     ts = jnp.linspace(0.0, 1.0, num_points)
-
-    @jax.jit
-    def path_losses(start, end, batch, weights):
-        def at(t):
-            params = path_point(start, end, t)
-
-            def body(chunk, wc):
-                return jnp.sum(wc * softmax_cross_entropy(logits_fn(params, chunk), chunk))
-
-            total, wsum = weighted_task_sum(body, params, batch, weights, chunk_size, None)
-            return total / wsum
-
-        return jax.lax.map(at, ts)
+    path_losses = _task_losses_on_paths(logits_fn, ts, chunk_size)
 
     def seen_loss(t: int, end: Params) -> np.ndarray:
         start = task_slice(params_per_task, t)
