@@ -7,11 +7,12 @@ per case):
 * ``permuted``: Permuted MNIST in the orthog_subspace protocol (``permuted_mnist_rgo``: MLP
   784-256-256, SGD 0.1, batch 10, 20 tasks of 10,000 examples, one 10-way head), timed on task
   ``--task`` after the earlier tasks' boundaries: ``fit`` of ``--steps`` steps for fine-tuning
-  (``sgd``), ER (one example per class and task, replay batch 10), ORTHOG-SUBSPACE (its memory
-  replayed a task at a time), REMIND (G the first hidden layer, 8 codebooks of 256 codes, 50
-  replayed examples per current one) and MC-SGD (whose steps are fine-tuning's), and MC-SGD's
-  phase (its ``end_task``: 125 steps of batch 16 on 6 points per segment). MC-SGD's cost per
-  step is (a task's 1,000 steps + its phase) / 1,000, against fine-tuning's 1,000 steps.
+  (``sgd``), ER (one example per class and task, replay batch 10), ORTHOG-SUBSPACE (its default
+  memory of one example per class, a past task's block replayed per step), REMIND (G the first
+  hidden layer, 8 codebooks of 256 codes; one replayed example per current one as ER, and the
+  paper's 50 as ``remind_50``) and MC-SGD (whose steps are fine-tuning's); and MC-SGD's phase
+  (its ``end_task``: 125 steps of batch 16 on 6 points per segment). MC-SGD's cost per step is
+  (a task's 1,000 steps + its phase) / 1,000, against fine-tuning's 1,000 steps.
 * ``sleep``: SRC's sleep after the first task (15,000 time steps) of its MNIST protocol
   (``split_mnist_src``: MLP 784-1200-1200-10 without biases), against the task's 100 training
   steps; its later tasks sleep 15,000 · (1 + t/3) steps.
@@ -39,7 +40,9 @@ PERMUTED_CASES = {
     "er": ("er", {"per_class": 1, "memory_batch_size": 10, "loss": "concat"}),
     "orthog": ("orthog", {}),
     "remind": ("remind", {"split": "first_layer", "capacity": 2000, "num_subvectors": 8,
-                          "kmeans_iters": 10, "replay_samples": 50}),
+                          "kmeans_iters": 10, "replay_samples": 1}),
+    "remind_50": ("remind", {"split": "first_layer", "capacity": 2000, "num_subvectors": 8,
+                             "kmeans_iters": 10, "replay_samples": 50}),
     "mcsgd": ("mcsgd", {"per_class": 1, "num_points": 6, "mc_steps": 125, "mc_batch_size": 16,
                         "memory_batch_size": 16}),
 }
