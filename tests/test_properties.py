@@ -449,6 +449,48 @@ def _ogd_case(factored: bool):
     return case
 
 
+def _task_decay_case():
+    g = _rand_tree(70, _TREE)
+    tx = tr.scale_by_task_decay(0.5, min_scale=0.2)
+
+    def step(g, tasks):
+        return [tx.update(g, tx.init(g), None, task=tasks[i])[0] for i in range(3)]
+
+    def check(out):   # the closed form max(γ^t, floor) for tasks 0, 1, 3
+        for got, t in zip(out, (0, 1, 3)):
+            np.testing.assert_allclose(CH.flat_vec(got), max(0.5 ** t, 0.2) * CH.flat_vec(g),
+                                       **_F32)
+
+    return step, (g, jnp.array([0, 1, 3])), check
+
+
+def _stiefel_case():
+    rng = np.random.default_rng(71)
+    q0, _ = np.linalg.qr(rng.normal(size=(5, 3)))
+    params = {"Dense_0": {"kernel": jnp.asarray(q0, jnp.float32), "bias": jnp.zeros(3)}}
+    g = {"Dense_0": {"kernel": jnp.asarray(0.1 * rng.normal(size=(5, 3)), jnp.float32),
+                     "bias": jnp.asarray(rng.normal(size=3), jnp.float32)}}
+    tx = tr.stiefel_retraction(clamp=False)
+
+    def step(g, p):
+        return tx.update(g, tx.init(g), p)[0]
+
+    def check(out):   # numpy float64: W' = (I + A/2)⁻¹(I − A/2) W, A = Ĝ Wᵀ − W Ĝᵀ with
+        # Ĝ = G − ½ W WᵀG and G = −update (their Euclidean-metric generator); the bias passes
+        w, d = q0, np.asarray(g["Dense_0"]["kernel"], np.float64)
+        gg = -d
+        g_hat = gg - 0.5 * w @ (w.T @ gg)
+        a = g_hat @ w.T - w @ g_hat.T
+        eye = np.eye(5)
+        want = np.linalg.solve(eye + a / 2, (eye - a / 2) @ w) - w
+        np.testing.assert_allclose(out["Dense_0"]["kernel"], want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(out["Dense_0"]["bias"], g["Dense_0"]["bias"])
+        moved = w + np.asarray(out["Dense_0"]["kernel"], np.float64)
+        np.testing.assert_allclose(moved.T @ moved, np.eye(3), atol=1e-5)
+
+    return step, (g, params), check
+
+
 _F32 = dict(rtol=2e-5, atol=1e-6)
 TRANSFORM_CASES = {   # case: (the cljax.transforms factory it tests, its builder)
     "quadratic_penalty_multi_task": ("quadratic_penalty", _penalty_case),
@@ -460,6 +502,8 @@ TRANSFORM_CASES = {   # case: (the cljax.transforms factory it tests, its builde
     "gpm_projection": ("gpm_projection", _gpm_case),
     "ogd_projection_dense": ("ogd_projection", _ogd_case(False)),
     "ogd_projection_factored": ("ogd_projection", _ogd_case(True)),
+    "scale_by_task_decay": ("scale_by_task_decay", _task_decay_case),
+    "stiefel_retraction": ("stiefel_retraction", _stiefel_case),
 }
 # Exported optax chains of a row's transform and a base optimizer, tested through that row.
 CHAINS = {"quadratic_penalty_adam": "quadratic_penalty", "ncl": "ncl_preconditioner"}
