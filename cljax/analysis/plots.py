@@ -282,7 +282,7 @@ def plot_multitask_paths(paths: Mapping[str, Any],
     bx.bar(x - 0.2, rise["continual"], 0.4, label="to the next continual solution")
     bx.bar(x + 0.2, rise["multitask"], 0.4, label="to the multitask solution")
     bx.set_xticks(x, [f"from θ*_{i + 1}" for i in range(n)])
-    bx.set_ylabel("rise of the seen tasks' loss on the path (max − start)")
+    bx.set_ylabel("rise on the path (max − start)")
     bx.legend(fontsize=7)
     fig.suptitle(title or "continual vs multitask connectivity", fontsize=10)
     fig.tight_layout()
