@@ -552,8 +552,9 @@ def flatness_analysis(model: Model, data: StreamData, task_params: Params, *,
             + ("" if paths is None else
                f"; loss barriers θ*_t → θ*_T {np.round(paths['barrier'], 4).tolist()}")
             + ("" if versus is None else
-               f"; θ*_t → θ*_t+1 {np.round(versus['barrier_continual'], 4).tolist()} vs "
-               f"θ*_t → multitask {np.round(versus['barrier_multitask'], 4).tolist()}")
+               f"; seen tasks' loss rise θ*_t → θ*_t+1 "
+               f"{np.round(versus['rise_continual'], 4).tolist()} vs θ*_t → multitask "
+               f"{np.round(versus['rise_multitask'], 4).tolist()}")
             + f" ({seconds:.1f} s)")
         out.append({"run": r, "flatness": analysis.to_json(flat),
                     "bound": analysis.to_json(bound), "seconds": seconds,
