@@ -31,6 +31,7 @@ def _protocol():
 def test_a_benchmark_runs_resumes_and_writes_its_leaderboard(tmp_path):
     bench = tmp_path / "bench"
     logs: list[str] = []
+    commit = source_commit()            # read before the runs: the checkout they ran from
     with tfds.testing.mock_data(num_examples=64):
         board = run_bench(_protocol(), bench, log=logs.append)
         assert board["done"] == ["none", "ewc_task", "ewc_class"] and board["to_do"] == []
@@ -47,7 +48,7 @@ def test_a_benchmark_runs_resumes_and_writes_its_leaderboard(tmp_path):
         assert list(ewc_class["scenarios"]) == ["class"]
         provenance = json.loads((bench / PROVENANCE_FILE).read_text())
         assert set(provenance) == {"none", "ewc_task", "ewc_class"}
-        assert provenance["none"]["commit"] == source_commit()
+        assert provenance["none"]["commit"] == commit
 
         with pytest.raises(WorkdirError, match="not empty"):       # a second run needs --resume
             run_bench(_protocol(), bench, log=logs.append)
