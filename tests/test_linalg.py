@@ -1,9 +1,9 @@
-"""Tests for cljax._linalg (eigh that loops over a vmap batch on the CPU)."""
+"""Tests for cljax._linalg (eigh, solve and qr that loop over a vmap batch on the CPU)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cljax._linalg import eigh
+from cljax._linalg import eigh, qr, solve
 
 
 def _sym(key, *shape):
@@ -41,3 +41,21 @@ def test_gradient_matches_jnp_linalg_eigh(x64):
     ours = jax.vmap(jax.grad(loss(eigh)))(m)
     ref = jax.vmap(jax.grad(loss(jnp.linalg.eigh)))(m)
     np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_solve_and_qr_under_vmap_match_numpy():
+    """solve (one matrix or a batch of them, against a shared or batched right-hand side) and qr
+    under vmap equal numpy's, the batch looped on the CPU."""
+    rng = np.random.default_rng(7)
+    a = jnp.asarray(rng.normal(size=(2, 5, 5)) + 5 * np.eye(5), jnp.float32)
+    b = jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)
+    want = np.linalg.solve(np.asarray(a, np.float64), np.asarray(b, np.float64))
+    np.testing.assert_allclose(jax.jit(jax.vmap(solve, (0, None)))(a, b), want, rtol=1e-4,
+                               atol=1e-6)
+    np.testing.assert_allclose(solve(a[0], b), want[0], rtol=1e-4, atol=1e-6)
+    m = jnp.asarray(rng.normal(size=(3, 6, 4)), jnp.float32)
+    q, r = jax.vmap(qr)(m)
+    for i in range(3):
+        np.testing.assert_allclose(np.asarray(q[i]) @ np.asarray(r[i]), m[i], rtol=1e-4,
+                                   atol=1e-5)
+        np.testing.assert_allclose(np.asarray(q[i]).T @ np.asarray(q[i]), np.eye(4), atol=1e-5)
