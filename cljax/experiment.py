@@ -124,6 +124,17 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 
 
+def _check_regimes(cfg: dict) -> None:
+    """The config's ``regime`` record (if any) is a known regime's, and its ``regimes`` a dict
+    whose named regimes become their dotted keys (:mod:`cljax.regimes`), in place."""
+    if cfg.get("regime") is not None:
+        check_regime_record(cfg["regime"])
+    if not isinstance(cfg["regimes"], dict):
+        raise ValueError(f"config['regimes'] must be a dict {{name: regime}}; got "
+                         f"{cfg['regimes']!r}")
+    cfg["regimes"] = {name: regime_overrides(value) for name, value in cfg["regimes"].items()}
+
+
 def validate_config(config: dict) -> dict:
     """Check a config's keys and values; return a normalised deep copy.
 
@@ -151,12 +162,7 @@ def validate_config(config: dict) -> dict:
     if cfg.get("task_heads", "separate") not in TASK_HEADS:
         raise ValueError(f"config['task_heads'] must be one of {TASK_HEADS}; got "
                          f"{cfg['task_heads']!r}")
-    if cfg.get("regime") is not None:
-        check_regime_record(cfg["regime"])
-    if not isinstance(cfg["regimes"], dict):
-        raise ValueError(f"config['regimes'] must be a dict {{name: regime}}; got "
-                         f"{cfg['regimes']!r}")
-    cfg["regimes"] = {name: regime_overrides(value) for name, value in cfg["regimes"].items()}
+    _check_regimes(cfg)
     if cfg["analysis"] not in (None, "flatness"):
         raise ValueError(f"config['analysis'] must be None or 'flatness'; got {cfg['analysis']!r}")
     if isinstance(cfg["scenarios"], str):

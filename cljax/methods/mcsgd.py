@@ -127,6 +127,57 @@ def mcsgd_objective(logits_fn: Callable[[Params, Batch], Array], w: Params, prev
     return total
 
 
+def mcsgd_phase(ctx: BoundaryContext, memory_state: ReplayMemory, key: Array, *, mc_steps: int,
+                num_points: int, mc_batch_size: int | None,
+                memory_batch_size: int | None) -> Params:
+    """MC-SGD's phase at the end of task t > 0 (Mirzadeh et al. 2021, Algorithm 1's MC-SGD step):
+    θ_t from θ_{t−1} (``ctx.mstate.anchor``) and θ̂_t (``ctx.params``) by ``mc_steps`` steps of
+    SGD with momentum on :func:`mcsgd_objective`, the previous tasks' rows of ``memory_state``
+    on one segment and the task's examples on the other (the options as :func:`mcsgd`'s)."""
+    hp = ctx.hparams
+    lr = get_hparam(hp, "mc_lr", "mcsgd")
+    mu = get_hparam(hp, "mc_momentum", "mcsgd")
+    previous, continual = ctx.mstate.anchor, ctx.params
+    alphas = line_points(num_points)
+    logits_fn = ctx.model.logits_fn
+    eligible = memory_state.valid & (memory_state.task < ctx.task)
+    # the batches every step shares (whole memory, whole task), built once
+    whole_memory = None if memory_batch_size is not None else ctx.to_batch(core_rows(
+        {"x": memory_state.x, "label": memory_state.label, "task": memory_state.task}))
+    whole_task = task_ok = None
+    if mc_batch_size is None:
+        rows = ctx.task_rows(ctx.task)
+        whole_task = ctx.to_batch(rows)
+        task_ok = jnp.arange(rows["label"].shape[0]) < ctx.count(ctx.task)
+
+    def batches(i):
+        k_mem, k_cur = jax.random.split(jax.random.fold_in(key, i))
+        if whole_memory is not None:
+            mb, m_ok = whole_memory, eligible
+        else:
+            assert memory_batch_size is not None
+            m_rows, m_ok = mem.sample_memory(memory_state, k_mem, memory_batch_size,
+                                             where=eligible)
+            mb = ctx.to_batch(m_rows)
+        if whole_task is not None:
+            return mb, m_ok, whole_task, task_ok
+        assert mc_batch_size is not None
+        return mb, m_ok, ctx.sample_batch(ctx.task, k_cur, mc_batch_size), None
+
+    def step(i, carry):
+        w, v = carry
+        mb, m_ok, cb, c_ok = batches(i)
+        g = jax.grad(lambda p: mcsgd_objective(logits_fn, p, previous, continual, mb, cb,
+                                               alphas, memory_ok=m_ok, current_ok=c_ok))(w)
+        v = jax.tree.map(lambda a, b: (mu * a + b).astype(a.dtype), v, g)
+        w = jax.tree.map(lambda a, b: (a - lr * b).astype(a.dtype), w, v)
+        return w, v
+
+    w0 = path_point(previous, continual, get_hparam(hp, "init_position", "mcsgd"))
+    v0 = jax.tree.map(jnp.zeros_like, w0)
+    return jax.lax.fori_loop(0, mc_steps, step, (w0, v0))[0]
+
+
 def _check_num_points(num_points: Any) -> None:
     if not isinstance(num_points, int) or isinstance(num_points, bool) or num_points < 2:
         raise ValueError(f"num_points must be an int >= 2 (both ends of each segment); got "
@@ -177,51 +228,6 @@ def mcsgd(*, mc_steps: int = 125, num_points: int = 11, mc_batch_size: int | Non
         del key, hparams
         return MCSGDState(plan.build(spec)[0], jax.tree.map(jnp.array, params))
 
-    def phase(ctx: BoundaryContext, memory_state: ReplayMemory, key: Array) -> Params:
-        """θ_t from θ_{t−1} (``ctx.mstate.anchor``) and θ̂_t (``ctx.params``), task > 0."""
-        hp = ctx.hparams
-        lr = get_hparam(hp, "mc_lr", "mcsgd")
-        mu = get_hparam(hp, "mc_momentum", "mcsgd")
-        previous, continual = ctx.mstate.anchor, ctx.params
-        alphas = line_points(num_points)
-        logits_fn = ctx.model.logits_fn
-        eligible = memory_state.valid & (memory_state.task < ctx.task)
-        # the batches every step shares (whole memory, whole task), built once
-        whole_memory = None if memory_batch_size is not None else ctx.to_batch(core_rows(
-            {"x": memory_state.x, "label": memory_state.label, "task": memory_state.task}))
-        whole_task = task_ok = None
-        if mc_batch_size is None:
-            rows = ctx.task_rows(ctx.task)
-            whole_task = ctx.to_batch(rows)
-            task_ok = jnp.arange(rows["label"].shape[0]) < ctx.count(ctx.task)
-
-        def batches(i):
-            k_mem, k_cur = jax.random.split(jax.random.fold_in(key, i))
-            if whole_memory is not None:
-                mb, m_ok = whole_memory, eligible
-            else:
-                assert memory_batch_size is not None
-                m_rows, m_ok = mem.sample_memory(memory_state, k_mem, memory_batch_size,
-                                                 where=eligible)
-                mb = ctx.to_batch(m_rows)
-            if whole_task is not None:
-                return mb, m_ok, whole_task, task_ok
-            assert mc_batch_size is not None
-            return mb, m_ok, ctx.sample_batch(ctx.task, k_cur, mc_batch_size), None
-
-        def step(i, carry):
-            w, v = carry
-            mb, m_ok, cb, c_ok = batches(i)
-            g = jax.grad(lambda p: mcsgd_objective(logits_fn, p, previous, continual, mb, cb,
-                                                   alphas, memory_ok=m_ok, current_ok=c_ok))(w)
-            v = jax.tree.map(lambda a, b: (mu * a + b).astype(a.dtype), v, g)
-            w = jax.tree.map(lambda a, b: (a - lr * b).astype(a.dtype), w, v)
-            return w, v
-
-        w0 = path_point(previous, continual, get_hparam(hp, "init_position", "mcsgd"))
-        v0 = jax.tree.map(jnp.zeros_like, w0)
-        return jax.lax.fori_loop(0, mc_steps, step, (w0, v0))[0]
-
     def end_task(ctx: BoundaryContext):
         k_store, k_phase = jax.random.split(ctx.key)
         memory_state = store_finished_task(ctx.mstate.memory, plan, ctx, k_store)
@@ -229,7 +235,10 @@ def mcsgd(*, mc_steps: int = 125, num_points: int = 11, mc_batch_size: int | Non
             solution = ctx.params
         else:
             solution = jax.lax.cond(ctx.task > 0,
-                                    lambda: phase(ctx, memory_state, k_phase),
+                                    lambda: mcsgd_phase(ctx, memory_state, k_phase,
+                                                        mc_steps=mc_steps, num_points=num_points,
+                                                        mc_batch_size=mc_batch_size,
+                                                        memory_batch_size=memory_batch_size),
                                     lambda: ctx.params)
         state = MCSGDState(memory_state, solution)
         params = solution if train_from == "mc" else ctx.params
@@ -255,4 +264,4 @@ def mcsgd(*, mc_steps: int = 125, num_points: int = 11, mc_batch_size: int | Non
                   check=plan.check_config)
 
 
-__all__ = ["mcsgd", "MCSGDState", "mcsgd_objective", "line_points", "TRAIN_FROM"]
+__all__ = ["mcsgd", "MCSGDState", "mcsgd_objective", "mcsgd_phase", "line_points", "TRAIN_FROM"]

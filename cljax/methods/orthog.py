@@ -59,7 +59,7 @@ import optax
 from cljax import memory as mem
 from cljax.layers import get_layer, set_layer
 from cljax.methods.base import Method, StreamSpec, cross_entropy, current_task_batch
-from cljax.methods.rehearsal import core_rows, memory_plan, store_finished_task
+from cljax.methods.rehearsal import MemoryPlan, core_rows, memory_plan, store_finished_task
 from cljax.nn.model import Model
 from cljax.transforms.stiefel import (
     kernel_names,
@@ -253,6 +253,88 @@ def _empty(kind: str, per_class: int | None, capacity: int | None) -> bool:
         kind == "reservoir" and capacity is None and per_class == 0)
 
 
+def replay_size(plan: MemoryPlan, replay: str, memory_batch_size: int | None, ctx: Any) -> int:
+    """Memory rows drawn per step: ``memory_batch_size``, else a past task's whole block of a
+    per-class memory (``replay="task"``: their ER-SUBSPACE), else the current batch's size."""
+    if memory_batch_size is not None:
+        return memory_batch_size
+    if replay == "task" and plan.kind == "per_class":
+        assert plan.per_class is not None
+        return plan.per_class * ctx.spec.classes_per_task
+    return ctx.batch_size
+
+
+def replay_batch(ctx: Any, memory_state: Any, *, replay: str, size: int) -> dict[str, Any]:
+    """The current task's examples and ``size`` distinct memory rows (``"memory"``, with
+    ``"memory_ok"``): of one past task drawn uniformly (``replay="task"``, none during the
+    first task) or of every stored task (``"uniform"``, ER-Ring's)."""
+    if replay not in REPLAYS:
+        raise ValueError(f"replay must be one of {REPLAYS}; got {replay!r}")
+    rows: dict[str, Any] = dict(current_task_batch(ctx, None))
+    if replay == "task":
+        k_task, k_rows = jax.random.split(ctx.key)
+        past = jax.random.randint(k_task, (), 0, jnp.maximum(ctx.task, 1))
+        rows["memory"], ok = mem.sample_memory(memory_state, k_rows, size,
+                                               where=memory_state.task == past, replace=False)
+        ok = ok & (ctx.task > 0)
+    else:
+        rows["memory"], ok = mem.sample_memory(memory_state, ctx.key, size, replace=False)
+    rows["memory_ok"] = ok
+    return rows
+
+
+def replay_loss(params: Any, batch: Any, ctx: Any, *, loss: str) -> Any:
+    """ORTHOG-SUBSPACE's loss on the current examples and the replayed memory rows (each through
+    its own task's projection, the model's): ``"scaled"``, their ``(ℓ_current + ℓ_memory) / t``
+    (the code's ``grad / task_id``), or ``"concat"``, one mean over the current and the valid
+    memory rows (ER-Ring's). ``batch["memory"]`` / ``batch["memory_ok"]``: the rows and which are
+    stored."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}; got {loss!r}")
+    k_cur, k_mem = jax.random.split(ctx.key)
+    ce_cur = cross_entropy(ctx.model.train_logits_fn(params, batch, k_cur), batch["y"])
+    mb = ctx.to_batch(batch["memory"])
+    per_example = optax.softmax_cross_entropy_with_integer_labels(
+        ctx.model.train_logits_fn(params, mb, k_mem), mb["y"])
+    ok = batch["memory_ok"].astype(per_example.dtype)
+    n_mem = jnp.sum(ok)
+    ce_mem = jnp.sum(per_example * ok) / jnp.maximum(n_mem, 1.0)
+    if loss == "scaled":
+        return (ce_cur + ce_mem) / (ctx.task + 1).astype(ce_cur.dtype)
+    n_cur = jnp.asarray(batch["y"].shape[0], ce_cur.dtype)
+    return (n_cur * ce_cur + n_mem * ce_mem) / (n_cur + n_mem)
+
+
+def _check_options(*, rank: Any, basis: Any, basis_seed: Any, replay: Any,
+                   memory_batch_size: Any, loss: Any, stiefel: Any, stiefel_layers: Any,
+                   cayley_iterations: Any) -> None:
+    """:func:`orthog`'s static options (the memory's are :func:`memory_plan`'s), each with an
+    error naming it."""
+    if basis not in BASES:
+        raise ValueError(f"basis must be one of {BASES}; got {basis!r}")
+    if replay not in REPLAYS:
+        raise ValueError(f"replay must be one of {REPLAYS}; got {replay!r}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}; got {loss!r}")
+    if not isinstance(stiefel, bool):
+        raise TypeError(f"stiefel must be a bool; got {stiefel!r}")
+    if not isinstance(basis_seed, int) or isinstance(basis_seed, bool):
+        raise TypeError(f"basis_seed must be an int; got {basis_seed!r}")
+    if rank is not None:
+        check_positive_int(rank, name="rank")
+    if memory_batch_size is not None:
+        check_positive_int(memory_batch_size, name="memory_batch_size")
+    if cayley_iterations is not None:
+        check_positive_int(cayley_iterations, name="cayley_iterations")
+    if stiefel_layers is not None and (isinstance(stiefel_layers, str) or not isinstance(
+            stiefel_layers, Sequence) or not all(isinstance(n, str) for n in stiefel_layers)):
+        raise TypeError(f"stiefel_layers must be a list of layer names (e.g. ['Dense_0']); got "
+                        f"{stiefel_layers!r}")
+    if not stiefel and (stiefel_layers is not None or cayley_iterations is not None):
+        raise ValueError("stiefel_layers and cayley_iterations set the Stiefel update: they "
+                         "need stiefel=True")
+
+
 def orthog(*, rank: int | None = None, basis: str = "identity", basis_seed: int = 0,
            memory: str = "per_class", per_class: int | None = 1, capacity: int | None = None,
            replay: str = "task", memory_batch_size: int | None = None, loss: str = "scaled",
@@ -278,29 +360,9 @@ def orthog(*, rank: int | None = None, basis: str = "identity", basis_seed: int 
     their k-step fixed-point Cayley iteration (2 in their code) instead of the closed form.
     Task-aware: the task id of every example is used at training and test time (Task-IL, or
     Domain-IL with a shared head as in the paper's MNIST); Class-IL is refused."""
-    if basis not in BASES:
-        raise ValueError(f"basis must be one of {BASES}; got {basis!r}")
-    if replay not in REPLAYS:
-        raise ValueError(f"replay must be one of {REPLAYS}; got {replay!r}")
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}; got {loss!r}")
-    if not isinstance(stiefel, bool):
-        raise TypeError(f"stiefel must be a bool; got {stiefel!r}")
-    if not isinstance(basis_seed, int) or isinstance(basis_seed, bool):
-        raise TypeError(f"basis_seed must be an int; got {basis_seed!r}")
-    if rank is not None:
-        check_positive_int(rank, name="rank")
-    if memory_batch_size is not None:
-        check_positive_int(memory_batch_size, name="memory_batch_size")
-    if cayley_iterations is not None:
-        check_positive_int(cayley_iterations, name="cayley_iterations")
-    if stiefel_layers is not None and (isinstance(stiefel_layers, str) or not isinstance(
-            stiefel_layers, Sequence) or not all(isinstance(n, str) for n in stiefel_layers)):
-        raise TypeError(f"stiefel_layers must be a list of layer names (e.g. ['Dense_0']); got "
-                        f"{stiefel_layers!r}")
-    if not stiefel and (stiefel_layers is not None or cayley_iterations is not None):
-        raise ValueError("stiefel_layers and cayley_iterations set the Stiefel update: they "
-                         "need stiefel=True")
+    _check_options(rank=rank, basis=basis, basis_seed=basis_seed, replay=replay,
+                   memory_batch_size=memory_batch_size, loss=loss, stiefel=stiefel,
+                   stiefel_layers=stiefel_layers, cayley_iterations=cayley_iterations)
     plan = memory_plan(memory, per_class, capacity)
     layers = None if stiefel_layers is None else tuple(stiefel_layers)
 
@@ -320,43 +382,13 @@ def orthog(*, rank: int | None = None, basis: str = "identity", basis_seed: int 
     if _empty(plan.kind, plan.per_class, plan.capacity):
         return Method("orthog", **common)
 
-    def replay_size(ctx) -> int:
-        if memory_batch_size is not None:
-            return memory_batch_size
-        if replay == "task" and plan.kind == "per_class":
-            assert plan.per_class is not None
-            return plan.per_class * ctx.spec.classes_per_task
-        return ctx.batch_size
-
     def batch(ctx, memory_state):
-        rows: dict[str, Any] = dict(current_task_batch(ctx, None))
-        if replay == "task":
-            k_task, k_rows = jax.random.split(ctx.key)
-            past = jax.random.randint(k_task, (), 0, jnp.maximum(ctx.task, 1))
-            rows["memory"], ok = mem.sample_memory(memory_state, k_rows, replay_size(ctx),
-                                                   where=memory_state.task == past,
-                                                   replace=False)
-            ok = ok & (ctx.task > 0)
-        else:
-            rows["memory"], ok = mem.sample_memory(memory_state, ctx.key, replay_size(ctx),
-                                                   replace=False)
-        rows["memory_ok"] = ok
-        return rows
+        return replay_batch(ctx, memory_state, replay=replay,
+                            size=replay_size(plan, replay, memory_batch_size, ctx))
 
     def loss_fn(params, batch, memory_state, ctx):
         del memory_state
-        k_cur, k_mem = jax.random.split(ctx.key)
-        ce_cur = cross_entropy(ctx.model.train_logits_fn(params, batch, k_cur), batch["y"])
-        mb = ctx.to_batch(batch["memory"])
-        per_example = optax.softmax_cross_entropy_with_integer_labels(
-            ctx.model.train_logits_fn(params, mb, k_mem), mb["y"])
-        ok = batch["memory_ok"].astype(per_example.dtype)
-        n_mem = jnp.sum(ok)
-        ce_mem = jnp.sum(per_example * ok) / jnp.maximum(n_mem, 1.0)
-        if loss == "scaled":
-            return (ce_cur + ce_mem) / (ctx.task + 1).astype(ce_cur.dtype), {}
-        n_cur = jnp.asarray(batch["y"].shape[0], ce_cur.dtype)
-        return (n_cur * ce_cur + n_mem * ce_mem) / (n_cur + n_mem), {}
+        return replay_loss(params, batch, ctx, loss=loss), {}
 
     def init(params, key, hparams, spec):
         del params, key, hparams
@@ -375,4 +407,5 @@ def orthog(*, rank: int | None = None, basis: str = "identity", basis_seed: int 
 
 
 __all__ = ["orthog", "subspace_model", "subspace_rank", "task_bases", "task_projections",
-           "project_features", "output_layer", "stiefel_kernels", "BASES", "REPLAYS", "LOSSES"]
+           "project_features", "output_layer", "stiefel_kernels", "replay_size",
+           "replay_batch", "replay_loss", "BASES", "REPLAYS", "LOSSES"]

@@ -431,6 +431,134 @@ def _check_options(split: str, capacity: Any, num_subvectors: Any, num_codes: An
             raise TypeError(f"{name} must be a bool; got {v!r}")
 
 
+def quantise_latents(z: Array, codebooks: Array, locations: int) -> Array:
+    """decode(encode(z)) of latents ``z [B, D]`` read as ``locations`` vectors of ``D /
+    locations`` channels, the codebooks shared by the locations (REMIND's reconstruction)."""
+    if jnp.ndim(z) != 2 or jnp.shape(z)[1] % locations:
+        raise ValueError(f"z must be [B, D] with D a multiple of locations={locations}; got "
+                         f"shape {jnp.shape(z)}")
+    zl = jnp.reshape(z, (z.shape[0], locations, -1))
+    return jnp.reshape(pq_decode(pq_encode(zl, codebooks), codebooks), z.shape)
+
+
+def crop_latents(z: Array, key: PRNGKey, grid: tuple[int, int]) -> Array:
+    """Latents ``z [B, H·W·C]`` (location-major) as ``grid = (H, W)`` maps, each randomly
+    resized-cropped back to H × W (:func:`random_resized_crop`, REMIND's latent augmentation)."""
+    maps = jnp.reshape(z, (z.shape[0], grid[0], grid[1], -1))
+    return jnp.reshape(random_resized_crop(maps, key), z.shape)
+
+
+def _check_split_model(base: Model, split: str) -> Model:
+    """``base`` itself; with ``split="first_layer"`` it must be a plain :class:`cljax.nn.MLP`."""
+    if split == "first_layer":
+        module = base.module
+        if type(module) is not MLP or module.feature_encoding:
+            raise ValueError(
+                "remind with split='first_layer' freezes the first hidden layer of a plain "
+                f"cljax.nn.MLP (no feature encoding); the model is "
+                f"{type(module).__name__}: use split='input' (G = identity, the examples "
+                "are z), e.g. on the frozen encoder's features")
+    return base
+
+
+def replay_terms(zr: Array, rows: Any, ok: Array, label_table: Any, lam: Array | None
+                 ) -> tuple[list, list, list, list, Array]:
+    """REMIND's replayed rows for the loss: the decoded latents ``zr`` of the drawn memory
+    ``rows`` (``ok``: which are stored) as lists of latents, tasks, labels and weights, and the
+    number of replayed examples they count for. With ``lam`` (manifold mixup, Verma et al. 2019
+    as REMIND uses it) the draws are mixed in pairs ``λ·ẑ_a + (1 − λ)·ẑ_b``, each pair scored
+    under both examples' tasks and labels with weights λ and 1 − λ; without, each row as it is."""
+    yr = jnp.asarray(label_table)[rows["task"], rows["label"]]
+    okf = ok.astype(zr.dtype)
+    if lam is None:
+        return [zr], [rows["task"]], [yr], [okf], jnp.sum(okf)
+    n = zr.shape[0] // 2
+    mixed = lam * zr[:n] + (1 - lam) * zr[n:]
+    both = okf[:n] * okf[n:]
+    return ([mixed, mixed], [rows["task"][:n], rows["task"][n:]], [yr[:n], yr[n:]],
+            [lam * both, (1 - lam) * both], jnp.sum(both))
+
+
+def remind_loss(params: Params, batch: Batch, s: RemindState, ctx: LossContext, *,
+                parts: Split, locations: int, grid: tuple[int, int] | None,
+                quantize_inputs: bool, crops: bool, replay_samples: int, mixup: bool) -> Array:
+    """REMIND's loss (Hayes et al. 2020, Sec. 3): the mean cross-entropy of F over the current
+    examples (their latents quantised once the codebooks exist, cropped on a grid) and the
+    replayed memory examples (:func:`replay_terms`); fine-tuning's loss when nothing is replayed,
+    quantised or cropped. The options are :func:`remind`'s."""
+    crop_grid = grid if crops else None
+    cropping = crop_grid is not None
+    plain = replay_samples == 0 and not quantize_inputs and not cropping
+    draws = replay_samples * (2 if mixup else 1)
+    k_cur, k_rest = jax.random.split(ctx.key)
+    if plain:      # fine-tuning's loss, the same numbers (task_loss)
+        return cross_entropy(ctx.model.train_logits_fn(params, batch, k_cur), batch["y"])
+    k_crop, k_crop_mem, k_mix, k_mem = jax.random.split(k_rest, 4)
+    y_cur = batch["y"]
+    b = y_cur.shape[0]
+    zs, tasks, ys, weights, ce_parts = [], [], [], [], []
+    if quantize_inputs or cropping:
+        z = parts.lower(ctx.model, params, batch)
+        if quantize_inputs:
+            z = jnp.where(s.fitted, quantise_latents(z, s.codebooks, locations), z)
+        if crop_grid is not None:
+            z = jnp.where(s.fitted, crop_latents(z, k_crop, crop_grid), z)
+        zs, tasks, ys, weights = [z], [batch["task"]], [y_cur], [jnp.ones((b,), z.dtype)]
+    else:
+        logits = ctx.model.train_logits_fn(params, batch, k_cur)
+        ce_parts.append(jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits,
+                                                                                y_cur)))
+    count = jnp.asarray(b, jnp.float32)
+    if draws:
+        rows = batch["memory"]
+        zr = jnp.reshape(pq_decode(rows["x"], s.codebooks), (rows["x"].shape[0], -1))
+        if crop_grid is not None:
+            zr = crop_latents(zr, k_crop_mem, crop_grid)
+        lam = mixup_lambda(k_mix, get_hparam(ctx.hparams, "mixup_alpha", "remind")) \
+            if mixup else None
+        replayed = replay_terms(zr, rows, batch["memory_ok"], ctx.spec.label_table, lam)
+        for acc, part in zip((zs, tasks, ys, weights), replayed[:4]):
+            acc.extend(part)
+        count = count + replayed[4]
+    key = k_cur if (quantize_inputs or cropping) else k_mem
+    logits = parts.upper(ctx.model, params, jnp.concatenate(zs), jnp.concatenate(tasks),
+                         key, ctx.spec)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.concatenate(ys))
+    ce_parts.append(jnp.sum(ce * jnp.concatenate(weights)))
+    return sum(ce_parts) / count
+
+
+def store_task_codes(ctx: BoundaryContext, z: Array, *, locations: int, num_subvectors: int,
+                     num_codes: int, kmeans_iters: int, kmeans_init: str) -> RemindState:
+    """REMIND at the end of a task: the codebooks fitted by k-means on the task's latents ``z``
+    (``[N, D]``, the task's stored rows, padding weighted 0) unless fitted already (the base
+    task's), then every real example's codes offered to the class-balanced memory
+    (:func:`balanced_insert`) in a random order."""
+    s: RemindState = ctx.mstate
+    k_fit, k_order, k_insert = jax.random.split(ctx.key, 3)
+    rows = ctx.task_rows(ctx.task)
+    n = rows["label"].shape[0]
+    if jnp.shape(z)[0] != n:
+        raise ValueError(f"z must hold the task's {n} stored rows; got shape {jnp.shape(z)}")
+    real = jnp.arange(n) < ctx.count(ctx.task)
+    zl = jnp.reshape(z, (n * locations, -1)).astype(jnp.float32)
+
+    def fit(_):
+        return fit_codebooks(zl, k_fit, num_subvectors, num_codes, kmeans_iters,
+                             weights=jnp.repeat(real.astype(jnp.float32), locations),
+                             init=kmeans_init)
+
+    codebooks = jax.lax.cond(s.fitted, lambda _: s.codebooks, fit, None)
+    codes = pq_encode(jnp.reshape(zl, (n, locations, -1)), codebooks)
+    order = jax.random.permutation(k_order, n)
+    memory = balanced_insert(
+        s.memory, {"x": codes[order], "label": rows["label"][order],
+                   "task": rows["task"][order]},
+        real[order], k_insert, classes_per_task=ctx.spec.classes_per_task,
+        num_classes=ctx.spec.num_classes)
+    return RemindState(codebooks, jnp.ones((), bool), memory)
+
+
 def remind(*, split: str = "first_layer", capacity: int = 10_000, num_subvectors: int = 32,
            num_codes: int = 256, locations: int = 1, grid: tuple[int, int] | None = None,
            kmeans_iters: int = 20, kmeans_init: str = "kmeans++", replay_samples: int = 50,
@@ -452,8 +580,6 @@ def remind(*, split: str = "first_layer", capacity: int = 10_000, num_subvectors
                    kmeans_init, replay_samples, {"mixup": mixup, "crops": crops,
                                                  "quantize_inputs": quantize_inputs})
     parts = _input_split() if split == "input" else _first_layer_split()
-    cropping = crops and grid is not None
-    plain = replay_samples == 0 and not quantize_inputs and not cropping
     draws = replay_samples * (2 if mixup else 1)
 
     def channels(params, spec) -> int:
@@ -461,27 +587,9 @@ def remind(*, split: str = "first_layer", capacity: int = 10_000, num_subvectors
         code_shape(width, locations=locations, num_subvectors=num_subvectors)
         return width // locations
 
-    def quantise(z, codebooks):
-        """decode(encode(z)) of z [B, D] (codebooks shared by the locations)."""
-        zl = jnp.reshape(z, (z.shape[0], locations, -1))
-        return jnp.reshape(pq_decode(pq_encode(zl, codebooks), codebooks), z.shape)
-
-    def crop(z, key):
-        assert grid is not None
-        maps = jnp.reshape(z, (z.shape[0], grid[0], grid[1], -1))
-        return jnp.reshape(random_resized_crop(maps, key), z.shape)
-
     def check_model(base: Model, spec: StreamSpec) -> Model:
         del spec
-        if split == "first_layer":
-            module = base.module
-            if type(module) is not MLP or module.feature_encoding:
-                raise ValueError(
-                    "remind with split='first_layer' freezes the first hidden layer of a plain "
-                    f"cljax.nn.MLP (no feature encoding); the model is "
-                    f"{type(module).__name__}: use split='input' (G = identity, the examples "
-                    "are z), e.g. on the frozen encoder's features")
-        return base
+        return _check_split_model(base, split)
 
     def init(params, key, hparams, spec: StreamSpec) -> RemindState:
         del key, hparams
@@ -497,52 +605,9 @@ def remind(*, split: str = "first_layer", capacity: int = 10_000, num_subvectors
         return with_memory_rows(ctx, s.memory, draws * ctx.batch_size)
 
     def loss(params, batch: Batch, s: RemindState, ctx: LossContext):
-        k_cur, k_rest = jax.random.split(ctx.key)
-        if plain:      # fine-tuning's loss, the same numbers (task_loss)
-            return cross_entropy(ctx.model.train_logits_fn(params, batch, k_cur), batch["y"]), {}
-        k_crop, k_crop_mem, k_mix, k_mem = jax.random.split(k_rest, 4)
-        y_cur = batch["y"]
-        b = y_cur.shape[0]
-        zs, tasks, ys, weights, ce_parts = [], [], [], [], []
-        if quantize_inputs or cropping:
-            z = parts.lower(ctx.model, params, batch)
-            if quantize_inputs:
-                z = jnp.where(s.fitted, quantise(z, s.codebooks), z)
-            if cropping:
-                z = jnp.where(s.fitted, crop(z, k_crop), z)
-            zs, tasks, ys, weights = [z], [batch["task"]], [y_cur], [jnp.ones((b,), z.dtype)]
-        else:
-            logits = ctx.model.train_logits_fn(params, batch, k_cur)
-            ce_parts.append(jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits,
-                                                                                    y_cur)))
-        count = jnp.asarray(b, jnp.float32)
-        if draws:
-            rows, ok = batch["memory"], batch["memory_ok"]
-            zr = jnp.reshape(pq_decode(rows["x"], s.codebooks), (rows["x"].shape[0], -1))
-            if cropping:
-                zr = crop(zr, k_crop_mem)
-            yr = jnp.asarray(ctx.spec.label_table)[rows["task"], rows["label"]]
-            okf = ok.astype(zr.dtype)
-            if mixup:
-                n = rows["x"].shape[0] // 2
-                lam = mixup_lambda(k_mix, get_hparam(ctx.hparams, "mixup_alpha", "remind"))
-                mixed = lam * zr[:n] + (1 - lam) * zr[n:]
-                both = okf[:n] * okf[n:]
-                zs += [mixed, mixed]
-                tasks += [rows["task"][:n], rows["task"][n:]]
-                ys += [yr[:n], yr[n:]]
-                weights += [lam * both, (1 - lam) * both]
-                count = count + jnp.sum(both)
-            else:
-                zs, tasks, ys, weights = zs + [zr], tasks + [rows["task"]], ys + [yr], \
-                    weights + [okf]
-                count = count + jnp.sum(okf)
-        key = k_cur if (quantize_inputs or cropping) else k_mem
-        logits = parts.upper(ctx.model, params, jnp.concatenate(zs), jnp.concatenate(tasks),
-                             key, ctx.spec)
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.concatenate(ys))
-        ce_parts.append(jnp.sum(ce * jnp.concatenate(weights)))
-        return sum(ce_parts) / count, {}
+        return remind_loss(params, batch, s, ctx, parts=parts, locations=locations, grid=grid,
+                           quantize_inputs=quantize_inputs, crops=crops,
+                           replay_samples=replay_samples, mixup=mixup), {}
 
     def make_optimizer(hparams, base):
         del hparams
@@ -551,32 +616,14 @@ def remind(*, split: str = "first_layer", capacity: int = 10_000, num_subvectors
         return optax.chain(optax.with_extra_args_support(base), frozen_lower(parts))
 
     def end_task(ctx: BoundaryContext):
-        s: RemindState = ctx.mstate
-        k_fit, k_order, k_insert = jax.random.split(ctx.key, 3)
-        rows = ctx.task_rows(ctx.task)
-        n = rows["label"].shape[0]
-        real = jnp.arange(n) < ctx.count(ctx.task)
-        z = parts.lower(ctx.model, ctx.params, ctx.to_batch(rows))
-        zl = jnp.reshape(z, (n * locations, -1)).astype(jnp.float32)
-
-        def fit(_):
-            return fit_codebooks(zl, k_fit, num_subvectors, num_codes, kmeans_iters,
-                                 weights=jnp.repeat(real.astype(jnp.float32), locations),
-                                 init=kmeans_init)
-
-        codebooks = jax.lax.cond(s.fitted, lambda _: s.codebooks, fit, None)
-        codes = pq_encode(jnp.reshape(zl, (n, locations, -1)), codebooks)
-        order = jax.random.permutation(k_order, n)
-        memory = balanced_insert(
-            s.memory, {"x": codes[order], "label": rows["label"][order],
-                       "task": rows["task"][order]},
-            real[order], k_insert, classes_per_task=ctx.spec.classes_per_task,
-            num_classes=ctx.spec.num_classes)
-        return ctx.keep_params(RemindState(codebooks, jnp.ones((), bool), memory))
+        z = parts.lower(ctx.model, ctx.params, ctx.to_batch(ctx.task_rows(ctx.task)))
+        return ctx.keep_params(store_task_codes(
+            ctx, z, locations=locations, num_subvectors=num_subvectors, num_codes=num_codes,
+            kmeans_iters=kmeans_iters, kmeans_init=kmeans_init))
 
     def predict(params, s: RemindState, batch: Batch, ctx: PredictContext):
         z = parts.lower(ctx.model, params, batch)
-        z = jnp.where(s.fitted, quantise(z, s.codebooks), z)
+        z = jnp.where(s.fitted, quantise_latents(z, s.codebooks, locations), z)
         return parts.upper(ctx.model, params, z, batch["task"], None, ctx.spec)
 
     return Method("remind", make_optimizer=make_optimizer, init=init, batch=batch, loss=loss,
@@ -587,4 +634,5 @@ def remind(*, split: str = "first_layer", capacity: int = 10_000, num_subvectors
 __all__ = ["SPLITS", "LOWER", "CROP_SCALE", "CROP_RATIO", "CROP_ATTEMPTS", "RemindState",
            "code_shape", "bytes_per_example", "codebook_bytes", "class_counts",
            "balanced_insert", "resize_crop", "random_resized_crop", "mixup_lambda", "Split",
-           "frozen_lower", "remind"]
+           "frozen_lower", "quantise_latents", "crop_latents", "store_task_codes",
+           "replay_terms", "remind_loss", "remind"]
