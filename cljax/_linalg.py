@@ -28,19 +28,29 @@ from jax.custom_batching import custom_vmap
 from cljax.types import Array
 
 
-@custom_vmap
-def _eigh_unbatched(m: Array) -> tuple[Array, Array]:
-    w, u = jnp.linalg.eigh(m)
-    return w, u
+def _looped_under_vmap(fn):
+    """``fn`` (a LAPACK call on unbatched arrays, returning one array or a tuple) whose ``vmap``
+    runs the batch through ``lax.map``, each call seeing one problem (the module docstring);
+    arguments not batched are broadcast to the batch."""
+
+    @custom_vmap
+    def unbatched(*args):
+        return fn(*args)
+
+    @unbatched.def_vmap
+    def rule(axis_size, in_batched, *args):
+        out_shape = jax.eval_shape(fn, *args)
+        out_axes = jax.tree.map(lambda _: True, out_shape)
+        if not any(in_batched):
+            return unbatched(*args), jax.tree.map(lambda _: False, out_shape)
+        args = tuple(a if b else jnp.broadcast_to(a, (axis_size, *jnp.shape(a)))
+                     for a, b in zip(args, in_batched))
+        return lax.map(lambda xs: unbatched(*xs), args), out_axes
+
+    return unbatched
 
 
-@_eigh_unbatched.def_vmap
-def _eigh_vmap(axis_size, in_batched, m):
-    del axis_size
-    (batched,) = in_batched
-    if not batched:
-        return _eigh_unbatched(m), (False, False)
-    return lax.map(_eigh_unbatched, m), (True, True)
+_eigh_unbatched = _looped_under_vmap(lambda m: tuple(jnp.linalg.eigh(m)))
 
 
 @jax.custom_jvp
@@ -70,19 +80,7 @@ def eigh(m: Array) -> tuple[Array, Array]:
     return _eigh_cpu(m)
 
 
-@custom_vmap
-def _solve_unbatched(a: Array, b: Array) -> Array:
-    return jnp.linalg.solve(a, b)
-
-
-@_solve_unbatched.def_vmap
-def _solve_vmap(axis_size, in_batched, a, b):
-    a_batched, b_batched = in_batched
-    if not (a_batched or b_batched):
-        return _solve_unbatched(a, b), False
-    a = a if a_batched else jnp.broadcast_to(a, (axis_size, *a.shape))
-    b = b if b_batched else jnp.broadcast_to(b, (axis_size, *b.shape))
-    return lax.map(lambda ab: _solve_unbatched(*ab), (a, b)), True
+_solve_unbatched = _looped_under_vmap(jnp.linalg.solve)
 
 
 def solve(a: Array, b: Array) -> Array:
@@ -96,19 +94,7 @@ def solve(a: Array, b: Array) -> Array:
     return _solve_unbatched(a, b)
 
 
-@custom_vmap
-def _qr_unbatched(a: Array) -> tuple[Array, Array]:
-    q, r = jnp.linalg.qr(a)
-    return q, r
-
-
-@_qr_unbatched.def_vmap
-def _qr_vmap(axis_size, in_batched, a):
-    del axis_size
-    (batched,) = in_batched
-    if not batched:
-        return _qr_unbatched(a), (False, False)
-    return lax.map(_qr_unbatched, a), (True, True)
+_qr_unbatched = _looped_under_vmap(lambda a: tuple(jnp.linalg.qr(a)))
 
 
 def qr(a: Array) -> tuple[Array, Array]:
