@@ -17,7 +17,10 @@ plus ``task_decay`` / ``min_learning_rate``), ``steps`` (per task), ``batch_size
 default; ``"shuffled"``: an epoch is one shuffled pass over the task's own examples;
 ``"shuffled_drop_last"``, :mod:`cljax.training.sampling`), ``task_heads`` (``"separate"``: a
 head per task in Task-IL, the default; ``"masked"``: one head over every class with the other
-tasks' classes masked, :func:`cljax.data.make_scenario`), ``evaluate_on`` (``"test"``, or
+tasks' classes masked, :func:`cljax.data.make_scenario`), ``metric_from_task`` (k, default 0:
+the metrics (ACC, BWT, forgetting, FWT, …) count tasks k… only, over the accuracy matrix's
+block ``R[k:, k:]`` — A-GEM's protocol trains its first tasks for cross-validation and reports
+the others; the whole matrix is kept in the results), ``evaluate_on`` (``"test"``, or
 ``"validation"``: evaluate on ``validation_fraction`` (default 0.1) of every class carved from
 the training split and never read the test split — how a sweep chooses hyperparameters,
 :func:`cljax.data.carve_validation`), ``analysis`` (None or ``"flatness"``:
@@ -135,6 +138,30 @@ def _check_regimes(cfg: dict) -> None:
     cfg["regimes"] = {name: regime_overrides(value) for name, value in cfg["regimes"].items()}
 
 
+def _check_metric_from_task(cfg: dict) -> None:
+    """``config['metric_from_task']``: an int k >= 0, below the stream's number of tasks when the
+    config fixes it (else checked once the stream is loaded, :func:`metric_block`)."""
+    k = cfg.get("metric_from_task", 0)
+    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+        raise ValueError(f"config['metric_from_task'] must be an int >= 0 (the first task the "
+                         f"metrics count); got {k!r}")
+    num_tasks = stream_outline(cfg).num_tasks if k else None
+    if num_tasks is not None and k >= num_tasks:
+        raise ValueError(f"config['metric_from_task'] is {k}, but the stream has {num_tasks} "
+                         f"tasks: it must be below {num_tasks}")
+
+
+def metric_block(cfg: dict, R: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The part of the accuracy (or loss) matrices ``R [..., T, T]`` and baselines ``b [..., T]``
+    the metrics count: tasks ``config['metric_from_task']`` (k) onwards, ``R[..., k:, k:]``."""
+    k = cfg.get("metric_from_task", 0)
+    T = R.shape[-1]
+    if k >= T:
+        raise ValueError(f"config['metric_from_task'] is {k}, but the stream has {T} tasks: it "
+                         f"must be below {T}")
+    return R[..., k:, k:], b[..., k:]
+
+
 def validate_config(config: dict) -> dict:
     """Check a config's keys and values; return a normalised deep copy.
 
@@ -163,6 +190,7 @@ def validate_config(config: dict) -> dict:
         raise ValueError(f"config['task_heads'] must be one of {TASK_HEADS}; got "
                          f"{cfg['task_heads']!r}")
     _check_regimes(cfg)
+    _check_metric_from_task(cfg)
     if cfg["analysis"] not in (None, "flatness"):
         raise ValueError(f"config['analysis'] must be None or 'flatness'; got {cfg['analysis']!r}")
     if isinstance(cfg["scenarios"], str):
@@ -323,7 +351,7 @@ def config_plan(cfg: dict, scenario: str) -> ConfigPlan:
 SCALE_KEYS = ("data_placement", "device_memory_cap", "batch_devices")
 """The optional scale-out keys: absent, the defaults apply and the config is unchanged."""
 
-UNFILLED_KEYS = (*SCALE_KEYS, "task_heads", "sampling", "regime")
+UNFILLED_KEYS = (*SCALE_KEYS, "task_heads", "sampling", "regime", "metric_from_task")
 """Optional keys :func:`validate_config` does not fill in: absent, their default applies and the
 config is unchanged — so its run identity (:func:`run_identity`) is that of runs made before
 the key existed, and they stay resumable."""
@@ -724,8 +752,8 @@ def summarise_scenario(cfg: dict, setup: ScenarioSetup, plan: SweepPlan, res: St
                  "step": int(res.diverged[g * S + s, 1])}
                 for s in range(S) if res.diverged[g * S + s, 0] >= 0]
         ok = np.flatnonzero(res.diverged[runs, 0] < 0)
-        summary = summarise_finite(res.accuracy[runs][ok], res.init_accuracy[runs][ok],
-                                   kind="accuracy")
+        summary = summarise_finite(*metric_block(cfg, res.accuracy[runs][ok],
+                                                 res.init_accuracy[runs][ok]), kind="accuracy")
         log(f"{setup.name}-IL {point}: ACC {100 * summary['acc']['mean']:.2f} ± "
             f"{100 * summary['acc']['sem']:.2f} over {len(ok)} seed(s)"
             + (f"; DIVERGED (non-finite loss): {gone}" if gone else ""))
@@ -736,8 +764,8 @@ def summarise_scenario(cfg: dict, setup: ScenarioSetup, plan: SweepPlan, res: St
             "init_loss": res.init_loss[runs].tolist(),
             "final_train_loss": res.train_loss[runs, :, -50:].mean(-1).tolist(),
             "metrics": summary,
-            "loss_metrics": summarise_finite(res.loss[runs][ok], res.init_loss[runs][ok],
-                                             kind="loss"),
+            "loss_metrics": summarise_finite(*metric_block(cfg, res.loss[runs][ok],
+                                                           res.init_loss[runs][ok]), kind="loss"),
             "diverged": gone})
     log(f"{setup.name}-IL: {G * S} vmapped run(s); compile "
         f"{res.timings['compile_seconds']:.1f} s, train+eval {res.timings['run_seconds']:.1f} s")
@@ -1007,7 +1035,9 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
         method = get_method(cfg["method"], **cfg["method_options"])
         plan = plan_runs(cfg, method)
         results = {"config": copy.deepcopy(cfg), "versions": versions(),
-                   "stream": {**_stream_summary(stream), "evaluated_on": cfg["evaluate_on"]},
+                   "stream": {**_stream_summary(stream), "evaluated_on": cfg["evaluate_on"],
+                              "metric_tasks": list(range(cfg.get("metric_from_task", 0),
+                                                         stream.num_tasks))},
                    **load_info, "scenarios": {}}
         where = {name: None if checkpoint_dir is None else pathlib.Path(checkpoint_dir) / name
                  for name in cfg["scenarios"]}

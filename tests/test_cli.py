@@ -72,6 +72,35 @@ def test_task_il_by_masking_a_single_head(tmp_path):
         validate_config({**cli.load_config("split_mnist"), "task_heads": "shared"})
 
 
+def test_the_metrics_count_the_tasks_from_metric_from_task(tmp_path):
+    """metric_from_task = 2: ACC, BWT and forgetting are those of the block R[2:, 2:] of the
+    whole accuracy matrix (kept in full), computed here by hand."""
+    workdir = tmp_path / "run"
+    with tfds.testing.mock_data(num_examples=100):
+        code = cli.main(["run", "split_mnist", "--steps", "3", "--seeds", "2", "--scenarios",
+                         "class", "--workdir", str(workdir), "--no-progress", "--no-tensorboard",
+                         "--set", "model.widths=[8]", "--set", "eval_chunk=64",
+                         "--set", "metric_from_task=2"])
+    assert code == 0
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["stream"]["metric_tasks"] == [2, 3, 4]
+    entry = results["scenarios"]["class"]
+    R = np.asarray(entry["accuracy"])
+    assert R.shape == (2, 5, 5)
+    block = R[:, 2:, 2:]
+    np.testing.assert_allclose(entry["metrics"]["acc"]["per_run"], block[:, -1].mean(-1),
+                               rtol=1e-6)
+    bwt = (block[:, -1, :-1] - np.diagonal(block, axis1=1, axis2=2)[:, :-1]).mean(-1)
+    np.testing.assert_allclose(entry["metrics"]["bwt"]["per_run"], bwt, rtol=1e-6, atol=1e-7)
+    forgetting = (block[:, :-1, :-1].max(1) - block[:, -1, :-1]).mean(-1)
+    np.testing.assert_allclose(entry["metrics"]["forgetting"]["per_run"], forgetting,
+                               rtol=1e-6, atol=1e-7)
+    cfg = cli.load_config("split_mnist")
+    for bad in (-1, True, 1.5, 5):
+        with pytest.raises(ValueError, match="metric_from_task"):
+            validate_config({**cfg, "metric_from_task": bad})
+
+
 def test_a_generative_method_shows_its_samples_after_each_task(tmp_path):
     workdir = tmp_path / "run"
     with tfds.testing.mock_data(num_examples=100):

@@ -169,6 +169,9 @@ ROWS = [
     # GEM's margin changes nothing on a few steps where no constraint binds: two seeds
     Row("gem", "gem", "rehearsal", {"per_class": 4}, {"margin": 0.5},
         scenarios=("class", "task", "domain"), off=Off(options={"per_class": 0})),
+    Row("gem_reservoir", "gem", "rehearsal", {"memory": "reservoir", "per_class": None,
+                                              "capacity": 12}, {"margin": 0.5},
+        scenarios=("class", "task", "domain"), off=Off(options={"capacity": 0})),
     Row("lwf", "lwf", "rehearsal", {}, {"strength": 1.0}, off=Off(hparams={"strength": 0.0}),
         sweep=("strength", 3.0)),
     Row("der", "der", "rehearsal", {"capacity": 12}, scenarios=("class", "task", "domain"),

@@ -12,9 +12,10 @@ from helpers import tiny_dataset
 
 from cljax.data import make_scenario, split_tasks
 from cljax.methods import get_method
-from cljax.methods.rehearsal import exemplar_means, herding_order, normalise
+from cljax.methods.base import Clock, LossContext
+from cljax.methods.rehearsal import exemplar_means, herding_order, normalise, task_reference_grads
 from cljax.nn import MLP, as_model
-from cljax.training import make_trainer, prepare_data, run_stream
+from cljax.training import make_trainer, prepare_data, run_stream, to_batch
 
 KEYS = jax.random.split(jax.random.key(5), 2)
 
@@ -98,6 +99,58 @@ def test_er_memory_stores_the_budget_and_agem_projects():
         state, _ = tr.fit(state, data, jnp.asarray(t), 3)
         state = tr.end_task(state, data, jnp.asarray(t))
     assert int(state.mstate.valid.sum()) == 2 * 2 * 4
+
+
+def _gem_state_in_task(memory_options, task=2, steps=6):
+    """GEM trained through ``task`` tasks (their ends included) and ``steps`` steps of the next,
+    with the loss context its step builds."""
+    method, tr, data = _build("gem", **memory_options)
+    state = tr.init(KEYS[0], method.default_hparams, data)
+    for t in range(task + 1):
+        state, _ = tr.fit(state, data, jnp.asarray(t), steps)
+        if t < task:
+            state = tr.end_task(state, data, jnp.asarray(t))
+    net, spec = tr.model_and_spec(data)
+    ctx = LossContext(net, jax.random.key(3), state.hparams, jnp.int32(task), spec,
+                      lambda r: to_batch(data, r),
+                      Clock(jnp.int32(0), jnp.int32(0), jnp.int32(steps)))
+    return method, state, ctx
+
+
+def test_gem_reference_gradients_from_a_reservoir_memory_group_it_by_task():
+    """Per past task, the gradient of the mean loss over that task's stored examples, from a
+    reservoir memory holding tasks in any order: against a loop of per-example gradients."""
+    method, state, ctx = _gem_state_in_task({"memory": "reservoir", "per_class": None,
+                                             "capacity": 12})
+    m = state.mstate
+    stored = np.asarray(m.task)[np.asarray(m.valid)]
+    assert set(stored.tolist()) >= {0, 1, 2}       # the reservoir mixes the tasks seen
+    args = method.optimizer_args(state.params, None, m, ctx)
+    grads, mask = args["reference_grads"], args["reference_mask"]
+
+    def example_grad(i):
+        row = {k: getattr(m, k)[i:i + 1] for k in ("x", "label", "task")}
+        b = ctx.to_batch(row)
+        return jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
+            ctx.model.train_logits_fn(p, b, ctx.key), b["y"])[0])(state.params)
+
+    for t in range(3):
+        idx = np.flatnonzero(np.asarray(m.valid) & (np.asarray(m.task) == t))
+        assert bool(mask[t]) == (t < 2 and len(idx) > 0)
+        want = jax.tree.map(lambda *g: sum(g) / len(idx), *[example_grad(i) for i in idx])
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a[t], b, rtol=2e-5, atol=1e-6),
+                     grads, want)
+
+
+def test_gem_reference_gradients_of_any_memory_equal_the_per_class_blocks():
+    """On GEM's own per-class memory (slots grouped by task), the grouping by stored task gives
+    the gradients of the block path."""
+    method, state, ctx = _gem_state_in_task({"per_class": 3})
+    blocks = method.optimizer_args(state.params, None, state.mstate, ctx)
+    grads, mask = task_reference_grads(state.params, state.mstate, ctx)
+    np.testing.assert_array_equal(mask, blocks["reference_mask"])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),
+                 grads, blocks["reference_grads"])
 
 
 def test_rehearsal_bad_inputs():

@@ -319,37 +319,25 @@ def agem(*, memory: str = "per_class", per_class: int | None = 100, capacity: in
 # GEM
 # --------------------------------------------------------------------------------------------
 
-def gem(*, per_class: int = 100, eps: float = 1e-3, num_sweeps: int = 100) -> Method:
+def gem(*, memory: str = "per_class", per_class: int | None = 100, capacity: int | None = None,
+        eps: float = 1e-3, num_sweeps: int = 100) -> Method:
     """GEM (Lopez-Paz & Ranzato 2017): every step, the gradient of the loss on each past task's
-    whole memory (a per-class memory, whose slots are grouped by task), and the current gradient
-    projected by the dual QP of :func:`cljax.transforms.gem_projection` (hyperparameter
-    ``margin``, γ; 0.5 in GEM's experiments) before the base optimizer. Cost per step: one
-    backward pass over the whole memory, ≈ memory size / batch size plain steps."""
-    plan = memory_plan("per_class", per_class, None)
+    stored examples, and the current gradient projected by the dual QP of
+    :func:`cljax.transforms.gem_projection` (hyperparameter ``margin``, γ; 0.5 in GEM's
+    experiments) before the base optimizer. The memory is filled per task at its end
+    (``memory="per_class"``, GEM's episodic memory, or ``"class_balanced"``) or by reservoir
+    sampling during the task (``"reservoir"``): :func:`task_reference_grads` groups it by the task
+    each example came from. Cost per step: one backward pass over the whole memory (per class),
+    or one forward pass and a backward pass per task over it (the other kinds)."""
+    plan = memory_plan(memory, per_class, capacity)
     if _is_empty(plan):
         return Method("gem", default_hparams={"margin": 0.5})
 
     def optimizer_args(params, batch, memory_state: ReplayMemory, ctx: LossContext):
         del batch
-        T = ctx.spec.num_tasks
-        per_task = memory_state.capacity // T
-
-        def block(a):
-            return a.reshape((T, per_task) + a.shape[1:])
-
-        rows = {k: block(getattr(memory_state, k)) for k in CORE_KEYS}
-        ok = block(memory_state.valid)
-        keys = jax.random.split(ctx.key, T)
-
-        def task_grad(rows_t, ok_t, key):
-            def f(p):
-                b = ctx.to_batch(rows_t)
-                logits = ctx.model.train_logits_fn(p, b, key)
-                return _masked_mean(_per_example_ce(logits, b["y"]), ok_t)
-            return jax.grad(f)(params)
-
-        grads = jax.vmap(task_grad)(rows, ok, keys)
-        mask = (jnp.arange(T) < ctx.task) & jnp.any(ok, axis=1)
+        if plan.kind == "per_class":
+            return _per_task_block_grads(params, memory_state, ctx)
+        grads, mask = task_reference_grads(params, memory_state, ctx)
         return {"reference_grads": grads, "reference_mask": mask}
 
     def make_optimizer(hparams, base):
@@ -360,8 +348,54 @@ def gem(*, per_class: int = 100, eps: float = 1e-3, num_sweeps: int = 100) -> Me
         return ctx.keep_params(store_finished_task(ctx.mstate, plan, ctx, ctx.key))
 
     return Method("gem", make_optimizer=make_optimizer, init=_init_memory_state(plan),
-                  optimizer_args=optimizer_args, end_task=end_task,
-                  default_hparams={"margin": 0.5}, check=plan.check_config)
+                  optimizer_args=optimizer_args, after_step=_reservoir_after_step(plan),
+                  end_task=end_task, default_hparams={"margin": 0.5}, check=plan.check_config)
+
+
+def _per_task_block_grads(params: Params, memory_state: ReplayMemory, ctx: LossContext) -> dict:
+    """GEM's reference gradients from a per-class memory, whose slots are grouped by task in
+    equal blocks: one backward pass per block, vmapped."""
+    T = ctx.spec.num_tasks
+    per_task = memory_state.capacity // T
+
+    def block(a):
+        return a.reshape((T, per_task) + a.shape[1:])
+
+    rows = {k: block(getattr(memory_state, k)) for k in CORE_KEYS}
+    ok = block(memory_state.valid)
+    keys = jax.random.split(ctx.key, T)
+
+    def task_grad(rows_t, ok_t, key):
+        def f(p):
+            b = ctx.to_batch(rows_t)
+            logits = ctx.model.train_logits_fn(p, b, key)
+            return _masked_mean(_per_example_ce(logits, b["y"]), ok_t)
+        return jax.grad(f)(params)
+
+    grads = jax.vmap(task_grad)(rows, ok, keys)
+    mask = (jnp.arange(T) < ctx.task) & jnp.any(ok, axis=1)
+    return {"reference_grads": grads, "reference_mask": mask}
+
+
+def task_reference_grads(params: Params, memory_state: ReplayMemory, ctx: LossContext
+                         ) -> tuple[Params, Array]:
+    """Per task t, the gradient of the mean cross-entropy over the memory's valid examples of
+    task t (GEM's g_k, Lopez-Paz & Ranzato 2017 eq. 6), from a memory in any order: one forward
+    pass over the memory and one vector-Jacobian product per task, with the per-example losses
+    weighted by membership / count. Returns the gradients stacked on a leading ``[T]`` axis and
+    the mask of the tasks that bind now (finished, and with at least one stored example)."""
+    T = ctx.spec.num_tasks
+    b = ctx.to_batch(core_rows({k: getattr(memory_state, k) for k in CORE_KEYS}))
+
+    def per_example(p):
+        return _per_example_ce(ctx.model.train_logits_fn(p, b, ctx.key), b["y"])
+
+    losses, pullback = jax.vjp(per_example, params)
+    member = memory_state.valid[None, :] & (memory_state.task[None, :] == jnp.arange(T)[:, None])
+    counts = jnp.sum(member, axis=1)
+    weights = member.astype(losses.dtype) / jnp.maximum(counts, 1)[:, None].astype(losses.dtype)
+    grads = jax.vmap(lambda w: pullback(w)[0])(weights)
+    return grads, (jnp.arange(T) < ctx.task) & (counts > 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -650,7 +684,7 @@ def icarl(*, memory: str = "per_class", per_class: int | None = 100,
                   scenarios=("class",), check=plan.check_config)
 
 
-__all__ = ["ER_LOSSES", "MEMORY_KINDS", "MemoryPlan", "memory_plan", "core_rows", "store_finished_task",
-           "with_memory_rows", "er", "agem", "gem", "lwf", "der", "derpp", "icarl", "PreviousModel",
-           "soft_cross_entropy", "ICaRLState", "normalise", "herding_order", "exemplar_means",
-           "NME_FLOOR"]
+__all__ = ["ER_LOSSES", "MEMORY_KINDS", "MemoryPlan", "memory_plan", "core_rows",
+           "store_finished_task", "with_memory_rows", "er", "agem", "gem", "task_reference_grads",
+           "lwf", "der", "derpp", "icarl", "PreviousModel", "soft_cross_entropy", "ICaRLState",
+           "normalise", "herding_order", "exemplar_means", "NME_FLOOR"]
