@@ -37,6 +37,10 @@ EWC_GRID = (1e3, 1e5, 1e7, 1e9)
 Split MNIST (RESULTS.md), and Domain-IL chose the largest of a test-set sweep before."""
 SI_GRID = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
 SMALL_GRID = (0.01, 0.1, 1.0, 10.0)
+DER_ALPHA_GRID = (0.1, 0.3, 1.0, 3.0)
+"""α of DER and DER++ chosen on validation data: 0.1 to 3 in factors of about 3, around the α = 1.0
+RESULTS.md's rehearsal table took by hand."""
+DERPP_BETA_GRID = (0.5, 1.0)
 MCSGD_OPTIONS = {"per_class": 1, "num_points": 6, "mc_steps": 125, "mc_batch_size": 16,
                  "memory_batch_size": 16}
 """MC-SGD's phase as the paper's code runs it on permuted MNIST (one epoch of batches of 16 over a
@@ -159,6 +163,14 @@ _HSU2018_SPLIT = Protocol(
         Entry("dgr", "dgr", _row(_HSU, 20, (99.47, 95.74, 91.24), (0.03, 0.23, 0.33), "sem"),
               note="the row Hsu et al. copied from van de Ven & Tolias 2018 (20 seeds, ± SEM), "
                    "trained 2000 iterations per task there"),
+        Entry("der", "der", selection="validation", grid={"alpha": DER_ALPHA_GRID},
+              note="not in Hsu et al.'s table: DER (Buzzega et al. 2020) with a reservoir of "
+                   "1,000 examples and their logits, ER's budget; α chosen on validation"),
+        Entry("derpp", "derpp", selection="validation",
+              grid={"alpha": DER_ALPHA_GRID, "beta": DERPP_BETA_GRID},
+              note="not in Hsu et al.'s table: DER++ with ER's budget (1,000 examples); α and β "
+                   "chosen on validation (RESULTS.md's rehearsal table took mammoth's α 1.0, "
+                   "β 0.5 by hand)"),
     ),
     notes=("an epoch is drawn i.i.d. from the task's examples (4 epochs of the largest task = "
            "396 steps of 128), where theirs are shuffled passes",))
