@@ -546,17 +546,23 @@ def flatness_analysis(model: Model, data: StreamData, task_params: Params, *,
                       max_seeds: int = 1, num_iters: int = 50, tol: float = 1e-3,
                       chunk_size: int = 1000, curvature: Literal["hessian", "ggn"] = "hessian",
                       multitask: bool = False, trainer: Trainer | None = None,
-                      steps: int | None = None) -> dict:
+                      steps: int | None = None, path_sharpness: int = 0) -> dict:
     """λ_max per task, the forgetting bound (seed 000 eq. 19–20) and each task's loss along the
     linear path from θ*_t to the final parameters (:func:`cljax.analysis.forgetting_paths`) for
     the first ``max_seeds`` of ``runs``, on each task's test set (the data of the accuracy
     matrix). With ``multitask`` (``analysis_options``), also MC-SGD's continual vs multitask
     paths (:func:`cljax.analysis.multitask_paths`), the multitask solutions trained by
-    :func:`multitask_solutions` with ``trainer`` for ``steps`` steps each."""
+    :func:`multitask_solutions` with ``trainer`` for ``steps`` steps each. With
+    ``path_sharpness`` = P ≥ 2, also λ_max at P points of each task's path to θ*_T and the bound
+    along it (:func:`cljax.analysis.sharpness_paths`, P − 1 Lanczos runs per task more)."""
     from cljax import analysis
 
     if multitask and (trainer is None or steps is None):
         raise ValueError("multitask paths need the run's trainer and its steps per task")
+    if (not isinstance(path_sharpness, int) or isinstance(path_sharpness, bool)
+            or path_sharpness < 0 or path_sharpness == 1):
+        raise ValueError(f"analysis_options['path_sharpness'] must be 0 (off) or an int >= 2 "
+                         f"(points per path); got {path_sharpness!r}")
 
     task_data = task_eval_data(data)
     counts = [int(c) for c in np.asarray(data.test.n)]
@@ -573,6 +579,10 @@ def flatness_analysis(model: Model, data: StreamData, task_params: Params, *,
                                           counts=counts, curvature=curvature)
         paths = analysis.forgetting_paths(model.logits_fn, params_r, task_data, counts=counts,
                                           chunk_size=chunk_size) if len(counts) > 1 else None
+        sharp = analysis.sharpness_paths(
+            model.logits_fn, params_r, task_data, jax.random.fold_in(key, 11), counts=counts,
+            num_points=path_sharpness, num_iters=num_iters, tol=tol, curvature=curvature,
+            chunk_size=chunk_size) if path_sharpness and len(counts) > 1 else None
         versus = None
         if multitask and len(counts) > 1:
             assert trainer is not None and steps is not None
@@ -593,6 +603,7 @@ def flatness_analysis(model: Model, data: StreamData, task_params: Params, *,
         out.append({"run": r, "flatness": analysis.to_json(flat),
                     "bound": analysis.to_json(bound), "seconds": seconds,
                     "connectivity": None if paths is None else analysis.to_json(paths),
+                    **({} if sharp is None else {"path_sharpness": analysis.to_json(sharp)}),
                     **({} if versus is None else
                        {"multitask_connectivity": analysis.to_json(versus)})})
     return {"curvature": curvature, "data": "test set of each task", "runs": out}

@@ -83,6 +83,21 @@ def _analysis_section(name: str, analysis: dict) -> list[str]:
             lines += [f"| T{t + 1} | {_f(row[0])} | {_f(max(v for v in row if _finite(v)))} "
                       f"| {_f(row[-1])} | {_f(paths['barrier'][t])} |"
                       for t, row in enumerate(paths["loss"])]
+        sharp = run.get("path_sharpness")
+        if sharp:
+            lines += ["", "λ_max of task t's loss on the same path (sharpness_paths), and the "
+                      "bound ½·λ_max(θ*_t)·‖θ*_T − θ*_t‖² against the measured ℓ_t(θ*_T) − "
+                      "ℓ_t(θ*_t):", "",
+                      "| task | " + " | ".join(f"λ_max at t = {_f(t, '.2g')}" for t in sharp["t"])
+                      + " | bound | measured |", "|---|" + "---|" * (len(sharp["t"]) + 2)]
+            for t, row in enumerate(sharp["lambda_max"]):
+                bound = (0.5 * row[0] * sharp["delta_sq_norm"][t]
+                         if _finite(row[0]) and _finite(sharp["delta_sq_norm"][t]) else None)
+                measured = (paths["loss"][t][-1] - paths["loss"][t][0] if paths and
+                            _finite(paths["loss"][t][-1]) and _finite(paths["loss"][t][0])
+                            else None)
+                lines.append(f"| T{t + 1} | " + " | ".join(_f(v) for v in row)
+                             + f" | {_f(bound)} | {_f(measured)} |")
         versus = run.get("multitask_connectivity")
         if versus:
             lines += ["", "From θ*_t, the loss of tasks 1 … t on the linear path to the next "
@@ -410,12 +425,20 @@ def _analysed(results: dict):
 
 def write_analysis_plots(results: dict, workdir: pathlib.Path) -> None:
     """flatness.png (λ_max per task, a line per scenario/regime and analysed run), bound.png
-    (measured vs estimate vs bound) and connectivity.png (each task's loss along the path from
-    θ*_t to θ*_T); ``_<label>`` in the names when several scenarios or regimes are analysed."""
+    (measured vs estimate vs bound), connectivity.png (each task's loss along the path from
+    θ*_t to θ*_T), sharpness_paths.png (with ``analysis_options.path_sharpness``) and
+    multitask_connectivity.png (with ``analysis_options.multitask``); ``_<label>`` in the names
+    when several scenarios or regimes are analysed."""
     found = list(_analysed(results))
     if not found:
         return
-    from cljax.analysis import plot_bound, plot_flatness, plot_multitask_paths, plot_paths
+    from cljax.analysis import (
+        plot_bound,
+        plot_flatness,
+        plot_multitask_paths,
+        plot_paths,
+        plot_sharpness_paths,
+    )
 
     lines = {f"{label} (run {run['run']})": run["flatness"]
              for label, sc in found for run in sc["analysis"]["runs"]}
@@ -428,6 +451,11 @@ def write_analysis_plots(results: dict, workdir: pathlib.Path) -> None:
         if run.get("connectivity"):
             plot_paths(run["connectivity"], workdir / f"connectivity{suffix}.png",
                        title=f"{label}, run {run['run']}: task t's loss from θ*_t to θ*_T")
+        if run.get("connectivity") and run.get("path_sharpness"):
+            plot_sharpness_paths(run["connectivity"], run["path_sharpness"],
+                                 workdir / f"sharpness_paths{suffix}.png",
+                                 title=f"{label}, run {run['run']}: flatness, connectivity and "
+                                       "forgetting along θ*_t → θ*_T")
         if run.get("multitask_connectivity"):
             plot_multitask_paths(run["multitask_connectivity"],
                                  workdir / f"multitask_connectivity{suffix}.png",

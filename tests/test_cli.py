@@ -44,15 +44,21 @@ def test_the_flatness_analysis_reports_the_paths_between_solutions(tmp_path):
         code = cli.main(["run", "split_mnist", "--steps", "3", "--scenarios", "task",
                          "--analysis", "flatness", "--workdir", str(workdir), "--no-progress",
                          "--no-tensorboard", "--set", "model.widths=[8]", "--set", "eval_chunk=64",
-                         "--set", "analysis_options={'num_iters': 5}"])
+                         "--set", "analysis_options={'num_iters': 5, 'path_sharpness': 3}"])
     assert code == 0
     run = json.loads((workdir / "results.json").read_text())["scenarios"]["task"]["analysis"][
         "runs"][0]
     paths = run["connectivity"]
     assert len(paths["t"]) == 11 and len(paths["loss"]) == 4 and len(paths["barrier"]) == 4
     assert all(b >= 0 for b in paths["barrier"])
-    assert (workdir / "connectivity.png").stat().st_size > 0
-    assert "Task t's loss on the linear path from θ*_t to θ*_T" in (workdir / "report.md").read_text()
+    sharp = run["path_sharpness"]
+    assert sharp["t"] == [0.0, 0.5, 1.0] and np.asarray(sharp["lambda_max"]).shape == (4, 3)
+    assert len(sharp["delta_sq_norm"]) == 4
+    for name in ("connectivity.png", "sharpness_paths.png"):
+        assert (workdir / name).stat().st_size > 0
+    report = (workdir / "report.md").read_text()
+    assert "Task t's loss on the linear path from θ*_t to θ*_T" in report
+    assert "λ_max of task t's loss on the same path" in report
 
 
 def test_task_il_by_masking_a_single_head(tmp_path):

@@ -134,6 +134,47 @@ def test_multitask_paths_against_a_point_by_point_loop():
         multitask_paths(model.logits_fn, stack(thetas), stack(thetas), data)
 
 
+def test_sharpness_paths_against_the_dense_hessian_at_each_point():
+    """λ_max at each point of the path from θ*_i to θ*_T equals the largest eigenvalue of task
+    i's dense Hessian there (jax.hessian of the flattened parameters, numpy eigvalsh), and the
+    squared distances are ‖θ*_T − θ*_i‖²."""
+    from jax.flatten_util import ravel_pytree
+
+    from cljax.analysis import sharpness_paths
+    from cljax.nn import MLP, as_model
+
+    model = as_model(MLP((5,), 3))
+    keys = jax.random.split(jax.random.key(4), 6)
+    x = jax.random.normal(keys[0], (3, 8, 4))
+    y = jax.random.randint(keys[1], (3, 8), 0, 3)
+    data = {"x": x, "y": y, "task": jnp.zeros((3, 8), jnp.int32)}
+    thetas = [model.init(k, {"x": x[0]}) for k in keys[2:5]]
+    stacked = jax.tree.map(lambda *p: jnp.stack(p), *thetas)
+    counts = [8, 6, 7]
+    flat, unravel = ravel_pytree(thetas[0])
+    out = sharpness_paths(model.logits_fn, stacked, data, jax.random.key(0), counts=counts,
+                          num_points=3, num_iters=flat.size, tol=None, chunk_size=3)
+    assert out["lambda_max"].shape == (2, 3) and out["t"].tolist() == [0.0, 0.5, 1.0]
+    for i in range(2):
+        def loss(v, i=i):
+            z = model.logits_fn(unravel(v), {"x": x[i, :counts[i]]})
+            return optax.softmax_cross_entropy_with_integer_labels(z, y[i, :counts[i]]).mean()
+
+        start, end = ravel_pytree(thetas[i])[0], ravel_pytree(thetas[2])[0]
+        for j, t in enumerate(out["t"]):
+            H = np.asarray(jax.hessian(loss)((1 - t) * start + t * end), np.float64)
+            top = np.linalg.eigvalsh((H + H.T) / 2)[-1]
+            assert out["lambda_max"][i, j] == pytest.approx(top, rel=1e-3, abs=1e-5)
+        assert out["delta_sq_norm"][i] == pytest.approx(float(jnp.sum((end - start) ** 2)),
+                                                        rel=1e-5)
+    with pytest.raises(ValueError, match="num_points"):
+        sharpness_paths(model.logits_fn, stacked, data, jax.random.key(0), num_points=1)
+    from cljax.experiment import flatness_analysis
+    for bad in (1, -2, True, 2.5):
+        with pytest.raises(ValueError, match="path_sharpness"):
+            flatness_analysis(model, None, stacked, runs=[0], seed=0, path_sharpness=bad)
+
+
 def test_multitask_solutions_start_from_each_continual_solution():
     """With a zero learning rate the multitask solution ŵ_t+1 is θ*_t itself (bit for bit): it
     trains from θ*_t; with a positive one it moves, on the data of tasks ≤ t + 1."""

@@ -19,6 +19,7 @@ from cljax.analysis.connectivity import (
     loss_barrier,
     multitask_paths,
     path_point,
+    sharpness_paths,
 )
 from cljax.analysis.flatness import FlatnessResult, flatness, stack_task_data
 
@@ -41,6 +42,12 @@ def plot_multitask_paths(*args: Any, **kwargs: Any) -> str:
     return f(*args, **kwargs)
 
 
+def plot_sharpness_paths(*args: Any, **kwargs: Any) -> str:
+    """See :func:`cljax.analysis.plots.plot_sharpness_paths`."""
+    from cljax.analysis.plots import plot_sharpness_paths as f
+    return f(*args, **kwargs)
+
+
 def plot_flatness(*args: Any, **kwargs: Any) -> str:
     """See :func:`cljax.analysis.plots.plot_flatness`."""
     from cljax.analysis.plots import plot_flatness as f
@@ -48,7 +55,7 @@ def plot_flatness(*args: Any, **kwargs: Any) -> str:
 
 
 __all__ = ["flatness", "FlatnessResult", "forgetting_bound", "ForgettingBound", "summarize",
-           "pearson", "spearman", "to_json", "stack_task_data", "plot_bound", "plot_flatness", "plot_paths",
-           "plot_multitask_paths",
-           "path_point", "loss_along_path", "loss_barrier", "fit_bezier", "forgetting_paths",
-           "multitask_paths"]
+           "pearson", "spearman", "to_json", "stack_task_data", "plot_bound", "plot_flatness",
+           "plot_paths", "plot_multitask_paths", "plot_sharpness_paths", "path_point",
+           "loss_along_path", "loss_barrier", "fit_bezier", "forgetting_paths",
+           "sharpness_paths", "multitask_paths"]

@@ -18,6 +18,10 @@ joined by a *linear* path of low loss, and measure it by the loss barrier along 
   path from θ*_i to the final θ*_T and its barrier: whether forgetting happened by climbing a
   barrier or along a slope (MC-SGD's connectivity of continual solutions), beside the forgetting
   bound's quadratic estimate of the same endpoints (:func:`cljax.analysis.forgetting_bound`).
+- :func:`sharpness_paths` — λ_max of task i's Hessian at points of the same path from θ*_i to
+  θ*_T, and the forgetting bound along it, ½·λ_max(H_i)·t²·‖θ*_T − θ*_i‖²: flatness,
+  connectivity and measured forgetting of one run in one figure
+  (:func:`cljax.analysis.plots.plot_sharpness_paths`).
 - :func:`multitask_paths` — MC-SGD's comparison: from θ*_t, the previous tasks' loss along the
   path to the next continual solution and along the path to a multitask solution trained from
   θ*_t (:func:`cljax.experiment.multitask_solutions` trains them).
@@ -25,14 +29,14 @@ joined by a *linear* path of low loss, and measure it by the loss barrier along 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cljax.analysis.flatness import TaskData, task_slice, validate_task_inputs
+from cljax.analysis.flatness import TaskData, flatness, task_slice, validate_task_inputs
 from cljax.curvature.hvp import softmax_cross_entropy, weighted_task_sum
 from cljax.types import Array, LogitsFn, Params, PRNGKey
 
@@ -186,6 +190,45 @@ def forgetting_paths(logits_fn: LogitsFn, params_per_task: Params, task_data: Ta
             "forgetting": losses[:, -1] - losses[:, 0]}
 
 
+def sharpness_paths(logits_fn: LogitsFn, params_per_task: Params, task_data: TaskData,
+                    key: PRNGKey, *, counts: Any = None, num_points: int = 5,
+                    num_iters: int = 50, tol: float | None = 1e-3,
+                    curvature: Literal["hessian", "ggn"] = "hessian",
+                    chunk_size: int | None = 1000) -> dict[str, Any]:
+    """For every task i < T of a continual run, λ_max of task i's Hessian ∇²ℓ_i (or GGN) at
+    ``num_points`` evenly spaced points θ(t) of the linear path from θ*_i (t = 0) to θ*_T
+    (t = 1), by Lanczos (:func:`cljax.analysis.flatness`, ``num_iters`` / ``tol``), with the
+    inputs of :func:`forgetting_paths`. Along that path Δθ = t·(θ*_T − θ*_i), so the forgetting
+    bound (seed 000 eq. 20) reads ½·λ_max(H_i(θ*_i))·t²·‖θ*_T − θ*_i‖²: how far it holds is read
+    beside task i's loss on the same points (:func:`forgetting_paths`), and how the curvature
+    changes on the way says why (a bound from θ*_i's curvature alone fails where the path
+    sharpens).
+
+    Returns ``{"t": [P], "lambda_max": [T − 1, P], "delta_sq_norm": [T − 1]}`` (row i: the path
+    from θ*_i; ``delta_sq_norm`` ‖θ*_T − θ*_i‖²)."""
+    if not isinstance(num_points, int) or isinstance(num_points, bool) or num_points < 2:
+        raise ValueError(f"num_points must be an int >= 2; got {num_points!r}")
+    num_tasks, stacked, w = validate_task_inputs(logits_fn, params_per_task, task_data, key,
+                                                 counts, chunk_size, None)
+    if num_tasks < 2:
+        raise ValueError("sharpness_paths needs at least two tasks' parameters")
+    ts = jnp.linspace(0.0, 1.0, num_points)
+    final = task_slice(params_per_task, num_tasks - 1)
+    lam, sq = [], []
+    for i in range(num_tasks - 1):
+        start = task_slice(params_per_task, i)
+        points = jax.vmap(lambda t, start=start: path_point(start, final, t))(ts)
+        data = {k: jnp.broadcast_to(a[i], (num_points,) + a.shape[1:]) for k, a in stacked.items()}
+        n_i = int(np.sum(w[i]))
+        result = flatness(logits_fn, points, data, jax.random.fold_in(key, i), k=1,
+                          num_iters=num_iters, tol=tol, curvature=curvature,
+                          chunk_size=chunk_size, counts=[n_i] * num_points)
+        lam.append(np.asarray(result.lambda_max))
+        sq.append(float(sum(jnp.vdot(b - a, b - a) for a, b in
+                            zip(jax.tree.leaves(start), jax.tree.leaves(final)))))
+    return {"t": np.asarray(ts), "lambda_max": np.stack(lam), "delta_sq_norm": np.asarray(sq)}
+
+
 def multitask_paths(logits_fn: LogitsFn, params_per_task: Params, multitask_params: Params,
                     task_data: TaskData, *, counts: Any = None, num_points: int = 11,
                     chunk_size: int | None = 1000) -> dict[str, Any]:
@@ -239,4 +282,4 @@ def multitask_paths(logits_fn: LogitsFn, params_per_task: Params, multitask_para
 
 
 __all__ = ["path_point", "loss_along_path", "loss_barrier", "fit_bezier", "forgetting_paths",
-           "multitask_paths"]
+           "sharpness_paths", "multitask_paths"]

@@ -252,6 +252,59 @@ def plot_paths(paths: Mapping[str, Any], path: str | os.PathLike = "connectivity
     return str(path)
 
 
+def plot_sharpness_paths(paths: Mapping[str, Any], sharpness: Mapping[str, Any],
+                         path: str | os.PathLike = "sharpness_paths.png", *,
+                         title: str | None = None) -> str:
+    """Flatness, connectivity and measured forgetting of one run in one figure: left, λ_max of
+    each task's loss at θ*_t; middle, task t's loss rise ℓ_t(θ(s)) − ℓ_t(θ*_t) along the linear
+    path from θ*_t (s = 0) to θ*_T (s = 1) — at s = 1 the measured forgetting — beside the bound
+    ½·λ_max(θ*_t)·s²·‖θ*_T − θ*_t‖² (dashed, same colour; symlog axis); right, λ_max of task t's
+    loss at the points of that path. Takes :func:`cljax.analysis.forgetting_paths`' and
+    :func:`cljax.analysis.sharpness_paths`' results (or their ``to_json`` dicts). Returns the
+    path written."""
+    s_loss = np.asarray(paths["t"], float)
+    loss = np.asarray([[np.nan if v is None else v for v in row] for row in paths["loss"]],
+                      float)
+    s_lam = np.asarray(sharpness["t"], float)
+    lam = np.asarray([[np.nan if v is None else v for v in row]
+                      for row in sharpness["lambda_max"]], float)
+    sq = np.asarray([np.nan if v is None else v for v in sharpness["delta_sq_norm"]], float)
+    if loss.ndim != 2 or loss.shape[1] != s_loss.size:
+        raise ValueError(f"paths['loss'] must be [T - 1, {s_loss.size}]; got {loss.shape}")
+    if lam.shape != (loss.shape[0], s_lam.size) or sq.shape != (loss.shape[0],):
+        raise ValueError(f"sharpness must hold [T - 1 = {loss.shape[0]}, {s_lam.size}] λ_max and "
+                         f"{loss.shape[0]} squared distances; got {lam.shape} and {sq.shape}")
+    plt = _pyplot()
+    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(14.0, 4.0))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    tasks = np.arange(1, lam.shape[0] + 1)
+    ax.plot(tasks, lam[:, 0], marker="o")
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("task t")
+    ax.set_ylabel("λ_max of ∇²ℓ_t at θ*_t")
+    ax.set_title("flatness", fontsize=9)
+    for i in range(loss.shape[0]):
+        c = colours[i % len(colours)]
+        bx.plot(s_loss, loss[i] - loss[i, 0], "-", marker=".", color=c, label=f"T{i + 1} measured")
+        bx.plot(s_loss, 0.5 * lam[i, 0] * sq[i] * s_loss ** 2, "--", color=c,
+                label=f"T{i + 1} bound")
+        cx.plot(s_lam, lam[i], marker="o", color=c, label=f"T{i + 1}")
+    bx.set_yscale("symlog", linthresh=1e-2)
+    bx.set_xlabel("path from θ*_t (0) to θ*_T (1)")
+    bx.set_ylabel("ℓ_t(θ(s)) − ℓ_t(θ*_t)")
+    bx.set_title("connectivity and forgetting (dashed: ½ λ_max s² ‖Δθ‖²)", fontsize=9)
+    bx.legend(fontsize=6, ncol=2)
+    cx.set_xlabel("path from θ*_t (0) to θ*_T (1)")
+    cx.set_ylabel("λ_max of ∇²ℓ_t on the path")
+    cx.set_title("sharpness along the path", fontsize=9)
+    cx.legend(fontsize=7)
+    fig.suptitle(title or "flatness, connectivity and forgetting", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
+    return str(path)
+
+
 def plot_multitask_paths(paths: Mapping[str, Any],
                          path: str | os.PathLike = "multitask_connectivity.png", *,
                          title: str | None = None) -> str:
@@ -291,4 +344,4 @@ def plot_multitask_paths(paths: Mapping[str, Any],
 
 
 __all__ = ["bound_figure", "plot_bound", "plot_flatness", "plot_paths", "plot_multitask_paths",
-           "symlog_ticks"]
+           "plot_sharpness_paths", "symlog_ticks"]
