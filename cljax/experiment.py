@@ -138,6 +138,17 @@ def _check_regimes(cfg: dict) -> None:
     cfg["regimes"] = {name: regime_overrides(value) for name, value in cfg["regimes"].items()}
 
 
+def _check_protocol_knobs(cfg: dict) -> None:
+    """The optional protocol keys: ``sampling``, ``task_heads``, ``metric_from_task``."""
+    if cfg.get("sampling", "iid") not in SAMPLINGS:
+        raise ValueError(f"config['sampling'] must be one of {SAMPLINGS}; got "
+                         f"{cfg['sampling']!r}")
+    if cfg.get("task_heads", "separate") not in TASK_HEADS:
+        raise ValueError(f"config['task_heads'] must be one of {TASK_HEADS}; got "
+                         f"{cfg['task_heads']!r}")
+    _check_metric_from_task(cfg)
+
+
 def _check_metric_from_task(cfg: dict) -> None:
     """``config['metric_from_task']``: an int k >= 0, below the stream's number of tasks when the
     config fixes it (else checked once the stream is loaded, :func:`metric_block`)."""
@@ -183,14 +194,8 @@ def validate_config(config: dict) -> dict:
     for key, default in OPTIONAL_KEYS.items():
         if key not in UNFILLED_KEYS:
             cfg.setdefault(key, copy.deepcopy(default))
-    if cfg.get("sampling", "iid") not in SAMPLINGS:
-        raise ValueError(f"config['sampling'] must be one of {SAMPLINGS}; got "
-                         f"{cfg['sampling']!r}")
-    if cfg.get("task_heads", "separate") not in TASK_HEADS:
-        raise ValueError(f"config['task_heads'] must be one of {TASK_HEADS}; got "
-                         f"{cfg['task_heads']!r}")
+    _check_protocol_knobs(cfg)
     _check_regimes(cfg)
-    _check_metric_from_task(cfg)
     if cfg["analysis"] not in (None, "flatness"):
         raise ValueError(f"config['analysis'] must be None or 'flatness'; got {cfg['analysis']!r}")
     if isinstance(cfg["scenarios"], str):
