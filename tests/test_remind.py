@@ -190,6 +190,53 @@ def test_replayed_features_are_the_decoded_codes_of_stored_examples():
     np.testing.assert_allclose(got, want, rtol=2e-5)
 
 
+@pytest.mark.parametrize("task_heads", ["class", "masked"])
+def test_mixed_pairs_score_both_labels_under_each_examples_task(task_heads):
+    """Manifold mixup (α = 1): a task-2 step's loss equals numpy's λ·CE(y_a) + (1 − λ)·CE(y_b)
+    of each mixed pair — in Class-IL its one head scores the pair once (``shared_head``), under
+    masked Task-IL each example's task masks the logits it is scored with."""
+    s = _stream()
+    sc = (make_scenario(s, "class") if task_heads == "class" else
+          make_scenario(s, "task", task_heads="masked"))
+    method = get_method("remind", **TINY)
+    trainer = make_trainer(as_model(MLP((12,), sc.num_outputs)), method,
+                           optimizer=optax.adam(1e-2), batch_size=8, eval_chunk=16)
+    data = prepare_data(s, sc, eval_chunk=16)
+    res = run_stream(trainer, data, keys=KEY[None], hparams=method.default_hparams, num_steps=6)
+    st = jax.tree.map(lambda a: a[0], res.final_state)
+    task, clock = jnp.asarray(2), Clock(st.step, jnp.asarray(0), jnp.asarray(6))
+    rows = jax.jit(lambda st: trainer.draw(st, data, task, clock, device_feed(data)))(st)
+    batch = to_batch(data, rows)
+    model, spec = trainer.model_and_spec(data)
+    assert spec.task_masked == (task_heads == "masked") and spec.num_heads == 1
+    key, hp = jax.random.key(9), {"mixup_alpha": jnp.asarray(1.0)}
+    ctx = LossContext(model, key, hp, task, spec, lambda r: to_batch(data, r), clock)
+    got = float(jax.jit(lambda p, b, m: method.loss(p, b, m, ctx)[0])(st.params, batch,
+                                                                       st.mstate))
+    lam = float(mixup_lambda(jax.random.split(jax.random.split(key)[1], 4)[2], 1.0))
+    assert 0.0 < lam < 1.0
+    cb = np.asarray(st.mstate.codebooks)
+    w0, b0, w1, b1 = (np.asarray(st.params[n][k]) for n in ("Dense_0", "Dense_1")
+                      for k in ("kernel", "bias"))
+    mask = (np.ones((3, sc.num_outputs), bool) if sc.logit_mask is None
+            else np.asarray(sc.logit_mask))
+
+    def scored(z, tasks, y):
+        logits = np.where(mask[tasks], z @ w1 + b1, -1e9)
+        return _np_ce(logits, y)
+
+    table = np.asarray(spec.label_table)
+    z = np.maximum(np.asarray(batch["x"]).reshape(8, -1) @ w0 + b0, 0)
+    ce_cur = scored(_np_decode(_np_encode(z, cb), cb), np.asarray(batch["task"]),
+                    np.asarray(batch["y"]))
+    drawn = rows["memory"]
+    zr = _np_decode(np.asarray(drawn["x"][:, 0]).astype(int), cb)
+    tr, yr = np.asarray(drawn["task"]), table[np.asarray(drawn["task"]), np.asarray(drawn["label"])]
+    mixed = lam * zr[:8] + (1 - lam) * zr[8:]
+    ce_mix = lam * scored(mixed, tr[:8], yr[:8]) + (1 - lam) * scored(mixed, tr[8:], yr[8:])
+    np.testing.assert_allclose(got, (ce_cur.sum() + ce_mix.sum()) / 16, rtol=2e-5)
+
+
 @pytest.mark.slow
 def test_without_replay_it_is_fine_tuning_of_the_upper_network():
     """``replay_samples=0, quantize_inputs=False``: the run equals fine-tuning (``none``) whose

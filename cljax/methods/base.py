@@ -98,6 +98,7 @@ class StreamSpec(NamedTuple):
     label_table: Array
     train_counts: tuple[int, ...] = ()   # real training examples of each task
     feature_dim: int | None = None       # width of Model.features_fn's output, if it has one
+    task_masked: bool = False            # one head whose other tasks' logits are masked
 
     @property
     def num_classes(self) -> int:

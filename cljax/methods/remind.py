@@ -461,20 +461,29 @@ def _check_split_model(base: Model, split: str) -> Model:
     return base
 
 
-def replay_terms(zr: Array, rows: Any, ok: Array, label_table: Any, lam: Array | None
+def replay_terms(zr: Array, rows: Any, ok: Array, label_table: Any, lam: Array | None, *,
+                 num_outputs: int, shared_head: bool = False
                  ) -> tuple[list, list, list, list, Array]:
     """REMIND's replayed rows for the loss: the decoded latents ``zr`` of the drawn memory
-    ``rows`` (``ok``: which are stored) as lists of latents, tasks, labels and weights, and the
-    number of replayed examples they count for. With ``lam`` (manifold mixup, Verma et al. 2019
-    as REMIND uses it) the draws are mixed in pairs ``λ·ẑ_a + (1 − λ)·ẑ_b``, each pair scored
-    under both examples' tasks and labels with weights λ and 1 − λ; without, each row as it is."""
-    yr = jnp.asarray(label_table)[rows["task"], rows["label"]]
+    ``rows`` (``ok``: which are stored) as lists of latents, tasks, target distributions over
+    the ``num_outputs`` logits and weights, and the number of replayed examples they count for.
+    With ``lam`` (manifold mixup, Verma et al. 2019 as REMIND uses it) the draws are mixed in
+    pairs ``λ·ẑ_a + (1 − λ)·ẑ_b`` and scored λ·CE(y_a) + (1 − λ)·CE(y_b): once, against the
+    target λ·e_{y_a} + (1 − λ)·e_{y_b}, when every task shares one unmasked head
+    (``shared_head``, Domain- and Class-IL: the logits do not depend on the task), else under
+    each example's own task (its head or mask) with weights λ and 1 − λ; without ``lam``, each
+    row as it is."""
+    yr = jax.nn.one_hot(jnp.asarray(label_table)[rows["task"], rows["label"]], num_outputs,
+                        dtype=zr.dtype)
     okf = ok.astype(zr.dtype)
     if lam is None:
         return [zr], [rows["task"]], [yr], [okf], jnp.sum(okf)
     n = zr.shape[0] // 2
     mixed = lam * zr[:n] + (1 - lam) * zr[n:]
     both = okf[:n] * okf[n:]
+    if shared_head:
+        return ([mixed], [rows["task"][:n]], [lam * yr[:n] + (1 - lam) * yr[n:]], [both],
+                jnp.sum(both))
     return ([mixed, mixed], [rows["task"][:n], rows["task"][n:]], [yr[:n], yr[n:]],
             [lam * both, (1 - lam) * both], jnp.sum(both))
 
@@ -496,6 +505,7 @@ def remind_loss(params: Params, batch: Batch, s: RemindState, ctx: LossContext, 
     k_crop, k_crop_mem, k_mix, k_mem = jax.random.split(k_rest, 4)
     y_cur = batch["y"]
     b = y_cur.shape[0]
+    C = ctx.spec.num_outputs
     zs, tasks, ys, weights, ce_parts = [], [], [], [], []
     if quantize_inputs or cropping:
         z = parts.lower(ctx.model, params, batch)
@@ -503,7 +513,8 @@ def remind_loss(params: Params, batch: Batch, s: RemindState, ctx: LossContext, 
             z = jnp.where(s.fitted, quantise_latents(z, s.codebooks, locations), z)
         if crop_grid is not None:
             z = jnp.where(s.fitted, crop_latents(z, k_crop, crop_grid), z)
-        zs, tasks, ys, weights = [z], [batch["task"]], [y_cur], [jnp.ones((b,), z.dtype)]
+        zs, tasks, ys = [z], [batch["task"]], [jax.nn.one_hot(y_cur, C, dtype=z.dtype)]
+        weights = [jnp.ones((b,), z.dtype)]
     else:
         logits = ctx.model.train_logits_fn(params, batch, k_cur)
         ce_parts.append(jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits,
@@ -516,14 +527,16 @@ def remind_loss(params: Params, batch: Batch, s: RemindState, ctx: LossContext, 
             zr = crop_latents(zr, k_crop_mem, crop_grid)
         lam = mixup_lambda(k_mix, get_hparam(ctx.hparams, "mixup_alpha", "remind")) \
             if mixup else None
-        replayed = replay_terms(zr, rows, batch["memory_ok"], ctx.spec.label_table, lam)
+        replayed = replay_terms(zr, rows, batch["memory_ok"], ctx.spec.label_table, lam,
+                                num_outputs=C,
+                                shared_head=ctx.spec.num_heads == 1 and not ctx.spec.task_masked)
         for acc, part in zip((zs, tasks, ys, weights), replayed[:4]):
             acc.extend(part)
         count = count + replayed[4]
     key = k_cur if (quantize_inputs or cropping) else k_mem
     logits = parts.upper(ctx.model, params, jnp.concatenate(zs), jnp.concatenate(tasks),
                          key, ctx.spec)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.concatenate(ys))
+    ce = optax.softmax_cross_entropy(logits, jnp.concatenate(ys))
     ce_parts.append(jnp.sum(ce * jnp.concatenate(weights)))
     return sum(ce_parts) / count
 

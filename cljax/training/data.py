@@ -180,7 +180,7 @@ def stream_spec(model: Model, data: StreamData) -> StreamSpec:
                 else int(jax.eval_shape(model.features_fn, params, dummy).shape[-1]))
     return StreamSpec(example_shape, data.train.x.dtype, int(T), int(data.label_table.shape[1]),
                       int(logits.shape[-1]), int(heads), data.label_table, data.train_counts,
-                      features)
+                      features, data.logit_mask is not None)
 
 
 __all__ = ["StreamData", "prepare_data", "place_data", "gather_rows", "to_batch", "make_batch",
