@@ -13,7 +13,9 @@ plus ``task_decay`` / ``min_learning_rate``), ``steps`` (per task), ``batch_size
 ``{"per_class": 100}``), ``hparams`` (the method's hyperparameters, scalars), ``sweep``
 (``{name: [values]}``: every combination × every seed runs as one vmapped program), ``seeds``,
 ``seed``, ``eval_chunk``, ``reset_optimizer``, ``data_dir``, ``epochs`` (if set, replaces
-``steps``: epochs over the largest task's training set), ``sampling`` (``"iid"``, the
+``steps``: epochs over the largest task's training set; with ``epochs_over="each_task"`` each
+task trains ``epochs`` passes over its own examples and its steps past them change nothing,
+:meth:`cljax.training.Trainer.own_steps`), ``sampling`` (``"iid"``, the
 default; ``"shuffled"``: an epoch is one shuffled pass over the task's own examples;
 ``"shuffled_drop_last"``, :mod:`cljax.training.sampling`), ``task_heads`` (``"separate"``: a
 head per task in Task-IL, the default; ``"masked"``: one head over every class with the other
@@ -138,8 +140,13 @@ def _check_regimes(cfg: dict) -> None:
     cfg["regimes"] = {name: regime_overrides(value) for name, value in cfg["regimes"].items()}
 
 
+EPOCHS_OVER = ("largest_task", "each_task")
+"""What ``config['epochs']`` counts passes over (:func:`_set_steps`, ``epochs_over``)."""
+
+
 def _check_protocol_knobs(cfg: dict) -> None:
-    """The optional protocol keys: ``sampling``, ``task_heads``, ``metric_from_task``."""
+    """The optional protocol keys: ``sampling``, ``task_heads``, ``metric_from_task``,
+    ``epochs_over``."""
     if cfg.get("sampling", "iid") not in SAMPLINGS:
         raise ValueError(f"config['sampling'] must be one of {SAMPLINGS}; got "
                          f"{cfg['sampling']!r}")
@@ -147,6 +154,12 @@ def _check_protocol_knobs(cfg: dict) -> None:
         raise ValueError(f"config['task_heads'] must be one of {TASK_HEADS}; got "
                          f"{cfg['task_heads']!r}")
     _check_metric_from_task(cfg)
+    over = cfg.get("epochs_over", "largest_task")
+    if over not in EPOCHS_OVER:
+        raise ValueError(f"config['epochs_over'] must be one of {EPOCHS_OVER}; got {over!r}")
+    if over == "each_task" and cfg.get("epochs") is None:
+        raise ValueError("config['epochs_over']='each_task' counts config['epochs'] over each "
+                         "task's own examples: set epochs")
 
 
 def _check_metric_from_task(cfg: dict) -> None:
@@ -356,7 +369,8 @@ def config_plan(cfg: dict, scenario: str) -> ConfigPlan:
 SCALE_KEYS = ("data_placement", "device_memory_cap", "batch_devices")
 """The optional scale-out keys: absent, the defaults apply and the config is unchanged."""
 
-UNFILLED_KEYS = (*SCALE_KEYS, "task_heads", "sampling", "regime", "metric_from_task")
+UNFILLED_KEYS = (*SCALE_KEYS, "task_heads", "sampling", "regime", "metric_from_task",
+                 "epochs_over")
 """Optional keys :func:`validate_config` does not fill in: absent, their default applies and the
 config is unchanged — so its run identity (:func:`run_identity`) is that of runs made before
 the key existed, and they stay resumable."""
@@ -705,7 +719,8 @@ def _scenario_trainer(cfg: dict, stream: TaskStream, name: str
     trainer = make_trainer(model, method, optimizer=make_optimizer(
         cfg["optimizer"]), batch_size=cfg["batch_size"],
         eval_chunk=cfg["eval_chunk"], reset_optimizer=cfg["reset_optimizer"],
-        sampling=cfg.get("sampling", "iid"))
+        sampling=cfg.get("sampling", "iid"),
+        task_epochs=cfg["epochs"] if cfg.get("epochs_over") == "each_task" else None)
     return scenario, method, trainer
 
 
@@ -1092,13 +1107,16 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
 
 
 def _set_steps(cfg: dict, stream: TaskStream, log: Callable[[str], None]) -> None:
-    """``cfg["steps"]`` from ``cfg["epochs"]`` when given: epochs over the largest task."""
+    """``cfg["steps"]`` from ``cfg["epochs"]`` when given: epochs over the largest task (with
+    ``epochs_over="each_task"`` the static length; each task then stops after its own)."""
     if cfg["epochs"] is None:
         return
     largest = int(stream.train.n.max())
     cfg["steps"] = max(1, int(np.ceil(cfg["epochs"] * largest / cfg["batch_size"])))
     log(f"{cfg['epochs']} epoch(s) of {largest} examples at batch {cfg['batch_size']} = "
-        f"{cfg['steps']} steps per task")
+        f"{cfg['steps']} steps per task"
+        + (" at most: each task trains its own epochs" if cfg.get("epochs_over") == "each_task"
+           else ""))
 
 
 def _log_checkpoint_every(steps: int, checkpoint_every: int, log: Callable[[str], None]) -> None:

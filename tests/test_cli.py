@@ -107,6 +107,25 @@ def test_the_metrics_count_the_tasks_from_metric_from_task(tmp_path):
             validate_config({**cfg, "metric_from_task": bad})
 
 
+def test_epochs_over_each_task_is_checked_and_reaches_the_trainer():
+    from helpers import tiny_dataset
+
+    from cljax.data import split_tasks
+    from cljax.experiment import build_scenario
+
+    cfg = cli.load_config("split_mnist")
+    with pytest.raises(ValueError, match="epochs_over"):
+        validate_config({**cfg, "epochs_over": "smallest_task"})
+    with pytest.raises(ValueError, match="set epochs"):
+        validate_config({**cfg, "epochs_over": "each_task", "epochs": None})
+    stream = split_tasks(tiny_dataset(n=40), tiny_dataset(n=20, seed=1), tasks=[[0, 1], [2, 3]])
+    each = validate_config({**cfg, "epochs": 2, "epochs_over": "each_task",
+                            "model": {"kind": "mlp", "widths": [4]}})
+    assert build_scenario(each, stream, "task").trainer.task_epochs == 2.0
+    assert build_scenario({**each, "epochs_over": "largest_task"}, stream,
+                          "task").trainer.task_epochs is None
+
+
 def test_a_generative_method_shows_its_samples_after_each_task(tmp_path):
     workdir = tmp_path / "run"
     with tfds.testing.mock_data(num_examples=100):

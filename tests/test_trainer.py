@@ -1,12 +1,14 @@
 """The method protocol's hooks as the trainer calls them (cljax.training.trainer): the clock in
 every context, ``after_step`` writing parameters and optimizer state, a method-built model and the
 prediction context's key and task ids."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import tiny_dataset
+from helpers import assert_trees_close, tiny_dataset
 
 from cljax.checkpoint import Checkpointer
 from cljax.data import make_scenario, split_tasks
@@ -195,6 +197,40 @@ def test_the_scenario_a_spec_describes_and_its_refusal():
     tr, data = _setup(Method("task_only", scenarios=("task",)), scenario="class")
     with pytest.raises(ValueError, match="task_only.*does not support the 'class' scenario"):
         tr.init(jax.random.key(0), {}, data)
+
+
+@pytest.mark.parametrize("sampling", ["shuffled", "shuffled_drop_last", "iid"])
+def test_each_task_trains_its_own_epochs(sampling):
+    """``task_epochs=1``: on tasks of unequal size given the largest task's steps, each task's
+    state after them equals training exactly its own ⌈n_t / batch⌉ steps (⌊n_t / batch⌋ whole
+    batches when dropping the last); the steps past them change nothing."""
+    from cljax.methods import get_method
+
+    train = tiny_dataset(n=46, num_classes=4, seed=0)
+    s = split_tasks(train, tiny_dataset(n=20, seed=1), tasks=[[0, 1], [2, 3]])
+    sc = make_scenario(s, "task")
+    data = prepare_data(s, sc, eval_chunk=10)
+    build = functools.partial(make_trainer, as_model(MLP((4,), 2, num_heads=2)),
+                              get_method("none"), optimizer=optax.adam(0.05), batch_size=2,
+                              sampling=sampling)
+    each, plain = build(task_epochs=1), build()
+    sizes = [int(n) for n in data.train.n]
+    assert sizes[0] != sizes[1]
+    own = [n // 2 if sampling == "shuffled_drop_last" else -(-n // 2) for n in sizes]
+    total = max(-(-n // 2) for n in sizes)
+    assert min(own) < total
+    a = b = each.init(jax.random.key(0), {}, data)
+    for task in (0, 1):
+        t = jnp.int32(task)
+        np.testing.assert_array_equal(each.own_steps(data, t), own[task])
+        a, _ = jax.jit(lambda st, t: each.fit(st, data, t, total))(a, t)
+        b, _ = jax.jit(lambda st, t, n=own[task]: plain.fit(st, data, t, n))(b, t)
+        assert int(a.step) == int(b.step) and int(a.task_step) == own[task]
+        assert_trees_close(a.params, b.params, rtol=1e-6, atol=1e-7)
+        assert_trees_close(a.opt_state, b.opt_state, rtol=1e-6, atol=1e-7)
+        a, b = each.end_task(a, data, t), plain.end_task(b, data, t)
+    with pytest.raises(ValueError, match="task_epochs"):
+        build(task_epochs=0)
 
 
 @pytest.mark.parametrize("sampling", ["shuffled", "shuffled_drop_last"])

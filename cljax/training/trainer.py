@@ -115,6 +115,7 @@ class Trainer(NamedTuple):
     eval_chunk: int = 1000
     reset_optimizer: bool = False
     sampling: str = "iid"
+    task_epochs: float | None = None
 
     def model(self, data: StreamData) -> Model:
         """The network the method trains on ``data``."""
@@ -183,9 +184,39 @@ class Trainer(NamedTuple):
         ctx = self._batch_context(state, data, task, clock, feed, self.model_and_spec(data)[1])
         return self.method.batch(ctx, state.mstate)
 
+    def own_steps(self, data: StreamData, task: Array) -> Array | None:
+        """With ``task_epochs``: the steps ``task`` trains, ``task_epochs`` passes over its own
+        examples (whole batches only under ``"shuffled_drop_last"``), else None."""
+        if self.task_epochs is None:
+            return None
+        n = data.train.n[task].astype(jnp.float32)
+        if self.sampling == "shuffled_drop_last":
+            per_epoch = jnp.maximum(jnp.floor(n / self.batch_size), 1.0)
+            steps = jnp.ceil(self.task_epochs * per_epoch)
+        else:
+            steps = jnp.ceil(self.task_epochs * n / self.batch_size)
+        return jnp.maximum(steps, 1.0).astype(jnp.int32)
+
     def step(self, state: TrainState, data: StreamData, task: Array, task_steps: Array | int,
              feed: Feed) -> tuple[TrainState, Array]:
-        """One training step of ``task`` (of ``task_steps``) on rows from ``feed``."""
+        """One training step of ``task`` (of ``task_steps``) on rows from ``feed``. With
+        ``task_epochs`` a task has its own number of steps (:meth:`own_steps`, at most
+        ``task_steps``): the steps past it change nothing (their loss is still reported)."""
+        own = self.own_steps(data, task)
+        if own is None:
+            return self._step(state, data, task, task_steps, feed)
+        new, loss = self._step(state, data, task, jnp.minimum(own, task_steps), feed)
+        active = state.task_step < own
+        kept = jax.tree.map(lambda a, b: jax.lax.select(active, a, b),
+                            (new.params, new.opt_state, new.mstate, new.step, new.task_step),
+                            (state.params, state.opt_state, state.mstate, state.step,
+                             state.task_step))
+        params, opt_state, mstate, step, task_step = kept
+        return new._replace(params=params, opt_state=opt_state, mstate=mstate, step=step,
+                            task_step=task_step), loss
+
+    def _step(self, state: TrainState, data: StreamData, task: Array, task_steps: Array | int,
+              feed: Feed) -> tuple[TrainState, Array]:
         method = self.method
         net, spec = self.model_and_spec(data)
         clock = Clock(state.step, state.task_step, jnp.asarray(task_steps, jnp.int32))
@@ -321,7 +352,8 @@ class Trainer(NamedTuple):
 
 def make_trainer(model: Model, method: Method, *, optimizer: optax.GradientTransformation,
                  batch_size: int, eval_chunk: int = 1000,
-                 reset_optimizer: bool = False, sampling: str = "iid") -> Trainer:
+                 reset_optimizer: bool = False, sampling: str = "iid",
+                 task_epochs: float | None = None) -> Trainer:
     """Build the per-run training functions (the step of :mod:`cljax.methods.base`).
 
     Args:
@@ -337,6 +369,10 @@ def make_trainer(model: Model, method: Method, *, optimizer: optax.GradientTrans
         (uniformly with replacement), ``"shuffled"`` (epochs of shuffled passes over the task's
         own examples) or ``"shuffled_drop_last"`` (:mod:`cljax.training.sampling`); a method's
         other draws (memories, past tasks) stay its own.
+      task_epochs: each task trains ``task_epochs`` passes over its own examples
+        (:meth:`Trainer.own_steps`): a task's steps past them (the stream's static steps per
+        task are the largest task's) change nothing. None (the default): every task trains all
+        the steps it is given.
     """
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {SAMPLINGS}; got {sampling!r}")
@@ -348,8 +384,13 @@ def make_trainer(model: Model, method: Method, *, optimizer: optax.GradientTrans
         raise TypeError(f"method must be a cljax.methods.Method; got {type(method).__name__}")
     if method.model is unchanged_model:
         _check_requires(method, model)
+    if task_epochs is not None and (isinstance(task_epochs, bool) or
+                                    not isinstance(task_epochs, (int, float))
+                                    or not task_epochs > 0):
+        raise ValueError(f"task_epochs must be None or a number > 0 (passes over each task's "
+                         f"examples); got {task_epochs!r}")
     return Trainer(model, method, optimizer, batch_size, eval_chunk, bool(reset_optimizer),
-                   sampling)
+                   sampling, None if task_epochs is None else float(task_epochs))
 
 
 __all__ = ["TrainState", "Feed", "Trainer", "device_feed", "task_rows", "make_trainer",
