@@ -52,6 +52,7 @@ from cljax.config import (
     load_config,
     parse_sweep,
     parse_value,
+    steps_win_over_epochs,
 )
 from cljax.regimes import regime_settings
 
@@ -310,7 +311,7 @@ def _overrides(args: argparse.Namespace) -> list[Override]:
         def apply(cfg, key=key, value=value):
             cfg[key] = value
             if key == "steps":
-                cfg["epochs"] = None  # an explicit step count wins over epochs
+                steps_win_over_epochs(cfg)
         out.append(Override(f"{option} {value}", apply))
     for assignment in args.set:
         # apply_override's messages start with the key, which the label already names

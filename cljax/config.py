@@ -103,6 +103,14 @@ def apply_assignment(config: dict, assignment: str) -> None:
     apply_override(config, key, parse_value(value))
 
 
+def steps_win_over_epochs(config: dict) -> None:
+    """An explicit step count wins over epochs: drop ``epochs`` (set None) and ``epochs_over``
+    (which counts epochs) from ``config``, in place (``cljax run --steps``, ``cljax bench
+    --steps``)."""
+    config["epochs"] = None
+    config.pop("epochs_over", None)
+
+
 def parse_sweep(spec: str) -> tuple[str, list[float]]:
     """``"strength=1e2,1e3"`` → ``("strength", [100.0, 1000.0])``.
 
@@ -122,5 +130,6 @@ def parse_sweep(spec: str) -> tuple[str, list[float]]:
     return name.strip(), values
 
 
-__all__ = ["OPTIONAL_KEYS", "CONFIG_DIR", "config_names", "config_file", "config_summary", "load_config",
+__all__ = ["OPTIONAL_KEYS", "CONFIG_DIR", "config_names", "config_file", "config_summary",
+           "steps_win_over_epochs", "load_config",
            "parse_value", "apply_override", "apply_assignment", "parse_sweep"]

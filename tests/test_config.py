@@ -67,3 +67,11 @@ def test_overrides():
     assert cfg["optimizer"]["learning_rate"] == 3e-4
     assert config.parse_value("[1, 2]") == [1, 2] and config.parse_value("adam") == "adam"
     assert ast.literal_eval(repr(config.parse_sweep("c=1,2")[1])) == [1.0, 2.0]
+
+
+def test_an_explicit_step_count_wins_over_epochs():
+    from cljax.config import steps_win_over_epochs
+
+    cfg = {"steps": 7, "epochs": 4, "epochs_over": "each_task", "batch_size": 8}
+    steps_win_over_epochs(cfg)
+    assert cfg == {"steps": 7, "epochs": None, "batch_size": 8}

@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from cljax.config import apply_override, config_names, load_config
+from cljax.config import apply_override, config_names, load_config, steps_win_over_epochs
 from cljax.data import SCENARIOS
 
 SPREADS = ("std", "sem", "ci95", "unstated")
@@ -267,7 +267,7 @@ def selection_run(protocol: Protocol, entry: Entry, *,
     cfg = _config(protocol, entry, (protocol.overrides, entry.overrides, user,
                                     protocol.validation))
     if "steps" in user:
-        cfg["epochs"] = None
+        steps_win_over_epochs(cfg)
     cfg.update(method=entry.method, hparams=dict(entry.hparams),
                sweep={k: list(v) for k, v in entry.grid.items()},
                seeds=protocol.selection_seeds, scenarios=list(protocol.entry_scenarios(entry)))
@@ -310,7 +310,7 @@ def entry_runs(protocol: Protocol, entry: Entry, *, seeds: int,
     for hp, names in groups:
         cfg = _config(protocol, entry, (protocol.overrides, entry.overrides, overrides or {}))
         if "steps" in (overrides or {}):
-            cfg["epochs"] = None     # an explicit step count wins over epochs (as cljax run)
+            steps_win_over_epochs(cfg)     # as cljax run
         cfg.update(method=entry.method, hparams=dict(hp), sweep={}, seeds=seeds,
                    scenarios=list(names))
         name = entry.key if len(groups) == 1 else f"{entry.key}_{'_'.join(names)}"

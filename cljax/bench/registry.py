@@ -130,7 +130,7 @@ _HSU2018_SPLIT = Protocol(
     name="hsu2018_split_mnist",
     title="Split MNIST, Hsu et al. 2018 (incremental task / domain / class)",
     config="split_mnist", citation=HSU2018, scenarios=SCENARIOS3,
-    overrides={"epochs": 4},
+    overrides={"epochs": 4, "sampling": "shuffled", "epochs_over": "each_task"},
     metric_definition=ACC_ALL_TASKS + "; the paper: mean ± (undefined; their code prints the "
                       "standard deviation) over 10 runs",
     entries=(
@@ -172,8 +172,8 @@ _HSU2018_SPLIT = Protocol(
                    "chosen on validation (RESULTS.md's rehearsal table took mammoth's α 1.0, "
                    "β 0.5 by hand)"),
     ),
-    notes=("an epoch is drawn i.i.d. from the task's examples (4 epochs of the largest task = "
-           "396 steps of 128), where theirs are shuffled passes",))
+    notes=("every task trains 4 shuffled passes over its own examples at batch 128, the last "
+           "batch of a pass partial, as their code's data loader",))
 
 
 # ---- GPM (Saha et al. 2021) --------------------------------------------------------------------
