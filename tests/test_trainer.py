@@ -231,6 +231,15 @@ def test_each_task_trains_its_own_epochs(sampling):
         a, b = each.end_task(a, data, t), plain.end_task(b, data, t)
     with pytest.raises(ValueError, match="task_epochs"):
         build(task_epochs=0)
+    if sampling == "shuffled":   # vmapped runs whose tasks stop at their own steps = separate runs
+        keys = jax.random.split(jax.random.key(1), 2)
+        both = run_stream(each, data, num_steps=total, keys=keys)
+        for r in range(2):
+            one = run_stream(each, data, num_steps=total, keys=keys[r:r + 1])
+            np.testing.assert_allclose(both.accuracy[r], one.accuracy[0], rtol=1e-6)
+            assert_trees_close(jax.tree.map(lambda p, r=r: p[r], both.final_state.params),
+                               jax.tree.map(lambda p: p[0], one.final_state.params),
+                               rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("sampling", ["shuffled", "shuffled_drop_last"])
