@@ -67,17 +67,24 @@ def test_barrier_definition_and_errors():
         fit_bezier(ring, A, B, jax.random.key(0), steps=0)
 
 
-def test_forgetting_paths_against_a_point_by_point_loop():
-    from cljax.analysis import forgetting_paths
+def _three_solutions(*, width, n, seed):
+    """A one-hidden-layer MLP, 3 tasks of ``n`` random examples (stacked task data) and three
+    random parameter sets θ*_1 … θ*_3, as a list and stacked on a task axis."""
     from cljax.nn import MLP, as_model
 
-    model = as_model(MLP((6,), 3))
-    keys = jax.random.split(jax.random.key(0), 6)
-    x = jax.random.normal(keys[0], (3, 9, 4))
-    y = jax.random.randint(keys[1], (3, 9), 0, 3)
-    data = {"x": x, "y": y, "task": jnp.zeros((3, 9), jnp.int32)}
+    model = as_model(MLP((width,), 3))
+    keys = jax.random.split(jax.random.key(seed), 6)
+    x = jax.random.normal(keys[0], (3, n, 4))
+    y = jax.random.randint(keys[1], (3, n), 0, 3)
+    data = {"x": x, "y": y, "task": jnp.zeros((3, n), jnp.int32)}
     thetas = [model.init(k, {"x": x[0]}) for k in keys[2:5]]
-    stacked = jax.tree.map(lambda *p: jnp.stack(p), *thetas)
+    return model, x, y, data, thetas, jax.tree.map(lambda *p: jnp.stack(p), *thetas)
+
+
+def test_forgetting_paths_against_a_point_by_point_loop():
+    from cljax.analysis import forgetting_paths
+
+    model, x, y, data, thetas, stacked = _three_solutions(width=6, n=9, seed=0)
     counts = [9, 7, 5]
     out = forgetting_paths(model.logits_fn, stacked, data, counts=counts, num_points=5,
                            chunk_size=4)
@@ -141,15 +148,8 @@ def test_sharpness_paths_against_the_dense_hessian_at_each_point():
     from jax.flatten_util import ravel_pytree
 
     from cljax.analysis import sharpness_paths
-    from cljax.nn import MLP, as_model
 
-    model = as_model(MLP((5,), 3))
-    keys = jax.random.split(jax.random.key(4), 6)
-    x = jax.random.normal(keys[0], (3, 8, 4))
-    y = jax.random.randint(keys[1], (3, 8), 0, 3)
-    data = {"x": x, "y": y, "task": jnp.zeros((3, 8), jnp.int32)}
-    thetas = [model.init(k, {"x": x[0]}) for k in keys[2:5]]
-    stacked = jax.tree.map(lambda *p: jnp.stack(p), *thetas)
+    model, x, y, data, thetas, stacked = _three_solutions(width=5, n=8, seed=4)
     counts = [8, 6, 7]
     flat, unravel = ravel_pytree(thetas[0])
     out = sharpness_paths(model.logits_fn, stacked, data, jax.random.key(0), counts=counts,

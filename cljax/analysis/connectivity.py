@@ -161,6 +161,21 @@ def _task_losses_on_paths(logits_fn: LogitsFn, ts: Array, chunk_size: int | None
     return path_losses
 
 
+def _path_inputs(name: str, logits_fn: LogitsFn, params_per_task: Params, task_data: TaskData,
+                 key: PRNGKey | None, counts: Any, chunk_size: int | None, num_points: int
+                 ) -> tuple[int, Any, Any, Array]:
+    """The checked inputs of a path analysis over a run's solutions: the number of tasks (at
+    least two), the stacked task data and weights (:func:`validate_task_inputs`) and the
+    ``num_points`` evenly spaced t of [0, 1]."""
+    if not isinstance(num_points, int) or isinstance(num_points, bool) or num_points < 2:
+        raise ValueError(f"num_points must be an int >= 2; got {num_points!r}")
+    num_tasks, stacked, w = validate_task_inputs(logits_fn, params_per_task, task_data, key,
+                                                 counts, chunk_size, None)
+    if num_tasks < 2:
+        raise ValueError(f"{name} needs at least two tasks' parameters")
+    return num_tasks, stacked, w, jnp.linspace(0.0, 1.0, num_points)
+
+
 def forgetting_paths(logits_fn: LogitsFn, params_per_task: Params, task_data: TaskData, *,
                      counts: Any = None, num_points: int = 11,
                      chunk_size: int | None = 1000) -> dict[str, Any]:
@@ -172,13 +187,8 @@ def forgetting_paths(logits_fn: LogitsFn, params_per_task: Params, task_data: Ta
     Returns ``{"t": [P], "loss": [T − 1, P], "barrier": [T − 1], "forgetting": [T − 1]}``:
     ``barrier`` by :func:`loss_barrier`, ``forgetting`` the loss increase ℓ_i(θ*_T) − ℓ_i(θ*_i)
     (the two ends)."""
-    if not isinstance(num_points, int) or isinstance(num_points, bool) or num_points < 2:
-        raise ValueError(f"num_points must be an int >= 2; got {num_points!r}")
-    num_tasks, stacked, w = validate_task_inputs(logits_fn, params_per_task, task_data, None,
-                                                 counts, chunk_size, None)
-    if num_tasks < 2:
-        raise ValueError("forgetting_paths needs at least two tasks' parameters")
-    ts = jnp.linspace(0.0, 1.0, num_points)
+    num_tasks, stacked, w, ts = _path_inputs("forgetting_paths", logits_fn, params_per_task,
+                                             task_data, None, counts, chunk_size, num_points)
     final = task_slice(params_per_task, num_tasks - 1)
     path_losses = _task_losses_on_paths(logits_fn, ts, chunk_size)
     losses = np.stack([np.asarray(path_losses(task_slice(params_per_task, i), final,
@@ -206,13 +216,8 @@ def sharpness_paths(logits_fn: LogitsFn, params_per_task: Params, task_data: Tas
 
     Returns ``{"t": [P], "lambda_max": [T − 1, P], "delta_sq_norm": [T − 1]}`` (row i: the path
     from θ*_i; ``delta_sq_norm`` ‖θ*_T − θ*_i‖²)."""
-    if not isinstance(num_points, int) or isinstance(num_points, bool) or num_points < 2:
-        raise ValueError(f"num_points must be an int >= 2; got {num_points!r}")
-    num_tasks, stacked, w = validate_task_inputs(logits_fn, params_per_task, task_data, key,
-                                                 counts, chunk_size, None)
-    if num_tasks < 2:
-        raise ValueError("sharpness_paths needs at least two tasks' parameters")
-    ts = jnp.linspace(0.0, 1.0, num_points)
+    num_tasks, stacked, w, ts = _path_inputs("sharpness_paths", logits_fn, params_per_task,
+                                             task_data, key, counts, chunk_size, num_points)
     final = task_slice(params_per_task, num_tasks - 1)
     lam, sq = [], []
     for i in range(num_tasks - 1):
@@ -245,12 +250,8 @@ def multitask_paths(logits_fn: LogitsFn, params_per_task: Params, multitask_para
     [T − 1], "rise_multitask": [T − 1]}`` (row t: paths from θ*_{t+1} in the paper's 1-based
     count; barriers by :func:`loss_barrier`; a rise is the path's highest loss above its start,
     ℓ(θ*_t): how far the seen tasks' loss climbs on the way, wherever the path ends)."""
-    if not isinstance(num_points, int) or isinstance(num_points, bool) or num_points < 2:
-        raise ValueError(f"num_points must be an int >= 2; got {num_points!r}")
-    num_tasks, stacked, w = validate_task_inputs(logits_fn, params_per_task, task_data, None,
-                                                 counts, chunk_size, None)
-    if num_tasks < 2:
-        raise ValueError("multitask_paths needs at least two tasks' parameters")
+    num_tasks, stacked, w, ts = _path_inputs("multitask_paths", logits_fn, params_per_task,
+                                             task_data, None, counts, chunk_size, num_points)
     if jax.tree.structure(multitask_params) != jax.tree.structure(  # type: ignore[operator]  # PyTreeDef: no jaxlib stubs
             params_per_task):
         raise ValueError("multitask_params must have params_per_task's structure; got "
@@ -261,7 +262,6 @@ def multitask_paths(logits_fn: LogitsFn, params_per_task: Params, multitask_para
             raise ValueError(f"multitask_params must hold T − 1 = {num_tasks - 1} solutions "
                              f"stacked like params_per_task; a leaf has shape {m.shape}, "
                              f"expected {(num_tasks - 1,) + p.shape[1:]}")
-    ts = jnp.linspace(0.0, 1.0, num_points)
     path_losses = _task_losses_on_paths(logits_fn, ts, chunk_size)
 
     def seen_loss(t: int, end: Params) -> np.ndarray:
