@@ -141,7 +141,8 @@ def _check_regimes(cfg: dict) -> None:
 
 
 EPOCHS_OVER = ("largest_task", "each_task")
-"""What ``config['epochs']`` counts passes over (:func:`_set_steps`, ``epochs_over``)."""
+"""What ``config["epochs"]`` counts passes over (``config["epochs_over"]``): the largest task's
+examples, or each task's own (:meth:`cljax.training.Trainer.own_steps`)."""
 
 
 def _check_protocol_knobs(cfg: dict) -> None:
@@ -573,7 +574,7 @@ def flatness_analysis(model: Model, data: StreamData, task_params: Params, *,
     paths (:func:`cljax.analysis.multitask_paths`), the multitask solutions trained by
     :func:`multitask_solutions` with ``trainer`` for ``steps`` steps each. With
     ``path_sharpness`` = P ≥ 2, also λ_max at P points of each task's path to θ*_T and the bound
-    along it (:func:`cljax.analysis.sharpness_paths`, P − 1 Lanczos runs per task more)."""
+    along it (:func:`cljax.analysis.sharpness_paths`, P more Lanczos runs per task)."""
     from cljax import analysis
 
     if multitask and (trainer is None or steps is None):
@@ -1188,8 +1189,8 @@ def _run_regimes(cfg: dict, *, checkpoint_dir: str | None, events_dir: str | Non
     return out
 
 
-__all__ = ["MODELS", "SCALE_KEYS", "UNFILLED_KEYS", "apply_override", "validate_config",
-           "scale_options", "experiment_mesh",
+__all__ = ["MODELS", "SCALE_KEYS", "UNFILLED_KEYS", "EPOCHS_OVER", "metric_block",
+           "apply_override", "validate_config", "scale_options", "experiment_mesh",
            "make_optimizer", "make_model", "dataset_metadata", "StreamOutline", "stream_outline",
            "config_plan", "run_identity", "StateSizeError", "STATE_MEMORY_FRACTION",
            "estimate_state_bytes", "check_state_sizes", "RunInterrupted",
