@@ -36,8 +36,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cljax.analysis.flatness import TaskData, flatness, task_slice, validate_task_inputs
+from cljax.analysis.flatness import (
+    TaskData,
+    curvature_matvec,
+    task_slice,
+    validate_task_inputs,
+)
 from cljax.curvature.hvp import softmax_cross_entropy, weighted_task_sum
+from cljax.curvature.lanczos import top_eigen
 from cljax.types import Array, LogitsFn, Params, PRNGKey
 
 
@@ -207,7 +213,7 @@ def sharpness_paths(logits_fn: LogitsFn, params_per_task: Params, task_data: Tas
                     chunk_size: int | None = 1000) -> dict[str, Any]:
     """For every task i < T of a continual run, λ_max of task i's Hessian ∇²ℓ_i (or GGN) at
     ``num_points`` evenly spaced points θ(t) of the linear path from θ*_i (t = 0) to θ*_T
-    (t = 1), by Lanczos (:func:`cljax.analysis.flatness`, ``num_iters`` / ``tol``), with the
+    (t = 1), by Lanczos (``num_iters`` / ``tol``; one compiled Lanczos for every point), with the
     inputs of :func:`forgetting_paths`. Along that path Δθ = t·(θ*_T − θ*_i), so the forgetting
     bound (seed 000 eq. 20) reads ½·λ_max(H_i(θ*_i))·t²·‖θ*_T − θ*_i‖²: how far it holds is read
     beside task i's loss on the same points (:func:`forgetting_paths`), and how the curvature
@@ -218,20 +224,24 @@ def sharpness_paths(logits_fn: LogitsFn, params_per_task: Params, task_data: Tas
     from θ*_i; ``delta_sq_norm`` ‖θ*_T − θ*_i‖²)."""
     num_tasks, stacked, w, ts = _path_inputs("sharpness_paths", logits_fn, params_per_task,
                                              task_data, key, counts, chunk_size, num_points)
+    # one matvec for every task and point: Lanczos compiles once for the whole analysis
+    matvec = curvature_matvec(logits_fn, curvature, chunk_size=chunk_size)
     final = task_slice(params_per_task, num_tasks - 1)
     lam, sq = [], []
     for i in range(num_tasks - 1):
-        start = task_slice(params_per_task, i)
-        points = jax.vmap(lambda t, start=start: path_point(start, final, t))(ts)
-        data = {k: jnp.broadcast_to(a[i], (num_points,) + a.shape[1:]) for k, a in stacked.items()}
-        n_i = int(np.sum(w[i]))
-        result = flatness(logits_fn, points, data, jax.random.fold_in(key, i), k=1,
-                          num_iters=num_iters, tol=tol, curvature=curvature,
-                          chunk_size=chunk_size, counts=[n_i] * num_points)
-        lam.append(np.asarray(result.lambda_max))
+        start, batch = task_slice(params_per_task, i), task_slice(stacked, i)
+        row = []
+        for j, t in enumerate(ts):
+            point = path_point(start, final, t)
+            eig = top_eigen(matvec, (point, batch, w[i]), point,
+                            jax.random.fold_in(jax.random.fold_in(key, i), j), k=1,
+                            num_iters=num_iters, tol=tol, which="largest",
+                            return_eigenvectors=False, check_every=5)
+            row.append(float(eig.eigenvalues[0]))
+        lam.append(row)
         sq.append(float(sum(jnp.vdot(b - a, b - a) for a, b in
                             zip(jax.tree.leaves(start), jax.tree.leaves(final)))))
-    return {"t": np.asarray(ts), "lambda_max": np.stack(lam), "delta_sq_norm": np.asarray(sq)}
+    return {"t": np.asarray(ts), "lambda_max": np.asarray(lam), "delta_sq_norm": np.asarray(sq)}
 
 
 def multitask_paths(logits_fn: LogitsFn, params_per_task: Params, multitask_params: Params,

@@ -22,7 +22,7 @@ Inputs shared by :func:`flatness` and :func:`cljax.analysis.forgetting_bound`:
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple, TypeGuard
 
 import jax
@@ -206,6 +206,26 @@ def grad_and_hvp(logits_fn: LogitsFn, params: Params, batch: Batch, v: Params, *
 # flatness
 # --------------------------------------------------------------------------------------------
 
+def curvature_matvec(logits_fn: LogitsFn, curvature: Literal["hessian", "ggn"] = "hessian", *,
+                     chunk_size: int | None = 1000,
+                     per_example_loss: PerExampleLoss | None = None
+                     ) -> Callable[[tuple[Params, Batch, Any], Params], Params]:
+    """``matvec((params, batch, weights), v)``: the product of the weighted mean loss's Hessian
+    (:func:`cljax.curvature.task_hvp`) or GGN (:func:`cljax.curvature.task_ggn_vp`) with ``v``,
+    the operand form of :func:`cljax.curvature.lanczos.top_eigen`. Build it once and reuse it:
+    Lanczos compiles once per function object, whatever parameters and data it is given."""
+    if curvature not in ("hessian", "ggn"):
+        raise ValueError(f"curvature must be 'hessian' or 'ggn'; got {curvature!r}")
+    product = task_hvp if curvature == "hessian" else task_ggn_vp
+
+    def matvec(operand, v):
+        params, batch, w = operand
+        return product(logits_fn, params, batch, v, weights=w, chunk_size=chunk_size,
+                       per_example_loss=per_example_loss)
+
+    return matvec
+
+
 def flatness(logits_fn: LogitsFn, params_per_task: Params, task_data: TaskData, key: PRNGKey, *,
              k: int = 1, num_iters: int = 100, tol: float | None = 1e-3,
              trace_samples: int = 0, curvature: Literal["hessian", "ggn"] = "hessian",
@@ -243,13 +263,9 @@ def flatness(logits_fn: LogitsFn, params_per_task: Params, task_data: TaskData, 
         raise TypeError("key must be a jax PRNG key; got None")
     num_tasks, stacked, weights = validate_task_inputs(
         logits_fn, params_per_task, task_data, key, counts, chunk_size, per_example_loss)
-    product = task_hvp if curvature == "hessian" else task_ggn_vp
     opts: dict[str, Any] = dict(chunk_size=chunk_size, per_example_loss=per_example_loss)
-
     # One function object for every task, so the Lanczos block compiles once per call.
-    def matvec(operand, v):
-        params, batch, w = operand
-        return product(logits_fn, params, batch, v, weights=w, **opts)
+    matvec = curvature_matvec(logits_fn, curvature, **opts)
 
     @jax.jit
     def loss_and_grad_norm(params, batch, w):
@@ -288,5 +304,5 @@ def flatness(logits_fn: LogitsFn, params_per_task: Params, task_data: TaskData, 
                           grad_norm=np.asarray(gnorms))
 
 
-__all__ = ["FlatnessResult", "flatness", "stack_task_data", "num_tasks_of", "grad_and_hvp",
+__all__ = ["FlatnessResult", "flatness", "curvature_matvec", "stack_task_data", "num_tasks_of", "grad_and_hvp",
            "TaskData", "validate_task_inputs", "task_slice"]
