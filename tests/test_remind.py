@@ -209,6 +209,7 @@ def test_mixed_pairs_score_both_labels_under_each_examples_task(task_heads):
     batch = to_batch(data, rows)
     model, spec = trainer.model_and_spec(data)
     assert spec.task_masked == (task_heads == "masked") and spec.num_heads == 1
+    assert spec.task_dependent_logits == (task_heads == "masked")
     key, hp = jax.random.key(9), {"mixup_alpha": jnp.asarray(1.0)}
     ctx = LossContext(model, key, hp, task, spec, lambda r: to_batch(data, r), clock)
     got = float(jax.jit(lambda p, b, m: method.loss(p, b, m, ctx)[0])(st.params, batch,
@@ -346,3 +347,17 @@ def test_options_and_models_are_validated():
     method, trainer, data = _build(num_subvectors=5)
     with pytest.raises(ValueError, match="num_subvectors .* must divide"):
         jax.eval_shape(lambda: trainer.init(KEY, method.default_hparams, data))
+
+
+def test_latent_helpers_check_their_shapes():
+    from cljax.methods.remind import crop_latents, replay_terms
+
+    with pytest.raises(ValueError, match="multiple of the grid"):
+        crop_latents(jnp.zeros((2, 10)), KEY, (3, 3))
+    rows = {"task": jnp.zeros(3, jnp.int32), "label": jnp.zeros(3, jnp.int32)}
+    with pytest.raises(ValueError, match="even number of rows"):
+        replay_terms(jnp.zeros((3, 4)), rows, jnp.ones(3, bool), jnp.zeros((1, 2), jnp.int32),
+                     jnp.asarray(0.5), num_outputs=2)
+    with pytest.raises(ValueError, match=r"ok \[M\]"):
+        replay_terms(jnp.zeros((3, 4)), rows, jnp.ones(2, bool), jnp.zeros((1, 2), jnp.int32),
+                     None, num_outputs=2)

@@ -106,6 +106,12 @@ class StreamSpec(NamedTuple):
         return self.num_tasks * self.classes_per_task
 
     @property
+    def task_dependent_logits(self) -> bool:
+        """Whether an example's logits depend on its task: a head per task, or one head with
+        the other tasks' classes masked (``task_masked``); False for one shared head."""
+        return self.num_heads > 1 or self.task_masked
+
+    @property
     def scenario(self) -> str | None:
         """The scenario the model's outputs make (van de Ven & Tolias 2019): ``"task"`` (a head
         per task), ``"domain"`` (one head of a task's classes), ``"class"`` (one head of every

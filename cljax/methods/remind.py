@@ -444,6 +444,9 @@ def quantise_latents(z: Array, codebooks: Array, locations: int) -> Array:
 def crop_latents(z: Array, key: PRNGKey, grid: tuple[int, int]) -> Array:
     """Latents ``z [B, H·W·C]`` (location-major) as ``grid = (H, W)`` maps, each randomly
     resized-cropped back to H × W (:func:`random_resized_crop`, REMIND's latent augmentation)."""
+    if jnp.ndim(z) != 2 or jnp.shape(z)[1] % (grid[0] * grid[1]):
+        raise ValueError(f"z must be [B, D] with D a multiple of the grid's {grid[0]}·{grid[1]} "
+                         f"locations; got shape {jnp.shape(z)}")
     maps = jnp.reshape(z, (z.shape[0], grid[0], grid[1], -1))
     return jnp.reshape(random_resized_crop(maps, key), z.shape)
 
@@ -473,6 +476,12 @@ def replay_terms(zr: Array, rows: Any, ok: Array, label_table: Any, lam: Array |
     (``shared_head``, Domain- and Class-IL: the logits do not depend on the task), else under
     each example's own task (its head or mask) with weights λ and 1 − λ; without ``lam``, each
     row as it is."""
+    if jnp.ndim(zr) != 2 or jnp.shape(ok) != jnp.shape(zr)[:1]:
+        raise ValueError(f"zr must be [M, D] latents with ok [M]; got shapes {jnp.shape(zr)} and "
+                         f"{jnp.shape(ok)}")
+    if lam is not None and jnp.shape(zr)[0] % 2:
+        raise ValueError(f"mixup pairs the draws: zr must hold an even number of rows; got "
+                         f"{jnp.shape(zr)[0]}")
     yr = jax.nn.one_hot(jnp.asarray(label_table)[rows["task"], rows["label"]], num_outputs,
                         dtype=zr.dtype)
     okf = ok.astype(zr.dtype)
@@ -529,7 +538,7 @@ def remind_loss(params: Params, batch: Batch, s: RemindState, ctx: LossContext, 
             if mixup else None
         replayed = replay_terms(zr, rows, batch["memory_ok"], ctx.spec.label_table, lam,
                                 num_outputs=C,
-                                shared_head=ctx.spec.num_heads == 1 and not ctx.spec.task_masked)
+                                shared_head=not ctx.spec.task_dependent_logits)
         for acc, part in zip((zs, tasks, ys, weights), replayed[:4]):
             acc.extend(part)
         count = count + replayed[4]
