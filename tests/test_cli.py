@@ -61,15 +61,20 @@ def test_the_flatness_analysis_reports_the_paths_between_solutions(tmp_path):
     assert "λ_max of task t's loss on the same path" in report
 
 
-def test_task_il_by_masking_a_single_head(tmp_path):
-    workdir = tmp_path / "run"
+def _small_run(workdir, *args):
+    """``cljax run split_mnist`` of 3 steps a task on mock MNIST (100 examples, an 8-unit MLP)
+    with ``args`` added; returns results.json."""
     with tfds.testing.mock_data(num_examples=100):
-        code = cli.main(["run", "split_mnist", "--method", "lwf", "--steps", "3", "--scenarios",
-                         "task", "--workdir", str(workdir), "--no-progress", "--no-tensorboard",
-                         "--set", "model.widths=[8]", "--set", "eval_chunk=64",
-                         "--set", "task_heads=masked"])
+        code = cli.main(["run", "split_mnist", "--steps", "3", "--workdir", str(workdir),
+                         "--no-progress", "--no-tensorboard", "--set", "model.widths=[8]",
+                         "--set", "eval_chunk=64", *args])
     assert code == 0
-    results = json.loads((workdir / "results.json").read_text())
+    return json.loads((workdir / "results.json").read_text())
+
+
+def test_task_il_by_masking_a_single_head(tmp_path):
+    results = _small_run(tmp_path / "run", "--method", "lwf", "--scenarios", "task",
+                         "--set", "task_heads=masked")
     task = results["scenarios"]["task"]
     assert (task["num_heads"], task["num_outputs"]) == (1, 10)
     assert results["config"]["task_heads"] == "masked"
@@ -81,14 +86,8 @@ def test_task_il_by_masking_a_single_head(tmp_path):
 def test_the_metrics_count_the_tasks_from_metric_from_task(tmp_path):
     """metric_from_task = 2: ACC, BWT and forgetting are those of the block R[2:, 2:] of the
     whole accuracy matrix (kept in full), computed here by hand."""
-    workdir = tmp_path / "run"
-    with tfds.testing.mock_data(num_examples=100):
-        code = cli.main(["run", "split_mnist", "--steps", "3", "--seeds", "2", "--scenarios",
-                         "class", "--workdir", str(workdir), "--no-progress", "--no-tensorboard",
-                         "--set", "model.widths=[8]", "--set", "eval_chunk=64",
-                         "--set", "metric_from_task=2"])
-    assert code == 0
-    results = json.loads((workdir / "results.json").read_text())
+    results = _small_run(tmp_path / "run", "--seeds", "2", "--scenarios", "class",
+                         "--set", "metric_from_task=2")
     assert results["stream"]["metric_tasks"] == [2, 3, 4]
     entry = results["scenarios"]["class"]
     R = np.asarray(entry["accuracy"])

@@ -380,7 +380,7 @@ def _per_task_block_grads(params: Params, memory_state: ReplayMemory, ctx: LossC
 def task_reference_grads(params: Params, memory_state: ReplayMemory, ctx: LossContext
                          ) -> tuple[Params, Array]:
     """Per task t, the gradient of the mean cross-entropy over the memory's valid examples of
-    task t (GEM's g_k, Lopez-Paz & Ranzato 2017 eq. 6), from a memory in any order: one forward
+    task t (GEM's g_k, Lopez-Paz & Ranzato 2017 Sec. 3), from a memory in any order: one forward
     pass over the memory and one vector-Jacobian product per task, with the per-example losses
     weighted by membership / count. Returns the gradients stacked on a leading ``[T]`` axis and
     the mask of the tasks that bind now (finished, and with at least one stored example)."""
