@@ -39,6 +39,9 @@ INITS = ("kmeans++", "random")
 """How :func:`kmeans_init` chooses the initial centroids."""
 MAX_CODES = 256
 """Codes are stored as uint8: at most 256 centroids per codebook."""
+BATCHED_ENCODE_MAX = 1 << 24
+"""Largest rows × sub-spaces × codes whose distances :func:`pq_encode` holds at once (64 MiB
+in float32); above it, one sub-space at a time."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,7 +111,24 @@ def nearest(points: Array, centroids: Array) -> Array:
                          f"[K, {jnp.shape(centroids)[1]}] must have the same width")
     cross = jnp.matmul(points, centroids.T, precision=jax.lax.Precision.HIGHEST)
     d = jnp.sum(centroids * centroids, axis=-1)[None, :] - 2.0 * cross
-    return jnp.argmin(d, axis=-1).astype(jnp.int32)
+    return first_argmin(d)
+
+
+def first_argmin(values: Array) -> Array:
+    """``jnp.argmin(values, axis=-1)`` (the first minimum; the first NaN where a row has one),
+    ``int32``, computed as two plain min-reductions: XLA's CPU argmin is a variadic reduction
+    several times slower, and PQ encodes every REMIND step."""
+    values = jnp.asarray(values)
+    if jnp.ndim(values) < 1 or jnp.shape(values)[-1] == 0:
+        raise ValueError(f"values must have a non-empty last axis; got shape {jnp.shape(values)}")
+    k = values.shape[-1]
+    iota = jax.lax.broadcasted_iota(jnp.int32, values.shape, values.ndim - 1)
+    low = jnp.min(values, axis=-1, keepdims=True)
+    first = jnp.min(jnp.where(values == low, iota, k), axis=-1)
+    if not jnp.issubdtype(values.dtype, jnp.floating):
+        return first
+    nan = jnp.min(jnp.where(jnp.isnan(values), iota, k), axis=-1)
+    return jnp.where(nan < k, nan, first)
 
 
 def kmeans_init(points: Array, key: PRNGKey, num_codes: int, *, weights: Array | None = None,
@@ -237,7 +257,11 @@ def pq_encode(features: Array, codebooks: Array) -> Array:
     if math.prod(lead) == 0:
         return jnp.zeros(lead + (m,), jnp.uint8)
     sub = _subspaces(features, m)
-    codes = jax.lax.map(lambda a: nearest(a[0], a[1].astype(a[0].dtype)), (sub, codebooks))
+    books = codebooks.astype(sub.dtype)
+    if sub.shape[1] * m * codebooks.shape[1] <= BATCHED_ENCODE_MAX:      # one batched matmul
+        codes = jax.vmap(nearest)(sub, books)
+    else:                                        # a sub-space at a time: bounded memory
+        codes = jax.lax.map(lambda a: nearest(a[0], a[1]), (sub, books))
     return jnp.reshape(codes.T.astype(jnp.uint8), lead + (m,))
 
 
@@ -270,5 +294,5 @@ def pq_distortion(features: Array, codebooks: Array, *, weights: Array | None = 
     return jnp.sum(err * w) / jnp.sum(w)
 
 
-__all__ = ["INITS", "MAX_CODES", "nearest", "kmeans_init", "lloyd", "kmeans", "fit_codebooks",
+__all__ = ["INITS", "MAX_CODES", "BATCHED_ENCODE_MAX", "nearest", "first_argmin", "kmeans_init", "lloyd", "kmeans", "fit_codebooks",
            "pq_encode", "pq_decode", "pq_distortion"]

@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cljax import quantization
 from cljax.quantization import (
+    first_argmin,
     fit_codebooks,
     kmeans,
     kmeans_init,
@@ -55,6 +57,33 @@ def test_encode_and_decode_equal_a_brute_force_nearest_codeword_search():
     np.testing.assert_array_equal(pq_encode(jnp.asarray(want), jnp.asarray(codebooks)), codes)
     np.testing.assert_array_equal(nearest(jnp.asarray(x[0, :, :3]), jnp.asarray(codebooks[0])),
                                   _np_encode(x[0, :, :3], codebooks[:1])[:, 0])
+
+
+def test_first_argmin_equals_numpy_argmin_with_ties_nans_and_ints():
+    rng = np.random.default_rng(2)
+    v = rng.integers(0, 4, size=(50, 6, 33)).astype(np.float32)     # many ties
+    v[3, 2, [5, 9]] = np.nan
+    v[7, 0, 0] = -np.inf
+    got = first_argmin(jnp.asarray(v))
+    assert got.dtype == jnp.int32
+    np.testing.assert_array_equal(got, np.argmin(v, -1))
+    ints = rng.integers(-3, 3, size=(20, 17))
+    np.testing.assert_array_equal(first_argmin(jnp.asarray(ints)), np.argmin(ints, -1))
+    np.testing.assert_array_equal(jax.jit(first_argmin)(jnp.asarray(v)), np.argmin(v, -1))
+    with pytest.raises(ValueError, match="non-empty last axis"):
+        first_argmin(jnp.zeros((3, 0)))
+
+
+def test_encoding_a_subspace_at_a_time_equals_the_batched_encoding(monkeypatch):
+    """Above ``BATCHED_ENCODE_MAX`` distances pq_encode loops over the sub-spaces (bounded
+    memory); the codes are the same."""
+    rng = np.random.default_rng(1)
+    codebooks = jnp.asarray(rng.normal(size=(4, 16, 3)).astype(np.float32))
+    x = jnp.asarray(rng.normal(size=(40, 12)).astype(np.float32))
+    batched = pq_encode(x, codebooks)
+    monkeypatch.setattr(quantization, "BATCHED_ENCODE_MAX", 0)
+    np.testing.assert_array_equal(pq_encode(x, codebooks), batched)
+    np.testing.assert_array_equal(batched, _np_encode(np.asarray(x), np.asarray(codebooks)))
 
 
 @pytest.mark.parametrize("init", ["kmeans++", "random"])

@@ -19,9 +19,12 @@ from cljax.methods.remind import (
     bytes_per_example,
     class_counts,
     code_shape,
+    first_layer_split,
+    lower_latents,
     mixup_lambda,
     random_resized_crop,
     remind,
+    remind_loss,
     resize_crop,
 )
 from cljax.nn import CNN, MLP, as_model
@@ -154,6 +157,41 @@ def test_the_lower_network_is_bitwise_frozen_after_the_base_task():
             np.testing.assert_array_equal(np.asarray(tp["Dense_0"][leaf][0, t]), base)
     assert not np.array_equal(tp["Dense_1"]["kernel"][0, 0], tp["Dense_1"]["kernel"][0, 2])
     assert bool(res.final_state.mstate.fitted[0])
+
+
+def test_a_step_after_the_base_task_takes_no_gradient_into_the_frozen_lower_network():
+    """From task 1 on the loss's gradient into G (Dense_0) is exactly zero (its latents enter
+    through ``lower_latents``' frozen branch) and F's gradient is the one of the same loss with
+    G's latents as constant inputs; in the base task, before the codebooks exist, G trains."""
+    method, trainer, data, res = _run()
+    st = jax.tree.map(lambda a: a[0], res.final_state)
+    model, spec = trainer.model_and_spec(data)
+    parts = first_layer_split()
+    rows = jax.jit(lambda st: trainer.draw(st, data, jnp.asarray(1),
+                                           Clock(st.step, jnp.asarray(0), jnp.asarray(6)),
+                                           device_feed(data)))(st)
+    batch = to_batch(data, rows)
+
+    def grads(task, lower, mstate=st.mstate):
+        ctx = LossContext(model, jax.random.key(3), {"mixup_alpha": jnp.asarray(0.5)},
+                          jnp.asarray(task), spec, lambda r: to_batch(data, r),
+                          Clock(st.step, jnp.asarray(0), jnp.asarray(6)))
+        return jax.jit(jax.grad(lambda p: remind_loss(
+            p, batch, mstate, ctx, parts=lower, locations=1, grid=None,
+            quantize_inputs=True, crops=False, replay_samples=1, mixup=True)))(st.params)
+
+    plain = parts._replace(lower=lambda m, p, b: jax.lax.stop_gradient(parts.lower(m, p, b)))
+    frozen, want = grads(1, parts), grads(1, plain)
+    assert not np.any(np.asarray(frozen["Dense_0"]["kernel"]))
+    for name in ("Dense_1",):
+        for leaf in ("kernel", "bias"):
+            np.testing.assert_allclose(np.asarray(frozen[name][leaf]),
+                                       np.asarray(want[name][leaf]), rtol=1e-6, atol=1e-8)
+    base = grads(0, parts, st.mstate._replace(fitted=jnp.asarray(False)))   # before the codes
+    z = jax.jit(lambda p: lower_latents(parts, model, p, batch, frozen=jnp.asarray(False)))
+    np.testing.assert_array_equal(np.asarray(z(st.params)),
+                                  np.asarray(parts.lower(model, st.params, batch)))
+    assert np.any(np.asarray(base["Dense_0"]["kernel"]))
 
 
 def test_replayed_features_are_the_decoded_codes_of_stored_examples():

@@ -331,7 +331,8 @@ class Split(NamedTuple):
     frozen: Callable[[str], bool]
 
 
-def _input_split() -> Split:
+def input_split() -> Split:
+    """G the identity: the examples are z (``split="input"``)."""
     def lower(model, params, batch):
         del model, params
         return jnp.reshape(batch["x"], (batch["x"].shape[0], -1))
@@ -344,7 +345,9 @@ def _input_split() -> Split:
                  lambda path: False)
 
 
-def _first_layer_split() -> Split:
+def first_layer_split() -> Split:
+    """G the first hidden layer of a :class:`cljax.nn.MLP`, z its ReLU output
+    (``split="first_layer"``)."""
     def lower(model, params, batch):
         seen: list[Array] = []
 
@@ -464,6 +467,20 @@ def _check_split_model(base: Model, split: str) -> Model:
     return base
 
 
+def lower_latents(parts: Split, model: Model, params: Params, batch: Batch, *,
+                  frozen: Array) -> Array:
+    """z = G(x) of ``batch``; where ``frozen`` (G frozen: task ≥ 1, as :func:`frozen_lower`) with
+    no path for the gradient into G, in a conditional, so that the backward pass runs G's weight
+    gradient only while G trains (the base task) — its update is zeroed afterwards anyway."""
+    def fixed(p: Params) -> Array:
+        return jax.lax.stop_gradient(parts.lower(model, p, batch))
+
+    def trained(p: Params) -> Array:
+        return parts.lower(model, p, batch)
+
+    return jax.lax.cond(frozen, fixed, trained, params)
+
+
 def replay_terms(zr: Array, rows: Any, ok: Array, label_table: Any, lam: Array | None, *,
                  num_outputs: int, shared_head: bool = False
                  ) -> tuple[list, list, list, list, Array]:
@@ -517,7 +534,7 @@ def remind_loss(params: Params, batch: Batch, s: RemindState, ctx: LossContext, 
     C = ctx.spec.num_outputs
     zs, tasks, ys, weights, ce_parts = [], [], [], [], []
     if quantize_inputs or cropping:
-        z = parts.lower(ctx.model, params, batch)
+        z = lower_latents(parts, ctx.model, params, batch, frozen=ctx.task > 0)
         if quantize_inputs:
             z = jnp.where(s.fitted, quantise_latents(z, s.codebooks, locations), z)
         if crop_grid is not None:
@@ -601,7 +618,7 @@ def remind(*, split: str = "first_layer", capacity: int = 10_000, num_subvectors
     _check_options(split, capacity, num_subvectors, num_codes, locations, grid, kmeans_iters,
                    kmeans_init, replay_samples, {"mixup": mixup, "crops": crops,
                                                  "quantize_inputs": quantize_inputs})
-    parts = _input_split() if split == "input" else _first_layer_split()
+    parts = input_split() if split == "input" else first_layer_split()
     draws = replay_samples * (2 if mixup else 1)
 
     def channels(params, spec) -> int:
@@ -656,5 +673,5 @@ def remind(*, split: str = "first_layer", capacity: int = 10_000, num_subvectors
 __all__ = ["SPLITS", "LOWER", "CROP_SCALE", "CROP_RATIO", "CROP_ATTEMPTS", "RemindState",
            "code_shape", "bytes_per_example", "codebook_bytes", "class_counts",
            "balanced_insert", "resize_crop", "random_resized_crop", "mixup_lambda", "Split",
-           "frozen_lower", "quantise_latents", "crop_latents", "store_task_codes",
-           "replay_terms", "remind_loss", "remind"]
+           "frozen_lower", "lower_latents", "quantise_latents", "crop_latents", "store_task_codes",
+           "replay_terms", "remind_loss", "remind", "input_split", "first_layer_split"]
