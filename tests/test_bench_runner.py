@@ -1,5 +1,8 @@
 """cljax.bench.runner and ``cljax bench``: resumable runs of a protocol, then its leaderboard."""
+import fnmatch
 import json
+import pathlib
+import shutil
 
 import pytest
 import tensorflow_datasets as tfds
@@ -69,6 +72,44 @@ def test_a_benchmark_runs_resumes_and_writes_its_leaderboard(tmp_path):
         # other options are another benchmark: refused on resume
         with pytest.raises(WorkdirError, match="different config"):
             run_bench(_protocol(), bench, resume=True, seeds=3, log=logs.append)
+
+
+def _as_committed(bench, root):
+    """Delete from ``bench`` what ``benchmarks/results/.gitignore`` keeps out of the repository
+    (its directory and file patterns, ``!`` exceptions honoured): the copy a fresh clone holds."""
+    rules = [line.strip() for line in (root / "benchmarks" / "results" / ".gitignore")
+             .read_text().splitlines() if line.strip() and not line.startswith("#")]
+    keep = [r[1:] for r in rules if r.startswith("!")]
+    dirs = [r.rstrip("/") for r in rules if r.endswith("/")]
+    files = [r for r in rules if not r.startswith("!") and not r.endswith("/")]
+    for path in sorted(bench.rglob("*"), key=lambda p: -len(p.parts)):
+        if path.is_dir() and path.name in dirs:
+            shutil.rmtree(path)
+        elif (path.is_file() and any(fnmatch.fnmatch(path.name, f) for f in files)
+              and not any(fnmatch.fnmatch(path.name, k) for k in keep)):
+            path.unlink()
+
+
+def test_a_benchmark_kept_without_checkpoints_plots_or_locks_resumes(tmp_path):
+    """What the repository keeps of a benchmark directory (benchmarks/results/.gitignore)
+    is enough for --resume on another machine: nothing finished runs again, and a method added
+    later runs into the same directory."""
+    bench = tmp_path / "bench"
+    root = pathlib.Path(__file__).resolve().parents[1]
+    with tfds.testing.mock_data(num_examples=64):
+        board = run_bench(_protocol(), bench, methods="none")
+        assert board["done"] == ["none"]
+        assert (bench / "none" / "checkpoints").is_dir()
+        _as_committed(bench, root)
+        assert not (bench / "none" / "checkpoints").exists()
+        assert not list(bench.rglob(".cljax-lock")) and (bench / "leaderboard.png").is_file()
+        logs: list[str] = []
+        again = run_bench(_protocol(), bench, resume=True, methods="none", log=logs.append)
+        assert logs == ["bench tiny: 0 run(s) to do"] and again["rows"] == board["rows"]
+        logs.clear()
+        more = run_bench(_protocol(), bench, resume=True, methods="ewc", log=logs.append)
+        assert logs[0] == "bench tiny: 2 run(s) to do: ewc_task, ewc_class"
+        assert set(more["done"]) == {"none", "ewc_task", "ewc_class"}
 
 
 def test_a_grid_is_chosen_on_validation_data_without_reading_the_test_split(tmp_path,
