@@ -329,6 +329,10 @@ def _rgo_mnist(name: str, config: str, title: str) -> Protocol:
                 note="their ER-Ringbuffer: one example per class and task, replay batch 10 "
                      "concatenated with the current one"),
             Entry("joint_offline", "joint_offline", note="their multitask row"),
+            Entry("gpm", "gpm",
+                  note="not in Table 1: GPM (Saha et al. 2021) at its own permuted-MNIST "
+                       "settings (energy thresholds 0.95 / 0.99 / 0.99, 300 examples per task), "
+                       "beside the other projection methods"),
             Entry("mcsgd", "mcsgd", overrides={"method_options": MCSGD_OPTIONS},
                   **_grid("mc_lr", MCSGD_LR_GRID),
                   note="MC-SGD (Mirzadeh et al. 2021) on this protocol: one example per class "
