@@ -294,5 +294,5 @@ def pq_distortion(features: Array, codebooks: Array, *, weights: Array | None = 
     return jnp.sum(err * w) / jnp.sum(w)
 
 
-__all__ = ["INITS", "MAX_CODES", "BATCHED_ENCODE_MAX", "nearest", "first_argmin", "kmeans_init", "lloyd", "kmeans", "fit_codebooks",
-           "pq_encode", "pq_decode", "pq_distortion"]
+__all__ = ["INITS", "MAX_CODES", "BATCHED_ENCODE_MAX", "nearest", "first_argmin", "kmeans_init",
+           "lloyd", "kmeans", "fit_codebooks", "pq_encode", "pq_decode", "pq_distortion"]
