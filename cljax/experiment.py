@@ -574,7 +574,8 @@ def flatness_analysis(model: Model, data: StreamData, task_params: Params, *,
     paths (:func:`cljax.analysis.multitask_paths`), the multitask solutions trained by
     :func:`multitask_solutions` with ``trainer`` for ``steps`` steps each. With
     ``path_sharpness`` = P ≥ 2, also λ_max at P points of each task's path to θ*_T and the bound
-    along it (:func:`cljax.analysis.sharpness_paths`, P more Lanczos runs per task)."""
+    along it (:func:`cljax.analysis.sharpness_paths`, P − 1 more Lanczos runs per task: t = 0
+    takes the flatness analysis' λ_max)."""
     from cljax import analysis
 
     if multitask and (trainer is None or steps is None):
@@ -602,7 +603,7 @@ def flatness_analysis(model: Model, data: StreamData, task_params: Params, *,
         sharp = analysis.sharpness_paths(
             model.logits_fn, params_r, task_data, jax.random.fold_in(key, 11), counts=counts,
             num_points=path_sharpness, num_iters=num_iters, tol=tol, curvature=curvature,
-            chunk_size=chunk_size) if path_sharpness and len(counts) > 1 else None
+            chunk_size=chunk_size, start_lambda_max=flat.lambda_max) if path_sharpness and len(counts) > 1 else None
         versus = None
         if multitask and len(counts) > 1:
             assert trainer is not None and steps is not None

@@ -167,6 +167,16 @@ def test_sharpness_paths_against_the_dense_hessian_at_each_point():
             assert out["lambda_max"][i, j] == pytest.approx(top, rel=1e-3, abs=1e-5)
         assert out["delta_sq_norm"][i] == pytest.approx(float(jnp.sum((end - start) ** 2)),
                                                         rel=1e-5)
+    # λ_max at θ*_i given (the flatness analysis'): t = 0 takes it, the other points unchanged
+    given = sharpness_paths(model.logits_fn, stacked, data, jax.random.key(0), counts=counts,
+                            num_points=3, num_iters=flat.size, tol=None, chunk_size=3,
+                            start_lambda_max=[7.0, 8.0, 9.0])
+    assert given["lambda_max"][:, 0].tolist() == [7.0, 8.0]
+    np.testing.assert_array_equal(given["lambda_max"][:, 1:], out["lambda_max"][:, 1:])
+    for bad, match in (([1.0], "shape"), ([1.0, np.nan], "finite")):
+        with pytest.raises(ValueError, match=match):
+            sharpness_paths(model.logits_fn, stacked, data, jax.random.key(0), counts=counts,
+                            start_lambda_max=bad)
     with pytest.raises(ValueError, match="num_points"):
         sharpness_paths(model.logits_fn, stacked, data, jax.random.key(0), num_points=1)
     from cljax.experiment import flatness_analysis

@@ -206,11 +206,25 @@ def forgetting_paths(logits_fn: LogitsFn, params_per_task: Params, task_data: Ta
             "forgetting": losses[:, -1] - losses[:, 0]}
 
 
+def _start_lambda_max(values: Any, num_tasks: int) -> np.ndarray | None:
+    """``sharpness_paths``' ``start_lambda_max`` as a finite float array of T or T − 1 values."""
+    if values is None:
+        return None
+    arr = np.asarray(values, np.float64)
+    if arr.ndim != 1 or arr.shape[0] not in (num_tasks, num_tasks - 1):
+        raise ValueError(f"start_lambda_max must hold λ_max at each θ*_i, shape ({num_tasks},) "
+                         f"or ({num_tasks - 1},); got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"start_lambda_max must be finite; got {arr.tolist()}")
+    return arr
+
+
 def sharpness_paths(logits_fn: LogitsFn, params_per_task: Params, task_data: TaskData,
                     key: PRNGKey, *, counts: Any = None, num_points: int = 5,
                     num_iters: int = 50, tol: float | None = 1e-3,
                     curvature: Literal["hessian", "ggn"] = "hessian",
-                    chunk_size: int | None = 1000) -> dict[str, Any]:
+                    chunk_size: int | None = 1000,
+                    start_lambda_max: Any = None) -> dict[str, Any]:
     """For every task i < T of a continual run, λ_max of task i's Hessian ∇²ℓ_i (or GGN) at
     ``num_points`` evenly spaced points θ(t) of the linear path from θ*_i (t = 0) to θ*_T
     (t = 1), by Lanczos (``num_iters`` / ``tol``; one compiled Lanczos for every point), with the
@@ -218,7 +232,9 @@ def sharpness_paths(logits_fn: LogitsFn, params_per_task: Params, task_data: Tas
     bound (seed 000 eq. 20) reads ½·λ_max(H_i(θ*_i))·t²·‖θ*_T − θ*_i‖²: how far it holds is read
     beside task i's loss on the same points (:func:`forgetting_paths`), and how the curvature
     changes on the way says why (a bound from θ*_i's curvature alone fails where the path
-    sharpens).
+    sharpens). ``start_lambda_max`` (``[T]`` or ``[T − 1]``, e.g. :func:`flatness`'s
+    ``lambda_max`` of the same run and curvature): λ_max at each θ*_i, used for t = 0 instead of
+    a Lanczos run there, so the path starts at the value the flatness analysis reports.
 
     Returns ``{"t": [P], "lambda_max": [T − 1, P], "delta_sq_norm": [T − 1]}`` (row i: the path
     from θ*_i; ``delta_sq_norm`` ‖θ*_T − θ*_i‖²)."""
@@ -227,11 +243,15 @@ def sharpness_paths(logits_fn: LogitsFn, params_per_task: Params, task_data: Tas
     # one matvec for every task and point: Lanczos compiles once for the whole analysis
     matvec = curvature_matvec(logits_fn, curvature, chunk_size=chunk_size)
     final = task_slice(params_per_task, num_tasks - 1)
+    known = _start_lambda_max(start_lambda_max, num_tasks)
     lam, sq = [], []
     for i in range(num_tasks - 1):
         start, batch = task_slice(params_per_task, i), task_slice(stacked, i)
         row = []
         for j, t in enumerate(ts):
+            if j == 0 and known is not None:
+                row.append(float(known[i]))
+                continue
             point = path_point(start, final, t)
             eig = top_eigen(matvec, (point, batch, w[i]), point,
                             jax.random.fold_in(jax.random.fold_in(key, i), j), k=1,
