@@ -603,7 +603,8 @@ def flatness_analysis(model: Model, data: StreamData, task_params: Params, *,
         sharp = analysis.sharpness_paths(
             model.logits_fn, params_r, task_data, jax.random.fold_in(key, 11), counts=counts,
             num_points=path_sharpness, num_iters=num_iters, tol=tol, curvature=curvature,
-            chunk_size=chunk_size, start_lambda_max=flat.lambda_max) if path_sharpness and len(counts) > 1 else None
+            chunk_size=chunk_size, start_lambda_max=flat.lambda_max,
+        ) if path_sharpness and len(counts) > 1 else None
         versus = None
         if multitask and len(counts) > 1:
             assert trainer is not None and steps is not None
