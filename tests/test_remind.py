@@ -163,7 +163,7 @@ def test_a_step_after_the_base_task_takes_no_gradient_into_the_frozen_lower_netw
     """From task 1 on the loss's gradient into G (Dense_0) is exactly zero (its latents enter
     through ``lower_latents``' frozen branch) and F's gradient is the one of the same loss with
     G's latents as constant inputs; in the base task, before the codebooks exist, G trains."""
-    method, trainer, data, res = _run()
+    _, trainer, data, res = _run()
     st = jax.tree.map(lambda a: a[0], res.final_state)
     model, spec = trainer.model_and_spec(data)
     parts = first_layer_split()
@@ -183,10 +183,9 @@ def test_a_step_after_the_base_task_takes_no_gradient_into_the_frozen_lower_netw
     plain = parts._replace(lower=lambda m, p, b: jax.lax.stop_gradient(parts.lower(m, p, b)))
     frozen, want = grads(1, parts), grads(1, plain)
     assert not np.any(np.asarray(frozen["Dense_0"]["kernel"]))
-    for name in ("Dense_1",):
-        for leaf in ("kernel", "bias"):
-            np.testing.assert_allclose(np.asarray(frozen[name][leaf]),
-                                       np.asarray(want[name][leaf]), rtol=1e-6, atol=1e-8)
+    for leaf in ("kernel", "bias"):               # F: the layer above G (the MLP's output)
+        np.testing.assert_allclose(np.asarray(frozen["Dense_1"][leaf]),
+                                   np.asarray(want["Dense_1"][leaf]), rtol=1e-6, atol=1e-8)
     base = grads(0, parts, st.mstate._replace(fitted=jnp.asarray(False)))   # before the codes
     z = jax.jit(lambda p: lower_latents(parts, model, p, batch, frozen=jnp.asarray(False)))
     np.testing.assert_array_equal(np.asarray(z(st.params)),
