@@ -243,6 +243,79 @@ def test_er_losses_against_a_hand_computation():
         get_method("agem", memory_replace="no")
 
 
+def _np_log_softmax(z):
+    z = np.asarray(z, np.float64)
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+@pytest.mark.parametrize("weighting", ["per_task", "replay"])
+@pytest.mark.parametrize("outputs", ["all", "seen"])
+@pytest.mark.parametrize("scenario", ["task", "domain", "class"])
+def test_lwf_loss_against_a_hand_computation(scenario, weighting, outputs):
+    """LwF's loss at task 2 (two previous tasks) in each scenario, both weightings (van de Ven's
+    current and 2019 code) and both output sets, against numpy: Class-IL's "seen" softmaxes run
+    over the classes of tasks ≤ 2 for the model, < 2 for its targets (zero elsewhere)."""
+    from cljax.methods import Clock, LossContext, StreamSpec
+
+    T, K, T_kd, lam, task = 4, 2, 2.0, 0.7, 2
+    heads, width = {"task": (T, K), "domain": (1, K), "class": (1, T * K)}[scenario]
+    table = jnp.array([[5, 2], [7, 0], [1, 6], [3, 4]], jnp.int32)   # a permuted class order
+    spec = StreamSpec((5,), jnp.float32, T, K, width, heads,
+                      table if scenario == "class" else jnp.tile(jnp.arange(K), (T, 1)))
+    model = as_model(MLP((12,), width, num_heads=heads))
+    k = jax.random.split(jax.random.key(6), 4)
+    x = jax.random.normal(k[0], (6, 5))
+    y = jnp.array([1, 6, 6, 1, 1, 6]) if scenario == "class" else jnp.array([0, 1, 1, 0, 0, 1])
+    batch = {"x": x, "y": y, "task": jnp.full(6, task, jnp.int32)}
+    params, old_params = model.init(k[1], batch), model.init(k[2], batch)
+    method = get_method("lwf", weighting=weighting, outputs=outputs)
+    ctx = LossContext(model, k[3], {"strength": jnp.float32(lam), "temperature": T_kd},
+                      jnp.int32(task), spec, lambda rows: rows,
+                      Clock(jnp.int32(task), jnp.int32(0), jnp.int32(5)))
+    prev = method.init(old_params, k[3], {}, spec)._replace(count=jnp.int32(task))
+    total, _ = jax.jit(lambda p: method.loss(p, batch, prev, ctx))(params)
+
+    z = np.asarray(model.apply_fn(params, batch, output="all_heads"), np.float64)   # [B, H, C]
+    z_old = np.asarray(model.apply_fn(old_params, batch, output="all_heads"), np.float64)
+    if scenario == "class" and outputs == "seen":
+        owner = np.empty(T * K, int)
+        for t, row in enumerate(np.asarray(table)):
+            owner[row] = t
+        z = np.where(owner <= task, z, -np.inf)
+        z_old = np.where(owner < task, z_old, -np.inf)
+    own = z[:, task] if heads > 1 else z[:, 0]
+    ce = -_np_log_softmax(own)[np.arange(6), np.asarray(y)].mean()
+
+    def kd(h):   # −Σ_c softmax(old/T)_c log softmax(new/T)_c, the batch mean
+        target = np.exp(_np_log_softmax(z_old[:, h] / T_kd))
+        new = np.where(target > 0, _np_log_softmax(z[:, h] / T_kd), 0.0)
+        return -(target * new).sum(-1).mean()
+
+    if scenario == "task":
+        distill = kd(0) + kd(1)
+        distill = distill / 2 if weighting == "replay" else distill
+    elif scenario == "domain" and weighting == "per_task":
+        distill = 2 * kd(0)
+    else:
+        distill = kd(0)
+    want = (ce + lam * 2 * distill) / 3 if weighting == "replay" else ce + lam * distill
+    np.testing.assert_allclose(total, want, rtol=2e-5)
+
+
+def test_class_tasks_names_each_outputs_task():
+    from cljax.methods import StreamSpec
+    from cljax.methods.rehearsal import class_tasks
+
+    table = jnp.array([[3, 0], [5, 1]], jnp.int32)
+    spec = StreamSpec((2,), jnp.float32, 2, 2, 7, 1, table)   # output 2, 4 and 6: no task's
+    assert np.asarray(class_tasks(spec)).tolist() == [0, 1, 2, 0, 2, 1, 2]
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        get_method("lwf", weighting="1/t")
+    with pytest.raises(ValueError, match="outputs must be one of"):
+        get_method("lwf", outputs="active")
+
+
 def test_der_trains_on_one_memory_draw_and_stores_logits():
     method, tr, data = _build("der", capacity=8)
     res = run_stream(tr, data, num_steps=6, keys=KEYS[:1], hparams=method.default_hparams)

@@ -90,8 +90,13 @@ _VDV2019_SPLIT = Protocol(
               hparams={"xi": 0.1}, **_grid("strength", SI_GRID)),
         Entry("lwf", "lwf", _row(_VDV_SPLIT, 20, (99.57, 71.50, 23.85)),
               hparams={"strength": 1.0, "temperature": 2.0}, selection="paper",
-              note="distillation at temperature 2, the current and the distillation loss "
-                   "weighted equally, as in their code"),
+              note="distillation at temperature 2, weighted as their current code "
+                   "(--lwf-weighting): once in Class-IL, per previous task otherwise"),
+        Entry("lwf_2019", "lwf", _row(_VDV_SPLIT, 20, (99.57, 71.50, 23.85)),
+              hparams={"strength": 4.0, "temperature": 2.0}, selection="paper",
+              overrides={"method_options": {"weighting": "replay", "outputs": "seen"}},
+              note="LwF as their 2019 code (a02db26) ran it: 1/t current, 1 − 1/t distillation, "
+                   "Hinton's T² = 4 on it, Class-IL softmaxes over the classes seen"),
         Entry("dgr", "dgr", _row(_VDV_SPLIT, 20, (99.50, 95.72, 90.79), (0.03, 0.25, 0.41),
                                  "sem"), selection="paper"),
         Entry("dgr_distill", "dgr_distill",

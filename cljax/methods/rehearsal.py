@@ -46,6 +46,7 @@ from cljax.methods.base import (
     current_task_batch,
     get_hparam,
 )
+from cljax.nn import MASKED_LOGIT
 from cljax.transforms import agem_projection, gem_projection
 from cljax.types import Array, Batch, Params
 from cljax.validation import check_positive_int
@@ -425,12 +426,39 @@ def _remember_model(ctx: BoundaryContext) -> PreviousModel:
     return PreviousModel(ctx.params, ctx.mstate.count + 1)
 
 
-def lwf() -> Method:
+LWF_WEIGHTINGS = ("per_task", "replay")
+"""How LwF weighs its terms: ``"per_task"`` (van de Ven et al.'s current code, ``--lwf-weighting``):
+ℓ_current + strength · (the distillation summed over the previous heads in Task-IL, (t − 1) × the
+shared head's in Domain-IL, once in Class-IL); ``"replay"`` (their 2019 code, as for every replay):
+(1/t) · ℓ_current + (1 − 1/t) · strength · (the distillation averaged over the previous heads in
+Task-IL, the one head's otherwise), t the tasks seen, the current one included."""
+LWF_OUTPUTS = ("all", "seen")
+"""The classes LwF's softmaxes run over in Class-IL: ``"all"`` outputs, or ``"seen"`` (van de Ven
+et al.'s code, "active classes"): the cross-entropy and the distilled model over the classes of
+the tasks seen so far, the previous model's targets over the previous tasks' classes (zero on the
+current ones). In Task- and Domain-IL every output is seen from the start: the two are equal."""
+
+
+def class_tasks(spec: StreamSpec) -> Array:
+    """int32 ``[num_outputs]``: the task that owns each output of a one-head Class-IL model
+    (from ``spec.label_table``), ``num_tasks`` for an output no task names."""
+    table = jnp.asarray(spec.label_table, jnp.int32)
+    owner = jnp.repeat(jnp.arange(spec.num_tasks, dtype=jnp.int32), table.shape[1])
+    return jnp.full((spec.num_outputs,), spec.num_tasks, jnp.int32).at[table.reshape(-1)].set(owner)
+
+
+def lwf(*, weighting: str = "per_task", outputs: str = "all") -> Method:
     """Learning without Forgetting (Li & Hoiem 2017): cross-entropy on the current task plus
     ``strength`` × distillation (temperature ``temperature``, default 2) of the previous model's
     outputs on the current inputs, for every previous head; the previous parameters live in the
-    method state. Weighting as van de Ven et al. (module docstring): with ``strength`` 0 this is
-    fine-tuning, exactly."""
+    method state. ``weighting`` (:data:`LWF_WEIGHTINGS`) and ``outputs`` (:data:`LWF_OUTPUTS`)
+    choose between van de Ven et al.'s current and 2019 code; their 2019 distillation also had
+    Hinton's T² factor: ``strength`` = T² (4) gives it. With ``strength`` 0 this is fine-tuning,
+    exactly (with ``outputs="seen"``, fine-tuning over the seen classes)."""
+    if weighting not in LWF_WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {LWF_WEIGHTINGS}; got {weighting!r}")
+    if outputs not in LWF_OUTPUTS:
+        raise ValueError(f"outputs must be one of {LWF_OUTPUTS}; got {outputs!r}")
 
     def loss(params, batch, prev: PreviousModel, ctx: LossContext):
         T = get_hparam(ctx.hparams, "temperature", "lwf")
@@ -438,22 +466,35 @@ def lwf() -> Method:
         apply_fn = ctx.model.apply_fn
         assert apply_fn is not None                # requires=("apply_fn",), checked on the model
         heads = apply_fn(params, batch, k_cur, output="all_heads")               # [B, H, C]
+        old = jax.lax.stop_gradient(apply_fn(prev.params, batch, output="all_heads"))
         H = heads.shape[1]
+        every_class = H == 1 and ctx.spec.num_outputs > ctx.spec.classes_per_task
+        if every_class and outputs == "seen" and not ctx.spec.task_masked:   # Class-IL
+            owner = class_tasks(ctx.spec)
+            masked = jnp.asarray(MASKED_LOGIT, heads.dtype)
+            heads = jnp.where(owner <= prev.count, heads, masked)
+            old = jnp.where(owner < prev.count, old, masked)
         if H == 1:
             logits = heads[:, 0]
         else:
             logits = jnp.take_along_axis(heads, batch["task"][:, None, None].astype(jnp.int32),
                                          axis=1)[:, 0]
         ce = cross_entropy(logits, batch["y"])
-        old = jax.lax.stop_gradient(apply_fn(prev.params, batch, output="all_heads"))
         kd = jnp.mean(soft_cross_entropy(heads, old, T), axis=0)                # [H]
+        n_prev = prev.count.astype(kd.dtype)
         if H > 1:   # Task-IL: every previous head
             distill = jnp.sum(jnp.where(jnp.arange(H) < prev.count, kd, 0.0))
-        elif ctx.spec.num_outputs > ctx.spec.classes_per_task:   # Class-IL: once
+            if weighting == "replay":
+                distill = distill / jnp.maximum(n_prev, 1.0)
+        elif every_class or weighting == "replay":   # one head over all classes: once
             distill = jnp.where(prev.count > 0, kd[0], 0.0)
         else:   # Domain-IL: a shared within-task head stands for every previous task
-            distill = prev.count.astype(kd.dtype) * kd[0]
-        return ce + get_hparam(ctx.hparams, "strength", "lwf") * distill, {}
+            distill = n_prev * kd[0]
+        strength = get_hparam(ctx.hparams, "strength", "lwf")
+        if weighting == "replay":
+            current = 1.0 / (n_prev + 1.0)
+            return current * ce + (1.0 - current) * strength * distill, {}
+        return ce + strength * distill, {}
 
     def end_task(ctx):
         return ctx.keep_params(_remember_model(ctx))
@@ -686,5 +727,6 @@ def icarl(*, memory: str = "per_class", per_class: int | None = 100,
 
 __all__ = ["ER_LOSSES", "MEMORY_KINDS", "MemoryPlan", "memory_plan", "core_rows",
            "store_finished_task", "with_memory_rows", "er", "agem", "gem", "task_reference_grads",
-           "lwf", "der", "derpp", "icarl", "PreviousModel", "soft_cross_entropy", "ICaRLState",
+           "lwf", "der", "derpp", "icarl", "PreviousModel", "LWF_WEIGHTINGS", "LWF_OUTPUTS",
+           "class_tasks", "soft_cross_entropy", "ICaRLState",
            "normalise", "herding_order", "exemplar_means", "NME_FLOOR"]
