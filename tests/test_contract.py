@@ -174,6 +174,9 @@ ROWS = [
         scenarios=("class", "task", "domain"), off=Off(options={"capacity": 0})),
     Row("lwf", "lwf", "rehearsal", {}, {"strength": 1.0}, off=Off(hparams={"strength": 0.0}),
         sweep=("strength", 3.0)),
+    # the 2019 weighting scales the current loss by 1/t: no setting is fine-tuning
+    Row("lwf_2019", "lwf", "rehearsal", {"weighting": "replay", "outputs": "seen"},
+        {"strength": 4.0}, scenarios=("class", "task", "domain"), sweep=("strength", 1.0)),
     Row("der", "der", "rehearsal", {"capacity": 12}, scenarios=("class", "task", "domain"),
         off=Off(hparams={"alpha": 0.0}, rtol=1e-6, why=(
             "the zero-weighted term changes the compiled step's expression graph, and XLA:CPU's "
