@@ -140,6 +140,8 @@ ROWS = [
     Row("online_ewc", "online_ewc", "penalty", ESTIMATOR, {"strength": 30.0, "decay": 0.7},
         off=PENALTY_OFF, sweep=("decay", 0.2)),
     Row("si", "si", "penalty", {}, {"strength": 3.0}, off=PENALTY_OFF, sweep=("strength", 30.0)),
+    Row("si_total", "si", "penalty", {"path_gradient": "total", "clip_negative": False},
+        {"strength": 3.0}, off=PENALTY_OFF, sweep=("strength", 30.0)),
     Row("mas", "mas", "penalty", ESTIMATOR, {"strength": 3.0}, off=PENALTY_OFF,
         sweep=("strength", 30.0)),
     Row("l2", "l2", "penalty", {}, {"strength": 0.3}, off=PENALTY_OFF, sweep=("strength", 3.0)),

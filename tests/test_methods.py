@@ -69,6 +69,38 @@ def test_si_importance_is_nonnegative_and_path_integral_resets():
     assert all(float(l.min()) >= 0 for l in leaves) and any(float(l.max()) > 0 for l in leaves)
 
 
+@pytest.mark.parametrize("path_gradient", ["task", "total"])
+def test_si_path_integral_takes_the_task_or_the_total_gradient(path_gradient):
+    """One after_step by hand: ω ← ω − g·Δθ with g the task gradient, or (van de Ven's code) the
+    task gradient plus λ Ω ⊙ (θ_before − θ*), θ_before = θ_after − Δθ."""
+    from cljax.methods import StepInfo
+    from cljax.methods.penalties import SIState
+
+    k = jax.random.split(jax.random.key(9), 6)
+    shape = {"w": (3, 2), "b": (2,)}
+    draw = lambda key, scale=1.0: {n: scale * jax.random.normal(jax.random.fold_in(key, i), s)
+                                   for i, (n, s) in enumerate(shape.items())}
+    anchor, params, grads, updates, omega0 = draw(k[0]), draw(k[1]), draw(k[2]), draw(k[3], 0.1), \
+        draw(k[4])
+    Omega = jax.tree.map(jnp.abs, draw(k[5]))
+    penalty = transforms.consolidate(transforms.init_penalty(anchor), anchor, Omega,
+                                     mode="online")
+    method = get_method("si", path_gradient=path_gradient)
+    state = SIState(penalty, importance.PathIntegralState(omega0), anchor)
+    info = StepInfo(None, None, None, grads, updates, params, jnp.int32(1), k[0],
+                    {"strength": jnp.float32(0.7), "xi": 0.1}, None, None, state, None)
+    _, _, after = method.after_step(info)
+    for n in shape:
+        g = np.asarray(grads[n], np.float64)
+        if path_gradient == "total":
+            before = np.asarray(params[n], np.float64) - np.asarray(updates[n], np.float64)
+            g = g + 0.7 * np.asarray(Omega[n]) * (before - np.asarray(anchor[n]))
+        want = np.asarray(omega0[n]) - g * np.asarray(updates[n])
+        np.testing.assert_allclose(after.omega[n], want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="path_gradient must be one of"):
+        get_method("si", path_gradient="regularised")
+
+
 def test_kfac_ewc_modes_combine_the_tasks_factors_as_documented():
     def two_tasks(**options):
         method, tr, data = _build("kfac_ewc", **options)

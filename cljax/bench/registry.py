@@ -88,6 +88,15 @@ _VDV2019_SPLIT = Protocol(
               hparams={"decay": 1.0}, **_grid("strength", EWC_GRID)),
         Entry("si", "si", _row(_VDV_SPLIT, 20, (99.09, 65.36, 19.99)),
               hparams={"xi": 0.1}, **_grid("strength", SI_GRID)),
+        Entry("si_2019", "si", _row(_VDV_SPLIT, 20, (99.09, 65.36, 19.99)),
+              hparams={"xi": 0.1},
+              scenario_hparams={"task": {"strength": 100.0}, "domain": {"strength": 1000.0},
+                                "class": {"strength": 1.0}},
+              overrides={"method_options": {"path_gradient": "total", "clip_negative": False}},
+              selection="paper",
+              note="SI as their 2019 code (a02db26) runs it: ω from the whole loss's gradient, "
+                   "negative contributions kept, their c (50 / 500 / 0.5; λ = 2c on our "
+                   "(λ/2)·ΣΩΔθ² scale)"),
         Entry("lwf", "lwf", _row(_VDV_SPLIT, 20, (99.57, 71.50, 23.85)),
               hparams={"strength": 1.0, "temperature": 2.0}, selection="paper",
               note="distillation at temperature 2, weighted as their current code "

@@ -149,14 +149,27 @@ class SIState(NamedTuple):
         return self.path_integral.omega
 
 
-def si(*, clip_negative: bool = True) -> Method:
+SI_PATH_GRADIENTS = ("task", "total")
+"""The gradient SI's path integral ω ← ω − g·Δθ takes: ``"task"``, the unregularised task
+gradient (Zenke et al.'s code); ``"total"``, the gradient of the whole loss, SI's own penalty
+included (van de Ven & Tolias's code, which also keeps negative contributions:
+``clip_negative=False``)."""
+
+
+def si(*, clip_negative: bool = True, path_gradient: str = "task") -> Method:
     """SI (Zenke et al. 2017, eq. 4–5) with the path integral accumulated after every step.
 
     The optimizer is ``chain(quadratic_penalty, base)``; ω ← ω − g·Δθ receives the
-    *unregularised task gradient* g (the gradient entering the chain, as in the authors' code)
-    and the update actually applied Δθ (after the penalty and Adam). At a boundary
-    Ω ← Ω + max(ω/(Δθ² + ξ), 0), ω ← 0 (see :func:`cljax.importance.si_importance`).
+    *unregularised task gradient* g (the gradient entering the chain, as in the authors' code;
+    ``path_gradient="total"`` adds the penalty's gradient at the step's start, as van de Ven &
+    Tolias's code, :data:`SI_PATH_GRADIENTS`) and the update actually applied Δθ (after the
+    penalty and Adam). At a boundary Ω ← Ω + max(ω/(Δθ² + ξ), 0), ω ← 0 (see
+    :func:`cljax.importance.si_importance`). Their penalty is c·Σ Ω(θ − θ*)² where ours is
+    (λ/2)·Σ Ω(θ − θ*)²: their c is λ = 2c here.
     """
+    if path_gradient not in SI_PATH_GRADIENTS:
+        raise ValueError(f"path_gradient must be one of {SI_PATH_GRADIENTS}; got "
+                         f"{path_gradient!r}")
 
     def init(params, key, hparams, spec):
         del key, hparams, spec
@@ -165,8 +178,13 @@ def si(*, clip_negative: bool = True) -> Method:
 
     def after_step(info: StepInfo):
         s: SIState = info.mstate
+        grads = info.grads
+        if path_gradient == "total":     # + λ Ω ⊙ (θ − θ*) at θ before the step
+            before = jax.tree.map(jnp.subtract, info.params, info.updates)
+            tx = transforms.quadratic_penalty(strength=get_hparam(info.hparams, "strength", "si"))
+            grads, _ = tx.update(grads, tx.init(before), before, penalty_state=s.penalty)
         return info.keep_params(s._replace(path_integral=imp.PathIntegralState(
-            imp.accumulate_path_integral(s.omega, info.grads, info.updates))))
+            imp.accumulate_path_integral(s.omega, grads, info.updates))))
 
     def end_task(ctx):
         s = ctx.mstate
@@ -184,4 +202,4 @@ def si(*, clip_negative: bool = True) -> Method:
 
 
 __all__ = ["FISHERS", "check_estimator_options", "fisher_on_task", "penalty_method", "ewc",
-           "online_ewc", "mas", "l2", "si", "SIState"]
+           "online_ewc", "mas", "l2", "si", "SIState", "SI_PATH_GRADIENTS"]
