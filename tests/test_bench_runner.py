@@ -31,6 +31,36 @@ def _protocol():
                        scenario_hparams={"class": {"strength": 2.0}})))
 
 
+def test_the_commit_is_dirty_for_a_source_change_only(tmp_path):
+    """A benchmark directory kept in the repository changes as its runs finish: that must not
+    mark the next run's commit dirty; a changed or new file of the source must."""
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "cljax").mkdir()
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "cljax" / "a.py").write_text("x = 1\n")
+    (tmp_path / "benchmarks" / "board.md").write_text("before\n")
+    (tmp_path / "pyproject.toml").write_text("[project]\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    sha = source_commit(tmp_path)
+    assert sha is not None and len(sha) == 40                   # clean
+    (tmp_path / "benchmarks" / "board.md").write_text("after\n")
+    (tmp_path / "benchmarks" / "new_run.json").write_text("{}\n")
+    (tmp_path / "README.md").write_text("notes\n")
+    assert source_commit(tmp_path) == sha                       # outputs and documents only
+    (tmp_path / "cljax" / "b.py").write_text("y = 2\n")
+    assert source_commit(tmp_path) == sha + "-dirty"            # a new source file
+    (tmp_path / "cljax" / "b.py").unlink()
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    assert source_commit(tmp_path) == sha + "-dirty"            # the package's metadata
+    assert source_commit(tmp_path / "cljax") is None            # not the checkout's root
+
+
 def test_a_benchmark_runs_resumes_and_writes_its_leaderboard(tmp_path):
     bench = tmp_path / "bench"
     logs: list[str] = []

@@ -39,11 +39,18 @@ PROVENANCE_FILE = "provenance.json"
 """Per finished run of a benchmark: ``{"commit", "cljax_version", "finished_at"}``."""
 
 
-def source_commit() -> str | None:
-    """The git commit of the cljax source that is running (``<sha>-dirty`` when the checkout
-    differs from it: a changed or new file that git does not ignore), or None when cljax is not
-    a git checkout (an installed wheel)."""
-    root = pathlib.Path(__file__).resolve().parents[2]
+SOURCE_PATHS = ("cljax", "pyproject.toml")
+"""What of a checkout makes the numbers: a change under these marks a run's commit dirty; a
+change elsewhere (the benchmark directories kept in ``benchmarks/results``, documents) does
+not."""
+
+
+def source_commit(root: pathlib.Path | None = None) -> str | None:
+    """The git commit of the cljax source that is running (``<sha>-dirty`` when the source
+    differs from it: a changed or new file under :data:`SOURCE_PATHS` that git does not
+    ignore), or None when cljax is not a git checkout (an installed wheel). ``root``: the
+    checkout (default: the one this module is in)."""
+    root = pathlib.Path(__file__).resolve().parents[2] if root is None else pathlib.Path(root).resolve()
 
     def git(*args: str) -> str | None:
         try:
@@ -59,7 +66,7 @@ def source_commit() -> str | None:
     sha = git("rev-parse", "HEAD")
     if sha is None:
         return None
-    dirty = git("status", "--porcelain")
+    dirty = git("status", "--porcelain", "--", *SOURCE_PATHS)
     return sha + ("-dirty" if dirty else "")
 
 
@@ -304,5 +311,5 @@ def run_bench(protocol: Protocol | str, workdir: str | pathlib.Path, *,
     return result
 
 
-__all__ = ["PROVENANCE_FILE", "source_commit", "select_entries", "bench_runs", "read_finished",
+__all__ = ["PROVENANCE_FILE", "SOURCE_PATHS", "source_commit", "select_entries", "bench_runs", "read_finished",
            "run_bench"]
