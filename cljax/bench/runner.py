@@ -50,7 +50,8 @@ def source_commit(root: pathlib.Path | None = None) -> str | None:
     differs from it: a changed or new file under :data:`SOURCE_PATHS` that git does not
     ignore), or None when cljax is not a git checkout (an installed wheel). ``root``: the
     checkout (default: the one this module is in)."""
-    root = pathlib.Path(__file__).resolve().parents[2] if root is None else pathlib.Path(root).resolve()
+    here = pathlib.Path(__file__).resolve().parents[2]
+    root = here if root is None else pathlib.Path(root).resolve()
 
     def git(*args: str) -> str | None:
         try:
@@ -311,5 +312,5 @@ def run_bench(protocol: Protocol | str, workdir: str | pathlib.Path, *,
     return result
 
 
-__all__ = ["PROVENANCE_FILE", "SOURCE_PATHS", "source_commit", "select_entries", "bench_runs", "read_finished",
-           "run_bench"]
+__all__ = ["PROVENANCE_FILE", "SOURCE_PATHS", "source_commit", "select_entries", "bench_runs",
+           "read_finished", "run_bench"]
