@@ -310,6 +310,10 @@ def test_class_tasks_names_each_outputs_task():
     table = jnp.array([[3, 0], [5, 1]], jnp.int32)
     spec = StreamSpec((2,), jnp.float32, 2, 2, 7, 1, table)   # output 2, 4 and 6: no task's
     assert np.asarray(class_tasks(spec)).tolist() == [0, 1, 2, 0, 2, 1, 2]
+    shared = StreamSpec((2,), jnp.float32, 3, 2, 2, 1, jnp.tile(jnp.arange(2), (3, 1)))
+    assert np.asarray(class_tasks(shared)).tolist() == [0, 0]   # the first task naming each
+    with pytest.raises(ValueError, match="label_table must be int"):
+        class_tasks(spec._replace(num_tasks=3))
     with pytest.raises(ValueError, match="weighting must be one of"):
         get_method("lwf", weighting="1/t")
     with pytest.raises(ValueError, match="outputs must be one of"):

@@ -440,11 +440,15 @@ current ones). In Task- and Domain-IL every output is seen from the start: the t
 
 
 def class_tasks(spec: StreamSpec) -> Array:
-    """int32 ``[num_outputs]``: the task that owns each output of a one-head Class-IL model
-    (from ``spec.label_table``), ``num_tasks`` for an output no task names."""
+    """int32 ``[num_outputs]``: the first task whose classes include each output (from
+    ``spec.label_table``), ``num_tasks`` for an output no task names; ``class_tasks(spec) < t``
+    marks the outputs of the tasks before t."""
     table = jnp.asarray(spec.label_table, jnp.int32)
+    if table.shape != (spec.num_tasks, spec.classes_per_task):
+        raise ValueError(f"spec.label_table must be int [num_tasks, classes_per_task] = "
+                         f"[{spec.num_tasks}, {spec.classes_per_task}]; got {table.shape}")
     owner = jnp.repeat(jnp.arange(spec.num_tasks, dtype=jnp.int32), table.shape[1])
-    return jnp.full((spec.num_outputs,), spec.num_tasks, jnp.int32).at[table.reshape(-1)].set(owner)
+    return jnp.full((spec.num_outputs,), spec.num_tasks, jnp.int32).at[table.reshape(-1)].min(owner)
 
 
 def lwf(*, weighting: str = "per_task", outputs: str = "all") -> Method:
@@ -633,14 +637,6 @@ def exemplar_means(features: Array, classes: Array, valid: Array, num_classes: i
     return normalise(sums / jnp.maximum(counts, 1)[:, None].astype(f.dtype)), counts > 0
 
 
-def _classes_of_tasks(spec: StreamSpec, up_to: Array) -> Array:
-    """bool [num_outputs]: the targets of the tasks < ``up_to``."""
-    lt = spec.label_table
-    tasks = jnp.broadcast_to(jnp.arange(lt.shape[0])[:, None], lt.shape)
-    return jnp.zeros((spec.num_outputs,), bool).at[lt.reshape(-1)].max(
-        (tasks < up_to).reshape(-1))
-
-
 NME_FLOOR = -5.0   # score of a class without exemplars: below every −‖f − μ‖² ∈ [−4, 0]
 
 
@@ -687,8 +683,9 @@ def icarl(*, memory: str = "per_class", per_class: int | None = 100,
         T = get_hparam(ctx.hparams, "temperature", "icarl")
         k_cur, _ = jax.random.split(ctx.key)
         logits = ctx.model.train_logits_fn(params, batch, k_cur)
-        seen = _classes_of_tasks(ctx.spec, ctx.task + 1)
-        old = _classes_of_tasks(ctx.spec, ctx.task) & (s.previous.count > 0)
+        owner = class_tasks(ctx.spec)
+        seen = owner <= ctx.task
+        old = (owner < ctx.task) & (s.previous.count > 0)
         teacher = jax.nn.sigmoid(jax.lax.stop_gradient(
             ctx.model.logits_fn(s.previous.params, batch)) / T)
         target = jax.nn.one_hot(batch["y"], logits.shape[-1], dtype=logits.dtype)
