@@ -1,6 +1,6 @@
 """Tests particular to the rehearsal methods (cljax.methods.rehearsal: ER, A-GEM, GEM, LwF, DER,
 DER++, iCaRL): herding and exemplar means against brute force, iCaRL's nearest-mean prediction,
-DER's loss against a hand computation, what the memories store, and the options' errors. The
+the losses of ER, DER, LwF and iCaRL against hand computations, what the memories store, and the options' errors. The
 contracts every method shares (finite stream, switched off = fine-tuning, one compilation,
 vmapped = separate runs, resume, host) are in tests/test_contract.py."""
 import jax
@@ -300,6 +300,45 @@ def test_lwf_loss_against_a_hand_computation(scenario, weighting, outputs):
     else:
         distill = kd(0)
     want = (ce + lam * 2 * distill) / 3 if weighting == "replay" else ce + lam * distill
+    np.testing.assert_allclose(total, want, rtol=2e-5)
+
+
+@pytest.mark.parametrize("task", [0, 2])
+def test_icarl_loss_against_a_hand_computation(task):
+    """iCaRL's loss (Rebuffi et al. 2017, Algorithm 3; van de Ven's Class-IL code) against numpy:
+    the batch mean of Σ over the classes seen so far of the binary cross-entropy, whose targets
+    are sigmoid(old model's logits / T) on the previous tasks' classes and the one-hot label on
+    the current task's; classes of later tasks contribute nothing. A permuted class order, so
+    "seen" is read from label_table, not from the output's index."""
+    from cljax.methods import Clock, LossContext, StreamSpec
+    from cljax.methods.rehearsal import PreviousModel
+
+    T, K, T_kd = 4, 2, 2.0
+    table = jnp.array([[5, 2], [7, 0], [1, 6], [3, 4]], jnp.int32)
+    model = as_model(MLP((12,), T * K))
+    spec = StreamSpec((5,), jnp.float32, T, K, T * K, 1, table, feature_dim=12)
+    k = jax.random.split(jax.random.key(8), 4)
+    y = np.asarray(table)[task][np.array([0, 1, 1, 0, 1, 0])]
+    batch = {"x": jax.random.normal(k[0], (6, 5)), "y": jnp.asarray(y),
+             "task": jnp.full(6, task, jnp.int32)}
+    params, old_params = model.init(k[1], batch), model.init(k[2], batch)
+    method = get_method("icarl", per_class=2)
+    state = method.init(old_params, k[3], {}, spec)
+    state = state._replace(previous=PreviousModel(old_params, jnp.int32(task)))
+    ctx = LossContext(model, k[3], {"temperature": jnp.float32(T_kd)}, jnp.int32(task), spec,
+                      lambda rows: rows, Clock(jnp.int32(task), jnp.int32(0), jnp.int32(5)))
+    total, _ = jax.jit(lambda p: method.loss(p, batch, state, ctx))(params)
+
+    z = np.asarray(model.logits_fn(params, batch), np.float64)
+    z_old = np.asarray(model.logits_fn(old_params, batch), np.float64)
+    owner = np.empty(T * K, int)
+    for t, row in enumerate(np.asarray(table)):
+        owner[row] = t
+    target = np.eye(T * K)[y]
+    target[:, owner < task] = 1 / (1 + np.exp(-z_old[:, owner < task] / T_kd))
+    p = 1 / (1 + np.exp(-z))
+    bce = -(target * np.log(p) + (1 - target) * np.log(1 - p))
+    want = bce[:, owner <= task].sum(-1).mean()
     np.testing.assert_allclose(total, want, rtol=2e-5)
 
 
