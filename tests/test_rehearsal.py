@@ -1,8 +1,8 @@
 """Tests particular to the rehearsal methods (cljax.methods.rehearsal: ER, A-GEM, GEM, LwF, DER,
 DER++, iCaRL): herding and exemplar means against brute force, iCaRL's nearest-mean prediction,
-the losses of ER, DER, LwF and iCaRL against hand computations, what the memories store, and the options' errors. The
-contracts every method shares (finite stream, switched off = fine-tuning, one compilation,
-vmapped = separate runs, resume, host) are in tests/test_contract.py."""
+the losses of ER, DER, LwF and iCaRL against hand computations, what the memories store, and the
+options' errors. The contracts every method shares (finite stream, switched off = fine-tuning,
+one compilation, vmapped = separate runs, resume, host) are in tests/test_contract.py."""
 import jax
 import jax.numpy as jnp
 import numpy as np
