@@ -249,13 +249,15 @@ def _np_log_softmax(z):
     return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
 @pytest.mark.parametrize("weighting", ["per_task", "replay"])
 @pytest.mark.parametrize("outputs", ["all", "seen"])
 @pytest.mark.parametrize("scenario", ["task", "domain", "class"])
-def test_lwf_loss_against_a_hand_computation(scenario, weighting, outputs):
+def test_lwf_loss_against_a_hand_computation(scenario, weighting, outputs, reduction):
     """LwF's loss at task 2 (two previous tasks) in each scenario, both weightings (van de Ven's
-    current and 2019 code) and both output sets, against numpy: Class-IL's "seen" softmaxes run
-    over the classes of tasks ≤ 2 for the model, < 2 for its targets (zero elsewhere)."""
+    current and 2019 code), both output sets and both reductions over classes, against numpy:
+    Class-IL's "seen" softmaxes run over the classes of tasks ≤ 2 for the model, < 2 for its
+    targets (zero elsewhere); "mean" divides each softmax's distillation by its classes."""
     from cljax.methods import Clock, LossContext, StreamSpec
 
     T, K, T_kd, lam, task = 4, 2, 2.0, 0.7, 2
@@ -269,7 +271,8 @@ def test_lwf_loss_against_a_hand_computation(scenario, weighting, outputs):
     y = jnp.array([1, 6, 6, 1, 1, 6]) if scenario == "class" else jnp.array([0, 1, 1, 0, 0, 1])
     batch = {"x": x, "y": y, "task": jnp.full(6, task, jnp.int32)}
     params, old_params = model.init(k[1], batch), model.init(k[2], batch)
-    method = get_method("lwf", weighting=weighting, outputs=outputs)
+    method = get_method("lwf", weighting=weighting, outputs=outputs,
+                        distill_reduction=reduction)
     ctx = LossContext(model, k[3], {"strength": jnp.float32(lam), "temperature": T_kd},
                       jnp.int32(task), spec, lambda rows: rows,
                       Clock(jnp.int32(task), jnp.int32(0), jnp.int32(5)))
@@ -278,19 +281,21 @@ def test_lwf_loss_against_a_hand_computation(scenario, weighting, outputs):
 
     z = np.asarray(model.apply_fn(params, batch, output="all_heads"), np.float64)   # [B, H, C]
     z_old = np.asarray(model.apply_fn(old_params, batch, output="all_heads"), np.float64)
+    classes = width
     if scenario == "class" and outputs == "seen":
         owner = np.empty(T * K, int)
         for t, row in enumerate(np.asarray(table)):
             owner[row] = t
         z = np.where(owner <= task, z, -np.inf)
         z_old = np.where(owner < task, z_old, -np.inf)
+        classes = (task + 1) * K
     own = z[:, task] if heads > 1 else z[:, 0]
     ce = -_np_log_softmax(own)[np.arange(6), np.asarray(y)].mean()
 
     def kd(h):   # −Σ_c softmax(old/T)_c log softmax(new/T)_c, the batch mean
         target = np.exp(_np_log_softmax(z_old[:, h] / T_kd))
         new = np.where(target > 0, _np_log_softmax(z[:, h] / T_kd), 0.0)
-        return -(target * new).sum(-1).mean()
+        return -(target * new).sum(-1).mean() / (classes if reduction == "mean" else 1)
 
     if scenario == "task":
         distill = kd(0) + kd(1)
@@ -357,6 +362,8 @@ def test_class_tasks_names_each_outputs_task():
         get_method("lwf", weighting="1/t")
     with pytest.raises(ValueError, match="outputs must be one of"):
         get_method("lwf", outputs="active")
+    with pytest.raises(ValueError, match="distill_reduction must be one of"):
+        get_method("lwf", distill_reduction="batchmean")
 
 
 def test_der_trains_on_one_memory_draw_and_stores_logits():

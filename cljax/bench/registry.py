@@ -104,8 +104,16 @@ _VDV2019_SPLIT = Protocol(
         Entry("lwf_2019", "lwf", _row(_VDV_SPLIT, 20, (99.57, 71.50, 23.85)),
               hparams={"strength": 4.0, "temperature": 2.0}, selection="paper",
               overrides={"method_options": {"weighting": "replay", "outputs": "seen"}},
-              note="LwF as their 2019 code (a02db26) ran it: 1/t current, 1 − 1/t distillation, "
-                   "Hinton's T² = 4 on it, Class-IL softmaxes over the classes seen"),
+              note="LwF as their code of 2019-05-17 to 2022 (a02db26) ran it: 1/t current, "
+                   "1 − 1/t distillation, Hinton's T² = 4 on it, Class-IL softmaxes over the "
+                   "classes seen"),
+        Entry("lwf_2019_v1", "lwf", _row(_VDV_SPLIT, 20, (99.57, 71.50, 23.85)),
+              hparams={"strength": 4.0, "temperature": 2.0}, selection="paper",
+              overrides={"method_options": {"weighting": "replay", "outputs": "seen",
+                                            "distill_reduction": "mean"}},
+              note="lwf_2019 with the distillation averaged over the softmax's classes, as "
+                   "their code of April 2019 (86802a8, arXiv v1's; summed from 26f00db, "
+                   "2019-05-17, on)"),
         Entry("dgr", "dgr", _row(_VDV_SPLIT, 20, (99.50, 95.72, 90.79), (0.03, 0.25, 0.41),
                                  "sem"), selection="paper"),
         Entry("dgr_distill", "dgr_distill",

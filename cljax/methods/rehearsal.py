@@ -437,6 +437,11 @@ LWF_OUTPUTS = ("all", "seen")
 et al.'s code, "active classes"): the cross-entropy and the distilled model over the classes of
 the tasks seen so far, the previous model's targets over the previous tasks' classes (zero on the
 current ones). In Task- and Domain-IL every output is seen from the start: the two are equal."""
+LWF_DISTILL_REDUCTIONS = ("sum", "mean")
+"""How LwF's distillation reduces over the classes of a softmax: ``"sum"`` (Hinton et al.'s
+cross-entropy, van de Ven et al.'s code from 2019-05-17 on) or ``"mean"`` (the sum divided by the
+classes it runs over — the head's width, or the classes seen with ``outputs="seen"`` — as their
+code of April 2019, arXiv 1904.07734 v1's, computed it)."""
 
 
 def class_tasks(spec: StreamSpec) -> Array:
@@ -451,18 +456,23 @@ def class_tasks(spec: StreamSpec) -> Array:
     return jnp.full((spec.num_outputs,), spec.num_tasks, jnp.int32).at[table.reshape(-1)].min(owner)
 
 
-def lwf(*, weighting: str = "per_task", outputs: str = "all") -> Method:
+def lwf(*, weighting: str = "per_task", outputs: str = "all",
+        distill_reduction: str = "sum") -> Method:
     """Learning without Forgetting (Li & Hoiem 2017): cross-entropy on the current task plus
     ``strength`` × distillation (temperature ``temperature``, default 2) of the previous model's
     outputs on the current inputs, for every previous head; the previous parameters live in the
-    method state. ``weighting`` (:data:`LWF_WEIGHTINGS`) and ``outputs`` (:data:`LWF_OUTPUTS`)
-    choose between van de Ven et al.'s current and 2019 code; their 2019 distillation also had
-    Hinton's T² factor: ``strength`` = T² (4) gives it. With ``strength`` 0 this is fine-tuning,
-    exactly (with ``outputs="seen"``, fine-tuning over the seen classes)."""
+    method state. ``weighting`` (:data:`LWF_WEIGHTINGS`), ``outputs`` (:data:`LWF_OUTPUTS`) and
+    ``distill_reduction`` (:data:`LWF_DISTILL_REDUCTIONS`) choose between van de Ven et al.'s
+    current and 2019 code; their 2019 distillation also had Hinton's T² factor: ``strength`` =
+    T² (4) gives it. With ``strength`` 0 this is fine-tuning, exactly (with ``outputs="seen"``,
+    fine-tuning over the seen classes)."""
     if weighting not in LWF_WEIGHTINGS:
         raise ValueError(f"weighting must be one of {LWF_WEIGHTINGS}; got {weighting!r}")
     if outputs not in LWF_OUTPUTS:
         raise ValueError(f"outputs must be one of {LWF_OUTPUTS}; got {outputs!r}")
+    if distill_reduction not in LWF_DISTILL_REDUCTIONS:
+        raise ValueError(f"distill_reduction must be one of {LWF_DISTILL_REDUCTIONS}; "
+                         f"got {distill_reduction!r}")
 
     def loss(params, batch, prev: PreviousModel, ctx: LossContext):
         T = get_hparam(ctx.hparams, "temperature", "lwf")
@@ -473,11 +483,14 @@ def lwf(*, weighting: str = "per_task", outputs: str = "all") -> Method:
         old = jax.lax.stop_gradient(apply_fn(prev.params, batch, output="all_heads"))
         H = heads.shape[1]
         every_class = H == 1 and ctx.spec.num_outputs > ctx.spec.classes_per_task
+        width = jnp.asarray(ctx.spec.classes_per_task if ctx.spec.task_masked   # the classes
+                            else heads.shape[-1], heads.dtype)               # of each softmax
         if every_class and outputs == "seen" and not ctx.spec.task_masked:   # Class-IL
             owner = class_tasks(ctx.spec)
             masked = jnp.asarray(MASKED_LOGIT, heads.dtype)
             heads = jnp.where(owner <= prev.count, heads, masked)
             old = jnp.where(owner < prev.count, old, masked)
+            width = jnp.sum(owner <= prev.count).astype(heads.dtype)
         if H == 1:
             logits = heads[:, 0]
         else:
@@ -485,6 +498,8 @@ def lwf(*, weighting: str = "per_task", outputs: str = "all") -> Method:
                                          axis=1)[:, 0]
         ce = cross_entropy(logits, batch["y"])
         kd = jnp.mean(soft_cross_entropy(heads, old, T), axis=0)                # [H]
+        if distill_reduction == "mean":
+            kd = kd / width
         n_prev = prev.count.astype(kd.dtype)
         if H > 1:   # Task-IL: every previous head
             distill = jnp.sum(jnp.where(jnp.arange(H) < prev.count, kd, 0.0))
@@ -725,5 +740,5 @@ def icarl(*, memory: str = "per_class", per_class: int | None = 100,
 __all__ = ["ER_LOSSES", "MEMORY_KINDS", "MemoryPlan", "memory_plan", "core_rows",
            "store_finished_task", "with_memory_rows", "er", "agem", "gem", "task_reference_grads",
            "lwf", "der", "derpp", "icarl", "PreviousModel", "LWF_WEIGHTINGS", "LWF_OUTPUTS",
-           "class_tasks", "soft_cross_entropy", "ICaRLState",
+           "LWF_DISTILL_REDUCTIONS", "class_tasks", "soft_cross_entropy", "ICaRLState",
            "normalise", "herding_order", "exemplar_means", "NME_FLOOR"]
