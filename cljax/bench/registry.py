@@ -94,9 +94,9 @@ _VDV2019_SPLIT = Protocol(
                                 "class": {"strength": 1.0}},
               overrides={"method_options": {"path_gradient": "total", "clip_negative": False}},
               selection="paper",
-              note="SI as their 2019 code (a02db26) runs it: ω from the whole loss's gradient, "
-                   "negative contributions kept, their c (50 / 500 / 0.5; λ = 2c on our "
-                   "(λ/2)·ΣΩΔθ² scale)"),
+              note="SI as their code runs it (the same from 86802a8, April 2019, to a02db26, "
+                   "2021): ω from the whole loss's gradient, negative contributions kept, their "
+                   "c (50 / 500 / 0.5; λ = 2c on our (λ/2)·ΣΩΔθ² scale)"),
         Entry("lwf", "lwf", _row(_VDV_SPLIT, 20, (99.57, 71.50, 23.85)),
               hparams={"strength": 1.0, "temperature": 2.0}, selection="paper",
               note="distillation at temperature 2, weighted as their current code "
