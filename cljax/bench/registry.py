@@ -79,6 +79,11 @@ _VDV2019_SPLIT = Protocol(
     entries=(
         Entry("none", "none", _row(_VDV_SPLIT, 20, (87.19, 59.21, 19.90))),
         Entry("joint", "joint", _row(_VDV_SPLIT, 20, (99.66, 98.42, 97.94))),
+        Entry("joint_torch_init", "joint", _row(_VDV_SPLIT, 20, (99.66, 98.42, 97.94)),
+              overrides={"model.kernel_init": "pytorch"},
+              note="a diagnostic of joint's gap: the kernels drawn as their code's layers draw "
+                   "them (uniform ±1/√fan_in, PyTorch's default) instead of flax's LeCun "
+                   "normal; the biases stay 0 (theirs: uniform ±1/√fan_in)"),
         Entry("ewc", "ewc", _row(_VDV_SPLIT, 20, (98.64, 63.95, 20.01), (0.22, 1.90, 0.06),
                                  "sem"),
               **_grid("strength", EWC_GRID),
