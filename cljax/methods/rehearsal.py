@@ -432,16 +432,53 @@ LWF_WEIGHTINGS = ("per_task", "replay")
 shared head's in Domain-IL, once in Class-IL); ``"replay"`` (their 2019 code, as for every replay):
 (1/t) · ℓ_current + (1 − 1/t) · strength · (the distillation averaged over the previous heads in
 Task-IL, the one head's otherwise), t the tasks seen, the current one included."""
-LWF_OUTPUTS = ("all", "seen")
-"""The classes LwF's softmaxes run over in Class-IL: ``"all"`` outputs, or ``"seen"`` (van de Ven
-et al.'s code, "active classes"): the cross-entropy and the distilled model over the classes of
-the tasks seen so far, the previous model's targets over the previous tasks' classes (zero on the
-current ones). In Task- and Domain-IL every output is seen from the start: the two are equal."""
-LWF_DISTILL_REDUCTIONS = ("sum", "mean")
-"""How LwF's distillation reduces over the classes of a softmax: ``"sum"`` (Hinton et al.'s
+DISTILL_OUTPUTS = ("all", "seen")
+"""The classes a distilling method's softmaxes run over in Class-IL (LwF, DGR): ``"all"``
+outputs, or ``"seen"`` (van de Ven et al.'s code, "active classes"): the cross-entropy and the
+trained model over the classes of the tasks seen so far, the previous model's targets over the
+previous tasks' classes (zero on the current ones; :func:`seen_class_logits`). In Task- and
+Domain-IL every output is seen from the start: the two are equal."""
+DISTILL_REDUCTIONS = ("sum", "mean")
+"""How a distillation reduces over the classes of a softmax: ``"sum"`` (Hinton et al.'s
 cross-entropy, van de Ven et al.'s code from 2019-05-17 on) or ``"mean"`` (the sum divided by the
 classes it runs over — the head's width, or the classes seen with ``outputs="seen"`` — as their
 code of April 2019, arXiv 1904.07734 v1's, computed it)."""
+
+
+def is_class_incremental(spec: StreamSpec, heads: Array) -> bool:
+    """Whether ``heads`` (``[B, H, C]``) is one head over every class of the stream (Class-IL),
+    not a head per task, Domain-IL's shared head or a task-masked head."""
+    return (heads.shape[1] == 1 and spec.num_outputs > spec.classes_per_task
+            and not spec.task_masked)
+
+
+def softmax_width(spec: StreamSpec, heads: Array) -> Array:
+    """The classes each softmax of ``heads`` runs over: the head's width, or the task's classes
+    of a task-masked head."""
+    return jnp.asarray(spec.classes_per_task if spec.task_masked else heads.shape[-1],
+                       heads.dtype)
+
+
+def seen_class_logits(new: Array, old: Array, spec: StreamSpec, count: Array
+                      ) -> tuple[Array, Array, Array]:
+    """Class-IL over the classes seen (:data:`DISTILL_OUTPUTS` ``"seen"``): ``new``'s logits
+    outside the tasks ≤ ``count`` (the current one) and ``old``'s outside the tasks < ``count``
+    (the previous ones) set to :data:`MASKED_LOGIT` (softmax probability exactly 0); returns them
+    and the number of classes seen (the width of ``new``'s softmax)."""
+    owner = class_tasks(spec)
+    masked = jnp.asarray(MASKED_LOGIT, new.dtype)
+    return (jnp.where(owner <= count, new, masked), jnp.where(owner < count, old, masked),
+            jnp.sum(owner <= count).astype(new.dtype))
+
+
+def check_distill_options(outputs: str, distill_reduction: str) -> None:
+    """Checks ``outputs`` (:data:`DISTILL_OUTPUTS`) and ``distill_reduction``
+    (:data:`DISTILL_REDUCTIONS`)."""
+    if outputs not in DISTILL_OUTPUTS:
+        raise ValueError(f"outputs must be one of {DISTILL_OUTPUTS}; got {outputs!r}")
+    if distill_reduction not in DISTILL_REDUCTIONS:
+        raise ValueError(f"distill_reduction must be one of {DISTILL_REDUCTIONS}; "
+                         f"got {distill_reduction!r}")
 
 
 def class_tasks(spec: StreamSpec) -> Array:
@@ -461,18 +498,14 @@ def lwf(*, weighting: str = "per_task", outputs: str = "all",
     """Learning without Forgetting (Li & Hoiem 2017): cross-entropy on the current task plus
     ``strength`` × distillation (temperature ``temperature``, default 2) of the previous model's
     outputs on the current inputs, for every previous head; the previous parameters live in the
-    method state. ``weighting`` (:data:`LWF_WEIGHTINGS`), ``outputs`` (:data:`LWF_OUTPUTS`) and
-    ``distill_reduction`` (:data:`LWF_DISTILL_REDUCTIONS`) choose between van de Ven et al.'s
+    method state. ``weighting`` (:data:`LWF_WEIGHTINGS`), ``outputs`` (:data:`DISTILL_OUTPUTS`)
+    and ``distill_reduction`` (:data:`DISTILL_REDUCTIONS`) choose between van de Ven et al.'s
     current and 2019 code; their 2019 distillation also had Hinton's T² factor: ``strength`` =
     T² (4) gives it. With ``strength`` 0 this is fine-tuning, exactly (with ``outputs="seen"``,
     fine-tuning over the seen classes)."""
     if weighting not in LWF_WEIGHTINGS:
         raise ValueError(f"weighting must be one of {LWF_WEIGHTINGS}; got {weighting!r}")
-    if outputs not in LWF_OUTPUTS:
-        raise ValueError(f"outputs must be one of {LWF_OUTPUTS}; got {outputs!r}")
-    if distill_reduction not in LWF_DISTILL_REDUCTIONS:
-        raise ValueError(f"distill_reduction must be one of {LWF_DISTILL_REDUCTIONS}; "
-                         f"got {distill_reduction!r}")
+    check_distill_options(outputs, distill_reduction)
 
     def loss(params, batch, prev: PreviousModel, ctx: LossContext):
         T = get_hparam(ctx.hparams, "temperature", "lwf")
@@ -483,14 +516,9 @@ def lwf(*, weighting: str = "per_task", outputs: str = "all",
         old = jax.lax.stop_gradient(apply_fn(prev.params, batch, output="all_heads"))
         H = heads.shape[1]
         every_class = H == 1 and ctx.spec.num_outputs > ctx.spec.classes_per_task
-        width = jnp.asarray(ctx.spec.classes_per_task if ctx.spec.task_masked   # the classes
-                            else heads.shape[-1], heads.dtype)               # of each softmax
-        if every_class and outputs == "seen" and not ctx.spec.task_masked:   # Class-IL
-            owner = class_tasks(ctx.spec)
-            masked = jnp.asarray(MASKED_LOGIT, heads.dtype)
-            heads = jnp.where(owner <= prev.count, heads, masked)
-            old = jnp.where(owner < prev.count, old, masked)
-            width = jnp.sum(owner <= prev.count).astype(heads.dtype)
+        width = softmax_width(ctx.spec, heads)
+        if outputs == "seen" and is_class_incremental(ctx.spec, heads):
+            heads, old, width = seen_class_logits(heads, old, ctx.spec, prev.count)
         if H == 1:
             logits = heads[:, 0]
         else:
@@ -739,6 +767,7 @@ def icarl(*, memory: str = "per_class", per_class: int | None = 100,
 
 __all__ = ["ER_LOSSES", "MEMORY_KINDS", "MemoryPlan", "memory_plan", "core_rows",
            "store_finished_task", "with_memory_rows", "er", "agem", "gem", "task_reference_grads",
-           "lwf", "der", "derpp", "icarl", "PreviousModel", "LWF_WEIGHTINGS", "LWF_OUTPUTS",
-           "LWF_DISTILL_REDUCTIONS", "class_tasks", "soft_cross_entropy", "ICaRLState",
+           "lwf", "der", "derpp", "icarl", "PreviousModel", "LWF_WEIGHTINGS", "DISTILL_OUTPUTS",
+           "DISTILL_REDUCTIONS", "class_tasks", "is_class_incremental", "softmax_width",
+           "seen_class_logits", "check_distill_options", "soft_cross_entropy", "ICaRLState",
            "normalise", "herding_order", "exemplar_means", "NME_FLOOR"]
