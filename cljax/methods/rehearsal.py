@@ -459,16 +459,20 @@ def softmax_width(spec: StreamSpec, heads: Array) -> Array:
                        heads.dtype)
 
 
-def seen_class_logits(new: Array, old: Array, spec: StreamSpec, count: Array
-                      ) -> tuple[Array, Array, Array]:
-    """Class-IL over the classes seen (:data:`DISTILL_OUTPUTS` ``"seen"``): ``new``'s logits
-    outside the tasks ≤ ``count`` (the current one) and ``old``'s outside the tasks < ``count``
-    (the previous ones) set to :data:`MASKED_LOGIT` (softmax probability exactly 0); returns them
-    and the number of classes seen (the width of ``new``'s softmax)."""
+def seen_class_logits(logits: Array, spec: StreamSpec, count: Array, *,
+                      previous: bool = False) -> Array:
+    """Class-IL over the classes seen (:data:`DISTILL_OUTPUTS` ``"seen"``): ``logits`` (classes on
+    the last axis) set to :data:`MASKED_LOGIT` (softmax probability exactly 0) outside the tasks
+    ≤ ``count`` (the current one included) — outside the tasks < ``count`` with ``previous``
+    (the previous model's targets)."""
     owner = class_tasks(spec)
-    masked = jnp.asarray(MASKED_LOGIT, new.dtype)
-    return (jnp.where(owner <= count, new, masked), jnp.where(owner < count, old, masked),
-            jnp.sum(owner <= count).astype(new.dtype))
+    keep = owner < count if previous else owner <= count
+    return jnp.where(keep, logits, jnp.asarray(MASKED_LOGIT, logits.dtype))
+
+
+def num_seen_classes(spec: StreamSpec, count: Array) -> Array:
+    """The classes of the tasks ≤ ``count``: the width of :func:`seen_class_logits`' softmax."""
+    return jnp.sum(class_tasks(spec) <= count).astype(jnp.float32)
 
 
 def check_distill_options(outputs: str, distill_reduction: str) -> None:
@@ -518,7 +522,9 @@ def lwf(*, weighting: str = "per_task", outputs: str = "all",
         every_class = H == 1 and ctx.spec.num_outputs > ctx.spec.classes_per_task
         width = softmax_width(ctx.spec, heads)
         if outputs == "seen" and is_class_incremental(ctx.spec, heads):
-            heads, old, width = seen_class_logits(heads, old, ctx.spec, prev.count)
+            heads = seen_class_logits(heads, ctx.spec, prev.count)
+            old = seen_class_logits(old, ctx.spec, prev.count, previous=True)
+            width = num_seen_classes(ctx.spec, prev.count)
         if H == 1:
             logits = heads[:, 0]
         else:
@@ -769,5 +775,5 @@ __all__ = ["ER_LOSSES", "MEMORY_KINDS", "MemoryPlan", "memory_plan", "core_rows"
            "store_finished_task", "with_memory_rows", "er", "agem", "gem", "task_reference_grads",
            "lwf", "der", "derpp", "icarl", "PreviousModel", "LWF_WEIGHTINGS", "DISTILL_OUTPUTS",
            "DISTILL_REDUCTIONS", "class_tasks", "is_class_incremental", "softmax_width",
-           "seen_class_logits", "check_distill_options", "soft_cross_entropy", "ICaRLState",
+           "seen_class_logits", "num_seen_classes", "check_distill_options", "soft_cross_entropy", "ICaRLState",
            "normalise", "herding_order", "exemplar_means", "NME_FLOOR"]
