@@ -119,6 +119,44 @@ def test_loss_is_the_documented_mix_of_current_and_generated_replay(heads, disti
     np.testing.assert_allclose(only, ce, rtol=1e-6)
 
 
+@pytest.mark.parametrize("distill", [False, True])
+def test_the_2019_class_il_form_against_a_hand_computation(distill):
+    """outputs="seen" (and, for the soft targets, distill_reduction="mean", t_squared=True):
+    van de Ven's code of April 2019 in Class-IL, at task 2 of 4 under a permuted class order —
+    the current and replayed losses over the 6 classes seen, the previous classifier's labels or
+    targets over the 4 previous classes, the soft loss averaged over the 6 and × T²."""
+    table = jnp.array([[4, 1], [0, 5], [3, 7], [2, 6]], jnp.int32)
+    model = as_model(MLP(widths=(16,), num_outputs=8))
+    spec = StreamSpec(SHAPE, jnp.float32, 4, 2, 8, 1, table, (40, 40, 40, 40))
+    extra = {"distill_reduction": "mean", "t_squared": True} if distill else {}
+    method = get_method("dgr_distill" if distill else "dgr", outputs="seen", **OPTIONS, **extra)
+    x = jax.random.uniform(jax.random.key(1), (4,) + SHAPE)
+    batch = {"x": x, "y": jnp.array([3, 7, 7, 3]), "task": jnp.full((4,), 2, jnp.int32)}
+    params = model.init(jax.random.key(2), batch)
+    state = method.init(params, jax.random.key(3), {}, spec)._replace(
+        previous_generator=init_vae(make_vae(SHAPE, (8,), 3), jax.random.key(4)),
+        previous_params=model.init(jax.random.key(5), batch), count=jnp.int32(2))
+    hparams = {k: jnp.float32(v) for k, v in method.default_hparams.items()}
+    key = jax.random.key(9)
+    total, aux = jax.jit(lambda p: method.loss(p, batch, state,
+                                               _loss_ctx(model, spec, hparams, key)))(params)
+
+    seen = np.isin(np.arange(8), [4, 1, 0, 5, 3, 7])
+    previous = np.isin(np.arange(8), [4, 1, 0, 5])
+    rb = {"x": aux["replay_x"], "task": jnp.zeros((5,), jnp.int32)}
+    new = np.asarray(model.logits_fn(params, rb), np.float64)[:, seen]        # 6 columns
+    old = np.asarray(model.logits_fn(state.previous_params, rb), np.float64)
+    old = np.where(previous, old, -np.inf)[:, seen]
+    if distill:
+        rep = _soft_ce(new, old, 2.0) / 6 * 2.0 ** 2
+    else:
+        rep = _ce(new, np.argmax(old, -1))
+    ce = _ce(np.asarray(model.logits_fn(params, batch))[:, seen],
+             np.searchsorted(np.flatnonzero(seen), np.asarray(batch["y"])))
+    np.testing.assert_allclose(aux["replay_loss"], rep, rtol=1e-5)
+    np.testing.assert_allclose(total, (1 / 3) * ce + (2 / 3) * rep, rtol=1e-5)
+
+
 def test_generator_step_is_one_adam_step_on_the_documented_objective():
     model, spec, method, batch, params, state, hparams = _setup(1)
     x_rep = jax.random.uniform(jax.random.key(11), (5,) + SHAPE)
@@ -185,6 +223,13 @@ def test_hyperparameter_domains_and_option_errors():
                        ({"replay_batch_size": 0}, "replay_batch_size"),
                        ({"latent": 0}, "latent"), ({"widths": ()}, "widths"),
                        ({"learning_rate": -1.0}, "learning_rate"), ({"b2": 1.0}, "b2"),
-                       ({"sample_count": 0}, "sample_count")):
+                       ({"sample_count": 0}, "sample_count"),
+                       ({"outputs": "active"}, "outputs must be one of"),
+                       ({"distill_reduction": "mean"}, "need distill=True"),
+                       ({"t_squared": True}, "need distill=True")):
         with pytest.raises(ValueError, match=match):
             get_method("dgr", **bad)
+    with pytest.raises(ValueError, match="distill_reduction must be one of"):
+        get_method("dgr_distill", distill_reduction="batchmean")
+    with pytest.raises(TypeError, match="t_squared must be a bool"):
+        get_method("dgr_distill", t_squared=1)

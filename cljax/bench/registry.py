@@ -124,6 +124,14 @@ _VDV2019_SPLIT = Protocol(
         Entry("dgr_distill", "dgr_distill",
               _row(_VDV_SPLIT, 20, (99.61, 96.83, 91.79), (0.02, 0.20, 0.32), "sem"),
               selection="paper"),
+        Entry("dgr_distill_2019_v1", "dgr_distill",
+              _row(_VDV_SPLIT, 20, (91.79,), (0.32,), "sem", scenarios=("class",)),
+              selection="paper", scenarios=("class",),
+              overrides={"method_options": {"outputs": "seen", "distill_reduction": "mean",
+                                            "t_squared": True}},
+              note="DGR + distill as their code of April 2019 (86802a8, arXiv v1's) ran it in "
+                   "Class-IL: losses over the classes seen, soft targets over the previous "
+                   "tasks' classes, the distillation averaged over the classes and × T²"),
     ),
     class_order="per_seed",
     notes=("each seed deals the ten digits into the five tasks in its own random order, as van "

@@ -20,7 +20,9 @@ method. Each step, with t the number of tasks seen (1-based) and r = ``replay_we
   (:func:`cljax.methods.vae.negative_elbo`).
 
 With ``replay_weight`` = 1 these are their weights (1/t and 1 − 1/t); with 0 the classifier is
-fine-tuned. At each task's end the generator's samples (``sample_count`` from a fixed draw of
+fine-tuned. Their code of April 2019 (arXiv 1904.07734 v1's table) differed in Class-IL and in
+the soft targets' loss: ``outputs="seen"``, ``distill_reduction="mean"``, ``t_squared=True``
+(:func:`dgr`). At each task's end the generator's samples (``sample_count`` from a fixed draw of
 z) are kept for the run's outputs (:attr:`Method.samples`: users look at replayed digits before
 they trust the numbers).
 """
@@ -44,7 +46,14 @@ from cljax.methods.base import (
     cross_entropy,
     get_hparam,
 )
-from cljax.methods.rehearsal import soft_cross_entropy
+from cljax.methods.rehearsal import (
+    check_distill_options,
+    is_class_incremental,
+    num_seen_classes,
+    seen_class_logits,
+    soft_cross_entropy,
+    softmax_width,
+)
 from cljax.methods.vae import LIKELIHOODS, check_widths, generate, init_vae, make_vae, negative_elbo
 from cljax.types import Array, Batch, Params
 from cljax.validation import check_positive, check_positive_int
@@ -75,6 +84,9 @@ class Options(NamedTuple):
     b1: float
     b2: float
     sample_count: int
+    outputs: str = "all"              # DISTILL_OUTPUTS
+    distill_reduction: str = "sum"    # DISTILL_REDUCTIONS
+    t_squared: bool = False           # Hinton's T² on the soft targets' loss
 
 
 def _vae(o: Options, spec: StreamSpec):
@@ -103,11 +115,14 @@ def replay_share(hparams: Hparams, count: Array, method: str) -> Array:
 
 
 def replay_loss(new_heads: Array, old_heads: Array, count: Array, *, targets: str,
-                temperature: Array | None) -> Array:
+                temperature: Array | None, classes: Array | None = None,
+                t_squared: bool = False) -> Array:
     """The replay loss of generated inputs: the current model's ``new_heads`` (``[B, H, C]``)
     against the previous model's ``old_heads`` — hard labels (CE to the argmax) or soft targets
-    (:func:`cljax.methods.rehearsal.soft_cross_entropy` at ``temperature``) — the mean over the
-    ``count`` previous heads when H > 1 (Task-IL), the one head otherwise."""
+    (:func:`cljax.methods.rehearsal.soft_cross_entropy` at ``temperature``; divided by
+    ``classes`` when given: averaged over the softmax's classes, and × T² with ``t_squared``, as
+    van de Ven's code of April 2019) — the mean over the ``count`` previous heads when H > 1
+    (Task-IL), the one head otherwise."""
     if targets not in ("hard", "soft"):
         raise ValueError(f"targets must be 'hard' or 'soft'; got {targets!r}")
     if new_heads.shape != old_heads.shape or new_heads.ndim != 3:
@@ -121,6 +136,10 @@ def replay_loss(new_heads: Array, old_heads: Array, count: Array, *, targets: st
         if temperature is None:
             raise ValueError("targets='soft' needs a temperature")
         per_head = jnp.mean(soft_cross_entropy(new_heads, old_heads, temperature), axis=0)
+        if classes is not None:
+            per_head = per_head / classes
+        if t_squared:
+            per_head = per_head * jnp.square(temperature)
     H = new_heads.shape[1]
     if H == 1:
         return per_head[0]
@@ -135,7 +154,7 @@ def _generated(o: Options, s: GeneratorState, spec: StreamSpec, key, n: int) -> 
 
 def _loss(o: Options, name: str, params, b: Batch, s: GeneratorState, ctx: LossContext):
     k_cur, k_gen, k_rep = jax.random.split(ctx.key, 3)
-    ce = cross_entropy(ctx.model.train_logits_fn(params, b, k_cur), b["y"])
+    current = ctx.model.train_logits_fn(params, b, k_cur)
     n = o.replay_batch_size or b["y"].shape[0]
     x_replay = _generated(o, s, ctx.spec, k_gen, n)
     replayed = {"x": x_replay, "task": jnp.zeros((n,), jnp.int32)}
@@ -143,8 +162,17 @@ def _loss(o: Options, name: str, params, b: Batch, s: GeneratorState, ctx: LossC
     assert apply_fn is not None                    # requires=("apply_fn",), checked on the model
     new = apply_fn(params, replayed, k_rep, output="all_heads")
     old = jax.lax.stop_gradient(apply_fn(s.previous_params, replayed, output="all_heads"))
+    width = softmax_width(ctx.spec, new)
+    if o.outputs == "seen" and is_class_incremental(ctx.spec, new):
+        current = seen_class_logits(current, ctx.spec, s.count)
+        new = seen_class_logits(new, ctx.spec, s.count)
+        old = seen_class_logits(old, ctx.spec, s.count, previous=True)
+        width = num_seen_classes(ctx.spec, s.count)
+    ce = cross_entropy(current, b["y"])
     temperature = get_hparam(ctx.hparams, "temperature", name) if o.targets == "soft" else None
-    rep = replay_loss(new, old, s.count, targets=o.targets, temperature=temperature)
+    rep = replay_loss(new, old, s.count, targets=o.targets, temperature=temperature,
+                      classes=width if o.distill_reduction == "mean" else None,
+                      t_squared=o.t_squared)
     r = replay_share(ctx.hparams, s.count, name)
     return (1.0 - r) * ce + r * rep, {"replay_x": x_replay, "replay_loss": rep}
 
@@ -190,6 +218,12 @@ def _check_options(o: Options) -> None:
         check_positive_int(o.replay_batch_size, name="replay_batch_size")
     check_positive_int(o.latent, name="latent")
     check_positive_int(o.sample_count, name="sample_count")
+    check_distill_options(o.outputs, o.distill_reduction)
+    if not isinstance(o.t_squared, bool):
+        raise TypeError(f"t_squared must be a bool; got {o.t_squared!r}")
+    if o.targets == "hard" and (o.distill_reduction != "sum" or o.t_squared):
+        raise ValueError("distill_reduction and t_squared shape the soft targets' loss: "
+                         "they need distill=True (DGR + distill)")
     check_widths(o.widths, "dgr")
     check_positive(o.learning_rate, name="learning_rate")
     for b in ("b1", "b2"):
@@ -201,7 +235,8 @@ def _check_options(o: Options) -> None:
 def dgr(*, distill: bool = False, widths: Sequence[int] = (400, 400), latent: int = 100,
         likelihood: str = "bernoulli", replay_batch_size: int | None = None,
         learning_rate: float = 1e-3, b1: float = 0.9, b2: float = 0.999,
-        sample_count: int = 8) -> Method:
+        sample_count: int = 8, outputs: str = "all", distill_reduction: str = "sum",
+        t_squared: bool = False) -> Method:
     """Deep generative replay (Shin et al. 2017) in van de Ven's form: a VAE trained beside the
     classifier replays inputs labelled by the previous classifier, with hard labels
     (``distill=False``) or soft targets (``distill=True``: DGR + distill); module docstring.
@@ -209,9 +244,17 @@ def dgr(*, distill: bool = False, widths: Sequence[int] = (400, 400), latent: in
     ``likelihood`` ("bernoulli" for pixels in [0, 1], "gaussian" for normalised features),
     trained by Adam (``learning_rate``, ``b1``, ``b2``; van de Ven's 10⁻³, 0.9, 0.999 on MNIST:
     the classifier's). ``replay_batch_size``: generated inputs per step (None: the batch size).
-    Hyperparameters ``replay_weight`` (1) and ``temperature`` (2, read by the soft targets)."""
+    ``outputs`` (:data:`cljax.methods.rehearsal.DISTILL_OUTPUTS`; "all": their 2022 code's
+    ``--active-classes all``, "seen": their 2019 code's Class-IL, the current and replayed
+    losses over the classes seen and the previous classifier's labels or targets over the
+    previous tasks' classes), ``distill_reduction``
+    (:data:`cljax.methods.rehearsal.DISTILL_REDUCTIONS`) and ``t_squared`` (the soft loss × T²)
+    give their code of April 2019 (arXiv 1904.07734 v1's): ``outputs="seen",
+    distill_reduction="mean", t_squared=True``. Hyperparameters ``replay_weight`` (1) and
+    ``temperature`` (2, read by the soft targets)."""
     o = Options("soft" if distill else "hard", tuple(widths), latent, likelihood,
-                replay_batch_size, learning_rate, b1, b2, sample_count)
+                replay_batch_size, learning_rate, b1, b2, sample_count, outputs,
+                distill_reduction, t_squared)
     _check_options(o)
     name = "dgr_distill" if distill else "dgr"
     defaults = {"replay_weight": 1.0, **({"temperature": 2.0} if distill else {})}
