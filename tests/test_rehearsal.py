@@ -347,9 +347,43 @@ def test_icarl_loss_against_a_hand_computation(task):
     np.testing.assert_allclose(total, want, rtol=2e-5)
 
 
+def test_seen_class_masks_and_softmax_widths():
+    """Class-IL over the classes seen: the tasks ≤ count keep their logits (< count for the
+    previous model's), every other output is MASKED_LOGIT; the softmax widths of each head
+    layout; which layouts are Class-IL."""
+    from cljax.methods import StreamSpec
+    from cljax.methods.rehearsal import (
+        is_class_incremental,
+        num_seen_classes,
+        seen_class_logits,
+        softmax_width,
+    )
+    from cljax.nn import MASKED_LOGIT
+
+    table = jnp.array([[3, 0], [5, 1], [2, 4]], jnp.int32)      # owners: 0 1 2 0 2 1
+    spec = StreamSpec((2,), jnp.float32, 3, 2, 6, 1, table)
+    z = jnp.arange(12, dtype=jnp.float32).reshape(2, 6)
+    m = MASKED_LOGIT
+    np.testing.assert_array_equal(seen_class_logits(z, spec, jnp.int32(1)),
+                                  [[0, 1, m, 3, m, 5], [6, 7, m, 9, m, 11]])
+    np.testing.assert_array_equal(seen_class_logits(z, spec, jnp.int32(1), previous=True),
+                                  [[0, m, m, 3, m, m], [6, m, m, 9, m, m]])
+    assert [float(num_seen_classes(spec, jnp.int32(c))) for c in range(3)] == [2.0, 4.0, 6.0]
+    one_head = jnp.zeros((2, 1, 6))
+    assert is_class_incremental(spec, one_head)
+    assert float(softmax_width(spec, one_head)) == 6.0
+    masked = spec._replace(task_masked=True)
+    assert not is_class_incremental(masked, one_head)
+    assert float(softmax_width(masked, one_head)) == 2.0            # the task's classes
+    domain = StreamSpec((2,), jnp.float32, 3, 2, 2, 1, jnp.tile(jnp.arange(2), (3, 1)))
+    assert not is_class_incremental(domain, jnp.zeros((2, 1, 2)))
+    per_task = StreamSpec((2,), jnp.float32, 3, 2, 2, 3, jnp.tile(jnp.arange(2), (3, 1)))
+    assert not is_class_incremental(per_task, jnp.zeros((2, 3, 2)))
+
+
 def test_class_tasks_names_each_outputs_task():
     from cljax.methods import StreamSpec
-    from cljax.methods.rehearsal import class_tasks
+    from cljax.methods.rehearsal import check_distill_options, class_tasks
 
     table = jnp.array([[3, 0], [5, 1]], jnp.int32)
     spec = StreamSpec((2,), jnp.float32, 2, 2, 7, 1, table)   # output 2, 4 and 6: no task's
@@ -360,6 +394,10 @@ def test_class_tasks_names_each_outputs_task():
         class_tasks(spec._replace(num_tasks=3))
     with pytest.raises(ValueError, match="weighting must be one of"):
         get_method("lwf", weighting="1/t")
+    with pytest.raises(ValueError, match="outputs must be one of"):
+        check_distill_options("active", "sum")
+    with pytest.raises(ValueError, match="distill_reduction must be one of"):
+        check_distill_options("seen", "batchmean")
     with pytest.raises(ValueError, match="outputs must be one of"):
         get_method("lwf", outputs="active")
     with pytest.raises(ValueError, match="distill_reduction must be one of"):

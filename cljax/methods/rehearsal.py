@@ -775,5 +775,6 @@ __all__ = ["ER_LOSSES", "MEMORY_KINDS", "MemoryPlan", "memory_plan", "core_rows"
            "store_finished_task", "with_memory_rows", "er", "agem", "gem", "task_reference_grads",
            "lwf", "der", "derpp", "icarl", "PreviousModel", "LWF_WEIGHTINGS", "DISTILL_OUTPUTS",
            "DISTILL_REDUCTIONS", "class_tasks", "is_class_incremental", "softmax_width",
-           "seen_class_logits", "num_seen_classes", "check_distill_options", "soft_cross_entropy", "ICaRLState",
-           "normalise", "herding_order", "exemplar_means", "NME_FLOOR"]
+           "seen_class_logits", "num_seen_classes", "check_distill_options",
+           "soft_cross_entropy", "ICaRLState", "normalise", "herding_order", "exemplar_means",
+           "NME_FLOOR"]
