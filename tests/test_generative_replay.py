@@ -1,7 +1,7 @@
 """cljax.methods.generative_replay (DGR, DGR + distill): the replay loss against per-head loops,
 the loss's composition (current vs replayed share, the replayed batch from the *previous*
-generator, labelled by the *previous* classifier) computed by hand, van de Ven's 2019 Class-IL form
-(classes seen, the distillation averaged and × T²) by hand, the generator's step equal to
+generator, labelled by the *previous* classifier) computed by hand, van de Ven's 2019 Class-IL
+form (classes seen, the distillation averaged and × T²) by hand, the generator's step equal to
 one Adam step on the documented objective, the task boundary, replay weight 0 = the current
 loss, the hyperparameter domains and option errors. (The protocol's contracts — replay weight 0
 trains as fine-tuning, one compilation per stream, vmapped runs = separate runs, resume, host
