@@ -476,6 +476,14 @@ _MIRZADEH_ROTATED = _mirzadeh_mnist(
     {"decay": 0.55, "batch_size": 64},
     "their stable SGD as the author gave it for this benchmark (their issue #5): lr 0.1 "
     "decayed by 0.55 per task, batch 64 (one pass: 938 steps), dropout 0.25")
+_MIRZADEH_ROTATED = dataclasses.replace(_MIRZADEH_ROTATED, entries=(
+    *_MIRZADEH_ROTATED.entries,
+    Entry("mcsgd_low_lr", "mcsgd",
+          overrides={**regime_settings("stable_sgd", decay=0.55, batch_size=64), "steps": 938,
+                     "method_options": MCSGD_OPTIONS},
+          **_grid("mc_lr", (3e-5, 1e-4, 3e-4)),
+          note="mcsgd with its learning rate chosen on a grid below mcsgd's, whose smallest "
+               "point (3e-4) validation chose"),))
 
 # ---- Tadros et al. 2022 (Sleep Replay Consolidation) -------------------------------------------
 
