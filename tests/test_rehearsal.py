@@ -369,6 +369,8 @@ def test_seen_class_masks_and_softmax_widths():
     np.testing.assert_array_equal(seen_class_logits(z, spec, jnp.int32(1), previous=True),
                                   [[0, m, m, 3, m, m], [6, m, m, 9, m, m]])
     assert [float(num_seen_classes(spec, jnp.int32(c))) for c in range(3)] == [2.0, 4.0, 6.0]
+    with pytest.raises(ValueError, match="6 outputs on their last axis"):
+        seen_class_logits(z[:, :4], spec, jnp.int32(1))
     one_head = jnp.zeros((2, 1, 6))
     assert is_class_incremental(spec, one_head)
     assert float(softmax_width(spec, one_head)) == 6.0

@@ -465,6 +465,9 @@ def seen_class_logits(logits: Array, spec: StreamSpec, count: Array, *,
     the last axis) set to :data:`MASKED_LOGIT` (softmax probability exactly 0) outside the tasks
     ≤ ``count`` (the current one included) — outside the tasks < ``count`` with ``previous``
     (the previous model's targets)."""
+    if logits.shape[-1:] != (spec.num_outputs,):
+        raise ValueError(f"logits must have the model's {spec.num_outputs} outputs on their last "
+                         f"axis; got shape {logits.shape}")
     owner = class_tasks(spec)
     keep = owner < count if previous else owner <= count
     return jnp.where(keep, logits, jnp.asarray(MASKED_LOGIT, logits.dtype))
