@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import tiny_split_stream
+from helpers import tiny_dataset, tiny_split_stream
 
-from cljax.data import make_scenario
+from cljax.data import make_scenario, split_tasks
 from cljax.methods import Method, get_method, joint, none
 from cljax.nn import MLP, as_model
 from cljax.training import make_trainer, prepare_data, run_stream
@@ -77,6 +77,80 @@ def test_offline_joint_draws_from_the_whole_stream_from_the_first_task():
     tr, data = _setup(scenario="class", method=joint_offline)
     res = run_stream(tr, data, num_steps=80, keys=jax.random.split(jax.random.key(0), 1))
     assert res.accuracy[0, 0, 1] > 0.8       # the future task is learned during the first
+
+
+def test_joint_example_draw_weighs_tasks_by_their_size():
+    """``draw="example"`` under i.i.d. sampling: every example of the union of tasks 0..task
+    equally likely, so a task's share is its size's; future tasks never; indices in range."""
+    from cljax.methods import BatchContext, StreamSpec, get_method
+    from cljax.methods.base import Clock
+    counts = jnp.asarray([100, 300, 50, 999], jnp.int32)
+    spec = StreamSpec((2,), jnp.float32, 4, 2, 2, 1, jnp.zeros((4, 2), jnp.int32), (9,) * 4)
+
+    def ctx(task):
+        return BatchContext(jax.random.key(0), jax.random.key(1), jnp.asarray(task), 9000, {},
+                            spec, None, None, lambda t: counts[t], Clock(0, 0, 1),
+                            lambda tasks, idx: {"task": tasks, "idx": idx})
+
+    rows = get_method("joint", draw="example").batch(ctx(2), ())
+    share = np.bincount(np.asarray(rows["task"]), minlength=4) / 9000
+    np.testing.assert_allclose(share, [100 / 450, 300 / 450, 50 / 450, 0], atol=0.02)
+    assert np.all(np.asarray(rows["idx"]) < np.asarray(counts)[np.asarray(rows["task"])])
+    share = np.bincount(np.asarray(get_method("joint_offline", draw="example").batch(
+        ctx(0), ())["task"]), minlength=4) / 9000
+    np.testing.assert_allclose(share, np.asarray(counts) / counts.sum(), atol=0.02)
+    with pytest.raises(ValueError, match="draw must be one of"):
+        get_method("joint", draw="union")
+
+
+@pytest.mark.parametrize("sampling", ["shuffled", "shuffled_drop_last"])
+def test_joint_example_draw_passes_over_the_union(sampling):
+    """Under a shuffled rule, ``joint(draw="example")`` passes over the union of the tasks
+    seen (an epoch sees each of its examples once: a ``ConcatDataset`` loader), and
+    ``joint_offline(draw="example")``'s passes over the whole stream run across the task
+    boundaries: two tasks of half a pass each are one pass."""
+    from cljax.methods.base import Clock
+    from cljax.training import device_feed
+    train = tiny_dataset(n=46, num_classes=4, seed=0)
+    s = split_tasks(train, tiny_dataset(n=20, seed=1), tasks=[[0, 1], [2, 3]])
+    data = prepare_data(s, make_scenario(s, "class"), eval_chunk=10)
+    sizes = [int(n) for n in data.train.n]
+    assert sizes[0] != sizes[1]
+    stored = np.concatenate([np.asarray(data.train.x[t, :n]).reshape(n, -1)
+                             for t, n in enumerate(sizes)])
+    assert len(np.unique(stored, axis=0)) == len(stored)
+    batch = 4
+
+    def ids(method, steps):
+        tr = make_trainer(as_model(MLP((4,), 4)), get_method(method, draw="example"),
+                          optimizer=optax.sgd(0.1), batch_size=batch, sampling=sampling)
+        state = tr.init(jax.random.key(0), {}, data)
+        draw = jax.jit(lambda t, g, ts: tr.draw(state, data, t, Clock(g, ts, 99),
+                                                device_feed(data)))
+        out = []
+        for t, g, ts in steps:
+            xs = np.asarray(draw(jnp.int32(t), jnp.int32(g), jnp.int32(ts))["x"])
+            out += [int(np.flatnonzero((stored == x).all(1))[0])
+                    for x in xs.reshape(batch, -1)]
+        return out
+
+    def epochs(seen, n):
+        per = (n // batch) * batch if sampling == "shuffled_drop_last" else n
+        return [seen[e * per:(e + 1) * per] for e in range(len(seen) // per)]
+
+    seen = ids("joint", [(0, ts, ts) for ts in range(sizes[0])])
+    assert max(seen) < sizes[0]                                 # task 0 alone
+    union = sum(sizes)
+    seen = ids("joint", [(1, ts, ts) for ts in range(2 * union)])
+    for epoch in epochs(seen, union):
+        assert len(set(epoch)) == len(epoch)                   # each example once per epoch
+        if sampling == "shuffled":
+            assert sorted(epoch) == list(range(union))
+    half = union // batch // 2
+    steps = [(0, g, g) for g in range(half)] + [(1, g, g - half) for g in range(half, 2 * half)]
+    seen = ids("joint_offline", steps)
+    assert len(set(seen)) == len(seen) == 2 * half * batch    # one pass across the boundary
+    assert max(seen) >= sizes[0] and min(seen) < sizes[0]     # task 0 already sees task 1
 
 
 def test_non_finite_loss_stops_with_task_and_step():

@@ -84,6 +84,14 @@ _VDV2019_SPLIT = Protocol(
               note="a diagnostic of joint's gap: the kernels drawn as their code's layers draw "
                    "them (uniform ±1/√fan_in, PyTorch's default) instead of flax's LeCun "
                    "normal; the biases stay 0 (theirs: uniform ±1/√fan_in)"),
+        Entry("joint_2019_v1", "joint", _row(_VDV_SPLIT, 20, (98.42, 97.94),
+                                              scenarios=("domain", "class")),
+              overrides={"method_options": {"draw": "example"},
+                         "sampling": "shuffled_drop_last"},
+              scenarios=("domain", "class"),
+              note="a diagnostic of joint's gap: their code's draw (86802a8, Domain- and "
+                   "Class-IL): the tasks so far concatenated, each example alike, in shuffled "
+                   "drop-last passes (ours: a task uniformly, then an example i.i.d.)"),
         Entry("ewc", "ewc", _row(_VDV_SPLIT, 20, (98.64, 63.95, 20.01), (0.22, 1.90, 0.06),
                                  "sem"),
               **_grid("strength", EWC_GRID),
@@ -302,6 +310,18 @@ _AGEM2019_PERMUTED = Protocol(
               scenarios=("task",), selection="paper"),
         Entry("joint_offline", "joint_offline", _row(_AGEM_T4, 5, (95.3,), scenarios=("domain",)),
               scenarios=("domain",), note="their MULTI-TASK row"),
+        Entry("joint_offline_pass", "joint_offline",
+              _row(_AGEM_T4, 5, (95.3,), scenarios=("domain",)),
+              overrides={"method_options": {"draw": "example"}}, scenarios=("domain",),
+              note="their MULTI-TASK as their code of the paper's time (5e84338) trains it: one "
+                   "shuffled pass at batch 10 over the 17 tasks' examples concatenated "
+                   "(joint_offline: 17 × 5,500 i.i.d. draws); lr 0.1, the protocol's"),
+        Entry("joint_offline_pass_lr003", "joint_offline",
+              _row(_AGEM_T4, 5, (95.3,), scenarios=("domain",)),
+              overrides={"method_options": {"draw": "example"},
+                         "optimizer.learning_rate": 0.03}, scenarios=("domain",),
+              note="joint_offline_pass at lr 0.03, their script's for VAN (MULTI-TASK is VAN "
+                   "on the concatenated tasks; the lr it ran with is not in their script)"),
         Entry("er", "er", overrides={"method_options": {"per_class": 25}},
               scenarios=("domain",)),
     ),

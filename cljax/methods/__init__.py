@@ -25,6 +25,7 @@ from cljax.methods.base import (
     no_optimizer_args,
     no_state,
     task_loss,
+    union_batch,
 )
 from cljax.methods.baselines import joint, joint_offline, none, whole_stream_batch
 from cljax.methods.bir import bir
@@ -45,7 +46,7 @@ from cljax.methods.vcl import vcl
 
 __all__ = ["Method", "StreamSpec", "Clock", "BatchContext", "LossContext", "StepInfo",
            "BoundaryContext", "PredictContext", "METHODS", "get_method", "no_state",
-           "current_task_batch", "all_tasks_batch", "cross_entropy", "task_loss",
+           "current_task_batch", "all_tasks_batch", "union_batch", "cross_entropy", "task_loss",
            "no_optimizer_args", "keep_after_step", "keep_state", "base_only", "base_model",
            "get_hparam", "none", "joint", "joint_offline", "whole_stream_batch", "ewc",
            "online_ewc", "si", "mas", "l2", "kfac_ewc", "ncl", "ncl_kfac", "er", "agem", "gem",

@@ -136,7 +136,12 @@ class BatchContext(NamedTuple):
     memory slots); ``data_key`` is the key the default recipes hand to ``draw`` for the current
     task's examples. ``current(key)`` returns ``batch_size`` examples of the current task drawn
     by the run's sampling rule (i.i.d. or shuffled epochs, :mod:`cljax.training.sampling`;
-    None: i.i.d. through ``draw``), what :func:`current_task_batch` uses.
+    None: i.i.d. through ``draw``), what :func:`current_task_batch` uses. ``shuffle(pool,
+    position, n)`` (None under i.i.d. sampling) returns the indices (``int32 [batch_size]``, in
+    ``[0, n)``) that the run's shuffled-epoch rule gives the batch at ``position`` (in batches
+    since the passes began) of a pool of ``n`` examples whose order is keyed by ``pool`` (an int:
+    ``current`` is ``shuffle(task, task_step, count(task))``) — what a method that samples a pool
+    of its own (the union of tasks, :func:`union_batch`) passes over.
     """
 
     key: PRNGKey
@@ -151,6 +156,7 @@ class BatchContext(NamedTuple):
     clock: Clock
     gather: Callable[[Array, Array], Rows] | None = None
     current: Callable[[PRNGKey], Rows] | None = None
+    shuffle: Callable[[Array | int, Array | int, Array | int], Array] | None = None
 
 
 class LossContext(NamedTuple):
@@ -256,6 +262,29 @@ def current_task_batch(ctx: BatchContext, mstate: Any) -> Rows:
         return ctx.current(ctx.data_key)
     tasks = jnp.full((ctx.batch_size,), ctx.task, dtype=jnp.int32)
     return ctx.draw(ctx.data_key, tasks)
+
+
+def union_batch(ctx: BatchContext, last: Array | int, *, pool: Array | int,
+                position: Array | int) -> Rows:
+    """``batch_size`` examples of the union of tasks ``0..last``, every example of it equally
+    likely (a concatenation of the tasks' training sets, as a PyTorch ``ConcatDataset``): i.i.d.
+    with replacement under i.i.d. sampling; else the run's shuffled passes over the union
+    (``ctx.shuffle``), its order keyed by ``pool`` and this batch at ``position`` batches into
+    the passes. Tasks of unequal size weigh by their size (:func:`all_tasks_batch` weighs every
+    task alike)."""
+    if ctx.gather is None:
+        raise ValueError("union_batch needs ctx.gather (the trainer's indexed draw); got None")
+    num_tasks = ctx.spec.num_tasks
+    ids = jnp.arange(num_tasks, dtype=jnp.int32)
+    counts = jnp.where(ids <= last, ctx.count(ids), 0).astype(jnp.int32)
+    ends = jnp.cumsum(counts)
+    if ctx.shuffle is None:
+        flat = jax.random.randint(ctx.data_key, (ctx.batch_size,), 0, ends[-1], dtype=jnp.int32)
+    else:
+        flat = ctx.shuffle(pool, position, ends[-1])
+    tasks = jnp.minimum(jnp.searchsorted(ends, flat, side="right"), num_tasks - 1)
+    tasks = tasks.astype(jnp.int32)
+    return ctx.gather(tasks, flat - (ends[tasks] - counts[tasks]))
 
 
 def all_tasks_batch(ctx: BatchContext, mstate: Any) -> Rows:
@@ -431,6 +460,6 @@ def get_hparam(hparams: Hparams, name: str, method: str) -> Array:
 
 __all__ = ["Method", "StreamSpec", "Clock", "BatchContext", "LossContext", "StepInfo",
            "BoundaryContext", "PredictContext", "Rows", "Hparams", "no_state", "current_task_batch",
-           "all_tasks_batch", "cross_entropy", "task_loss", "no_optimizer_args",
+           "all_tasks_batch", "union_batch", "cross_entropy", "task_loss", "no_optimizer_args",
            "keep_after_step", "keep_state", "base_only", "base_model", "get_hparam", "check_hparams",
            "HPARAM_DOMAINS", "ConfigPlan", "no_check", "check_hparam", "check_scenario"]

@@ -2,11 +2,21 @@
 ("joint", the upper bound: each task trains on the union of all tasks seen so far, so after the
 last task the model has been trained on the whole stream's data), and offline joint training
 ("joint_offline": every step draws from the whole stream from the first task on — the
-"multitask" / "offline" row of van de Ven & Tolias 2019, Hsu et al. 2018 and A-GEM's table)."""
+"multitask" / "offline" row of van de Ven & Tolias 2019, Hsu et al. 2018 and A-GEM's table).
+
+How the joint baselines draw (``draw``, :data:`JOINT_DRAWS`): ``"task"`` (the default) picks each
+example's task uniformly, then one of its examples i.i.d.; ``"example"`` draws from the union of
+the tasks' examples, each equally likely, by the run's sampling rule — shuffled passes over the
+union under ``sampling="shuffled"`` / ``"shuffled_drop_last"`` (:func:`union_batch`), what the
+papers' code does: van de Ven's ``ConcatDataset`` loader of the tasks so far (drop-last passes),
+A-GEM's multitask baseline (one shuffled pass over every task's examples concatenated)."""
 import jax
 import jax.numpy as jnp
 
-from cljax.methods.base import BatchContext, Method, Rows, all_tasks_batch
+from cljax.methods.base import BatchContext, Method, Rows, all_tasks_batch, union_batch
+
+JOINT_DRAWS = ("task", "example")
+"""How the joint baselines draw their batch (module docstring)."""
 
 
 def whole_stream_batch(ctx: BatchContext, mstate: object) -> Rows:
@@ -19,8 +29,54 @@ def whole_stream_batch(ctx: BatchContext, mstate: object) -> Rows:
     return ctx.draw(ctx.data_key, tasks)
 
 
+def seen_union_batch(ctx: BatchContext, mstate: object) -> Rows:
+    """The union of tasks ``0..task``, each example equally likely (:func:`union_batch`): a pass
+    over it per task, keyed by the task, positioned by the step within the task."""
+    del mstate
+    return union_batch(ctx, ctx.task, pool=ctx.task, position=ctx.clock.task_step)
+
+
+def whole_union_batch(ctx: BatchContext, mstate: object) -> Rows:
+    """The union of the stream's tasks, each example equally likely (:func:`union_batch`): its
+    passes run across the task boundaries, positioned by the run's global step, so ``T`` tasks
+    of ``n / batch`` steps each are one pass over the ``T · n`` examples."""
+    del mstate
+    return union_batch(ctx, ctx.spec.num_tasks - 1, pool=ctx.spec.num_tasks,
+                       position=ctx.clock.step)
+
+
+def _check_draw(draw: str) -> None:
+    if draw not in JOINT_DRAWS:
+        raise ValueError(f"draw must be one of {JOINT_DRAWS}; got {draw!r}")
+
+
 none = Method(name="none")
 joint = Method(name="joint", batch=all_tasks_batch)
 joint_offline = Method(name="joint_offline", batch=whole_stream_batch)
 
-__all__ = ["none", "joint", "joint_offline", "whole_stream_batch"]
+
+def joint_training(draw: str = "task") -> Method:
+    """Joint training: each task trains on the union of all tasks seen so far, the upper bound.
+    ``draw``: ``"task"`` (a task uniformly, then an example i.i.d.) or ``"example"`` (the
+    union's examples alike, by the run's sampling rule; module docstring)."""
+    _check_draw(draw)
+    return joint if draw == "task" else Method(name="joint", batch=seen_union_batch)
+
+
+def offline_joint_training(draw: str = "task") -> Method:
+    """Offline joint training: every step, from the first task on, draws from the whole stream
+    (future tasks included), so the model after the last task is one trained T × steps on all
+    tasks at once — the papers' "multitask" / "offline" ceiling; its accuracy rows before the
+    last are not a continual learner's, read ACC (the last row) only. ``draw`` as for
+    :func:`joint_training`; with ``"example"`` and shuffled sampling the passes over the whole
+    stream run across the task boundaries (A-GEM's multitask: one pass over every task's
+    examples)."""
+    _check_draw(draw)
+    if draw == "task":
+        return joint_offline
+    return Method(name="joint_offline", batch=whole_union_batch)
+
+
+__all__ = ["JOINT_DRAWS", "none", "joint", "joint_offline", "joint_training",
+           "offline_joint_training", "whole_stream_batch", "seen_union_batch",
+           "whole_union_batch"]

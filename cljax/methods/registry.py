@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from cljax.methods.base import Method
-from cljax.methods.baselines import joint, joint_offline, none
+from cljax.methods.baselines import joint_training, none, offline_joint_training
 from cljax.methods.bir import bir
 from cljax.methods.generative_replay import dgr, dgr_distill
 from cljax.methods.hat import hat
@@ -32,19 +32,6 @@ from cljax.methods.vcl import vcl
 def fine_tuning() -> Method:
     """Fine-tuning: each task trains on its own data only, the lower bound of every CL table."""
     return none
-
-
-def joint_training() -> Method:
-    """Joint training: each task trains on the union of all tasks seen so far, the upper bound."""
-    return joint
-
-
-def offline_joint_training() -> Method:
-    """Offline joint training: every step, from the first task on, draws from the whole stream
-    (future tasks included), so the model after the last task is one trained T × steps on all
-    tasks at once — the papers' "multitask" / "offline" ceiling; its accuracy rows before the
-    last are not a continual learner's, read ACC (the last row) only."""
-    return joint_offline
 
 
 METHODS: Mapping[str, Callable[..., Method]] = {

@@ -158,25 +158,28 @@ class Trainer(NamedTuple):
         def draw(k, tasks):
             return feed.gather(tasks, jax.random.randint(k, tasks.shape, 0, data.train.n[tasks]))
 
-        current = None
+        current = shuffle = None
         if self.sampling != "iid":
             if self.sampling == "shuffled_drop_last" and min(data.train_counts,
                                                              default=1) < self.batch_size:
                 raise ValueError(f"sampling='shuffled_drop_last' needs every task to hold at "
                                  f"least batch_size={self.batch_size} examples; the smallest "
                                  f"holds {min(data.train_counts)}")
-            # one order per (run, task, epoch): the run's key, not the step's
-            order = jax.random.fold_in(jax.random.fold_in(state.key, SHUFFLE_SALT), task)
+
+            def shuffle(pool, position, n):
+                # one order per (run, pool, epoch): the run's key, not the step's
+                order = jax.random.fold_in(jax.random.fold_in(state.key, SHUFFLE_SALT), pool)
+                return epoch_indices(order, position, self.batch_size, n,
+                                     drop_last=self.sampling == "shuffled_drop_last")
 
             def current(k):
                 del k    # the order is the run's, not the step's
-                idx = epoch_indices(order, clock.task_step, self.batch_size, data.train.n[task],
-                                    drop_last=self.sampling == "shuffled_drop_last")
+                idx = shuffle(task, clock.task_step, data.train.n[task])
                 return feed.gather(jnp.full((self.batch_size,), task, jnp.int32), idx)
 
         return BatchContext(k_task, k_idx, task, self.batch_size, state.hparams, spec, draw,
                             lambda t: task_rows(feed, t), lambda t: data.train.n[t],
-                            clock, feed.gather, current)
+                            clock, feed.gather, current, shuffle)
 
     def draw(self, state: TrainState, data: StreamData, task: Array, clock: Clock,
              feed: Feed) -> Rows:
