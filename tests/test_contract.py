@@ -135,6 +135,8 @@ ROWS = [
     Row("none", "none", "baseline"),                  # fine-tuning itself
     Row("joint", "joint", "baseline"),                # no switch: it trains on every task seen
     Row("joint_offline", "joint_offline", "baseline"),  # every task of the stream from the first
+    Row("joint_example", "joint", "baseline", {"draw": "example"}),   # the union's examples alike
+    Row("joint_offline_example", "joint_offline", "baseline", {"draw": "example"}),
     Row("ewc", "ewc", "penalty", ESTIMATOR, {"strength": 30.0}, off=PENALTY_OFF,
         sweep=("strength", 300.0)),
     Row("online_ewc", "online_ewc", "penalty", ESTIMATOR, {"strength": 30.0, "decay": 0.7},
