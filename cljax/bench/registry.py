@@ -152,7 +152,7 @@ _VDV2019_PERMUTED = Protocol(
     title="Permuted MNIST, van de Ven & Tolias 2019 (Task- and Domain-IL)",
     config="permuted_mnist", citation=VDV2019, scenarios=("task", "domain"),
     metric_definition=ACC_ALL_TASKS + "; the paper: mean ± SEM over 20 seeds",
-    seeds=3,
+    seeds=5,
     entries=tuple(
         Entry(key, key, _row("permuted MNIST table (= arXiv 1809.10635 Table 4)", 20, v, pm,
                              "sem", scenarios=("task", "domain")), hparams=hp,
@@ -164,8 +164,9 @@ _VDV2019_PERMUTED = Protocol(
             ("online_ewc", (95.96, 94.42), (0.06, 0.13), {"strength": 100.0, "decay": 1.0}),
             ("si", (94.75, 95.33), (0.14, 0.11), {"strength": 10.0, "xi": 0.1}))),
     notes=("λ: the values van de Ven's current code sets for this protocol, on the exact-Fisher "
-           "scale cljax shares with it; one run of one method is ≈ 35–55 min for 3 seeds on 2 "
-           "CPU cores",))
+           "scale cljax shares with it; one run of one method and scenario is ≈ 1 h for 5 "
+           "seeds on 2 CPU cores (≈ 35 min for 3 seeds alone), so the board fills over "
+           "several sittings with --resume",))
 
 
 # ---- Hsu et al. 2018 ---------------------------------------------------------------------------
