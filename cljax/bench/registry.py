@@ -92,6 +92,11 @@ _VDV2019_SPLIT = Protocol(
               note="a diagnostic of joint's gap: their code's draw (86802a8, Domain- and "
                    "Class-IL): the tasks so far concatenated, each example alike, in shuffled "
                    "drop-last passes (ours: a task uniformly, then an example i.i.d.)"),
+        Entry("joint_union_iid", "joint", _row(_VDV_SPLIT, 20, (98.42, 97.94),
+                                                scenarios=("domain", "class")),
+              overrides={"method_options": {"draw": "example"}}, scenarios=("domain", "class"),
+              note="a diagnostic: joint_2019_v1's draw (each example of the tasks so far alike) "
+                   "taken i.i.d., not in passes: which half of the draw moves Class-IL"),
         Entry("ewc", "ewc", _row(_VDV_SPLIT, 20, (98.64, 63.95, 20.01), (0.22, 1.90, 0.06),
                                  "sem"),
               **_grid("strength", EWC_GRID),
