@@ -173,6 +173,8 @@ ROWS = [
     # GEM's margin changes nothing on a few steps where no constraint binds: two seeds
     Row("gem", "gem", "rehearsal", {"per_class": 4}, {"margin": 0.5},
         scenarios=("class", "task", "domain"), off=Off(options={"per_class": 0})),
+    Row("gem_rehearse", "gem", "rehearsal", {"per_class": 4, "rehearse": True}, {"margin": 0.5},
+        scenarios=("class", "task", "domain"), off=Off(options={"per_class": 0})),
     Row("gem_reservoir", "gem", "rehearsal", {"memory": "reservoir", "per_class": None,
                                               "capacity": 12}, {"margin": 0.5},
         scenarios=("class", "task", "domain"), off=Off(options={"capacity": 0})),

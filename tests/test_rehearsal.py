@@ -15,7 +15,7 @@ from cljax.methods import get_method
 from cljax.methods.base import Clock, LossContext
 from cljax.methods.rehearsal import exemplar_means, herding_order, normalise, task_reference_grads
 from cljax.nn import MLP, as_model
-from cljax.training import make_trainer, prepare_data, run_stream, to_batch
+from cljax.training import device_feed, make_trainer, prepare_data, run_stream, to_batch
 
 KEYS = jax.random.split(jax.random.key(5), 2)
 
@@ -115,6 +115,21 @@ def _gem_state_in_task(memory_options, task=2, steps=6):
                       lambda r: to_batch(data, r),
                       Clock(jnp.int32(0), jnp.int32(0), jnp.int32(steps)))
     return method, state, ctx
+
+
+def test_rehearsing_gem_draws_memory_rows_beside_the_current_batch():
+    """``gem(rehearse=True)`` at task 2: the step's rows hold ``memory_batch_size`` memory rows
+    of the previous tasks beside the current batch; plain GEM's hold none."""
+    for rehearse in (False, True):
+        options = {"rehearse": True, "memory_batch_size": 5} if rehearse else {}
+        method, state, ctx = _gem_state_in_task({"per_class": 2, **options})
+        _, tr, data = _build("gem", per_class=2, **options)
+        rows = tr.draw(state, data, jnp.int32(2), Clock(jnp.int32(0), jnp.int32(0),
+                                                         jnp.int32(6)), device_feed(data))
+        assert ("memory" in rows) is rehearse
+        if rehearse:
+            assert rows["memory"]["task"].shape == (5,) and bool(rows["memory_ok"].all())
+            assert set(np.asarray(rows["memory"]["task"]).tolist()) <= {0, 1}   # past tasks
 
 
 def test_gem_reference_gradients_from_a_reservoir_memory_group_it_by_task():
@@ -237,6 +252,16 @@ def test_er_losses_against_a_hand_computation():
     np.testing.assert_allclose(concat, np.concatenate([cur, memory]).mean(), rtol=1e-5)
     weighted, _ = get_method("er", per_class=2).loss(params, batch, None, ctx)
     np.testing.assert_allclose(weighted, cur.mean() / 3 + 2 / 3 * memory.mean(), rtol=1e-5)
+    # GEM projects the gradient of the current batch alone, or with rehearse=True (Hsu et al.'s
+    # code) that of the current and memory rows together, ER's concatenated loss
+    gem_loss, _ = get_method("gem", per_class=2).loss(params, batch, None, ctx)
+    np.testing.assert_allclose(gem_loss, cur.mean(), rtol=1e-5)
+    gem_loss, _ = get_method("gem", per_class=2, rehearse=True).loss(params, batch, None, ctx)
+    np.testing.assert_allclose(gem_loss, np.concatenate([cur, memory]).mean(), rtol=1e-5)
+    with pytest.raises(ValueError, match="need rehearse=True"):
+        get_method("gem", memory_batch_size=4)
+    with pytest.raises(TypeError, match="rehearse must be a bool"):
+        get_method("gem", rehearse=1)
     with pytest.raises(ValueError, match="loss must be one of"):
         get_method("er", loss="sum")
     with pytest.raises(TypeError, match="memory_replace must be a bool"):

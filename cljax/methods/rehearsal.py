@@ -228,6 +228,19 @@ ER_LOSSES = ("weighted", "concat")
 concatenated current and replay batches (Chaudhry et al. 2019, "On tiny episodic memories")."""
 
 
+def concat_replay_loss(params: Params, batch: Batch, memory_state: Any,
+                       ctx: LossContext) -> tuple[Array, dict]:
+    """The mean cross-entropy over a step's current rows and its valid memory rows together
+    (Chaudhry et al. 2019's ER; Hsu et al. 2018's rehearsal, whose batches come from the task's
+    data concatenated with the memory)."""
+    del memory_state
+    ce_cur, _, k_mem = _current_loss(params, batch, ctx)
+    ce_mem, _ = _memory_loss(params, batch, ctx, k_mem)
+    n_cur = jnp.float32(batch["y"].shape[0])
+    n_mem = jnp.sum(batch["memory_ok"].astype(jnp.float32))
+    return (n_cur * ce_cur + n_mem * ce_mem) / (n_cur + n_mem), {}
+
+
 def er(*, memory: str = "per_class", per_class: int | None = 100, capacity: int | None = None,
        memory_batch_size: int | None = None, memory_replace: bool = True,
        loss: str = "weighted") -> Method:
@@ -258,19 +271,11 @@ def er(*, memory: str = "per_class", per_class: int | None = 100, capacity: int 
         rnt = 1.0 / (ctx.task + 1).astype(jnp.float32)
         return rnt * ce_cur + (1.0 - rnt) * ce_mem, {}
 
-    def concat(params, batch, memory_state, ctx):
-        del memory_state
-        ce_cur, _, k_mem = _current_loss(params, batch, ctx)
-        ce_mem, _ = _memory_loss(params, batch, ctx, k_mem)
-        n_cur = jnp.float32(batch["y"].shape[0])
-        n_mem = jnp.sum(batch["memory_ok"].astype(jnp.float32))
-        return (n_cur * ce_cur + n_mem * ce_mem) / (n_cur + n_mem), {}
-
     def end_task(ctx):
         return ctx.keep_params(store_finished_task(ctx.mstate, plan, ctx, ctx.key))
 
     return Method("er", init=_init_memory_state(plan), batch=batch,
-                  loss=weighted if loss == "weighted" else concat,
+                  loss=weighted if loss == "weighted" else concat_replay_loss,
                   after_step=_reservoir_after_step(plan), end_task=end_task,
                   check=plan.check_config)
 
@@ -321,7 +326,8 @@ def agem(*, memory: str = "per_class", per_class: int | None = 100, capacity: in
 # --------------------------------------------------------------------------------------------
 
 def gem(*, memory: str = "per_class", per_class: int | None = 100, capacity: int | None = None,
-        eps: float = 1e-3, num_sweeps: int = 100) -> Method:
+        eps: float = 1e-3, num_sweeps: int = 100, rehearse: bool = False,
+        memory_batch_size: int | None = None, memory_replace: bool = True) -> Method:
     """GEM (Lopez-Paz & Ranzato 2017): every step, the gradient of the loss on each past task's
     stored examples, and the current gradient projected by the dual QP of
     :func:`cljax.transforms.gem_projection` (hyperparameter ``margin``, γ; 0.5 in GEM's
@@ -329,10 +335,29 @@ def gem(*, memory: str = "per_class", per_class: int | None = 100, capacity: int
     (``memory="per_class"``, GEM's episodic memory, or ``"class_balanced"``) or by reservoir
     sampling during the task (``"reservoir"``): :func:`task_reference_grads` groups it by the task
     each example came from. Cost per step: one backward pass over the whole memory (per class),
-    or one forward pass and a backward pass per task over it (the other kinds)."""
+    or one forward pass and a backward pass per task over it (the other kinds).
+
+    ``rehearse=True``: the gradient to project is that of :func:`concat_replay_loss` over the
+    current batch and a memory batch (``memory_batch_size``, ``memory_replace`` as for
+    :func:`er`), not of the current batch alone — GEM as Hsu et al. 2018's code runs it, on
+    batches of the task's data concatenated with the memory, i.e. ER with GEM's projection."""
+    if not isinstance(rehearse, bool):
+        raise TypeError(f"rehearse must be a bool; got {rehearse!r}")
+    if not isinstance(memory_replace, bool):
+        raise TypeError(f"memory_replace must be a bool; got {memory_replace!r}")
+    _check_batch_size(memory_batch_size)
+    if not rehearse and (memory_batch_size is not None or not memory_replace):
+        raise ValueError("memory_batch_size and memory_replace set GEM's replay batch: they need "
+                         "rehearse=True")
     plan = memory_plan(memory, per_class, capacity)
     if _is_empty(plan):
         return Method("gem", default_hparams={"margin": 0.5})
+    replay: dict[str, Any] = {}
+    if rehearse:
+        def batch(ctx, memory_state):
+            return with_memory_rows(ctx, memory_state, _memory_size(memory_batch_size, ctx),
+                                    replace=memory_replace)
+        replay = {"batch": batch, "loss": concat_replay_loss}
 
     def optimizer_args(params, batch, memory_state: ReplayMemory, ctx: LossContext):
         del batch
@@ -350,7 +375,8 @@ def gem(*, memory: str = "per_class", per_class: int | None = 100, capacity: int
 
     return Method("gem", make_optimizer=make_optimizer, init=_init_memory_state(plan),
                   optimizer_args=optimizer_args, after_step=_reservoir_after_step(plan),
-                  end_task=end_task, default_hparams={"margin": 0.5}, check=plan.check_config)
+                  end_task=end_task, default_hparams={"margin": 0.5}, check=plan.check_config,
+                  **replay)
 
 
 def _per_task_block_grads(params: Params, memory_state: ReplayMemory, ctx: LossContext) -> dict:
@@ -775,7 +801,8 @@ def icarl(*, memory: str = "per_class", per_class: int | None = 100,
 
 
 __all__ = ["ER_LOSSES", "MEMORY_KINDS", "MemoryPlan", "memory_plan", "core_rows",
-           "store_finished_task", "with_memory_rows", "er", "agem", "gem", "task_reference_grads",
+           "store_finished_task", "with_memory_rows", "concat_replay_loss", "er", "agem", "gem",
+           "task_reference_grads",
            "lwf", "der", "derpp", "icarl", "PreviousModel", "LWF_WEIGHTINGS", "DISTILL_OUTPUTS",
            "DISTILL_REDUCTIONS", "class_tasks", "is_class_incremental", "softmax_width",
            "seen_class_logits", "num_seen_classes", "check_distill_options",
