@@ -209,6 +209,21 @@ def _check_batch_size(memory_batch_size: int | None) -> None:
         check_positive_int(memory_batch_size, name="memory_batch_size")
 
 
+def _replay_batch(memory_batch_size: int | None, memory_replace: bool):
+    """``Method.batch`` of a method replaying one memory batch beside the current one
+    (:func:`with_memory_rows`): ``memory_batch_size`` rows (default the current batch's), drawn
+    with replacement or, with ``memory_replace=False``, without it and capped by how full the
+    memory is. Validates both options."""
+    if not isinstance(memory_replace, bool):
+        raise TypeError(f"memory_replace must be a bool; got {memory_replace!r}")
+    _check_batch_size(memory_batch_size)
+
+    def batch(ctx: BatchContext, memory_state: ReplayMemory) -> dict[str, Any]:
+        return with_memory_rows(ctx, memory_state, _memory_size(memory_batch_size, ctx),
+                                replace=memory_replace)
+    return batch
+
+
 def _reservoir_after_step(plan: MemoryPlan):
     """``after_step`` of a method with ``plan``'s memory: a reservoir offers each step's current
     examples to the memory; the class modes fill it at task ends."""
@@ -253,16 +268,10 @@ def er(*, memory: str = "per_class", per_class: int | None = 100, capacity: int 
     together (Chaudhry et al. 2019's ER). A memory of 0 examples is fine-tuning, exactly."""
     if loss not in ER_LOSSES:
         raise ValueError(f"loss must be one of {ER_LOSSES}; got {loss!r}")
-    if not isinstance(memory_replace, bool):
-        raise TypeError(f"memory_replace must be a bool; got {memory_replace!r}")
+    batch = _replay_batch(memory_batch_size, memory_replace)
     plan = memory_plan(memory, per_class, capacity)
-    _check_batch_size(memory_batch_size)
     if _is_empty(plan):
         return Method("er")
-
-    def batch(ctx, memory_state):
-        return with_memory_rows(ctx, memory_state, _memory_size(memory_batch_size, ctx),
-                                replace=memory_replace)
 
     def weighted(params, batch, memory_state, ctx):
         del memory_state
@@ -292,16 +301,10 @@ def agem(*, memory: str = "per_class", per_class: int | None = 100, capacity: in
     then the base optimizer — Adam in van de Ven et al.'s protocol); the reference batch of
     ``memory_batch_size`` examples is drawn with replacement, or without it and capped by how
     full the memory is (``memory_replace=False``, as their code draws it)."""
-    if not isinstance(memory_replace, bool):
-        raise TypeError(f"memory_replace must be a bool; got {memory_replace!r}")
+    batch = _replay_batch(memory_batch_size, memory_replace)
     plan = memory_plan(memory, per_class, capacity)
-    _check_batch_size(memory_batch_size)
     if _is_empty(plan):
         return Method("agem")
-
-    def batch(ctx, memory_state):
-        return with_memory_rows(ctx, memory_state, _memory_size(memory_batch_size, ctx),
-                                replace=memory_replace)
 
     def loss(params, batch, memory_state, ctx):
         del memory_state
@@ -343,21 +346,14 @@ def gem(*, memory: str = "per_class", per_class: int | None = 100, capacity: int
     batches of the task's data concatenated with the memory, i.e. ER with GEM's projection."""
     if not isinstance(rehearse, bool):
         raise TypeError(f"rehearse must be a bool; got {rehearse!r}")
-    if not isinstance(memory_replace, bool):
-        raise TypeError(f"memory_replace must be a bool; got {memory_replace!r}")
-    _check_batch_size(memory_batch_size)
+    batch = _replay_batch(memory_batch_size, memory_replace)
     if not rehearse and (memory_batch_size is not None or not memory_replace):
         raise ValueError("memory_batch_size and memory_replace set GEM's replay batch: they need "
                          "rehearse=True")
     plan = memory_plan(memory, per_class, capacity)
     if _is_empty(plan):
         return Method("gem", default_hparams={"margin": 0.5})
-    replay: dict[str, Any] = {}
-    if rehearse:
-        def batch(ctx, memory_state):
-            return with_memory_rows(ctx, memory_state, _memory_size(memory_batch_size, ctx),
-                                    replace=memory_replace)
-        replay = {"batch": batch, "loss": concat_replay_loss}
+    replay = {"batch": batch, "loss": concat_replay_loss} if rehearse else {}
 
     def optimizer_args(params, batch, memory_state: ReplayMemory, ctx: LossContext):
         del batch
