@@ -71,6 +71,9 @@ def _row(source: str, runs: int | None, values: tuple[float | None, ...],
 
 _VDV_SPLIT = "split MNIST table"    # EWC's row re-read in a quote of v1; the rest as REFERENCES.md
 
+_VDV_JOINT = _row(_VDV_SPLIT, 20, (99.66, 98.42, 97.94))
+_VDV_JOINT_DOMAIN_CLASS = {k: v for k, v in _VDV_JOINT.items() if k != "task"}
+
 _VDV2019_SPLIT = Protocol(
     name="vandeven2019_split_mnist",
     title="Split MNIST, van de Ven & Tolias 2019 (Task-, Domain- and Class-IL)",
@@ -78,22 +81,20 @@ _VDV2019_SPLIT = Protocol(
     metric_definition=ACC_ALL_TASKS + "; the paper: mean ± SEM over 20 seeds",
     entries=(
         Entry("none", "none", _row(_VDV_SPLIT, 20, (87.19, 59.21, 19.90))),
-        Entry("joint", "joint", _row(_VDV_SPLIT, 20, (99.66, 98.42, 97.94))),
-        Entry("joint_torch_init", "joint", _row(_VDV_SPLIT, 20, (99.66, 98.42, 97.94)),
+        Entry("joint", "joint", _VDV_JOINT),
+        Entry("joint_torch_init", "joint", _VDV_JOINT,
               overrides={"model.kernel_init": "pytorch"},
               note="a diagnostic of joint's gap: the kernels drawn as their code's layers draw "
                    "them (uniform ±1/√fan_in, PyTorch's default) instead of flax's LeCun "
                    "normal; the biases stay 0 (theirs: uniform ±1/√fan_in)"),
-        Entry("joint_2019_v1", "joint", _row(_VDV_SPLIT, 20, (98.42, 97.94),
-                                              scenarios=("domain", "class")),
+        Entry("joint_2019_v1", "joint", _VDV_JOINT_DOMAIN_CLASS,
               overrides={"method_options": {"draw": "example"},
                          "sampling": "shuffled_drop_last"},
               scenarios=("domain", "class"),
               note="a diagnostic of joint's gap: their code's draw (86802a8, Domain- and "
                    "Class-IL): the tasks so far concatenated, each example alike, in shuffled "
                    "drop-last passes (ours: a task uniformly, then an example i.i.d.)"),
-        Entry("joint_union_iid", "joint", _row(_VDV_SPLIT, 20, (98.42, 97.94),
-                                                scenarios=("domain", "class")),
+        Entry("joint_union_iid", "joint", _VDV_JOINT_DOMAIN_CLASS,
               overrides={"method_options": {"draw": "example"}}, scenarios=("domain", "class"),
               note="a diagnostic: joint_2019_v1's draw (each example of the tasks so far alike) "
                    "taken i.i.d., not in passes: which half of the draw moves Class-IL"),
@@ -178,6 +179,9 @@ _VDV2019_PERMUTED = Protocol(
 
 _HSU = "Table 2"
 
+_HSU_GEM = _row(_HSU, 10, (98.42, 96.16, 92.20), (0.10, 0.35, 0.12))
+_HSU_GEM_SGD = {"name": "sgd", "learning_rate": 0.01}   # their scripts' GEM_1100 / GEM_4400
+
 _HSU2018_SPLIT = Protocol(
     name="hsu2018_split_mnist",
     title="Split MNIST, Hsu et al. 2018 (incremental task / domain / class)",
@@ -218,18 +222,18 @@ _HSU2018_SPLIT = Protocol(
         Entry("er", "er", _row(_HSU, 10, (99.40, 95.16, 90.78), (0.08, 0.49, 0.85)),
               note="their \"Naive rehearsal\"; our memory: 100 examples per class (1,000), "
                    "theirs is sized to equal the other methods' static memory"),
-        Entry("gem", "gem", _row(_HSU, 10, (98.42, 96.16, 92.20), (0.10, 0.35, 0.12)),
+        Entry("gem", "gem", _HSU_GEM,
               hparams={"margin": 0.5}, selection="paper"),
-        Entry("gem_sgd", "gem", _row(_HSU, 10, (98.42, 96.16, 92.20), (0.10, 0.35, 0.12)),
+        Entry("gem_sgd", "gem", _HSU_GEM,
               hparams={"margin": 0.5}, selection="paper",
-              overrides={"optimizer": {"name": "sgd", "learning_rate": 0.01},
+              overrides={"optimizer": _HSU_GEM_SGD,
                          "method_options": {"per_class": 110}},
               note="GEM as their script runs it (GEM_1100): plain SGD at lr 0.01, not the "
                    "protocol's Adam, and 1,100 stored examples (110 per class here; theirs "
                    "split 1,100 over the tasks so far)"),
-        Entry("gem_rehearse", "gem", _row(_HSU, 10, (98.42, 96.16, 92.20), (0.10, 0.35, 0.12)),
+        Entry("gem_rehearse", "gem", _HSU_GEM,
               hparams={"margin": 0.5}, selection="paper",
-              overrides={"optimizer": {"name": "sgd", "learning_rate": 0.01}, "batch_size": 64,
+              overrides={"optimizer": _HSU_GEM_SGD, "batch_size": 64,
                          "method_options": {"per_class": 110, "rehearse": True,
                                             "memory_batch_size": 64}},
               note="GEM as their code runs it: their GEM extends their naive rehearsal, so the "
@@ -311,6 +315,8 @@ _GPM2021_CIFAR = Protocol(
 
 _AGEM_T4 = "Table 4 (appendix E)"
 
+_AGEM_MULTITASK = _row(_AGEM_T4, 5, (95.3,), scenarios=("domain",))
+
 _AGEM2019_PERMUTED = Protocol(
     name="agem2019_permuted_mnist",
     title="Permuted MNIST, A-GEM's protocol (17 reported tasks, one pass at batch 10, SGD)",
@@ -337,16 +343,16 @@ _AGEM2019_PERMUTED = Protocol(
               selection="paper"),
         Entry("pnn", "pnn", _row(_AGEM_T4, 5, (93.5,), (0.07,), scenarios=("task",)),
               scenarios=("task",), selection="paper"),
-        Entry("joint_offline", "joint_offline", _row(_AGEM_T4, 5, (95.3,), scenarios=("domain",)),
+        Entry("joint_offline", "joint_offline", _AGEM_MULTITASK,
               scenarios=("domain",), note="their MULTI-TASK row"),
         Entry("joint_offline_pass", "joint_offline",
-              _row(_AGEM_T4, 5, (95.3,), scenarios=("domain",)),
+              _AGEM_MULTITASK,
               overrides={"method_options": {"draw": "example"}}, scenarios=("domain",),
               note="their MULTI-TASK as their code of the paper's time (5e84338) trains it: one "
                    "shuffled pass at batch 10 over the 17 tasks' examples concatenated "
                    "(joint_offline: 17 × 5,500 i.i.d. draws); lr 0.1, the protocol's"),
         Entry("joint_offline_pass_lr003", "joint_offline",
-              _row(_AGEM_T4, 5, (95.3,), scenarios=("domain",)),
+              _AGEM_MULTITASK,
               overrides={"method_options": {"draw": "example"},
                          "optimizer.learning_rate": 0.03}, scenarios=("domain",),
               note="joint_offline_pass at lr 0.03, their script's for VAN (MULTI-TASK is VAN "
