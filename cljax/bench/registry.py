@@ -282,34 +282,41 @@ _HSU2018_SPLIT = Protocol(
 _GPM_PM = "PMNIST table (± from the camera-ready, reprinted in Lin et al. 2022, Table 1)"
 _GPM_CIFAR = "Table 1 (CIFAR-100)"
 
+
+def _gpm_pm(value: float, pm: float | None) -> dict[str, Published]:
+    """A row of GPM's permuted-MNIST table (5 runs; ± a standard deviation where given)."""
+    return {"domain": Published(value, _GPM_PM, pm=pm,
+                                spread="std" if pm is not None else "unstated", runs=5)}
+
+
+_GPM_MULTITASK = _gpm_pm(96.70, 0.02)
+
 _GPM2021_PERMUTED = Protocol(
     name="gpm2021_permuted_mnist",
     title="Permuted MNIST, GPM's protocol (10 tasks, 784-100-100, SGD 0.01, batch 10, 5 epochs)",
     config="permuted_mnist_gpm", citation=GPM2021, scenarios=("domain",),
     metric_definition=ACC_ALL_TASKS + "; the paper: mean ± standard deviation over 5 runs",
     entries=tuple(
-        Entry(key, method, {} if v is None else {"domain": Published(
-            v, _GPM_PM, pm=pm, spread="std" if pm is not None else "unstated", runs=5)},
-            hparams=hp, selection=sel, note=note,
-            grid={"strength": GPM_EWC_GRID} if sel == "validation" else {})
-        for key, method, v, pm, hp, sel, note in (
-            ("gpm", "gpm", 93.91, 0.16, {}, "paper",
+        Entry(key, method, published, hparams=hp, selection=sel, note=note,
+              grid={"strength": GPM_EWC_GRID} if sel == "validation" else {})
+        for key, method, published, hp, sel, note in (
+            ("gpm", "gpm", _gpm_pm(93.91, 0.16), {}, "paper",
              "thresholds 0.95 / 0.99 / 0.99 and 300 examples, as their code"),
-            ("rgo", "rgo", None, None, {"alpha": 1.0}, "default", ""),
-            ("rgo2", "rgo2", None, None, {"alpha": 1.0}, "default", ""),
-            ("ewc", "ewc", 89.97, 0.57, {}, "validation",
+            ("rgo", "rgo", {}, {"alpha": 1.0}, "default", ""),
+            ("rgo2", "rgo2", {}, {"alpha": 1.0}, "default", ""),
+            ("ewc", "ewc", _gpm_pm(89.97, 0.57), {}, "validation",
              "λ chosen on validation data; 1000 diverged on every seed of the test-set runs"),
-            ("agem", "agem", 83.56, 0.16, {}, "default", "250 examples per task"),
-            ("er", "er", 87.24, 0.53, {}, "default", "their ER_Res; 250 examples per task"),
-            ("ogd", "ogd", 82.73, None, {}, "default",
+            ("agem", "agem", _gpm_pm(83.56, 0.16), {}, "default", "250 examples per task"),
+            ("er", "er", _gpm_pm(87.24, 0.53), {}, "default",
+             "their ER_Res; 250 examples per task"),
+            ("ogd", "ogd", _gpm_pm(82.73, None), {}, "default",
              "OGD's value is from GPM's submission (3 runs, no ±): the camera-ready's was not "
              "found"),
-            ("none", "none", None, None, {}, "default", ""),
-            ("joint", "joint", None, None, {}, "default", "incremental joint training"),
-            ("joint_offline", "joint_offline", 96.70, 0.02, {}, "default",
+            ("none", "none", {}, {}, "default", ""),
+            ("joint", "joint", {}, {}, "default", "incremental joint training"),
+            ("joint_offline", "joint_offline", _GPM_MULTITASK, {}, "default",
              "their multitask row"))) + (
-        Entry("joint_offline_pass", "joint_offline",
-              {"domain": Published(96.70, _GPM_PM, pm=0.02, spread="std", runs=5)},
+        Entry("joint_offline_pass", "joint_offline", _GPM_MULTITASK,
               overrides={"method_options": {"draw": "example"}},
               note="their multitask row as 5 shuffled passes over the 10 tasks' examples "
                    "concatenated (joint_offline: i.i.d. draws); their code has no multitask "
