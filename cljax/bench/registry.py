@@ -184,6 +184,7 @@ _HSU_GEM_SGD = {"name": "sgd", "learning_rate": 0.01}   # their scripts' GEM_110
 _HSU_ER = _row(_HSU, 10, (99.40, 95.16, 90.78), (0.08, 0.49, 0.85))
 # their *_1100 agents: 1,100 examples shared by the tasks seen (1,100 // t per task)
 _HSU_MEMORY_1100 = {"memory": "class_balanced", "per_class": None, "capacity": 1100}
+_HSU_MEMORY_4400 = {**_HSU_MEMORY_1100, "capacity": 4400}
 
 _HSU2018_SPLIT = Protocol(
     name="hsu2018_split_mnist",
@@ -195,6 +196,15 @@ _HSU2018_SPLIT = Protocol(
     entries=(
         Entry("none", "none", _row(_HSU, 10, (93.46, 55.16, 19.71), (2.01, 1.38, 0.08)),
               note="their \"Adam\" row: fine-tuning with the protocol's optimizer"),
+        Entry("none_sgd", "none", _row(_HSU, 10, (97.98, 63.20, 19.46), (0.09, 0.35, 0.04)),
+              overrides={"optimizer": _HSU_GEM_SGD},
+              note="their \"SGD\" row: fine-tuning with plain SGD at lr 0.01, as their script"),
+        Entry("none_adagrad", "none",
+              _row(_HSU, 10, (98.06, 58.08, 19.82), (0.53, 1.06, 0.09)),
+              overrides={"optimizer": {"name": "adagrad", "learning_rate": 0.01,
+                                       "initial_accumulator_value": 0.0, "eps": 1e-10}},
+              note="their \"Adagrad\" row: fine-tuning with Adagrad at lr 0.01, as their "
+                   "script (PyTorch's accumulator starting at 0, ε 1e-10)"),
         Entry("joint", "joint",
               note="incremental joint training (task t on the union of tasks 1…t); their "
                    "\"Offline\" row is joint_offline's"),
@@ -234,6 +244,12 @@ _HSU2018_SPLIT = Protocol(
                    "1,100 / 2t per class), batches of the task's data concatenated with the "
                    "memory; here 64 current + 64 memory rows, one cross-entropy over both, the "
                    "2× steps per epoch theirs take"),
+        Entry("er_4400", "er", _row(_HSU, 10, (99.57, 97.11, 95.59), (0.07, 0.34, 0.49)),
+              overrides={"batch_size": 64, "method_options": {**_HSU_MEMORY_4400,
+                                                              "loss": "concat",
+                                                              "memory_batch_size": 64}},
+              note="their \"Naive rehearsal-C\" row (Naive_Rehearsal_4400): er_1100 with "
+                   "4,400 examples shared by the tasks seen"),
         Entry("gem", "gem", _HSU_GEM,
               hparams={"margin": 0.5}, selection="paper"),
         Entry("gem_sgd", "gem", _HSU_GEM,
