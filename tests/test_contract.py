@@ -246,6 +246,8 @@ ROWS = [
         off=DGR_OFF, sweep=("temperature", 1.0)),
     Row("bir", "bir", "generative", {"latent": 3, "replay_batch_size": 5, "sample_count": 2},
         scenarios=("class", "task", "domain"), sweep=("replay_weight", 0.5)),
+    Row("rtf", "rtf", "generative", {"latent": 3, "replay_batch_size": 5, "sample_count": 2},
+        scenarios=("class", "task", "domain"), sweep=("replay_weight", 0.5)),
     # SRC sleeps at each boundary: a 3×3 window of the 6×6 inputs, 8 + 8/3·t steps, the MNIST
     # thresholds of the first hidden and the output layer; "seen" re-reads the finished tasks,
     # which the host pipeline does not hold, so the host contract runs the "current" variant

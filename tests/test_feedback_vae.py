@@ -32,6 +32,19 @@ def test_every_part_is_initialised_and_shaped():
     assert params["mode_means"].shape == params["mode_log_vars"].shape == (6, 4)
 
 
+def test_without_modes_and_with_a_log_variance_bias():
+    """Replay through feedback's network: a standard normal prior (no mode parameters) and a
+    bias on the log-variance layer."""
+    net = _net(conditional=False, log_var_bias=True, gate_rows=0)
+    x = jnp.ones((2, 2, 3))
+    params = net.init(jax.random.key(0), x, jnp.zeros(2, jnp.int32))["params"]
+    assert net.num_modes == 0
+    assert "mode_means" not in params and "mode_log_vars" not in params
+    assert params["to_log_var"]["bias"].shape == (4,)
+    with pytest.raises(ValueError, match="no prior modes"):
+        net.apply({"params": params}, method="modes")
+
+
 def test_classification_is_the_mlp_on_the_same_parameters():
     net = _net()
     x = jax.random.normal(jax.random.key(1), (4, 2, 3))
@@ -87,3 +100,7 @@ def test_errors_name_the_argument():
         FeedbackVAE((), 2, 1, 4, 2)
     with pytest.raises(ValueError, match="latent"):
         _net(latent=0)
+    with pytest.raises(ValueError, match="num_modes"):
+        FeedbackVAE((5,), 2, 1, 4, -1)
+    with pytest.raises(ValueError, match="log_var_bias"):
+        FeedbackVAE((5,), 2, 1, 4, 2, log_var_bias=1)

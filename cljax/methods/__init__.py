@@ -41,6 +41,7 @@ from cljax.methods.projection import gpm, ogd, rgo, rgo2
 from cljax.methods.registry import METHODS, MethodDescription, describe_method, get_method
 from cljax.methods.rehearsal import agem, der, derpp, er, gem, icarl, lwf
 from cljax.methods.remind import remind
+from cljax.methods.rtf import rtf
 from cljax.methods.sleep import src
 from cljax.methods.vcl import vcl
 
@@ -51,5 +52,5 @@ __all__ = ["Method", "StreamSpec", "Clock", "BatchContext", "LossContext", "Step
            "get_hparam", "none", "joint", "joint_offline", "whole_stream_batch", "ewc",
            "online_ewc", "si", "mas", "l2", "kfac_ewc", "ncl", "ncl_kfac", "er", "agem", "gem",
            "lwf", "der", "derpp", "icarl", "remind", "rgo", "rgo2", "gpm", "ogd", "orthog", "mcsgd", "pnn", "hat",
-           "packnet", "vcl", "dgr", "dgr_distill", "bir", "src", "check_hparams", "describe_method",
+           "packnet", "vcl", "dgr", "dgr_distill", "rtf", "bir", "src", "check_hparams", "describe_method",
            "MethodDescription"]

@@ -7,7 +7,9 @@ both the classifier and the generator ("replay through feedback")::
     to_z      h → μ, log σ² (latent; no bias on log σ², as theirs)
     decoder   z → reversed(widths)… (ReLU, gated) → x̂ (D, linear: Gaussian likelihood)
     prior     a Gaussian mode per class: means and log-variances ``[num_modes, latent]``,
-              trained with everything else (both initialised N(0, 1), as theirs)
+              trained with everything else (both initialised N(0, 1), as theirs); none
+              (``num_modes`` 0) for the standard normal prior of replay through feedback
+              (van de Ven & Tolias 2018)
 
 **Gating based on internal context**: each hidden layer of the decoder multiplies its
 pre-activations by ``gate = g @ M``, where ``M`` (``[gate_rows, width]``) is a fixed random 0/1
@@ -56,12 +58,20 @@ class FeedbackVAE(nn.Module):
     gate_rows: int = 0
     gate_prop: float = 0.0
     gate_seed: int = 0
+    log_var_bias: bool = False
 
     def __post_init__(self):
-        for name in ("num_outputs", "num_heads", "data_dim", "num_modes", "latent"):
+        for name in ("num_outputs", "num_heads", "data_dim", "latent"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"FeedbackVAE {name} must be a positive int; got {v!r}")
+        if not isinstance(self.num_modes, int) or isinstance(self.num_modes, bool) \
+                or self.num_modes < 0:
+            raise ValueError(f"FeedbackVAE num_modes must be an int >= 0 (0: no learned prior "
+                             f"modes); got {self.num_modes!r}")
+        if not isinstance(self.log_var_bias, bool):
+            raise ValueError(f"FeedbackVAE log_var_bias must be a bool; got "
+                             f"{self.log_var_bias!r}")
         check_widths(self.widths, "FeedbackVAE")
         if not (isinstance(self.gate_prop, (int, float)) and 0 <= self.gate_prop < 1):
             raise ValueError(f"FeedbackVAE gate_prop must lie in [0, 1); got {self.gate_prop!r}")
@@ -74,12 +84,14 @@ class FeedbackVAE(nn.Module):
         self.encoder = [nn.Dense(w) for w in self.widths]
         self.classifier = nn.Dense(self.num_heads * self.num_outputs)
         self.to_mean = nn.Dense(self.latent)
-        self.to_log_var = nn.Dense(self.latent, use_bias=False)
+        self.to_log_var = nn.Dense(self.latent, use_bias=self.log_var_bias)
         self.decoder = [nn.Dense(w) for w in reversed(tuple(self.widths))]
         self.to_data = nn.Dense(self.data_dim)
-        normal = nn.initializers.normal(1.0)
-        self.mode_means = self.param("mode_means", normal, (self.num_modes, self.latent))
-        self.mode_log_vars = self.param("mode_log_vars", normal, (self.num_modes, self.latent))
+        if self.num_modes:
+            normal = nn.initializers.normal(1.0)
+            self.mode_means = self.param("mode_means", normal, (self.num_modes, self.latent))
+            self.mode_log_vars = self.param("mode_log_vars", normal,
+                                            (self.num_modes, self.latent))
 
     def _hidden(self, x: Array) -> Array:
         h = x.reshape(x.shape[0], -1)
@@ -93,7 +105,8 @@ class FeedbackVAE(nn.Module):
         if self.is_initializing():        # create the generator's parameters too
             self.decode(self.to_mean(h) + self.to_log_var(h),
                         jnp.ones((h.shape[0], self.gate_rows)) if self.gate_rows else None)
-            _ = self.mode_means, self.mode_log_vars
+            if self.num_modes:
+                _ = self.mode_means, self.mode_log_vars
         if output == "features":
             return h
         return head_output(self.classifier(h), task, self.num_heads, output)
@@ -115,18 +128,24 @@ class FeedbackVAE(nn.Module):
 
     def modes(self) -> tuple[Array, Array]:
         """The prior's ``(means, log_vars)``, ``[num_modes, latent]`` each."""
+        if not self.num_modes:
+            raise ValueError("this FeedbackVAE has no prior modes (num_modes=0: a standard "
+                             "normal prior)")
         return self.mode_means, self.mode_log_vars
 
 
 def feedback_vae(widths: Sequence[int], *, num_outputs: int, num_heads: int,
                  example_shape: Sequence[int], latent: int = 100, gate_rows: int = 0,
-                 gate_prop: float = 0.0, gate_seed: int = 0) -> FeedbackVAE:
-    """A :class:`FeedbackVAE` with a prior mode per output unit (``num_heads · num_outputs``:
-    the classes of Task- and Class-IL, the shared labels of Domain-IL) on examples of
-    ``example_shape`` (flattened)."""
+                 gate_prop: float = 0.0, gate_seed: int = 0, conditional: bool = True,
+                 log_var_bias: bool = False) -> FeedbackVAE:
+    """A :class:`FeedbackVAE` on examples of ``example_shape`` (flattened), with a prior mode
+    per output unit (``num_heads · num_outputs``: the classes of Task- and Class-IL, the shared
+    labels of Domain-IL) when ``conditional``, none otherwise; ``log_var_bias``: a bias on the
+    log-variance layer (replay through feedback's code has one, BI-R's none)."""
     return FeedbackVAE(tuple(widths), num_outputs, num_heads,
-                       int(math.prod(example_shape)), num_heads * num_outputs, latent,
-                       gate_rows, gate_prop, gate_seed)
+                       int(math.prod(example_shape)),
+                       num_heads * num_outputs if conditional else 0, latent,
+                       gate_rows, gate_prop, gate_seed, log_var_bias)
 
 
 __all__ = ["FeedbackVAE", "feedback_vae", "gate_masks"]

@@ -25,6 +25,7 @@ from cljax.methods.pnn import pnn
 from cljax.methods.projection import gpm, ogd, rgo, rgo2
 from cljax.methods.rehearsal import agem, der, derpp, er, gem, icarl, lwf
 from cljax.methods.remind import remind
+from cljax.methods.rtf import rtf
 from cljax.methods.sleep import src
 from cljax.methods.vcl import vcl
 
@@ -43,7 +44,7 @@ METHODS: Mapping[str, Callable[..., Method]] = {
     "rgo": rgo, "rgo2": rgo2, "gpm": gpm, "ogd": ogd, "orthog": orthog,
     "mcsgd": mcsgd,   # geometry: mode connectivity (a rehearsal memory, used at task ends)
     "pnn": pnn, "hat": hat, "packnet": packnet,
-    "vcl": vcl, "dgr": dgr, "dgr_distill": dgr_distill, "bir": bir,
+    "vcl": vcl, "dgr": dgr, "dgr_distill": dgr_distill, "rtf": rtf, "bir": bir,
     "src": src,
 }
 """Every named method, grouped by family: baselines, penalties, natural gradient, rehearsal,
