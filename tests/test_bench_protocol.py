@@ -42,7 +42,7 @@ def test_every_registered_run_is_a_valid_config(name):
             continue
         for run in entry_runs(protocol, entry, seeds=2):
             valid = validate_config(run.config)
-            per_seed = protocol.class_order == "per_seed"
+            per_seed = protocol.task_draw == "per_seed"
             assert valid["method"] == entry.method and valid["seeds"] == (1 if per_seed else 2)
             assert tuple(valid["scenarios"]) == run.scenarios
             covered |= set(run.scenarios)
@@ -106,8 +106,8 @@ def test_a_grid_entry_runs_a_validation_sweep_then_the_chosen_points():
         selection_run(p, Entry("none", "none"))
 
 
-def test_a_per_seed_class_order_gives_each_seed_a_run_of_its_own():
-    p = _protocol(class_order="per_seed", entries=(Entry("none", "none"),))
+def test_a_per_seed_task_draw_gives_each_seed_a_run_of_its_own():
+    p = _protocol(task_draw="per_seed", entries=(Entry("none", "none"),))
     runs = entry_runs(p, p.entry("none"), seeds=3)
     assert [(r.name, r.pooled, r.config["seeds"], r.config["seed"],
              r.config["stream_options"]["class_order"]) for r in runs] == [
@@ -115,13 +115,22 @@ def test_a_per_seed_class_order_gives_each_seed_a_run_of_its_own():
         ("none_seed2", "none", 1, 2, 2)]
     for r in runs:
         validate_config(r.config)
-    (natural,) = entry_runs(_protocol(entries=(Entry("none", "none"),)), p.entry("none"),
-                            seeds=3)
-    assert natural.pooled == natural.name == "none" and natural.config["seeds"] == 3
-    with pytest.raises(ValueError, match="class_order='per_seed' needs a split stream"):
-        _protocol(config="permuted_mnist", class_order="per_seed")
-    with pytest.raises(ValueError, match="class_order must be one of"):
-        _protocol(class_order="shuffled")
+    (fixed,) = entry_runs(_protocol(entries=(Entry("none", "none"),)), p.entry("none"),
+                          seeds=3)
+    assert fixed.pooled == fixed.name == "none" and fixed.config["seeds"] == 3
+    # a permuted stream: each seed draws its own permutations (stream_options.seed)
+    permuted = _protocol(config="permuted_mnist", task_draw="per_seed",
+                         scenarios=("task", "domain"), entries=(Entry("none", "none"),))
+    runs = entry_runs(permuted, permuted.entry("none"), seeds=2)
+    assert [(r.name, r.config["seed"], r.config["stream_options"]["seed"],
+             "class_order" in r.config["stream_options"]) for r in runs] == [
+        ("none_seed0", 0, 0, False), ("none_seed1", 1, 1, False)]
+    for r in runs:
+        validate_config(r.config)
+    with pytest.raises(ValueError, match="task_draw='per_seed' needs a stream"):
+        _protocol(config="rotated_mnist_rgo", task_draw="per_seed")
+    with pytest.raises(ValueError, match="task_draw must be one of"):
+        _protocol(task_draw="shuffled")
 
 
 def test_select_entries_by_key_or_method():

@@ -177,9 +177,9 @@ def test_a_grid_is_chosen_on_validation_data_without_reading_the_test_split(tmp_
     assert "validation: 0: " in (tmp_path / "b" / "leaderboard.md").read_text()
 
 
-def test_a_per_seed_class_order_pools_one_run_per_seed(tmp_path):
+def test_a_per_seed_task_draw_pools_one_run_per_seed(tmp_path):
     protocol = Protocol(**{**_protocol().__dict__, "scenarios": ("task",),
-                           "class_order": "per_seed", "entries": (Entry("none", "none"),)})
+                           "task_draw": "per_seed", "entries": (Entry("none", "none"),)})
     with tfds.testing.mock_data(num_examples=64):
         board = run_bench(protocol, tmp_path / "b", seeds=2, log=lambda _: None)
     (row,) = board["rows"]

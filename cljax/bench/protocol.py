@@ -30,8 +30,12 @@ SELECTIONS = ("paper", "validation", "test_sweep", "default")
 validation split carved from the training data, a sweep scored on the test set (what most
 published grid searches did; recorded as such), or the method's defaults."""
 
-CLASS_ORDERS = ("natural", "per_seed")
-"""How a protocol orders the classes of a split stream over its seeds (:class:`Protocol`)."""
+TASK_DRAWS = ("fixed", "per_seed")
+"""How a protocol draws its tasks over its seeds (:class:`Protocol`): the config's for every
+seed, or each seed its own — a split stream's class order, a permuted stream's permutations."""
+
+PER_SEED_STREAM_OPTION = {"split": "class_order", "permuted": "seed"}
+"""The ``stream_options`` key a per-seed task draw sets to the seed, per stream."""
 
 _KEY = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 
@@ -137,11 +141,12 @@ class Protocol:
     ``validation``: the config keys of the selection runs (default: evaluate on 10 % of every
     class carved from the training split, never reading the test split), with
     ``validation_note`` saying how the paper validated; ``selection_seeds``: seeds per grid
-    point of a selection run; ``class_order``: ``"natural"`` (the config's tasks for every seed)
-    or ``"per_seed"`` (seed s deals the classes into the tasks in the order of
-    ``class_order=s``, :func:`cljax.data.split_tasks`, as van de Ven's code does: each seed is
-    then a run of its own, and the leaderboard pools them; selection runs keep the natural
-    order)."""
+    point of a selection run; ``task_draw``: ``"fixed"`` (the config's tasks for every seed) or
+    ``"per_seed"`` (seed s draws its own tasks: a split stream deals the classes into the tasks
+    in the order of ``class_order=s``, :func:`cljax.data.split_tasks`, as van de Ven's code
+    does; a permuted stream draws its permutations from ``seed=s``, as van de Ven's and
+    A-GEM's code do; each seed is then a run of its own, and the leaderboard pools them;
+    selection runs keep the config's tasks)."""
 
     name: str
     title: str
@@ -159,7 +164,7 @@ class Protocol:
         evaluate_on="validation", validation_fraction=0.1))
     validation_note: str = "10 % of every class of the training split, held out"
     selection_seeds: int = 3
-    class_order: str = "natural"
+    task_draw: str = "fixed"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _KEY.match(self.name):
@@ -185,12 +190,14 @@ class Protocol:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"protocol {self.name!r}: {what} must be a positive int; got "
                                  f"{value!r}")
-        if self.class_order not in CLASS_ORDERS:
-            raise ValueError(f"protocol {self.name!r}: class_order must be one of "
-                             f"{CLASS_ORDERS}; got {self.class_order!r}")
-        if self.class_order == "per_seed" and load_config(self.config).get("stream") != "split":
-            raise ValueError(f"protocol {self.name!r}: class_order='per_seed' needs a split "
-                             f"stream; config {self.config!r} is not one")
+        if self.task_draw not in TASK_DRAWS:
+            raise ValueError(f"protocol {self.name!r}: task_draw must be one of "
+                             f"{TASK_DRAWS}; got {self.task_draw!r}")
+        stream = load_config(self.config).get("stream")
+        if self.task_draw == "per_seed" and stream not in PER_SEED_STREAM_OPTION:
+            raise ValueError(f"protocol {self.name!r}: task_draw='per_seed' needs a stream "
+                             f"whose tasks a seed draws ({', '.join(PER_SEED_STREAM_OPTION)}); "
+                             f"config {self.config!r} has {stream!r}")
         if self.validation.get("evaluate_on") != "validation":
             raise ValueError(f"protocol {self.name!r}: validation must set evaluate_on="
                              f"'validation' (selection never reads the test split); got "
@@ -314,17 +321,19 @@ def entry_runs(protocol: Protocol, entry: Entry, *, seeds: int,
         cfg.update(method=entry.method, hparams=dict(hp), sweep={}, seeds=seeds,
                    scenarios=list(names))
         name = entry.key if len(groups) == 1 else f"{entry.key}_{'_'.join(names)}"
-        if protocol.class_order == "natural":
+        if protocol.task_draw == "fixed":
             runs.append(EntryRun(entry.key, name, tuple(names), cfg))
             continue
         for s in range(seeds):      # one run per seed, each with its own class order
             one = copy.deepcopy(cfg)
             one.update(seeds=1, seed=cfg.get("seed", 0) + s)
-            one["stream_options"] = {**one.get("stream_options", {}), "class_order": one["seed"]}
+            option = PER_SEED_STREAM_OPTION[one["stream"]]
+            one["stream_options"] = {**one.get("stream_options", {}), option: one["seed"]}
             runs.append(EntryRun(entry.key, f"{name}_seed{one['seed']}", tuple(names), one,
                                  group=name))
     return runs
 
 
-__all__ = ["SPREADS", "SELECTIONS", "CLASS_ORDERS", "Published", "Entry", "Protocol", "EntryRun", "entry_runs",
-           "selection_run", "chosen_hparams", "pending_run", "is_complete"]
+__all__ = ["SPREADS", "SELECTIONS", "TASK_DRAWS", "PER_SEED_STREAM_OPTION", "Published", "Entry",
+           "Protocol", "EntryRun", "entry_runs", "selection_run", "chosen_hparams", "pending_run",
+           "is_complete"]

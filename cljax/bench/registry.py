@@ -147,7 +147,7 @@ _VDV2019_SPLIT = Protocol(
                    "Class-IL: losses over the classes seen, soft targets over the previous "
                    "tasks' classes, the distillation averaged over the classes and × T²"),
     ),
-    class_order="per_seed",
+    task_draw="per_seed",
     notes=("each seed deals the ten digits into the five tasks in its own random order, as van "
            "de Ven's code does (not their orders: numpy's generator seeded by the seed)",
            "published values: the EWC, DGR and DGR + distill rows as quoted from v1; the other "
@@ -172,7 +172,9 @@ _VDV2019_PERMUTED = Protocol(
     notes=("λ: the values van de Ven's current code sets for this protocol, on the exact-Fisher "
            "scale cljax shares with it; one run of one method and scenario is ≈ 1 h for 5 "
            "seeds on 2 CPU cores (≈ 35 min for 3 seeds alone), so the board fills over "
-           "several sittings with --resume",))
+           "several sittings with --resume",
+           "the permutations are fixed by stream_options.seed for every seed (their code draws "
+           "them per seed; task_draw='per_seed' does, added after the first rows ran)",))
 
 
 # ---- Hsu et al. 2018 ---------------------------------------------------------------------------
@@ -413,7 +415,8 @@ _AGEM2019_PERMUTED = Protocol(
               scenarios=("domain",)),
     ),
     notes=("every task uses the first 55,000 MNIST training images, and the permutations are "
-           "fixed by stream_options.seed for every seed (theirs change with each run)",))
+           "fixed by stream_options.seed for every seed (theirs change with each run; "
+           "task_draw='per_seed' draws them per seed, added after this board ran)",))
 
 
 # ---- van de Ven, Tuytelaars & Tolias 2022 ------------------------------------------------------
@@ -448,7 +451,7 @@ _VDV2022_CIFAR = Protocol(
         Entry("icarl", "icarl", _row(_VDV_T3, 10, (37.83,), (0.21,), "sem",
                                      scenarios=("class",)), scenarios=("class",)),
     ),
-    class_order="per_seed",
+    task_draw="per_seed",
     notes=("each seed deals the hundred classes into the ten tasks in its own random order, as "
            "their code does",
            "on a CPU the pre-training and the 5000 iterations per task are GPU-sized: RESULTS.md's "
