@@ -28,8 +28,9 @@ their distillation is averaged over those classes and × T² (``distill_reductio
 from __future__ import annotations
 
 from functools import partial
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -91,23 +92,26 @@ def _init(o: Options, params, key, hparams, spec: StreamSpec) -> RtFState:
     return RtFState(jax.tree.map(jnp.array, params), jnp.zeros((), jnp.int32), samples)
 
 
-def vae_pass(module, params: Params, x: Array, key: PRNGKey) -> tuple[Array, Array]:
+def vae_pass(module: nn.Module, params: Params, x: Array, key: PRNGKey
+             ) -> tuple[Array, Array]:
     """Every head's logits ``[B, H, C]`` and each example's negative ELBO / D ``[B]`` (one z)
     of the feedback network ``module`` on inputs ``x`` in [0, 1]."""
     flat = x.reshape(x.shape[0], -1)
-    logits, mean, log_var = module.apply({"params": params}, flat, method="encode")
+    logits, mean, log_var = cast(tuple[Array, Array, Array],
+                                 module.apply({"params": params}, flat, method="encode"))
     z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(key, mean.shape, mean.dtype)
-    out = module.apply({"params": params}, z, None, method="decode")
+    out = cast(Array, module.apply({"params": params}, z, None, method="decode"))
     nll = reconstruction_nll(out, flat, "bernoulli") + gaussian_kl_standard(mean, log_var)
     heads = logits.reshape(x.shape[0], module.num_heads, module.num_outputs)
     return heads, nll / module.data_dim
 
 
-def generated_inputs(module, params: Params, key: PRNGKey, n: int, spec: StreamSpec) -> Array:
+def generated_inputs(module: nn.Module, params: Params, key: PRNGKey, n: int,
+                     spec: StreamSpec) -> Array:
     """``n`` inputs ``[n, *example]`` decoded by the feedback network ``module`` with ``params``
     from z ~ N(0, I): the decoder's Bernoulli means."""
     z = jax.random.normal(key, (n, module.latent), jnp.float32)
-    out = module.apply({"params": params}, z, None, method="decode")
+    out = cast(Array, module.apply({"params": params}, z, None, method="decode"))
     return jax.nn.sigmoid(out).reshape((n,) + tuple(spec.example_shape))
 
 
