@@ -324,7 +324,7 @@ def entry_runs(protocol: Protocol, entry: Entry, *, seeds: int,
         if protocol.task_draw == "fixed":
             runs.append(EntryRun(entry.key, name, tuple(names), cfg))
             continue
-        for s in range(seeds):      # one run per seed, each with its own class order
+        for s in range(seeds):      # one run per seed, each with its own tasks
             one = copy.deepcopy(cfg)
             one.update(seeds=1, seed=cfg.get("seed", 0) + s)
             option = PER_SEED_STREAM_OPTION[one["stream"]]

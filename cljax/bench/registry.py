@@ -182,7 +182,7 @@ _VDV2019_PERMUTED = Protocol(
 _HSU = "Table 2"
 
 _HSU_GEM = _row(_HSU, 10, (98.42, 96.16, 92.20), (0.10, 0.35, 0.12))
-_HSU_GEM_SGD = {"name": "sgd", "learning_rate": 0.01}   # their scripts' GEM_1100 / GEM_4400
+_HSU_SGD = {"name": "sgd", "learning_rate": 0.01}   # their scripts' SGD baseline and GEM
 _HSU_ER = _row(_HSU, 10, (99.40, 95.16, 90.78), (0.08, 0.49, 0.85))
 # their *_1100 agents: 1,100 examples shared by the tasks seen (1,100 // t per task)
 _HSU_MEMORY_1100 = {"memory": "class_balanced", "per_class": None, "capacity": 1100}
@@ -199,7 +199,7 @@ _HSU2018_SPLIT = Protocol(
         Entry("none", "none", _row(_HSU, 10, (93.46, 55.16, 19.71), (2.01, 1.38, 0.08)),
               note="their \"Adam\" row: fine-tuning with the protocol's optimizer"),
         Entry("none_sgd", "none", _row(_HSU, 10, (97.98, 63.20, 19.46), (0.09, 0.35, 0.04)),
-              overrides={"optimizer": _HSU_GEM_SGD},
+              overrides={"optimizer": _HSU_SGD},
               note="their \"SGD\" row: fine-tuning with plain SGD at lr 0.01, as their script"),
         Entry("none_adagrad", "none",
               _row(_HSU, 10, (98.06, 58.08, 19.82), (0.53, 1.06, 0.09)),
@@ -258,14 +258,14 @@ _HSU2018_SPLIT = Protocol(
               hparams={"margin": 0.5}, selection="paper"),
         Entry("gem_sgd", "gem", _HSU_GEM,
               hparams={"margin": 0.5}, selection="paper",
-              overrides={"optimizer": _HSU_GEM_SGD,
+              overrides={"optimizer": _HSU_SGD,
                          "method_options": {"per_class": 110}},
               note="GEM as their script runs it (GEM_1100): plain SGD at lr 0.01, not the "
                    "protocol's Adam, and 1,100 stored examples (110 per class here; theirs "
                    "split 1,100 over the tasks so far)"),
         Entry("gem_rehearse", "gem", _HSU_GEM,
               hparams={"margin": 0.5}, selection="paper",
-              overrides={"optimizer": _HSU_GEM_SGD, "batch_size": 64,
+              overrides={"optimizer": _HSU_SGD, "batch_size": 64,
                          "method_options": {"per_class": 110, "rehearse": True,
                                             "memory_batch_size": 64}},
               note="GEM as their code runs it: their GEM extends their naive rehearsal, so the "
@@ -275,7 +275,7 @@ _HSU2018_SPLIT = Protocol(
                    "SGD at lr 0.01, 1,100 examples (gem_sgd's)"),
         Entry("gem_rehearse_1100", "gem", _HSU_GEM,
               hparams={"margin": 0.5}, selection="paper",
-              overrides={"optimizer": _HSU_GEM_SGD, "batch_size": 64,
+              overrides={"optimizer": _HSU_SGD, "batch_size": 64,
                          "method_options": {**_HSU_MEMORY_1100, "rehearse": True,
                                             "memory_batch_size": 64}},
               note="gem_rehearse with their memory: 1,100 examples shared by the tasks seen "

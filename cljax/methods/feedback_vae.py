@@ -4,8 +4,9 @@ both the classifier and the generator ("replay through feedback")::
 
     encoder   x (D) → widths… (ReLU) → h                       the classifier's hidden layers
     classifier h → num_heads · num_outputs logits              (the configured output layer)
-    to_z      h → μ, log σ² (latent; no bias on log σ², as theirs)
-    decoder   z → reversed(widths)… (ReLU, gated) → x̂ (D, linear: Gaussian likelihood)
+    to_z      h → μ, log σ² (latent; no bias on log σ² as BI-R's code, one as RtF's)
+    decoder   z → reversed(widths)… (ReLU, gated) → x̂ (D, linear: BI-R's Gaussian mean,
+              RtF's Bernoulli logits)
     prior     a Gaussian mode per class: means and log-variances ``[num_modes, latent]``,
               trained with everything else (both initialised N(0, 1), as theirs); none
               (``num_modes`` 0) for the standard normal prior of replay through feedback
