@@ -186,7 +186,15 @@ _HSU_SGD = {"name": "sgd", "learning_rate": 0.01}   # their scripts' SGD baselin
 _HSU_ER = _row(_HSU, 10, (99.40, 95.16, 90.78), (0.08, 0.49, 0.85))
 # their *_1100 agents: 1,100 examples shared by the tasks seen (1,100 // t per task)
 _HSU_MEMORY_1100 = {"memory": "class_balanced", "per_class": None, "capacity": 1100}
-_HSU_MEMORY_4400 = {**_HSU_MEMORY_1100, "capacity": 4400}
+
+
+def _hsu_rehearsal(capacity: int, *, current: int, replayed: int) -> dict:
+    """Overrides for their naive rehearsal: ``capacity`` examples shared by the tasks seen, each
+    batch ``current`` rows of the task's data and ``replayed`` of the memory, one cross-entropy."""
+    return {"batch_size": current,
+            "method_options": {**_HSU_MEMORY_1100, "capacity": capacity, "loss": "concat",
+                               "memory_batch_size": replayed}}
+
 
 _HSU2018_SPLIT = Protocol(
     name="hsu2018_split_mnist",
@@ -238,18 +246,14 @@ _HSU2018_SPLIT = Protocol(
               note="their \"Naive rehearsal\"; our memory: 100 examples per class (1,000), "
                    "theirs is sized to equal the other methods' static memory"),
         Entry("er_1100", "er", _HSU_ER,
-              overrides={"batch_size": 64, "method_options": {**_HSU_MEMORY_1100,
-                                                              "loss": "concat",
-                                                              "memory_batch_size": 64}},
+              overrides=_hsu_rehearsal(1100, current=64, replayed=64),
               note="their Naive_Rehearsal_1100 as their code runs it: 1,100 examples shared by "
                    "the tasks seen (1,100 / t per task after t tasks; here class-balanced, "
                    "1,100 / 2t per class), batches of the task's data concatenated with the "
                    "memory; here 64 current + 64 memory rows, one cross-entropy over both, the "
                    "2× steps per epoch theirs take"),
         Entry("er_4400", "er", _row(_HSU, 10, (99.57, 97.11, 95.59), (0.07, 0.34, 0.49)),
-              overrides={"batch_size": 74, "method_options": {**_HSU_MEMORY_4400,
-                                                              "loss": "concat",
-                                                              "memory_batch_size": 54}},
+              overrides=_hsu_rehearsal(4400, current=74, replayed=54),
               note="their \"Naive rehearsal-C\" row (Naive_Rehearsal_4400): er_1100 with "
                    "4,400 examples shared by the tasks seen, replicated twice beside a task's "
                    "≈ 12,000 (so 58 % current); here 74 current + 54 memory rows, the ≈ 1.7× "
