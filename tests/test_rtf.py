@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cljax.methods import BoundaryContext, Clock, LossContext, StreamSpec, get_method
-from cljax.methods.rtf import RtFState, generated_inputs
+from cljax.methods.rtf import RtFState, generated_inputs, vae_pass
 from cljax.nn import CNN, MLP, as_model
 
 SHAPE = (5,)
@@ -156,6 +156,10 @@ def test_the_network_defaults_and_errors():
                 {"outputs": "some"}, {"distill_reduction": "max"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             get_method("rtf", **bad)
+    with pytest.raises(ValueError, match="features per example"):
+        vae_pass(model.module, params, jnp.ones((2, 7)), jax.random.key(0))
+    with pytest.raises(ValueError, match="n must"):
+        generated_inputs(model.module, params, jax.random.key(0), 0, spec)
     with pytest.raises(TypeError, match="t_squared"):
         get_method("rtf", t_squared=1)
     conv_spec = StreamSpec((8, 8, 1), jnp.float32, 2, 2, 4, 1, jnp.zeros((2, 2), jnp.int32))

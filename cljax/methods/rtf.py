@@ -94,9 +94,13 @@ def _init(o: Options, params, key, hparams, spec: StreamSpec) -> RtFState:
 
 def vae_pass(module: nn.Module, params: Params, x: Array, key: PRNGKey
              ) -> tuple[Array, Array]:
-    """Every head's logits ``[B, H, C]`` and each example's negative ELBO / D ``[B]`` (one z)
+    """Every head's logits ``[B, H, C]`` and each example's negative ELBO / D ``[B]`` (one z;
+    Bernoulli reconstruction and analytic KL to N(0, I), van de Ven & Tolias 2018's VAE loss)
     of the feedback network ``module`` on inputs ``x`` in [0, 1]."""
     flat = x.reshape(x.shape[0], -1)
+    if flat.shape[1] != module.data_dim:
+        raise ValueError(f"x has {flat.shape[1]} features per example; the network takes "
+                         f"{module.data_dim}")
     logits, mean, log_var = cast(tuple[Array, Array, Array],
                                  module.apply({"params": params}, flat, method="encode"))
     z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(key, mean.shape, mean.dtype)
@@ -109,7 +113,9 @@ def vae_pass(module: nn.Module, params: Params, x: Array, key: PRNGKey
 def generated_inputs(module: nn.Module, params: Params, key: PRNGKey, n: int,
                      spec: StreamSpec) -> Array:
     """``n`` inputs ``[n, *example]`` decoded by the feedback network ``module`` with ``params``
-    from z ~ N(0, I): the decoder's Bernoulli means."""
+    from z ~ N(0, I): the decoder's Bernoulli means (RtF's replayed inputs, van de Ven & Tolias
+    2018)."""
+    check_positive_int(n, name="n")
     z = jax.random.normal(key, (n, module.latent), jnp.float32)
     out = cast(Array, module.apply({"params": params}, z, None, method="decode"))
     return jax.nn.sigmoid(out).reshape((n,) + tuple(spec.example_shape))
