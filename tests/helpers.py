@@ -65,3 +65,31 @@ def public_module_names(package="cljax"):
     root = importlib.import_module(package)
     found = [package] + [m.name for m in pkgutil.walk_packages(root.__path__, package + ".")]
     return sorted(n for n in found if not any(part.startswith("_") for part in n.split(".")))
+
+
+def frozen_copy_method_setup(name, options, scenario, layout, num_tasks, x):
+    """A generative-replay method (``name`` with ``options``) on a one-hidden-layer MLP for
+    ``scenario`` (``layout[scenario]`` = (heads, outputs); 2 classes per task), at task 2 of
+    ``num_tasks`` with a frozen copy drawn from its own key: (spec, method, model, batch,
+    params, state, hparams). ``x``: the batch's 4 inputs (their shape is the example shape)."""
+    import jax
+    import jax.numpy as jnp
+
+    from cljax.methods import StreamSpec, get_method
+    from cljax.nn import MLP, as_model
+
+    heads, outputs = layout[scenario]
+    k = 2
+    spec = StreamSpec(tuple(x.shape[1:]), jnp.float32, num_tasks, k, outputs, heads,
+                      jnp.arange(num_tasks * k, dtype=jnp.int32).reshape(num_tasks, k) % outputs,
+                      (30,) * num_tasks)
+    method = get_method(name, **options)
+    model = method.model(as_model(MLP((8,), outputs, num_heads=heads)), spec)
+    y = jnp.array([0, 1, 1, 0]) + (2 * k if scenario == "class" else 0)
+    batch = {"x": x, "y": y, "task": jnp.full((4,), 2, jnp.int32)}
+    params = model.init(jax.random.key(2), batch)
+    state = method.init(params, jax.random.key(3), {}, spec)
+    state = state._replace(previous_params=model.init(jax.random.key(4), batch),
+                           count=jnp.int32(2))
+    hparams = {key: jnp.float32(v) for key, v in method.default_hparams.items()}
+    return spec, method, model, batch, params, state, hparams

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import frozen_copy_method_setup
 
 from cljax.methods import BoundaryContext, Clock, LossContext, StreamSpec, get_method
 from cljax.methods.bir import GATE_PROP_CIFAR100, BIRState, generated_inputs
@@ -21,21 +22,8 @@ OPTIONS = {"latent": 3, "replay_batch_size": 7, "sample_count": 2,
 
 
 def _setup(scenario):
-    heads, outputs = LAYOUT[scenario]
-    spec = StreamSpec(SHAPE, jnp.float32, T, K, outputs, heads,
-                      jnp.arange(T * K, dtype=jnp.int32).reshape(T, K) % outputs, (30,) * T)
-    method = get_method("bir", **OPTIONS)
-    model = method.model(as_model(MLP((8,), outputs, num_heads=heads)), spec)
-    x = jax.random.normal(jax.random.key(1), (4,) + SHAPE)
-    task = jnp.array([2, 2, 2, 2])
-    y = jnp.array([0, 1, 1, 0]) + (4 if scenario == "class" else 0)
-    batch = {"x": x, "y": y, "task": task}
-    params = model.init(jax.random.key(2), batch)
-    state = method.init(params, jax.random.key(3), {}, spec)
-    state = state._replace(previous_params=model.init(jax.random.key(4), batch),
-                           count=jnp.int32(2))
-    hparams = {k: jnp.float32(v) for k, v in method.default_hparams.items()}
-    return spec, method, model, batch, params, state, hparams
+    return frozen_copy_method_setup("bir", OPTIONS, scenario, LAYOUT, T,
+                                    jax.random.normal(jax.random.key(1), (4,) + SHAPE))
 
 
 def _log_normal(z, m, v):

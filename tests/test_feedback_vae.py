@@ -7,8 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cljax.methods.feedback_vae import FeedbackVAE, feedback_vae, gate_masks
-from cljax.nn import MLP, as_model
+from cljax.methods import StreamSpec
+from cljax.methods.feedback_vae import (
+    FeedbackVAE,
+    feedback_network,
+    feedback_pass,
+    feedback_vae,
+    gate_masks,
+)
+from cljax.nn import CNN, MLP, as_model
 
 
 def _net(**kw):
@@ -91,6 +98,41 @@ def test_masks_are_fixed_by_their_seed_with_the_share_of_zeros():
     assert set(np.unique(a[0])) <= {0.0, 1.0}
     assert abs(np.mean(a[1] == 0) - 0.7) < 0.01
     assert gate_masks((3,), 0, 0.5, 0) == []
+
+
+def test_feedback_network_is_the_configured_mlp_rebuilt():
+    spec = StreamSpec((2, 3), jnp.float32, 2, 3, 3, 2, jnp.zeros((2, 3), jnp.int32), (5, 5))
+    model = feedback_network("X", as_model(MLP((5, 7), 3, num_heads=2)), spec, latent=4,
+                             conditional=False)
+    net = model.module
+    assert isinstance(net, FeedbackVAE)
+    assert (net.widths, net.num_outputs, net.num_heads, net.data_dim, net.latent,
+            net.num_modes) == ((5, 7), 3, 2, 6, 4, 0)
+    with pytest.raises(ValueError, match="X builds its network from the configured MLP.*CNN"):
+        feedback_network("X", as_model(CNN(num_outputs=3)), spec)
+
+
+def test_feedback_pass_encodes_draws_one_z_and_decodes():
+    """Against the pieces applied by hand: z = μ + exp(½ log σ²) ⊙ ε with ε from the key."""
+    net = _net()
+    x = jax.random.uniform(jax.random.key(1), (3, 2, 3))
+    params = net.init(jax.random.key(0), x, jnp.zeros(3, jnp.int32))["params"]
+    gate = jax.nn.one_hot(jnp.array([0, 5, 2]), 6)
+    key = jax.random.key(7)
+    p = jax.jit(feedback_pass, static_argnums=0)(net, params, x, key, gate)
+    flat = x.reshape(3, 6)
+    logits, mu, lv = net.apply({"params": params}, flat, method="encode")
+    eps = np.asarray(jax.random.normal(key, mu.shape))
+    z = np.asarray(mu) + np.exp(0.5 * np.asarray(lv)) * eps
+    np.testing.assert_allclose(p.z, z, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(p.decoded, net.apply({"params": params}, jnp.asarray(z), gate,
+                                                    method="decode"), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(p.heads, np.asarray(logits).reshape(3, 2, 3), rtol=1e-6)
+    np.testing.assert_array_equal(p.inputs, flat)
+    np.testing.assert_array_equal(p.mean, mu)
+    np.testing.assert_array_equal(p.log_var, lv)
+    with pytest.raises(ValueError, match="x has 5 features per example; the network takes 6"):
+        feedback_pass(net, params, jnp.ones((3, 5)), key, gate)
 
 
 def test_errors_name_the_argument():

@@ -45,12 +45,11 @@ import jax.numpy as jnp
 import optax
 
 from cljax.methods.base import BoundaryContext, LossContext, Method, StreamSpec, get_hparam
-from cljax.methods.feedback_vae import feedback_vae
+from cljax.methods.feedback_vae import feedback_network, feedback_pass
 from cljax.methods.generative_replay import replay_share
 from cljax.methods.rehearsal import soft_cross_entropy
 from cljax.methods.vae import log_normal_diag, reconstruction_nll
-from cljax.nn import MLP
-from cljax.nn.model import Model, as_model
+from cljax.nn.model import Model
 from cljax.types import Array, Batch, Params, PRNGKey
 from cljax.validation import check_positive_int
 
@@ -95,14 +94,9 @@ def _gates(o: Options, spec: StreamSpec) -> tuple[int, float]:
 
 
 def _model(o: Options, base: Model, spec: StreamSpec) -> Model:
-    if not isinstance(base.module, MLP):
-        raise ValueError("BI-R builds its network from the configured MLP (model kind 'mlp': "
-                         f"its widths are the encoder's); got {type(base.module).__name__}")
     rows, prop = _gates(o, spec)
-    return as_model(feedback_vae(base.module.widths, num_outputs=spec.num_outputs,
-                                 num_heads=spec.num_heads, example_shape=spec.example_shape,
-                                 latent=o.latent, gate_rows=rows, gate_prop=prop,
-                                 gate_seed=o.gate_seed))
+    return feedback_network("BI-R", base, spec, latent=o.latent, gate_rows=rows,
+                            gate_prop=prop, gate_seed=o.gate_seed)
 
 
 def _init(o: Options, params, key, hparams, spec: StreamSpec) -> BIRState:
@@ -118,12 +112,9 @@ def _one_hot_gate(index: Array, rows: int) -> Array | None:
 
 def _pass(module, params, x, key, gate):
     """Encoder, one z, decoder: (logits [B, H, C], ½‖x − x̂‖² [B], z, μ, log σ²)."""
-    flat = x.reshape(x.shape[0], -1)
-    logits, mean, log_var = module.apply({"params": params}, flat, method="encode")
-    z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(key, mean.shape, mean.dtype)
-    recon = module.apply({"params": params}, z, gate, method="decode")
-    heads = logits.reshape(x.shape[0], module.num_heads, module.num_outputs)
-    return heads, reconstruction_nll(recon, flat, "gaussian"), z, mean, log_var
+    p = feedback_pass(module, params, x, key, gate)
+    return (p.heads, reconstruction_nll(p.decoded, p.inputs, "gaussian"), p.z, p.mean,
+            p.log_var)
 
 
 def generated_inputs(module: nn.Module, params: Params, key: PRNGKey, n: int, count: Array, spec: StreamSpec

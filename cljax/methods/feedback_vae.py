@@ -25,14 +25,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, NamedTuple, cast
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cljax.methods.base import StreamSpec
 from cljax.methods.vae import check_widths
+from cljax.nn import MLP
 from cljax.nn.heads import head_output
-from cljax.types import Array
+from cljax.nn.model import Model, as_model
+from cljax.types import Array, Params, PRNGKey
 
 
 def gate_masks(widths: Sequence[int], rows: int, prop: float, seed: int) -> list[np.ndarray]:
@@ -149,4 +154,46 @@ def feedback_vae(widths: Sequence[int], *, num_outputs: int, num_heads: int,
                        gate_rows, gate_prop, gate_seed, log_var_bias)
 
 
-__all__ = ["FeedbackVAE", "feedback_vae", "gate_masks"]
+def feedback_network(method: str, base: Model, spec: StreamSpec, **options: Any) -> Model:
+    """The configured MLP ``base`` rebuilt as a :class:`FeedbackVAE` for the stream ``spec``:
+    its widths are the encoder's (reversed, the decoder's) and its output layer the classifier;
+    ``options`` go to :func:`feedback_vae`. ``method`` names the caller in the error raised for
+    any other model."""
+    if not isinstance(base.module, MLP):
+        raise ValueError(f"{method} builds its network from the configured MLP (model kind "
+                         f"'mlp': its widths are the encoder's); got {type(base.module).__name__}")
+    return as_model(feedback_vae(base.module.widths, num_outputs=spec.num_outputs,
+                                 num_heads=spec.num_heads, example_shape=spec.example_shape,
+                                 **options))
+
+
+class FeedbackPass(NamedTuple):
+    """One pass of a :class:`FeedbackVAE` (:func:`feedback_pass`)."""
+    heads: Array      # every head's logits [B, H, C]
+    decoded: Array    # the decoder's output [B, D] (a Gaussian mean or Bernoulli logits)
+    inputs: Array     # the inputs, flattened [B, D]
+    z: Array          # the latent drawn [B, latent]
+    mean: Array       # q(z | x)'s mean [B, latent]
+    log_var: Array    # q(z | x)'s log-variance [B, latent]
+
+
+def feedback_pass(module: nn.Module, params: Params, x: Array, key: PRNGKey,
+                  gate: Array | None = None) -> FeedbackPass:
+    """Encode ``x`` ``[B, *example]``, draw one z = μ + σ ⊙ ε with ``key`` (the
+    reparameterisation of Kingma & Welling 2014, Eq. 10) and decode it through ``gate`` (None
+    for a network without gates): the pass both replay-through-feedback methods train on (van de
+    Ven & Tolias 2018; van de Ven, Siegelmann & Tolias 2020)."""
+    flat = x.reshape(x.shape[0], -1)
+    if flat.shape[1] != module.data_dim:
+        raise ValueError(f"x has {flat.shape[1]} features per example; the network takes "
+                         f"{module.data_dim}")
+    logits, mean, log_var = cast(tuple[Array, Array, Array],
+                                 module.apply({"params": params}, flat, method="encode"))
+    z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(key, mean.shape, mean.dtype)
+    decoded = cast(Array, module.apply({"params": params}, z, gate, method="decode"))
+    heads = logits.reshape(x.shape[0], module.num_heads, module.num_outputs)
+    return FeedbackPass(heads, decoded, flat, z, mean, log_var)
+
+
+__all__ = ["FeedbackPass", "FeedbackVAE", "feedback_network", "feedback_pass", "feedback_vae",
+           "gate_masks"]

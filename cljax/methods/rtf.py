@@ -42,7 +42,7 @@ from cljax.methods.base import (
     cross_entropy,
     get_hparam,
 )
-from cljax.methods.feedback_vae import feedback_vae
+from cljax.methods.feedback_vae import feedback_network, feedback_pass
 from cljax.methods.generative_replay import replay_loss, replay_share
 from cljax.methods.rehearsal import (
     check_distill_options,
@@ -52,8 +52,7 @@ from cljax.methods.rehearsal import (
     softmax_width,
 )
 from cljax.methods.vae import gaussian_kl_standard, reconstruction_nll
-from cljax.nn import MLP
-from cljax.nn.model import Model, as_model
+from cljax.nn.model import Model
 from cljax.types import Array, Batch, Params, PRNGKey
 from cljax.validation import check_positive_int
 
@@ -77,12 +76,8 @@ class Options(NamedTuple):
 
 
 def _model(o: Options, base: Model, spec: StreamSpec) -> Model:
-    if not isinstance(base.module, MLP):
-        raise ValueError("RtF builds its network from the configured MLP (model kind 'mlp': "
-                         f"its widths are the encoder's); got {type(base.module).__name__}")
-    return as_model(feedback_vae(base.module.widths, num_outputs=spec.num_outputs,
-                                 num_heads=spec.num_heads, example_shape=spec.example_shape,
-                                 latent=o.latent, conditional=False, log_var_bias=True))
+    return feedback_network("RtF", base, spec, latent=o.latent, conditional=False,
+                            log_var_bias=True)
 
 
 def _init(o: Options, params, key, hparams, spec: StreamSpec) -> RtFState:
@@ -97,17 +92,10 @@ def vae_pass(module: nn.Module, params: Params, x: Array, key: PRNGKey
     """Every head's logits ``[B, H, C]`` and each example's negative ELBO / D ``[B]`` (one z;
     Bernoulli reconstruction and analytic KL to N(0, I), van de Ven & Tolias 2018's VAE loss)
     of the feedback network ``module`` on inputs ``x`` in [0, 1]."""
-    flat = x.reshape(x.shape[0], -1)
-    if flat.shape[1] != module.data_dim:
-        raise ValueError(f"x has {flat.shape[1]} features per example; the network takes "
-                         f"{module.data_dim}")
-    logits, mean, log_var = cast(tuple[Array, Array, Array],
-                                 module.apply({"params": params}, flat, method="encode"))
-    z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(key, mean.shape, mean.dtype)
-    out = cast(Array, module.apply({"params": params}, z, None, method="decode"))
-    nll = reconstruction_nll(out, flat, "bernoulli") + gaussian_kl_standard(mean, log_var)
-    heads = logits.reshape(x.shape[0], module.num_heads, module.num_outputs)
-    return heads, nll / module.data_dim
+    p = feedback_pass(module, params, x, key)
+    nll = (reconstruction_nll(p.decoded, p.inputs, "bernoulli")
+           + gaussian_kl_standard(p.mean, p.log_var))
+    return p.heads, nll / module.data_dim
 
 
 def generated_inputs(module: nn.Module, params: Params, key: PRNGKey, n: int,
