@@ -110,6 +110,11 @@ def test_feedback_network_is_the_configured_mlp_rebuilt():
             net.num_modes) == ((5, 7), 3, 2, 6, 4, 0)
     with pytest.raises(ValueError, match="X builds its network from the configured MLP.*CNN"):
         feedback_network("X", as_model(CNN(num_outputs=3)), spec)
+    for kw in ({"dropout": 0.5}, {"kernel_init": "pytorch"}, {"bias_init": 0.1},
+               {"kernel_stddev": 0.1}, {"use_bias": False}):
+        with pytest.raises(ValueError, match=f"X builds its network with flax's default layers"
+                                             f".*{next(iter(kw))}.*would not be carried"):
+            feedback_network("X", as_model(MLP((5, 7), 3, num_heads=2, **kw)), spec)
 
 
 def test_feedback_pass_encodes_draws_one_z_and_decodes():

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from cljax.nn import CNN, MLP, AlexNet, ResNet18, kernel_initializer
+from cljax.nn.init import bias_initializer
 
 FAN_IN, FAN_OUT = 400, 600
 VARIANCE = {"lecun_normal": 1 / FAN_IN, "lecun_uniform": 1 / FAN_IN,
@@ -51,6 +52,26 @@ def test_every_model_takes_a_named_initialiser(module, shape):
         module.clone(kernel_init="normal")
 
 
+def test_pytorch_biases_are_uniform_on_each_layers_fan_in():
+    """PyTorch's nn.Linear: b ~ U(−1/√fan_in, 1/√fan_in), the fan-in of each layer."""
+    x = jnp.ones((2, FAN_IN))
+    p = MLP((3000,), 2000, bias_init="pytorch").init(jax.random.key(0), x)["params"]
+    for name, fan_in in (("Dense_0", FAN_IN), ("Dense_1", 3000)):
+        b = np.asarray(p[name]["bias"], np.float64)
+        bound = fan_in ** -0.5
+        assert np.abs(b).max() <= bound * (1 + 1e-6)
+        assert b.var() == pytest.approx(bound ** 2 / 3, rel=0.1)
+    # the weights are still the kernel_init's; a constant stays a constant
+    same = MLP((3000,), 2000).init(jax.random.key(0), x)["params"]
+    np.testing.assert_array_equal(p["Dense_0"]["kernel"], same["Dense_0"]["kernel"])
+    np.testing.assert_array_equal(bias_initializer(0.5, 7)(jax.random.key(1), (3,)),
+                                  np.full(3, 0.5, np.float32))
+    with pytest.raises(ValueError, match="bias_init must be a finite float or one of"):
+        bias_initializer("torch", 7)
+    with pytest.raises(ValueError, match="MLP bias_init must be a finite float or one of"):
+        MLP((4,), 2, bias_init="uniform")
+
+
 def test_mlp_refuses_two_initialisers():
     with pytest.raises(ValueError, match="kernel_stddev .* and kernel_init='orthogonal'"):
         MLP((4,), 2, kernel_stddev=0.1, kernel_init="orthogonal")
@@ -63,6 +84,8 @@ def test_a_config_names_the_initialiser():
     cfg = load_config("split_mnist")
     cfg["model"] = {**cfg["model"], "kernel_init": "pytorch"}
     assert validate_config(cfg)["model"]["kernel_init"] == "pytorch"
+    cfg["model"]["bias_init"] = "pytorch"
+    assert validate_config(cfg)["model"]["bias_init"] == "pytorch"
     cfg["model"]["kernel_init"] = "zeros"
     with pytest.raises(ValueError, match="kernel_init must be one of"):
         validate_config(cfg)

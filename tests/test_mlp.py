@@ -43,6 +43,14 @@ def test_progressive_columns_take_the_base_initialisation():
     assert np.abs(np.asarray(p["U_1"])).max() <= 0.2 + 1e-6
 
 
+@pytest.mark.parametrize("kw", [{"kernel_init": "pytorch"}, {"bias_init": "pytorch"}])
+def test_progressive_columns_refuse_an_initialisation_they_would_not_carry(kw):
+    with pytest.raises(ValueError, match="would not be carried"):
+        progressive_model(as_model(MLP((16, 16), 3, **kw)), 4)
+    with pytest.raises(ValueError, match="ProgressiveMLP bias_init must be a float"):
+        ProgressiveMLP((4,), 2, 3, bias_init="pytorch")
+
+
 @pytest.mark.parametrize("kw,match", [
     ({"kernel_stddev": 0.0}, "MLP kernel_stddev must be None"),
     ({"kernel_stddev": float("nan")}, "MLP kernel_stddev must be None"),

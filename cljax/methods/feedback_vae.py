@@ -154,6 +154,10 @@ def feedback_vae(widths: Sequence[int], *, num_outputs: int, num_heads: int,
                        gate_rows, gate_prop, gate_seed, log_var_bias)
 
 
+_DEFAULT_MLP = {"kernel_init": "lecun_normal", "kernel_stddev": None, "bias_init": 0.0,
+                "dropout": 0.0, "use_bias": True, "feature_encoding": 0}
+
+
 def feedback_network(method: str, base: Model, spec: StreamSpec, **options: Any) -> Model:
     """The configured MLP ``base`` rebuilt as a :class:`FeedbackVAE` for the stream ``spec``:
     its widths are the encoder's (reversed, the decoder's) and its output layer the classifier;
@@ -162,6 +166,12 @@ def feedback_network(method: str, base: Model, spec: StreamSpec, **options: Any)
     if not isinstance(base.module, MLP):
         raise ValueError(f"{method} builds its network from the configured MLP (model kind "
                          f"'mlp': its widths are the encoder's); got {type(base.module).__name__}")
+    dropped = {name: getattr(base.module, name) for name, default in _DEFAULT_MLP.items()
+               if getattr(base.module, name) != default}
+    if dropped:
+        raise ValueError(f"{method} builds its network with flax's default layers (LeCun normal "
+                         f"weights, zero biases, no dropout); the MLP's {dropped} would not be "
+                         f"carried: leave them at their defaults")
     return as_model(feedback_vae(base.module.widths, num_outputs=spec.num_outputs,
                                  num_heads=spec.num_heads, example_shape=spec.example_shape,
                                  **options))

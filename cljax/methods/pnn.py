@@ -118,6 +118,9 @@ class ProgressiveMLP(nn.Module):
                              f"{self.dropout!r}")
         check_positive(self.alpha_init, name="ProgressiveMLP alpha_init", scalar=True)
         check_init(self.kernel_stddev, self.bias_init, "ProgressiveMLP")
+        if isinstance(self.bias_init, str):
+            raise ValueError(f"ProgressiveMLP bias_init must be a float (a constant); got "
+                             f"{self.bias_init!r}")
         super().__post_init__()
 
     @property
@@ -231,11 +234,16 @@ def progressive_model(base: Model, num_tasks: int, *, adapter_dim: int | None = 
     if module.feature_encoding:
         raise ValueError("pnn does not take an MLP with RGO's feature encoding layer "
                          "(feature_encoding must be 0)")
+    if module.kernel_init != "lecun_normal" or isinstance(module.bias_init, str):
+        raise ValueError(f"pnn initialises its columns and adapters with LeCun normal weights "
+                         f"(or the MLP's kernel_stddev) and a constant bias; the MLP's "
+                         f"kernel_init={module.kernel_init!r}, bias_init={module.bias_init!r} "
+                         f"would not be carried (use kernel_stddev and a float bias_init)")
     check_positive_int(num_tasks, name="num_tasks")
     net = ProgressiveMLP(tuple(module.widths), module.num_outputs, num_tasks,
                          dropout=module.dropout, use_bias=module.use_bias,
                          adapter_dim=adapter_dim, alpha_init=alpha_init,
-                         kernel_stddev=module.kernel_stddev, bias_init=module.bias_init)
+                         kernel_stddev=module.kernel_stddev, bias_init=float(module.bias_init))
     model = as_model(net)
 
     def columns_read(params: Params, batch: Batch, key: Array | None) -> Array:

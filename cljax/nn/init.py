@@ -8,10 +8,13 @@ the kernel's input features, × the receptive field for a convolution, flax's HW
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 INITIALIZERS: dict[str, Callable[[], Any]] = {
     "lecun_normal": nn.initializers.lecun_normal,
@@ -40,4 +43,38 @@ def kernel_initializer(name: str) -> Callable[..., Any]:
     return INITIALIZERS[ALIASES.get(name, name)]()
 
 
-__all__ = ["INITIALIZERS", "ALIASES", "kernel_initializer"]
+BIAS_INITIALIZERS = ("pytorch",)
+"""Bias initialisers by name (beside a constant): ``pytorch``: PyTorch's ``nn.Linear`` default,
+U(−1/√fan_in, 1/√fan_in) (``reset_parameters``; van de Ven's and Hsu et al.'s MLPs keep it)."""
+
+
+def check_bias_init(value: float | str, owner: str) -> None:
+    """Refuse a ``bias_init`` that is neither a finite float (a constant) nor a name in
+    :data:`BIAS_INITIALIZERS`, naming ``owner``."""
+    if isinstance(value, str):
+        if value not in BIAS_INITIALIZERS:
+            raise ValueError(f"{owner} bias_init must be a finite float or one of "
+                             f"{list(BIAS_INITIALIZERS)}; got {value!r}")
+        return
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value)):
+        raise ValueError(f"{owner} bias_init must be a finite float or one of "
+                         f"{list(BIAS_INITIALIZERS)}; got {value!r}")
+
+
+def bias_initializer(value: float | str, fan_in: int) -> Callable[..., Any]:
+    """The flax bias initialiser of a layer with ``fan_in`` inputs: the constant ``value`` (0:
+    zeros), or ``"pytorch"``: uniform on ±1/√fan_in (:data:`BIAS_INITIALIZERS`)."""
+    check_bias_init(value, "bias_initializer")
+    if value == "pytorch":
+        bound = 1.0 / math.sqrt(fan_in)
+
+        def init(key, shape, dtype=jnp.float32):
+            return jax.random.uniform(key, shape, dtype, -bound, bound)
+        return init
+    assert not isinstance(value, str)      # the only names are handled above
+    return nn.initializers.constant(value) if value else nn.initializers.zeros
+
+
+__all__ = ["INITIALIZERS", "ALIASES", "BIAS_INITIALIZERS", "kernel_initializer",
+           "bias_initializer", "check_bias_init"]

@@ -14,20 +14,19 @@ import flax.linen as nn
 
 from cljax.nn.fel import FeatureEncoding
 from cljax.nn.heads import head_output
-from cljax.nn.init import kernel_initializer
+from cljax.nn.init import bias_initializer, check_bias_init, kernel_initializer
 
 
-def check_init(kernel_stddev: float | None, bias_init: float, owner: str) -> None:
-    """Refuse a non-positive or non-finite ``kernel_stddev`` (None allowed) or a non-finite
-    ``bias_init``, naming ``owner``."""
+def check_init(kernel_stddev: float | None, bias_init: float | str, owner: str) -> None:
+    """Refuse a non-positive or non-finite ``kernel_stddev`` (None allowed) or a ``bias_init``
+    that is neither a finite float nor a name in :data:`cljax.nn.init.BIAS_INITIALIZERS`,
+    naming ``owner``."""
     if kernel_stddev is not None and not (isinstance(kernel_stddev, (int, float))
                                           and not isinstance(kernel_stddev, bool)
                                           and math.isfinite(kernel_stddev) and kernel_stddev > 0):
         raise ValueError(f"{owner} kernel_stddev must be None (LeCun normal) or a finite float "
                          f"> 0; got {kernel_stddev!r}")
-    if not (isinstance(bias_init, (int, float)) and not isinstance(bias_init, bool)
-            and math.isfinite(bias_init)):
-        raise ValueError(f"{owner} bias_init must be a finite float; got {bias_init!r}")
+    check_bias_init(bias_init, owner)
 
 
 class MLP(nn.Module):
@@ -41,7 +40,8 @@ class MLP(nn.Module):
     permutations drawn from ``fel_seed``) after every hidden layer; it needs ``task``.
     ``kernel_stddev``: None for flax's LeCun-normal weights, or a truncated normal (at ±2σ) of
     that standard deviation for every layer, and ``bias_init`` the biases' constant — A-GEM's
-    TensorFlow code (Chaudhry et al. 2019) initialises its MLPs with 0.1 and 0.1.
+    TensorFlow code (Chaudhry et al. 2019) initialises its MLPs with 0.1 and 0.1 — or
+    ``"pytorch"`` (U(±1/√fan_in), PyTorch's ``nn.Linear`` default).
     ``kernel_init``: the weights' initialiser by name (:data:`cljax.nn.init.INITIALIZERS`;
     ``kernel_stddev`` replaces it when set).
     """
@@ -54,7 +54,7 @@ class MLP(nn.Module):
     feature_encoding: int = 0
     fel_seed: int = 0
     kernel_stddev: float | None = None
-    bias_init: float = 0.0
+    bias_init: float | str = 0.0
     kernel_init: str = "lecun_normal"
 
     def __post_init__(self):
@@ -78,24 +78,23 @@ class MLP(nn.Module):
                              f"{self.kernel_init!r} both choose the weights; set one")
         super().__post_init__()
 
-    def _dense(self, features: int) -> nn.Dense:
-        init: dict[str, Any] = {"kernel_init": kernel_initializer(self.kernel_init)}
+    def _dense(self, features: int, fan_in: int) -> nn.Dense:
+        init: dict[str, Any] = {"kernel_init": kernel_initializer(self.kernel_init),
+                                "bias_init": bias_initializer(self.bias_init, fan_in)}
         if self.kernel_stddev is not None:
             init["kernel_init"] = nn.initializers.truncated_normal(self.kernel_stddev)
-        if self.bias_init:
-            init["bias_init"] = nn.initializers.constant(self.bias_init)
         return nn.Dense(features, use_bias=self.use_bias, **init)
 
     @nn.compact
     def __call__(self, x, task=None, *, train: bool = False, output: str = "logits"):
         x = x.reshape(x.shape[0], -1)
         for width in self.widths:
-            x = nn.relu(self._dense(width)(x))
+            x = nn.relu(self._dense(width, x.shape[-1])(x))
             if self.feature_encoding:
                 x = FeatureEncoding(self.feature_encoding, self.fel_seed)(x, task)
             if self.dropout > 0:
                 x = nn.Dropout(self.dropout, deterministic=not train)(x)
         if output == "features":
             return x
-        x = self._dense(self.num_heads * self.num_outputs)(x)
+        x = self._dense(self.num_heads * self.num_outputs, x.shape[-1])(x)
         return head_output(x, task, self.num_heads, output)
