@@ -169,12 +169,13 @@ _VDV2019_PERMUTED = Protocol(
             ("ewc", (94.74, 94.31), (0.05, 0.11), {"strength": 100.0}),
             ("online_ewc", (95.96, 94.42), (0.06, 0.13), {"strength": 100.0, "decay": 1.0}),
             ("si", (94.75, 95.33), (0.14, 0.11), {"strength": 10.0, "xi": 0.1}))),
+    task_draw="per_seed",
     notes=("λ: the values van de Ven's current code sets for this protocol, on the exact-Fisher "
            "scale cljax shares with it; one run of one method and scenario is ≈ 1 h for 5 "
-           "seeds on 2 CPU cores (≈ 35 min for 3 seeds alone), so the board fills over "
-           "several sittings with --resume",
-           "the permutations are fixed by stream_options.seed for every seed (their code draws "
-           "them per seed; task_draw='per_seed' does, added after the first rows ran)",))
+           "seeds on 2 CPU cores, so the board fills over several sittings with --resume",
+           "each seed draws its own ten permutations, as their code does (numpy's generator "
+           "seeded by the seed, not their draws); the MLP is initialised as their PyTorch "
+           "code's (the config's kernel_init and bias_init 'pytorch')"))
 
 
 # ---- Hsu et al. 2018 ---------------------------------------------------------------------------
