@@ -30,6 +30,54 @@ def test_abs_is_per_example_not_of_the_sum(x64):
                                             got, g))) > 1e-3
 
 
+def _oracle_grouped(logits_fn, params, batch, g):
+    """(1/N) Σ_G |∂ Σ_{n∈G} ‖f(x_n)‖² / ∂θ| by a loop over the groups of g consecutive examples."""
+    n = batch["x"].shape[0]
+    acc = jax.tree.map(jnp.zeros_like, params)
+    for start in range(0, n, g):
+        group = {k: v[start:start + g] for k, v in batch.items()}
+        grad = jax.grad(lambda p: jnp.sum(logits_fn(p, group) ** 2))(params)
+        acc = jax.tree.map(lambda a, b: a + jnp.abs(b), acc, grad)
+    return jax.tree.map(lambda a: a / n, acc)
+
+
+@pytest.mark.parametrize("problem,g", [(functools.partial(H.mlp_problem, n=9, heads=2), 3),
+                                       (functools.partial(H.cnn_problem, n=6), 2)])
+def test_grouped_matches_a_loop_over_the_groups(x64, problem, g):
+    """A-GEM's code: the absolute value of each group's summed gradient, / N."""
+    model, params, batch = problem()
+    f = model.logits_fn
+    want = _oracle_grouped(f, params, batch, g)
+    for chunk in (None, 4, 1):
+        got = mas_importance(f, params, batch, chunk_size=chunk, group_size=g)
+        assert H.rel_err(got, want) < 1e-10, chunk
+    assert H.rel_err(jax.jit(lambda p: mas_importance(f, p, batch, group_size=g))(params),
+                     want) < 1e-10
+    # |Σ| ≤ Σ|·|: never above the per-example estimate, and strictly below somewhere
+    per_example = mas_importance(f, params, batch)
+    gaps = jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.min(b - a)), want, per_example))
+    assert min(gaps) > -1e-12
+    assert max(jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.max(b - a)), want,
+                                            per_example))) > 1e-6
+    # one group of all N: |∇ Σ_n ‖f‖²| / N
+    n = batch["x"].shape[0]
+    whole = jax.grad(lambda p: jnp.sum(f(p, batch) ** 2))(params)
+    assert H.rel_err(mas_importance(f, params, batch, group_size=n),
+                     jax.tree.map(lambda a: jnp.abs(a) / n, whole)) < 1e-10
+
+
+def test_grouped_refuses_bad_groups():
+    model, params, batch = H.mlp_problem(dtype=jnp.float32)       # 7 examples
+    with pytest.raises(ValueError, match="7 examples; with group_size=2 it must be a positive "
+                                         "multiple of 2"):
+        mas_importance(model.logits_fn, params, batch, group_size=2)
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises((ValueError, TypeError), match="group_size"):
+            mas_importance(model.logits_fn, params, batch, group_size=bad)
+    with pytest.raises(ValueError, match="implementation"):
+        mas_importance(model.logits_fn, params, batch, group_size=7, implementation="fast")
+
+
 def test_fast_path_matches_vmap_fallback_on_conv(x64):
     model, params, batch = H.cnn_problem()
     fast = mas_importance(model.logits_fn, params, batch, chunk_size=3)

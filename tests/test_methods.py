@@ -56,6 +56,32 @@ def test_ewc_boundary_stores_the_fisher_of_the_finished_task():
     assert float(transforms.penalty_loss(penalty, moved)) > 0
 
 
+@pytest.mark.parametrize("accumulate", ["sum", "latest"])
+def test_mas_folds_each_tasks_grouped_importance_as_asked(accumulate):
+    """Ω after two boundaries: Ω_0 + Ω_1 (the paper) or Ω_1 alone (A-GEM's code), each Ω_t the
+    grouped MAS importance of the boundary's own sample, rebuilt independently; the anchor is
+    the second task's end."""
+    method, tr, data = _build("mas", group_size=4, accumulate=accumulate)
+    state = tr.init(jax.random.key(0), method.default_hparams, data)
+    model = as_model(MLP((12,), 2, num_heads=3))
+    from cljax.training import make_batch
+    omegas = []
+    for t in (0, 1):
+        state, _ = tr.fit(state, data, jnp.asarray(t), 10)
+        key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), 1 << 30)
+        idx = jax.random.randint(key, (16,), 0, data.train.n[t])
+        batch = make_batch(data, data.train, jnp.full(16, t, jnp.int32), idx)
+        omegas.append(importance.mas_importance(model.logits_fn, state.params, batch,
+                                                group_size=4))
+        end = state.params
+        state = tr.end_task(state, data, jnp.asarray(t))
+    want = omegas[1] if accumulate == "latest" else jax.tree.map(jnp.add, *omegas)
+    penalty = state.mstate
+    for got, w in zip(jax.tree.leaves(penalty.curvature.values), jax.tree.leaves(want)):
+        np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-9)
+    assert float(transforms.penalty_loss(penalty, end)) == pytest.approx(0.0, abs=1e-10)
+
+
 def test_si_importance_is_nonnegative_and_path_integral_resets():
     method, tr, data = _build("si")
     state = tr.init(jax.random.key(0), method.default_hparams, data)
@@ -149,6 +175,13 @@ def test_ncl_kfac_fused_gradient_matches_the_transform_path():
 def test_method_errors():
     with pytest.raises(ValueError, match="fisher"):
         get_method("ewc", fisher="argmax")
+    with pytest.raises(ValueError, match="accumulate must be one of"):
+        get_method("mas", accumulate="max")
+    with pytest.raises(ValueError, match=r"num_examples \(1024\) must be a multiple of "
+                                         r"group_size \(10\)"):
+        get_method("mas", group_size=10)
+    with pytest.raises(ValueError, match="group_size"):
+        get_method("mas", group_size=0)
     with pytest.raises(TypeError, match="bad options"):
         get_method("ewc", lam=1.0)
     method, tr, data = _build("ewc")

@@ -15,15 +15,20 @@ per-example contraction (a sum over positions sits inside the abs). See
 """
 from __future__ import annotations
 
+from functools import partial
+
+import jax
+import jax.numpy as jnp
 from jax.sharding import NamedSharding
 
-from cljax.importance.estimation import estimate
-from cljax.types import Batch, Importance, LogitsFn, Params
+from cljax import chunking, validation
+from cljax.importance.estimation import IMPLEMENTATIONS, estimate
+from cljax.types import Array, Batch, Importance, LogitsFn, Params
 
 
 def mas_importance(logits_fn: LogitsFn, params: Params, batch: Batch, *,
                    chunk_size: int | None = None, implementation: str = "auto",
-                   sharding: NamedSharding | None = None) -> Importance:
+                   sharding: NamedSharding | None = None, group_size: int = 1) -> Importance:
     """MAS importance :math:`(1/N) Σ_n |∂‖f(x_n)‖²/∂θ|` (Aljundi et al. 2018, eq. 2 with eq. 3's ℓ2²).
 
     Args:
@@ -36,13 +41,77 @@ def mas_importance(logits_fn: LogitsFn, params: Params, batch: Batch, *,
       sharding: the examples' ``NamedSharding`` when ``batch`` is split over devices (found
         by itself on a concrete sharded batch; pass it inside ``jit``): each device then
         sums its own examples, ``chunk_size`` per device (:mod:`cljax.chunking`).
+      group_size: 1, the paper's absolute value per example; g > 1, the absolute value of the
+        gradient of Σ‖f(x_n)‖² over each group of g consecutive examples, summed over the N / g
+        groups and divided by N: :math:`(1/N) Σ_G |∂ Σ_{n∈G} ‖f(x_n)‖² / ∂θ|`, as A-GEM's code
+        estimates MAS (Chaudhry et al. 2019, facebookresearch/agem ``model.py``,
+        ``create_hebbian_ops``: batches of 10 of the task's training set). N must be a
+        multiple of g; the groups take the per-group gradient (``implementation`` has no fast
+        path to choose there).
 
     Returns:
       A non-negative pytree like ``params``: the mean over examples.
     """
-    return estimate("mas", logits_fn, params, batch, chunk_size=chunk_size,
-                    implementation=implementation, sharding=sharding, require_y=False,
-                    fn_name="mas_importance")
+    validation.check_positive_int(group_size, name="group_size")
+    if group_size == 1:
+        return estimate("mas", logits_fn, params, batch, chunk_size=chunk_size,
+                        implementation=implementation, sharding=sharding, require_y=False,
+                        fn_name="mas_importance")
+    return _grouped_mas(logits_fn, params, batch, group_size, chunk_size, implementation,
+                        sharding)
+
+
+def _grouped_mas(logits_fn: LogitsFn, params: Params, batch: Batch, group_size: int,
+                 chunk_size: int | None, implementation: str, sharding: NamedSharding | None
+                 ) -> Importance:
+    if not callable(logits_fn):
+        raise TypeError(f"mas_importance: logits_fn must be callable logits_fn(params, batch) "
+                        f"-> logits[B, C]; got {type(logits_fn).__name__}")
+    validation.check_batch(batch, require_y=False)
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}; got {implementation!r}")
+    if chunk_size is not None:
+        validation.check_positive_int(chunk_size, name="chunk_size")
+    validation.check_float_leaves(params, name="params")
+    batch = {k: jnp.asarray(v) for k, v in batch.items() if k != "y"}
+    n = int(batch["x"].shape[0])
+    if n == 0 or n % group_size:
+        raise ValueError(f"mas_importance: batch['x'] has {n} examples; with group_size="
+                         f"{group_size} it must be a positive multiple of {group_size}")
+    for k, v in batch.items():
+        if v.ndim < 1 or v.shape[0] != n:
+            raise ValueError(f"mas_importance: batch['{k}'] must have a leading axis of {n} "
+                             f"examples (like batch['x']); got shape {v.shape}")
+    sharding = chunking.resolve_sharding(batch["x"], sharding)
+    per_chunk = None if chunk_size is None else max(1, chunk_size // group_size)
+    result = _grouped_jit(logits_fn, params, batch, group_size, per_chunk, sharding)
+    leaves = jax.tree.leaves(result)
+    if all(map(validation.is_concrete, leaves)) and not all(
+            bool(jnp.all(jnp.isfinite(leaf))) for leaf in leaves):
+        raise FloatingPointError("mas_importance: logits_fn(params, batch) gave a non-finite "
+                                 "gradient (NaN or inf logits)")
+    return result
+
+
+@partial(jax.jit, static_argnums=(0, 3, 4, 5))
+def _grouped_jit(logits_fn: LogitsFn, params: Params, batch: Batch, group_size: int,
+                 groups_per_chunk: int | None, sharding: NamedSharding | None) -> Importance:
+    n = batch["x"].shape[0]
+    groups = jax.tree.map(lambda a: a.reshape((n // group_size, group_size) + a.shape[1:]),
+                          batch)
+
+    def abs_gradient(group: Batch) -> Params:
+        def sq_norm(p: Params) -> Array:
+            return jnp.sum(jnp.square(logits_fn(p, group)))
+        return jax.tree.map(jnp.abs, jax.grad(sq_norm)(params))
+
+    def body(chunk: Batch, valid: Array, index: Array) -> Params:
+        del index
+        grads = jax.vmap(abs_gradient)(chunk)
+        return jax.tree.map(lambda g: jnp.tensordot(valid.astype(g.dtype), g, axes=1), grads)
+
+    total = chunking.chunked_sum(body, groups, chunk_size=groups_per_chunk, sharding=sharding)
+    return jax.tree.map(lambda t: t / n, total)
 
 
 __all__ = ["mas_importance"]

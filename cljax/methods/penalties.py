@@ -118,16 +118,36 @@ def online_ewc(*, fisher: str = "exact", num_examples: int = 1024,
         mode="online", decay="decay", defaults={"strength": 1e4, "decay": 1.0})
 
 
-def mas(*, num_examples: int = 1024, chunk_size: int = 256) -> Method:
-    """MAS (Aljundi et al. 2018, eq. 2–4), importances accumulated (summed) over tasks."""
+MAS_ACCUMULATIONS: dict[str, ConsolidateMode] = {"sum": "online", "latest": "replace"}
+"""How MAS folds each task's importance into the penalty: ``"sum"``, Ω ← Ω + Ω_t (the paper);
+``"latest"``, Ω ← Ω_t (A-GEM's code resets its importance at every task), each anchored at the
+task's end."""
+
+
+def mas(*, num_examples: int = 1024, chunk_size: int = 256, group_size: int = 1,
+        accumulate: str = "sum") -> Method:
+    """MAS (Aljundi et al. 2018, eq. 2–4): (λ/2) Σ_i Ω_i (θ_i − θ*_i)² with Ω the importance of
+    :func:`cljax.importance.mas_importance` on ``num_examples`` examples of each task.
+    ``group_size`` g > 1 takes the absolute value of each group of g examples' summed gradient
+    and ``accumulate="latest"`` keeps only the last task's Ω (:data:`MAS_ACCUMULATIONS`): with
+    g = 10, the task's training set and strength 2λ, MAS as A-GEM's code runs it (their
+    penalty λ Σ Ω Δθ², Chaudhry et al. 2019, facebookresearch/agem ``model.py``)."""
     check_estimator_options("exact", num_examples, chunk_size)
+    check_positive_int(group_size, name="group_size")
+    if num_examples % group_size:
+        raise ValueError(f"num_examples ({num_examples}) must be a multiple of group_size "
+                         f"({group_size})")
+    if accumulate not in MAS_ACCUMULATIONS:
+        raise ValueError(f"accumulate must be one of {sorted(MAS_ACCUMULATIONS)}; got "
+                         f"{accumulate!r}")
 
     def omega(ctx):
         batch = ctx.sample_batch(ctx.task, ctx.key, num_examples)
         return imp.mas_importance(ctx.logits_fn, ctx.params, batch, chunk_size=chunk_size,
-                                  sharding=ctx.examples_sharding)
+                                  sharding=ctx.examples_sharding, group_size=group_size)
 
-    return penalty_method("mas", omega, mode="online", defaults={"strength": 1.0})
+    return penalty_method("mas", omega, mode=MAS_ACCUMULATIONS[accumulate],
+                          defaults={"strength": 1.0})
 
 
 def l2() -> Method:
