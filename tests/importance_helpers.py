@@ -149,6 +149,17 @@ def oracle_empirical(logits_fn, params, batch):
     return jax.tree.map(lambda a: a / n, acc)
 
 
+def oracle_argmax(logits_fn, params, batch):
+    """(1/N) Σ_n g_{n,ŷ_n}² with ŷ_n the argmax of example n's probabilities (a loop)."""
+    n = batch["x"].shape[0]
+    acc = jax.tree.map(jnp.zeros_like, params)
+    for i in range(n):
+        top = int(jnp.argmax(_oracle_fns(logits_fn)[1](params, _example(batch, i))))
+        g = per_example_grad(logits_fn, params, batch, i, top)
+        acc = jax.tree.map(lambda a, b: a + b ** 2, acc, g)
+    return jax.tree.map(lambda a: a / n, acc)
+
+
 def _class_moments(logits_fn, params, batch, i):
     """(Σ_y p_y g_y², Σ_y p_y g_y⁴) for example i, an explicit loop over classes."""
     p = _oracle_fns(logits_fn)[1](params, _example(batch, i))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cljax.importance import (
+    argmax_fisher_diagonal,
     empirical_fisher_diagonal,
     estimation,
     exact_fisher_diagonal,
@@ -32,6 +33,25 @@ def test_empirical_and_exact_match_oracles(x64, name):
     assert H.rel_err(got, H.oracle_empirical(f, params, batch)) < 1e-6
     got = exact_fisher_diagonal(f, params, batch, chunk_size=3)
     assert H.rel_err(got, H.oracle_exact(f, params, batch)) < 1e-6
+
+
+@pytest.mark.parametrize("name", list(PROBLEMS))
+def test_argmax_matches_its_oracle_and_ignores_the_labels(x64, name):
+    """Hsu et al.'s Fisher: the empirical Fisher on the model's argmax labels, against a loop;
+    the dataset labels are not read (the same with them permuted or absent)."""
+    f, params, batch = _unpack(PROBLEMS[name]())
+    want = H.oracle_argmax(f, params, batch)
+    got = argmax_fisher_diagonal(f, params, batch, chunk_size=3)
+    assert H.rel_err(got, want) < 1e-6
+    assert H.rel_err(argmax_fisher_diagonal(f, params, batch, implementation="vmap"), want) < 1e-6
+    relabelled = {**batch, "y": jnp.roll(batch["y"], 1)}
+    assert H.rel_err(argmax_fisher_diagonal(f, params, relabelled, chunk_size=3), got) == 0.0
+    no_y = {k: v for k, v in batch.items() if k != "y"}
+    assert H.rel_err(argmax_fisher_diagonal(f, params, no_y, chunk_size=3), got) == 0.0
+    # with every dataset label equal to the argmax it is the empirical Fisher
+    top = jnp.argmax(f(params, batch), axis=-1).astype(batch["y"].dtype)
+    assert H.rel_err(empirical_fisher_diagonal(f, params, {**batch, "y": top}, chunk_size=3),
+                     got) < 1e-10
 
 
 @pytest.mark.parametrize("name,estimator", [("mixed", "empirical"), ("mixed", "exact"),

@@ -174,7 +174,7 @@ def test_ncl_kfac_fused_gradient_matches_the_transform_path():
 
 def test_method_errors():
     with pytest.raises(ValueError, match="fisher"):
-        get_method("ewc", fisher="argmax")
+        get_method("ewc", fisher="sampled")
     with pytest.raises(ValueError, match="accumulate must be one of"):
         get_method("mas", accumulate="max")
     with pytest.raises(ValueError, match=r"num_examples \(1024\) must be a multiple of "

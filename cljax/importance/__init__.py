@@ -3,7 +3,8 @@
 All estimators are pure functions ``f(logits_fn, params, batch, ...)`` returning a pytree with the
 params' structure, shapes and dtypes, equal to a **mean over the examples of ``batch``**:
 
-* :func:`empirical_fisher_diagonal`, :func:`true_fisher_diagonal`, :func:`exact_fisher_diagonal`
+* :func:`empirical_fisher_diagonal`, :func:`true_fisher_diagonal`, :func:`exact_fisher_diagonal`,
+  :func:`argmax_fisher_diagonal`
   (Kirkpatrick et al. 2017; Martens 2020 for the names),
 * :func:`mas_importance` (Aljundi et al. 2018),
 * :func:`kfac_factors` (Martens & Grosse 2015; Grosse & Martens 2016 for conv) and the helpers
@@ -17,6 +18,7 @@ Flax ``nn.Dense`` / ``nn.Conv`` layers use a fast path (captured layer inputs an
 cotangents, one matmul per layer); other parameters fall back to ``vmap`` over examples.
 """
 from cljax.importance.fisher import (
+                                     argmax_fisher_diagonal,
                                      empirical_fisher_diagonal,
                                      exact_fisher_diagonal,
                                      true_fisher_diagonal,
@@ -42,6 +44,7 @@ from cljax.importance.si import (
 
 __all__ = [
     "empirical_fisher_diagonal", "true_fisher_diagonal", "exact_fisher_diagonal",
+    "argmax_fisher_diagonal",
     "mas_importance",
     "kfac_factors", "kfac_quadratic_form", "kfac_matvec", "kfac_damped_inverse_matvec",
     "PathIntegralState", "WithPathIntegralState", "init_path_integral", "accumulate_path_integral",

@@ -73,7 +73,8 @@ from cljax.types import Array, Batch, LogitsFn, Params
 # cotangents fall out of cache. So one at a time.
 _DIRECTION_GROUP = 1
 
-KINDS = ("empirical", "true", "exact", "mas", "kfac_true", "kfac_empirical", "kfac_exact")
+KINDS = ("empirical", "true", "exact", "argmax", "mas", "kfac_true", "kfac_empirical",
+         "kfac_exact")
 IMPLEMENTATIONS = ("auto", "vmap")
 
 
@@ -208,6 +209,8 @@ def _directions(kind: str, logits: Array, batch: Batch, w: Array, gidx: Array, k
     elif kind in ("exact", "kfac_exact"):
         eye = jnp.eye(c, dtype=p.dtype)
         u = jnp.sqrt(p).T[:, :, None] * (p[None, :, :] - eye[:, None, :])  # [C, B, C]
+    elif kind == "argmax":
+        u = (p - jax.nn.one_hot(jnp.argmax(logits, axis=-1), c, dtype=p.dtype))[None]
     elif kind == "mas":
         u = (2.0 * logits)[None]
     else:  # pragma: no cover

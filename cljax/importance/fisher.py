@@ -7,7 +7,9 @@ For softmax cross-entropy with p = softmax(f(x; θ)) and g_y = ∂ log p(y|x) / 
   F_i = E_{x~D} E_{y~p_θ(· | x)} [g_{y,i}²], the inner expectation by Monte Carlo;
 * exact Fisher: the inner expectation in closed form, Σ_y p(y|x) g_{y,i}² — equal to the diagonal
   of the generalised Gauss–Newton matrix Jᵀ(diag(p) − ppᵀ)J for softmax CE (Martens 2020);
-* empirical Fisher: y = the dataset label (Kunstner et al. 2019 explain its bias).
+* empirical Fisher: y = the dataset label (Kunstner et al. 2019 explain its bias);
+* argmax Fisher: y = the model's most probable class, argmax_y p(y|x) (Hsu et al. 2018's code
+  estimates EWC's Fisher so: GT-RIPL/Continual-Learning-Benchmark ``agents/regularization.py``).
 
 **Scale.** Every estimator returns the **mean over the examples of ``batch`` of per-example squared
 gradients**, (1/N) Σ_n g_{n,i}², never the square of a minibatch-mean gradient (≈ F/B) nor that
@@ -102,4 +104,18 @@ def exact_fisher_diagonal(logits_fn: LogitsFn, params: Params, batch: Batch, *,
                     fn_name="exact_fisher_diagonal")
 
 
-__all__ = ["empirical_fisher_diagonal", "true_fisher_diagonal", "exact_fisher_diagonal"]
+def argmax_fisher_diagonal(logits_fn: LogitsFn, params: Params, batch: Batch, *,
+                           chunk_size: int | None = None, implementation: str = "auto",
+                           sharding: NamedSharding | None = None) -> Importance:
+    """Argmax-label Fisher diagonal (1/N) Σ_n (∂ log p(ŷ_n|x_n) / ∂θ)², ŷ_n = argmax_y p(y|x_n):
+    the empirical Fisher on the model's own most probable labels, as Hsu et al. 2018's code
+    estimates EWC's (a biased stand-in for :func:`true_fisher_diagonal`: the other classes'
+    terms are dropped). ``batch['y']`` is not used. Same scale and arguments as
+    :func:`empirical_fisher_diagonal` (mean over examples)."""
+    return estimate("argmax", logits_fn, params, batch, chunk_size=chunk_size,
+                    implementation=implementation, sharding=sharding, require_y=False,
+                    fn_name="argmax_fisher_diagonal")
+
+
+__all__ = ["empirical_fisher_diagonal", "true_fisher_diagonal", "exact_fisher_diagonal",
+           "argmax_fisher_diagonal"]

@@ -41,7 +41,7 @@ from cljax.transforms.penalty import ConsolidateMode
 from cljax.types import Params
 from cljax.validation import check_positive_int
 
-FISHERS = ("exact", "true", "empirical")
+FISHERS = ("exact", "true", "empirical", "argmax")
 
 
 def check_estimator_options(fisher: str, num_examples: int, chunk_size: int,
@@ -63,6 +63,8 @@ def fisher_on_task(ctx: BoundaryContext, *, fisher: str, num_examples: int,
         return imp.exact_fisher_diagonal(ctx.logits_fn, ctx.params, batch, **opts)
     if fisher == "true":
         return imp.true_fisher_diagonal(ctx.logits_fn, ctx.params, batch, k_labels, **opts)
+    if fisher == "argmax":
+        return imp.argmax_fisher_diagonal(ctx.logits_fn, ctx.params, batch, **opts)
     return imp.empirical_fisher_diagonal(ctx.logits_fn, ctx.params, batch, **opts)
 
 
