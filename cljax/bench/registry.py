@@ -187,6 +187,9 @@ _VDV2019_PERMUTED = Protocol(
 
 _HSU = "Table 2"
 
+_HSU_SI = _row(_HSU, 10, (98.56, 64.76, 19.67), (0.49, 3.09, 0.09))
+_HSU_MAS = _row(_HSU, 10, (99.22, 68.57, 19.52), (0.21, 6.85, 0.29))
+_HSU_L2 = _row(_HSU, 10, (98.18, 66.00, 22.52), (0.96, 3.73, 1.08))
 _HSU_EWC = _row(_HSU, 10, (97.70, 58.85, 19.80), (0.81, 2.59, 0.05))
 _HSU_ONLINE_EWC = _row(_HSU, 10, (98.04, 57.33, 19.77), (1.10, 1.44, 0.04))
 # their EWC agents' Fisher: argmax labels over the task's training set (n_fisher_sample 60,000)
@@ -259,12 +262,29 @@ _HSU2018_SPLIT = Protocol(
               note="online EWC as their code runs it (EWC_online_mnist: the Fishers summed, "
                    "anchored at the last task): argmax-label Fisher, their λ per scenario "
                    "(400 / 700 / 100, strength 2λ here), PyTorch's initialisation"),
-        Entry("si", "si", _row(_HSU, 10, (98.56, 64.76, 19.67), (0.49, 3.09, 0.09)),
-              hparams={"xi": 0.1}, **_grid("strength", SI_GRID)),
-        Entry("mas", "mas", _row(_HSU, 10, (99.22, 68.57, 19.52), (0.21, 6.85, 0.29)),
-              **_grid("strength", SMALL_GRID)),
-        Entry("l2", "l2", _row(_HSU, 10, (98.18, 66.00, 22.52), (0.96, 3.73, 1.08)),
-              **_grid("strength", SMALL_GRID)),
+        Entry("si", "si", _HSU_SI, hparams={"xi": 0.1}, **_grid("strength", SI_GRID)),
+        Entry("si_hsu_code", "si", _HSU_SI, selection="paper", hparams={"xi": 0.1},
+              scenario_hparams=_hsu_strengths(300, 3000, 600),
+              overrides={**_TORCH_INIT, "method_options": {"clip_negative": False}},
+              note="SI as their code runs it: ω from the unregularised gradient, negative "
+                   "contributions kept, damping 0.1, their c per scenario (300 / 3000 / 600 on "
+                   "c Σ Ω Δθ², strength 2c here), PyTorch's initialisation"),
+        Entry("mas", "mas", _HSU_MAS, **_grid("strength", SMALL_GRID)),
+        Entry("mas_hsu_code", "mas", {k: v for k, v in _HSU_MAS.items() if k != "class"},
+              selection="paper", scenarios=("task", "domain"),
+              scenario_hparams={"task": {"strength": 1.0}, "domain": {"strength": 1e4}},
+              overrides={**_TORCH_INIT, "method_options": {"group_size": 128,
+                                                           "num_examples": 11904}},
+              note="MAS as their code runs it: per batch of 128 the absolute gradient of the "
+                   "mean of the squared outputs, averaged over the task's batches (our "
+                   "group_size 128 divided by the C = 2 outputs), summed over tasks; their λ "
+                   "(1 / 10000 on λ Σ Ω Δθ²) is strength 2λ/C here; not Class-IL, where their "
+                   "C grows with the classes seen"),
+        Entry("l2", "l2", _HSU_L2, **_grid("strength", SMALL_GRID)),
+        Entry("l2_hsu_code", "l2", _HSU_L2, selection="paper",
+              scenario_hparams=_hsu_strengths(0.01, 0.5, 100), overrides=_TORCH_INIT,
+              note="L2 as their code runs it: their λ per scenario (0.01 / 0.5 / 100 on "
+                   "λ Σ Δθ², strength 2λ here), PyTorch's initialisation"),
         Entry("lwf", "lwf", _row(_HSU, 10, (99.60, 71.02, 24.17), (0.03, 1.26, 0.33)),
               hparams={"strength": 1.0, "temperature": 2.0}, selection="paper"),
         Entry("lwf_vdv2018", "lwf", _row(_HSU, 10, (99.60, 71.02, 24.17), (0.03, 1.26, 0.33)),
