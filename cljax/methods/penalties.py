@@ -224,4 +224,4 @@ def si(*, clip_negative: bool = True, path_gradient: str = "task") -> Method:
 
 
 __all__ = ["FISHERS", "check_estimator_options", "fisher_on_task", "penalty_method", "ewc",
-           "online_ewc", "mas", "l2", "si", "SIState", "SI_PATH_GRADIENTS"]
+           "online_ewc", "mas", "MAS_ACCUMULATIONS", "l2", "si", "SIState", "SI_PATH_GRADIENTS"]
