@@ -138,6 +138,8 @@ def test_feedback_pass_encodes_draws_one_z_and_decodes():
     np.testing.assert_array_equal(p.log_var, lv)
     with pytest.raises(ValueError, match="x has 5 features per example; the network takes 6"):
         feedback_pass(net, params, jnp.ones((3, 5)), key, gate)
+    with pytest.raises(TypeError, match="module must be a FeedbackVAE.*MLP"):
+        feedback_pass(MLP((5,), 3), params, x, key, gate)
 
 
 def test_errors_name_the_argument():

@@ -68,6 +68,9 @@ def test_pytorch_biases_are_uniform_on_each_layers_fan_in():
                                   np.full(3, 0.5, np.float32))
     with pytest.raises(ValueError, match="bias_init must be a finite float or one of"):
         bias_initializer("torch", 7)
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="fan_in must be a positive int"):
+            bias_initializer("pytorch", bad)
     with pytest.raises(ValueError, match="MLP bias_init must be a finite float or one of"):
         MLP((4,), 2, bias_init="uniform")
 

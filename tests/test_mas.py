@@ -76,6 +76,11 @@ def test_grouped_refuses_bad_groups():
             mas_importance(model.logits_fn, params, batch, group_size=bad)
     with pytest.raises(ValueError, match="implementation"):
         mas_importance(model.logits_fn, params, batch, group_size=7, implementation="fast")
+    with pytest.raises(ValueError, match=r"batch\['task'\] must have shape \(7,\)"):
+        mas_importance(model.logits_fn, params, {**batch, "task": jnp.zeros(3, jnp.int32)},
+                       group_size=7)
+    with pytest.raises(TypeError, match="logits_fn must be callable"):
+        mas_importance(None, params, batch, group_size=7)
 
 
 def test_fast_path_matches_vmap_fallback_on_conv(x64):

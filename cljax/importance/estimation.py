@@ -367,12 +367,13 @@ def estimate_jit(logits_fn: LogitsFn, params: Params, batch: Batch, key: Any, *,
     return result, fl
 
 
-def estimate(kind: str, logits_fn: LogitsFn, params: Params, batch: Batch, key: Any = None, *,
-             num_samples: int = 1, chunk_size: int | None = None, implementation: str = "auto",
-             sharding: Any = None, require_y: bool, fn_name: str) -> Any:
-    """Validate, run the jitted driver, then raise on concrete bad values (labels, NaN).
-    ``sharding``: the examples' :class:`~jax.sharding.NamedSharding` (``None``: the one found on
-    a concrete sharded ``batch``, else one device); see :mod:`cljax.chunking`."""
+def check_estimator_inputs(logits_fn: LogitsFn, params: Params, batch: Batch, *,
+                           chunk_size: int | None, implementation: str, require_y: bool,
+                           fn_name: str) -> Batch:
+    """Validate an estimator's common inputs (a callable ``logits_fn``; a batch of at least one
+    example whose every key shares ``x``'s leading axis; floating ``params`` with leaves; a
+    positive ``chunk_size`` or None; a known ``implementation``), errors naming ``fn_name`` and
+    the argument. Returns the batch as arrays, without ``y`` unless ``require_y``."""
     if not callable(logits_fn):
         raise TypeError(f"{fn_name}: logits_fn must be callable logits_fn(params, batch) -> "
                         f"logits[B, C]; got {type(logits_fn).__name__}")
@@ -388,24 +389,34 @@ def estimate(kind: str, logits_fn: LogitsFn, params: Params, batch: Batch, key: 
                              f"(like batch['x']); got shape {jnp.shape(v)}")
     if chunk_size is not None:
         validation.check_positive_int(chunk_size, name="chunk_size")
-    validation.check_positive_int(num_samples, name="num_samples")
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}; got {implementation!r}")
+    if not jax.tree.leaves(params):
+        raise ValueError(f"{fn_name}: params has no array leaves")
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if not jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating):
+            raise TypeError(f"{fn_name}: params{jax.tree_util.keystr(path)} must be floating "
+                            f"point; got {jnp.asarray(leaf).dtype}")
+    return {k: jnp.asarray(v) for k, v in batch.items()}
+
+
+def estimate(kind: str, logits_fn: LogitsFn, params: Params, batch: Batch, key: Any = None, *,
+             num_samples: int = 1, chunk_size: int | None = None, implementation: str = "auto",
+             sharding: Any = None, require_y: bool, fn_name: str) -> Any:
+    """Validate, run the jitted driver, then raise on concrete bad values (labels, NaN).
+    ``sharding``: the examples' :class:`~jax.sharding.NamedSharding` (``None``: the one found on
+    a concrete sharded ``batch``, else one device); see :mod:`cljax.chunking`."""
+    batch = check_estimator_inputs(logits_fn, params, batch, chunk_size=chunk_size,
+                                   implementation=implementation, require_y=require_y,
+                                   fn_name=fn_name)
+    validation.check_positive_int(num_samples, name="num_samples")
     if kind in ("true", "kfac_true"):
         if key is None or not hasattr(key, "dtype"):
             raise TypeError(f"{fn_name}: key must be a jax PRNG key (jax.random.key(0) or "
                             f"jax.random.PRNGKey(0)); got {type(key).__name__}")
     else:
         key = None
-    leaves = jax.tree.leaves(params)
-    if not leaves:
-        raise ValueError(f"{fn_name}: params has no array leaves")
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        if not jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating):
-            raise TypeError(f"{fn_name}: params{jax.tree_util.keystr(path)} must be floating "
-                            f"point; got {jnp.asarray(leaf).dtype}")
     sharding = chunking.resolve_sharding(batch["x"], sharding)
-    batch = {k: jnp.asarray(v) for k, v in batch.items()}
     result, fl = estimate_jit(logits_fn, params, batch, key, kind=kind, num_samples=num_samples,
                                chunk_size=chunk_size, implementation=implementation,
                                sharding=sharding)
@@ -424,4 +435,4 @@ def estimate(kind: str, logits_fn: LogitsFn, params: Params, batch: Batch, key: 
     return result
 
 
-__all__ = ["estimate", "estimate_jit", "discover", "Plan"]
+__all__ = ["estimate", "estimate_jit", "check_estimator_inputs", "discover", "Plan"]

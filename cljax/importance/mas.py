@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 
 from cljax import chunking, validation
-from cljax.importance.estimation import IMPLEMENTATIONS, estimate
+from cljax.importance.estimation import check_estimator_inputs, estimate
 from cljax.types import Array, Batch, Importance, LogitsFn, Params
 
 
@@ -64,24 +64,13 @@ def mas_importance(logits_fn: LogitsFn, params: Params, batch: Batch, *,
 def _grouped_mas(logits_fn: LogitsFn, params: Params, batch: Batch, group_size: int,
                  chunk_size: int | None, implementation: str, sharding: NamedSharding | None
                  ) -> Importance:
-    if not callable(logits_fn):
-        raise TypeError(f"mas_importance: logits_fn must be callable logits_fn(params, batch) "
-                        f"-> logits[B, C]; got {type(logits_fn).__name__}")
-    validation.check_batch(batch, require_y=False)
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}; got {implementation!r}")
-    if chunk_size is not None:
-        validation.check_positive_int(chunk_size, name="chunk_size")
-    validation.check_float_leaves(params, name="params")
-    batch = {k: jnp.asarray(v) for k, v in batch.items() if k != "y"}
+    batch = check_estimator_inputs(logits_fn, params, batch, chunk_size=chunk_size,
+                                   implementation=implementation, require_y=False,
+                                   fn_name="mas_importance")
     n = int(batch["x"].shape[0])
-    if n == 0 or n % group_size:
+    if n % group_size:
         raise ValueError(f"mas_importance: batch['x'] has {n} examples; with group_size="
                          f"{group_size} it must be a positive multiple of {group_size}")
-    for k, v in batch.items():
-        if v.ndim < 1 or v.shape[0] != n:
-            raise ValueError(f"mas_importance: batch['{k}'] must have a leading axis of {n} "
-                             f"examples (like batch['x']); got shape {v.shape}")
     sharding = chunking.resolve_sharding(batch["x"], sharding)
     per_chunk = None if chunk_size is None else max(1, chunk_size // group_size)
     result = _grouped_jit(logits_fn, params, batch, group_size, per_chunk, sharding)

@@ -23,6 +23,7 @@ sampling, no decoder — so evaluation is the configured MLP's.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple, cast
@@ -154,8 +155,10 @@ def feedback_vae(widths: Sequence[int], *, num_outputs: int, num_heads: int,
                        gate_rows, gate_prop, gate_seed, log_var_bias)
 
 
-_DEFAULT_MLP = {"kernel_init": "lecun_normal", "kernel_stddev": None, "bias_init": 0.0,
-                "dropout": 0.0, "use_bias": True, "feature_encoding": 0}
+# the MLP options the feedback network does not carry, each with the MLP's own default
+_NOT_CARRIED = {f.name: f.default for f in dataclasses.fields(MLP)
+                if f.name in ("kernel_init", "kernel_stddev", "bias_init", "dropout", "use_bias",
+                              "feature_encoding")}
 
 
 def feedback_network(method: str, base: Model, spec: StreamSpec, **options: Any) -> Model:
@@ -166,7 +169,7 @@ def feedback_network(method: str, base: Model, spec: StreamSpec, **options: Any)
     if not isinstance(base.module, MLP):
         raise ValueError(f"{method} builds its network from the configured MLP (model kind "
                          f"'mlp': its widths are the encoder's); got {type(base.module).__name__}")
-    dropped = {name: getattr(base.module, name) for name, default in _DEFAULT_MLP.items()
+    dropped = {name: getattr(base.module, name) for name, default in _NOT_CARRIED.items()
                if getattr(base.module, name) != default}
     if dropped:
         raise ValueError(f"{method} builds its network with flax's default layers (LeCun normal "
@@ -193,6 +196,9 @@ def feedback_pass(module: nn.Module, params: Params, x: Array, key: PRNGKey,
     reparameterisation of Kingma & Welling 2014, Eq. 10) and decode it through ``gate`` (None
     for a network without gates): the pass both replay-through-feedback methods train on (van de
     Ven & Tolias 2018; van de Ven, Siegelmann & Tolias 2020)."""
+    if not isinstance(module, FeedbackVAE):
+        raise TypeError(f"module must be a FeedbackVAE (feedback_vae(...)); got "
+                        f"{type(module).__name__}")
     flat = x.reshape(x.shape[0], -1)
     if flat.shape[1] != module.data_dim:
         raise ValueError(f"x has {flat.shape[1]} features per example; the network takes "

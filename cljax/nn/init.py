@@ -66,6 +66,8 @@ def bias_initializer(value: float | str, fan_in: int) -> Callable[..., Any]:
     """The flax bias initialiser of a layer with ``fan_in`` inputs: the constant ``value`` (0:
     zeros), or ``"pytorch"``: uniform on ±1/√fan_in (:data:`BIAS_INITIALIZERS`)."""
     check_bias_init(value, "bias_initializer")
+    if not isinstance(fan_in, int) or isinstance(fan_in, bool) or fan_in < 1:
+        raise ValueError(f"fan_in must be a positive int; got {fan_in!r}")
     if value == "pytorch":
         bound = 1.0 / math.sqrt(fan_in)
 
