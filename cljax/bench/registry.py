@@ -72,6 +72,12 @@ def _row(source: str, runs: int | None, values: tuple[float | None, ...],
 _TORCH_INIT = {"model.kernel_init": "pytorch", "model.bias_init": "pytorch"}
 
 
+def _strengths_2x(task: float, domain: float, klass: float) -> dict:
+    """A code's penalty weight per scenario (Task / Domain / Class) on its λ Σ Ω Δθ², as
+    scenario hyperparameters: strength 2λ on our (λ/2) Σ Ω Δθ²."""
+    return {s: {"strength": 2.0 * v} for s, v in zip(SCENARIOS3, (task, domain, klass))}
+
+
 # ---- van de Ven & Tolias 2019 ------------------------------------------------------------------
 
 _VDV_SPLIT = "split MNIST table"    # EWC's row re-read in a quote of v1; the rest as REFERENCES.md
@@ -114,8 +120,7 @@ _VDV2019_SPLIT = Protocol(
               hparams={"xi": 0.1}, **_grid("strength", SI_GRID)),
         Entry("si_2019", "si", _row(_VDV_SPLIT, 20, (99.09, 65.36, 19.99)),
               hparams={"xi": 0.1},
-              scenario_hparams={"task": {"strength": 100.0}, "domain": {"strength": 1000.0},
-                                "class": {"strength": 1.0}},
+              scenario_hparams=_strengths_2x(50, 500, 0.5),
               overrides={"method_options": {"path_gradient": "total", "clip_negative": False}},
               selection="paper",
               note="SI as their code runs it (the same from 86802a8, April 2019, to a02db26, "
@@ -196,11 +201,6 @@ _HSU_ONLINE_EWC = _row(_HSU, 10, (98.04, 57.33, 19.77), (1.10, 1.44, 0.04))
 _HSU_FISHER = {"fisher": "argmax", "num_examples": 12000}
 
 
-def _hsu_strengths(task: float, domain: float, klass: float) -> dict:
-    """Their scripts' reg_coef per scenario, on their λ Σ Ω Δθ²: strength 2λ on our (λ/2)."""
-    return {s: {"strength": 2.0 * v} for s, v in zip(SCENARIOS3, (task, domain, klass))}
-
-
 _HSU_ADAM = _row(_HSU, 10, (93.46, 55.16, 19.71), (2.01, 1.38, 0.08))
 _HSU_GEM = _row(_HSU, 10, (98.42, 96.16, 92.20), (0.10, 0.35, 0.12))
 _HSU_SGD = {"name": "sgd", "learning_rate": 0.01}   # their scripts' SGD baseline and GEM
@@ -250,21 +250,21 @@ _HSU2018_SPLIT = Protocol(
         Entry("online_ewc", "online_ewc", _HSU_ONLINE_EWC,
               hparams={"decay": 1.0}, **_grid("strength", EWC_GRID)),
         Entry("ewc_hsu_code", "ewc", _HSU_EWC, selection="paper",
-              scenario_hparams=_hsu_strengths(100, 100, 600),
+              scenario_hparams=_strengths_2x(100, 100, 600),
               overrides={**_TORCH_INIT, "method_options": _HSU_FISHER},
               note="EWC as their code runs it (EWC_mnist): the Fisher on the model's argmax "
                    "labels over the task's training set (ours: 12,000 draws with replacement), "
                    "their λ per scenario (100 / 100 / 600 on λ Σ F Δθ², strength 2λ here) and "
                    "PyTorch's initialisation"),
         Entry("online_ewc_hsu_code", "online_ewc", _HSU_ONLINE_EWC, selection="paper",
-              hparams={"decay": 1.0}, scenario_hparams=_hsu_strengths(400, 700, 100),
+              hparams={"decay": 1.0}, scenario_hparams=_strengths_2x(400, 700, 100),
               overrides={**_TORCH_INIT, "method_options": _HSU_FISHER},
               note="online EWC as their code runs it (EWC_online_mnist: the Fishers summed, "
                    "anchored at the last task): argmax-label Fisher, their λ per scenario "
                    "(400 / 700 / 100, strength 2λ here), PyTorch's initialisation"),
         Entry("si", "si", _HSU_SI, hparams={"xi": 0.1}, **_grid("strength", SI_GRID)),
         Entry("si_hsu_code", "si", _HSU_SI, selection="paper", hparams={"xi": 0.1},
-              scenario_hparams=_hsu_strengths(300, 3000, 600),
+              scenario_hparams=_strengths_2x(300, 3000, 600),
               overrides={**_TORCH_INIT, "method_options": {"clip_negative": False}},
               note="SI as their code runs it: ω from the unregularised gradient, negative "
                    "contributions kept, damping 0.1, their c per scenario (300 / 3000 / 600 on "
@@ -282,7 +282,7 @@ _HSU2018_SPLIT = Protocol(
                    "C grows with the classes seen"),
         Entry("l2", "l2", _HSU_L2, **_grid("strength", SMALL_GRID)),
         Entry("l2_hsu_code", "l2", _HSU_L2, selection="paper",
-              scenario_hparams=_hsu_strengths(0.01, 0.5, 100), overrides=_TORCH_INIT,
+              scenario_hparams=_strengths_2x(0.01, 0.5, 100), overrides=_TORCH_INIT,
               note="L2 as their code runs it: their λ per scenario (0.01 / 0.5 / 100 on "
                    "λ Σ Δθ², strength 2λ here), PyTorch's initialisation"),
         Entry("lwf", "lwf", _row(_HSU, 10, (99.60, 71.02, 24.17), (0.03, 1.26, 0.33)),
