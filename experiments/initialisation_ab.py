@@ -29,9 +29,8 @@ def _acc(config: dict) -> dict[str, list[float]]:
             for sc, r in res["scenarios"].items()}
 
 
-def _summary(v: list[float]) -> str:
-    a = np.asarray(v)
-    return f"{a.mean():.2f} ± {a.std(ddof=1) / np.sqrt(len(a)):.2f}"
+def _summary(v: np.ndarray) -> str:
+    return "{:.2f} ± {:.2f}".format(*metrics.mean_and_sem(v))
 
 
 def main() -> None:
@@ -69,13 +68,12 @@ def main() -> None:
            "entry": args.entry, "hparams": fixed, "scenarios": {}}
     for sc in scenarios:
         a, b = np.asarray(arms["registered"][sc]), np.asarray(arms["pytorch_init"][sc])
-        d = b - a
+        d_mean, d_sem = metrics.mean_and_sem(b - a)
         out["scenarios"][sc] = {"registered": a.round(2).tolist(),
                                 "pytorch_init": b.round(2).tolist(),
-                                "paired_difference": [float(d.mean()),
-                                                      float(d.std(ddof=1) / np.sqrt(len(d)))]}
+                                "paired_difference": [d_mean, d_sem]}
         print(f"{sc}: registered {_summary(a)}, PyTorch's initialisation {_summary(b)}, paired "
-              f"{d.mean():+.2f} ± {d.std(ddof=1) / np.sqrt(len(d)):.2f}", flush=True)
+              f"{d_mean:+.2f} ± {d_sem:.2f}", flush=True)
     path = pathlib.Path(args.out or f"runs/initialisation_ab/{args.protocol}_{args.entry}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
