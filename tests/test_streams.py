@@ -5,6 +5,8 @@ from helpers import tiny_dataset
 from cljax.data import (
     ArrayDataset,
     carve_validation,
+    check_normalisation,
+    make_scenario,
     mirzadeh_rotation_angles,
     permutations,
     permuted_tasks,
@@ -12,6 +14,7 @@ from cljax.data import (
     rotated_tasks,
     split_tasks,
 )
+from cljax.training.data import make_batch, prepare_data
 
 
 def test_split_partitions_classes_and_relabels_within_task():
@@ -36,6 +39,46 @@ def test_split_default_pairs_and_bad_partitions():
         split_tasks(train, train, tasks=[[0, 1], [1, 2]])
     with pytest.raises(ValueError, match="outside"):
         split_tasks(train, train, tasks=[[0, 7]])
+
+
+def test_split_pads_before_normalising():
+    """Hsu et al.'s MNIST input: zero-padded to 32×32, then (pixels/255 − 0.1) / 0.2752; the
+    padding becomes −0.1/0.2752 after normalising, the original pixels sit in the centre."""
+    train = tiny_dataset(size=6)
+    s = split_tasks(train, train, tasks=[[0, 1], [2, 3]], pad_to=10,
+                    normalisation=[[0.1], [0.2752]])
+    assert (s.mean, s.std) == ((0.1,), (0.2752,))
+    assert s.input_shape == (10, 10, 1)
+    plain = split_tasks(train, train, tasks=[[0, 1], [2, 3]])
+    for t in range(2):
+        n = int(s.train.n[t])
+        np.testing.assert_array_equal(s.train.x[t, :n, 2:8, 2:8], plain.train.x[t, :n])
+        assert not s.train.x[t, :n, :2].any() and not s.train.x[t, :n, 8:].any()
+        assert not s.train.x[t, :n, :, :2].any() and not s.train.x[t, :n, :, 8:].any()
+    data = prepare_data(s, make_scenario(s, "task"))
+    idx = np.arange(4)
+    batch = make_batch(data, data.train, np.zeros(4, np.int32), idx)
+    expected = (np.pad(plain.train.x[0, :4], ((0, 0), (2, 2), (2, 2), (0, 0))) / 255.0
+                - 0.1) / 0.2752
+    np.testing.assert_allclose(np.asarray(batch["x"]), expected, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="smaller than the images"):
+        split_tasks(train, train, pad_to=4)
+    with pytest.raises(ValueError, match="pad_to must be None or an int"):
+        split_tasks(train, train, pad_to=10.0)
+
+
+def test_check_normalisation_names_what_is_wrong():
+    assert check_normalisation([[0.5], [2]], 3) == ((0.5,), (2.0,))
+    assert check_normalisation(((0, 1, 2), (1, 1, 1)), 3) == ((0.0, 1.0, 2.0), (1.0, 1.0, 1.0))
+    for bad, match in ((0.5, "must be a pair"), (((0.1,), ("a",)), "must be a pair"),
+                       (((0.1, 0.2), (1.0,)), "one mean and one std"),
+                       (((0.1, 0.2), (1.0, 1.0)), "one per channel \\(3\\)"),
+                       (((0.1,), (0.0,)), "> 0"), (((float("nan"),), (1.0,)), "finite")):
+        with pytest.raises(ValueError, match=match):
+            check_normalisation(bad, 3)
+    train = tiny_dataset()
+    with pytest.raises(ValueError, match="> 0"):
+        split_tasks(train, train, normalisation=((0.0,), (-1.0,)))
 
 
 def test_permutations_are_bijections_fixed_per_seed():

@@ -11,6 +11,7 @@ from cljax.data.streams import (
                                 TaskArrays,
                                 TaskStream,
                                 carve_validation,
+                                check_normalisation,
                                 load_stream,
                                 mirzadeh_rotation_angles,
                                 permutations,
@@ -23,6 +24,6 @@ from cljax.data.streams import (
 __all__ = ["ArrayDataset", "load_split", "resolve_data_dir", "TaskArrays", "TaskStream",
            "NORMALISATION", "STREAM_KINDS", "split_tasks", "permuted_tasks", "rotated_tasks",
            "permutations", "rotate_images", "mirzadeh_rotation_angles", "load_stream",
-           "EVALUATION_SPLITS", "carve_validation",
+           "EVALUATION_SPLITS", "carve_validation", "check_normalisation",
            "SCENARIOS", "TASK_HEADS", "Scenario", "make_scenario", "pipeline", "PLACEMENTS", "HostArrays",
            "choose_placement", "stream_bytes"]

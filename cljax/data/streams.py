@@ -33,6 +33,27 @@ NORMALISATION: dict[str, Normalisation] = {
 }
 
 
+def check_normalisation(normalisation: Any, channels: int) -> Normalisation:
+    """``normalisation`` as ``((mean…), (std…))`` tuples of floats, one value per channel or one
+    for all (a stream's inputs are ``(pixels / 255 − mean) / std``); a ValueError names what is
+    wrong (not a pair, lengths that differ or match neither 1 nor ``channels``, a value that is
+    not finite, a std ≤ 0)."""
+    try:
+        mean, std = normalisation
+        mean = tuple(float(v) for v in mean)
+        std = tuple(float(v) for v in std)
+    except (TypeError, ValueError):
+        raise ValueError(f"normalisation must be a pair ((mean, ...), (std, ...)) of numbers; "
+                         f"got {normalisation!r}") from None
+    if len(mean) != len(std) or len(mean) not in (1, channels):
+        raise ValueError(f"normalisation needs one mean and one std for all channels or one "
+                         f"per channel ({channels}); got {len(mean)} means and {len(std)} stds")
+    if not all(np.isfinite(mean + std)) or min(std) <= 0:
+        raise ValueError(f"normalisation's means must be finite and its stds finite and > 0; "
+                         f"got mean {mean}, std {std}")
+    return mean, std
+
+
 class TaskArrays(NamedTuple):
     """Stacked per-task examples of one split (a pytree: pass it into jitted functions; host
     numpy arrays as built, device arrays once placed)."""
@@ -62,6 +83,9 @@ class TaskStream:
         return tuple(self.train.x.shape[2:])
 
     def __post_init__(self):
+        mean, std = check_normalisation((self.mean, self.std), self.train.x.shape[-1])
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
         for split in ("train", "test"):
             arr = getattr(self, split)
             if arr.x.shape[:2] != arr.y.shape or arr.n.shape != (len(self.classes),):
@@ -90,7 +114,7 @@ def split_tasks(train: ArrayDataset, test: ArrayDataset, *,
                 tasks: Sequence[Sequence[int]] | None = None, name: str = "split",
                 normalisation: Normalisation = ((0.0,), (1.0,)), max_train_per_task: int | None = None,
                 max_test_per_task: int | None = None,
-                class_order: int | None = None) -> TaskStream:
+                class_order: int | None = None, pad_to: int | None = None) -> TaskStream:
     """Split a dataset by class (Zenke et al. 2017; van de Ven & Tolias 2019).
 
     ``tasks`` partitions (a subset of) the classes, e.g. ``[[0, 1], [2, 3], ...]``; the default
@@ -98,6 +122,8 @@ def split_tasks(train: ArrayDataset, test: ArrayDataset, *,
     ``tasks[t]``. ``class_order``: None keeps ``tasks`` as given; an int permutes the classes
     they name (``np.random.default_rng(class_order).permutation``) and deals them back into
     tasks of the same sizes — van de Ven's code draws a class order per seed this way.
+    ``pad_to``: zero-pad the images to ``pad_to``×``pad_to`` before any normalisation (Hsu et
+    al. 2018's code pads MNIST to 32×32 and then standardises it); None keeps their size.
     """
     if class_order is not None:
         if not isinstance(class_order, int) or isinstance(class_order, bool):
@@ -128,7 +154,8 @@ def split_tasks(train: ArrayDataset, test: ArrayDataset, *,
             lookup = np.full(data.num_classes, -1, dtype=np.int32)
             lookup[list(t)] = np.arange(len(t))
             keep = lookup[data.labels] >= 0
-            parts.append(_limit(data.images[keep], lookup[data.labels[keep]], limit))
+            parts.append(_limit(_pad_images(data.images[keep], pad_to),
+                                lookup[data.labels[keep]], limit))
         return _stack_tasks(parts)
 
     return TaskStream(name, build(train, max_train_per_task), build(test, max_test_per_task),
@@ -138,6 +165,9 @@ def split_tasks(train: ArrayDataset, test: ArrayDataset, *,
 def _pad_images(images: np.ndarray, pad_to: int | None) -> np.ndarray:
     if pad_to is None:
         return images
+    if not isinstance(pad_to, (int, np.integer)) or isinstance(pad_to, bool):
+        raise ValueError(f"pad_to must be None or an int (the padded images' side); got "
+                         f"{pad_to!r}")
     h, w = images.shape[1:3]
     if pad_to < max(h, w):
         raise ValueError(f"pad_to={pad_to} is smaller than the images ({h}×{w})")
@@ -266,6 +296,7 @@ def load_stream(dataset: str, kind: str, *, data_dir: str | os.PathLike | None =
     return builders[kind](train, test, name=f"{kind}_{dataset}", **options)
 
 
-__all__ = ["TaskArrays", "TaskStream", "NORMALISATION", "STREAM_KINDS", "split_tasks",
+__all__ = ["TaskArrays", "TaskStream", "NORMALISATION", "STREAM_KINDS", "check_normalisation",
+           "split_tasks",
            "permuted_tasks", "rotated_tasks", "permutations", "rotate_images",
            "mirzadeh_rotation_angles", "EVALUATION_SPLITS", "carve_validation", "load_stream"]
