@@ -199,6 +199,12 @@ _HSU_EWC = _row(_HSU, 10, (97.70, 58.85, 19.80), (0.81, 2.59, 0.05))
 _HSU_ONLINE_EWC = _row(_HSU, 10, (98.04, 57.33, 19.77), (1.10, 1.44, 0.04))
 # their EWC agents' Fisher: argmax labels over the task's training set (n_fisher_sample 60,000)
 _HSU_FISHER = {"fisher": "argmax", "num_examples": 12000}
+# their code's network and input (dataloaders/base.py): PyTorch's initialisation, and MNIST
+# zero-padded to 32×32, then standardised with their mean 0.1 and std 0.2752
+_HSU_CODE = {**_TORCH_INIT, "stream_options.pad_to": 32,
+             "stream_options.normalisation": [[0.1], [0.2752]]}
+_HSU_CODE_NOTE = ("; their input: MNIST zero-padded to 32×32 and standardised (mean 0.1, "
+                  "std 0.2752)")
 
 
 _HSU_ADAM = _row(_HSU, 10, (93.46, 55.16, 19.71), (2.01, 1.38, 0.08))
@@ -231,6 +237,9 @@ _HSU2018_SPLIT = Protocol(
               note="their \"Adam\" row with the MLP initialised as their PyTorch code's "
                    "(weights and biases uniform on ±1/√fan_in) instead of flax's (LeCun-normal "
                    "weights, zero biases): what moves fine-tuning's Task-IL"),
+        Entry("none_hsu_code", "none", _HSU_ADAM, overrides=_HSU_CODE,
+              note="their \"Adam\" row as their code runs it: none_torch_init's initialisation"
+                   + _HSU_CODE_NOTE),
         Entry("none_sgd", "none", _row(_HSU, 10, (97.98, 63.20, 19.46), (0.09, 0.35, 0.04)),
               overrides={"optimizer": _HSU_SGD},
               note="their \"SGD\" row: fine-tuning with plain SGD at lr 0.01, as their script"),
@@ -251,40 +260,41 @@ _HSU2018_SPLIT = Protocol(
               hparams={"decay": 1.0}, **_grid("strength", EWC_GRID)),
         Entry("ewc_hsu_code", "ewc", _HSU_EWC, selection="paper",
               scenario_hparams=_strengths_2x(100, 100, 600),
-              overrides={**_TORCH_INIT, "method_options": _HSU_FISHER},
+              overrides={**_HSU_CODE, "method_options": _HSU_FISHER},
               note="EWC as their code runs it (EWC_mnist): the Fisher on the model's argmax "
                    "labels over the task's training set (ours: 12,000 draws with replacement), "
                    "their λ per scenario (100 / 100 / 600 on λ Σ F Δθ², strength 2λ here) and "
-                   "PyTorch's initialisation"),
+                   "PyTorch's initialisation" + _HSU_CODE_NOTE),
         Entry("online_ewc_hsu_code", "online_ewc", _HSU_ONLINE_EWC, selection="paper",
               hparams={"decay": 1.0}, scenario_hparams=_strengths_2x(400, 700, 100),
-              overrides={**_TORCH_INIT, "method_options": _HSU_FISHER},
+              overrides={**_HSU_CODE, "method_options": _HSU_FISHER},
               note="online EWC as their code runs it (EWC_online_mnist: the Fishers summed, "
                    "anchored at the last task): argmax-label Fisher, their λ per scenario "
-                   "(400 / 700 / 100, strength 2λ here), PyTorch's initialisation"),
+                   "(400 / 700 / 100, strength 2λ here), PyTorch's initialisation"
+                   + _HSU_CODE_NOTE),
         Entry("si", "si", _HSU_SI, hparams={"xi": 0.1}, **_grid("strength", SI_GRID)),
         Entry("si_hsu_code", "si", _HSU_SI, selection="paper", hparams={"xi": 0.1},
               scenario_hparams=_strengths_2x(300, 3000, 600),
-              overrides={**_TORCH_INIT, "method_options": {"clip_negative": False}},
+              overrides={**_HSU_CODE, "method_options": {"clip_negative": False}},
               note="SI as their code runs it: ω from the unregularised gradient, negative "
                    "contributions kept, damping 0.1, their c per scenario (300 / 3000 / 600 on "
-                   "c Σ Ω Δθ², strength 2c here), PyTorch's initialisation"),
+                   "c Σ Ω Δθ², strength 2c here), PyTorch's initialisation" + _HSU_CODE_NOTE),
         Entry("mas", "mas", _HSU_MAS, **_grid("strength", SMALL_GRID)),
         Entry("mas_hsu_code", "mas", {k: v for k, v in _HSU_MAS.items() if k != "class"},
               selection="paper", scenarios=("task", "domain"),
               scenario_hparams={"task": {"strength": 1.0}, "domain": {"strength": 1e4}},
-              overrides={**_TORCH_INIT, "method_options": {"group_size": 128,
-                                                           "num_examples": 11904}},
+              overrides={**_HSU_CODE, "method_options": {"group_size": 128,
+                                                         "num_examples": 11904}},
               note="MAS as their code runs it: per batch of 128 the absolute gradient of the "
                    "mean of the squared outputs, averaged over the task's batches (our "
                    "group_size 128 divided by the C = 2 outputs), summed over tasks; their λ "
                    "(1 / 10000 on λ Σ Ω Δθ²) is strength 2λ/C here; not Class-IL, where their "
-                   "C grows with the classes seen"),
+                   "C grows with the classes seen" + _HSU_CODE_NOTE),
         Entry("l2", "l2", _HSU_L2, **_grid("strength", SMALL_GRID)),
         Entry("l2_hsu_code", "l2", _HSU_L2, selection="paper",
-              scenario_hparams=_strengths_2x(0.01, 0.5, 100), overrides=_TORCH_INIT,
+              scenario_hparams=_strengths_2x(0.01, 0.5, 100), overrides=_HSU_CODE,
               note="L2 as their code runs it: their λ per scenario (0.01 / 0.5 / 100 on "
-                   "λ Σ Δθ², strength 2λ here), PyTorch's initialisation"),
+                   "λ Σ Δθ², strength 2λ here), PyTorch's initialisation" + _HSU_CODE_NOTE),
         Entry("lwf", "lwf", _row(_HSU, 10, (99.60, 71.02, 24.17), (0.03, 1.26, 0.33)),
               hparams={"strength": 1.0, "temperature": 2.0}, selection="paper"),
         Entry("lwf_vdv2018", "lwf", _row(_HSU, 10, (99.60, 71.02, 24.17), (0.03, 1.26, 0.33)),
