@@ -415,7 +415,10 @@ _GPM2021_PERMUTED = Protocol(
               note="their multitask row as 5 shuffled passes over the 10 tasks' examples "
                    "concatenated (joint_offline: i.i.d. draws); their code has no multitask "
                    "script"),),
-    notes=("memories of A-GEM and ER: 25 examples per class, as in A-GEM's paper",))
+    notes=("memories of A-GEM and ER: 25 examples per class, as in A-GEM's paper",
+           "inputs and initialisation as their code (main_pmnist.py, dataloader/pmnist.py): "
+           "MNIST standardised with mean 0.1307 and std 0.3081, weights uniform on "
+           "±1/√fan_in (PyTorch's default)"))
 
 _GPM2021_CIFAR = Protocol(
     name="gpm2021_split_cifar100",
