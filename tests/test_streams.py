@@ -63,7 +63,7 @@ def test_split_pads_before_normalising():
     np.testing.assert_allclose(np.asarray(batch["x"]), expected, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="smaller than the images"):
         split_tasks(train, train, pad_to=4)
-    with pytest.raises(ValueError, match="pad_to must be None or an int"):
+    with pytest.raises(ValueError, match="pad_to must be a positive int"):
         split_tasks(train, train, pad_to=10.0)
 
 

@@ -1,13 +1,14 @@
 """20-split CIFAR-100 for RGO (Liu & Liu 2022: 82.22 %, 5 seeds), on the reduced ResNet-18.
 
-20 tasks of 5 classes, one head per task (Task-IL). The schedule is the paper's ("Architectures
-and training details": MNIST variants are trained 1000 steps per task, CIFAR and miniImageNet 2000
-steps, batch size 10): 2000 steps of batch 10 per task, 8 draws of each of a task's 2,500 images
-on average. The network is the reduced ResNet-18 (20 base channels, batch-statistics BatchNorm:
-``cljax.nn.ResNet18``) of the GEM / A-GEM / ORTHOG-SUBSPACE benchmark whose name Table 1 uses
-(``split_cifar100_resnet.py``), plain SGD lr 0.1, RGO α = 1 with its feature encoding layer
-(``--method rgo``; ``rgo2`` without it). RGO's projections act on every conv's
-im2col patch dimension. ``eval_chunk`` 500 = a task's test set.
+20 tasks of 5 classes, one head per task (Task-IL). The schedule is the paper's, from its
+"Architectures and training details" as a reproducibility report of the ICLR paper quotes it
+(the full text is not readable here): "MNIST variants are trained 1000 steps while CIFAR and mini
+ImageNet are trained 2000 steps. Batchsize is set at 10". So 2000 steps of batch 10 per task, 8
+draws of each of a task's 2,500 images on average. The network is the reduced ResNet-18 (20
+base channels, batch-statistics BatchNorm: ``cljax.nn.ResNet18``) of the GEM / A-GEM /
+ORTHOG-SUBSPACE benchmark whose name Table 1 uses (``split_cifar100_resnet.py``), plain SGD lr
+0.1, RGO α = 1 with its feature encoding layer (``--method rgo``; ``rgo2`` without it). RGO's
+projections act on every conv's im2col patch dimension. ``eval_chunk`` 500 = a task's test set.
 
     cljax run split_cifar100_rgo --method rgo --seeds 3
 """

@@ -22,6 +22,7 @@ import numpy as np
 
 from cljax.data.sources import ArrayDataset, load_split
 from cljax.types import Array
+from cljax.validation import check_positive_int
 
 # Per-channel (mean, std) applied after scaling pixels to [0, 1].
 Normalisation = tuple[tuple[float, ...], tuple[float, ...]]
@@ -165,9 +166,7 @@ def split_tasks(train: ArrayDataset, test: ArrayDataset, *,
 def _pad_images(images: np.ndarray, pad_to: int | None) -> np.ndarray:
     if pad_to is None:
         return images
-    if not isinstance(pad_to, (int, np.integer)) or isinstance(pad_to, bool):
-        raise ValueError(f"pad_to must be None or an int (the padded images' side); got "
-                         f"{pad_to!r}")
+    check_positive_int(pad_to, name="pad_to")
     h, w = images.shape[1:3]
     if pad_to < max(h, w):
         raise ValueError(f"pad_to={pad_to} is smaller than the images ({h}×{w})")

@@ -393,10 +393,7 @@ def check_estimator_inputs(logits_fn: LogitsFn, params: Params, batch: Batch, *,
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}; got {implementation!r}")
     if not jax.tree.leaves(params):
         raise ValueError(f"{fn_name}: params has no array leaves")
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        if not jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating):
-            raise TypeError(f"{fn_name}: params{jax.tree_util.keystr(path)} must be floating "
-                            f"point; got {jnp.asarray(leaf).dtype}")
+    validation.check_float_leaves(params, name=f"{fn_name}: params")
     return {k: jnp.asarray(v) for k, v in batch.items()}
 
 
