@@ -70,3 +70,67 @@ def test_gpm_bad_inputs():
     with pytest.raises(ValueError, match="gpm_state"):
         gpm_projection().update(_params(), optax.EmptyState(), None)
     assert isinstance(state, GPMState)
+
+
+def _their_update(activations, threshold, features, plus_one):
+    """GPM's released ``update_GPM`` (main_pmnist.py) in numpy, the oracle of both first-task
+    rules: ``activations`` ``[rows, m]``; ``plus_one`` un-comments the ``+1`` of eq. 5."""
+    if not features:
+        u, s, _ = np.linalg.svd(activations, full_matrices=False)
+        ratio = s ** 2 / (s ** 2).sum()
+        r = int(np.sum(np.cumsum(ratio) < threshold)) + int(plus_one)
+        return [u[:, :r]]
+    u1, s1, _ = np.linalg.svd(activations, full_matrices=False)
+    total = (s1 ** 2).sum()
+    m = features[0]
+    hat = activations - m @ (m.T @ activations)
+    u, s, _ = np.linalg.svd(hat, full_matrices=False)
+    ratio = s ** 2 / total
+    acc = (total - (s ** 2).sum()) / total
+    r = 0
+    for v in ratio:
+        if acc < threshold:
+            acc += v
+            r += 1
+        else:
+            break
+    return [np.hstack([m, u[:, :r]])[:, :m.shape[0]]] if r else features
+
+
+@pytest.mark.parametrize("rule", ["eq5", "code"])
+def test_first_task_rank_matches_their_code(rule):
+    """The bases' spans equal the released update_GPM's over three tasks, with the ``+1`` of
+    eq. 5 (``"eq5"``) or without it as shipped (``"code"``: one vector fewer after task 1)."""
+    rng = np.random.default_rng(3)
+    rows = 12
+    state, features = init_gpm(_params(rows=rows)), []
+    sizes = []
+    for _ in range(3):
+        rep = rng.normal(size=(30, 4)) @ rng.normal(size=(4, rows)) + 0.1 * rng.normal(
+            size=(30, rows))
+        state = gpm_consolidate(state, {"Dense_0": jnp.asarray(rep)}, 0.95, first_task_rank=rule)
+        features = _their_update(rep.T, 0.95, features, plus_one=rule == "eq5")
+        size = int(state.sizes["Dense_0"])
+        assert size == features[0].shape[1]
+        m = np.asarray(state.bases["Dense_0"])[:, :size]
+        np.testing.assert_allclose(m @ m.T, features[0] @ features[0].T, atol=2e-4)
+        sizes.append(size)
+    assert sizes[0] >= 1
+
+
+def test_first_task_rank_code_keeps_one_fewer_only_after_the_first_task():
+    rng = np.random.default_rng(4)
+    reps = [jnp.asarray(rng.normal(size=(25, 9))) for _ in range(2)]
+    eq5 = code = init_gpm(_params(rows=9))
+    for t, rep in enumerate(reps):
+        eq5 = gpm_consolidate(eq5, {"Dense_0": rep}, 0.9)
+        code_before = int(code.sizes["Dense_0"])
+        code = gpm_consolidate(code, {"Dense_0": rep}, 0.9, first_task_rank="code")
+        if t == 0:
+            assert int(code.sizes["Dense_0"]) == int(eq5.sizes["Dense_0"]) - 1
+    # the second task adds what eq. 9 asks of the (smaller) basis: no further offset
+    m = np.asarray(code.bases["Dense_0"])
+    assert int(code.sizes["Dense_0"]) > code_before
+    assert _energy_kept(m, code.sizes["Dense_0"], reps[1]) >= 0.9 - 1e-4
+    with pytest.raises(ValueError, match="first_task_rank"):
+        gpm_consolidate(eq5, {"Dense_0": reps[0]}, 0.9, first_task_rank="paper")

@@ -20,9 +20,9 @@ OPTIONS = {"rgo": {}, "rgo2": {}, "gpm": {"thresholds": (0.97,), "num_examples":
            "ogd": {"per_task": 10}}
 
 
-def _build(name, optimizer=None, **options):
+def _build(name, optimizer=None, num_tasks=3, **options):
     s = permuted_tasks(tiny_dataset(num_classes=4, n=120), tiny_dataset(num_classes=4, n=40, seed=1),
-                       num_tasks=3, pad_to=None)
+                       num_tasks=num_tasks, pad_to=None)
     sc = make_scenario(s, "domain")
     method = get_method(name, **{**OPTIONS[name], **options})
     model = as_model(MLP((16,), sc.num_outputs, use_bias=False))
@@ -54,6 +54,8 @@ def test_rgo_fused_equals_plain_and_its_projections_have_trace_dim():
 def test_projection_method_errors():
     with pytest.raises(ValueError, match="thresholds"):
         get_method("gpm", thresholds=(1.2,))
+    with pytest.raises(ValueError, match="first_task_rank must be one of"):
+        get_method("gpm", first_task_rank="paper")
     with pytest.raises(ValueError, match="per_task"):
         get_method("ogd", per_task=0)
     method, tr, data = _build("gpm", thresholds=(0.9, 0.9, 0.9))
@@ -73,6 +75,18 @@ def test_gpm_fused_equals_projecting_the_finished_gradient():
         method, tr, data = _build("gpm", fused_gradient=fused)
         runs.append(run_stream(tr, data, num_steps=6, keys=keys))
     _assert_same_runs(runs[0], runs[1], rtol=1e-4)
+
+
+def test_gpm_first_task_rank_code_keeps_one_fewer_vector_per_layer():
+    """``first_task_rank="code"`` (GPM's released code): after the first task every layer's
+    basis is one vector smaller than eq. 5's, from the same trained weights."""
+    sizes = {}
+    for rule in ("eq5", "code"):
+        method, tr, data = _build("gpm", first_task_rank=rule, num_tasks=1)
+        run = run_stream(tr, data, num_steps=6, keys=KEYS[:1])
+        sizes[rule] = {k: int(v[0]) for k, v in run.final_state.mstate.sizes.items()}
+    assert sizes["eq5"] and all(v >= 1 for v in sizes["eq5"].values())
+    assert sizes["code"] == {k: v - 1 for k, v in sizes["eq5"].items()}
 
 
 @pytest.mark.slow   # by default: the contract suite's and the golden test's ogd_deferred rows

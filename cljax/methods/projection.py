@@ -29,7 +29,13 @@ import optax
 from cljax.layers import capture_rows, mean_rows, with_weight_offsets
 from cljax.methods.base import ConfigPlan, Method, base_model, cross_entropy, get_hparam, task_loss
 from cljax.nn.model import rebuild
-from cljax.transforms.gpm import gpm_consolidate, gpm_projection, gpm_value_and_grad, init_gpm
+from cljax.transforms.gpm import (
+    FIRST_TASK_RANKS,
+    gpm_consolidate,
+    gpm_projection,
+    gpm_value_and_grad,
+    init_gpm,
+)
 from cljax.transforms.ogd import (
     OGDState,
     ground_truth_gradients,
@@ -100,12 +106,15 @@ def rgo2(*, fused_gradient: bool = True) -> Method:
 
 
 def gpm(*, thresholds: Sequence[float] = (0.95, 0.99, 0.99), threshold_increment: float = 0.0,
-        num_examples: int = 300, fused_gradient: bool = True) -> Method:
+        num_examples: int = 300, fused_gradient: bool = True,
+        first_task_rank: str = "eq5") -> Method:
     """GPM (Saha et al. 2021): ``thresholds`` per layer in order (one value: every layer; the
     paper's permuted MNIST: 0.95, 0.99, 0.99), plus ``threshold_increment`` × task (their CIFAR
     schedule: 0.97 + 0.003·t), capped at 1; ``num_examples`` examples of each task build its
     representation matrices (300 for MNIST, 125 for CIFAR). ``fused_gradient`` (default): the
-    projection inside the backward pass (:func:`cljax.transforms.gpm_value_and_grad`)."""
+    projection inside the backward pass (:func:`cljax.transforms.gpm_value_and_grad`).
+    ``first_task_rank``: ``"eq5"`` (the paper) or ``"code"`` (their code keeps one singular
+    vector fewer per layer after the first task; :data:`cljax.transforms.gpm.FIRST_TASK_RANKS`)."""
     if not isinstance(fused_gradient, bool):
         raise TypeError(f"fused_gradient must be a bool; got {type(fused_gradient).__name__}")
     if isinstance(thresholds, (str, bytes)) or not isinstance(thresholds, Sequence):
@@ -122,6 +131,9 @@ def gpm(*, thresholds: Sequence[float] = (0.95, 0.99, 0.99), threshold_increment
         raise ValueError("thresholds must name at least one value")
     check_in_unit_interval(threshold_increment, name="threshold_increment", closed_left=True)
     check_positive_int(num_examples, name="num_examples")
+    if first_task_rank not in FIRST_TASK_RANKS:
+        raise ValueError(f"first_task_rank must be one of {FIRST_TASK_RANKS}; got "
+                         f"{first_task_rank!r}")
 
     def per_layer(names, task):
         if len(thresholds) not in (1, len(names)):
@@ -135,7 +147,8 @@ def gpm(*, thresholds: Sequence[float] = (0.95, 0.99, 0.99), threshold_increment
         _, rows = capture_rows(ctx.model.logits_fn, ctx.params, batch)
         reps = {n: jnp.concatenate([r.reshape(-1, r.shape[-1]) for r in rs])
                 for n, rs in rows.items() if n in ctx.mstate.bases}
-        new = gpm_consolidate(ctx.mstate, reps, per_layer(list(ctx.mstate.bases), ctx.task))
+        new = gpm_consolidate(ctx.mstate, reps, per_layer(list(ctx.mstate.bases), ctx.task),
+                              first_task_rank=first_task_rank)
         return ctx.params, ctx.opt_state, new
 
     def value_and_grad(loss, params, mstate, ctx):

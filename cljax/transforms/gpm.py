@@ -10,7 +10,8 @@ rows of m examples of the finished task; 300 for MNIST, 125 for CIFAR in the pap
 energy threshold ε_l (their eq. 5–8):
 
 * first task: R = U Σ Vᵀ; keep the k first left singular vectors, k the smallest with
-  Σ_{i<k} σ_i² ≥ ε_l ‖R‖²_F;
+  Σ_{i<k} σ_i² ≥ ε_l ‖R‖²_F (``first_task_rank="code"``: k − 1, as their ``main_*.py``'s
+  ``np.sum(np.cumsum(ratio) < ε)`` with its ``+1`` commented out);
 * later tasks: the residual R̂ = R − M Mᵀ R; R̂ = Û Σ̂ V̂ᵀ; add the k first columns of Û, k the
   smallest with ‖M Mᵀ R‖²_F + Σ_{i<k} σ̂_i² ≥ ε_l ‖R‖²_F (none if the old basis already holds ε).
 
@@ -69,10 +70,11 @@ def init_gpm(params: Params, *, layers: Any = None) -> GPMState:
     return GPMState(bases, sizes, projectors, jnp.zeros((), jnp.int32))
 
 
-def grow_basis(basis: Array, size: Array, representation: Array, threshold: Array
-               ) -> tuple[Array, Array]:
+def grow_basis(basis: Array, size: Array, representation: Array, threshold: Array,
+               rank_offset: Array | int = 0) -> tuple[Array, Array]:
     """One layer's basis update (module docstring) from ``representation`` ``[m, rows]``
-    (one example's rows per row); returns ``(basis, size)``."""
+    (one example's rows per row); returns ``(basis, size)``. ``rank_offset`` (0 or 1) is
+    taken from the number of vectors the threshold asks for (GPM's code after its first task)."""
     n = basis.shape[0]
     r = representation.astype(basis.dtype).T                       # [rows, m]
     cols = jnp.arange(n)
@@ -84,7 +86,8 @@ def grow_basis(basis: Array, size: Array, representation: Array, threshold: Arra
     w, u = jnp.maximum(w[::-1], 0.0), u[:, ::-1]
     energy = kept + jnp.cumsum(w)
     enough = energy >= threshold * total
-    need = jnp.where(kept >= threshold * total, 0, jnp.argmax(enough) + 1)
+    need = jnp.where(kept >= threshold * total, 0,
+                     jnp.maximum(jnp.argmax(enough) + 1 - rank_offset, 0))
     need = jnp.where(jnp.any(enough) | (kept >= threshold * total), need, n)
     k = jnp.minimum(need, n - size).astype(jnp.int32)
     u = u - m @ (m.T @ u)                                           # re-orthogonalise once
@@ -95,8 +98,15 @@ def grow_basis(basis: Array, size: Array, representation: Array, threshold: Arra
     return out, size + k
 
 
+FIRST_TASK_RANKS = ("eq5", "code")
+"""How many singular vectors GPM keeps after the first task: ``"eq5"`` the paper's eq. 5 (the
+smallest k reaching ε), ``"code"`` one fewer, as their released code (the ``+1`` of
+``np.sum(np.cumsum(ratio) < ε)`` commented out in ``main_pmnist.py`` and ``main_cifar100.py``)."""
+
+
 def gpm_consolidate(state: GPMState, representations: Mapping[str, Array],
-                    thresholds: Mapping[str, Any] | Any) -> GPMState:
+                    thresholds: Mapping[str, Any] | Any, *,
+                    first_task_rank: str = "eq5") -> GPMState:
     """Task boundary: grow every layer's basis from its representation matrix.
 
     Args:
@@ -105,6 +115,7 @@ def gpm_consolidate(state: GPMState, representations: Mapping[str, Array],
         (:func:`cljax.layers.capture_rows` of a forward pass; a conv contributes every
         position of every example).
       thresholds: ε ∈ (0, 1], one for all layers or {layer: ε}.
+      first_task_rank: :data:`FIRST_TASK_RANKS`; applies while no task is consolidated.
     """
     if not isinstance(state, GPMState):
         raise TypeError(f"state must be a GPMState (init_gpm(params)); got {type(state).__name__}")
@@ -117,7 +128,11 @@ def gpm_consolidate(state: GPMState, representations: Mapping[str, Array],
             raise ValueError(f"thresholds lacks layers {missing}: give one threshold for every "
                              f"layer of the state {sorted(state.bases)} (or one number for all); "
                              f"got {sorted(thresholds)}")
+    if first_task_rank not in FIRST_TASK_RANKS:
+        raise ValueError(f"first_task_rank must be one of {FIRST_TASK_RANKS}; got "
+                         f"{first_task_rank!r}")
     check_finite(representations, name="representations")
+    offset = jnp.where(state.count == 0, 1, 0) if first_task_rank == "code" else 0
     bases, sizes, projectors = {}, {}, {}
     for name, basis in state.bases.items():
         eps = thresholds[name] if isinstance(thresholds, Mapping) else thresholds
@@ -127,7 +142,7 @@ def gpm_consolidate(state: GPMState, representations: Mapping[str, Array],
             raise ValueError(f"representations[{name!r}] must have shape [m, {basis.shape[0]}]; "
                              f"got {rep.shape}")
         bases[name], sizes[name] = grow_basis(basis, state.sizes[name], rep,
-                                              jnp.asarray(eps, basis.dtype))
+                                              jnp.asarray(eps, basis.dtype), offset)
         m = bases[name]
         projectors[name] = jnp.eye(m.shape[0], dtype=m.dtype) - m @ m.T
     return GPMState(bases, sizes, projectors, state.count + 1)
@@ -164,5 +179,5 @@ def gpm_projection() -> optax.GradientTransformationExtraArgs:
         name="gpm_projection", required={"gpm_state": GPMState})
 
 
-__all__ = ["GPMState", "init_gpm", "grow_basis", "gpm_consolidate", "gpm_project",
+__all__ = ["GPMState", "FIRST_TASK_RANKS", "init_gpm", "grow_basis", "gpm_consolidate", "gpm_project",
            "gpm_projection", "gpm_value_and_grad"]
