@@ -391,35 +391,35 @@ _GPM2021_PERMUTED = Protocol(
     config="permuted_mnist_gpm", citation=GPM2021, scenarios=("domain",),
     metric_definition=ACC_ALL_TASKS + "; the paper: mean ± standard deviation over 5 runs",
     entries=tuple(
-        Entry(key, method, published, hparams=hp, selection=sel, note=note,
+        Entry(key, method, published, hparams=hp, selection=sel, note=note, overrides=ov,
               grid={"strength": GPM_EWC_GRID} if sel == "validation" else {})
-        for key, method, published, hp, sel, note in (
-            ("gpm", "gpm", _gpm_pm(93.91, 0.16), {}, "paper",
+        for key, method, published, hp, sel, ov, note in (
+            ("gpm", "gpm", _gpm_pm(93.91, 0.16), {}, "paper", {},
              "thresholds 0.95 / 0.99 / 0.99 and 300 examples, as their code"),
-            ("rgo", "rgo", {}, {"alpha": 1.0}, "default", ""),
-            ("rgo2", "rgo2", {}, {"alpha": 1.0}, "default", ""),
-            ("ewc", "ewc", _gpm_pm(89.97, 0.57), {}, "validation",
+            ("gpm_code", "gpm", _gpm_pm(93.91, 0.16), {}, "paper",
+             {"method_options": {"first_task_rank": "code"}},
+             "GPM as their released code counts its first task's basis: one singular vector "
+             "fewer per layer than eq. 5 (main_pmnist.py's np.sum(np.cumsum(ratio) < "
+             "threshold), its +1 commented out); later tasks as eq. 9"),
+            ("rgo", "rgo", {}, {"alpha": 1.0}, "default", {}, ""),
+            ("rgo2", "rgo2", {}, {"alpha": 1.0}, "default", {}, ""),
+            ("ewc", "ewc", _gpm_pm(89.97, 0.57), {}, "validation", {},
              "λ chosen on validation data; 1000 diverged on every seed of the test-set runs"),
-            ("agem", "agem", _gpm_pm(83.56, 0.16), {}, "default", "250 examples per task"),
-            ("er", "er", _gpm_pm(87.24, 0.53), {}, "default",
+            ("agem", "agem", _gpm_pm(83.56, 0.16), {}, "default", {}, "250 examples per task"),
+            ("er", "er", _gpm_pm(87.24, 0.53), {}, "default", {},
              "their ER_Res; 250 examples per task"),
-            ("ogd", "ogd", _gpm_pm(82.73, None), {}, "default",
+            ("ogd", "ogd", _gpm_pm(82.73, None), {}, "default", {},
              "OGD's value is from GPM's submission (3 runs, no ±): the camera-ready's was not "
              "found"),
-            ("none", "none", {}, {}, "default", ""),
-            ("joint", "joint", {}, {}, "default", "incremental joint training"),
-            ("joint_offline", "joint_offline", _GPM_MULTITASK, {}, "default",
-             "their multitask row"))) + (
-        Entry("gpm_code", "gpm", _gpm_pm(93.91, 0.16), selection="paper",
-              overrides={"method_options": {"first_task_rank": "code"}},
-              note="GPM as their released code counts its first task's basis: one singular "
-                   "vector fewer per layer than eq. 5 (main_pmnist.py's np.sum(np.cumsum(ratio) "
-                   "< threshold), its +1 commented out); later tasks as eq. 9"),
-        Entry("joint_offline_pass", "joint_offline", _GPM_MULTITASK,
-              overrides={"method_options": {"draw": "example"}},
-              note="their multitask row as 5 shuffled passes over the 10 tasks' examples "
-                   "concatenated (joint_offline: i.i.d. draws); their code has no multitask "
-                   "script"),),
+            ("none", "none", {}, {}, "default", {}, ""),
+            ("joint", "joint", {}, {}, "default", {}, "incremental joint training"),
+            ("joint_offline", "joint_offline", _GPM_MULTITASK, {}, "default", {},
+             "their multitask row"),
+            ("joint_offline_pass", "joint_offline", _GPM_MULTITASK, {}, "default",
+             {"method_options": {"draw": "example"}},
+             "their multitask row as 5 shuffled passes over the 10 tasks' examples "
+             "concatenated (joint_offline: i.i.d. draws); their code has no multitask "
+             "script"))),
     notes=("memories of A-GEM and ER: 25 examples per class, as in A-GEM's paper",
            "inputs and initialisation as their code (main_pmnist.py, dataloader/pmnist.py): "
            "MNIST standardised with mean 0.1307 and std 0.3081, weights uniform on "
