@@ -44,10 +44,11 @@ DERPP_BETA_GRID = (0.5, 1.0)
 GPM_EWC_GRID = (1.0, 3.0, 10.0, 20.0, 40.0, 100.0, 1000.0)
 """EWC's λ on GPM's protocol: the decades first tried (1 … 1000; 100 diverged on one seed of
 three, 1000 on all) and a finer grid between 3 and 40 around the chosen 10."""
-RGO_ALPHA_GRID = (0.1, 1.0, 10.0, 100.0)
+RGO_ALPHA_GRID = (1.0, 10.0, 100.0, 1e3, 1e4)
 """RGO's α (H̄ = αI + Σ ā āᵀ, :mod:`cljax.transforms.rgo`) chosen on validation data where the
 input is not MNIST's [0, 1] pixels: the data term grows with the square of the input's scale, so
-α = 1 means another balance on standardised pixels."""
+α = 1 means another balance on standardised pixels. A first grid 0.1 … 100 chose its largest
+point (validation 86.50, 88.24, 90.77, 91.78), so the grid goes on to 10⁴."""
 MCSGD_OPTIONS = {"per_class": 1, "num_points": 6, "mc_steps": 125, "mc_batch_size": 16,
                  "memory_batch_size": 16}
 """MC-SGD's phase as the paper's code runs it on permuted MNIST (one epoch of batches of 16 over a
