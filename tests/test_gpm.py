@@ -80,8 +80,7 @@ def _their_update(activations, threshold, features, plus_one):
         ratio = s ** 2 / (s ** 2).sum()
         r = int(np.sum(np.cumsum(ratio) < threshold)) + int(plus_one)
         return [u[:, :r]]
-    u1, s1, _ = np.linalg.svd(activations, full_matrices=False)
-    total = (s1 ** 2).sum()
+    total = (np.linalg.svd(activations, compute_uv=False) ** 2).sum()
     m = features[0]
     hat = activations - m @ (m.T @ activations)
     u, s, _ = np.linalg.svd(hat, full_matrices=False)

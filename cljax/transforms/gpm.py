@@ -179,5 +179,5 @@ def gpm_projection() -> optax.GradientTransformationExtraArgs:
         name="gpm_projection", required={"gpm_state": GPMState})
 
 
-__all__ = ["GPMState", "FIRST_TASK_RANKS", "init_gpm", "grow_basis", "gpm_consolidate", "gpm_project",
-           "gpm_projection", "gpm_value_and_grad"]
+__all__ = ["GPMState", "FIRST_TASK_RANKS", "init_gpm", "grow_basis", "gpm_consolidate",
+           "gpm_project", "gpm_projection", "gpm_value_and_grad"]
