@@ -389,6 +389,9 @@ def _gpm_pm(value: float, pm: float | None) -> dict[str, Published]:
 
 
 _GPM_MULTITASK = _gpm_pm(96.70, 0.02)
+_GPM2021_GRIDS: dict[str, dict[str, tuple[float, ...]]] = {
+    "ewc": {"strength": GPM_EWC_GRID}, "rgo_validation": {"alpha": RGO_ALPHA_GRID}}
+"""The grids of the GPM board's entries chosen on validation data, by entry."""
 
 _GPM2021_PERMUTED = Protocol(
     name="gpm2021_permuted_mnist",
@@ -397,8 +400,7 @@ _GPM2021_PERMUTED = Protocol(
     metric_definition=ACC_ALL_TASKS + "; the paper: mean ± standard deviation over 5 runs",
     entries=tuple(
         Entry(key, method, published, hparams=hp, selection=sel, note=note, overrides=ov,
-              grid={"ewc": {"strength": GPM_EWC_GRID},
-                    "rgo_validation": {"alpha": RGO_ALPHA_GRID}}.get(key, {}))
+              grid=_GPM2021_GRIDS.get(key, {}))
         for key, method, published, hp, sel, ov, note in (
             ("gpm", "gpm", _gpm_pm(93.91, 0.16), {}, "paper", {},
              "thresholds 0.95 / 0.99 / 0.99 and 300 examples, as their code"),
