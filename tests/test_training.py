@@ -103,6 +103,32 @@ def test_joint_example_draw_weighs_tasks_by_their_size():
         get_method("joint", draw="union")
 
 
+def test_joint_stratified_draw_gives_every_task_its_share_of_each_batch():
+    """``draw="stratified"`` (van de Ven's Task-IL offline replay): in every batch each task
+    seen holds ⌊B/n⌋ or ⌈B/n⌉ examples, future tasks none (joint) or their share (offline),
+    whatever the key; the examples within a task are drawn by ``ctx.draw``."""
+    from cljax.methods import BatchContext, StreamSpec, get_method
+    spec = StreamSpec((2,), jnp.float32, 4, 2, 2, 1, jnp.zeros((4, 2), jnp.int32), (9,) * 4)
+
+    def counts(method, task, seed, batch=130):
+        ctx = BatchContext(jax.random.key(seed), jax.random.key(seed + 1), jnp.asarray(task),
+                           batch, {}, spec, lambda k, tasks: {"task": tasks}, None, None, None)
+        rows = get_method(method, draw="stratified").batch(ctx, ())
+        return np.bincount(np.asarray(rows["task"]), minlength=4)
+
+    for seed in (0, 5):
+        np.testing.assert_array_equal(counts("joint", 0, seed), [130, 0, 0, 0])
+        np.testing.assert_array_equal(counts("joint", 2, seed), [44, 43, 43, 0])
+        np.testing.assert_array_equal(counts("joint_offline", 0, seed), [33, 33, 32, 32])
+    traced = jax.jit(lambda t: get_method("joint", draw="stratified").batch(
+        BatchContext(jax.random.key(0), jax.random.key(1), t, 8, {}, spec,
+                     lambda k, tasks: {"task": tasks}, None, None, None), ())["task"])
+    np.testing.assert_array_equal(traced(jnp.int32(3)), [0, 1, 2, 3, 0, 1, 2, 3])
+    tr, data = _setup(scenario="class", method=get_method("joint", draw="stratified"))
+    res = run_stream(tr, data, num_steps=80, keys=jax.random.split(jax.random.key(0), 1))
+    assert res.accuracy[0, -1].min() > 0.8  # joint keeps task 0
+
+
 @pytest.mark.parametrize("sampling", ["shuffled", "shuffled_drop_last"])
 def test_joint_example_draw_passes_over_the_union(sampling):
     """Under a shuffled rule, ``joint(draw="example")`` passes over the union of the tasks

@@ -183,7 +183,13 @@ _VDV2019_PERMUTED = Protocol(
             ("joint", (97.68, 97.59), (0.01, 0.01), {}),
             ("ewc", (94.74, 94.31), (0.05, 0.11), {"strength": 100.0}),
             ("online_ewc", (95.96, 94.42), (0.06, 0.13), {"strength": 100.0, "decay": 1.0}),
-            ("si", (94.75, 95.33), (0.14, 0.11), {"strength": 10.0, "xi": 0.1}))),
+            ("si", (94.75, 95.33), (0.14, 0.11), {"strength": 10.0, "xi": 0.1}))) + (
+        Entry("joint_stratified", "joint",
+              _row("permuted MNIST table (= arXiv 1809.10635 Table 4)", 20, (97.68,), (0.01,),
+                   "sem", scenarios=("task",)),
+              overrides={"method_options": {"draw": "stratified"}}, scenarios=("task",),
+              note="joint training with every task seen alike in each batch, as their Task-IL "
+                   "offline replay draws ⌈128/t⌉ examples from each task (train.py of 86802a8)"),),
     task_draw="per_seed",
     notes=("λ: the values van de Ven's current code sets for this protocol, on the exact-Fisher "
            "scale cljax shares with it; one run of one method and scenario is ≈ 1 h for 5 "

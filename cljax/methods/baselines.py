@@ -9,13 +9,18 @@ example's task uniformly, then one of its examples i.i.d.; ``"example"`` draws f
 the tasks' examples, each equally likely, by the run's sampling rule — shuffled passes over the
 union under ``sampling="shuffled"`` / ``"shuffled_drop_last"`` (:func:`union_batch`), what the
 papers' code does: van de Ven's ``ConcatDataset`` loader of the tasks so far (drop-last passes),
-A-GEM's multitask baseline (one shuffled pass over every task's examples concatenated)."""
+A-GEM's multitask baseline (one shuffled pass over every task's examples concatenated);
+``"stratified"`` gives every task alike its share of each batch (example i from task i mod the
+number of tasks, i.i.d. within it), as van de Ven's Task-IL offline replay draws ⌈B/t⌉ examples
+from each of the t tasks' own loaders (their ``train.py``; they average the t per-task losses,
+ours the B examples' — the same to the ≤ 1-example differences of the shares)."""
 import jax
 import jax.numpy as jnp
 
 from cljax.methods.base import BatchContext, Method, Rows, all_tasks_batch, union_batch
+from cljax.types import Array
 
-JOINT_DRAWS = ("task", "example")
+JOINT_DRAWS = ("task", "example", "stratified")
 """How the joint baselines draw their batch (module docstring)."""
 
 
@@ -45,6 +50,13 @@ def whole_union_batch(ctx: BatchContext, mstate: object) -> Rows:
                        position=ctx.clock.step)
 
 
+def stratified_batch(ctx: BatchContext, num_tasks: Array | int) -> Rows:
+    """Tasks ``0..num_tasks-1`` alike in the batch: example i from task ``i mod num_tasks``
+    (each task ⌊B/n⌋ or ⌈B/n⌉ examples), drawn by ``ctx.draw`` within its task."""
+    tasks = jnp.arange(ctx.batch_size, dtype=jnp.int32) % jnp.asarray(num_tasks, jnp.int32)
+    return ctx.draw(ctx.data_key, tasks)
+
+
 def _check_draw(draw: str) -> None:
     if draw not in JOINT_DRAWS:
         raise ValueError(f"draw must be one of {JOINT_DRAWS}; got {draw!r}")
@@ -57,9 +69,12 @@ joint_offline = Method(name="joint_offline", batch=whole_stream_batch)
 
 def joint_training(draw: str = "task") -> Method:
     """Joint training: each task trains on the union of all tasks seen so far, the upper bound.
-    ``draw``: ``"task"`` (a task uniformly, then an example i.i.d.) or ``"example"`` (the
-    union's examples alike, by the run's sampling rule; module docstring)."""
+    ``draw``: ``"task"`` (a task uniformly, then an example i.i.d.), ``"example"`` (the
+    union's examples alike, by the run's sampling rule) or ``"stratified"`` (every task seen
+    alike in each batch; module docstring)."""
     _check_draw(draw)
+    if draw == "stratified":
+        return Method(name="joint", batch=lambda ctx, mstate: stratified_batch(ctx, ctx.task + 1))
     return joint if draw == "task" else Method(name="joint", batch=seen_union_batch)
 
 
@@ -74,9 +89,12 @@ def offline_joint_training(draw: str = "task") -> Method:
     _check_draw(draw)
     if draw == "task":
         return joint_offline
+    if draw == "stratified":
+        return Method(name="joint_offline",
+                      batch=lambda ctx, mstate: stratified_batch(ctx, ctx.spec.num_tasks))
     return Method(name="joint_offline", batch=whole_union_batch)
 
 
-__all__ = ["JOINT_DRAWS", "none", "joint", "joint_offline", "joint_training",
+__all__ = ["JOINT_DRAWS", "none", "joint", "joint_offline", "joint_training", "stratified_batch",
            "offline_joint_training", "whole_stream_batch", "seen_union_batch",
            "whole_union_batch"]
