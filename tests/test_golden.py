@@ -15,6 +15,7 @@ the reasons given there, and every case under another JAX than the recordings'
 (``RECORDED_JAX``). One case per family runs by default; every case and the Class-IL scenario
 with ``-m slow``.
 """
+import os
 import pathlib
 import sys
 
@@ -49,8 +50,12 @@ CPU_DEPENDENT = {"ncl_kfac", "ncl_kfac_unfused"}
 # The recordings were made with JAX 0.10.2. Another release's XLA may compile the same program to
 # code that rounds differently (JAX 0.8.1, the oldest supported, differs by 1-4 ulps, 6e-8 to
 # 5e-7, in 9 of the default cases), so there every case is compared to rounding.
+# The same release is not enough either: on the machine of 2026-12-06 (JAX 0.10.2) nine default
+# cases came back 1-2 ulps (6e-8 to 1.2e-7) from the recording, the CPU's kernels again. Bit for
+# bit is asked only where CLJAX_GOLDEN_EXACT=1 says this is the recording's machine.
 RECORDED_JAX = "0.10.2"
-SAME_XLA = jax.__version__ == RECORDED_JAX
+SAME_XLA = (jax.__version__ == RECORDED_JAX
+            and os.environ.get("CLJAX_GOLDEN_EXACT") == "1")
 
 DEFAULT_FIRST = {"none", "joint", "ewc", "si", "kfac_ewc_multi", "ncl", "ncl_kfac"}
 DEFAULT_EVERY = {"er", "derpp", "icarl", "rgo", "ogd_deferred"}
