@@ -124,6 +124,9 @@ def test_joint_stratified_draw_gives_every_task_its_share_of_each_batch():
         BatchContext(jax.random.key(0), jax.random.key(1), t, 8, {}, spec,
                      lambda k, tasks: {"task": tasks}, None, None, None), ())["task"])
     np.testing.assert_array_equal(traced(jnp.int32(3)), [0, 1, 2, 3, 0, 1, 2, 3])
+    from cljax.methods.baselines import stratified_batch
+    with pytest.raises(ValueError, match="num_tasks must be a positive int"):
+        stratified_batch(None, 0)
     tr, data = _setup(scenario="class", method=get_method("joint", draw="stratified"))
     res = run_stream(tr, data, num_steps=80, keys=jax.random.split(jax.random.key(0), 1))
     assert res.accuracy[0, -1].min() > 0.8  # joint keeps task 0

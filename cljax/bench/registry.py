@@ -429,7 +429,7 @@ _GPM2021_PERMUTED = Protocol(
              {"method_options": {"deferred": True}},
              "OGD's value is from GPM's submission (3 runs, no ±): the camera-ready's was not "
              "found; run with the deferred update (plain SGD: the same steps to rounding, "
-             "tests/test_projection_methods.py, about twice as fast)"),
+             "tests/test_projection_methods.py; 1.8–2.7× faster per step, BENCHMARKS.md)"),
             ("none", "none", {}, {}, "default", {}, ""),
             ("joint", "joint", {}, {}, "default", {}, "incremental joint training"),
             ("joint_offline", "joint_offline", _GPM_MULTITASK, {}, "default", {},

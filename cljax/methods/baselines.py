@@ -52,7 +52,10 @@ def whole_union_batch(ctx: BatchContext, mstate: object) -> Rows:
 
 def stratified_batch(ctx: BatchContext, num_tasks: Array | int) -> Rows:
     """Tasks ``0..num_tasks-1`` alike in the batch: example i from task ``i mod num_tasks``
-    (each task ⌊B/n⌋ or ⌈B/n⌉ examples), drawn by ``ctx.draw`` within its task."""
+    (each task ⌊B/n⌋ or ⌈B/n⌉ examples), drawn by ``ctx.draw`` within its task. ``num_tasks``
+    may be traced (the task index + 1); a Python int must be positive."""
+    if isinstance(num_tasks, int) and (isinstance(num_tasks, bool) or num_tasks < 1):
+        raise ValueError(f"num_tasks must be a positive int; got {num_tasks!r}")
     tasks = jnp.arange(ctx.batch_size, dtype=jnp.int32) % jnp.asarray(num_tasks, jnp.int32)
     return ctx.draw(ctx.data_key, tasks)
 
