@@ -69,6 +69,32 @@ def test_no_past_task_is_plain_sgd_and_fused_equals_transform():
     np.testing.assert_allclose(rows["Dense_0"][:4], x.mean(0), rtol=1e-6)  # the mean rows
 
 
+def test_input_scale_is_one_alpha_for_every_layer_of_a_bias_free_relu_mlp(x64):
+    """A bias-free ReLU MLP is positively homogeneous, so scaling the input by c scales every
+    layer's mean row by exactly c at any θ; RGO's projections from inputs c·x and α·c² then equal
+    those from x and α in every layer (no per-layer α can rebalance what the scale changes;
+    RESULTS.md, RGO on GPM's standardised pixels)."""
+    model = as_model(MLP((16, 16), 5, use_bias=False))
+    x = jax.random.uniform(jax.random.key(0), (12, 8, 10))
+    params = model.init(jax.random.key(1), {"x": x[0]})
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    c, alpha = 1 / 0.3081, 1.0
+
+    def projections(scale, a):
+        state = init_rgo(params, alpha=a)
+        for xb in x:
+            _, rows = capture_rows(model.logits_fn, params, {"x": scale * xb})
+            state = rgo_accumulate(state, mean_rows(rows))
+        return rgo_consolidate(state).projection
+
+    plain, scaled, scaled_same_alpha = (projections(1.0, alpha), projections(c, alpha * c**2),
+                                        projections(c, alpha))
+    assert sorted(plain) == ["Dense_0", "Dense_1", "Dense_2"]
+    for name in plain:
+        np.testing.assert_allclose(scaled[name], plain[name], rtol=1e-9, atol=1e-12)
+        assert not np.allclose(scaled_same_alpha[name], plain[name], rtol=1e-3)
+
+
 @pytest.mark.slow     # ≈ 8 s cold; RGO's contract rows and goldens run by default
 def test_two_task_regression_forgets_far_less_than_sgd():
     """Two linear regressions whose (nonnegative, like pixels or ReLU features) inputs scatter
