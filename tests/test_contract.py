@@ -13,7 +13,8 @@ where that is defined (:class:`Off`: options or hyperparameters, bit for bit or 
 the reason), the hyperparameter its vmapped runs sweep (two seeds where it has none) and whether
 the host pipeline can feed it. Rows belong to families (baseline, penalty, natural, rehearsal,
 projection, architecture). Extra rows cover option variants (``er`` reservoir, ``er`` with the concatenated loss and
-draws without replacement, ``agem`` without replacement, ``kfac_ewc``
+draws without replacement, ``agem`` without replacement, ``gem`` with every block of its
+reference gradients vmapped (the CPU's default loops over the finished tasks'), ``kfac_ewc``
 multi-task, ``ncl_kfac`` unfused, ``rgo2`` unfused, ``ogd`` deferred, ``orthog`` with ER-Ring's
 replay, a random basis and the iterated Cayley step, ``mcsgd`` trained from the
 continual solution, ``remind`` split after the first layer).
@@ -178,6 +179,9 @@ ROWS = [
     # GEM's margin changes nothing on a few steps where no constraint binds: two seeds
     Row("gem", "gem", "rehearsal", {"per_class": 4}, {"margin": 0.5},
         scenarios=("class", "task", "domain"), off=Off(options={"per_class": 0})),
+    Row("gem_all_blocks", "gem", "rehearsal", {"per_class": 4, "reference_grads": "all"},
+        {"margin": 0.5}, scenarios=("class", "task", "domain"),
+        off=Off(options={"per_class": 0})),
     Row("gem_rehearse", "gem", "rehearsal", {"per_class": 4, "rehearse": True}, {"margin": 0.5},
         scenarios=("class", "task", "domain"), off=Off(options={"per_class": 0})),
     Row("gem_reservoir", "gem", "rehearsal", {"memory": "reservoir", "per_class": None,

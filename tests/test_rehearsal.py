@@ -168,9 +168,30 @@ def test_gem_reference_gradients_of_any_memory_equal_the_per_class_blocks():
                  grads, blocks["reference_grads"])
 
 
+def test_gem_finished_task_blocks_alone_equal_every_block_vmapped():
+    """``reference_grads="seen"`` (only the finished tasks' blocks, looped) gives the
+    gradients of ``"all"`` (every block vmapped): the finished tasks' to rounding, the others
+    exactly zero; and the same step."""
+    out = {}
+    for how in ("seen", "all"):
+        method, state, ctx = _gem_state_in_task({"per_class": 3, "reference_grads": how})
+        out[how] = method.optimizer_args(state.params, None, state.mstate, ctx)
+    seen, every = out["seen"], out["all"]
+    np.testing.assert_array_equal(seen["reference_mask"], every["reference_mask"])
+    assert np.asarray(seen["reference_mask"]).tolist()[:3] == [True, True, False]
+    for a, b in zip(jax.tree.leaves(seen["reference_grads"]),
+                    jax.tree.leaves(every["reference_grads"])):
+        np.testing.assert_allclose(a[:2], b[:2], rtol=2e-5, atol=1e-7)
+        assert np.abs(np.asarray(a[:2])).max() > 0
+        np.testing.assert_array_equal(a[2:], 0.0)
+        np.testing.assert_array_equal(b[2:], 0.0)
+
+
 def test_rehearsal_bad_inputs():
     with pytest.raises(ValueError, match="memory must be"):
         get_method("er", memory="fifo")
+    with pytest.raises(ValueError, match="reference_grads must be one of"):
+        get_method("gem", reference_grads="some")
     with pytest.raises(ValueError, match="per_class"):
         get_method("er", per_class=-1)
     with pytest.raises(ValueError, match="class_balanced' needs capacity"):
