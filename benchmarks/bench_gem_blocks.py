@@ -63,7 +63,8 @@ def main() -> None:
             times[mode, task].append((time.perf_counter() - t0) / args.steps)
     device = str(jax.devices()[0])
     for (mode, task), ts in times.items():
-        print(json.dumps({"mode": mode, "task": task, "ms_per_step": round(1e3 * statistics.median(ts), 3),
+        ms = 1e3 * statistics.median(ts)
+        print(json.dumps({"mode": mode, "task": task, "ms_per_step": round(ms, 3),
                           "rounds": args.rounds, "steps": args.steps, "device": device}))
     mean = {m: statistics.mean(statistics.median(times[m, t]) for t in timed) for m in MODES}
     print(json.dumps({"summary": "mean over the timed tasks", "tasks": timed,

@@ -171,7 +171,7 @@ def test_gem_reference_gradients_of_any_memory_equal_the_per_class_blocks():
 def test_gem_finished_task_blocks_alone_equal_every_block_vmapped():
     """``reference_grads="seen"`` (only the finished tasks' blocks, looped) gives the
     gradients of ``"all"`` (every block vmapped): the finished tasks' to rounding, the others
-    exactly zero; and the same step."""
+    exactly zero (the contract suite's ``gem`` and ``gem_all_blocks`` rows run both paths)."""
     out = {}
     for how in ("seen", "all"):
         method, state, ctx = _gem_state_in_task({"per_class": 3, "reference_grads": how})

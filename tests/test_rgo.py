@@ -72,8 +72,8 @@ def test_no_past_task_is_plain_sgd_and_fused_equals_transform():
 def test_input_scale_is_one_alpha_for_every_layer_of_a_bias_free_relu_mlp(x64):
     """A bias-free ReLU MLP is positively homogeneous, so scaling the input by c scales every
     layer's mean row by exactly c at any θ; RGO's projections from inputs c·x and α·c² then equal
-    those from x and α in every layer (no per-layer α can rebalance what the scale changes;
-    RESULTS.md, RGO on GPM's standardised pixels)."""
+    those from x and α in every layer: the scale leaves no per-layer imbalance for a per-layer
+    α to correct (RESULTS.md, RGO on GPM's standardised pixels)."""
     model = as_model(MLP((16, 16), 5, use_bias=False))
     x = jax.random.uniform(jax.random.key(0), (12, 8, 10))
     params = model.init(jax.random.key(1), {"x": x[0]})
