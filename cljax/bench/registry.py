@@ -168,6 +168,8 @@ _VDV2019_SPLIT = Protocol(
            "published values: the EWC, DGR and DGR + distill rows as quoted from v1; the other "
            "rows as ../shared/REFERENCES.md lists them (their table number not re-read here)"))
 
+_VDV_PERMUTED_TABLE = "permuted MNIST table (= arXiv 1809.10635 Table 4)"
+
 _VDV2019_PERMUTED = Protocol(
     name="vandeven2019_permuted_mnist",
     title="Permuted MNIST, van de Ven & Tolias 2019 (Task- and Domain-IL)",
@@ -175,7 +177,7 @@ _VDV2019_PERMUTED = Protocol(
     metric_definition=ACC_ALL_TASKS + "; the paper: mean ± SEM over 20 seeds",
     seeds=5,
     entries=tuple(
-        Entry(key, key, _row("permuted MNIST table (= arXiv 1809.10635 Table 4)", 20, v, pm,
+        Entry(key, key, _row(_VDV_PERMUTED_TABLE, 20, v, pm,
                              "sem", scenarios=("task", "domain")), hparams=hp,
               selection="paper" if hp else "default")
         for key, v, pm, hp in (
@@ -185,7 +187,7 @@ _VDV2019_PERMUTED = Protocol(
             ("online_ewc", (95.96, 94.42), (0.06, 0.13), {"strength": 100.0, "decay": 1.0}),
             ("si", (94.75, 95.33), (0.14, 0.11), {"strength": 10.0, "xi": 0.1}))) + (
         Entry("joint_stratified", "joint",
-              _row("permuted MNIST table (= arXiv 1809.10635 Table 4)", 20, (97.68,), (0.01,),
+              _row(_VDV_PERMUTED_TABLE, 20, (97.68,), (0.01,),
                    "sem", scenarios=("task",)),
               overrides={"method_options": {"draw": "stratified"}}, scenarios=("task",),
               note="joint training with every task seen alike in each batch, as their Task-IL "
