@@ -6,7 +6,10 @@ tasks only (``reference_grads="seen"``, a ``lax.cond`` loop) against every block
 10, 25 stored examples per class (250 per task, A-GEM's Table 4 setting). For each timed task k
 the memory holds tasks 0 … k − 1 (their boundaries run, no training: the cost does not depend on
 the weights) and ``fit`` runs ``--steps`` steps of task k, timed over ``--rounds`` interleaved
-rounds (the median). Prints one JSON line per (task, mode) and the mean over the timed tasks.
+rounds (the median). Prints one JSON line per (task, mode), the mean over the timed tasks, and
+the time of GEM's projection alone (:func:`cljax.transforms.gem_project` against 17 random
+reference gradients of the model's shapes, every constraint active): the part of the step that
+static shapes keep at full size whatever the task.
 
     python benchmarks/bench_gem_blocks.py [--tasks 1,4,8,12,16] [--steps 100] [--rounds 5]
 """
@@ -25,6 +28,7 @@ from cljax.data import load_stream, make_scenario
 from cljax.methods import get_method
 from cljax.nn import MLP, as_model
 from cljax.training import make_trainer, prepare_data
+from cljax.transforms import gem_project
 
 MODES = ("seen", "all")
 
@@ -70,6 +74,26 @@ def main() -> None:
     print(json.dumps({"summary": "mean over the timed tasks", "tasks": timed,
                       **{f"{m}_ms_per_step": round(1e3 * mean[m], 3) for m in MODES},
                       "all_over_seen": round(mean["all"] / mean["seen"], 3), "device": device}))
+    print(json.dumps({"part": "gem_project", "ms": round(1e3 * _projection_seconds(
+        states["all", timed[0]].params, args.rounds), 3), "device": device}))
+
+
+def _projection_seconds(params, rounds: int, calls: int = 50) -> float:
+    """Median over ``rounds`` of the mean time of one jitted ``gem_project`` (17 references)."""
+    keys = iter(jax.random.split(jax.random.key(1), 2 * len(jax.tree.leaves(params))))
+    refs = jax.tree.map(lambda p: jax.random.normal(next(keys), (17,) + p.shape), params)
+    grad = jax.tree.map(lambda p: -jax.random.normal(next(keys), p.shape), params)
+    project = jax.jit(lambda g, r, m: gem_project(g, r, m, margin=0.5))
+    mask = jnp.ones(17, bool)
+    jax.block_until_ready(project(grad, refs, mask))
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            out = project(grad, refs, mask)
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - t0) / calls)
+    return statistics.median(times)
 
 
 if __name__ == "__main__":

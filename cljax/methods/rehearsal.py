@@ -334,7 +334,7 @@ GEM_REFERENCE_GRADS = ("auto", "seen", "all")
 included (they are empty, their gradient zero); ``"seen"`` — a loop over the blocks that computes
 only the finished tasks' (``lax.cond``), so a step at task t costs t − 1 blocks, not T;
 ``"auto"`` — ``"seen"`` on the CPU (BENCHMARKS.md: 1.56× faster per step over A-GEM's 17
-tasks, 4× at its first tasks, 7 % slower at its last), ``"all"`` elsewhere (not measured on an
+tasks, 3.4× at its second task, level at its last), ``"all"`` elsewhere (not measured on an
 accelerator, where one vmapped pass keeps it busy)."""
 
 
