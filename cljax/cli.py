@@ -186,6 +186,11 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
                             "interrupted one resumes from its checkpoints")
     bench.add_argument("--no-run", action="store_true", dest="no_run",
                        help="run nothing: write the leaderboard of what --workdir holds")
+    bench.add_argument("--merge-from", action="append", default=[], dest="merge_from",
+                       metavar="DIR",
+                       help="first copy into --workdir the runs finished in DIR, another "
+                            "directory of this benchmark (e.g. methods run in a second process "
+                            "or on another machine), with their provenance (repeatable)")
     bench.add_argument("--results-md", dest="results_md", metavar="FILE",
                        help="also write the leaderboard into FILE (e.g. RESULTS.md) between its "
                             "markers for this protocol")
@@ -614,7 +619,8 @@ def _bench(args: argparse.Namespace) -> int:
                           overrides=overrides, deviations=deviations, resume=args.resume,
                           run=not args.no_run, results_md=args.results_md,
                           progress_factory=progress_factory,
-                          checkpoint_every=args.checkpoint_every, devices=args.devices)
+                          checkpoint_every=args.checkpoint_every, devices=args.devices,
+                          merge_from=args.merge_from)
     except KeyboardInterrupt:
         print(f"cljax: interrupted: the finished runs are in {workdir}; run the same command "
               "with --resume to continue (an unfinished run resumes from its checkpoints)",

@@ -142,6 +142,54 @@ def test_a_benchmark_kept_without_checkpoints_plots_or_locks_resumes(tmp_path):
         assert set(more["done"]) == {"none", "ewc_task", "ewc_class"}
 
 
+def test_runs_finished_in_another_directory_of_the_benchmark_merge_in(tmp_path):
+    """Two processes fill one benchmark in two directories; --merge-from copies the other's
+    finished runs in (no checkpoints, no lock) with the provenance it recorded, and the board
+    is the one a single directory would hold. A directory of another benchmark, or a run the
+    board holds unfinished, is refused before anything is copied."""
+    main, other = tmp_path / "main", tmp_path / "other"
+    logs: list[str] = []
+    with tfds.testing.mock_data(num_examples=64):
+        run_bench(_protocol(), main, methods="none", log=lambda _: None)
+        run_bench(_protocol(), other, methods="ewc", log=lambda _: None)
+        theirs = json.loads((other / PROVENANCE_FILE).read_text())
+        theirs["ewc_task"]["commit"] = "f" * 40          # recorded there, kept as recorded
+        (other / PROVENANCE_FILE).write_text(json.dumps(theirs))
+
+        with pytest.raises(WorkdirError, match="holds another benchmark"):  # seeds differ
+            run_bench(_protocol(), main, seeds=3, resume=True, merge_from=[other],
+                      log=lambda _: None)
+        with pytest.raises(WorkdirError, match="not a cljax benchmark directory"):
+            run_bench(_protocol(), main, run=False, merge_from=[tmp_path / "nowhere"])
+        with pytest.raises(TypeError, match="wrap it in a list"):
+            run_bench(_protocol(), main, run=False, merge_from=str(other))
+        (main / "ewc_class").mkdir()                     # an interrupted run of the board
+        with pytest.raises(WorkdirError, match="already holds run 'ewc_class', unfinished"):
+            run_bench(_protocol(), main, run=False, merge_from=[other], log=lambda _: None)
+        (main / "ewc_class").rmdir()
+        assert not (main / "ewc_task").exists()          # nothing was copied
+
+        board = run_bench(_protocol(), main, run=False, merge_from=[other], log=logs.append)
+    assert logs[0].startswith("bench tiny: merged") and "ewc_class" in logs[0]
+    assert board["done"] == ["none", "ewc_task", "ewc_class"] and board["to_do"] == []
+    provenance = json.loads((main / PROVENANCE_FILE).read_text())
+    assert provenance["ewc_task"] == theirs["ewc_task"]
+    assert provenance["ewc_class"] == theirs["ewc_class"]
+    assert {"ewc_task", "ewc_class"} <= set(read_marker(main)["wrote"])
+    for run in ("ewc_task", "ewc_class"):
+        assert (main / run / "results.json").read_bytes() == \
+            (other / run / "results.json").read_bytes()
+        assert not (main / run / "checkpoints").exists()
+        assert not (main / run / ".cljax-lock").exists()
+        assert (other / run / "checkpoints").is_dir()    # the source is left as it was
+    row = {(r["entry"], r["scenario"]): r for r in board["rows"]}[("ewc", "task")]
+    assert row["commit"] == "f" * 40
+    logs.clear()
+    again = run_bench(_protocol(), main, run=False, merge_from=[other], log=logs.append)
+    assert logs[0] == f"bench tiny: merged 0 finished run(s) from {other}"
+    assert again["rows"] == board["rows"]
+
+
 def test_a_grid_is_chosen_on_validation_data_without_reading_the_test_split(tmp_path,
                                                                             monkeypatch):
     import cljax.data.streams as streams
@@ -240,6 +288,13 @@ def test_cli_bench(tmp_path, capsys):
     assert text.startswith(f"# R\n{start}\n**Split MNIST, Hsu et al. 2018") and "old" not in text
     assert text.endswith(f"{end}\ntail\n") and "93.46 ± 2.01 (Table 2)" in text
     assert "To do (10 of 11 runs)" not in text    # only the selected entries are shown
+    copy = tmp_path / "copy"                       # --merge-from: the same runs, nothing run
+    assert cli.main(["bench", "hsu2018_split_mnist", "--methods", "none", "--seeds", "1",
+                     "--steps", "2", "--set", "model.widths=[8]", "--set", "eval_chunk=64",
+                     "--workdir", str(copy), "--no-run", "--merge-from", str(workdir)]) == 0
+    assert (json.loads((copy / "leaderboard.json").read_text())["rows"]
+            == json.loads((workdir / "leaderboard.json").read_text())["rows"])
+    capsys.readouterr()
     with tfds.testing.mock_data(num_examples=64):
         assert cli.main(["bench", "hsu2018_split_mnist", "--methods", "none", "--workdir",
                          str(workdir), "--set", "stepz=3"]) == 2

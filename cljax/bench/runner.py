@@ -7,12 +7,14 @@ leaderboard (``leaderboard.json``, ``leaderboard.md``, ``leaderboard.png``), rew
 every run so the progress is visible while the rest trains. The directory is a cljax work
 directory (:mod:`cljax.workdir`): created, checked and locked before anything runs; ``resume``
 continues it — finished runs are skipped, an interrupted one resumes from its checkpoints — so
-a protocol larger than one sitting finishes over several.
+a protocol larger than one sitting finishes over several; ``merge_from`` copies in the runs
+another directory of the same benchmark finished (two processes or machines filling one table).
 """
 from __future__ import annotations
 
 import datetime
 import json
+import os
 import pathlib
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
@@ -174,6 +176,29 @@ def _run_one(run: EntryRun, bench: pathlib.Path, *, resume: bool,
     return results
 
 
+def _check_merge_source(source: str | pathlib.Path, identity: Mapping[str, Any],
+                        workdir: str | pathlib.Path) -> pathlib.Path:
+    """``source`` as a path, checked to be another cljax directory of the benchmark whose
+    identity (protocol, seeds, options, cljax version) is ``identity``."""
+    from cljax.workdir import MARKER_FILE, WorkdirError, describe_mismatch, read_marker
+
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"merge_from: each entry must be a directory path; got "
+                        f"{type(source).__name__}")
+    path = pathlib.Path(source)
+    where = f"--merge-from {str(source)!r}"
+    marker = read_marker(path) if path.is_dir() else None
+    if marker is None:
+        raise WorkdirError(f"{where} is not a cljax benchmark directory (no {MARKER_FILE})")
+    if pathlib.Path(workdir).exists() and path.resolve() == pathlib.Path(workdir).resolve():
+        raise WorkdirError(f"{where} is the benchmark directory itself (--workdir)")
+    mismatch = describe_mismatch(marker.get("identity"), dict(identity))
+    if mismatch:
+        raise WorkdirError(f"{where} holds another benchmark than --workdir "
+                           f"{str(workdir)!r}: {mismatch}")
+    return path
+
+
 def _validated(run: EntryRun, protocol: Protocol) -> dict:
     from cljax.experiment import validate_config
 
@@ -228,6 +253,64 @@ class _BenchState:
         return pending + [r for r in runs if r.entry in self.keys and r.config is not None
                           and not is_complete(r, self.finished.get(r.name))]
 
+    def merge(self, source: pathlib.Path) -> list[str]:
+        """Copy into the benchmark the runs finished in ``source`` (a directory of the same
+        benchmark: :func:`_check_merge_source`) that it has not finished, each with the
+        provenance entry ``source`` recorded for it; returns their names. A run's checkpoints
+        and lock file are not copied; a run whose lock another process holds (still writing
+        its outputs) is refused."""
+        import shutil
+
+        from cljax.workdir import (
+            CHECKPOINT_DIR,
+            LOCK_FILE,
+            WorkdirError,
+            lock_workdir,
+            record_outputs,
+            write_json_atomic,
+            write_recording,
+        )
+
+        where = f"--merge-from {str(source)!r}"
+        prov_path = source / PROVENANCE_FILE
+        provenance = json.loads(prov_path.read_text()) if prov_path.is_file() else {}
+        merged: list[str] = []
+        while True:     # a merged selection run makes its entry's final runs known
+            runs, _ = self.runs()
+            candidates = [*self.selection.values(), *runs]
+            found = read_finished(source, candidates)
+            new = [r for r in candidates if is_complete(r, found.get(r.name))
+                   and not is_complete(r, self.finished.get(r.name))]
+            if not new:
+                break
+            for r in new:       # every run checked before any is copied
+                if r.name not in provenance:
+                    raise WorkdirError(f"{where}: run {r.name!r} has no entry in its "
+                                       f"{PROVENANCE_FILE}")
+                if (self.bench / r.name).exists():
+                    raise WorkdirError(
+                        f"--workdir {str(self.bench)!r} already holds run {r.name!r}, "
+                        f"unfinished: finish it there with --resume, or remove it, before "
+                        f"merging the one of {where}")
+            for r in new:
+                lock = (lock_workdir(source / r.name, option=f"run {r.name!r} of {where}")
+                        if os.access(source / r.name, os.W_OK) else None)
+                try:
+                    record_outputs(self.bench, [r.name])
+                    shutil.copytree(source / r.name, self.bench / r.name,
+                                    ignore=shutil.ignore_patterns(CHECKPOINT_DIR, LOCK_FILE))
+                finally:
+                    if lock is not None:
+                        lock.release()
+                self.finished[r.name] = found[r.name]
+                self.provenance[r.name] = provenance[r.name]
+                merged.append(r.name)
+        if merged:
+            write_recording(self.bench,
+                            lambda: write_json_atomic(self.prov_path, self.provenance))
+            _write_leaderboard(self.bench, self.board())
+        return merged
+
     def record(self, name: str, results: dict) -> None:
         """A run finished: its results, its provenance (written), the leaderboard (written)."""
         from cljax import __version__
@@ -246,7 +329,8 @@ def run_bench(protocol: Protocol | str, workdir: str | pathlib.Path, *,
               overrides: Mapping[str, Any] | None = None, deviations: Sequence[str] = (),
               resume: bool = False, run: bool = True, results_md: str | None = None,
               log: Callable[[str], None] = print, progress_factory: Callable | None = None,
-              checkpoint_every: int | None = None, devices: int | None = None) -> dict:
+              checkpoint_every: int | None = None, devices: int | None = None,
+              merge_from: Sequence[str | pathlib.Path] = ()) -> dict:
     """Run the selected entries of ``protocol`` (a :class:`Protocol` or a registered name) with
     ``seeds`` (default: the protocol's) into ``workdir``, and return its leaderboard
     (:func:`cljax.bench.leaderboard`).
@@ -263,7 +347,9 @@ def run_bench(protocol: Protocol | str, workdir: str | pathlib.Path, *,
     ``results_md``: a document (RESULTS.md) whose block for this protocol
     (:func:`cljax.bench.block_markers`) is replaced by the leaderboard's Markdown. Every
     selected run's config is validated before anything runs (a selected entry's final runs
-    once its selection has chosen)."""
+    once its selection has chosen). ``merge_from``: other directories of this benchmark (the
+    same protocol, seeds and options, e.g. runs split over two processes or machines) whose
+    finished runs are copied in first, with their provenance."""
     from cljax import __version__
     from cljax.workdir import prepare_workdir, write_text_atomic
 
@@ -281,10 +367,18 @@ def run_bench(protocol: Protocol | str, workdir: str | pathlib.Path, *,
         _validated(r, protocol)          # before anything is written or trained
     identity = {"protocol": protocol.name, "seeds": seeds, "overrides": dict(overrides or {}),
                 "version": __version__}
+    if isinstance(merge_from, (str, os.PathLike)):
+        raise TypeError("merge_from must be a list of directories; got one path (wrap it in a "
+                        "list)")
+    sources = [_check_merge_source(s, identity, workdir) for s in merge_from]
     prepared = prepare_workdir(workdir, identity, resume=resume or not run, identity=identity)
     bench = prepared["path"]
     try:
         state = _BenchState(protocol, bench, keys, selection, seeds, overrides, deviations)
+        for source in sources:
+            merged = state.merge(source)
+            log(f"bench {protocol.name}: merged {len(merged)} finished run(s) from {source}"
+                + (f": {', '.join(merged)}" if merged else ""))
         remaining = state.todo()
         log(f"bench {protocol.name}: {len(remaining)} run(s) to do"
             + (f": {', '.join(r.name for r in remaining)}" if remaining else ""))
