@@ -91,6 +91,23 @@ def test_rows_compare_ours_with_the_published_value():
     assert "- class order natural" in md and "- ewc: λ per scenario" in md
 
 
+def test_the_wall_time_of_a_resumed_run_counts_every_sitting():
+    """A resumed run's run_seconds is its last sitting's; its per-task seconds (carried by the
+    checkpoints) count the earlier sittings too, so the wall column takes the larger sum. An
+    uninterrupted run keeps run_seconds (its tasks' seconds leave out the loop's overhead)."""
+    p = _protocol()
+    resumed = _results({"task": [0.9, 0.9, 0.9]})
+    resumed["scenarios"]["task"]["timings"]["task_seconds"] = [100.0, 110.0, 5.0]
+    whole = _results({"task": [0.9, 0.9, 0.9]})
+    whole["scenarios"]["task"]["timings"]["task_seconds"] = [4.0, 4.0, 4.0]
+    walls = []
+    for results in (resumed, whole, _results({"task": [0.9, 0.9, 0.9]})):
+        (row,) = [r for r in leaderboard(p, _runs(p), {"ewc_task": results}, seeds=3)["rows"]
+                  if r["finished"]]
+        walls.append(row["wall_seconds"])
+    assert walls == [pytest.approx(215.0), pytest.approx(12.5), pytest.approx(12.5)]
+
+
 def test_a_diverged_run_is_dropped_from_the_mean_and_counted():
     p = _protocol()
     results = _results({"task": [0.9, None, 0.8]})

@@ -66,6 +66,17 @@ def _selection_entry(entry_grid: Mapping, scenario: str,
     return {"run": name, "grid": {k: list(v) for k, v in entry_grid.items()}, "points": points}
 
 
+def _sittings_seconds(timings: Mapping[str, Any]) -> float | None:
+    """A scenario's train + eval seconds over every sitting: its ``run_seconds`` (the last
+    sitting's: a resumed run starts the clock again) or, when larger, the sum of its
+    ``task_seconds`` (each task's, kept in the checkpoints across sittings)."""
+    run = timings.get("run_seconds")
+    tasks = timings.get("task_seconds") or []
+    if run is None:
+        return None
+    return max(float(run), float(sum(t for t in tasks if t is not None)))
+
+
 def _row(protocol: Protocol, runs: Sequence[EntryRun], scenario: str,
          results: Sequence[dict | None], provenance: Sequence[Mapping[str, Any]],
          selection: tuple[str, Mapping[str, Any]] | None) -> dict:
@@ -100,11 +111,18 @@ def _row(protocol: Protocol, runs: Sequence[EntryRun], scenario: str,
         values = [sc.get("timings", {}).get(key) for sc in scs]
         return None if any(v is None for v in values) else float(sum(values))
 
+    def wall() -> float | None:
+        # run_seconds is the last sitting's; the per-task seconds a checkpoint carries count
+        # the earlier sittings of a resumed run too
+        values = [_sittings_seconds(sc.get("timings", {})) for sc in scs]
+        known = [v for v in values if v is not None]
+        return float(sum(known)) if len(known) == len(values) else None
+
     commits = sorted({str(p["commit"]) for p in provenance if p.get("commit")})
     row.update(finished=True, ours=ours, difference=diff, within_ci95=within,
                seeds=len(per_run),
                diverged=int(sum(len(sc.get("diverged") or []) for sc in scs)),
-               wall_seconds=total("run_seconds"), compile_seconds=total("compile_seconds"),
+               wall_seconds=wall(), compile_seconds=total("compile_seconds"),
                commit=", ".join(commits) or None,
                cljax_version=provenance[0].get("cljax_version"),
                finished_at=max((p.get("finished_at") or "" for p in provenance), default="")
@@ -139,7 +157,8 @@ def leaderboard(protocol: Protocol, runs: Sequence[EntryRun], finished: Mapping[
                published {value, pm, spread, runs, source} | null,
                ours {n, mean, sem, low, high, per_run},      (finished rows only)
                difference (ours − published), within_ci95 (published in [low, high]),
-               seeds, diverged, wall_seconds, compile_seconds (summed over pooled runs),
+               seeds, diverged, wall_seconds (train + eval over every sitting of a resumed
+               run), compile_seconds (both summed over pooled runs),
                commit (the commits of the pooled runs, joined), cljax_version, finished_at}]
         done, to_do   the runs finished and not yet
     """
