@@ -17,7 +17,7 @@ from cljax.bench import (
     run_bench,
     source_commit,
 )
-from cljax.workdir import MARKER_FILE, WorkdirError, read_marker
+from cljax.workdir import MARKER_FILE, WorkdirError, lock_workdir, read_marker
 
 TINY = {"model.widths": [8], "eval_chunk": 64, "steps": 3}
 
@@ -168,6 +168,10 @@ def test_runs_finished_in_another_directory_of_the_benchmark_merge_in(tmp_path):
             run_bench(_protocol(), main, run=False, merge_from=[other], log=lambda _: None)
         (main / "ewc_class").rmdir()
         assert not (main / "ewc_task").exists()          # nothing was copied
+        with lock_workdir(other / "ewc_class"):          # still being written by its process
+            with pytest.raises(WorkdirError, match="in use by another cljax run"):
+                run_bench(_protocol(), main, run=False, merge_from=[other], log=lambda _: None)
+        assert not (main / "ewc_task").exists()          # refused before any copy
 
         board = run_bench(_protocol(), main, run=False, merge_from=[other], log=logs.append)
     assert logs[0].startswith("bench tiny: merged") and "ewc_class" in logs[0]

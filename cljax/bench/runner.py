@@ -292,19 +292,22 @@ class _BenchState:
                         f"--workdir {str(self.bench)!r} already holds run {r.name!r}, "
                         f"unfinished: finish it there with --resume, or remove it, before "
                         f"merging the one of {where}")
-            for r in new:
-                lock = (lock_workdir(source / r.name, option=f"run {r.name!r} of {where}")
-                        if os.access(source / r.name, os.W_OK) else None)
-                try:
+            locks = []
+            try:        # every run locked (none still being written) before any is copied
+                for r in new:
+                    if os.access(source / r.name, os.W_OK):    # a read-only copy: no writer
+                        locks.append(lock_workdir(source / r.name,
+                                                  option=f"run {r.name!r} of {where}"))
+                for r in new:
                     record_outputs(self.bench, [r.name])
                     shutil.copytree(source / r.name, self.bench / r.name,
                                     ignore=shutil.ignore_patterns(CHECKPOINT_DIR, LOCK_FILE))
-                finally:
-                    if lock is not None:
-                        lock.release()
-                self.finished[r.name] = found[r.name]
-                self.provenance[r.name] = provenance[r.name]
-                merged.append(r.name)
+                    self.finished[r.name] = found[r.name]
+                    self.provenance[r.name] = provenance[r.name]
+                    merged.append(r.name)
+            finally:
+                for lock in locks:
+                    lock.release()
         if merged:
             write_recording(self.bench,
                             lambda: write_json_atomic(self.prov_path, self.provenance))
