@@ -108,6 +108,20 @@ def test_the_wall_time_of_a_resumed_run_counts_every_sitting():
     assert walls == [pytest.approx(215.0), pytest.approx(12.5), pytest.approx(12.5)]
 
 
+def test_a_row_pooled_from_runs_of_two_commits_shows_both():
+    p = Protocol(**{**_protocol().__dict__, "scenarios": ("task",), "task_draw": "per_seed",
+                    "entries": (Entry("none", "none"),)})
+    runs = [r for e in p.entries for r in entry_runs(p, e, seeds=2)]
+    assert [r.name for r in runs] == ["none_seed0", "none_seed1"]
+    finished = {r.name: _results({"task": [0.9]}) for r in runs}
+    board = leaderboard(p, runs, finished, seeds=2,
+                        provenance={"none_seed0": {"commit": "fedcba9876543"},
+                                    "none_seed1": {"commit": "0123456789abc-dirty"}})
+    (row,) = board["rows"]
+    assert row["commit"] == "0123456789abc-dirty, fedcba9876543"
+    assert "| 0123456789-dirty, fedcba9876 |" in leaderboard_markdown(board)
+
+
 def test_a_diverged_run_is_dropped_from_the_mean_and_counted():
     p = _protocol()
     results = _results({"task": [0.9, None, 0.8]})

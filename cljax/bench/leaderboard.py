@@ -201,10 +201,15 @@ def _published_cell(p: Mapping | None) -> str:
 
 
 def _commit_cell(commit: str | None) -> str:
+    """Each commit of a row (pooled runs may come from several, joined by ", ") shortened to
+    10 characters, ``-dirty`` kept."""
     if not commit:
         return "–"
-    sha, _, dirty = commit.partition("-")
-    return sha[:10] + (f"-{dirty}" if dirty else "")
+    cells = []
+    for one in commit.split(", "):
+        sha, _, dirty = one.partition("-")
+        cells.append(sha[:10] + (f"-{dirty}" if dirty else ""))
+    return ", ".join(cells)
 
 
 def _hparams_cell(row: Mapping) -> str:
