@@ -145,8 +145,9 @@ def test_a_benchmark_kept_without_checkpoints_plots_or_locks_resumes(tmp_path):
 def test_runs_finished_in_another_directory_of_the_benchmark_merge_in(tmp_path):
     """Two processes fill one benchmark in two directories; --merge-from copies the other's
     finished runs in (no checkpoints, no lock) with the provenance it recorded, and the board
-    is the one a single directory would hold. A directory of another benchmark, or a run the
-    board holds unfinished, is refused before anything is copied."""
+    is the one a single directory would hold. A directory of another benchmark, a run the
+    board holds unfinished, or a run its process still holds locked, is refused before
+    anything is copied."""
     main, other = tmp_path / "main", tmp_path / "other"
     logs: list[str] = []
     with tfds.testing.mock_data(num_examples=64):
