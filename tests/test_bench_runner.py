@@ -146,8 +146,8 @@ def test_runs_finished_in_another_directory_of_the_benchmark_merge_in(tmp_path):
     """Two processes fill one benchmark in two directories; --merge-from copies the other's
     finished runs in (no checkpoints, no lock) with the provenance it recorded, and the board
     is the one a single directory would hold. A directory of another benchmark, a run the
-    board holds unfinished, or a run its process still holds locked, is refused before
-    anything is copied."""
+    board holds unfinished, one its process still holds locked or one without provenance is
+    refused before anything is copied."""
     main, other = tmp_path / "main", tmp_path / "other"
     logs: list[str] = []
     with tfds.testing.mock_data(num_examples=64):
@@ -173,6 +173,11 @@ def test_runs_finished_in_another_directory_of_the_benchmark_merge_in(tmp_path):
             with pytest.raises(WorkdirError, match="in use by another cljax run"):
                 run_bench(_protocol(), main, run=False, merge_from=[other], log=lambda _: None)
         assert not (main / "ewc_task").exists()          # refused before any copy
+        (other / PROVENANCE_FILE).write_text(json.dumps({"ewc_task": theirs["ewc_task"]}))
+        with pytest.raises(WorkdirError, match="run 'ewc_class' has no entry"):
+            run_bench(_protocol(), main, run=False, merge_from=[other], log=lambda _: None)
+        assert not (main / "ewc_task").exists()
+        (other / PROVENANCE_FILE).write_text(json.dumps(theirs))
 
         board = run_bench(_protocol(), main, run=False, merge_from=[other], log=logs.append)
     assert logs[0].startswith("bench tiny: merged") and "ewc_class" in logs[0]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -71,10 +71,7 @@ def _sittings_seconds(timings: Mapping[str, Any]) -> float | None:
     sitting's: a resumed run starts the clock again) or, when larger, the sum of its
     ``task_seconds`` (each task's, kept in the checkpoints across sittings)."""
     run = timings.get("run_seconds")
-    tasks = timings.get("task_seconds") or []
-    if run is None:
-        return None
-    return max(float(run), float(sum(t for t in tasks if t is not None)))
+    return None if run is None else max(float(run), float(sum(timings.get("task_seconds") or [])))
 
 
 def _row(protocol: Protocol, runs: Sequence[EntryRun], scenario: str,
@@ -107,14 +104,8 @@ def _row(protocol: Protocol, runs: Sequence[EntryRun], scenario: str,
     within = None if ours["low"] is None or published is None else \
         bool(ours["low"] <= published.value <= ours["high"])
 
-    def total(key: str) -> float | None:
-        values = [sc.get("timings", {}).get(key) for sc in scs]
-        return None if any(v is None for v in values) else float(sum(values))
-
-    def wall() -> float | None:
-        # run_seconds is the last sitting's; the per-task seconds a checkpoint carries count
-        # the earlier sittings of a resumed run too
-        values = [_sittings_seconds(sc.get("timings", {})) for sc in scs]
+    def total(seconds: Callable[[Mapping[str, Any]], float | None]) -> float | None:
+        values = [seconds(sc.get("timings", {})) for sc in scs]
         known = [v for v in values if v is not None]
         return float(sum(known)) if len(known) == len(values) else None
 
@@ -122,7 +113,8 @@ def _row(protocol: Protocol, runs: Sequence[EntryRun], scenario: str,
     row.update(finished=True, ours=ours, difference=diff, within_ci95=within,
                seeds=len(per_run),
                diverged=int(sum(len(sc.get("diverged") or []) for sc in scs)),
-               wall_seconds=wall(), compile_seconds=total("compile_seconds"),
+               wall_seconds=total(_sittings_seconds),
+               compile_seconds=total(lambda timings: timings.get("compile_seconds")),
                commit=", ".join(commits) or None,
                cljax_version=provenance[0].get("cljax_version"),
                finished_at=max((p.get("finished_at") or "" for p in provenance), default="")
