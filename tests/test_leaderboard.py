@@ -1,6 +1,7 @@
 """cljax.bench.leaderboard: ours beside the published values, as JSON, Markdown and a plot."""
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -154,6 +155,19 @@ def test_plot_writes_a_png(tmp_path):
     board = leaderboard(p, _runs(p), {"ewc_task": _results({"task": [0.94, 0.95, 0.96]})},
                         seeds=3)
     plot_leaderboard(board, tmp_path / "board.png")
+    assert (tmp_path / "board.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_draws_a_scenario_with_no_row_yet_without_a_warning(tmp_path):
+    """A benchmark whose first run has finished one scenario: the other panels have no row."""
+    p = Protocol(name="toy", title="Toy table", config="split_mnist", citation="Someone 2020",
+                 metric_definition="ACC over all tasks", scenarios=("task", "class"),
+                 entries=(Entry("ewc", "ewc", scenarios=("task",)),))
+    board = leaderboard(p, _runs(p), {}, seeds=3)
+    assert not [r for r in board["rows"] if r["scenario"] == "class"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_leaderboard(board, tmp_path / "board.png")
     assert (tmp_path / "board.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

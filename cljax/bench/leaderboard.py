@@ -293,7 +293,9 @@ def plot_leaderboard(board: Mapping[str, Any], path: str | os.PathLike) -> None:
             span = max(max(shown) - min(shown), 1.0)
             ax.set_xlim(max(min(shown) - 0.08 * span, 0.0), min(max(shown) + 0.08 * span, 100.0))
         ax.set_yticks(range(len(rows)), [r["entry"] for r in rows])
-        ax.set_ylim(len(rows) - 0.5, -0.5)
+        ax.set_ylim(max(len(rows), 1) - 0.5, -0.5)    # a scenario with no row yet: one slot
+        if not rows:
+            ax.text(0.5, 0.5, "no run yet", transform=ax.transAxes, ha="center", va="center")
         ax.set_title(SCENARIO_NAMES[scenario])
         ax.set_xlabel(f"{board['protocol']['metric'].upper()} (%)")
         ax.grid(axis="x", alpha=0.3)
