@@ -5,7 +5,8 @@ Their protocol: CIFAR-100 cut into 20 tasks of 5 classes; the first 3 tasks (cla
 kept for cross-validating the hyperparameters, and the other 17 are trained and reported. Each
 run shuffles classes 15–99 (``np.random.shuffle`` seeded by the run) and deals them into the 17
 tasks; a single pass at batch 10 over each task's 2,500 training images (250 steps), plain SGD,
-ResNet-18 with 3× fewer feature maps (20 base channels, ``cljax.nn.ResNet18``), one 5-way head
+ResNet-18 with 3× fewer feature maps (their RESNET-S, "the same resnet-18 as used in GEM":
+3×3 first conv, 20 / 40 / 80 / 160 channels; ``cljax.nn.ResNet18`` with nf 20), one 5-way head
 per task (theirs: one 100-way layer masked to the task's classes — the same loss), every task's
 500 test images. A-GEM keeps 13 examples per class (65 per task) and draws its reference batch
 of 256 from the memory without replacement, the whole memory while it holds fewer. The
