@@ -181,3 +181,21 @@ def test_registry_lookup_and_listing():
     assert all(line.split()[0] in PROTOCOLS for line in listing)
     with pytest.raises(KeyError, match="has no entry 'x'"):
         _protocol().entry("x")
+
+
+def test_agem_split_cifar_trains_the_17_reported_tasks_dealt_per_seed():
+    """A-GEM's protocol: classes 0–14 kept for cross-validation (not trained), 15–99 dealt
+    into 17 tasks of 5 by each seed; every run a shuffled single pass at batch 10."""
+    protocol = get_protocol("agem2019_split_cifar100")
+    runs = entry_runs(protocol, protocol.entry("agem"), seeds=3)
+    assert [r.config["stream_options"]["class_order"] for r in runs] == [0, 1, 2]
+    for run in runs:
+        cfg = validate_config(run.config)
+        tasks = cfg["stream_options"]["tasks"]
+        assert len(tasks) == 17 and all(len(t) == 5 for t in tasks)
+        assert sorted(c for t in tasks for c in t) == list(range(15, 100))
+        assert (cfg["steps"], cfg["batch_size"], cfg["sampling"]) == (250, 10, "shuffled")
+        assert cfg["method_options"] == {"per_class": 13, "memory_batch_size": 256,
+                                         "memory_replace": False}
+    none = entry_runs(protocol, protocol.entry("none"), seeds=1)[0].config
+    assert none["optimizer"]["learning_rate"] == 0.01 and none["method_options"] == {}

@@ -176,3 +176,15 @@ def test_class_order_deals_a_permutation_of_the_classes_into_the_tasks():
     np.testing.assert_array_equal(a.train.y[0, :n], (train.labels[expected] == first[1]))
     with pytest.raises(ValueError, match="class_order must be None or an int"):
         split_tasks(train, test, class_order="seed")
+
+
+def test_class_order_deals_only_the_classes_the_tasks_name():
+    """A-GEM's protocol keeps its first classes for cross-validation and shuffles the rest."""
+    train, test = tiny_dataset(n=80, num_classes=6), tiny_dataset(n=40, num_classes=6, seed=1)
+    kept = [[2, 3], [4, 5]]
+    for seed in range(5):
+        stream = split_tasks(train, test, tasks=kept, class_order=seed)
+        assert sorted(c for t in stream.classes for c in t) == [2, 3, 4, 5]
+        assert [len(t) for t in stream.classes] == [2, 2]
+        perm = np.random.default_rng(seed).permutation([2, 3, 4, 5]).tolist()
+        assert stream.classes == (tuple(perm[:2]), tuple(perm[2:]))
