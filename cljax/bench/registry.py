@@ -560,9 +560,12 @@ def _agem_cifar(value: float, pm: float | None) -> dict[str, Published]:
     return _row(_AGEM_T4, 5, (value,), None if pm is None else (pm,), scenarios=("task",))
 
 
-_AGEM_CIFAR_MEMORY = {"per_class": 13, "memory_batch_size": 256, "memory_replace": False}
-"""A-GEM's split CIFAR memory: 13 examples per class (65 per task), a reference batch of 256 drawn
-without replacement, the whole memory while it holds fewer (conv_split_cifar.py)."""
+_AGEM_CIFAR_PER_CLASS = {"per_class": 13}
+"""The split CIFAR episodic memory of A-GEM's table: 13 examples per class (65 per task), shared
+by its memory rows (A-GEM, GEM, ER)."""
+_AGEM_CIFAR_MEMORY = {**_AGEM_CIFAR_PER_CLASS, "memory_batch_size": 256, "memory_replace": False}
+"""A-GEM's: that memory and a reference batch of 256 drawn without replacement, the whole memory
+while it holds fewer (conv_split_cifar.py)."""
 
 _AGEM2019_CIFAR = Protocol(
     name="agem2019_split_cifar100",
@@ -599,14 +602,14 @@ _AGEM2019_CIFAR = Protocol(
               note="13 memory examples per class, reference batch 256 without replacement, "
                    "lr 0.03"),
         Entry("gem", "gem", _agem_cifar(61.2, 0.78), selection="paper",
-              overrides={"method_options": {"per_class": 13}},
+              overrides={"method_options": _AGEM_CIFAR_PER_CLASS},
               note="13 memory examples per class; lr 0.03, A-GEM's (their appendix G lists "
                    "no GEM learning rate)"),
         Entry("joint_offline_pass", "joint_offline", _agem_cifar(68.3, None),
               selection="paper", overrides={"method_options": {"draw": "example"}},
               note="their MULTI-TASK row as their code trains it: one shuffled pass at batch "
                    "10 over the 17 tasks' examples concatenated, lr 0.03"),
-        Entry("er", "er", overrides={"method_options": {"per_class": 13}},
+        Entry("er", "er", overrides={"method_options": _AGEM_CIFAR_PER_CLASS},
               note="not in their table: ER with A-GEM's memory"),
     ),
     task_draw="per_seed",
