@@ -1,6 +1,7 @@
 """cljax.bench.protocol and cljax.bench.registry: protocols as data, their runs' configs."""
 import math
 
+import jax.numpy as jnp
 import pytest
 
 from cljax.bench import (
@@ -199,3 +200,24 @@ def test_agem_split_cifar_trains_the_17_reported_tasks_dealt_per_seed():
                                          "memory_replace": False}
     none = entry_runs(protocol, protocol.entry("none"), seeds=1)[0].config
     assert none["optimizer"]["learning_rate"] == 0.01 and none["method_options"] == {}
+
+
+@pytest.mark.parametrize("name", ["agem2019_permuted_mnist", "agem2019_split_cifar100"])
+def test_agem_code_rows_take_their_estimator_and_twice_their_lambda(name):
+    """A-GEM's model.py penalises λ Σ Ω Δθ² (ours: (λ/2) Σ Ω Δθ²): its rows "as their code"
+    run strength 2λ, EWC on the running, min–max rescaled Fisher of the last task only."""
+    from cljax.methods import get_method
+    from cljax.methods.penalties import RunningFisherEWCState
+
+    protocol = get_protocol(name)
+    run = entry_runs(protocol, protocol.entry("ewc_agem_code"), seeds=1)[0]
+    cfg = validate_config(run.config)
+    assert cfg["method"] == "ewc" and cfg["hparams"] == {"strength": 20.0}
+    assert cfg["method_options"] == {"fisher": "running", "accumulate": "latest",
+                                     "normalize": "minmax"}
+    method = get_method("ewc", **cfg["method_options"])
+    assert isinstance(method.init({"w": jnp.zeros(2)}, None, {}, None), RunningFisherEWCState)
+    if name == "agem2019_split_cifar100":
+        si = validate_config(entry_runs(protocol, protocol.entry("si_agem_code"),
+                                        seeds=1)[0].config)
+        assert si["hparams"] == {"strength": 0.2, "xi": 1e-3}

@@ -141,6 +141,9 @@ ROWS = [
     Row("joint_offline_example", "joint_offline", "baseline", {"draw": "example"}),
     Row("ewc", "ewc", "penalty", ESTIMATOR, {"strength": 30.0}, off=PENALTY_OFF,
         sweep=("strength", 300.0)),
+    Row("ewc_running", "ewc", "penalty",     # A-GEM's code: running Fisher, last task, [0, 1]
+        {"fisher": "running", "fisher_window": 2, "accumulate": "latest", "normalize": "minmax"},
+        {"strength": 30.0}, off=PENALTY_OFF, sweep=("strength", 300.0)),
     Row("online_ewc", "online_ewc", "penalty", ESTIMATOR, {"strength": 30.0, "decay": 0.7},
         off=PENALTY_OFF, sweep=("decay", 0.2)),
     Row("si", "si", "penalty", {}, {"strength": 3.0}, off=PENALTY_OFF, sweep=("strength", 30.0)),

@@ -82,6 +82,82 @@ def test_mas_folds_each_tasks_grouped_importance_as_asked(accumulate):
     assert float(transforms.penalty_loss(penalty, end)) == pytest.approx(0.0, abs=1e-10)
 
 
+def test_ewc_running_fisher_is_the_training_gradients_squared_and_replaced_each_task():
+    """EWC as A-GEM's code runs it (fisher="running", accumulate="latest", normalize="minmax"):
+    under plain SGD each step's gradient is (θ_k − θ_{k+1})/lr, so the running Fisher the method
+    keeps is rebuilt from the parameters step by step (the module's own update, checked against
+    A-GEM's loop in tests/test_running_fisher.py); at each boundary the penalty holds that
+    Fisher min–max normalised, anchored at the task's end, the earlier task's replaced."""
+    ds = tiny_dataset(num_classes=6, n=90)
+    s = split_tasks(ds, tiny_dataset(num_classes=6, n=45, seed=1), tasks=[[0, 1], [2, 3], [4, 5]])
+    sc = make_scenario(s, "task")
+    model = as_model(MLP((12,), sc.num_outputs, num_heads=sc.num_heads))
+    method = get_method("ewc", fisher="running", accumulate="latest", normalize="minmax",
+                        fisher_window=3, fisher_decay=0.9)
+    lr = 0.1
+    tr = make_trainer(model, method, optimizer=optax.sgd(lr), batch_size=8, eval_chunk=16)
+    data = prepare_data(s, sc, eval_chunk=16)
+    # λ = 0: the penalty adds nothing to the gradient, so each update is −lr·g of the task loss
+    state = tr.init(jax.random.key(0), {"strength": jnp.float32(0.0)}, data)
+    want = importance.init_running_fisher(state.params)
+    for t, steps in ((0, 7), (1, 5)):
+        for i in range(steps):
+            before = state.params
+            state, _ = tr.fit(state, data, jnp.asarray(t), 1, task_steps=steps)
+            grads = jax.tree.map(lambda a, b: (a - b) / lr, before, state.params)
+            want = importance.update_running_fisher(want, grads, i, window=3, decay=0.9)
+        for got, w in zip(jax.tree.leaves(state.mstate.fisher), jax.tree.leaves(want)):
+            np.testing.assert_allclose(got, w, rtol=2e-3, atol=1e-7)
+        end = state.params
+        state = tr.end_task(state, data, jnp.asarray(t))
+        penalty = state.mstate.penalty
+        normalized = importance.minmax_normalize(state.mstate.fisher.running)
+        for got, w in zip(jax.tree.leaves(penalty.curvature.values), jax.tree.leaves(normalized)):
+            np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-7)
+        values = np.concatenate([np.ravel(v) for v in jax.tree.leaves(penalty.curvature.values)])
+        assert values.min() == 0.0 and values.max() == pytest.approx(1.0)
+        for a, p in zip(jax.tree.leaves(penalty.anchor), jax.tree.leaves(end)):
+            np.testing.assert_array_equal(a, p)
+    # the running Fisher is not reset at a boundary
+    for a, b in zip(jax.tree.leaves(state.mstate.fisher), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-7)
+
+
+@pytest.mark.parametrize("accumulate,normalize", [("per_task", "minmax"), ("latest", "none")])
+def test_ewc_estimated_fisher_is_normalised_and_kept_as_asked(accumulate, normalize):
+    """The end-of-task Fisher under the other two options: Ω_0 then Ω_1 each min–max normalised
+    (one penalty per task, so the folded curvature is their sum), or Ω_1 alone as estimated."""
+    method, tr, data = _build("ewc", accumulate=accumulate, normalize=normalize)
+    state = tr.init(jax.random.key(0), method.default_hparams, data)
+    model = as_model(MLP((12,), 2, num_heads=3))
+    from cljax.training import make_batch
+    fishers = []
+    for t in (0, 1):
+        state, _ = tr.fit(state, data, jnp.asarray(t), 10)
+        key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), 1 << 30)
+        k_data, _ = jax.random.split(key)
+        idx = jax.random.randint(k_data, (16,), 0, data.train.n[t])
+        batch = make_batch(data, data.train, jnp.full(16, t, jnp.int32), idx)
+        F = importance.exact_fisher_diagonal(model.logits_fn, state.params, batch, chunk_size=8)
+        fishers.append(importance.minmax_normalize(F) if normalize == "minmax" else F)
+        state = tr.end_task(state, data, jnp.asarray(t))
+    want = fishers[1] if accumulate == "latest" else jax.tree.map(jnp.add, *fishers)
+    for got, w in zip(jax.tree.leaves(state.mstate.curvature.values), jax.tree.leaves(want)):
+        np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"fisher": "running_mean"}, "fisher must be one of"),
+    ({"accumulate": "sum"}, "accumulate must be one of"),
+    ({"normalize": "max"}, "normalize must be one of"),
+    ({"fisher": "running", "fisher_window": 0}, "fisher_window must be a positive int"),
+    ({"fisher": "running", "fisher_decay": 0.0}, r"fisher_decay must lie in \(0, 1\]"),
+])
+def test_ewc_rejects_bad_options(options, match):
+    with pytest.raises(ValueError, match=match):
+        get_method("ewc", **options)
+
+
 def test_si_importance_is_nonnegative_and_path_integral_resets():
     method, tr, data = _build("si")
     state = tr.init(jax.random.key(0), method.default_hparams, data)

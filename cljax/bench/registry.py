@@ -496,6 +496,14 @@ _GPM2021_CIFAR = Protocol(
 _AGEM_T4 = "Table 4 (appendix E)"
 
 _AGEM_MAS = _row(_AGEM_T4, 5, (69.6,), (0.93,), scenarios=("domain",))
+_AGEM_CODE_EWC = {"fisher": "running", "accumulate": "latest", "normalize": "minmax"}
+"""EWC as A-GEM's code runs it (facebookresearch/agem model.py and its scripts): RWalk's running
+Fisher of the training steps' squared minibatch gradients (windows of 50, weight 0.9), rescaled
+to [0, 1] over all parameters, only the last task's kept; their λ Σ F̂ Δθ² is strength 2λ here."""
+_AGEM_CODE_EWC_NOTE = ("EWC as their code runs it: the running Fisher of the task's training "
+                       "steps (squared gradients of batches of 10, windows of 50 folded with "
+                       "weight 0.9), min–max rescaled to [0, 1], the last task's only; their "
+                       "λ 10 on λ Σ F̂ Δθ² is strength 20 here")
 _AGEM_MULTITASK = _row(_AGEM_T4, 5, (95.3,), scenarios=("domain",))
 
 _AGEM2019_PERMUTED = Protocol(
@@ -513,6 +521,10 @@ _AGEM2019_PERMUTED = Protocol(
               hparams={"strength": 10.0}, overrides={"optimizer.learning_rate": 0.03},
               scenarios=("domain",), selection="paper",
               note="their λ on our Fisher, whose scale differs (RESULTS.md)"),
+        Entry("ewc_agem_code", "ewc", _row(_AGEM_T4, 5, (68.3,), (0.69,), scenarios=("domain",)),
+              hparams={"strength": 20.0},
+              overrides={"optimizer.learning_rate": 0.03, "method_options": _AGEM_CODE_EWC},
+              scenarios=("domain",), selection="paper", note=_AGEM_CODE_EWC_NOTE),
         Entry("mas", "mas", _AGEM_MAS,
               hparams={"strength": 0.1}, scenarios=("domain",), selection="paper"),
         Entry("mas_agem_code", "mas", _AGEM_MAS,
@@ -582,14 +594,22 @@ _AGEM2019_CIFAR = Protocol(
               note="their VAN row, at the lr their cross-validation chose (0.01)"),
         Entry("ewc", "ewc", _agem_cifar(42.4, 3.02), hparams={"strength": 10.0},
               selection="paper",
-              note="their λ 10 and lr 0.03 (appendix G) on our exact Fisher at the task's end, "
-                   "as on their permuted MNIST board (their model.py keeps a running average of "
-                   "squared minibatch gradients during the task)"),
+              note="their λ 10 and lr 0.03 (appendix G) read on our exact Fisher at the "
+                   "task's end, one penalty per task, as on their permuted MNIST board "
+                   "(ewc_agem_code: their estimator)"),
+        Entry("ewc_agem_code", "ewc", _agem_cifar(42.4, 3.02), hparams={"strength": 20.0},
+              selection="paper", overrides={"method_options": _AGEM_CODE_EWC},
+              note=_AGEM_CODE_EWC_NOTE + ", lr 0.03"),
         Entry("si", "si", _agem_cifar(47.1, 4.41), hparams={"strength": 0.1, "xi": 1e-3},
               selection="paper", overrides={"optimizer.learning_rate": 0.01},
-              note="their PI row: c 0.1 and lr 0.01 (appendix G), damping ξ 1e-3 "
-                   "(PARAM_XI_STEP of their model.py); their penalty's scale against ours not "
-                   "checked"),
+              note="their PI row with c 0.1 read as our strength: half their penalty "
+                   "(si_agem_code: 0.2); lr 0.01 (appendix G), damping ξ 1e-3 (PARAM_XI_STEP "
+                   "of their model.py)"),
+        Entry("si_agem_code", "si", _agem_cifar(47.1, 4.41), hparams={"strength": 0.2, "xi": 1e-3},
+              selection="paper", overrides={"optimizer.learning_rate": 0.01},
+              note="SI as their model.py runs it: c Σ Ω Δθ² with c 0.1 is strength 0.2 on our "
+                   "(λ/2) Σ Ω Δθ²; ω from the task loss's gradient, each task's Ω clipped at 0, "
+                   "ξ 1e-3, lr 0.01 (appendix G)"),
         Entry("mas_agem_code", "mas", _agem_cifar(44.2, 2.39), hparams={"strength": 0.2},
               selection="paper",
               overrides={"method_options": {"group_size": 10, "accumulate": "latest",

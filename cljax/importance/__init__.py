@@ -12,7 +12,10 @@ params' structure, shapes and dtypes, equal to a **mean over the examples of ``b
 * SI (Zenke et al. 2017): the path integral ω, one :class:`PathIntegralState`
   (:func:`init_path_integral`), its step :func:`accumulate_path_integral`, the same kept in optax
   state (:func:`track_path_integral`, :func:`with_path_integral`,
-  :func:`reset_path_integral`, :func:`get_path_integral`), and :func:`si_importance`.
+  :func:`reset_path_integral`, :func:`get_path_integral`), and :func:`si_importance`,
+* RWalk's running Fisher kept during training (Chaudhry et al. 2018, eq. 10;
+  :class:`RunningFisherState`, :func:`init_running_fisher`, :func:`update_running_fisher`) and
+  :func:`minmax_normalize`, the rescaling to [0, 1] of A-GEM's and RWalk's code.
 
 Flax ``nn.Dense`` / ``nn.Conv`` layers use a fast path (captured layer inputs and output
 cotangents, one matmul per layer); other parameters fall back to ``vmap`` over examples.
@@ -30,6 +33,12 @@ from cljax.importance.kfac import (
                                      kfac_quadratic_form,
 )
 from cljax.importance.mas import mas_importance
+from cljax.importance.running_fisher import (
+                                     RunningFisherState,
+                                     init_running_fisher,
+                                     minmax_normalize,
+                                     update_running_fisher,
+)
 from cljax.importance.si import (
                                      PathIntegralState,
                                      WithPathIntegralState,
@@ -46,6 +55,7 @@ __all__ = [
     "empirical_fisher_diagonal", "true_fisher_diagonal", "exact_fisher_diagonal",
     "argmax_fisher_diagonal",
     "mas_importance",
+    "RunningFisherState", "init_running_fisher", "update_running_fisher", "minmax_normalize",
     "kfac_factors", "kfac_quadratic_form", "kfac_matvec", "kfac_damped_inverse_matvec",
     "PathIntegralState", "WithPathIntegralState", "init_path_integral", "accumulate_path_integral",
     "track_path_integral", "with_path_integral",

@@ -103,12 +103,87 @@ def penalty_method(name: str, importance_fn: Callable[[BoundaryContext], Any], *
                   hparam_domains={decay: "unit_interval"} if decay else {})
 
 
-def ewc(*, fisher: str = "exact", num_examples: int = 1024, chunk_size: int = 256) -> Method:
-    """EWC (Kirkpatrick et al. 2017, eq. 3): (λ/2) Σ_{past j} Σ_i F_{j,i} (θ_i − θ*_{j,i})²."""
-    check_estimator_options(fisher, num_examples, chunk_size)
-    return penalty_method("ewc", lambda ctx: fisher_on_task(
-        ctx, fisher=fisher, num_examples=num_examples, chunk_size=chunk_size),
-        mode="multi_task", defaults={"strength": 1e4})
+EWC_FISHERS = FISHERS + ("running",)
+"""EWC's Fisher estimators: :data:`FISHERS` at the task's end, or ``"running"``, RWalk's running
+Fisher kept during training (:mod:`cljax.importance.running_fisher`)."""
+
+EWC_ACCUMULATIONS: dict[str, ConsolidateMode] = {"per_task": "multi_task", "latest": "replace"}
+"""How EWC keeps the tasks' penalties: ``"per_task"``, one penalty per finished task (the paper,
+eq. 3); ``"latest"``, only the last task's Fisher and anchor (A-GEM's code replaces its Fisher
+and θ* at every task)."""
+
+FISHER_NORMALIZATIONS = ("none", "minmax")
+"""``"minmax"``: each task's Fisher rescaled to [0, 1] over all parameters together
+(:func:`cljax.importance.minmax_normalize`, A-GEM's and RWalk's code) before it joins the
+penalty."""
+
+
+def ewc(*, fisher: str = "exact", num_examples: int = 1024, chunk_size: int = 256,
+        accumulate: str = "per_task", normalize: str = "none", fisher_window: int = 50,
+        fisher_decay: float = 0.9) -> Method:
+    """EWC (Kirkpatrick et al. 2017, eq. 3): (λ/2) Σ_{past j} Σ_i F_{j,i} (θ_i − θ*_{j,i})².
+
+    ``fisher`` picks the estimator (:data:`EWC_FISHERS`): at the task's end on ``num_examples``
+    of its examples, or ``"running"`` — the squared minibatch gradients of training in windows
+    of ``fisher_window`` steps folded into an average of weight ``fisher_decay``
+    (:func:`cljax.importance.update_running_fisher`). ``accumulate`` (:data:`EWC_ACCUMULATIONS`)
+    and ``normalize`` (:data:`FISHER_NORMALIZATIONS`) as named. With ``fisher="running"``,
+    ``accumulate="latest"``, ``normalize="minmax"`` and strength 2λ: EWC as A-GEM's code runs it
+    (Chaudhry et al. 2019, facebookresearch/agem ``model.py``: penalty λ Σ F̂ Δθ², window 50,
+    decay 0.9).
+    """
+    if fisher not in EWC_FISHERS:
+        raise ValueError(f"fisher must be one of {EWC_FISHERS}; got {fisher!r}")
+    check_estimator_options("exact" if fisher == "running" else fisher, num_examples,
+                            chunk_size)
+    if accumulate not in EWC_ACCUMULATIONS:
+        raise ValueError(f"accumulate must be one of {sorted(EWC_ACCUMULATIONS)}; got "
+                         f"{accumulate!r}")
+    if normalize not in FISHER_NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {FISHER_NORMALIZATIONS}; got {normalize!r}")
+    check_positive_int(fisher_window, name="fisher_window")
+    if not 0 < fisher_decay <= 1:
+        raise ValueError(f"fisher_decay must lie in (0, 1]; got {fisher_decay!r}")
+    scale = imp.minmax_normalize if normalize == "minmax" else (lambda f: f)
+    mode = EWC_ACCUMULATIONS[accumulate]
+    if fisher == "running":
+        return _running_fisher_ewc(mode, scale, fisher_window, fisher_decay)
+    return penalty_method("ewc", lambda ctx: scale(fisher_on_task(
+        ctx, fisher=fisher, num_examples=num_examples, chunk_size=chunk_size)),
+        mode=mode, defaults={"strength": 1e4})
+
+
+class RunningFisherEWCState(NamedTuple):
+    """EWC's method state with a running Fisher: the penalty and the running Fisher
+    (:class:`cljax.importance.RunningFisherState`), which no task boundary resets."""
+
+    penalty: transforms.QuadraticPenaltyState
+    fisher: imp.RunningFisherState
+
+
+def _running_fisher_ewc(mode: ConsolidateMode, scale: Callable[[Params], Params], window: int,
+                        decay: float) -> Method:
+    """EWC whose Fisher is RWalk's running Fisher of the training steps (:func:`ewc`)."""
+
+    def init(params, key, hparams, spec):
+        del key, hparams, spec
+        return RunningFisherEWCState(transforms.init_penalty(params),
+                                     imp.init_running_fisher(params))
+
+    def after_step(info: StepInfo):
+        s: RunningFisherEWCState = info.mstate
+        fisher = imp.update_running_fisher(s.fisher, info.grads, info.clock.task_step,
+                                           window=window, decay=decay)
+        return info.keep_params(s._replace(fisher=fisher))
+
+    def end_task(ctx):
+        s: RunningFisherEWCState = ctx.mstate
+        penalty = transforms.consolidate(s.penalty, ctx.params, scale(s.fisher.running), mode=mode)
+        return ctx.params, ctx.opt_state, s._replace(penalty=penalty)
+
+    return Method("ewc", make_optimizer=_penalty_optimizer("ewc"), init=init,
+                  optimizer_args=lambda p, b, m, c: {"penalty_state": m.penalty},
+                  after_step=after_step, end_task=end_task, default_hparams={"strength": 1e4})
 
 
 def online_ewc(*, fisher: str = "exact", num_examples: int = 1024,
