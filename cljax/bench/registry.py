@@ -525,6 +525,11 @@ _AGEM2019_PERMUTED = Protocol(
               hparams={"strength": 20.0},
               overrides={"optimizer.learning_rate": 0.03, "method_options": _AGEM_CODE_EWC},
               scenarios=("domain",), selection="paper", note=_AGEM_CODE_EWC_NOTE),
+        Entry("si_agem_code", "si", hparams={"strength": 0.2, "xi": 1e-3},
+              scenarios=("domain",), selection="paper",
+              note="their PI row, whose Table 4 cell is ∞ (\"fails to train with the "
+                   "cross-validated values\"): c 0.1 (strength 0.2 here) and lr 0.1 from "
+                   "appendix G, ξ 1e-3 (their model.py)"),
         Entry("mas", "mas", _AGEM_MAS,
               hparams={"strength": 0.1}, scenarios=("domain",), selection="paper"),
         Entry("mas_agem_code", "mas", _AGEM_MAS,
