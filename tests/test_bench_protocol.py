@@ -213,8 +213,10 @@ def test_agem_code_rows_take_their_estimator_and_twice_their_lambda(name):
     run = entry_runs(protocol, protocol.entry("ewc_agem_code"), seeds=1)[0]
     cfg = validate_config(run.config)
     assert cfg["method"] == "ewc" and cfg["hparams"] == {"strength": 20.0}
-    assert cfg["method_options"] == {"fisher": "running", "accumulate": "latest",
-                                     "normalize": "minmax"}
+    window = {"agem2019_permuted_mnist": 10, "agem2019_split_cifar100": 50}[name]
+    assert {"fisher_window": 50, **cfg["method_options"]} == {
+        "fisher": "running", "accumulate": "latest", "normalize": "minmax",
+        "fisher_window": window}     # their FISHER_UPDATE_AFTER per script; 50 the default
     method = get_method("ewc", **cfg["method_options"])
     assert isinstance(method.init({"w": jnp.zeros(2)}, None, {}, None), RunningFisherEWCState)
     if name == "agem2019_split_cifar100":
