@@ -144,6 +144,8 @@ ROWS = [
     Row("ewc_running", "ewc", "penalty",     # A-GEM's code: running Fisher, last task, [0, 1]
         {"fisher": "running", "fisher_window": 2, "accumulate": "latest", "normalize": "minmax"},
         {"strength": 30.0}, off=PENALTY_OFF, sweep=("strength", 300.0)),
+    Row("rwalk", "rwalk", "penalty", {"fisher_window": 2}, {"strength": 30.0}, off=PENALTY_OFF,
+        sweep=("strength", 300.0)),
     Row("online_ewc", "online_ewc", "penalty", ESTIMATOR, {"strength": 30.0, "decay": 0.7},
         off=PENALTY_OFF, sweep=("decay", 0.2)),
     Row("si", "si", "penalty", {}, {"strength": 3.0}, off=PENALTY_OFF, sweep=("strength", 30.0)),

@@ -158,6 +158,97 @@ def test_ewc_rejects_bad_options(options, match):
         get_method("ewc", **options)
 
 
+def _minmax(tree):
+    flat = np.concatenate([np.ravel(np.asarray(v, np.float64)) for v in jax.tree.leaves(tree)])
+    low, high = flat.min(), flat.max()
+    return jax.tree.map(lambda v: (np.asarray(v, np.float64) - low) / (high - low + 1e-32), tree)
+
+
+def test_rwalk_steps_follow_the_loop_of_agem_code():
+    """after_step by hand against A-GEM's RWALK branch in numpy: every `window` steps, before
+    the step, s += max(ω / (ξ + F (θ − θ_fold)²), 0), F ← 0.1 F + 0.9 Σg²/window (Σ since the
+    task's start), θ_fold ← θ, ω ← 0; then Σg² += g², ω −= g·Δθ."""
+    from cljax.methods import Clock, StepInfo
+
+    window, xi, steps = 3, 1e-3, 8
+    shape = {"w": (3, 2), "b": (2,)}
+    k = jax.random.split(jax.random.key(4), 2)
+    draw = lambda key, scale=1.0: {n: scale * jax.random.normal(jax.random.fold_in(key, i), s)
+                                   for i, (n, s) in enumerate(shape.items())}
+    theta = draw(k[0])
+    method = get_method("rwalk", fisher_window=window)
+    state = method.init(theta, None, {}, None)
+    hp = {"strength": jnp.float32(2.0), "xi": jnp.float32(xi)}
+    f64 = lambda t: {n: np.asarray(v, np.float64) for n, v in t.items()}
+    zeros = {n: np.zeros(s) for n, s in shape.items()}
+    tmp, F, omega, R, fold = dict(zeros), dict(zeros), dict(zeros), dict(zeros), f64(theta)
+    for i in range(steps):
+        g, u = draw(jax.random.fold_in(k[1], 2 * i)), draw(jax.random.fold_in(k[1], 2 * i + 1), 0.1)
+        th = f64(theta)
+        if (i + 1) % window == 0:
+            R = {n: R[n] + np.maximum(omega[n] / (xi + F[n] * (th[n] - fold[n]) ** 2), 0)
+                 for n in shape}
+            F = {n: 0.1 * F[n] + 0.9 * tmp[n] / window for n in shape}
+            fold, omega = th, dict(zeros)
+        tmp = {n: tmp[n] + f64(g)[n] ** 2 for n in shape}
+        omega = {n: omega[n] - f64(g)[n] * f64(u)[n] for n in shape}
+        theta = jax.tree.map(jnp.add, theta, u)
+        clock = Clock(jnp.int32(i), jnp.int32(i), jnp.int32(steps))
+        info = StepInfo(None, None, None, g, u, theta, jnp.int32(0), k[0], hp, None, None, state,
+                        clock)
+        _, _, state = method.after_step(info)
+    for got, want in ((state.fisher.window_sum, tmp), (state.fisher.running, F),
+                      (state.score.omega, omega), (state.score.score, R),
+                      (state.score.fold_params, fold)):
+        for n in shape:
+            np.testing.assert_allclose(got[n], want[n], rtol=2e-4, atol=1e-6)
+    assert any(float(jnp.abs(v).max()) > 0 for v in state.score.score.values())
+
+
+@pytest.mark.parametrize("fold", ["agem_code", "average"])
+def test_rwalk_boundary_folds_the_score_and_replaces_the_rescaled_penalty(fold):
+    """At each boundary: S from the task's score (doubled on the first task), Ω = minmax(F) +
+    minmax(S) anchored at the task's end (replacing the last), the window and score restarted,
+    the running Fisher and S kept."""
+    method, tr, data = _build("rwalk", fisher_window=3, importance_fold=fold)
+    state = tr.init(jax.random.key(0), method.default_hparams, data)
+    kept = None
+    for t in (0, 1):
+        state, _ = tr.fit(state, data, jnp.asarray(t), 7)
+        pre, end = state.mstate, state.params
+        state = tr.end_task(state, data, jnp.asarray(t))
+        r = jax.tree.map(lambda v: np.asarray(v, np.float64) * (2 if t == 0 else 1),
+                         pre.score.score)
+        kept = jax.tree.map(np.zeros_like, r) if kept is None else kept
+        kept = jax.tree.map(
+            lambda s, x: s + (s + x) / 2 if fold == "agem_code" else (s + x) / 2, kept, r)
+        after = state.mstate
+        for got, want in zip(jax.tree.leaves(after.importance), jax.tree.leaves(kept)):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+        omega = jax.tree.map(np.add, _minmax(pre.fisher.running), _minmax(kept))
+        for got, want in zip(jax.tree.leaves(after.penalty.curvature.values),
+                             jax.tree.leaves(omega)):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+        for a, p in zip(jax.tree.leaves(after.penalty.anchor), jax.tree.leaves(end)):
+            np.testing.assert_array_equal(a, p)
+        assert all(float(jnp.abs(v).max()) == 0 for v in jax.tree.leaves(
+            (after.score.omega, after.score.score, after.fisher.window_sum)))
+        for a, b in zip(jax.tree.leaves(after.fisher.running), jax.tree.leaves(pre.fisher.running)):
+            np.testing.assert_array_equal(a, b)
+        for a, p in zip(jax.tree.leaves(after.score.fold_params), jax.tree.leaves(end)):
+            np.testing.assert_array_equal(a, p)
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"fisher_window": 0}, "fisher_window must be a positive int"),
+    ({"fisher_decay": 1.5}, r"fisher_decay must lie in \(0, 1\]"),
+    ({"importance_fold": "sum"}, "importance_fold must be one of"),
+])
+def test_rwalk_rejects_bad_options(options, match):
+    with pytest.raises(ValueError, match=match):
+        get_method("rwalk", **options)
+
+
 def test_si_importance_is_nonnegative_and_path_integral_resets():
     method, tr, data = _build("si")
     state = tr.init(jax.random.key(0), method.default_hparams, data)

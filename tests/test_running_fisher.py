@@ -50,6 +50,25 @@ def test_running_fisher_matches_the_loop_of_agem_code(steps):
         any(n >= window for n in steps)
 
 
+def test_running_fisher_without_window_reset_folds_the_task_sum_so_far():
+    """Their RWalk branch folds without emptying the window: each fold takes Σ g² since the
+    task's start / window."""
+    window, decay = 3, 0.9
+    grads = _grads(jax.random.key(7), 8)
+    state = importance.init_running_fisher({n: jnp.zeros(s) for n, s in SHAPES.items()})
+    total = {n: np.zeros(s) for n, s in SHAPES.items()}
+    running = {n: np.zeros(s) for n, s in SHAPES.items()}
+    for i, g in enumerate(grads):
+        if (i + 1) % window == 0:
+            running = {n: (1 - decay) * running[n] + decay * total[n] / window for n in SHAPES}
+        total = {n: total[n] + np.asarray(g[n], np.float64) ** 2 for n in SHAPES}
+        state = importance.update_running_fisher(state, g, i, window=window, decay=decay,
+                                                 reset_window=False)
+    for n in SHAPES:
+        np.testing.assert_allclose(state.window_sum[n], total[n], rtol=1e-5)
+        np.testing.assert_allclose(state.running[n], running[n], rtol=1e-5, atol=1e-12)
+
+
 def test_running_fisher_jit_with_a_traced_step_equals_eager():
     params = {n: jnp.zeros(s) for n, s in SHAPES.items()}
     grads = _grads(jax.random.key(3), 9)

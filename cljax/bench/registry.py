@@ -511,6 +511,10 @@ def _agem_code_ewc_note(window: int) -> str:
             f"here")
 
 
+_RWALK_NOTE = ("their RWALK as their code runs it: λ 1 on λ Σ (F̂ + Ŝ) Δθ² (strength 2 here), "
+               "lr {lr} (appendix G), the running Fisher and the score folded every {window} "
+               "steps, the kept score S ← S + (S + s_t)/2 as their update_score")
+
 _AGEM_MULTITASK = _row(_AGEM_T4, 5, (95.3,), scenarios=("domain",))
 
 _AGEM2019_PERMUTED = Protocol(
@@ -533,6 +537,10 @@ _AGEM2019_PERMUTED = Protocol(
               overrides={"optimizer.learning_rate": 0.03,
                          "method_options": {**_AGEM_CODE_EWC, "fisher_window": 10}},
               scenarios=("domain",), selection="paper", note=_agem_code_ewc_note(10)),
+        Entry("rwalk", "rwalk", _row(_AGEM_T4, 5, (85.7,), (0.56,), scenarios=("domain",)),
+              hparams={"strength": 2.0, "xi": 1e-3},
+              overrides={"method_options": {"fisher_window": 10}}, scenarios=("domain",),
+              selection="paper", note=_RWALK_NOTE.format(window=10, lr="0.1")),
         Entry("si_agem_code", "si", hparams={"strength": 0.2, "xi": 1e-3},
               scenarios=("domain",), selection="paper",
               note="their PI row, whose Table 4 cell is ∞ (\"fails to train with the "
@@ -630,6 +638,8 @@ _AGEM2019_CIFAR = Protocol(
               note="MAS as their code runs it (the permuted board's mas_agem_code): the last "
                    "task's importance from batches of 10, their λ 0.1 (strength 0.2 here), "
                    "lr 0.03"),
+        Entry("rwalk", "rwalk", _agem_cifar(40.9, 3.97), hparams={"strength": 2.0, "xi": 1e-3},
+              selection="paper", note=_RWALK_NOTE.format(window=50, lr="0.03")),
         Entry("agem", "agem", _agem_cifar(62.3, 1.24), selection="paper",
               overrides={"method_options": _AGEM_CIFAR_MEMORY},
               note="13 memory examples per class, reference batch 256 without replacement, "
@@ -648,8 +658,9 @@ _AGEM2019_CIFAR = Protocol(
     task_draw="per_seed",
     notes=("each seed deals classes 15–99 into the 17 tasks in its own order (numpy's "
            "default_rng(seed), not their draws); lr 0.03 unless a row says otherwise",
-           "their progressive networks (59.2), iCaRL (50.1) and RWalk (40.9) rows are not here: "
-           "cljax's progressive network builds MLP columns only, and it has no RWalk"))
+           "their progressive networks (59.2) and iCaRL (50.1) rows are not here: cljax's "
+           "progressive network builds MLP columns only, and their code holds iCaRL's herding "
+           "but no iCaRL run, so its settings are not known"))
 
 
 # ---- van de Ven, Tuytelaars & Tolias 2022 ------------------------------------------------------

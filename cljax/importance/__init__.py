@@ -15,7 +15,9 @@ params' structure, shapes and dtypes, equal to a **mean over the examples of ``b
   :func:`reset_path_integral`, :func:`get_path_integral`), and :func:`si_importance`,
 * RWalk's running Fisher kept during training (Chaudhry et al. 2018, eq. 10;
   :class:`RunningFisherState`, :func:`init_running_fisher`, :func:`update_running_fisher`) and
-  :func:`minmax_normalize`, the rescaling to [0, 1] of A-GEM's and RWalk's code.
+  :func:`minmax_normalize`, the rescaling to [0, 1] of A-GEM's and RWalk's code,
+* RWalk's score (Chaudhry et al. 2018; :class:`RWalkScoreState`, :func:`init_rwalk_score`,
+  :func:`fold_rwalk_score`, :func:`fold_rwalk_importance`).
 
 Flax ``nn.Dense`` / ``nn.Conv`` layers use a fast path (captured layer inputs and output
 cotangents, one matmul per layer); other parameters fall back to ``vmap`` over examples.
@@ -39,6 +41,13 @@ from cljax.importance.running_fisher import (
                                      minmax_normalize,
                                      update_running_fisher,
 )
+from cljax.importance.rwalk import (
+                                     RWALK_IMPORTANCE_FOLDS,
+                                     RWalkScoreState,
+                                     fold_rwalk_importance,
+                                     fold_rwalk_score,
+                                     init_rwalk_score,
+)
 from cljax.importance.si import (
                                      PathIntegralState,
                                      WithPathIntegralState,
@@ -56,6 +65,8 @@ __all__ = [
     "argmax_fisher_diagonal",
     "mas_importance",
     "RunningFisherState", "init_running_fisher", "update_running_fisher", "minmax_normalize",
+    "RWalkScoreState", "init_rwalk_score", "fold_rwalk_score", "fold_rwalk_importance",
+    "RWALK_IMPORTANCE_FOLDS",
     "kfac_factors", "kfac_quadratic_form", "kfac_matvec", "kfac_damped_inverse_matvec",
     "PathIntegralState", "WithPathIntegralState", "init_path_integral", "accumulate_path_integral",
     "track_path_integral", "with_path_integral",

@@ -48,7 +48,8 @@ def init_running_fisher(params: Params) -> RunningFisherState:
 
 
 def update_running_fisher(state: RunningFisherState, grads: Params, task_step: int | Array, *,
-                          window: int = 50, decay: float | Array = 0.9) -> RunningFisherState:
+                          window: int = 50, decay: float | Array = 0.9,
+                          reset_window: bool = True) -> RunningFisherState:
     """One training step of the running Fisher (RWalk eq. 10, as A-GEM's code orders it).
 
     Args:
@@ -59,6 +60,9 @@ def update_running_fisher(state: RunningFisherState, grads: Params, task_step: i
         ``(task_step + 1) % window == 0`` the window's mean is folded into the average first.
       window: steps per fold (a positive Python int).
       decay: α ∈ (0, 1], the weight of the newest window in the average.
+      reset_window: empty the window sum at each fold (EWC in A-GEM's code); False keeps summing
+        over the whole task, each fold then taking (Σ since the task's start)/``window`` (their
+        RWalk branch never resets it within a task: the caller empties it at the boundary).
 
     Returns:
       The new state, in the state's dtypes.
@@ -74,7 +78,8 @@ def update_running_fisher(state: RunningFisherState, grads: Params, task_step: i
         return jnp.where(fold, (1 - a) * f + a * s.astype(f.dtype) / window, f).astype(f.dtype)
 
     def add_square(s, g):
-        return (jnp.where(fold, jnp.zeros_like(s), s) + jnp.square(g.astype(s.dtype))).astype(s.dtype)
+        kept = jnp.where(fold, jnp.zeros_like(s), s) if reset_window else s
+        return (kept + jnp.square(g.astype(s.dtype))).astype(s.dtype)
 
     running = jax.tree.map(fold_in, state.window_sum, state.running)
     window_sum = jax.tree.map(add_square, state.window_sum, grads)

@@ -35,7 +35,7 @@ from cljax.methods.mcsgd import mcsgd
 from cljax.methods.natural import kfac_ewc, ncl, ncl_kfac
 from cljax.methods.orthog import orthog
 from cljax.methods.packnet import packnet
-from cljax.methods.penalties import ewc, l2, mas, online_ewc, si
+from cljax.methods.penalties import ewc, l2, mas, online_ewc, rwalk, si
 from cljax.methods.pnn import pnn
 from cljax.methods.projection import gpm, ogd, rgo, rgo2
 from cljax.methods.registry import METHODS, MethodDescription, describe_method, get_method
@@ -50,7 +50,7 @@ __all__ = ["Method", "StreamSpec", "Clock", "BatchContext", "LossContext", "Step
            "current_task_batch", "all_tasks_batch", "union_batch", "cross_entropy", "task_loss",
            "no_optimizer_args", "keep_after_step", "keep_state", "base_only", "base_model",
            "get_hparam", "none", "joint", "joint_offline", "whole_stream_batch", "ewc",
-           "online_ewc", "si", "mas", "l2", "kfac_ewc", "ncl", "ncl_kfac", "er", "agem", "gem",
+           "online_ewc", "si", "mas", "l2", "rwalk", "kfac_ewc", "ncl", "ncl_kfac", "er", "agem", "gem",
            "lwf", "der", "derpp", "icarl", "remind", "rgo", "rgo2", "gpm", "ogd", "orthog", "mcsgd", "pnn", "hat",
            "packnet", "vcl", "dgr", "dgr_distill", "rtf", "bir", "src", "check_hparams", "describe_method",
            "MethodDescription"]

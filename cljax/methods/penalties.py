@@ -186,6 +186,71 @@ def _running_fisher_ewc(mode: ConsolidateMode, scale: Callable[[Params], Params]
                   after_step=after_step, end_task=end_task, default_hparams={"strength": 1e4})
 
 
+class RWalkState(NamedTuple):
+    """RWalk's method state: the penalty, the running Fisher, the task's score
+    (:class:`cljax.importance.RWalkScoreState`) and the importance S kept over tasks."""
+
+    penalty: transforms.QuadraticPenaltyState
+    fisher: imp.RunningFisherState
+    score: imp.RWalkScoreState
+    importance: Params
+
+
+def rwalk(*, fisher_window: int = 50, fisher_decay: float = 0.9,
+          importance_fold: str = "agem_code") -> Method:
+    """RWalk (Chaudhry et al. 2018) as A-GEM's code runs it: (λ/2) Σ_i (F̂_i + Ŝ_i)(θ_i − θ*_i)²
+    with F̂ the running Fisher (:func:`cljax.importance.update_running_fisher`, its window sum
+    kept over the task) and Ŝ the kept RWalk score (:mod:`cljax.importance.rwalk`), each
+    min–max rescaled to [0, 1], anchored at the last task's end. Every ``fisher_window`` steps,
+    before the step, the window's path integral joins the task's score over the running Fisher
+    and the Fisher folds; at a boundary the score joins S (``importance_fold``,
+    :data:`cljax.importance.RWALK_IMPORTANCE_FOLDS`). Hyperparameters ``strength`` (their
+    λ Σ (F̂ + Ŝ) Δθ² is strength 2λ) and ``xi`` (ξ, their 1e-3)."""
+    check_positive_int(fisher_window, name="fisher_window")
+    if not 0 < fisher_decay <= 1:
+        raise ValueError(f"fisher_decay must lie in (0, 1]; got {fisher_decay!r}")
+    if importance_fold not in imp.RWALK_IMPORTANCE_FOLDS:
+        raise ValueError(f"importance_fold must be one of {imp.RWALK_IMPORTANCE_FOLDS}; got "
+                         f"{importance_fold!r}")
+
+    def init(params, key, hparams, spec):
+        del key, hparams, spec
+        return RWalkState(transforms.init_penalty(params), imp.init_running_fisher(params),
+                          imp.init_rwalk_score(params),
+                          optax.tree_utils.tree_zeros_like(params))
+
+    def after_step(info: StepInfo):
+        s: RWalkState = info.mstate
+        before = jax.tree.map(jnp.subtract, info.params, info.updates)
+        fold = (info.clock.task_step + 1) % fisher_window == 0
+        folded = imp.fold_rwalk_score(s.score, s.fisher.running, before,
+                                      xi=get_hparam(info.hparams, "xi", "rwalk"))
+        score = jax.tree.map(lambda a, b: jnp.where(fold, a, b), folded, s.score)
+        fisher = imp.update_running_fisher(s.fisher, info.grads, info.clock.task_step,
+                                           window=fisher_window, decay=fisher_decay,
+                                           reset_window=False)
+        score = score._replace(omega=imp.accumulate_path_integral(score.omega, info.grads,
+                                                                  info.updates))
+        return info.keep_params(s._replace(fisher=fisher, score=score))
+
+    def end_task(ctx):
+        s: RWalkState = ctx.mstate
+        importance = imp.fold_rwalk_importance(s.importance, s.score.score, ctx.task == 0,
+                                               fold=importance_fold)
+        omega = jax.tree.map(jnp.add, imp.minmax_normalize(s.fisher.running),
+                             imp.minmax_normalize(importance))
+        penalty = transforms.consolidate(s.penalty, ctx.params, omega, mode="replace")
+        fisher = s.fisher._replace(window_sum=optax.tree_utils.tree_zeros_like(s.fisher.running))
+        return ctx.params, ctx.opt_state, RWalkState(penalty, fisher,
+                                                     imp.init_rwalk_score(ctx.params), importance)
+
+    return Method("rwalk", make_optimizer=_penalty_optimizer("rwalk"), init=init,
+                  optimizer_args=lambda p, b, m, c: {"penalty_state": m.penalty},
+                  after_step=after_step, end_task=end_task,
+                  default_hparams={"strength": 2.0, "xi": 1e-3},
+                  hparam_domains={"xi": "positive"})
+
+
 def online_ewc(*, fisher: str = "exact", num_examples: int = 1024,
                chunk_size: int = 256) -> Method:
     """Online EWC (Schwarz et al. 2018): F̂_t = γF̂_{t−1} + F_t, penalty anchored at θ*_{t}."""

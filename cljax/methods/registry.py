@@ -20,7 +20,7 @@ from cljax.methods.mcsgd import mcsgd
 from cljax.methods.natural import kfac_ewc, ncl, ncl_kfac
 from cljax.methods.orthog import orthog
 from cljax.methods.packnet import packnet
-from cljax.methods.penalties import ewc, l2, mas, online_ewc, si
+from cljax.methods.penalties import ewc, l2, mas, online_ewc, rwalk, si
 from cljax.methods.pnn import pnn
 from cljax.methods.projection import gpm, ogd, rgo, rgo2
 from cljax.methods.rehearsal import agem, der, derpp, er, gem, icarl, lwf
@@ -37,7 +37,7 @@ def fine_tuning() -> Method:
 
 METHODS: Mapping[str, Callable[..., Method]] = {
     "none": fine_tuning, "joint": joint_training, "joint_offline": offline_joint_training,
-    "ewc": ewc, "online_ewc": online_ewc, "si": si, "mas": mas, "l2": l2,
+    "ewc": ewc, "online_ewc": online_ewc, "si": si, "mas": mas, "l2": l2, "rwalk": rwalk,
     "kfac_ewc": kfac_ewc, "ncl": ncl, "ncl_kfac": ncl_kfac,
     "er": er, "agem": agem, "gem": gem, "lwf": lwf, "der": der, "derpp": derpp, "icarl": icarl,
     "remind": remind,   # rehearsal of product-quantised latent codes (a frozen lower network)
