@@ -32,17 +32,23 @@ def _build(name, **options):
     return method, tr, prepare_data(s, sc, eval_chunk=16)
 
 
+def _boundary_batch(state, data, t, *, split):
+    """The 16 examples of task ``t`` a boundary draws from ``state`` (its key folded as the
+    trainer folds it; ``split``: the estimator's first half of it, as EWC's Fisher takes)."""
+    from cljax.training import make_batch
+    key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), 1 << 30)
+    if split:
+        key, _ = jax.random.split(key)
+    idx = jax.random.randint(key, (16,), 0, data.train.n[t])
+    return make_batch(data, data.train, jnp.full(16, t, jnp.int32), idx)
+
+
 def test_ewc_boundary_stores_the_fisher_of_the_finished_task():
     method, tr, data = _build("ewc")
     state = tr.init(jax.random.key(0), method.default_hparams, data)
     state, _ = tr.fit(state, data, jnp.asarray(0), 15)
     after = tr.end_task(state, data, jnp.asarray(0))
-    # rebuild the boundary's sample and Fisher independently
-    key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), 1 << 30)
-    k_data, _ = jax.random.split(key)
-    idx = jax.random.randint(k_data, (16,), 0, data.train.n[0])
-    from cljax.training import make_batch
-    batch = make_batch(data, data.train, jnp.zeros(16, jnp.int32), idx)
+    batch = _boundary_batch(state, data, 0, split=True)   # the boundary's sample, rebuilt
     model = as_model(MLP((12,), 2, num_heads=3))
     F = importance.exact_fisher_diagonal(model.logits_fn, state.params, batch, chunk_size=8)
     penalty = after.mstate
@@ -64,13 +70,10 @@ def test_mas_folds_each_tasks_grouped_importance_as_asked(accumulate):
     method, tr, data = _build("mas", group_size=4, accumulate=accumulate)
     state = tr.init(jax.random.key(0), method.default_hparams, data)
     model = as_model(MLP((12,), 2, num_heads=3))
-    from cljax.training import make_batch
     omegas = []
     for t in (0, 1):
         state, _ = tr.fit(state, data, jnp.asarray(t), 10)
-        key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), 1 << 30)
-        idx = jax.random.randint(key, (16,), 0, data.train.n[t])
-        batch = make_batch(data, data.train, jnp.full(16, t, jnp.int32), idx)
+        batch = _boundary_batch(state, data, t, split=False)
         omegas.append(importance.mas_importance(model.logits_fn, state.params, batch,
                                                 group_size=4))
         end = state.params
@@ -130,14 +133,10 @@ def test_ewc_estimated_fisher_is_normalised_and_kept_as_asked(accumulate, normal
     method, tr, data = _build("ewc", accumulate=accumulate, normalize=normalize)
     state = tr.init(jax.random.key(0), method.default_hparams, data)
     model = as_model(MLP((12,), 2, num_heads=3))
-    from cljax.training import make_batch
     fishers = []
     for t in (0, 1):
         state, _ = tr.fit(state, data, jnp.asarray(t), 10)
-        key = jax.random.fold_in(jax.random.fold_in(state.key, state.step), 1 << 30)
-        k_data, _ = jax.random.split(key)
-        idx = jax.random.randint(k_data, (16,), 0, data.train.n[t])
-        batch = make_batch(data, data.train, jnp.full(16, t, jnp.int32), idx)
+        batch = _boundary_batch(state, data, t, split=True)
         F = importance.exact_fisher_diagonal(model.logits_fn, state.params, batch, chunk_size=8)
         fishers.append(importance.minmax_normalize(F) if normalize == "minmax" else F)
         state = tr.end_task(state, data, jnp.asarray(t))
