@@ -11,10 +11,10 @@ exponential moving average,
 As in the code of A-GEM (Chaudhry et al. 2019, facebookresearch/agem ``model.py``: ``tmp_fisher``,
 ``running_fisher``, ``FISHER_UPDATE_AFTER`` 50, ``FISHER_EMA_DECAY`` α = 0.9), the fold comes
 *before* the step's own square is added at the task's steps ``window − 1, 2·window − 1, …``
-(their ``(iters + 1) % fisher_update_after == 0``), and neither sum is reset at a task boundary:
-the average carries across tasks (by α's weight, the last window dominates). Their EWC then takes
-the Fisher at the task's end, rescaled to [0, 1] over all parameters together
-(:func:`minmax_normalize`).
+(their ``(iters + 1) % fisher_update_after == 0``); at a task boundary their code empties the
+window sum (``reset_tmp_fisher``: the caller's part) and keeps the average, which carries across
+tasks (by α's weight, the last window dominates). Their EWC then takes the Fisher at the task's
+end, rescaled to [0, 1] over all parameters together (:func:`minmax_normalize`).
 
 Scale: a squared *minibatch-mean* gradient, not a per-example Fisher (its scale falls with the
 batch size); after :func:`minmax_normalize` only the relative values remain.

@@ -155,7 +155,8 @@ def ewc(*, fisher: str = "exact", num_examples: int = 1024, chunk_size: int = 25
 
 class RunningFisherEWCState(NamedTuple):
     """EWC's method state with a running Fisher: the penalty and the running Fisher
-    (:class:`cljax.importance.RunningFisherState`), which no task boundary resets."""
+    (:class:`cljax.importance.RunningFisherState`), whose average no task boundary resets (its
+    window sum restarts with each task)."""
 
     penalty: transforms.QuadraticPenaltyState
     fisher: imp.RunningFisherState
@@ -176,10 +177,11 @@ def _running_fisher_ewc(mode: ConsolidateMode, scale: Callable[[Params], Params]
                                            window=window, decay=decay)
         return info.keep_params(s._replace(fisher=fisher))
 
-    def end_task(ctx):
+    def end_task(ctx):      # the window restarts with the task (their reset_tmp_fisher)
         s: RunningFisherEWCState = ctx.mstate
         penalty = transforms.consolidate(s.penalty, ctx.params, scale(s.fisher.running), mode=mode)
-        return ctx.params, ctx.opt_state, s._replace(penalty=penalty)
+        fisher = s.fisher._replace(window_sum=optax.tree_utils.tree_zeros_like(s.fisher.running))
+        return ctx.params, ctx.opt_state, RunningFisherEWCState(penalty, fisher)
 
     return Method("ewc", make_optimizer=_penalty_optimizer("ewc"), init=init,
                   optimizer_args=lambda p, b, m, c: {"penalty_state": m.penalty},
