@@ -366,4 +366,6 @@ def si(*, clip_negative: bool = True, path_gradient: str = "task") -> Method:
 
 
 __all__ = ["FISHERS", "check_estimator_options", "fisher_on_task", "penalty_method", "ewc",
-           "online_ewc", "mas", "MAS_ACCUMULATIONS", "l2", "si", "SIState", "SI_PATH_GRADIENTS"]
+           "EWC_FISHERS", "EWC_ACCUMULATIONS", "FISHER_NORMALIZATIONS", "RunningFisherEWCState",
+           "rwalk", "RWalkState", "online_ewc", "mas", "MAS_ACCUMULATIONS", "l2", "si", "SIState",
+           "SI_PATH_GRADIENTS"]
