@@ -43,6 +43,21 @@ def _boundary_batch(state, data, t, *, split):
     return make_batch(data, data.train, jnp.full(16, t, jnp.int32), idx)
 
 
+def _two_boundaries(name, estimate, *, split, **options):
+    """Tasks 0 and 1 trained 10 steps each through their boundaries; ``estimate(params, batch)``
+    rebuilt on each boundary's own sample (:func:`_boundary_batch`). Returns the two estimates,
+    the state after the second boundary and the parameters at the second task's end."""
+    method, tr, data = _build(name, **options)
+    state = tr.init(jax.random.key(0), method.default_hparams, data)
+    estimates = []
+    for t in (0, 1):
+        state, _ = tr.fit(state, data, jnp.asarray(t), 10)
+        estimates.append(estimate(state.params, _boundary_batch(state, data, t, split=split)))
+        end = state.params
+        state = tr.end_task(state, data, jnp.asarray(t))
+    return estimates, state, end
+
+
 def test_ewc_boundary_stores_the_fisher_of_the_finished_task():
     method, tr, data = _build("ewc")
     state = tr.init(jax.random.key(0), method.default_hparams, data)
@@ -67,17 +82,11 @@ def test_mas_folds_each_tasks_grouped_importance_as_asked(accumulate):
     """Ω after two boundaries: Ω_0 + Ω_1 (the paper) or Ω_1 alone (A-GEM's code), each Ω_t the
     grouped MAS importance of the boundary's own sample, rebuilt independently; the anchor is
     the second task's end."""
-    method, tr, data = _build("mas", group_size=4, accumulate=accumulate)
-    state = tr.init(jax.random.key(0), method.default_hparams, data)
     model = as_model(MLP((12,), 2, num_heads=3))
-    omegas = []
-    for t in (0, 1):
-        state, _ = tr.fit(state, data, jnp.asarray(t), 10)
-        batch = _boundary_batch(state, data, t, split=False)
-        omegas.append(importance.mas_importance(model.logits_fn, state.params, batch,
-                                                group_size=4))
-        end = state.params
-        state = tr.end_task(state, data, jnp.asarray(t))
+    omegas, state, end = _two_boundaries(
+        "mas", lambda params, batch: importance.mas_importance(model.logits_fn, params, batch,
+                                                               group_size=4),
+        split=False, group_size=4, accumulate=accumulate)
     want = omegas[1] if accumulate == "latest" else jax.tree.map(jnp.add, *omegas)
     penalty = state.mstate
     for got, w in zip(jax.tree.leaves(penalty.curvature.values), jax.tree.leaves(want)):
@@ -134,16 +143,14 @@ def test_ewc_running_fisher_is_the_training_gradients_squared_and_replaced_each_
 def test_ewc_estimated_fisher_is_normalised_and_kept_as_asked(accumulate, normalize):
     """The end-of-task Fisher under the other two options: Ω_0 then Ω_1 each min–max normalised
     (one penalty per task, so the folded curvature is their sum), or Ω_1 alone as estimated."""
-    method, tr, data = _build("ewc", accumulate=accumulate, normalize=normalize)
-    state = tr.init(jax.random.key(0), method.default_hparams, data)
     model = as_model(MLP((12,), 2, num_heads=3))
-    fishers = []
-    for t in (0, 1):
-        state, _ = tr.fit(state, data, jnp.asarray(t), 10)
-        batch = _boundary_batch(state, data, t, split=True)
-        F = importance.exact_fisher_diagonal(model.logits_fn, state.params, batch, chunk_size=8)
-        fishers.append(importance.minmax_normalize(F) if normalize == "minmax" else F)
-        state = tr.end_task(state, data, jnp.asarray(t))
+
+    def fisher(params, batch):
+        F = importance.exact_fisher_diagonal(model.logits_fn, params, batch, chunk_size=8)
+        return importance.minmax_normalize(F) if normalize == "minmax" else F
+
+    fishers, state, _ = _two_boundaries("ewc", fisher, split=True, accumulate=accumulate,
+                                        normalize=normalize)
     want = fishers[1] if accumulate == "latest" else jax.tree.map(jnp.add, *fishers)
     for got, w in zip(jax.tree.leaves(state.mstate.curvature.values), jax.tree.leaves(want)):
         np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-8)

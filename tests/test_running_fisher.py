@@ -129,3 +129,26 @@ def test_minmax_normalize_rejects_empty_and_nan():
         importance.minmax_normalize({})
     with pytest.raises(FloatingPointError, match=r"importance\['a'\]"):
         importance.minmax_normalize({"a": jnp.array([1.0, jnp.nan])})
+
+
+def test_is_fold_step_marks_the_steps_before_which_their_code_folds():
+    steps = np.arange(12)
+    got = np.asarray(importance.is_fold_step(steps, 4))
+    np.testing.assert_array_equal(np.flatnonzero(got), [3, 7, 11])
+    with pytest.raises(ValueError, match="window must be a positive int"):
+        importance.is_fold_step(0, 0)
+
+
+def test_restart_window_empties_the_window_and_keeps_the_average():
+    state = importance.RunningFisherState({"w": jnp.full(3, 2.0)}, {"w": jnp.full(3, 5.0)})
+    new = importance.restart_window(state)
+    np.testing.assert_array_equal(new.window_sum["w"], 0.0)
+    np.testing.assert_array_equal(new.running["w"], 5.0)
+
+
+def test_minmax_normalize_keeps_float64_precision():
+    with jax.enable_x64(True):
+        tree = {"a": jnp.array([1.0, 1.0 + 1e-12, 1.0 + 2e-12], jnp.float64)}
+        got = importance.minmax_normalize(tree)["a"]
+        assert got.dtype == jnp.float64
+        np.testing.assert_allclose(got, [0.0, 0.5, 1.0], rtol=1e-3)

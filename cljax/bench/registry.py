@@ -511,9 +511,10 @@ def _agem_code_ewc_note(window: int) -> str:
             f"here")
 
 
-_RWALK_NOTE = ("their RWALK as their code runs it: λ 1 on λ Σ (F̂ + Ŝ) Δθ² (strength 2 here), "
-               "lr {lr} (appendix G), the running Fisher and the score folded every {window} "
-               "steps, the kept score S ← S + (S + s_t)/2 as their update_score")
+def _rwalk_note(window: int, lr: float) -> str:
+    return (f"their RWALK as their code runs it: λ 1 on λ Σ (F̂ + Ŝ) Δθ² (strength 2 here), lr {lr} "
+            f"(appendix G), the running Fisher and the score folded every {window} steps, the "
+            f"kept score S ← S + (S + s_t)/2 as their update_score")
 
 _AGEM_MULTITASK = _row(_AGEM_T4, 5, (95.3,), scenarios=("domain",))
 
@@ -540,7 +541,7 @@ _AGEM2019_PERMUTED = Protocol(
         Entry("rwalk", "rwalk", _row(_AGEM_T4, 5, (85.7,), (0.56,), scenarios=("domain",)),
               hparams={"strength": 2.0, "xi": 1e-3},
               overrides={"method_options": {"fisher_window": 10}}, scenarios=("domain",),
-              selection="paper", note=_RWALK_NOTE.format(window=10, lr="0.1")),
+              selection="paper", note=_rwalk_note(10, 0.1)),
         Entry("si_agem_code", "si", hparams={"strength": 0.2, "xi": 1e-3},
               scenarios=("domain",), selection="paper",
               note="their PI row, whose Table 4 cell is ∞ (\"fails to train with the "
@@ -639,7 +640,7 @@ _AGEM2019_CIFAR = Protocol(
                    "task's importance from batches of 10, their λ 0.1 (strength 0.2 here), "
                    "lr 0.03"),
         Entry("rwalk", "rwalk", _agem_cifar(40.9, 3.97), hparams={"strength": 2.0, "xi": 1e-3},
-              selection="paper", note=_RWALK_NOTE.format(window=50, lr="0.03")),
+              selection="paper", note=_rwalk_note(50, 0.03)),
         Entry("agem", "agem", _agem_cifar(62.3, 1.24), selection="paper",
               overrides={"method_options": _AGEM_CIFAR_MEMORY},
               note="13 memory examples per class, reference batch 256 without replacement, "

@@ -14,7 +14,8 @@ params' structure, shapes and dtypes, equal to a **mean over the examples of ``b
   state (:func:`track_path_integral`, :func:`with_path_integral`,
   :func:`reset_path_integral`, :func:`get_path_integral`), and :func:`si_importance`,
 * RWalk's running Fisher kept during training (Chaudhry et al. 2018, eq. 10;
-  :class:`RunningFisherState`, :func:`init_running_fisher`, :func:`update_running_fisher`) and
+  :class:`RunningFisherState`, :func:`init_running_fisher`, :func:`update_running_fisher`, :func:`is_fold_step`,
+  :func:`restart_window`) and
   :func:`minmax_normalize`, the rescaling to [0, 1] of A-GEM's and RWalk's code,
 * RWalk's score (Chaudhry et al. 2018; :class:`RWalkScoreState`, :func:`init_rwalk_score`,
   :func:`fold_rwalk_score`, :func:`fold_rwalk_importance`).
@@ -38,7 +39,9 @@ from cljax.importance.mas import mas_importance
 from cljax.importance.running_fisher import (
                                      RunningFisherState,
                                      init_running_fisher,
+                                     is_fold_step,
                                      minmax_normalize,
+                                     restart_window,
                                      update_running_fisher,
 )
 from cljax.importance.rwalk import (
@@ -64,7 +67,8 @@ __all__ = [
     "empirical_fisher_diagonal", "true_fisher_diagonal", "exact_fisher_diagonal",
     "argmax_fisher_diagonal",
     "mas_importance",
-    "RunningFisherState", "init_running_fisher", "update_running_fisher", "minmax_normalize",
+    "RunningFisherState", "init_running_fisher", "update_running_fisher", "is_fold_step",
+    "restart_window", "minmax_normalize",
     "RWalkScoreState", "init_rwalk_score", "fold_rwalk_score", "fold_rwalk_importance",
     "RWALK_IMPORTANCE_FOLDS",
     "kfac_factors", "kfac_quadratic_form", "kfac_matvec", "kfac_damped_inverse_matvec",

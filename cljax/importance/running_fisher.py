@@ -1,5 +1,5 @@
 """RWalk's running Fisher (Chaudhry et al. 2018, "Riemannian Walk for Incremental Learning",
-eq. 10) and the min–max normalisation its authors' code applies before EWC's penalty.
+eq. 10 as A-GEM's code cites it) and the min–max normalisation its authors' code applies before EWC's penalty.
 
 The running Fisher is kept *during* training instead of estimated at the task's end: every step
 adds the square of its minibatch gradient (the gradient of the batch's mean loss at the step's
@@ -12,7 +12,7 @@ As in the code of A-GEM (Chaudhry et al. 2019, facebookresearch/agem ``model.py`
 ``running_fisher``, ``FISHER_UPDATE_AFTER`` 50, ``FISHER_EMA_DECAY`` α = 0.9), the fold comes
 *before* the step's own square is added at the task's steps ``window − 1, 2·window − 1, …``
 (their ``(iters + 1) % fisher_update_after == 0``); at a task boundary their code empties the
-window sum (``reset_tmp_fisher``: the caller's part) and keeps the average, which carries across
+window sum (``reset_tmp_fisher``: :func:`restart_window`, the caller's part) and keeps the average, which carries across
 tasks (by α's weight, the last window dominates). Their EWC then takes the Fisher at the task's
 end, rescaled to [0, 1] over all parameters together (:func:`minmax_normalize`).
 
@@ -67,11 +67,10 @@ def update_running_fisher(state: RunningFisherState, grads: Params, task_step: i
     Returns:
       The new state, in the state's dtypes.
     """
-    validation.check_positive_int(window, name="window")
     validation.check_in_unit_interval(decay, name="decay")
     validation.check_same_structure(grads, state.window_sum, name="grads",
                                     reference_name="state.window_sum")
-    fold = (jnp.asarray(task_step) + 1) % window == 0
+    fold = is_fold_step(task_step, window)
 
     def fold_in(s, f):
         a = jnp.asarray(decay, f.dtype)
@@ -86,6 +85,19 @@ def update_running_fisher(state: RunningFisherState, grads: Params, task_step: i
     return RunningFisherState(window_sum, running)
 
 
+def is_fold_step(task_step: int | Array, window: int) -> Array:
+    """Whether the window folds before the task's step ``task_step`` (0-based; may be traced):
+    ``(task_step + 1) % window == 0``, their ``(iters + 1) % fisher_update_after == 0``."""
+    validation.check_positive_int(window, name="window")
+    return (jnp.asarray(task_step) + 1) % window == 0
+
+
+def restart_window(state: RunningFisherState) -> RunningFisherState:
+    """The state at a task boundary in their code: the window sum emptied
+    (``reset_tmp_fisher``), the running average kept."""
+    return state._replace(window_sum=optax.tree_utils.tree_zeros_like(state.window_sum))
+
+
 def minmax_normalize(importance: Importance) -> Importance:
     """(Ω − min Ω) / (max Ω − min Ω + ε), the minimum and maximum over every leaf together, as
     A-GEM's and RWalk's code rescale the Fisher before EWC's penalty (ε = 1e-32); every value then
@@ -94,12 +106,12 @@ def minmax_normalize(importance: Importance) -> Importance:
     if not leaves:
         raise ValueError("importance: an empty pytree has no minimum or maximum")
     validation.check_finite(importance, name="importance")
-    low = jnp.min(jnp.stack([jnp.min(x).astype(jnp.float32) for x in leaves]))
-    high = jnp.max(jnp.stack([jnp.max(x).astype(jnp.float32) for x in leaves]))
+    dtype = jnp.result_type(*leaves)        # float64 leaves keep their precision
+    low = jnp.min(jnp.stack([jnp.min(x).astype(dtype) for x in leaves]))
+    high = jnp.max(jnp.stack([jnp.max(x).astype(dtype) for x in leaves]))
     scale = high - low + MINMAX_EPSILON
-    return jax.tree.map(lambda x: ((x.astype(jnp.float32) - low) / scale).astype(x.dtype),
-                        importance)
+    return jax.tree.map(lambda x: ((x.astype(dtype) - low) / scale).astype(x.dtype), importance)
 
 
-__all__ = ["RunningFisherState", "init_running_fisher", "update_running_fisher",
-           "minmax_normalize", "MINMAX_EPSILON"]
+__all__ = ["RunningFisherState", "init_running_fisher", "update_running_fisher", "is_fold_step",
+           "restart_window", "minmax_normalize", "MINMAX_EPSILON"]

@@ -39,7 +39,7 @@ from cljax import transforms
 from cljax.methods.base import BoundaryContext, Method, StepInfo, get_hparam
 from cljax.transforms.penalty import ConsolidateMode
 from cljax.types import Params
-from cljax.validation import check_positive_int
+from cljax.validation import check_in_unit_interval, check_positive_int
 
 FISHERS = ("exact", "true", "empirical", "argmax")
 
@@ -73,6 +73,13 @@ def _penalty_optimizer(name: str):
         return optax.chain(transforms.quadratic_penalty(
             strength=get_hparam(hparams, "strength", name)), base)
     return make_optimizer
+
+
+def _penalty_field_args(params, batch, mstate, ctx):
+    """The penalty of a method state that keeps it in a ``penalty`` field (SI, running-Fisher
+    EWC, RWalk), handed to the chain's ``quadratic_penalty``."""
+    del params, batch, ctx
+    return {"penalty_state": mstate.penalty}
 
 
 def _penalty_state(params, key, hparams, spec):
@@ -142,8 +149,7 @@ def ewc(*, fisher: str = "exact", num_examples: int = 1024, chunk_size: int = 25
     if normalize not in FISHER_NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {FISHER_NORMALIZATIONS}; got {normalize!r}")
     check_positive_int(fisher_window, name="fisher_window")
-    if not 0 < fisher_decay <= 1:
-        raise ValueError(f"fisher_decay must lie in (0, 1]; got {fisher_decay!r}")
+    check_in_unit_interval(fisher_decay, name="fisher_decay", scalar=True)
     scale = imp.minmax_normalize if normalize == "minmax" else (lambda f: f)
     mode = EWC_ACCUMULATIONS[accumulate]
     if fisher == "running":
@@ -180,11 +186,11 @@ def _running_fisher_ewc(mode: ConsolidateMode, scale: Callable[[Params], Params]
     def end_task(ctx):      # the window restarts with the task (their reset_tmp_fisher)
         s: RunningFisherEWCState = ctx.mstate
         penalty = transforms.consolidate(s.penalty, ctx.params, scale(s.fisher.running), mode=mode)
-        fisher = s.fisher._replace(window_sum=optax.tree_utils.tree_zeros_like(s.fisher.running))
-        return ctx.params, ctx.opt_state, RunningFisherEWCState(penalty, fisher)
+        return ctx.params, ctx.opt_state, RunningFisherEWCState(penalty,
+                                                                imp.restart_window(s.fisher))
 
     return Method("ewc", make_optimizer=_penalty_optimizer("ewc"), init=init,
-                  optimizer_args=lambda p, b, m, c: {"penalty_state": m.penalty},
+                  optimizer_args=_penalty_field_args,
                   after_step=after_step, end_task=end_task, default_hparams={"strength": 1e4})
 
 
@@ -209,8 +215,7 @@ def rwalk(*, fisher_window: int = 50, fisher_decay: float = 0.9,
     :data:`cljax.importance.RWALK_IMPORTANCE_FOLDS`). Hyperparameters ``strength`` (their
     λ Σ (F̂ + Ŝ) Δθ² is strength 2λ) and ``xi`` (ξ, their 1e-3)."""
     check_positive_int(fisher_window, name="fisher_window")
-    if not 0 < fisher_decay <= 1:
-        raise ValueError(f"fisher_decay must lie in (0, 1]; got {fisher_decay!r}")
+    check_in_unit_interval(fisher_decay, name="fisher_decay", scalar=True)
     if importance_fold not in imp.RWALK_IMPORTANCE_FOLDS:
         raise ValueError(f"importance_fold must be one of {imp.RWALK_IMPORTANCE_FOLDS}; got "
                          f"{importance_fold!r}")
@@ -224,7 +229,7 @@ def rwalk(*, fisher_window: int = 50, fisher_decay: float = 0.9,
     def after_step(info: StepInfo):
         s: RWalkState = info.mstate
         before = jax.tree.map(jnp.subtract, info.params, info.updates)
-        fold = (info.clock.task_step + 1) % fisher_window == 0
+        fold = imp.is_fold_step(info.clock.task_step, fisher_window)
         folded = imp.fold_rwalk_score(s.score, s.fisher.running, before,
                                       xi=get_hparam(info.hparams, "xi", "rwalk"))
         score = jax.tree.map(lambda a, b: jnp.where(fold, a, b), folded, s.score)
@@ -242,12 +247,11 @@ def rwalk(*, fisher_window: int = 50, fisher_decay: float = 0.9,
         omega = jax.tree.map(jnp.add, imp.minmax_normalize(s.fisher.running),
                              imp.minmax_normalize(importance))
         penalty = transforms.consolidate(s.penalty, ctx.params, omega, mode="replace")
-        fisher = s.fisher._replace(window_sum=optax.tree_utils.tree_zeros_like(s.fisher.running))
-        return ctx.params, ctx.opt_state, RWalkState(penalty, fisher,
+        return ctx.params, ctx.opt_state, RWalkState(penalty, imp.restart_window(s.fisher),
                                                      imp.init_rwalk_score(ctx.params), importance)
 
     return Method("rwalk", make_optimizer=_penalty_optimizer("rwalk"), init=init,
-                  optimizer_args=lambda p, b, m, c: {"penalty_state": m.penalty},
+                  optimizer_args=_penalty_field_args,
                   after_step=after_step, end_task=end_task,
                   default_hparams={"strength": 2.0, "xi": 1e-3},
                   hparam_domains={"xi": "positive"})
@@ -360,7 +364,7 @@ def si(*, clip_negative: bool = True, path_gradient: str = "task") -> Method:
                                                   ctx.params)
 
     return Method("si", make_optimizer=_penalty_optimizer("si"), init=init,
-                  optimizer_args=lambda p, b, m, c: {"penalty_state": m.penalty},
+                  optimizer_args=_penalty_field_args,
                   after_step=after_step, end_task=end_task,
                   default_hparams={"strength": 1.0, "xi": 0.1}, hparam_domains={"xi": "positive"})
 
