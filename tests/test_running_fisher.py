@@ -165,11 +165,12 @@ def test_a_shorter_window_weighs_less_after_minmax_because_its_maximum_is_noisie
     grads = scale * rng.standard_normal((steps, size)).astype(np.float32)
     mass, raw = {}, {}
     for window in (10, 50):
-        state = importance.init_running_fisher({"w": jnp.zeros(size)})
-        update = jax.jit(lambda s, g, i, w=window: importance.update_running_fisher(
-            s, {"w": g}, i, window=w, decay=0.9))
-        for i in range(steps):
-            state = update(state, grads[i], i)
+        def step(s, xs, w=window):
+            i, g = xs
+            return importance.update_running_fisher(s, {"w": g}, i, window=w, decay=0.9), None
+
+        state, _ = jax.lax.scan(step, importance.init_running_fisher({"w": jnp.zeros(size)}),
+                                (jnp.arange(steps), jnp.asarray(grads)))
         raw[window] = float(jnp.sum(state.running["w"]))
         mass[window] = float(jnp.sum(importance.minmax_normalize(state.running)["w"]))
     assert raw[10] == pytest.approx(raw[50], rel=0.05)
