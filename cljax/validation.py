@@ -205,6 +205,14 @@ def check_positive_int(value: Any, *, name: str) -> None:
         raise ValueError(f"{name} must be a positive int; got {value!r}")
 
 
+def check_instance(value: Any, cls: type, *, name: str, hint: str = "") -> None:
+    """``value`` is a ``cls`` (a state NamedTuple, say); else ``TypeError`` naming ``name``,
+    the class expected and, with ``hint``, how to make one."""
+    if not isinstance(value, cls):
+        raise TypeError(f"{name} must be a {cls.__name__}{f' ({hint})' if hint else ''}; got "
+                        f"{type(value).__name__}")
+
+
 __all__ = ["is_concrete", "check_batch", "check_labels_in_range", "check_finite",
            "check_same_structure", "check_nonnegative", "check_positive", "check_in_unit_interval",
-           "check_positive_int"]
+           "check_positive_int", "check_instance"]

@@ -25,6 +25,7 @@ import json
 import jax
 import jax.numpy as jnp
 import optax
+from optax.tree_utils import tree_max, tree_norm, tree_size, tree_sum, tree_vdot
 
 from cljax import __version__
 from cljax.data import load_stream, make_scenario
@@ -33,10 +34,6 @@ from cljax.importance import init_running_fisher, minmax_normalize, update_runni
 from cljax.training import make_batch, prepare_data
 
 CONFIG_MODEL = {"kind": "mlp", "widths": [256, 256], "kernel_stddev": 0.1, "bias_init": 0.1}
-
-
-def total(tree) -> float:
-    return float(sum(jnp.sum(x) for x in jax.tree.leaves(tree)))
 
 
 def main(argv=None) -> dict:
@@ -67,7 +64,9 @@ def main(argv=None) -> dict:
         logits = model.logits_fn(p, batch)
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]))
 
-    def one_pass(p, task, pass_key, fishers):
+    def one_pass(p, task, pass_key, fishers, windows):
+        """One shuffled pass of SGD over ``task``, each step's gradient into every running Fisher
+        of ``fishers`` (their ``windows``; none given: plain fine-tuning)."""
         order = jax.random.permutation(pass_key, n)[: steps * args.batch_size]
         order = order.reshape(steps, args.batch_size)
 
@@ -84,32 +83,26 @@ def main(argv=None) -> dict:
         (p, fishers), _ = jax.lax.scan(step, (p, fishers), (jnp.arange(steps), order))
         return p, fishers
 
+    train = jax.jit(one_pass, static_argnums=(1, 4))
     fishers = tuple(init_running_fisher(params) for _ in windows)
-    theta1, fishers = jax.jit(one_pass, static_argnums=1)(params, 0, k_pass1, fishers)
-    theta2, _ = jax.jit(one_pass, static_argnums=1)(theta1, 1, k_pass2, fishers)
+    theta1, fishers = train(params, 0, k_pass1, fishers, tuple(windows))
+    theta2, _ = train(theta1, 1, k_pass2, (), ())
     delta_sq = jax.tree.map(lambda a, b: jnp.square(a - b), theta2, theta1)
-
-    def flat(tree):
-        return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
-
-    reference = flat(minmax_normalize(fishers[-1].running))   # the longest window given last
+    reference = minmax_normalize(fishers[-1].running)   # the longest window given last
     out = {"written_by": f"cljax {__version__} experiments/running_fisher_window.py",
            "seed": args.seed, "steps_per_task": steps, "learning_rate": args.learning_rate,
            "windows": {}}
+    size = tree_size(params)
     for w, f in zip(windows, fishers):
-        raw = f.running
-        leaves = jax.tree.leaves(raw)
-        size = sum(x.size for x in leaves)
-        raw_max = max(float(jnp.max(x)) for x in leaves)
-        scaled = minmax_normalize(raw)
+        scaled = minmax_normalize(f.running)
         out["windows"][str(w)] = {
-            "raw_max_over_mean": raw_max / (total(raw) / size),
-            "rescaled_sum": total(scaled),
-            "penalty_at_finetuned": total(jax.tree.map(jnp.multiply, scaled, delta_sq)),
-            "fraction_below_1e-4": float(jnp.mean(flat(scaled) < 1e-4)),
+            "raw_max_over_mean": float(tree_max(f.running) / (tree_sum(f.running) / size)),
+            "rescaled_sum": float(tree_sum(scaled)),
+            "penalty_at_finetuned": float(tree_vdot(scaled, delta_sq)),
+            "fraction_below_1e-4": float(tree_sum(jax.tree.map(
+                lambda x: jnp.sum(x < 1e-4), scaled)) / size),
             "cosine_with_last_window": float(
-                jnp.dot(flat(scaled), reference)
-                / (jnp.linalg.norm(flat(scaled)) * jnp.linalg.norm(reference))),
+                tree_vdot(scaled, reference) / (tree_norm(scaled) * tree_norm(reference))),
         }
     first = out["windows"][str(windows[0])]
     for row in out["windows"].values():

@@ -108,6 +108,14 @@ def test_running_fisher_rejects_gradients_of_another_structure():
         importance.update_running_fisher(state, {"v": jnp.ones(2)}, 0)
 
 
+def test_running_fisher_functions_reject_another_state():
+    tree = {"w": jnp.ones(2)}
+    with pytest.raises(TypeError, match=r"state must be a RunningFisherState \(init_running"):
+        importance.update_running_fisher(tree, tree, 0)
+    with pytest.raises(TypeError, match="state must be a RunningFisherState"):
+        importance.restart_window(tree)
+
+
 def test_minmax_normalize_is_the_formula_over_all_leaves():
     tree = {"a": jnp.array([[0.5, 2.0], [4.0, 1.0]]), "b": jnp.array([3.0, 0.25])}
     got = importance.minmax_normalize(tree)

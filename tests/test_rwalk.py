@@ -70,6 +70,8 @@ def test_rwalk_rejects_bad_inputs():
         importance.fold_rwalk_score(state, {"w": jnp.ones(2)}, {"w": jnp.ones(2)}, xi=0.0)
     with pytest.raises((ValueError, TypeError), match="fisher"):
         importance.fold_rwalk_score(state, {"v": jnp.ones(2)}, {"w": jnp.ones(2)})
+    with pytest.raises(TypeError, match=r"state must be a RWalkScoreState \(init_rwalk_score"):
+        importance.fold_rwalk_score({"w": jnp.ones(2)}, {"w": jnp.ones(2)}, {"w": jnp.ones(2)})
     with pytest.raises(ValueError, match="fold must be one of"):
         importance.fold_rwalk_importance({"w": jnp.ones(2)}, {"w": jnp.ones(2)}, True,
                                          fold="sum")

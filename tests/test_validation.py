@@ -5,7 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cljax.validation import check_float_leaves, check_nonnegative_leaves, default_float_dtype
+from cljax.validation import (
+    check_float_leaves,
+    check_instance,
+    check_nonnegative_leaves,
+    default_float_dtype,
+)
 
 
 def test_default_float_dtype_follows_x64():
@@ -26,3 +31,11 @@ def test_check_nonnegative_leaves_names_the_leaf_and_skips_traced_values():
     with pytest.raises(ValueError, match=r"omega\['w'\] has negative entries; clip it"):
         check_nonnegative_leaves({"w": jnp.array([1.0, -1e-9])}, name="omega", hint="clip it")
     jax.jit(lambda t: check_nonnegative_leaves(t, name="omega") or 0.0)({"w": -jnp.ones(2)})
+
+
+def test_check_instance_names_the_argument_the_class_and_the_hint():
+    check_instance((1, 2), tuple, name="pair")
+    with pytest.raises(TypeError, match=r"^state must be a tuple \(make one\); got dict$"):
+        check_instance({}, tuple, name="state", hint="make one")
+    with pytest.raises(TypeError, match=r"^x must be a int; got str$"):
+        check_instance("1", int, name="x")

@@ -67,6 +67,8 @@ def update_running_fisher(state: RunningFisherState, grads: Params, task_step: i
     Returns:
       The new state, in the state's dtypes.
     """
+    validation.check_instance(state, RunningFisherState, name="state",
+                              hint="init_running_fisher(params)")
     validation.check_in_unit_interval(decay, name="decay")
     validation.check_same_structure(grads, state.window_sum, name="grads",
                                     reference_name="state.window_sum")
@@ -95,6 +97,8 @@ def is_fold_step(task_step: int | Array, window: int) -> Array:
 def restart_window(state: RunningFisherState) -> RunningFisherState:
     """The state at a task boundary in their code: the window sum emptied
     (``reset_tmp_fisher``), the running average kept."""
+    validation.check_instance(state, RunningFisherState, name="state",
+                              hint="init_running_fisher(params)")
     return state._replace(window_sum=optax.tree_utils.tree_zeros_like(state.window_sum))
 
 

@@ -56,12 +56,13 @@ def fold_rwalk_score(state: RWalkScoreState, fisher: Params, params: Params, *,
       params: θ now (before the step that follows the fold).
       xi: ξ > 0, the damping (their ``PARAM_XI_STEP``, 1e-3).
     """
+    validation.check_instance(state, RWalkScoreState, name="state",
+                              hint="init_rwalk_score(params)")
     validation.check_same_structure(fisher, state.score, name="fisher",
                                     reference_name="state.score")
     validation.check_same_structure(params, state.score, name="params",
                                     reference_name="state.score")
-    if validation.is_concrete(xi) and not float(xi) > 0:
-        raise ValueError(f"xi must be > 0; got {xi}")
+    validation.check_positive(xi, name="xi")
 
     def one(s, w, f, p, q):
         length = jnp.asarray(xi, s.dtype) + f.astype(s.dtype) * jnp.square((p - q).astype(s.dtype))

@@ -14,6 +14,7 @@ from cljax.types import Importance, Params
 from cljax.validation import (
     check_finite,
     check_in_unit_interval,
+    check_instance,
     check_nonnegative_leaves,
     check_same_structure,
     is_concrete,
@@ -49,8 +50,7 @@ def require_state(state: Any, cls: type, *, arg: str, fn: str) -> None:
     """``state`` is a ``cls`` (the CL state a transform or boundary function works on)."""
     if state is None:
         raise ValueError(_missing_message(fn, {arg: cls}, [arg]))
-    if not isinstance(state, cls):
-        raise TypeError(f"{arg} must be a {cls.__name__}; got {type(state).__name__}")
+    check_instance(state, cls, name=arg)
 
 
 def stateless_with_extra_args(f: Callable[..., optax.Updates], *, name: str,
