@@ -497,9 +497,16 @@ def mean_rows(captured: Mapping[str, list[Array]]) -> dict[str, Array]:
             for name, rows in captured.items()}
 
 
+def example_rows(captured: Mapping[str, list[Array]]) -> dict[str, Array]:
+    """Each layer's per-example mean row over its positions, ``[calls·B, rows]`` (the calls
+    stacked): the rows of a rank-B update where :func:`mean_rows` gives a rank-1 one."""
+    return {name: jnp.concatenate([jnp.mean(r, axis=1) for r in rows])
+            for name, rows in captured.items()}
+
+
 __all__ = ["LayerShape", "is_layer", "param_layers", "path_name", "leaf_paths", "get_layer",
            "set_layer", "pack", "unpack",
            "check_factors", "LayerCall", "CallRecord", "CONV_TYPES", "is_candidate",
            "describe_call", "layer_inputs", "layer_rows", "intercept_layer_calls", "WeightOffsets",
            "with_weight_offsets", "capture_rows",
-           "Capture", "capture", "weight_gradients", "mean_rows"]
+           "Capture", "capture", "weight_gradients", "mean_rows", "example_rows"]

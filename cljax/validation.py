@@ -12,6 +12,7 @@ message naming the argument and the offending leaf path, the chex error kept as 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import chex
@@ -213,6 +214,13 @@ def check_instance(value: Any, cls: type, *, name: str, hint: str = "") -> None:
                         f"{type(value).__name__}")
 
 
+def check_choice(value: Any, choices: Sequence[Any], *, name: str) -> None:
+    """``value`` is one of ``choices`` (an option's names); else ``ValueError`` naming ``name``
+    and the choices."""
+    if not any(value == c and type(value) is type(c) for c in choices):
+        raise ValueError(f"{name} must be one of {tuple(choices)}; got {value!r}")
+
+
 __all__ = ["is_concrete", "check_batch", "check_labels_in_range", "check_finite",
            "check_same_structure", "check_nonnegative", "check_positive", "check_in_unit_interval",
-           "check_positive_int", "check_instance"]
+           "check_positive_int", "check_instance", "check_choice"]

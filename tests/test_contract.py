@@ -15,7 +15,8 @@ the host pipeline can feed it. Rows belong to families (baseline, penalty, natur
 projection, architecture). Extra rows cover option variants (``er`` reservoir, ``er`` with the concatenated loss and
 draws without replacement, ``agem`` without replacement, ``gem`` with every block of its
 reference gradients vmapped (the CPU's default loops over the finished tasks'), ``kfac_ewc``
-multi-task, ``ncl_kfac`` unfused, ``rgo2`` unfused, ``ogd`` deferred, ``orthog`` with ER-Ring's
+multi-task, ``ncl_kfac`` unfused, ``rgo2`` unfused, ``rgo`` with per-example rows and frozen other
+parameters, ``ogd`` deferred, ``orthog`` with ER-Ring's
 replay, a random basis and the iterated Cayley step, ``mcsgd`` trained from the
 continual solution, ``remind`` split after the first layer).
 
@@ -233,6 +234,8 @@ ROWS = [
     Row("rgo2", "rgo2", "projection", optimizer="sgd", sweep=("alpha", 0.1)),
     Row("rgo2_unfused", "rgo2", "projection", {"fused_gradient": False}, optimizer="sgd",
         sweep=("alpha", 0.1)),
+    Row("rgo_example_rows", "rgo", "projection", {"rows": "example", "other_params": "freeze"},
+        optimizer="sgd", sweep=("alpha", 0.1)),
     Row("gpm", "gpm", "projection", {"thresholds": (0.97,), "num_examples": 16},
         optimizer="sgd"),
     Row("ogd", "ogd", "projection", {"per_task": 6}, optimizer="sgd"),

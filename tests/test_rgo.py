@@ -1,4 +1,5 @@
 """Tests for cljax.transforms.rgo and cljax.nn.fel (RGO, Liu & Liu 2022)."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +9,9 @@ from helpers import assert_trees_close
 
 from cljax.layers import capture_rows, mean_rows
 from cljax.nn import MLP, as_model
+from cljax.nn.conv import Conv
 from cljax.nn.fel import FeatureEncoding, task_permutations
+from cljax.nn.resnet import BatchStatNorm
 from cljax.transforms import (
     RGOState,
     init_rgo,
@@ -17,7 +20,7 @@ from cljax.transforms import (
     rgo_projection,
     rgo_value_and_grad,
 )
-from cljax.transforms.rgo import normalised_projection, sherman_morrison
+from cljax.transforms.rgo import normalised_projection, sherman_morrison, woodbury
 
 
 def test_recursive_inverse_equals_the_direct_inverse(x64):
@@ -178,3 +181,72 @@ def test_rgo_bad_inputs():
     with pytest.raises(ValueError, match="feature_encoding"):
         MLP((4,), 2, feature_encoding=-1)
     assert normalised_projection(2 * jnp.eye(3)).trace() == pytest.approx(3.0)
+
+
+def test_rank_k_rows_equal_the_direct_inverse(x64):
+    """Rows given k at a time (a Woodbury update per step) reach the same (αI + Σ a aᵀ)⁻¹ as one
+    Sherman–Morrison update per row."""
+    rng = np.random.default_rng(1)
+    n, k, alpha = 5, 4, 0.5
+    rows = rng.normal(size=(7, k, n))
+    params = {"Dense_0": {"kernel": jnp.zeros((n - 1, 2)), "bias": jnp.zeros(2)}}
+    by_block, by_row = init_rgo(params, alpha=alpha), init_rgo(params, alpha=alpha)
+    for block in rows:
+        by_block = rgo_accumulate(by_block, {"Dense_0": jnp.asarray(block)})
+        for r in block:
+            by_row = rgo_accumulate(by_row, {"Dense_0": jnp.asarray(r)})
+    flat = rows.reshape(-1, n)
+    direct = np.linalg.inv(alpha * np.eye(n) + flat.T @ flat)
+    np.testing.assert_allclose(by_block.running["Dense_0"], direct, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(by_row.running["Dense_0"], direct, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(woodbury(jnp.eye(2), jnp.array([[1.0, 0.0], [1.0, 0.0]])),
+                               np.diag([1 / 3, 1.0]))
+
+
+class _ConvNorm(nn.Module):
+    """conv → batch-statistics BatchNorm → dense: one parameter node outside the projected
+    layers (the BatchNorm's scale and bias)."""
+
+    @nn.compact
+    def __call__(self, x, task=None, *, train=False, output="logits"):
+        del task, train, output
+        x = nn.relu(BatchStatNorm()(Conv(3, (3, 3), padding="SAME", use_bias=False)(x)))
+        return nn.Dense(2)(x.reshape(x.shape[0], -1))
+
+
+def test_example_rows_and_frozen_other_params():
+    model = as_model(_ConvNorm())
+    x = jax.random.normal(jax.random.key(0), (6, 4, 4, 2))
+    y = jnp.array([0, 1, 0, 1, 1, 0])
+    params = model.init(jax.random.key(1), {"x": x})
+    assert sorted(params) == ["BatchStatNorm_0", "Conv_0", "Dense_0"]
+    loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(
+        model.logits_fn(p, {"x": x}), y).mean()
+    plain = jax.grad(loss)(params)
+    state = init_rgo(params)
+    # before any consolidation, "freeze" trains everything: the plain gradient, P = I
+    _, g, step_rows = rgo_value_and_grad(loss, state, params, other_params="freeze")
+    assert_trees_close(g, plain, rtol=1e-6, atol=1e-7)
+    _, _, ex_rows = rgo_value_and_grad(loss, state, params, rows="example")
+    _, captured = capture_rows(model.logits_fn, params, {"x": x})
+    assert ex_rows["Conv_0"].shape == (6, 18) and ex_rows["Dense_0"].shape == (6, 49)
+    np.testing.assert_allclose(ex_rows["Conv_0"], captured["Conv_0"][0].mean(1), rtol=1e-6)
+    for name in step_rows:   # equal positions per example: the step's mean of the examples' means
+        np.testing.assert_allclose(ex_rows[name].mean(0), step_rows[name], rtol=1e-5, atol=1e-7)
+    state = rgo_consolidate(rgo_accumulate(state, ex_rows))
+    trained = rgo_value_and_grad(loss, state, params)[1]
+    frozen = rgo_value_and_grad(loss, state, params, other_params="freeze")[1]
+    assert float(jnp.abs(trained["BatchStatNorm_0"]["scale"]).max()) > 0
+    assert all(float(jnp.abs(v).max()) == 0 for v in frozen["BatchStatNorm_0"].values())
+    for name in ("Conv_0", "Dense_0"):       # the projected layers are unchanged by the option
+        assert_trees_close(frozen[name], trained[name], rtol=0, atol=0)
+    # the finished-gradient transform freezes the same parameters
+    unfused, _ = rgo_projection(other_params="freeze").update(plain, optax.EmptyState(), params,
+                                                              rgo_state=state)
+    assert_trees_close(unfused, frozen, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="rows must be one of"):
+        rgo_value_and_grad(loss, state, params, rows="batch")
+    with pytest.raises(ValueError, match="other_params must be one of"):
+        rgo_projection(other_params="fix")
+    with pytest.raises(ValueError, match=r"shape \(18,\) or \(k, 18\)"):
+        rgo_accumulate(state, {**ex_rows, "Conv_0": jnp.ones((2, 3, 19))})

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cljax.validation import (
+    check_choice,
     check_float_leaves,
     check_instance,
     check_nonnegative_leaves,
@@ -39,3 +40,11 @@ def test_check_instance_names_the_argument_the_class_and_the_hint():
         check_instance({}, tuple, name="state", hint="make one")
     with pytest.raises(TypeError, match=r"^x must be a int; got str$"):
         check_instance("1", int, name="x")
+
+
+def test_check_choice_names_the_argument_and_the_choices():
+    check_choice("step", ("step", "example"), name="rows")
+    with pytest.raises(ValueError, match=r"^rows must be one of \('step', 'example'\); got 'batch'$"):
+        check_choice("batch", ("step", "example"), name="rows")
+    with pytest.raises(ValueError, match="got True"):       # a bool is not the choice 1
+        check_choice(True, (1, 2), name="n")

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cljax.layers import capture_rows, mean_rows, with_weight_offsets
+from cljax.layers import capture_rows, example_rows, mean_rows, with_weight_offsets
 from cljax.methods.base import ConfigPlan, Method, base_model, cross_entropy, get_hparam, task_loss
 from cljax.nn.model import rebuild
 from cljax.transforms.gpm import (
@@ -49,6 +49,8 @@ from cljax.transforms.ogd import (
     update_scale,
 )
 from cljax.transforms.rgo import (
+    OTHER_PARAMS,
+    ROWS,
     init_rgo,
     rgo_accumulate,
     rgo_consolidate,
@@ -56,24 +58,38 @@ from cljax.transforms.rgo import (
     rgo_value_and_grad,
 )
 from cljax.types import Array
-from cljax.validation import check_in_unit_interval, check_positive_int
+from cljax.validation import check_choice, check_in_unit_interval, check_positive_int
 
 
-def _loss_with_rows(params, batch, mstate, ctx):
-    """Fine-tuning's loss (same key use) and each layer's mean row of the forward pass."""
-    del mstate
-    k_drop, _ = jax.random.split(ctx.key)
-    logits, rows = capture_rows(ctx.model.train_logits_fn, params, batch, k_drop)
-    return cross_entropy(logits, batch["y"]), {"rows": mean_rows(rows)}
+def _loss_with_rows(rows: str):
+    """Fine-tuning's loss (same key use) and each layer's rows of the forward pass
+    (``rows``: :data:`cljax.transforms.rgo.ROWS`)."""
+    reduce_rows = mean_rows if rows == "step" else example_rows
+
+    def loss(params, batch, mstate, ctx):
+        del mstate
+        k_drop, _ = jax.random.split(ctx.key)
+        logits, captured = capture_rows(ctx.model.train_logits_fn, params, batch, k_drop)
+        return cross_entropy(logits, batch["y"]), {"rows": reduce_rows(captured)}
+
+    return loss
 
 
-def rgo(*, feature_encoding: bool = True, fused_gradient: bool = True) -> Method:
+def rgo(*, feature_encoding: bool = True, fused_gradient: bool = True, rows: str = "step",
+        other_params: str = "train") -> Method:
     """RGO (Liu & Liu 2022, ICLR): recursive gradient optimisation, hyperparameter ``alpha``
     (α of H̄ = Σ H + αI, 1 in the paper). ``fused_gradient`` (default) forms P∇W̄ inside the
     backward pass (:func:`cljax.transforms.rgo_value_and_grad`); False projects the finished
-    gradient (:func:`cljax.transforms.rgo_projection`), the same step to rounding."""
+    gradient (:func:`cljax.transforms.rgo_projection`), the same step to rounding. ``rows``
+    (:data:`cljax.transforms.rgo.ROWS`): what a step adds to H̄, its mean layer input
+    (``"step"``, appendix B.1) or each example's (``"example"``); ``other_params``
+    (:data:`cljax.transforms.rgo.OTHER_PARAMS`): whether the parameters outside the projected
+    layers (BatchNorm's) keep training after the first task (``"train"``) or stop
+    (``"freeze"``, GPM's code)."""
     if not isinstance(fused_gradient, bool) or not isinstance(feature_encoding, bool):
         raise TypeError("feature_encoding and fused_gradient must be bools")
+    check_choice(rows, ROWS, name="rows")
+    check_choice(other_params, OTHER_PARAMS, name="other_params")
     name = "rgo" if feature_encoding else "rgo2"
 
     def init(params, key, hparams, spec):
@@ -82,14 +98,15 @@ def rgo(*, feature_encoding: bool = True, fused_gradient: bool = True) -> Method
 
     def value_and_grad(loss, params, mstate, ctx):
         del ctx   # the fused path captures the rows itself (its interceptor runs first)
-        (value, _), grads, rows = rgo_value_and_grad(loss, mstate, params, has_aux=True)
-        return (value, {"rows": rows}), grads
+        (value, _), grads, step_rows = rgo_value_and_grad(
+            loss, mstate, params, has_aux=True, rows=rows, other_params=other_params)
+        return (value, {"rows": step_rows}), grads
 
     return Method(
         name,
         make_optimizer=(lambda h, base: base) if fused_gradient else
-        (lambda h, base: optax.chain(rgo_projection(), base)),
-        init=init, loss=task_loss if fused_gradient else _loss_with_rows,
+        (lambda h, base: optax.chain(rgo_projection(other_params=other_params), base)),
+        init=init, loss=task_loss if fused_gradient else _loss_with_rows(rows),
         optimizer_args=(lambda p, b, m, c: {}) if fused_gradient else
         (lambda p, b, m, c: {"rgo_state": m}),
         after_step=lambda info: info.keep_params(rgo_accumulate(info.mstate, info.aux["rows"])),
@@ -100,9 +117,11 @@ def rgo(*, feature_encoding: bool = True, fused_gradient: bool = True) -> Method
         if feature_encoding else base_model)
 
 
-def rgo2(*, fused_gradient: bool = True) -> Method:
+def rgo2(*, fused_gradient: bool = True, rows: str = "step", other_params: str = "train"
+         ) -> Method:
     """RGO-2: RGO without the feature encoding layer (Liu & Liu 2022)."""
-    return rgo(feature_encoding=False, fused_gradient=fused_gradient)
+    return rgo(feature_encoding=False, fused_gradient=fused_gradient, rows=rows,
+               other_params=other_params)
 
 
 def gpm(*, thresholds: Sequence[float] = (0.95, 0.99, 0.99), threshold_increment: float = 0.0,

@@ -30,14 +30,35 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import optax
 
-from cljax.layers import get_layer, mean_rows, pack, param_layers, set_layer, unpack
+from cljax.layers import (
+    example_rows,
+    get_layer,
+    mean_rows,
+    pack,
+    param_layers,
+    path_name,
+    set_layer,
+    unpack,
+)
 from cljax.transforms.common import require_state, stateless_with_extra_args
 from cljax.transforms.kfac_gradient import kfac_preconditioned_value_and_grad
 from cljax.types import Array, KFACFactors, Params
-from cljax.validation import check_finite, check_positive
+from cljax.validation import check_choice, check_finite, check_positive
+
+ROWS = ("step", "example")
+"""What one training step adds to H̄ (``rows=``): ``"step"``, the step's mean layer input (over
+examples and a conv's positions; one Sherman–Morrison update, appendix B.1 as we read it);
+``"example"``, each example's mean input (over a conv's positions; a rank-B Woodbury update)."""
+
+OTHER_PARAMS = ("train", "freeze")
+"""Parameters outside the projected layers (a BatchNorm's scale and bias; ``other_params=``):
+``"train"``, updated as the loss gives (RGO's text names only layer weights); ``"freeze"``, no
+update once a task has been consolidated (GPM's code zeroes its 1-D parameters' gradients after
+the first task)."""
 
 
 class RGOState(NamedTuple):
@@ -77,9 +98,19 @@ def sherman_morrison(q: Array, a: Array) -> Array:
     return q - jnp.outer(qa, qa / (1.0 + a @ qa))
 
 
+def woodbury(q: Array, a: Array) -> Array:
+    """(Q⁻¹ + Aᵀ A)⁻¹ = Q − (QAᵀ)(I + A Q Aᵀ)⁻¹(QAᵀ)ᵀ for symmetric Q and ``a`` = A ``[k, n]``
+    (k rows at once: the rank-k form of :func:`sherman_morrison`)."""
+    qa = q @ a.T
+    inner = jnp.eye(a.shape[0], dtype=q.dtype) + a @ qa
+    return q - qa @ jnp.linalg.solve(inner, qa.T)
+
+
 def rgo_accumulate(state: RGOState, rows: Mapping[str, Array]) -> RGOState:
-    """One step of the recursion: Q_l ← (Q_l⁻¹ + ā_l ā_lᵀ)⁻¹ for the step's mean rows ``rows``
-    (``{layer: [rows]}``, e.g. :func:`cljax.layers.mean_rows` of the step's forward pass)."""
+    """One step of the recursion: Q_l ← (Q_l⁻¹ + Σ_i a_i a_iᵀ)⁻¹ for the step's rows ``rows``:
+    ``{layer: [n]}``, one mean row (:func:`cljax.layers.mean_rows` of the step's forward pass,
+    a Sherman–Morrison update), or ``{layer: [k, n]}``, k rows (e.g. one per example,
+    :func:`cljax.layers.example_rows`, a rank-k Woodbury update)."""
     if not isinstance(state, RGOState):
         raise TypeError(f"state must be an RGOState (init_rgo(params)); got {type(state).__name__}")
     missing = [k for k in state.running if k not in rows]
@@ -89,9 +120,10 @@ def rgo_accumulate(state: RGOState, rows: Mapping[str, Array]) -> RGOState:
     running = {}
     for name, q in state.running.items():
         a = jnp.asarray(rows[name], q.dtype)
-        if a.shape != (q.shape[0],):
-            raise ValueError(f"rows[{name!r}] must have shape ({q.shape[0]},); got {a.shape}")
-        running[name] = sherman_morrison(q, a)
+        if a.ndim not in (1, 2) or a.shape[-1] != q.shape[0]:
+            raise ValueError(f"rows[{name!r}] must have shape ({q.shape[0]},) or (k, {q.shape[0]});"
+                             f" got {a.shape}")
+        running[name] = sherman_morrison(q, a) if a.ndim == 1 else woodbury(q, a)
     return state._replace(running=running)
 
 
@@ -111,13 +143,25 @@ def rgo_consolidate(state: RGOState) -> RGOState:
                           count=state.count + 1)
 
 
-def rgo_projection() -> optax.GradientTransformationExtraArgs:
-    """``P_l ∇W̄_l`` for every layer of the :class:`RGOState` given as ``rgo_state=`` (other
-    parameters unchanged); put it first in the chain, before the step (SGD in the paper)."""
+def _other_scale(state: RGOState, other_params: str) -> Array:
+    """1 while the parameters outside the projected layers train, 0 once frozen."""
+    if other_params == "train":
+        return jnp.ones((), jnp.float32)
+    return (state.count == 0).astype(jnp.float32)
+
+
+def rgo_projection(*, other_params: str = "train") -> optax.GradientTransformationExtraArgs:
+    """``P_l ∇W̄_l`` for every layer of the :class:`RGOState` given as ``rgo_state=``, the other
+    parameters' updates as :data:`OTHER_PARAMS` says; put it first in the chain, before the step
+    (SGD in the paper)."""
+    check_choice(other_params, OTHER_PARAMS, name="other_params")
 
     def update(updates: Params, params: Params | None, *, rgo_state: RGOState) -> Params:
         del params
-        out = updates
+        scale = _other_scale(rgo_state, other_params)
+        out = jax.tree_util.tree_map_with_path(
+            lambda path, u: u if path_name(path[:-1]) in rgo_state.projection
+            else (u * scale).astype(u.dtype), updates)
         for name, p in rgo_state.projection.items():
             node = get_layer(updates, name)
             out = set_layer(out, name, unpack(p @ pack(node), node))
@@ -128,20 +172,27 @@ def rgo_projection() -> optax.GradientTransformationExtraArgs:
 
 
 def rgo_value_and_grad(fun: Callable[..., Any], rgo_state: RGOState, params: Params, *args: Any,
-                       has_aux: bool = False) -> tuple[Any, Params, dict]:
+                       has_aux: bool = False, rows: str = "step", other_params: str = "train"
+                       ) -> tuple[Any, Params, dict]:
     """``fun(params, *args)``, its gradient with every tracked layer's weight gradient projected,
     P∇W̄, formed inside the backward pass (rank-B form; convs and untracked layers after it),
-    and each layer's mean row of the forward pass (:func:`cljax.layers.mean_rows`, for
-    :func:`rgo_accumulate`). Feed the gradient to the base optimizer directly (not through
-    :func:`rgo_projection`)."""
+    the other parameters' gradients as ``other_params`` (:data:`OTHER_PARAMS`) says, and each
+    layer's rows of the forward pass for :func:`rgo_accumulate` as ``rows`` (:data:`ROWS`) says:
+    the mean row (:func:`cljax.layers.mean_rows`) or one per example
+    (:func:`cljax.layers.example_rows`). Feed the gradient to the base optimizer directly (not
+    through :func:`rgo_projection`)."""
     require_state(rgo_state, RGOState, arg="rgo_state", fn="rgo_value_and_grad")
+    check_choice(rows, ROWS, name="rows")
+    check_choice(other_params, OTHER_PARAMS, name="other_params")
     shapes = param_layers(params)
     inverses = {name: KFACFactors(p, jnp.eye(shapes[name].out, dtype=p.dtype))
                 for name, p in rgo_state.projection.items()}
-    value, grads, rows = kfac_preconditioned_value_and_grad(
-        fun, params, inverses, *args, other_scale=1.0, has_aux=has_aux, capture_rows=True)
-    return value, grads, mean_rows(rows)
+    value, grads, captured = kfac_preconditioned_value_and_grad(
+        fun, params, inverses, *args, other_scale=_other_scale(rgo_state, other_params),
+        has_aux=has_aux, capture_rows=True)
+    return value, grads, (mean_rows if rows == "step" else example_rows)(captured)
 
 
-__all__ = ["RGOState", "init_rgo", "sherman_morrison", "rgo_accumulate", "normalised_projection",
+__all__ = ["ROWS", "OTHER_PARAMS", "RGOState", "init_rgo", "sherman_morrison", "woodbury",
+           "rgo_accumulate", "normalised_projection",
            "rgo_consolidate", "rgo_projection", "rgo_value_and_grad"]
