@@ -19,7 +19,7 @@ OPTIONAL_KEYS: dict[str, Any] = {
     "max_state_bytes": None, "data_placement": "auto", "device_memory_cap": None,
     "batch_devices": 1, "evaluate_on": "test", "validation_fraction": 0.1,
     "task_heads": "separate", "sampling": "iid", "regime": None, "metric_from_task": 0,
-    "epochs_over": "largest_task"}
+    "epochs_over": "largest_task", "augment": "none"}
 """The config's optional top-level keys with their defaults (``cljax.experiment`` documents
 them); :func:`apply_override` may set one a config file leaves out."""
 

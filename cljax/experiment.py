@@ -17,7 +17,9 @@ plus ``task_decay`` / ``min_learning_rate``), ``steps`` (per task), ``batch_size
 task trains ``epochs`` passes over its own examples and its steps past them change nothing,
 :meth:`cljax.training.Trainer.own_steps`), ``sampling`` (``"iid"``, the
 default; ``"shuffled"``: an epoch is one shuffled pass over the task's own examples;
-``"shuffled_drop_last"``, :mod:`cljax.training.sampling`), ``task_heads`` (``"separate"``: a
+``"shuffled_drop_last"``, :mod:`cljax.training.sampling`), ``augment`` (``"none"``, the
+default, or ``"crop_flip"``: each training batch's normalised images randomly cropped from a
+4-pixel zero padding and flipped, :mod:`cljax.data.augment`), ``task_heads`` (``"separate"``: a
 head per task in Task-IL, the default; ``"masked"``: one head over every class with the other
 tasks' classes masked, :func:`cljax.data.make_scenario`), ``metric_from_task`` (k, default 0:
 the metrics (ACC, BWT, forgetting, FWT, …) count tasks k… only, over the accuracy matrix's
@@ -85,6 +87,7 @@ from cljax.data import (
     rotated_tasks,
     split_tasks,
 )
+from cljax.data.augment import AUGMENTATIONS
 from cljax.methods import Method, get_method
 from cljax.methods.base import ConfigPlan, check_hparam, check_scenario
 from cljax.nn import CNN, MLP, AlexNet, ResNet18, as_model
@@ -103,7 +106,7 @@ from cljax.training import (
 from cljax.training.loop import call_length
 from cljax.transforms import scale_by_task_decay
 from cljax.types import Params
-from cljax.validation import check_positive_int
+from cljax.validation import check_choice, check_positive_int
 from cljax.workdir import IGNORED_ON_RESUME, describe_mismatch, to_strict_json, write_text_atomic
 
 REQUIRED_KEYS = ("dataset", "stream", "scenarios", "model", "optimizer", "steps", "batch_size",
@@ -147,7 +150,8 @@ examples, or each task's own (:meth:`cljax.training.Trainer.own_steps`)."""
 
 def _check_protocol_knobs(cfg: dict) -> None:
     """The optional protocol keys: ``sampling``, ``task_heads``, ``metric_from_task``,
-    ``epochs_over``."""
+    ``epochs_over``, ``augment``."""
+    check_choice(cfg.get("augment", "none"), AUGMENTATIONS, name="config['augment']")
     if cfg.get("sampling", "iid") not in SAMPLINGS:
         raise ValueError(f"config['sampling'] must be one of {SAMPLINGS}; got "
                          f"{cfg['sampling']!r}")
@@ -371,7 +375,7 @@ SCALE_KEYS = ("data_placement", "device_memory_cap", "batch_devices")
 """The optional scale-out keys: absent, the defaults apply and the config is unchanged."""
 
 UNFILLED_KEYS = (*SCALE_KEYS, "task_heads", "sampling", "regime", "metric_from_task",
-                 "epochs_over")
+                 "epochs_over", "augment")
 """Optional keys :func:`validate_config` does not fill in: absent, their default applies and the
 config is unchanged — so its run identity (:func:`run_identity`) is that of runs made before
 the key existed, and they stay resumable."""
@@ -723,7 +727,8 @@ def _scenario_trainer(cfg: dict, stream: TaskStream, name: str
         cfg["optimizer"]), batch_size=cfg["batch_size"],
         eval_chunk=cfg["eval_chunk"], reset_optimizer=cfg["reset_optimizer"],
         sampling=cfg.get("sampling", "iid"),
-        task_epochs=cfg["epochs"] if cfg.get("epochs_over") == "each_task" else None)
+        task_epochs=cfg["epochs"] if cfg.get("epochs_over") == "each_task" else None,
+        augment=cfg.get("augment", "none"))
     return scenario, method, trainer
 
 

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cljax.data.augment import random_crop_flip
 from cljax.data.sources import load_split
 from cljax.data.streams import NORMALISATION, TaskArrays, TaskStream
 from cljax.nn.encoder import ConvEncoder, EncoderClassifier
@@ -65,20 +66,6 @@ def _normalise(images: Array, dataset: str) -> Array:
     return (images.astype(jnp.float32) / 255.0 - mean) / std
 
 
-def augment_batch(images: Array, key: Array, *, pad: int = 4) -> Array:
-    """Random 32×32 crops of the images padded by ``pad`` (symmetric) and random horizontal
-    flips (torchvision's RandomCrop(padding_mode='symmetric') + RandomHorizontalFlip)."""
-    b, h, w, _ = images.shape
-    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="symmetric")
-    k_y, k_x, k_f = jax.random.split(key, 3)
-    ys = jax.random.randint(k_y, (b,), 0, 2 * pad + 1)
-    xs = jax.random.randint(k_x, (b,), 0, 2 * pad + 1)
-    crops = jax.vmap(lambda im, y, x: jax.lax.dynamic_slice(im, (y, x, 0), (h, w, im.shape[-1])))(
-        padded, ys, xs)
-    flip = jax.random.bernoulli(k_f, 0.5, (b,))
-    return jnp.where(flip[:, None, None, None], crops[:, :, ::-1], crops)
-
-
 def train_encoder(config: PretrainConfig, *, data_dir: str | None = None,
                   log: Callable[[str], None] = print) -> tuple[dict, dict]:
     """Pre-train :class:`EncoderClassifier` on ``config.dataset``; returns the encoder's variables
@@ -110,7 +97,7 @@ def train_encoder(config: PretrainConfig, *, data_dir: str | None = None,
         k, k_aug = jax.random.split(k)
         x = x_tr[idx]
         if config.augment:
-            x = augment_batch(x, k_aug)
+            x = random_crop_flip(x, k_aug, mode="symmetric")
         x = _normalise(x, config.dataset)
 
         def loss(p):
@@ -208,5 +195,5 @@ def encode_stream(stream: TaskStream, variables: dict, *, dataset: str,
                                mean=(0.0,), std=(1.0,))
 
 
-__all__ = ["PretrainConfig", "augment_batch", "train_encoder", "pretrained_encoder",
+__all__ = ["PretrainConfig", "train_encoder", "pretrained_encoder",
            "encode_stream"]

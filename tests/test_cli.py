@@ -496,3 +496,21 @@ def test_bad_regime_options_fail_with_their_label(tmp_path, capsys, fake_run):
         capsys, ["run", CONFIG, "--regime", "stable_sgd", "--regime-option", "decay",
                  "--workdir", str(tmp_path / "w")])
     assert fake_run.calls == []
+
+
+def test_augment_is_checked_reaches_the_trainer_and_leaves_old_run_identities():
+    from helpers import tiny_dataset
+
+    from cljax.data import split_tasks
+    from cljax.experiment import build_scenario, run_identity
+
+    cfg = cli.load_config("split_mnist")
+    with pytest.raises(ValueError, match=r"config\['augment'\] must be one of"):
+        validate_config({**cfg, "augment": "mixup"})
+    stream = split_tasks(tiny_dataset(n=40), tiny_dataset(n=20, seed=1), tasks=[[0, 1], [2, 3]])
+    small = {**cfg, "model": {"kind": "mlp", "widths": [4]}}
+    assert build_scenario(validate_config(small), stream, "task").trainer.augment == "none"
+    crop = validate_config({**small, "augment": "crop_flip"})
+    assert build_scenario(crop, stream, "task").trainer.augment == "crop_flip"
+    assert "augment" not in validate_config(small)           # unfilled: identities unchanged
+    assert run_identity(validate_config(small)) != run_identity(crop)

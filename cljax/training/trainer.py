@@ -10,7 +10,8 @@ evaluation reads one task's test rows at a time, so the same functions serve bot
 Randomness: step s of a run uses ``fold_in(key, s)``; a boundary ``fold_in(fold_in(key, s),
 2³⁰)`` (a task's beginning ``2³⁰ + 2``); the evaluation of task t, chunk c
 ``fold_in(fold_in(fold_in(fold_in(key, s), 2³⁰ + 1), t), c)``; with shuffled epochs the order
-of task t's epoch e is drawn by ``fold_in(fold_in(fold_in(key, 2³⁰ + 3), t), e)`` — so results
+of task t's epoch e is drawn by ``fold_in(fold_in(fold_in(key, 2³⁰ + 3), t), e)``; a step's
+augmentation (``augment``) by ``fold_in(fold_in(key, s), 2³⁰ + 4)`` — so results
 do not depend on how steps are split into calls, nor on which other runs share the program.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 import optax
 
 from cljax import chunking
+from cljax.data.augment import AUGMENTATIONS, augment_images
 from cljax.methods.base import (
     BatchContext,
     BoundaryContext,
@@ -42,12 +44,13 @@ from cljax.nn.model import Model, mask_task_logits
 from cljax.training.data import StreamData, gather_rows, stream_spec, to_batch
 from cljax.training.sampling import SAMPLINGS, epoch_indices
 from cljax.types import Array, Params, PRNGKey
-from cljax.validation import check_positive_int
+from cljax.validation import check_choice, check_positive_int
 
 BOUNDARY_SALT = 1 << 30
 EVALUATION_SALT = BOUNDARY_SALT + 1
 BEGIN_SALT = BOUNDARY_SALT + 2
 SHUFFLE_SALT = BOUNDARY_SALT + 3
+AUGMENT_SALT = BOUNDARY_SALT + 4
 
 
 class TrainState(NamedTuple):
@@ -116,6 +119,7 @@ class Trainer(NamedTuple):
     reset_optimizer: bool = False
     sampling: str = "iid"
     task_epochs: float | None = None
+    augment: str = "none"
 
     def model(self, data: StreamData) -> Model:
         """The network the method trains on ``data``."""
@@ -229,6 +233,9 @@ class Trainer(NamedTuple):
         rows = method.batch(self._batch_context(state, data, task, clock, feed, spec),
                             state.mstate)
         batch = to_batch(data, rows)
+        if self.augment != "none":
+            batch = {**batch, "x": augment_images(
+                batch["x"], jax.random.fold_in(key, AUGMENT_SALT), self.augment)}
         lctx = LossContext(net, k_loss, state.hparams, task, spec, lambda r: to_batch(data, r),
                            clock)
 
@@ -356,7 +363,7 @@ class Trainer(NamedTuple):
 def make_trainer(model: Model, method: Method, *, optimizer: optax.GradientTransformation,
                  batch_size: int, eval_chunk: int = 1000,
                  reset_optimizer: bool = False, sampling: str = "iid",
-                 task_epochs: float | None = None) -> Trainer:
+                 task_epochs: float | None = None, augment: str = "none") -> Trainer:
     """Build the per-run training functions (the step of :mod:`cljax.methods.base`).
 
     Args:
@@ -376,9 +383,16 @@ def make_trainer(model: Model, method: Method, *, optimizer: optax.GradientTrans
         (:meth:`Trainer.own_steps`): a task's steps past them (the stream's static steps per
         task are the largest task's) change nothing. None (the default): every task trains all
         the steps it is given.
+      augment: what a training step does to its batch's images before the loss
+        (:data:`cljax.data.augment.AUGMENTATIONS`): ``"none"``, or ``"crop_flip"`` (random
+        crops of the normalised images zero-padded by 4 pixels, i.e. padded with the mean pixel where
+        torchvision pads black before normalising, and random horizontal flips). The rows a
+        method draws itself inside its loss or at a boundary (memories, Fisher examples) and
+        evaluation see the images as they are.
     """
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {SAMPLINGS}; got {sampling!r}")
+    check_choice(augment, AUGMENTATIONS, name="augment")
     check_positive_int(batch_size, name="batch_size")
     check_positive_int(eval_chunk, name="eval_chunk")
     if not isinstance(optimizer, optax.GradientTransformation):
@@ -393,8 +407,8 @@ def make_trainer(model: Model, method: Method, *, optimizer: optax.GradientTrans
         raise ValueError(f"task_epochs must be None or a number > 0 (passes over each task's "
                          f"examples); got {task_epochs!r}")
     return Trainer(model, method, optimizer, batch_size, eval_chunk, bool(reset_optimizer),
-                   sampling, None if task_epochs is None else float(task_epochs))
+                   sampling, None if task_epochs is None else float(task_epochs), augment)
 
 
 __all__ = ["TrainState", "Feed", "Trainer", "device_feed", "task_rows", "make_trainer",
-           "BOUNDARY_SALT", "EVALUATION_SALT", "BEGIN_SALT", "SHUFFLE_SALT"]
+           "BOUNDARY_SALT", "EVALUATION_SALT", "BEGIN_SALT", "SHUFFLE_SALT", "AUGMENT_SALT"]
