@@ -152,16 +152,11 @@ def _check_protocol_knobs(cfg: dict) -> None:
     """The optional protocol keys: ``sampling``, ``task_heads``, ``metric_from_task``,
     ``epochs_over``, ``augment``."""
     check_choice(cfg.get("augment", "none"), AUGMENTATIONS, name="config['augment']")
-    if cfg.get("sampling", "iid") not in SAMPLINGS:
-        raise ValueError(f"config['sampling'] must be one of {SAMPLINGS}; got "
-                         f"{cfg['sampling']!r}")
-    if cfg.get("task_heads", "separate") not in TASK_HEADS:
-        raise ValueError(f"config['task_heads'] must be one of {TASK_HEADS}; got "
-                         f"{cfg['task_heads']!r}")
+    check_choice(cfg.get("sampling", "iid"), SAMPLINGS, name="config['sampling']")
+    check_choice(cfg.get("task_heads", "separate"), TASK_HEADS, name="config['task_heads']")
     _check_metric_from_task(cfg)
     over = cfg.get("epochs_over", "largest_task")
-    if over not in EPOCHS_OVER:
-        raise ValueError(f"config['epochs_over'] must be one of {EPOCHS_OVER}; got {over!r}")
+    check_choice(over, EPOCHS_OVER, name="config['epochs_over']")
     if over == "each_task" and cfg.get("epochs") is None:
         raise ValueError("config['epochs_over']='each_task' counts config['epochs'] over each "
                          "task's own examples: set epochs")
@@ -227,9 +222,7 @@ def validate_config(config: dict) -> dict:
             raise ValueError(f"config[{key!r}] must be a positive int; got {cfg[key]!r}")
     if cfg["epochs"] is not None:
         _positive_number(cfg["epochs"], "config['epochs']")
-    if cfg["evaluate_on"] not in EVALUATION_SPLITS:
-        raise ValueError(f"config['evaluate_on'] must be one of {EVALUATION_SPLITS}; got "
-                         f"{cfg['evaluate_on']!r}")
+    check_choice(cfg["evaluate_on"], EVALUATION_SPLITS, name="config['evaluate_on']")
     f = cfg["validation_fraction"]
     if not _number(f) or not 0.0 < f < 1.0:
         raise ValueError(f"config['validation_fraction'] must be a number in (0, 1); got {f!r}")
@@ -275,8 +268,7 @@ _STREAM_BUILDERS: dict[str, Callable[..., TaskStream]] = {
 
 def _check_stream(cfg: dict) -> None:
     """The stream's kind and the names of its options (their values are the builder's)."""
-    if cfg["stream"] not in STREAM_KINDS:
-        raise ValueError(f"config['stream'] must be one of {STREAM_KINDS}; got {cfg['stream']!r}")
+    check_choice(cfg["stream"], STREAM_KINDS, name="config['stream']")
     builder = _STREAM_BUILDERS[cfg["stream"]]
     accepted = [n for n, p in inspect.signature(builder).parameters.items()
                 if p.kind == p.KEYWORD_ONLY and n != "name"]
@@ -387,9 +379,7 @@ def scale_options(cfg: dict) -> dict:
     from cljax.data.pipeline import PLACEMENTS
 
     out = {key: cfg.get(key, OPTIONAL_KEYS[key]) for key in SCALE_KEYS}
-    if out["data_placement"] not in PLACEMENTS:
-        raise ValueError(f"config['data_placement'] must be one of {PLACEMENTS}; got "
-                         f"{out['data_placement']!r}")
+    check_choice(out["data_placement"], PLACEMENTS, name="config['data_placement']")
     cap = out["device_memory_cap"]
     if cap is not None and (not isinstance(cap, (int, float)) or isinstance(cap, bool)
                             or not np.isfinite(cap) or cap < 1):
@@ -435,8 +425,7 @@ def make_model(spec: dict, *, num_outputs: int, num_heads: int) -> Model:
                          f"got {spec!r}")
     spec = dict(spec)
     kind = spec.pop("kind")
-    if kind not in MODELS:
-        raise ValueError(f"config['model']['kind'] must be one of {sorted(MODELS)}; got {kind!r}")
+    check_choice(kind, sorted(MODELS), name="config['model']['kind']")
     kwargs = {k: _hashable(v) for k, v in spec.items()}
     try:
         module = MODELS[kind](num_outputs=num_outputs, num_heads=num_heads, **kwargs)

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax.types import Array, PRNGKey
-from cljax.validation import check_positive_int, is_concrete
+from cljax.validation import check_choice, check_positive_int, is_concrete
 
 INITS = ("kmeans++", "random")
 """How :func:`kmeans_init` chooses the initial centroids."""
@@ -141,8 +141,7 @@ def kmeans_init(points: Array, key: PRNGKey, num_codes: int, *, weights: Array |
     ``init="random"``: ``num_codes`` distinct rows drawn ∝ weight (Gumbel top-k); when fewer
     rows have a positive weight, the rest are drawn again among them (duplicates).
     """
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}; got {init!r}")
+    check_choice(init, INITS, name="init")
     _check_points(points)
     check_positive_int(num_codes, name="num_codes")
     n, _ = points.shape
@@ -233,8 +232,7 @@ def fit_codebooks(features: Array, key: PRNGKey, num_subvectors: int, num_codes:
     check_positive_int(num_subvectors, name="num_subvectors")
     _check_num_codes(num_codes)
     _check_iters(iters)
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}; got {init!r}")
+    check_choice(init, INITS, name="init")
     _check_weights(weights, features.shape[0])
     sub = _subspaces(features, num_subvectors)
     keys = jax.random.split(key, num_subvectors)

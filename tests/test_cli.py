@@ -266,7 +266,7 @@ def _one_line_error(capsys, argv) -> str:
                                      "[0, 1); got 1.5"),
     (["--set", "model.widths=[0]"], "--set model.widths=[0]: MLP widths must be positive ints"),
     (["--set", "model.kind=transformer"], "--set model.kind=transformer: config['model']"
-                                          "['kind'] must be one of ['alexnet', 'cnn'"),
+                                          "['kind'] must be one of ('alexnet', 'cnn'"),
     (["--set", "optimizer.name=adamx"], "--set optimizer.name=adamx: optimizer name must be "
                                         "an optax optimizer"),
     (["--set", "optimizer.learning_rate=-1"], "--set optimizer.learning_rate=-1: optimizer "

@@ -20,6 +20,7 @@ from typing import Any
 
 from cljax.config import apply_override, config_names, load_config, steps_win_over_epochs
 from cljax.data import SCENARIOS
+from cljax.validation import check_choice
 
 SPREADS = ("std", "sem", "ci95", "unstated")
 """What a published ± is: a standard deviation over the paper's runs, a standard error of the
@@ -61,8 +62,7 @@ class Published:
                                     or not math.isfinite(self.pm)):
             raise ValueError(f"Published.pm must be None or a finite number >= 0; got "
                              f"{self.pm!r}")
-        if self.spread not in SPREADS:
-            raise ValueError(f"Published.spread must be one of {SPREADS}; got {self.spread!r}")
+        check_choice(self.spread, SPREADS, name="Published.spread")
         if self.runs is not None and (not isinstance(self.runs, int) or self.runs < 1):
             raise ValueError(f"Published.runs must be None or a positive int; got {self.runs!r}")
         if not isinstance(self.source, str) or not self.source.strip():

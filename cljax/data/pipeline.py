@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cljax.validation import check_choice
+
 if TYPE_CHECKING:
     from cljax.data.streams import TaskStream
 
@@ -106,8 +108,7 @@ def choose_placement(stream: TaskStream, *, placement: str = "auto", memory_cap:
     ``"device"`` unless :func:`stream_bytes` exceeds ``memory_cap`` (default
     :func:`default_memory_cap` of ``devices``). A host placement whose single task does not
     fit the cap is an error (a boundary needs one task's training set on the device)."""
-    if placement not in PLACEMENTS:
-        raise ValueError(f"placement must be one of {PLACEMENTS}; got {placement!r}")
+    check_choice(placement, PLACEMENTS, name="placement")
     if memory_cap is not None and (not isinstance(memory_cap, (int, np.integer))
                                    or isinstance(memory_cap, bool) or memory_cap < 1):
         raise ValueError(f"memory_cap must be a positive number of bytes; got {memory_cap!r}")

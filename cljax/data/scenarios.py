@@ -21,6 +21,7 @@ import dataclasses
 import numpy as np
 
 from cljax.data.streams import TaskStream
+from cljax.validation import check_choice
 
 SCENARIOS = ("task", "domain", "class")
 TASK_HEADS = ("separate", "masked")
@@ -47,10 +48,8 @@ class Scenario:
 def make_scenario(stream: TaskStream, name: str, *, task_heads: str = "separate") -> Scenario:
     """Heads and label table of scenario ``name`` ('task', 'domain' or 'class') for ``stream``;
     ``task_heads`` ('separate' or 'masked') is the form of Task-IL (module docstring)."""
-    if name not in SCENARIOS:
-        raise ValueError(f"scenario must be one of {SCENARIOS}; got {name!r}")
-    if task_heads not in TASK_HEADS:
-        raise ValueError(f"task_heads must be one of {TASK_HEADS}; got {task_heads!r}")
+    check_choice(name, SCENARIOS, name="scenario")
+    check_choice(task_heads, TASK_HEADS, name="task_heads")
     if name == "task" and task_heads == "masked":
         single = make_scenario(stream, "class")
         mask = np.zeros((stream.num_tasks, single.num_outputs), bool)

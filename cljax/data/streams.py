@@ -22,7 +22,7 @@ import numpy as np
 
 from cljax.data.sources import ArrayDataset, load_split
 from cljax.types import Array
-from cljax.validation import check_positive_int
+from cljax.validation import check_choice, check_positive_int
 
 # Per-channel (mean, std) applied after scaling pixels to [0, 1].
 Normalisation = tuple[tuple[float, ...], tuple[float, ...]]
@@ -284,8 +284,7 @@ def load_stream(dataset: str, kind: str, *, data_dir: str | os.PathLike | None =
         "split": split_tasks, "permuted": permuted_tasks, "rotated": rotated_tasks}
     if kind not in builders:
         raise ValueError(f"stream kind must be one of {STREAM_KINDS}; got {kind!r}")
-    if evaluate_on not in EVALUATION_SPLITS:
-        raise ValueError(f"evaluate_on must be one of {EVALUATION_SPLITS}; got {evaluate_on!r}")
+    check_choice(evaluate_on, EVALUATION_SPLITS, name="evaluate_on")
     train = load_split(dataset, "train", data_dir=data_dir)
     if evaluate_on == "validation":
         train, test = carve_validation(train, validation_fraction)

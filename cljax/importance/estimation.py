@@ -65,6 +65,7 @@ import optax
 from cljax import chunking, validation
 from cljax.layers import CallRecord, LayerCall, intercept_layer_calls, layer_inputs
 from cljax.types import Array, Batch, LogitsFn, Params
+from cljax.validation import check_choice
 
 # Output directions (exact Fisher: the C classes; true Fisher: the samples) back-propagated together
 # as one batch (vmap); groups of this many run one after the other (lax.scan). Measured on the
@@ -389,8 +390,7 @@ def check_estimator_inputs(logits_fn: LogitsFn, params: Params, batch: Batch, *,
                              f"(like batch['x']); got shape {jnp.shape(v)}")
     if chunk_size is not None:
         validation.check_positive_int(chunk_size, name="chunk_size")
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}; got {implementation!r}")
+    check_choice(implementation, IMPLEMENTATIONS, name="implementation")
     if not jax.tree.leaves(params):
         raise ValueError(f"{fn_name}: params has no array leaves")
     validation.check_float_leaves(params, name=f"{fn_name}: params")

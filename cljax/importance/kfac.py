@@ -49,6 +49,7 @@ from cljax._linalg import eigh
 from cljax.importance.estimation import estimate
 from cljax.layers import check_factors, get_layer, pack, param_layers, set_layer, unpack
 from cljax.types import Array, Batch, KFACFactors, LogitsFn, Params, PRNGKey
+from cljax.validation import check_choice
 
 FISHER_TYPES = ("true", "exact", "empirical")
 
@@ -76,8 +77,7 @@ def kfac_factors(logits_fn: LogitsFn, params: Params, batch: Batch, key: PRNGKey
     Returns:
       dict name → ``KFACFactors(A, G)``; both means over examples (see module docstring for conv).
     """
-    if fisher not in FISHER_TYPES:
-        raise ValueError(f"fisher must be one of {FISHER_TYPES}; got {fisher!r}")
+    check_choice(fisher, FISHER_TYPES, name="fisher")
     raw = estimate("kfac_" + fisher, logits_fn, params, batch, key, num_samples=num_samples,
                    chunk_size=chunk_size, sharding=sharding, require_y=fisher == "empirical",
                    fn_name="kfac_factors")

@@ -23,6 +23,7 @@ import optax
 
 from cljax import validation
 from cljax.types import Array, Params
+from cljax.validation import check_choice
 
 RWALK_IMPORTANCE_FOLDS = ("agem_code", "average")
 """How a task's score s_t joins the kept importance S at the boundary: ``"agem_code"``,
@@ -79,8 +80,7 @@ def fold_rwalk_importance(importance: Params, score: Params, first_task: bool | 
     """The kept importance S after a task whose score is ``score`` (:data:`RWALK_IMPORTANCE_FOLDS`):
     s_t = 2·score on the first task, else score; then S ← S + (S + s_t)/2 (``"agem_code"``) or
     S ← (S + s_t)/2 (``"average"``)."""
-    if fold not in RWALK_IMPORTANCE_FOLDS:
-        raise ValueError(f"fold must be one of {RWALK_IMPORTANCE_FOLDS}; got {fold!r}")
+    check_choice(fold, RWALK_IMPORTANCE_FOLDS, name="fold")
     validation.check_same_structure(score, importance, name="score", reference_name="importance")
     factor = jnp.where(jnp.asarray(first_task), 2.0, 1.0)
 

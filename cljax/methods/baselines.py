@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from cljax.methods.base import BatchContext, Method, Rows, all_tasks_batch, union_batch
 from cljax.types import Array
+from cljax.validation import check_choice
 
 JOINT_DRAWS = ("task", "example", "stratified")
 """How the joint baselines draw their batch (module docstring)."""
@@ -61,8 +62,7 @@ def stratified_batch(ctx: BatchContext, num_tasks: Array | int) -> Rows:
 
 
 def _check_draw(draw: str) -> None:
-    if draw not in JOINT_DRAWS:
-        raise ValueError(f"draw must be one of {JOINT_DRAWS}; got {draw!r}")
+    check_choice(draw, JOINT_DRAWS, name="draw")
 
 
 none = Method(name="none")

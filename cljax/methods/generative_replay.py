@@ -56,7 +56,7 @@ from cljax.methods.rehearsal import (
 )
 from cljax.methods.vae import LIKELIHOODS, check_widths, generate, init_vae, make_vae, negative_elbo
 from cljax.types import Array, Batch, Params
-from cljax.validation import check_positive, check_positive_int
+from cljax.validation import check_choice, check_positive, check_positive_int
 
 
 class GeneratorState(NamedTuple):
@@ -212,8 +212,7 @@ def _samples(s: GeneratorState) -> Array:
 def _check_options(o: Options) -> None:
     if o.targets not in ("hard", "soft"):
         raise ValueError(f"targets must be 'hard' or 'soft'; got {o.targets!r}")
-    if o.likelihood not in LIKELIHOODS:
-        raise ValueError(f"likelihood must be one of {LIKELIHOODS}; got {o.likelihood!r}")
+    check_choice(o.likelihood, LIKELIHOODS, name="likelihood")
     if o.replay_batch_size is not None:
         check_positive_int(o.replay_batch_size, name="replay_batch_size")
     check_positive_int(o.latent, name="latent")

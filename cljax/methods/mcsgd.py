@@ -62,7 +62,7 @@ from cljax.memory import ReplayMemory
 from cljax.methods.base import BoundaryContext, Method, PredictContext, StepInfo, get_hparam
 from cljax.methods.rehearsal import MemoryPlan, core_rows, memory_plan, store_finished_task
 from cljax.types import Array, Batch, Params
-from cljax.validation import check_positive_int
+from cljax.validation import check_choice, check_positive_int
 
 TRAIN_FROM = ("mc", "continual")
 """Where the next task's training starts: MC-SGD's solution θ_t (``"mc"``, CL-Gym) or the
@@ -217,8 +217,7 @@ def mcsgd(*, mc_steps: int = 125, num_points: int = 11, mc_batch_size: int | Non
                         ("memory_batch_size", memory_batch_size)):
         if value is not None:
             check_positive_int(value, name=name)
-    if train_from not in TRAIN_FROM:
-        raise ValueError(f"train_from must be one of {TRAIN_FROM}; got {train_from!r}")
+    check_choice(train_from, TRAIN_FROM, name="train_from")
     plan = memory_plan(memory, per_class, capacity)
     if mc_steps > 0 and _empty(plan):
         raise ValueError("MC-SGD's phase needs a memory of the previous tasks: per_class / "

@@ -68,7 +68,7 @@ from cljax.transforms.stiefel import (
     stiefel_retraction,
 )
 from cljax.types import Array, Batch, Params, PRNGKey
-from cljax.validation import check_positive_int
+from cljax.validation import check_choice, check_positive_int
 
 BASES = ("identity", "random")
 """The task bases: columns of the identity (their code's ``QR = False``) or of a random
@@ -115,8 +115,7 @@ def task_bases(num_tasks: int, features: int, *, rank: int | None = None,
     A_sᵀA_t = 0 for s ≠ t): the columns [t·r, (t+1)·r) of the identity (``basis="identity"``)
     or of a random orthogonal matrix, the Q of a uniform ``features × features`` matrix drawn
     from ``seed`` (``"random"``); r = :func:`subspace_rank`. Read-only, cached."""
-    if basis not in BASES:
-        raise ValueError(f"basis must be one of {BASES}; got {basis!r}")
+    check_choice(basis, BASES, name="basis")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int; got {seed!r}")
     r = subspace_rank(num_tasks, features, rank)
@@ -268,8 +267,7 @@ def replay_batch(ctx: Any, memory_state: Any, *, replay: str, size: int) -> dict
     """The current task's examples and ``size`` distinct memory rows (``"memory"``, with
     ``"memory_ok"``): of one past task drawn uniformly (``replay="task"``, none during the
     first task) or of every stored task (``"uniform"``, ER-Ring's)."""
-    if replay not in REPLAYS:
-        raise ValueError(f"replay must be one of {REPLAYS}; got {replay!r}")
+    check_choice(replay, REPLAYS, name="replay")
     rows: dict[str, Any] = dict(current_task_batch(ctx, None))
     if replay == "task":
         k_task, k_rows = jax.random.split(ctx.key)
@@ -289,8 +287,7 @@ def replay_loss(params: Any, batch: Any, ctx: Any, *, loss: str) -> Any:
     (the code's ``grad / task_id``), or ``"concat"``, one mean over the current and the valid
     memory rows (ER-Ring's). ``batch["memory"]`` / ``batch["memory_ok"]``: the rows and which are
     stored."""
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}; got {loss!r}")
+    check_choice(loss, LOSSES, name="loss")
     k_cur, k_mem = jax.random.split(ctx.key)
     ce_cur = cross_entropy(ctx.model.train_logits_fn(params, batch, k_cur), batch["y"])
     mb = ctx.to_batch(batch["memory"])
@@ -310,12 +307,9 @@ def _check_options(*, rank: Any, basis: Any, basis_seed: Any, replay: Any,
                    cayley_iterations: Any) -> None:
     """:func:`orthog`'s static options (the memory's are :func:`memory_plan`'s), each with an
     error naming it."""
-    if basis not in BASES:
-        raise ValueError(f"basis must be one of {BASES}; got {basis!r}")
-    if replay not in REPLAYS:
-        raise ValueError(f"replay must be one of {REPLAYS}; got {replay!r}")
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}; got {loss!r}")
+    check_choice(basis, BASES, name="basis")
+    check_choice(replay, REPLAYS, name="replay")
+    check_choice(loss, LOSSES, name="loss")
     if not isinstance(stiefel, bool):
         raise TypeError(f"stiefel must be a bool; got {stiefel!r}")
     if not isinstance(basis_seed, int) or isinstance(basis_seed, bool):

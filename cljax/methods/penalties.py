@@ -39,7 +39,7 @@ from cljax import transforms
 from cljax.methods.base import BoundaryContext, Method, StepInfo, get_hparam
 from cljax.transforms.penalty import ConsolidateMode
 from cljax.types import Params
-from cljax.validation import check_in_unit_interval, check_positive_int
+from cljax.validation import check_choice, check_in_unit_interval, check_positive_int
 
 FISHERS = ("exact", "true", "empirical", "argmax")
 
@@ -47,8 +47,7 @@ FISHERS = ("exact", "true", "empirical", "argmax")
 def check_estimator_options(fisher: str, num_examples: int, chunk_size: int,
                             fishers: tuple[str, ...] = FISHERS) -> None:
     """The static options shared by the methods that estimate a curvature at a boundary."""
-    if fisher not in fishers:
-        raise ValueError(f"fisher must be one of {fishers}; got {fisher!r}")
+    check_choice(fisher, fishers, name="fisher")
     check_positive_int(num_examples, name="num_examples")
     check_positive_int(chunk_size, name="chunk_size")
 
@@ -139,15 +138,11 @@ def ewc(*, fisher: str = "exact", num_examples: int = 1024, chunk_size: int = 25
     (Chaudhry et al. 2019, facebookresearch/agem ``model.py``: penalty λ Σ F̂ Δθ², window 50,
     decay 0.9).
     """
-    if fisher not in EWC_FISHERS:
-        raise ValueError(f"fisher must be one of {EWC_FISHERS}; got {fisher!r}")
+    check_choice(fisher, EWC_FISHERS, name="fisher")
     check_estimator_options("exact" if fisher == "running" else fisher, num_examples,
                             chunk_size)
-    if accumulate not in EWC_ACCUMULATIONS:
-        raise ValueError(f"accumulate must be one of {sorted(EWC_ACCUMULATIONS)}; got "
-                         f"{accumulate!r}")
-    if normalize not in FISHER_NORMALIZATIONS:
-        raise ValueError(f"normalize must be one of {FISHER_NORMALIZATIONS}; got {normalize!r}")
+    check_choice(accumulate, sorted(EWC_ACCUMULATIONS), name="accumulate")
+    check_choice(normalize, FISHER_NORMALIZATIONS, name="normalize")
     check_positive_int(fisher_window, name="fisher_window")
     check_in_unit_interval(fisher_decay, name="fisher_decay", scalar=True)
     scale = imp.minmax_normalize if normalize == "minmax" else (lambda f: f)
@@ -216,9 +211,7 @@ def rwalk(*, fisher_window: int = 50, fisher_decay: float = 0.9,
     λ Σ (F̂ + Ŝ) Δθ² is strength 2λ) and ``xi`` (ξ, their 1e-3)."""
     check_positive_int(fisher_window, name="fisher_window")
     check_in_unit_interval(fisher_decay, name="fisher_decay", scalar=True)
-    if importance_fold not in imp.RWALK_IMPORTANCE_FOLDS:
-        raise ValueError(f"importance_fold must be one of {imp.RWALK_IMPORTANCE_FOLDS}; got "
-                         f"{importance_fold!r}")
+    check_choice(importance_fold, imp.RWALK_IMPORTANCE_FOLDS, name="importance_fold")
 
     def init(params, key, hparams, spec):
         del key, hparams, spec
@@ -285,9 +278,7 @@ def mas(*, num_examples: int = 1024, chunk_size: int = 256, group_size: int = 1,
     if num_examples % group_size:
         raise ValueError(f"num_examples ({num_examples}) must be a multiple of group_size "
                          f"({group_size})")
-    if accumulate not in MAS_ACCUMULATIONS:
-        raise ValueError(f"accumulate must be one of {sorted(MAS_ACCUMULATIONS)}; got "
-                         f"{accumulate!r}")
+    check_choice(accumulate, sorted(MAS_ACCUMULATIONS), name="accumulate")
 
     def omega(ctx):
         batch = ctx.sample_batch(ctx.task, ctx.key, num_examples)
@@ -335,9 +326,7 @@ def si(*, clip_negative: bool = True, path_gradient: str = "task") -> Method:
     :func:`cljax.importance.si_importance`). Their penalty is c·Σ Ω(θ − θ*)² where ours is
     (λ/2)·Σ Ω(θ − θ*)²: their c is λ = 2c here.
     """
-    if path_gradient not in SI_PATH_GRADIENTS:
-        raise ValueError(f"path_gradient must be one of {SI_PATH_GRADIENTS}; got "
-                         f"{path_gradient!r}")
+    check_choice(path_gradient, SI_PATH_GRADIENTS, name="path_gradient")
 
     def init(params, key, hparams, spec):
         del key, hparams, spec

@@ -51,7 +51,7 @@ import optax
 from cljax.methods.base import Method, PredictContext, StreamSpec
 from cljax.nn import MLP, Model, as_model, check_init
 from cljax.types import Array, Batch, Params
-from cljax.validation import check_positive, check_positive_int
+from cljax.validation import check_choice, check_positive, check_positive_int
 
 OUTPUTS = ("logits", "all_heads", "features")
 TRUNCATED_NORMAL_STD = 0.87962566103423978   # std of a unit normal truncated to [-2, 2] (flax)
@@ -175,8 +175,7 @@ class ProgressiveMLP(nn.Module):
                  columns: int | None = None):
         """``columns`` (static, default all T): compute only the first ``columns`` columns —
         the ones a batch whose task ids are all below ``columns`` reads (the same values)."""
-        if output not in OUTPUTS:
-            raise ValueError(f"output must be one of {OUTPUTS}; got {output!r}")
+        check_choice(output, OUTPUTS, name="output")
         T = self.num_tasks
         n = T if columns is None else columns
         if not isinstance(n, int) or not 1 <= n <= T or (output == "all_heads" and n != T):

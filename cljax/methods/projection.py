@@ -150,9 +150,7 @@ def gpm(*, thresholds: Sequence[float] = (0.95, 0.99, 0.99), threshold_increment
         raise ValueError("thresholds must name at least one value")
     check_in_unit_interval(threshold_increment, name="threshold_increment", closed_left=True)
     check_positive_int(num_examples, name="num_examples")
-    if first_task_rank not in FIRST_TASK_RANKS:
-        raise ValueError(f"first_task_rank must be one of {FIRST_TASK_RANKS}; got "
-                         f"{first_task_rank!r}")
+    check_choice(first_task_rank, FIRST_TASK_RANKS, name="first_task_rank")
 
     def per_layer(names, task):
         if len(thresholds) not in (1, len(names)):

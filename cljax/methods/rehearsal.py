@@ -49,7 +49,7 @@ from cljax.methods.base import (
 from cljax.nn import MASKED_LOGIT
 from cljax.transforms import agem_projection, gem_projection
 from cljax.types import Array, Batch, Params
-from cljax.validation import check_positive_int
+from cljax.validation import check_choice, check_positive_int
 
 MEMORY_KINDS = ("per_class", "class_balanced", "reservoir")
 CORE_KEYS = ("x", "label", "task")
@@ -110,8 +110,7 @@ class MemoryPlan(NamedTuple):
 
 def memory_plan(memory: str, per_class: int | None, capacity: int | None) -> MemoryPlan:
     """Validate a method's memory options (see the module docstring)."""
-    if memory not in MEMORY_KINDS:
-        raise ValueError(f"memory must be one of {MEMORY_KINDS}; got {memory!r}")
+    check_choice(memory, MEMORY_KINDS, name="memory")
     if per_class is not None and (not isinstance(per_class, int) or isinstance(per_class, bool)
                                   or per_class < 0):
         raise ValueError(f"per_class must be an int >= 0 (examples kept per class); got "
@@ -266,8 +265,7 @@ def er(*, memory: str = "per_class", per_class: int | None = 100, capacity: int 
     2022's weighting; with a reservoir memory ℓ_memory enters from task 2 on);
     ``loss="concat"``: the mean cross-entropy over the current rows and the valid memory rows
     together (Chaudhry et al. 2019's ER). A memory of 0 examples is fine-tuning, exactly."""
-    if loss not in ER_LOSSES:
-        raise ValueError(f"loss must be one of {ER_LOSSES}; got {loss!r}")
+    check_choice(loss, ER_LOSSES, name="loss")
     batch = _replay_batch(memory_batch_size, memory_replace)
     plan = memory_plan(memory, per_class, capacity)
     if _is_empty(plan):
@@ -360,9 +358,7 @@ def gem(*, memory: str = "per_class", per_class: int | None = 100, capacity: int
     gradients are computed — only the finished tasks' in a loop, or every block vmapped."""
     if not isinstance(rehearse, bool):
         raise TypeError(f"rehearse must be a bool; got {rehearse!r}")
-    if reference_grads not in GEM_REFERENCE_GRADS:
-        raise ValueError(f"reference_grads must be one of {GEM_REFERENCE_GRADS}; got "
-                         f"{reference_grads!r}")
+    check_choice(reference_grads, GEM_REFERENCE_GRADS, name="reference_grads")
     batch = _replay_batch(memory_batch_size, memory_replace)
     if not rehearse and (memory_batch_size is not None or not memory_replace):
         raise ValueError("memory_batch_size and memory_replace set GEM's replay batch: they need "
@@ -535,11 +531,8 @@ def num_seen_classes(spec: StreamSpec, count: Array) -> Array:
 def check_distill_options(outputs: str, distill_reduction: str) -> None:
     """Checks ``outputs`` (:data:`DISTILL_OUTPUTS`) and ``distill_reduction``
     (:data:`DISTILL_REDUCTIONS`)."""
-    if outputs not in DISTILL_OUTPUTS:
-        raise ValueError(f"outputs must be one of {DISTILL_OUTPUTS}; got {outputs!r}")
-    if distill_reduction not in DISTILL_REDUCTIONS:
-        raise ValueError(f"distill_reduction must be one of {DISTILL_REDUCTIONS}; "
-                         f"got {distill_reduction!r}")
+    check_choice(outputs, DISTILL_OUTPUTS, name="outputs")
+    check_choice(distill_reduction, DISTILL_REDUCTIONS, name="distill_reduction")
 
 
 def class_tasks(spec: StreamSpec) -> Array:
@@ -564,8 +557,7 @@ def lwf(*, weighting: str = "per_task", outputs: str = "all",
     current and 2019 code; their 2019 distillation also had Hinton's T² factor: ``strength`` =
     T² (4) gives it. With ``strength`` 0 this is fine-tuning, exactly (with ``outputs="seen"``,
     fine-tuning over the seen classes)."""
-    if weighting not in LWF_WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {LWF_WEIGHTINGS}; got {weighting!r}")
+    check_choice(weighting, LWF_WEIGHTINGS, name="weighting")
     check_distill_options(outputs, distill_reduction)
 
     def loss(params, batch, prev: PreviousModel, ctx: LossContext):

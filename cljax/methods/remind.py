@@ -85,7 +85,7 @@ from cljax.nn import MLP, Model
 from cljax.quantization import INITS, MAX_CODES, fit_codebooks, pq_decode, pq_encode
 from cljax.transforms.common import stateless_with_extra_args
 from cljax.types import Array, Batch, Params, PRNGKey
-from cljax.validation import check_positive_int
+from cljax.validation import check_choice, check_positive_int
 
 SPLITS = ("first_layer", "input")
 """Where REMIND splits the network: after the MLP's first hidden layer, or before the model."""
@@ -404,8 +404,7 @@ def frozen_lower(split: Split) -> optax.GradientTransformationExtraArgs:
 def _check_options(split: str, capacity: Any, num_subvectors: Any, num_codes: Any,
                    locations: Any, grid: Any, kmeans_iters: Any, kmeans_init: str,
                    replay_samples: Any, flags: dict[str, Any]) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
+    check_choice(split, SPLITS, name="split")
     check_positive_int(capacity, name="capacity")
     check_positive_int(num_subvectors, name="num_subvectors")
     check_positive_int(num_codes, name="num_codes")
@@ -423,8 +422,7 @@ def _check_options(split: str, capacity: Any, num_subvectors: Any, num_codes: An
                              f"locations is {locations}")
     if not isinstance(kmeans_iters, int) or isinstance(kmeans_iters, bool) or kmeans_iters < 0:
         raise ValueError(f"kmeans_iters must be an int >= 0; got {kmeans_iters!r}")
-    if kmeans_init not in INITS:
-        raise ValueError(f"kmeans_init must be one of {INITS}; got {kmeans_init!r}")
+    check_choice(kmeans_init, INITS, name="kmeans_init")
     if (not isinstance(replay_samples, int) or isinstance(replay_samples, bool)
             or replay_samples < 0):
         raise ValueError(f"replay_samples must be an int >= 0 (replayed examples per current "

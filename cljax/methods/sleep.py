@@ -67,6 +67,7 @@ from cljax.methods.packnet import any_run
 from cljax.nn.mlp import MLP
 from cljax.nn.model import Model
 from cljax.types import Array, Params, PRNGKey
+from cljax.validation import check_choice
 
 DT = 0.001
 """The simulation's time step (s): an input pixel of value x spikes with probability
@@ -366,8 +367,7 @@ def _check_options(sleep_steps: Any, steps_growth: Any, thresholds: Any, patch: 
     if patch is not None and (isinstance(patch, bool) or not isinstance(patch, int) or patch < 1):
         raise ValueError(f"patch must be None or a positive int (the side of the input window); "
                          f"got {patch!r}")
-    if statistics not in STATISTICS:
-        raise ValueError(f"statistics must be one of {STATISTICS}; got {statistics!r}")
+    check_choice(statistics, STATISTICS, name="statistics")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}")
     if not isinstance(weight_dependent, bool):

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from cljax.types import Array, Params, PRNGKey
+from cljax.validation import check_choice
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -93,8 +94,7 @@ def init_vae(vae: VAE, key: PRNGKey) -> Params:
 
 
 def _check_likelihood(likelihood: str) -> None:
-    if likelihood not in LIKELIHOODS:
-        raise ValueError(f"likelihood must be one of {LIKELIHOODS}; got {likelihood!r}")
+    check_choice(likelihood, LIKELIHOODS, name="likelihood")
 
 
 def gaussian_kl_standard(mean: Array, log_var: Array) -> Array:

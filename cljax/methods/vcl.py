@@ -68,7 +68,7 @@ from cljax.methods.mean_field import (
 )
 from cljax.nn.model import Model
 from cljax.types import Array, Batch, Params, PRNGKey
-from cljax.validation import check_positive, check_positive_int
+from cljax.validation import check_choice, check_positive, check_positive_int
 
 CORESETS = ("none", "random", "kcenter")
 
@@ -328,8 +328,7 @@ def _predict(o: Options, params, s: VCLState, b: Batch, pctx: PredictContext) ->
 
 
 def _check_options(o: Options) -> None:
-    if o.coreset not in CORESETS:
-        raise ValueError(f"coreset must be one of {CORESETS}; got {o.coreset!r}")
+    check_choice(o.coreset, CORESETS, name="coreset")
     if o.coreset == "none" and o.size:
         raise ValueError(f"coreset='none' takes coreset_size=0; got {o.size}")
     if o.coreset != "none":

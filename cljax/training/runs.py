@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from cljax.training.data import StreamData, place_data
+from cljax.validation import check_choice
 
 RUNS = ("auto", "vmap", "map")
 
@@ -34,8 +35,7 @@ def runs_transform(runs: str, *, mesh: Any = None) -> Callable:
 
     The returned ``transform(fn, in_axes, static=())`` maps ``fn`` over the arguments whose axis
     is 0 (those in ``static`` are passed through unmapped)."""
-    if runs not in RUNS:
-        raise ValueError(f"runs must be one of {RUNS}; got {runs!r}")
+    check_choice(runs, RUNS, name="runs")
     spmd = None
     if mesh is not None:
         from cljax import sharding as shd

@@ -390,8 +390,7 @@ def make_trainer(model: Model, method: Method, *, optimizer: optax.GradientTrans
         method draws itself inside its loss or at a boundary (memories, Fisher examples) and
         evaluation see the images as they are.
     """
-    if sampling not in SAMPLINGS:
-        raise ValueError(f"sampling must be one of {SAMPLINGS}; got {sampling!r}")
+    check_choice(sampling, SAMPLINGS, name="sampling")
     check_choice(augment, AUGMENTATIONS, name="augment")
     check_positive_int(batch_size, name="batch_size")
     check_positive_int(eval_chunk, name="eval_chunk")

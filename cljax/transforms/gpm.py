@@ -35,7 +35,7 @@ from cljax.layers import get_layer, pack, param_layers, set_layer, unpack
 from cljax.transforms.common import require_state, stateless_with_extra_args
 from cljax.transforms.kfac_gradient import kfac_preconditioned_value_and_grad
 from cljax.types import Array, KFACFactors, Params
-from cljax.validation import check_finite, check_in_unit_interval
+from cljax.validation import check_choice, check_finite, check_in_unit_interval
 
 
 class GPMState(NamedTuple):
@@ -128,9 +128,7 @@ def gpm_consolidate(state: GPMState, representations: Mapping[str, Array],
             raise ValueError(f"thresholds lacks layers {missing}: give one threshold for every "
                              f"layer of the state {sorted(state.bases)} (or one number for all); "
                              f"got {sorted(thresholds)}")
-    if first_task_rank not in FIRST_TASK_RANKS:
-        raise ValueError(f"first_task_rank must be one of {FIRST_TASK_RANKS}; got "
-                         f"{first_task_rank!r}")
+    check_choice(first_task_rank, FIRST_TASK_RANKS, name="first_task_rank")
     check_finite(representations, name="representations")
     offset = jnp.where(state.count == 0, 1, 0) if first_task_rank == "code" else 0
     bases, sizes, projectors = {}, {}, {}
