@@ -19,7 +19,10 @@ extractors of a layer share one projection, which we implement as:
 * the projection used while training task k is frozen at the end of task k − 1:
   P_l = rows / tr(Q) · Q (eq. 10; before any past task Q = I/α and P = I: plain SGD);
 * the weight gradient ∇W̄_l [rows, out] is left-multiplied by P_l (input side); parameters
-  outside recognised layers are left as they are.
+  outside recognised layers (a BatchNorm's) are left as they are, or frozen from the second
+  task on (``other_params``, :data:`OTHER_PARAMS`);
+* options beside our reading: ``rows="example"`` adds each example's mean input per step
+  instead of the step's (:data:`ROWS`).
 
 :func:`rgo_value_and_grad` forms P∇W̄ inside the backward pass (the rank-B form of
 :mod:`cljax.transforms.kfac_gradient`, with G = I), cheaper than :func:`rgo_projection` on the
