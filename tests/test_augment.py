@@ -49,6 +49,8 @@ def test_augment_images_and_bad_inputs():
     assert augment_images(x, jax.random.key(0), "none") is x
     with pytest.raises(ValueError, match="augment must be one of"):
         augment_images(x, jax.random.key(0), "mixup")
+    with pytest.raises(ValueError, match=r"augment='crop_flip' needs image batches"):
+        augment_images(jnp.ones((2, 16)), jax.random.key(0), "crop_flip")
     with pytest.raises(ValueError, match=r"images must be \[B, H, W, C\]"):
         random_crop_flip(jnp.ones((2, 16)), jax.random.key(0))
     with pytest.raises(ValueError, match="pad must be an int >= 0"):

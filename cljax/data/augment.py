@@ -46,6 +46,9 @@ def augment_images(images: Array, key: Array, augment: str) -> Array:
     check_choice(augment, AUGMENTATIONS, name="augment")
     if augment == "none":
         return images
+    if jnp.ndim(images) != 4:
+        raise ValueError(f"augment={augment!r} needs image batches [B, H, W, C]; got shape "
+                         f"{jnp.shape(images)}")
     return random_crop_flip(images, key)
 
 

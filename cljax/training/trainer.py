@@ -385,8 +385,9 @@ def make_trainer(model: Model, method: Method, *, optimizer: optax.GradientTrans
         the steps it is given.
       augment: what a training step does to its batch's images before the loss
         (:data:`cljax.data.augment.AUGMENTATIONS`): ``"none"``, or ``"crop_flip"`` (random
-        crops of the normalised images zero-padded by 4 pixels, i.e. padded with the mean pixel where
-        torchvision pads black before normalising, and random horizontal flips). The rows a
+        crops of the normalised images zero-padded by 4 pixels — the mean pixel under mean/std
+        normalisation, where torchvision pads black before normalising — and random
+        horizontal flips). The rows a
         method draws itself inside its loss or at a boundary (memories, Fisher examples) and
         evaluation see the images as they are.
     """
