@@ -20,7 +20,7 @@ from cljax.transforms import (
     rgo_projection,
     rgo_value_and_grad,
 )
-from cljax.transforms.rgo import normalised_projection, sherman_morrison, woodbury
+from cljax.transforms.rgo import normalised_projection, sherman_morrison, step_rows, woodbury
 
 
 def test_recursive_inverse_equals_the_direct_inverse(x64):
@@ -225,14 +225,14 @@ def test_example_rows_and_frozen_other_params():
     plain = jax.grad(loss)(params)
     state = init_rgo(params)
     # before any consolidation, "freeze" trains everything: the plain gradient, P = I
-    _, g, step_rows = rgo_value_and_grad(loss, state, params, other_params="freeze")
+    _, g, mean_step = rgo_value_and_grad(loss, state, params, other_params="freeze")
     assert_trees_close(g, plain, rtol=1e-6, atol=1e-7)
     _, _, ex_rows = rgo_value_and_grad(loss, state, params, rows="example")
     _, captured = capture_rows(model.logits_fn, params, {"x": x})
     assert ex_rows["Conv_0"].shape == (6, 18) and ex_rows["Dense_0"].shape == (6, 49)
     np.testing.assert_allclose(ex_rows["Conv_0"], captured["Conv_0"][0].mean(1), rtol=1e-6)
-    for name in step_rows:   # equal positions per example: the step's mean of the examples' means
-        np.testing.assert_allclose(ex_rows[name].mean(0), step_rows[name], rtol=1e-5, atol=1e-7)
+    for name in mean_step:   # equal positions per example: the step's mean of the examples' means
+        np.testing.assert_allclose(ex_rows[name].mean(0), mean_step[name], rtol=1e-5, atol=1e-7)
     state = rgo_consolidate(rgo_accumulate(state, ex_rows))
     trained = rgo_value_and_grad(loss, state, params)[1]
     frozen = rgo_value_and_grad(loss, state, params, other_params="freeze")[1]
@@ -250,3 +250,9 @@ def test_example_rows_and_frozen_other_params():
         rgo_projection(other_params="fix")
     with pytest.raises(ValueError, match=r"shape \(18,\) or \(k, 18\)"):
         rgo_accumulate(state, {**ex_rows, "Conv_0": jnp.ones((2, 3, 19))})
+    assert_trees_close(step_rows(captured, "example"), ex_rows, rtol=1e-6, atol=0)
+    assert_trees_close(step_rows(captured), step_rows(captured, "step"), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="rows must be one of"):
+        step_rows(captured, "batch")
+    with pytest.raises(ValueError, match=r"a must be \[k, 18\]"):
+        woodbury(jnp.eye(18), jnp.ones(18))

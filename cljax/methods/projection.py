@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from cljax.layers import capture_rows, example_rows, mean_rows, with_weight_offsets
+from cljax.layers import capture_rows, with_weight_offsets
 from cljax.methods.base import ConfigPlan, Method, base_model, cross_entropy, get_hparam, task_loss
 from cljax.nn.model import rebuild
 from cljax.transforms.gpm import (
@@ -56,6 +56,7 @@ from cljax.transforms.rgo import (
     rgo_consolidate,
     rgo_projection,
     rgo_value_and_grad,
+    step_rows,
 )
 from cljax.types import Array
 from cljax.validation import check_choice, check_in_unit_interval, check_positive_int
@@ -64,13 +65,11 @@ from cljax.validation import check_choice, check_in_unit_interval, check_positiv
 def _loss_with_rows(rows: str):
     """Fine-tuning's loss (same key use) and each layer's rows of the forward pass
     (``rows``: :data:`cljax.transforms.rgo.ROWS`)."""
-    reduce_rows = mean_rows if rows == "step" else example_rows
-
     def loss(params, batch, mstate, ctx):
         del mstate
         k_drop, _ = jax.random.split(ctx.key)
         logits, captured = capture_rows(ctx.model.train_logits_fn, params, batch, k_drop)
-        return cross_entropy(logits, batch["y"]), {"rows": reduce_rows(captured)}
+        return cross_entropy(logits, batch["y"]), {"rows": step_rows(captured, rows)}
 
     return loss
 

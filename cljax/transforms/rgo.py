@@ -43,7 +43,6 @@ from cljax.layers import (
     mean_rows,
     pack,
     param_layers,
-    path_name,
     set_layer,
     unpack,
 )
@@ -104,6 +103,8 @@ def sherman_morrison(q: Array, a: Array) -> Array:
 def woodbury(q: Array, a: Array) -> Array:
     """(Q⁻¹ + Aᵀ A)⁻¹ = Q − (QAᵀ)(I + A Q Aᵀ)⁻¹(QAᵀ)ᵀ for symmetric Q and ``a`` = A ``[k, n]``
     (k rows at once: the rank-k form of :func:`sherman_morrison`)."""
+    if a.ndim != 2 or a.shape[1] != q.shape[0]:
+        raise ValueError(f"a must be [k, {q.shape[0]}] (k rows of Q's size); got {a.shape}")
     qa = q @ a.T
     inner = jnp.eye(a.shape[0], dtype=q.dtype) + a @ qa
     return q - qa @ jnp.linalg.solve(inner, qa.T)
@@ -146,6 +147,14 @@ def rgo_consolidate(state: RGOState) -> RGOState:
                           count=state.count + 1)
 
 
+def step_rows(captured: Mapping[str, list[Array]], rows: str = "step") -> dict[str, Array]:
+    """What a training step adds to H̄ from the rows its layers multiplied
+    (:func:`cljax.layers.capture_rows`), as ``rows`` (:data:`ROWS`) says: each layer's mean row
+    (:func:`cljax.layers.mean_rows`) or one per example (:func:`cljax.layers.example_rows`)."""
+    check_choice(rows, ROWS, name="rows")
+    return (mean_rows if rows == "step" else example_rows)(captured)
+
+
 def _other_scale(state: RGOState, other_params: str) -> Array:
     """1 while the parameters outside the projected layers train, 0 once frozen."""
     if other_params == "train":
@@ -162,9 +171,7 @@ def rgo_projection(*, other_params: str = "train") -> optax.GradientTransformati
     def update(updates: Params, params: Params | None, *, rgo_state: RGOState) -> Params:
         del params
         scale = _other_scale(rgo_state, other_params)
-        out = jax.tree_util.tree_map_with_path(
-            lambda path, u: u if path_name(path[:-1]) in rgo_state.projection
-            else (u * scale).astype(u.dtype), updates)
+        out = jax.tree.map(lambda u: (u * scale).astype(u.dtype), updates)   # layers: below
         for name, p in rgo_state.projection.items():
             node = get_layer(updates, name)
             out = set_layer(out, name, unpack(p @ pack(node), node))
@@ -193,9 +200,9 @@ def rgo_value_and_grad(fun: Callable[..., Any], rgo_state: RGOState, params: Par
     value, grads, captured = kfac_preconditioned_value_and_grad(
         fun, params, inverses, *args, other_scale=_other_scale(rgo_state, other_params),
         has_aux=has_aux, capture_rows=True)
-    return value, grads, (mean_rows if rows == "step" else example_rows)(captured)
+    return value, grads, step_rows(captured, rows)
 
 
 __all__ = ["ROWS", "OTHER_PARAMS", "RGOState", "init_rgo", "sherman_morrison", "woodbury",
-           "rgo_accumulate", "normalised_projection",
+           "rgo_accumulate", "step_rows", "normalised_projection",
            "rgo_consolidate", "rgo_projection", "rgo_value_and_grad"]
