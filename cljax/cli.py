@@ -203,6 +203,15 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
                        metavar="STEPS", help="also checkpoint every STEPS steps within a task")
     bench.add_argument("--devices", type=_positive_int, metavar="N",
                        help="shard each run's seeds over the first N devices")
+    bench.add_argument("--seed-runs", choices=("together", "separate"), dest="seed_runs",
+                       help="'together': each entry's seeds vmapped in one run; 'separate': one "
+                            "run per seed (<entry>_seed<s>, pooled into one row), to split over "
+                            "processes, machines or sittings with --runs (default: separate "
+                            "where each seed draws its own tasks, else together)")
+    bench.add_argument("--runs", metavar="NAME,...",
+                       help="run only these runs of the selected methods (names as the "
+                            "leaderboard's to-do line lists them, e.g. rgo_seed1,rgo_seed3); "
+                            "the others stay to do")
     bench.add_argument("--no-progress", action="store_true", help="no progress bar")
     bench.add_argument("--debug", action="store_true",
                        help="on an error, show the full traceback instead of one line")
@@ -620,7 +629,9 @@ def _bench(args: argparse.Namespace) -> int:
                           run=not args.no_run, results_md=args.results_md,
                           progress_factory=progress_factory,
                           checkpoint_every=args.checkpoint_every, devices=args.devices,
-                          merge_from=args.merge_from)
+                          merge_from=args.merge_from, seed_runs=args.seed_runs,
+                          only_runs=None if args.runs is None else
+                          [n.strip() for n in args.runs.split(",") if n.strip()])
     except KeyboardInterrupt:
         print(f"cljax: interrupted: the finished runs are in {workdir}; run the same command "
               "with --resume to continue (an unfinished run resumes from its checkpoints)",

@@ -32,6 +32,7 @@ validation split carved from the training data, a sweep scored on the test set (
 published grid searches did; recorded as such), or the method's defaults."""
 
 TASK_DRAWS = ("fixed", "per_seed")
+SEED_RUNS = ("together", "separate")
 """How a protocol draws its tasks over its seeds (:class:`Protocol`): the config's for every
 seed, or each seed its own — a split stream's class order, a permuted stream's permutations."""
 
@@ -288,16 +289,41 @@ def chosen_hparams(results: Mapping[str, Any]) -> dict[str, dict[str, float]]:
             for name, sc in results["scenarios"].items()}
 
 
+def default_seed_runs(protocol: Protocol) -> str:
+    """How :func:`entry_runs` lays out a protocol's seeds unless told: ``"separate"`` (one run
+    per seed) when each seed draws its own tasks, else ``"together"`` (one run, the seeds
+    vmapped)."""
+    return "separate" if protocol.task_draw == "per_seed" else "together"
+
+
+def check_seed_runs(protocol: Protocol, seed_runs: str | None) -> str:
+    """``seed_runs`` (None: :func:`default_seed_runs`) checked against ``protocol``: one of
+    :data:`SEED_RUNS`, and ``"separate"`` when each seed draws its own tasks."""
+    if seed_runs is None:
+        return default_seed_runs(protocol)
+    check_choice(seed_runs, SEED_RUNS, name="seed_runs")
+    if seed_runs == "together" and protocol.task_draw == "per_seed":
+        raise ValueError(f"seed_runs='together': protocol {protocol.name!r} draws each seed's "
+                         "tasks (task_draw='per_seed'), so each seed is a run of its own")
+    return seed_runs
+
+
 def entry_runs(protocol: Protocol, entry: Entry, *, seeds: int,
                overrides: Mapping[str, Any] | None = None,
-               chosen: Mapping[str, Mapping[str, float]] | None = None) -> list[EntryRun]:
+               chosen: Mapping[str, Mapping[str, float]] | None = None,
+               seed_runs: str | None = None) -> list[EntryRun]:
     """The runs of ``entry``: the protocol's config with the protocol's overrides, then the
     entry's, then ``overrides`` (the user's, e.g. fewer steps: a ``steps`` there drops the
     config's ``epochs``), with the entry's method, its hyperparameters and ``seeds`` (the
     config's ``method_options`` are kept only when its method is the entry's); one run per
     distinct set of per-scenario hyperparameters (named ``key`` when there is one,
     ``key_<scenarios>`` when there are several). An entry with a grid needs ``chosen``: per
-    scenario, the hyperparameters its selection run chose (:func:`chosen_hparams`)."""
+    scenario, the hyperparameters its selection run chose (:func:`chosen_hparams`).
+    ``seed_runs``: ``"together"`` (one run of ``seeds`` seeds, vmapped) or ``"separate"`` (one
+    run of one seed per seed, named ``<name>_seed<s>`` and pooled into one row: runs that can
+    go to different processes, machines or sittings; a per-seed task draw needs it); None: the
+    protocol's :func:`default_seed_runs`."""
+    seed_runs = check_seed_runs(protocol, seed_runs)
     if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
         raise ValueError(f"seeds must be a positive int; got {seeds!r}")
     if entry.grid and chosen is None:
@@ -321,19 +347,21 @@ def entry_runs(protocol: Protocol, entry: Entry, *, seeds: int,
         cfg.update(method=entry.method, hparams=dict(hp), sweep={}, seeds=seeds,
                    scenarios=list(names))
         name = entry.key if len(groups) == 1 else f"{entry.key}_{'_'.join(names)}"
-        if protocol.task_draw == "fixed":
+        if seed_runs == "together":
             runs.append(EntryRun(entry.key, name, tuple(names), cfg))
             continue
-        for s in range(seeds):      # one run per seed, each with its own tasks
+        for s in range(seeds):      # one run per seed (with its own tasks when drawn per seed)
             one = copy.deepcopy(cfg)
             one.update(seeds=1, seed=cfg.get("seed", 0) + s)
-            option = PER_SEED_STREAM_OPTION[one["stream"]]
-            one["stream_options"] = {**one.get("stream_options", {}), option: one["seed"]}
+            if protocol.task_draw == "per_seed":
+                option = PER_SEED_STREAM_OPTION[one["stream"]]
+                one["stream_options"] = {**one.get("stream_options", {}), option: one["seed"]}
             runs.append(EntryRun(entry.key, f"{name}_seed{one['seed']}", tuple(names), one,
                                  group=name))
     return runs
 
 
-__all__ = ["SPREADS", "SELECTIONS", "TASK_DRAWS", "PER_SEED_STREAM_OPTION", "Published", "Entry",
+__all__ = ["SPREADS", "SELECTIONS", "TASK_DRAWS", "SEED_RUNS", "default_seed_runs",
+           "check_seed_runs", "PER_SEED_STREAM_OPTION", "Published", "Entry",
            "Protocol", "EntryRun", "entry_runs", "selection_run", "chosen_hparams", "pending_run",
            "is_complete"]

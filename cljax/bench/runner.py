@@ -29,7 +29,9 @@ from cljax.bench.leaderboard import (
 from cljax.bench.protocol import (
     EntryRun,
     Protocol,
+    check_seed_runs,
     chosen_hparams,
+    default_seed_runs,
     entry_runs,
     is_complete,
     pending_run,
@@ -95,19 +97,22 @@ def select_entries(protocol: Protocol, methods: str | Sequence[str] | None) -> l
 
 def bench_runs(protocol: Protocol, *, seeds: int,
                overrides: Mapping[str, Any] | None = None,
-               selections: Mapping[str, Mapping[str, Any]] | None = None) -> list[EntryRun]:
-    """Every run of every entry of ``protocol`` (:func:`cljax.bench.entry_runs`), in order; an
-    entry with a grid gets its runs from ``selections[key]`` (its finished selection run's
-    results), else a :func:`cljax.bench.pending_run`."""
+               selections: Mapping[str, Mapping[str, Any]] | None = None,
+               seed_runs: str | None = None) -> list[EntryRun]:
+    """Every run of every entry of ``protocol`` (:func:`cljax.bench.entry_runs`, its seeds laid
+    out by ``seed_runs``), in order; an entry with a grid gets its runs from
+    ``selections[key]`` (its finished selection run's results), else a
+    :func:`cljax.bench.pending_run`."""
     runs: list[EntryRun] = []
     selections = selections or {}
     for entry in protocol.entries:
         chosen = selections.get(entry.key)
         if not entry.grid:
-            runs += entry_runs(protocol, entry, seeds=seeds, overrides=overrides)
+            runs += entry_runs(protocol, entry, seeds=seeds, overrides=overrides,
+                               seed_runs=seed_runs)
         elif chosen is not None:
             runs += entry_runs(protocol, entry, seeds=seeds, overrides=overrides,
-                               chosen=chosen_hparams(chosen))
+                               chosen=chosen_hparams(chosen), seed_runs=seed_runs)
         else:
             runs.append(pending_run(protocol, entry))
     return runs
@@ -218,9 +223,11 @@ class _BenchState:
 
     def __init__(self, protocol: Protocol, bench: pathlib.Path, keys: Sequence[str],
                  selection: Mapping[str, EntryRun], seeds: int,
-                 overrides: Mapping[str, Any] | None, deviations: Sequence[str]) -> None:
+                 overrides: Mapping[str, Any] | None, deviations: Sequence[str],
+                 seed_runs: str | None = None, only: Sequence[str] | None = None) -> None:
         self.protocol, self.bench, self.keys, self.selection = protocol, bench, keys, selection
         self.seeds, self.overrides, self.deviations = seeds, overrides, deviations
+        self.seed_runs, self.only = seed_runs, only
         self.prov_path = bench / PROVENANCE_FILE
         self.provenance = (json.loads(self.prov_path.read_text())
                            if self.prov_path.is_file() else {})
@@ -232,7 +239,7 @@ class _BenchState:
         chosen = {k: self.finished[r.name] for k, r in self.selection.items()
                   if is_complete(r, self.finished.get(r.name))}
         runs = bench_runs(self.protocol, seeds=self.seeds, overrides=self.overrides,
-                          selections=chosen)
+                          selections=chosen, seed_runs=self.seed_runs)
         self.finished.update({k: v for k, v in read_finished(self.bench, runs).items()
                               if k not in self.finished})
         return runs, chosen
@@ -245,13 +252,15 @@ class _BenchState:
                            selections={k: (self.selection[k].name, v) for k, v in chosen.items()})
 
     def todo(self) -> list[EntryRun]:
-        """The selected runs not finished: selections first, then runs with a config."""
+        """The selected runs not finished: selections first, then runs with a config (only
+        those named in ``only`` when it is given)."""
         runs, _ = self.runs()
         pending = [self.selection[k] for k in self.keys if k in self.selection
                    and not is_complete(self.selection[k],
                                        self.finished.get(self.selection[k].name))]
-        return pending + [r for r in runs if r.entry in self.keys and r.config is not None
+        todo = pending + [r for r in runs if r.entry in self.keys and r.config is not None
                           and not is_complete(r, self.finished.get(r.name))]
+        return todo if self.only is None else [r for r in todo if r.name in self.only]
 
     def merge(self, source: pathlib.Path) -> list[str]:
         """Copy into the benchmark the runs finished in ``source`` (a directory of the same
@@ -327,13 +336,35 @@ class _BenchState:
         _write_leaderboard(self.bench, self.board())
 
 
+def _check_only_runs(protocol: Protocol, only_runs: Sequence[str] | None,
+                     known: Sequence[EntryRun], waiting: Sequence[str]) -> set[str] | None:
+    """``only_runs`` checked: a list of names of ``known`` runs (a name of a run ``waiting``
+    for its entry's selection is refused with that reason), as a set; None stays None."""
+    if only_runs is None:
+        return None
+    if isinstance(only_runs, str) or not all(isinstance(n, str) for n in only_runs):
+        raise TypeError(f"only_runs must be a list of run names; got {only_runs!r}")
+    if not only_runs:
+        raise ValueError("only_runs must name at least one run (None: every run)")
+    names = {r.name for r in known}
+    for name in only_runs:
+        if name in waiting and name not in names:
+            raise ValueError(f"only_runs: run {name!r} of protocol {protocol.name!r} waits for "
+                             "its entry's selection run; run that first")
+        if name not in names:
+            raise ValueError(f"only_runs: protocol {protocol.name!r} has no run {name!r} among "
+                             f"the selected entries; its runs: {', '.join(sorted(names))}")
+    return set(only_runs)
+
+
 def run_bench(protocol: Protocol | str, workdir: str | pathlib.Path, *,
               methods: str | Sequence[str] | None = None, seeds: int | None = None,
               overrides: Mapping[str, Any] | None = None, deviations: Sequence[str] = (),
               resume: bool = False, run: bool = True, results_md: str | None = None,
               log: Callable[[str], None] = print, progress_factory: Callable | None = None,
               checkpoint_every: int | None = None, devices: int | None = None,
-              merge_from: Sequence[str | pathlib.Path] = ()) -> dict:
+              merge_from: Sequence[str | pathlib.Path] = (), seed_runs: str | None = None,
+              only_runs: Sequence[str] | None = None) -> dict:
     """Run the selected entries of ``protocol`` (a :class:`Protocol` or a registered name) with
     ``seeds`` (default: the protocol's) into ``workdir``, and return its leaderboard
     (:func:`cljax.bench.leaderboard`).
@@ -352,7 +383,13 @@ def run_bench(protocol: Protocol | str, workdir: str | pathlib.Path, *,
     selected run's config is validated before anything runs (a selected entry's final runs
     once its selection has chosen). ``merge_from``: other directories of this benchmark (the
     same protocol, seeds and options, e.g. runs split over two processes or machines) whose
-    finished runs are copied in first, with their provenance."""
+    finished runs are copied in first, with their provenance. ``seed_runs``: ``"separate"``
+    splits each entry's seeds into runs of one seed (``<entry>_seed<s>``, pooled into one row),
+    which ``only_runs`` can then deal to processes, machines or sittings; ``"together"`` runs
+    them vmapped in one program (default: the protocol's,
+    :func:`cljax.bench.protocol.default_seed_runs`; the benchmark's identity records a choice
+    other than the default). ``only_runs``: run only these of the selected entries' runs (their
+    names, as the leaderboard's to-do line lists them); the others stay to do."""
     from cljax import __version__
     from cljax.workdir import prepare_workdir, write_text_atomic
 
@@ -362,14 +399,22 @@ def run_bench(protocol: Protocol | str, workdir: str | pathlib.Path, *,
                         f"{type(protocol).__name__}")
     seeds = protocol.seeds if seeds is None else seeds
     keys = select_entries(protocol, methods)
+    layout = check_seed_runs(protocol, seed_runs)
     selection = {e.key: selection_run(protocol, e, overrides=overrides)
                  for e in protocol.entries if e.grid}
-    for r in [*(selection[k] for k in keys if k in selection),
-              *(r for r in bench_runs(protocol, seeds=seeds, overrides=overrides)
-                if r.entry in keys and r.config is not None)]:
-        _validated(r, protocol)          # before anything is written or trained
+    known = [*(selection[k] for k in keys if k in selection),
+             *(r for r in bench_runs(protocol, seeds=seeds, overrides=overrides,
+                                     seed_runs=layout)
+               if r.entry in keys and r.config is not None)]
+    only = _check_only_runs(protocol, only_runs, known, [r.name for r in bench_runs(
+        protocol, seeds=seeds, overrides=overrides, seed_runs=layout) if r.entry in keys])
+    for r in known:
+        if only is None or r.name in only:
+            _validated(r, protocol)          # before anything is written or trained
     identity = {"protocol": protocol.name, "seeds": seeds, "overrides": dict(overrides or {}),
                 "version": __version__}
+    if layout != default_seed_runs(protocol):
+        identity["seed_runs"] = layout
     if isinstance(merge_from, (str, os.PathLike)):
         raise TypeError("merge_from must be a list of directories; got one path (wrap it in a "
                         "list)")
@@ -377,7 +422,8 @@ def run_bench(protocol: Protocol | str, workdir: str | pathlib.Path, *,
     prepared = prepare_workdir(workdir, identity, resume=resume or not run, identity=identity)
     bench = prepared["path"]
     try:
-        state = _BenchState(protocol, bench, keys, selection, seeds, overrides, deviations)
+        state = _BenchState(protocol, bench, keys, selection, seeds, overrides, deviations,
+                            seed_runs=layout, only=only)
         for source in sources:
             merged = state.merge(source)
             log(f"bench {protocol.name}: merged {len(merged)} finished run(s) from {source}"
