@@ -134,6 +134,28 @@ def test_a_per_seed_task_draw_gives_each_seed_a_run_of_its_own():
         _protocol(task_draw="shuffled")
 
 
+def test_separate_seed_runs_split_a_fixed_draw_into_runs_of_one_seed():
+    p = _protocol(entries=(Entry("none", "none"),), overrides={"seed": 5})
+    (together,) = entry_runs(p, p.entry("none"), seeds=3)
+    runs = entry_runs(p, p.entry("none"), seeds=3, seed_runs="separate")
+    assert [(r.name, r.pooled, r.config["seeds"], r.config["seed"]) for r in runs] == [
+        ("none_seed5", "none", 1, 5), ("none_seed6", "none", 1, 6), ("none_seed7", "none", 1, 7)]
+    for r in runs:      # the fixed tasks: every seed's stream options are the config's
+        assert r.config["stream_options"] == together.config["stream_options"]
+        validate_config(r.config)
+    # the first seed's run is the together run with one seed: the same program
+    (alone,) = entry_runs(p, p.entry("none"), seeds=1)
+    assert runs[0].config == alone.config
+    per_seed = _protocol(task_draw="per_seed", entries=(Entry("none", "none"),))
+    assert ([r.name for r in entry_runs(per_seed, per_seed.entry("none"), seeds=2,
+                                         seed_runs="separate")]
+            == [r.name for r in entry_runs(per_seed, per_seed.entry("none"), seeds=2)])
+    with pytest.raises(ValueError, match="draws each seed's tasks"):
+        entry_runs(per_seed, per_seed.entry("none"), seeds=2, seed_runs="together")
+    with pytest.raises(ValueError, match="seed_runs must be one of"):
+        entry_runs(p, p.entry("none"), seeds=2, seed_runs="apart")
+
+
 def test_select_entries_by_key_or_method():
     p = _protocol()
     assert select_entries(p, None) == ["none", "ewc", "ewc_big"] == select_entries(p, "all")

@@ -251,6 +251,45 @@ def test_a_per_seed_task_draw_pools_one_run_per_seed(tmp_path):
     assert board["done"] == ["none_seed0", "none_seed1"]
 
 
+def test_separate_seed_runs_dealt_to_two_directories_pool_into_one_row(tmp_path):
+    """A fixed-draw protocol's seeds as runs of one seed (--seed-runs separate), each process
+    running the ones --runs names; merged, they pool into one row of both seeds. The layout is
+    part of the benchmark's identity (a vmapped benchmark does not merge in), and a run name
+    that is not among the selected entries' runs is refused before anything is written."""
+    protocol = Protocol(**{**_protocol().__dict__, "scenarios": ("task",)})
+    first, second = tmp_path / "first", tmp_path / "second"
+    with tfds.testing.mock_data(num_examples=64):
+        board = run_bench(protocol, first, methods="none", seed_runs="separate",
+                          only_runs=["none_seed0"], log=lambda _: None)
+        assert board["done"] == ["none_seed0"] and board["to_do"] == ["none_seed1"]
+        run_bench(protocol, second, methods="none", seed_runs="separate",
+                  only_runs=["none_seed1"], log=lambda _: None)
+        assert not (second / "none_seed0").exists()
+        board = run_bench(protocol, first, methods="none", seed_runs="separate", run=False,
+                          merge_from=[second], log=lambda _: None)
+        run_bench(protocol, tmp_path / "together", methods="none", log=lambda _: None)
+        with pytest.raises(WorkdirError, match="holds another benchmark"):
+            run_bench(protocol, first, methods="none", seed_runs="separate", run=False,
+                      merge_from=[tmp_path / "together"], log=lambda _: None)
+    (row,) = board["rows"]
+    assert row["finished"] and row["seeds"] == 2 and row["runs"] == ["none_seed0", "none_seed1"]
+    configs = [json.loads((first / n / "results.json").read_text())["config"]
+               for n in row["runs"]]
+    assert [(c["seed"], c["seeds"]) for c in configs] == [(0, 1), (1, 1)]
+    assert configs[0]["stream_options"] == configs[1]["stream_options"]   # the same tasks
+    assert read_marker(first)["identity"]["seed_runs"] == "separate"
+    assert "seed_runs" not in read_marker(tmp_path / "together")["identity"]
+    with pytest.raises(ValueError, match="no run 'none_seed2' among the selected entries"):
+        run_bench(protocol, tmp_path / "bad", seed_runs="separate", only_runs=["none_seed2"])
+    with pytest.raises(TypeError, match="only_runs must be a list of run names"):
+        run_bench(protocol, tmp_path / "bad", seed_runs="separate", only_runs="none_seed0")
+    grid = Protocol(**{**protocol.__dict__, "entries": (
+        Entry("ewc", "ewc", selection="validation", grid={"strength": (0.0, 1.0)}),)})
+    with pytest.raises(ValueError, match="waits for its entry's selection run"):
+        run_bench(grid, tmp_path / "bad", only_runs=["ewc"])
+    assert not (tmp_path / "bad").exists()
+
+
 def test_selection_and_no_run(tmp_path):
     bench = tmp_path / "bench"
     with tfds.testing.mock_data(num_examples=64):
@@ -304,6 +343,16 @@ def test_cli_bench(tmp_path, capsys):
                      "--workdir", str(copy), "--no-run", "--merge-from", str(workdir)]) == 0
     assert (json.loads((copy / "leaderboard.json").read_text())["rows"]
             == json.loads((workdir / "leaderboard.json").read_text())["rows"])
+    capsys.readouterr()
+    split = tmp_path / "split"                     # --seed-runs separate, --runs one of them
+    with tfds.testing.mock_data(num_examples=64):
+        assert cli.main(["bench", "hsu2018_split_mnist", "--methods", "none", "--seeds", "2",
+                         "--steps", "2", "--set", "model.widths=[8]", "--set", "eval_chunk=64",
+                         "--seed-runs", "separate", "--runs", "none_seed1", "--workdir",
+                         str(split), "--no-progress"]) == 0
+    board = json.loads((split / "leaderboard.json").read_text())
+    assert board["done"] == ["none_seed1"]
+    assert "none_seed0" in board["to_do"] and "none_seed1" not in board["to_do"]
     capsys.readouterr()
     with tfds.testing.mock_data(num_examples=64):
         assert cli.main(["bench", "hsu2018_split_mnist", "--methods", "none", "--workdir",

@@ -17,7 +17,7 @@ import json
 import os
 import pathlib
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from cljax.bench.leaderboard import (
@@ -224,7 +224,7 @@ class _BenchState:
     def __init__(self, protocol: Protocol, bench: pathlib.Path, keys: Sequence[str],
                  selection: Mapping[str, EntryRun], seeds: int,
                  overrides: Mapping[str, Any] | None, deviations: Sequence[str],
-                 seed_runs: str | None = None, only: Sequence[str] | None = None) -> None:
+                 seed_runs: str | None = None, only: Collection[str] | None = None) -> None:
         self.protocol, self.bench, self.keys, self.selection = protocol, bench, keys, selection
         self.seeds, self.overrides, self.deviations = seeds, overrides, deviations
         self.seed_runs, self.only = seed_runs, only
