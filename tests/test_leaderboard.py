@@ -123,6 +123,26 @@ def test_a_row_pooled_from_runs_of_two_commits_shows_both():
     assert "| 0123456789-dirty, fedcba9876 |" in leaderboard_markdown(board)
 
 
+def test_a_row_some_of_whose_seeds_finished_shows_them_and_stays_to_do():
+    p = Protocol(**{**_protocol().__dict__, "scenarios": ("task",),
+                    "entries": (Entry("ewc", "ewc", {"task": Published(95.0, "Table 2")},
+                                      hparams={"strength": 1.0}),)})
+    runs = entry_runs(p, p.entry("ewc"), seeds=3, seed_runs="separate")
+    finished = {"ewc_seed0": _results({"task": [0.9]}), "ewc_seed2": _results({"task": [0.8]})}
+    board = leaderboard(p, runs, finished, seeds=3)
+    (row,) = board["rows"]
+    assert not row["finished"] and "ours" not in row and "difference" not in row
+    assert row["partial"]["runs_finished"] == 2 and row["partial"]["runs"] == 3
+    assert row["partial"]["per_run"] == pytest.approx([90.0, 80.0])
+    assert row["partial"]["mean"] == pytest.approx(85.0)
+    assert board["to_do"] == ["ewc_seed1"]
+    assert ("| 2 of 3 runs | to do; so far 85.00 (90.00, 80.00) | 95.00 (Table 2) | – | – |"
+            in leaderboard_markdown(board))
+    json.dumps(board, allow_nan=False)
+    none = leaderboard(p, runs, {}, seeds=3)["rows"][0]
+    assert "partial" not in none            # nothing finished: no partial entry
+
+
 def test_a_diverged_run_is_dropped_from_the_mean_and_counted():
     p = _protocol()
     results = _results({"task": [0.9, None, 0.8]})

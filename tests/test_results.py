@@ -1,6 +1,7 @@
 """RESULTS.md against the benchmark directories kept in ``benchmarks/results``: every leaderboard
 there is what ``cljax bench`` makes of the runs committed beside it, and RESULTS.md's block for
 the protocol is that leaderboard, so no table of RESULTS.md is typed or left stale."""
+import json
 import pathlib
 import shutil
 
@@ -26,9 +27,11 @@ def test_the_kept_leaderboard_is_made_from_the_kept_runs_and_is_results_md_s_blo
     kept = RESULTS / name
     copy = tmp_path / name
     shutil.copytree(kept, copy, ignore=shutil.ignore_patterns(*KEPT_OUT))
-    run_bench(name, copy, resume=True, run=False, log=lambda line: None)
+    layout = json.loads((kept / "config.json").read_text()).get("seed_runs")  # when chosen
+    run_bench(name, copy, resume=True, run=False, seed_runs=layout, log=lambda line: None)
     made = (copy / "leaderboard.md").read_text()
-    hint = f"regenerate it: {REGENERATE.format(name=name)}"
+    hint = f"regenerate it: {REGENERATE.format(name=name)}" + (
+        f" --seed-runs {layout}" if layout else "")
     assert (kept / "leaderboard.md").read_text() == made, f"{kept}/leaderboard.md is stale; {hint}"
 
     doc = (ROOT / "RESULTS.md").read_text()        # --results-md would leave it as it is

@@ -95,9 +95,13 @@ def _row(protocol: Protocol, runs: Sequence[EntryRun], scenario: str,
         row["runs"] = [r.name for r in runs]
     found = [None if r is None else r.get("scenarios", {}).get(scenario) for r in results]
     scs: list[dict] = [sc for sc in found if sc is not None]
-    if len(scs) < len(found):
-        return row
     per_run = [_percent(v) for sc in scs for v in sc["metrics"][protocol.metric]["per_run"]]
+    if len(scs) < len(found):
+        if scs:     # some of the pooled runs (seeds) finished: shown, never compared
+            known = [v for v in per_run if v is not None]
+            row["partial"] = {"runs_finished": len(scs), "runs": len(found), "per_run": per_run,
+                              "mean": float(sum(known) / len(known)) if known else None}
+        return row
     ours = interval95(per_run)
     ours["per_run"] = per_run
     diff = None if ours["mean"] is None or published is None else ours["mean"] - published.value
@@ -151,7 +155,9 @@ def leaderboard(protocol: Protocol, runs: Sequence[EntryRun], finished: Mapping[
                difference (ours − published), within_ci95 (published in [low, high]),
                seeds, diverged, wall_seconds (train + eval over every sitting of a resumed
                run), compile_seconds (both summed over pooled runs),
-               commit (the commits of the pooled runs, joined), cljax_version, finished_at}]
+               commit (the commits of the pooled runs, joined), cljax_version, finished_at,
+               partial {runs_finished, runs, per_run, mean}   (an unfinished row some of
+                       whose pooled runs finished: their values, shown but not compared)}]
         done, to_do   the runs finished and not yet
     """
     if not isinstance(protocol, Protocol):
@@ -238,8 +244,14 @@ def leaderboard_markdown(board: Mapping[str, Any]) -> str:
     for row in board["rows"]:
         scenario = SCENARIO_NAMES[row["scenario"]]
         if not row["finished"]:
-            lines.append(f"| {row['entry']} | {scenario} | {_hparams_cell(row)} | – | to do | "
-                         f"{_published_cell(row['published'])} | – | – | – | – | – |")
+            part = row.get("partial")
+            seeds, ours = ("–", "to do") if part is None else (
+                f"{part['runs_finished']} of {part['runs']} runs",
+                "to do; so far " + ("diverged" if part["mean"] is None else
+                                    f"{part['mean']:.2f}") + " (" +
+                ", ".join(_num(v) for v in part["per_run"]) + ")")
+            lines.append(f"| {row['entry']} | {scenario} | {_hparams_cell(row)} | {seeds} | "
+                         f"{ours} | {_published_cell(row['published'])} | – | – | – | – | – |")
             continue
         o = row["ours"]
         ours = "diverged" if o["mean"] is None else \
