@@ -32,9 +32,12 @@ validation split carved from the training data, a sweep scored on the test set (
 published grid searches did; recorded as such), or the method's defaults."""
 
 TASK_DRAWS = ("fixed", "per_seed")
-SEED_RUNS = ("together", "separate")
 """How a protocol draws its tasks over its seeds (:class:`Protocol`): the config's for every
 seed, or each seed its own — a split stream's class order, a permuted stream's permutations."""
+
+SEED_RUNS = ("together", "separate")
+"""How an entry's seeds are laid out in runs (:func:`entry_runs`): one run of all of them,
+vmapped, or one run per seed."""
 
 PER_SEED_STREAM_OPTION = {"split": "class_order", "permuted": "seed"}
 """The ``stream_options`` key a per-seed task draw sets to the seed, per stream."""

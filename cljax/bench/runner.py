@@ -402,12 +402,11 @@ def run_bench(protocol: Protocol | str, workdir: str | pathlib.Path, *,
     layout = check_seed_runs(protocol, seed_runs)
     selection = {e.key: selection_run(protocol, e, overrides=overrides)
                  for e in protocol.entries if e.grid}
+    selected = [r for r in bench_runs(protocol, seeds=seeds, overrides=overrides,
+                                      seed_runs=layout) if r.entry in keys]
     known = [*(selection[k] for k in keys if k in selection),
-             *(r for r in bench_runs(protocol, seeds=seeds, overrides=overrides,
-                                     seed_runs=layout)
-               if r.entry in keys and r.config is not None)]
-    only = _check_only_runs(protocol, only_runs, known, [r.name for r in bench_runs(
-        protocol, seeds=seeds, overrides=overrides, seed_runs=layout) if r.entry in keys])
+             *(r for r in selected if r.config is not None)]
+    only = _check_only_runs(protocol, only_runs, known, [r.name for r in selected])
     for r in known:
         if only is None or r.name in only:
             _validated(r, protocol)          # before anything is written or trained
