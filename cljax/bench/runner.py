@@ -357,6 +357,65 @@ def _check_only_runs(protocol: Protocol, only_runs: Sequence[str] | None,
     return set(only_runs)
 
 
+def _run_todo(state: _BenchState, *, run: bool, log: Callable[[str], None], **run_options: Any
+              ) -> None:
+    """Log what ``state`` has to do and, when ``run``, run it (selections first), recording
+    each finished run; ``run_options``: :func:`_run_one`'s."""
+    protocol = state.protocol
+    remaining = state.todo()
+    log(f"bench {protocol.name}: {len(remaining)} run(s) to do"
+        + (f": {', '.join(r.name for r in remaining)}" if remaining else ""))
+    done = 0
+    while run and remaining:
+        r = next((x for x in remaining if x.name.endswith("_select")), remaining[0])
+        cfg = _validated(r, protocol)
+        done += 1
+        log(f"bench {protocol.name}: run {done} ({len(remaining) - 1} more after it): "
+            f"{r.name} ({cfg['method']}, {', '.join(r.scenarios)}; {cfg['seeds']} seed(s)"
+            + (", on the validation split)" if r.name.endswith("_select") else ")"))
+        state.record(r.name, _run_one(r, state.bench, log=log, **run_options))
+        remaining = state.todo()
+
+
+def _bench_identity(protocol: Protocol, seeds: int, overrides: Mapping[str, Any] | None,
+                    seed_runs: str) -> dict:
+    """What a benchmark directory must match to be resumed or merged: the protocol, seeds,
+    options and cljax version, and the seed layout when it is not the protocol's default."""
+    from cljax import __version__
+
+    identity = {"protocol": protocol.name, "seeds": seeds, "overrides": dict(overrides or {}),
+                "version": __version__}
+    if seed_runs != default_seed_runs(protocol):
+        identity["seed_runs"] = seed_runs
+    return identity
+
+
+def _write_results_md(doc: pathlib.Path, protocol: Protocol, board: Mapping[str, Any]) -> None:
+    """Replace ``protocol``'s block in the document ``doc`` with the leaderboard ``board``."""
+    from cljax.workdir import write_text_atomic
+
+    write_text_atomic(doc, replace_block(doc.read_text(), protocol.name,
+                                         leaderboard_markdown(board)))
+
+
+def _validate_planned_runs(protocol: Protocol, keys: Sequence[str],
+                           selection: Mapping[str, EntryRun], *, seeds: int,
+                           overrides: Mapping[str, Any] | None, seed_runs: str,
+                           only_runs: Sequence[str] | None) -> set[str] | None:
+    """Every run the selected entries ``keys`` will make (their selection runs, then the runs
+    with a config; only those named in ``only_runs`` when given) validated before anything is
+    written or trained; returns ``only_runs`` checked (:func:`_check_only_runs`)."""
+    selected = [r for r in bench_runs(protocol, seeds=seeds, overrides=overrides,
+                                      seed_runs=seed_runs) if r.entry in keys]
+    known = [*(selection[k] for k in keys if k in selection),
+             *(r for r in selected if r.config is not None)]
+    only = _check_only_runs(protocol, only_runs, known, [r.name for r in selected])
+    for r in known:
+        if only is None or r.name in only:
+            _validated(r, protocol)
+    return only
+
+
 def run_bench(protocol: Protocol | str, workdir: str | pathlib.Path, *,
               methods: str | Sequence[str] | None = None, seeds: int | None = None,
               overrides: Mapping[str, Any] | None = None, deviations: Sequence[str] = (),
@@ -390,8 +449,7 @@ def run_bench(protocol: Protocol | str, workdir: str | pathlib.Path, *,
     :func:`cljax.bench.protocol.default_seed_runs`; the benchmark's identity records a choice
     other than the default). ``only_runs``: run only these of the selected entries' runs (their
     names, as the leaderboard's to-do line lists them); the others stay to do."""
-    from cljax import __version__
-    from cljax.workdir import prepare_workdir, write_text_atomic
+    from cljax.workdir import prepare_workdir
 
     protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
     if not isinstance(protocol, Protocol):
@@ -402,18 +460,9 @@ def run_bench(protocol: Protocol | str, workdir: str | pathlib.Path, *,
     layout = check_seed_runs(protocol, seed_runs)
     selection = {e.key: selection_run(protocol, e, overrides=overrides)
                  for e in protocol.entries if e.grid}
-    selected = [r for r in bench_runs(protocol, seeds=seeds, overrides=overrides,
-                                      seed_runs=layout) if r.entry in keys]
-    known = [*(selection[k] for k in keys if k in selection),
-             *(r for r in selected if r.config is not None)]
-    only = _check_only_runs(protocol, only_runs, known, [r.name for r in selected])
-    for r in known:
-        if only is None or r.name in only:
-            _validated(r, protocol)          # before anything is written or trained
-    identity = {"protocol": protocol.name, "seeds": seeds, "overrides": dict(overrides or {}),
-                "version": __version__}
-    if layout != default_seed_runs(protocol):
-        identity["seed_runs"] = layout
+    only = _validate_planned_runs(protocol, keys, selection, seeds=seeds, overrides=overrides,
+                                  seed_runs=layout, only_runs=only_runs)
+    identity = _bench_identity(protocol, seeds, overrides, layout)
     if isinstance(merge_from, (str, os.PathLike)):
         raise TypeError("merge_from must be a list of directories; got one path (wrap it in a "
                         "list)")
@@ -427,30 +476,15 @@ def run_bench(protocol: Protocol | str, workdir: str | pathlib.Path, *,
             merged = state.merge(source)
             log(f"bench {protocol.name}: merged {len(merged)} finished run(s) from {source}"
                 + (f": {', '.join(merged)}" if merged else ""))
-        remaining = state.todo()
-        log(f"bench {protocol.name}: {len(remaining)} run(s) to do"
-            + (f": {', '.join(r.name for r in remaining)}" if remaining else ""))
-        done = 0
-        while run and remaining:
-            r = next((x for x in remaining if x.name.endswith("_select")), remaining[0])
-            cfg = _validated(r, protocol)
-            done += 1
-            log(f"bench {protocol.name}: run {done} ({len(remaining) - 1} more after it): "
-                f"{r.name} ({cfg['method']}, {', '.join(r.scenarios)}; {cfg['seeds']} seed(s)"
-                + (", on the validation split)" if r.name.endswith("_select") else ")"))
-            state.record(r.name, _run_one(r, bench, resume=resume, log=log,
-                                          progress_factory=progress_factory,
-                                          checkpoint_every=checkpoint_every, devices=devices))
-            remaining = state.todo()
+        _run_todo(state, run=run, log=log, resume=resume, progress_factory=progress_factory,
+                  checkpoint_every=checkpoint_every, devices=devices)
         result = state.board()
         _write_leaderboard(bench, result)
     finally:
         prepared["lock"].release()
     if results_md is not None:
-        doc = pathlib.Path(results_md)
-        write_text_atomic(doc, replace_block(doc.read_text(), protocol.name,
-                                             leaderboard_markdown(result)))
-        log(f"bench {protocol.name}: leaderboard written into {doc}")
+        _write_results_md(pathlib.Path(results_md), protocol, result)
+        log(f"bench {protocol.name}: leaderboard written into {results_md}")
     return result
 
 
