@@ -493,7 +493,13 @@ def weight_gradients(rows: Mapping[str, list[Array]], cotangents: Mapping[str, l
 def mean_rows(captured: Mapping[str, list[Array]]) -> dict[str, Array]:
     """Each layer's mean row over its calls, examples and positions, ``[rows]`` (RGO's per-step
     mean input)."""
-    return {name: jnp.mean(jnp.concatenate([r.reshape(-1, r.shape[-1]) for r in rows]), axis=0)
+    return {name: jnp.mean(r, axis=0) for name, r in all_rows(captured).items()}
+
+
+def all_rows(captured: Mapping[str, list[Array]]) -> dict[str, Array]:
+    """Each layer's every row, ``[Σ_calls B·P, rows]`` (examples, positions and calls stacked):
+    the rows whose mean outer product is the layer's input second moment (the K-FAC A factor)."""
+    return {name: jnp.concatenate([r.reshape(-1, r.shape[-1]) for r in rows])
             for name, rows in captured.items()}
 
 
@@ -509,4 +515,4 @@ __all__ = ["LayerShape", "is_layer", "param_layers", "path_name", "leaf_paths", 
            "check_factors", "LayerCall", "CallRecord", "CONV_TYPES", "is_candidate",
            "describe_call", "layer_inputs", "layer_rows", "intercept_layer_calls", "WeightOffsets",
            "with_weight_offsets", "capture_rows",
-           "Capture", "capture", "weight_gradients", "mean_rows", "example_rows"]
+           "Capture", "capture", "weight_gradients", "mean_rows", "example_rows", "all_rows"]

@@ -10,7 +10,8 @@ random direction gets tr(P²)/dim ≥ 1).
 This script runs the config's first task's 2000 steps of batch 10 through the reduced ResNet-18
 at its initialisation (no training: the question is the geometry of the inputs), accumulates
 each layer's Q from the steps' mean rows as ``rgo_accumulate`` does (and, for comparison, from
-each example's mean row, ``rows="example"``), then measures on 50 other batches of the same task,
+each example's mean row, ``rows="example"``, and from each step's whole input second moment,
+``rows="moment"``), then measures on 50 other batches of the same task,
 per layer: the passed share for the patches themselves, for their centred part (patch − the mean
 patch) and for the mean patch's direction.
 
@@ -29,9 +30,9 @@ import jax.numpy as jnp
 from cljax.config import load_config
 from cljax.data import load_stream, make_scenario
 from cljax.experiment import make_model
-from cljax.layers import capture_rows, example_rows, mean_rows
+from cljax.layers import capture_rows
 from cljax.training import make_batch, prepare_data
-from cljax.transforms.rgo import init_rgo, normalised_projection, rgo_accumulate
+from cljax.transforms.rgo import ROWS, init_rgo, rgo_accumulate, rgo_consolidate, step_rows
 
 
 def passed_share(p: jax.Array, x: jax.Array) -> float:
@@ -60,18 +61,18 @@ def main(argv=None) -> dict:
         return make_batch(data, data.train, task, idx)
 
     params = model.init(jax.random.fold_in(key, 1), batch_at(jax.random.fold_in(key, 2)))
-    state = init_rgo(params, alpha=1.0)
-    layers = list(state.running)
+    states = {rows: init_rgo(params, alpha=1.0, moment=rows == "moment") for rows in ROWS}
+    layers = list(states["step"].running)
 
     @jax.jit
     def step(states, k):
         _, captured = capture_rows(model.logits_fn, params, batch_at(k), layers=layers)
-        mean_state, example_state = states
-        return (rgo_accumulate(mean_state, mean_rows(captured)),
-                rgo_accumulate(example_state, example_rows(captured))), None
+        return {rows: rgo_accumulate(st, step_rows(captured, rows))
+                for rows, st in states.items()}, None
 
     keys = jax.random.split(jax.random.fold_in(key, 3), args.steps)
-    (mean_state, example_state), _ = jax.lax.scan(step, (state, state), keys)
+    states, _ = jax.lax.scan(step, states, keys)
+    states = {rows: rgo_consolidate(st) for rows, st in states.items()}
 
     @jax.jit
     def patches(k):
@@ -86,9 +87,9 @@ def main(argv=None) -> dict:
         centred = x - jnp.mean(x, axis=0)
         mean_dir = jnp.mean(x, axis=0, keepdims=True)
         row = {"dim": int(x.shape[1]), "patches": int(x.shape[0])}
-        for label, st in (("step_rows", mean_state), ("example_rows", example_state)):
-            p = normalised_projection(st.running[name])
-            row[label] = {"patches": passed_share(p, x), "centred": passed_share(p, centred),
+        for rows, st in states.items():
+            p = st.projection[name]
+            row[f"{rows}_rows"] = {"patches": passed_share(p, x), "centred": passed_share(p, centred),
                           "mean_direction": passed_share(p, mean_dir),
                           "random_direction": float(jnp.trace(p @ p) / p.shape[0])}
         out["layers"][name] = row

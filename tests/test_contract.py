@@ -236,6 +236,8 @@ ROWS = [
         sweep=("alpha", 0.1)),
     Row("rgo_example_rows", "rgo", "projection", {"rows": "example", "other_params": "freeze"},
         optimizer="sgd", sweep=("alpha", 0.1)),
+    Row("rgo_moment_rows", "rgo", "projection", {"rows": "moment", "fused_gradient": False},
+        optimizer="sgd", sweep=("alpha", 0.1)),
     Row("gpm", "gpm", "projection", {"thresholds": (0.97,), "num_examples": 16},
         optimizer="sgd"),
     Row("ogd", "ogd", "projection", {"per_task": 6}, optimizer="sgd"),

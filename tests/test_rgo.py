@@ -256,3 +256,66 @@ def test_example_rows_and_frozen_other_params():
         step_rows(captured, "batch")
     with pytest.raises(ValueError, match=r"a must be \[k, 18\]"):
         woodbury(jnp.eye(18), jnp.ones(18))
+
+
+def test_moment_rows_equal_the_direct_inverse_of_the_second_moments(x64):
+    """rows="moment": H̄ = αI + Σ_steps (1/n) Σ_i x_i x_iᵀ over every step of the past tasks,
+    folded into Q at each task's end, equals the dense inverse; P is its normalisation."""
+    rng = np.random.default_rng(2)
+    n, alpha = 5, 0.7
+    tasks = [rng.normal(size=(3, 8, n)), rng.normal(size=(4, 6, n)) + 1.0]   # steps × rows × n
+    params = {"Dense_0": {"kernel": jnp.zeros((n - 1, 2)), "bias": jnp.zeros(2)}}
+    state = init_rgo(params, alpha=alpha, moment=True)
+    h = alpha * np.eye(n)
+    for steps in tasks:
+        for block in steps:
+            state = rgo_accumulate(state, {"Dense_0": jnp.asarray(block)})
+            h += block.T @ block / len(block)
+        # within a task Q is not touched (P stays frozen); the task's sum waits in `moment`
+        np.testing.assert_allclose(state.moment["Dense_0"] + np.linalg.inv(state.running["Dense_0"]),
+                                   h, rtol=1e-8, atol=1e-10)
+        state = rgo_consolidate(state)
+        direct = np.linalg.inv(h)
+        np.testing.assert_allclose(state.running["Dense_0"], direct, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(state.projection["Dense_0"], n / np.trace(direct) * direct,
+                                   rtol=1e-8, atol=1e-10)
+        np.testing.assert_array_equal(state.moment["Dense_0"], 0.0)
+    # one row a step: the second moment is that row's outer product, as the mean-row recursion
+    rows = rng.normal(size=(6, n))
+    by_moment, by_row = init_rgo(params, moment=True), init_rgo(params)
+    for r in rows:
+        by_moment = rgo_accumulate(by_moment, {"Dense_0": jnp.asarray(r[None])})
+        by_row = rgo_accumulate(by_row, {"Dense_0": jnp.asarray(r)})
+    np.testing.assert_allclose(rgo_consolidate(by_moment).projection["Dense_0"],
+                               rgo_consolidate(by_row).projection["Dense_0"], rtol=1e-8)
+
+
+def test_moment_rows_of_a_conv_are_its_patches_second_moment():
+    """On a conv + dense model the step's rows for rows="moment" are every patch of every
+    example (the K-FAC A factor's rows); a jitted step with them matches the eager one."""
+    model = as_model(_ConvNorm())
+    x = jax.random.normal(jax.random.key(0), (6, 4, 4, 2))
+    y = jnp.array([0, 1, 0, 1, 1, 0])
+    params = model.init(jax.random.key(1), {"x": x})
+    loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(
+        model.logits_fn(p, {"x": x}), y).mean()
+    _, captured = capture_rows(model.logits_fn, params, {"x": x})
+    _, _, rows = rgo_value_and_grad(loss, init_rgo(params, moment=True), params, rows="moment")
+    assert rows["Conv_0"].shape == (6 * 16, 18) and rows["Dense_0"].shape == (6, 49)
+    patches = np.asarray(captured["Conv_0"][0]).reshape(-1, 18)
+    np.testing.assert_allclose(rows["Conv_0"], patches, rtol=1e-6)
+    np.testing.assert_allclose(mean_rows(captured)["Conv_0"], patches.mean(0), rtol=1e-5)
+    state = init_rgo(params, moment=True)
+    eager = rgo_accumulate(state, rows)
+    jitted = jax.jit(rgo_accumulate)(state, rows)
+    np.testing.assert_allclose(eager.moment["Conv_0"], patches.T @ patches / len(patches),
+                               rtol=1e-5, atol=1e-6)
+    assert_trees_close(jitted.moment, eager.moment, rtol=1e-6, atol=1e-7)
+    assert_trees_close(jitted.running, state.running, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"shape \(k, 18\) \(every row of the step\)"):
+        rgo_accumulate(state, {**rows, "Conv_0": jnp.ones(18)})
+    with pytest.raises(TypeError, match="moment must be a bool"):
+        init_rgo(params, moment="yes")
+    with pytest.raises(FloatingPointError, match="moment"):
+        rgo_consolidate(eager._replace(moment={**eager.moment,
+                                               "Conv_0": jnp.full((18, 18), jnp.nan)}))

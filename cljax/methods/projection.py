@@ -81,7 +81,8 @@ def rgo(*, feature_encoding: bool = True, fused_gradient: bool = True, rows: str
     backward pass (:func:`cljax.transforms.rgo_value_and_grad`); False projects the finished
     gradient (:func:`cljax.transforms.rgo_projection`), the same step to rounding. ``rows``
     (:data:`cljax.transforms.rgo.ROWS`): what a step adds to H̄, its mean layer input
-    (``"step"``, appendix B.1) or each example's (``"example"``); ``other_params``
+    (``"step"``, appendix B.1), each example's (``"example"``) or the step's input second
+    moment (``"moment"``, the K-FAC A factor); ``other_params``
     (:data:`cljax.transforms.rgo.OTHER_PARAMS`): whether the parameters outside the projected
     layers (BatchNorm's) keep training after the first task (``"train"``) or stop
     (``"freeze"``, GPM's code)."""
@@ -93,7 +94,8 @@ def rgo(*, feature_encoding: bool = True, fused_gradient: bool = True, rows: str
 
     def init(params, key, hparams, spec):
         del key, spec
-        return init_rgo(params, alpha=get_hparam(hparams, "alpha", name))
+        return init_rgo(params, alpha=get_hparam(hparams, "alpha", name),
+                        moment=rows == "moment")
 
     def value_and_grad(loss, params, mstate, ctx):
         del ctx   # the fused path captures the rows itself (its interceptor runs first)

@@ -21,8 +21,11 @@ extractors of a layer share one projection, which we implement as:
 * the weight gradient ∇W̄_l [rows, out] is left-multiplied by P_l (input side); parameters
   outside recognised layers (a BatchNorm's) are left as they are, or frozen from the second
   task on (``other_params``, :data:`OTHER_PARAMS`);
-* options beside our reading: ``rows="example"`` adds each example's mean input per step
-  instead of the step's (:data:`ROWS`).
+* options beside our reading (:data:`ROWS`): ``rows="example"`` adds each example's mean input
+  per step instead of the step's; ``rows="moment"`` adds the step's whole second moment
+  (1/n) Σ x xᵀ over its n = batch × positions rows, the K-FAC A factor itself rather than the
+  outer product of its mean, summed over the task in :attr:`RGOState.moment` and folded into Q
+  once at the task's end (P is frozen during a task, so Q is only read there).
 
 :func:`rgo_value_and_grad` forms P∇W̄ inside the backward pass (the rank-B form of
 :mod:`cljax.transforms.kfac_gradient`, with G = I), cheaper than :func:`rgo_projection` on the
@@ -38,6 +41,7 @@ import jax.numpy as jnp
 import optax
 
 from cljax.layers import (
+    all_rows,
     example_rows,
     get_layer,
     mean_rows,
@@ -51,10 +55,13 @@ from cljax.transforms.kfac_gradient import kfac_preconditioned_value_and_grad
 from cljax.types import Array, KFACFactors, Params
 from cljax.validation import check_choice, check_finite, check_positive
 
-ROWS = ("step", "example")
-"""What one training step adds to H̄ (``rows=``): ``"step"``, the step's mean layer input (over
-examples and a conv's positions; one Sherman–Morrison update, appendix B.1 as we read it);
-``"example"``, each example's mean input (over a conv's positions; a rank-B Woodbury update)."""
+ROWS = ("step", "example", "moment")
+"""What one training step adds to H̄ (``rows=``): ``"step"``, the outer product of the step's
+mean layer input (over examples and a conv's positions; one Sherman–Morrison update, appendix
+B.1 as we read it); ``"example"``, each example's mean input (over a conv's positions; a rank-B
+Woodbury update); ``"moment"``, the step's second moment (1/n) Σ x xᵀ over all its n rows
+(every example's every patch: the layer's K-FAC A factor), accumulated in
+:attr:`RGOState.moment` and folded into Q at :func:`rgo_consolidate`."""
 
 OTHER_PARAMS = ("train", "freeze")
 """Parameters outside the projected layers (a BatchNorm's scale and bias; ``other_params=``):
@@ -70,16 +77,25 @@ class RGOState(NamedTuple):
       running: {layer: Q = (αI + Σ ā āᵀ)⁻¹} over every step so far (past tasks and the current).
       projection: {layer: P}, the projection of the current task (frozen at its start).
       count: int32, tasks consolidated.
+      moment: {layer: Σ (1/n) Xᵀ X} over the current task's steps when H̄ grows by second
+        moments (``init_rgo(..., moment=True)``, :data:`ROWS` ``"moment"``; not yet in
+        ``running``, folded in by :func:`rgo_consolidate`), else ``{}``.
     """
 
     running: dict
     projection: dict
     count: Array  # type: ignore[assignment]  # a NamedTuple field shadowing tuple.count, on purpose
+    moment: dict = {}  # noqa: RUF012  # never mutated: states are replaced, not updated
 
 
-def init_rgo(params: Params, *, alpha: float | Array = 1.0, layers: Any = None) -> RGOState:
-    """Q = I/α and P = I for every recognised layer of ``params`` (or those named)."""
+def init_rgo(params: Params, *, alpha: float | Array = 1.0, layers: Any = None,
+             moment: bool = False) -> RGOState:
+    """Q = I/α and P = I for every recognised layer of ``params`` (or those named); with
+    ``moment``, a zero second-moment sum per layer (H̄ grows by each step's (1/n) Xᵀ X,
+    :data:`ROWS` ``"moment"``)."""
     check_positive(alpha, name="alpha", scalar=True)
+    if not isinstance(moment, bool):
+        raise TypeError(f"moment must be a bool; got {type(moment).__name__}")
     running, projection = {}, {}
     found = param_layers(params, layers)
     if not found:
@@ -90,7 +106,8 @@ def init_rgo(params: Params, *, alpha: float | Array = 1.0, layers: Any = None) 
         eye = jnp.eye(shape.rows, dtype=dt)
         running[name] = eye / jnp.asarray(alpha, dt)
         projection[name] = eye
-    return RGOState(running, projection, jnp.zeros((), jnp.int32))
+    sums = {name: jnp.zeros_like(q) for name, q in running.items()} if moment else {}
+    return RGOState(running, projection, jnp.zeros((), jnp.int32), sums)
 
 
 def sherman_morrison(q: Array, a: Array) -> Array:
@@ -114,13 +131,18 @@ def rgo_accumulate(state: RGOState, rows: Mapping[str, Array]) -> RGOState:
     """One step of the recursion: Q_l ← (Q_l⁻¹ + Σ_i a_i a_iᵀ)⁻¹ for the step's rows ``rows``:
     ``{layer: [n]}``, one mean row (:func:`cljax.layers.mean_rows` of the step's forward pass,
     a Sherman–Morrison update), or ``{layer: [k, n]}``, k rows (e.g. one per example,
-    :func:`cljax.layers.example_rows`, a rank-k Woodbury update)."""
+    :func:`cljax.layers.example_rows`, a rank-k Woodbury update). A state that grows by second
+    moments (``init_rgo(..., moment=True)``) instead adds the rows' (1/k) Σ a aᵀ to its
+    ``moment`` sum, ``{layer: [k, n]}`` (every row of the step, :func:`cljax.layers.all_rows`)."""
     if not isinstance(state, RGOState):
         raise TypeError(f"state must be an RGOState (init_rgo(params)); got {type(state).__name__}")
     missing = [k for k in state.running if k not in rows]
     if missing:
         raise ValueError(f"rows lacks the mean rows of layers {missing} (got {sorted(rows)}); "
                          "every tracked layer must be called in the step")
+    if state.moment:
+        return state._replace(moment={name: m + _second_moment(rows[name], m, name)
+                                      for name, m in state.moment.items()})
     running = {}
     for name, q in state.running.items():
         a = jnp.asarray(rows[name], q.dtype)
@@ -131,28 +153,46 @@ def rgo_accumulate(state: RGOState, rows: Mapping[str, Array]) -> RGOState:
     return state._replace(running=running)
 
 
+def _second_moment(rows: Array, like: Array, name: str) -> Array:
+    """(1/k) Aᵀ A of the ``[k, n]`` rows A, in ``like``'s dtype."""
+    a = jnp.asarray(rows, like.dtype)
+    if a.ndim != 2 or a.shape[1] != like.shape[0]:
+        raise ValueError(f"rows[{name!r}] must have shape (k, {like.shape[0]}) (every row of the "
+                         f"step) for a second-moment state; got {a.shape}")
+    return (a.T @ a) / a.shape[0]
+
+
 def normalised_projection(q: Array) -> Array:
     """P = dim / tr(Q) · Q (Liu & Liu 2022, eq. 10): tr(P) = dim(P) (Theorem 1)."""
     return (q.shape[0] / jnp.trace(q)) * q
 
 
 def rgo_consolidate(state: RGOState) -> RGOState:
-    """Task boundary: the projection of the next task from every step so far, P = dim/tr(Q)·Q."""
+    """Task boundary: the projection of the next task from every step so far, P = dim/tr(Q)·Q
+    (a second-moment state first folds its task's sum M into Q: (Q⁻¹ + M)⁻¹ = (I + Q M)⁻¹ Q)."""
     if not isinstance(state, RGOState):
         raise TypeError(f"state must be an RGOState (init_rgo(params)); got {type(state).__name__}")
     check_finite(state.running, name="state.running")
-    running = {k: 0.5 * (q + q.T) for k, q in state.running.items()}
+    running = dict(state.running)
+    if state.moment:
+        check_finite(state.moment, name="state.moment")
+        for name, m in state.moment.items():
+            q = running[name]
+            running[name] = jnp.linalg.solve(jnp.eye(q.shape[0], dtype=q.dtype) + q @ m, q)
+    running = {k: 0.5 * (q + q.T) for k, q in running.items()}
     return state._replace(running=running,
                           projection={k: normalised_projection(q) for k, q in running.items()},
-                          count=state.count + 1)
+                          count=state.count + 1,
+                          moment={k: jnp.zeros_like(m) for k, m in state.moment.items()})
 
 
 def step_rows(captured: Mapping[str, list[Array]], rows: str = "step") -> dict[str, Array]:
     """What a training step adds to H̄ from the rows its layers multiplied
     (:func:`cljax.layers.capture_rows`), as ``rows`` (:data:`ROWS`) says: each layer's mean row
-    (:func:`cljax.layers.mean_rows`) or one per example (:func:`cljax.layers.example_rows`)."""
+    (:func:`cljax.layers.mean_rows`), one per example (:func:`cljax.layers.example_rows`) or
+    every row (:func:`cljax.layers.all_rows`, for a second-moment state)."""
     check_choice(rows, ROWS, name="rows")
-    return (mean_rows if rows == "step" else example_rows)(captured)
+    return {"step": mean_rows, "example": example_rows, "moment": all_rows}[rows](captured)
 
 
 def _other_scale(state: RGOState, other_params: str) -> Array:
