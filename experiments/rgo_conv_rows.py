@@ -40,7 +40,7 @@ import orbax.checkpoint as ocp
 from cljax.config import load_config
 from cljax.data import load_stream, make_scenario
 from cljax.experiment import make_model
-from cljax.layers import capture_rows
+from cljax.layers import all_rows, capture_rows
 from cljax.methods import get_method
 from cljax.training import make_batch, prepare_data, stream_spec
 from cljax.transforms.rgo import ROWS, init_rgo, rgo_accumulate, rgo_consolidate, step_rows
@@ -75,15 +75,14 @@ def _setup(*, first_task_only: bool, fel: bool):
     return cfg, model, data
 
 
-def _patch_probe(model, params, data, batch_at, layers, task, key, batches):
-    """Every layer's patches over ``batches`` batches of ``task`` at ``params``, ``[n, dim]``."""
-    @jax.jit
+def _patch_probe(model, params, batch_at, layers, task, key, batches):
+    """Every layer's patches over ``batches`` batches of ``task`` at ``params``, ``[n, dim]``
+    (one jitted ``lax.map`` over the batches)."""
     def patches(k):
         _, captured = capture_rows(model.logits_fn, params, batch_at(k, task), layers=layers)
-        return {n: jnp.concatenate([r.reshape(-1, r.shape[-1]) for r in rows])
-                for n, rows in captured.items()}
-    probe = [patches(k) for k in jax.random.split(key, batches)]
-    return {n: jnp.concatenate([b[n] for b in probe]) for n in layers}
+        return all_rows(captured)
+    probe = jax.jit(lambda ks: jax.lax.map(patches, ks))(jax.random.split(key, batches))
+    return {n: x.reshape(-1, x.shape[-1]) for n, x in probe.items()}
 
 
 def _batcher(cfg, data):
@@ -111,7 +110,7 @@ def at_initialisation(args) -> dict:
     keys = jax.random.split(jax.random.fold_in(key, 3), args.steps)
     states, _ = jax.lax.scan(step, states, keys)
     states = {rows: rgo_consolidate(st) for rows, st in states.items()}
-    probe = _patch_probe(model, params, data, batch_at, layers, 0, jax.random.fold_in(key, 4),
+    probe = _patch_probe(model, params, batch_at, layers, 0, jax.random.fold_in(key, 4),
                          args.probe_batches)
     out: dict = {"steps": args.steps, "probe_batches": args.probe_batches, "layers": {}}
     for name in layers:
@@ -138,7 +137,7 @@ def after_training(args) -> dict:
                  "probe_batches": args.probe_batches, "layers": {}}
     key = jax.random.key(args.seed)
     for t in tasks:
-        probe = _patch_probe(model, params, data, batch_at, list(projection), t - 1,
+        probe = _patch_probe(model, params, batch_at, list(projection), t - 1,
                              jax.random.fold_in(key, t), args.probe_batches)
         for name, p in projection.items():
             row = out["layers"].setdefault(name, {"dim": int(p.shape[0])})

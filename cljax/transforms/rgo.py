@@ -60,7 +60,8 @@ ROWS = ("step", "example", "moment")
 mean layer input (over examples and a conv's positions; one Sherman–Morrison update, appendix
 B.1 as we read it); ``"example"``, each example's mean input (over a conv's positions; a rank-B
 Woodbury update); ``"moment"``, the step's second moment (1/n) Σ x xᵀ over all its n rows
-(every example's every patch: the layer's K-FAC A factor), accumulated in
+(every example's every patch: the layer's K-FAC A factor, Martens & Grosse 2015; for a conv,
+Grosse & Martens 2016), accumulated in
 :attr:`RGOState.moment` and folded into Q at :func:`rgo_consolidate`."""
 
 OTHER_PARAMS = ("train", "freeze")
