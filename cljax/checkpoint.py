@@ -103,6 +103,47 @@ def payload_digest(savable: Any) -> str:
     return h.hexdigest()
 
 
+def _key_name(entry: Any) -> str:
+    for field in ("key", "idx", "name"):    # DictKey / FlattenedIndexKey, SequenceKey, GetAttrKey
+        if hasattr(entry, field):
+            return str(getattr(entry, field))
+    return str(entry)
+
+
+def leaves_by_path(tree: Any) -> dict[tuple[str, ...], Any]:
+    """Every leaf of ``tree`` under its path written as plain names (a dict key, a sequence
+    index or an attribute name, as a string), so a NamedTuple's ``.field`` and the ``['field']``
+    of the dict orbax writes it as name the same leaf. Empty containers have no leaves."""
+    return {tuple(_key_name(e) for e in path): x
+            for path, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def arrange_like(restored: Any, target: Any) -> Any:
+    """The leaves of ``restored`` (a checkpoint's payload as orbax reads it back, without a
+    template: nested dicts and lists) placed in ``target``'s structure by their paths.
+
+    Matching leaves by path rather than trees by structure means a container that holds no
+    arrays (an empty dict, ``()``, None) never decides whether a checkpoint restores: a
+    checkpoint written before a state gained an empty field still restores. Every path must be
+    present on both sides with the same shape and dtype, else ValueError naming the first
+    that differs."""
+    found = {p: np.asarray(x) for p, x in leaves_by_path(restored).items()}
+    paths_shapes = leaves_by_path(target)
+    missing = [p for p in paths_shapes if p not in found]
+    extra = [p for p in found if p not in paths_shapes]
+    if missing or extra:
+        what = (f"this run's array {'/'.join(missing[0])} is not in it" if missing else
+                f"its array {'/'.join(extra[0])} is not in this run's state")
+        raise ValueError(f"its arrays do not match this run's state: {what}")
+    for p, t in paths_shapes.items():
+        x, t = found[p], np.asarray(t)
+        if x.shape != t.shape or x.dtype != t.dtype:
+            raise ValueError(f"its arrays do not match this run's state: {'/'.join(p)} is "
+                             f"{x.dtype}{x.shape}, this run's {t.dtype}{t.shape}")
+    return jax.tree_util.tree_unflatten(jax.tree.structure(target),
+                                        [found[p] for p in paths_shapes])
+
+
 def _spec_difference(found: list, expected: list) -> str:
     if len(found) != len(expected):
         return f"its state holds {len(found)} arrays, this run's {len(expected)}"
@@ -226,15 +267,16 @@ class Checkpointer:
 
         A checkpoint of another run — another ``identity``, meta entries other than
         ``expect``'s, or arrays laid out otherwise than ``template`` — is refused with
-        :class:`CheckpointMismatchError`. A damaged one is reported, moved aside
-        (:meth:`move_aside`) and the previous one tried; if none can be read,
-        :class:`CheckpointError`."""
+        :class:`CheckpointMismatchError`. The arrays are read back without a template and
+        placed into ``template``'s structure by their paths (:func:`arrange_like`), so
+        containers without arrays (an empty field a newer state has) do not matter. A damaged
+        one is reported, moved aside (:meth:`move_aside`) and the previous one tried; if none
+        can be read, :class:`CheckpointError`."""
         steps = self.steps()
         if not steps:
             return None
         target = to_savable(template)
         spec = payload_spec(target)
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), target)
         errors = []
         for index in reversed(steps):
             where = self.directory / str(index)
@@ -246,13 +288,8 @@ class Checkpointer:
             self._check(meta, expect or {}, spec)
             try:
                 out = self._manager.restore(index, args=ocp.args.Composite(
-                    payload=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-                payload = jax.tree.map(np.asarray, out["payload"])
-                if jax.tree.structure(payload) != jax.tree.structure(  # type: ignore[operator]  # PyTreeDef: no jaxlib stubs
-                        target) or any(
-                        a.shape != b.shape or a.dtype != b.dtype
-                        for a, b in zip(jax.tree.leaves(payload), jax.tree.leaves(target))):
-                    raise ValueError("its arrays do not match this run's state")
+                    payload=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+                payload = arrange_like(out["payload"], target)
                 digest = meta.get("payload_digest")
                 if digest is not None and payload_digest(payload) != digest:
                     raise ValueError(f"its arrays' bytes do not match the digest saved with "
@@ -279,5 +316,6 @@ class Checkpointer:
         self._manager.close()
 
 
-__all__ = ["Checkpointer", "CheckpointError", "CheckpointMismatchError", "describe_mismatch",
-           "payload_spec", "payload_digest", "to_savable", "from_savable"]
+__all__ = ["Checkpointer", "CheckpointError", "CheckpointMismatchError", "arrange_like",
+           "describe_mismatch", "leaves_by_path", "payload_spec", "payload_digest", "to_savable",
+           "from_savable"]

@@ -1,6 +1,7 @@
 """Tests for cljax.checkpoint and run_stream's checkpoint / resume."""
 import os
 import pathlib
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ import optax
 import pytest
 from helpers import tiny_split_stream
 
-from cljax.checkpoint import Checkpointer, CheckpointError
+from cljax.checkpoint import Checkpointer, CheckpointError, arrange_like, leaves_by_path
 from cljax.data import make_scenario
 from cljax.methods import get_method
 from cljax.nn import MLP, as_model
@@ -96,3 +97,57 @@ def test_resume_refuses_another_run_and_needs_a_checkpoint(tmp_path):
         run_stream(tr, data, num_steps=8, keys=keys, checkpoint=ckpt, resume=True)
     with pytest.raises(ValueError, match="need a checkpoint"):
         run_stream(tr, data, num_steps=4, keys=keys, resume=True)
+
+
+class _State(NamedTuple):
+    w: Any
+    moment: Any
+
+
+class _OldState(NamedTuple):   # _State as it was before it gained ``moment``
+    w: Any
+
+
+def test_leaves_by_path_names_namedtuple_fields_like_dict_keys():
+    a = leaves_by_path(_State(w=np.ones(2), moment={}))
+    b = leaves_by_path({"w": np.ones(2), "extra": {}, "none": None, "e": ()})
+    assert list(a) == list(b) == [("w",)]
+    assert list(leaves_by_path([np.ones(1), (np.ones(1),)])) == [("0",), ("1", "0")]
+
+
+def test_arrange_like_places_leaves_by_path_and_names_what_differs():
+    target = _State(w={"a": np.zeros(2, np.float32), "b": np.zeros((), np.int32)}, moment={})
+    restored = {"w": {"b": np.array(3, np.int32), "a": np.arange(2, dtype=np.float32)}}
+    out = arrange_like(restored, target)
+    assert isinstance(out, _State) and out.moment == {}
+    np.testing.assert_array_equal(out.w["a"], [0.0, 1.0])
+    assert out.w["b"] == 3
+    with pytest.raises(ValueError, match="this run's array w/b is not in it"):
+        arrange_like({"w": {"a": restored["w"]["a"]}}, target)
+    with pytest.raises(ValueError, match="its array w/c is not in this run's state"):
+        arrange_like({"w": {**restored["w"], "c": np.ones(1)}}, target)
+    with pytest.raises(ValueError, match=r"w/a is float64\(2,\), this run's float32\(2,\)"):
+        arrange_like({"w": {**restored["w"], "a": np.zeros(2)}}, target)
+    with pytest.raises(ValueError, match=r"w/a is float32\(3,\)"):
+        arrange_like({"w": {**restored["w"], "a": np.zeros(3, np.float32)}}, target)
+
+
+@pytest.mark.parametrize("saved_moment", ["absent", {}, (), None])
+def test_checkpoint_restores_into_a_state_with_a_new_empty_field(tmp_path, saved_moment):
+    """A state that gained a field holding no arrays (RGOState.moment is ``{}`` for most row
+    kinds) still restores checkpoints written before it: leaves are matched by path, and
+    the digest saved with them still verifies the bytes."""
+    w = {"a": jnp.arange(3.0), "k": jax.random.split(jax.random.key(0), 2)}
+    old = {"state": _OldState(w) if saved_moment == "absent" else _State(w, saved_moment),
+           "step": jnp.int32(7)}
+    c = Checkpointer(tmp_path / "c", log=lambda m: None)
+    c.save(1, old, {"i": 1})
+    template = {"state": _State(w=jax.tree.map(jnp.zeros_like, w), moment={}),
+                "step": jnp.int32(0)}
+    payload, meta = c.restore_latest(template)
+    assert meta == {"i": 1} and isinstance(payload["state"], _State)
+    assert payload["state"].moment == {} and payload["step"] == 7
+    np.testing.assert_array_equal(payload["state"].w["a"], w["a"])
+    np.testing.assert_array_equal(jax.random.key_data(payload["state"].w["k"]),
+                                  jax.random.key_data(w["k"]))
+    assert c.steps() == [1]                       # nothing moved aside
