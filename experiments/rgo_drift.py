@@ -1,0 +1,139 @@
+"""Where an old task's outputs move under RGO: its weights' change, or its inputs' drift.
+
+RGO (Liu & Liu 2022) projects each layer's update away from the inputs it saw on old tasks, so a
+layer's own weight change should leave an old task's pre-activations alone. But the inputs a
+deep layer receives for an old task are the outputs of the layers below, which every later task
+changes too (each stage is only partly protected: ``experiments/rgo_conv_rows.py``). For layer
+l, old task i and later parameters θ_t, with X the layer's rows (im2col patches, a 1 for a bias)
+on task i's examples and W̄ = [W; b]::
+
+    X_t W̄_t − X_i W̄_i = X_i (W̄_t − W̄_i)  +  (X_t − X_i) W̄_t
+                          weight change       input drift
+
+both as shares of ‖X_i W̄_i‖² (their sum is the whole change, up to the cross term). A
+projection that protected task i perfectly would leave the first term 0 in every layer; the
+second is what no per-layer projection can stop.
+
+The script trains the config ``split_cifar100_rgo``'s first ``--tasks`` tasks with ``--method``
+(``rgo`` or ``none`` for the contrast), keeping θ*_t after every task (checkpointed in
+``--workdir``, so a stopped run resumes), then measures the split on ``--probe-batches``
+batches of task 1 (and of every task at the end).
+
+    python experiments/rgo_drift.py --method rgo --tasks 6 --workdir runs/drift_rgo
+    python experiments/rgo_drift.py --method none --tasks 6 --workdir runs/drift_none
+
+Prints JSON (and writes it to ``<workdir>/drift.json``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cljax.checkpoint import Checkpointer
+from cljax.config import load_config
+from cljax.experiment import (
+    build_scenario,
+    load_experiment_stream,
+    plan_runs,
+    run_identity,
+    validate_config,
+)
+from cljax.layers import all_rows, capture_rows, get_layer, pack
+from cljax.training import make_batch, run_stream
+
+
+def split_change(x_old: jax.Array, x_new: jax.Array, w_old: jax.Array, w_new: jax.Array
+                 ) -> dict:
+    """The weight-change and input-drift shares of a layer's output change (module doc)."""
+    base = jnp.sum((x_old @ w_old) ** 2)
+    weight = jnp.sum((x_old @ (w_new - w_old)) ** 2) / base
+    drift = jnp.sum(((x_new - x_old) @ w_new) ** 2) / base
+    total = jnp.sum((x_new @ w_new - x_old @ w_old) ** 2) / base
+    inputs = jnp.sum((x_new - x_old) ** 2) / jnp.sum(x_old ** 2)
+    return {"weight_change": float(weight), "input_drift": float(drift),
+            "total": float(total), "inputs_moved": float(inputs)}
+
+
+def train(args) -> tuple:
+    """The config's first ``args.tasks`` tasks trained with ``args.method`` (θ*_t kept)."""
+    cfg = load_config("split_cifar100_rgo")
+    cfg["method"] = args.method
+    cfg["seed"] = args.seed
+    if args.steps is not None:
+        cfg["steps"] = args.steps
+    cfg["stream_options"]["tasks"] = cfg["stream_options"]["tasks"][:args.tasks]
+    cfg = validate_config(cfg)
+    stream, _ = load_experiment_stream(cfg)
+    setup = build_scenario(cfg, stream, "task")
+    plan = plan_runs(cfg, setup.method)
+    ckpt = Checkpointer(pathlib.Path(args.workdir) / "checkpoints", keep=2,
+                        identity={**run_identity(cfg, "task"), "keep_params": True})
+    res = run_stream(setup.trainer, setup.data, num_steps=cfg["steps"], keys=plan.keys,
+                     hparams=plan.hparams, keep_params=True, checkpoint=ckpt,
+                     checkpoint_every=500, resume=bool(ckpt.steps()))
+    return cfg, setup, res
+
+
+def measure(cfg, setup, res, args) -> dict:
+    """The split for task 1 after every later task, and for every task after the last."""
+    model, data = setup.model, setup.data
+    theta = [jax.tree.map(lambda p, t=t: p[0, t], res.task_params) for t in range(args.tasks)]
+    layers = [n for n in all_rows(capture_rows(model.logits_fn, theta[0], _batch(
+        cfg, data, jax.random.key(0), 0))[1])]
+
+    @jax.jit
+    def rows(params, task, keys):
+        def one(k):
+            _, captured = capture_rows(model.logits_fn, params, _batch(cfg, data, k, task),
+                                       layers=layers)
+            return all_rows(captured)
+        probe = jax.lax.map(one, keys)
+        return {n: x.reshape(-1, x.shape[-1]) for n, x in probe.items()}
+
+    keys = jax.random.split(jax.random.key(args.seed + 1), args.probe_batches)
+    pairs = [(0, t) for t in range(1, args.tasks)] + [(i, args.tasks - 1)
+                                                       for i in range(1, args.tasks - 1)]
+    acc = np.asarray(res.accuracy)[0]
+    out: dict = {"method": args.method, "tasks": args.tasks, "seed": args.seed,
+                 "steps": cfg["steps"],
+                 "probe_batches": args.probe_batches,
+                 "accuracy": (100 * acc).round(1).tolist(), "pairs": []}
+    for i, t in pairs:
+        old, new = rows(theta[i], i, keys), rows(theta[t], i, keys)
+        split = {n: split_change(old[n], new[n], pack(get_layer(theta[i], n)),
+                                 pack(get_layer(theta[t], n))) for n in layers}
+        out["pairs"].append({"task": i + 1, "after": t + 1, "layers": split})
+    return out
+
+
+def _batch(cfg, data, key, task):
+    idx = jax.random.randint(key, (cfg["batch_size"],), 0, data.train.n[task])
+    return make_batch(data, data.train, jnp.full((cfg["batch_size"],), task, jnp.int32), idx)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--method", default="rgo", choices=["rgo", "rgo2", "none"])
+    ap.add_argument("--tasks", type=int, default=6)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=None, help="per task (default: the config's)")
+    ap.add_argument("--probe-batches", type=int, default=20)
+    ap.add_argument("--workdir", required=True)
+    args = ap.parse_args(argv)
+    if args.tasks < 2:
+        ap.error("--tasks must be at least 2")
+    cfg, setup, res = train(args)
+    out = measure(cfg, setup, res, args)
+    text = json.dumps(out, indent=1)
+    (pathlib.Path(args.workdir) / "drift.json").write_text(text + "\n")
+    print(text)
+    return out
+
+
+if __name__ == "__main__":
+    main()
