@@ -111,6 +111,33 @@ def measure(cfg, setup, res, args) -> dict:
     return out
 
 
+def layer_group(name: str) -> str:
+    """The reduced ResNet-18's part a layer belongs to (two blocks a stage)."""
+    if "/" not in name:
+        return "first conv" if name.startswith("Conv") else "classifier"
+    block, conv = name.split("/")
+    if conv == "Conv_2":
+        return "1x1 shortcuts"
+    return f"stage {int(block.split('_')[1]) // 2 + 1}"
+
+
+def summary_table(out: dict) -> str:
+    """Markdown: per pair (task, after) and part of the network, the range over its layers of
+    the weight-change and input-drift shares."""
+    lines = ["| task, after | part | weight change | input drift | whole change |",
+             "|---|---|---|---|---|"]
+    for pair in out["pairs"]:
+        groups: dict = {}
+        for name, split in pair["layers"].items():
+            groups.setdefault(layer_group(name), []).append(split)
+        for group, splits in groups.items():
+            cells = [f"{min(x[k] for x in splits):.3g}–{max(x[k] for x in splits):.3g}"
+                     for k in ("weight_change", "input_drift", "total")]
+            lines.append(f"| {pair['task']}, {pair['after']} | {group} | " + " | ".join(cells)
+                         + " |")
+    return "\n".join(lines)
+
+
 def _batch(cfg, data, key, task):
     idx = jax.random.randint(key, (cfg["batch_size"],), 0, data.train.n[task])
     return make_batch(data, data.train, jnp.full((cfg["batch_size"],), task, jnp.int32), idx)
@@ -124,7 +151,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=None, help="per task (default: the config's)")
     ap.add_argument("--probe-batches", type=int, default=20)
     ap.add_argument("--workdir", required=True)
+    ap.add_argument("--table", action="store_true",
+                    help="print the Markdown summary of <workdir>/drift.json and stop")
     args = ap.parse_args(argv)
+    if args.table:
+        out = json.loads((pathlib.Path(args.workdir) / "drift.json").read_text())
+        print(summary_table(out))
+        return out
     if args.tasks < 2:
         ap.error("--tasks must be at least 2")
     cfg, setup, res = train(args)
