@@ -10,7 +10,8 @@ on task i's examples and W̄ = [W; b]::
     X_t W̄_t − X_i W̄_i = X_i (W̄_t − W̄_i)  +  (X_t − X_i) W̄_t
                           weight change       input drift
 
-both as shares of ‖X_i W̄_i‖² (their sum is the whole change, up to the cross term). A
+both as shares of ‖X_i W̄_i‖² (their sum is the whole change, up to the cross term; for the
+multi-head classifier, W̄'s columns of task i's head only). A
 projection that protected task i perfectly would leave the first term 0 in every layer; the
 second is what no per-layer projection can stop.
 
@@ -103,10 +104,16 @@ def measure(cfg, setup, res, args) -> dict:
                  "steps": cfg["steps"],
                  "probe_batches": args.probe_batches,
                  "accuracy": (100 * acc).round(1).tolist(), "pairs": []}
+    heads, classes = setup.scenario.num_heads, setup.scenario.num_outputs
+
+    def own(w, i):   # the head layer's columns of task i (the other heads never see its data)
+        return w[:, i * classes:(i + 1) * classes] if w.shape[1] == heads * classes > classes \
+            else w
+
     for i, t in pairs:
         old, new = rows(theta[i], i, keys), rows(theta[t], i, keys)
-        split = {n: split_change(old[n], new[n], pack(get_layer(theta[i], n)),
-                                 pack(get_layer(theta[t], n))) for n in layers}
+        split = {n: split_change(old[n], new[n], own(pack(get_layer(theta[i], n)), i),
+                                 own(pack(get_layer(theta[t], n)), i)) for n in layers}
         out["pairs"].append({"task": i + 1, "after": t + 1, "layers": split})
     return out
 
