@@ -11,9 +11,9 @@ on task i's examples and W̄ = [W; b]::
                           weight change       input drift
 
 both as shares of ‖X_i W̄_i‖² (their sum is the whole change, up to the cross term; for the
-multi-head classifier, W̄'s columns of task i's head only). A
-projection that protected task i perfectly would leave the first term 0 in every layer; the
-second is what no per-layer projection can stop.
+multi-head classifier, W̄'s columns of task i's head only). A projection that protected task i
+perfectly would leave the first term 0 in every layer; the second is what no per-layer
+projection of the layer's own update can stop.
 
 The script trains the config ``split_cifar100_rgo``'s first ``--tasks`` tasks with ``--method``
 (``rgo`` or ``none`` for the contrast), keeping θ*_t after every task (checkpointed in
@@ -84,8 +84,8 @@ def measure(cfg, setup, res, args) -> dict:
     """The split for task 1 after every later task, and for every task after the last."""
     model, data = setup.model, setup.data
     theta = [jax.tree.map(lambda p, t=t: p[0, t], res.task_params) for t in range(args.tasks)]
-    layers = [n for n in all_rows(capture_rows(model.logits_fn, theta[0], _batch(
-        cfg, data, jax.random.key(0), 0))[1])]
+    layers = list(all_rows(capture_rows(model.logits_fn, theta[0], _batch(
+        cfg, data, jax.random.key(0), 0))[1]))
 
     @jax.jit
     def rows(params, task, keys):
