@@ -22,6 +22,8 @@ batches of task 1 (and of every task at the end).
 
     python experiments/rgo_drift.py --method rgo --tasks 6 --workdir runs/drift_rgo
     python experiments/rgo_drift.py --method none --tasks 6 --workdir runs/drift_none
+    python experiments/rgo_drift.py --method rgo --alpha 0.01 --tasks 6 --workdir runs/drift_a001
+    python experiments/rgo_drift.py --method rgo --option scale=alpha --tasks 6 --workdir runs/drift_owm
 
 Prints JSON (and writes it to ``<workdir>/drift.json``).
 """
@@ -36,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cljax.checkpoint import Checkpointer
-from cljax.config import load_config
+from cljax.config import load_config, parse_value
 from cljax.experiment import (
     build_scenario,
     load_experiment_stream,
@@ -67,6 +69,11 @@ def train(args) -> tuple:
     cfg["seed"] = args.seed
     if args.steps is not None:
         cfg["steps"] = args.steps
+    if args.alpha is not None:
+        cfg["hparams"]["alpha"] = args.alpha
+    for option in args.option:
+        name, _, value = option.partition("=")
+        cfg["method_options"][name] = parse_value(value)
     cfg["stream_options"]["tasks"] = cfg["stream_options"]["tasks"][:args.tasks]
     cfg = validate_config(cfg)
     stream, _ = load_experiment_stream(cfg)
@@ -101,7 +108,8 @@ def measure(cfg, setup, res, args) -> dict:
                                                        for i in range(1, args.tasks - 1)]
     acc = np.asarray(res.accuracy)[0]
     out: dict = {"method": args.method, "tasks": args.tasks, "seed": args.seed,
-                 "steps": cfg["steps"],
+                 "steps": cfg["steps"], "hparams": cfg["hparams"],
+                 "method_options": cfg["method_options"],
                  "probe_batches": args.probe_batches,
                  "accuracy": (100 * acc).round(1).tolist(), "pairs": []}
     heads, classes = setup.scenario.num_heads, setup.scenario.num_outputs
@@ -156,6 +164,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--tasks", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="per task (default: the config's)")
+    ap.add_argument("--alpha", type=float, default=None, help="RGO's α (default: the config's)")
+    ap.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                    help="a method option, e.g. scale=alpha (repeatable)")
     ap.add_argument("--probe-batches", type=int, default=20)
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--table", action="store_true",

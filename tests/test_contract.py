@@ -238,6 +238,8 @@ ROWS = [
         optimizer="sgd", sweep=("alpha", 0.1)),
     Row("rgo_moment_rows", "rgo", "projection", {"rows": "moment", "fused_gradient": False},
         optimizer="sgd", sweep=("alpha", 0.1)),
+    Row("rgo_alpha_scale", "rgo", "projection", {"scale": "alpha"}, optimizer="sgd",
+        sweep=("alpha", 0.1)),
     Row("gpm", "gpm", "projection", {"thresholds": (0.97,), "num_examples": 16},
         optimizer="sgd"),
     Row("ogd", "ogd", "projection", {"per_task": 6}, optimizer="sgd"),

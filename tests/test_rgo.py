@@ -319,3 +319,34 @@ def test_moment_rows_of_a_conv_are_its_patches_second_moment():
     with pytest.raises(FloatingPointError, match="moment"):
         rgo_consolidate(eager._replace(moment={**eager.moment,
                                                "Conv_0": jnp.full((18, 18), jnp.nan)}))
+
+
+def test_alpha_scale_is_the_owm_projector(x64):
+    """scale="alpha": P = α(αI + Σ)⁻¹ = I − Σ(Σ + αI)⁻¹ (OWM, Zeng et al. 2019) against a dense
+    inverse; eigenvalues in (0, 1], P = I before any rows; the trace scaling of the same Q."""
+    rng = np.random.default_rng(3)
+    n, alpha = 5, 0.3
+    rows = rng.normal(size=(7, n)) * np.array([3.0, 2.0, 1.0, 0.1, 0.01])
+    params = {"Dense_0": {"kernel": jnp.zeros((n - 1, 2)), "bias": jnp.zeros(2)}}
+    state = init_rgo(params, alpha=alpha)
+    fresh = rgo_consolidate(state, scale="alpha", alpha=alpha)
+    np.testing.assert_allclose(fresh.projection["Dense_0"], np.eye(n), atol=1e-14)
+    for r in rows:
+        state = rgo_accumulate(state, {"Dense_0": jnp.asarray(r)})
+    p = np.asarray(rgo_consolidate(state, scale="alpha", alpha=alpha).projection["Dense_0"])
+    sigma = rows.T @ rows
+    np.testing.assert_allclose(p, np.eye(n) - sigma @ np.linalg.inv(sigma + alpha * np.eye(n)),
+                               rtol=1e-8, atol=1e-10)
+    eig = np.linalg.eigvalsh(p)
+    assert eig.min() > 0 and eig.max() <= 1 + 1e-12
+    trace = np.asarray(rgo_consolidate(state).projection["Dense_0"])
+    np.testing.assert_allclose(trace, n / np.trace(p) * p, rtol=1e-8)
+    with pytest.raises(ValueError, match="needs alpha"):
+        rgo_consolidate(state, scale="alpha")
+    with pytest.raises(ValueError, match="scale"):
+        rgo_consolidate(state, scale="owm")
+    with pytest.raises(ValueError, match="alpha"):
+        rgo_consolidate(state, scale="alpha", alpha=-1.0)
+    from cljax.methods import get_method
+    with pytest.raises(ValueError, match="scale"):
+        get_method("rgo", scale="none")

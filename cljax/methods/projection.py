@@ -51,6 +51,7 @@ from cljax.transforms.ogd import (
 from cljax.transforms.rgo import (
     OTHER_PARAMS,
     ROWS,
+    SCALES,
     init_rgo,
     rgo_accumulate,
     rgo_consolidate,
@@ -75,7 +76,7 @@ def _loss_with_rows(rows: str):
 
 
 def rgo(*, feature_encoding: bool = True, fused_gradient: bool = True, rows: str = "step",
-        other_params: str = "train") -> Method:
+        other_params: str = "train", scale: str = "trace") -> Method:
     """RGO (Liu & Liu 2022, ICLR): recursive gradient optimisation, hyperparameter ``alpha``
     (α of H̄ = Σ H + αI, 1 in the paper). ``fused_gradient`` (default) forms P∇W̄ inside the
     backward pass (:func:`cljax.transforms.rgo_value_and_grad`); False projects the finished
@@ -85,11 +86,14 @@ def rgo(*, feature_encoding: bool = True, fused_gradient: bool = True, rows: str
     moment (``"moment"``, the K-FAC A factor); ``other_params``
     (:data:`cljax.transforms.rgo.OTHER_PARAMS`): whether the parameters outside the projected
     layers (BatchNorm's) keep training after the first task (``"train"``) or stop
-    (``"freeze"``, GPM's code)."""
+    (``"freeze"``, GPM's code); ``scale`` (:data:`cljax.transforms.rgo.SCALES`): P = dim/tr(Q)·Q
+    (``"trace"``, eq. 10) or α Q (``"alpha"``, OWM's projector, no learning rate handed from
+    the shut directions to the others)."""
     if not isinstance(fused_gradient, bool) or not isinstance(feature_encoding, bool):
         raise TypeError("feature_encoding and fused_gradient must be bools")
     check_choice(rows, ROWS, name="rows")
     check_choice(other_params, OTHER_PARAMS, name="other_params")
+    check_choice(scale, SCALES, name="scale")
     name = "rgo" if feature_encoding else "rgo2"
 
     def init(params, key, hparams, spec):
@@ -111,18 +115,19 @@ def rgo(*, feature_encoding: bool = True, fused_gradient: bool = True, rows: str
         optimizer_args=(lambda p, b, m, c: {}) if fused_gradient else
         (lambda p, b, m, c: {"rgo_state": m}),
         after_step=lambda info: info.keep_params(rgo_accumulate(info.mstate, info.aux["rows"])),
-        end_task=lambda ctx: (ctx.params, ctx.opt_state, rgo_consolidate(ctx.mstate)),
+        end_task=lambda ctx: (ctx.params, ctx.opt_state, rgo_consolidate(
+            ctx.mstate, scale=scale, alpha=get_hparam(ctx.hparams, "alpha", name))),
         value_and_grad=value_and_grad if fused_gradient else None,
         default_hparams={"alpha": 1.0}, hparam_domains={"alpha": "positive"},
         model=(lambda base, spec: rebuild(base, feature_encoding=spec.num_tasks))
         if feature_encoding else base_model)
 
 
-def rgo2(*, fused_gradient: bool = True, rows: str = "step", other_params: str = "train"
-         ) -> Method:
+def rgo2(*, fused_gradient: bool = True, rows: str = "step", other_params: str = "train",
+         scale: str = "trace") -> Method:
     """RGO-2: RGO without the feature encoding layer (Liu & Liu 2022)."""
     return rgo(feature_encoding=False, fused_gradient=fused_gradient, rows=rows,
-               other_params=other_params)
+               other_params=other_params, scale=scale)
 
 
 def gpm(*, thresholds: Sequence[float] = (0.95, 0.99, 0.99), threshold_increment: float = 0.0,

@@ -17,7 +17,8 @@ extractors of a layer share one projection, which we implement as:
   Q ← Q − Q ā āᵀ Q / (1 + āᵀ Q ā) (Sherman–Morrison), Q₀ = I/α, so memory is two
   ``[rows, rows]`` matrices per layer whatever the number of tasks;
 * the projection used while training task k is frozen at the end of task k − 1:
-  P_l = rows / tr(Q) · Q (eq. 10; before any past task Q = I/α and P = I: plain SGD);
+  P_l = rows / tr(Q) · Q (eq. 10; before any past task Q = I/α and P = I: plain SGD); beside
+  it (:data:`SCALES`) ``scale="alpha"``, P_l = α Q, the unnormalised projector of OWM;
 * the weight gradient ∇W̄_l [rows, out] is left-multiplied by P_l (input side); parameters
   outside recognised layers (a BatchNorm's) are left as they are, or frozen from the second
   task on (``other_params``, :data:`OTHER_PARAMS`);
@@ -168,11 +169,27 @@ def normalised_projection(q: Array) -> Array:
     return (q.shape[0] / jnp.trace(q)) * q
 
 
-def rgo_consolidate(state: RGOState) -> RGOState:
+SCALES = ("trace", "alpha")
+"""How the projection is scaled from Q = H̄⁻¹ (``scale=``): ``"trace"``, P = dim/tr(Q)·Q (eq. 10,
+Theorem 1: tr P = dim, the paper's); ``"alpha"``, P = α Q = α (αI + Σ)⁻¹ = I − Σ (Σ + αI)⁻¹,
+eigenvalues in (0, 1] — the orthogonal-weight-modification projector (Zeng et al. 2019, OWM):
+the directions the past inputs span are shut and the others keep the full learning rate, where
+the trace scaling hands the shut directions' learning rate to the others."""
+
+
+def rgo_consolidate(state: RGOState, *, scale: str = "trace",
+                    alpha: float | Array | None = None) -> RGOState:
     """Task boundary: the projection of the next task from every step so far, P = dim/tr(Q)·Q
-    (a second-moment state first folds its task's sum M into Q: (Q⁻¹ + M)⁻¹ = (I + Q M)⁻¹ Q)."""
+    (``scale="trace"``) or α Q (``scale="alpha"``, ``alpha`` the α of :func:`init_rgo`;
+    :data:`SCALES`). A second-moment state first folds its task's sum M into Q:
+    (Q⁻¹ + M)⁻¹ = (I + Q M)⁻¹ Q."""
     if not isinstance(state, RGOState):
         raise TypeError(f"state must be an RGOState (init_rgo(params)); got {type(state).__name__}")
+    check_choice(scale, SCALES, name="scale")
+    if scale == "alpha":
+        if alpha is None:
+            raise ValueError("scale='alpha' needs alpha, the α the state was initialised with")
+        check_positive(alpha, name="alpha", scalar=True)
     check_finite(state.running, name="state.running")
     running = dict(state.running)
     if state.moment:
@@ -181,8 +198,10 @@ def rgo_consolidate(state: RGOState) -> RGOState:
             q = running[name]
             running[name] = jnp.linalg.solve(jnp.eye(q.shape[0], dtype=q.dtype) + q @ m, q)
     running = {k: 0.5 * (q + q.T) for k, q in running.items()}
+    scaled = (normalised_projection if scale == "trace" else
+              (lambda q: jnp.asarray(alpha, q.dtype) * q))
     return state._replace(running=running,
-                          projection={k: normalised_projection(q) for k, q in running.items()},
+                          projection={k: scaled(q) for k, q in running.items()},
                           count=state.count + 1,
                           moment={k: jnp.zeros_like(m) for k, m in state.moment.items()})
 
@@ -245,5 +264,5 @@ def rgo_value_and_grad(fun: Callable[..., Any], rgo_state: RGOState, params: Par
 
 
 __all__ = ["ROWS", "OTHER_PARAMS", "RGOState", "init_rgo", "sherman_morrison", "woodbury",
-           "rgo_accumulate", "step_rows", "normalised_projection",
+           "rgo_accumulate", "step_rows", "normalised_projection", "SCALES",
            "rgo_consolidate", "rgo_projection", "rgo_value_and_grad"]
