@@ -741,10 +741,14 @@ def build_scenario(cfg: dict, stream: TaskStream, name: str, *, mesh: Any = None
 def run_scenario(cfg: dict, setup: ScenarioSetup, plan: SweepPlan, *,
                  progress_factory: Callable | None = None, checkpoint: Any = None,
                  checkpoint_every: int | None = None, resume: bool = False,
-                 mesh: Any = None) -> StreamResult:
+                 mesh: Any = None, keep_params: bool = False) -> StreamResult:
     """Stage 2 (run): every run of ``plan`` over the stream, as one vmapped program
     (checkpointed by ``checkpoint``, a :class:`cljax.checkpoint.Checkpointer`, if given; the
-    runs sharded over ``mesh``, :func:`experiment_mesh`, if given)."""
+    runs sharded over ``mesh``, :func:`experiment_mesh`, if given). θ*_t after every task is
+    kept in the result's ``task_params`` when ``keep_params`` or the config's flatness
+    analysis needs it."""
+    if not isinstance(keep_params, bool):
+        raise TypeError(f"keep_params must be a bool; got {type(keep_params).__name__}")
     T = setup.data.train.n.shape[0]
     bar = progress_factory(setup.name, T * cfg["steps"]) if progress_factory else None
     callback = None
@@ -759,7 +763,8 @@ def run_scenario(cfg: dict, setup: ScenarioSetup, plan: SweepPlan, *,
     try:
         return run_stream(setup.trainer, setup.data, num_steps=cfg["steps"], keys=plan.keys,
                           hparams=plan.hparams, steps_per_call=250 if bar is not None else None,
-                          progress=callback, keep_params=cfg["analysis"] == "flatness",
+                          progress=callback,
+                          keep_params=keep_params or cfg["analysis"] == "flatness",
                           on_nonfinite="mark", checkpoint=checkpoint,
                           checkpoint_every=checkpoint_every, resume=resume, mesh=mesh)
     finally:

@@ -36,13 +36,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from rgo_probe import layer_rows, task_batch
 
 from cljax.config import load_config
 from cljax.data import load_stream, make_scenario
 from cljax.experiment import make_model
-from cljax.layers import all_rows, capture_rows
+from cljax.layers import capture_rows
 from cljax.methods import get_method
-from cljax.training import make_batch, prepare_data, stream_spec
+from cljax.training import prepare_data, stream_spec
 from cljax.transforms.rgo import ROWS, init_rgo, rgo_accumulate, rgo_consolidate, step_rows
 
 
@@ -75,27 +76,10 @@ def _setup(*, first_task_only: bool, fel: bool):
     return cfg, model, data
 
 
-def _patch_probe(model, params, batch_at, layers, task, key, batches):
-    """Every layer's patches over ``batches`` batches of ``task`` at ``params``, ``[n, dim]``
-    (one jitted ``lax.map`` over the batches)."""
-    def patches(k):
-        _, captured = capture_rows(model.logits_fn, params, batch_at(k, task), layers=layers)
-        return all_rows(captured)
-    probe = jax.jit(lambda ks: jax.lax.map(patches, ks))(jax.random.split(key, batches))
-    return {n: x.reshape(-1, x.shape[-1]) for n, x in probe.items()}
-
-
-def _batcher(cfg, data):
-    def batch_at(k, task):
-        idx = jax.random.randint(k, (cfg["batch_size"],), 0, data.train.n[task])
-        return make_batch(data, data.train, jnp.full((cfg["batch_size"],), task, jnp.int32), idx)
-    return batch_at
-
-
 def at_initialisation(args) -> dict:
     """Q from a task's rows of every kind at the initial parameters, measured on that task."""
     cfg, model, data = _setup(first_task_only=True, fel=False)
-    batch_at = _batcher(cfg, data)
+    batch_at = task_batch(data, cfg["batch_size"])
     key = jax.random.key(args.seed)
     params = model.init(jax.random.fold_in(key, 1), batch_at(jax.random.fold_in(key, 2), 0))
     states = {rows: init_rgo(params, alpha=1.0, moment=rows == "moment") for rows in ROWS}
@@ -110,8 +94,8 @@ def at_initialisation(args) -> dict:
     keys = jax.random.split(jax.random.fold_in(key, 3), args.steps)
     states, _ = jax.lax.scan(step, states, keys)
     states = {rows: rgo_consolidate(st) for rows, st in states.items()}
-    probe = _patch_probe(model, params, batch_at, layers, 0, jax.random.fold_in(key, 4),
-                         args.probe_batches)
+    probe = layer_rows(model, layers, batch_at)(
+        params, 0, jax.random.split(jax.random.fold_in(key, 4), args.probe_batches))
     out: dict = {"steps": args.steps, "probe_batches": args.probe_batches, "layers": {}}
     for name in layers:
         x = probe[name]
@@ -130,15 +114,16 @@ def after_training(args) -> dict:
     projection = {n: jnp.asarray(np.asarray(p)[0])
                   for n, p in saved["state"]["mstate"]["projection"].items()}
     cfg, model, data = _setup(first_task_only=False, fel=True)
-    batch_at = _batcher(cfg, data)
+    batch_at = task_batch(data, cfg["batch_size"])
     tasks = [int(t) for t in args.tasks.split(",")]
     out: dict = {"run": str(args.run), "step": last, "tasks": tasks,
                  "tasks_consolidated": int(np.asarray(saved["state"]["mstate"]["count"])[0]),
                  "probe_batches": args.probe_batches, "layers": {}}
     key = jax.random.key(args.seed)
+    rows = layer_rows(model, list(projection), batch_at)
     for t in tasks:
-        probe = _patch_probe(model, params, batch_at, list(projection), t - 1,
-                             jax.random.fold_in(key, t), args.probe_batches)
+        probe = rows(params, t - 1, jax.random.split(jax.random.fold_in(key, t),
+                                                     args.probe_batches))
         for name, p in projection.items():
             row = out["layers"].setdefault(name, {"dim": int(p.shape[0])})
             row[f"task_{t}"] = shares(p, probe[name])

@@ -36,6 +36,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+from rgo_probe import layer_rows, task_batch
 
 from cljax.checkpoint import Checkpointer
 from cljax.config import load_config, parse_value
@@ -44,10 +45,10 @@ from cljax.experiment import (
     load_experiment_stream,
     plan_runs,
     run_identity,
+    run_scenario,
     validate_config,
 )
-from cljax.layers import all_rows, capture_rows, get_layer, pack
-from cljax.training import make_batch, run_stream
+from cljax.layers import get_layer, pack, param_layers
 
 
 def split_change(x_old: jax.Array, x_new: jax.Array, w_old: jax.Array, w_new: jax.Array
@@ -81,28 +82,16 @@ def train(args) -> tuple:
     plan = plan_runs(cfg, setup.method)
     ckpt = Checkpointer(pathlib.Path(args.workdir) / "checkpoints", keep=2,
                         identity={**run_identity(cfg, "task"), "keep_params": True})
-    res = run_stream(setup.trainer, setup.data, num_steps=cfg["steps"], keys=plan.keys,
-                     hparams=plan.hparams, keep_params=True, checkpoint=ckpt,
-                     checkpoint_every=500, resume=bool(ckpt.steps()))
+    res = run_scenario(cfg, setup, plan, checkpoint=ckpt, checkpoint_every=500,
+                       resume=bool(ckpt.steps()), keep_params=True)
     return cfg, setup, res
 
 
 def measure(cfg, setup, res, args) -> dict:
     """The split for task 1 after every later task, and for every task after the last."""
-    model, data = setup.model, setup.data
     theta = [jax.tree.map(lambda p, t=t: p[0, t], res.task_params) for t in range(args.tasks)]
-    layers = list(all_rows(capture_rows(model.logits_fn, theta[0], _batch(
-        cfg, data, jax.random.key(0), 0))[1]))
-
-    @jax.jit
-    def rows(params, task, keys):
-        def one(k):
-            _, captured = capture_rows(model.logits_fn, params, _batch(cfg, data, k, task),
-                                       layers=layers)
-            return all_rows(captured)
-        probe = jax.lax.map(one, keys)
-        return {n: x.reshape(-1, x.shape[-1]) for n, x in probe.items()}
-
+    layers = list(param_layers(theta[0]))
+    rows = layer_rows(setup.model, layers, task_batch(setup.data, cfg["batch_size"]))
     keys = jax.random.split(jax.random.key(args.seed + 1), args.probe_batches)
     pairs = [(0, t) for t in range(1, args.tasks)] + [(i, args.tasks - 1)
                                                        for i in range(1, args.tasks - 1)]
@@ -151,11 +140,6 @@ def summary_table(out: dict) -> str:
             lines.append(f"| {pair['task']}, {pair['after']} | {group} | " + " | ".join(cells)
                          + " |")
     return "\n".join(lines)
-
-
-def _batch(cfg, data, key, task):
-    idx = jax.random.randint(key, (cfg["batch_size"],), 0, data.train.n[task])
-    return make_batch(data, data.train, jnp.full((cfg["batch_size"],), task, jnp.int32), idx)
 
 
 def main(argv=None) -> dict:

@@ -1,5 +1,6 @@
 import json
 
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -514,3 +515,23 @@ def test_augment_is_checked_reaches_the_trainer_and_leaves_old_run_identities():
     assert build_scenario(crop, stream, "task").trainer.augment == "crop_flip"
     assert "augment" not in validate_config(small)           # unfilled: identities unchanged
     assert run_identity(validate_config(small)) != run_identity(crop)
+
+
+def test_run_scenario_keeps_each_tasks_parameters_when_asked():
+    from helpers import tiny_dataset
+
+    from cljax.data import split_tasks
+    from cljax.experiment import build_scenario, plan_runs, run_scenario
+
+    cfg = validate_config({**cli.load_config("split_mnist"), "steps": 3,
+                           "model": {"kind": "mlp", "widths": [4]}})
+    stream = split_tasks(tiny_dataset(n=40), tiny_dataset(n=20, seed=1), tasks=[[0, 1], [2, 3]])
+    setup = build_scenario(cfg, stream, "task")
+    plan = plan_runs(cfg, setup.method)
+    assert run_scenario(cfg, setup, plan).task_params is None
+    kept = run_scenario(cfg, setup, plan, keep_params=True)
+    last = jax.tree.map(lambda p: p[:, -1], kept.task_params)
+    for a, b in zip(jax.tree.leaves(last), jax.tree.leaves(kept.final_state.params)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(TypeError, match="keep_params"):
+        run_scenario(cfg, setup, plan, keep_params=1)

@@ -56,6 +56,13 @@ from cljax.transforms.kfac_gradient import kfac_preconditioned_value_and_grad
 from cljax.types import Array, KFACFactors, Params
 from cljax.validation import check_choice, check_finite, check_positive
 
+SCALES = ("trace", "alpha")
+"""How the projection is scaled from Q = H̄⁻¹ (``scale=``): ``"trace"``, P = dim/tr(Q)·Q (eq. 10,
+Theorem 1: tr P = dim, the paper's); ``"alpha"``, P = α Q = α (αI + Σ)⁻¹ = I − Σ (Σ + αI)⁻¹,
+eigenvalues in (0, 1] — the orthogonal-weight-modification projector (Zeng et al. 2019, OWM):
+the directions the past inputs span are shut and the others keep the full learning rate, where
+the trace scaling hands the shut directions' learning rate to the others."""
+
 ROWS = ("step", "example", "moment")
 """What one training step adds to H̄ (``rows=``): ``"step"``, the outer product of the step's
 mean layer input (over examples and a conv's positions; one Sherman–Morrison update, appendix
@@ -167,14 +174,6 @@ def _second_moment(rows: Array, like: Array, name: str) -> Array:
 def normalised_projection(q: Array) -> Array:
     """P = dim / tr(Q) · Q (Liu & Liu 2022, eq. 10): tr(P) = dim(P) (Theorem 1)."""
     return (q.shape[0] / jnp.trace(q)) * q
-
-
-SCALES = ("trace", "alpha")
-"""How the projection is scaled from Q = H̄⁻¹ (``scale=``): ``"trace"``, P = dim/tr(Q)·Q (eq. 10,
-Theorem 1: tr P = dim, the paper's); ``"alpha"``, P = α Q = α (αI + Σ)⁻¹ = I − Σ (Σ + αI)⁻¹,
-eigenvalues in (0, 1] — the orthogonal-weight-modification projector (Zeng et al. 2019, OWM):
-the directions the past inputs span are shut and the others keep the full learning rate, where
-the trace scaling hands the shut directions' learning rate to the others."""
 
 
 def rgo_consolidate(state: RGOState, *, scale: str = "trace",
