@@ -29,10 +29,13 @@ never resumed from.
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
+import logging
 import os
 import pathlib
+import re
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -142,6 +145,102 @@ def arrange_like(restored: Any, target: Any) -> Any:
                              f"{x.dtype}{x.shape}, this run's {t.dtype}{t.shape}")
     return jax.tree_util.tree_unflatten(jax.tree.structure(target),
                                         [found[p] for p in paths_shapes])
+
+
+def path_names(keystr: str) -> tuple[str, ...]:
+    """The plain names (:func:`leaves_by_path`'s) of a leaf path written by
+    ``jax.tree_util.keystr`` — ``['state'].opt[0]`` is ``('state', 'opt', '0')`` — the form of
+    the paths a checkpoint's meta records (``payload_spec``)."""
+    if not isinstance(keystr, str):
+        raise TypeError(f"keystr must be a str; got {type(keystr).__name__}")
+    names, i = [], 0
+    while i < len(keystr):
+        if keystr[i] == ".":
+            m = re.match(r"\.([^.\[]+)", keystr[i:])
+            if m is None:
+                raise ValueError(f"keystr {keystr!r}: no name after '.' at {i}")
+            names.append(m.group(1))
+            i += m.end()
+        elif keystr[i] == "[":
+            end = keystr.find("]", i)
+            while end != -1:
+                try:
+                    names.append(str(ast.literal_eval(keystr[i + 1:end])))
+                    break
+                except (ValueError, SyntaxError):
+                    end = keystr.find("]", end + 1)
+            if end == -1:
+                raise ValueError(f"keystr {keystr!r}: unclosed '[' at {i}")
+            i = end + 1
+        else:
+            raise ValueError(f"keystr {keystr!r}: expected '.' or '[' at {i}")
+    return tuple(names)
+
+
+def read_latest(directory: str | os.PathLike) -> tuple[dict, dict] | None:
+    """``(payload, meta)`` of the newest checkpoint of ``directory`` that reads back whole, for
+    looking at a run from outside it: nothing is written, locked or moved (a damaged checkpoint
+    is skipped, not moved aside), and no template is needed — ``payload`` is the saved tree as
+    orbax reads it back (nested dicts and lists of numpy arrays; a NamedTuple's fields as dict
+    keys). The bytes are checked against the digest saved with them. None when the directory
+    holds no checkpoint; :class:`CheckpointError` naming each one's fault when none reads.
+
+    A run saving into the directory meanwhile may remove the one being read (it keeps the
+    newest ``keep``): the next older one is tried, and a later call sees the new one."""
+    root = pathlib.Path(directory).absolute()
+    if not root.is_dir():
+        return None
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.CRITICAL)  # orbax's own notes: a damaged one is reported below
+    try:
+        manager = ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(
+            read_only=True, create=False, enable_async_checkpointing=False))
+        try:
+            return _read_newest(manager, root)
+        finally:
+            manager.close()
+    finally:
+        absl.setLevel(level)
+
+
+def _read_newest(manager: Any, root: pathlib.Path) -> tuple[dict, dict] | None:
+    errors = []
+    for index in sorted(manager.all_steps(), reverse=True):
+        try:
+            out = manager.restore(index, args=ocp.args.Composite(
+                payload=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+            payload, meta = jax.tree.map(np.asarray, out["payload"]), dict(out["meta"])
+            _check_digest(payload, meta)
+        except Exception as e:
+            errors.append(f"{root / str(index)}: {type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:200]}")
+            continue
+        return payload, {k: v for k, v in meta.items() if k not in _INTERNAL}
+    if errors:
+        raise CheckpointError(f"no checkpoint in {root} could be read:\n  " + "\n  ".join(errors))
+    return None
+
+
+def _check_digest(payload: Any, meta: dict) -> None:
+    """``payload`` read without a template against the digest and layout in ``meta`` (the
+    leaves taken in the saved order by their paths); ValueError naming what differs."""
+    spec, digest = meta.get("payload_spec"), meta.get("payload_digest")
+    if spec is None or digest is None:
+        return
+    found = leaves_by_path(payload)
+    h = hashlib.blake2b(digest_size=16)
+    for path, shape, dtype in spec:
+        x = found.pop(path_names(path), None)
+        if x is None or list(x.shape) != shape or str(x.dtype) != dtype:
+            raise ValueError(f"its array {path} is missing or not {dtype}{tuple(shape)}")
+        x = np.ascontiguousarray(x)
+        h.update(f"{path}|{x.shape}|{x.dtype}|".encode())
+        h.update(x.tobytes())
+    if found:
+        raise ValueError(f"it holds an array its meta does not list: {'/'.join(next(iter(found)))}")
+    if h.hexdigest() != digest:
+        raise ValueError("its arrays' bytes do not match the digest saved with them")
 
 
 def _spec_difference(found: list, expected: list) -> str:
@@ -317,5 +416,5 @@ class Checkpointer:
 
 
 __all__ = ["Checkpointer", "CheckpointError", "CheckpointMismatchError", "arrange_like",
-           "describe_mismatch", "leaves_by_path", "payload_spec", "payload_digest", "to_savable",
-           "from_savable"]
+           "describe_mismatch", "leaves_by_path", "path_names", "payload_spec", "payload_digest",
+           "to_savable", "from_savable", "read_latest"]

@@ -1,6 +1,8 @@
 """``cljax run <config> [overrides]`` — the main job; ``cljax bench <protocol>`` runs a paper's
 table and writes its leaderboard (:mod:`cljax.bench`); ``cljax configs`` and ``cljax methods``
-list what they can run.
+list what they can run; ``cljax progress [DIR]`` says where the runs under a directory stand
+(:mod:`cljax.progress`: finished, or their newest checkpoint's task, step and accuracies so
+far, and whether a process runs in them), touching nothing.
 
 ``<config>`` is the name of a config shipped with cljax (``cljax configs`` lists them) or the
 path of a Python file of your own defining ``get_config()``. Examples::
@@ -100,8 +102,8 @@ def _byte_count(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``cljax`` command's parser: ``run``, ``bench``, ``configs``, ``methods`` and
-    ``--version``."""
+    """The ``cljax`` command's parser: ``run``, ``bench``, ``progress``, ``configs``,
+    ``methods`` and ``--version``."""
     from cljax import __version__
     from cljax.methods import METHODS
 
@@ -167,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--debug", action="store_true",
                      help="on an error, show the full traceback instead of one line")
     _add_bench_parser(sub)
+    progress = sub.add_parser(
+        "progress", help="where the runs under a directory stand: finished, or their newest "
+                         "checkpoint's task, step and accuracies so far (nothing is touched)")
+    progress.add_argument("directories", nargs="*", default=["runs"], metavar="DIR",
+                          help="a run's or a benchmark's --workdir, or a folder of them "
+                               "(default: runs)")
+    progress.add_argument("--json", action="store_true",
+                          help="print strict JSON (a list, one object per scenario) instead")
     return parser
 
 
@@ -650,6 +660,25 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(args: argparse.Namespace) -> int:
+    """``cljax progress``: where every run under the directories stands (printed)."""
+    import json
+
+    from cljax.progress import find_scenarios, format_progress, scenario_progress
+    from cljax.workdir import to_strict_json
+
+    reports = []
+    for directory in args.directories:
+        try:
+            found = find_scenarios(directory)
+        except FileNotFoundError as e:
+            raise UsageError(f"progress: {e}") from e
+        reports += [scenario_progress(w, s) for w, s in found]
+    print(json.dumps(to_strict_json(reports), indent=1) if args.json
+          else format_progress(reports))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``cljax`` command; returns the exit status (module docstring)."""
     args = build_parser().parse_args(argv)  # argparse's own errors exit 2 with the usage
@@ -658,10 +687,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from cljax.workdir import WorkdirError
 
+    commands = {"bench": _bench, "run": _run, "progress": _progress}
     try:
-        return _bench(args) if args.command == "bench" else _run(args)
+        return commands[args.command](args)
     except (UsageError, WorkdirError) as e:
-        if args.debug:
+        if getattr(args, "debug", False):
             traceback.print_exc()  # the whole chain: where the original error was raised
         else:
             print(f"cljax: error: {_message(e)}", file=sys.stderr)

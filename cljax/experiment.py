@@ -107,7 +107,14 @@ from cljax.training.loop import call_length
 from cljax.transforms import scale_by_task_decay
 from cljax.types import Params
 from cljax.validation import check_choice, check_positive_int
-from cljax.workdir import IGNORED_ON_RESUME, describe_mismatch, to_strict_json, write_text_atomic
+from cljax.workdir import (
+    IGNORED_ON_RESUME,
+    RESULT_FILE,
+    STATE_DIR,
+    describe_mismatch,
+    to_strict_json,
+    write_text_atomic,
+)
 
 REQUIRED_KEYS = ("dataset", "stream", "scenarios", "model", "optimizer", "steps", "batch_size",
                  "method", "seeds")
@@ -1085,7 +1092,7 @@ def run_experiment(config: dict, *, progress_factory: Callable | None = None,
             setup = build_scenario(cfg, stream, name, mesh=mesh)
             scenario_dir = where[name]
             ckpt = None if scenario_dir is None else Checkpointer(
-                scenario_dir / "state", log=log, identity=run_identity(cfg, name))
+                scenario_dir / STATE_DIR, log=log, identity=run_identity(cfg, name))
             current = (name, ckpt)
             res = run_scenario(cfg, setup, plan, progress_factory=progress_factory,
                                checkpoint=ckpt, checkpoint_every=checkpoint_every,
@@ -1140,7 +1147,7 @@ def _finished_before(cfg: dict, where: dict[str, pathlib.Path | None],
     out = {}
     for name in cfg["scenarios"]:
         scenario_dir = where[name]
-        finished = None if scenario_dir is None else scenario_dir / "result.json"
+        finished = None if scenario_dir is None else scenario_dir / RESULT_FILE
         if finished is not None and finished.is_file():
             entry = _reuse(finished, run_identity(cfg, name), name, log)
             if entry is not None:
@@ -1156,7 +1163,7 @@ def _write_finished(cfg: dict, name: str, plan: SweepPlan, res: Any, entry: dict
         events.write_scenario_events(events_dir, name, res.train_loss, res.accuracy,
                                      events.run_names(plan.grid, plan.seeds))
     if scenario_dir is not None:   # NaN kept as NaN (not strict JSON): reread here
-        write_text_atomic(scenario_dir / "result.json", json.dumps(
+        write_text_atomic(scenario_dir / RESULT_FILE, json.dumps(
             {"identity": run_identity(cfg, name), "result": entry}, default=_to_builtin))
 
 

@@ -36,6 +36,13 @@ CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 """The sub-directory of the work directory that holds the run's checkpoints."""
 
+STATE_DIR = "state"
+"""A scenario's checkpoints: ``<workdir>/checkpoints/[<regime>/]<scenario>/state``."""
+
+RESULT_FILE = "result.json"
+"""A finished scenario's results beside its checkpoints (``<scenario>/result.json``): what a
+resumed run reuses instead of training the scenario again."""
+
 MARKER_FILE = ".cljax-run.json"
 """The marker of a cljax run's work directory, written only by cljax: ``{"identity": the run's
 identity, "wrote": [the names cljax wrote in the directory]}``."""
@@ -266,6 +273,33 @@ def lock_workdir(path: str | os.PathLike, *, option: str = "--workdir") -> Workd
     return WorkdirLock(p, handle)
 
 
+def lock_holder(path: str | os.PathLike) -> dict | None:
+    """Who holds the lock of the work directory ``path`` now: the holder's ``{"pid", "host",
+    "since"}`` as its lock file names them (``{}`` when it has not written them yet), or None
+    when no process holds it (or it has no lock file). Only looks: the lock file is opened
+    read-only and a shared lock is taken and dropped at once (a ``cljax run`` starting in that
+    instant is refused as if the directory were busy, and says so)."""
+    import fcntl
+
+    try:
+        handle = open(pathlib.Path(path) / LOCK_FILE, encoding="utf-8")
+    except OSError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            try:
+                holder = json.loads(handle.read())
+            except ValueError:
+                return {}
+            return holder if isinstance(holder, dict) else {}
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
 # --------------------------------------------------------------------------------------------
 # The marker
 # --------------------------------------------------------------------------------------------
@@ -472,8 +506,8 @@ def _prepare_locked(p: pathlib.Path, where: str, config: dict, *, resume: bool,
     return do_resume
 
 
-__all__ = ["CONFIG_FILE", "CHECKPOINT_DIR", "MARKER_FILE", "LOCK_FILE", "IGNORED_ON_RESUME",
-           "WorkdirError", "WorkdirLock", "config_differences", "describe_mismatch",
-           "lock_workdir", "prepare_workdir", "read_marker", "record_outputs",
+__all__ = ["CONFIG_FILE", "CHECKPOINT_DIR", "STATE_DIR", "RESULT_FILE", "MARKER_FILE",
+           "LOCK_FILE", "IGNORED_ON_RESUME", "WorkdirError", "WorkdirLock", "config_differences",
+           "describe_mismatch", "lock_holder", "lock_workdir", "prepare_workdir", "read_marker", "record_outputs",
            "write_recording", "to_strict_json", "write_bytes_atomic", "write_json_atomic",
            "write_text_atomic"]

@@ -10,7 +10,14 @@ import optax
 import pytest
 from helpers import tiny_split_stream
 
-from cljax.checkpoint import Checkpointer, CheckpointError, arrange_like, leaves_by_path
+from cljax.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    arrange_like,
+    leaves_by_path,
+    path_names,
+    read_latest,
+)
 from cljax.data import make_scenario
 from cljax.methods import get_method
 from cljax.nn import MLP, as_model
@@ -151,3 +158,60 @@ def test_checkpoint_restores_into_a_state_with_a_new_empty_field(tmp_path, saved
     np.testing.assert_array_equal(jax.random.key_data(payload["state"].w["k"]),
                                   jax.random.key_data(w["k"]))
     assert c.steps() == [1]                       # nothing moved aside
+
+
+class _Tree(NamedTuple):
+    w: np.ndarray
+    opt: dict
+
+
+def _listing(root: pathlib.Path) -> list[tuple[str, int]]:
+    return sorted((str(p.relative_to(root)), p.stat().st_size if p.is_file() else -1)
+                  for p in root.rglob("*"))
+
+
+def test_path_names_reads_keystr_paths():
+    tree = {"state": _Tree(w=np.ones(2), opt={"it's [x]": [np.ones(1), np.ones(3)]})}
+    for path, _ in jax.tree_util.tree_leaves_with_path(tree):
+        names = path_names(jax.tree_util.keystr(path))
+        assert names[0] == "state" and names[1] in ("w", "opt")
+    assert path_names("['state'].opt[\"it's [x]\"][1]") == ("state", "opt", "it's [x]", "1")
+    assert path_names("") == ()
+    for bad in ("state", "['a'", "['a'].", "[a]"):
+        with pytest.raises(ValueError, match="keystr"):
+            path_names(bad)
+    with pytest.raises(TypeError, match="keystr must be a str"):
+        path_names(3)
+
+
+def test_read_latest_reads_without_a_template_and_touches_nothing(tmp_path):
+    root = tmp_path / "c"
+    assert read_latest(root) is None                    # no directory
+    c = Checkpointer(root, log=lambda m: None)
+    assert read_latest(root) is None                    # no checkpoint
+    old = {"s": _Tree(w=np.arange(3.0), opt={"m": [np.ones(2)]}),
+           "k": jax.random.split(jax.random.key(0), 2), "e": ()}
+    new = {**old, "s": _Tree(w=np.arange(3.0) + 1, opt={"m": [np.zeros(2)]})}
+    c.save(1, old, {"i": 1})
+    c.save(2, new, {"i": 2})
+    payload, meta = read_latest(root)
+    assert meta == {"i": 2}                             # the Checkpointer's own keys dropped
+    np.testing.assert_array_equal(payload["s"]["w"], new["s"].w)
+    np.testing.assert_array_equal(payload["s"]["opt"]["m"][0], np.zeros(2))
+    np.testing.assert_array_equal(payload["k"], jax.random.key_data(old["k"]))
+    # bytes flipped without changing any size: the digest catches it, the older one is read
+    # and nothing is moved aside (a reader never changes the run's directory)
+    victim = max((p for p in (root / "2").rglob("*") if p.is_file()),
+                 key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    before = _listing(root)
+    payload, meta = read_latest(root)
+    assert meta == {"i": 1} and _listing(root) == before
+    for p in (root / "1").rglob("*"):
+        if p.is_file():
+            p.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="no checkpoint in .* could be read"):
+        read_latest(root)
+    assert sorted(p.name for p in root.iterdir()) == ["1", "2"]    # nothing moved aside

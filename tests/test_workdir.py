@@ -161,3 +161,12 @@ def test_config_differences():
     assert wd.config_differences({"a": 1, "b": {"c": 1}, "d": 0},
                                  {"a": 1.0, "b": {"c": 2, "e": 3}}) == ["b.c", "b.e", "d"]
     assert wd.config_differences(1, 2) == ["<config>"]
+
+
+def test_lock_holder_names_the_process_holding_a_workdir(tmp_path):
+    assert wd.lock_holder(tmp_path) is None              # no lock file
+    with wd.lock_workdir(tmp_path):
+        holder = wd.lock_holder(tmp_path)
+        assert holder["pid"] == os.getpid() and {"host", "since"} <= set(holder)
+    assert wd.lock_holder(tmp_path) is None              # released: the file stays, unheld
+    assert (tmp_path / ".cljax-lock").exists()
