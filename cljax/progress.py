@@ -132,9 +132,10 @@ def _headline(p: dict) -> str:
     who = p["holder"]
     running = ("running" + (f" (pid {who['pid']} on {who['host']} since {who['since']})"
                             if who.get("pid") else "")) if who is not None else None
-    if p["status"] not in ("finished", "checkpointed"):
-        return p["status"] + (f" ({running})" if running else "") + (
-            f": {p['error']}" if "error" in p else "")
+    if p["status"] == "not started":
+        return f"{running}, no checkpoint yet" if running else "not started"
+    if p["status"] == "unreadable":
+        return f"unreadable ({running or 'stopped'}): {p['error']}"
     runs = f"{p['runs']} run{'s' if p['runs'] != 1 else ''}"
     if p["status"] == "finished":
         return f"finished: ACC {_percent([p['acc']], 2)} ({runs}), saved {p['saved']}"

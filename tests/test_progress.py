@@ -81,7 +81,14 @@ def test_progress_reports_a_damaged_checkpoint_as_unreadable(tmp_path):
             p.write_bytes(b"")
     p = scenario_progress(workdir, workdir / "checkpoints" / "task")
     assert p["status"] == "unreadable" and "could be read" in p["error"]
-    assert "unreadable" in format_progress([p])
+    assert "unreadable (stopped): CheckpointError" in format_progress([p])
+    empty = tmp_path / "fresh"
+    (empty / "checkpoints" / "task" / "state").mkdir(parents=True)
+    p = scenario_progress(empty, empty / "checkpoints" / "task")
+    assert p["status"] == "not started" and "not started" in format_progress([p])
+    with lock_workdir(empty):
+        text = format_progress([scenario_progress(empty, empty / "checkpoints" / "task")])
+        assert f"running (pid {os.getpid()}" in text and "no checkpoint yet" in text
 
 
 def test_cljax_progress_of_a_finished_cli_run(tmp_path, capsys):
