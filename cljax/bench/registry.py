@@ -765,11 +765,10 @@ _RGO2022_CIFAR = Protocol(
         Entry("rgo", "rgo", {"task": Published(82.22, "Table 1 (and the abstract)", runs=5)},
               hparams={"alpha": 1.0}),
         Entry("rgo2", "rgo2", hparams={"alpha": 1.0}),
-        Entry("rgo_scale_alpha", "rgo", hparams={"alpha": 1.0},
-              overrides={"method_options.scale": "alpha"},
+        Entry("rgo_scale_alpha", "rgo", overrides={"method_options.scale": "alpha"},
               note="a variant, not the paper's method: RGO with P = α H̄⁻¹ (OWM's projector, "
-                   "Zeng et al. 2019) in place of eq. 10's trace normalisation dim/tr(H̄⁻¹)·H̄⁻¹ "
-                   "(method_options.scale; RESULTS.md: the drift probes)"),
+                   "Zeng et al. 2019) in place of eq. 10's trace normalisation dim/tr(H̄⁻¹)·H̄⁻¹, "
+                   "α 1 (RGO's default; method_options.scale; RESULTS.md: the drift probes)"),
         Entry("none", "none"),
         Entry("ewc", "ewc", hparams={"strength": 10.0}, selection="paper",
               note="EWC λ 10, as in the orthog_subspace code whose benchmarks Table 1 uses"),
