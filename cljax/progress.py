@@ -44,17 +44,14 @@ def find_scenarios(directory: str | os.PathLike) -> list[tuple[pathlib.Path, pat
 
 
 def _rows(accuracy: np.ndarray, finished: int) -> dict[str, list[float | None]]:
-    """Per finished task i (mean over the runs whose row is finite): the average over the
-    tasks seen, the task just trained, and the first task."""
+    """Per finished task i, means over the runs (a diverged run's blanked, non-finite values
+    left out): the average over the tasks seen, the task just trained, and the first task."""
     def mean(values: np.ndarray) -> float | None:
         values = values[np.isfinite(values)]
         return float(values.mean()) if values.size else None
 
     a = np.asarray(accuracy, dtype=float)
-    seen = [mean(np.nanmean(np.where(np.isfinite(a[:, i, :i + 1]), a[:, i, :i + 1], np.nan),
-                            axis=1)) if np.isfinite(a[:, i, :i + 1]).any() else None
-            for i in range(finished)]
-    return {"average_seen": seen,
+    return {"average_seen": [mean(a[:, i, :i + 1].mean(axis=1)) for i in range(finished)],
             "just_trained": [mean(a[:, i, i]) for i in range(finished)],
             "first_task": [mean(a[:, i, 0]) for i in range(finished)]}
 

@@ -112,3 +112,20 @@ def test_cljax_progress_of_a_finished_cli_run(tmp_path, capsys):
     assert "tiny · task-IL: finished: ACC" in capsys.readouterr().out
     assert cli.main(["progress", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_diverged_run_is_left_out_of_the_means(tmp_path):
+    scenario = tmp_path / "run" / "checkpoints" / "class"
+    scenario.mkdir(parents=True)
+    nan = float("nan")
+    accuracy = [[[0.8, nan], [0.4, 0.6]], [[0.6, nan], [nan, nan]]]   # run 1 diverged in task 2
+    (scenario / "result.json").write_text(json.dumps(
+        {"identity": {}, "result": {"accuracy": accuracy,
+                                    "metrics": {"acc": {"mean": 0.5, "per_run": [0.5, None]}}}}))
+    [(workdir, found)] = find_scenarios(tmp_path)
+    p = scenario_progress(workdir, found)
+    assert (p["status"], p["scenario"], p["runs"], p["tasks_done"]) == ("finished", "class", 2, 2)
+    np.testing.assert_allclose(p["average_seen"], [0.7, 0.5])
+    np.testing.assert_allclose(p["just_trained"], [0.7, 0.6])
+    np.testing.assert_allclose(p["first_task"], [0.7, 0.4])
+    assert "class-IL: finished: ACC 50.00 (2 runs)" in format_progress([p])
