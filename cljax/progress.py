@@ -153,7 +153,7 @@ def format_progress(reports: list[dict]) -> str:
         lines.append(f"{p['workdir']} · {p['scenario']}-IL: {_headline(p)}")
         n = len(p.get("average_seen", []))
         if n:
-            lines.append(f"  after tasks 1–{n}, average over the tasks seen: "
+            lines.append(f"  after {'task 1' if n == 1 else f'tasks 1–{n}'}, average over the tasks seen: "
                          f"{_percent(p['average_seen'])}")
             lines.append(f"  each task right after training: {_percent(p['just_trained'])}")
             lines.append(f"  task 1 after each: {_percent(p['first_task'])}")
