@@ -278,7 +278,7 @@ def lock_holder(path: str | os.PathLike) -> dict | None:
     "since"}`` as its lock file names them (``{}`` when it has not written them yet), or None
     when no process holds it (or it has no lock file). Only looks: the lock file is opened
     read-only and a shared lock is taken and dropped at once (a ``cljax run`` starting in that
-    instant is refused as if the directory were busy, and says so)."""
+    very instant is refused as if another run held the directory; started again, it runs)."""
     import fcntl
 
     try:
@@ -508,6 +508,6 @@ def _prepare_locked(p: pathlib.Path, where: str, config: dict, *, resume: bool,
 
 __all__ = ["CONFIG_FILE", "CHECKPOINT_DIR", "STATE_DIR", "RESULT_FILE", "MARKER_FILE",
            "LOCK_FILE", "IGNORED_ON_RESUME", "WorkdirError", "WorkdirLock", "config_differences",
-           "describe_mismatch", "lock_holder", "lock_workdir", "prepare_workdir", "read_marker", "record_outputs",
-           "write_recording", "to_strict_json", "write_bytes_atomic", "write_json_atomic",
+           "describe_mismatch", "lock_holder", "lock_workdir", "prepare_workdir", "read_marker",
+           "record_outputs", "write_recording", "to_strict_json", "write_bytes_atomic", "write_json_atomic",
            "write_text_atomic"]
