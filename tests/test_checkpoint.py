@@ -189,9 +189,10 @@ def test_read_latest_reads_without_a_template_and_touches_nothing(tmp_path):
     assert read_latest(root) is None                    # no directory
     c = Checkpointer(root, log=lambda m: None)
     assert read_latest(root) is None                    # no checkpoint
-    old = {"s": _Tree(w=np.arange(3.0), opt={"m": [np.ones(2)]}),
+    # w large enough to be stored in a data file of its own (tiny arrays sit in orbax's index)
+    old = {"s": _Tree(w=np.arange(5000.0), opt={"m": [np.ones(2)]}),
            "k": jax.random.split(jax.random.key(0), 2), "e": ()}
-    new = {**old, "s": _Tree(w=np.arange(3.0) + 1, opt={"m": [np.zeros(2)]})}
+    new = {**old, "s": _Tree(w=np.arange(5000.0) + 1, opt={"m": [np.zeros(2)]})}
     c.save(1, old, {"i": 1})
     c.save(2, new, {"i": 2})
     payload, meta = read_latest(root)
@@ -201,10 +202,11 @@ def test_read_latest_reads_without_a_template_and_touches_nothing(tmp_path):
     np.testing.assert_array_equal(payload["k"], jax.random.key_data(old["k"]))
     # bytes flipped without changing any size: the digest catches it, the older one is read
     # and nothing is moved aside (a reader never changes the run's directory)
-    victim = max((p for p in (root / "2").rglob("*") if p.is_file()),
+    victim = max((p for p in (root / "2" / "payload").rglob("*") if p.is_file()),
                  key=lambda p: p.stat().st_size)
     data = bytearray(victim.read_bytes())
-    data[len(data) // 2] ^= 0xFF
+    for i in range(len(data) // 2, len(data) // 2 + 8):
+        data[i] ^= 0xFF
     victim.write_bytes(bytes(data))
     before = _listing(root)
     payload, meta = read_latest(root)
@@ -212,6 +214,7 @@ def test_read_latest_reads_without_a_template_and_touches_nothing(tmp_path):
     for p in (root / "1").rglob("*"):
         if p.is_file():
             p.write_bytes(b"")
-    with pytest.raises(CheckpointError, match="no checkpoint in .* could be read"):
+    with pytest.raises(CheckpointError, match="no checkpoint in .* could be read") as e:
         read_latest(root)
+    assert "/2: ValueError: its arrays' bytes do not match the digest" in str(e.value)
     assert sorted(p.name for p in root.iterdir()) == ["1", "2"]    # nothing moved aside
