@@ -673,7 +673,7 @@ def _progress(args: argparse.Namespace) -> int:
             found = find_scenarios(directory)
         except FileNotFoundError as e:
             raise UsageError(f"progress: {e}") from e
-        reports += [scenario_progress(w, s) for w, s in found]
+        reports += [scenario_progress(scenario) for scenario in found]
     print(json.dumps(to_strict_json(reports), indent=1) if args.json
           else format_progress(reports))
     return 0

@@ -3,8 +3,9 @@ progress``).
 
 A run that takes hours (a CIFAR protocol on a CPU) keeps its results so far only inside its
 checkpoints until it finishes. :func:`find_scenarios` finds every scenario under a directory — a
-``cljax run`` work directory, a ``cljax bench`` one (a run per sub-directory) or any folder of
-them — and :func:`scenario_progress` reads where each stands: finished (its ``result.json``), or
+``cljax run`` work directory, a ``cljax bench`` one (a run per sub-directory), a script's own
+:class:`cljax.checkpoint.Checkpointer` directory, or any folder of them — and
+:func:`scenario_progress` reads where each stands: finished (its ``result.json``), or
 the newest checkpoint (:func:`cljax.checkpoint.read_latest`: read-only, digest checked), with
 the accuracy matrix so far, the pace of its finished tasks, and whether a process holds its work
 directory now (:func:`cljax.workdir.lock_holder`). Nothing is written, locked or moved.
@@ -16,6 +17,7 @@ import json
 import math
 import os
 import pathlib
+from typing import NamedTuple
 
 import numpy as np
 
@@ -23,23 +25,48 @@ from cljax.checkpoint import CheckpointError, read_latest
 from cljax.workdir import CHECKPOINT_DIR, RESULT_FILE, STATE_DIR, lock_holder
 
 
-def find_scenarios(directory: str | os.PathLike) -> list[tuple[pathlib.Path, pathlib.Path]]:
-    """``(work directory, scenario directory)`` of every scenario of a cljax run under
-    ``directory`` (itself included), in path order: a scenario directory sits under a
-    work directory's ``checkpoints/`` and holds ``state/`` or ``result.json``."""
+class Scenario(NamedTuple):
+    """A scenario found by :func:`find_scenarios`: the ``workdir`` whose lock says whether a
+    process runs in it, its ``name`` (``task``, ``<regime>/class``; ``""`` for a bare checkpoint
+    directory), the ``checkpoints`` directory and the finished ``result`` file (None: none is
+    written there)."""
+
+    workdir: pathlib.Path
+    name: str
+    checkpoints: pathlib.Path
+    result: pathlib.Path | None
+
+
+def _holds_steps(path: pathlib.Path, dirs: list[str]) -> bool:
+    """Whether ``path`` is a checkpoint directory: numbered checkpoints orbax completed."""
+    return any(d.isdigit() and (path / d / "_CHECKPOINT_METADATA").is_file() for d in dirs)
+
+
+def find_scenarios(directory: str | os.PathLike) -> list[Scenario]:
+    """Every scenario of a stream run under ``directory`` (itself included), in path order: a
+    ``cljax run`` scenario — a directory under a work directory's ``checkpoints/`` that holds
+    ``state/`` or ``result.json`` — or a bare checkpoint directory of
+    :class:`cljax.checkpoint.Checkpointer` (numbered checkpoints: a script's own
+    ``run_stream(checkpoint=...)``; its work directory is its parent)."""
     root = pathlib.Path(directory)
     if not root.is_dir():
         raise FileNotFoundError(f"directory {str(root)!r} does not exist or is not a directory")
     found = []
     for here, dirs, files in os.walk(root):
         path = pathlib.Path(here)
-        parts = path.relative_to(root).parts
         inside = CHECKPOINT_DIR in path.parts
         if inside and (STATE_DIR in dirs or RESULT_FILE in files) and path.name != CHECKPOINT_DIR:
             top = len(path.parts) - 1 - path.parts[::-1].index(CHECKPOINT_DIR)
-            found.append((pathlib.Path(*path.parts[:top]), path))
+            workdir = pathlib.Path(*path.parts[:top])
+            found.append(Scenario(workdir, "/".join(path.parts[top + 1:]), path / STATE_DIR,
+                                  path / RESULT_FILE))
+        elif _holds_steps(path, dirs):
+            found.append(Scenario(path.parent, "", path, None))
+            dirs[:] = []
+            continue
         dirs[:] = sorted(d for d in dirs if d not in (STATE_DIR, "tensorboard")
-                         and not (inside and d.startswith(".")) and len(parts) < 12)
+                         and not (inside and d.startswith("."))
+                         and len(path.relative_to(root).parts) < 12)
     return found
 
 
@@ -94,22 +121,22 @@ def _checkpointed(state: pathlib.Path) -> dict | None:
             "seconds_left": None if pace is None else pace * left, **_rows(a, task)}
 
 
-def scenario_progress(workdir: str | os.PathLike, scenario_dir: str | os.PathLike) -> dict:
-    """Where one scenario of the run in ``workdir`` stands (a JSON-able dict; see
-    :func:`find_scenarios`): ``status`` is ``finished`` (with ``acc``, the run's metric),
-    ``checkpointed`` (``tasks_done`` of ``tasks``, ``step`` of ``steps`` in the next,
-    ``seconds_left`` at the median pace of its finished tasks), ``not started`` or
-    ``unreadable`` (``error``); ``holder`` names the process that holds the work directory now
-    (None: no process runs in it); the per-task rows are means over the runs, fractions in
-    [0, 1]."""
-    workdir, scenario_dir = pathlib.Path(workdir), pathlib.Path(scenario_dir)
-    result = scenario_dir / RESULT_FILE
-    base = {"workdir": str(workdir), "scenario": "/".join(
-        scenario_dir.relative_to(workdir / CHECKPOINT_DIR).parts), "holder": lock_holder(workdir)}
+def scenario_progress(scenario: Scenario) -> dict:
+    """Where one scenario (:func:`find_scenarios`) stands, a JSON-able dict: ``status`` is
+    ``finished`` (with ``acc``, the run's metric), ``checkpointed`` (``tasks_done`` of
+    ``tasks``, ``step`` of ``steps`` in the next, ``seconds_left`` at the median pace of its
+    finished tasks), ``not started`` or ``unreadable`` (``error``); ``holder`` names the
+    process that holds the work directory now (None: no process holds its lock); the per-task
+    rows are means over the runs, fractions in [0, 1]."""
+    if not isinstance(scenario, Scenario):
+        raise TypeError(f"scenario must be a Scenario (find_scenarios); got "
+                        f"{type(scenario).__name__}")
+    base = {"workdir": str(scenario.workdir), "scenario": scenario.name,
+            "checkpoints": str(scenario.checkpoints), "holder": lock_holder(scenario.workdir)}
     try:
-        if result.is_file():
-            return {**base, **_finished(result)}
-        found = _checkpointed(scenario_dir / STATE_DIR)
+        if scenario.result is not None and scenario.result.is_file():
+            return {**base, **_finished(scenario.result)}
+        found = _checkpointed(scenario.checkpoints)
     except (CheckpointError, OSError, ValueError, KeyError, TypeError) as e:
         return {**base, "status": "unreadable", "error": f"{type(e).__name__}: {e}"}
     return {**base, **(found or {"status": "not started"})}
@@ -136,9 +163,11 @@ def _headline(p: dict) -> str:
     runs = f"{p['runs']} run{'s' if p['runs'] != 1 else ''}"
     if p["status"] == "finished":
         return f"finished: ACC {_percent([p['acc']], 2)} ({runs}), saved {p['saved']}"
-    where = (f"task {p['tasks_done'] + 1} of {p['tasks']}, step {p['step']} of {p['steps']}"
-             if p["tasks_done"] < p["tasks"] else f"all {p['tasks']} tasks trained")
-    state = running or "stopped: rerun its command with --resume to continue"
+    trained = p["tasks_done"] >= p["tasks"]
+    where = (f"all {p['tasks']} tasks trained" if trained else
+             f"task {p['tasks_done'] + 1} of {p['tasks']}, step {p['step']} of {p['steps']}")
+    state = running or ("no process runs in it" if trained else "stopped: rerun its command "
+                        "with --resume to continue" if p["scenario"] else "stopped")
     diverged = f", {p['diverged_runs']} diverged" if p.get("diverged_runs") else ""
     return f"{where} ({runs}{diverged}); last checkpoint {p['saved']}; {state}"
 
@@ -150,7 +179,9 @@ def format_progress(reports: list[dict]) -> str:
         return "no cljax runs found"
     lines = []
     for p in reports:
-        lines.append(f"{p['workdir']} · {p['scenario']}-IL: {_headline(p)}")
+        where = (f"{p['workdir']} · {p['scenario']}-IL" if p["scenario"] else
+                 f"{p['checkpoints']} (checkpoints)")
+        lines.append(f"{where}: {_headline(p)}")
         n = len(p.get("average_seen", []))
         if n:
             lines.append(f"  after {'task 1' if n == 1 else f'tasks 1–{n}'}, average over the tasks seen: "
@@ -164,4 +195,4 @@ def format_progress(reports: list[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["find_scenarios", "scenario_progress", "format_progress"]
+__all__ = ["Scenario", "find_scenarios", "scenario_progress", "format_progress"]

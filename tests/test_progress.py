@@ -16,7 +16,7 @@ from cljax.checkpoint import Checkpointer
 from cljax.data import make_scenario
 from cljax.methods import get_method
 from cljax.nn import MLP, as_model
-from cljax.progress import find_scenarios, format_progress, scenario_progress
+from cljax.progress import Scenario, find_scenarios, format_progress, scenario_progress
 from cljax.training import make_trainer, prepare_data, run_stream
 from cljax.workdir import lock_workdir
 
@@ -26,9 +26,10 @@ def _listing(root: pathlib.Path) -> list[tuple[str, int]]:
                   for p in root.rglob("*"))
 
 
-def _interrupted_run(workdir: pathlib.Path):
+def _interrupted_run(workdir: pathlib.Path, checkpoints: pathlib.Path | None = None):
     """A 2-task run of 12 steps a task (2 seeds) interrupted at task 2, step 8, checkpointed
-    where ``cljax run`` puts its checkpoints; and the same run uninterrupted."""
+    where ``cljax run`` puts its checkpoints (or in ``checkpoints``); and the same run
+    uninterrupted."""
     s = tiny_split_stream()
     sc = make_scenario(s, "task")
     m = get_method("none")
@@ -43,7 +44,8 @@ def _interrupted_run(workdir: pathlib.Path):
         if (task, done) == (1, 8):
             raise KeyboardInterrupt
 
-    ckpt = Checkpointer(workdir / "checkpoints" / "task" / "state", log=lambda m: None)
+    ckpt = Checkpointer(checkpoints or workdir / "checkpoints" / "task" / "state",
+                        log=lambda m: None)
     with pytest.raises(KeyboardInterrupt):
         run_stream(tr, data, checkpoint=ckpt, progress=stop, **kw)
     return full
@@ -52,9 +54,11 @@ def _interrupted_run(workdir: pathlib.Path):
 def test_progress_of_an_interrupted_run_matches_the_uninterrupted_one(tmp_path):
     workdir = tmp_path / "bench" / "none_seed0"
     full = _interrupted_run(workdir)
-    assert find_scenarios(tmp_path) == [(workdir, workdir / "checkpoints" / "task")]
+    [scenario] = find_scenarios(tmp_path)
+    assert scenario == Scenario(workdir, "task", workdir / "checkpoints" / "task" / "state",
+                                workdir / "checkpoints" / "task" / "result.json")
     before = _listing(tmp_path)
-    p = scenario_progress(workdir, workdir / "checkpoints" / "task")
+    p = scenario_progress(scenario)
     assert _listing(tmp_path) == before
     assert (p["status"], p["scenario"], p["runs"], p["tasks"]) == ("checkpointed", "task", 2, 2)
     assert (p["tasks_done"], p["step"], p["steps"], p["holder"]) == (1, 8, 12, None)
@@ -67,7 +71,7 @@ def test_progress_of_an_interrupted_run_matches_the_uninterrupted_one(tmp_path):
     assert "task 2 of 2, step 8 of 12 (2 runs)" in text and "stopped: rerun" in text
     assert "to the end" not in text                     # no pace promised for a stopped run
     with lock_workdir(workdir):
-        p = scenario_progress(workdir, workdir / "checkpoints" / "task")
+        p = scenario_progress(scenario)
         assert p["holder"]["pid"] == os.getpid()
         assert f"running (pid {os.getpid()}" in format_progress([p])
     assert format_progress([]) == "no cljax runs found"
@@ -79,15 +83,17 @@ def test_progress_reports_a_damaged_checkpoint_as_unreadable(tmp_path):
     for p in (workdir / "checkpoints" / "task" / "state").rglob("*"):
         if p.is_file():
             p.write_bytes(b"")
-    p = scenario_progress(workdir, workdir / "checkpoints" / "task")
+    [scenario] = find_scenarios(workdir)
+    p = scenario_progress(scenario)
     assert p["status"] == "unreadable" and "could be read" in p["error"]
     assert "unreadable (stopped): CheckpointError" in format_progress([p])
     empty = tmp_path / "fresh"
     (empty / "checkpoints" / "task" / "state").mkdir(parents=True)
-    p = scenario_progress(empty, empty / "checkpoints" / "task")
+    [fresh] = find_scenarios(empty)
+    p = scenario_progress(fresh)
     assert p["status"] == "not started" and "not started" in format_progress([p])
     with lock_workdir(empty):
-        text = format_progress([scenario_progress(empty, empty / "checkpoints" / "task")])
+        text = format_progress([scenario_progress(fresh)])
         assert f"running (pid {os.getpid()}" in text and "no checkpoint yet" in text
 
 
@@ -122,10 +128,25 @@ def test_a_diverged_run_is_left_out_of_the_means(tmp_path):
     (scenario / "result.json").write_text(json.dumps(
         {"identity": {}, "result": {"accuracy": accuracy,
                                     "metrics": {"acc": {"mean": 0.5, "per_run": [0.5, None]}}}}))
-    [(workdir, found)] = find_scenarios(tmp_path)
-    p = scenario_progress(workdir, found)
+    [found] = find_scenarios(tmp_path)
+    p = scenario_progress(found)
     assert (p["status"], p["scenario"], p["runs"], p["tasks_done"]) == ("finished", "class", 2, 2)
     np.testing.assert_allclose(p["average_seen"], [0.7, 0.5])
     np.testing.assert_allclose(p["just_trained"], [0.7, 0.6])
     np.testing.assert_allclose(p["first_task"], [0.7, 0.4])
     assert "class-IL: finished: ACC 50.00 (2 runs)" in format_progress([p])
+
+
+def test_a_bare_checkpoint_directory_of_a_script_is_found_and_read(tmp_path):
+    full = _interrupted_run(tmp_path, checkpoints=tmp_path / "probe" / "ckpt")
+    [scenario] = find_scenarios(tmp_path)
+    assert scenario == Scenario(tmp_path / "probe", "", tmp_path / "probe" / "ckpt", None)
+    p = scenario_progress(scenario)
+    assert (p["status"], p["tasks_done"], p["step"], p["holder"]) == ("checkpointed", 1, 8, None)
+    np.testing.assert_allclose(p["average_seen"],
+                               [np.asarray(full.accuracy, dtype=float)[:, 0, 0].mean()])
+    text = format_progress([p])
+    assert text.startswith(f"{tmp_path / 'probe' / 'ckpt'} (checkpoints): task 2 of 2")
+    assert "--resume" not in text                # a script's own directory: no cljax command
+    with pytest.raises(TypeError, match="scenario must be a Scenario"):
+        scenario_progress((tmp_path, tmp_path))
