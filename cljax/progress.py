@@ -166,8 +166,11 @@ def _headline(p: dict) -> str:
     trained = p["tasks_done"] >= p["tasks"]
     where = (f"all {p['tasks']} tasks trained" if trained else
              f"task {p['tasks_done'] + 1} of {p['tasks']}, step {p['step']} of {p['steps']}")
-    state = running or ("no process runs in it" if trained else "stopped: rerun its command "
-                        "with --resume to continue" if p["scenario"] else "stopped")
+    if not p["scenario"]:       # a script's own directory: no lock says whether it runs
+        state = "no lock tells whether a process writes it"
+    else:
+        state = running or ("no process runs in it" if trained else "stopped: rerun its "
+                            "command with --resume to continue")
     diverged = f", {p['diverged_runs']} diverged" if p.get("diverged_runs") else ""
     return f"{where} ({runs}{diverged}); last checkpoint {p['saved']}; {state}"
 
@@ -188,7 +191,8 @@ def format_progress(reports: list[dict]) -> str:
                          f"{_percent(p['average_seen'])}")
             lines.append(f"  each task right after training: {_percent(p['just_trained'])}")
             lines.append(f"  task 1 after each: {_percent(p['first_task'])}")
-        if p.get("seconds_left") is not None and p["holder"] is not None:
+        if p.get("seconds_left") is not None and (p["holder"] is not None
+                                                   or not p["scenario"]):
             lines.append(f"  ≈ {_duration(p['seconds_left'])} to the end at the median pace "
                          f"of its finished tasks ({_duration(float(np.median(p['task_seconds'])))}"
                          " a task)")

@@ -147,6 +147,7 @@ def test_a_bare_checkpoint_directory_of_a_script_is_found_and_read(tmp_path):
                                [np.asarray(full.accuracy, dtype=float)[:, 0, 0].mean()])
     text = format_progress([p])
     assert text.startswith(f"{tmp_path / 'probe' / 'ckpt'} (checkpoints): task 2 of 2")
-    assert "--resume" not in text                # a script's own directory: no cljax command
+    assert "--resume" not in text and "stopped" not in text   # no lock: not known
+    assert "no lock tells whether a process writes it" in text
     with pytest.raises(TypeError, match="scenario must be a Scenario"):
         scenario_progress((tmp_path, tmp_path))
