@@ -29,15 +29,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from rgo_probe import layer_rows, task_batch
 
+from cljax.checkpoint import read_latest
 from cljax.config import load_config
 from cljax.data import load_stream, make_scenario
 from cljax.experiment import make_model
@@ -45,6 +44,7 @@ from cljax.layers import capture_rows
 from cljax.methods import get_method
 from cljax.training import prepare_data, stream_spec
 from cljax.transforms.rgo import ROWS, init_rgo, rgo_accumulate, rgo_consolidate, step_rows
+from cljax.workdir import CHECKPOINT_DIR, STATE_DIR
 
 
 def passed_share(p: jax.Array, x: jax.Array) -> float:
@@ -107,9 +107,12 @@ def at_initialisation(args) -> dict:
 
 def after_training(args) -> dict:
     """The last checkpoint's P against each named task's patches at its parameters."""
-    state_dir = pathlib.Path(args.run) / "checkpoints" / "task" / "state"
-    last = max(int(p.name) for p in state_dir.iterdir() if p.name.isdigit())
-    saved = ocp.PyTreeCheckpointer().restore(os.path.abspath(state_dir / str(last) / "payload"))
+    state_dir = pathlib.Path(args.run) / CHECKPOINT_DIR / "task" / STATE_DIR
+    read = read_latest(state_dir)     # read-only, digest checked
+    if read is None:
+        raise SystemExit(f"--run {args.run!r}: no checkpoint in {state_dir}")
+    saved, meta = read
+    last = int(meta["task"]) * int(meta["num_steps"]) + int(meta["done"])
     params = jax.tree.map(lambda a: jnp.asarray(np.asarray(a)[0]), saved["state"]["params"])
     projection = {n: jnp.asarray(np.asarray(p)[0])
                   for n, p in saved["state"]["mstate"]["projection"].items()}
