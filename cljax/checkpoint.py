@@ -39,7 +39,7 @@ import re
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -177,18 +177,32 @@ def path_names(keystr: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def read_latest(directory: str | os.PathLike) -> tuple[dict, dict] | None:
-    """``(payload, meta)`` of the newest checkpoint of ``directory`` that reads back whole, for
-    looking at a run from outside it: nothing is written, locked or moved (a damaged checkpoint
-    is skipped, not moved aside), and no template is needed — ``payload`` is the saved tree as
-    orbax reads it back (nested dicts and lists of numpy arrays; a NamedTuple's fields as dict
-    keys). The bytes are checked against the digest saved with them. None when the directory
-    holds no checkpoint; :class:`CheckpointError` naming each one's fault when none reads.
+class ReadCheckpoint(NamedTuple):
+    """A checkpoint as :func:`read_latest` reads it: the ``step`` it was saved under (its
+    directory's number), the ``payload`` tree without a template and its JSON ``meta``."""
+
+    step: int
+    payload: dict
+    meta: dict
+
+
+def read_latest(directory: str | os.PathLike) -> ReadCheckpoint | None:
+    """``(step, payload, meta)`` of the newest checkpoint of ``directory`` that reads back
+    whole, for looking at a run from outside it: nothing is written, locked or moved (a damaged
+    checkpoint is skipped, not moved aside), and no template is needed — ``payload`` is the
+    saved tree as orbax reads it back (nested dicts and lists of numpy arrays; a NamedTuple's
+    fields as dict keys). The bytes are checked against the digest saved with them. None when
+    the directory holds no checkpoint; :class:`CheckpointError` naming each one's fault when
+    none reads.
 
     A run saving into the directory meanwhile may remove the one being read (it keeps the
-    newest ``keep``): the next older one is tried, and a later call sees the new one."""
+    newest ``keep``): the next older one is tried, and a later call sees the new one. A
+    ``directory`` that does not exist holds none; one that is a file: NotADirectoryError."""
     root = pathlib.Path(directory).absolute()
-    if not root.is_dir():
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"directory {str(directory)!r} is a file, not a checkpoint "
+                                 "directory")
+    if not root.exists():
         return None
     absl = logging.getLogger("absl")
     level = absl.level
@@ -204,7 +218,7 @@ def read_latest(directory: str | os.PathLike) -> tuple[dict, dict] | None:
         absl.setLevel(level)
 
 
-def _read_newest(manager: Any, root: pathlib.Path) -> tuple[dict, dict] | None:
+def _read_newest(manager: Any, root: pathlib.Path) -> ReadCheckpoint | None:
     errors = []
     for index in sorted(manager.all_steps(), reverse=True):
         try:
@@ -216,7 +230,8 @@ def _read_newest(manager: Any, root: pathlib.Path) -> tuple[dict, dict] | None:
             errors.append(f"{root / str(index)}: {type(e).__name__}: "
                           f"{' '.join(str(e).split())[:200]}")
             continue
-        return payload, {k: v for k, v in meta.items() if k not in _INTERNAL}
+        return ReadCheckpoint(int(index), payload,
+                              {k: v for k, v in meta.items() if k not in _INTERNAL})
     if errors:
         raise CheckpointError(f"no checkpoint in {root} could be read:\n  " + "\n  ".join(errors))
     return None
@@ -417,4 +432,4 @@ class Checkpointer:
 
 __all__ = ["Checkpointer", "CheckpointError", "CheckpointMismatchError", "arrange_like",
            "describe_mismatch", "leaves_by_path", "path_names", "payload_spec", "payload_digest",
-           "to_savable", "from_savable", "read_latest"]
+           "to_savable", "from_savable", "read_latest", "ReadCheckpoint"]

@@ -107,7 +107,7 @@ def _checkpointed(state: pathlib.Path) -> dict | None:
     read = read_latest(state)
     if read is None:
         return None
-    payload, meta = read
+    payload, meta = read.payload, read.meta
     a = np.asarray(payload["record"]["accuracy"], dtype=float)
     task, done, steps = int(meta["task"]), int(meta["done"]), int(meta["num_steps"])
     diverged = np.asarray(payload["record"].get("diverged", np.full((a.shape[0], 2), -1)))
@@ -117,7 +117,7 @@ def _checkpointed(state: pathlib.Path) -> dict | None:
     return {"status": "checkpointed", "runs": int(a.shape[0]), "tasks": int(a.shape[1]),
             "tasks_done": task, "step": done, "steps": steps,
             "diverged_runs": int((diverged[:, 0] >= 0).sum()),
-            "saved": _saved_at(state / str(task * steps + done)), "task_seconds": seconds,
+            "saved": _saved_at(state / str(read.step)), "task_seconds": seconds,
             "seconds_left": None if pace is None else pace * left, **_rows(a, task)}
 
 

@@ -111,8 +111,7 @@ def after_training(args) -> dict:
     read = read_latest(state_dir)     # read-only, digest checked
     if read is None:
         raise SystemExit(f"--run {args.run!r}: no checkpoint in {state_dir}")
-    saved, meta = read
-    last = int(meta["task"]) * int(meta["num_steps"]) + int(meta["done"])
+    saved, last = read.payload, read.step
     params = jax.tree.map(lambda a: jnp.asarray(np.asarray(a)[0]), saved["state"]["params"])
     projection = {n: jnp.asarray(np.asarray(p)[0])
                   for n, p in saved["state"]["mstate"]["projection"].items()}

@@ -187,6 +187,9 @@ def test_path_names_reads_keystr_paths():
 def test_read_latest_reads_without_a_template_and_touches_nothing(tmp_path):
     root = tmp_path / "c"
     assert read_latest(root) is None                    # no directory
+    (tmp_path / "f").write_text("")
+    with pytest.raises(NotADirectoryError, match="is a file"):
+        read_latest(tmp_path / "f")
     c = Checkpointer(root, log=lambda m: None)
     assert read_latest(root) is None                    # no checkpoint
     # w large enough to be stored in a data file of its own (tiny arrays sit in orbax's index)
@@ -195,8 +198,8 @@ def test_read_latest_reads_without_a_template_and_touches_nothing(tmp_path):
     new = {**old, "s": _Tree(w=np.arange(5000.0) + 1, opt={"m": [np.zeros(2)]})}
     c.save(1, old, {"i": 1})
     c.save(2, new, {"i": 2})
-    payload, meta = read_latest(root)
-    assert meta == {"i": 2}                             # the Checkpointer's own keys dropped
+    step, payload, meta = read_latest(root)
+    assert (step, meta) == (2, {"i": 2})                             # the Checkpointer's own keys dropped
     np.testing.assert_array_equal(payload["s"]["w"], new["s"].w)
     np.testing.assert_array_equal(payload["s"]["opt"]["m"][0], np.zeros(2))
     np.testing.assert_array_equal(payload["k"], jax.random.key_data(old["k"]))
@@ -209,8 +212,8 @@ def test_read_latest_reads_without_a_template_and_touches_nothing(tmp_path):
         data[i] ^= 0xFF
     victim.write_bytes(bytes(data))
     before = _listing(root)
-    payload, meta = read_latest(root)
-    assert meta == {"i": 1} and _listing(root) == before
+    step, payload, meta = read_latest(root)
+    assert (step, meta) == (1, {"i": 1}) and _listing(root) == before
     for p in (root / "1").rglob("*"):
         if p.is_file():
             p.write_bytes(b"")
